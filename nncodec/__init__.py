@@ -1,0 +1,83 @@
+"""nncodec: make trained neural networks small, cheap to run and safe to ship.
+
+Encode/decode API (torch at the edge, numpy underneath)::
+
+    import nncodec
+    data = nncodec.encode(model)                 # lossless; bytes
+    nncodec.encode(model, "m.nnc", bits=8)       # 8-bit per-channel codes, atomic write
+    tensors = nncodec.decode("m.nnc")            # {name: torch.Tensor}
+    nncodec.load_into(model, "m.nnc")            # straight into the module's parameters
+    arrays = nncodec.decode_arrays("m.nnc")      # numpy only; never imports torch
+
+Importing nncodec is light: torch is imported on the first call that needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .decoder import decode_arrays, iter_tensors, read_info
+from .encoder import EncodeReport, Encoder, TensorReport, encode_arrays
+from .errors import (BadMagicError, ChecksumError, ConfigError, CorruptError, FormatError, LimitExceededError,
+                     NNCodecError, TruncatedError, UnknownUnitError, UnsupportedFeatureError,
+                     UnsupportedVersionError)
+from .limits import DEFAULT_LIMITS, Limits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "encode", "encode_with_report", "decode", "load_into", "save", "load",
+    "encode_arrays", "decode_arrays", "iter_tensors", "read_info",
+    "Encoder", "EncodeReport", "TensorReport", "Limits", "DEFAULT_LIMITS",
+    "NNCodecError", "FormatError", "BadMagicError", "UnsupportedVersionError", "TruncatedError",
+    "CorruptError", "ChecksumError", "UnknownUnitError", "UnsupportedFeatureError", "LimitExceededError",
+    "ConfigError",
+]
+
+
+def encode(obj: Any, dst: Any = None, **options: Any) -> Any:
+    """Encode an ``nn.Module``, a state_dict or a dict of numpy arrays; see :class:`Encoder` for options.
+
+    Returns the stream as bytes, or the :class:`pathlib.Path` written (atomically) when ``dst`` is given.
+    """
+    if isinstance(obj, dict) and all(type(v).__module__ == "numpy" for v in obj.values()):
+        return encode_arrays(obj, dst, **options)
+    from . import torch_io
+
+    return torch_io.encode(obj, dst, **options)
+
+
+def encode_with_report(obj: Any, dst: Any = None, **options: Any) -> Any:
+    """As :func:`encode`, returning ``(bytes or path, EncodeReport)`` with per-tensor bits/param and errors."""
+    from . import torch_io
+
+    return torch_io.encode_with_report(obj, dst, **options)
+
+
+def decode(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Decode a stream (bytes, path or binary file) into ``{name: torch.Tensor}``."""
+    from . import torch_io
+
+    return torch_io.decode(src, limits=limits)
+
+
+def load_into(module: Any, src: Any, *, strict: bool = True, limits: Limits = DEFAULT_LIMITS) -> list[str]:
+    """Decode straight into ``module``'s parameters and buffers, unit by unit."""
+    from . import torch_io
+
+    return torch_io.load_into(module, src, strict=strict, limits=limits)
+
+
+def save(tensors: Any, path: Any, metadata: Any = None) -> Any:
+    """Save a dict of tensors losslessly (atomic write), like ``safetensors.torch.save_file``."""
+    from . import torch_io
+
+    return torch_io.save(tensors, path, metadata)
+
+
+def load(path: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Load a file written by :func:`save` or :func:`encode` into ``{name: torch.Tensor}``."""
+    from . import torch_io
+
+    return torch_io.load(path, limits=limits)

@@ -1,0 +1,8 @@
+"""The nncodec container format: constants, units, reader. Imports nothing above ``coding``."""
+
+from . import constants
+from .descriptor import QuantDescriptor
+from .pipeline import Pipeline
+from .units import TensorHeader
+
+__all__ = ["constants", "QuantDescriptor", "Pipeline", "TensorHeader"]

@@ -1,0 +1,82 @@
+"""Constants of the nncodec bitstream, format version 1.0. Mirrors the tables in ``FORMAT.md``."""
+
+from __future__ import annotations
+
+import struct
+
+#: 8 bytes. 0x89 is not valid as the first byte of ASCII or UTF-8 text; CR LF / SUB / LF catch
+#: line-ending conversion and text-mode transfers (the same trick as PNG).
+MAGIC = b"\x89NNC\r\n\x1a\n"
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+
+#: file header: magic (8) | major u16 | minor u16
+FILE_HEADER = struct.Struct("<8sHH")
+FILE_HEADER_SIZE = FILE_HEADER.size  # 12
+
+#: unit header: type u8 | flags u8 | reserved u16 | payload_length u64 | crc32 u32
+UNIT_HEADER = struct.Struct("<BBHQI")
+UNIT_HEADER_SIZE = UNIT_HEADER.size  # 16
+UNIT_CRC_COVERED = 12  # header bytes covered by the CRC (everything before the crc field)
+
+FLAG_CRITICAL = 0x01
+UNIT_FLAGS_RESERVED = 0xFE
+
+# unit types
+UNIT_STREAM_HEADER = 0x01
+UNIT_MODEL_PARAMETER_SET = 0x02
+UNIT_TOPOLOGY = 0x03
+UNIT_TENSOR = 0x10
+UNIT_END = 0x7F
+
+UNIT_NAMES = {
+    UNIT_STREAM_HEADER: "stream_header",
+    UNIT_MODEL_PARAMETER_SET: "model_parameter_set",
+    UNIT_TOPOLOGY: "topology",
+    UNIT_TENSOR: "tensor",
+    UNIT_END: "end_of_stream",
+}
+
+PROFILE_MAIN = 0
+
+#: stream header payload: profile u8 | reserved u8 | reserved u16 | tensor_count u32 | metadata_len u32
+STREAM_HEADER = struct.Struct("<BBHII")
+#: end-of-stream payload: unit_count u32 (units before this one) | tensor_count u32
+END_OF_STREAM = struct.Struct("<II")
+
+#: pipeline count value meaning "use the model parameter set's default pipeline"
+PIPELINE_DEFAULT = 0xFF
+MAX_PIPELINE_STAGES = 8
+
+# quantization schemes (tensor data unit, descriptor field `scheme`)
+SCHEME_NONE = 0          # lossless: codes are the tensor's own words
+SCHEME_UNIFORM = 1       # fixed point / m-quant: value = code * scale
+SCHEME_BINARY = 2        # codes in {-1, +1}: value = code * scale
+SCHEME_MOD_BINARY = 3    # codes in {0, 1}: value = code * scale
+SCHEME_TERNARY = 4       # codes in {-1, 0, +1}: value = code * scale
+SCHEME_PO2 = 5           # e-quant: value = sign(c) * 2^(|c| - 1 + exp_min) * scale, c = 0 -> 0
+SCHEME_FLOAT_CAST = 6    # codes are floats of another width: value = cast(code)
+
+SCHEME_NAMES = {
+    SCHEME_NONE: "none",
+    SCHEME_UNIFORM: "uniform",
+    SCHEME_BINARY: "binary",
+    SCHEME_MOD_BINARY: "modified_binary",
+    SCHEME_TERNARY: "ternary",
+    SCHEME_PO2: "po2",
+    SCHEME_FLOAT_CAST: "float_cast",
+}
+
+#: quantization descriptor fixed part:
+#: scheme u8 | code_dtype u8 | sign_bits i8 | exponent_bits u8 | mantissa_bits u8 | bits u8 |
+#: flags u8 | axis u8 | exp_min i16 | n_scales u32
+QUANT_DESCRIPTOR = struct.Struct("<BBbBBBBBhI")
+QFLAG_PER_CHANNEL = 0x01
+QFLAG_PO2_SCALE = 0x02
+QFLAGS_RESERVED = 0xFC
+
+# stage ids (pipeline entries)
+STAGE_ZERO_WORDS = 1
+STAGE_BITPACK = 2
+STAGE_SHUFFLE = 3
+STAGE_ZSTD = 4

@@ -1,0 +1,77 @@
+"""A pipeline: the ordered stages a tensor's code words went through, and how to undo them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..coding.stage import Stage, stage_class
+from ..errors import CorruptError, FormatError, LimitExceededError
+from ..limits import Limits
+from .byte_reader import ByteReader
+from .constants import MAX_PIPELINE_STAGES
+
+__all__ = ["Pipeline"]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Stages applied in order when encoding (empty: the words are stored as they are)."""
+
+    stages: tuple[Stage, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        out = bytearray([len(self.stages)])
+        for st in self.stages:
+            params = st.params()
+            out += bytes([st.stage_id, len(params)]) + params
+        return bytes(out)
+
+    @classmethod
+    def parse_entries(cls, r: ByteReader, count: int) -> "Pipeline":
+        if count > MAX_PIPELINE_STAGES:
+            raise CorruptError(f"pipeline has {count} stages, at most {MAX_PIPELINE_STAGES} allowed", offset=r.offset)
+        stages = []
+        for _ in range(count):
+            at = r.offset
+            stage_id = r.u8("stage id")
+            plen = r.u8("stage params length")
+            params = r.take(plen, "stage params")
+            try:
+                stages.append(stage_class(stage_id).from_params(params))
+            except FormatError as exc:
+                raise exc.located(offset=at) from None
+        return cls(tuple(stages))
+
+    def encode(self, words: bytes | memoryview) -> bytes:
+        data: bytes | memoryview = words
+        for st in self.stages:
+            data = st.encode(memoryview(data))
+        return bytes(data)
+
+    def decode_into(self, payload: memoryview, out: np.ndarray, limits: Limits) -> None:
+        """Undo the stages on ``payload``; the first stage writes straight into ``out`` (uint8, 1-D).
+
+        Intermediate buffers are sized from each stage's declared size, which is checked first:
+        no stage may declare more than twice the destination size plus 64 bytes (maps and counts).
+        """
+        if not self.stages:
+            if len(payload) != out.size:
+                raise CorruptError(f"stored payload has {len(payload)} bytes, {out.size} expected")
+            out[:] = np.frombuffer(payload, dtype=np.uint8)
+            return
+        data: memoryview = payload
+        bound = 2 * out.size + 64
+        for i in range(len(self.stages) - 1, -1, -1):
+            st = self.stages[i]
+            if i == 0:
+                target = out
+            else:
+                size = st.decoded_size(data)
+                if size > bound or size > limits.max_unit_bytes:
+                    raise LimitExceededError(f"stage {st.codec_id} declares {size} bytes for a "
+                                             f"{out.size}-byte tensor")
+                target = np.empty(size, dtype=np.uint8)
+            st.decode_into(data, target)
+            data = memoryview(target)

@@ -1,0 +1,153 @@
+"""Access units: their header, and the payload of each unit type (FORMAT.md §3-4)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..dtypes import DType, dtype_by_id
+from ..errors import CorruptError, UnsupportedFeatureError
+from ..limits import Limits
+from .byte_reader import ByteReader
+from .constants import (END_OF_STREAM, FLAG_CRITICAL, PIPELINE_DEFAULT, PROFILE_MAIN, STREAM_HEADER, UNIT_CRC_COVERED,
+                        UNIT_HEADER)
+from .descriptor import QuantDescriptor
+from .pipeline import Pipeline
+
+__all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "frame_unit", "parse_json_object"]
+
+_DIM = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class UnitHeader:
+    unit_type: int
+    flags: int
+    payload_length: int
+    crc32: int
+    offset: int  #: file offset of the unit header
+
+    @property
+    def critical(self) -> bool:
+        return bool(self.flags & FLAG_CRITICAL)
+
+
+def frame_unit(unit_type: int, payload: bytes, *, critical: bool = True) -> bytes:
+    """Header + payload of one unit, CRC32 over the first 12 header bytes and the payload."""
+    head = UNIT_HEADER.pack(unit_type, FLAG_CRITICAL if critical else 0, 0, len(payload), 0)[:UNIT_CRC_COVERED]
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return head + struct.pack("<I", crc) + payload
+
+
+def parse_json_object(raw: bytes | memoryview, what: str, offset: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptError(f"{what} is not UTF-8 JSON: {exc}", offset=offset) from None
+    if not isinstance(obj, dict):
+        raise CorruptError(f"{what} must be a JSON object", offset=offset)
+    return obj
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    tensor_count: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    profile: int = PROFILE_MAIN
+
+    def to_bytes(self) -> bytes:
+        meta = json.dumps(self.metadata, sort_keys=True, ensure_ascii=False,
+                          separators=(",", ":")).encode() if self.metadata else b""
+        return STREAM_HEADER.pack(self.profile, 0, 0, self.tensor_count, len(meta)) + meta
+
+    @classmethod
+    def parse(cls, r: ByteReader, limits: Limits) -> "StreamHeader":
+        at = r.offset
+        profile, res8, res16, count, meta_len = r.unpack(STREAM_HEADER, "stream header")
+        if res8 or res16:
+            raise CorruptError("reserved stream-header bytes are not zero", offset=at)
+        if profile != PROFILE_MAIN:
+            raise UnsupportedFeatureError(f"unknown profile {profile}", offset=at)
+        limits.check("stream metadata size", meta_len, "max_metadata_bytes", offset=at)
+        meta: dict[str, str] = {}
+        if meta_len:
+            meta = parse_json_object(r.take(meta_len, "metadata"), "stream metadata", r.offset)
+            if not all(isinstance(v, str) for v in meta.values()):
+                raise CorruptError("stream metadata values must be strings", offset=at)
+        r.expect_end("stream header")
+        return cls(count, meta, profile)
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    unit_count: int
+    tensor_count: int
+
+    def to_bytes(self) -> bytes:
+        return END_OF_STREAM.pack(self.unit_count, self.tensor_count)
+
+    @classmethod
+    def parse(cls, r: ByteReader) -> "EndOfStream":
+        out = cls(*r.unpack(END_OF_STREAM, "end-of-stream"))
+        r.expect_end("end-of-stream")
+        return out
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """Everything of a tensor data unit before its coded payload."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    quant: QuantDescriptor
+    pipeline: Pipeline | None  #: None: the model parameter set's default pipeline
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def to_bytes(self) -> bytes:
+        name = self.name.encode("utf-8")
+        out = struct.pack("<H", len(name)) + name + struct.pack("<BB", self.dtype.id, len(self.shape))
+        out += b"".join(_DIM.pack(d) for d in self.shape)
+        out += self.quant.to_bytes()
+        out += bytes([PIPELINE_DEFAULT]) if self.pipeline is None else self.pipeline.to_bytes()
+        return out
+
+    @classmethod
+    def parse(cls, r: ByteReader, limits: Limits) -> "TensorHeader":
+        at = r.offset
+        (name_len,) = r.unpack(struct.Struct("<H"), "name length")
+        limits.check("tensor name length", name_len, "max_name_bytes", offset=at)
+        raw_name = r.take(name_len, "tensor name")
+        try:
+            name = bytes(raw_name).decode("utf-8", errors="strict")
+        except UnicodeDecodeError:
+            raise CorruptError("tensor name is not valid UTF-8", offset=at) from None
+        if not name:
+            raise CorruptError("tensor name is empty", offset=at)
+        dt_at = r.offset
+        dtype_id, ndim = r.unpack(struct.Struct("<BB"), "dtype and rank")
+        dtype = dtype_by_id(dtype_id)
+        if dtype is None:
+            raise UnsupportedFeatureError(f"unknown dtype id {dtype_id} for tensor {name!r}", offset=dt_at)
+        limits.check(f"rank of tensor {name!r}", ndim, "max_ndim", offset=dt_at)
+        shape = []
+        numel = 1
+        for _ in range(ndim):
+            (d,) = r.unpack(_DIM, "dimension")
+            shape.append(d)
+            numel *= d
+            if numel > limits.max_tensor_elements:
+                limits.check(f"element count of tensor {name!r}", numel, "max_tensor_elements", offset=dt_at)
+        quant = QuantDescriptor.parse(r, dtype, tuple(shape))
+        count = r.u8("pipeline stage count")
+        pipeline = None if count == PIPELINE_DEFAULT else Pipeline.parse_entries(r, count)
+        return cls(name, dtype, tuple(shape), quant, pipeline)

@@ -1,0 +1,10 @@
+"""Lossless coding stages (stack compression, bit packing, shuffle, entropy) behind one registry."""
+
+from .bitpack import BitPack
+from .shuffle import Shuffle
+from .stage import REGISTRY, Stage, register_stage, stage_class, stage_from_config
+from .zero_words import ZeroWords
+from .zstd_stage import Zstd
+
+__all__ = ["Stage", "REGISTRY", "register_stage", "stage_class", "stage_from_config",
+           "ZeroWords", "BitPack", "Shuffle", "Zstd"]

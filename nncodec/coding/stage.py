@@ -1,0 +1,102 @@
+"""The stage contract and the registry of stages keyed by their format ids.
+
+A stage is a lossless, self-framing byte transform. Encoding runs a pipeline's stages in order;
+decoding runs them in reverse, and the first stage of the pipeline decodes straight into the
+destination tensor's memory. Each stage's serialized parameters travel in the pipeline entry of the
+tensor data unit; anything else the decoder needs (counts, maps) is in the stage's own framing,
+and :meth:`Stage.decoded_size` reads the size it declares so the caller can check it against limits
+before allocating.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError, UnsupportedFeatureError
+
+__all__ = ["Stage", "register_stage", "stage_class", "stage_from_config", "REGISTRY", "WORD_DTYPES"]
+
+#: unsigned little-endian word dtype per word size in bytes
+WORD_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+SIGNED_WORD_DTYPES = {1: np.dtype("<i1"), 2: np.dtype("<i2"), 4: np.dtype("<i4"), 8: np.dtype("<i8")}
+
+REGISTRY: dict[int, type["Stage"]] = {}
+
+
+class Stage(abc.ABC):
+    """One lossless stage. Instances are immutable, thread-safe and cheap to build."""
+
+    stage_id: ClassVar[int]
+    codec_id: ClassVar[str]
+
+    @abc.abstractmethod
+    def params(self) -> bytes:
+        """Parameters as stored in the pipeline entry (at most 255 bytes)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_params(cls, params: bytes | memoryview) -> "Stage":
+        """Parse and validate stored parameters; raise :class:`CorruptError` when they are invalid."""
+
+    @abc.abstractmethod
+    def encode(self, data: memoryview) -> bytes:
+        """Transform ``data`` (raw bytes) into this stage's framed output."""
+
+    @abc.abstractmethod
+    def decoded_size(self, data: memoryview) -> int:
+        """The output size in bytes declared by the framing of ``data``, read without decoding."""
+
+    @abc.abstractmethod
+    def decode_into(self, data: memoryview, out: np.ndarray) -> None:
+        """Decode ``data`` into ``out`` (a writable 1-D uint8 array of exactly the declared size).
+
+        Raises :class:`CorruptError` when ``data`` is malformed or does not fill ``out`` exactly.
+        """
+
+    def get_config(self) -> dict[str, Any]:
+        return {"id": self.codec_id}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Stage":
+        cfg = dict(config)
+        cfg.pop("id", None)
+        try:
+            return cls(**cfg)  # type: ignore[call-arg]
+        except TypeError as exc:
+            raise ConfigError(f"bad configuration for stage {cls.codec_id!r}: {exc}") from None
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.params() == other.params()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.stage_id, self.params()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id")
+        return f"{type(self).__name__}({args})"
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: add a stage to the registry under its ``stage_id`` (ids are never reused)."""
+    if cls.stage_id in REGISTRY:
+        raise ConfigError(f"stage id {cls.stage_id} registered twice")
+    REGISTRY[cls.stage_id] = cls
+    return cls
+
+
+def stage_class(stage_id: int) -> type[Stage]:
+    try:
+        return REGISTRY[stage_id]
+    except KeyError:
+        raise UnsupportedFeatureError(f"unknown stage id {stage_id}") from None
+
+
+def stage_from_config(config: dict[str, Any]) -> Stage:
+    """Build a stage from ``{"id": codec_id, ...}`` through the registry only."""
+    for cls in REGISTRY.values():
+        if cls.codec_id == config.get("id"):
+            return cls.from_config(config)
+    raise ConfigError(f"unknown stage {config.get('id')!r}; known: {sorted(c.codec_id for c in REGISTRY.values())}")

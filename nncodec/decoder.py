@@ -1,0 +1,207 @@
+"""Decoding nncodec streams into numpy arrays, one unit at a time, with inline decompression.
+
+This module needs numpy, zstandard and the standard library only; it never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from .bitstream.byte_reader import ByteReader
+from .bitstream.constants import (SCHEME_NONE, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET, UNIT_NAMES,
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
+from .bitstream.descriptor import dequantize_into
+from .bitstream.pipeline import Pipeline
+from .bitstream.reader import UnitReader, open_source
+from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, UnitHeader, parse_json_object
+from .errors import CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
+from .limits import DEFAULT_LIMITS, Limits
+
+__all__ = ["decode_arrays", "iter_tensors", "read_info", "StreamInfo", "UnitInfo", "Source"]
+
+Source = "bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO"
+#: callback giving a destination array (tensor storage dtype, tensor shape, C-contiguous) or None
+DestinationFn = Callable[[TensorHeader], "np.ndarray | None"]
+
+
+@dataclass
+class UnitInfo:
+    """One unit as listed by ``nncodec info``."""
+
+    index: int
+    type: str
+    offset: int
+    size: int               #: header + payload bytes
+    critical: bool
+    tensor: dict[str, Any] | None = None
+
+
+@dataclass
+class StreamInfo:
+    version: tuple[int, int]
+    metadata: dict[str, str]
+    units: list[UnitInfo] = field(default_factory=list)
+    topology: dict[str, Any] | None = None
+    total_bytes: int = 0
+
+
+class _StreamWalker:
+    """The unit-order state machine shared by decoding and inspection."""
+
+    def __init__(self, f: BinaryIO, limits: Limits,
+                 on_unit: Callable[[int, UnitHeader], None] | None = None):
+        self.limits = limits
+        self.on_unit = on_unit
+        self.reader = UnitReader(f, limits)
+        self.header: StreamHeader | None = None
+        self.default_pipeline: Pipeline | None = None
+        self.topology: dict[str, Any] | None = None
+        self.names: set[str] = set()
+        self.decoded_bytes = 0
+
+    def tensor_units(self) -> Iterator[tuple[int, UnitHeader, TensorHeader, memoryview]]:
+        """Yield ``(index, unit header, tensor header, coded payload)`` for each tensor, checking order."""
+        seen_end = False
+        for index, uh, payload in self.reader:
+            if self.on_unit is not None:
+                self.on_unit(index, uh)
+            base = uh.offset + UNIT_HEADER_SIZE
+            try:
+                r = ByteReader(payload, base_offset=base, what=f"{UNIT_NAMES.get(uh.unit_type, 'unit')} payload")
+                if seen_end:
+                    raise CorruptError("bytes after the end-of-stream unit")
+                if index == 0 and uh.unit_type != UNIT_STREAM_HEADER:
+                    raise CorruptError("the first unit must be a stream header")
+                if uh.unit_type == UNIT_STREAM_HEADER:
+                    if index:
+                        raise CorruptError("a second stream header")
+                    self.header = StreamHeader.parse(r, self.limits)
+                elif uh.unit_type == UNIT_MODEL_PARAMETER_SET:
+                    if self.names or self.default_pipeline is not None:
+                        raise CorruptError("model parameter set after tensors or repeated")
+                    count = r.u8("pipeline stage count")
+                    self.default_pipeline = Pipeline.parse_entries(r, count)
+                    r.expect_end("model parameter set")
+                elif uh.unit_type == UNIT_TOPOLOGY:
+                    if self.topology is not None:
+                        raise CorruptError("a second topology unit")
+                    self.limits.check("topology size", len(payload), "max_metadata_bytes", offset=base)
+                    self.topology = parse_json_object(payload, "topology", base)
+                elif uh.unit_type == UNIT_TENSOR:
+                    th = TensorHeader.parse(r, self.limits)
+                    if th.name in self.names:
+                        raise CorruptError(f"duplicate tensor name {th.name!r}")
+                    self.names.add(th.name)
+                    if th.pipeline is None and self.default_pipeline is None:
+                        raise CorruptError(f"tensor {th.name!r} uses a default pipeline but no model parameter "
+                                           "set came before it")
+                    nbytes = th.numel * th.dtype.itemsize
+                    self.decoded_bytes += nbytes
+                    self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
+                    yield index, uh, th, r.rest()
+                elif uh.unit_type == UNIT_END:
+                    eos = EndOfStream.parse(r)
+                    if eos.unit_count != index:
+                        raise CorruptError(f"end-of-stream counts {eos.unit_count} units, {index} came before it")
+                    if self.header is None:
+                        raise CorruptError("no stream header")
+                    if eos.tensor_count != len(self.names) or self.header.tensor_count != len(self.names):
+                        raise CorruptError(f"stream declares {self.header.tensor_count} tensors, end-of-stream "
+                                           f"{eos.tensor_count}, {len(self.names)} present")
+                    seen_end = True
+                elif uh.critical:
+                    raise UnknownUnitError(f"unknown critical unit type {uh.unit_type:#04x}")
+                # unknown ancillary units are skipped by their length
+            except (FormatError, LimitExceededError) as exc:
+                if isinstance(exc, FormatError):
+                    raise exc.located(unit_index=index, offset=uh.offset) from None
+                raise
+        if not seen_end:
+            raise TruncatedError("stream ends without an end-of-stream unit", offset=self.reader.position)
+
+    def pipeline_of(self, th: TensorHeader) -> Pipeline:
+        return th.pipeline if th.pipeline is not None else self.default_pipeline  # type: ignore[return-value]
+
+
+def _decode_tensor(walker: _StreamWalker, th: TensorHeader, coded: memoryview, dest: np.ndarray | None) -> np.ndarray:
+    storage = th.dtype.storage
+    if dest is None:
+        dest = np.empty(th.shape, dtype=storage)
+    pipeline = walker.pipeline_of(th)
+    if th.quant.scheme == SCHEME_NONE:
+        flat = dest.reshape(-1).view(np.uint8)
+        pipeline.decode_into(coded, flat, walker.limits)
+        if th.dtype.name == "bool" and flat.size and flat.max() > 1:
+            raise CorruptError(f"bool tensor {th.name!r} holds bytes other than 0 and 1")
+    else:
+        codes = np.empty(th.numel, dtype=th.quant.code_dtype.storage)
+        pipeline.decode_into(coded, codes.view(np.uint8), walker.limits)
+        dequantize_into(codes.reshape(th.shape), th.quant, dest, th.dtype)
+    return dest
+
+
+def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS,
+                 destination: DestinationFn | None = None) -> Iterator[tuple[TensorHeader, np.ndarray]]:
+    """Decode tensors one unit at a time and yield ``(header, array)``.
+
+    ``destination(header)`` may return a writable C-contiguous array of the tensor's storage dtype and
+    shape; the tensor is then decoded straight into it (inline decompression, no extra full copy).
+    bfloat16 tensors come back as uint16 bit patterns. The whole stream is validated, so the last tensor
+    is yielded only once the end-of-stream unit checks out... except that earlier tensors are yielded
+    before later units are read: consume the iterator fully before trusting the file as a whole.
+    """
+    f, owned = open_source(src)  # type: ignore[arg-type]
+    try:
+        walker = _StreamWalker(f, limits)
+        for index, uh, th, coded in walker.tensor_units():
+            dest = destination(th) if destination is not None else None
+            if dest is not None and (dest.shape != th.shape or dest.dtype != th.dtype.storage
+                                     or not dest.flags.c_contiguous or not dest.flags.writeable):
+                raise ValueError(f"destination for {th.name!r} must be a writable C-contiguous "
+                                 f"{th.dtype.storage} array of shape {th.shape}")
+            try:
+                yield th, _decode_tensor(walker, th, coded, dest)
+            except FormatError as exc:
+                raise exc.located(unit_index=index, offset=uh.offset) from None
+    finally:
+        if owned:
+            f.close()
+
+
+def decode_arrays(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Decode a whole stream into ``{name: numpy array}`` in stream order (bfloat16 as uint16 bits)."""
+    return {th.name: arr for th, arr in iter_tensors(src, limits=limits)}
+
+
+def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
+    """List units and tensor headers without decoding payloads (checksums are still verified)."""
+    f, owned = open_source(src)  # type: ignore[arg-type]
+    units: list[UnitInfo] = []
+
+    def record(index: int, uh: UnitHeader) -> None:
+        units.append(UnitInfo(index, UNIT_NAMES.get(uh.unit_type, f"unknown({uh.unit_type:#04x})"),
+                              uh.offset, UNIT_HEADER_SIZE + uh.payload_length, uh.critical))
+
+    try:
+        walker = _StreamWalker(f, limits, on_unit=record)
+        for _, _, th, coded in walker.tensor_units():
+            numel = th.numel
+            units[-1].tensor = {
+                "name": th.name, "dtype": th.dtype.name, "shape": list(th.shape),
+                "scheme": th.quant.scheme_name, "bits": th.quant.bits,
+                "per_channel": th.quant.per_channel,
+                "pipeline": [st.get_config() for st in walker.pipeline_of(th).stages],
+                "default_pipeline": th.pipeline is None,
+                "coded_bytes": len(coded),
+                "bits_per_param": (8.0 * units[-1].size / numel) if numel else None,
+            }
+        metadata = walker.header.metadata if walker.header is not None else {}
+        return StreamInfo(walker.reader.version, metadata, units, walker.topology, walker.reader.position)
+    finally:
+        if owned:
+            f.close()

@@ -1,0 +1,326 @@
+"""Encoding numpy tensors into an nncodec stream: optional quantization, pipeline choice, units.
+
+Lossless by default. The pipeline of each tensor is the candidate that codes smallest (measured on
+an evenly spread sample for large tensors); storing the words as they are is always a candidate, so a
+unit is never larger than the raw words plus its header.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_atomic
+from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE,
+                                  SCHEME_UNIFORM, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
+from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
+from .bitstream.pipeline import Pipeline
+from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
+from .coding import BitPack, Shuffle, ZeroWords, Zstd
+from .coding.stage import WORD_DTYPES
+from .dtypes import DType, dtype_by_name, dtype_of_array
+from .dtypes import contiguous as _contiguous
+from .errors import ConfigError
+from .quant.uniform import UniformCodes, quantize_by_bits, quantize_by_step
+
+__all__ = ["Encoder", "EncodeReport", "TensorReport", "encode_arrays", "choose_pipeline"]
+
+log = logging.getLogger(__name__)
+
+_SAMPLE_THRESHOLD = 4 << 20    # bytes: larger word arrays choose their pipeline on a sample
+_SAMPLE_SLICES = 16
+_SAMPLE_SLICE_BYTES = 256 << 10
+_BLOCK_WORDS = 64              # two-level map block size
+_PROGRESS_BYTES = 64 << 20
+
+
+@dataclass
+class TensorReport:
+    """What encoding did to one tensor. Errors are 0 for lossless tensors."""
+
+    name: str
+    dtype: str
+    shape: list[int]
+    scheme: str
+    bits: int
+    pipeline: list[str]
+    unit_bytes: int                #: header + payload of its unit
+    bits_per_param: float | None   #: 8 * unit_bytes / elements (None for empty tensors)
+    max_abs_error: float = 0.0
+    rms_error: float = 0.0
+
+
+@dataclass
+class EncodeReport:
+    tensors: list[TensorReport] = field(default_factory=list)
+    total_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def parameters(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors)
+
+    @property
+    def bits_per_param(self) -> float | None:
+        n = self.parameters
+        return 8.0 * self.total_bytes / n if n else None
+
+    def to_json(self) -> str:
+        return json.dumps({"total_bytes": self.total_bytes, "seconds": self.seconds,
+                           "parameters": self.parameters, "bits_per_param": self.bits_per_param,
+                           "tensors": [asdict(t) for t in self.tensors]}, indent=2)
+
+    def table(self) -> str:
+        rows = [f"{'tensor':40s} {'dtype':8s} {'scheme':8s} {'bits/param':>10s} {'max err':>10s} {'rms err':>10s}"]
+        for t in self.tensors:
+            bpp = f"{t.bits_per_param:.3f}" if t.bits_per_param is not None else "-"
+            rows.append(f"{t.name[:40]:40s} {t.dtype:8s} {t.scheme[:8]:8s} {bpp:>10s} "
+                        f"{t.max_abs_error:10.3g} {t.rms_error:10.3g}")
+        bpp = f"{self.bits_per_param:.3f}" if self.bits_per_param is not None else "-"
+        rows.append(f"total: {self.total_bytes} bytes, {self.parameters} parameters, {bpp} bits/param, "
+                    f"{self.seconds:.2f} s")
+        return "\n".join(rows)
+
+
+def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, level: int) -> list[Pipeline]:
+    z = Zstd(level)
+    cands: list[tuple] = [(), (z,)]
+    if word_size > 1:
+        cands.append((Shuffle(word_size), z))
+    packable = 0 < bits < 8 * word_size
+    if packable:
+        pack = BitPack(word_size, bits, signed)
+        cands += [(pack,), (pack, z)]
+    if zero_fraction > 0:
+        for pack_bits in ((0, bits) if packable else (0,)):
+            for levels, block in ((1, 0), (2, _BLOCK_WORDS)):
+                zw = ZeroWords(word_size, levels, block, pack_bits, signed and pack_bits > 0)
+                cands += [(zw, z), (zw,)]
+    return [Pipeline(c) for c in cands]
+
+
+def _sample(words: np.ndarray, word_size: int) -> np.ndarray:
+    nbytes = words.size
+    if nbytes <= _SAMPLE_THRESHOLD:
+        return words
+    step = nbytes // _SAMPLE_SLICES
+    align = word_size * _BLOCK_WORDS
+    starts = [(i * step) // align * align for i in range(_SAMPLE_SLICES)]
+    return np.concatenate([words[s:s + _SAMPLE_SLICE_BYTES] for s in starts])
+
+
+def choose_pipeline(words: np.ndarray, word_size: int, bits: int, signed: bool, level: int = 3
+                    ) -> tuple[Pipeline, bytes]:
+    """Pick the pipeline that codes the word array ``words`` (uint8, 1-D) smallest; return it and its payload.
+
+    ``bits`` is the significant width of a word (for packing), ``signed`` whether words are two's
+    complement. Large arrays are judged on an evenly spread sample; the stored form always competes.
+    """
+    as_words = words.view(WORD_DTYPES[word_size])
+    zero_fraction = float(np.count_nonzero(as_words == 0)) / as_words.size if as_words.size else 0.0
+    sample = _sample(words, word_size)
+    chosen, best_size = Pipeline(), sample.size  # storing the words as they are always competes
+    for p in _candidates(word_size, bits, signed, zero_fraction, level):
+        if p.stages:
+            size = len(p.encode(memoryview(sample)))
+            if size < best_size:
+                chosen, best_size = p, size
+    payload = chosen.encode(memoryview(words)) if chosen.stages else words.tobytes()
+    if len(payload) > words.size:
+        chosen, payload = Pipeline(), words.tobytes()
+    return chosen, payload
+
+
+@dataclass
+class _Prepared:
+    header: TensorHeader
+    payload: bytes
+    pipeline: Pipeline
+    report: TensorReport
+
+
+class Encoder:
+    """Reusable encoder settings.
+
+    - ``bits`` / ``step``: quantize float tensors of rank >= 1 (see :mod:`nncodec.quant.uniform`);
+      ``bits_1d`` (default 16) and ``step / 256`` apply to rank-1 tensors (biases, norms). Not both.
+    - ``lossless``: glob patterns of tensor names kept exact even when quantizing.
+    - ``level``: zstd level of the entropy stage (-7..22; 3 is fast, 19 smallest).
+    - ``metadata``: str -> str pairs stored in the stream header.
+    - ``progress``: show a tqdm bar (None: only on a terminal for inputs over 64 MiB).
+
+    Thread-safe: an instance holds settings only.
+    """
+
+    def __init__(self, *, bits: int | None = None, step: float | None = None, bits_1d: int = 16,
+                 lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
+                 progress: bool | None = None):
+        if bits is not None and step is not None:
+            raise ConfigError("give bits or step, not both")
+        if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 16):
+            raise ConfigError(f"bits must be an integer 1..16, got {bits!r}")
+        if not (isinstance(bits_1d, int) and 1 <= bits_1d <= 16):
+            raise ConfigError(f"bits_1d must be an integer 1..16, got {bits_1d!r}")
+        if step is not None and not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
+            raise ConfigError(f"step must be a positive number, got {step!r}")
+        if isinstance(lossless, str):
+            lossless = [lossless]
+        Zstd(level)  # validates the level
+        meta = dict(metadata or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise ConfigError("metadata keys and values must be strings")
+        self.bits, self.step, self.bits_1d = bits, step, bits_1d
+        self.lossless = tuple(lossless)
+        self.level = level
+        self.metadata = meta
+        self.progress = progress
+
+    # -- per tensor -------------------------------------------------------------------------
+    def _quantizes(self, name: str, dtype: DType, shape: tuple[int, ...]) -> bool:
+        if self.bits is None and self.step is None:
+            return False
+        if not dtype.is_float or len(shape) == 0 or math.prod(shape) == 0:
+            return False
+        return not any(fnmatch.fnmatchcase(name, pat) for pat in self.lossless)
+
+    def _quantize(self, name: str, values: np.ndarray) -> UniformCodes:
+        if self.step is not None:
+            step = self.step / 256 if values.ndim == 1 else self.step
+            return quantize_by_step(values, step, name=name)
+        bits = self.bits_1d if values.ndim == 1 else self.bits
+        return quantize_by_bits(values, bits, name=name)  # type: ignore[arg-type]
+
+    def _prepare(self, name: str, storage: np.ndarray, dtype: DType) -> _Prepared:
+        shape = tuple(int(d) for d in storage.shape)
+        max_err = rms_err = 0.0
+        if self._quantizes(name, dtype, shape):
+            values = bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage
+            q = self._quantize(name, values)
+            code_dtype = dtype_by_name(q.codes.dtype.name)
+            scheme = SCHEME_BINARY if q.binary else SCHEME_UNIFORM
+            desc = QuantDescriptor(scheme=scheme, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
+                                   mantissa_bits=q.bits - 1, bits=q.bits, per_channel=q.per_channel,
+                                   axis=0, scales=q.scales)
+            words = _contiguous(q.codes).reshape(-1).view(np.uint8)
+            word_size, bits, signed = code_dtype.itemsize, q.bits, True
+            recon = np.empty(shape, dtype=dtype.storage)
+            dequantize_into(q.codes, desc, recon, dtype)
+            ref = np.asarray(values, dtype=np.float64)
+            got = bfloat16_bits_to_float32(recon) if dtype.name == "bfloat16" else recon
+            diff = np.abs(got.astype(np.float64) - ref)
+            max_err, rms_err = float(diff.max()), float(np.sqrt(np.mean(diff * diff)))
+        else:
+            desc = QuantDescriptor.lossless(dtype)
+            words = _contiguous(storage).reshape(-1).view(np.uint8)
+            word_size = dtype.itemsize
+            signed = dtype.is_int and dtype.storage.kind == "i"
+            bits = 1 if dtype.name == "bool" else 8 * word_size
+        pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
+        header = TensorHeader(name, dtype, shape, desc, pipeline)
+        unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(payload)
+        numel = math.prod(shape)
+        report = TensorReport(name, dtype.name, list(shape), desc.scheme_name,
+                              desc.bits if desc.scheme != SCHEME_NONE else 8 * dtype.itemsize,
+                              [st.codec_id for st in pipeline.stages], unit_bytes,
+                              8.0 * unit_bytes / numel if numel else None, max_err, rms_err)
+        return _Prepared(header, payload, pipeline, report)
+
+    # -- whole stream -----------------------------------------------------------------------
+    def encode_units(self, tensors: Mapping[str, tuple[np.ndarray, DType]],
+                     topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
+        """Encode ``{name: (storage array, dtype)}`` into the stream's byte chunks and a report.
+
+        Units are in canonical order (tensors sorted by name), so equal input gives equal bytes.
+        """
+        start = time.perf_counter()
+        names = sorted(tensors)
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
+            if len(name.encode("utf-8")) > 0xFFFF:
+                raise ConfigError(f"tensor name {name[:40]!r}... is longer than 65535 UTF-8 bytes")
+            if tensors[name][0].ndim > 255:
+                raise ConfigError(f"tensor {name!r} has rank {tensors[name][0].ndim}, at most 255 is encodable")
+        total_in = sum(tensors[n][0].nbytes for n in names)
+        show = self.progress if self.progress is not None else (total_in > _PROGRESS_BYTES and sys.stderr.isatty())
+        iterator: Iterable[str] = names
+        bar = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total_in, unit="B", unit_scale=True, desc="encode", leave=False)
+        prepared = []
+        for name in iterator:
+            storage, dtype = tensors[name]
+            prepared.append(self._prepare(name, storage, dtype))
+            if bar is not None:
+                bar.update(storage.nbytes)
+        if bar is not None:
+            bar.close()
+        counts = Counter(p.pipeline.to_bytes() for p in prepared)
+        default: Pipeline | None = None
+        if counts:
+            common, n = counts.most_common(1)[0]
+            if n >= 2:
+                default = next(p.pipeline for p in prepared if p.pipeline.to_bytes() == common)
+        chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR),
+                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(prepared), self.metadata).to_bytes())]
+        if default is not None:
+            chunks.append(frame_unit(UNIT_MODEL_PARAMETER_SET, default.to_bytes()))
+        if topology is not None:
+            topo = json.dumps(topology, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            chunks.append(frame_unit(UNIT_TOPOLOGY, topo, critical=False))
+        report = EncodeReport()
+        for p in prepared:
+            header = p.header
+            if default is not None and p.pipeline == default:
+                header = TensorHeader(header.name, header.dtype, header.shape, header.quant, None)
+                p.report.unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(p.payload)
+                numel = math.prod(header.shape)
+                p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
+            chunks.append(frame_unit(UNIT_TENSOR, header.to_bytes() + p.payload))
+            report.tensors.append(p.report)
+        chunks.append(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1, len(prepared)).to_bytes()))
+        report.total_bytes = sum(len(c) for c in chunks)
+        report.seconds = time.perf_counter() - start
+        log.info("encoded %d tensors into %d bytes in %.2f s", len(prepared), report.total_bytes, report.seconds)
+        return chunks, report
+
+    def encode(self, tensors: Mapping[str, tuple[np.ndarray, DType]], dst: str | os.PathLike[str] | None = None,
+               topology: Mapping[str, Any] | None = None) -> tuple[bytes | Path, EncodeReport]:
+        """Encode and return ``(bytes, report)``, or ``(path, report)`` after an atomic write to ``dst``."""
+        chunks, report = self.encode_units(tensors, topology)
+        if dst is None:
+            return b"".join(chunks), report
+        return write_atomic(dst, chunks), report
+
+
+def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, DType]]:
+    """``{name: (storage words, dtype)}`` from numpy arrays (ml_dtypes bfloat16 accepted)."""
+    out = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        dt = dtype_of_array(a)
+        storage = a.view(np.uint16) if dt.name == "bfloat16" else a
+        out[name] = (_contiguous(storage).astype(dt.storage, copy=False), dt)
+    return out
+
+
+def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,
+                  **options: Any) -> bytes | Path:
+    """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`."""
+    result, _ = Encoder(**options).encode(numpy_tensors(arrays), dst)
+    return result

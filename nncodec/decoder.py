@@ -80,7 +80,7 @@ class _StreamWalker:
                 if uh.unit_type == UNIT_STREAM_HEADER:
                     if index:
                         raise CorruptError("a second stream header")
-                    self.header = StreamHeader.parse(r, self.limits)
+                    self.header = StreamHeader.parse(r, self.limits, self.reader.version)
                 elif uh.unit_type == UNIT_MODEL_PARAMETER_SET:
                     if self.names or self.default_pipeline is not None:
                         raise CorruptError("model parameter set after tensors or repeated")

@@ -215,7 +215,7 @@ class Encoder:
                                    mantissa_bits=q.bits - 1, bits=q.bits, per_channel=q.per_channel,
                                    axis=0, scales=q.scales)
             words = _contiguous(q.codes).reshape(-1).view(np.uint8)
-            word_size, bits, signed = code_dtype.itemsize, q.bits, True
+            word_size, bits, signed = code_dtype.itemsize, q.bits, not q.binary
             recon = np.empty(shape, dtype=dtype.storage)
             dequantize_into(q.codes, desc, recon, dtype)
             ref = np.asarray(values, dtype=np.float64)
@@ -308,15 +308,17 @@ class Encoder:
         return write_atomic(dst, chunks), report
 
 
+def numpy_storage(a: Any) -> tuple[np.ndarray, DType]:
+    """``(storage words, dtype)`` of a numpy array or scalar (ml_dtypes bfloat16 accepted)."""
+    a = np.asarray(a)
+    dt = dtype_of_array(a)
+    storage = a.view(np.uint16) if dt.name == "bfloat16" else a
+    return _contiguous(storage).astype(dt.storage, copy=False), dt
+
+
 def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, DType]]:
-    """``{name: (storage words, dtype)}`` from numpy arrays (ml_dtypes bfloat16 accepted)."""
-    out = {}
-    for name, a in arrays.items():
-        a = np.asarray(a)
-        dt = dtype_of_array(a)
-        storage = a.view(np.uint16) if dt.name == "bfloat16" else a
-        out[name] = (_contiguous(storage).astype(dt.storage, copy=False), dt)
-    return out
+    """``{name: (storage words, dtype)}`` from numpy arrays."""
+    return {name: numpy_storage(a) for name, a in arrays.items()}
 
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,

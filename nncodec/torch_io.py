@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from .decoder import Source, iter_tensors
-from .dtypes import DType, dtype_by_name, dtype_of_array
-from .dtypes import contiguous as _contiguous
-from .encoder import EncodeReport, Encoder
+from .dtypes import DType, dtype_by_name
+from .encoder import EncodeReport, Encoder, numpy_storage
 from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -53,10 +52,7 @@ def tensors_from(obj: Any) -> dict[str, tuple[np.ndarray, DType]]:
         if isinstance(v, torch.Tensor):
             out[name] = _storage_of(v, name)
         elif isinstance(v, np.ndarray) or np.isscalar(v):
-            a = np.asarray(v)
-            dt = dtype_of_array(a)
-            words = a.view(np.uint16) if dt.name == "bfloat16" else a
-            out[name] = (_contiguous(words).astype(dt.storage, copy=False), dt)
+            out[name] = numpy_storage(v)
         else:
             raise ConfigError(f"value of {name!r} is a {type(v).__name__}, not a tensor or array")
     return out

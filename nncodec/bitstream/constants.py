@@ -39,8 +39,9 @@ UNIT_NAMES = {
 
 PROFILE_MAIN = 0
 
-#: stream header payload: profile u8 | reserved u8 | reserved u16 | tensor_count u32 | metadata_len u32
-STREAM_HEADER = struct.Struct("<BBHII")
+#: stream header payload: major u16 | minor u16 | profile u8 | reserved u8 | reserved u16 | tensor_count u32 |
+#: metadata_len u32. The version repeats the file header's under the unit CRC, and must equal it.
+STREAM_HEADER = struct.Struct("<HHBBHII")
 #: end-of-stream payload: unit_count u32 (units before this one) | tensor_count u32
 END_OF_STREAM = struct.Struct("<II")
 

@@ -3,7 +3,8 @@
 Every scheme maps integer (or float) codes to values; the formulas here are normative (FORMAT.md §5):
 
 - none: the codes are the tensor's own words.
-- uniform / binary / modified binary / ternary: ``value = float32(code) * scale[channel]``.
+- uniform / modified binary / ternary: ``value = float32(code) * scale[channel]``.
+- binary: codes are 0 or 1, ``value = (2 * code - 1) * scale[channel]`` (one bit per code).
 - po2 (e-quant): ``value = 0`` for ``code == 0``, else ``sign(code) * 2**(|code| - 1 + exp_min) * scale``.
 - float_cast: ``value = code`` converted to the tensor's float dtype.
 
@@ -27,7 +28,7 @@ from .constants import (QFLAG_PER_CHANNEL, QFLAG_PO2_SCALE, QFLAGS_RESERVED, QUA
 
 __all__ = ["QuantDescriptor", "dequantize_into", "float32_to_bfloat16_bits", "bfloat16_bits_to_float32"]
 
-_CODE_RANGES = {SCHEME_BINARY: (-1, 1), SCHEME_MOD_BINARY: (0, 1), SCHEME_TERNARY: (-1, 1)}
+_CODE_RANGES = {SCHEME_BINARY: (0, 1), SCHEME_MOD_BINARY: (0, 1), SCHEME_TERNARY: (-1, 1)}
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def dequantize_into(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, t
     else:
         if desc.scheme in _CODE_RANGES and codes.size:
             lo, hi = _CODE_RANGES[desc.scheme]
-            if codes.min() < lo or codes.max() > hi or (desc.scheme == SCHEME_BINARY and (codes == 0).any()):
+            if codes.min() < lo or codes.max() > hi:
                 raise CorruptError(f"{desc.scheme_name} codes outside their value set")
         scale = desc.scale_values()
         if desc.per_channel:
@@ -169,6 +170,8 @@ def dequantize_into(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, t
                               np.sign(codes).astype(np.float32) *
                               np.ldexp(np.float32(1), np.maximum(mags - 1 + desc.exp_min, -149)).astype(np.float32))
             values = (values * scale).astype(np.float32)
+        elif desc.scheme == SCHEME_BINARY:
+            values = (codes.astype(np.float32) * np.float32(2) - np.float32(1)) * scale
         else:
             values = codes.astype(np.float32) * scale
     values = np.asarray(values, dtype=np.float32)

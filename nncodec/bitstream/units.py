@@ -12,7 +12,7 @@ from ..dtypes import DType, dtype_by_id
 from ..errors import CorruptError, UnsupportedFeatureError
 from ..limits import Limits
 from .byte_reader import ByteReader
-from .constants import (END_OF_STREAM, FLAG_CRITICAL, PIPELINE_DEFAULT, PROFILE_MAIN, STREAM_HEADER, UNIT_CRC_COVERED,
+from .constants import (END_OF_STREAM, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, PIPELINE_DEFAULT, PROFILE_MAIN, STREAM_HEADER, UNIT_CRC_COVERED,
                         UNIT_HEADER)
 from .descriptor import QuantDescriptor
 from .pipeline import Pipeline
@@ -57,16 +57,20 @@ class StreamHeader:
     tensor_count: int
     metadata: dict[str, str] = field(default_factory=dict)
     profile: int = PROFILE_MAIN
+    version: tuple[int, int] = (FORMAT_MAJOR, FORMAT_MINOR)
 
     def to_bytes(self) -> bytes:
         meta = json.dumps(self.metadata, sort_keys=True, ensure_ascii=False,
                           separators=(",", ":")).encode() if self.metadata else b""
-        return STREAM_HEADER.pack(self.profile, 0, 0, self.tensor_count, len(meta)) + meta
+        return STREAM_HEADER.pack(*self.version, self.profile, 0, 0, self.tensor_count, len(meta)) + meta
 
     @classmethod
-    def parse(cls, r: ByteReader, limits: Limits) -> "StreamHeader":
+    def parse(cls, r: ByteReader, limits: Limits, file_version: tuple[int, int]) -> "StreamHeader":
         at = r.offset
-        profile, res8, res16, count, meta_len = r.unpack(STREAM_HEADER, "stream header")
+        major, minor, profile, res8, res16, count, meta_len = r.unpack(STREAM_HEADER, "stream header")
+        if (major, minor) != file_version:
+            raise CorruptError(f"stream header says version {major}.{minor}, file header "
+                               f"{file_version[0]}.{file_version[1]}", offset=at)
         if res8 or res16:
             raise CorruptError("reserved stream-header bytes are not zero", offset=at)
         if profile != PROFILE_MAIN:
@@ -78,7 +82,7 @@ class StreamHeader:
             if not all(isinstance(v, str) for v in meta.values()):
                 raise CorruptError("stream metadata values must be strings", offset=at)
         r.expect_end("stream header")
-        return cls(count, meta, profile)
+        return cls(count, meta, profile, (major, minor))
 
 
 @dataclass(frozen=True)

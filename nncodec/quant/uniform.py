@@ -3,7 +3,7 @@
 Two ways to ask for it:
 
 - by bit width ``b`` (2..16): symmetric, ``scale = max|x| / (2**(b-1) - 1)`` per output channel
-  (axis 0) for tensors of rank >= 2, per tensor for rank 1; ``b = 1`` gives binary codes ±1 with
+  (axis 0) for tensors of rank >= 2, per tensor for rank 1; ``b = 1`` gives binary codes (0 for -1, 1 for +1) with
   ``scale = mean|x|`` (QKeras' ``binary(alpha="auto")`` convention, 0 -> +1);
 - by step size ``s``: ``code = round(x / s)`` with one scale ``s`` per tensor.
 
@@ -30,7 +30,7 @@ class UniformCodes:
     scales: np.ndarray     #: float32, one per channel (per_channel) or one
     bits: int              #: significant bits of a code (signed)
     per_channel: bool
-    binary: bool = False   #: codes are ±1 (b = 1)
+    binary: bool = False   #: b = 1: code 1 means +scale, code 0 means -scale
 
 
 def code_dtype_for_bits(bits: int) -> np.dtype:
@@ -63,7 +63,7 @@ def quantize_by_bits(x: np.ndarray, bits: int, *, name: str = "tensor") -> Unifo
     bshape = (-1,) + (1,) * (x64.ndim - 1) if per_channel else ()
     if bits == 1:
         scale = _channel_reduce(absx, per_channel, np.mean).astype(np.float32)
-        codes = np.where(x64 >= 0, 1, -1).astype(np.int8)
+        codes = (x64 >= 0).astype(np.int8)
         return UniformCodes(codes, scale, 1, per_channel, binary=True)
     qmax = (1 << (bits - 1)) - 1
     amax = _channel_reduce(absx, per_channel, np.max)

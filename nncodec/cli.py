@@ -1,0 +1,221 @@
+"""The ``nncodec`` command line. The only module that configures logging or prints."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError, NNCodecError
+
+log = logging.getLogger("nncodec")
+
+
+def _read_tensors(path: Path) -> dict[str, Any]:
+    """Tensors from ``.pt`` (state_dict, ``weights_only=True``), ``.safetensors`` or ``.npz``."""
+    if not path.is_file():
+        raise ConfigError(f"input file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth", ".bin"):
+        import torch
+
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise ConfigError(f"{path} is not a loadable torch state_dict: {exc}") from None
+        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+        return obj
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if suffix == ".npz":
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    raise ConfigError(f"unknown input type {suffix!r}: use .pt, .safetensors or .npz")
+
+
+def _write_tensors(tensors: dict[str, Any], path: Path) -> None:
+    from .atomic import write_atomic
+
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import save
+
+        write_atomic(path, [save({k: v.contiguous() for k, v in tensors.items()})])
+    elif suffix in (".pt", ".pth"):
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(tensors, buf)
+        write_atomic(path, [buf.getvalue()])
+    elif suffix == ".npz":
+        import numpy as np
+        import torch
+
+        arrays = {}
+        for k, v in tensors.items():
+            if v.dtype == torch.bfloat16:
+                log.warning("%s is bfloat16, which .npz cannot hold: written as float32", k)
+                v = v.float()
+            arrays[k] = v.numpy()
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        write_atomic(path, [buf.getvalue()])
+    else:
+        raise ConfigError(f"unknown output type {suffix!r}: use .safetensors, .npz or .pt")
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from .torch_io import encode_with_report
+
+    meta = {}
+    for item in args.metadata or []:
+        if "=" not in item:
+            raise ConfigError(f"--metadata takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        meta[k] = v
+    tensors = _read_tensors(Path(args.input))
+    _, report = encode_with_report(tensors, args.output, bits=args.bits, step=args.step, bits_1d=args.bits_1d,
+                                   lossless=args.lossless or (), level=args.level, metadata=meta,
+                                   progress=None if not args.quiet else False)
+    if args.json:
+        print(report.to_json())
+    elif not args.quiet:
+        print(report.table())
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    from .torch_io import decode
+
+    t0 = time.perf_counter()
+    tensors = decode(args.input)
+    _write_tensors(tensors, Path(args.output))
+    if not args.quiet:
+        print(f"decoded {len(tensors)} tensors into {args.output} in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .decoder import read_info
+
+    info = read_info(args.file)
+    if args.json:
+        print(json.dumps({"version": list(info.version), "metadata": info.metadata, "total_bytes": info.total_bytes,
+                          "has_topology": info.topology is not None,
+                          "units": [asdict(u) for u in info.units]}, indent=2, ensure_ascii=False))
+        return 0
+    print(f"nncodec format {info.version[0]}.{info.version[1]}, {info.total_bytes} bytes, {len(info.units)} units")
+    for k, v in info.metadata.items():
+        print(f"  metadata {k} = {v}")
+    print(f"{'#':>4s} {'unit':20s} {'offset':>10s} {'bytes':>10s}  tensor")
+    for u in info.units:
+        t = u.tensor
+        detail = ""
+        if t:
+            bpp = f"{t['bits_per_param']:.3f}" if t["bits_per_param"] is not None else "-"
+            stages = "+".join(s["id"] for s in t["pipeline"]) or "stored"
+            detail = (f"{t['name']} {t['dtype']}{t['shape']} {t['scheme']}"
+                      f"{'/' + str(t['bits']) + 'b' if t['scheme'] != 'none' else ''} {bpp} bits/param [{stages}]")
+        print(f"{u.index:4d} {u.type:20s} {u.offset:10d} {u.size:10d}  {detail}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .decoder import iter_tensors
+
+    t0 = time.perf_counter()
+    n = nbytes = 0
+    for _, arr in iter_tensors(args.file):
+        n += 1
+        nbytes += arr.nbytes
+    print(f"OK: {args.file}: {n} tensors, {nbytes} decoded bytes, checksums and structure valid "
+          f"({time.perf_counter() - t0:.2f} s)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import format_demo, run_demo
+
+    summary = run_demo(epochs=args.epochs)
+    print(json.dumps(summary, indent=2) if args.json else format_demo(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nncodec", description="Encode, decode and inspect nncodec bitstreams.")
+    p.add_argument("--version", action="version", version=f"nncodec {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    e = sub.add_parser("encode", help="encode a .pt / .safetensors / .npz file into a .nnc bitstream",
+                       description="Encode tensors. Lossless unless --bits or --step is given.")
+    e.add_argument("input", help="state_dict .pt (loaded with weights_only=True), .safetensors or .npz")
+    e.add_argument("output", help="the .nnc file to write (atomically)")
+    q = e.add_mutually_exclusive_group()
+    q.add_argument("--bits", type=int, help="quantize float tensors to this many bits (1..16), per output channel")
+    q.add_argument("--step", type=float, help="quantize float tensors with this step size")
+    e.add_argument("--bits-1d", type=int, default=16, help="bits for rank-1 float tensors (default 16)")
+    e.add_argument("--lossless", action="append", metavar="PATTERN",
+                   help="glob of tensor names kept exact when quantizing (repeatable)")
+    e.add_argument("--level", type=int, default=3, help="zstd level, -7..22 (default 3)")
+    e.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="store a metadata pair (repeatable)")
+    e.add_argument("--json", action="store_true", help="print the per-tensor report as JSON")
+    e.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    e.set_defaults(func=_cmd_encode)
+
+    d = sub.add_parser("decode", help="decode a .nnc bitstream into .safetensors / .npz / .pt")
+    d.add_argument("input")
+    d.add_argument("output", help="output file; its extension picks the format")
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=_cmd_decode)
+
+    i = sub.add_parser("info", help="list the units and tensors of a bitstream")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_info)
+
+    v = sub.add_parser("verify", help="check every checksum and decode every tensor")
+    v.add_argument("file")
+    v.set_defaults(func=_cmd_verify)
+
+    m = sub.add_parser("demo", help="train the seed example CNN on MNIST-5k, encode, decode, re-measure")
+    m.add_argument("--epochs", type=int, default=4)
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        args = parser.parse_args(["demo", *(argv or [])])
+    try:
+        return int(args.func(args))
+    except NNCodecError as exc:
+        print(f"nncodec: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"nncodec: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+
+import nncodec
+from nncodec.bitstream.constants import UNIT_HEADER_SIZE
+from nncodec.encoder import choose_pipeline
+from nncodec.errors import ConfigError
+
+
+def _arrays(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"conv.weight": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
+            "conv.bias": rng.standard_normal(8).astype(np.float32),
+            "steps": np.array(7, dtype=np.int64),
+            "emb": rng.standard_normal((50, 16)).astype(np.float16)}
+
+
+def test_same_input_gives_identical_bytes_whatever_the_dict_order():
+    a = _arrays()
+    b = dict(reversed(list(a.items())))
+    for opts in ({}, {"bits": 6}, {"step": 0.01, "level": 19}):
+        assert nncodec.encode(a, **opts) == nncodec.encode(b, **opts)
+
+
+def test_stack_compression_pays_on_sparse_int8_and_never_inflates_dense():
+    rng = np.random.default_rng(0)
+    sparse = (rng.integers(-127, 128, 100_000) * (rng.random(100_000) < 0.1)).astype(np.int8)
+    raw = sparse.view(np.uint8)
+    with_zw, payload = choose_pipeline(raw, 1, 8, True)
+    assert with_zw.stages[0].codec_id == "zero_words"
+    from nncodec.bitstream.pipeline import Pipeline
+    from nncodec.coding import Zstd
+    assert len(payload) < len(Pipeline((Zstd(3),)).encode(memoryview(raw)))
+    dense = rng.integers(-128, 128, 100_000).astype(np.int8)  # incompressible: all words non-zero
+    p, payload = choose_pipeline(dense.view(np.uint8), 1, 8, True)
+    assert len(payload) <= dense.size
+    assert all(s.codec_id != "zero_words" for s in p.stages)
+    data = nncodec.encode({"d": dense})
+    assert len(data) <= dense.size + 200  # file header + stream/end units + one tensor unit header
+
+
+def test_unit_never_larger_than_raw_plus_header():
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.int64, np.uint8):
+        a = rng.integers(0, 255, 4096).astype(dtype) if dtype != np.float32 else rng.random(4096, dtype=np.float32)
+        _, report = nncodec.Encoder().encode({"a": (a, nncodec.encoder.numpy_storage(a)[1])})
+        t = report.tensors[0]
+        assert t.unit_bytes <= a.nbytes + UNIT_HEADER_SIZE + 64
+
+
+def test_quantization_report_and_lossless_patterns():
+    a = _arrays()
+    _, report = nncodec.Encoder(bits=4, lossless=["emb"]).encode(nncodec.encoder.numpy_tensors(a))
+    by = {t.name: t for t in report.tensors}
+    assert by["emb"].scheme == "none" and by["emb"].max_abs_error == 0
+    assert by["conv.weight"].scheme == "uniform" and by["conv.weight"].bits == 4
+    assert by["conv.bias"].bits == 16  # rank-1 tensors finer by default
+    assert 0 < by["conv.weight"].rms_error <= by["conv.weight"].max_abs_error
+    w = a["conv.weight"]
+    bound = np.abs(w).reshape(8, -1).max(1).max() / 7 / 2
+    assert by["conv.weight"].max_abs_error <= bound * 1.0001
+    assert by["steps"].scheme == "none"
+    out = nncodec.decode_arrays(nncodec.encode(a, bits=4, lossless=["emb"]))
+    assert out["emb"].tobytes() == a["emb"].tobytes()
+    assert np.abs(out["conv.weight"] - w).max() == pytest.approx(by["conv.weight"].max_abs_error, rel=1e-6)
+
+
+def test_bad_options_are_config_errors():
+    with pytest.raises(ConfigError):
+        nncodec.encode(_arrays(), bits=4, step=0.1)
+    with pytest.raises(ConfigError):
+        nncodec.encode(_arrays(), bits=17)
+    with pytest.raises(ConfigError):
+        nncodec.encode(_arrays(), level=40)
+    with pytest.raises(ConfigError, match="NaN"):
+        nncodec.encode({"x": np.array([1.0, np.nan], np.float32)}, bits=8)
+    with pytest.raises(ConfigError):
+        nncodec.encode({"x": np.zeros(2, np.complex64)})
+    with pytest.raises(ConfigError, match="too fine"):
+        nncodec.encode({"x": np.array([1e30], np.float32)}, step=1e-6)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    dst = tmp_path / "m.nnc"
+    dst.write_bytes(b"old")
+    import nncodec.atomic as atomic
+
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "fsync", boom)
+    with pytest.raises(OSError):
+        nncodec.encode(_arrays(), dst)
+    assert dst.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [dst]
+    monkeypatch.undo()
+    assert nncodec.encode(_arrays(), dst) == dst
+    assert set(nncodec.decode_arrays(dst)) == set(_arrays())
+
+
+def test_default_pipeline_goes_to_model_parameter_set():
+    rng = np.random.default_rng(0)
+    a = {f"t{i}": rng.standard_normal((16, 16)).astype(np.float32) for i in range(4)}
+    info = nncodec.read_info(nncodec.encode(a, bits=8))
+    types = [u.type for u in info.units]
+    assert types[:2] == ["stream_header", "model_parameter_set"]
+    assert any(u.tensor and u.tensor["default_pipeline"] for u in info.units)

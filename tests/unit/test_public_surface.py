@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+import nncodec
+from nncodec.bitstream import constants as c
+
+
+def test_public_names_are_pinned():
+    assert sorted(nncodec.__all__) == sorted([
+        "__version__", "encode", "encode_with_report", "decode", "load_into", "save", "load", "encode_arrays",
+        "decode_arrays", "iter_tensors", "read_info", "Encoder", "EncodeReport", "TensorReport", "Limits",
+        "DEFAULT_LIMITS", "NNCodecError", "FormatError", "BadMagicError", "UnsupportedVersionError",
+        "TruncatedError", "CorruptError", "ChecksumError", "UnknownUnitError", "UnsupportedFeatureError",
+        "LimitExceededError", "ConfigError"])
+    for name in nncodec.__all__:
+        assert hasattr(nncodec, name)
+
+
+def test_import_stays_light():
+    code = "import sys, nncodec; nncodec.decode_arrays(nncodec.encode({'a': __import__('numpy').ones(3)})); " \
+           "print(sorted(m for m in ('torch', 'optuna', 'matplotlib', 'tqdm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_format_constants_match_the_spec_tables():
+    assert c.MAGIC == b"\x89NNC\r\n\x1a\n" and (c.FORMAT_MAJOR, c.FORMAT_MINOR) == (1, 0)
+    assert c.FILE_HEADER.size == 12 and c.UNIT_HEADER.size == 16 and c.UNIT_CRC_COVERED == 12
+    assert c.STREAM_HEADER.size == 16 and c.END_OF_STREAM.size == 8 and c.QUANT_DESCRIPTOR.size == 14
+    assert (c.UNIT_STREAM_HEADER, c.UNIT_MODEL_PARAMETER_SET, c.UNIT_TOPOLOGY, c.UNIT_TENSOR, c.UNIT_END) == \
+        (0x01, 0x02, 0x03, 0x10, 0x7F)
+    assert c.SCHEME_NAMES == {0: "none", 1: "uniform", 2: "binary", 3: "modified_binary", 4: "ternary", 5: "po2",
+                              6: "float_cast"}
+    assert (c.STAGE_ZERO_WORDS, c.STAGE_BITPACK, c.STAGE_SHUFFLE, c.STAGE_ZSTD) == (1, 2, 3, 4)

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+
+from nncodec.coding import REGISTRY, BitPack, Shuffle, ZeroWords, Zstd, stage_class, stage_from_config
+from nncodec.coding.bitpack import pack_bits, unpack_bits
+from nncodec.errors import ConfigError, CorruptError, UnsupportedFeatureError
+
+
+def roundtrip(stage, words: np.ndarray) -> np.ndarray:
+    raw = words.view(np.uint8).reshape(-1)
+    enc = stage.encode(memoryview(raw))
+    again = type(stage).from_params(stage.params())
+    assert again == stage
+    assert again.decoded_size(memoryview(enc)) == raw.size
+    out = np.empty(raw.size, np.uint8)
+    again.decode_into(memoryview(enc), out)
+    return out.view(words.dtype)
+
+
+def test_registry_ids_are_the_format_ids():
+    assert {i: c.codec_id for i, c in REGISTRY.items()} == {1: "zero_words", 2: "bitpack", 3: "shuffle", 4: "zstd"}
+    with pytest.raises(UnsupportedFeatureError):
+        stage_class(99)
+
+
+def test_config_round_trip_through_registry_only():
+    for st in (ZeroWords(2, 2, 64, 5, True), BitPack(4, 13, False), Shuffle(4), Zstd(9)):
+        assert stage_from_config(st.get_config()).get_config() == st.get_config()
+    with pytest.raises(ConfigError):
+        stage_from_config({"id": "os.system"})
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 7, 8, 9, 12, 15, 16, 17, 31, 33, 63])
+@pytest.mark.parametrize("signed", [False, True])
+def test_pack_unpack_exact(bits, signed):
+    rng = np.random.default_rng(bits)
+    n = 1001
+    if signed:
+        v = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), n, dtype=np.int64)
+    else:
+        v = rng.integers(0, 1 << bits, n, dtype=np.uint64).astype(np.int64) if bits < 63 else \
+            rng.integers(0, 1 << 62, n, dtype=np.int64)
+    packed = pack_bits(v, bits)
+    assert len(packed) == (n * bits + 7) // 8
+    out = np.empty(n, np.int64)
+    unpack_bits(packed, n, bits, signed, out)
+    np.testing.assert_array_equal(out, v)
+
+
+def test_pack_bit_order_is_lsb_first():
+    # values 1, 0, 3 at 2 bits: stream bits 1,0 | 0,0 | 1,1 -> byte 0b00110001
+    assert pack_bits(np.array([1, 0, 3]), 2) == bytes([0b00110001])
+
+
+def test_unpack_rejects_nonzero_padding():
+    out = np.empty(3, np.int64)
+    with pytest.raises(CorruptError):
+        unpack_bits(bytes([0b11110001]), 3, 2, False, out)
+
+
+@pytest.mark.parametrize("levels,block", [(1, 0), (2, 64), (2, 3)])
+@pytest.mark.parametrize("word_size", [1, 2, 4, 8])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.5, 1.0])
+def test_zero_words_roundtrip(levels, block, word_size, density):
+    rng = np.random.default_rng(0)
+    dt = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[word_size]
+    n = 777
+    words = (rng.integers(1, 200, n) * (rng.random(n) < density)).astype(dt)
+    got = roundtrip(ZeroWords(word_size, levels, block), words)
+    np.testing.assert_array_equal(got, words)
+
+
+def test_zero_words_packed_signed():
+    words = np.array([0, -3, 0, 0, 2, 1, 0, -4], dtype=np.int8)
+    st = ZeroWords(1, 2, 4, pack_bits=3, signed=True)
+    np.testing.assert_array_equal(roundtrip(st, words), words)
+    with pytest.raises(ConfigError):
+        ZeroWords(1, 1, 0, pack_bits=2, signed=True).encode(memoryview(words.view(np.uint8)))
+
+
+def test_zero_words_map_layout():
+    words = np.array([0, 7, 0, 0, 0, 0, 0, 0, 9], np.uint8)
+    enc = ZeroWords(1).encode(memoryview(words))
+    # n_words=9, n_nonzero=2, map bits for words 1 and 8, then the words
+    assert enc == (9).to_bytes(8, "little") + (2).to_bytes(8, "little") + bytes([0b10, 0b1]) + bytes([7, 9])
+
+
+def test_zero_words_two_level_skips_empty_blocks():
+    words = np.zeros(64 * 100, np.uint8)
+    words[5] = 1
+    one = ZeroWords(1).encode(memoryview(words))
+    two = ZeroWords(1, 2, 64).encode(memoryview(words))
+    assert len(two) < len(one) / 4
+
+
+def test_zero_words_rejects_inconsistent_map():
+    words = np.array([0, 7, 0, 9], np.uint8)
+    enc = bytearray(ZeroWords(1).encode(memoryview(words)))
+    enc[8] = 1  # claims one non-zero word, the map has two
+    with pytest.raises(CorruptError):
+        ZeroWords(1).decode_into(memoryview(bytes(enc)), np.empty(4, np.uint8))
+    with pytest.raises(CorruptError):  # wrong destination size
+        ZeroWords(1).decode_into(memoryview(ZeroWords(1).encode(memoryview(words))), np.empty(5, np.uint8))
+
+
+def test_shuffle_is_byte_planes():
+    words = np.array([0x0102, 0x0304], "<u2")
+    assert Shuffle(2).encode(memoryview(words.view(np.uint8))) == bytes([2, 4, 1, 3])
+    np.testing.assert_array_equal(roundtrip(Shuffle(2), words), words)
+
+
+def test_zstd_checks_declared_size_and_trailing_data():
+    raw = np.arange(1000, dtype=np.uint8)
+    enc = Zstd(3).encode(memoryview(raw))
+    with pytest.raises(CorruptError):
+        Zstd().decode_into(memoryview(enc), np.empty(999, np.uint8))
+    with pytest.raises(CorruptError):
+        Zstd().decode_into(memoryview(enc + b"\0"), np.empty(1000, np.uint8))
+    bad = bytearray(enc)
+    bad[-1] ^= 1  # checksum
+    with pytest.raises(CorruptError):
+        Zstd().decode_into(memoryview(bytes(bad)), np.empty(1000, np.uint8))
+
+
+@pytest.mark.parametrize("params", [b"\x01\x01\x00\x00\x00\x02", b"\x03\x01\x00\x00\x00\x00", b"\x01"])
+def test_zero_words_bad_params(params):
+    with pytest.raises(CorruptError):
+        ZeroWords.from_params(params)

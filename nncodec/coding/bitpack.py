@@ -45,6 +45,8 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     n = v.size
     if bits in (8, 16, 32, 64):
         return v.astype(WORD_DTYPES[bits // 8]).tobytes()
+    if bits < 8:
+        return _pack_small(v, bits)
     out = bytearray()
     for start in range(0, n, _CHUNK):
         chunk = v[start:start + _CHUNK]
@@ -66,6 +68,9 @@ def unpack_bits(buf: bytes | memoryview, n: int, bits: int, signed: bool, out: n
         dt = SIGNED_WORD_DTYPES[bits // 8] if signed else WORD_DTYPES[bits // 8]
         out[:] = raw.view(dt)
         return
+    if bits < 8:
+        _unpack_small(raw, n, bits, signed, out)
+        return
     width = ((bits + 7) // 8)
     width = {1: 1, 2: 2, 3: 4, 4: 4}.get(width, 8)
     word_dt = WORD_DTYPES[width]
@@ -81,6 +86,49 @@ def unpack_bits(buf: bytes | memoryview, n: int, bits: int, signed: bool, out: n
             vals = vals.astype(np.int64)
             vals -= (vals >> (bits - 1) & 1) << bits
         out[start:start + m] = vals
+
+
+def _pack_small(v: np.ndarray, bits: int) -> bytes:
+    """bits < 8: eight words make one 64-bit group, of which the first ``bits`` bytes are kept."""
+    n = v.size
+    groups = -(-n // 8)
+    mask = np.uint64((1 << bits) - 1)
+    out = bytearray()
+    for start in range(0, groups, _CHUNK):
+        g = min(_CHUNK, groups - start)
+        chunk = np.zeros(g * 8, np.uint64)
+        part = v[start * 8:(start + g) * 8]
+        chunk[:part.size] = part & mask
+        lanes = chunk.reshape(g, 8)
+        acc = np.zeros(g, np.uint64)
+        for j in range(8):
+            acc |= lanes[:, j] << np.uint64(j * bits)
+        out += acc.astype("<u8").view(np.uint8).reshape(g, 8)[:, :bits].tobytes()
+    return bytes(out[:packed_size(n, bits)])
+
+
+def _unpack_small(raw: np.ndarray, n: int, bits: int, signed: bool, out: np.ndarray) -> None:
+    groups = -(-n // 8)
+    mask = np.uint64((1 << bits) - 1)
+    for start in range(0, groups, _CHUNK):
+        g = min(_CHUNK, groups - start)
+        block = np.zeros((g, 8), np.uint8)
+        src = raw[start * bits:(start + g) * bits]
+        flat = np.zeros(g * bits, np.uint8)
+        flat[:src.size] = src
+        block[:, :bits] = flat.reshape(g, bits)
+        acc = block.view("<u8").reshape(g)
+        vals = np.empty((g, 8), np.uint64)
+        for j in range(8):
+            vals[:, j] = (acc >> np.uint64(j * bits)) & mask
+        m = min(g * 8, n - start * 8)
+        flat_vals = vals.reshape(-1)[:m]
+        if signed:
+            sv = flat_vals.astype(np.int64)
+            sv -= (sv >> (bits - 1) & 1) << bits
+            out[start * 8:start * 8 + m] = sv
+        else:
+            out[start * 8:start * 8 + m] = flat_vals
 
 
 @register_stage

@@ -148,6 +148,59 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_user_model(spec: str, weights: str | None) -> Any:
+    """``FILE.py:FUNCTION`` -> the module that function returns (the user's own code, run as a script)."""
+    import runpy
+
+    path, _, func = spec.rpartition(":")
+    if not path or not func or not Path(path).is_file():
+        raise ConfigError(f"--model takes FILE.py:FUNCTION (a function returning an nn.Module), got {spec!r}")
+    namespace = runpy.run_path(path)
+    if func not in namespace or not callable(namespace[func]):
+        raise ConfigError(f"{path} defines no function {func!r}")
+    model = namespace[func]()
+    if weights:
+        import torch
+
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model
+
+
+def _cmd_energy(args: argparse.Namespace) -> int:
+    from torch import nn
+
+    from .energy import estimate_energy
+    from .quant.plan import Plan
+
+    if args.model:
+        model = _load_user_model(args.model, args.weights)
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    else:
+        from .models import seed_example_cnn
+
+        model = seed_example_cnn()
+        model.add_module("softmax", nn.Softmax(dim=1))
+        shape = (1, 28, 28)
+    plan = Plan.load(args.plan) if args.plan else None
+    if plan is None and not args.reference and not args.model:
+        plan = Plan.from_dict({"layers": {"conv*": {"kernel": "quantized_bits(8,0,1)", "bias": "quantized_bits(8,0,1)"},
+                                          "dense": {"kernel": "quantized_bits(8,0,1)", "bias": "quantized_bits(8,0,1)"},
+                                          "act*": {"activation": "quantized_relu(8)"}}})
+    reference = tuple(args.reference.split(",")) if args.reference else None
+    if reference is not None and len(reference) != 2:
+        raise ConfigError("--reference takes WEIGHTS,ACCUMULATORS, e.g. int8,int16")
+    report = estimate_energy(model, shape, plan, reference=reference, mode=args.mode,  # type: ignore[arg-type]
+                             weights_memory=args.weights_memory, activations_memory=args.activations_memory,
+                             min_sram_size=args.min_sram_size, io_traffic=args.io_traffic,
+                             sparsity_aware=args.sparsity_aware, op_costs=args.op_costs)
+    print(report.to_json() if args.json else report.table())
+    if args.plot:
+        report.plot(args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_demo, run_demo
 
@@ -192,6 +245,25 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every checksum and decode every tensor")
     v.add_argument("file")
     v.set_defaults(func=_cmd_verify)
+
+    en = sub.add_parser("energy", help="per-layer energy of a model under a quantization plan (QTools-compatible)",
+                        description="Without --model: the seed's example CNN (conv16-conv32-conv64-dense10, 28x28x1) "
+                                    "with 8-bit weights and quantized_relu(8) activations, or --reference int8,int16.")
+    en.add_argument("--model", metavar="FILE.py:FUNCTION", help="your code: a function returning an nn.Module")
+    en.add_argument("--weights", help="state_dict .pt for --model (loaded with weights_only=True)")
+    en.add_argument("--input-shape", default="1,28,28", help="input shape without batch, e.g. 3,32,32")
+    en.add_argument("--plan", help="plan JSON (per-layer kernel/bias/activation quantizers)")
+    en.add_argument("--reference", metavar="W,ACC", help="cost the reference model instead, e.g. int8,int16")
+    en.add_argument("--mode", choices=["qtools", "corrected"], default="qtools")
+    en.add_argument("--weights-memory", choices=["sram", "dram", "fixed"], default="sram")
+    en.add_argument("--activations-memory", choices=["sram", "dram"], default="sram")
+    en.add_argument("--min-sram-size", type=float, default=2 ** 27, help="bits (default 2**27)")
+    en.add_argument("--io-traffic", action="store_true", help="model inputs/outputs travel through DRAM")
+    en.add_argument("--sparsity-aware", action="store_true", help="zero weights skip their MACs and reads")
+    en.add_argument("--op-costs", metavar="JSON", help="op-cost table for other hardware (polynomials)")
+    en.add_argument("--json", action="store_true")
+    en.add_argument("--plot", metavar="PNG", help="write a bar chart of per-layer energy")
+    en.set_defaults(func=_cmd_energy)
 
     m = sub.add_parser("demo", help="train the seed example CNN on MNIST-5k, encode, decode, re-measure")
     m.add_argument("--epochs", type=int, default=4)

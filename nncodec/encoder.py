@@ -36,7 +36,7 @@ from .dtypes import contiguous as _contiguous
 from .errors import ConfigError
 from .quant.uniform import UniformCodes, quantize_by_bits, quantize_by_step
 
-__all__ = ["Encoder", "EncodeReport", "TensorReport", "encode_arrays", "choose_pipeline"]
+__all__ = ["Encoder", "EncodeReport", "TensorReport", "CodedTensor", "encode_arrays", "choose_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,19 @@ def choose_pipeline(words: np.ndarray, word_size: int, bits: int, signed: bool, 
     return chosen, payload
 
 
+@dataclass(frozen=True)
+class CodedTensor:
+    """A tensor that arrives already quantized: its codes and the descriptor that maps them to values.
+
+    ``codes`` has the tensor's shape and the descriptor's code dtype; ``dtype`` is the tensor's (float)
+    dtype after decoding. The encoder stores the codes as they are (lossless from here on).
+    """
+
+    codes: np.ndarray
+    quant: QuantDescriptor
+    dtype: DType
+
+
 @dataclass
 class _Prepared:
     header: TensorHeader
@@ -203,9 +216,18 @@ class Encoder:
         bits = self.bits_1d if values.ndim == 1 else self.bits
         return quantize_by_bits(values, bits, name=name)  # type: ignore[arg-type]
 
-    def _prepare(self, name: str, storage: np.ndarray, dtype: DType) -> _Prepared:
-        shape = tuple(int(d) for d in storage.shape)
+    def _prepare(self, name: str, value: "tuple[np.ndarray, DType] | CodedTensor") -> _Prepared:
         max_err = rms_err = 0.0
+        if isinstance(value, CodedTensor):
+            storage, dtype, desc = value.codes, value.dtype, value.quant
+            shape = tuple(int(d) for d in storage.shape)
+            words = _contiguous(storage.astype(desc.code_dtype.storage, copy=False)).reshape(-1).view(np.uint8)
+            word_size = desc.code_dtype.itemsize
+            signed = desc.code_dtype.storage.kind == "i" and bool(storage.size) and int(storage.min()) < 0
+            bits = desc.bits if 0 < desc.bits <= 8 * word_size else 8 * word_size
+            return self._finish(name, dtype, shape, desc, words, word_size, bits, signed, 0.0, 0.0)
+        storage, dtype = value
+        shape = tuple(int(d) for d in storage.shape)
         if self._quantizes(name, dtype, shape):
             values = bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage
             q = self._quantize(name, values)
@@ -228,6 +250,10 @@ class Encoder:
             word_size = dtype.itemsize
             signed = dtype.is_int and dtype.storage.kind == "i"
             bits = 1 if dtype.name == "bool" else 8 * word_size
+        return self._finish(name, dtype, shape, desc, words, word_size, bits, signed, max_err, rms_err)
+
+    def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor, words: np.ndarray,
+                word_size: int, bits: int, signed: bool, max_err: float, rms_err: float) -> _Prepared:
         pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
         header = TensorHeader(name, dtype, shape, desc, pipeline)
         unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(payload)
@@ -239,7 +265,7 @@ class Encoder:
         return _Prepared(header, payload, pipeline, report)
 
     # -- whole stream -----------------------------------------------------------------------
-    def encode_units(self, tensors: Mapping[str, tuple[np.ndarray, DType]],
+    def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
                      topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
         """Encode ``{name: (storage array, dtype)}`` into the stream's byte chunks and a report.
 
@@ -252,9 +278,9 @@ class Encoder:
                 raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
             if len(name.encode("utf-8")) > 0xFFFF:
                 raise ConfigError(f"tensor name {name[:40]!r}... is longer than 65535 UTF-8 bytes")
-            if tensors[name][0].ndim > 255:
-                raise ConfigError(f"tensor {name!r} has rank {tensors[name][0].ndim}, at most 255 is encodable")
-        total_in = sum(tensors[n][0].nbytes for n in names)
+            if _array_of(tensors[name]).ndim > 255:
+                raise ConfigError(f"tensor {name!r} has rank {_array_of(tensors[name]).ndim}, at most 255 is encodable")
+        total_in = sum(_array_of(tensors[n]).nbytes for n in names)
         show = self.progress if self.progress is not None else (total_in > _PROGRESS_BYTES and sys.stderr.isatty())
         iterator: Iterable[str] = names
         bar = None
@@ -264,10 +290,9 @@ class Encoder:
             bar = tqdm(total=total_in, unit="B", unit_scale=True, desc="encode", leave=False)
         prepared = []
         for name in iterator:
-            storage, dtype = tensors[name]
-            prepared.append(self._prepare(name, storage, dtype))
+            prepared.append(self._prepare(name, tensors[name]))
             if bar is not None:
-                bar.update(storage.nbytes)
+                bar.update(_array_of(tensors[name]).nbytes)
         if bar is not None:
             bar.close()
         counts = Counter(p.pipeline.to_bytes() for p in prepared)
@@ -299,13 +324,17 @@ class Encoder:
         log.info("encoded %d tensors into %d bytes in %.2f s", len(prepared), report.total_bytes, report.seconds)
         return chunks, report
 
-    def encode(self, tensors: Mapping[str, tuple[np.ndarray, DType]], dst: str | os.PathLike[str] | None = None,
+    def encode(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]", dst: str | os.PathLike[str] | None = None,
                topology: Mapping[str, Any] | None = None) -> tuple[bytes | Path, EncodeReport]:
         """Encode and return ``(bytes, report)``, or ``(path, report)`` after an atomic write to ``dst``."""
         chunks, report = self.encode_units(tensors, topology)
         if dst is None:
             return b"".join(chunks), report
         return write_atomic(dst, chunks), report
+
+
+def _array_of(value: "tuple[np.ndarray, DType] | CodedTensor") -> np.ndarray:
+    return value.codes if isinstance(value, CodedTensor) else value[0]
 
 
 def numpy_storage(a: Any) -> tuple[np.ndarray, DType]:

@@ -13,16 +13,17 @@ def seed_example_cnn(in_channels: int = 1, num_classes: int = 10, filters: tuple
                      image_size: int = 28) -> nn.Sequential:
     """The seed's worked example: conv(16)-relu-conv(32)-relu-conv(64)-relu-flatten-dense(10).
 
-    3x3 kernels, stride 2, ``valid`` padding (as in the AutoQKeras example this network comes from).
+    3x3 kernels, stride 1, ``valid`` padding: with a 28x28x1 input this is the network whose QTools energy
+    is 5,617,341 pJ (int8 weights / int16 accumulators) in the seed's memory setting.
     The softmax is left to the loss; module names follow the seed (conv2d_0_m, act0_m, ...).
     """
     size = image_size
     for _ in range(3):
-        size = (size - 3) // 2 + 1
+        size = size - 2
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     prev = in_channels
     for i, f in enumerate(filters):
-        layers[f"conv2d_{i}_m"] = nn.Conv2d(prev, f, 3, stride=2)
+        layers[f"conv2d_{i}_m"] = nn.Conv2d(prev, f, 3)
         layers[f"act{i}_m"] = nn.ReLU()
         prev = f
     layers["flatten"] = nn.Flatten()

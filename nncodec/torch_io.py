@@ -12,7 +12,7 @@ import torch
 
 from .decoder import Source, iter_tensors
 from .dtypes import DType, dtype_by_name
-from .encoder import EncodeReport, Encoder, numpy_storage
+from .encoder import CodedTensor, EncodeReport, Encoder, numpy_storage
 from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -39,17 +39,25 @@ def _storage_of(t: torch.Tensor, name: str) -> tuple[np.ndarray, DType]:
     return t.numpy(), dt
 
 
-def tensors_from(obj: Any) -> dict[str, tuple[np.ndarray, DType]]:
-    """``{name: (storage words, dtype)}`` from an ``nn.Module``, a state_dict, or a dict of arrays/tensors."""
+def tensors_from(obj: Any, quantized: bool = True) -> dict[str, Any]:
+    """``{name: (storage words, dtype) or CodedTensor}`` from an ``nn.Module``, a state_dict, or a dict of
+    arrays/tensors. With ``quantized``, the weights and biases of fake-quant layers become their codes."""
     if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
+        if quantized:
+            from .quant.export import quantized_state
+
+            obj = quantized_state(obj)
+        else:
+            obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         raise ConfigError(f"cannot encode a {type(obj).__name__}: pass an nn.Module or a dict of tensors")
     out = {}
     for name, v in obj.items():
         if not isinstance(name, str):
             raise ConfigError(f"tensor names must be strings, got {name!r}")
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, CodedTensor):
+            out[name] = v
+        elif isinstance(v, torch.Tensor):
             out[name] = _storage_of(v, name)
         elif isinstance(v, np.ndarray) or np.isscalar(v):
             out[name] = numpy_storage(v)
@@ -69,9 +77,14 @@ def to_torch(storage: np.ndarray, dtype: DType) -> torch.Tensor:
 
 
 def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *, topology: Mapping | None = None,
-                       **options: Any) -> tuple[bytes | Path, EncodeReport]:
-    """As :func:`encode`, and also return the per-tensor :class:`EncodeReport`."""
-    return Encoder(**options).encode(tensors_from(obj), dst, topology)
+                       quantized: bool = True, **options: Any) -> tuple[bytes | Path, EncodeReport]:
+    """As :func:`encode`, and also return the per-tensor :class:`EncodeReport`.
+
+    For a module with fake-quant layers (:mod:`nncodec.quant.layers`), ``quantized=True`` stores their
+    weights and biases as integer codes (decoding gives exactly the quantized values); ``False`` stores
+    the float weights the layers train.
+    """
+    return Encoder(**options).encode(tensors_from(obj, quantized), dst, topology)
 
 
 def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) -> bytes | Path:

@@ -1,0 +1,9 @@
+"""Energy model: Horowitz op costs, QTools-compatible accounting, per-layer reports and plots."""
+
+from .costs import HOROWITZ, OpCosts
+from .estimate import EnergyReport, LayerEnergy, estimate_energy
+from .operators import QType, make_multiplier, qtype
+from .trace import UnsupportedLayerError, trace_layers
+
+__all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "OpCosts", "HOROWITZ", "QType", "qtype",
+           "make_multiplier", "trace_layers", "UnsupportedLayerError"]

@@ -1,0 +1,78 @@
+"""Turning a model's fake-quant layers into what the bitstream stores: integer codes and descriptors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..bitstream.constants import SCHEME_NAMES
+from ..bitstream.descriptor import QuantDescriptor
+from ..dtypes import DType, dtype_by_name
+from ..encoder import CodedTensor
+from .base import QuantCodes, Quantizer
+from .layers import _QuantWeights
+
+__all__ = ["coded_tensor", "quantized_state"]
+
+_SCHEME_IDS = {v: k for k, v in SCHEME_NAMES.items()}
+_TORCH_CODE_DTYPES = {torch.int8: "int8", torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
+                      torch.uint8: "uint8", torch.float16: "float16", torch.bfloat16: "bfloat16",
+                      torch.float32: "float32"}
+
+
+def _codes_numpy(t: torch.Tensor) -> tuple[np.ndarray, DType]:
+    dt = dtype_by_name(_TORCH_CODE_DTYPES[t.dtype])
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), dt
+    return t.numpy(), dt
+
+
+def coded_tensor(qc: QuantCodes, shape: tuple[int, ...], tensor_dtype: str = "float32") -> CodedTensor:
+    """A :class:`CodedTensor` (codes + descriptor) from a quantizer's :class:`QuantCodes`."""
+    codes, code_dtype = _codes_numpy(qc.codes)
+    scale = qc.scale.reshape(-1) if qc.scale.ndim else qc.scale.reshape(1)
+    per_channel = qc.scale.ndim == 1 and len(shape) >= 1 and scale.numel() == shape[0] and scale.numel() > 1
+    if qc.scheme == "float_cast":
+        scales = np.zeros(0, np.float32)
+        per_channel = po2 = False
+    elif qc.po2_exponent is not None:
+        po2 = True
+        scales = qc.po2_exponent.reshape(-1).to(torch.int16).numpy().astype("<i2")
+        if not per_channel:
+            scales = scales[:1]
+    else:
+        po2 = False
+        scales = scale.to(torch.float32).numpy().astype("<f4")
+        if not per_channel:
+            scales = scales[:1]
+    s, e, m = qc.bit_tuple
+    desc = QuantDescriptor(scheme=_SCHEME_IDS[qc.scheme], code_dtype=code_dtype, sign_bits=s, exponent_bits=e,
+                           mantissa_bits=m, bits=qc.bits, per_channel=per_channel, po2_scale=po2, axis=0,
+                           exp_min=qc.exp_min, scales=scales)
+    return CodedTensor(codes.reshape(shape), desc, dtype_by_name(tensor_dtype))
+
+
+def _coded(q: Quantizer, t: torch.Tensor) -> CodedTensor:
+    with torch.no_grad():
+        return coded_tensor(q.to_codes(t.detach().float()), tuple(t.shape))
+
+
+def quantized_state(model: nn.Module) -> dict[str, Any]:
+    """The model's state_dict with every fake-quant weight and bias replaced by its :class:`CodedTensor`.
+
+    Masked weights are masked first, so pruned weights become zero codes. Mask buffers are kept.
+    """
+    state: dict[str, Any] = dict(model.state_dict())
+    for name, module in model.named_modules():
+        if not isinstance(module, _QuantWeights):
+            continue
+        prefix = f"{name}." if name else ""
+        if module.kernel_quantizer is not None and module.weight.dtype == torch.float32:
+            state[prefix + "weight"] = _coded(module.kernel_quantizer, module.masked_weight())
+        if module.bias_quantizer is not None and module.bias is not None and module.bias.dtype == torch.float32:
+            state[prefix + "bias"] = _coded(module.bias_quantizer, module.bias)
+    return state

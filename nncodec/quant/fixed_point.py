@@ -1,0 +1,127 @@
+"""Fixed-point quantizers (the seed's m-quant): QKeras ``quantized_bits`` and ``quantized_relu``.
+
+``quantized_bits(bits, integer, symmetric, keep_negative)``, with ``u = bits - keep_negative``::
+
+    xq = 2**integer * clip(round(x * 2**u / 2**integer), keep_negative * (symmetric - 2**u), 2**u - 1) / 2**u
+
+(``u = 0``: ``sign(x)`` with 0 -> +1). ``quantized_relu(bits, integer)``::
+
+    xq = 2**integer * clip(round(x * 2**bits / 2**integer) / 2**bits, 0, 1 - 2**-bits)
+
+Rounding is half to even. Codes are the clipped integers; the scale is the power of two
+``2**(integer - u)`` (``2**(integer - bits)`` for relu), so dequantization is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .base import QuantCodes, Quantizer, register_quantizer, ste
+
+__all__ = ["QuantizedBits", "QuantizedRelu"]
+
+
+def _code_dtype(lo: int, hi: int) -> torch.dtype:
+    for dt in (torch.int8, torch.int16, torch.int32, torch.int64):
+        info = torch.iinfo(dt)
+        if info.min <= lo and hi <= info.max:
+            return dt
+    raise ConfigError(f"codes {lo}..{hi} do not fit in int64")
+
+
+def _po2_scale(exponent: int) -> torch.Tensor:
+    return torch.tensor(2.0 ** exponent, dtype=torch.float32)
+
+
+@register_quantizer("quantized_bits")
+class QuantizedBits(Quantizer):
+    name = "quantized_bits"
+    kind = "fixed"
+
+    def __init__(self, bits: int = 8, integer: int = 0, symmetric: int = 0, keep_negative: bool = True,
+                 alpha: Any = None, use_stochastic_rounding: bool = False):
+        if not isinstance(bits, int) or not 1 <= bits <= 32:
+            raise ConfigError(f"quantized_bits: bits must be 1..32, got {bits!r}")
+        if not isinstance(integer, int) or integer < 0:
+            raise ConfigError(f"quantized_bits: integer must be a non-negative int, got {integer!r}")
+        if alpha not in (None, 1, 1.0):
+            raise ConfigError("quantized_bits: only alpha=None is supported (per-tensor power-of-two scale); "
+                              "use binary/ternary with alpha='auto' for learned scales")
+        self.bits, self.integer = bits, integer
+        self.symmetric, self.keep_negative = int(bool(symmetric)), bool(keep_negative)
+        self.signed = self.keep_negative
+        self.u = bits - int(self.keep_negative)
+
+    def _range(self) -> tuple[int, int]:
+        m = 1 << self.u
+        return int(self.keep_negative) * (self.symmetric - m), m - 1
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if self.u == 0:
+            return torch.where(x >= 0, 1.0, -1.0)
+        m, m_i = float(1 << self.u), float(2.0 ** self.integer)
+        lo, hi = self._range()
+        return torch.clamp(torch.round(x * m / m_i), lo, hi)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        q = self._codes(x)
+        if self.u == 0:
+            return q
+        return float(2.0 ** self.integer) * q / float(1 << self.u)
+
+    def to_codes(self, x: torch.Tensor) -> QuantCodes:
+        q = self._codes(x)
+        if self.u == 0:
+            return QuantCodes("binary", (q > 0).to(torch.int8), _po2_scale(0), 1,
+                              torch.tensor(0), bit_tuple=(1, 0, 0))
+        lo, hi = self._range()
+        exp = self.integer - self.u
+        return QuantCodes("uniform", q.to(_code_dtype(lo, hi)), _po2_scale(exp), self.bits, torch.tensor(exp),
+                          bit_tuple=(1, 0, self.bits - 1) if self.signed else (0, 0, self.bits))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"bits": self.bits, "integer": self.integer, "symmetric": self.symmetric,
+                "keep_negative": self.keep_negative}
+
+
+@register_quantizer("quantized_relu")
+class QuantizedRelu(Quantizer):
+    name = "quantized_relu"
+    kind = "fixed"
+    signed = False
+
+    def __init__(self, bits: int = 8, integer: int = 0, use_sigmoid: int = 0, negative_slope: float = 0.0,
+                 use_stochastic_rounding: bool = False):
+        if not isinstance(bits, int) or not 1 <= bits <= 32:
+            raise ConfigError(f"quantized_relu: bits must be 1..32, got {bits!r}")
+        if not isinstance(integer, int) or integer < 0:
+            raise ConfigError(f"quantized_relu: integer must be a non-negative int, got {integer!r}")
+        if use_sigmoid or negative_slope:
+            raise ConfigError("quantized_relu: use_sigmoid and negative_slope are not supported")
+        self.bits, self.integer = bits, integer
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        m, m_i = float(1 << self.bits), float(2.0 ** self.integer)
+        return torch.clamp(torch.round(x.to(torch.float32) * m / m_i), 0, m - 1)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return float(2.0 ** self.integer) * self._codes(x) / float(1 << self.bits)
+
+    def __call__(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
+        if not training:
+            return self.quantize(x)
+        top = 2.0 ** self.integer - 2.0 ** (self.integer - self.bits)
+        x_u = torch.clamp(torch.relu(x), max=top)  # the gradient QKeras uses: relu clipped at the top code
+        return ste(x_u, self.quantize(x))
+
+    def to_codes(self, x: torch.Tensor) -> QuantCodes:
+        exp = self.integer - self.bits
+        return QuantCodes("uniform", self._codes(x).to(_code_dtype(0, (1 << self.bits) - 1)), _po2_scale(exp),
+                          self.bits, torch.tensor(exp), bit_tuple=(0, 0, self.bits))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"bits": self.bits, "integer": self.integer}

@@ -1,0 +1,165 @@
+"""Fake-quant torch modules and model surgery: apply a :class:`Plan` to a model.
+
+``QConv1d``, ``QConv2d`` and ``QLinear`` are the torch layers with a kernel, bias and optional output
+quantizer; ``QActivation`` quantizes an activation's output. In training mode quantizers use the
+straight-through estimator (and sample, where stochastic); in eval mode the forward computes with
+exactly the quantized values. An optional ``weight_mask`` buffer (from pruning) is applied before the
+kernel quantizer, so pruned weights stay zero for every quantizer that can represent zero.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import binary_ternary, fixed_point, floating, power_of_two  # noqa: F401  (registers the quantizers)
+from .base import Quantizer, get_quantizer
+from .plan import LayerPlan, Plan
+
+__all__ = ["QConv1d", "QConv2d", "QLinear", "QActivation", "quantize_model", "quantized_layers",
+           "ACTIVATION_TYPES"]
+
+log = logging.getLogger(__name__)
+
+ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.GELU, nn.LeakyReLU, nn.Hardtanh,
+                    nn.SiLU, nn.Identity)
+
+
+class _QuantWeights:
+    """Mixin: quantized weight and bias, optional mask, optional output quantizer."""
+
+    kernel_quantizer: Quantizer | None
+    bias_quantizer: Quantizer | None
+    output_quantizer: Quantizer | None
+
+    def _init_quant(self, kernel: Any, bias: Any, output: Any) -> None:
+        self.kernel_quantizer = get_quantizer(kernel)
+        self.bias_quantizer = get_quantizer(bias)
+        self.output_quantizer = get_quantizer(output)
+
+    def masked_weight(self) -> torch.Tensor:
+        w = self.weight  # type: ignore[attr-defined]
+        mask = getattr(self, "weight_mask", None)
+        return w * mask if mask is not None else w
+
+    def quantized_weight(self) -> torch.Tensor:
+        w = self.masked_weight()
+        q = self.kernel_quantizer
+        return q(w, self.training) if q is not None else w  # type: ignore[attr-defined]
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        b = self.bias  # type: ignore[attr-defined]
+        q = self.bias_quantizer
+        return q(b, self.training) if (q is not None and b is not None) else b  # type: ignore[attr-defined]
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        q = self.output_quantizer
+        return q(y, self.training) if q is not None else y  # type: ignore[attr-defined]
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()  # type: ignore[misc]
+        return f"{base}, kernel={self.kernel_quantizer}, bias={self.bias_quantizer}, output={self.output_quantizer}"
+
+
+class QConv1d(_QuantWeights, nn.Conv1d):
+    def __init__(self, *args: Any, kernel_quantizer: Any = None, bias_quantizer: Any = None,
+                 output_quantizer: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._init_quant(kernel_quantizer, bias_quantizer, output_quantizer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(self._conv_forward(x, self.quantized_weight(), self.quantized_bias()))
+
+
+class QConv2d(_QuantWeights, nn.Conv2d):
+    def __init__(self, *args: Any, kernel_quantizer: Any = None, bias_quantizer: Any = None,
+                 output_quantizer: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._init_quant(kernel_quantizer, bias_quantizer, output_quantizer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(self._conv_forward(x, self.quantized_weight(), self.quantized_bias()))
+
+
+class QLinear(_QuantWeights, nn.Linear):
+    def __init__(self, *args: Any, kernel_quantizer: Any = None, bias_quantizer: Any = None,
+                 output_quantizer: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._init_quant(kernel_quantizer, bias_quantizer, output_quantizer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(nn.functional.linear(x, self.quantized_weight(), self.quantized_bias()))
+
+
+class QActivation(nn.Module):
+    """``quantizer(base(x))``; with no ``base``, the quantizer alone (``quantized_relu`` includes the relu)."""
+
+    def __init__(self, quantizer: Any, base: nn.Module | None = None):
+        super().__init__()
+        self.quantizer = get_quantizer(quantizer)
+        self.base = base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.base is not None:
+            x = self.base(x)
+        return self.quantizer(x, self.training) if self.quantizer is not None else x
+
+    def extra_repr(self) -> str:
+        return f"quantizer={self.quantizer}"
+
+
+_WRAPPERS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv1d: QConv1d, nn.Conv2d: QConv2d, nn.Linear: QLinear}
+
+
+def _wrap(module: nn.Module, lp: LayerPlan) -> nn.Module:
+    qcls = _WRAPPERS[type(module)]
+    if isinstance(module, nn.Linear):
+        new = qcls(module.in_features, module.out_features, bias=module.bias is not None,
+                   kernel_quantizer=lp.kernel, bias_quantizer=lp.bias, output_quantizer=lp.activation)
+    else:
+        new = qcls(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                   padding=module.padding, dilation=module.dilation, groups=module.groups,
+                   bias=module.bias is not None, padding_mode=module.padding_mode,
+                   kernel_quantizer=lp.kernel, bias_quantizer=lp.bias, output_quantizer=lp.activation)
+    new.load_state_dict(module.state_dict(), strict=False)
+    for name, buf in module.named_buffers(recurse=False):
+        new.register_buffer(name, buf.clone())
+    new.train(module.training)
+    return new
+
+
+def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplace: bool = False) -> nn.Module:
+    """Return ``model`` with conv/linear layers and activations replaced by fake-quant modules per ``plan``.
+
+    Conv1d/Conv2d/Linear take ``kernel``, ``bias`` and (optional) ``activation`` (their output);
+    activation modules take ``activation``. Layers the plan does not name stay as they are. Weights are
+    kept; the model is copied unless ``inplace``.
+    """
+    plan = Plan.coerce(plan)
+    model = model if inplace else copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if not name:
+            continue
+        lp = plan.resolve(name)
+        if lp is None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if type(module) in _WRAPPERS and (lp.kernel or lp.bias or lp.activation):
+            setattr(parent, child, _wrap(module, lp))
+        elif isinstance(module, _QuantWeights):
+            module._init_quant(lp.kernel, lp.bias, lp.activation)
+        elif isinstance(module, ACTIVATION_TYPES) and lp.activation:
+            setattr(parent, child, QActivation(lp.activation, base=module))
+        elif isinstance(module, QActivation) and lp.activation:
+            module.quantizer = get_quantizer(lp.activation)
+    return model
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Names and modules of every fake-quant layer in ``model``."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (_QuantWeights, QActivation))}

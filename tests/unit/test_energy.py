@@ -1,0 +1,139 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from nncodec.cli import main
+from nncodec.energy import estimate_energy, make_multiplier, qtype
+from nncodec.energy.trace import UnsupportedLayerError
+from nncodec.errors import ConfigError
+from nncodec.models import seed_example_cnn
+from nncodec.quant.layers import quantize_model
+
+ALL8 = {"layers": {"conv*": {"kernel": "quantized_bits(8,0,1)", "bias": "quantized_bits(8,0,1)"},
+                   "dense": {"kernel": "quantized_bits(8,0,1)", "bias": "quantized_bits(8,0,1)"},
+                   "act*": {"activation": "quantized_relu(8)"}}}
+SEED_SETTING = dict(min_sram_size=2 ** 27, weights_memory="sram", activations_memory="sram", io_traffic=False)
+
+
+@pytest.fixture(scope="module")
+def seed_model():
+    m = seed_example_cnn()
+    m.add_module("softmax", nn.Softmax(dim=1))
+    return m
+
+
+def test_qtools_check_values_to_the_pj(seed_model):
+    ref = estimate_energy(seed_model, (1, 28, 28), reference=("int8", "int16"), **SEED_SETTING)
+    assert ref.total_pj == 5_617_341
+    quant = estimate_energy(seed_model, (1, 28, 28), ALL8, **SEED_SETTING)
+    assert quant.total_pj == 3_559_354
+    # the plan applied as fake-quant modules gives the same number as the plan given to the estimator
+    assert estimate_energy(quantize_model(seed_model, ALL8), (1, 28, 28), **SEED_SETTING).total_pj == 3_559_354
+
+
+def test_rows_follow_qtools_summation(seed_model):
+    r = estimate_energy(seed_model, (1, 28, 28), ALL8, **SEED_SETTING)
+    by = {row.name: row for row in r.layers}
+    assert by["act0_m"].counted == ["outputs"] and by["act0_m"].total == by["act0_m"].outputs
+    assert by["conv2d_1_m"].counted == ["inputs", "parameters", "op_cost"]
+    assert by["conv2d_1_m"].operations == 24 * 24 * 32 * 9 * 16
+    assert by["conv2d_1_m"].accumulator_bits == 8 + 8 + 8  # ceil(log2(9*16 + 1)) + 8 + 8
+    assert by["dense"].operations == 22 * 22 * 64 * 10
+    # the unquantized softmax stores int32 outputs: 10 * 32 bits = 5 SRAM words
+    assert by["softmax"].output == "int32"
+
+
+def test_operator_table():
+    fixed8, fixed4 = qtype("quantized_bits(8,0,1)"), qtype("quantized_bits(4,0,1)")
+    assert make_multiplier(fixed8, fixed4).operator == "multiplier"
+    assert make_multiplier(qtype("ternary"), fixed8).operator == "mux"
+    assert make_multiplier(qtype("ternary"), fixed8).gate_factor == pytest.approx(0.6)
+    assert make_multiplier(qtype("binary"), fixed8).gate_factor == pytest.approx(0.3)
+    assert make_multiplier(qtype("binary"), qtype("binary")).operator == "xor"
+    assert make_multiplier(qtype("binary(use_01=True)"), fixed8).operator == "and"
+    assert make_multiplier(qtype("quantized_po2(4)"), fixed8).operator == "shifter"
+    assert make_multiplier(qtype("quantized_po2(4)"), qtype("quantized_po2(4)")).operator == "adder"
+    assert make_multiplier(qtype("fp16"), fixed8).operator == "fmul"
+    # mux output gets a sign bit when the input is unsigned and the weight signed
+    assert make_multiplier(qtype("ternary"), qtype("quantized_relu(4)")).output.bits == 5
+
+
+def test_cheaper_quantizers_cost_less_and_sparsity_helps(seed_model):
+    e8 = estimate_energy(seed_model, (1, 28, 28), ALL8, **SEED_SETTING).total_pj
+    e4 = estimate_energy(seed_model, (1, 28, 28), {"default": {"kernel": "quantized_bits(4,0,1)"},
+                                                    "layers": {"act*": {"activation": "quantized_relu(4)"}}},
+                         **SEED_SETTING).total_pj
+    et = estimate_energy(seed_model, (1, 28, 28), {"default": {"kernel": "ternary"},
+                                                    "layers": {"act*": {"activation": "quantized_relu(4)"}}},
+                         **SEED_SETTING).total_pj
+    assert et < e4 < e8
+    qm = quantize_model(seed_model, ALL8)
+    conv = qm.conv2d_2_m
+    conv.register_buffer("weight_mask", (torch.rand_like(conv.weight) > 0.5).float())
+    dense = estimate_energy(qm, (1, 28, 28), **SEED_SETTING)
+    sparse = estimate_energy(qm, (1, 28, 28), sparsity_aware=True, **SEED_SETTING)
+    row = {r.name: r for r in sparse.layers}["conv2d_2_m"]
+    assert 0.45 < row.weight_density < 0.55
+    assert sparse.total_pj < dense.total_pj
+
+
+def test_corrected_mode_and_memories(seed_model):
+    q = estimate_energy(seed_model, (1, 28, 28), ALL8, **SEED_SETTING)
+    c = estimate_energy(seed_model, (1, 28, 28), ALL8, mode="corrected", min_sram_size=2 ** 27)
+    assert c.total_pj < q.total_pj and abs(c.total_pj - q.total_pj) < 50  # word ceiling only
+    fixed = estimate_energy(seed_model, (1, 28, 28), ALL8, weights_memory="fixed", min_sram_size=2 ** 27)
+    assert all(r.parameters == 0 for r in fixed.layers)
+    dram = estimate_energy(seed_model, (1, 28, 28), ALL8, weights_memory="dram", min_sram_size=2 ** 27)
+    assert dram.total_pj > q.total_pj
+    with pytest.raises(ConfigError):
+        estimate_energy(seed_model, (1, 28, 28), mode="nonsense")
+
+
+def test_user_op_costs_and_measured_hook(seed_model, tmp_path):
+    doubled = {"fpm_mul": [2 * 0.002994791667, 2 * 0.001041666667, 0.0]}
+    base = estimate_energy(seed_model, (1, 28, 28), ALL8, **SEED_SETTING)
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(doubled))
+    more = estimate_energy(seed_model, (1, 28, 28), ALL8, op_costs=str(path), measure=lambda m, s: 42.0,
+                           **SEED_SETTING)
+    assert more.total_pj > base.total_pj and more.measured_pj == 42.0
+    with pytest.raises(ConfigError, match="unknown op-cost"):
+        estimate_energy(seed_model, (1, 28, 28), op_costs={"warp_drive": [1.0]})
+
+
+def test_unsupported_layer_is_named():
+    class Weird(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    with pytest.raises(UnsupportedLayerError, match="'1'.*Weird"):
+        estimate_energy(nn.Sequential(nn.Flatten(), Weird(), nn.Linear(4, 2)), (4,))
+
+
+def test_depthwise_and_conv1d_and_batchnorm():
+    m = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(8 * 3 * 3, 4))
+    r = estimate_energy(m, (8, 8, 8))
+    rows = {x.name: x for x in r.layers}
+    assert rows["0"].operations == 9 * 6 * 6 * 8
+    assert rows["1"].counted == ["parameters"] and rows["1"].parameters > 0
+    m1 = nn.Sequential(nn.Conv1d(2, 4, 5), nn.ReLU())
+    assert {x.name: x for x in estimate_energy(m1, (2, 20)).layers}["0"].operations == 16 * 4 * 5 * 2
+
+
+def test_cli_energy_defaults_json_and_plot(tmp_path, capsys):
+    assert main(["energy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_pj"] == 3_559_354
+    assert main(["energy", "--reference", "int8,int16", "--plot", str(tmp_path / "e.png")]) == 0
+    out = capsys.readouterr().out
+    assert "5,617,341" in out and (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model_file = tmp_path / "mymodel.py"
+    model_file.write_text("from torch import nn\ndef build():\n    return nn.Sequential(nn.Linear(16, 8), nn.ReLU())\n")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"default": {"kernel": "ternary", "activation": "quantized_relu(4)"}}))
+    assert main(["energy", "--model", f"{model_file}:build", "--input-shape", "16", "--plan", str(plan),
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    assert rows[0]["operator"] == "mux"

@@ -8,7 +8,8 @@
 
     xq = 2**integer * clip(round(x * 2**bits / 2**integer) / 2**bits, 0, 1 - 2**-bits)
 
-Rounding is half to even. Codes are the clipped integers; the scale is the power of two
+Rounding is half to even. ``integer`` may be negative (QKeras documents it as >= 0, but its formula is
+the same): ``quantized_bits(4, -3, 1)`` has step ``2**-6``, which suits small weights. Codes are the clipped integers; the scale is the power of two
 ``2**(integer - u)`` (``2**(integer - bits)`` for relu), so dequantization is exact.
 """
 
@@ -45,8 +46,8 @@ class QuantizedBits(Quantizer):
                  alpha: Any = None, use_stochastic_rounding: bool = False):
         if not isinstance(bits, int) or not 1 <= bits <= 32:
             raise ConfigError(f"quantized_bits: bits must be 1..32, got {bits!r}")
-        if not isinstance(integer, int) or integer < 0:
-            raise ConfigError(f"quantized_bits: integer must be a non-negative int, got {integer!r}")
+        if not isinstance(integer, int) or not -32 <= integer <= 32:
+            raise ConfigError(f"quantized_bits: integer must be an int in -32..32, got {integer!r}")
         if alpha not in (None, 1, 1.0):
             raise ConfigError("quantized_bits: only alpha=None is supported (per-tensor power-of-two scale); "
                               "use binary/ternary with alpha='auto' for learned scales")
@@ -98,8 +99,8 @@ class QuantizedRelu(Quantizer):
                  use_stochastic_rounding: bool = False):
         if not isinstance(bits, int) or not 1 <= bits <= 32:
             raise ConfigError(f"quantized_relu: bits must be 1..32, got {bits!r}")
-        if not isinstance(integer, int) or integer < 0:
-            raise ConfigError(f"quantized_relu: integer must be a non-negative int, got {integer!r}")
+        if not isinstance(integer, int) or not -32 <= integer <= 32:
+            raise ConfigError(f"quantized_relu: integer must be an int in -32..32, got {integer!r}")
         if use_sigmoid or negative_slope:
             raise ConfigError("quantized_relu: use_sigmoid and negative_slope are not supported")
         self.bits, self.integer = bits, integer

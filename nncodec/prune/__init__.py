@@ -1,0 +1,1 @@
+"""Structured (filters / units) and unstructured (masks) pruning."""

@@ -1,0 +1,125 @@
+"""Unstructured pruning: weight masks held through fine-tuning and quantization.
+
+- :func:`magnitude_masks`: the smallest-magnitude fraction of each layer's weights.
+- :func:`std_threshold_masks` (US 2019/0050735): per layer, threshold ``k * std(w)``; the allowed pruning
+  error per weight grows with the layer's share of MACs (prune where the compute is); ``k`` starts at
+  ``k_start`` and shrinks until the layer's pruning error per weight, ``sum(|w| pruned) / (n * std(w))``,
+  is under its allowance.
+- :func:`balanced_masks` (US 2020/0097830): weights of each output row split into groups of ``group``
+  consecutive inputs, and every group keeps the same number of largest weights, so parallel hardware
+  lanes get equal work.
+
+:func:`apply_masks` stores a mask as the ``weight_mask`` buffer of a fake-quant layer (a plain layer is
+wrapped first) and zeroes the masked weights; forward passes use ``weight * weight_mask``, so the zeros
+hold through training, and quantizers that can represent zero keep them zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..quant.layers import _WRAPPERS, _QuantWeights, _wrap
+from ..quant.plan import LayerPlan
+
+__all__ = ["magnitude_masks", "std_threshold_masks", "balanced_masks", "apply_masks", "sparsity", "prunable_layers"]
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, _QuantWeights))}
+
+
+def _weight(m: nn.Module) -> torch.Tensor:
+    return (m.masked_weight() if isinstance(m, _QuantWeights) else m.weight).detach()
+
+
+def magnitude_masks(model: nn.Module, amount: "float | dict[str, float]") -> dict[str, torch.Tensor]:
+    """Masks removing the ``amount`` (0..1) smallest-magnitude weights of each conv / linear layer."""
+    masks = {}
+    for name, mod in prunable_layers(model).items():
+        a = amount.get(name, 0.0) if isinstance(amount, dict) else amount
+        if not 0.0 <= a < 1.0:
+            raise ConfigError(f"pruning amount of {name!r} must be in [0, 1), got {a}")
+        w = _weight(mod).abs().reshape(-1)
+        k = int(a * w.numel())
+        mask = torch.ones_like(w)
+        if k:
+            mask[torch.argsort(w)[:k]] = 0.0
+        masks[name] = mask.reshape(mod.weight.shape)
+    return masks
+
+
+def std_threshold_masks(model: nn.Module, macs: dict[str, int], *, error_per_weight: float = 0.05,
+                        k_start: float = 2.0, decay: float = 0.9, max_rounds: int = 100) -> dict[str, torch.Tensor]:
+    """Masks by a per-layer ``k * std`` threshold with a MAC-share error allowance (module docstring).
+
+    ``macs`` gives each layer's multiply-accumulate count (e.g. from the energy report's ``operations``);
+    ``error_per_weight`` is the allowance of the layer with the largest MAC share, relative to std(w).
+    """
+    total = max(macs.values(), default=0)
+    if total <= 0:
+        raise ConfigError("std_threshold_masks needs positive MAC counts per layer")
+    masks = {}
+    for name, mod in prunable_layers(model).items():
+        if name not in macs:
+            continue
+        w = _weight(mod)
+        std = float(w.std()) or 1.0
+        allowance = error_per_weight * macs[name] / total
+        k = k_start
+        for _ in range(max_rounds):
+            pruned = w.abs() < k * std
+            err = float(w.abs()[pruned].sum()) / (w.numel() * std)
+            if err <= allowance:
+                break
+            k *= decay
+        else:
+            pruned = torch.zeros_like(w, dtype=torch.bool)
+        masks[name] = (~pruned).float()
+    return masks
+
+
+def balanced_masks(model: nn.Module, amount: float, group: int = 8) -> dict[str, torch.Tensor]:
+    """Masks keeping ``round(group * (1 - amount))`` largest weights in every group of ``group`` inputs."""
+    if not 0.0 <= amount < 1.0 or group < 1:
+        raise ConfigError("balanced pruning needs 0 <= amount < 1 and group >= 1")
+    keep_n = max(1, int(round(group * (1 - amount))))
+    masks = {}
+    for name, mod in prunable_layers(model).items():
+        w = _weight(mod).abs().reshape(mod.weight.shape[0], -1)
+        n_in = w.shape[1]
+        padded = math.ceil(n_in / group) * group
+        wp = torch.full((w.shape[0], padded), -1.0)
+        wp[:, :n_in] = w
+        groups = wp.reshape(w.shape[0], -1, group)
+        top = torch.topk(groups, min(keep_n, group), dim=2).indices
+        mask = torch.zeros_like(groups).scatter_(2, top, 1.0).reshape(w.shape[0], padded)[:, :n_in]
+        masks[name] = mask.reshape(mod.weight.shape)
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Install ``masks`` in ``model`` (in place; plain layers become fake-quant layers without quantizers)."""
+    for name, mask in masks.items():
+        mod = model.get_submodule(name)
+        if mask.shape != mod.weight.shape:
+            raise ConfigError(f"mask for {name!r} has shape {list(mask.shape)}, weight {list(mod.weight.shape)}")
+        if not isinstance(mod, _QuantWeights):
+            new = _wrap(mod, LayerPlan())
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+            mod = new
+        old = getattr(mod, "weight_mask", None)
+        mask = mask.to(mod.weight.dtype) * (old if old is not None else 1.0)
+        mod.register_buffer("weight_mask", mask.contiguous())
+        with torch.no_grad():
+            mod.weight.mul_(mask)
+    return model
+
+
+def sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of zero weights per conv / linear layer (masks applied)."""
+    return {n: 1.0 - float(torch.count_nonzero(_weight(m))) / m.weight.numel() for n, m in prunable_layers(model).items()}

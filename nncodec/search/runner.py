@@ -1,0 +1,367 @@
+"""The joint quantization x width search (seed 003), on Optuna.
+
+Lifecycle of one trial: the controller picks a value for every parameter of the :class:`SearchSpace`;
+the plan they describe is applied to the reference (widths first, weights inherited, then fake
+quantizers); the candidate's cost (energy from the energy model, size in bits, or a measured cost) is
+computed and checked against the hard caps **before any training** (over a cap: reported infeasible,
+score 0, never trained); otherwise it is trained for the proxy budget, reporting its score after every
+epoch (so hyperband can stop it early), and scored ``accuracy * (1 + delta)``.
+
+After the trials, the best plan is applied to a fresh copy of the reference, optionally pruned
+(unstructured magnitude masks), fine-tuned for the full budget, encoded into a bitstream, decoded, and
+measured again from the decoded weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..energy.estimate import EnergyReport, estimate_energy
+from ..errors import ConfigError
+from ..prune.unstructured import apply_masks, magnitude_masks, sparsity
+from ..quant.plan import Plan
+from .candidate import build_candidate, deployed_copy, model_size_bits
+from .score import ScoreConfig, score
+from .space import SearchSpace
+from .storage import open_storage, storage_url
+from .task import Task
+
+__all__ = ["SearchConfig", "SearchResult", "run_search", "CONTROLLERS", "make_sampler"]
+
+log = logging.getLogger(__name__)
+
+CONTROLLERS = ("random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution")
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a search. Costs in pJ (energy) or bits (size)."""
+
+    controller: str = "tpe"
+    n_trials: int = 30
+    proxy_epochs: int = 1
+    final_epochs: int = 6
+    cost: str = "energy"                      #: "energy" or "size"
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    max_energy_pj: float | None = None
+    max_bits: float | None = None
+    max_params: int | None = None
+    block_search: bool = False
+    block_order: str = "energy"               #: "energy" (descending reference energy) or "input"
+    min_trials_per_block: int = 10
+    final_prune: float = 0.0                  #: magnitude-prune this fraction of each layer before fine-tuning
+    seed: int = 0
+    study_name: str = "nncodec-search"
+    storage: str | None = None                #: None: SQLite file in out_dir; or postgresql://...
+    out_dir: str = "nncodec_search"
+    heartbeat_interval: int = 10
+    grace_period: int | None = None
+    energy_settings: dict[str, Any] = field(default_factory=lambda: {
+        "min_sram_size": 2 ** 27, "weights_memory": "sram", "activations_memory": "sram", "io_traffic": False})
+    reference_types: tuple[str, str] = ("int8", "int16")
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.controller not in CONTROLLERS:
+            raise ConfigError(f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
+        if self.cost not in ("energy", "size"):
+            raise ConfigError(f"cost must be 'energy' or 'size', got {self.cost!r}")
+        if self.block_order not in ("energy", "input"):
+            raise ConfigError("block_order must be 'energy' or 'input'")
+        if self.n_trials < 1 or self.proxy_epochs < 1 or self.final_epochs < 0:
+            raise ConfigError("n_trials and proxy_epochs must be >= 1, final_epochs >= 0")
+        if self.block_search and self.controller == "nsga2":
+            raise ConfigError("block search scores with a single objective; use another controller than nsga2")
+
+
+@dataclass
+class SearchResult:
+    plan: Plan
+    model: nn.Module
+    reference_accuracy: float
+    reference_cost: float
+    reference_energy_pj: float
+    accuracy: float
+    decoded_accuracy: float
+    energy_pj: float
+    cost: float
+    bitstream: Path
+    bitstream_bytes: int
+    float32_bytes: int
+    trials: list[dict[str, Any]]
+    layer_table: list[dict[str, Any]]
+    seconds: float
+    energy_report: EnergyReport | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"reference": {"accuracy": self.reference_accuracy, "energy_pj": self.reference_energy_pj,
+                              "float32_bytes": self.float32_bytes},
+                "result": {"accuracy": self.accuracy, "decoded_accuracy": self.decoded_accuracy,
+                           "energy_pj": self.energy_pj, "bitstream_bytes": self.bitstream_bytes,
+                           "plan": self.plan.to_dict()},
+                "seconds": self.seconds}
+
+
+def make_sampler(controller: str, seed: int):  # noqa: ANN201
+    import optuna
+
+    from .samplers import EvolutionSampler, ReinforceSampler
+
+    if controller == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if controller in ("tpe", "hyperband"):
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    if controller == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5, warn_independent_sampling=False)
+    if controller == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8,
+                                             constraints_func=lambda t: [t.user_attrs.get("violation", 0.0)])
+    if controller == "rl":
+        return ReinforceSampler(seed=seed)
+    return EvolutionSampler(seed=seed)
+
+
+class _Searcher:
+    def __init__(self, reference: nn.Module, space: SearchSpace, task: Task, config: SearchConfig,
+                 cost_fn: Callable[[nn.Module], float] | None):
+        self.reference = reference.eval()
+        self.space = space
+        self.task = task
+        self.cfg = config
+        self.cost_fn = cost_fn
+        self.out_dir = Path(config.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ref_report = estimate_energy(self.reference, space.input_shape, reference=config.reference_types,
+                                          **config.energy_settings)
+        self.ref_energy = self.ref_report.total_pj
+        self.ref_cost = self._cost(self.reference, self.ref_report, reference=True)
+        self.url = storage_url(config.storage, self.out_dir)
+        self.storage = open_storage(self.url, heartbeat_interval=config.heartbeat_interval,
+                                    grace_period=config.grace_period)
+
+    # -- costs --------------------------------------------------------------------------------
+    def _cost(self, model: nn.Module, report: EnergyReport, reference: bool = False) -> float:
+        if self.cost_fn is not None:
+            return float(self.cost_fn(model))
+        if self.cfg.cost == "size":
+            if reference:
+                bits = int(self.cfg.reference_types[0].replace("int", "").replace("fp", "") or 8)
+                return float(sum(p.numel() for p in model.parameters()) * bits)
+            return float(model_size_bits(model))
+        return float(report.total_pj)
+
+    def _violation(self, energy: float, bits: float, params: int) -> float:
+        """Relative amount by which the candidate is over its caps (0: feasible)."""
+        over = 0.0
+        for value, cap in ((energy, self.cfg.max_energy_pj), (bits, self.cfg.max_bits), (params, self.cfg.max_params)):
+            if cap is not None and value > cap:
+                over += value / cap - 1.0
+        return over
+
+    # -- one trial ------------------------------------------------------------------------------
+    def objective(self, trial: Any, params: dict[str, list[Any]], multi: bool) -> Any:
+        import optuna
+
+        choices = {name: trial.suggest_categorical(name, values) for name, values in params.items()}
+        plan = self.space.plan_from(choices)
+        torch.manual_seed(self.cfg.seed * 100_003 + trial.number)
+        model = build_candidate(self.reference, self.space.input_shape, plan)
+        report = estimate_energy(model, self.space.input_shape, **self.cfg.energy_settings)
+        cost = self._cost(model, report)
+        bits = model_size_bits(model)
+        n_params = sum(p.numel() for p in model.parameters())
+        trial.set_user_attr("energy_pj", report.total_pj)
+        trial.set_user_attr("cost", cost)
+        trial.set_user_attr("size_bits", bits)
+        trial.set_user_attr("params", n_params)
+        violation = self._violation(report.total_pj, bits, n_params)
+        if violation > 0:
+            trial.set_user_attr("infeasible", True)
+            trial.set_user_attr("violation", violation)
+            log.debug("trial %d infeasible (over the caps by %.1f %%): not trained", trial.number, 100 * violation)
+            return (0.0, cost) if multi else 0.0
+        acc = 0.0
+        for epoch in range(self.cfg.proxy_epochs):
+            self.task.train_epoch(model, epoch, proxy=True)
+            acc = self.task.evaluate(model)
+            if not multi:
+                trial.report(score(acc, cost, self.ref_cost, self.cfg.score), epoch)
+                if trial.should_prune():
+                    trial.set_user_attr("accuracy", acc)
+                    raise optuna.TrialPruned()
+        trial.set_user_attr("accuracy", acc)
+        return (acc, cost) if multi else score(acc, cost, self.ref_cost, self.cfg.score)
+
+    def _study(self, name: str, multi: bool) -> Any:
+        import optuna
+
+        pruner = (optuna.pruners.HyperbandPruner(min_resource=1, max_resource=self.cfg.proxy_epochs)
+                  if self.cfg.controller == "hyperband" else optuna.pruners.NopPruner())
+        kwargs = {"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}
+        return optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
+                                   sampler=make_sampler(self.cfg.controller, self.cfg.seed), pruner=pruner, **kwargs)
+
+    def _optimize(self, study: Any, params: dict[str, list[Any]], n_trials: int, multi: bool, desc: str) -> None:
+        import optuna
+        from optuna.study import MaxTrialsCallback
+        from optuna.trial import TrialState
+
+        done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+        done = len(study.get_trials(deepcopy=False, states=done_states))
+        remaining = n_trials - done
+        if remaining <= 0:
+            log.info("%s: %d trials already finished, nothing to run", desc, done)
+            return
+        show = self.cfg.progress if self.cfg.progress is not None else sys.stderr.isatty()
+        bar = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_trials, initial=done, desc=desc, unit="trial", leave=False)
+
+        def tick(st: Any, tr: Any) -> None:
+            if bar is not None:
+                bar.update(1)
+                if not multi and tr.value is not None:
+                    bar.set_postfix(score=f"{tr.value:.4f}", acc=f"{tr.user_attrs.get('accuracy', 0):.4f}")
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study.optimize(lambda t: self.objective(t, params, multi), n_trials=remaining,
+                           callbacks=[MaxTrialsCallback(n_trials, states=done_states), tick], gc_after_trial=False)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @staticmethod
+    def _best(study: Any, multi: bool, ref_cost: float, score_cfg: ScoreConfig) -> Any:
+        from optuna.trial import TrialState
+
+        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if not t.user_attrs.get("infeasible")]
+        if not trials:
+            raise ConfigError("no feasible trial: relax the caps (max_energy_pj / max_bits / max_params)")
+        if multi:
+            return max(trials, key=lambda t: score(t.values[0], t.values[1], ref_cost, score_cfg))
+        return max(trials, key=lambda t: t.value)
+
+    # -- whole search ---------------------------------------------------------------------------
+    def search_plan(self) -> tuple[Plan, list[dict[str, Any]]]:
+        multi = self.cfg.controller == "nsga2"
+        if not self.cfg.block_search:
+            params = self.space.parameters()
+            study = self._study(self.cfg.study_name, multi)
+            self._optimize(study, params, self.cfg.n_trials, multi, "search")
+            best = self._best(study, multi, self.ref_cost, self.cfg.score)
+            return self.space.plan_from(best.params), self._trial_rows(study, multi)
+        rows: list[dict[str, Any]] = []
+        for i, (block, n_trials) in enumerate(self.block_schedule()):
+            params = self.space.parameters(only=set(block))
+            study = self._study(f"{self.cfg.study_name}.block{i}", False)
+            self._optimize(study, params, n_trials, False, f"block {i + 1} ({', '.join(block)})")
+            best = self._best(study, False, self.ref_cost, self.cfg.score)
+            self.space.fixed = self.space.plan_from(best.params)
+            rows += [dict(r, block=i) for r in self._trial_rows(study, False)]
+        return self.space.fixed, rows
+
+    def block_schedule(self) -> list[tuple[list[str], int]]:
+        """Blocks (layers sharing a group form one block) in search order, with their trial budgets."""
+        energy_of = {r.name: r.total for r in self.ref_report.layers}
+        blocks: dict[str, list[str]] = {}
+        energy: dict[str, float] = {}
+        for layer in self.space.layers:
+            blocks.setdefault(layer.group, []).append(layer.name)
+            energy[layer.group] = energy.get(layer.group, 0.0) + energy_of.get(layer.name, 0.0) + \
+                energy_of.get(layer.activation_module or "", 0.0)
+        order = list(blocks)
+        if self.cfg.block_order == "energy":
+            order.sort(key=lambda g: -energy[g])
+        total = sum(energy.values()) or 1.0
+        return [(blocks[g], max(self.cfg.min_trials_per_block, round(self.cfg.n_trials * energy[g] / total)))
+                for g in order]
+
+    @staticmethod
+    def _trial_rows(study: Any, multi: bool) -> list[dict[str, Any]]:
+        rows = []
+        for t in study.get_trials(deepcopy=False):
+            rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params),
+                         "value": (list(t.values) if multi else t.value) if t.values is not None else None,
+                         "accuracy": t.user_attrs.get("accuracy"), "energy_pj": t.user_attrs.get("energy_pj"),
+                         "cost": t.user_attrs.get("cost"), "infeasible": bool(t.user_attrs.get("infeasible"))})
+        return rows
+
+
+def _float32_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _layer_table(space: SearchSpace, plan: Plan, ref_report: EnergyReport, report: EnergyReport,
+                 reference: nn.Module, model: nn.Module) -> list[dict[str, Any]]:
+    ref_rows = {r.name: r.total for r in ref_report.layers}
+    rows = {r.name: r.total for r in report.layers}
+    sp = sparsity(model)
+    table = []
+    for layer in space.layers:
+        lp = plan.resolve(layer.name)
+        act_lp = plan.resolve(layer.activation_module) if layer.activation_module else None
+        both = [layer.name] + ([layer.activation_module] if layer.activation_module else [])
+        table.append({"layer": layer.name,
+                      "reference_width": int(reference.get_submodule(layer.name).weight.shape[0]),
+                      "width": int(model.get_submodule(layer.name).weight.shape[0]),
+                      "kernel": lp.kernel if lp else None, "bias": lp.bias if lp else None,
+                      "activation": act_lp.activation if act_lp else None,
+                      "reference_energy_pj": sum(ref_rows.get(n, 0.0) for n in both),
+                      "energy_pj": sum(rows.get(n, 0.0) for n in both),
+                      "sparsity": sp.get(layer.name, 0.0)})
+    return table
+
+
+def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: SearchConfig | None = None, *,
+               cost_fn: Callable[[nn.Module], float] | None = None,
+               reference_accuracy: float | None = None) -> SearchResult:
+    """Search, then fine-tune, encode, decode and re-measure the winner; write the report to ``out_dir``."""
+    from ..torch_io import encode_with_report, load_into
+    from .report import write_report
+
+    config = config or SearchConfig()
+    t0 = time.perf_counter()
+    searcher = _Searcher(reference, space, task, config, cost_fn)
+    ref_acc = task.evaluate(reference) if reference_accuracy is None else reference_accuracy
+    plan, trials = searcher.search_plan()
+    torch.manual_seed(config.seed)
+    model = build_candidate(reference, space.input_shape, plan)
+    if config.final_prune > 0:
+        apply_masks(model, magnitude_masks(model, config.final_prune))
+    for epoch in range(config.final_epochs):
+        task.train_epoch(model, epoch, proxy=False)
+    model.eval()
+    acc = task.evaluate(model)
+    report = estimate_energy(model, space.input_shape, **config.energy_settings)
+    out_dir = Path(config.out_dir)
+    path, _ = encode_with_report(model, out_dir / "model.nnc", level=19)
+    decoded = deployed_copy(model)
+    with torch.no_grad():
+        for p in decoded.parameters():
+            p.zero_()
+    load_into(decoded, path)
+    decoded_acc = task.evaluate(decoded.eval())
+    result = SearchResult(
+        plan=plan, model=model, reference_accuracy=ref_acc, reference_cost=searcher.ref_cost,
+        reference_energy_pj=searcher.ref_energy, accuracy=acc, decoded_accuracy=decoded_acc,
+        energy_pj=report.total_pj, cost=searcher._cost(model, report), bitstream=Path(path),
+        bitstream_bytes=Path(path).stat().st_size, float32_bytes=_float32_bytes(reference), trials=trials,
+        layer_table=_layer_table(space, plan, searcher.ref_report, report, reference, model),
+        seconds=time.perf_counter() - t0, energy_report=report)
+    write_report(result, out_dir)
+    return result
+
+

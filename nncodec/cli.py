@@ -204,8 +204,48 @@ def _cmd_energy(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_demo, run_demo
 
-    summary = run_demo(epochs=args.epochs)
-    print(json.dumps(summary, indent=2) if args.json else format_demo(summary))
+    summary, result = run_demo(trials=args.trials, controller=args.controller, seed=args.seed, out_dir=args.out,
+                               storage=args.storage, progress=None if not args.json else False)
+    print(json.dumps(summary, indent=2) if args.json else format_demo(result, args.out))
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    if not args.model:
+        return _cmd_demo(args)
+    import numpy as np
+
+    from .search import ClassifierTask, SearchConfig, SearchSpace, run_search
+    from .search.report import format_layer_table, format_summary
+
+    if not args.data:
+        raise ConfigError("--model needs --data: an .npz with x_train, y_train, x_val, y_val")
+    with np.load(args.data, allow_pickle=False) as z:
+        missing = {"x_train", "y_train", "x_val", "y_val"} - set(z.files)
+        if missing:
+            raise ConfigError(f"{args.data} lacks {sorted(missing)}")
+        x_train, y_train = z["x_train"].astype(np.float32), z["y_train"].astype(np.int64)
+        x_val, y_val = z["x_val"].astype(np.float32), z["y_val"].astype(np.int64)
+    model = _load_user_model(args.model, args.weights)
+    shape = tuple(int(v) for v in args.input_shape.split(","))
+    space = SearchSpace.from_model(model, shape, x_train[:256], width_mode=args.width_mode,
+                                   keep_width=tuple(args.keep_width or ()))
+    config = SearchConfig(controller=args.controller, n_trials=args.trials, proxy_epochs=args.proxy_epochs,
+                          final_epochs=args.final_epochs, cost=args.cost, max_energy_pj=args.max_energy_pj,
+                          max_bits=args.max_bits, max_params=args.max_params, block_search=args.block_search,
+                          block_order=args.block_order, final_prune=args.prune, seed=args.seed,
+                          study_name=args.study_name, storage=args.storage, out_dir=args.out,
+                          progress=None if not args.json else False)
+    task = ClassifierTask(x_train, y_train, x_val, y_val, proxy_fraction=args.proxy_fraction, seed=args.seed)
+    if args.trials_only:
+        from .search.runner import run_trials
+
+        plan = run_trials(model, space, task, config)
+        print(plan.to_json())
+        return 0
+    result = run_search(model, space, task, config)
+    print(json.dumps(result.summary(), indent=2) if args.json else
+          format_summary(result) + "\n\n" + format_layer_table(result.layer_table))
     return 0
 
 
@@ -265,10 +305,45 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--plot", metavar="PNG", help="write a bar chart of per-layer energy")
     en.set_defaults(func=_cmd_energy)
 
-    m = sub.add_parser("demo", help="train the seed example CNN on MNIST-5k, encode, decode, re-measure")
-    m.add_argument("--epochs", type=int, default=4)
-    m.add_argument("--json", action="store_true")
+    def search_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--controller", default="tpe",
+                       choices=["random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution"])
+        p.add_argument("--trials", type=int, default=30, help="trials (default 30)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", default="nncodec_demo", help="folder for the report, plan, plot and bitstream")
+        p.add_argument("--storage", help="study storage: a SQLite file (default: OUT/search.db) or postgresql://...")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    m = sub.add_parser("demo", help="the seed example end to end: train, search, prune, quantize, encode, decode",
+                       description="Trains conv16-conv32-conv64-dense10 on MNIST-5k, searches quantizers and "
+                                   "widths under the energy model, fine-tunes, encodes, decodes and re-measures.")
+    search_options(m)
     m.set_defaults(func=_cmd_demo)
+
+    se = sub.add_parser("search", help="search quantizers and widths for your model (no --model: the demo)",
+                        description="Without --model this runs the demo. With --model FILE.py:FUNCTION and --data "
+                                    "an .npz (x_train, y_train, x_val, y_val) it searches your classifier.")
+    search_options(se)
+    se.add_argument("--model", metavar="FILE.py:FUNCTION", help="your code: a function returning the reference")
+    se.add_argument("--weights", help="trained state_dict .pt for --model (weights_only=True)")
+    se.add_argument("--data", help=".npz with x_train, y_train, x_val, y_val")
+    se.add_argument("--input-shape", default="1,28,28")
+    se.add_argument("--study-name", default="nncodec-search", help="workers sharing a storage join this study")
+    se.add_argument("--proxy-epochs", type=int, default=1)
+    se.add_argument("--proxy-fraction", type=float, default=0.5, help="fraction of the training set per trial")
+    se.add_argument("--final-epochs", type=int, default=6)
+    se.add_argument("--cost", choices=["energy", "size"], default="energy")
+    se.add_argument("--max-energy-pj", type=float, help="hard cap: candidates over it are never trained")
+    se.add_argument("--max-bits", type=float, help="hard cap on parameter bits")
+    se.add_argument("--max-params", type=int, help="hard cap on the parameter count")
+    se.add_argument("--block-search", action="store_true", help="search layer groups one after another")
+    se.add_argument("--block-order", choices=["energy", "input"], default="energy")
+    se.add_argument("--width-mode", choices=["layer", "block"], default="layer")
+    se.add_argument("--keep-width", action="append", metavar="PATTERN", help="layers whose width stays")
+    se.add_argument("--prune", type=float, default=0.0, help="magnitude-prune this fraction before fine-tuning")
+    se.add_argument("--trials-only", action="store_true",
+                    help="run trials and print the best plan (a worker joining a shared study)")
+    se.set_defaults(func=_cmd_search)
     return p
 
 
@@ -278,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
-        args = parser.parse_args(["demo", *(argv or [])])
+        args = parser.parse_args(["demo"])
     try:
         return int(args.func(args))
     except NNCodecError as exc:

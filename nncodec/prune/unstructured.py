@@ -1,6 +1,7 @@
 """Unstructured pruning: weight masks held through fine-tuning and quantization.
 
 - :func:`magnitude_masks`: the smallest-magnitude fraction of each layer's weights.
+- :func:`global_magnitude_masks`: the smallest-magnitude fraction of all weights, one threshold.
 - :func:`std_threshold_masks` (US 2019/0050735): per layer, threshold ``k * std(w)``; the allowed pruning
   error per weight grows with the layer's share of MACs (prune where the compute is); ``k`` starts at
   ``k_start`` and shrinks until the layer's pruning error per weight, ``sum(|w| pruned) / (n * std(w))``,
@@ -25,7 +26,7 @@ from ..errors import ConfigError
 from ..quant.layers import _WRAPPERS, _QuantWeights, _wrap
 from ..quant.plan import LayerPlan
 
-__all__ = ["magnitude_masks", "std_threshold_masks", "balanced_masks", "apply_masks", "sparsity", "prunable_layers"]
+__all__ = ["magnitude_masks", "global_magnitude_masks", "std_threshold_masks", "balanced_masks", "apply_masks", "sparsity", "prunable_layers"]
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -50,6 +51,23 @@ def magnitude_masks(model: nn.Module, amount: "float | dict[str, float]") -> dic
             mask[torch.argsort(w)[:k]] = 0.0
         masks[name] = mask.reshape(mod.weight.shape)
     return masks
+
+
+def global_magnitude_masks(model: nn.Module, amount: float) -> dict[str, torch.Tensor]:
+    """Masks removing the ``amount`` smallest-magnitude weights of all conv / linear layers together.
+
+    One threshold for the whole model: large layers with small weights (a wide classifier) lose the
+    most, small early layers the least, which is what shrinks the stored model fastest.
+    """
+    if not 0.0 <= amount < 1.0:
+        raise ConfigError(f"pruning amount must be in [0, 1), got {amount}")
+    layers = prunable_layers(model)
+    if not layers or amount == 0.0:
+        return {n: torch.ones_like(m.weight) for n, m in layers.items()}
+    all_w = torch.cat([_weight(m).abs().reshape(-1) for m in layers.values()])
+    k = int(amount * all_w.numel())
+    threshold = torch.kthvalue(all_w, k).values if k else torch.tensor(-1.0)
+    return {n: (_weight(m).abs() > threshold).float() for n, m in layers.items()}
 
 
 def std_threshold_masks(model: nn.Module, macs: dict[str, int], *, error_per_weight: float = 0.05,

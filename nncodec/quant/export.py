@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -56,15 +57,30 @@ def coded_tensor(qc: QuantCodes, shape: tuple[int, ...], tensor_dtype: str = "fl
     return CodedTensor(codes.reshape(shape), desc, dtype_by_name(tensor_dtype))
 
 
-def _coded(q: Quantizer, t: torch.Tensor) -> CodedTensor:
+def _masked_codes(qc: QuantCodes, mask: torch.Tensor) -> QuantCodes:
+    """Zero the codes of pruned weights; binary codes (no zero) become ternary codes first."""
+    if qc.scheme == "binary":
+        qc = replace(qc, scheme="ternary", codes=(2 * qc.codes.to(torch.int8) - 1), bits=2, bit_tuple=(-1, 0, 1))
+    if qc.scheme == "float_cast":
+        return replace(qc, codes=qc.codes * mask.to(qc.codes.dtype))
+    return replace(qc, codes=qc.codes * (mask != 0).to(qc.codes.dtype))
+
+
+def _coded(q: Quantizer, t: torch.Tensor, mask: torch.Tensor | None = None) -> CodedTensor:
     with torch.no_grad():
-        return coded_tensor(q.to_codes(t.detach().float()), tuple(t.shape))
+        qc = q.to_codes(t.detach().float())
+        if mask is not None:
+            qc = _masked_codes(qc, mask)
+        return coded_tensor(qc, tuple(t.shape))
 
 
 def quantized_state(model: nn.Module) -> dict[str, Any]:
     """The model's state_dict with every fake-quant weight and bias replaced by its :class:`CodedTensor`.
 
-    Masked weights are masked first, so pruned weights become zero codes. Mask buffers are kept.
+    Pruned weights become zero codes (binary codes, which have no zero, are stored as ternary codes when a
+    layer is pruned), so decoding gives exactly what the layer computes with; the ``weight_mask`` buffers
+    of those layers are therefore not stored (load into :func:`nncodec.search.candidate.deployed_copy`,
+    or encode with ``quantized=False`` to keep the masks for more training).
     """
     state: dict[str, Any] = dict(model.state_dict())
     for name, module in model.named_modules():
@@ -72,7 +88,9 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
             continue
         prefix = f"{name}." if name else ""
         if module.kernel_quantizer is not None and module.weight.dtype == torch.float32:
-            state[prefix + "weight"] = _coded(module.kernel_quantizer, module.masked_weight())
+            state[prefix + "weight"] = _coded(module.kernel_quantizer, module.masked_weight(),
+                                              getattr(module, "weight_mask", None))
+            state.pop(prefix + "weight_mask", None)
         if module.bias_quantizer is not None and module.bias is not None and module.bias.dtype == torch.float32:
             state[prefix + "bias"] = _coded(module.bias_quantizer, module.bias)
     return state

@@ -4,7 +4,7 @@
 quantizer; ``QActivation`` quantizes an activation's output. In training mode quantizers use the
 straight-through estimator (and sample, where stochastic); in eval mode the forward computes with
 exactly the quantized values. An optional ``weight_mask`` buffer (from pruning) is applied before the
-kernel quantizer, so pruned weights stay zero for every quantizer that can represent zero.
+kernel quantizer and again after it, so pruned weights are zero whatever the scheme.
 """
 
 from __future__ import annotations
@@ -47,9 +47,15 @@ class _QuantWeights:
         return w * mask if mask is not None else w
 
     def quantized_weight(self) -> torch.Tensor:
+        """Quantized masked weight; the mask is applied again after quantizing, so pruned weights are zero
+        even for schemes without a zero (binary, QKeras po2)."""
         w = self.masked_weight()
         q = self.kernel_quantizer
-        return q(w, self.training) if q is not None else w  # type: ignore[attr-defined]
+        if q is None:
+            return w
+        wq = q(w, self.training)  # type: ignore[attr-defined]
+        mask = getattr(self, "weight_mask", None)
+        return wq * mask if mask is not None else wq
 
     def quantized_bias(self) -> torch.Tensor | None:
         b = self.bias  # type: ignore[attr-defined]

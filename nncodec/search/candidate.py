@@ -19,11 +19,13 @@ def build_candidate(reference: nn.Module, input_shape: tuple[int, ...], plan: Pl
 
 
 def deployed_copy(model: nn.Module) -> nn.Module:
-    """A copy whose weight quantizers are removed: for weights that already hold their quantized values
-    (as decoded from a bitstream). Activation quantizers stay."""
+    """A copy for weights that already hold their quantized, pruned values (as decoded from a bitstream):
+    the weight quantizers and pruning masks of quantized layers are removed; activation quantizers stay."""
     out = copy.deepcopy(model)
     for m in out.modules():
         if isinstance(m, _QuantWeights):
+            if m.kernel_quantizer is not None and "weight_mask" in m._buffers:
+                del m._buffers["weight_mask"]
             m.kernel_quantizer = m.bias_quantizer = None
     return out
 

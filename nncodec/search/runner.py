@@ -27,7 +27,7 @@ from torch import nn
 
 from ..energy.estimate import EnergyReport, estimate_energy
 from ..errors import ConfigError
-from ..prune.unstructured import apply_masks, magnitude_masks, sparsity
+from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.plan import Plan
 from .candidate import build_candidate, deployed_copy, model_size_bits
 from .score import ScoreConfig, score
@@ -35,7 +35,7 @@ from .space import SearchSpace
 from .storage import open_storage, storage_url
 from .task import Task
 
-__all__ = ["SearchConfig", "SearchResult", "run_search", "CONTROLLERS", "make_sampler"]
+__all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLLERS", "make_sampler"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class SearchConfig:
     block_search: bool = False
     block_order: str = "energy"               #: "energy" (descending reference energy) or "input"
     min_trials_per_block: int = 10
-    final_prune: float = 0.0                  #: magnitude-prune this fraction of each layer before fine-tuning
+    final_prune: float = 0.0                  #: prune this fraction of all weights (global magnitude) before fine-tuning
     seed: int = 0
     study_name: str = "nncodec-search"
     storage: str | None = None                #: None: SQLite file in out_dir; or postgresql://...
@@ -325,6 +325,17 @@ def _layer_table(space: SearchSpace, plan: Plan, ref_report: EnergyReport, repor
     return table
 
 
+def run_trials(reference: nn.Module, space: SearchSpace, task: Task, config: SearchConfig | None = None, *,
+               cost_fn: Callable[[nn.Module], float] | None = None) -> Plan:
+    """Run (or join, or resume) the study's trials and return the best plan, without the final steps.
+
+    This is what each extra worker runs: any number of processes on any number of machines, given the
+    same storage URL and study name, share the trials until ``n_trials`` have finished.
+    """
+    plan, _ = _Searcher(reference, space, task, config or SearchConfig(), cost_fn).search_plan()
+    return plan
+
+
 def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: SearchConfig | None = None, *,
                cost_fn: Callable[[nn.Module], float] | None = None,
                reference_accuracy: float | None = None) -> SearchResult:
@@ -340,7 +351,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     torch.manual_seed(config.seed)
     model = build_candidate(reference, space.input_shape, plan)
     if config.final_prune > 0:
-        apply_masks(model, magnitude_masks(model, config.final_prune))
+        apply_masks(model, global_magnitude_masks(model, config.final_prune))
     for epoch in range(config.final_epochs):
         task.train_epoch(model, epoch, proxy=False)
     model.eval()

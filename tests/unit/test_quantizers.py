@@ -135,10 +135,15 @@ def test_pruned_zeros_survive_quantization_and_become_zero_words():
     conv.register_buffer("weight_mask", mask)
     out = nncodec.decode(nncodec.encode(qmodel))
     assert (out["0.weight"][mask == 0] == 0).all() and (out["0.weight"][mask == 1] != 0).any()
-    # QKeras' po2 has no zero: the compatible scheme turns pruned weights into +2**kmin
-    qk = quantize_model(nn_model(), {"default": {"kernel": "quantized_po2(4)"}})
-    qk[0].register_buffer("weight_mask", mask)
-    assert (nncodec.decode(nncodec.encode(qk))["0.weight"] != 0).all()
+    # QKeras' po2 has no zero (0 -> +2**kmin), yet a pruned layer computes with and stores exact zeros,
+    # because the mask is applied after the quantizer too; likewise binary codes become ternary codes
+    for spec in ("quantized_po2(4)", "binary(alpha='auto')"):
+        qk = quantize_model(nn_model(), {"default": {"kernel": spec}})
+        assert (qk[0].kernel_quantizer.quantize(torch.zeros(3)) != 0).all()
+        qk[0].register_buffer("weight_mask", mask)
+        decoded = nncodec.decode(nncodec.encode(qk))
+        assert torch.equal(decoded["0.weight"], qk[0].quantized_weight().detach())
+        assert (decoded["0.weight"][mask == 0] == 0).all() and "0.weight_mask" not in decoded
 
 
 def test_plan_resolution_and_json_round_trip(tmp_path):

@@ -138,7 +138,7 @@ def test_pruned_zeros_survive_quantization_and_become_zero_words():
     # QKeras' po2 has no zero (0 -> +2**kmin), yet a pruned layer computes with and stores exact zeros,
     # because the mask is applied after the quantizer too; likewise binary codes become ternary codes
     for spec in ("quantized_po2(4)", "binary(alpha='auto')"):
-        qk = quantize_model(nn_model(), {"default": {"kernel": spec}})
+        qk = quantize_model(nn_model(), {"default": {"kernel": spec}}).eval()
         assert qk[0].kernel_quantizer.quantize(torch.tensor([0.0, 1.0, -1.0]))[0] != 0
         qk[0].register_buffer("weight_mask", mask)
         decoded = nncodec.decode(nncodec.encode(qk))

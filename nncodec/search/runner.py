@@ -60,6 +60,7 @@ class SearchConfig:
     min_trials_per_block: int = 10
     final_prune: float = 0.0                  #: prune this fraction of all weights (global magnitude) before fine-tuning
     seed: int = 0
+    worker: int = 0                           #: index of this worker process (seeds its sampler differently)
     study_name: str = "nncodec-search"
     storage: str | None = None                #: None: SQLite file in out_dir; or postgresql://...
     out_dir: str = "nncodec_search"
@@ -123,8 +124,7 @@ def make_sampler(controller: str, seed: int):  # noqa: ANN201
     if controller == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5, warn_independent_sampling=False)
     if controller == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8,
-                                             constraints_func=lambda t: [t.user_attrs.get("violation", 0.0)])
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if controller == "rl":
         return ReinforceSampler(seed=seed)
     return EvolutionSampler(seed=seed)
@@ -184,6 +184,8 @@ class _Searcher:
         trial.set_user_attr("size_bits", bits)
         trial.set_user_attr("params", n_params)
         violation = self._violation(report.total_pj, bits, n_params)
+        if multi:
+            trial.set_constraint("caps", violation)  # NSGA-II ranks infeasible trials after feasible ones
         if violation > 0:
             trial.set_user_attr("infeasible", True)
             trial.set_user_attr("violation", violation)
@@ -203,12 +205,19 @@ class _Searcher:
 
     def _study(self, name: str, multi: bool) -> Any:
         import optuna
+        from optuna.exceptions import DuplicatedStudyError
 
         pruner = (optuna.pruners.HyperbandPruner(min_resource=1, max_resource=self.cfg.proxy_epochs)
                   if self.cfg.controller == "hyperband" else optuna.pruners.NopPruner())
         kwargs = {"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}
-        return optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
-                                   sampler=make_sampler(self.cfg.controller, self.cfg.seed), pruner=pruner, **kwargs)
+        sampler = make_sampler(self.cfg.controller, self.cfg.seed + 1_000_003 * self.cfg.worker)
+        for attempt in range(5):  # two workers may create the same study at once
+            try:
+                return optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
+                                           sampler=sampler, pruner=pruner, **kwargs)
+            except DuplicatedStudyError:
+                time.sleep(0.2 * (attempt + 1))
+        return optuna.load_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner)
 
     def _optimize(self, study: Any, params: dict[str, list[Any]], n_trials: int, multi: bool, desc: str) -> None:
         import optuna

@@ -7,12 +7,15 @@ parameters (``RetryHeartbeatStaleTrialCallback``), so a killed run resumes with 
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
 from ..errors import ConfigError
 
 __all__ = ["open_storage", "storage_url"]
+
+_ATTEMPTS = 5
 
 
 def storage_url(storage: str | Path | None, default_dir: Path) -> str:
@@ -35,12 +38,16 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | 
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
-                heartbeat_interval=heartbeat_interval, grace_period=grace_period or 3 * heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-        except Exception as exc:  # SQLAlchemy raises many types for an unreachable or bad database
-            raise ConfigError(f"cannot open the search storage {url.split('@')[-1]!r}: {exc}") from None
+    last: Exception | None = None
+    for attempt in range(_ATTEMPTS):  # workers starting together race to create the tables: retry
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgresql") else None,
+                    heartbeat_interval=heartbeat_interval, grace_period=grace_period or 3 * heartbeat_interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+            except Exception as exc:  # SQLAlchemy raises many types for an unreachable or bad database
+                last = exc
+                time.sleep(0.2 * (attempt + 1))
+    raise ConfigError(f"cannot open the search storage {url.split('@')[-1]!r}: {last}")

@@ -1,0 +1,259 @@
+"""The search on small real data (sklearn digits): surgery, masks, constraints, blocks, plans, storage."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import nncodec
+from nncodec.errors import ConfigError
+from nncodec.prune.structured import filter_importance, resizable_layers, resize_layers
+from nncodec.prune.unstructured import (apply_masks, balanced_masks, global_magnitude_masks, magnitude_masks,
+                                        sparsity, std_threshold_masks)
+from nncodec.quant.layers import quantize_model
+from nncodec.quant.plan import Plan
+from nncodec.search import SearchConfig, run_search, score
+from nncodec.search.candidate import build_candidate
+from nncodec.search.runner import _Searcher, run_trials
+from nncodec.search.samplers import EvolutionSampler, ReinforceSampler
+from nncodec.train import accuracy, train_classifier
+from tests.search.digits import INPUT, data, digits_cnn, space, task, trained_reference
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return trained_reference()
+
+
+def test_reference_is_a_real_classifier(reference):
+    _, _, x_test, y_test = data()
+    assert accuracy(reference, x_test, y_test) > 0.9
+
+
+def test_surgery_keeps_the_network_working(reference):
+    assert resizable_layers(reference, INPUT) == ["0", "2"]  # the classifier keeps its width
+    narrow = resize_layers(reference, {"0": 0.5, "2": 2.0}, INPUT)
+    assert narrow[0].weight.shape == (4, 1, 3, 3) and narrow[2].weight.shape == (32, 4, 3, 3)
+    assert narrow[5].weight.shape == (10, 32 * 4 * 4)
+    kept = torch.sort(torch.argsort(filter_importance(reference[0].weight), descending=True)[:4]).values
+    assert torch.equal(narrow[0].weight, reference[0].weight[kept])  # strongest filters, inherited
+    x_train, y_train, x_test, y_test = data()
+    train_classifier(narrow, x_train, y_train, epochs=2, lr=3e-3)
+    assert accuracy(narrow, x_test, y_test) > 0.8
+    wide = resize_layers(reference, {"2": 1.5}, INPUT)
+    x = torch.as_tensor(x_test[:16])
+    assert torch.allclose(wide(x), reference(x), atol=1e-5)  # widening starts as the same function
+    with pytest.raises(ConfigError, match="classifier"):
+        resize_layers(reference, {"5": 0.5}, INPUT)
+
+
+def test_masks_survive_fine_tuning_and_quantization(reference):
+    model = quantize_model(reference, {"default": {"kernel": "quantized_bits(8,-1,1)"}})
+    masks = global_magnitude_masks(model, 0.6)
+    apply_masks(model, masks)
+    x_train, y_train, x_test, y_test = data()
+    train_classifier(model, x_train, y_train, epochs=1, lr=3e-3)
+    model.eval()
+    for name, mask in masks.items():
+        layer = model.get_submodule(name)
+        assert (layer.quantized_weight()[mask == 0] == 0).all()
+    assert 0.55 < np.mean([s for s in sparsity(model).values()]) or sum(sparsity(model).values()) > 0
+    decoded = nncodec.decode(nncodec.encode(model))
+    for name, mask in masks.items():
+        assert (decoded[f"{name}.weight"][mask == 0] == 0).all()
+    assert accuracy(model, x_test, y_test) > 0.85
+
+
+def test_other_pruning_methods(reference):
+    per_layer = magnitude_masks(reference, 0.5)
+    assert all(abs(float(1 - m.mean()) - 0.5) < 0.02 for m in per_layer.values())
+    macs = {"0": 1000, "2": 100_000, "5": 10_000}
+    std = std_threshold_masks(reference, macs, error_per_weight=0.1)
+    pruned = {n: float(1 - m.mean()) for n, m in std.items()}
+    assert pruned["2"] > pruned["0"]  # more allowance where the MACs are
+    bal = balanced_masks(reference, 0.5, group=8)
+    w = bal["5"].reshape(10, -1, 8)
+    assert (w.sum(2) == 4).all()  # every group of 8 keeps exactly 4
+
+
+def test_constraint_violating_candidates_are_never_trained(reference, tmp_path):
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def train_epoch(self, model, epoch, proxy):
+            self.calls += 1
+            self.inner.train_epoch(model, epoch, proxy)
+
+        def evaluate(self, model):
+            return self.inner.evaluate(model)
+
+    sp = space(reference)
+    counting = Counting(task(0.2))
+    searcher = _Searcher(reference, sp, counting, SearchConfig(n_trials=1, out_dir=str(tmp_path)), None)
+    cap = searcher.ref_energy * 0.12
+    cfg = SearchConfig(controller="random", n_trials=10, max_energy_pj=cap, out_dir=str(tmp_path),
+                       study_name="caps", progress=False)
+    try:
+        run_trials(reference, sp, counting, cfg)
+    except ConfigError:
+        pass  # every candidate may be over the cap
+    study = optuna.load_study(study_name="caps", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    trials = study.get_trials()
+    infeasible = [t for t in trials if t.user_attrs.get("infeasible")]
+    feasible = [t for t in trials if not t.user_attrs.get("infeasible")]
+    assert infeasible, "the cap should exclude some candidates"
+    assert all(t.user_attrs["energy_pj"] > cap and "accuracy" not in t.user_attrs and t.value == 0.0
+               for t in infeasible)
+    assert all(t.user_attrs["energy_pj"] <= cap for t in feasible)
+    assert counting.calls == len(feasible)
+
+
+def test_block_order_follows_energy(reference, tmp_path):
+    searcher = _Searcher(reference, space(reference), task(), SearchConfig(n_trials=40, block_search=True,
+                                                                         out_dir=str(tmp_path)), None)
+    schedule = searcher.block_schedule()
+    energy = {r.name: r.total for r in searcher.ref_report.layers}
+    block_energy = [sum(energy[n] + energy.get(str(int(n) + 1), 0.0) for n in block) for block, _ in schedule]
+    assert block_energy == sorted(block_energy, reverse=True)
+    assert [b for b, _ in schedule][0] == ["2"]  # the second conv holds most MACs
+    assert all(n >= 10 for _, n in schedule)
+    searcher.cfg.block_order = "input"
+    assert [b for b, _ in searcher.block_schedule()] == [["0"], ["2"], ["5"]]
+
+
+def test_score_is_the_seed_formula():
+    assert score(0.9, 50.0, 100.0) == pytest.approx(0.9 * 1.08)       # half the cost: +8 %
+    assert score(0.9, 300.0, 100.0) == pytest.approx(0.9 * (1 - 0.02))  # three times: -2 %
+    from nncodec.search import ScoreConfig
+
+    assert score(0.9, 100.0, 100.0, ScoreConfig(stress=2.0)) == pytest.approx(0.9 * 1.08)
+
+
+def test_full_search_writes_a_plan_that_round_trips(reference, tmp_path):
+    cfg = SearchConfig(controller="tpe", n_trials=4, final_epochs=1, final_prune=0.3, out_dir=str(tmp_path),
+                       study_name="full", progress=False)
+    result = run_search(reference, space(reference), task(0.3), cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"reference", "result", "seconds"}
+    assert set(summary["result"]) == {"accuracy", "decoded_accuracy", "energy_pj", "bitstream_bytes", "plan"}
+    assert summary["result"]["decoded_accuracy"] == summary["result"]["accuracy"]
+    assert result.energy_pj < result.reference_energy_pj
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    plan = Plan.load(tmp_path / "plan.json")
+    assert plan.to_dict() == result.plan.to_dict()
+    rebuilt = build_candidate(reference, INPUT, plan)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in result.model.parameters()]
+    assert set(nncodec.decode(tmp_path / "model.nnc")) >= {"0.weight", "5.weight"}
+    assert len(result.trials) == 4
+
+
+@pytest.mark.parametrize("controller", ["random", "gp", "hyperband", "nsga2", "rl", "evolution"])
+def test_every_controller_runs(reference, tmp_path, controller):
+    cfg = SearchConfig(controller=controller, n_trials=6, proxy_epochs=2 if controller == "hyperband" else 1,
+                       out_dir=str(tmp_path), study_name=controller, progress=False)
+    plan = run_trials(reference, space(reference), task(0.2), cfg)
+    assert plan.layers and all(lp.kernel for name, lp in plan.layers.items() if name in ("0", "2", "5"))
+
+
+def _toy_study(sampler, n=40):
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(lambda t: {"a": 0.1, "b": 1.0, "c": 0.3}[t.suggest_categorical("x", ["a", "b", "c"])] +
+                   0.01 * ["p", "q"].index(t.suggest_categorical("y", ["p", "q"])), n_trials=n)
+    return study
+
+
+def test_reinforce_policy_learns_the_rewarded_choice():
+    sampler = ReinforceSampler(seed=1)
+    study = _toy_study(sampler)
+    probs = sampler.policy(study, "x", optuna.distributions.CategoricalDistribution(["a", "b", "c"]))
+    assert probs[1] > 0.6
+    late = [t.params["x"] for t in study.trials[-10:]]
+    assert late.count("b") >= 6
+    # deterministic from storage: a second sampler computes the same policy
+    assert np.allclose(ReinforceSampler(seed=1).policy(study, "x", study.trials[0].distributions["x"]), probs)
+
+
+def test_evolution_keeps_the_best_and_mutates():
+    study = _toy_study(EvolutionSampler(seed=3), n=30)
+    assert study.best_value >= 1.0
+    late = [t.params["x"] for t in study.trials[-10:]]
+    assert late.count("b") >= 5
+
+
+def _worker(ref_path, url, study, n, sleep, heartbeat, worker):
+    return subprocess.Popen([sys.executable, "-m", "tests.search.worker", str(ref_path), url, study, str(n),
+                             str(sleep), str(heartbeat), str(worker)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def _two_workers_share_one_study(reference, tmp_path, url):
+    ref_path = tmp_path / "reference.pt"
+    torch.save(reference.state_dict(), ref_path)
+    study = f"shared-{uuid.uuid4().hex[:8]}"
+    procs = [_worker(ref_path, url, study, 12, 0.05, 5, w) for w in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    ran = [int(o[0].strip().splitlines()[-1]) for o in outs]
+    complete = [t for t in optuna.load_study(study_name=study, storage=url).get_trials()
+                if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all(r >= 1 for r in ran), ran  # both workers did trials of the one study
+    assert sum(ran) == len(complete) and 12 <= len(complete) <= 13
+
+
+def test_two_workers_share_one_study_sqlite(reference, tmp_path):
+    _two_workers_share_one_study(reference, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+@pytest.mark.postgres
+def test_two_workers_share_one_study_postgres(reference, tmp_path):
+    url = os.environ.get("NNCODEC_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide a PostgreSQL server (NNCODEC_TEST_POSTGRES_URL, see .ci/postgres.sh)")
+        pytest.skip("no PostgreSQL server: run .ci/postgres.sh and export NNCODEC_TEST_POSTGRES_URL")
+    _two_workers_share_one_study(reference, tmp_path, url)
+
+
+def test_killed_search_resumes_with_no_trial_lost(reference, tmp_path):
+    ref_path = tmp_path / "reference.pt"
+    torch.save(reference.state_dict(), ref_path)
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    proc = _worker(ref_path, url, "resume", 14, 0.4, 1, 0)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            st = optuna.load_study(study_name="resume", storage=url)
+        except KeyError:
+            continue
+        states = [t.state for t in st.get_trials()]
+        if states.count(optuna.trial.TrialState.COMPLETE) >= 3 and optuna.trial.TrialState.RUNNING in states:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    st = optuna.load_study(study_name="resume", storage=url)
+    killed = [t for t in st.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(killed) == 1
+    time.sleep(2.5)  # past the grace period: the killed trial's heartbeat is stale
+    cfg = SearchConfig(controller="random", n_trials=14, storage=url, study_name="resume", heartbeat_interval=1,
+                       grace_period=2, progress=False, out_dir=str(tmp_path / "out"))
+    run_trials(reference, space(reference), task(0.3), cfg)
+    trials = optuna.load_study(study_name="resume", storage=url).get_trials()
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 14
+    assert [t.state for t in trials if t.number == killed[0].number] == [optuna.trial.TrialState.FAIL]
+    retried = [t for t in complete if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+               == killed[0].number]
+    assert len(retried) == 1 and retried[0].params == killed[0].params

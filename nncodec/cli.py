@@ -249,6 +249,28 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_conformance(args: argparse.Namespace) -> int:
+    from .conformance.runner import run_conformance
+    from .conformance.vectors import default_vectors_dir
+
+    folder = Path(args.dir) if args.dir else default_vectors_dir()
+    passed = failed = 0
+    rows = []
+    for outcome in run_conformance(folder, args.decoder):
+        passed += outcome.passed
+        failed += not outcome.passed
+        v = outcome.vector
+        rows.append({"name": v.name, "passed": outcome.passed, "detail": outcome.detail,
+                     "expect": v.error or "decode"})
+        if not args.json:
+            print(f"{'PASS' if outcome.passed else 'FAIL'} {v.name:32s} {v.error or 'valid':24s} {outcome.detail}")
+    if args.json:
+        print(json.dumps({"passed": passed, "failed": failed, "vectors": rows}, indent=2))
+    else:
+        print(f"conformance: {passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nncodec", description="Encode, decode and inspect nncodec bitstreams.")
     p.add_argument("--version", action="version", version=f"nncodec {__version__}")
@@ -313,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default="nncodec_demo", help="folder for the report, plan, plot and bitstream")
         p.add_argument("--storage", help="study storage: a SQLite file (default: OUT/search.db) or postgresql://...")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    c = sub.add_parser("conformance", help="hold a decoder to the conformance vectors",
+                       description="Decodes every vector of a manifest with nncodec's decoder, or with an external "
+                                   "decoder command, and checks the results; exit 1 on any failure.")
+    c.add_argument("dir", nargs="?", help="vectors folder with manifest.json (default: the bundled vectors)")
+    c.add_argument("--decoder", metavar="'CMD {in} {out}'",
+                   help="external decoder: writes {out} as .npz (one array per tensor), exits non-zero on bad input")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_conformance)
 
     m = sub.add_parser("demo", help="the seed example end to end: train, search, prune, quantize, encode, decode",
                        description="Trains conv16-conv32-conv64-dense10 on MNIST-5k, searches quantizers and "

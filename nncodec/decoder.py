@@ -114,6 +114,8 @@ class _StreamWalker:
                         raise CorruptError(f"stream declares {self.header.tensor_count} tensors, end-of-stream "
                                            f"{eos.tensor_count}, {len(self.names)} present")
                     seen_end = True
+                    if not self.reader.at_end():
+                        raise CorruptError("bytes after the end-of-stream unit")
                 elif uh.critical:
                     raise UnknownUnitError(f"unknown critical unit type {uh.unit_type:#04x}")
                 # unknown ancillary units are skipped by their length

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC
 from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .bitstream.pipeline import Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
-from .coding import BitPack, Shuffle, ZeroWords, Zstd
+from .coding import BitPack, Shuffle, ZeroWords, Zstd, stage_from_config
 from .coding.stage import WORD_DTYPES
 from .dtypes import DType, dtype_by_name, dtype_of_array
 from .dtypes import contiguous as _contiguous
@@ -174,13 +174,15 @@ class Encoder:
     - ``level``: zstd level of the entropy stage (-7..22; 3 is fast, 19 smallest).
     - ``metadata``: str -> str pairs stored in the stream header.
     - ``progress``: show a tqdm bar (None: only on a terminal for inputs over 64 MiB).
+    - ``pipeline``: stage configs (``[{"id": "zero_words", "word_size": 1, ...}, {"id": "zstd"}]``)
+      applied to every tensor instead of choosing the smallest; for experts and conformance vectors.
 
     Thread-safe: an instance holds settings only.
     """
 
     def __init__(self, *, bits: int | None = None, step: float | None = None, bits_1d: int = 16,
                  lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
-                 progress: bool | None = None):
+                 progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None):
         if bits is not None and step is not None:
             raise ConfigError("give bits or step, not both")
         if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 16):
@@ -200,6 +202,7 @@ class Encoder:
         self.level = level
         self.metadata = meta
         self.progress = progress
+        self.pipeline = None if pipeline is None else Pipeline(tuple(stage_from_config(c) for c in pipeline))
 
     # -- per tensor -------------------------------------------------------------------------
     def _quantizes(self, name: str, dtype: DType, shape: tuple[int, ...]) -> bool:
@@ -254,7 +257,10 @@ class Encoder:
 
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor, words: np.ndarray,
                 word_size: int, bits: int, signed: bool, max_err: float, rms_err: float) -> _Prepared:
-        pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
+        if self.pipeline is not None:
+            pipeline, payload = self.pipeline, self.pipeline.encode(memoryview(words))
+        else:
+            pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
         header = TensorHeader(name, dtype, shape, desc, pipeline)
         unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(payload)
         numel = math.prod(shape)

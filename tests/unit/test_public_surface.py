@@ -32,3 +32,25 @@ def test_format_constants_match_the_spec_tables():
     assert c.SCHEME_NAMES == {0: "none", 1: "uniform", 2: "binary", 3: "modified_binary", 4: "ternary", 5: "po2",
                               6: "float_cast"}
     assert (c.STAGE_ZERO_WORDS, c.STAGE_BITPACK, c.STAGE_SHUFFLE, c.STAGE_ZSTD) == (1, 2, 3, 4)
+
+
+def test_the_worked_hex_example_in_the_spec_is_what_the_encoder_writes():
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    import nncodec
+
+    spec = (Path(__file__).resolve().parents[2] / "FORMAT.md").read_text(encoding="utf-8")
+    section = spec.split("## 8. A worked example", 1)[1].split("## 9.", 1)[0]
+    hex_bytes = []
+    for line in section.splitlines():
+        m = re.match(r"^([0-9a-f]{4}): ((?:[0-9a-f]{2} )*[0-9a-f]{2})", line)
+        if m:
+            assert int(m.group(1), 16) == len(hex_bytes)  # offsets in the spec are right
+            hex_bytes += [int(b, 16) for b in m.group(2).split()]
+    data = nncodec.encode_arrays({"w": np.array([[3, 0], [0, -2]], np.int8)},
+                                 pipeline=[{"id": "zero_words", "word_size": 1}])
+    assert bytes(hex_bytes) == data
+    np.testing.assert_array_equal(nncodec.decode_arrays(bytes(hex_bytes))["w"], [[3, 0], [0, -2]])

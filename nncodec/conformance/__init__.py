@@ -1,0 +1,1 @@
+"""Conformance: vectors, their generator, the runner, and stream-forging helpers."""

@@ -1,0 +1,414 @@
+"""Writes the conformance vectors of the current format version, once.
+
+    python -m nncodec.conformance.generate [conformance_vectors]
+
+Vectors already listed in the manifest are never rewritten (their bytes may differ with another libzstd;
+conformance is checked by decoding, so old vectors stay valid forever). Only missing ones are added.
+Expected values come from the inputs, not from the decoder: the arrays themselves for lossless tensors,
+and each quantizer's own ``quantize()`` output for quantized ones. The decoder is checked against them
+before a vector is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_atomic
+from ..bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, UNIT_END, UNIT_MODEL_PARAMETER_SET,
+                                   UNIT_STREAM_HEADER, UNIT_TENSOR)
+from ..decoder import iter_tensors
+from ..dtypes import dtype_by_name
+from ..encoder import CodedTensor, Encoder, numpy_tensors
+from ..errors import ConfigError, NNCodecError
+from .forge import join_units, split_units, unit_bytes
+from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
+
+VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
+RNG = np.random.default_rng(20261121)
+
+# -- valid vectors -----------------------------------------------------------------------------------
+
+Expected = dict[str, np.ndarray]   # name -> expected decoded array (bfloat16 as uint16 bits)
+Builder = Callable[[], tuple[bytes, Expected]]
+
+
+def _lossless(arrays: dict[str, np.ndarray], **opts: Any) -> tuple[bytes, Expected]:
+    data, _ = Encoder(**opts).encode(numpy_tensors(arrays))
+    return data, {k: np.asarray(v) for k, v in arrays.items()}  # type: ignore[return-value]
+
+
+def _bf16(n: int) -> np.ndarray:
+    bits = RNG.integers(0, 1 << 16, n, dtype=np.uint32).astype(np.uint16)
+    bits[:4] = [0x7FC0, 0x7F80, 0xFF80, 0x8000]  # NaN, +Inf, -Inf, -0
+    return bits
+
+
+def _bf16_tensor(data: bytes | None = None) -> tuple[bytes, Expected]:
+    bits = _bf16(40).reshape(5, 8)
+    out, _ = Encoder().encode({"w": (bits, dtype_by_name("bfloat16"))})
+    return out, {"w": bits}
+
+
+def _sparse_int8(n: int, density: float) -> np.ndarray:
+    return (RNG.integers(-100, 100, n) * (RNG.random(n) < density)).astype(np.int8)
+
+
+def _quantized(specs: dict[str, tuple[str, tuple[int, ...]]]) -> tuple[bytes, Expected]:
+    import torch
+
+    from ..quant.base import get_quantizer
+    from ..quant.export import coded_tensor
+
+    tensors: dict[str, Any] = {}
+    expected: Expected = {}
+    for name, (spec, shape) in specs.items():
+        x = torch.from_numpy(RNG.standard_normal(shape).astype(np.float32) * 0.3)
+        q = get_quantizer(spec)
+        tensors[name] = coded_tensor(q.to_codes(x), shape)
+        expected[name] = q.quantize(x).numpy() + np.float32(0.0)  # the format's zero code is +0.0
+    data, _ = Encoder().encode(tensors)
+    return data, expected
+
+
+def _uniform_bits() -> tuple[bytes, Expected]:
+    arrays = {f"w{b}": RNG.standard_normal((6, 10)).astype(np.float32) for b in (2, 4, 8, 12, 16)}
+    arrays["bias"] = RNG.standard_normal(6).astype(np.float32)
+    out: dict[str, Any] = {}
+    expected: Expected = {}
+    for name, a in arrays.items():
+        bits = int(name[1:]) if name.startswith("w") else 16
+        enc = Encoder(bits=bits)
+        data, _ = enc.encode(numpy_tensors({name: a}))
+        (th, decoded), = list(iter_tensors(data))
+        codes = np.clip(np.round(a.astype(np.float64) / th.quant.scale_values().astype(np.float64).reshape(
+            (-1,) + (1,) * (a.ndim - 1) if th.quant.per_channel else ())), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+        codes = codes.astype(th.quant.code_dtype.storage)
+        out[name] = CodedTensor(codes, th.quant, th.dtype)
+        scale = th.quant.scale_values().reshape((-1,) + (1,) * (a.ndim - 1) if th.quant.per_channel else ())
+        expected[name] = (codes.astype(np.float32) * scale).astype(np.float32)
+    data, _ = Encoder().encode(out)
+    return data, expected
+
+
+def _unsigned_codes() -> tuple[bytes, Expected]:
+    from ..bitstream.descriptor import QuantDescriptor
+
+    codes = RNG.integers(0, 256, (4, 9)).astype(np.uint8)
+    desc = QuantDescriptor(scheme=1, code_dtype=dtype_by_name("uint8"), sign_bits=0, mantissa_bits=8, bits=8,
+                           po2_scale=True, scales=np.array([-6], np.int16))
+    data, _ = Encoder().encode({"relu_codes": CodedTensor(codes, desc, dtype_by_name("float16"))})
+    return data, {"relu_codes": (codes.astype(np.float32) * np.float32(2.0 ** -6)).astype(np.float16)}
+
+
+def _topology() -> tuple[bytes, Expected]:
+    arrays = {"fc.weight": RNG.standard_normal((3, 4)).astype(np.float32)}
+    topo = {"format": "nncodec.topology", "version": 1,
+            "modules": [{"name": "fc", "type": "Linear", "in_features": 4, "out_features": 3, "bias": False}]}
+    data, _ = Encoder().encode(numpy_tensors(arrays), topology=topo)
+    return data, arrays  # type: ignore[return-value]
+
+
+def _unknown_ancillary() -> tuple[bytes, Expected]:
+    arrays = {"a": np.arange(6, dtype=np.int16).reshape(2, 3), "b": np.ones(3, np.float32)}
+    data, _ = Encoder().encode(numpy_tensors(arrays))
+    header, units = split_units(data)
+    units = [units[0], (0x55, 0, 0, b"a future ancillary unit"), *units[1:-1], (0x66, 0, 0, b"")]
+    units.append((UNIT_END, 1, 0, struct.pack("<II", len(units), 2)))
+    return join_units(header, units), arrays  # type: ignore[return-value]
+
+
+def _real_model() -> tuple[bytes, Expected]:
+    import torch
+    from torch import nn
+
+    from ..datasets import load_digits
+    from ..prune.unstructured import apply_masks, global_magnitude_masks
+    from ..quant.layers import quantize_model
+    from ..torch_io import tensors_from
+    from ..train import train_classifier
+
+    torch.manual_seed(0)
+    x, y = load_digits()
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(256, 10))
+    train_classifier(model, x, y, epochs=4, lr=3e-3)
+    q = quantize_model(model, {"layers": {
+        "0": {"kernel": "quantized_bits(6,-1,1)", "bias": "quantized_bits(8,1,1)"},
+        "1": {"activation": "quantized_relu(4,2)"},
+        "2": {"kernel": "ternary(alpha='auto_po2')", "bias": "quantized_bits(8,1,1)"},
+        "3": {"activation": "quantized_relu(4,2)"},
+        "5": {"kernel": "quantized_po2_zero(4,1)", "bias": "quantized_bits(16,2,1)"}}})
+    apply_masks(q, global_magnitude_masks(q, 0.5))
+    q.eval()
+    data, _ = Encoder(level=19, metadata={"model": "digits CNN, 8x8 sklearn digits"}).encode(tensors_from(q))
+    expected = {n + ".weight": m.quantized_weight().detach().numpy() + np.float32(0.0) for n, m in q.named_modules()
+                if hasattr(m, "kernel_quantizer")}
+    expected.update({n + ".bias": m.quantized_bias().detach().numpy() + np.float32(0.0) for n, m in q.named_modules()
+                     if hasattr(m, "kernel_quantizer")})
+    return data, expected
+
+
+def _pipeline(stages: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> Builder:
+    return lambda: _lossless(arrays, pipeline=stages)
+
+
+_S8 = _sparse_int8(5000, 0.05)
+_S8_SMALL = _sparse_int8(300, 0.3)
+_F32 = RNG.standard_normal((16, 33)).astype(np.float32)
+
+VALID: dict[str, tuple[str, Builder]] = {
+    "lossless_float32": ("float32 tensor, lossless, encoder-chosen pipeline", lambda: _lossless({"w": _F32})),
+    "lossless_float16": ("float16 with +-Inf and -0", lambda: _lossless(
+        {"h": np.array([1.5, -0.0, np.inf, -np.inf, 65504.0, 6e-8], np.float16)})),
+    "lossless_bfloat16": ("bfloat16 bit patterns incl. NaN/Inf/-0", _bf16_tensor),
+    "lossless_float64": ("float64 tensor", lambda: _lossless({"d": RNG.standard_normal((3, 5))})),
+    "integers_and_bool": ("every integer dtype and bool, extreme values", lambda: _lossless({
+        "i8": np.array([-128, 0, 127], np.int8), "i16": np.array([-32768, 7, 32767], np.int16),
+        "i32": np.array([-2**31, 1, 2**31 - 1], np.int32), "i64": np.array([-2**63, 2, 2**63 - 1], np.int64),
+        "u8": np.array([0, 255], np.uint8), "u16": np.array([0, 65535], np.uint16),
+        "u32": np.array([0, 2**32 - 1], np.uint32), "u64": np.array([0, 2**64 - 1], np.uint64),
+        "mask": RNG.random((7, 3)) < 0.5})),
+    "scalars_and_empty": ("0-d tensors and tensors with a zero dimension", lambda: _lossless({
+        "scalar_f": np.array(3.25, np.float32), "scalar_i": np.array(-9, np.int64),
+        "empty": np.zeros((0,), np.float32), "empty3": np.zeros((3, 0, 2), np.int8)})),
+    "large_rank": ("rank-16 tensor", lambda: _lossless({"r16": RNG.standard_normal((1, 2) * 8).astype(np.float32)})),
+    "non_ascii_names_metadata": ("UTF-8 names and stream metadata", lambda: _lossless(
+        {"Gewichte.ä": np.ones(2, np.float32), "权重/偏置": np.zeros(3, np.int8), "x🙂": np.array([1], np.int32)},
+        metadata={"author": "Zoë", "purpose": "conformance"})),
+    "pipeline_stored": ("empty pipeline: words stored as they are", _pipeline([], {"w": _F32})),
+    "pipeline_zstd": ("stack compression off: zstd only", _pipeline([{"id": "zstd"}], {"s": _S8})),
+    "pipeline_shuffle_zstd": ("byte-plane shuffle then zstd on float32", _pipeline(
+        [{"id": "shuffle", "element_size": 4}, {"id": "zstd"}], {"w": _F32})),
+    "stack_one_level": ("zero-word removal, one-level map, then zstd", _pipeline(
+        [{"id": "zero_words", "word_size": 1}, {"id": "zstd"}], {"s": _S8})),
+    "stack_one_level_raw": ("zero-word removal, one-level map, no entropy stage", _pipeline(
+        [{"id": "zero_words", "word_size": 1}], {"s": _S8_SMALL})),
+    "stack_two_level": ("zero-word removal, two-level map (64-word blocks), then zstd", _pipeline(
+        [{"id": "zero_words", "word_size": 1, "levels": 2, "block_words": 64}, {"id": "zstd"}], {"s": _S8})),
+    "stack_two_level_packed": ("two-level map, 5-word blocks, non-zero words packed at 8 bits signed, "
+                               "int16 words", _pipeline(
+        [{"id": "zero_words", "word_size": 2, "levels": 2, "block_words": 5, "pack_bits": 8, "signed": True}],
+        {"s": _S8_SMALL.astype(np.int16)})),
+    "bitpack_signed": ("bit packing at 7 bits, signed, no entropy stage", _pipeline(
+        [{"id": "bitpack", "word_size": 1, "bits": 7, "signed": True}],
+        {"b": RNG.integers(-64, 64, 77).astype(np.int8)})),
+    "default_pipeline": ("tensors using the model parameter set's default pipeline", lambda: _lossless(
+        {f"t{i}": RNG.standard_normal(50).astype(np.float32) for i in range(3)}, pipeline=[{"id": "zstd"}])),
+    "scheme_uniform_bits": ("uniform (m-quant) at 2, 4, 8, 12, 16 bits, per-channel float32 scales",
+                            _uniform_bits),
+    "scheme_uniform_unsigned_po2": ("uniform, unsigned uint8 codes, power-of-two scale, float16 tensor",
+                                    _unsigned_codes),
+    "scheme_fixed_po2_scale": ("quantized_bits: per-tensor power-of-two scale", lambda: _quantized({
+        "w": ("quantized_bits(4,0,1)", (4, 6)), "v": ("quantized_bits(3,1,0,keep_negative=False)", (9,))})),
+    "scheme_binary": ("binary: per-channel float scales (auto), per-tensor power of two", lambda: _quantized({
+        "auto": ("binary(alpha='auto')", (5, 7)), "plain": ("binary", (11,))})),
+    "scheme_modified_binary": ("modified binary {0,1}, per-channel power-of-two scales", lambda: _quantized({
+        "w": ("binary(use_01=True, alpha='auto_po2')", (4, 9))})),
+    "scheme_ternary": ("ternary: per-channel power-of-two and float scales", lambda: _quantized({
+        "po2": ("ternary(alpha='auto_po2')", (6, 3, 3)), "lsq": ("ternary(alpha='auto')", (6, 4)),
+        "fixed": ("ternary(threshold=0.2)", (10,))})),
+    "scheme_po2": ("power-of-two (e-quant): QKeras mode and zero-keeping mode", lambda: _quantized({
+        "qkeras": ("quantized_po2(4,1)", (5, 5)), "zero": ("quantized_po2_zero(5)", (5, 5))})),
+    "scheme_float_cast": ("float32 tensors stored as float16 and bfloat16 codes", lambda: _quantized({
+        "h": ("fp16", (3, 7)), "b": ("bf16", (3, 7))})),
+    "topology_unit": ("an (ancillary) topology unit", _topology),
+    "unknown_ancillary_unit": ("unknown ancillary units, which must be skipped", _unknown_ancillary),
+    "real_small_model": ("a trained, pruned, mixed-scheme digits CNN", _real_model),
+}
+
+# -- invalid vectors -----------------------------------------------------------------------------------
+
+
+def _base() -> bytes:
+    return Encoder().encode(numpy_tensors({"a": np.arange(12, dtype=np.int8).reshape(3, 4),
+                                           "b": np.linspace(0, 1, 5, dtype=np.float32)}))[0]
+
+
+def _tensor_payload(name: bytes, dtype_id: int, dims: list[int], desc: bytes | None = None,
+                    pipeline: bytes = b"\x00", data: bytes = b"") -> bytes:
+    out = struct.pack("<H", len(name)) + name + bytes([dtype_id, len(dims)])
+    out += b"".join(struct.pack("<Q", d) for d in dims)
+    if desc is None:
+        desc = struct.pack("<BBbBBBBBhI", 0, dtype_id, 0, 0, 0, 8, 0, 0, 0, 0)
+    return out + desc + pipeline + data
+
+
+def _stream(*payloads: bytes, count: int | None = None, mps: bytes | None = None) -> bytes:
+    n = len(payloads)
+    units = [(UNIT_STREAM_HEADER, 1, 0, struct.pack("<HHBBHII", 1, 0, 0, 0, 0, n if count is None else count, 0))]
+    if mps is not None:
+        units.append((UNIT_MODEL_PARAMETER_SET, 1, 0, mps))
+    units += [(UNIT_TENSOR, 1, 0, p) for p in payloads]
+    units.append((UNIT_END, 1, 0, struct.pack("<II", len(units), n)))
+    return join_units(FILE_HEADER.pack(MAGIC, 1, 0), units)
+
+
+def _edit_unit(index: int, fn: Callable[[tuple], tuple]) -> Callable[[], bytes]:
+    def build() -> bytes:
+        header, units = split_units(_base())
+        units[index] = fn(units[index])
+        return join_units(header, units)
+    return build
+
+
+def _flip_last_byte() -> bytes:
+    data = bytearray(_base())
+    data[-1] ^= 0x01
+    return bytes(data)
+
+
+def _lying_length() -> bytes:
+    header, units = split_units(_base())
+    return header + unit_bytes(*units[0]) + unit_bytes(*units[1][:3], units[1][3], length=len(units[1][3]) + 1000)
+
+
+def _zstd_trailing() -> bytes:
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(b"\1\2\3")
+    return _stream(_tensor_payload(b"x", 2, [3], pipeline=b"\x01\x04\x00", data=frame + b"\0"))
+
+
+def _ternary_desc() -> bytes:
+    return struct.pack("<BBbBBBBBhI", 4, 3, -1, 0, 1, 2, 0, 0, 0, 1) + struct.pack("<f", 0.5)
+
+
+INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {
+    "empty_file": ("an empty file", "TruncatedError", lambda: b""),
+    "truncated_file_header": ("file ends inside the file header", "TruncatedError", lambda: _base()[:10]),
+    "bad_magic": ("a zip file's magic", "BadMagicError", lambda: b"PK\x03\x04" + _base()[4:]),
+    "newer_major_version": ("format 2.0", "UnsupportedVersionError",
+                           lambda: FILE_HEADER.pack(MAGIC, 2, 0) + _base()[12:]),
+    "version_mismatch": ("file header 1.1, stream header 1.0", "CorruptError",
+                         lambda: FILE_HEADER.pack(MAGIC, 1, 1) + _base()[12:]),
+    "reserved_unit_flag": ("a reserved unit flag bit set (valid CRC)", "CorruptError",
+                           _edit_unit(1, lambda u: (u[0], 0x81, u[2], u[3]))),
+    "reserved_unit_field": ("the reserved u16 of a unit header set", "CorruptError",
+                            _edit_unit(1, lambda u: (u[0], u[1], 1, u[3]))),
+    "reserved_stream_header": ("a reserved stream-header byte set", "CorruptError",
+                               _edit_unit(0, lambda u: (u[0], u[1], u[2], u[3][:5] + b"\x01" + u[3][6:]))),
+    "reserved_quant_flag": ("a reserved quantization flag bit set", "CorruptError", lambda: _stream(
+        _tensor_payload(b"t", 12, [1], desc=struct.pack("<BBbBBBBBhI", 1, 3, 1, 0, 7, 8, 0x80, 0, 0, 1) +
+                        struct.pack("<f", 1.0), data=b"\x01"))),
+    "reserved_stage_flag": ("a reserved zero_words flag bit set", "CorruptError", lambda: _stream(
+        _tensor_payload(b"x", 2, [2], pipeline=b"\x01\x01\x06" + struct.pack("<BBHBB", 1, 1, 0, 0, 2),
+                        data=struct.pack("<QQ", 2, 0) + b"\x00"))),
+    "unknown_critical_unit": ("a critical unit of unknown type 0x55", "UnknownUnitError", lambda: (lambda h, u: join_units(
+        h, [u[0], (0x55, 1, 0, b"?"), *u[1:-1], (UNIT_END, 1, 0, struct.pack("<II", len(u), 2))]))(*split_units(_base()))),
+    "first_unit_not_stream_header": ("a tensor unit first", "CorruptError", lambda: (lambda h, u: join_units(
+        h, [u[1], u[0], *u[2:]]))(*split_units(_base()))),
+    "truncated_unit_header": ("file ends inside a unit header", "TruncatedError",
+                              lambda: _base()[:12 + len(unit_bytes(*split_units(_base())[1][0])) + 7]),
+    "truncated_payload": ("file ends inside a unit payload", "TruncatedError", lambda: _base()[:-3]),
+    "missing_end_of_stream": ("ends at a unit boundary without end-of-stream", "TruncatedError",
+                              lambda: (lambda h, u: join_units(h, u[:-1]))(*split_units(_base()))),
+    "length_past_end": ("a unit length pointing past the end of the file", "TruncatedError", _lying_length),
+    "checksum_mismatch": ("a payload byte changed, CRC not updated", "ChecksumError", _flip_last_byte),
+    "trailing_bytes": ("a byte after the end-of-stream unit", "CorruptError", lambda: _base() + b"\0"),
+    "end_count_mismatch": ("end-of-stream counts the wrong number of units", "CorruptError",
+                           _edit_unit(-1, lambda u: (u[0], u[1], u[2], struct.pack("<II", 9, 2)))),
+    "tensor_count_mismatch": ("stream header declares 2 tensors, 1 present", "CorruptError",
+                              lambda: _stream(_tensor_payload(b"x", 2, [1], data=b"\1"), count=2)),
+    "shape_product_overflow": ("dimensions whose product overflows 64 bits", "LimitExceededError",
+                               lambda: _stream(_tensor_payload(b"of", 2, [1 << 63, 1 << 63, 4]))),
+    "declared_size_over_limits": ("a tensor of 2^40 float32 elements", "LimitExceededError",
+                                  lambda: _stream(_tensor_payload(b"big", 12, [1 << 20, 1 << 20]))),
+    "duplicate_names": ("two tensors named x", "CorruptError", lambda: _stream(
+        _tensor_payload(b"x", 2, [1], data=b"\1"), _tensor_payload(b"x", 2, [1], data=b"\2"))),
+    "invalid_utf8_name": ("a tensor name that is not UTF-8", "CorruptError",
+                          lambda: _stream(_tensor_payload(b"\xff\xfe", 2, [1], data=b"\1"))),
+    "empty_name": ("an empty tensor name", "CorruptError", lambda: _stream(_tensor_payload(b"", 2, [1], data=b"\1"))),
+    "unknown_dtype": ("dtype id 99", "UnsupportedFeatureError", lambda: _stream(
+        _tensor_payload(b"x", 99, [1], desc=struct.pack("<BBbBBBBBhI", 0, 2, 0, 0, 0, 8, 0, 0, 0, 0), data=b"\1"))),
+    "unknown_scheme": ("quantization scheme 42", "UnsupportedFeatureError", lambda: _stream(
+        _tensor_payload(b"x", 12, [1], desc=struct.pack("<BBbBBBBBhI", 42, 3, 0, 0, 0, 8, 0, 0, 0, 1) +
+                        struct.pack("<f", 1.0), data=b"\1"))),
+    "unknown_stage": ("stage id 77", "UnsupportedFeatureError",
+                      lambda: _stream(_tensor_payload(b"x", 2, [1], pipeline=b"\x01\x4d\x00", data=b"\1"))),
+    "stage_wrong_length": ("stored payload shorter than the tensor", "CorruptError",
+                           lambda: _stream(_tensor_payload(b"x", 2, [4], data=b"\1\2"))),
+    "zstd_wrong_length": ("zstd frame decodes to 3 bytes for a 4-byte tensor", "CorruptError", lambda: _stream(
+        _tensor_payload(b"x", 2, [4], pipeline=b"\x01\x04\x00",
+                        data=__import__("zstandard").ZstdCompressor(write_checksum=True).compress(b"\1\2\3")))),
+    "zstd_trailing_data": ("bytes after the zstd frame", "CorruptError", _zstd_trailing),
+    "zero_words_count_mismatch": ("map population differs from the non-zero count", "CorruptError", lambda: _stream(
+        _tensor_payload(b"x", 2, [4], pipeline=b"\x01\x01\x06" + struct.pack("<BBHBB", 1, 1, 0, 0, 0),
+                        data=struct.pack("<QQ", 4, 1) + bytes([0b1010]) + b"\x07\\9"))),  # the bytes 07 5C 39, as written
+    "default_pipeline_missing": ("a tensor using a default pipeline with no model parameter set", "CorruptError",
+                                 lambda: _stream(_tensor_payload(b"x", 2, [1], pipeline=b"\xff", data=b"\1"))),
+    "ternary_code_out_of_range": ("ternary code 2", "CorruptError", lambda: _stream(
+        _tensor_payload(b"t", 12, [3], desc=_ternary_desc(), data=b"\x01\x00\x02"))),
+    "bool_not_0_or_1": ("a bool tensor holding byte 2", "CorruptError",
+                        lambda: _stream(_tensor_payload(b"m", 1, [2], data=b"\1\2"))),
+}
+
+
+def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:
+    got = [(th, arr) for th, arr in iter_tensors(data)]
+    names = [th.name for th, _ in got]
+    if sorted(names) != sorted(expected):
+        raise ConfigError(f"vector {name}: decoded tensors {names} != expected {sorted(expected)}")
+    rows = []
+    for th, arr in got:
+        want = np.asarray(expected[th.name])
+        want = want.astype(th.dtype.storage) if th.dtype.name != "bfloat16" else want.astype(np.uint16)
+        if want.shape != arr.shape or tensor_digest(want) != tensor_digest(arr):
+            raise ConfigError(f"vector {name}: decoding {th.name!r} does not give the expected values")
+        rows.append({"name": th.name, "dtype": th.dtype.name, "shape": list(arr.shape), "sha256": tensor_digest(want)})
+    return rows
+
+
+def _check_invalid(name: str, data: bytes, error: str) -> None:
+    try:
+        for _ in iter_tensors(data):
+            pass
+    except NNCodecError as exc:
+        if type(exc).__name__ != error:
+            raise ConfigError(f"vector {name}: expected {error}, the decoder raised {type(exc).__name__}: {exc}")
+        return
+    raise ConfigError(f"vector {name}: expected {error}, the decoder accepted it")
+
+
+def generate(folder: Path) -> list[str]:
+    """Add the missing vectors of this format version to ``folder``; return the names written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = {v.name: v for v in load_manifest(folder)} if (folder / MANIFEST).is_file() else {}
+    vectors = list(existing.values())
+    written = []
+    jobs: list[tuple[str, str, str, Callable[[], Any], str | None]] = (
+        [(n, "valid", d, b, None) for n, (d, b) in VALID.items()] +
+        [(n, "invalid", d, b, e) for n, (d, e, b) in INVALID.items()])
+    for name, kind, desc, build, error in jobs:
+        if name in existing:
+            continue
+        rel = f"v{VERSION}/{kind}/{name}.nnc"
+        path = folder / rel
+        if path.exists():
+            raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
+        if error is None:
+            data, expected = build()
+            tensors = _check_valid(name, data, expected)
+        else:
+            data, tensors = build(), None
+            _check_invalid(name, data, error)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, [data])
+        vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
+        written.append(name)
+    manifest = {"format": "nncodec-conformance", "vectors": [v.to_dict() for v in vectors]}
+    write_atomic(folder / MANIFEST, [json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"])
+    return written
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("conformance_vectors")
+    done = generate(target)
+    print(f"wrote {len(done)} new vectors to {target}: {', '.join(done) or '(none)'}")

@@ -1,0 +1,92 @@
+"""The bundled vectors: nncodec passes them, broken decoders do not, and the generator never overwrites."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from nncodec.cli import main
+from nncodec.conformance.generate import generate
+from nncodec.conformance.runner import run_conformance
+from nncodec.conformance.vectors import default_vectors_dir, load_manifest
+from nncodec.decoder import read_info
+from nncodec.errors import ConfigError
+
+VECTORS = default_vectors_dir()
+HERE = Path(__file__).parent
+
+
+def test_nncodec_passes_every_vector():
+    outcomes = list(run_conformance(VECTORS))
+    failed = [(o.vector.name, o.detail) for o in outcomes if not o.passed]
+    assert not failed
+    assert len(outcomes) == len(load_manifest(VECTORS)) >= 60
+
+
+def test_vectors_cover_the_format():
+    vectors = load_manifest(VECTORS)
+    valid = [v for v in vectors if v.error is None]
+    schemes, stages, levels, dtypes = set(), set(), set(), set()
+    units = set()
+    for v in valid:
+        info = read_info(VECTORS / v.file)
+        for u in info.units:
+            units.add(u.type)
+            if u.tensor:
+                schemes.add(u.tensor["scheme"])
+                dtypes.add(u.tensor["dtype"])
+                stages.add(tuple(s["id"] for s in u.tensor["pipeline"]))
+                levels.update(s.get("levels") for s in u.tensor["pipeline"] if s["id"] == "zero_words")
+    assert schemes == {"none", "uniform", "binary", "modified_binary", "ternary", "po2", "float_cast"}
+    assert {(), ("zstd",), ("shuffle", "zstd"), ("zero_words",), ("zero_words", "zstd"), ("bitpack",)} <= stages
+    assert levels == {1, 2}
+    assert {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+            "bfloat16", "float32", "float64"} <= dtypes
+    assert {"topology", "model_parameter_set", "unknown(0x55)"} <= units
+    errors = {v.error for v in vectors if v.error}
+    assert errors == {"TruncatedError", "BadMagicError", "UnsupportedVersionError", "CorruptError", "ChecksumError",
+                      "UnknownUnitError", "LimitExceededError", "UnsupportedFeatureError"}
+
+
+def _python_decoder(script: str) -> str:
+    return f"{sys.executable} {HERE / script} {{in}} {{out}}"
+
+
+def test_an_external_decoder_is_held_to_the_suite(capsys):
+    assert main(["conformance", "--decoder", _python_decoder("decoders/good.py")]) == 0
+    assert "0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script,breaks", [("decoders/flips_a_bit.py", "valid"), ("decoders/lenient.py", "invalid")])
+def test_broken_decoders_fail(script, breaks, capsys):
+    assert main(["conformance", "--json", "--decoder", _python_decoder(script)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    failed = [r for r in report["vectors"] if not r["passed"]]
+    assert failed and all((r["expect"] == "decode") == (breaks == "valid") for r in failed)
+
+
+def test_a_changed_vector_is_reported(tmp_path):
+    copy = tmp_path / "vectors"
+    shutil.copytree(VECTORS, copy)
+    target = copy / load_manifest(copy)[0].file
+    target.write_bytes(target.read_bytes() + b"\0")
+    bad = [o for o in run_conformance(copy) if not o.passed]
+    assert len(bad) == 1 and "sha256" in bad[0].detail
+
+
+def test_generator_never_overwrites(tmp_path):
+    copy = tmp_path / "vectors"
+    shutil.copytree(VECTORS, copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert generate(copy) == []
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    # a vector file that the manifest does not list is never replaced
+    manifest = copy / "manifest.json"
+    data = json.loads(manifest.read_text())
+    dropped = data["vectors"].pop(0)
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
+        generate(copy)
+    assert (copy / dropped["file"]).read_bytes() == before[copy / dropped["file"]]

@@ -8,6 +8,9 @@ Encode/decode API (torch at the edge, numpy underneath)::
     tensors = nncodec.decode("m.nnc")            # {name: torch.Tensor}
     nncodec.load_into(model, "m.nnc")            # straight into the module's parameters
     arrays = nncodec.decode_arrays("m.nnc")      # numpy only; never imports torch
+    with nncodec.open("m.nnc") as f:             # lazy: decodes only the unit asked for
+        w = f.get_tensor("conv.weight")
+    model = nncodec.load_model("m.nnc")          # rebuilt from the topology unit, no class needed
 
 Importing nncodec is light: torch is imported on the first call that needs it.
 """
@@ -15,6 +18,7 @@ Importing nncodec is light: torch is imported on the first call that needs it.
 from __future__ import annotations
 
 from typing import Any
+
 
 from .decoder import decode_arrays, iter_tensors, read_info
 from .encoder import EncodeReport, Encoder, TensorReport, encode_arrays
@@ -27,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    "encode", "encode_with_report", "decode", "load_into", "save", "load",
+    "encode", "encode_with_report", "decode", "load_into", "load_model", "open", "save", "load",
     "encode_arrays", "decode_arrays", "iter_tensors", "read_info",
     "Encoder", "EncodeReport", "TensorReport", "Limits", "DEFAULT_LIMITS",
     "NNCodecError", "FormatError", "BadMagicError", "UnsupportedVersionError", "TruncatedError",
@@ -67,6 +71,20 @@ def load_into(module: Any, src: Any, *, strict: bool = True, limits: Limits = DE
     from . import torch_io
 
     return torch_io.load_into(module, src, strict=strict, limits=limits)
+
+
+def load_model(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Rebuild a runnable ``nn.Module`` from the stream's topology unit, with its weights loaded."""
+    from . import torch_io
+
+    return torch_io.load_model(src, limits=limits)
+
+
+def open(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:  # noqa: A001  (like safetensors.safe_open)
+    """Open a stream for lazy access: ``with nncodec.open(path) as f: f.keys(); f.get_tensor(name)``."""
+    from .lazy import StreamFile
+
+    return StreamFile(src, limits=limits)
 
 
 def save(tensors: Any, path: Any, metadata: Any = None) -> Any:

@@ -16,7 +16,8 @@ from .encoder import CodedTensor, EncodeReport, Encoder, numpy_storage
 from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["tensors_from", "to_torch", "encode", "encode_with_report", "decode", "load_into", "save", "load"]
+__all__ = ["tensors_from", "to_torch", "encode", "encode_with_report", "decode", "load_into", "load_model", "save",
+           "load"]
 
 _TORCH_NAMES = {
     torch.bool: "bool", torch.uint8: "uint8", torch.int8: "int8", torch.int16: "int16", torch.int32: "int32",
@@ -76,15 +77,31 @@ def to_torch(storage: np.ndarray, dtype: DType) -> torch.Tensor:
     return torch.from_numpy(storage)
 
 
-def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *, topology: Mapping | None = None,
-                       quantized: bool = True, **options: Any) -> tuple[bytes | Path, EncodeReport]:
+def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
+                       topology: "bool | str | Mapping | None" = "auto", quantized: bool = True,
+                       **options: Any) -> tuple[bytes | Path, EncodeReport]:
     """As :func:`encode`, and also return the per-tensor :class:`EncodeReport`.
 
     For a module with fake-quant layers (:mod:`nncodec.quant.layers`), ``quantized=True`` stores their
     weights and biases as integer codes (decoding gives exactly the quantized values); ``False`` stores
-    the float weights the layers train.
+    the float weights the layers train. ``topology``: ``"auto"`` records the module tree when it can be
+    described (so :func:`load_model` can rebuild it), ``True`` requires it (an unsupported module is an
+    error naming it), ``False``/None records none; a dict is stored as given.
     """
-    return Encoder(**options).encode(tensors_from(obj, quantized), dst, topology)
+    from .topology import TopologyError, describe
+
+    topo: Mapping | None = None
+    if isinstance(topology, Mapping):
+        topo = topology
+    elif topology in (True, "auto") and isinstance(obj, torch.nn.Module):
+        try:
+            topo = describe(obj)
+        except TopologyError:
+            if topology is True:
+                raise
+    elif topology is True:
+        raise ConfigError("topology=True needs an nn.Module to describe")
+    return Encoder(**options).encode(tensors_from(obj, quantized), dst, topo)
 
 
 def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) -> bytes | Path:
@@ -137,6 +154,36 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
         raise ConfigError(f"load_into(strict=True): missing from the stream: {missing[:10]}; "
                           f"not in the module: {unexpected[:10]}")
     return unexpected
+
+
+def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Module:
+    """Rebuild the model stored in ``src`` from its topology unit and load its weights (eval mode).
+
+    Weights stored as quantized codes are loaded as their values, and those layers' weight quantizers are
+    dropped (the values are already quantized); activation quantizers stay. A stream without a topology
+    unit raises :class:`~nncodec.topology.TopologyError`: use :func:`load_into` with your model class.
+    """
+    from .decoder import read_info
+    from .topology import TopologyError, build
+
+    info = read_info(src, limits=limits)
+    if info.topology is None:
+        raise TopologyError("this stream has no topology unit (the model was not a supported nn.Sequential "
+                            "tree): build your model and call nncodec.load_into(model, src)")
+    model = build(info.topology)
+    quantized = {u.tensor["name"] for u in info.units if u.tensor and u.tensor["scheme"] != "none"}
+    from .quant.layers import _QuantWeights
+
+    for name, module in model.named_modules():
+        if isinstance(module, _QuantWeights):
+            prefix = f"{name}." if name else ""
+            if prefix + "weight" in quantized:
+                module.kernel_quantizer = None
+                module._buffers.pop("weight_mask", None)
+            if prefix + "bias" in quantized:
+                module.bias_quantizer = None
+    load_into(model, src, strict=True, limits=limits)
+    return model.eval()
 
 
 def save(tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> Path:

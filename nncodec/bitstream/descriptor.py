@@ -148,6 +148,11 @@ def dequantize_into(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, t
 
     Raises :class:`CorruptError` when a code is outside the scheme's range.
     """
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf scales are data, not a decoder fault
+        _dequantize(codes, desc, out, tensor_dtype)
+
+
+def _dequantize(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, tensor_dtype: DType) -> None:
     if desc.scheme == SCHEME_FLOAT_CAST:
         values = _as_float32(codes, desc.code_dtype)
     else:

@@ -144,13 +144,14 @@ class TensorHeader:
             raise UnsupportedFeatureError(f"unknown dtype id {dtype_id} for tensor {name!r}", offset=dt_at)
         limits.check(f"rank of tensor {name!r}", ndim, "max_ndim", offset=dt_at)
         shape = []
-        numel = 1
+        span = 1  # product of the dimensions with zeros counted as 1: bounds every allocation's arithmetic
         for _ in range(ndim):
             (d,) = r.unpack(_DIM, "dimension")
             shape.append(d)
-            numel *= d
-            if numel > limits.max_tensor_elements:
-                limits.check(f"element count of tensor {name!r}", numel, "max_tensor_elements", offset=dt_at)
+            span *= max(d, 1)
+            if span > limits.max_tensor_elements:
+                limits.check(f"element count of tensor {name!r} (zero dimensions counted as 1)", span,
+                             "max_tensor_elements", offset=dt_at)
         quant = QuantDescriptor.parse(r, dtype, tuple(shape))
         count = r.u8("pipeline stage count")
         pipeline = None if count == PIPELINE_DEFAULT else Pipeline.parse_entries(r, count)

@@ -319,6 +319,8 @@ INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {
                               lambda: _stream(_tensor_payload(b"x", 2, [1], data=b"\1"), count=2)),
     "shape_product_overflow": ("dimensions whose product overflows 64 bits", "LimitExceededError",
                                lambda: _stream(_tensor_payload(b"of", 2, [1 << 63, 1 << 63, 4]))),
+    "zero_dim_huge_shape": ("0 elements, but a dimension of 2^61 (found by fuzzing)", "LimitExceededError",
+                            lambda: _stream(_tensor_payload(b"z", 12, [0, 1 << 61, 3]))),
     "declared_size_over_limits": ("a tensor of 2^40 float32 elements", "LimitExceededError",
                                   lambda: _stream(_tensor_payload(b"big", 12, [1 << 20, 1 << 20]))),
     "duplicate_names": ("two tensors named x", "CorruptError", lambda: _stream(

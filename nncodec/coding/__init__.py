@@ -1,5 +1,6 @@
 """Lossless coding stages (stack compression, bit packing, shuffle, entropy) behind one registry."""
 
+from .ans_stage import Ans, ans_available
 from .bitpack import BitPack
 from .shuffle import Shuffle
 from .stage import REGISTRY, Stage, register_stage, stage_class, stage_from_config
@@ -7,4 +8,4 @@ from .zero_words import ZeroWords
 from .zstd_stage import Zstd
 
 __all__ = ["Stage", "REGISTRY", "register_stage", "stage_class", "stage_from_config",
-           "ZeroWords", "BitPack", "Shuffle", "Zstd"]
+           "ZeroWords", "BitPack", "Shuffle", "Zstd", "Ans", "ans_available"]

@@ -200,6 +200,11 @@ VALID: dict[str, tuple[str, Builder]] = {
     "bitpack_signed": ("bit packing at 7 bits, signed, no entropy stage", _pipeline(
         [{"id": "bitpack", "word_size": 1, "bits": 7, "signed": True}],
         {"b": RNG.integers(-64, 64, 77).astype(np.int8)})),
+    "stage_ans": ("the experimental rANS stage on int8 words, incl. a one-symbol alphabet", _pipeline(
+        [{"id": "ans", "word_size": 1}], {"codes": np.clip(np.round(RNG.laplace(size=3000)), -7, 7).astype(np.int8),
+                                          "flat": np.full(12, 5, np.int8)})),
+    "stage_ans_int16": ("the experimental rANS stage on int16 words", _pipeline(
+        [{"id": "ans", "word_size": 2}], {"wide": RNG.integers(-300, 300, 500).astype(np.int16)})),
     "default_pipeline": ("tensors using the model parameter set's default pipeline", lambda: _lossless(
         {f"t{i}": RNG.standard_normal(50).astype(np.float32) for i in range(3)}, pipeline=[{"id": "zstd"}])),
     "scheme_uniform_bits": ("uniform (m-quant) at 2, 4, 8, 12, 16 bits, per-channel float32 scales",

@@ -32,7 +32,7 @@ def test_format_constants_match_the_spec_tables():
         (0x01, 0x02, 0x03, 0x10, 0x7F)
     assert c.SCHEME_NAMES == {0: "none", 1: "uniform", 2: "binary", 3: "modified_binary", 4: "ternary", 5: "po2",
                               6: "float_cast"}
-    assert (c.STAGE_ZERO_WORDS, c.STAGE_BITPACK, c.STAGE_SHUFFLE, c.STAGE_ZSTD) == (1, 2, 3, 4)
+    assert (c.STAGE_ZERO_WORDS, c.STAGE_BITPACK, c.STAGE_SHUFFLE, c.STAGE_ZSTD, c.STAGE_ANS) == (1, 2, 3, 4, 5)
 
 
 def test_the_worked_hex_example_in_the_spec_is_what_the_encoder_writes():

@@ -18,7 +18,7 @@ def roundtrip(stage, words: np.ndarray) -> np.ndarray:
 
 
 def test_registry_ids_are_the_format_ids():
-    assert {i: c.codec_id for i, c in REGISTRY.items()} == {1: "zero_words", 2: "bitpack", 3: "shuffle", 4: "zstd"}
+    assert {i: c.codec_id for i, c in REGISTRY.items()} == {1: "zero_words", 2: "bitpack", 3: "shuffle", 4: "zstd", 5: "ans"}
     with pytest.raises(UnsupportedFeatureError):
         stage_class(99)
 
@@ -126,3 +126,33 @@ def test_zstd_checks_declared_size_and_trailing_data():
 def test_zero_words_bad_params(params):
     with pytest.raises(CorruptError):
         ZeroWords.from_params(params)
+
+
+def test_ans_reaches_the_order0_entropy_where_zstd_does_not():
+    from nncodec.coding import Ans
+
+    rng = np.random.default_rng(0)
+    sym = np.clip(np.round(rng.laplace(size=200_000) * 0.6), -2, 1).astype(np.int8)  # ~2-bit codes
+    _, counts = np.unique(sym, return_counts=True)
+    p = counts / counts.sum()
+    entropy_bytes = float(-(p * np.log2(p)).sum()) * sym.size / 8
+    ans = Ans(1, True).encode(memoryview(sym.view(np.uint8)))
+    zstd = Zstd(3).encode(memoryview(sym.view(np.uint8)))  # the default entropy stage
+    assert len(ans) <= 1.02 * entropy_bytes + 64
+    assert len(zstd) > 1.05 * entropy_bytes and len(ans) < 0.97 * len(zstd)
+    np.testing.assert_array_equal(roundtrip(Ans(1, True), sym), sym)
+    for words in (np.zeros(0, np.int16), np.full(9, -3, np.int16), np.array([1, 2, 3, 2], np.int16)):
+        np.testing.assert_array_equal(roundtrip(Ans(2, True), words), words)
+
+
+def test_ans_rejects_a_bad_model():
+    from nncodec.coding import Ans
+
+    words = np.array([1, 2, 2, 3], np.int8)
+    enc = bytearray(Ans(1, True).encode(memoryview(words.view(np.uint8))))
+    bad = bytearray(enc)
+    bad[12 + 3 * 4] += 1  # first count: counts no longer sum to the word count
+    with pytest.raises(CorruptError, match="ans model"):
+        Ans(1, True).decode_into(memoryview(bytes(bad)), np.empty(4, np.uint8))
+    with pytest.raises(CorruptError):
+        Ans(1, True).decode_into(memoryview(bytes(enc[:-1])), np.empty(4, np.uint8))

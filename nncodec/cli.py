@@ -86,8 +86,18 @@ def _cmd_encode(args: argparse.Namespace) -> int:
             raise ConfigError(f"--metadata takes KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         meta[k] = v
+    scales = {}
+    for item in args.step_scale or []:
+        pat, sep, factor = item.rpartition("=")
+        try:
+            scales[pat] = float(factor)
+        except ValueError:
+            sep = ""
+        if not sep or not pat:
+            raise ConfigError(f"--step-scale takes PATTERN=FACTOR, got {item!r}")
     tensors = _read_tensors(Path(args.input))
     _, report = encode_with_report(tensors, args.output, bits=args.bits, step=args.step, bits_1d=args.bits_1d,
+                                   rel_step=args.rel_step, step_scales=scales or None,
                                    lossless=args.lossless or (), level=args.level, metadata=meta,
                                    progress=None if not args.quiet else False)
     if args.json:
@@ -284,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = e.add_mutually_exclusive_group()
     q.add_argument("--bits", type=int, help="quantize float tensors to this many bits (1..16), per output channel")
     q.add_argument("--step", type=float, help="quantize float tensors with this step size")
+    q.add_argument("--rel-step", type=float,
+                   help="quantize with a step of REL_STEP x std per tensor (best rate for a given fidelity)")
+    e.add_argument("--step-scale", action="append", metavar="PATTERN=FACTOR",
+                   help="with --rel-step: multiply the step of matching tensors (repeatable)")
     e.add_argument("--bits-1d", type=int, default=16, help="bits for rank-1 float tensors (default 16)")
     e.add_argument("--lossless", action="append", metavar="PATTERN",
                    help="glob of tensor names kept exact when quantizing (repeatable)")

@@ -175,6 +175,9 @@ class Encoder:
 
     - ``bits`` / ``step``: quantize float tensors of rank >= 1 (see :mod:`nncodec.quant.uniform`);
       ``bits_1d`` (default 16) and ``step / 256`` apply to rank-1 tensors (biases, norms). Not both.
+    - ``rel_step``: instead, a uniform step of ``rel_step * std(tensor)`` per tensor (``/ 16`` for rank 1),
+      multiplied by the first matching factor of ``step_scales`` (glob pattern -> factor); with an entropy
+      stage this is the rate-distortion-efficient choice (about ``log2(1/rel_step) + 2`` bits/param).
     - ``lossless``: glob patterns of tensor names kept exact even when quantizing.
     - ``level``: zstd level of the entropy stage (-7..22; 3 is fast, 19 smallest).
     - ``metadata``: str -> str pairs stored in the stream header.
@@ -187,9 +190,14 @@ class Encoder:
 
     def __init__(self, *, bits: int | None = None, step: float | None = None, bits_1d: int = 16,
                  lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
-                 progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None):
-        if bits is not None and step is not None:
-            raise ConfigError("give bits or step, not both")
+                 progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None,
+                 rel_step: float | None = None, step_scales: Mapping[str, float] | None = None):
+        if sum(v is not None for v in (bits, step, rel_step)) > 1:
+            raise ConfigError("give one of bits, step and rel_step")
+        if rel_step is not None and not (isinstance(rel_step, (int, float)) and 0 < rel_step < 1e6):
+            raise ConfigError(f"rel_step must be a positive number, got {rel_step!r}")
+        if step_scales and not all(isinstance(v, (int, float)) and v > 0 for v in step_scales.values()):
+            raise ConfigError("step_scales must map glob patterns to positive numbers")
         if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 16):
             raise ConfigError(f"bits must be an integer 1..16, got {bits!r}")
         if not (isinstance(bits_1d, int) and 1 <= bits_1d <= 16):
@@ -203,6 +211,7 @@ class Encoder:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise ConfigError("metadata keys and values must be strings")
         self.bits, self.step, self.bits_1d = bits, step, bits_1d
+        self.rel_step, self.step_scales = rel_step, dict(step_scales or {})
         self.lossless = tuple(lossless)
         self.level = level
         self.metadata = meta
@@ -211,13 +220,18 @@ class Encoder:
 
     # -- per tensor -------------------------------------------------------------------------
     def _quantizes(self, name: str, dtype: DType, shape: tuple[int, ...]) -> bool:
-        if self.bits is None and self.step is None:
+        if self.bits is None and self.step is None and self.rel_step is None:
             return False
         if not dtype.is_float or len(shape) == 0 or math.prod(shape) == 0:
             return False
         return not any(fnmatch.fnmatchcase(name, pat) for pat in self.lossless)
 
     def _quantize(self, name: str, values: np.ndarray) -> UniformCodes:
+        if self.rel_step is not None:
+            std = float(np.std(np.asarray(values, dtype=np.float64)))
+            factor = next((f for pat, f in self.step_scales.items() if fnmatch.fnmatchcase(name, pat)), 1.0)
+            step = self.rel_step * (std if std > 0 and math.isfinite(std) else 1.0) * factor
+            return quantize_by_step(values, step / 16 if values.ndim == 1 else step, name=name)
         if self.step is not None:
             step = self.step / 256 if values.ndim == 1 else self.step
             return quantize_by_step(values, step, name=name)

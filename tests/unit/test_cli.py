@@ -62,3 +62,15 @@ def test_errors_exit_nonzero_with_a_message(state_file, tmp_path, capsys):
     assert main(["encode", str(path), str(out), "--bits", "99"]) == 1
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
+
+
+def test_encode_with_relative_step(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "w.npz", **{"emb.weight": rng.standard_normal((100, 32)).astype(np.float32),
+                                    "fc.weight": rng.standard_normal((32, 32)).astype(np.float32)})
+    assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "w.nnc"), "--rel-step", "0.1",
+                 "--step-scale", "emb*=2", "--json"]) == 0
+    by = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
+    assert by["emb.weight"]["max_abs_error"] > by["fc.weight"]["max_abs_error"]
+    assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "x.nnc"), "--rel-step", "0.1",
+                 "--step-scale", "nofactor"]) == 1

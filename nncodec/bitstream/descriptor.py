@@ -15,7 +15,7 @@ The product is computed in float32 and rounded once to the tensor dtype (round t
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .constants import (QFLAG_PER_CHANNEL, QFLAG_PO2_SCALE, QFLAGS_RESERVED, QUA
 
 __all__ = ["QuantDescriptor", "dequantize_into", "float32_to_bfloat16_bits", "bfloat16_bits_to_float32"]
 
+_CHUNK_ELEMENTS = 1 << 20
 _CODE_RANGES = {SCHEME_BINARY: (0, 1), SCHEME_MOD_BINARY: (0, 1), SCHEME_TERNARY: (-1, 1)}
 
 
@@ -149,7 +150,19 @@ def dequantize_into(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, t
     Raises :class:`CorruptError` when a code is outside the scheme's range.
     """
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf scales are data, not a decoder fault
-        _dequantize(codes, desc, out, tensor_dtype)
+        if codes.ndim == 0 or codes.shape[0] <= 1 or codes.size <= _CHUNK_ELEMENTS:
+            _dequantize(codes, desc, out, tensor_dtype)
+            return
+        # blocks of rows along axis 0, so temporaries stay small (about _CHUNK_ELEMENTS floats)
+        rows = max(1, _CHUNK_ELEMENTS // (codes.size // codes.shape[0] or 1))
+        for start in range(0, codes.shape[0], rows):
+            part = desc
+            if desc.per_channel and desc.axis == 0:
+                part = replace(desc, scales=desc.scales[start:start + rows])
+            elif desc.per_channel:
+                _dequantize(codes, desc, out, tensor_dtype)
+                return
+            _dequantize(codes[start:start + rows], part, out[start:start + rows], tensor_dtype)
 
 
 def _dequantize(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, tensor_dtype: DType) -> None:

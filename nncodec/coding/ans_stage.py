@@ -21,6 +21,7 @@ from .stage import SIGNED_WORD_DTYPES, WORD_DTYPES, Stage, register_stage
 __all__ = ["Ans", "MAX_ALPHABET", "ans_available"]
 
 MAX_ALPHABET = 1 << 16
+_CHUNK = 1 << 20
 _HEAD = struct.Struct("<QI")  # n_words, alphabet size
 
 
@@ -122,13 +123,16 @@ class Ans(Stage):
         if len(rest) % 4:
             raise CorruptError("ans compressed data is not whole 32-bit words")
         c = _constriction()
+        dest = out.view(self._dtype())
+        symbols = values.astype(self._dtype())
         try:
             model = c.stream.model.Categorical(counts.astype(np.float64), perfect=False)
             coder = c.stream.stack.AnsCoder(np.frombuffer(rest, dtype="<u4").astype(np.uint32))
-            index = coder.decode(model, n)
+            for start in range(0, n, _CHUNK):  # in chunks: the index temporaries stay small
+                m = min(_CHUNK, n - start)
+                dest[start:start + m] = symbols[coder.decode(model, m)]
             leftover = not coder.is_empty()
         except Exception as exc:  # constriction reports corrupt data with its own exception types
             raise CorruptError(f"ans data corrupt: {exc}") from None
         if leftover:
             raise CorruptError("ans data holds more than its words")
-        out.view(self._dtype())[:] = values[index]

@@ -92,7 +92,7 @@ def run_nncodec(fid: Fidelity, n_params: int) -> list[dict]:
     rows = []
     for label, opts in settings:
         t0 = time.perf_counter()
-        data = nncodec.encode(fid.state, level=19 if not opts else 9, **opts)
+        data = nncodec.encode(fid.state, level=9, **opts)
         enc = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = nncodec.decode(data)
@@ -160,8 +160,9 @@ def run_fraunhofer(fid: Fidelity, n_params: int, venv: Path, tmp: Path) -> list[
     np.savez(tmp / "weights.npz", **floats)
     (tmp / "nnc_run.py").write_text(NNC_SCRIPT)
     settings = [[-40, True], [-36, True], [-32, False], [-32, True], [-28, True]]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # both packages are called nncodec
     proc = subprocess.run([str(venv / "bin" / "python"), str(tmp / "nnc_run.py"), str(tmp / "weights.npz"),
-                           str(tmp / "nnc"), json.dumps(settings)], capture_output=True, text=True, cwd=tmp)
+                           str(tmp / "nnc"), json.dumps(settings)], capture_output=True, text=True, cwd=tmp, env=env)
     if proc.returncode:
         print(proc.stderr[-3000:], file=sys.stderr)
         return []
@@ -185,7 +186,7 @@ def loader_times(fid: Fidelity, tmp: Path) -> dict:
 
     pt = tmp / "float.pt"
     torch.save(fid.state, pt)
-    nnc = nncodec.encode(fid.state, tmp / "lossless.nnc", level=19)
+    nnc = nncodec.encode(fid.state, tmp / "lossless.nnc", level=9)
     q = nncodec.encode(fid.state, tmp / "q.nnc", rel_step=0.09, step_scales={"*word_embeddings*": 2.0})
     out = {}
     for label, fn in [("torch.load (float .pt)", lambda: torch.load(pt, weights_only=True)),

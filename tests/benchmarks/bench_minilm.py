@@ -215,6 +215,8 @@ PEAK = textwrap.dedent("""
     import nncodec
     st = SentenceTransformer(sys.argv[2], device="cpu")
     model = st[0].auto_model
+    for p in list(model.parameters()) + list(model.buffers()):
+        p.data = p.data.clone()  # own memory, not copy-on-write pages of a memory-mapped file
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     def status(key):
         for line in open("/proc/self/status"):

@@ -153,9 +153,8 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS,
 
     ``destination(header)`` may return a writable C-contiguous array of the tensor's storage dtype and
     shape; the tensor is then decoded straight into it (inline decompression, no extra full copy).
-    bfloat16 tensors come back as uint16 bit patterns. The whole stream is validated, so the last tensor
-    is yielded only once the end-of-stream unit checks out... except that earlier tensors are yielded
-    before later units are read: consume the iterator fully before trusting the file as a whole.
+    bfloat16 tensors come back as uint16 bit patterns. Each tensor is yielded as soon as its unit is
+    decoded, before later units are read: consume the iterator fully before trusting the file as a whole.
     """
     f, owned = open_source(src)  # type: ignore[arg-type]
     try:

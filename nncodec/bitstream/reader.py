@@ -116,9 +116,3 @@ class UnitReader:
             yield index, UnitHeader(utype, flags, length, crc, at), memoryview(payload)
             index += 1
             self._limits.check("unit count", index, "max_units", unit_index=index, offset=self.position)
-
-
-def unit_payload_offset(header: UnitHeader) -> int:
-    return header.offset + UNIT_HEADER_SIZE
-
-

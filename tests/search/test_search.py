@@ -68,7 +68,10 @@ def test_masks_survive_fine_tuning_and_quantization(reference):
     for name, mask in masks.items():
         layer = model.get_submodule(name)
         assert (layer.quantized_weight()[mask == 0] == 0).all()
-    assert 0.55 < np.mean([s for s in sparsity(model).values()]) or sum(sparsity(model).values()) > 0
+    zeros = sum(float((model.get_submodule(n).quantized_weight() == 0).sum()) for n in masks)
+    total = sum(model.get_submodule(n).weight.numel() for n in masks)
+    assert 0.58 < zeros / total  # the global 60 % held through training (quantization may add zeros)
+    assert all(0.0 <= v < 1.0 for v in sparsity(model).values())
     decoded = nncodec.decode(nncodec.encode(model))
     for name, mask in masks.items():
         assert (decoded[f"{name}.weight"][mask == 0] == 0).all()

@@ -5,6 +5,8 @@ Encode/decode API (torch at the edge, numpy underneath)::
     import nncodec
     data = nncodec.encode(model)                 # lossless; bytes
     nncodec.encode(model, "m.nnc", bits=8)       # 8-bit per-channel codes, atomic write
+    scales = nncodec.calibrate_step_scales(model, batches)   # bits where the output needs them
+    nncodec.encode(model, "m.nnc", rel_step=0.05, step_scales=scales)
     tensors = nncodec.decode("m.nnc")            # {name: torch.Tensor}
     nncodec.load_into(model, "m.nnc")            # straight into the module's parameters
     arrays = nncodec.decode_arrays("m.nnc")      # numpy only; never imports torch
@@ -32,7 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "encode", "encode_with_report", "decode", "load_into", "load_model", "open", "save", "load",
-    "encode_arrays", "decode_arrays", "iter_tensors", "read_info",
+    "calibrate_step_scales", "encode_arrays", "decode_arrays", "iter_tensors", "read_info",
     "Encoder", "EncodeReport", "TensorReport", "Limits", "DEFAULT_LIMITS",
     "NNCodecError", "FormatError", "BadMagicError", "UnsupportedVersionError", "TruncatedError",
     "CorruptError", "ChecksumError", "UnknownUnitError", "UnsupportedFeatureError", "LimitExceededError",
@@ -57,6 +59,14 @@ def encode_with_report(obj: Any, dst: Any = None, **options: Any) -> Any:
     from . import torch_io
 
     return torch_io.encode_with_report(obj, dst, **options)
+
+
+def calibrate_step_scales(model: Any, batches: Any, **options: Any) -> dict[str, float]:
+    """Per-tensor step factors for ``encode(model, rel_step=..., step_scales=...)`` measured on calibration
+    batches; see :mod:`nncodec.sensitivity`."""
+    from .sensitivity import calibrate_step_scales as _calibrate
+
+    return _calibrate(model, batches, **options)
 
 
 def decode(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:

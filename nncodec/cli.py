@@ -95,6 +95,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
             sep = ""
         if not sep or not pat:
             raise ConfigError(f"--step-scale takes PATTERN=FACTOR, got {item!r}")
+    if args.step_scales:
+        try:
+            loaded = json.loads(Path(args.step_scales).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--step-scales {args.step_scales}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--step-scales {args.step_scales}: expected a JSON object of name -> factor")
+        scales = {**loaded, **scales}
     tensors = _read_tensors(Path(args.input))
     _, report = encode_with_report(tensors, args.output, bits=args.bits, step=args.step, bits_1d=args.bits_1d,
                                    rel_step=args.rel_step, step_scales=scales or None,
@@ -298,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantize with a step of REL_STEP x std per tensor (best rate for a given fidelity)")
     e.add_argument("--step-scale", action="append", metavar="PATTERN=FACTOR",
                    help="with --rel-step: multiply the step of matching tensors (repeatable)")
+    e.add_argument("--step-scales", metavar="JSON",
+                   help="with --rel-step: a JSON object of tensor name (or pattern) -> step factor, e.g. "
+                        "from nncodec.calibrate_step_scales")
     e.add_argument("--bits-1d", type=int, default=16, help="bits for rank-1 float tensors (default 16)")
     e.add_argument("--lossless", action="append", metavar="PATTERN",
                    help="glob of tensor names kept exact when quantizing (repeatable)")

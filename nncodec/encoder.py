@@ -176,8 +176,10 @@ class Encoder:
     - ``bits`` / ``step``: quantize float tensors of rank >= 1 (see :mod:`nncodec.quant.uniform`);
       ``bits_1d`` (default 16) and ``step / 256`` apply to rank-1 tensors (biases, norms). Not both.
     - ``rel_step``: instead, a uniform step of ``rel_step * std(tensor)`` per tensor (``/ 16`` for rank 1),
-      multiplied by the first matching factor of ``step_scales`` (glob pattern -> factor); with an entropy
-      stage this is the rate-distortion-efficient choice (about ``log2(1/rel_step) + 2`` bits/param).
+      multiplied by the factor of ``step_scales`` for its exact name, else of the first matching glob pattern;
+      with an entropy stage this is the rate-distortion-efficient choice (about ``log2(1/rel_step) + 2``
+      bits/param). :func:`nncodec.calibrate_step_scales` measures factors that put the bits where the
+      model's output needs them.
     - ``lossless``: glob patterns of tensor names kept exact even when quantizing.
     - ``level``: zstd level of the entropy stage (-7..22; 3 is fast, 19 smallest).
     - ``metadata``: str -> str pairs stored in the stream header.
@@ -229,7 +231,8 @@ class Encoder:
     def _quantize(self, name: str, values: np.ndarray) -> UniformCodes:
         if self.rel_step is not None:
             std = float(np.std(np.asarray(values, dtype=np.float64)))
-            factor = next((f for pat, f in self.step_scales.items() if fnmatch.fnmatchcase(name, pat)), 1.0)
+            factor = self.step_scales.get(name) or next(
+                (f for pat, f in self.step_scales.items() if fnmatch.fnmatchcase(name, pat)), 1.0)
             step = self.rel_step * (std if std > 0 and math.isfinite(std) else 1.0) * factor
             return quantize_by_step(values, step / 16 if values.ndim == 1 else step, name=name)
         if self.step is not None:

@@ -74,3 +74,19 @@ def test_encode_with_relative_step(tmp_path, capsys):
     assert by["emb.weight"]["max_abs_error"] > by["fc.weight"]["max_abs_error"]
     assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "x.nnc"), "--rel-step", "0.1",
                  "--step-scale", "nofactor"]) == 1
+
+
+def test_encode_with_a_step_scales_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "w.npz", **{"a.weight": rng.standard_normal((64, 32)).astype(np.float32),
+                                    "b.weight": rng.standard_normal((64, 32)).astype(np.float32)})
+    (tmp_path / "scales.json").write_text(json.dumps({"a.weight": 0.25, "b.weight": 4.0}))
+    assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "w.nnc"), "--rel-step", "0.1",
+                 "--step-scales", str(tmp_path / "scales.json"), "--json"]) == 0
+    by = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
+    assert by["b.weight"]["rms_error"] > 8 * by["a.weight"]["rms_error"]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "x.nnc"), "--rel-step", "0.1",
+                 "--step-scales", str(tmp_path / "bad.json")]) == 1
+    assert "JSON object" in capsys.readouterr().err
+    assert not (tmp_path / "x.nnc").exists()

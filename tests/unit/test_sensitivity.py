@@ -1,0 +1,103 @@
+"""Calibrated step allocation: sensitive tensors get finer steps, and that buys fidelity per bit."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nncodec
+from nncodec.sensitivity import factors_from_sensitivity, output_sensitivity
+
+
+class TwoBranches(nn.Module):
+    """out = 10 * loud(x) + 3 * mid(x) + quiet(x); ``unused`` never touches the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loud = nn.Linear(64, 32)
+        self.mid = nn.Linear(64, 32)
+        self.quiet = nn.Linear(64, 32)
+        self.unused = nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 10 * self.loud(x) + 3 * self.mid(x) + self.quiet(x)
+
+
+@pytest.fixture()
+def model() -> TwoBranches:
+    torch.manual_seed(0)
+    return TwoBranches()
+
+
+def batches(n: int = 3, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(16, 64, generator=g) for _ in range(n)]
+
+
+def test_sensitivity_orders_tensors_and_restores_the_model(model: TwoBranches) -> None:
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sens = output_sensitivity(model, batches(), progress=False)
+    assert set(sens) == {"loud.weight", "mid.weight", "quiet.weight", "unused.weight"}  # rank >= 2 only
+    assert sens["loud.weight"] > 50 * sens["quiet.weight"] > 0
+    assert sens["unused.weight"] == 0
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_factors_have_unit_geometric_mean_and_a_floor(model: TwoBranches) -> None:
+    scales = nncodec.calibrate_step_scales(model, batches(), progress=False)
+    sizes = {k: model.state_dict()[k].numel() for k in scales}
+    log_mean = sum(sizes[k] * math.log(f) for k, f in scales.items()) / sum(sizes.values())
+    assert abs(log_mean) < 1e-9
+    assert scales["loud.weight"] < scales["mid.weight"] < scales["quiet.weight"] < scales["unused.weight"]
+    # equal slopes: step ratio = inverse gain ratio (sqrt of the inverse sensitivity ratio)
+    assert scales["quiet.weight"] / scales["loud.weight"] == pytest.approx(10, rel=0.2)
+    # the untouched tensor is floored at 1/100 of the median density (mid's): 10x the median's step
+    assert scales["unused.weight"] / scales["mid.weight"] == pytest.approx(10, rel=1e-6)
+
+
+def test_calibrated_steps_give_lower_output_error_for_fewer_bits(model: TwoBranches) -> None:
+    scales = nncodec.calibrate_step_scales(model, batches(), progress=False)
+    test_x = batches(1, seed=99)[0]
+    with torch.no_grad():
+        ref = model(test_x)
+
+    def error_and_size(**options: object) -> tuple[float, int]:
+        data = nncodec.encode(model, **options)
+        other = TwoBranches()
+        nncodec.load_into(other, data)
+        with torch.no_grad():
+            return float(((other(test_x) - ref) ** 2).mean()), len(data)
+
+    plain_err, plain_size = error_and_size(rel_step=0.05)
+    cal_err, cal_size = error_and_size(rel_step=0.05, step_scales=scales)
+    assert cal_size <= 1.05 * plain_size
+    assert cal_err < 0.5 * plain_err
+
+
+def test_exact_names_win_over_patterns() -> None:
+    rng = np.random.default_rng(0)
+    a = {"emb.w": rng.normal(size=(64, 64)).astype(np.float32)}
+    enc = nncodec.Encoder(rel_step=0.1, step_scales={"emb*": 4.0, "emb.w": 0.5})
+    _, report = enc.encode(nncodec.encoder.numpy_tensors(a))
+    std = float(np.std(a["emb.w"].astype(np.float64)))
+    assert report.tensors[0].max_abs_error <= 0.5 * 0.1 * std / 2 * 1.0001
+
+
+def test_bad_calibration_input_is_a_config_error(model: TwoBranches) -> None:
+    with pytest.raises(nncodec.ConfigError, match="at least one batch"):
+        nncodec.calibrate_step_scales(model, [])
+    with pytest.raises(nncodec.ConfigError, match="probe_rel_step"):
+        nncodec.calibrate_step_scales(model, batches(), probe_rel_step=0)
+    with pytest.raises(nncodec.ConfigError, match="no such tensors"):
+        nncodec.calibrate_step_scales(model, batches(), names=["nope.weight"])
+    with pytest.raises(nncodec.ConfigError, match="forward"):
+        nncodec.calibrate_step_scales(model, batches(), forward=lambda m, b: "text")
+    with pytest.raises(nncodec.ConfigError, match="all zero"):
+        nncodec.calibrate_step_scales(model, batches(), forward=lambda m, b: torch.zeros(3))
+    with pytest.raises(nncodec.ConfigError, match="floor"):
+        factors_from_sensitivity({"a": 1.0}, {"a": 4}, floor=0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -23,6 +23,8 @@ from .errors import CorruptError, FormatError, LimitExceededError, TruncatedErro
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["decode_arrays", "iter_tensors", "read_info", "StreamInfo", "UnitInfo", "Source"]
+
+_PIECE_ELEMENTS = 1 << 20  # codes decoded per block when dequantizing as they arrive
 
 Source = "bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO"
 #: callback giving a destination array (tensor storage dtype, tensor shape, C-contiguous) or None
@@ -140,11 +142,33 @@ def _decode_tensor(walker: _StreamWalker, th: TensorHeader, coded: memoryview, d
         pipeline.decode_into(coded, flat, walker.limits)
         if th.dtype.name == "bool" and flat.size and flat.max() > 1:
             raise CorruptError(f"bool tensor {th.name!r} holds bytes other than 0 and 1")
-    else:
+    elif not _dequantize_streaming(pipeline, coded, th, dest):
         codes = np.empty(th.numel, dtype=th.quant.code_dtype.storage)
         pipeline.decode_into(coded, codes.view(np.uint8), walker.limits)
         dequantize_into(codes.reshape(th.shape), th.quant, dest, th.dtype)
     return dest
+
+
+def _dequantize_streaming(pipeline: Pipeline, coded: memoryview, th: TensorHeader, dest: np.ndarray) -> bool:
+    """Decode codes in blocks of whole rows and dequantize each into ``dest`` at once: no full-size code
+    array. Only for one-stage pipelines that stream and scales per tensor or along axis 0."""
+    desc = th.quant
+    if len(th.shape) == 0 or th.numel == 0 or (desc.per_channel and desc.axis != 0):
+        return False
+    code_dtype = desc.code_dtype.storage
+    inner = th.numel // th.shape[0]
+    rows = max(1, _PIECE_ELEMENTS // inner)
+    pieces = pipeline.iter_decode(coded, th.numel * code_dtype.itemsize, rows * inner * code_dtype.itemsize)
+    if pieces is None:
+        return False
+    row = 0
+    for piece in pieces:
+        n_rows = piece.size // (inner * code_dtype.itemsize)
+        codes = piece.view(code_dtype).reshape((n_rows,) + th.shape[1:])
+        part = replace(desc, scales=desc.scales[row:row + n_rows]) if desc.per_channel else desc
+        dequantize_into(codes, part, dest[row:row + n_rows], th.dtype)
+        row += n_rows
+    return True
 
 
 def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS,

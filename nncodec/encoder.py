@@ -40,9 +40,9 @@ __all__ = ["Encoder", "EncodeReport", "TensorReport", "CodedTensor", "encode_arr
 
 log = logging.getLogger(__name__)
 
-_SAMPLE_THRESHOLD = 4 << 20    # bytes: larger word arrays choose their pipeline on a sample
+_SAMPLE_THRESHOLD = 1 << 20    # bytes: larger word arrays choose their pipeline on a sample
 _SAMPLE_SLICES = 16
-_SAMPLE_SLICE_BYTES = 256 << 10
+_SAMPLE_SLICE_BYTES = 64 << 10
 _BLOCK_WORDS = 64              # two-level map block size
 _PROGRESS_BYTES = 64 << 20
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..coding.shuffle import Shuffle
 from ..coding.stage import Stage, stage_class
 from ..errors import CorruptError, FormatError, LimitExceededError
 from ..limits import Limits
@@ -13,6 +15,8 @@ from .byte_reader import ByteReader
 from .constants import MAX_PIPELINE_STAGES
 
 __all__ = ["Pipeline"]
+
+_PIECE_BYTES = 4 << 20  # decoded bytes per piece when a pipeline streams
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,17 @@ class Pipeline:
                 raise CorruptError(f"stored payload has {len(payload)} bytes, {out.size} expected")
             out[:] = np.frombuffer(payload, dtype=np.uint8)
             return
+        if len(self.stages) == 2 and isinstance(self.stages[0], Shuffle) and self.stages[1].streams:
+            # un-shuffle piece by piece as the entropy stage produces them: no full-size temporary
+            shuffle, inner = self.stages[0], self.stages[1]
+            if out.size % shuffle.element_size:
+                raise CorruptError(f"shuffle output of {out.size} bytes is not whole "
+                                   f"{shuffle.element_size}-byte elements")
+            start = 0
+            for piece in inner.iter_decode(payload, out.size, _PIECE_BYTES):
+                shuffle.scatter(piece, start, out)
+                start += piece.size
+            return
         data: memoryview = payload
         bound = 2 * out.size + 64
         for i in range(len(self.stages) - 1, -1, -1):
@@ -75,3 +90,9 @@ class Pipeline:
                 target = np.empty(size, dtype=np.uint8)
             st.decode_into(data, target)
             data = memoryview(target)
+
+    def iter_decode(self, payload: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray] | None:
+        """Pieces of the decoded bytes, front to back, for a one-stage pipeline that streams; else None."""
+        if len(self.stages) == 1 and self.stages[0].streams:
+            return self.stages[0].iter_decode(payload, size, piece_bytes)
+        return None

@@ -10,6 +10,7 @@ in FORMAT.md until it is written out independently.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -41,6 +42,20 @@ def ans_available() -> bool:
     return True
 
 
+def _alphabet(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(words, return_inverse=True, return_counts=True)``; by counting for 1- and 2-byte words
+    (linear time instead of a sort)."""
+    if words.dtype.itemsize > 2:
+        return np.unique(words, return_inverse=True, return_counts=True)
+    low = int(words.min())
+    shifted = (words.astype(np.int32) - low) if low else words
+    counts = np.bincount(shifted.reshape(-1))
+    present = np.flatnonzero(counts)
+    lut = np.zeros(counts.size, dtype=np.int32)
+    lut[present] = np.arange(present.size, dtype=np.int32)
+    return (present + low).astype(words.dtype), lut[shifted], counts[present]
+
+
 @register_stage
 class Ans(Stage):
     """Params: word_size u8 (1, 2, 4) | flags u8 (bit 0: signed words; 1-7 reserved).
@@ -49,6 +64,7 @@ class Ans(Stage):
 
     stage_id = STAGE_ANS
     codec_id = "ans"
+    streams = True
     _PARAMS = struct.Struct("<BB")
 
     def __init__(self, word_size: int, signed: bool = True):
@@ -76,7 +92,7 @@ class Ans(Stage):
         words = np.frombuffer(data, dtype=self._dtype())
         if words.size == 0:
             return _HEAD.pack(0, 0)
-        values, index, counts = np.unique(words, return_inverse=True, return_counts=True)
+        values, index, counts = _alphabet(words)
         if values.size > MAX_ALPHABET:
             raise ConfigError(f"ans: {values.size} distinct words, at most {MAX_ALPHABET}")
         head = _HEAD.pack(words.size, values.size) + values.astype("<i4").tobytes() + counts.astype("<u4").tobytes()
@@ -95,10 +111,16 @@ class Ans(Stage):
         return n * self.word_size
 
     def decode_into(self, data: memoryview, out: np.ndarray) -> None:
+        start = 0
+        for piece in self.iter_decode(data, out.size, _CHUNK * self.word_size):
+            out[start:start + piece.size] = piece
+            start += piece.size
+
+    def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
         r = ByteReader(data, what="ans framing")
         n, k = r.unpack(_HEAD, "ans header")
-        if n * self.word_size != out.size:
-            raise CorruptError(f"ans declares {n} words, destination holds {out.size // self.word_size}")
+        if n * self.word_size != size:
+            raise CorruptError(f"ans declares {n} words, destination holds {size // self.word_size}")
         if n == 0:
             if k:
                 raise CorruptError("ans: an alphabet for no words")
@@ -115,24 +137,29 @@ class Ans(Stage):
         if values[0] < info.min or values[-1] > info.max:
             raise CorruptError("ans symbol values outside the word type")
         rest = r.rest()
+        step = max(1, piece_bytes // self.word_size)
+        symbols = values.astype(self._dtype())
         if k == 1:
             if len(rest):
                 raise CorruptError("ans: coded data after a one-symbol alphabet")
-            out.view(self._dtype())[:] = values[0]
+            piece = np.full(min(step, n), values[0], dtype=self._dtype())
+            for start in range(0, n, step):
+                yield piece[:min(step, n - start)].view(np.uint8)
             return
         if len(rest) % 4:
             raise CorruptError("ans compressed data is not whole 32-bit words")
         c = _constriction()
-        dest = out.view(self._dtype())
-        symbols = values.astype(self._dtype())
         try:
             model = c.stream.model.Categorical(counts.astype(np.float64), perfect=False)
             coder = c.stream.stack.AnsCoder(np.frombuffer(rest, dtype="<u4").astype(np.uint32))
-            for start in range(0, n, _CHUNK):  # in chunks: the index temporaries stay small
-                m = min(_CHUNK, n - start)
-                dest[start:start + m] = symbols[coder.decode(model, m)]
-            leftover = not coder.is_empty()
-        except Exception as exc:  # constriction reports corrupt data with its own exception types
+        except Exception as exc:  # constriction reports bad input with its own exception types
             raise CorruptError(f"ans data corrupt: {exc}") from None
-        if leftover:
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            try:
+                index = coder.decode(model, m)
+            except Exception as exc:
+                raise CorruptError(f"ans data corrupt: {exc}") from None
+            yield symbols[index].view(np.uint8)
+        if not coder.is_empty():
             raise CorruptError("ans data holds more than its words")

@@ -52,3 +52,14 @@ class Shuffle(Stage):
                                f"of {self.element_size}-byte elements")
         planes = np.frombuffer(data, dtype=np.uint8).reshape(self.element_size, -1)
         out.reshape(-1, self.element_size)[:] = planes.T
+
+    def scatter(self, piece: np.ndarray, start: int, out: np.ndarray) -> None:
+        """Un-shuffle ``piece``, the shuffled bytes ``[start, start + piece.size)``, into ``out`` (all elements)."""
+        n = out.size // self.element_size
+        elements = out.reshape(-1, self.element_size)
+        at, end = start, start + piece.size
+        while at < end:
+            plane, first = divmod(at, n)
+            take = min(end - at, n - first)
+            elements[first:first + take, plane] = piece[at - start:at - start + take]
+            at += take

@@ -11,6 +11,7 @@ before allocating.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,6 +56,15 @@ class Stage(abc.ABC):
 
         Raises :class:`CorruptError` when ``data`` is malformed or does not fill ``out`` exactly.
         """
+
+    #: whether :meth:`iter_decode` works (the decoded bytes come out front to back, in pieces)
+    streams: ClassVar[bool] = False
+
+    def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
+        """Decode ``data`` (declaring ``size`` bytes) front to back as uint8 pieces of ``piece_bytes``
+        (the last may be shorter). A piece is valid until the next one is asked for (buffers are reused).
+        Only for stages with ``streams``; errors as :meth:`decode_into`."""
+        raise NotImplementedError(f"stage {self.codec_id} does not decode in pieces")
 
     def get_config(self) -> dict[str, Any]:
         return {"id": self.codec_id}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import zstandard
 
@@ -21,6 +23,7 @@ class Zstd(Stage):
 
     stage_id = STAGE_ZSTD
     codec_id = "zstd"
+    streams = True
 
     def __init__(self, level: int = 3):
         if not -7 <= level <= 22:
@@ -65,5 +68,28 @@ class Zstd(Stage):
             raise CorruptError(f"zstd frame corrupt: {exc}") from None
         if got != out.size:
             raise CorruptError(f"zstd frame decoded to {got} bytes, {out.size} expected")
+        if extra:
+            raise CorruptError("zstd stage holds data after its frame")
+
+    def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
+        if self.decoded_size(data) != size:
+            raise CorruptError(f"zstd frame declares {self.decoded_size(data)} bytes, {size} expected")
+        buf = np.empty(max(1, min(piece_bytes, size)), dtype=np.uint8)
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
+            done = 0
+            while done < size:
+                want = min(buf.size, size - done)
+                got = 0
+                while got < want:  # readinto may return less than asked for
+                    n = reader.readinto(memoryview(buf)[got:want])
+                    if not n:
+                        raise CorruptError(f"zstd frame decoded to {done + got} bytes, {size} expected")
+                    got += n
+                yield buf[:want]
+                done += want
+            extra = reader.read(1)
+        except zstandard.ZstdError as exc:
+            raise CorruptError(f"zstd frame corrupt: {exc}") from None
         if extra:
             raise CorruptError("zstd stage holds data after its frame")

@@ -8,7 +8,7 @@ from nncodec.bitstream import constants as c
 def test_public_names_are_pinned():
     assert sorted(nncodec.__all__) == sorted([
         "__version__", "encode", "encode_with_report", "decode", "load_into", "load_model", "open", "save", "load",
-        "encode_arrays",
+        "calibrate_step_scales", "encode_arrays",
         "decode_arrays", "iter_tensors", "read_info", "Encoder", "EncodeReport", "TensorReport", "Limits",
         "DEFAULT_LIMITS", "NNCodecError", "FormatError", "BadMagicError", "UnsupportedVersionError",
         "TruncatedError", "CorruptError", "ChecksumError", "UnknownUnitError", "UnsupportedFeatureError",

@@ -156,3 +156,39 @@ def test_ans_rejects_a_bad_model():
         Ans(1, True).decode_into(memoryview(bytes(bad)), np.empty(4, np.uint8))
     with pytest.raises(CorruptError):
         Ans(1, True).decode_into(memoryview(bytes(enc[:-1])), np.empty(4, np.uint8))
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4096, 1 << 20])
+def test_streaming_stages_give_the_same_bytes_in_pieces(piece):
+    from nncodec.coding import Ans
+
+    rng = np.random.default_rng(3)
+    codes = np.clip(np.round(rng.laplace(0, 6, 30_001)), -120, 120).astype(np.int8)
+    raw = codes.view(np.uint8)
+    for stage in (Zstd(3), Ans(1, True)):
+        coded = memoryview(stage.encode(memoryview(raw)))
+        pieces = [p.copy() for p in stage.iter_decode(coded, raw.size, piece)]
+        assert all(p.size == piece for p in pieces[:-1]) and 0 < pieces[-1].size <= piece
+        assert np.array_equal(np.concatenate(pieces), raw)
+        with pytest.raises(CorruptError):
+            list(stage.iter_decode(coded, raw.size + 1, piece))
+
+
+def test_truncated_zstd_fails_while_streaming():
+    raw = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8)
+    coded = Zstd(3).encode(memoryview(raw))
+    with pytest.raises(CorruptError):
+        list(Zstd().iter_decode(memoryview(coded[:-20]), raw.size, 4096))
+
+
+def test_shuffle_scatter_reassembles_any_piece_boundaries():
+    rng = np.random.default_rng(1)
+    words = rng.integers(0, 256, 4 * 1001, dtype=np.uint8)
+    shuffled = np.frombuffer(Shuffle(4).encode(memoryview(words)), dtype=np.uint8)
+    out = np.zeros_like(words)
+    cuts = np.sort(rng.choice(np.arange(1, shuffled.size), 9, replace=False))
+    start = 0
+    for part in np.split(shuffled, cuts):
+        Shuffle(4).scatter(part, start, out)
+        start += part.size
+    assert np.array_equal(out, words)

@@ -17,14 +17,14 @@ from .bitstream.constants import (SCHEME_NONE, UNIT_END, UNIT_HEADER_SIZE, UNIT_
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
 from .bitstream.pipeline import Pipeline
-from .bitstream.reader import UnitReader, open_source
+from .bitstream.reader import CodedStream, StreamedPayload, UnitReader, open_source
 from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, UnitHeader, parse_json_object
 from .errors import CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["decode_arrays", "iter_tensors", "read_info", "StreamInfo", "UnitInfo", "Source"]
 
-_PIECE_ELEMENTS = 1 << 20  # codes decoded per block when dequantizing as they arrive
+_PIECE_ELEMENTS = 1 << 18  # codes decoded per block when dequantizing as they arrive
 
 Source = "bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO"
 #: callback giving a destination array (tensor storage dtype, tensor shape, C-contiguous) or None
@@ -73,6 +73,9 @@ class _StreamWalker:
             if self.on_unit is not None:
                 self.on_unit(index, uh)
             base = uh.offset + UNIT_HEADER_SIZE
+            streamed = payload if isinstance(payload, StreamedPayload) else None
+            if streamed is not None:  # a large tensor unit: only its first bytes are in memory yet
+                payload = memoryview(streamed.prefix)
             try:
                 r = ByteReader(payload, base_offset=base, what=f"{UNIT_NAMES.get(uh.unit_type, 'unit')} payload")
                 if seen_end:
@@ -95,7 +98,15 @@ class _StreamWalker:
                     self.limits.check("topology size", len(payload), "max_metadata_bytes", offset=base)
                     self.topology = parse_json_object(payload, "topology", base)
                 elif uh.unit_type == UNIT_TENSOR:
-                    th = TensorHeader.parse(r, self.limits)
+                    try:
+                        th = TensorHeader.parse(r, self.limits)
+                    except TruncatedError:
+                        if streamed is None:
+                            raise
+                        payload = streamed.materialize()  # a header longer than the prefix read so far
+                        streamed = None
+                        r = ByteReader(payload, base_offset=base, what="tensor unit payload")
+                        th = TensorHeader.parse(r, self.limits)
                     if th.name in self.names:
                         raise CorruptError(f"duplicate tensor name {th.name!r}")
                     self.names.add(th.name)
@@ -105,7 +116,7 @@ class _StreamWalker:
                     nbytes = th.numel * th.dtype.itemsize
                     self.decoded_bytes += nbytes
                     self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
-                    yield index, uh, th, r.rest()
+                    yield index, uh, th, (streamed.coded(r.offset - base) if streamed is not None else r.rest())
                 elif uh.unit_type == UNIT_END:
                     eos = EndOfStream.parse(r)
                     if eos.unit_count != index:
@@ -122,6 +133,8 @@ class _StreamWalker:
                     raise UnknownUnitError(f"unknown critical unit type {uh.unit_type:#04x}")
                 # unknown ancillary units are skipped by their length
             except (FormatError, LimitExceededError) as exc:
+                if streamed is not None:
+                    streamed.finish()  # a checksum mismatch explains the error first
                 if isinstance(exc, FormatError):
                     raise exc.located(unit_index=index, offset=uh.offset) from None
                 raise
@@ -190,9 +203,14 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS,
                 raise ValueError(f"destination for {th.name!r} must be a writable C-contiguous "
                                  f"{th.dtype.storage} array of shape {th.shape}")
             try:
-                yield th, _decode_tensor(walker, th, coded, dest)
+                try:
+                    arr = _decode_tensor(walker, th, coded, dest)
+                finally:
+                    if isinstance(coded, CodedStream):
+                        coded.finish()  # the checksum, before the tensor is handed out (or explaining an error)
             except FormatError as exc:
                 raise exc.located(unit_index=index, offset=uh.offset) from None
+            yield th, arr
     finally:
         if owned:
             f.close()

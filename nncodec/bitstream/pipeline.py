@@ -60,12 +60,17 @@ class Pipeline:
         Intermediate buffers are sized from each stage's declared size, which is checked first:
         no stage may declare more than twice the destination size plus 64 bytes (maps and counts).
         """
+        unshuffle_pieces = (len(self.stages) == 2 and isinstance(self.stages[0], Shuffle)
+                            and self.stages[1].streams)
+        if hasattr(payload, "materialize") and not (
+                self.stages[-1:] and self.stages[-1].reads_files and (len(self.stages) == 1 or unshuffle_pieces)):
+            payload = payload.materialize()  # a streamed unit, but this pipeline needs it all in memory
         if not self.stages:
             if len(payload) != out.size:
                 raise CorruptError(f"stored payload has {len(payload)} bytes, {out.size} expected")
             out[:] = np.frombuffer(payload, dtype=np.uint8)
             return
-        if len(self.stages) == 2 and isinstance(self.stages[0], Shuffle) and self.stages[1].streams:
+        if unshuffle_pieces:
             # un-shuffle piece by piece as the entropy stage produces them: no full-size temporary
             shuffle, inner = self.stages[0], self.stages[1]
             if out.size % shuffle.element_size:
@@ -94,5 +99,7 @@ class Pipeline:
     def iter_decode(self, payload: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray] | None:
         """Pieces of the decoded bytes, front to back, for a one-stage pipeline that streams; else None."""
         if len(self.stages) == 1 and self.stages[0].streams:
+            if not self.stages[0].reads_files and hasattr(payload, "materialize"):
+                payload = payload.materialize()
             return self.stages[0].iter_decode(payload, size, piece_bytes)
         return None

@@ -12,12 +12,99 @@ from typing import BinaryIO
 from ..errors import BadMagicError, ChecksumError, CorruptError, TruncatedError, UnsupportedVersionError
 from ..limits import Limits
 from .constants import FILE_HEADER, FILE_HEADER_SIZE, FORMAT_MAJOR, MAGIC, UNIT_CRC_COVERED, UNIT_FLAGS_RESERVED, \
-    UNIT_HEADER, UNIT_HEADER_SIZE
+    UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_TENSOR
 from .units import UnitHeader
 
-__all__ = ["UnitReader", "open_source"]
+__all__ = ["UnitReader", "StreamedPayload", "CodedStream", "open_source", "STREAM_PAYLOAD_BYTES"]
 
 _READ_CHUNK = 64 << 20
+#: tensor payloads longer than this, from a seekable source, are read as they are decoded (bytes)
+STREAM_PAYLOAD_BYTES = 8 << 20
+_PREFIX_BYTES = 1 << 20  # of a streamed payload, read up front (holds the tensor header)
+_FINISH_CHUNK = 4 << 20
+
+
+class StreamedPayload:
+    """A large tensor payload: its first bytes in memory, the rest read from the file when asked for.
+
+    The CRC32 is computed as the bytes pass; :meth:`finish` reads whatever is left and raises
+    :class:`ChecksumError` on a mismatch. So a streamed unit's checksum is known only after it was decoded.
+    """
+
+    def __init__(self, reader: "UnitReader", length: int, prefix: bytes, crc_seed: int, crc: int,
+                 unit_index: int, offset: int):
+        self._reader = reader
+        self.length = length
+        self.prefix = prefix
+        self._crc = zlib.crc32(prefix, crc_seed)
+        self._expected = crc
+        self._left = length - len(prefix)  # bytes still in the file
+        self._index, self._offset = unit_index, offset
+        self._done = False
+
+    def _read(self, n: int) -> bytes:
+        n = min(n, self._left)
+        if n <= 0:
+            return b""
+        try:
+            data = self._reader._read_exact(n, "a unit payload")
+        except TruncatedError as exc:
+            raise exc.located(unit_index=self._index) from None
+        self._left -= n
+        self._crc = zlib.crc32(data, self._crc)
+        return data
+
+    def coded(self, start: int) -> "CodedStream":
+        """The payload from byte ``start`` on (which lies in the prefix) as a file-like stream."""
+        return CodedStream(self, start)
+
+    def materialize(self, start: int = 0) -> memoryview:
+        """The payload from byte ``start`` on, all in memory (for pipelines that cannot stream)."""
+        rest = self._read(self._left)
+        return memoryview(bytes(self.prefix[start:]) + rest if start < len(self.prefix) else rest)
+
+    def finish(self) -> None:
+        """Read what is left of the payload and check the unit's CRC32 (once)."""
+        if self._done:
+            return
+        while self._left:
+            self._read(_FINISH_CHUNK)
+        self._done = True
+        if self._crc != self._expected:
+            raise ChecksumError("unit checksum mismatch", unit_index=self._index, offset=self._offset)
+
+
+class CodedStream:
+    """A file-like view of a streamed payload's coded bytes (after the tensor header), read once, in order."""
+
+    def __init__(self, payload: StreamedPayload, start: int):
+        self._payload = payload
+        self.head = memoryview(payload.prefix)[start:]  #: the first coded bytes (e.g. a zstd frame header)
+        self._head_pos = 0
+        self.size = payload.length - start
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size
+        out = b""
+        if self._head_pos < len(self.head):
+            out = bytes(self.head[self._head_pos:self._head_pos + n])
+            self._head_pos += len(out)
+        if len(out) < n:
+            out += self._payload._read(n - len(out))
+        return out
+
+    def materialize(self) -> memoryview:
+        """All coded bytes not yet read, in memory."""
+        rest = bytes(self.head[self._head_pos:]) + self._payload._read(self.size)
+        self._head_pos = len(self.head)
+        return memoryview(rest)
+
+    def finish(self) -> None:
+        self._payload.finish()
 
 
 def open_source(src: "bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO") -> tuple[BinaryIO, bool]:
@@ -104,15 +191,31 @@ class UnitReader:
             self.position += UNIT_HEADER_SIZE
             utype, flags, reserved, length, crc = UNIT_HEADER.unpack(head)
             self._limits.check("unit payload length", length, "max_unit_bytes", unit_index=index, offset=at)
-            try:
-                payload = self._read_exact(length, "a unit payload")
-            except TruncatedError as exc:
-                raise exc.located(unit_index=index) from None
-            if zlib.crc32(payload, zlib.crc32(head[:UNIT_CRC_COVERED])) != crc:
-                raise ChecksumError("unit checksum mismatch", unit_index=index, offset=at)
-            if flags & UNIT_FLAGS_RESERVED or reserved:
-                raise CorruptError(f"reserved unit header bits set (flags {flags:#04x}, reserved {reserved:#06x})",
-                                   unit_index=index, offset=at)
-            yield index, UnitHeader(utype, flags, length, crc, at), memoryview(payload)
+            uh = UnitHeader(utype, flags, length, crc, at)
+            reserved_error = CorruptError(f"reserved unit header bits set (flags {flags:#04x}, reserved "
+                                          f"{reserved:#06x})", unit_index=index, offset=at)
+            if utype == UNIT_TENSOR and self._size is not None and length > max(STREAM_PAYLOAD_BYTES, _PREFIX_BYTES):
+                if flags & UNIT_FLAGS_RESERVED or reserved:
+                    raise reserved_error
+                if length > self._size - self.position:
+                    raise TruncatedError(f"stream ends inside a unit payload: {length} bytes declared, "
+                                         f"{self._size - self.position} left", unit_index=index, offset=self.position)
+                try:
+                    prefix = self._read_exact(_PREFIX_BYTES, "a unit payload")
+                except TruncatedError as exc:
+                    raise exc.located(unit_index=index) from None
+                streamed = StreamedPayload(self, length, prefix, zlib.crc32(head[:UNIT_CRC_COVERED]), crc, index, at)
+                yield index, uh, streamed
+                streamed.finish()
+            else:
+                try:
+                    payload = self._read_exact(length, "a unit payload")
+                except TruncatedError as exc:
+                    raise exc.located(unit_index=index) from None
+                if zlib.crc32(payload, zlib.crc32(head[:UNIT_CRC_COVERED])) != crc:
+                    raise ChecksumError("unit checksum mismatch", unit_index=index, offset=at)
+                if flags & UNIT_FLAGS_RESERVED or reserved:
+                    raise reserved_error
+                yield index, uh, memoryview(payload)
             index += 1
             self._limits.check("unit count", index, "max_units", unit_index=index, offset=self.position)

@@ -151,7 +151,7 @@ class Ans(Stage):
         c = _constriction()
         try:
             model = c.stream.model.Categorical(counts.astype(np.float64), perfect=False)
-            coder = c.stream.stack.AnsCoder(np.frombuffer(rest, dtype="<u4").astype(np.uint32))
+            coder = c.stream.stack.AnsCoder(np.frombuffer(rest, dtype=np.uint32))  # it copies them
         except Exception as exc:  # constriction reports bad input with its own exception types
             raise CorruptError(f"ans data corrupt: {exc}") from None
         for start in range(0, n, step):

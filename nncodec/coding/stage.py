@@ -59,6 +59,8 @@ class Stage(abc.ABC):
 
     #: whether :meth:`iter_decode` works (the decoded bytes come out front to back, in pieces)
     streams: ClassVar[bool] = False
+    #: whether decoding also accepts a file-like ``data`` (``read(n)``, ``head``: its first bytes), read once
+    reads_files: ClassVar[bool] = False
 
     def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
         """Decode ``data`` (declaring ``size`` bytes) front to back as uint8 pieces of ``piece_bytes``

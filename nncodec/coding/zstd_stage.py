@@ -24,6 +24,7 @@ class Zstd(Stage):
     stage_id = STAGE_ZSTD
     codec_id = "zstd"
     streams = True
+    reads_files = True
 
     def __init__(self, level: int = 3):
         if not -7 <= level <= 22:
@@ -48,7 +49,7 @@ class Zstd(Stage):
 
     def decoded_size(self, data: memoryview) -> int:
         try:
-            params = zstandard.get_frame_parameters(data)
+            params = zstandard.get_frame_parameters(getattr(data, "head", data))
         except zstandard.ZstdError as exc:
             raise CorruptError(f"zstd frame header invalid: {exc}") from None
         if params.content_size == zstandard.CONTENTSIZE_UNKNOWN or params.content_size < 0:

@@ -241,9 +241,15 @@ def test_killed_search_resumes_with_no_trial_lost(reference, tmp_path):
             st = optuna.load_study(study_name="resume", storage=url)
         except KeyError:
             continue
-        states = [t.state for t in st.get_trials()]
+        proc.send_signal(signal.SIGSTOP)  # frozen while we look: the trial we see running stays running
+        try:
+            states = [t.state for t in st.get_trials()]
+        except Exception:  # stopped inside a write: the database is locked; look again later
+            proc.send_signal(signal.SIGCONT)
+            continue
         if states.count(optuna.trial.TrialState.COMPLETE) >= 3 and optuna.trial.TrialState.RUNNING in states:
             break
+        proc.send_signal(signal.SIGCONT)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     st = optuna.load_study(study_name="resume", storage=url)

@@ -29,7 +29,7 @@ from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC
 from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .bitstream.pipeline import Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
-from .coding import Ans, BitPack, Shuffle, ZeroWords, Zstd, ans_available, stage_from_config
+from .coding import Ans, BitPack, Rans, Shuffle, ZeroWords, Zstd, ans_available, rans_available, stage_from_config
 from .coding.stage import WORD_DTYPES
 from .dtypes import DType, dtype_by_name, dtype_of_array
 from .dtypes import contiguous as _contiguous
@@ -104,8 +104,11 @@ def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, l
     if packable:
         pack = BitPack(word_size, bits, signed)
         cands += [(pack,), (pack, z)]
-    if word_size <= 2 and (packable or word_size == 1) and ans_available():
-        cands.append((Ans(word_size, signed),))
+    if word_size <= 2 and (packable or word_size == 1):
+        if rans_available():
+            cands.append((Rans(word_size, signed),))
+        elif ans_available():  # the experimental stage 5, only where numba is missing
+            cands.append((Ans(word_size, signed),))
     if zero_fraction > 0:
         for pack_bits in ((0, bits) if packable else (0,)):
             for levels, block in ((1, 0), (2, _BLOCK_WORDS)):
@@ -139,7 +142,7 @@ def choose_pipeline(words: np.ndarray, word_size: int, bits: int, signed: bool, 
         if p.stages:
             try:
                 size = len(p.encode(memoryview(sample)))
-            except ConfigError:  # e.g. too many distinct words for ANS
+            except ConfigError:  # e.g. too many distinct words for an entropy coder
                 continue
             if size < best_size:
                 chosen, best_size = p, size

@@ -17,6 +17,7 @@ import numpy as np
 from ..bitstream.byte_reader import ByteReader
 from ..bitstream.constants import STAGE_ANS
 from ..errors import ConfigError, CorruptError, UnsupportedFeatureError
+from .alphabet import alphabet
 from .stage import SIGNED_WORD_DTYPES, WORD_DTYPES, Stage, register_stage
 
 __all__ = ["Ans", "MAX_ALPHABET", "ans_available"]
@@ -40,20 +41,6 @@ def ans_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _alphabet(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(words, return_inverse=True, return_counts=True)``; by counting for 1- and 2-byte words
-    (linear time instead of a sort)."""
-    if words.dtype.itemsize > 2:
-        return np.unique(words, return_inverse=True, return_counts=True)
-    low = int(words.min())
-    shifted = (words.astype(np.int32) - low) if low else words
-    counts = np.bincount(shifted.reshape(-1))
-    present = np.flatnonzero(counts)
-    lut = np.zeros(counts.size, dtype=np.int32)
-    lut[present] = np.arange(present.size, dtype=np.int32)
-    return (present + low).astype(words.dtype), lut[shifted], counts[present]
 
 
 @register_stage
@@ -92,7 +79,7 @@ class Ans(Stage):
         words = np.frombuffer(data, dtype=self._dtype())
         if words.size == 0:
             return _HEAD.pack(0, 0)
-        values, index, counts = _alphabet(words)
+        values, index, counts = alphabet(words)
         if values.size > MAX_ALPHABET:
             raise ConfigError(f"ans: {values.size} distinct words, at most {MAX_ALPHABET}")
         head = _HEAD.pack(words.size, values.size) + values.astype("<i4").tobytes() + counts.astype("<u4").tobytes()

@@ -358,6 +358,58 @@ INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {
 }
 
 
+# -- stage 6 (rANS), added with format 1.0's seventh stage; its own generator so earlier vectors keep their bytes
+_RANS_RNG = np.random.default_rng(606)
+_RANS_CODES = np.clip(np.round(_RANS_RNG.laplace(0, 3, 4000)), -40, 40).astype(np.int8)
+_RANS_PIPELINE = b"\x01\x06\x02\x01\x01"  # one stage: rans, word_size 1, signed
+
+
+def _rans_payload(edit: Callable[[bytes], bytes] | None = None) -> bytes:
+    from ..coding import Rans
+
+    coded = Rans(1, True).encode(memoryview(_RANS_CODES.view(np.uint8)))
+    return _stream(_tensor_payload(b"r", 2, [_RANS_CODES.size], pipeline=_RANS_PIPELINE,
+                                   data=edit(coded) if edit else coded))
+
+
+def _rans_k(coded: bytes) -> int:
+    return struct.unpack_from("<QBI", coded)[2]
+
+
+def _rans_edit_state(coded: bytes) -> bytes:
+    at = 13 + 6 * _rans_k(coded)  # header, K values, K frequencies: the first state
+    return coded[:at] + struct.pack("<I", 0xFFFF) + coded[at + 4:]
+
+
+def _rans_edit_frequency(coded: bytes) -> bytes:
+    at = 13 + 4 * _rans_k(coded)  # the first frequency
+    return coded[:at] + struct.pack("<H", struct.unpack_from("<H", coded, at)[0] + 1) + coded[at + 2:]
+
+
+VALID.update({
+    "stage_rans": ("the rANS stage (6) on int8 words, incl. a one-symbol alphabet", _pipeline(
+        [{"id": "rans", "word_size": 1}], {"codes": _RANS_CODES, "flat": np.full(9, -3, np.int8)})),
+    "stage_rans_int16": ("the rANS stage (6) on int16 words", _pipeline(
+        [{"id": "rans", "word_size": 2}], {"wide": _RANS_RNG.integers(-3000, 3000, 700).astype(np.int16)})),
+    "stage_rans_unsigned_after_zero_words": ("zero-word removal, then rANS on unsigned uint8 words", _pipeline(
+        [{"id": "zero_words", "word_size": 1}, {"id": "rans", "word_size": 1, "signed": False}],
+        {"s": np.where(_RANS_RNG.random(3000) < 0.7, 0, _RANS_RNG.integers(1, 200, 3000)).astype(np.uint8)})),
+})
+
+INVALID.update({
+    "rans_state_below_range": ("a rANS initial state of 0xFFFF (below 2^16)", "CorruptError",
+                               lambda: _rans_payload(_rans_edit_state)),
+    "rans_frequency_sum": ("rANS frequencies summing to 2^16 + 1", "CorruptError",
+                           lambda: _rans_payload(_rans_edit_frequency)),
+    "rans_words_missing": ("the last rANS word cut off", "CorruptError", lambda: _rans_payload(lambda c: c[:-2])),
+    "rans_extra_word": ("a rANS word after the last one", "CorruptError",
+                        lambda: _rans_payload(lambda c: c + b"\x00\x01")),
+    "rans_alphabet_too_large": ("a rANS alphabet of 2 symbols at 1 bit of precision", "CorruptError", lambda: _stream(
+        _tensor_payload(b"r", 2, [2], pipeline=_RANS_PIPELINE,
+                        data=struct.pack("<QBI", 2, 1, 2) + struct.pack("<ii", 0, 1) + struct.pack("<HH", 0, 0)))),
+})
+
+
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:
     got = [(th, arr) for th, arr in iter_tensors(data)]
     names = [th.name for th, _ in got]

@@ -3,7 +3,7 @@ import pytest
 
 from nncodec.coding import REGISTRY, BitPack, Shuffle, ZeroWords, Zstd, stage_class, stage_from_config
 from nncodec.coding.bitpack import pack_bits, unpack_bits
-from nncodec.errors import ConfigError, CorruptError, UnsupportedFeatureError
+from nncodec.errors import ConfigError, CorruptError, TruncatedError, UnsupportedFeatureError
 
 
 def roundtrip(stage, words: np.ndarray) -> np.ndarray:
@@ -18,7 +18,8 @@ def roundtrip(stage, words: np.ndarray) -> np.ndarray:
 
 
 def test_registry_ids_are_the_format_ids():
-    assert {i: c.codec_id for i, c in REGISTRY.items()} == {1: "zero_words", 2: "bitpack", 3: "shuffle", 4: "zstd", 5: "ans"}
+    assert {i: c.codec_id for i, c in REGISTRY.items()} == {1: "zero_words", 2: "bitpack", 3: "shuffle", 4: "zstd", 5: "ans",
+                                                                 6: "rans"}
     with pytest.raises(UnsupportedFeatureError):
         stage_class(99)
 
@@ -192,3 +193,66 @@ def test_shuffle_scatter_reassembles_any_piece_boundaries():
         Shuffle(4).scatter(part, start, out)
         start += part.size
     assert np.array_equal(out, words)
+
+
+def _entropy_bytes(words: np.ndarray) -> float:
+    _, counts = np.unique(words, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()) * words.size / 8
+
+
+@pytest.mark.parametrize("scale, dtype", [(0.6, np.int8), (4, np.int8), (30, np.int8), (200, np.int16)])
+def test_rans_round_trips_near_the_order0_entropy(scale, dtype):
+    from nncodec.coding import Rans
+
+    rng = np.random.default_rng(int(scale))
+    info = np.iinfo(dtype)
+    words = np.clip(np.round(rng.laplace(size=100_003) * scale), info.min, info.max).astype(dtype)
+    stage = Rans(np.dtype(dtype).itemsize, True)
+    coded = stage.encode(memoryview(words.view(np.uint8)))
+    assert len(coded) <= 1.01 * _entropy_bytes(words) + 16 + 6 * np.unique(words).size
+    np.testing.assert_array_equal(roundtrip(stage, words), words)
+
+
+def test_rans_edge_alphabets_and_unsigned_words():
+    from nncodec.coding import Rans
+
+    for words in (np.zeros(0, np.uint8), np.full(7, 200, np.uint8), np.array([0, 255, 255, 1], np.uint8),
+                  np.arange(30_000, dtype=np.uint16)):  # 30000 distinct symbols: near the 2^15 limit
+        stage = Rans(words.itemsize, False)
+        np.testing.assert_array_equal(roundtrip(stage, words), words)
+    with pytest.raises(ConfigError, match="symbols"):
+        Rans(2, False).encode(memoryview(np.arange(40_000, dtype=np.uint16).view(np.uint8)))
+
+
+def test_rans_frequencies_sum_exactly_and_keep_every_symbol():
+    from nncodec.coding.rans_stage import quantize_frequencies
+
+    rng = np.random.default_rng(5)
+    for counts in (np.array([1, 10**9]), np.array([5] * 3), rng.integers(1, 10**6, 20_000), np.array([1] * 32768)):
+        freq = quantize_frequencies(counts)
+        assert freq.sum() == 1 << 16 and freq.min() >= 1
+        p, q = counts / counts.sum(), freq / freq.sum()
+        lost = float((p * np.log2(p / q)).sum())  # bits per symbol lost to the rounding
+        assert lost <= 0.003 * max(1.0, float(-(p * np.log2(p)).sum()))
+
+
+def test_rans_random_damage_is_a_corrupt_error_never_a_crash():
+    from nncodec.coding import Rans
+
+    rng = np.random.default_rng(11)
+    words = np.clip(np.round(rng.laplace(size=5000) * 5), -100, 100).astype(np.int8)
+    coded = bytearray(Rans(1, True).encode(memoryview(words.view(np.uint8))))
+    caught = 0
+    for trial in range(300):
+        bad = bytearray(coded)
+        for at in rng.integers(0, len(bad), 1 + trial % 4):
+            bad[at] = rng.integers(0, 256)
+        if trial % 5 == 0:
+            bad = bad[:rng.integers(0, len(bad))]
+        try:
+            out = np.empty(words.size, np.uint8)
+            Rans(1, True).decode_into(memoryview(bytes(bad)), out)
+        except (CorruptError, TruncatedError):
+            caught += 1
+    assert caught >= 250  # damage that leaves a decodable stream must still end at the encoder's start state

@@ -1,0 +1,182 @@
+"""Entropy stage 6: static rANS over the words' order-0 distribution, fully specified by its framing.
+
+The model travels with the data: the ``K`` distinct word values and their frequencies, which sum to
+``2**P``; the decoder needs nothing else (how the encoder rounds counts to frequencies is its own
+business). The coder is rANS with four interleaved 32-bit states and 16-bit renormalization words
+(word ``i`` uses state ``i % 4``), as in FORMAT.md. The loops run compiled (numba, without the GIL);
+they return error codes and the Python side raises :class:`CorruptError`, so hostile input never crashes.
+
+Reaches the order-0 entropy to within the frequency rounding (``P = 16``: well under 0.5 % for the
+alphabets of quantized weights) and decodes several times faster than the experimental ANS stage 5.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..bitstream.byte_reader import ByteReader
+from ..bitstream.constants import STAGE_RANS
+from ..errors import ConfigError, CorruptError, UnsupportedFeatureError
+from .alphabet import alphabet
+from .stage import SIGNED_WORD_DTYPES, WORD_DTYPES, Stage, register_stage
+
+__all__ = ["Rans", "quantize_frequencies", "rans_available", "PROB_BITS", "MAX_ALPHABET"]
+
+PROB_BITS = 16                # the encoder's P; the decoder accepts 1..16
+MAX_ALPHABET = 1 << 15        # at most 2**(P-1) symbols, so every symbol keeps a frequency >= 1
+LANES = 4
+STATE_LOW = 1 << 16           # states live in [2**16, 2**32); the encoder starts every lane here
+_HEAD = struct.Struct("<QBI")  # n_words, P, K
+_PIECE_WORDS = 1 << 20
+
+def rans_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _kernels():  # noqa: ANN202
+    try:
+        from . import rans_kernels
+    except ImportError:
+        raise UnsupportedFeatureError("this stream uses the rANS stage: pip install numba") from None
+    return rans_kernels
+
+
+def quantize_frequencies(counts: np.ndarray, p: int = PROB_BITS) -> np.ndarray:
+    """Round symbol counts (each >= 1) to frequencies >= 1 summing to ``2**p``: proportional, with the
+    rounding remainder given to (or taken from) the most frequent symbols."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size > 1 << (p - 1):
+        raise ConfigError(f"rans: {counts.size} symbols, at most {1 << (p - 1)} at {p} bits")
+    total = 1 << p
+    freq = np.maximum(1, np.floor(counts * (total / counts.sum()) + 0.5)).astype(np.int64)
+    order = np.argsort(-counts, kind="stable")
+    diff = total - int(freq.sum())
+    while diff:
+        if diff > 0:
+            take = order[:diff]
+            freq[take] += 1
+            diff -= take.size
+        else:
+            room = order[freq[order] > 1][:-diff]
+            freq[room] -= 1
+            diff += room.size
+    return freq
+
+
+@register_stage
+class Rans(Stage):
+    """Params: word_size u8 (1, 2) | flags u8 (bit 0: signed words; 1-7 reserved).
+    Framing: n_words u64 | P u8 (1..16) | K u32 (1..2**(P-1), 0 when n_words = 0) | K x i32 symbol values,
+    ascending | K x u16 (frequency - 1), frequencies summing to 2**P | when K > 1: 4 x u32 initial decoder
+    states (each in [2**16, 2**32)) and the 16-bit words, to the end."""
+
+    stage_id = STAGE_RANS
+    codec_id = "rans"
+    streams = True
+    _PARAMS = struct.Struct("<BB")
+
+    def __init__(self, word_size: int, signed: bool = True):
+        if word_size not in (1, 2):
+            raise ConfigError(f"rans: word_size must be 1 or 2, got {word_size}")
+        self.word_size, self.signed = word_size, bool(signed)
+
+    def params(self) -> bytes:
+        return self._PARAMS.pack(self.word_size, int(self.signed))
+
+    @classmethod
+    def from_params(cls, params: bytes | memoryview) -> "Rans":
+        if len(params) != 2 or params[0] not in (1, 2) or params[1] & 0xFE:
+            raise CorruptError(f"rans params invalid: {bytes(params).hex()}")
+        return cls(params[0], bool(params[1] & 1))
+
+    def get_config(self) -> dict:
+        return {"id": self.codec_id, "word_size": self.word_size, "signed": self.signed}
+
+    def _dtype(self) -> np.dtype:
+        return SIGNED_WORD_DTYPES[self.word_size] if self.signed else WORD_DTYPES[self.word_size]
+
+    def encode(self, data: memoryview) -> bytes:
+        words = np.frombuffer(data, dtype=self._dtype())
+        if words.size == 0:
+            return _HEAD.pack(0, PROB_BITS, 0)
+        values, index, counts = alphabet(words)
+        freq = quantize_frequencies(counts)
+        head = (_HEAD.pack(words.size, PROB_BITS, values.size) + values.astype("<i4").tobytes()
+                + (freq - 1).astype("<u2").tobytes())
+        if values.size == 1:
+            return head
+        cum = np.concatenate([[0], np.cumsum(freq)[:-1]]).astype(np.uint32)
+        states = np.full(LANES, STATE_LOW, dtype=np.uint64)
+        out = np.empty(words.size, dtype=np.uint16)
+        n_out = _kernels().rans_encode(index.astype(np.uint16), freq.astype(np.uint32), cum, PROB_BITS, out, states)
+        return head + states.astype("<u4").tobytes() + out[:n_out][::-1].astype("<u2").tobytes()
+
+    def decoded_size(self, data: memoryview) -> int:
+        n, _, _ = ByteReader(data, what="rans framing").unpack(_HEAD, "rans header")
+        return n * self.word_size
+
+    def decode_into(self, data: memoryview, out: np.ndarray) -> None:
+        start = 0
+        for piece in self.iter_decode(data, out.size, _PIECE_WORDS * self.word_size):
+            out[start:start + piece.size] = piece
+            start += piece.size
+
+    def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
+        r = ByteReader(data, what="rans framing")
+        n, p, k = r.unpack(_HEAD, "rans header")
+        if n * self.word_size != size:
+            raise CorruptError(f"rans declares {n} words, destination holds {size // self.word_size}")
+        if not 1 <= p <= 16:
+            raise CorruptError(f"rans probability precision of {p} bits (1..16)")
+        if n == 0:
+            if k:
+                raise CorruptError("rans: an alphabet for no words")
+            r.expect_end("rans framing")
+            return
+        if not 1 <= k <= 1 << (p - 1):
+            raise CorruptError(f"rans alphabet of {k} symbols at {p} bits")
+        values = np.frombuffer(r.take(4 * k, "rans symbols"), dtype="<i4")
+        freq = np.frombuffer(r.take(2 * k, "rans frequencies"), dtype="<u2").astype(np.int64) + 1
+        if int(freq.sum()) != 1 << p or (np.diff(values) <= 0).any():
+            raise CorruptError(f"rans model invalid: frequencies sum to {int(freq.sum())}, not {1 << p}, or "
+                               "symbols not ascending")
+        info = np.iinfo(self._dtype())
+        if values[0] < info.min or values[-1] > info.max:
+            raise CorruptError("rans symbol values outside the word type")
+        symbols = values.astype(self._dtype())
+        step = max(1, piece_bytes // self.word_size)
+        if k == 1:
+            if r.remaining:
+                raise CorruptError("rans: coded data after a one-symbol alphabet")
+            piece = np.full(min(step, n), values[0], dtype=self._dtype())
+            for start in range(0, n, step):
+                yield piece[:min(step, n - start)].view(np.uint8)
+            return
+        states = np.frombuffer(r.take(4 * LANES, "rans states"), dtype="<u4").astype(np.uint64)
+        if (states < STATE_LOW).any():
+            raise CorruptError("rans initial state below 2**16")
+        rest = r.rest()
+        if len(rest) % 2:
+            raise CorruptError("rans words are not whole 16-bit words")
+        words = np.frombuffer(rest, dtype="<u2")
+        decode = _kernels().rans_decode
+        lut = np.repeat(np.arange(k, dtype=np.uint16), freq)
+        cum = np.concatenate([[0], np.cumsum(freq)[:-1]]).astype(np.uint32)
+        freq32 = freq.astype(np.uint32)
+        piece = np.empty(min(step, n), dtype=self._dtype())
+        ptr = 0
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            ptr = decode(words, ptr, states, lut, freq32, cum, p, start, symbols, piece[:m])
+            if ptr < 0:
+                raise CorruptError("rans words run out before the last symbol")
+            yield piece[:m].view(np.uint8)
+        if ptr != words.size or (states != STATE_LOW).any():
+            raise CorruptError("rans data does not end where the encoder started: corrupt or extra words")

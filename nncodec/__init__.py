@@ -76,11 +76,12 @@ def decode(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:
     return torch_io.decode(src, limits=limits)
 
 
-def load_into(module: Any, src: Any, *, strict: bool = True, limits: Limits = DEFAULT_LIMITS) -> list[str]:
-    """Decode straight into ``module``'s parameters and buffers, unit by unit."""
+def load_into(module: Any, src: Any, *, strict: bool = True, limits: Limits = DEFAULT_LIMITS,
+              workers: int = 1) -> list[str]:
+    """Decode straight into ``module``'s parameters and buffers, unit by unit (``workers`` at once)."""
     from . import torch_io
 
-    return torch_io.load_into(module, src, strict=strict, limits=limits)
+    return torch_io.load_into(module, src, strict=strict, limits=limits, workers=workers)
 
 
 def load_model(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:

@@ -6,7 +6,9 @@ This module needs numpy, zstandard and the standard library only; it never impor
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
@@ -25,6 +27,8 @@ from .limits import DEFAULT_LIMITS, Limits
 __all__ = ["decode_arrays", "iter_tensors", "read_info", "StreamInfo", "UnitInfo", "Source"]
 
 _PIECE_ELEMENTS = 1 << 18  # codes decoded per block when dequantizing as they arrive
+_AHEAD_UNITS = 8            # per worker: units read ahead of the one yielded next
+_AHEAD_BYTES = 16 << 20     # coded bytes read ahead at most
 
 Source = "bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO"
 #: callback giving a destination array (tensor storage dtype, tensor shape, C-contiguous) or None
@@ -184,36 +188,77 @@ def _dequantize_streaming(pipeline: Pipeline, coded: memoryview, th: TensorHeade
     return True
 
 
-def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS,
-                 destination: DestinationFn | None = None) -> Iterator[tuple[TensorHeader, np.ndarray]]:
-    """Decode tensors one unit at a time and yield ``(header, array)``.
+def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: DestinationFn | None = None,
+                 workers: int | None = None) -> Iterator[tuple[TensorHeader, np.ndarray]]:
+    """Decode tensors unit by unit and yield ``(header, array)`` in stream order.
 
     ``destination(header)`` may return a writable C-contiguous array of the tensor's storage dtype and
     shape; the tensor is then decoded straight into it (inline decompression, no extra full copy).
-    bfloat16 tensors come back as uint16 bit patterns. Each tensor is yielded as soon as its unit is
-    decoded, before later units are read: consume the iterator fully before trusting the file as a whole.
+    bfloat16 tensors come back as uint16 bit patterns. ``workers`` threads decode units at once while the
+    next ones are read, up to 16 MiB of coded bytes ahead (default: up to 4, the CPU count; 1 decodes
+    one unit at a time; large streamed units always decode alone). A tensor is yielded before later units
+    are checked: consume the iterator fully before trusting the file as a whole.
     """
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     f, owned = open_source(src)  # type: ignore[arg-type]
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="nncodec-decode") if workers > 1 else None
+    pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()
+    in_flight = 0  # coded bytes of the pending units
     try:
         walker = _StreamWalker(f, limits)
-        for index, uh, th, coded in walker.tensor_units():
+        units = walker.tensor_units()
+        while True:
+            try:
+                index, uh, th, coded = next(units)
+            except StopIteration:
+                break
+            except Exception:
+                while pending:  # what was read before the bad unit is still good: hand it out first
+                    head, fut, size = pending.popleft()
+                    yield head, fut.result()
+                raise
             dest = destination(th) if destination is not None else None
             if dest is not None and (dest.shape != th.shape or dest.dtype != th.dtype.storage
                                      or not dest.flags.c_contiguous or not dest.flags.writeable):
                 raise ValueError(f"destination for {th.name!r} must be a writable C-contiguous "
                                  f"{th.dtype.storage} array of shape {th.shape}")
-            try:
-                try:
-                    arr = _decode_tensor(walker, th, coded, dest)
-                finally:
-                    if isinstance(coded, CodedStream):
-                        coded.finish()  # the checksum, before the tensor is handed out (or explaining an error)
-            except FormatError as exc:
-                raise exc.located(unit_index=index, offset=uh.offset) from None
-            yield th, arr
+            if pool is None or isinstance(coded, CodedStream):  # a streamed unit reads the file as it decodes
+                while pending:
+                    head, fut, size = pending.popleft()
+                    in_flight -= size
+                    yield head, fut.result()
+                yield th, _decode_unit(walker, index, uh, th, coded, dest)
+                continue
+            pending.append((th, pool.submit(_decode_unit, walker, index, uh, th, coded, dest), len(coded)))
+            in_flight += len(coded)
+            while len(pending) > _AHEAD_UNITS * workers or in_flight > _AHEAD_BYTES:
+                head, fut, size = pending.popleft()
+                in_flight -= size
+                yield head, fut.result()
+        while pending:
+            head, fut, _ = pending.popleft()
+            yield head, fut.result()
     finally:
+        if pool is not None:
+            for _, fut, _ in pending:
+                fut.cancel()
+            pool.shutdown(wait=True)
         if owned:
             f.close()
+
+
+def _decode_unit(walker: _StreamWalker, index: int, uh: UnitHeader, th: TensorHeader,
+                 coded: "memoryview | CodedStream", dest: np.ndarray | None) -> np.ndarray:
+    try:
+        try:
+            return _decode_tensor(walker, th, coded, dest)
+        finally:
+            if isinstance(coded, CodedStream):
+                coded.finish()  # the checksum, before the tensor is handed out (or explaining an error)
+    except FormatError as exc:
+        raise exc.located(unit_index=index, offset=uh.offset) from None
 
 
 def decode_arrays(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:

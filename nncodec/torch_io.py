@@ -115,8 +115,11 @@ def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, torch.T
 
 
 def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
-              limits: Limits = DEFAULT_LIMITS) -> list[str]:
+              limits: Limits = DEFAULT_LIMITS, workers: int = 1) -> list[str]:
     """Decode a stream unit by unit straight into ``module``'s parameters and buffers.
+
+    One unit at a time by default, for the least memory; ``workers > 1`` decodes several at once
+    (faster, with up to 16 MiB of coded bytes read ahead; see :func:`~nncodec.decoder.iter_tensors`).
 
     Tensors whose destination is a contiguous CPU tensor of the same dtype and shape are decoded in
     place (no temporary); others are decoded and copied. Returns the names of tensors in the stream
@@ -139,7 +142,7 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
                 return storage
         return None
 
-    for th, arr in iter_tensors(src, limits=limits, destination=destination):
+    for th, arr in iter_tensors(src, limits=limits, destination=destination, workers=workers):
         t = targets.get(th.name)
         if t is None:
             unexpected.append(th.name)

@@ -98,3 +98,28 @@ def test_a_truncated_streamed_unit_is_reported_before_decoding(tmp_path, stream_
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(TruncatedError, match="unit payload"):
         decode_arrays(path)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_parallel_decoding_keeps_order_values_and_errors(tmp_path, workers, monkeypatch):
+    import nncodec.decoder as dec
+
+    monkeypatch.setattr(dec, "_AHEAD_BYTES", 3000)  # a small window: the read-ahead limit is exercised
+    rng = np.random.default_rng(2)
+    arrays = {f"t{i:02d}": rng.standard_normal((40, 30)).astype(np.float32) for i in range(12)}
+    path = tmp_path / "m.nnc"
+    nncodec.encode_arrays(arrays, path, rel_step=0.05)
+    serial = list(dec.iter_tensors(path, workers=1))
+    parallel = list(dec.iter_tensors(path, workers=workers))
+    assert [th.name for th, _ in parallel] == [th.name for th, _ in serial] == sorted(arrays)
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(serial, parallel))
+    data = bytearray(path.read_bytes())
+    unit = [u for u in read_info(path).units if u.tensor][7]
+    data[unit.offset + unit.size - 3] ^= 0x10
+    got = []
+    with pytest.raises(ChecksumError) as info:
+        for th, _ in dec.iter_tensors(bytes(data), workers=workers):
+            got.append(th.name)
+    assert got == sorted(arrays)[:7] and info.value.unit_index == unit.index
+    with pytest.raises(ValueError, match="workers"):
+        list(dec.iter_tensors(path, workers=0))

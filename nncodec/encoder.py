@@ -44,6 +44,7 @@ _SAMPLE_THRESHOLD = 1 << 20    # bytes: larger word arrays choose their pipeline
 _SAMPLE_SLICES = 16
 _SAMPLE_SLICE_BYTES = 64 << 10
 _BLOCK_WORDS = 64              # two-level map block size
+_ENTROPY_ONLY_WORDS = 1 << 16  # from this many words on, an order-0 coder makes packing-only pipelines moot
 _PROGRESS_BYTES = 64 << 20
 
 
@@ -95,26 +96,33 @@ class EncodeReport:
         return "\n".join(rows)
 
 
-def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, level: int) -> list[Pipeline]:
+def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, level: int,
+                n_words: int = 0) -> list[Pipeline]:
+    """Pipelines worth trying. For large arrays with an order-0 entropy coder available, pipelines that
+    cannot beat the order-0 entropy (bit packing or zero-word removal without zstd after them) are
+    skipped, and zero-word removal is tried only on mostly-zero words."""
     z = Zstd(level)
+    entropy: Pipeline | None = None
+    if word_size <= 2 and (0 < bits < 8 * word_size or word_size == 1):
+        if rans_available():
+            entropy = Pipeline((Rans(word_size, signed),))
+        elif ans_available():  # the experimental stage 5, only where numba is missing
+            entropy = Pipeline((Ans(word_size, signed),))
+    pruned = entropy is not None and n_words >= _ENTROPY_ONLY_WORDS
     cands: list[tuple] = [(), (z,)]
     if word_size > 1:
         cands.append((Shuffle(word_size), z))
     packable = 0 < bits < 8 * word_size
     if packable:
         pack = BitPack(word_size, bits, signed)
-        cands += [(pack,), (pack, z)]
-    if word_size <= 2 and (packable or word_size == 1):
-        if rans_available():
-            cands.append((Rans(word_size, signed),))
-        elif ans_available():  # the experimental stage 5, only where numba is missing
-            cands.append((Ans(word_size, signed),))
-    if zero_fraction > 0:
+        cands += [(pack, z)] if pruned else [(pack,), (pack, z)]
+    if zero_fraction > (0.5 if pruned else 0.0):
         for pack_bits in ((0, bits) if packable else (0,)):
             for levels, block in ((1, 0), (2, _BLOCK_WORDS)):
                 zw = ZeroWords(word_size, levels, block, pack_bits, signed and pack_bits > 0)
-                cands += [(zw, z), (zw,)]
-    return [Pipeline(c) for c in cands]
+                cands += [(zw, z)] if pruned else [(zw, z), (zw,)]
+    out = [Pipeline(c) for c in cands]
+    return out + [entropy] if entropy is not None else out
 
 
 def _sample(words: np.ndarray, word_size: int) -> np.ndarray:
@@ -138,7 +146,7 @@ def choose_pipeline(words: np.ndarray, word_size: int, bits: int, signed: bool, 
     zero_fraction = float(np.count_nonzero(as_words == 0)) / as_words.size if as_words.size else 0.0
     sample = _sample(words, word_size)
     chosen, best_size = Pipeline(), sample.size  # storing the words as they are always competes
-    for p in _candidates(word_size, bits, signed, zero_fraction, level):
+    for p in _candidates(word_size, bits, signed, zero_fraction, level, as_words.size):
         if p.stages:
             try:
                 size = len(p.encode(memoryview(sample)))

@@ -120,3 +120,24 @@ def test_default_pipeline_goes_to_model_parameter_set():
     types = [u.type for u in info.units]
     assert types[:2] == ["stream_header", "model_parameter_set"]
     assert any(u.tensor and u.tensor["default_pipeline"] for u in info.units)
+
+
+def test_large_code_arrays_try_only_pipelines_that_can_beat_the_order0_entropy():
+    from nncodec.encoder import _candidates, choose_pipeline
+
+    big = _candidates(1, 6, True, zero_fraction=0.2, level=3, n_words=1 << 20)
+    ids = [tuple(s.codec_id for s in p.stages) for p in big]
+    assert ("rans",) in ids and ("bitpack",) not in ids and not any(i[:1] == ("zero_words",) for i in ids)
+    assert all(i in ((), ("rans",)) or i[-1] == "zstd" for i in ids)
+    small = [tuple(s.codec_id for s in p.stages) for p in _candidates(1, 6, True, 0.2, 3, n_words=500)]
+    assert ("bitpack",) in small and ("zero_words",) in small  # small tensors: headers matter, try all
+    sparse = [tuple(s.codec_id for s in p.stages) for p in _candidates(1, 6, True, 0.9, 3, n_words=1 << 20)]
+    assert ("zero_words", "zstd") in sparse
+
+    rng = np.random.default_rng(0)
+    codes = np.clip(np.round(rng.laplace(size=300_000) * 4), -31, 31).astype(np.int8)
+    pipeline, payload = choose_pipeline(codes.view(np.uint8), 1, 6, True)
+    _, counts = np.unique(codes, return_counts=True)
+    p = counts / counts.sum()
+    assert [s.codec_id for s in pipeline.stages] == ["rans"]
+    assert len(payload) <= 1.01 * float(-(p * np.log2(p)).sum()) * codes.size / 8

@@ -14,7 +14,6 @@ The product is computed in float32 and rounded once to the tensor dtype (round t
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,7 +23,7 @@ from ..errors import CorruptError, UnsupportedFeatureError
 from .byte_reader import ByteReader
 from .constants import (QFLAG_PER_CHANNEL, QFLAG_PO2_SCALE, QFLAGS_RESERVED, QUANT_DESCRIPTOR, SCHEME_BINARY,
                         SCHEME_FLOAT_CAST, SCHEME_MOD_BINARY, SCHEME_NAMES, SCHEME_NONE, SCHEME_PO2,
-                        SCHEME_TERNARY, SCHEME_UNIFORM)
+                        SCHEME_TERNARY)
 
 __all__ = ["QuantDescriptor", "dequantize_into", "float32_to_bfloat16_bits", "bfloat16_bits_to_float32"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import zlib
 from collections.abc import Iterator
 from typing import BinaryIO

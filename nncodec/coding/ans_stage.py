@@ -17,13 +17,12 @@ import numpy as np
 from ..bitstream.byte_reader import ByteReader
 from ..bitstream.constants import STAGE_ANS
 from ..errors import ConfigError, CorruptError, UnsupportedFeatureError
-from .alphabet import alphabet
-from .stage import SIGNED_WORD_DTYPES, WORD_DTYPES, Stage, register_stage
+from .stage import register_stage
+from .symbol_stage import SymbolStage, alphabet
 
 __all__ = ["Ans", "MAX_ALPHABET", "ans_available"]
 
 MAX_ALPHABET = 1 << 16
-_CHUNK = 1 << 20
 _HEAD = struct.Struct("<QI")  # n_words, alphabet size
 
 
@@ -44,35 +43,14 @@ def ans_available() -> bool:
 
 
 @register_stage
-class Ans(Stage):
+class Ans(SymbolStage):
     """Params: word_size u8 (1, 2, 4) | flags u8 (bit 0: signed words; 1-7 reserved).
     Framing: n_words u64 | K u32 (1..65536, 0 when n_words = 0) | K x i32 symbol values, ascending |
     K x u32 counts (each >= 1, summing to n_words) | compressed data as u32 words (none when K = 1)."""
 
     stage_id = STAGE_ANS
     codec_id = "ans"
-    streams = True
-    _PARAMS = struct.Struct("<BB")
-
-    def __init__(self, word_size: int, signed: bool = True):
-        if word_size not in (1, 2, 4):
-            raise ConfigError(f"ans: word_size must be 1, 2 or 4, got {word_size}")
-        self.word_size, self.signed = word_size, bool(signed)
-
-    def params(self) -> bytes:
-        return self._PARAMS.pack(self.word_size, int(self.signed))
-
-    @classmethod
-    def from_params(cls, params: bytes | memoryview) -> "Ans":
-        if len(params) != 2 or params[0] not in (1, 2, 4) or params[1] & 0xFE:
-            raise CorruptError(f"ans params invalid: {bytes(params).hex()}")
-        return cls(params[0], bool(params[1] & 1))
-
-    def get_config(self) -> dict:
-        return {"id": self.codec_id, "word_size": self.word_size, "signed": self.signed}
-
-    def _dtype(self) -> np.dtype:
-        return SIGNED_WORD_DTYPES[self.word_size] if self.signed else WORD_DTYPES[self.word_size]
+    word_sizes = (1, 2, 4)
 
     def encode(self, data: memoryview) -> bytes:
         c = _constriction()
@@ -97,12 +75,6 @@ class Ans(Stage):
         n, _ = ByteReader(data, what="ans framing").unpack(_HEAD, "ans header")
         return n * self.word_size
 
-    def decode_into(self, data: memoryview, out: np.ndarray) -> None:
-        start = 0
-        for piece in self.iter_decode(data, out.size, _CHUNK * self.word_size):
-            out[start:start + piece.size] = piece
-            start += piece.size
-
     def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
         r = ByteReader(data, what="ans framing")
         n, k = r.unpack(_HEAD, "ans header")
@@ -117,21 +89,15 @@ class Ans(Stage):
             raise CorruptError(f"ans alphabet of {k} symbols")
         values = np.frombuffer(r.take(4 * k, "ans symbols"), dtype="<i4")
         counts = np.frombuffer(r.take(4 * k, "ans counts"), dtype="<u4")
-        if (counts == 0).any() or int(counts.sum(dtype=np.uint64)) != n or (np.diff(values) <= 0).any():
-            raise CorruptError("ans model invalid: zero counts, counts not summing to the word count, or "
-                               "symbols not ascending")
-        info = np.iinfo(self._dtype())
-        if values[0] < info.min or values[-1] > info.max:
-            raise CorruptError("ans symbol values outside the word type")
+        if (counts == 0).any() or int(counts.sum(dtype=np.uint64)) != n:
+            raise CorruptError("ans model invalid: zero counts, or counts not summing to the word count")
+        symbols = self._symbols(values)
         rest = r.rest()
         step = max(1, piece_bytes // self.word_size)
-        symbols = values.astype(self._dtype())
         if k == 1:
             if len(rest):
                 raise CorruptError("ans: coded data after a one-symbol alphabet")
-            piece = np.full(min(step, n), values[0], dtype=self._dtype())
-            for start in range(0, n, step):
-                yield piece[:min(step, n - start)].view(np.uint8)
+            yield from self._repeat(symbols[0], n, step)
             return
         if len(rest) % 4:
             raise CorruptError("ans compressed data is not whole 32-bit words")

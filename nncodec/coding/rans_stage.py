@@ -20,8 +20,8 @@ import numpy as np
 from ..bitstream.byte_reader import ByteReader
 from ..bitstream.constants import STAGE_RANS
 from ..errors import ConfigError, CorruptError, UnsupportedFeatureError
-from .alphabet import alphabet
-from .stage import SIGNED_WORD_DTYPES, WORD_DTYPES, Stage, register_stage
+from .stage import register_stage
+from .symbol_stage import SymbolStage, alphabet
 
 __all__ = ["Rans", "quantize_frequencies", "rans_available", "PROB_BITS", "MAX_ALPHABET"]
 
@@ -30,7 +30,6 @@ MAX_ALPHABET = 1 << 15        # at most 2**(P-1) symbols, so every symbol keeps 
 LANES = 4
 STATE_LOW = 1 << 16           # states live in [2**16, 2**32); the encoder starts every lane here
 _HEAD = struct.Struct("<QBI")  # n_words, P, K
-_PIECE_WORDS = 1 << 20
 
 def rans_available() -> bool:
     try:
@@ -71,7 +70,7 @@ def quantize_frequencies(counts: np.ndarray, p: int = PROB_BITS) -> np.ndarray:
 
 
 @register_stage
-class Rans(Stage):
+class Rans(SymbolStage):
     """Params: word_size u8 (1, 2) | flags u8 (bit 0: signed words; 1-7 reserved).
     Framing: n_words u64 | P u8 (1..16) | K u32 (1..2**(P-1), 0 when n_words = 0) | K x i32 symbol values,
     ascending | K x u16 (frequency - 1), frequencies summing to 2**P | when K > 1: 4 x u32 initial decoder
@@ -79,28 +78,7 @@ class Rans(Stage):
 
     stage_id = STAGE_RANS
     codec_id = "rans"
-    streams = True
-    _PARAMS = struct.Struct("<BB")
-
-    def __init__(self, word_size: int, signed: bool = True):
-        if word_size not in (1, 2):
-            raise ConfigError(f"rans: word_size must be 1 or 2, got {word_size}")
-        self.word_size, self.signed = word_size, bool(signed)
-
-    def params(self) -> bytes:
-        return self._PARAMS.pack(self.word_size, int(self.signed))
-
-    @classmethod
-    def from_params(cls, params: bytes | memoryview) -> "Rans":
-        if len(params) != 2 or params[0] not in (1, 2) or params[1] & 0xFE:
-            raise CorruptError(f"rans params invalid: {bytes(params).hex()}")
-        return cls(params[0], bool(params[1] & 1))
-
-    def get_config(self) -> dict:
-        return {"id": self.codec_id, "word_size": self.word_size, "signed": self.signed}
-
-    def _dtype(self) -> np.dtype:
-        return SIGNED_WORD_DTYPES[self.word_size] if self.signed else WORD_DTYPES[self.word_size]
+    word_sizes = (1, 2)
 
     def encode(self, data: memoryview) -> bytes:
         words = np.frombuffer(data, dtype=self._dtype())
@@ -122,12 +100,6 @@ class Rans(Stage):
         n, _, _ = ByteReader(data, what="rans framing").unpack(_HEAD, "rans header")
         return n * self.word_size
 
-    def decode_into(self, data: memoryview, out: np.ndarray) -> None:
-        start = 0
-        for piece in self.iter_decode(data, out.size, _PIECE_WORDS * self.word_size):
-            out[start:start + piece.size] = piece
-            start += piece.size
-
     def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
         r = ByteReader(data, what="rans framing")
         n, p, k = r.unpack(_HEAD, "rans header")
@@ -144,20 +116,14 @@ class Rans(Stage):
             raise CorruptError(f"rans alphabet of {k} symbols at {p} bits")
         values = np.frombuffer(r.take(4 * k, "rans symbols"), dtype="<i4")
         freq = np.frombuffer(r.take(2 * k, "rans frequencies"), dtype="<u2").astype(np.int64) + 1
-        if int(freq.sum()) != 1 << p or (np.diff(values) <= 0).any():
-            raise CorruptError(f"rans model invalid: frequencies sum to {int(freq.sum())}, not {1 << p}, or "
-                               "symbols not ascending")
-        info = np.iinfo(self._dtype())
-        if values[0] < info.min or values[-1] > info.max:
-            raise CorruptError("rans symbol values outside the word type")
-        symbols = values.astype(self._dtype())
+        if int(freq.sum()) != 1 << p:
+            raise CorruptError(f"rans model invalid: frequencies sum to {int(freq.sum())}, not {1 << p}")
+        symbols = self._symbols(values)
         step = max(1, piece_bytes // self.word_size)
         if k == 1:
             if r.remaining:
                 raise CorruptError("rans: coded data after a one-symbol alphabet")
-            piece = np.full(min(step, n), values[0], dtype=self._dtype())
-            for start in range(0, n, step):
-                yield piece[:min(step, n - start)].view(np.uint8)
+            yield from self._repeat(symbols[0], n, step)
             return
         states = np.frombuffer(r.take(4 * LANES, "rans states"), dtype="<u4").astype(np.uint64)
         if (states < STATE_LOW).any():

@@ -26,7 +26,7 @@ from nncodec.search.candidate import build_candidate
 from nncodec.search.runner import _Searcher, run_trials
 from nncodec.search.samplers import EvolutionSampler, ReinforceSampler
 from nncodec.train import accuracy, train_classifier
-from tests.search.digits import INPUT, data, digits_cnn, space, task, trained_reference
+from tests.search.digits import INPUT, data, space, task, trained_reference
 
 REPO = Path(__file__).resolve().parents[2]
 

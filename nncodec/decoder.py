@@ -159,11 +159,34 @@ def _decode_tensor(walker: _StreamWalker, th: TensorHeader, coded: memoryview, d
         pipeline.decode_into(coded, flat, walker.limits)
         if th.dtype.name == "bool" and flat.size and flat.max() > 1:
             raise CorruptError(f"bool tensor {th.name!r} holds bytes other than 0 and 1")
-    elif not _dequantize_streaming(pipeline, coded, th, dest):
+    elif not (_decode_mapped(pipeline, coded, th, dest) or _dequantize_streaming(pipeline, coded, th, dest)):
         codes = np.empty(th.numel, dtype=th.quant.code_dtype.storage)
         pipeline.decode_into(coded, codes.view(np.uint8), walker.limits)
         dequantize_into(codes.reshape(th.shape), th.quant, dest, th.dtype)
     return dest
+
+
+def _decode_mapped(pipeline: Pipeline, coded: "memoryview | CodedStream", th: TensorHeader,
+                   dest: np.ndarray) -> bool:
+    """One stage that maps symbols through a table (rANS) and one scale per tensor: dequantize the
+    alphabet once and decode straight into ``dest``, with no code array and no second pass."""
+    desc = th.quant
+    stages = pipeline.stages
+    if len(stages) != 1 or not hasattr(stages[0], "decode_mapped") or desc.per_channel or th.numel == 0:
+        return False
+    code_dtype = desc.code_dtype.storage
+    if stages[0].word_size != code_dtype.itemsize:
+        return False
+
+    def values_of(symbols: np.ndarray) -> np.ndarray:
+        table = np.empty(symbols.size, dtype=dest.dtype)
+        dequantize_into(symbols.view(code_dtype), desc, table, th.dtype)  # also checks the codes' range
+        return table
+
+    if isinstance(coded, CodedStream):
+        coded = coded.materialize()
+    stages[0].decode_mapped(coded, th.numel * code_dtype.itemsize, values_of, dest.reshape(-1))
+    return True
 
 
 def _dequantize_streaming(pipeline: Pipeline, coded: memoryview, th: TensorHeader, dest: np.ndarray) -> bool:

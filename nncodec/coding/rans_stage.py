@@ -13,14 +13,15 @@ alphabets of quantized weights) and decodes several times faster than the experi
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
 from ..bitstream.byte_reader import ByteReader
 from ..bitstream.constants import STAGE_RANS
 from ..errors import ConfigError, CorruptError, UnsupportedFeatureError
-from .stage import register_stage
+from .stage import WORD_DTYPES, register_stage
 from .symbol_stage import SymbolStage, alphabet
 
 __all__ = ["Rans", "quantize_frequencies", "rans_available", "PROB_BITS", "MAX_ALPHABET"]
@@ -100,7 +101,7 @@ class Rans(SymbolStage):
         n, _, _ = ByteReader(data, what="rans framing").unpack(_HEAD, "rans header")
         return n * self.word_size
 
-    def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
+    def _parse(self, data: memoryview, size: int) -> "_Parsed":
         r = ByteReader(data, what="rans framing")
         n, p, k = r.unpack(_HEAD, "rans header")
         if n * self.word_size != size:
@@ -111,7 +112,7 @@ class Rans(SymbolStage):
             if k:
                 raise CorruptError("rans: an alphabet for no words")
             r.expect_end("rans framing")
-            return
+            return _Parsed(0, p, np.zeros(0, self._dtype()), None, None, None)
         if not 1 <= k <= 1 << (p - 1):
             raise CorruptError(f"rans alphabet of {k} symbols at {p} bits")
         values = np.frombuffer(r.take(4 * k, "rans symbols"), dtype="<i4")
@@ -119,30 +120,69 @@ class Rans(SymbolStage):
         if int(freq.sum()) != 1 << p:
             raise CorruptError(f"rans model invalid: frequencies sum to {int(freq.sum())}, not {1 << p}")
         symbols = self._symbols(values)
-        step = max(1, piece_bytes // self.word_size)
         if k == 1:
             if r.remaining:
                 raise CorruptError("rans: coded data after a one-symbol alphabet")
-            yield from self._repeat(symbols[0], n, step)
-            return
+            return _Parsed(n, p, symbols, None, None, None)
         states = np.frombuffer(r.take(4 * LANES, "rans states"), dtype="<u4").astype(np.uint64)
         if (states < STATE_LOW).any():
             raise CorruptError("rans initial state below 2**16")
         rest = r.rest()
         if len(rest) % 2:
             raise CorruptError("rans words are not whole 16-bit words")
-        words = np.frombuffer(rest, dtype="<u2")
+        return _Parsed(n, p, symbols, freq, states, np.frombuffer(rest, dtype="<u2"))
+
+    def _decoded(self, parsed: "_Parsed", table: np.ndarray, step: int,
+                 dest: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Decode every word as ``table[symbol index]``, ``step`` words at a time: into consecutive slices of
+        ``dest`` when given, else into one reused buffer; yield each slice once filled."""
         decode = _kernels().rans_decode
-        lut = np.repeat(np.arange(k, dtype=np.uint16), freq)
+        freq = parsed.freq
+        lut = np.repeat(np.arange(freq.size, dtype=np.uint16), freq)
         cum = np.concatenate([[0], np.cumsum(freq)[:-1]]).astype(np.uint32)
-        freq32 = freq.astype(np.uint32)
-        piece = np.empty(min(step, n), dtype=self._dtype())
-        ptr = 0
-        for start in range(0, n, step):
-            m = min(step, n - start)
-            ptr = decode(words, ptr, states, lut, freq32, cum, p, start, symbols, piece[:m])
+        freq32, states, ptr = freq.astype(np.uint32), parsed.states.copy(), 0
+        buf = np.empty(min(step, parsed.n), dtype=table.dtype) if dest is None else None
+        for start in range(0, parsed.n, step):
+            m = min(step, parsed.n - start)
+            out = dest[start:start + m] if dest is not None else buf[:m]
+            ptr = decode(parsed.words, ptr, states, lut, freq32, cum, parsed.p, start, table, out)
             if ptr < 0:
                 raise CorruptError("rans words run out before the last symbol")
-            yield piece[:m].view(np.uint8)
-        if ptr != words.size or (states != STATE_LOW).any():
+            yield out
+        if ptr != parsed.words.size or (states != STATE_LOW).any():
             raise CorruptError("rans data does not end where the encoder started: corrupt or extra words")
+
+    def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
+        parsed = self._parse(data, size)
+        step = max(1, piece_bytes // self.word_size)
+        if parsed.words is None:
+            if parsed.n:
+                yield from self._repeat(parsed.symbols[0], parsed.n, step)
+            return
+        for out in self._decoded(parsed, parsed.symbols, step):
+            yield out.view(np.uint8)
+
+    def decode_mapped(self, data: memoryview, size: int, table_of: Callable[[np.ndarray], np.ndarray],
+                      dest: np.ndarray) -> None:
+        """Decode straight into ``dest`` (1-D, ``size // word_size`` elements) the values
+        ``table_of(alphabet)[symbol index]``: e.g. dequantized values, with no code array in between.
+        ``table_of`` gets the alphabet as words and returns one ``dest``-dtype value per symbol."""
+        parsed = self._parse(data, size)
+        if parsed.n == 0:
+            return
+        table = np.ascontiguousarray(table_of(parsed.symbols), dtype=dest.dtype)
+        if parsed.words is None:
+            dest[:] = table[0]
+            return
+        as_bits = WORD_DTYPES[dest.dtype.itemsize]  # the kernel only copies values: any dtype as its bits
+        for _ in self._decoded(parsed, table.view(as_bits), parsed.n, dest.view(as_bits)):
+            pass
+
+
+class _Parsed(NamedTuple):
+    n: int                          #: words
+    p: int                          #: probability bits
+    symbols: np.ndarray             #: the alphabet, as words
+    freq: np.ndarray | None         #: None when no coded data follows (n = 0 or one symbol)
+    states: np.ndarray | None
+    words: np.ndarray | None

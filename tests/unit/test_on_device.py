@@ -99,8 +99,11 @@ def test_lazy_access_decodes_only_what_is_asked(tmp_path):
         nncodec.open(bytes(data[:-5]))
 
 
-def test_streamed_dequantization_matches_the_whole_tensor_path(monkeypatch):
-    """Codes decoded block by block (rows) and dequantized as they arrive equal the one-shot decode."""
+@pytest.mark.parametrize("stage", ["ans", "rans"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_streamed_dequantization_matches_the_whole_tensor_path(monkeypatch, stage, dtype):
+    """Codes decoded block by block (rows) and dequantized as they arrive, or mapped straight to values
+    through a per-symbol table (rANS, one scale per tensor), equal the one-shot decode."""
     import io
 
     import numpy as np
@@ -109,9 +112,10 @@ def test_streamed_dequantization_matches_the_whole_tensor_path(monkeypatch):
     from nncodec.bitstream.descriptor import dequantize_into
 
     rng = np.random.default_rng(0)
-    arrays = {"w": rng.standard_normal((37, 3, 5)).astype(np.float32), "v": rng.standard_normal(1000).astype(np.float32)}
-    for options in ({"bits": 6}, {"rel_step": 0.05}):
-        data = nncodec.encode_arrays(arrays, **options, pipeline=[{"id": "ans", "word_size": 1, "signed": True}])
+    arrays = {"w": rng.standard_normal((37, 3, 5)).astype(dtype), "v": rng.standard_normal(1000).astype(dtype)}
+    for options in ({"bits": 6}, {"rel_step": 0.05}, {"rel_step": 0.005}):  # the last: int16 codes
+        word = 2 if options.get("rel_step") == 0.005 else 1
+        data = nncodec.encode_arrays(arrays, **options, pipeline=[{"id": stage, "word_size": word, "signed": True}])
         monkeypatch.setattr(dec, "_PIECE_ELEMENTS", 16)  # blocks of one 15-code row, or of 16 codes
         streamed = {th.name: a for th, a in dec.iter_tensors(data)}
         monkeypatch.undo()
@@ -119,7 +123,7 @@ def test_streamed_dequantization_matches_the_whole_tensor_path(monkeypatch):
         for _, _, th, coded in walker.tensor_units():  # the reference: whole code array, then dequantize
             codes = np.empty(th.numel, dtype=th.quant.code_dtype.storage)
             walker.pipeline_of(th).decode_into(coded, codes.view(np.uint8), nncodec.DEFAULT_LIMITS)
-            ref = np.empty(th.shape, np.float32)
+            ref = np.empty(th.shape, th.dtype.storage)
             dequantize_into(codes.reshape(th.shape), th.quant, ref, th.dtype)
             assert np.array_equal(streamed[th.name], ref), (options, th.name)
             assert np.abs(ref - arrays[th.name]).max() > 0  # really quantized

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..coding.shuffle import Shuffle
+from ..coding.zstd_stage import Zstd
+from .prefetch import prefetched
 from ..coding.stage import Stage, stage_class
 from ..errors import CorruptError, FormatError, LimitExceededError
 from ..limits import Limits
@@ -76,8 +78,12 @@ class Pipeline:
             if out.size % shuffle.element_size:
                 raise CorruptError(f"shuffle output of {out.size} bytes is not whole "
                                    f"{shuffle.element_size}-byte elements")
+            if isinstance(inner, Zstd) and out.size > _PIECE_BYTES:  # zstd runs a piece ahead in a thread
+                pieces = prefetched(inner.iter_decode(payload, out.size, _PIECE_BYTES, ring=3))
+            else:
+                pieces = inner.iter_decode(payload, out.size, _PIECE_BYTES)
             start = 0
-            for piece in inner.iter_decode(payload, out.size, _PIECE_BYTES):
+            for piece in pieces:
                 shuffle.scatter(piece, start, out)
                 start += piece.size
             return

@@ -72,14 +72,18 @@ class Zstd(Stage):
         if extra:
             raise CorruptError("zstd stage holds data after its frame")
 
-    def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
+    def iter_decode(self, data: memoryview, size: int, piece_bytes: int, ring: int = 1) -> Iterator[np.ndarray]:
+        """As :meth:`Stage.iter_decode`; with ``ring`` buffers in rotation a piece stays valid until ``ring``
+        more pieces have been asked for (for a consumer that runs behind a prefetching thread)."""
         if self.decoded_size(data) != size:
             raise CorruptError(f"zstd frame declares {self.decoded_size(data)} bytes, {size} expected")
-        buf = np.empty(max(1, min(piece_bytes, size)), dtype=np.uint8)
+        buffers = [np.empty(max(1, min(piece_bytes, size)), dtype=np.uint8) for _ in range(max(1, ring))]
         try:
             reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
-            done = 0
+            done = turn = 0
             while done < size:
+                buf = buffers[turn % len(buffers)]
+                turn += 1
                 want = min(buf.size, size - done)
                 got = 0
                 while got < want:  # readinto may return less than asked for

@@ -123,3 +123,51 @@ def test_parallel_decoding_keeps_order_values_and_errors(tmp_path, workers, monk
     assert got == sorted(arrays)[:7] and info.value.unit_index == unit.index
     with pytest.raises(ValueError, match="workers"):
         list(dec.iter_tensors(path, workers=0))
+
+
+def test_prefetched_keeps_order_raises_in_order_and_stops_early():
+    import threading
+
+    from nncodec.bitstream.prefetch import prefetched
+
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("third")
+
+    got = []
+    with pytest.raises(ValueError, match="third"):
+        for x in prefetched(failing()):
+            got.append(x)
+    assert got == [1, 2]
+    made = []
+
+    def endless():
+        while True:
+            made.append(1)
+            yield len(made)
+
+    it = prefetched(endless())
+    assert next(it) == 1
+    it.close()  # the caller stops: the helper thread ends
+    assert not any(t.name == "nncodec-prefetch" for t in threading.enumerate())
+    assert len(made) <= 3  # at most two items beyond the one held
+
+
+def test_unshuffling_behind_a_prefetching_zstd_thread(tmp_path, monkeypatch, stream_after_headers):
+    from nncodec.bitstream import pipeline
+
+    monkeypatch.setattr(pipeline, "_PIECE_BYTES", 1000)  # many pieces through the 3-buffer ring
+    rng = np.random.default_rng(4)
+    arrays = {"w": rng.standard_normal((123, 77)).astype(np.float32)}
+    path = tmp_path / "m.nnc"
+    nncodec.encode_arrays(arrays, path, pipeline=[{"id": "shuffle", "element_size": 4}, {"id": "zstd"}])
+    assert np.array_equal(decode_arrays(path)["w"], arrays["w"])
+    data = bytearray(path.read_bytes())
+    unit = next(u for u in read_info(path).units if u.tensor)
+    data[unit.offset + unit.size // 2] ^= 0x01  # inside the zstd frame: fails in the helper thread
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError):  # the unit's CRC explains the corrupt frame
+        decode_arrays(path)

@@ -79,7 +79,7 @@ class Pipeline:
                 raise CorruptError(f"shuffle output of {out.size} bytes is not whole "
                                    f"{shuffle.element_size}-byte elements")
             if isinstance(inner, Zstd) and out.size > _PIECE_BYTES:  # zstd runs a piece ahead in a thread
-                pieces = prefetched(inner.iter_decode(payload, out.size, _PIECE_BYTES, ring=3))
+                pieces = prefetched(inner.iter_decode(payload, out.size, _PIECE_BYTES // 4, ring=3))
             else:
                 pieces = inner.iter_decode(payload, out.size, _PIECE_BYTES)
             start = 0

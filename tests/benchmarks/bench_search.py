@@ -59,7 +59,7 @@ def main() -> None:
                    "size_ratio": r.float32_bytes / r.bitstream_bytes, "seconds": time.perf_counter() - t0}
             results["headline"].append(row)
             print("headline", json.dumps(row), flush=True)
-        for controller in args.controllers.split(","):
+        for controller in filter(None, args.controllers.split(",")):  # --controllers "": headline only
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 cfg = SearchConfig(controller=controller, n_trials=args.trials, seed=seed, out_dir=tmp,
@@ -98,6 +98,8 @@ def print_tables(results: dict) -> None:
     for r in results["controllers"]:
         by.setdefault(r["controller"], {})[r["seed"]] = r
     rnd = by.get("random", {})
+    if not by:
+        return
     for c, rows in by.items():
         ratios = [rows[s]["best_score"] / rnd[s]["best_score"] for s in rows if s in rnd]
         wins = sum(1 for s in rows if s in rnd and rows[s]["best_score"] > rnd[s]["best_score"])

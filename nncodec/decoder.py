@@ -9,7 +9,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -171,22 +171,17 @@ def _decode_mapped(pipeline: Pipeline, coded: "memoryview | CodedStream", th: Te
     """One stage that maps symbols through a table (rANS) and one scale per tensor: dequantize the
     alphabet once and decode straight into ``dest``, with no code array and no second pass."""
     desc = th.quant
-    stages = pipeline.stages
-    if len(stages) != 1 or not hasattr(stages[0], "decode_mapped") or desc.per_channel or th.numel == 0:
+    if desc.per_channel or th.numel == 0:
         return False
     code_dtype = desc.code_dtype.storage
-    if stages[0].word_size != code_dtype.itemsize:
-        return False
 
     def values_of(symbols: np.ndarray) -> np.ndarray:
         table = np.empty(symbols.size, dtype=dest.dtype)
         dequantize_into(symbols.view(code_dtype), desc, table, th.dtype)  # also checks the codes' range
         return table
 
-    if isinstance(coded, CodedStream):
-        coded = coded.materialize()
-    stages[0].decode_mapped(coded, th.numel * code_dtype.itemsize, values_of, dest.reshape(-1))
-    return True
+    return pipeline.decode_mapped(coded, th.numel * code_dtype.itemsize, code_dtype.itemsize, values_of,
+                                  dest.reshape(-1))
 
 
 def _dequantize_streaming(pipeline: Pipeline, coded: memoryview, th: TensorHeader, dest: np.ndarray) -> bool:
@@ -205,8 +200,7 @@ def _dequantize_streaming(pipeline: Pipeline, coded: memoryview, th: TensorHeade
     for piece in pieces:
         n_rows = piece.size // (inner * code_dtype.itemsize)
         codes = piece.view(code_dtype).reshape((n_rows,) + th.shape[1:])
-        part = replace(desc, scales=desc.scales[row:row + n_rows]) if desc.per_channel else desc
-        dequantize_into(codes, part, dest[row:row + n_rows], th.dtype)
+        dequantize_into(codes, desc.rows(row, row + n_rows), dest[row:row + n_rows], th.dtype)
         row += n_rows
     return True
 
@@ -227,8 +221,7 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     f, owned = open_source(src)  # type: ignore[arg-type]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nncodec-decode") if workers > 1 else None
-    pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()
-    in_flight = 0  # coded bytes of the pending units
+    pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()  # with coded bytes
     try:
         walker = _StreamWalker(f, limits)
         units = walker.tensor_units()
@@ -238,9 +231,7 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
             except StopIteration:
                 break
             except Exception:
-                while pending:  # what was read before the bad unit is still good: hand it out first
-                    head, fut, size = pending.popleft()
-                    yield head, fut.result()
+                yield from _settle(pending)  # what was read before the bad unit is still good: hand it out
                 raise
             dest = destination(th) if destination is not None else None
             if dest is not None and (dest.shape != th.shape or dest.dtype != th.dtype.storage
@@ -248,21 +239,12 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
                 raise ValueError(f"destination for {th.name!r} must be a writable C-contiguous "
                                  f"{th.dtype.storage} array of shape {th.shape}")
             if pool is None or isinstance(coded, CodedStream):  # a streamed unit reads the file as it decodes
-                while pending:
-                    head, fut, size = pending.popleft()
-                    in_flight -= size
-                    yield head, fut.result()
+                yield from _settle(pending)
                 yield th, _decode_unit(walker, index, uh, th, coded, dest)
                 continue
             pending.append((th, pool.submit(_decode_unit, walker, index, uh, th, coded, dest), len(coded)))
-            in_flight += len(coded)
-            while len(pending) > _AHEAD_UNITS * workers or in_flight > _AHEAD_BYTES:
-                head, fut, size = pending.popleft()
-                in_flight -= size
-                yield head, fut.result()
-        while pending:
-            head, fut, _ = pending.popleft()
-            yield head, fut.result()
+            yield from _settle(pending, _AHEAD_UNITS * workers, _AHEAD_BYTES)
+        yield from _settle(pending)
     finally:
         if pool is not None:
             for _, fut, _ in pending:
@@ -270,6 +252,14 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
             pool.shutdown(wait=True)
         if owned:
             f.close()
+
+
+def _settle(pending: "deque[tuple[TensorHeader, Future[np.ndarray], int]]", units: int = 0,
+            coded_bytes: int = 0) -> Iterator[tuple[TensorHeader, np.ndarray]]:
+    """Yield the oldest pending results until at most ``units`` units and ``coded_bytes`` bytes are pending."""
+    while pending and (len(pending) > units or sum(size for _, _, size in pending) > coded_bytes):
+        head, fut, _ = pending.popleft()
+        yield head, fut.result()
 
 
 def _decode_unit(walker: _StreamWalker, index: int, uh: UnitHeader, th: TensorHeader,

@@ -30,7 +30,7 @@ from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, deq
 from .bitstream.pipeline import Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
 from .coding import Ans, BitPack, Rans, Shuffle, ZeroWords, Zstd, ans_available, rans_available, stage_from_config
-from .coding.stage import WORD_DTYPES
+from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
 from .dtypes import contiguous as _contiguous
 from .errors import ConfigError
@@ -102,12 +102,12 @@ def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, l
     cannot beat the order-0 entropy (bit packing or zero-word removal without zstd after them) are
     skipped, and zero-word removal is tried only on mostly-zero words."""
     z = Zstd(level)
-    entropy: Pipeline | None = None
+    entropy: Stage | None = None
     if word_size <= 2 and (0 < bits < 8 * word_size or word_size == 1):
         if rans_available():
-            entropy = Pipeline((Rans(word_size, signed),))
+            entropy = Rans(word_size, signed)
         elif ans_available():  # the experimental stage 5, only where numba is missing
-            entropy = Pipeline((Ans(word_size, signed),))
+            entropy = Ans(word_size, signed)
     pruned = entropy is not None and n_words >= _ENTROPY_ONLY_WORDS
     cands: list[tuple] = [(), (z,)]
     if word_size > 1:
@@ -121,8 +121,9 @@ def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, l
             for levels, block in ((1, 0), (2, _BLOCK_WORDS)):
                 zw = ZeroWords(word_size, levels, block, pack_bits, signed and pack_bits > 0)
                 cands += [(zw, z)] if pruned else [(zw, z), (zw,)]
-    out = [Pipeline(c) for c in cands]
-    return out + [entropy] if entropy is not None else out
+    if entropy is not None:
+        cands.append((entropy,))
+    return [Pipeline(c) for c in cands]
 
 
 def _sample(words: np.ndarray, word_size: int) -> np.ndarray:

@@ -109,6 +109,12 @@ class QuantDescriptor:
         scales = np.frombuffer(raw, dtype="<i2" if po2 else "<f4").copy()
         return cls(scheme, code_dtype, sbits, ebits, mbits, bits, per_channel, po2, axis, exp_min, scales)
 
+    def rows(self, start: int, stop: int) -> "QuantDescriptor":
+        """The descriptor of rows ``[start, stop)`` along axis 0 (per-channel scales along axis 0 sliced)."""
+        if self.per_channel and self.axis == 0:
+            return replace(self, scales=self.scales[start:stop])
+        return self
+
     def scale_values(self) -> np.ndarray:
         """Scales as float32 (po2 exponents expanded)."""
         if self.po2_scale:
@@ -154,14 +160,12 @@ def dequantize_into(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, t
             return
         # blocks of rows along axis 0, so temporaries stay small (about _CHUNK_ELEMENTS floats)
         rows = max(1, _CHUNK_ELEMENTS // (codes.size // codes.shape[0] or 1))
+        if desc.per_channel and desc.axis != 0:
+            _dequantize(codes, desc, out, tensor_dtype)
+            return
         for start in range(0, codes.shape[0], rows):
-            part = desc
-            if desc.per_channel and desc.axis == 0:
-                part = replace(desc, scales=desc.scales[start:start + rows])
-            elif desc.per_channel:
-                _dequantize(codes, desc, out, tensor_dtype)
-                return
-            _dequantize(codes[start:start + rows], part, out[start:start + rows], tensor_dtype)
+            _dequantize(codes[start:start + rows], desc.rows(start, start + rows), out[start:start + rows],
+                        tensor_dtype)
 
 
 def _dequantize(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, tensor_dtype: DType) -> None:

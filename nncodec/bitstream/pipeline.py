@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..coding.shuffle import Shuffle
-from ..coding.zstd_stage import Zstd
-from .prefetch import prefetched
 from ..coding.stage import Stage, stage_class
+from ..coding.zstd_stage import Zstd
 from ..errors import CorruptError, FormatError, LimitExceededError
 from ..limits import Limits
 from .byte_reader import ByteReader
 from .constants import MAX_PIPELINE_STAGES
+from .prefetch import prefetched
 
 __all__ = ["Pipeline"]
 
 _PIECE_BYTES = 4 << 20  # decoded bytes per piece when a pipeline streams
+
+
+def _in_memory(payload: Any) -> memoryview:
+    """The payload as bytes in memory: a streamed unit's coded bytes (a ``CodedStream``) are read in full."""
+    return payload.materialize() if hasattr(payload, "materialize") else payload
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,8 @@ class Pipeline:
         """
         unshuffle_pieces = (len(self.stages) == 2 and isinstance(self.stages[0], Shuffle)
                             and self.stages[1].streams)
-        if hasattr(payload, "materialize") and not (
-                self.stages[-1:] and self.stages[-1].reads_files and (len(self.stages) == 1 or unshuffle_pieces)):
-            payload = payload.materialize()  # a streamed unit, but this pipeline needs it all in memory
+        if not (self.stages[-1:] and self.stages[-1].reads_files and (len(self.stages) == 1 or unshuffle_pieces)):
+            payload = _in_memory(payload)  # this pipeline needs a streamed unit all in memory
         if not self.stages:
             if len(payload) != out.size:
                 raise CorruptError(f"stored payload has {len(payload)} bytes, {out.size} expected")
@@ -105,7 +110,16 @@ class Pipeline:
     def iter_decode(self, payload: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray] | None:
         """Pieces of the decoded bytes, front to back, for a one-stage pipeline that streams; else None."""
         if len(self.stages) == 1 and self.stages[0].streams:
-            if not self.stages[0].reads_files and hasattr(payload, "materialize"):
-                payload = payload.materialize()
-            return self.stages[0].iter_decode(payload, size, piece_bytes)
+            stage = self.stages[0]
+            return stage.iter_decode(payload if stage.reads_files else _in_memory(payload), size, piece_bytes)
         return None
+
+    def decode_mapped(self, payload: memoryview, size: int, word_size: int,
+                      table_of: Callable[[np.ndarray], np.ndarray], dest: np.ndarray) -> bool:
+        """For one stage that maps symbols through a table (rANS) on ``word_size``-byte words: decode
+        ``table_of(alphabet)[symbol index]`` straight into ``dest`` and return True; else False."""
+        stage = self.stages[0] if len(self.stages) == 1 else None
+        if not hasattr(stage, "decode_mapped") or stage.word_size != word_size:
+            return False
+        stage.decode_mapped(_in_memory(payload), size, table_of, dest)
+        return True

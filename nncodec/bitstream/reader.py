@@ -57,10 +57,9 @@ class StreamedPayload:
         """The payload from byte ``start`` on (which lies in the prefix) as a file-like stream."""
         return CodedStream(self, start)
 
-    def materialize(self, start: int = 0) -> memoryview:
-        """The payload from byte ``start`` on, all in memory (for pipelines that cannot stream)."""
-        rest = self._read(self._left)
-        return memoryview(bytes(self.prefix[start:]) + rest if start < len(self.prefix) else rest)
+    def materialize(self) -> memoryview:
+        """The whole payload in memory (when the tensor header is longer than the prefix)."""
+        return memoryview(self.prefix + self._read(self._left))
 
     def finish(self) -> None:
         """Read what is left of the payload and check the unit's CRC32 (once)."""
@@ -104,6 +103,11 @@ class CodedStream:
 
     def finish(self) -> None:
         self._payload.finish()
+
+
+def _reserved_bits(flags: int, reserved: int, index: int, at: int) -> CorruptError:
+    return CorruptError(f"reserved unit header bits set (flags {flags:#04x}, reserved {reserved:#06x})",
+                        unit_index=index, offset=at)
 
 
 def open_source(src: "bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO") -> tuple[BinaryIO, bool]:
@@ -191,11 +195,9 @@ class UnitReader:
             utype, flags, reserved, length, crc = UNIT_HEADER.unpack(head)
             self._limits.check("unit payload length", length, "max_unit_bytes", unit_index=index, offset=at)
             uh = UnitHeader(utype, flags, length, crc, at)
-            reserved_error = CorruptError(f"reserved unit header bits set (flags {flags:#04x}, reserved "
-                                          f"{reserved:#06x})", unit_index=index, offset=at)
             if utype == UNIT_TENSOR and self._size is not None and length > max(STREAM_PAYLOAD_BYTES, _PREFIX_BYTES):
                 if flags & UNIT_FLAGS_RESERVED or reserved:
-                    raise reserved_error
+                    raise _reserved_bits(flags, reserved, index, at)
                 if length > self._size - self.position:
                     raise TruncatedError(f"stream ends inside a unit payload: {length} bytes declared, "
                                          f"{self._size - self.position} left", unit_index=index, offset=self.position)
@@ -214,7 +216,7 @@ class UnitReader:
                 if zlib.crc32(payload, zlib.crc32(head[:UNIT_CRC_COVERED])) != crc:
                     raise ChecksumError("unit checksum mismatch", unit_index=index, offset=at)
                 if flags & UNIT_FLAGS_RESERVED or reserved:
-                    raise reserved_error
+                    raise _reserved_bits(flags, reserved, index, at)
                 yield index, uh, memoryview(payload)
             index += 1
             self._limits.check("unit count", index, "max_units", unit_index=index, offset=self.position)

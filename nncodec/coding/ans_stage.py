@@ -9,6 +9,8 @@ in FORMAT.md until it is written out independently.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import struct
 from collections.abc import Iterator
 
@@ -34,12 +36,10 @@ def _constriction():  # noqa: ANN202
     return constriction
 
 
+@functools.cache
 def ans_available() -> bool:
-    try:
-        import constriction  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether ``constriction`` is installed (found, not imported)."""
+    return importlib.util.find_spec("constriction") is not None
 
 
 @register_stage

@@ -106,7 +106,7 @@ def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, l
     if word_size <= 2 and (0 < bits < 8 * word_size or word_size == 1):
         if rans_available():
             entropy = Rans(word_size, signed)
-        elif ans_available():  # the experimental stage 5, only where numba is missing
+        elif ans_available():  # the experimental stage 5, only where the C kernels are not built
             entropy = Ans(word_size, signed)
     pruned = entropy is not None and n_words >= _ENTROPY_ONLY_WORDS
     cands: list[tuple] = [(), (z,)]

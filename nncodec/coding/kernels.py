@@ -2,17 +2,16 @@
 
 Decoding never needs a runtime compiler: the C extension ``_rans_native`` (built when the package is
 installed) or, without it, :mod:`.rans_portable` (same output, much slower; a warning says so once).
-Encoding stage 6 uses the C kernel, else numba's when installed, else the portable one.
+Encoding stage 6 uses the C kernel, else the portable one (and the encoder then prefers other stages).
 ``NNCODEC_KERNELS=portable`` forces the portable kernels (for tests and comparisons).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import os
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 __all__ = ["decode_kernels", "encode_kernels", "native_kernels", "fast_encoder_available"]
 
@@ -46,20 +45,16 @@ def decode_kernels() -> ModuleType:
 
 @functools.cache
 def fast_encoder_available() -> bool:
-    """Whether stage 6 encodes at compiled speed: the C extension, or numba (found, not imported)."""
-    return native_kernels() is not None or importlib.util.find_spec("numba") is not None
+    """Whether stage 6 encodes at compiled speed (the C extension is built)."""
+    return native_kernels() is not None
 
 
 @functools.cache
 def encode_kernels() -> ModuleType:
-    """``encode`` of stage 6: compiled if built, else numba's if installed, else portable."""
+    """``encode`` of stage 6: compiled if built, else portable."""
     native = native_kernels()
     if native is not None:
         return native
-    if importlib.util.find_spec("numba") is not None:
-        from . import rans_kernels
-
-        return SimpleNamespace(encode=rans_kernels.rans_encode)  # type: ignore[return-value]
     from . import rans_portable
 
     return rans_portable

@@ -12,20 +12,23 @@ import json
 import logging
 import math
 import os
+import struct
 import sys
+import tempfile
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from .atomic import write_atomic
-from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE,
+from .atomic import atomic_file
+from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE,
                                   SCHEME_UNIFORM, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
+                                  UNIT_CRC_COVERED, UNIT_HEADER, UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
 from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .bitstream.pipeline import Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
@@ -46,6 +49,7 @@ _SAMPLE_SLICE_BYTES = 64 << 10
 _BLOCK_WORDS = 64              # two-level map block size
 _ENTROPY_ONLY_WORDS = 1 << 16  # from this many words on, an order-0 coder makes packing-only pipelines moot
 _PROGRESS_BYTES = 64 << 20
+_BLOCK_ELEMENTS = 1 << 18      # elements per block of the float64 statistics (std, errors)
 
 
 @dataclass
@@ -242,7 +246,7 @@ class Encoder:
 
     def _quantize(self, name: str, values: np.ndarray) -> UniformCodes:
         if self.rel_step is not None:
-            std = float(np.std(np.asarray(values, dtype=np.float64)))
+            std = _std(values)
             factor = self.step_scales.get(name) or next(
                 (f for pat, f in self.step_scales.items() if fnmatch.fnmatchcase(name, pat)), 1.0)
             step = self.rel_step * (std if std > 0 and math.isfinite(std) else 1.0) * factor
@@ -275,12 +279,7 @@ class Encoder:
                                    axis=0, scales=q.scales)
             words = _contiguous(q.codes).reshape(-1).view(np.uint8)
             word_size, bits, signed = code_dtype.itemsize, q.bits, not q.binary
-            recon = np.empty(shape, dtype=dtype.storage)
-            dequantize_into(q.codes, desc, recon, dtype)
-            ref = np.asarray(values, dtype=np.float64)
-            got = bfloat16_bits_to_float32(recon) if dtype.name == "bfloat16" else recon
-            diff = np.abs(got.astype(np.float64) - ref)
-            max_err, rms_err = float(diff.max()), float(np.sqrt(np.mean(diff * diff)))
+            max_err, rms_err = _errors(values, q.codes, desc, dtype)
         else:
             desc = QuantDescriptor.lossless(dtype)
             words = _contiguous(storage).reshape(-1).view(np.uint8)
@@ -305,13 +304,8 @@ class Encoder:
         return _Prepared(header, payload, pipeline, report)
 
     # -- whole stream -----------------------------------------------------------------------
-    def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
-                     topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
-        """Encode ``{name: (storage array, dtype)}`` into the stream's byte chunks and a report.
-
-        Units are in canonical order (tensors sorted by name), so equal input gives equal bytes.
-        """
-        start = time.perf_counter()
+    def _coded(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]") -> Iterator[_Prepared]:
+        """Each tensor coded, in canonical order (sorted names), one at a time, with a progress bar."""
         names = sorted(tensors)
         for name in names:
             if not isinstance(name, str) or not name:
@@ -322,40 +316,46 @@ class Encoder:
                 raise ConfigError(f"tensor {name!r} has rank {_array_of(tensors[name]).ndim}, at most 255 is encodable")
         total_in = sum(_array_of(tensors[n]).nbytes for n in names)
         show = self.progress if self.progress is not None else (total_in > _PROGRESS_BYTES and sys.stderr.isatty())
-        iterator: Iterable[str] = names
         bar = None
         if show:
             from tqdm import tqdm
 
             bar = tqdm(total=total_in, unit="B", unit_scale=True, desc="encode", leave=False)
-        prepared = []
-        for name in iterator:
-            prepared.append(self._prepare(name, tensors[name]))
+        for name in names:
+            value = tensors[name]
+            nbytes = _array_of(value).nbytes
+            prepared = self._prepare(name, value)
+            del value
+            yield prepared
             if bar is not None:
-                bar.update(_array_of(tensors[name]).nbytes)
+                bar.update(nbytes)
         if bar is not None:
             bar.close()
-        counts = Counter(p.pipeline.to_bytes() for p in prepared)
-        default: Pipeline | None = None
-        if counts:
-            common, n = counts.most_common(1)[0]
-            if n >= 2:
-                default = next(p.pipeline for p in prepared if p.pipeline.to_bytes() == common)
+
+    def _preamble(self, n_tensors: int, default: Pipeline | None, topology: Mapping[str, Any] | None) -> list[bytes]:
+        """The file header and the units before the tensors."""
         chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR),
-                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(prepared), self.metadata).to_bytes())]
+                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(n_tensors, self.metadata).to_bytes())]
         if default is not None:
             chunks.append(frame_unit(UNIT_MODEL_PARAMETER_SET, default.to_bytes()))
         if topology is not None:
             topo = json.dumps(topology, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
             chunks.append(frame_unit(UNIT_TOPOLOGY, topo, critical=False))
+        return chunks
+
+    def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
+                     topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
+        """Encode ``{name: (storage array, dtype)}`` into the stream's byte chunks and a report.
+
+        Units are in canonical order (tensors sorted by name), so equal input gives equal bytes.
+        """
+        start = time.perf_counter()
+        prepared = list(self._coded(tensors))
+        default = _default_pipeline([p.pipeline for p in prepared])
+        chunks = self._preamble(len(prepared), default, topology)
         report = EncodeReport()
         for p in prepared:
-            header = p.header
-            if default is not None and p.pipeline == default:
-                header = TensorHeader(header.name, header.dtype, header.shape, header.quant, None)
-                p.report.unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(p.payload)
-                numel = math.prod(header.shape)
-                p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
+            header = _tensor_header(p.header, default, p.report, len(p.payload))
             chunks.append(frame_unit(UNIT_TENSOR, header.to_bytes() + p.payload))
             report.tensors.append(p.report)
         chunks.append(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1, len(prepared)).to_bytes()))
@@ -364,13 +364,128 @@ class Encoder:
         log.info("encoded %d tensors into %d bytes in %.2f s", len(prepared), report.total_bytes, report.seconds)
         return chunks, report
 
+    def encode_file(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
+                    dst: str | os.PathLike[str], topology: Mapping[str, Any] | None = None) -> EncodeReport:
+        """Encode into the file ``dst`` one tensor at a time: the same bytes as :meth:`encode_units`.
+
+        Each tensor's payload goes to a spool file in ``dst``'s folder as soon as it is coded (the model
+        parameter set, which precedes the tensor units, depends on every tensor's pipeline); the units are
+        then framed from the spool into a temporary file renamed to ``dst`` at the end. Memory: the
+        tensor being coded and its coding buffers, never the whole stream; disk: the payloads twice.
+        """
+        start = time.perf_counter()
+        dst = Path(dst)
+        spooled: list[tuple[TensorHeader, Pipeline, TensorReport, int]] = []
+        with tempfile.TemporaryFile(dir=dst.parent or ".", prefix=f".{dst.name}.", suffix=".spool") as spool:
+            for p in self._coded(tensors):
+                spool.write(p.payload)
+                spooled.append((p.header, p.pipeline, p.report, len(p.payload)))
+                del p
+            default = _default_pipeline([s[1] for s in spooled])
+            spool.seek(0)
+            report = EncodeReport()
+            with atomic_file(dst) as out:
+                chunks = self._preamble(len(spooled), default, topology)
+                for chunk in chunks:
+                    out.write(chunk)
+                for header, _, tensor_report, size in spooled:
+                    header = _tensor_header(header, default, tensor_report, size)
+                    _copy_unit(out, UNIT_TENSOR, header.to_bytes(), spool, size)
+                    report.tensors.append(tensor_report)
+                out.write(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1 + len(spooled), len(spooled)).to_bytes()))
+                report.total_bytes = out.tell()
+        report.seconds = time.perf_counter() - start
+        log.info("encoded %d tensors into %s (%d bytes) in %.2f s", len(spooled), dst, report.total_bytes,
+                 report.seconds)
+        return report
+
     def encode(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]", dst: str | os.PathLike[str] | None = None,
                topology: Mapping[str, Any] | None = None) -> tuple[bytes | Path, EncodeReport]:
-        """Encode and return ``(bytes, report)``, or ``(path, report)`` after an atomic write to ``dst``."""
-        chunks, report = self.encode_units(tensors, topology)
+        """Encode and return ``(bytes, report)``, or ``(path, report)`` after a streamed, atomic write to ``dst``."""
         if dst is None:
+            chunks, report = self.encode_units(tensors, topology)
             return b"".join(chunks), report
-        return write_atomic(dst, chunks), report
+        return Path(dst), self.encode_file(tensors, dst, topology)
+
+
+_COPY_BYTES = 4 << 20
+
+
+def _default_pipeline(pipelines: list[Pipeline]) -> Pipeline | None:
+    """The pipeline of the model parameter set: the most common one, when at least two tensors share it."""
+    counts = Counter(p.to_bytes() for p in pipelines)
+    if counts:
+        common, n = counts.most_common(1)[0]
+        if n >= 2:
+            return next(p for p in pipelines if p.to_bytes() == common)
+    return None
+
+
+def _tensor_header(header: TensorHeader, default: Pipeline | None, report: TensorReport,
+                   payload_bytes: int) -> TensorHeader:
+    """``header`` without its pipeline when it is the default one (the report's unit size updated)."""
+    if default is None or header.pipeline != default:
+        return header
+    header = TensorHeader(header.name, header.dtype, header.shape, header.quant, None)
+    report.unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + payload_bytes
+    numel = math.prod(header.shape)
+    report.bits_per_param = 8.0 * report.unit_bytes / numel if numel else None
+    return header
+
+
+def _copy_unit(out: BinaryIO, unit_type: int, head: bytes, src: BinaryIO, size: int) -> None:
+    """Write a unit whose body is ``head`` + the next ``size`` bytes of ``src``, in pieces: its CRC is
+    computed as the bytes pass and written into the unit header afterwards (as :func:`frame_unit`)."""
+    unit_head = UNIT_HEADER.pack(unit_type, FLAG_CRITICAL, 0, len(head) + size, 0)[:UNIT_CRC_COVERED]
+    at = out.tell()
+    out.write(unit_head + b"\0\0\0\0" + head)
+    crc = zlib.crc32(head, zlib.crc32(unit_head))
+    left = size
+    while left:
+        piece = src.read(min(left, _COPY_BYTES))
+        if not piece:
+            raise OSError("encoder spool file ended early")
+        crc = zlib.crc32(piece, crc)
+        out.write(piece)
+        left -= len(piece)
+    end = out.tell()
+    out.seek(at + UNIT_CRC_COVERED)
+    out.write(struct.pack("<I", crc))
+    out.seek(end)
+
+
+def _std(values: np.ndarray) -> float:
+    """Standard deviation in float64 (numpy's up to 4 ``_BLOCK_ELEMENTS`` elements); above, in blocks
+    (two passes), so that no float64 copy of the whole tensor exists."""
+    flat = values.reshape(-1)
+    if flat.size <= 4 * _BLOCK_ELEMENTS:
+        return float(np.std(flat.astype(np.float64)))
+    mean = sum(float(flat[a:a + _BLOCK_ELEMENTS].sum(dtype=np.float64))
+               for a in range(0, flat.size, _BLOCK_ELEMENTS)) / flat.size
+    squares = 0.0
+    for a in range(0, flat.size, _BLOCK_ELEMENTS):
+        d = flat[a:a + _BLOCK_ELEMENTS].astype(np.float64)
+        d -= mean
+        squares += float(np.multiply(d, d, out=d).sum())
+    return math.sqrt(squares / flat.size)
+
+
+def _errors(values: np.ndarray, codes: np.ndarray, desc: QuantDescriptor, dtype: DType) -> tuple[float, float]:
+    """Max and RMS of |decoded - value|, decoded in blocks of rows (about ``_BLOCK_ELEMENTS`` elements)."""
+    rows = max(1, _BLOCK_ELEMENTS // max(1, codes.size // max(1, codes.shape[0])))
+    max_err = squares = 0.0
+    for a in range(0, codes.shape[0], rows):
+        b = min(a + rows, codes.shape[0])
+        recon = np.empty(codes[a:b].shape, dtype=dtype.storage)
+        dequantize_into(codes[a:b], desc.rows(a, b), recon, dtype)
+        got = bfloat16_bits_to_float32(recon) if dtype.name == "bfloat16" else recon
+        diff = got.astype(np.float64)
+        diff -= values[a:b]
+        np.abs(diff, out=diff)
+        if diff.size:
+            max_err = max(max_err, float(diff.max()))
+            squares += float(np.multiply(diff, diff, out=diff).sum())
+    return max_err, math.sqrt(squares / codes.size) if codes.size else 0.0
 
 
 def _array_of(value: "tuple[np.ndarray, DType] | CodedTensor") -> np.ndarray:
@@ -385,9 +500,26 @@ def numpy_storage(a: Any) -> tuple[np.ndarray, DType]:
     return _contiguous(storage).astype(dt.storage, copy=False), dt
 
 
-def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, DType]]:
-    """``{name: (storage words, dtype)}`` from numpy arrays."""
-    return {name: numpy_storage(a) for name, a in arrays.items()}
+class _StorageView(Mapping):
+    """``{name: (storage words, dtype)}`` over a mapping of numpy arrays, converted when asked for: a lazy
+    mapping (e.g. arrays memory-mapped or read from disk on access) is never held all at once."""
+
+    def __init__(self, arrays: Mapping[str, Any]):
+        self._arrays = arrays
+
+    def __getitem__(self, name: str) -> tuple[np.ndarray, DType]:
+        return numpy_storage(self._arrays[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+
+def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> Mapping[str, tuple[np.ndarray, DType]]:
+    """``{name: (storage words, dtype)}`` from numpy arrays (converted on access)."""
+    return _StorageView(arrays)
 
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,

@@ -1,7 +1,8 @@
 /* The rANS loops of entropy stage 6, in C (built at install time; optional, a portable Python kernel
  * stands in when no compiler was available). Same contract as nncodec/coding/rans_portable.py:
  *
- *   encode(index u16[n], freq u32[K], cum u32[K], p, words u16[>=n] (out), states u64[4] (in/out)) -> n_out
+ *   encode(index u8/u16[n], freq u32[K], cum u32[K], p, words u16[>=n] (out), states u64[4] (in/out),
+ *          index_size = 2) -> n_out
  *   decode(words u16[m], ptr, states u64[4] (in/out), lut u16[2**p], freq u32[K], cum u32[K], p, first,
  *          symbols (K items), out (items of the same size)) -> new ptr, or -1 when the words run out
  *
@@ -32,18 +33,20 @@ static int check_size(Py_buffer *b, Py_ssize_t itemsize, Py_ssize_t min_items, c
 
 static PyObject *rans_encode(PyObject *self, PyObject *args) {
     Py_buffer index, freq, cum, words, states;
-    int p;
+    int p, index_size = 2;
     PyObject *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*y*y*iw*w*", &index, &freq, &cum, &p, &words, &states)) return NULL;
-    Py_ssize_t n = index.len / 2, k = freq.len / 4;
-    if (p < 1 || p > 16) {
-        PyErr_SetString(PyExc_ValueError, "rans kernel: p outside 1..16");
+    if (!PyArg_ParseTuple(args, "y*y*y*iw*w*|i", &index, &freq, &cum, &p, &words, &states, &index_size))
+        return NULL;
+    Py_ssize_t n = index_size == 1 ? index.len : index.len / 2, k = freq.len / 4;
+    if (p < 1 || p > 16 || (index_size != 1 && index_size != 2)) {
+        PyErr_SetString(PyExc_ValueError, "rans kernel: p outside 1..16 or index_size not 1 or 2");
         goto done;
     }
-    if (check_size(&index, 2, 0, "index") || check_size(&freq, 4, 1, "freq") || check_size(&cum, 4, k, "cum")
+    if (check_size(&index, index_size, 0, "index") || check_size(&freq, 4, 1, "freq") || check_size(&cum, 4, k, "cum")
         || check_size(&words, 2, n, "words") || check_size(&states, 8, 4, "states")) goto done;
     {
-        const uint16_t *ix = index.buf;
+        const uint16_t *ix16 = index.buf;
+        const uint8_t *ix8 = index.buf;
         const uint32_t *fr = freq.buf, *cu = cum.buf;
         uint16_t *out = words.buf;
         uint64_t st[4];
@@ -51,7 +54,7 @@ static PyObject *rans_encode(PyObject *self, PyObject *args) {
         Py_ssize_t n_out = 0, bad = 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = n - 1; i >= 0; i--) {
-            uint32_t s = ix[i];
+            uint32_t s = index_size == 1 ? ix8[i] : ix16[i];
             if (s >= (uint64_t)k) { bad = 1; break; }
             uint64_t f = fr[s], x = st[i & 3];
             if (x >= ((uint64_t)1 << (32 - p)) * f) {

@@ -15,7 +15,7 @@ __all__ = ["encode", "decode", "ans_decode"]
 
 
 def encode(index: np.ndarray, freq: np.ndarray, cum: np.ndarray, p: int, words: np.ndarray,
-           states: np.ndarray) -> int:
+           states: np.ndarray, index_size: int = 2) -> int:
     """Code the symbol indices back to front (symbol ``i`` with state ``i % 4``), writing renormalization
     words to ``words`` in emission order; returns how many were written."""
     fr, cu, st = freq.tolist(), cum.tolist(), [int(s) for s in states]

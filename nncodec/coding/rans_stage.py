@@ -84,8 +84,17 @@ class Rans(SymbolStage):
         cum = np.concatenate([[0], np.cumsum(freq)[:-1]]).astype(np.uint32)
         states = np.full(LANES, STATE_LOW, dtype=np.uint64)
         out = np.empty(words.size, dtype=np.uint16)
-        n_out = encode_kernels().encode(index.astype(np.uint16), freq.astype(np.uint32), cum, PROB_BITS, out, states)
-        return head + states.astype("<u4").tobytes() + out[:n_out][::-1].astype("<u2").tobytes()
+        if index.dtype not in (np.uint8, np.uint16):
+            index = index.astype(np.uint16)
+        n_out = encode_kernels().encode(index, freq.astype(np.uint32), cum, PROB_BITS, out, states, index.itemsize)
+        del index
+        # one buffer, no concatenation copies: the header, the final states, the words in reverse emission order
+        start = len(head) + 4 * LANES
+        payload = bytearray(start + 2 * n_out)
+        payload[:len(head)] = head
+        payload[len(head):start] = states.astype("<u4").tobytes()
+        np.frombuffer(payload, dtype="<u2", count=n_out, offset=start)[:] = out[:n_out][::-1]
+        return payload
 
     def decoded_size(self, data: memoryview) -> int:
         n, _, _ = ByteReader(data, what="rans framing").unpack(_HEAD, "rans header")

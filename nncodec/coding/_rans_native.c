@@ -31,6 +31,26 @@ static int check_size(Py_buffer *b, Py_ssize_t itemsize, Py_ssize_t min_items, c
     return 0;
 }
 
+/* The symbol item size (1, 2, 4 or 8) shared by ``symbols`` (k items) and ``out``, or -1 with an error set. */
+static Py_ssize_t item_size(Py_buffer *symbols, Py_buffer *out, Py_ssize_t k, const char *who) {
+    Py_ssize_t itemsize = k > 0 ? symbols->len / k : 0;
+    if (!(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8) || symbols->len != k * itemsize
+        || out->len % itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s kernel: symbols and out must hold items of 1, 2, 4 or 8 bytes", who);
+        return -1;
+    }
+    return itemsize;
+}
+
+/* Runs LOOP(T) with T the unsigned type of ``itemsize`` bytes. */
+#define BY_ITEMSIZE(LOOP)                                                               \
+    switch (itemsize) {                                                                 \
+        case 1: LOOP(uint8_t); break;                                                   \
+        case 2: LOOP(uint16_t); break;                                                  \
+        case 4: LOOP(uint32_t); break;                                                  \
+        default: LOOP(uint64_t); break;                                                 \
+    }
+
 static PyObject *rans_encode(PyObject *self, PyObject *args) {
     Py_buffer index, freq, cum, words, states;
     int p, index_size = 2;
@@ -105,19 +125,14 @@ static PyObject *rans_decode(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     if (!PyArg_ParseTuple(args, "y*nw*y*y*y*iny*w*", &words, &ptr, &states, &lut, &freq, &cum, &p, &first,
                           &symbols, &out)) return NULL;
-    Py_ssize_t k = freq.len / 4, itemsize = k ? symbols.len / k : 0;
+    Py_ssize_t k = freq.len / 4, itemsize;
     if (p < 1 || p > 16) {
         PyErr_SetString(PyExc_ValueError, "rans kernel: p outside 1..16");
         goto done;
     }
     if (check_size(&words, 2, 0, "words") || check_size(&states, 8, 4, "states")
         || check_size(&lut, 2, (Py_ssize_t)1 << p, "lut") || check_size(&freq, 4, 1, "freq")
-        || check_size(&cum, 4, k, "cum")) goto done;
-    if (!(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8) || symbols.len != k * itemsize
-        || out.len % itemsize) {
-        PyErr_SetString(PyExc_ValueError, "rans kernel: symbols and out must hold items of 1, 2, 4 or 8 bytes");
-        goto done;
-    }
+        || check_size(&cum, 4, k, "cum") || (itemsize = item_size(&symbols, &out, k, "rans")) < 0) goto done;
     if (ptr < 0 || ptr > words.len / 2) {
         PyErr_SetString(PyExc_ValueError, "rans kernel: word pointer outside the words");
         goto done;
@@ -130,12 +145,7 @@ static PyObject *rans_decode(PyObject *self, PyObject *args) {
         uint64_t st[4];
         memcpy(st, states.buf, sizeof st);
         Py_BEGIN_ALLOW_THREADS
-        switch (itemsize) {
-            case 1: DECODE_LOOP(uint8_t); break;
-            case 2: DECODE_LOOP(uint16_t); break;
-            case 4: DECODE_LOOP(uint32_t); break;
-            default: DECODE_LOOP(uint64_t); break;
-        }
+        BY_ITEMSIZE(DECODE_LOOP);
         Py_END_ALLOW_THREADS
         if (ptr == -2) {
             PyErr_SetString(PyExc_ValueError, "rans kernel: lut entry outside the alphabet");
@@ -178,14 +188,10 @@ static PyObject *ans_decode(PyObject *self, PyObject *args) {
     PyObject *result = NULL;
     if (!PyArg_ParseTuple(args, "y*nw*y*y*y*w*", &words, &ptr, &state, &cdf, &bucket, &symbols, &out))
         return NULL;
-    Py_ssize_t k = cdf.len / 4 - 1, itemsize = k > 0 ? symbols.len / k : 0;
+    Py_ssize_t k = cdf.len / 4 - 1, itemsize;
     if (check_size(&words, 4, 0, "words") || check_size(&state, 8, 1, "state") || check_size(&cdf, 4, 2, "cdf")
-        || check_size(&bucket, 4, (1 << 16) + 1, "bucket")) goto done;
-    if (!(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8) || symbols.len != k * itemsize
-        || out.len % itemsize) {
-        PyErr_SetString(PyExc_ValueError, "ans kernel: symbols and out must hold items of 1, 2, 4 or 8 bytes");
-        goto done;
-    }
+        || check_size(&bucket, 4, (1 << 16) + 1, "bucket")
+        || (itemsize = item_size(&symbols, &out, k, "ans")) < 0) goto done;
     if (ptr < 0 || ptr > words.len / 4) {
         PyErr_SetString(PyExc_ValueError, "ans kernel: word pointer outside the words");
         goto done;
@@ -196,12 +202,7 @@ static PyObject *ans_decode(PyObject *self, PyObject *args) {
         uint64_t x;
         memcpy(&x, state.buf, sizeof x);
         Py_BEGIN_ALLOW_THREADS
-        switch (itemsize) {
-            case 1: ANS_LOOP(uint8_t); break;
-            case 2: ANS_LOOP(uint16_t); break;
-            case 4: ANS_LOOP(uint32_t); break;
-            default: ANS_LOOP(uint64_t); break;
-        }
+        BY_ITEMSIZE(ANS_LOOP);
         Py_END_ALLOW_THREADS
         if (ptr == -2) {
             PyErr_SetString(PyExc_ValueError, "ans kernel: tables inconsistent");

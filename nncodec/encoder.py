@@ -14,7 +14,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import time
 import zlib
 from collections import Counter
@@ -373,6 +372,8 @@ class Encoder:
         then framed from the spool into a temporary file renamed to ``dst`` at the end. Memory: the
         tensor being coded and its coding buffers, never the whole stream; disk: the payloads twice.
         """
+        import tempfile  # only here: keeps `import nncodec` light for decoders
+
         start = time.perf_counter()
         dst = Path(dst)
         spooled: list[tuple[TensorHeader, Pipeline, TensorReport, int]] = []

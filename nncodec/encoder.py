@@ -202,6 +202,9 @@ class Encoder:
     - ``pipeline``: stage configs (``[{"id": "zero_words", "word_size": 1, ...}, {"id": "zstd"}]``)
       applied to every tensor instead of choosing the smallest; for experts and conformance vectors.
 
+    Encoding to a file (:meth:`encode` with ``dst``, :meth:`encode_file`) streams tensor by tensor and
+    writes the same bytes as encoding to memory.
+
     Thread-safe: an instance holds settings only.
     """
 

@@ -21,7 +21,7 @@ from .bitstream.descriptor import dequantize_into
 from .bitstream.pipeline import Pipeline
 from .bitstream.reader import CodedStream, StreamedPayload, UnitReader, open_source
 from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, UnitHeader, parse_json_object
-from .errors import CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
+from .errors import ConfigError, CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["decode_arrays", "iter_tensors", "read_info", "StreamInfo", "UnitInfo", "Source"]
@@ -217,8 +217,8 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     are checked: consume the iterator fully before trusting the file as a whole.
     """
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     f, owned = open_source(src)  # type: ignore[arg-type]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nncodec-decode") if workers > 1 else None
     pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()  # with coded bytes
@@ -236,7 +236,7 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
             dest = destination(th) if destination is not None else None
             if dest is not None and (dest.shape != th.shape or dest.dtype != th.dtype.storage
                                      or not dest.flags.c_contiguous or not dest.flags.writeable):
-                raise ValueError(f"destination for {th.name!r} must be a writable C-contiguous "
+                raise ConfigError(f"destination for {th.name!r} must be a writable C-contiguous "
                                  f"{th.dtype.storage} array of shape {th.shape}")
             if pool is None or isinstance(coded, CodedStream):  # a streamed unit reads the file as it decodes
                 yield from _settle(pending)

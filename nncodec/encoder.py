@@ -8,6 +8,7 @@ unit is never larger than the raw words plus its header.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_atomic
-from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE,
+from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE, STREAM_HEADER,
                                   SCHEME_UNIFORM, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
 from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
@@ -34,9 +35,11 @@ from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
 from .dtypes import contiguous as _contiguous
 from .errors import ConfigError
+from .limits import DEFAULT_LIMITS, Limits
 from .quant.uniform import UniformCodes, quantize_by_bits, quantize_by_step
 
-__all__ = ["Encoder", "EncodeReport", "TensorReport", "CodedTensor", "encode_arrays", "choose_pipeline"]
+__all__ = ["Encoder", "EncodeReport", "TensorReport", "CodedTensor", "encode_arrays", "choose_pipeline",
+           "encoder_from_options"]
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,9 @@ class Encoder:
     - ``progress``: show a tqdm bar (None: only on a terminal for inputs over 64 MiB).
     - ``pipeline``: stage configs (``[{"id": "zero_words", "word_size": 1, ...}, {"id": "zstd"}]``)
       applied to every tensor instead of choosing the smallest; for experts and conformance vectors.
+    - ``limits``: the decoder limits the stream must respect (default: the decoder's defaults). A name,
+      rank, size or metadata over them is refused with :class:`LimitExceededError` at encode time, so a
+      stream that encodes also decodes with the same limits.
 
     Thread-safe: an instance holds settings only.
     """
@@ -205,7 +211,10 @@ class Encoder:
     def __init__(self, *, bits: int | None = None, step: float | None = None, bits_1d: int = 16,
                  lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
                  progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None,
-                 rel_step: float | None = None, step_scales: Mapping[str, float] | None = None):
+                 rel_step: float | None = None, step_scales: Mapping[str, float] | None = None,
+                 limits: Limits = DEFAULT_LIMITS):
+        if not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be an nncodec.Limits, got {type(limits).__name__}")
         if sum(v is not None for v in (bits, step, rel_step)) > 1:
             raise ConfigError("give one of bits, step and rel_step")
         if rel_step is not None and not (isinstance(rel_step, (int, float)) and 0 < rel_step < 1e6):
@@ -229,6 +238,7 @@ class Encoder:
         self.lossless = tuple(lossless)
         self.level = level
         self.metadata = meta
+        self.limits = limits
         self.progress = progress
         self.pipeline = None if pipeline is None else Pipeline(tuple(stage_from_config(c) for c in pipeline))
 
@@ -304,6 +314,19 @@ class Encoder:
                               8.0 * unit_bytes / numel if numel else None, max_err, rms_err)
         return _Prepared(header, payload, pipeline, report)
 
+    def _check_tensor_limits(self, name: str, array: np.ndarray) -> None:
+        """Refuse what the decoder (with ``self.limits``) would refuse, and what the format cannot hold."""
+        name_bytes = len(name.encode("utf-8"))
+        if name_bytes > 0xFFFF:
+            raise ConfigError(f"tensor name {name[:40]!r}... is longer than 65535 UTF-8 bytes")
+        self.limits.check(f"name length of tensor {name[:40]!r}", name_bytes, "max_name_bytes")
+        if array.ndim > 255:
+            raise ConfigError(f"tensor {name!r} has rank {array.ndim}, at most 255 is encodable")
+        self.limits.check(f"rank of tensor {name!r}", array.ndim, "max_ndim")
+        span = math.prod(max(int(d), 1) for d in array.shape)
+        self.limits.check(f"element count of tensor {name!r} (zero dimensions counted as 1)", span,
+                          "max_tensor_elements")
+
     # -- whole stream -----------------------------------------------------------------------
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
                      topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
@@ -312,14 +335,25 @@ class Encoder:
         Units are in canonical order (tensors sorted by name), so equal input gives equal bytes.
         """
         start = time.perf_counter()
-        names = sorted(tensors)
-        for name in names:
+        if not isinstance(tensors, Mapping):
+            raise ConfigError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
+        for name in tensors:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
-            if len(name.encode("utf-8")) > 0xFFFF:
-                raise ConfigError(f"tensor name {name[:40]!r}... is longer than 65535 UTF-8 bytes")
-            if _array_of(tensors[name]).ndim > 255:
-                raise ConfigError(f"tensor {name!r} has rank {_array_of(tensors[name]).ndim}, at most 255 is encodable")
+        tensors = {name: _as_encodable(name, value) for name, value in tensors.items()}
+        names = sorted(tensors)
+        for name in names:
+            self._check_tensor_limits(name, _array_of(tensors[name]))
+        meta_bytes = len(StreamHeader(0, self.metadata).to_bytes()) - STREAM_HEADER.size
+        self.limits.check("stream metadata size", meta_bytes, "max_metadata_bytes")
+        topo = None
+        if topology is not None:
+            topo = json.dumps(topology, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            self.limits.check("topology size", len(topo), "max_metadata_bytes")
+        decoded = sum(_decoded_bytes(tensors[n]) for n in names)
+        self.limits.check("total decoded bytes", decoded, "max_total_decoded_bytes")
+        # stream header, tensors, end of stream; a model parameter set and a topology unit at most
+        self.limits.check("unit count", len(names) + 2 + (topology is not None) + (len(names) >= 2), "max_units")
         total_in = sum(_array_of(tensors[n]).nbytes for n in names)
         show = self.progress if self.progress is not None else (total_in > _PROGRESS_BYTES and sys.stderr.isatty())
         iterator: Iterable[str] = names
@@ -345,8 +379,7 @@ class Encoder:
                   frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(prepared), self.metadata).to_bytes())]
         if default is not None:
             chunks.append(frame_unit(UNIT_MODEL_PARAMETER_SET, default.to_bytes()))
-        if topology is not None:
-            topo = json.dumps(topology, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if topo is not None:
             chunks.append(frame_unit(UNIT_TOPOLOGY, topo, critical=False))
         report = EncodeReport()
         for p in prepared:
@@ -356,7 +389,9 @@ class Encoder:
                 p.report.unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(p.payload)
                 numel = math.prod(header.shape)
                 p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
-            chunks.append(frame_unit(UNIT_TENSOR, header.to_bytes() + p.payload))
+            payload = header.to_bytes() + p.payload
+            self.limits.check(f"unit payload length of tensor {header.name!r}", len(payload), "max_unit_bytes")
+            chunks.append(frame_unit(UNIT_TENSOR, payload))
             report.tensors.append(p.report)
         chunks.append(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1, len(prepared)).to_bytes()))
         report.total_bytes = sum(len(c) for c in chunks)
@@ -373,25 +408,57 @@ class Encoder:
         return write_atomic(dst, chunks), report
 
 
+def _as_encodable(name: str, value: Any) -> "tuple[np.ndarray, DType] | CodedTensor":
+    """A value of :meth:`Encoder.encode`'s mapping: ``(storage, dtype)``, a :class:`CodedTensor`, or a numpy
+    array / scalar (converted here)."""
+    if isinstance(value, CodedTensor):
+        return value
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray) \
+            and isinstance(value[1], DType):
+        return value
+    if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+        return numpy_storage(value, name)
+    raise ConfigError(f"value of {name!r} is a {type(value).__name__}: pass a numpy array, a CodedTensor "
+                      "or (storage array, DType)")
+
+
+def _decoded_bytes(value: "tuple[np.ndarray, DType] | CodedTensor") -> int:
+    if isinstance(value, CodedTensor):
+        return value.codes.size * value.dtype.itemsize
+    return value[0].size * value[1].itemsize
+
+
 def _array_of(value: "tuple[np.ndarray, DType] | CodedTensor") -> np.ndarray:
     return value.codes if isinstance(value, CodedTensor) else value[0]
 
 
-def numpy_storage(a: Any) -> tuple[np.ndarray, DType]:
+def numpy_storage(a: Any, name: str = "array") -> tuple[np.ndarray, DType]:
     """``(storage words, dtype)`` of a numpy array or scalar (ml_dtypes bfloat16 accepted)."""
     a = np.asarray(a)
-    dt = dtype_of_array(a)
+    try:
+        dt = dtype_of_array(a)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     storage = a.view(np.uint16) if dt.name == "bfloat16" else a
     return _contiguous(storage).astype(dt.storage, copy=False), dt
 
 
 def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, DType]]:
     """``{name: (storage words, dtype)}`` from numpy arrays."""
-    return {name: numpy_storage(a) for name, a in arrays.items()}
+    return {name: numpy_storage(a, name) for name, a in arrays.items()}
 
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,
                   **options: Any) -> bytes | Path:
     """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`."""
-    result, _ = Encoder(**options).encode(numpy_tensors(arrays), dst)
+    result, _ = encoder_from_options(options).encode(arrays, dst)
     return result
+
+
+def encoder_from_options(options: Mapping[str, Any]) -> Encoder:
+    """An :class:`Encoder` from keyword options; an option it does not take is a :class:`ConfigError`."""
+    known = [p for p in inspect.signature(Encoder.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown encode option(s) {unknown}; the options are {known}")
+    return Encoder(**options)

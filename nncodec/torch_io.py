@@ -12,7 +12,7 @@ import torch
 
 from .decoder import Source, iter_tensors
 from .dtypes import DType, dtype_by_name
-from .encoder import CodedTensor, EncodeReport, Encoder, numpy_storage
+from .encoder import CodedTensor, EncodeReport, Encoder, encoder_from_options, numpy_storage
 from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -61,7 +61,7 @@ def tensors_from(obj: Any, quantized: bool = True) -> dict[str, Any]:
         elif isinstance(v, torch.Tensor):
             out[name] = _storage_of(v, name)
         elif isinstance(v, np.ndarray) or np.isscalar(v):
-            out[name] = numpy_storage(v)
+            out[name] = numpy_storage(v, name)
         else:
             raise ConfigError(f"value of {name!r} is a {type(v).__name__}, not a tensor or array")
     return out
@@ -101,7 +101,7 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
                 raise
     elif topology is True:
         raise ConfigError("topology=True needs an nn.Module to describe")
-    return Encoder(**options).encode(tensors_from(obj, quantized), dst, topo)
+    return encoder_from_options(options).encode(tensors_from(obj, quantized), dst, topo)
 
 
 def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) -> bytes | Path:

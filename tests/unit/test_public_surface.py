@@ -12,7 +12,7 @@ def test_public_names_are_pinned():
         "decode_arrays", "iter_tensors", "read_info", "Encoder", "EncodeReport", "TensorReport", "Limits",
         "DEFAULT_LIMITS", "NNCodecError", "FormatError", "BadMagicError", "UnsupportedVersionError",
         "TruncatedError", "CorruptError", "ChecksumError", "UnknownUnitError", "UnsupportedFeatureError",
-        "LimitExceededError", "ConfigError"])
+        "LimitExceededError", "ConfigError", "StreamInfo", "UnitInfo", "StreamFile", "TensorHeader"])
     for name in nncodec.__all__:
         assert hasattr(nncodec, name)
 
@@ -55,3 +55,14 @@ def test_the_worked_hex_example_in_the_spec_is_what_the_encoder_writes():
                                  pipeline=[{"id": "zero_words", "word_size": 1}])
     assert bytes(hex_bytes) == data
     np.testing.assert_array_equal(nncodec.decode_arrays(bytes(hex_bytes))["w"], [[3, 0], [0, -2]])
+
+
+def test_the_facade_returns_only_types_it_exports():
+    import numpy as np
+
+    data = nncodec.encode({"a": np.ones(3, np.float32)})
+    assert isinstance(nncodec.read_info(data), nncodec.StreamInfo)
+    assert isinstance(nncodec.read_info(data).units[0], nncodec.UnitInfo)
+    with nncodec.open(data) as f:
+        assert isinstance(f, nncodec.StreamFile) and isinstance(f.header("a"), nncodec.TensorHeader)
+    assert all(isinstance(th, nncodec.TensorHeader) for th, _ in nncodec.iter_tensors(data))

@@ -332,7 +332,7 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     folder = Path(args.dir) if args.dir else default_vectors_dir()
     passed = failed = 0
     rows = []
-    for outcome in run_conformance(folder, args.decoder):
+    for outcome in run_conformance(folder, args.decoder, args.only or ()):
         passed += outcome.passed
         failed += not outcome.passed
         v = outcome.vector
@@ -424,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "decoder command, and checks the results; exit 1 on any failure.")
     c.add_argument("dir", nargs="?", help="vectors folder with manifest.json (default: the bundled vectors)")
     c.add_argument("--decoder", metavar="'CMD {in} {out}'",
-                   help="external decoder: writes {out} as .npz (one array per tensor), exits non-zero on bad input")
+                   help="external decoder: writes {out} as .npz (one array per tensor); on bad input exits non-zero "
+                        "with the error class name as the last line of stderr")
+    c.add_argument("--only", action="append", metavar="GLOB", help="only the vectors whose name matches (repeatable)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_conformance)
 

@@ -19,12 +19,13 @@ from .bitstream.constants import (SCHEME_NONE, UNIT_END, UNIT_HEADER_SIZE, UNIT_
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
 from .bitstream.pipeline import Pipeline
-from .bitstream.reader import CodedStream, StreamedPayload, UnitReader, open_source
+from .bitstream.reader import CodedStream, DeferredPayload, StreamedPayload, UnitReader, open_source
 from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, UnitHeader, parse_json_object
 from .errors import ConfigError, CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["decode_arrays", "iter_tensors", "read_info", "StreamInfo", "UnitInfo", "Source"]
+__all__ = ["decode_arrays", "iter_tensors", "read_info", "decode_tensor", "StreamWalker", "StreamInfo", "UnitInfo",
+           "Source"]
 
 _PIECE_ELEMENTS = 1 << 18  # codes decoded per block when dequantizing as they arrive
 _AHEAD_UNITS = 8            # per worker: units read ahead of the one yielded next
@@ -56,14 +57,23 @@ class StreamInfo:
     total_bytes: int = 0
 
 
-class _StreamWalker:
-    """The unit-order state machine shared by decoding and inspection."""
+class StreamWalker:
+    """The unit-order rules of FORMAT.md §4, the one place they live: decoding (:func:`iter_tensors`,
+    :func:`decode_arrays`), inspection (:func:`read_info`) and lazy access (``nncodec.open``) all walk a
+    stream through it, so they accept and refuse the same streams.
+
+    ``f`` is a binary file object (see :func:`~nncodec.bitstream.reader.open_source` for bytes and paths).
+    ``on_unit(index, unit header)`` is called for every unit before it is interpreted. With
+    ``defer_tensors`` (seekable ``f``) tensor payloads are not read: :meth:`tensor_units` yields a
+    :class:`~nncodec.bitstream.reader.CodedSpan` instead of the coded bytes, and their checksums are left
+    to whoever decodes them.
+    """
 
     def __init__(self, f: BinaryIO, limits: Limits,
-                 on_unit: Callable[[int, UnitHeader], None] | None = None):
+                 on_unit: Callable[[int, UnitHeader], None] | None = None, *, defer_tensors: bool = False):
         self.limits = limits
         self.on_unit = on_unit
-        self.reader = UnitReader(f, limits)
+        self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
         self.header: StreamHeader | None = None
         self.default_pipeline: Pipeline | None = None
         self.topology: dict[str, Any] | None = None
@@ -77,7 +87,7 @@ class _StreamWalker:
             if self.on_unit is not None:
                 self.on_unit(index, uh)
             base = uh.offset + UNIT_HEADER_SIZE
-            streamed = payload if isinstance(payload, StreamedPayload) else None
+            streamed = payload if isinstance(payload, (StreamedPayload, DeferredPayload)) else None
             if streamed is not None:  # a large tensor unit: only its first bytes are in memory yet
                 payload = memoryview(streamed.prefix)
             try:
@@ -149,19 +159,20 @@ class _StreamWalker:
         return th.pipeline if th.pipeline is not None else self.default_pipeline  # type: ignore[return-value]
 
 
-def _decode_tensor(walker: _StreamWalker, th: TensorHeader, coded: memoryview, dest: np.ndarray | None) -> np.ndarray:
+def decode_tensor(th: TensorHeader, coded: "memoryview | CodedStream", pipeline: Pipeline, limits: Limits,
+                  dest: np.ndarray | None = None) -> np.ndarray:
+    """The values of one tensor from its coded bytes (``pipeline``: its own or the default one)."""
     storage = th.dtype.storage
     if dest is None:
         dest = np.empty(th.shape, dtype=storage)
-    pipeline = walker.pipeline_of(th)
     if th.quant.scheme == SCHEME_NONE:
         flat = dest.reshape(-1).view(np.uint8)
-        pipeline.decode_into(coded, flat, walker.limits)
+        pipeline.decode_into(coded, flat, limits)
         if th.dtype.name == "bool" and flat.size and flat.max() > 1:
             raise CorruptError(f"bool tensor {th.name!r} holds bytes other than 0 and 1")
     elif not (_decode_mapped(pipeline, coded, th, dest) or _dequantize_streaming(pipeline, coded, th, dest)):
         codes = np.empty(th.numel, dtype=th.quant.code_dtype.storage)
-        pipeline.decode_into(coded, codes.view(np.uint8), walker.limits)
+        pipeline.decode_into(coded, codes.view(np.uint8), limits)
         dequantize_into(codes.reshape(th.shape), th.quant, dest, th.dtype)
     return dest
 
@@ -223,7 +234,7 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nncodec-decode") if workers > 1 else None
     pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()  # with coded bytes
     try:
-        walker = _StreamWalker(f, limits)
+        walker = StreamWalker(f, limits)
         units = walker.tensor_units()
         while True:
             try:
@@ -262,11 +273,11 @@ def _settle(pending: "deque[tuple[TensorHeader, Future[np.ndarray], int]]", unit
         yield head, fut.result()
 
 
-def _decode_unit(walker: _StreamWalker, index: int, uh: UnitHeader, th: TensorHeader,
+def _decode_unit(walker: StreamWalker, index: int, uh: UnitHeader, th: TensorHeader,
                  coded: "memoryview | CodedStream", dest: np.ndarray | None) -> np.ndarray:
     try:
         try:
-            return _decode_tensor(walker, th, coded, dest)
+            return decode_tensor(th, coded, walker.pipeline_of(th), walker.limits, dest)
         finally:
             if isinstance(coded, CodedStream):
                 coded.finish()  # the checksum, before the tensor is handed out (or explaining an error)
@@ -289,7 +300,7 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                               uh.offset, UNIT_HEADER_SIZE + uh.payload_length, uh.critical))
 
     try:
-        walker = _StreamWalker(f, limits, on_unit=record)
+        walker = StreamWalker(f, limits, on_unit=record)
         for _, _, th, coded in walker.tensor_units():
             numel = th.numel
             units[-1].tensor = {

@@ -413,9 +413,9 @@ def _as_encodable(name: str, value: Any) -> "tuple[np.ndarray, DType] | CodedTen
     array / scalar (converted here)."""
     if isinstance(value, CodedTensor):
         return value
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray) \
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (np.ndarray, np.generic)) \
             and isinstance(value[1], DType):
-        return value
+        return np.asarray(value[0]), value[1]
     if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
         return numpy_storage(value, name)
     raise ConfigError(f"value of {name!r} is a {type(value).__name__}: pass a numpy array, a CodedTensor "

@@ -11,15 +11,21 @@ import numpy as np
 from ..coding.shuffle import Shuffle
 from ..coding.stage import Stage, stage_class
 from ..coding.zstd_stage import Zstd
-from ..errors import CorruptError, FormatError, LimitExceededError
+from ..errors import ConfigError, CorruptError, FormatError, LimitExceededError
 from ..limits import Limits
 from .byte_reader import ByteReader
 from .constants import MAX_PIPELINE_STAGES
 from .prefetch import prefetched
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "intermediate_bound"]
 
 _PIECE_BYTES = 4 << 20  # decoded bytes per piece when a pipeline streams
+
+
+def intermediate_bound(final_size: int) -> int:
+    """Largest output, in bytes, of a stage that feeds another stage, for a ``final_size``-byte tensor
+    (FORMAT.md §4): decoders refuse more, so encoders never write it."""
+    return 2 * final_size + 64
 
 
 def _in_memory(payload: Any) -> memoryview:
@@ -57,9 +63,15 @@ class Pipeline:
         return cls(tuple(stages))
 
     def encode(self, words: bytes | memoryview) -> bytes:
+        """The coded payload of ``words``; :class:`ConfigError` when a stage's output that feeds another
+        stage is over :func:`intermediate_bound` (a stream no decoder would read back)."""
         data: bytes | memoryview = words
-        for st in self.stages:
+        bound = intermediate_bound(len(words))
+        for i, st in enumerate(self.stages):
             data = st.encode(memoryview(data))
+            if i < len(self.stages) - 1 and len(data) > bound:
+                raise ConfigError(f"stage {st.codec_id} writes {len(data)} bytes for {len(words)} input bytes, "
+                                  f"over the {bound} a following stage may receive")
         return bytes(data)
 
     def decode_into(self, payload: memoryview, out: np.ndarray, limits: Limits) -> None:
@@ -93,7 +105,7 @@ class Pipeline:
                 start += piece.size
             return
         data: memoryview = payload
-        bound = 2 * out.size + 64
+        bound = intermediate_bound(out.size)
         for i in range(len(self.stages) - 1, -1, -1):
             st = self.stages[i]
             if i == 0:

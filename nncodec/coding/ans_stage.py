@@ -114,5 +114,5 @@ class Ans(SymbolStage):
             except Exception as exc:
                 raise CorruptError(f"ans data corrupt: {exc}") from None
             yield symbols[index].view(np.uint8)
-        if not coder.is_empty():
+        if coder.num_words():  # the state must be back at 0 with every word read (FORMAT.md §4)
             raise CorruptError("ans data holds more than its words")

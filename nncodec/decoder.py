@@ -149,9 +149,7 @@ class StreamWalker:
             except (FormatError, LimitExceededError) as exc:
                 if streamed is not None:
                     streamed.finish()  # a checksum mismatch explains the error first
-                if isinstance(exc, FormatError):
-                    raise exc.located(unit_index=index, offset=uh.offset) from None
-                raise
+                raise exc.located(unit_index=index, offset=uh.offset) from None
         if not seen_end:
             raise TruncatedError("stream ends without an end-of-stream unit", offset=self.reader.position)
 
@@ -281,7 +279,7 @@ def _decode_unit(walker: StreamWalker, index: int, uh: UnitHeader, th: TensorHea
         finally:
             if isinstance(coded, CodedStream):
                 coded.finish()  # the checksum, before the tensor is handed out (or explaining an error)
-    except FormatError as exc:
+    except (FormatError, LimitExceededError) as exc:
         raise exc.located(unit_index=index, offset=uh.offset) from None
 
 

@@ -23,7 +23,7 @@ from .bitstream.pipeline import Pipeline
 from .bitstream.reader import open_source
 from .bitstream.units import TensorHeader
 from .decoder import StreamWalker, decode_tensor
-from .errors import ChecksumError, CorruptError, FormatError, TruncatedError
+from .errors import ChecksumError, CorruptError, FormatError, LimitExceededError, TruncatedError
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["StreamFile", "open_stream"]
@@ -111,7 +111,7 @@ class StreamFile:
             if th.name != name or pipeline is None:  # the file changed since it was scanned
                 raise CorruptError(f"the unit of tensor {name!r} changed since the stream was opened")
             return decode_tensor(th, r.rest(), pipeline, self.limits)
-        except FormatError as exc:
+        except (FormatError, LimitExceededError) as exc:
             raise exc.located(unit_index=e.index, offset=e.offset) from None
 
     def get_tensor(self, name: str) -> Any:

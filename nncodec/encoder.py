@@ -27,7 +27,7 @@ from .atomic import write_atomic
 from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE, STREAM_HEADER,
                                   SCHEME_UNIFORM, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
-from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
+from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .bitstream.pipeline import Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
 from .coding import Ans, BitPack, Rans, Shuffle, ZeroWords, Zstd, ans_available, rans_available, stage_from_config
@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
 from .quant.uniform import UniformCodes, quantize_by_bits, quantize_by_step
 
-__all__ = ["Encoder", "EncodeReport", "TensorReport", "CodedTensor", "encode_arrays", "choose_pipeline",
+__all__ = ["Encoder", "EncodeReport", "TensorReport", "encode_arrays", "choose_pipeline",
            "encoder_from_options"]
 
 log = logging.getLogger(__name__)
@@ -162,19 +162,6 @@ def choose_pipeline(words: np.ndarray, word_size: int, bits: int, signed: bool, 
     if len(payload) > words.size:
         chosen, payload = Pipeline(), words.tobytes()
     return chosen, payload
-
-
-@dataclass(frozen=True)
-class CodedTensor:
-    """A tensor that arrives already quantized: its codes and the descriptor that maps them to values.
-
-    ``codes`` has the tensor's shape and the descriptor's code dtype; ``dtype`` is the tensor's (float)
-    dtype after decoding. The encoder stores the codes as they are (lossless from here on).
-    """
-
-    codes: np.ndarray
-    quant: QuantDescriptor
-    dtype: DType
 
 
 @dataclass

@@ -12,7 +12,8 @@ import torch
 
 from .decoder import Source, iter_tensors
 from .dtypes import DType, dtype_by_name
-from .encoder import CodedTensor, EncodeReport, Encoder, encoder_from_options, numpy_storage
+from .bitstream.descriptor import CodedTensor
+from .encoder import EncodeReport, Encoder, encoder_from_options, numpy_storage
 from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
 

@@ -25,7 +25,7 @@ from .constants import (QFLAG_PER_CHANNEL, QFLAG_PO2_SCALE, QFLAGS_RESERVED, QUA
                         SCHEME_FLOAT_CAST, SCHEME_MOD_BINARY, SCHEME_NAMES, SCHEME_NONE, SCHEME_PO2,
                         SCHEME_TERNARY)
 
-__all__ = ["QuantDescriptor", "dequantize_into", "float32_to_bfloat16_bits", "bfloat16_bits_to_float32"]
+__all__ = ["QuantDescriptor", "CodedTensor", "dequantize_into", "float32_to_bfloat16_bits", "bfloat16_bits_to_float32"]
 
 _CHUNK_ELEMENTS = 1 << 20
 _EXP_MIN, _EXP_MAX = -149, 127  #: exponents e for which 2**e is a float32 (subnormals included)
@@ -130,6 +130,19 @@ class QuantDescriptor:
         return self.to_bytes() == other.to_bytes()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class CodedTensor:
+    """A tensor that arrives already quantized: its codes and the descriptor that maps them to values.
+
+    ``codes`` has the tensor's shape and the descriptor's code dtype; ``dtype`` is the tensor's (float)
+    dtype after decoding. The encoder stores the codes as they are (lossless from here on).
+    """
+
+    codes: np.ndarray
+    quant: QuantDescriptor
+    dtype: DType
 
 
 def float32_to_bfloat16_bits(x: np.ndarray) -> np.ndarray:

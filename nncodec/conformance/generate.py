@@ -26,7 +26,8 @@ from ..bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGI
                                    UNIT_STREAM_HEADER, UNIT_TENSOR)
 from ..decoder import iter_tensors
 from ..dtypes import dtype_by_name
-from ..encoder import CodedTensor, Encoder, numpy_tensors
+from ..bitstream.descriptor import CodedTensor
+from ..encoder import Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
 from .forge import join_units, split_units, unit_bytes
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest

@@ -172,12 +172,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         info = read_info(args.file)
     if args.json:
         print(json.dumps({"version": list(info.version), "metadata": info.metadata, "total_bytes": info.total_bytes,
-                          "has_topology": info.topology is not None,
+                          "has_topology": info.topology is not None, "aliases": info.aliases,
                           "units": [asdict(u) for u in info.units]}, indent=2, ensure_ascii=False))
         return 0
     print(f"nncodec format {info.version[0]}.{info.version[1]}, {info.total_bytes} bytes, {len(info.units)} units")
     for k, v in info.metadata.items():
         print(f"  metadata {k} = {v}")
+    for alias, target in info.aliases.items():
+        print(f"  alias {alias} -> {target} (tied: stored once)")
     print(f"{'#':>4s} {'unit':20s} {'offset':>10s} {'bytes':>10s}  tensor")
     for u in info.units:
         t = u.tensor

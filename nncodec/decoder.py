@@ -9,18 +9,18 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from .bitstream.byte_reader import ByteReader
 from .bitstream.constants import (SCHEME_NONE, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET, UNIT_NAMES,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
 from .bitstream.pipeline import Pipeline
 from .bitstream.reader import CodedStream, DeferredPayload, StreamedPayload, UnitReader, open_source
-from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, UnitHeader, parse_json_object
+from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, UnitHeader, parse_json_object
 from .errors import ConfigError, CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -55,6 +55,7 @@ class StreamInfo:
     units: list[UnitInfo] = field(default_factory=list)
     topology: dict[str, Any] | None = None
     total_bytes: int = 0
+    aliases: dict[str, str] = field(default_factory=dict)  #: alias name -> tensor whose storage it shares
 
 
 class StreamWalker:
@@ -79,6 +80,12 @@ class StreamWalker:
         self.topology: dict[str, Any] | None = None
         self.names: set[str] = set()
         self.decoded_bytes = 0
+        self.aliases: dict[str, str] = {}  #: alias name -> target tensor name (the tensor-aliases unit)
+        self._aliases_seen = False
+
+    def aliases_of(self, name: str) -> list[str]:
+        """Names sharing the storage of tensor ``name`` (ascending)."""
+        return sorted(a for a, t in self.aliases.items() if t == name)
 
     def tensor_units(self) -> Iterator[tuple[int, UnitHeader, TensorHeader, memoryview]]:
         """Yield ``(index, unit header, tensor header, coded payload)`` for each tensor, checking order."""
@@ -111,6 +118,14 @@ class StreamWalker:
                         raise CorruptError("a second topology unit")
                     self.limits.check("topology size", len(payload), "max_metadata_bytes", offset=base)
                     self.topology = parse_json_object(payload, "topology", base)
+                elif uh.unit_type == UNIT_TENSOR_ALIASES:
+                    if self.names or self._aliases_seen:
+                        raise CorruptError("tensor aliases after tensors or repeated")
+                    self.aliases = TensorAliases.parse(r, self.limits).aliases
+                    self._aliases_seen = True
+                    chained = sorted(set(self.aliases) & set(self.aliases.values()))
+                    if chained:
+                        raise CorruptError(f"alias target {chained[0]!r} is itself an alias")
                 elif uh.unit_type == UNIT_TENSOR:
                     try:
                         th = TensorHeader.parse(r, self.limits)
@@ -121,7 +136,7 @@ class StreamWalker:
                         streamed = None
                         r = ByteReader(payload, base_offset=base, what="tensor unit payload")
                         th = TensorHeader.parse(r, self.limits)
-                    if th.name in self.names:
+                    if th.name in self.names or th.name in self.aliases:
                         raise CorruptError(f"duplicate tensor name {th.name!r}")
                     self.names.add(th.name)
                     if th.pipeline is None and self.default_pipeline is None:
@@ -140,6 +155,9 @@ class StreamWalker:
                     if eos.tensor_count != len(self.names) or self.header.tensor_count != len(self.names):
                         raise CorruptError(f"stream declares {self.header.tensor_count} tensors, end-of-stream "
                                            f"{eos.tensor_count}, {len(self.names)} present")
+                    missing = sorted(set(self.aliases.values()) - self.names)
+                    if missing:
+                        raise CorruptError(f"alias target {missing[0]!r} is not a tensor of the stream")
                     seen_end = True
                     if not self.reader.at_end():
                         raise CorruptError("bytes after the end-of-stream unit")
@@ -224,7 +242,19 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     next ones are read, up to 16 MiB of coded bytes ahead (default: up to 4, the CPU count; 1 decodes
     one unit at a time; large streamed units always decode alone). A tensor is yielded before later units
     are checked: consume the iterator fully before trusting the file as a whole.
+
+    An alias (tied tensor, FORMAT.md §3.7) is yielded right after its target, as the target's array
+    itself under a header that carries the alias name; ``destination`` is not asked for it.
     """
+    walkers: list[StreamWalker] = []
+    for th, arr in _iter_units(src, limits, destination, workers, walkers):
+        yield th, arr
+        for alias in walkers[0].aliases_of(th.name):
+            yield replace(th, name=alias), arr
+
+
+def _iter_units(src: Source, limits: Limits, destination: DestinationFn | None, workers: int | None,
+                walkers: list[StreamWalker]) -> Iterator[tuple[TensorHeader, np.ndarray]]:
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
@@ -233,6 +263,7 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()  # with coded bytes
     try:
         walker = StreamWalker(f, limits)
+        walkers.append(walker)
         units = walker.tensor_units()
         while True:
             try:
@@ -311,7 +342,8 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                 "bits_per_param": (8.0 * units[-1].size / numel) if numel else None,
             }
         metadata = walker.header.metadata if walker.header is not None else {}
-        return StreamInfo(walker.reader.version, metadata, units, walker.topology, walker.reader.position)
+        return StreamInfo(walker.reader.version, metadata, units, walker.topology, walker.reader.position,
+                          dict(walker.aliases))
     finally:
         if owned:
             f.close()

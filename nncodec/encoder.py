@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_atomic
-from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE, STREAM_HEADER,
+from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_MINOR_ALIASES, MAGIC, SCHEME_BINARY, SCHEME_NONE, STREAM_HEADER,
                                   SCHEME_UNIFORM, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
 from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .bitstream.pipeline import Pipeline
-from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
+from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
 from .coding import Ans, BitPack, Rans, Shuffle, ZeroWords, Zstd, ans_available, rans_available, stage_from_config
 from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
 from .quant.uniform import UniformCodes, quantize_by_bits, quantize_by_step
 
-__all__ = ["Encoder", "EncodeReport", "TensorReport", "encode_arrays", "choose_pipeline",
+__all__ = ["Encoder", "EncodeReport", "TensorReport", "encode_arrays", "find_aliases", "choose_pipeline",
            "encoder_from_options"]
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class EncodeReport:
     tensors: list[TensorReport] = field(default_factory=list)
     total_bytes: int = 0
     seconds: float = 0.0
+    aliases: dict[str, str] = field(default_factory=dict)  #: tied tensors: alias -> the tensor stored once
 
     @property
     def parameters(self) -> int:
@@ -85,7 +86,7 @@ class EncodeReport:
     def to_json(self) -> str:
         return json.dumps({"total_bytes": self.total_bytes, "seconds": self.seconds,
                            "parameters": self.parameters, "bits_per_param": self.bits_per_param,
-                           "tensors": [asdict(t) for t in self.tensors]}, indent=2)
+                           "tensors": [asdict(t) for t in self.tensors], "aliases": self.aliases}, indent=2)
 
     def table(self) -> str:
         rows = [f"{'tensor':40s} {'dtype':8s} {'scheme':8s} {'bits/param':>10s} {'max err':>10s} {'rms err':>10s}"]
@@ -328,9 +329,10 @@ class Encoder:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
         tensors = {name: _as_encodable(name, value) for name, value in tensors.items()}
-        names = sorted(tensors)
-        for name in names:
+        for name in tensors:
             self._check_tensor_limits(name, _array_of(tensors[name]))
+        aliases = find_aliases(tensors)
+        names = sorted(n for n in tensors if n not in aliases)
         meta_bytes = len(StreamHeader(0, self.metadata).to_bytes()) - STREAM_HEADER.size
         self.limits.check("stream metadata size", meta_bytes, "max_metadata_bytes")
         topo = None
@@ -340,7 +342,8 @@ class Encoder:
         decoded = sum(_decoded_bytes(tensors[n]) for n in names)
         self.limits.check("total decoded bytes", decoded, "max_total_decoded_bytes")
         # stream header, tensors, end of stream; a model parameter set and a topology unit at most
-        self.limits.check("unit count", len(names) + 2 + (topology is not None) + (len(names) >= 2), "max_units")
+        self.limits.check("unit count", len(names) + 2 + (topology is not None) + (len(names) >= 2) + bool(aliases),
+                          "max_units")
         total_in = sum(_array_of(tensors[n]).nbytes for n in names)
         show = self.progress if self.progress is not None else (total_in > _PROGRESS_BYTES and sys.stderr.isatty())
         iterator: Iterable[str] = names
@@ -362,13 +365,17 @@ class Encoder:
             common, n = counts.most_common(1)[0]
             if n >= 2:
                 default = next(p.pipeline for p in prepared if p.pipeline.to_bytes() == common)
-        chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR),
-                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(prepared), self.metadata).to_bytes())]
+        minor = FORMAT_MINOR_ALIASES if aliases else FORMAT_MINOR  # the oldest version that holds the stream
+        chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor),
+                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(prepared), self.metadata,
+                                                              version=(FORMAT_MAJOR, minor)).to_bytes())]
         if default is not None:
             chunks.append(frame_unit(UNIT_MODEL_PARAMETER_SET, default.to_bytes()))
         if topo is not None:
             chunks.append(frame_unit(UNIT_TOPOLOGY, topo, critical=False))
-        report = EncodeReport()
+        if aliases:
+            chunks.append(frame_unit(UNIT_TENSOR_ALIASES, TensorAliases(aliases).to_bytes()))
+        report = EncodeReport(aliases=dict(aliases))
         for p in prepared:
             header = p.header
             if default is not None and p.pipeline == default:
@@ -407,6 +414,25 @@ def _as_encodable(name: str, value: Any) -> "tuple[np.ndarray, DType] | CodedTen
         return numpy_storage(value, name)
     raise ConfigError(f"value of {name!r} is a {type(value).__name__}: pass a numpy array, a CodedTensor "
                       "or (storage array, DType)")
+
+
+def find_aliases(tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]") -> dict[str, str]:
+    """Tied tensors: names whose storage is the very storage of another entry (same memory, shape, strides
+    and dtype), mapped to the first such name in byte order, which is stored once. Partial overlaps (views of
+    another shape) are not aliases; they are stored on their own."""
+    first: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for name in sorted(tensors, key=lambda n: n.encode("utf-8")):
+        value = tensors[name]
+        if isinstance(value, CodedTensor) or value[0].size == 0:
+            continue
+        a = value[0]
+        key = (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str, value[1].name)
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
 
 
 def _decoded_bytes(value: "tuple[np.ndarray, DType] | CodedTensor") -> int:

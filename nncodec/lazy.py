@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -77,6 +77,7 @@ class StreamFile:
         for index, uh, th, _ in walker.tensor_units():
             self._entries[th.name] = _Entry(index, uh.offset, uh.payload_length, th)
         self._default = walker.default_pipeline
+        self.aliases: dict[str, str] = dict(walker.aliases)
         self.metadata = walker.header.metadata if walker.header is not None else {}
         self.topology = walker.topology
 
@@ -87,20 +88,26 @@ class StreamFile:
         return payload
     # -- access ------------------------------------------------------------------------------------
     def keys(self) -> list[str]:
-        return list(self._entries)
+        """Tensor names in stream order, each alias (tied tensor) right after its target."""
+        by_target: dict[str, list[str]] = {}
+        for alias, target in sorted(self.aliases.items()):
+            by_target.setdefault(target, []).append(alias)
+        return [n for name in self._entries for n in (name, *by_target.get(name, ()))]
 
     def header(self, name: str) -> TensorHeader:
-        return self._entry(name).header
+        return replace(self._entry(name).header, name=name)
 
     def _entry(self, name: str) -> _Entry:
         try:
-            return self._entries[name]
+            return self._entries[self.aliases.get(name, name)]
         except KeyError:
             raise KeyError(f"no tensor {name!r} in this stream") from None
 
     def get_array(self, name: str) -> np.ndarray:
-        """Decode one tensor (numpy; bfloat16 as uint16 bits), verifying its unit's checksum."""
+        """Decode one tensor (numpy; bfloat16 as uint16 bits), verifying its unit's checksum. An alias decodes
+        its target's unit."""
         e = self._entry(name)
+        name = e.header.name
         head = self._read_at(e.offset, UNIT_HEADER_SIZE, "a unit header")
         crc = UNIT_HEADER.unpack(head)[4]
         try:

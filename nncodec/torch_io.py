@@ -111,8 +111,15 @@ def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) 
 
 
 def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
-    """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order."""
-    return {th.name: to_torch(arr, th.dtype) for th, arr in iter_tensors(src, limits=limits)}
+    """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order. Tied tensors (aliases) come back
+    as one tensor object under each of their names, as ``torch.load`` gives them."""
+    out: dict[str, torch.Tensor] = {}
+    shared: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # by the decoded array an alias shares
+    for th, arr in iter_tensors(src, limits=limits):
+        if id(arr) not in shared:
+            shared[id(arr)] = (arr, to_torch(arr, th.dtype))
+        out[th.name] = shared[id(arr)][1]
+    return out
 
 
 def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,

@@ -17,7 +17,8 @@ from .constants import (END_OF_STREAM, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR
 from .descriptor import QuantDescriptor
 from .pipeline import Pipeline
 
-__all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "frame_unit", "parse_json_object"]
+__all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "TensorAliases", "frame_unit",
+           "parse_json_object"]
 
 _DIM = struct.Struct("<Q")
 
@@ -98,6 +99,61 @@ class EndOfStream:
         out = cls(*r.unpack(END_OF_STREAM, "end-of-stream"))
         r.expect_end("end-of-stream")
         return out
+
+
+_NAME_LEN = struct.Struct("<H")
+_ALIAS_ENTRY_MIN = 6  # two u16 lengths and at least one byte of each name
+
+
+def _parse_name(r: ByteReader, limits: Limits, what: str) -> str:
+    at = r.offset
+    (n,) = r.unpack(_NAME_LEN, f"{what} length")
+    limits.check(f"{what} length", n, "max_name_bytes", offset=at)
+    try:
+        name = bytes(r.take(n, what)).decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise CorruptError(f"{what} is not valid UTF-8", offset=at) from None
+    if not name:
+        raise CorruptError(f"{what} is empty", offset=at)
+    return name
+
+
+@dataclass(frozen=True)
+class TensorAliases:
+    """The tensor-aliases unit (format 1.1): names that share the storage of a tensor unit (tied weights).
+
+    Payload: ``u32 count`` then per alias, ascending by its UTF-8 bytes, ``u16 len | alias | u16 len | target``.
+    """
+
+    aliases: dict[str, str]  #: alias name -> name of the tensor unit whose storage it shares
+
+    def to_bytes(self) -> bytes:
+        out = [struct.pack("<I", len(self.aliases))]
+        for alias in sorted(self.aliases, key=lambda a: a.encode("utf-8")):
+            for name in (alias, self.aliases[alias]):
+                raw = name.encode("utf-8")
+                out.append(_NAME_LEN.pack(len(raw)) + raw)
+        return b"".join(out)
+
+    @classmethod
+    def parse(cls, r: ByteReader, limits: Limits) -> "TensorAliases":
+        at = r.offset
+        (count,) = r.unpack(struct.Struct("<I"), "alias count")
+        if count == 0 or count * _ALIAS_ENTRY_MIN > r.remaining:
+            raise CorruptError(f"{count} aliases cannot fit the {r.remaining} bytes that follow", offset=at)
+        aliases: dict[str, str] = {}
+        previous = b""
+        for _ in range(count):
+            entry_at = r.offset
+            alias, target = _parse_name(r, limits, "alias name"), _parse_name(r, limits, "alias target")
+            if alias.encode("utf-8") <= previous:
+                raise CorruptError(f"alias {alias!r} is not in ascending order or repeated", offset=entry_at)
+            if alias == target:
+                raise CorruptError(f"alias {alias!r} names itself", offset=entry_at)
+            previous = alias.encode("utf-8")
+            aliases[alias] = target
+        r.expect_end("tensor aliases")
+        return cls(aliases)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, UNIT_END, UNIT_MODEL_PARAMETER_SET,
-                                   UNIT_STREAM_HEADER, UNIT_TENSOR)
+                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES)
 from ..decoder import iter_tensors
 from ..dtypes import dtype_by_name
 from ..bitstream.descriptor import CodedTensor
@@ -561,6 +561,61 @@ INVALID.update({
 })
 
 
+# -- format 1.1: the tensor-aliases unit (tied tensors); these vectors go to v1.1/
+_TIED = np.random.default_rng(1101).standard_normal((7, 5)).astype(np.float32)
+
+
+def _tied() -> tuple[bytes, Expected]:
+    bias = np.arange(7, dtype=np.float32)
+    data, _ = Encoder().encode({"emb.weight": _TIED, "head.weight": _TIED, "tok.weight": _TIED, "head.bias": bias})
+    return data, {"emb.weight": _TIED, "head.weight": _TIED, "tok.weight": _TIED, "head.bias": bias}
+
+
+def _alias_entries(*pairs: tuple[bytes, bytes]) -> bytes:
+    return struct.pack("<I", len(pairs)) + b"".join(struct.pack("<H", len(a)) + a + struct.pack("<H", len(t)) + t
+                                                    for a, t in pairs)
+
+
+def _tied_edited(edit: Callable[[list], list]) -> Callable[[], bytes]:
+    def build() -> bytes:
+        header, units = split_units(_tied()[0])
+        units = edit(units)
+        units[-1] = (UNIT_END, 1, 0, struct.pack("<II", len(units) - 1, sum(u[0] == UNIT_TENSOR for u in units)))
+        return join_units(header, units)
+    return build
+
+
+def _replace_aliases(payload: bytes) -> Callable[[list], list]:
+    return lambda units: [(t, f, r, payload if t == UNIT_TENSOR_ALIASES else p) for t, f, r, p in units]
+
+
+def _aliases_after_tensor(units: list) -> list:
+    aliases = next(u for u in units if u[0] == UNIT_TENSOR_ALIASES)
+    rest = [u for u in units if u[0] != UNIT_TENSOR_ALIASES]
+    first_tensor = next(i for i, u in enumerate(rest) if u[0] == UNIT_TENSOR)
+    return rest[:first_tensor + 1] + [aliases] + rest[first_tensor + 1:]
+
+
+_V11_VALID: dict[str, tuple[str, Builder]] = {
+    "tied_tensors": ("two aliases sharing one stored tensor (format 1.1 tensor-aliases unit)", _tied),
+}
+_V11_INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {
+    "alias_target_missing": ("an alias whose target is no tensor of the stream", "CorruptError", _tied_edited(
+        _replace_aliases(_alias_entries((b"head.weight", b"emb.weight"), (b"tok.weight", b"nowhere"))))),
+    "alias_shadows_tensor": ("an alias named like a tensor unit", "CorruptError", _tied_edited(
+        _replace_aliases(_alias_entries((b"head.bias", b"emb.weight"))))),
+    "alias_of_alias": ("an alias whose target is an alias", "CorruptError", _tied_edited(
+        _replace_aliases(_alias_entries((b"head.weight", b"emb.weight"), (b"tok.weight", b"head.weight"))))),
+    "aliases_after_tensor": ("the tensor-aliases unit after a tensor unit", "CorruptError",
+                             _tied_edited(_aliases_after_tensor)),
+    "aliases_out_of_order": ("alias entries not in ascending name order", "CorruptError", _tied_edited(
+        _replace_aliases(_alias_entries((b"tok.weight", b"emb.weight"), (b"head.weight", b"emb.weight"))))),
+}
+VALID.update(_V11_VALID)
+INVALID.update(_V11_INVALID)
+_VERSION_OF = {name: "1.1" for name in (*_V11_VALID, *_V11_INVALID)}
+
+
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:
     got = [(th, arr) for th, arr in iter_tensors(data)]
     names = [th.name for th, _ in got]
@@ -599,7 +654,8 @@ def generate(folder: Path) -> list[str]:
     for name, kind, desc, build, error in jobs:
         if name in existing:
             continue
-        rel = f"v{VERSION}/{kind}/{name}.nnc"
+        version = _VERSION_OF.get(name, VERSION)
+        rel = f"v{version}/{kind}/{name}.nnc"
         path = folder / rel
         if path.exists():
             raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
@@ -611,7 +667,7 @@ def generate(folder: Path) -> list[str]:
             _check_invalid(name, data, error)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, [data])
-        vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
+        vectors.append(Vector(name, version, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
         written.append(name)
     manifest = {"format": "nncodec-conformance", "vectors": [v.to_dict() for v in vectors]}
     write_atomic(folder / MANIFEST, [json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"])

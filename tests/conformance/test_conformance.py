@@ -44,7 +44,7 @@ def test_vectors_cover_the_format():
     assert levels == {1, 2}
     assert {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
             "bfloat16", "float32", "float64"} <= dtypes
-    assert {"topology", "model_parameter_set", "unknown(0x55)"} <= units
+    assert {"topology", "model_parameter_set", "tensor_aliases", "unknown(0x55)"} <= units
     errors = {v.error for v in vectors if v.error}
     assert errors == {"TruncatedError", "BadMagicError", "UnsupportedVersionError", "CorruptError", "ChecksumError",
                       "UnknownUnitError", "LimitExceededError", "UnsupportedFeatureError"}

@@ -28,8 +28,9 @@ def test_format_constants_match_the_spec_tables():
     assert c.MAGIC == b"\x89NNC\r\n\x1a\n" and (c.FORMAT_MAJOR, c.FORMAT_MINOR) == (1, 0)
     assert c.FILE_HEADER.size == 12 and c.UNIT_HEADER.size == 16 and c.UNIT_CRC_COVERED == 12
     assert c.STREAM_HEADER.size == 16 and c.END_OF_STREAM.size == 8 and c.QUANT_DESCRIPTOR.size == 14
-    assert (c.UNIT_STREAM_HEADER, c.UNIT_MODEL_PARAMETER_SET, c.UNIT_TOPOLOGY, c.UNIT_TENSOR, c.UNIT_END) == \
-        (0x01, 0x02, 0x03, 0x10, 0x7F)
+    assert (c.UNIT_STREAM_HEADER, c.UNIT_MODEL_PARAMETER_SET, c.UNIT_TOPOLOGY, c.UNIT_TENSOR_ALIASES, c.UNIT_TENSOR,
+            c.UNIT_END) == (0x01, 0x02, 0x03, 0x04, 0x10, 0x7F)
+    assert c.FORMAT_MINOR_ALIASES == 1
     assert c.SCHEME_NAMES == {0: "none", 1: "uniform", 2: "binary", 3: "modified_binary", 4: "ternary", 5: "po2",
                               6: "float_cast"}
     assert (c.STAGE_ZERO_WORDS, c.STAGE_BITPACK, c.STAGE_SHUFFLE, c.STAGE_ZSTD, c.STAGE_ANS) == (1, 2, 3, 4, 5)

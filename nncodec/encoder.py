@@ -30,7 +30,7 @@ from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, FORMA
 from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .bitstream.pipeline import Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
-from .coding import Ans, BitPack, Rans, Shuffle, ZeroWords, Zstd, ans_available, rans_available, stage_from_config
+from .coding import BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
 from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
 from .dtypes import contiguous as _contiguous
@@ -108,10 +108,8 @@ def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, l
     z = Zstd(level)
     entropy: Stage | None = None
     if word_size <= 2 and (0 < bits < 8 * word_size or word_size == 1):
-        if rans_available():
-            entropy = Rans(word_size, signed)
-        elif ans_available():  # the experimental stage 5, only where numba is missing
-            entropy = Ans(word_size, signed)
+        coders = entropy_stages(word_size)  # registered stages declaring ``entropy``, most preferred first
+        entropy = coders[0](word_size, signed) if coders else None  # type: ignore[call-arg]
     pruned = entropy is not None and n_words >= _ENTROPY_ONLY_WORDS
     cands: list[tuple] = [(), (z,)]
     if word_size > 1:

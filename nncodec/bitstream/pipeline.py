@@ -131,7 +131,7 @@ class Pipeline:
         """For one stage that maps symbols through a table (rANS) on ``word_size``-byte words: decode
         ``table_of(alphabet)[symbol index]`` straight into ``dest`` and return True; else False."""
         stage = self.stages[0] if len(self.stages) == 1 else None
-        if not hasattr(stage, "decode_mapped") or stage.word_size != word_size:
+        if stage is None or not stage.maps_symbols or stage.word_size != word_size:  # type: ignore[attr-defined]
             return False
         stage.decode_mapped(_in_memory(payload), size, table_of, dest)
         return True

@@ -18,7 +18,7 @@ from .bitstream.byte_reader import ByteReader
 from .bitstream.constants import (SCHEME_NONE, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET, UNIT_NAMES,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
-from .bitstream.pipeline import Pipeline
+from .coding.pipeline import Pipeline
 from .bitstream.reader import CodedStream, DeferredPayload, StreamedPayload, UnitReader, open_source
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, UnitHeader, parse_json_object
 from .errors import ConfigError, CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError

@@ -28,7 +28,7 @@ from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, FORMA
                                   SCHEME_UNIFORM, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
 from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
-from .bitstream.pipeline import Pipeline
+from .coding.pipeline import Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
 from .coding import BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
 from .coding.stage import WORD_DTYPES, Stage

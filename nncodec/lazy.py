@@ -19,7 +19,7 @@ import numpy as np
 
 from .bitstream.byte_reader import ByteReader
 from .bitstream.constants import UNIT_CRC_COVERED, UNIT_HEADER, UNIT_HEADER_SIZE
-from .bitstream.pipeline import Pipeline
+from .coding.pipeline import Pipeline
 from .bitstream.reader import open_source
 from .bitstream.units import TensorHeader
 from .decoder import StreamWalker, decode_tensor

@@ -2,7 +2,7 @@
 
 from . import constants
 from .descriptor import QuantDescriptor
-from .pipeline import Pipeline
+from ..coding.pipeline import Pipeline
 from .units import TensorHeader
 
 __all__ = ["constants", "QuantDescriptor", "Pipeline", "TensorHeader"]

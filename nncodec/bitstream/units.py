@@ -15,7 +15,7 @@ from .byte_reader import ByteReader
 from .constants import (END_OF_STREAM, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, PIPELINE_DEFAULT, PROFILE_MAIN, STREAM_HEADER, UNIT_CRC_COVERED,
                         UNIT_HEADER)
 from .descriptor import QuantDescriptor
-from .pipeline import Pipeline
+from ..coding.pipeline import Pipeline
 
 __all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "TensorAliases", "frame_unit",
            "parse_json_object"]

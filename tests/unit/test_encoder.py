@@ -26,7 +26,7 @@ def test_stack_compression_pays_on_sparse_int8_and_never_inflates_dense():
     rng = np.random.default_rng(0)
     sparse = (rng.integers(-127, 128, 100_000) * (rng.random(100_000) < 0.1)).astype(np.int8)
     raw = sparse.view(np.uint8)
-    from nncodec.bitstream.pipeline import Pipeline
+    from nncodec.coding.pipeline import Pipeline
     from nncodec.coding import ZeroWords, Zstd
     chosen, payload = choose_pipeline(raw, 1, 8, True)
     stacked = Pipeline((ZeroWords(1), Zstd(3))).encode(memoryview(raw))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nncodec
-from nncodec.bitstream.pipeline import intermediate_bound
+from nncodec.coding.pipeline import intermediate_bound
 from nncodec.coding import Ans, ans_available
 from nncodec.conformance.vectors import default_vectors_dir, load_manifest
 from nncodec.decoder import StreamWalker

@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from ..coding.shuffle import Shuffle
-from ..coding.stage import Stage, stage_class
-from ..coding.zstd_stage import Zstd
+from ..bitstream.byte_reader import ByteReader
+from ..bitstream.constants import MAX_PIPELINE_STAGES
 from ..errors import ConfigError, CorruptError, FormatError, LimitExceededError
 from ..limits import Limits
-from .byte_reader import ByteReader
-from .constants import MAX_PIPELINE_STAGES
 from .prefetch import prefetched
+from .shuffle import Shuffle
+from .stage import Stage, stage_class
+from .zstd_stage import Zstd
 
 __all__ = ["Pipeline", "intermediate_bound"]
 

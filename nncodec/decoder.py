@@ -80,6 +80,7 @@ class StreamWalker:
         self.topology: dict[str, Any] | None = None
         self.names: set[str] = set()
         self.decoded_bytes = 0
+        self._pipelines: dict[tuple, Pipeline] = {}  # stored entries -> stages, resolved once
         self.aliases: dict[str, str] = {}  #: alias name -> target tensor name (the tensor-aliases unit)
         self._aliases_seen = False
 
@@ -142,6 +143,7 @@ class StreamWalker:
                     if th.pipeline is None and self.default_pipeline is None:
                         raise CorruptError(f"tensor {th.name!r} uses a default pipeline but no model parameter "
                                            "set came before it")
+                    self.pipeline_of(th)  # its stages exist and their params are valid
                     nbytes = th.numel * th.dtype.itemsize
                     self.decoded_bytes += nbytes
                     self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
@@ -172,7 +174,12 @@ class StreamWalker:
             raise TruncatedError("stream ends without an end-of-stream unit", offset=self.reader.position)
 
     def pipeline_of(self, th: TensorHeader) -> Pipeline:
-        return th.pipeline if th.pipeline is not None else self.default_pipeline  # type: ignore[return-value]
+        """The stages of ``th``: its own entries resolved through the stage registry, or the default."""
+        if th.pipeline is None:
+            return self.default_pipeline  # type: ignore[return-value]
+        if th.pipeline not in self._pipelines:
+            self._pipelines[th.pipeline] = Pipeline.from_entries(th.pipeline)
+        return self._pipelines[th.pipeline]
 
 
 def decode_tensor(th: TensorHeader, coded: "memoryview | CodedStream", pipeline: Pipeline, limits: Limits,

@@ -291,7 +291,7 @@ class Encoder:
             pipeline, payload = self.pipeline, self.pipeline.encode(memoryview(words))
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
-        header = TensorHeader(name, dtype, shape, desc, pipeline)
+        header = TensorHeader(name, dtype, shape, desc, pipeline.entries())
         unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(payload)
         numel = math.prod(shape)
         report = TensorReport(name, dtype.name, list(shape), desc.scheme_name,

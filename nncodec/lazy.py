@@ -114,7 +114,7 @@ class StreamFile:
             payload = memoryview(self._checked(e.offset, head, e.length, crc))
             r = ByteReader(payload, base_offset=e.offset + UNIT_HEADER_SIZE)
             th = TensorHeader.parse(r, self.limits)
-            pipeline = th.pipeline if th.pipeline is not None else self._default
+            pipeline = Pipeline.from_entries(th.pipeline) if th.pipeline is not None else self._default
             if th.name != name or pipeline is None:  # the file changed since it was scanned
                 raise CorruptError(f"the unit of tensor {name!r} changed since the stream was opened")
             return decode_tensor(th, r.rest(), pipeline, self.limits)

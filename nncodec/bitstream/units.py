@@ -12,15 +12,45 @@ from ..dtypes import DType, dtype_by_id
 from ..errors import CorruptError, UnsupportedFeatureError
 from ..limits import Limits
 from .byte_reader import ByteReader
-from .constants import (END_OF_STREAM, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, PIPELINE_DEFAULT, PROFILE_MAIN, STREAM_HEADER, UNIT_CRC_COVERED,
-                        UNIT_HEADER)
+from .constants import (END_OF_STREAM, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, MAX_PIPELINE_STAGES, PIPELINE_DEFAULT,
+                        PROFILE_MAIN, STREAM_HEADER, UNIT_CRC_COVERED, UNIT_HEADER)
 from .descriptor import QuantDescriptor
-from ..coding.pipeline import Pipeline
 
-__all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "TensorAliases", "frame_unit",
-           "parse_json_object"]
+__all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "TensorAliases", "StageEntry",
+           "parse_stage_entries", "stage_entries_bytes", "frame_unit", "parse_json_object"]
 
 _DIM = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    """One pipeline entry as stored (FORMAT.md §4): the stage id and its raw params. What they mean is the
+    stage registry's business (``nncodec.coding``), not the wire layer's."""
+
+    stage_id: int
+    params: bytes
+    offset: int = field(default=0, compare=False)  #: file offset of the entry, for errors
+
+
+def parse_stage_entries(r: ByteReader, count: int) -> tuple[StageEntry, ...]:
+    """``count`` pipeline entries (``u8 stage_id | u8 params_length | params``), bounds-checked."""
+    if count > MAX_PIPELINE_STAGES:
+        raise CorruptError(f"pipeline has {count} stages, at most {MAX_PIPELINE_STAGES} allowed", offset=r.offset)
+    entries = []
+    for _ in range(count):
+        at = r.offset
+        stage_id = r.u8("stage id")
+        plen = r.u8("stage params length")
+        entries.append(StageEntry(stage_id, bytes(r.take(plen, "stage params")), at))
+    return tuple(entries)
+
+
+def stage_entries_bytes(entries: "tuple[StageEntry, ...]") -> bytes:
+    """``u8 count`` and the entries, as a tensor header or a model parameter set stores them."""
+    out = bytearray([len(entries)])
+    for e in entries:
+        out += bytes([e.stage_id, len(e.params)]) + e.params
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -164,7 +194,7 @@ class TensorHeader:
     dtype: DType
     shape: tuple[int, ...]
     quant: QuantDescriptor
-    pipeline: Pipeline | None  #: None: the model parameter set's default pipeline
+    pipeline: "tuple[StageEntry, ...] | None"  #: stored stage entries; None: the model parameter set's
 
     @property
     def numel(self) -> int:
@@ -178,7 +208,7 @@ class TensorHeader:
         out = struct.pack("<H", len(name)) + name + struct.pack("<BB", self.dtype.id, len(self.shape))
         out += b"".join(_DIM.pack(d) for d in self.shape)
         out += self.quant.to_bytes()
-        out += bytes([PIPELINE_DEFAULT]) if self.pipeline is None else self.pipeline.to_bytes()
+        out += bytes([PIPELINE_DEFAULT]) if self.pipeline is None else stage_entries_bytes(self.pipeline)
         return out
 
     @classmethod
@@ -210,5 +240,5 @@ class TensorHeader:
                              "max_tensor_elements", offset=dt_at)
         quant = QuantDescriptor.parse(r, dtype, tuple(shape))
         count = r.u8("pipeline stage count")
-        pipeline = None if count == PIPELINE_DEFAULT else Pipeline.parse_entries(r, count)
+        pipeline = None if count == PIPELINE_DEFAULT else parse_stage_entries(r, count)
         return cls(name, dtype, tuple(shape), quant, pipeline)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..bitstream.byte_reader import ByteReader
-from ..bitstream.constants import MAX_PIPELINE_STAGES
+from ..bitstream.units import StageEntry, parse_stage_entries, stage_entries_bytes
 from ..errors import ConfigError, CorruptError, FormatError, LimitExceededError
 from ..limits import Limits
 from .prefetch import prefetched
@@ -39,28 +39,28 @@ class Pipeline:
 
     stages: tuple[Stage, ...] = ()
 
+    def entries(self) -> "tuple[StageEntry, ...]":
+        """The stages as stored pipeline entries."""
+        return tuple(StageEntry(st.stage_id, st.params()) for st in self.stages)
+
     def to_bytes(self) -> bytes:
-        out = bytearray([len(self.stages)])
-        for st in self.stages:
-            params = st.params()
-            out += bytes([st.stage_id, len(params)]) + params
-        return bytes(out)
+        return stage_entries_bytes(self.entries())
+
+    @classmethod
+    def from_entries(cls, entries: "tuple[StageEntry, ...]") -> "Pipeline":
+        """The stages of stored entries, through the stage registry (unknown id: ``UnsupportedFeatureError``;
+        bad params: ``CorruptError``; both located at the entry)."""
+        stages = []
+        for e in entries:
+            try:
+                stages.append(stage_class(e.stage_id).from_params(e.params))
+            except FormatError as exc:
+                raise exc.located(offset=e.offset) from None
+        return cls(tuple(stages))
 
     @classmethod
     def parse_entries(cls, r: ByteReader, count: int) -> "Pipeline":
-        if count > MAX_PIPELINE_STAGES:
-            raise CorruptError(f"pipeline has {count} stages, at most {MAX_PIPELINE_STAGES} allowed", offset=r.offset)
-        stages = []
-        for _ in range(count):
-            at = r.offset
-            stage_id = r.u8("stage id")
-            plen = r.u8("stage params length")
-            params = r.take(plen, "stage params")
-            try:
-                stages.append(stage_class(stage_id).from_params(params))
-            except FormatError as exc:
-                raise exc.located(offset=at) from None
-        return cls(tuple(stages))
+        return cls.from_entries(parse_stage_entries(r, count))
 
     def encode(self, words: bytes | memoryview) -> bytes:
         """The coded payload of ``words``; :class:`ConfigError` when a stage's output that feeds another

@@ -67,3 +67,36 @@ def test_the_facade_returns_only_types_it_exports():
     with nncodec.open(data) as f:
         assert isinstance(f, nncodec.StreamFile) and isinstance(f.header("a"), nncodec.TensorHeader)
     assert all(isinstance(th, nncodec.TensorHeader) for th, _ in nncodec.iter_tensors(data))
+
+
+def _imports_of(path):
+    """Modules a source file imports, as absolute ``nncodec...`` names (relative imports resolved)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(nncodec.__file__).parent
+    package = ["nncodec", *path.parent.relative_to(root).parts]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            found.add(".".join([*base, *(node.module.split(".") if node.module else [])]))
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m.startswith("nncodec")}
+
+
+def test_layers_import_only_downwards():
+    """The wire layer (bitstream) imports nothing above it; the stages (coding) only the wire layer; the
+    quantizers' export does not reach up into the encoder."""
+    from pathlib import Path
+
+    root = Path(nncodec.__file__).parent
+    foundation = {"nncodec.errors", "nncodec.limits", "nncodec.dtypes"}
+    for layer, allowed in (("bitstream", {"nncodec.bitstream"}), ("coding", {"nncodec.bitstream", "nncodec.coding"})):
+        for path in (root / layer).glob("*.py"):
+            bad = {m for m in _imports_of(path) if m not in foundation
+                   and not any(m == a or m.startswith(a + ".") for a in allowed)}
+            assert not bad, f"{path.name} imports {bad}"
+    assert not {m for m in _imports_of(root / "quant" / "export.py")
+                if m.startswith(("nncodec.encoder", "nncodec.decoder", "nncodec.torch_io"))}

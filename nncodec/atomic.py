@@ -15,18 +15,24 @@ __all__ = ["write_atomic", "atomic_file"]
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A binary file (seekable) that becomes ``path`` when the block ends without an error; on an error it
-    is removed and ``path`` keeps its old content."""
+    is removed and ``path`` keeps its old content. An :class:`OSError` names ``path`` (not the temporary
+    file beside it)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
 
 
@@ -36,3 +42,8 @@ def write_atomic(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> Path:
         for chunk in chunks:
             f.write(chunk)
     return Path(path)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same kind of error, about ``path``."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))

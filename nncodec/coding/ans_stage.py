@@ -86,6 +86,12 @@ class Ans(SymbolStage):
     stage_id = STAGE_ANS
     codec_id = "ans"
     word_sizes = (1, 2, 4)
+    entropy = True
+    preference = 1  # chosen only where stage 6's C kernels are not built
+
+    @classmethod
+    def available(cls) -> bool:
+        return ans_available()
 
     def encode(self, data: memoryview) -> bytes:
         c = _constriction()

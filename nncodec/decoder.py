@@ -253,24 +253,27 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     An alias (tied tensor, FORMAT.md §3.7) is yielded right after its target, as the target's array
     itself under a header that carries the alias name; ``destination`` is not asked for it.
     """
-    walkers: list[StreamWalker] = []
-    for th, arr in _iter_units(src, limits, destination, workers, walkers):
-        yield th, arr
-        for alias in walkers[0].aliases_of(th.name):
-            yield replace(th, name=alias), arr
-
-
-def _iter_units(src: Source, limits: Limits, destination: DestinationFn | None, workers: int | None,
-                walkers: list[StreamWalker]) -> Iterator[tuple[TensorHeader, np.ndarray]]:
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     f, owned = open_source(src)  # type: ignore[arg-type]
+    try:
+        walker = StreamWalker(f, limits)
+        for th, arr in _decode_units(walker, destination, workers):
+            yield th, arr
+            for alias in walker.aliases_of(th.name):
+                yield replace(th, name=alias), arr
+    finally:
+        if owned:
+            f.close()
+
+
+def _decode_units(walker: StreamWalker, destination: DestinationFn | None,
+                  workers: int) -> Iterator[tuple[TensorHeader, np.ndarray]]:
+    """The tensors of ``walker``'s stream in order, ``workers`` units decoding at once."""
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nncodec-decode") if workers > 1 else None
     pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()  # with coded bytes
     try:
-        walker = StreamWalker(f, limits)
-        walkers.append(walker)
         units = walker.tensor_units()
         while True:
             try:
@@ -297,8 +300,6 @@ def _iter_units(src: Source, limits: Limits, destination: DestinationFn | None, 
             for _, fut, _ in pending:
                 fut.cancel()
             pool.shutdown(wait=True)
-        if owned:
-            f.close()
 
 
 def _settle(pending: "deque[tuple[TensorHeader, Future[np.ndarray], int]]", units: int = 0,

@@ -137,3 +137,17 @@ def test_cli_energy_defaults_json_and_plot(tmp_path, capsys):
                  "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["layers"]
     assert rows[0]["operator"] == "mux"
+
+
+def test_shifter_matches_qtools_for_po2_weights():
+    """QTools' shifter: gate bits B*log10(B), B = sqrt(2**bits_po2 * bits_x); product bits from its get_exp
+    (right 2**(n-1), left capped by max_value), which for quantized_po2(4, 1) is 8 + 4 + 0 = 12 bits."""
+    import math
+
+    po2, x8 = qtype("quantized_po2(4,1)"), qtype("quantized_bits(8,0,1)")
+    mult = make_multiplier(po2, x8)
+    b = math.sqrt(2 ** 4 * 8)
+    assert mult.operator == "shifter" and mult.gate_bits == pytest.approx(b * math.log10(b))
+    assert mult.output.bits == 12
+    assert make_multiplier(qtype("quantized_po2(4)"), x8).output.bits == 8 + 4 + 3
+    assert make_multiplier(qtype("quantized_relu_po2(4,2)"), x8).output.bits == 8 + 8 + 1

@@ -79,10 +79,14 @@ class EnergyReport:
     mode: str
     settings: dict[str, Any] = field(default_factory=dict)
     measured_pj: float | None = None
+    memory: Any = None   #: a MemoryReport when asked for (``memory=True``)
 
     def to_json(self) -> str:
-        return json.dumps({"total_pj": self.total_pj, "measured_pj": self.measured_pj, "mode": self.mode,
-                           "settings": self.settings, "layers": [asdict(r) for r in self.layers]}, indent=2)
+        out = {"total_pj": self.total_pj, "measured_pj": self.measured_pj, "mode": self.mode,
+               "settings": self.settings, "layers": [asdict(r) for r in self.layers]}
+        if self.memory is not None:
+            out["memory"] = asdict(self.memory)
+        return json.dumps(out, indent=2)
 
     def table(self) -> str:
         head = (f"{'layer':14s} {'kind':10s} {'operator':10s} {'ops':>10s} {'inputs':>11s} {'params':>11s} "
@@ -202,7 +206,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                     activations_memory: str = "sram", min_sram_size: float = 0, io_traffic: bool = False,
                     source_quantizer: str = "int8", sparsity_aware: bool = False,
                     op_costs: "OpCosts | dict | str | Path | None" = None,
-                    measure: Callable[[nn.Module, Any], float] | None = None) -> EnergyReport:
+                    measure: Callable[[nn.Module, Any], float] | None = None, memory: bool = False,
+                    accumulation_batches: int = 1) -> EnergyReport:
     """Estimate the inference energy of ``model`` for one example, pJ, from its ``torch.export`` graph.
 
     ``example_inputs``: an input shape without the batch dimension (float zeros, batch 1), a tensor, or a
@@ -214,8 +219,14 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs through DRAM.
     ``sparsity_aware`` skips the MACs and weight reads of zero weights. ``op_costs`` replaces the
     Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model, example_inputs)`` is
-    called once and its value reported as ``measured_pj`` (a cost from real hardware).
+    called once and its value reported as ``measured_pj`` (a cost from real hardware). ``memory`` adds a
+    :class:`~nncodec.energy.memory.MemoryReport` as ``report.memory`` (peak activation memory in the graph's
+    order and in the best order of its branches; ``accumulation_batches`` > 1 prices batched accumulation).
     """
+    if not isinstance(accumulation_batches, int) or accumulation_batches < 1:
+        raise ConfigError(f"accumulation_batches must be a positive int, got {accumulation_batches!r}")
+    if accumulation_batches > 1 and not memory:
+        raise ConfigError("accumulation_batches applies to the memory report: pass memory=True")
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     if weights_memory not in _MEMORIES or activations_memory not in _MEMORIES[:2]:
@@ -229,6 +240,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     ops = capture_graph(model, example_inputs)
     out_type: dict[str, QType] = {}
     rows: list[LayerEnergy] = []
+    accumulators: dict[str, tuple[int, int]] = {}
 
     def rnd(v: float) -> float:
         return v if exact else float(f"{v:.2f}")
@@ -277,6 +289,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                 c1 = mult.cost(costs, as_type=acc_override) if acc_override is not None else mult.cost(costs)
                 c2 = _fixed_or_float_add(costs, acc_t)
                 acc_bits = acc_t.bits
+                accumulators[op.name] = (fan_in, mult.output.bits)
                 cost = ops_n * density * (c1 + c2)
                 if op.elementwise:
                     cost += _elementwise_cost(op.elementwise, acc_t, costs)
@@ -292,6 +305,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             if op.elementwise:
                 cost += _elementwise_cost(op.elementwise, acc_t, costs)
             acc_bits = acc_t.bits
+            accumulators[op.name] = (op.fan_in, mult.output.bits)
             this_out = resolver.activation(op.module, None) if (resolver.ref or resolver.plan_activation(op.module)) \
                 else (acc_t if acc_t.is_float else _Resolver.INT32)
         elif kind == "activation":
@@ -344,6 +358,12 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
         "sparsity_aware": sparsity_aware})
     if measure is not None:
         report.measured_pj = float(measure(model, example_inputs))
+    if memory:
+        from .memory import memory_report
+
+        report.memory = memory_report(ops, {name: t.bits for name, t in out_type.items()},
+                                      accumulation_batches=accumulation_batches, accumulators=accumulators,
+                                      costs=costs)
     return report
 
 

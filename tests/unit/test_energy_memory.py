@@ -50,3 +50,29 @@ def test_batched_accumulation_narrows_accumulators_at_a_rescaling_cost():
     assert r.memory.rescale_pj > 0
     with pytest.raises(ConfigError):
         estimate_energy(model, (16, 6, 6), accumulation_batches=4)
+
+
+def test_cli_energy_with_example_tensors_and_memory(tmp_path, capsys):
+    import json
+
+    from nncodec.cli import main
+
+    model_file = tmp_path / "tiny.py"
+    model_file.write_text("import torch\nfrom torch import nn\n"
+                          "class M(nn.Module):\n"
+                          "    def __init__(self):\n        super().__init__()\n"
+                          "        self.emb = nn.Embedding(50, 8)\n        self.fc = nn.Linear(8, 2)\n"
+                          "    def forward(self, ids, mask):\n"
+                          "        return self.fc((self.emb(ids) * mask.unsqueeze(-1)).mean(1))\n"
+                          "def build():\n    return M()\n")
+    example = tmp_path / "example.pt"
+    torch.save((torch.randint(0, 50, (1, 6)), torch.ones(1, 6)), example)
+    assert main(["energy", "--model", f"{model_file}:build", "--example", str(example), "--json", "--memory"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    kinds = {r["name"]: r["kind"] for r in out["layers"]}
+    assert kinds["emb"] == "embedding" and kinds["fc"] == "dense" and "mul" in kinds.values()
+    assert out["memory"]["graph_peak_bits"] >= out["memory"]["best_peak_bits"] > 0
+    bad = tmp_path / "bad.pt"
+    torch.save({"ids": torch.zeros(1)}, bad)
+    assert main(["energy", "--model", f"{model_file}:build", "--example", str(bad)]) != 0
+    assert "must hold a tensor or a tuple of tensors" in capsys.readouterr().err

@@ -228,7 +228,8 @@ def _cmd_energy(args: argparse.Namespace) -> int:
                              weights_memory=args.weights_memory, activations_memory=args.activations_memory,
                              min_sram_size=args.min_sram_size, io_traffic=args.io_traffic,
                              sparsity_aware=args.sparsity_aware, op_costs=args.op_costs, memory=args.memory,
-                             accumulation_batches=args.accumulation_batches)
+                             accumulation_batches=args.accumulation_batches, conv_algorithm=args.conv_algorithm,
+                             activation_sparsity=args.activation_sparsity)
     print(report.to_json() if args.json else report.table())
     if args.memory and not args.json:
         print(report.memory.table())
@@ -364,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--memory", action="store_true", help="print the memory report (peak activation memory, "
                     "best branch order)")
     en.add_argument("--accumulation-batches", type=int, default=1, help="with --memory: accumulate in K batches")
+    en.add_argument("--conv-algorithm", choices=["direct", "winograd"], default="direct",
+                    help="winograd: 3x3 stride-1 convs as F(2x2,3x3)")
+    en.add_argument("--activation-sparsity", type=float, metavar="T",
+                    help="skip MACs of zero inputs where the measured zero fraction is >= T (0..1)")
     en.add_argument("--plan", help="plan JSON (per-layer kernel/bias/activation quantizers)")
     en.add_argument("--reference", metavar="W,ACC", help="cost the reference model instead, e.g. int8,int16")
     en.add_argument("--mode", choices=["qtools", "corrected"], default="qtools")

@@ -168,3 +168,33 @@ def test_plans_that_match_nothing_are_errors():
         estimate_energy(model, (8, 16, 16), {"layer": {"conv1": {"kernel": "ternary"}}})
     with pytest.raises(ConfigError, match="example_inputs"):
         estimate_energy(model, "8,16,16")
+
+
+def test_winograd_counts_fewer_multiplies_plus_transform_adds():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2))
+    direct = {r.name: r for r in estimate_energy(model, (4, 8, 8), mode="corrected").layers}
+    wino = {r.name: r for r in estimate_energy(model, (4, 8, 8), mode="corrected", conv_algorithm="winograd").layers}
+    tiles = 4 * 4  # 8x8 outputs in 2x2 tiles
+    assert wino["0"].operations == tiles * 16 * 4 * 8 and direct["0"].operations == 64 * 9 * 4 * 8
+    per_mac = direct["0"].op_cost / direct["0"].operations
+    acc = direct["0"].accumulator_bits
+    transform = tiles * (32 * 4 * 0.003125 * (8 + 2) + 24 * 8 * 0.003125 * acc)
+    assert wino["0"].op_cost == pytest.approx(wino["0"].operations * per_mac + transform)
+    assert wino["0"].op_cost < direct["0"].op_cost
+    assert wino["2"].operations == direct["2"].operations  # stride 2: not a Winograd F(2x2, 3x3) conv
+    with pytest.raises(ConfigError, match="winograd"):
+        estimate_energy(nn.Sequential(nn.Linear(4, 2)), (4,), conv_algorithm="winograd")
+
+
+def test_activation_sparsity_measured_on_the_example_skips_zero_inputs():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(1, 16)
+    zeros = float((model[1](model[0](x)) == 0).float().mean())
+    assert 0 < zeros < 1
+    base = {r.name: r for r in estimate_energy(model, x, mode="corrected").layers}
+    sparse = {r.name: r for r in estimate_energy(model, x, mode="corrected", activation_sparsity=0.1).layers}
+    assert sparse["2"].input_zero_fraction == pytest.approx(zeros)
+    assert sparse["2"].op_cost == pytest.approx(base["2"].op_cost * (1 - zeros))
+    assert sparse["0"].op_cost == base["0"].op_cost  # a dense random input has no zeros
+    above = estimate_energy(model, x, mode="corrected", activation_sparsity=0.999).layers
+    assert {r.name: r for r in above}["2"].op_cost == base["2"].op_cost  # below the threshold: no skipping

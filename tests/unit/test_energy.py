@@ -151,3 +151,20 @@ def test_shifter_matches_qtools_for_po2_weights():
     assert mult.output.bits == 12
     assert make_multiplier(qtype("quantized_po2(4)"), x8).output.bits == 8 + 4 + 3
     assert make_multiplier(qtype("quantized_relu_po2(4,2)"), x8).output.bits == 8 + 8 + 1
+
+
+@pytest.mark.parametrize("plan, settings, total", [
+    (None, {}, 5540.0),
+    (None, {"mode": "corrected", "min_sram_size": 2 ** 20}, 6172.7887070802235),
+    (None, {"weights_memory": "dram", "min_sram_size": 2 ** 27}, 145292.0),
+    (None, {"reference": ("int8", "int16"), "min_sram_size": 2 ** 27}, 5519.0),
+    ({"default": {"kernel": "quantized_bits(4,0,1)", "activation": "quantized_relu(4)"}}, {}, 953.0),
+    ({"default": {"kernel": "ternary", "bias": "quantized_bits(8,3,1)"}}, {"mode": "corrected", "min_sram_size": 2 ** 20},
+     1806.692602686),
+])
+def test_sequential_models_keep_the_totals_of_the_module_hook_estimator(plan, settings, total):
+    """Totals pinned from the previous estimator (forward hooks on leaf modules), which the graph path replaces:
+    for sequential models both see the same layers, so the numbers must not move."""
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU6(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 3 * 3, 4), nn.Softmax(dim=1))
+    assert estimate_energy(model, (8, 8, 8), plan, **settings).total_pj == pytest.approx(total, rel=1e-12)

@@ -1,4 +1,5 @@
-"""Energy of a torch model, per layer and in total (seed 003 eq. 1, QTools' accounting).
+"""Energy of a torch model, per operation and in total (seed 003 eq. 1, QTools' accounting), on its
+``torch.export`` graph (:mod:`nncodec.energy.graph`): every operation is costed and attributed to its module.
 
 Two modes:
 
@@ -6,13 +7,14 @@ Two modes:
   (``ceil(bits/64)`` words at ``P(log2(max(T, min_sram_size)))`` each), each term is rounded to 2
   decimals and the total is truncated to an integer; depthwise convs use QTools' fan-in (k*k*C_in).
 - ``"corrected"`` counts SRAM per bit (``bits/64`` words, no ceiling), uses the true depthwise fan-in
-  (k*k), costs pooling as additions, and does not round.
+  (k*k), costs pooling, norms and copies, and does not round.
 
-The model total sums, per layer class, what QTools sums: conv / dense / flatten / pooling: inputs +
-parameters + op cost; activations: outputs; batch-norm: parameters. Layers a plan (or the model's
-fake-quant modules) leave unquantized use int8 weights and int32 accumulators and outputs. With
-``reference=(weights, accumulators)`` every weight is at the reference type and every product,
-accumulator and stored activation at the accumulator type (the seed's reference model).
+The model total sums, per kind, what QTools sums: conv / dense / flatten / pooling (and the kinds QTools
+does not have: matmul, attention, embedding, norm, add, mul, recurrent): inputs + parameters + op cost;
+activations: outputs; batch-norm: parameters. Layers a plan (or the model's fake-quant modules) leave
+unquantized use int8 weights and int32 accumulators and outputs. With ``reference=(weights,
+accumulators)`` every weight is at the reference type and every product, accumulator and stored
+activation at the accumulator type (the seed's reference model).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def memory_report(ops: "list[GraphOp]", bits_of: dict[str, int], *, accumulation
     graph_peak = _peak(names, size, readers, inputs, graph_inputs)
     best, exact = _best_order(names, size, readers, inputs, graph_inputs, max_states)
     best_peak = _peak(best, size, readers, inputs, graph_inputs)
-    if best_peak > graph_peak:
+    if best_peak >= graph_peak:  # no gain: keep the graph's own order
         best, best_peak = names, graph_peak
     report = MemoryReport(names, graph_peak, best, best_peak, exact, accumulation_batches)
     if accumulation_batches > 1 and accumulators:

@@ -416,7 +416,9 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     if memory:
         from .memory import memory_report
 
-        report.memory = memory_report(ops, {name: t.bits for name, t in out_type.items()},
+        bits_of = {src: source.bits for op in ops for src in op.inputs if src.startswith("input:")}
+        bits_of.update({name: t.bits for name, t in out_type.items()})
+        report.memory = memory_report(ops, bits_of,
                                       accumulation_batches=accumulation_batches, accumulators=accumulators,
                                       costs=costs)
     return report

@@ -272,7 +272,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     resolver = _Resolver(plan, reference)
     source = qtype(source_quantizer)
     program: list = []
-    ops = capture_graph(model, example_inputs, program=program)
+    ops = capture_graph(model, example_inputs, program=program, weight_quantizers=activation_sparsity is not None)
     zeros: dict[str, float] = {}
     if activation_sparsity is not None:
         zeros = zero_fractions(program[0], example_inputs, {op.args["input_node"] for op in ops

@@ -168,3 +168,16 @@ def test_sequential_models_keep_the_totals_of_the_module_hook_estimator(plan, se
     model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU6(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 3 * 3, 4), nn.Softmax(dim=1))
     assert estimate_energy(model, (8, 8, 8), plan, **settings).total_pj == pytest.approx(total, rel=1e-12)
+
+
+def test_fake_quant_models_keep_their_quantizers_after_export(seed_model):
+    qm = quantize_model(seed_model, {"default": {"kernel": "ternary(alpha='auto')", "bias": "quantized_bits(8,2,1)"},
+                                     "layers": {"act*": {"activation": "quantized_relu(4)"}}})
+    plan_total = estimate_energy(seed_model, (1, 28, 28), {"default": {"kernel": "ternary(alpha='auto')",
+                                                                       "bias": "quantized_bits(8,2,1)"},
+                                                           "layers": {"act*": {"activation": "quantized_relu(4)"}}},
+                                 **SEED_SETTING).total_pj
+    assert estimate_energy(qm, (1, 28, 28), **SEED_SETTING).total_pj == plan_total
+    # the export switches weight quantizers off while tracing (their ops are not costed) and restores them
+    assert qm.conv2d_1_m.kernel_quantizer.spec() == "ternary(alpha='auto')"
+    assert qm.conv2d_1_m.bias_quantizer is not None

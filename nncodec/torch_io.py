@@ -77,6 +77,11 @@ def to_torch(storage: np.ndarray, dtype: DType) -> torch.Tensor:
     return torch.from_numpy(storage)
 
 
+#: options of the rate–distortion encode (:mod:`nncodec.tuning`, :mod:`nncodec.rd_encode`)
+_RD_OPTIONS = ("calibration", "forward", "rounding", "rate_lambda", "damp", "target_fidelity",
+               "target_bits_per_param", "fidelity")
+
+
 def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
                        topology: "bool | str | Mapping | None" = "auto", quantized: bool = True,
                        **options: Any) -> tuple[bytes | Path, EncodeReport]:
@@ -87,6 +92,10 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     the float weights the layers train. ``topology``: ``"auto"`` records the module tree when it can be
     described (so :func:`load_model` can rebuild it), ``True`` requires it (an unsupported module is an
     error naming it), ``False``/None records none; a dict is stored as given.
+
+    Rate–distortion options (:mod:`nncodec.tuning`): ``calibration`` batches with ``forward``,
+    ``rounding="gptq"``, ``rate_lambda``, ``target_fidelity`` / ``target_bits_per_param`` (with
+    ``fidelity``). ``base``: code only the differences from a base model (:mod:`nncodec.delta`).
     """
     from .topology import TopologyError, describe
 
@@ -101,6 +110,16 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
                 raise
     elif topology is True:
         raise ConfigError("topology=True needs an nn.Module to describe")
+    rd = {k: options.pop(k) for k in _RD_OPTIONS if k in options}
+    base = options.pop("base", None)
+    if base is not None:
+        from .delta import encode_delta
+
+        return encode_delta(obj, base, dst, topo, quantized, options, rd)
+    if rd:
+        from .tuning import encode_rd
+
+        return encode_rd(obj, tensors_from(obj, quantized), dst, topo, options, **rd)
     return Encoder(**options).encode(tensors_from(obj, quantized), dst, topo)
 
 

@@ -2,8 +2,8 @@
 
 The grid stays the uniform one of :mod:`nncodec.quant.uniform` (``value = code * step``), so decoding does
 not change. What changes is which grid point an element takes: besides the nearest code ``k = round(x/s)``
-the quantizer may take its neighbour towards zero, ``k - sign(k)``, when that saves more rate than it
-costs in distortion. The cost of code ``q`` for element ``x`` is
+the quantizer may take its neighbour towards zero, ``k - sign(k)``, or zero itself, when that saves more
+rate than it costs in distortion. The cost of code ``q`` for element ``x`` is
 
     J(q) = (x / s - q)**2 + λ * bits(q)
 
@@ -11,8 +11,8 @@ costs in distortion. The cost of code ``q`` for element ``x`` is
 codes, the model the rANS entropy stage codes with (within 1 % of its output). The distribution depends on
 the choices, so the choice and the model are iterated a few times (the classic ECSQ iteration).
 
-With λ = 0 this is plain rounding. With λ > 0 an element's error is below 1.5 steps (one grid point
-beyond the nearest); the step and λ together set the operating point.
+With λ = 0 this is plain rounding. With λ > 0 an element's error is at most 1.5 steps, or ``|x|`` when it
+is coded as zero; the step and λ together set the operating point.
 """
 
 from __future__ import annotations
@@ -62,15 +62,19 @@ class CodeRate:
 
 
 def choose(scaled: np.ndarray, rate: CodeRate | None, lam: float, qmin: int, qmax: int) -> np.ndarray:
-    """The cheaper of ``round(scaled)`` and its neighbour towards zero under ``J`` (plain rounding when
+    """The cheapest of ``round(scaled)``, its neighbour towards zero and zero under ``J`` (plain rounding when
     ``lam`` is 0 or there is no rate model); clipped to ``[qmin, qmax]``. ``scaled`` is ``x / step``."""
     near = np.clip(np.rint(scaled), qmin, qmax)
     if lam <= 0 or rate is None:
         return near.astype(np.int64)
-    toward = near - np.sign(near)
-    j_near = (scaled - near) ** 2 + lam * rate.bits(near)
-    j_toward = (scaled - toward) ** 2 + lam * rate.bits(toward)
-    return np.where(j_toward < j_near, toward, near).astype(np.int64)
+    best = near
+    j_best = (scaled - near) ** 2 + lam * rate.bits(near)
+    for cand in (near - np.sign(near), np.zeros_like(near)):
+        j = (scaled - cand) ** 2 + lam * rate.bits(cand)
+        take = j < j_best
+        best = np.where(take, cand, best)
+        j_best = np.where(take, j, j_best)
+    return best.astype(np.int64)
 
 
 def ecsq_codes(x: np.ndarray, step: "float | np.ndarray", lam: float, *, qmin: int = -(1 << 31) + 1,

@@ -13,7 +13,7 @@ import torch
 from .decoder import Source, iter_tensors
 from .dtypes import DType, dtype_by_name
 from .encoder import CodedTensor, EncodeReport, Encoder, numpy_storage
-from .errors import ConfigError
+from .errors import ConfigError, UnknownUnitError
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["tensors_from", "to_torch", "encode", "encode_with_report", "decode", "load_into", "load_model", "save",
@@ -128,13 +128,26 @@ def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) 
     return encode_with_report(obj, dst, **options)[0]
 
 
-def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
-    """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order."""
-    return {th.name: to_torch(arr, th.dtype) for th, arr in iter_tensors(src, limits=limits)}
+def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, base: Any = None) -> dict[str, torch.Tensor]:
+    """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order. A delta stream needs the
+    ``base`` it was encoded against (:mod:`nncodec.delta`)."""
+    if base is not None:
+        from .delta import decode_delta_arrays
+
+        return {n: to_torch(arr, dt) for n, (arr, dt) in decode_delta_arrays(src, base, limits=limits).items()}
+    try:
+        return {th.name: to_torch(arr, th.dtype) for th, arr in iter_tensors(src, limits=limits)}
+    except UnknownUnitError as exc:
+        from .delta import UNIT_BASE_REFERENCE
+
+        if f"{UNIT_BASE_REFERENCE:#04x}" not in exc.reason:
+            raise
+        raise UnknownUnitError(f"{exc.reason}: a delta stream (base reference); decode it with base=",
+                               unit_index=exc.unit_index, offset=exc.offset) from None
 
 
 def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
-              limits: Limits = DEFAULT_LIMITS, workers: int = 1) -> list[str]:
+              limits: Limits = DEFAULT_LIMITS, workers: int = 1, base: Any = None) -> list[str]:
     """Decode a stream unit by unit straight into ``module``'s parameters and buffers.
 
     One unit at a time by default, for the least memory; ``workers > 1`` decodes several at once
@@ -145,6 +158,10 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
     that the module does not have (an error when ``strict``). With ``strict``, names of the module
     missing from the stream are an error too. On error the module may be partly updated.
     """
+    if base is not None:  # a delta stream: rebuilt whole, then loaded
+        decoded = decode(src, limits=limits, base=base)
+        result = module.load_state_dict(decoded, strict=strict)
+        return list(result.unexpected_keys)
     targets = module.state_dict(keep_vars=False)
     unexpected: list[str] = []
     loaded: set[str] = set()

@@ -28,6 +28,7 @@ from ..decoder import iter_tensors
 from ..dtypes import dtype_by_name
 from ..encoder import CodedTensor, Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
+from . import delta_vectors
 from .forge import join_units, split_units, unit_bytes
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
 
@@ -410,6 +411,11 @@ INVALID.update({
 })
 
 
+# incremental updates (FORMAT.md §11): the base as a valid vector; the deltas in delta_vectors
+VALID["delta_base"] = ("base model of the delta vectors (float32, float16, int16, bool)",
+                       lambda: _lossless(delta_vectors.base_arrays()))
+
+
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:
     got = [(th, arr) for th, arr in iter_tensors(data)]
     names = [th.name for th, _ in got]
@@ -461,6 +467,22 @@ def generate(folder: Path) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, [data])
         vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
+        written.append(name)
+    for name, (desc, _) in delta_vectors.DELTA.items():
+        if name in existing:
+            continue
+        rel = f"v{VERSION}/delta/{name}.nnc"
+        path = folder / rel
+        if path.exists():
+            raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
+        base_rel = next(v.file for v in vectors if v.name == delta_vectors.BASE_VECTOR)
+        data, delta = delta_vectors.build(name, folder / base_rel)
+        delta["base"] = base_rel
+        _check_invalid(name, data, "UnknownUnitError")  # what a decoder without FORMAT.md §11 does
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, [data])
+        vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, None, "UnknownUnitError",
+                              {"delta": delta}))
         written.append(name)
     manifest = {"format": "nncodec-conformance", "vectors": [v.to_dict() for v in vectors]}
     write_atomic(folder / MANIFEST, [json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"])

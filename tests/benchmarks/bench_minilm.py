@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -160,7 +161,7 @@ def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None) -> list[d
                      "entropy_ratio": coded / entropy if entropy else None,
                      "calibrated": opts.get("step_scales") is scales, "gptq": "calibration" in opts})
         if out is not None:
-            (out / (label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "") + ".nnc")).write_bytes(data)
+            (out / (re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") + ".nnc")).write_bytes(data)
         print(json.dumps(rows[-1]), flush=True)
     rows[0]["calibration_s"] = calibration_s
     # baselines: fp16 + zstd, int8 per tensor + zstd-19

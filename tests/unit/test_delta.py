@@ -103,3 +103,18 @@ def test_damaged_base_reference_is_a_format_error() -> None:
         BaseReference.parse(ref[:-1], 0)
     with pytest.raises(nncodec.UnsupportedFeatureError):
         BaseReference.parse(b"\x02" + ref[1:], 0)
+
+
+def test_delta_conformance_vectors_rebuild_and_plain_decoders_refuse_them() -> None:
+    from nncodec.conformance.delta_vectors import DELTA, check_delta_vector
+    from nncodec.conformance.runner import run_conformance
+    from nncodec.conformance.vectors import default_vectors_dir, load_manifest
+
+    folder = default_vectors_dir()
+    deltas = [v for v in load_manifest(folder) if "delta" in v.extra]
+    assert sorted(v.name for v in deltas) == sorted(DELTA)
+    for v in deltas:
+        assert check_delta_vector(folder, v) is None, v.name
+        assert v.error == "UnknownUnitError"
+    outcomes = {o.vector.name: o for o in run_conformance(folder) if o.vector.name in DELTA}
+    assert all(o.passed for o in outcomes.values()), {n: o.detail for n, o in outcomes.items()}

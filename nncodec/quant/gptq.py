@@ -25,20 +25,25 @@ from torch import nn
 from ..errors import ConfigError
 from .rate_aware import CodeRate, check_lambda, choose
 
-__all__ = ["collect_hessians", "gptq_codes", "hessian_layers"]
+__all__ = ["collect_hessians", "gptq_codes", "hessian_layers", "MAX_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
 _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: layers with more input columns (in_features, or in_channels x kernel elements) keep plain / rate-aware
+#: rounding: their Hessian would take over 128 MiB (float64)
+MAX_COLUMNS = 4096
 
 
 def hessian_layers(model: nn.Module) -> dict[str, nn.Module]:
     """``{weight name: module}`` for the layers data-aware rounding handles: ``Linear``, and ``Conv1d`` /
-    ``Conv2d`` with ``groups == 1`` (a weight shared by several modules is left out)."""
+    ``Conv2d`` with ``groups == 1``, of at most ``MAX_COLUMNS`` input columns (a weight shared by several
+    modules is left out)."""
     found: dict[str, nn.Module] = {}
     owners: dict[int, int] = {}
     for name, mod in model.named_modules():
-        if type(mod) in _SUPPORTED and getattr(mod, "groups", 1) == 1 and isinstance(mod.weight, torch.Tensor):
+        if type(mod) in _SUPPORTED and getattr(mod, "groups", 1) == 1 and isinstance(mod.weight, torch.Tensor) \
+                and mod.weight[0].numel() <= MAX_COLUMNS:
             found[f"{name}.weight" if name else "weight"] = mod
         for p in mod.parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1

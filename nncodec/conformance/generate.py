@@ -442,6 +442,16 @@ def _check_invalid(name: str, data: bytes, error: str) -> None:
     raise ConfigError(f"vector {name}: expected {error}, the decoder accepted it")
 
 
+def _fresh(folder: Path, kind: str, name: str) -> tuple[str, Path]:
+    """``(manifest path, file path)`` of a new vector; an existing file is never overwritten."""
+    rel = f"v{VERSION}/{kind}/{name}.nnc"
+    path = folder / rel
+    if path.exists():
+        raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return rel, path
+
+
 def generate(folder: Path) -> list[str]:
     """Add the missing vectors of this format version to ``folder``; return the names written."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -454,32 +464,24 @@ def generate(folder: Path) -> list[str]:
     for name, kind, desc, build, error in jobs:
         if name in existing:
             continue
-        rel = f"v{VERSION}/{kind}/{name}.nnc"
-        path = folder / rel
-        if path.exists():
-            raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
+        rel, path = _fresh(folder, kind, name)
         if error is None:
             data, expected = build()
             tensors = _check_valid(name, data, expected)
         else:
             data, tensors = build(), None
             _check_invalid(name, data, error)
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, [data])
         vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
         written.append(name)
     for name, (desc, _) in delta_vectors.DELTA.items():
         if name in existing:
             continue
-        rel = f"v{VERSION}/delta/{name}.nnc"
-        path = folder / rel
-        if path.exists():
-            raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
+        rel, path = _fresh(folder, "delta", name)
         base_rel = next(v.file for v in vectors if v.name == delta_vectors.BASE_VECTOR)
         data, delta = delta_vectors.build(name, folder / base_rel)
         delta["base"] = base_rel
         _check_invalid(name, data, "UnknownUnitError")  # what a decoder without FORMAT.md §11 does
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, [data])
         vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, None, "UnknownUnitError",
                               {"delta": delta}))

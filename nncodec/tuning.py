@@ -181,7 +181,7 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
         if r not in cache:
             encoder = Encoder(rel_step=r, **opts)
             coded, errors = rd_tensors(model, tensors, encoder, rd, hessians)
-            data, rep = encoder.encode(coded)
+            data, rep = encoder.encode(coded, None, topology)
             fid = measure(data) if target_fidelity is not None else None
             cache[r] = (data, rep, errors, fid)  # type: ignore[assignment]
             log.info("probe rel_step %.5g: %.4f bits/param, fidelity %s", r, rep.bits_per_param or 0.0, fid)

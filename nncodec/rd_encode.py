@@ -110,15 +110,15 @@ def _range_of(grid: UniformCodes, encoder: Encoder) -> tuple[int, int]:
 
 
 def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Encoder, rd: RDOptions,
-               hessians: Mapping[str, torch.Tensor] | None = None
+               hessians: Mapping[str, torch.Tensor] | None = None, factors: dict[str, Any] | None = None
                ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
     """``tensors`` (as :func:`nncodec.torch_io.tensors_from` gives them) with the quantized ones replaced by
     data-/rate-aware :class:`CodedTensor` codes; and ``{name: (max abs error, rms error)}`` of those.
 
     ``hessians`` (from :func:`~nncodec.quant.gptq.collect_hessians`) are collected here when GPTQ needs
-    them and none are given.
+    them and none are given; ``factors`` caches their inverse factors across calls with the same hessians.
     """
-    from .quant.gptq import collect_hessians, gptq_codes
+    from .quant.gptq import collect_hessians, gptq_codes, inverse_factor
 
     if rd.rounding == "gptq" and hessians is None:
         hessians = collect_hessians(model, rd.calibration or [], rd.run_forward)
@@ -135,10 +135,16 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         step = _step_of(grid, x.ndim)
         qmin, qmax = _range_of(grid, encoder)
         h = hessians.get(name) if (hessians is not None and rd.rounding == "gptq") else None
+        factor = None
         if h is not None and x.ndim >= 2 and h.shape[0] == math.prod(x.shape[1:]):
+            cache = factors if factors is not None else {}
+            if name not in cache:
+                cache[name] = inverse_factor(h, rd.damp)
+            factor = cache[name]
+        if factor is not None:
             rate = CodeRate(ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)) if rd.rate_lambda else None
-            codes = gptq_codes(x, h, step.reshape(-1), qmin=qmin, qmax=qmax, lam=rd.rate_lambda, rate=rate,
-                               damp=rd.damp)
+            codes = gptq_codes(x, None, step.reshape(-1), qmin=qmin, qmax=qmax, lam=rd.rate_lambda, rate=rate,
+                               factor=factor)
         elif rd.rate_lambda > 0:
             codes = ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)
         else:

@@ -169,6 +169,7 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
 
         hessians = collect_hessians(model, rd.calibration, rd.run_forward)
     measure = _Fidelity(model, rd, fidelity)
+    factors: dict[str, Any] = {}
     cache: dict[float, tuple[bytes, EncodeReport, dict, float | None]] = {}
     show = sys.stderr.isatty()
     bar = None
@@ -180,7 +181,7 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
     def probe(r: float) -> tuple[float, float | None]:
         if r not in cache:
             encoder = Encoder(rel_step=r, **opts)
-            coded, errors = rd_tensors(model, tensors, encoder, rd, hessians)
+            coded, errors = rd_tensors(model, tensors, encoder, rd, hessians, factors)
             data, rep = encoder.encode(coded, None, topology)
             fid = measure(data) if target_fidelity is not None else None
             cache[r] = (data, rep, errors, fid)  # type: ignore[assignment]

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import ConfigError
 from .rate_aware import CodeRate, check_lambda, choose
 
-__all__ = ["collect_hessians", "gptq_codes", "hessian_layers", "MAX_COLUMNS"]
+__all__ = ["collect_hessians", "gptq_codes", "inverse_factor", "hessian_layers", "MAX_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -98,44 +98,57 @@ def collect_hessians(model: nn.Module, batches: Iterable[Any], forward: Callable
     return {n: sums[n] / counts[n] for n in sums if counts[n] > 0}
 
 
-def gptq_codes(weight: np.ndarray, hessian: torch.Tensor, step: "float | np.ndarray", *, qmin: int, qmax: int,
-               lam: float = 0.0, rate: CodeRate | None = None, damp: float = 0.01, block: int = 128) -> np.ndarray:
+def inverse_factor(hessian: torch.Tensor, damp: float = 0.01) -> np.ndarray | None:
+    """``U``, the upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` (float64), with zero diagonal
+    entries (inputs never active) set to 1 first; None when ``H`` is not positive definite even damped.
+    It depends on the Hessian only, so one factor serves every step and λ."""
+    if not 0 <= damp < 10:
+        raise ConfigError(f"damp must be in [0, 10), got {damp!r}")
+    h = hessian.to(torch.float64).numpy().copy()
+    diag = np.einsum("ii->i", h)  # a view: writes go into h
+    diag[diag == 0] = 1.0
+    diag += damp * float(diag.mean())
+    try:  # H^-1 = L^-T L^-1 from H = L L^T
+        l_inv = np.linalg.inv(np.linalg.cholesky(h))
+        return np.linalg.cholesky(l_inv.T @ l_inv).T
+    except np.linalg.LinAlgError:
+        return None
+
+
+def gptq_codes(weight: np.ndarray, hessian: torch.Tensor | None, step: "float | np.ndarray", *, qmin: int,
+               qmax: int, lam: float = 0.0, rate: CodeRate | None = None, damp: float = 0.01, block: int = 128,
+               factor: np.ndarray | None = None) -> np.ndarray:
     """Codes (int64, ``weight``'s shape) on the grid ``code * step`` that minimize the layer output error.
 
     ``weight``: ``[out, in...]`` (flattened to ``[out, in]`` matching ``hessian``, ``[in, in]``); ``step``: a
     scalar or one per output row. ``damp`` adds that fraction of the mean diagonal to ``H`` (numerical
-    stability); ``lam`` and ``rate`` make each rounding rate-aware.
+    stability); ``factor``: :func:`inverse_factor` computed before (then ``hessian`` is not used);
+    ``lam`` and ``rate`` make each rounding rate-aware.
     """
     lam = check_lambda(lam)
-    if not 0 <= damp < 10:
-        raise ConfigError(f"damp must be in [0, 10), got {damp!r}")
     shape = weight.shape
-    w = torch.as_tensor(np.asarray(weight, dtype=np.float64).reshape(shape[0], -1)).clone()
+    w = np.array(weight, dtype=np.float64).reshape(shape[0], -1)
     n = w.shape[1]
-    if hessian.shape != (n, n):
-        raise ConfigError(f"Hessian of shape {tuple(hessian.shape)} does not match a weight with {n} inputs")
-    s = torch.as_tensor(np.broadcast_to(np.asarray(step, dtype=np.float64).reshape(-1), (shape[0],)).copy())
-    h = hessian.to(torch.float64).clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += damp * float(torch.mean(torch.diag(h))) * torch.eye(n, dtype=torch.float64)
-    try:
-        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except RuntimeError:  # not positive definite even damped: plain rounding
+    if (factor.shape if factor is not None else tuple(hessian.shape)) != (n, n):  # type: ignore[union-attr]
+        raise ConfigError(f"Hessian does not match a weight with {n} inputs")
+    s = np.broadcast_to(np.asarray(step, dtype=np.float64).reshape(-1), (shape[0],)).copy()
+    u = inverse_factor(hessian, damp) if factor is None else factor
+    if u is None:  # not positive definite even damped: plain rounding
         log.warning("Hessian not positive definite; plain rounding for this layer")
-        return choose(w.numpy() / s.numpy()[:, None], rate, lam, qmin, qmax).reshape(shape)
+        return choose(w / s[:, None], rate, lam, qmin, qmax).reshape(shape)
+    # the column loop runs in numpy: thousands of small vector operations, cheapest without thread hand-offs
     codes = np.empty((shape[0], n), dtype=np.int64)
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
-        w1 = w[:, i1:i2].clone()
-        err = torch.zeros_like(w1)
+        w1 = w[:, i1:i2].copy()
+        err = np.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = w1[:, i]
-            q = torch.from_numpy(choose((col / s).numpy(), rate, lam, qmin, qmax))
-            codes[:, i1 + i] = q.numpy()
-            e = (col - q.to(torch.float64) * s) / u1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * u1[i, i:].unsqueeze(0)
+            q = choose(col / s, rate, lam, qmin, qmax)
+            codes[:, i1 + i] = q
+            e = (col - q * s) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
             err[:, i] = e
         w[:, i2:] -= err @ u[i1:i2, i2:]
     return codes.reshape(shape)

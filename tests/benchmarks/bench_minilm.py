@@ -312,10 +312,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = (("nncodec, calibrated steps", "o-", lambda r: r["codec"] == "nncodec" and r.get("calibrated")
-               and not r.get("gptq")),
+               and not r.get("gptq") and "lambda" not in r["setting"]),
               ("nncodec, calibrated steps + GPTQ", "D-", lambda r: r["codec"] == "nncodec" and r.get("gptq")
                and "lambda" not in r["setting"] and "target" not in r["setting"]),
-              ("nncodec, GPTQ + rate-aware", "v", lambda r: r["codec"] == "nncodec" and "lambda" in r["setting"]),
+              ("nncodec, rate-aware (lambda)", "v", lambda r: r["codec"] == "nncodec" and "lambda" in r["setting"]),
               ("nncodec, target_fidelity", "*", lambda r: r["codec"] == "nncodec" and "target" in r["setting"]),
               ("nncodec, rel_step only", "o--", lambda r: r["codec"] == "nncodec" and not r.get("calibrated")),
               ("NNCodec 2.1.3", "s-", lambda r: r["codec"] == "NNCodec 2.1.3"),

@@ -12,7 +12,9 @@ weights.
 - Quantized (``rel_step`` / ``step`` / ``bits``, optionally ``rate_lambda``): the difference is quantized
   on the grid a full encode of the fine-tuned tensor would use (same step from the fine-tuned tensor's
   statistics), so the error bound is the full encode's (``step / 2`` per element with plain rounding) while
-  most codes are zero. bfloat16 tensors are always coded losslessly.
+  most codes are zero. Changes below half a step are dropped, all of them together (a correlated error the
+  model may notice): for a short fine-tune, pass a finer absolute ``step``. bfloat16 tensors are always
+  coded losslessly.
 - A tensor the base lacks, or whose dtype or shape differ, is stored whole and listed in the unit.
 
 BASE is an ``nn.Module``, a state_dict, a dict of numpy arrays, or an nncodec stream (path or bytes).

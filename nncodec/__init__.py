@@ -13,6 +13,8 @@ Encode/decode API (torch at the edge, numpy underneath)::
     with nncodec.open("m.nnc") as f:             # lazy: decodes only the unit asked for
         w = f.get_tensor("conv.weight")
     model = nncodec.load_model("m.nnc")          # rebuilt from the topology unit, no class needed
+    nncodec.encode(model, "m.nnc", calibration=batches, target_fidelity=0.998)  # search step; data-aware codes
+    nncodec.encode(finetuned, "d.nnc", base=model)   # only the differences; decode("d.nnc", base=model)
 
 Importing nncodec is light: torch is imported on the first call that needs it.
 """
@@ -72,19 +74,21 @@ def calibrate_step_scales(model: Any, batches: Any, **options: Any) -> dict[str,
     return _calibrate(model, batches, **options)
 
 
-def decode(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Decode a stream (bytes, path or binary file) into ``{name: torch.Tensor}``."""
+def decode(src: Any, *, limits: Limits = DEFAULT_LIMITS, base: Any = None) -> Any:
+    """Decode a stream (bytes, path or binary file) into ``{name: torch.Tensor}``; a delta stream with the
+    ``base`` it was encoded against."""
     from . import torch_io
 
-    return torch_io.decode(src, limits=limits)
+    return torch_io.decode(src, limits=limits, base=base)
 
 
 def load_into(module: Any, src: Any, *, strict: bool = True, limits: Limits = DEFAULT_LIMITS,
-              workers: int = 1) -> list[str]:
-    """Decode straight into ``module``'s parameters and buffers, unit by unit (``workers`` at once)."""
+              workers: int = 1, base: Any = None) -> list[str]:
+    """Decode straight into ``module``'s parameters and buffers, unit by unit (``workers`` at once); a delta
+    stream with the ``base`` it was encoded against."""
     from . import torch_io
 
-    return torch_io.load_into(module, src, strict=strict, limits=limits, workers=workers)
+    return torch_io.load_into(module, src, strict=strict, limits=limits, workers=workers, base=base)
 
 
 def load_model(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:

@@ -256,6 +256,14 @@ class Encoder:
         bits = self.bits_1d if values.ndim == 1 else self.bits
         return quantize_by_bits(values, bits, name=name)  # type: ignore[arg-type]
 
+    def grid(self, name: str, value: "tuple[np.ndarray, DType]") -> UniformCodes | None:
+        """The plain (nearest) quantization of a ``(storage, dtype)`` tensor under these settings, or None
+        when it stays lossless; other quantizers choose other codes on its grid."""
+        storage, dtype = value
+        if not self._quantizes(name, dtype, tuple(int(d) for d in storage.shape)):
+            return None
+        return self._quantize(name, bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage)
+
     def _prepare(self, name: str, value: "tuple[np.ndarray, DType] | CodedTensor") -> _Prepared:
         max_err = rms_err = 0.0
         if isinstance(value, CodedTensor):

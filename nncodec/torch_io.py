@@ -14,7 +14,7 @@ from .decoder import Source, iter_tensors
 from .dtypes import DType, dtype_by_name
 from .bitstream.descriptor import CodedTensor
 from .encoder import EncodeReport, Encoder, encoder_from_options, numpy_storage
-from .errors import ConfigError
+from .errors import ConfigError, UnknownUnitError
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["tensors_from", "to_torch", "encode", "encode_with_report", "decode", "load_into", "load_model", "save",
@@ -78,6 +78,11 @@ def to_torch(storage: np.ndarray, dtype: DType) -> torch.Tensor:
     return torch.from_numpy(storage)
 
 
+#: options of the rate–distortion encode (:mod:`nncodec.tuning`, :mod:`nncodec.rd_encode`)
+_RD_OPTIONS = ("calibration", "forward", "rounding", "rate_lambda", "damp", "target_fidelity",
+               "target_bits_per_param", "fidelity")
+
+
 def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
                        topology: "bool | str | Mapping | None" = "auto", quantized: bool = True,
                        **options: Any) -> tuple[bytes | Path, EncodeReport]:
@@ -88,6 +93,10 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     the float weights the layers train. ``topology``: ``"auto"`` records the module tree when it can be
     described (so :func:`load_model` can rebuild it), ``True`` requires it (an unsupported module is an
     error naming it), ``False``/None records none; a dict is stored as given.
+
+    Rate–distortion options (:mod:`nncodec.tuning`): ``calibration`` batches with ``forward``,
+    ``rounding="gptq"``, ``rate_lambda``, ``target_fidelity`` / ``target_bits_per_param`` (with
+    ``fidelity``). ``base``: code only the differences from a base model (:mod:`nncodec.delta`).
     """
     from .topology import TopologyError, describe
 
@@ -102,6 +111,16 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
                 raise
     elif topology is True:
         raise ConfigError("topology=True needs an nn.Module to describe")
+    rd = {k: options.pop(k) for k in _RD_OPTIONS if k in options}
+    base = options.pop("base", None)
+    if base is not None:
+        from .delta import encode_delta
+
+        return encode_delta(obj, base, dst, topo, quantized, options, rd)
+    if rd:
+        from .tuning import encode_rd
+
+        return encode_rd(obj, tensors_from(obj, quantized), dst, topo, options, **rd)
     return encoder_from_options(options).encode(tensors_from(obj, quantized), dst, topo)
 
 
@@ -110,20 +129,33 @@ def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) 
     return encode_with_report(obj, dst, **options)[0]
 
 
-def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
+def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, base: Any = None) -> dict[str, torch.Tensor]:
     """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order. Tied tensors (aliases) come back
-    as one tensor object under each of their names, as ``torch.load`` gives them."""
+    as one tensor object under each of their names, as ``torch.load`` gives them. A delta stream needs the
+    ``base`` it was encoded against (:mod:`nncodec.delta`)."""
+    if base is not None:
+        from .delta import decode_delta_arrays
+
+        return {n: to_torch(arr, dt) for n, (arr, dt) in decode_delta_arrays(src, base, limits=limits).items()}
     out: dict[str, torch.Tensor] = {}
     shared: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # by the decoded array an alias shares
-    for th, arr in iter_tensors(src, limits=limits):
-        if id(arr) not in shared:
-            shared[id(arr)] = (arr, to_torch(arr, th.dtype))
-        out[th.name] = shared[id(arr)][1]
+    try:
+        for th, arr in iter_tensors(src, limits=limits):
+            if id(arr) not in shared:
+                shared[id(arr)] = (arr, to_torch(arr, th.dtype))
+            out[th.name] = shared[id(arr)][1]
+    except UnknownUnitError as exc:
+        from .delta import UNIT_BASE_REFERENCE
+
+        if f"{UNIT_BASE_REFERENCE:#04x}" not in exc.reason:
+            raise
+        raise UnknownUnitError(f"{exc.reason}: a delta stream (base reference); decode it with base=",
+                               unit_index=exc.unit_index, offset=exc.offset) from None
     return out
 
 
 def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
-              limits: Limits = DEFAULT_LIMITS, workers: int = 1) -> list[str]:
+              limits: Limits = DEFAULT_LIMITS, workers: int = 1, base: Any = None) -> list[str]:
     """Decode a stream unit by unit straight into ``module``'s parameters and buffers.
 
     One unit at a time by default, for the least memory; ``workers > 1`` decodes several at once
@@ -134,6 +166,10 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
     that the module does not have (an error when ``strict``). With ``strict``, names of the module
     missing from the stream are an error too. On error the module may be partly updated.
     """
+    if base is not None:  # a delta stream: rebuilt whole, then loaded
+        decoded = decode(src, limits=limits, base=base)
+        result = module.load_state_dict(decoded, strict=strict)
+        return list(result.unexpected_keys)
     targets = module.state_dict(keep_vars=False)
     unexpected: list[str] = []
     loaded: set[str] = set()

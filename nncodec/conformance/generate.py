@@ -29,6 +29,7 @@ from ..dtypes import dtype_by_name
 from ..bitstream.descriptor import CodedTensor
 from ..encoder import Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
+from . import delta_vectors
 from .forge import join_units, split_units, unit_bytes
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
 
@@ -615,6 +616,10 @@ VALID.update(_V11_VALID)
 INVALID.update(_V11_INVALID)
 _VERSION_OF = {name: "1.1" for name in (*_V11_VALID, *_V11_INVALID)}
 
+# incremental updates (FORMAT.md §12): the base as a valid vector; the deltas in delta_vectors
+VALID["delta_base"] = ("base model of the delta vectors (float32, float16, int16, bool)",
+                       lambda: _lossless(delta_vectors.base_arrays()))
+
 
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:
     got = [(th, arr) for th, arr in iter_tensors(data)]
@@ -642,6 +647,16 @@ def _check_invalid(name: str, data: bytes, error: str) -> None:
     raise ConfigError(f"vector {name}: expected {error}, the decoder accepted it")
 
 
+def _fresh(folder: Path, kind: str, name: str, version: str = VERSION) -> tuple[str, Path]:
+    """``(manifest path, file path)`` of a new vector; an existing file is never overwritten."""
+    rel = f"v{version}/{kind}/{name}.nnc"
+    path = folder / rel
+    if path.exists():
+        raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return rel, path
+
+
 def generate(folder: Path) -> list[str]:
     """Add the missing vectors of this format version to ``folder``; return the names written."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -655,19 +670,27 @@ def generate(folder: Path) -> list[str]:
         if name in existing:
             continue
         version = _VERSION_OF.get(name, VERSION)
-        rel = f"v{version}/{kind}/{name}.nnc"
-        path = folder / rel
-        if path.exists():
-            raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
+        rel, path = _fresh(folder, kind, name, version)
         if error is None:
             data, expected = build()
             tensors = _check_valid(name, data, expected)
         else:
             data, tensors = build(), None
             _check_invalid(name, data, error)
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, [data])
         vectors.append(Vector(name, version, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
+        written.append(name)
+    for name, (desc, _) in delta_vectors.DELTA.items():
+        if name in existing:
+            continue
+        rel, path = _fresh(folder, "delta", name)
+        base_rel = next(v.file for v in vectors if v.name == delta_vectors.BASE_VECTOR)
+        data, delta = delta_vectors.build(name, folder / base_rel)
+        delta["base"] = base_rel
+        _check_invalid(name, data, "UnknownUnitError")  # what a decoder without FORMAT.md §12 does
+        write_atomic(path, [data])
+        vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, None, "UnknownUnitError",
+                              {"delta": delta}))
         written.append(name)
     manifest = {"format": "nncodec-conformance", "vectors": [v.to_dict() for v in vectors]}
     write_atomic(folder / MANIFEST, [json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"])

@@ -2,11 +2,14 @@
 
     pip install sentence-transformers        # benchmark only: embeddings for the fidelity measure
     HF_HUB_OFFLINE=1 python tests/benchmarks/bench_minilm.py --nncodec-venv /tmp/nnc/venv --out bench_minilm
+    HF_HUB_OFFLINE=1 python tests/benchmarks/bench_minilm.py --skip-nncodec --out DIR   # NNCodec from the README
 
 Fidelity = mean cosine between sentence embeddings of the float model and of the decoded model on a fixed
 sentence set. Fraunhofer NNCodec 2.1.3 runs in its own virtual environment (``--nncodec-venv``: torch
 CPU, ``numpy<2``, NNCodec built with ``--no-deps``; it shares the import name ``nncodec``) as a
-subprocess, in the same run. Writes bench_minilm.json and bench_minilm.png and prints the tables.
+subprocess, in the same run; with ``--skip-nncodec`` its figures of the last run on this machine (README)
+stand in, marked ``not_re_run``. Writes bench_minilm.json, bench_minilm.png and every nncodec setting's
+stream (``*.nnc``, decodable by anyone for their own scoring) into ``--out`` and prints the tables.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -110,7 +114,7 @@ def order0_bits(codes: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum() * codes.size)
 
 
-def run_nncodec(fid: Fidelity, n_params: int) -> list[dict]:
+def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None) -> list[dict]:
     import nncodec
     from nncodec.decoder import iter_tensors
 
@@ -121,10 +125,24 @@ def run_nncodec(fid: Fidelity, n_params: int) -> list[dict]:
         settings.append((f"nncodec rel_step {r}, embeddings x2", {"rel_step": r, "step_scales": {"*word_embeddings*": 2.0}}))
     for r in (0.10, 0.13, 0.15, 0.17, 0.20, 0.24, 0.27, 0.30):
         settings.append((f"nncodec rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales}))
+    model = fid.st[0].auto_model
+    calib = {"calibration": [CALIBRATION], "forward": lambda m, batch: fid.embed(batch), "topology": False}
+    settings.append(("nncodec rel_step 0.2, calibrated, lambda 1.0",
+                     {"rel_step": 0.2, "step_scales": scales, "rate_lambda": 1.0}))
+    for r in (0.15, 0.20, 0.27):
+        settings.append((f"nncodec rel_step {r}, calibrated, GPTQ", {"rel_step": r, "step_scales": scales, **calib}))
+    settings.append(("nncodec rel_step 0.15, calibrated, GPTQ, lambda 1.0",
+                     {"rel_step": 0.15, "step_scales": scales, "rate_lambda": 1.0, **calib}))
+    for target in (0.998,):
+        settings.append((f"nncodec target_fidelity {target} (on calibration), GPTQ",
+                         {"target_fidelity": target, "step_scales": scales, **calib}))
     rows = []
     for label, opts in settings:
         t0 = time.perf_counter()
-        data = nncodec.encode(fid.state, **opts)
+        if "calibration" in opts:  # data-aware: the module itself, run on the calibration sentences
+            data = nncodec.encode(model, **opts)
+        else:
+            data = nncodec.encode(fid.state, **opts)
         enc = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = nncodec.decode(data)
@@ -142,7 +160,9 @@ def run_nncodec(fid: Fidelity, n_params: int) -> list[dict]:
         rows.append({"codec": "nncodec", "setting": label, "bits_per_param": 8 * len(data) / n_params,
                      "cosine": fid.cosine(decoded), "encode_s": enc, "decode_s": dec,
                      "entropy_ratio": coded / entropy if entropy else None,
-                     "calibrated": opts.get("step_scales") is scales})
+                     "calibrated": opts.get("step_scales") is scales, "gptq": "calibration" in opts})
+        if out is not None:
+            (out / (re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") + ".nnc")).write_bytes(data)
         print(json.dumps(rows[-1]), flush=True)
     rows[0]["calibration_s"] = calibration_s
     # baselines: fp16 + zstd, int8 per tensor + zstd-19
@@ -212,6 +232,12 @@ def run_fraunhofer(fid: Fidelity, n_params: int, venv: Path, tmp: Path) -> list[
                      "encode_s": r["encode_s"], "decode_s": r["decode_s"]})
         print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+#: Fraunhofer NNCodec 2.1.3 on this model, same machine, previous run (setting, bits/param, cosine, enc s, dec s)
+NNCODEC_FIGURES = [("qp -40 DQ", 6.986, 0.99964, 22.23, 3.762), ("qp -36 DQ", 5.953, 0.99866, 20.09, 2.945),
+                   ("qp -32", 5.932, 0.99833, 14.21, 2.839), ("qp -32 DQ", 4.936, 0.99460, 16.10, 2.125),
+                   ("qp -28 DQ", 3.961, 0.98039, 12.35, 1.628)]
 
 
 def loader_times(fid: Fidelity, tmp: Path) -> dict:
@@ -285,7 +311,12 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    curves = (("nncodec, calibrated steps", "o-", lambda r: r["codec"] == "nncodec" and r.get("calibrated")),
+    curves = (("nncodec, calibrated steps", "o-", lambda r: r["codec"] == "nncodec" and r.get("calibrated")
+               and not r.get("gptq") and "lambda" not in r["setting"]),
+              ("nncodec, calibrated steps + GPTQ", "D-", lambda r: r["codec"] == "nncodec" and r.get("gptq")
+               and "lambda" not in r["setting"] and "target" not in r["setting"]),
+              ("nncodec, rate-aware (lambda)", "v", lambda r: r["codec"] == "nncodec" and "lambda" in r["setting"]),
+              ("nncodec, target_fidelity", "*", lambda r: r["codec"] == "nncodec" and "target" in r["setting"]),
               ("nncodec, rel_step only", "o--", lambda r: r["codec"] == "nncodec" and not r.get("calibrated")),
               ("NNCodec 2.1.3", "s-", lambda r: r["codec"] == "NNCodec 2.1.3"),
               ("baselines", "x", lambda r: r["codec"] == "baseline"))
@@ -312,17 +343,26 @@ def best_at(rows: list[dict], codec: str, threshold: float) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nncodec-venv", type=Path, help="virtual environment with Fraunhofer NNCodec 2.1.3")
-    ap.add_argument("--out", type=Path, default=Path("bench_minilm"))
+    ap.add_argument("--out", type=Path, default=Path("bench_minilm"),
+                    help="directory for the JSON, the plot and every nncodec setting's stream (*.nnc)")
+    ap.add_argument("--skip-nncodec", action="store_true",
+                    help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
+    ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
     args = ap.parse_args()
+    if args.skip_nncodec:
+        args.nncodec_venv = None
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     fid = Fidelity()
     n_params = sum(v.numel() for v in fid.state.values())
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run_nncodec(fid, n_params)
+        rows = run_nncodec(fid, n_params, args.out)
         if args.nncodec_venv:
             rows += run_fraunhofer(fid, n_params, args.nncodec_venv, Path(tmp))
-        loaders = loader_times(fid, Path(tmp))
+        else:  # the same machine's figures of the last run that had NNCodec (README, "Measured")
+            rows += [{"codec": "NNCodec 2.1.3", "setting": s, "bits_per_param": b, "cosine": c, "encode_s": e,
+                      "decode_s": d, "not_re_run": True} for s, b, c, e, d in NNCODEC_FIGURES]
+        loaders = {} if args.skip_loaders else loader_times(fid, Path(tmp))
     ratios = {}
     for thr in (0.998, 0.994):
         ours, theirs = best_at(rows, "nncodec", thr), best_at(rows, "NNCodec 2.1.3", thr)

@@ -1,0 +1,154 @@
+"""Data-aware rounding (the GPTQ / OPTQ family): codes that minimize a layer's output error, not its weight error.
+
+For a linear map ``y = W x`` with calibration inputs ``X`` the output error of quantized weights ``Q`` is
+``tr((W - Q) H (W - Q)^T)`` with ``H = X^T X / n`` (the Hessian of the layer inputs). The columns of ``W`` are
+rounded one after another; the error each rounding makes is fed back into the columns not yet rounded,
+weighted by the inverse Hessian (its upper Cholesky factor), so later columns compensate for it. A
+convolution is the same map on its unfolded input patches.
+
+The grid is the one the plain quantizer would use (same step or per-channel scales, same code range), so
+the stream format and decoding do not change. Each rounding may be rate-aware
+(:mod:`nncodec.quant.rate_aware`): with λ > 0 a column takes the cheaper of the nearest code and its
+neighbour towards zero under distortion + λ·rate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .rate_aware import CodeRate, check_lambda, choose
+
+__all__ = ["collect_hessians", "gptq_codes", "inverse_factor", "hessian_layers", "MAX_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+_SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: layers with more input columns (in_features, or in_channels x kernel elements) keep plain / rate-aware
+#: rounding: their Hessian would take over 128 MiB (float64)
+MAX_COLUMNS = 4096
+
+
+def hessian_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``{weight name: module}`` for the layers data-aware rounding handles: ``Linear``, and ``Conv1d`` /
+    ``Conv2d`` with ``groups == 1``, of at most ``MAX_COLUMNS`` input columns (a weight shared by several
+    modules is left out)."""
+    found: dict[str, nn.Module] = {}
+    owners: dict[int, int] = {}
+    for name, mod in model.named_modules():
+        if type(mod) in _SUPPORTED and getattr(mod, "groups", 1) == 1 and isinstance(mod.weight, torch.Tensor) \
+                and mod.weight[0].numel() <= MAX_COLUMNS:
+            found[f"{name}.weight" if name else "weight"] = mod
+        for p in mod.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return {n: m for n, m in found.items() if owners.get(id(m.weight), 0) <= 1}
+
+
+def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows of the matrix its (flattened) weight multiplies."""
+    if isinstance(mod, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(mod, nn.Conv1d):
+        x = x.unsqueeze(-2)
+        kernel, dil, pad, stride = (1, mod.kernel_size[0]), (1, mod.dilation[0]), (0, mod.padding[0]), (1, mod.stride[0])
+    else:
+        kernel, dil, pad, stride = mod.kernel_size, mod.dilation, mod.padding, mod.stride
+    if isinstance(pad, str):
+        raise ConfigError(f"data-aware rounding does not handle padding={pad!r}")
+    cols = torch.nn.functional.unfold(x, kernel, dilation=dil, padding=pad, stride=stride)  # [N, C*k, L]
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any],
+                     names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """``{weight name: H}`` (float64, ``X^T X / rows``) of the supported layers, from one pass over ``batches``
+    with forward pre-hooks. Layers that saw no input are left out."""
+    layers = hessian_layers(model)
+    if names is not None:
+        wanted = set(names)
+        layers = {n: m for n, m in layers.items() if n in wanted}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+    for name, mod in layers.items():
+        def pre(module: nn.Module, args: tuple, name: str = name) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            rows = _rows(module, args[0].detach()).to(torch.float64)
+            h = rows.T @ rows
+            sums[name] = sums[name] + h if name in sums else h
+            counts[name] = counts.get(name, 0) + rows.shape[0]
+        hooks.append(mod.register_forward_pre_hook(pre))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            forward(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {n: sums[n] / counts[n] for n in sums if counts[n] > 0}
+
+
+def inverse_factor(hessian: torch.Tensor, damp: float = 0.01) -> np.ndarray | None:
+    """``U``, the upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` (float64), with zero diagonal
+    entries (inputs never active) set to 1 first; None when ``H`` is not positive definite even damped.
+    It depends on the Hessian only, so one factor serves every step and λ."""
+    if not 0 <= damp < 10:
+        raise ConfigError(f"damp must be in [0, 10), got {damp!r}")
+    h = hessian.to(torch.float64).numpy().copy()
+    diag = np.einsum("ii->i", h)  # a view: writes go into h
+    diag[diag == 0] = 1.0
+    diag += damp * float(diag.mean())
+    try:  # H^-1 = L^-T L^-1 from H = L L^T
+        l_inv = np.linalg.inv(np.linalg.cholesky(h))
+        return np.linalg.cholesky(l_inv.T @ l_inv).T
+    except np.linalg.LinAlgError:
+        return None
+
+
+def gptq_codes(weight: np.ndarray, hessian: torch.Tensor | None, step: "float | np.ndarray", *, qmin: int,
+               qmax: int, lam: float = 0.0, rate: CodeRate | None = None, damp: float = 0.01, block: int = 128,
+               factor: np.ndarray | None = None) -> np.ndarray:
+    """Codes (int64, ``weight``'s shape) on the grid ``code * step`` that minimize the layer output error.
+
+    ``weight``: ``[out, in...]`` (flattened to ``[out, in]`` matching ``hessian``, ``[in, in]``); ``step``: a
+    scalar or one per output row. ``damp`` adds that fraction of the mean diagonal to ``H`` (numerical
+    stability); ``factor``: :func:`inverse_factor` computed before (then ``hessian`` is not used);
+    ``lam`` and ``rate`` make each rounding rate-aware.
+    """
+    lam = check_lambda(lam)
+    shape = weight.shape
+    w = np.array(weight, dtype=np.float64).reshape(shape[0], -1)
+    n = w.shape[1]
+    if (factor.shape if factor is not None else tuple(hessian.shape)) != (n, n):  # type: ignore[union-attr]
+        raise ConfigError(f"Hessian does not match a weight with {n} inputs")
+    s = np.broadcast_to(np.asarray(step, dtype=np.float64).reshape(-1), (shape[0],)).copy()
+    u = inverse_factor(hessian, damp) if factor is None else factor
+    if u is None:  # not positive definite even damped: plain rounding
+        log.warning("Hessian not positive definite; plain rounding for this layer")
+        return choose(w / s[:, None], rate, lam, qmin, qmax).reshape(shape)
+    # the column loop runs in numpy: thousands of small vector operations, cheapest without thread hand-offs
+    codes = np.empty((shape[0], n), dtype=np.int64)
+    for i1 in range(0, n, block):
+        i2 = min(i1 + block, n)
+        w1 = w[:, i1:i2].copy()
+        err = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            q = choose(col / s, rate, lam, qmin, qmax)
+            codes[:, i1 + i] = q
+            e = (col - q * s) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
+            err[:, i] = e
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    return codes.reshape(shape)

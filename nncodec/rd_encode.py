@@ -1,0 +1,163 @@
+"""Rate–distortion encode of a torch model: data-aware and rate-aware codes, then the ordinary encoder.
+
+For each tensor the :class:`~nncodec.encoder.Encoder` would quantize, the plain quantizer gives the grid
+(step or per-channel scales, code range); this module chooses other codes on that grid:
+
+- ``rounding="gptq"`` (with calibration batches): Linear / Conv1d / Conv2d weights are rounded by
+  second-order error feedback on the Hessian of their inputs (:mod:`nncodec.quant.gptq`);
+- ``rate_lambda > 0``: every quantized tensor takes codes minimizing distortion + λ·rate under the
+  order-0 model of the rANS stage (:mod:`nncodec.quant.rate_aware`), inside GPTQ's rounding too.
+
+The codes reach the encoder as :class:`~nncodec.encoder.CodedTensor`, so the stream format and decoding
+are unchanged. The report's per-tensor errors are those of the chosen codes against the float weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bitstream.constants import SCHEME_UNIFORM
+from .bitstream.descriptor import QuantDescriptor
+from .dtypes import DType, dtype_by_name
+from .bitstream.descriptor import CodedTensor
+from .encoder import Encoder
+from .errors import ConfigError
+from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
+from .quant.uniform import UniformCodes, code_dtype_for_bits
+
+__all__ = ["ROUNDINGS", "RDOptions", "rd_tensors", "Forward"]
+
+log = logging.getLogger(__name__)
+
+ROUNDINGS = ("nearest", "gptq")
+Forward = Callable[[torch.nn.Module, Any], Any]
+
+
+class RDOptions:
+    """The rate–distortion options of a torch encode: ``calibration`` batches, ``forward(model, batch)``,
+    ``rounding`` (``"nearest"`` or ``"gptq"``; default ``"gptq"`` when calibration is given), ``rate_lambda``
+    (λ >= 0, in squared steps per bit), ``damp`` (GPTQ's Hessian damping, a fraction of its mean diagonal)."""
+
+    def __init__(self, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,
+                 rounding: str | None = None, rate_lambda: float = 0.0, damp: float = 0.01):
+        self.calibration = list(calibration) if calibration is not None else None
+        if self.calibration is not None and not self.calibration:
+            raise ConfigError("calibration needs at least one batch")
+        if rounding is None:
+            rounding = "gptq" if self.calibration is not None else "nearest"
+        if rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+        if rounding == "gptq" and self.calibration is None:
+            raise ConfigError("rounding='gptq' needs calibration= batches")
+        if forward is not None and not callable(forward):
+            raise ConfigError("forward must be a callable forward(model, batch)")
+        self.forward = forward
+        self.rounding = rounding
+        self.rate_lambda = check_lambda(rate_lambda)
+        if not (isinstance(damp, (int, float)) and 0 <= damp < 10):
+            raise ConfigError(f"damp must be in [0, 10), got {damp!r}")
+        self.damp = float(damp)
+
+    @property
+    def active(self) -> bool:
+        """Whether codes differ from the plain quantizer's."""
+        return self.rounding != "nearest" or self.rate_lambda > 0
+
+    def run_forward(self, model: torch.nn.Module, batch: Any) -> Any:
+        if self.forward is not None:
+            return self.forward(model, batch)
+        from .sensitivity import default_forward
+
+        return default_forward(model, batch)
+
+
+def coded_from(grid: UniformCodes, codes: np.ndarray, dtype: DType) -> CodedTensor:
+    """A :class:`CodedTensor` holding ``codes`` on ``grid``'s scales (per-tensor step codes get the width
+    their peak needs; per-channel codes keep the grid's)."""
+    if grid.per_channel:
+        bits = grid.bits
+    else:
+        peak = int(np.abs(codes).max()) if codes.size else 0
+        bits = max(2, peak.bit_length() + 1)
+    code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)
+    desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
+                           mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel, axis=0,
+                           scales=grid.scales)
+    return CodedTensor(codes.astype(code_dtype.storage), desc, dtype)
+
+
+def _float_values(storage: np.ndarray, dtype: DType) -> np.ndarray:
+    if dtype.name == "bfloat16":
+        return (storage.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return np.asarray(storage, dtype=np.float64)
+
+
+def _step_of(grid: UniformCodes, ndim: int) -> np.ndarray:
+    s = grid.scales.astype(np.float64)
+    return s.reshape((-1,) + (1,) * (ndim - 1)) if grid.per_channel else s.reshape(())
+
+
+def _range_of(grid: UniformCodes, encoder: Encoder) -> tuple[int, int]:
+    if encoder.bits is not None:  # a width-bounded grid (bits=): keep its code range
+        qmax = (1 << (grid.bits - 1)) - 1
+        return -qmax, qmax
+    return -(1 << 31) + 1, (1 << 31) - 1
+
+
+def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Encoder, rd: RDOptions,
+               hessians: Mapping[str, torch.Tensor] | None = None, factors: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
+    """``tensors`` (as :func:`nncodec.torch_io.tensors_from` gives them) with the quantized ones replaced by
+    data-/rate-aware :class:`CodedTensor` codes; and ``{name: (max abs error, rms error)}`` of those.
+
+    ``hessians`` (from :func:`~nncodec.quant.gptq.collect_hessians`) are collected here when GPTQ needs
+    them and none are given; ``factors`` caches their inverse factors across calls with the same hessians.
+    """
+    from .quant.gptq import collect_hessians, gptq_codes, inverse_factor
+
+    if rd.rounding == "gptq" and hessians is None:
+        hessians = collect_hessians(model, rd.calibration or [], rd.run_forward)
+    out: dict[str, Any] = dict(tensors)
+    errors: dict[str, tuple[float, float]] = {}
+    for name, value in tensors.items():
+        if isinstance(value, CodedTensor):
+            continue
+        storage, dtype = value
+        grid = encoder.grid(name, value)
+        if grid is None or grid.binary:
+            continue
+        x = _float_values(storage, dtype)
+        step = _step_of(grid, x.ndim)
+        qmin, qmax = _range_of(grid, encoder)
+        h = hessians.get(name) if (hessians is not None and rd.rounding == "gptq") else None
+        factor = None
+        if h is not None and x.ndim >= 2 and h.shape[0] == math.prod(x.shape[1:]):
+            cache = factors if factors is not None else {}
+            if name not in cache:
+                cache[name] = inverse_factor(h, rd.damp)
+            factor = cache[name]
+        if factor is not None:
+            rate = CodeRate(ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)) if rd.rate_lambda else None
+            codes = gptq_codes(x, None, step.reshape(-1), qmin=qmin, qmax=qmax, lam=rd.rate_lambda, rate=rate,
+                               factor=factor)
+        elif rd.rate_lambda > 0:
+            codes = ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)
+        else:
+            continue
+        out[name] = coded_from(grid, codes, dtype)
+        diff = np.abs(codes * step - x)
+        errors[name] = (float(diff.max()) if diff.size else 0.0, float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0)
+    return out, errors
+
+
+def fill_errors(report: Any, errors: Mapping[str, tuple[float, float]]) -> None:
+    """Put the measured errors of :func:`rd_tensors` into an :class:`~nncodec.encoder.EncodeReport`."""
+    for t in report.tensors:
+        if t.name in errors:
+            t.max_abs_error, t.rms_error = errors[t.name]

@@ -192,7 +192,7 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
     if info.topology.get("format") == "nncodec.graph":
         from .graph.rebuild import load_graph_model
 
-        return load_graph_model(info, src, lambda m: load_into(m, src, strict=False, limits=limits))
+        return load_graph_model(info, lambda m: load_into(m, src, strict=False, limits=limits), limits)
     model = build(info.topology)
     quantized = {u.tensor["name"] for u in info.units if u.tensor and u.tensor["scheme"] != "none"}
     from .quant.layers import _QuantWeights

@@ -178,13 +178,15 @@ def graph_from_program(program: Any, stream_tensors: Mapping[str, Any] | None = 
     if bad_outputs:
         raise TopologyError(f"the captured graph mutates state ({', '.join(bad_outputs)}); capture an eval-mode "
                             "model without in-place updates of buffers or inputs" + _HINT)
+    refused = sorted({f"{_op_name(n.target)} (node {n.name!r})" for n in program.graph.nodes
+                      if n.op == "call_function" and _op_name(n.target) not in ALLOWED_OPERATORS})
+    if refused:
+        raise TopologyError(f"the graph calls operators outside the graph format's allow-list: {', '.join(refused)}"
+                            + _HINT)
     nodes, outputs = [], []
     for node in program.graph.nodes:
         if node.op == "call_function":
             op = _op_name(node.target)
-            if op not in ALLOWED_OPERATORS:
-                raise TopologyError(f"node {node.name!r} calls {op}, which is not on the graph format's operator "
-                                    "allow-list" + _HINT)
             where = f"node {node.name!r} ({op})"
             entry: dict[str, Any] = {"name": node.name, "op": op, "args": _arg(list(node.args), where)}
             if node.kwargs:

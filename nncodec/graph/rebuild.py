@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..limits import DEFAULT_LIMITS, Limits
 from .schema import GETITEM, GraphError, GraphSpec, TensorSpec
 
 __all__ = ["GraphModel", "rebuild", "load_graph_model"]
@@ -134,10 +135,13 @@ class GraphModel(nn.Module):
     ``state_dict()`` keys equal the stream's tensor names), ``forward(*inputs)`` interprets the nodes.
 
     The graph is specialised to the input shapes and dtypes it was captured with (``input_specs``); other
-    inputs raise :class:`~nncodec.errors.ConfigError`. Created with uninitialised weights: load them next.
+    inputs raise :class:`~nncodec.errors.ConfigError`. Construction checks every node against its operator's
+    schema, then runs the graph once on ``meta`` tensors (shapes only, no data): a node that fails there, or
+    whose output has more than ``limits.max_tensor_elements`` elements, is refused before any weight is
+    allocated. Created with uninitialised weights: load them next.
     """
 
-    def __init__(self, spec: GraphSpec):
+    def __init__(self, spec: GraphSpec, limits: Limits = DEFAULT_LIMITS):
         super().__init__()
         ops = []
         for name, op, args, kwargs in spec.nodes:  # all checks first, then allocation
@@ -146,14 +150,33 @@ class GraphModel(nn.Module):
             ops.append(fn)
         paths = _owner_paths(spec.tensors)
         self.input_specs = [(n, _DTYPES[d], s) for n, d, s in spec.inputs]
+        last_use: dict[int, int] = {}
+        self._program: list[tuple[int, Any, Any, bool, dict[str, Any], bool, str]] = []
+        for i, ((name, op, args, kwargs), fn) in enumerate(zip(spec.nodes, ops)):
+            cargs, dyn_a = _compile(args, spec.names)
+            ckw = {k: _compile(v, spec.names) for k, v in kwargs.items()}
+            self._program.append((spec.names[name], fn, cargs, dyn_a, {k: v for k, (v, _) in ckw.items()},
+                                  any(d for _, d in ckw.values()), f"node {name!r} ({op})"))
+            for ref in _refs(args) + _refs(list(kwargs.values())):
+                last_use[spec.names[ref]] = i
+        self._outputs, _ = _compile(spec.outputs, spec.names)
+        keep = {spec.names[r] for r in _refs(spec.outputs)}
+        self._free: list[list[int]] = [[] for _ in spec.nodes]
+        for slot, i in last_use.items():
+            if slot not in keep:
+                self._free[i].append(slot)
+        self._structure = spec.structure
+        self._slots = len(spec.names)
+        self._input_slots = [spec.names[n] for n, _, _ in spec.inputs]
+        self._dry_run(spec, limits)
         self.graph_constants = nn.Module()
         self._reads: list[tuple[int, nn.Module, str]] = []
         for t in spec.tensors:
             slot = spec.names[t.name]
             if t.kind == "constant":
                 attr = f"c{slot}"
-                value = torch.frombuffer(bytearray(t.data or b""), dtype=_DTYPES[t.dtype]).reshape(t.shape) \
-                    if t.data else torch.empty(t.shape, dtype=_DTYPES[t.dtype])
+                value = (torch.frombuffer(bytearray(t.data), dtype=_DTYPES[t.dtype]).reshape(t.shape) if t.data
+                         else torch.empty(t.shape, dtype=_DTYPES[t.dtype]))
                 self.graph_constants.register_buffer(attr, value, persistent=False)
                 self._reads.append((slot, self.graph_constants, attr))
                 continue
@@ -166,24 +189,6 @@ class GraphModel(nn.Module):
                 else:
                     owner.register_buffer(attr, value)
             self._reads.append((slot, owner, attr))
-        last_use: dict[int, int] = {}
-        self._program: list[tuple[int, Any, Any, bool, dict[str, Any], bool]] = []
-        for i, ((name, op, args, kwargs), fn) in enumerate(zip(spec.nodes, ops)):
-            cargs, dyn_a = _compile(args, spec.names)
-            ckw = {k: _compile(v, spec.names) for k, v in kwargs.items()}
-            self._program.append((spec.names[name], fn, cargs, dyn_a, {k: v for k, (v, _) in ckw.items()},
-                                  any(d for _, d in ckw.values())))
-            for ref in _refs(args) + _refs(list(kwargs.values())):
-                last_use[spec.names[ref]] = i
-        self._outputs, _ = _compile(spec.outputs, spec.names)
-        keep = {spec.names[r] for r in _refs(spec.outputs)} | {slot for slot, _, _ in self._reads}
-        self._free = [[] for _ in spec.nodes]
-        for slot, i in last_use.items():
-            if slot not in keep:
-                self._free[i].append(slot)
-        self._structure = spec.structure
-        self._slots = len(spec.names)
-        self._input_slots = [spec.names[n] for n, _, _ in spec.inputs]
 
     def _module_at(self, path: str) -> nn.Module:
         owner: nn.Module = self
@@ -194,6 +199,35 @@ class GraphModel(nn.Module):
                 owner.add_module(part, child)
             owner = child
         return owner
+
+    def _dry_run(self, spec: GraphSpec, limits: Limits) -> None:
+        meta = torch.device("meta")
+        env: list[Any] = [None] * self._slots
+        for name, dtype, shape in spec.inputs:
+            env[spec.names[name]] = torch.empty(shape, dtype=_DTYPES[dtype], device=meta)
+        for t in spec.tensors:
+            env[spec.names[t.name]] = torch.empty(t.shape, dtype=_DTYPES[t.dtype], device=meta)
+
+        def check(where: str, value: Any) -> None:
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(v, torch.Tensor):
+                    limits.check(f"graph topology: {where} output elements", v.numel(), "max_tensor_elements")
+        self._run(env, meta, check)
+
+    def _run(self, env: list[Any], device: torch.device, check: Callable[[str, Any], None] | None = None) -> Any:
+        for (slot, fn, args, dyn_a, kwargs, dyn_k, where), free in zip(self._program, self._free):
+            a = _fill(args, env, device) if dyn_a else args
+            k = {n: _fill(v, env, device) for n, v in kwargs.items()} if dyn_k else kwargs
+            try:
+                env[slot] = out = fn(*a, **k)
+            except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError) as exc:
+                raise GraphError(f"graph topology: {where} fails on {device.type} tensors: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400]) from None
+            if check is not None:
+                check(where, out)
+            for s in free:
+                env[s] = None
+        return _restructure(self._structure, _fill(self._outputs, env, device))
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         if len(inputs) != len(self.input_specs):
@@ -208,14 +242,7 @@ class GraphModel(nn.Module):
             env[slot] = x
         for slot, owner, attr in self._reads:
             env[slot] = getattr(owner, attr)
-        device = inputs[0].device if inputs else torch.device("cpu")
-        for (slot, fn, args, dyn_a, kwargs, dyn_k), free in zip(self._program, self._free):
-            a = _fill(args, env, device) if dyn_a else args
-            k = {n: _fill(v, env, device) for n, v in kwargs.items()} if dyn_k else kwargs
-            env[slot] = fn(*a, **k)
-            for s in free:
-                env[s] = None
-        return _restructure(self._structure, _fill(self._outputs, env, device))
+        return self._run(env, inputs[0].device if inputs else torch.device("cpu"))
 
 
 def _refs(v: Any) -> list[str]:
@@ -237,18 +264,19 @@ def _restructure(s: Any, leaves: list[Any]) -> Any:
     return {k: _restructure(x, leaves) for k, x in value}
 
 
-def rebuild(spec: GraphSpec) -> GraphModel:
+def rebuild(spec: GraphSpec, limits: Limits = DEFAULT_LIMITS) -> GraphModel:
     """A :class:`GraphModel` for a validated graph (weights uninitialised; load them with ``load_into``)."""
-    return GraphModel(spec)
+    return GraphModel(spec, limits)
 
 
-def load_graph_model(info: Any, src: Any, load: Callable[[nn.Module], list[str]]) -> GraphModel:
+def load_graph_model(info: Any, load: Callable[[nn.Module], list[str]],
+                     limits: Limits = DEFAULT_LIMITS) -> GraphModel:
     """Validate the graph topology of a stream (``info`` from :func:`nncodec.read_info`) against its tensor
     headers, rebuild it, and fill its weights with ``load(module)``; eval mode."""
     from . import stream_tensor_specs
     from .schema import validate
 
-    model = rebuild(validate(info.topology, stream_tensor_specs(info.units)))
+    model = rebuild(validate(info.topology, stream_tensor_specs(info.units)), limits)
     unexpected = load(model)
     if unexpected:
         log.debug("stream tensors the graph does not read: %s", unexpected[:10])

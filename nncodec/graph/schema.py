@@ -59,6 +59,7 @@ add.Tensor add.Scalar add_.Tensor sub.Tensor sub.Scalar rsub.Tensor rsub.Scalar 
 mul_.Tensor div.Tensor div.Scalar div.Tensor_mode floor_divide.default remainder.Tensor remainder.Scalar
 eq.Tensor eq.Scalar ne.Tensor ne.Scalar lt.Tensor lt.Scalar le.Tensor le.Scalar gt.Tensor gt.Scalar
 ge.Tensor ge.Scalar logical_not.default logical_and.default logical_or.default bitwise_not.default
+__and__.Tensor __or__.Tensor bitwise_and.Tensor bitwise_or.Tensor bitwise_xor.Tensor
 masked_fill.Scalar masked_fill.Tensor
 mean.dim mean.default sum.dim_IntList sum.default amax.default amin.default max.dim min.dim max.default
 min.default argmax.default argmin.default var.correction std.correction var.dim std.dim

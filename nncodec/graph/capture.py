@@ -13,6 +13,7 @@ import copy
 import logging
 import math
 import operator
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -94,7 +95,7 @@ def _structure(spec: Any, counter: list[int]) -> Any:
     if spec.is_leaf():
         counter[0] += 1
         return counter[0] - 1
-    children = [_structure(c, counter) for c in spec.children_specs]
+    children = [_structure(c, counter) for c in spec.children()]
     if spec.type in (tuple, list):
         return {"tuple" if spec.type is tuple else "list": children}
     keys = spec.context
@@ -132,7 +133,8 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[Any], *, quantized:
     was_training = target.training
     target.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
             program = torch.export.export(target, tuple(example_inputs), strict=False)
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
         raise TopologyError(f"torch.export cannot capture {type(model).__name__}: {type(exc).__name__}: "

@@ -110,6 +110,12 @@ def _check_schema(fn: Any, args: list[Any], kwargs: dict[str, Any], where: str) 
         raise GraphError(f"graph topology: {where} lacks required arguments {missing}")
 
 
+def _makes_tensors(fn: Any) -> bool:
+    """Whether an operator creates tensors on a ``device`` keyword (zeros, arange, ...)."""
+    schema = getattr(fn, "_schema", None)
+    return schema is not None and any(a.name == "device" and a.kwarg_only for a in schema.arguments)
+
+
 def _owner_paths(tensors: list[TensorSpec]) -> dict[str, tuple[str, str]]:
     """``target -> (module path, attribute)``, checking that the names form a tree of modules and tensors."""
     reserved = set(dir(nn.Module())) | {"graph_constants"}
@@ -155,6 +161,8 @@ class GraphModel(nn.Module):
         for i, ((name, op, args, kwargs), fn) in enumerate(zip(spec.nodes, ops)):
             cargs, dyn_a = _compile(args, spec.names)
             ckw = {k: _compile(v, spec.names) for k, v in kwargs.items()}
+            if "device" not in ckw and _makes_tensors(fn):  # factories follow the inputs (meta in the dry run)
+                ckw["device"] = (_DEVICE, True)
             self._program.append((spec.names[name], fn, cargs, dyn_a, {k: v for k, (v, _) in ckw.items()},
                                   any(d for _, d in ckw.values()), f"node {name!r} ({op})"))
             for ref in _refs(args) + _refs(list(kwargs.values())):

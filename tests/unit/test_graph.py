@@ -350,3 +350,20 @@ def test_validate_reports_structure_problems():
         edit(g)
         with pytest.raises(GraphError, match=match):
             validate(g)
+
+
+def test_format_md_lists_the_allow_list():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "FORMAT.md").read_text(encoding="utf-8")
+    section = text[text.index("### 11.9 Operator allow-list"):]
+    block = section[section.index("```\n") + 4:]
+    listed = {f"aten.{op}" for op in block[:block.index("```")].split()} | {"getitem"}
+    assert listed == ALLOWED_OPERATORS
+
+
+def test_every_allowed_operator_exists_in_torch():
+    from nncodec.graph.rebuild import _operator
+
+    for op in ALLOWED_OPERATORS:
+        assert callable(_operator(op)), op

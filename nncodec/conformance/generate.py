@@ -29,6 +29,7 @@ from ..dtypes import dtype_by_name
 from ..encoder import CodedTensor, Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
 from .forge import join_units, split_units, unit_bytes
+from .graph_vectors import GRAPH_VECTORS, require_graph
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
 
 VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
@@ -444,7 +445,8 @@ def generate(folder: Path) -> list[str]:
     written = []
     jobs: list[tuple[str, str, str, Callable[[], Any], str | None]] = (
         [(n, "valid", d, b, None) for n, (d, b) in VALID.items()] +
-        [(n, "invalid", d, b, e) for n, (d, e, b) in INVALID.items()])
+        [(n, "invalid", d, b, e) for n, (d, e, b) in INVALID.items()] +
+        [(n, kind, d, b, None) for n, (kind, d, b) in GRAPH_VECTORS.items()])
     for name, kind, desc, build, error in jobs:
         if name in existing:
             continue
@@ -452,15 +454,19 @@ def generate(folder: Path) -> list[str]:
         path = folder / rel
         if path.exists():
             raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
+        extra: dict[str, Any] = {}
         if error is None:
-            data, expected = build()
+            data, expected, *graph = build()
             tensors = _check_valid(name, data, expected)
+            if graph:  # a graph topology vector (graph_vectors.py): also rebuild the model
+                require_graph(name, data, graph[0])
+                extra = {"graph": graph[0]}
         else:
             data, tensors = build(), None
             _check_invalid(name, data, error)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, [data])
-        vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
+        vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error, extra))
         written.append(name)
     manifest = {"format": "nncodec-conformance", "vectors": [v.to_dict() for v in vectors]}
     write_atomic(folder / MANIFEST, [json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"])

@@ -138,7 +138,7 @@ def _shape(v: Any, what: str) -> tuple[int, ...]:
 
 
 def _dtype(v: Any, what: str) -> str:
-    if v not in DTYPE_NAMES:
+    if not isinstance(v, str) or v not in DTYPE_NAMES:
         raise _fail(GraphError, f"{what} has unknown dtype {v!r}"[:300])
     return v  # type: ignore[return-value]
 
@@ -191,7 +191,7 @@ def _check_arg(v: Any, defined: dict[str, int], where: str, depth: int = 0) -> N
                 raise _fail(DanglingReferenceError, f"{where} refers to {value!r}, which is not defined before it"[:300])
             return
         ok = {"dtype": DTYPE_NAMES, "layout": LAYOUTS, "memory_format": MEMORY_FORMATS, "float": _FLOAT_WORDS}
-        if key in ok and value in ok[key]:
+        if key in ok and isinstance(value, str) and value in ok[key]:
             return
         if key == "device" and isinstance(value, str) and _DEVICE.match(value):
             return
@@ -298,7 +298,7 @@ def validate(topology: Mapping[str, Any],
         item = _obj(item, f"nodes[{i}]", {"name", "op", "args", "kwargs"}, {"name", "op", "args"})
         name = _str(item["name"], f"nodes[{i}].name")
         op = item["op"]
-        if op not in ALLOWED_OPERATORS:
+        if not isinstance(op, str) or op not in ALLOWED_OPERATORS:
             raise _fail(UnknownOperatorError, f"node {name!r} calls {op!r}, which is not on the operator "
                         "allow-list"[:300])
         args, kwargs = item["args"], item.get("kwargs", {})

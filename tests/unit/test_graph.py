@@ -168,11 +168,17 @@ def test_other_input_shapes_are_refused_at_run_time(streams):
         rebuilt()
 
 
-def test_quantized_pruned_resnet_with_activation_quantizers_reloads():
+@pytest.mark.parametrize("kernel,widths", [("quantized_bits(6,0,1)", {}),
+                                           ("ternary(alpha='auto_po2')", {"stem.0": 0.5, "conv1": 0.5})])
+def test_searched_resnet_with_activation_quantizers_reloads(kernel, widths):
+    from nncodec.quant.plan import Plan
+    from nncodec.search.candidate import build_candidate
+
     torch.manual_seed(1)
     model, args = MODELS["resnet"]
-    q = quantize_model(model, {"default": {"kernel": "quantized_bits(6,0,1)", "bias": "quantized_bits(8,2,1)",
-                                           "activation": "quantized_relu(4,2)"}})
+    plan = Plan.from_dict({"widths": widths, "default": {"kernel": kernel, "bias": "quantized_bits(8,2,1)",
+                                                         "activation": "quantized_relu(4,2)"}})
+    q = build_candidate(model, (3, 16, 16), plan)  # the search's candidate: resized, then fake-quantized
     apply_masks(q, global_magnitude_masks(q, 0.6))
     q.eval()
     data = nncodec.encode(q, example_inputs=args)
@@ -186,6 +192,7 @@ def test_quantized_pruned_resnet_with_activation_quantizers_reloads():
     assert torch.equal(want, got)
     conv = dict(rebuilt.named_parameters())["conv1.weight"]
     assert (conv == 0).float().mean() > 0.3  # pruned weights arrive as zeros
+    assert conv.shape[0] == (8 if widths else 16)
 
 
 def test_encode_without_example_inputs_keeps_the_sequential_topology():
@@ -367,3 +374,15 @@ def test_every_allowed_operator_exists_in_torch():
 
     for op in ALLOWED_OPERATORS:
         assert callable(_operator(op)), op
+
+
+def test_quantized_pruned_transformer_reloads():
+    model, args = MODELS["transformer"]
+    q = quantize_model(model, {"default": {"kernel": "quantized_bits(4,0,1)", "bias": "quantized_bits(8,1,1)",
+                                           "activation": "quantized_bits(8,2,1)"}})
+    assert any(type(m).__name__ == "QLinear" for m in q.modules())
+    apply_masks(q, global_magnitude_masks(q, 0.5))
+    q.eval()
+    rebuilt = nncodec.load_model(nncodec.encode(q, example_inputs=args))
+    want, got = q(*args), rebuilt(*args)
+    assert _same(want, got)

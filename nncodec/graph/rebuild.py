@@ -41,7 +41,14 @@ class _Ref:
 
 
 class _Device:
-    """A device argument: at run time, the device of the first input (the graph moves with the module)."""
+    """A device argument: at run time, the device of the first input (the graph moves with the module).
+    One instance, kept by copies of the module."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_Device":
+        return self
+
+    def __reduce__(self) -> str:
+        return "_DEVICE"
 
 
 _DEVICE = _Device()

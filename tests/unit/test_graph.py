@@ -160,6 +160,16 @@ def test_graph_records_operators_shapes_and_names(streams):
     assert {"tuple": [0, 1]} == topo["structure"]
 
 
+def test_rebuilt_model_can_be_copied(streams):
+    model, args = MODELS["gru"]
+    rebuilt = nncodec.load_model(streams["gru"])
+    twin = copy.deepcopy(rebuilt)  # the GRU's zeros() keeps its run-time device argument
+    assert _same(model(*args), twin(*args))
+    with torch.no_grad():
+        twin.rnn.weight_hh_l0.zero_()
+    assert not _same(model(*args), twin(*args)) and _same(model(*args), rebuilt(*args))
+
+
 def test_other_input_shapes_are_refused_at_run_time(streams):
     rebuilt = nncodec.load_model(streams["resnet"])
     with pytest.raises(ConfigError, match=r"captured for torch.float32 \[2, 3, 16, 16\]"):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, NNCodecError
 
-__all__ = ["GRAPH_VECTORS", "graph_inputs", "check_graph"]
+__all__ = ["GRAPH_VECTORS", "graph_inputs", "check_graph", "edit_topology"]
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
@@ -111,21 +111,26 @@ def _valid(key: str) -> Callable[[], tuple[bytes, dict[str, np.ndarray], dict[st
     return build
 
 
+def edit_topology(data: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """``data`` with its topology unit's JSON changed in place by ``edit`` (CRCs kept valid)."""
+    from ..bitstream.constants import UNIT_TOPOLOGY
+    from .forge import join_units, split_units
+
+    header, units = split_units(data)
+    forged = []
+    for u in units:
+        if u[0] == UNIT_TOPOLOGY:
+            topo = json.loads(u[3])
+            edit(topo)
+            u = (u[0], u[1], u[2], json.dumps(topo, sort_keys=True, separators=(",", ":")).encode())
+        forged.append(u)
+    return join_units(header, forged)
+
+
 def _hostile(edit: Callable[[dict[str, Any]], None], error: str):  # noqa: ANN202
     def build() -> tuple[bytes, dict[str, np.ndarray], dict[str, Any]]:
-        from ..bitstream.constants import UNIT_TOPOLOGY
-        from .forge import join_units, split_units
-
         data, expected, _ = _valid("residual")()
-        header, units = split_units(data)
-        forged = []
-        for u in units:
-            if u[0] == UNIT_TOPOLOGY:
-                topo = json.loads(u[3])
-                edit(topo)
-                u = (u[0], u[1], u[2], json.dumps(topo, sort_keys=True, separators=(",", ":")).encode())
-            forged.append(u)
-        return join_units(header, forged), expected, {"error": error}
+        return edit_topology(data, edit), expected, {"error": error}
     return build
 
 

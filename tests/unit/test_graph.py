@@ -2,7 +2,6 @@
 
 import copy
 import io
-import json
 import subprocess
 import sys
 
@@ -11,8 +10,7 @@ import torch
 from torch import nn
 
 import nncodec
-from nncodec.bitstream.constants import UNIT_TOPOLOGY
-from nncodec.conformance.forge import join_units, split_units
+from nncodec.conformance.graph_vectors import edit_topology
 from nncodec.errors import ConfigError, FormatError, LimitExceededError
 from nncodec.graph import (ALLOWED_OPERATORS, DanglingReferenceError, GraphError, GraphTensorMismatchError,
                            UnknownOperatorError, validate)
@@ -252,18 +250,6 @@ def test_load_into_reads_a_file_object(streams):
 # -- hostile graphs ------------------------------------------------------------------------------------
 
 
-def _with_topology(data: bytes, edit) -> bytes:
-    header, units = split_units(data)
-    out = []
-    for u in units:
-        if u[0] == UNIT_TOPOLOGY:
-            topo = json.loads(u[3])
-            edit(topo)
-            u = (u[0], u[1], u[2], json.dumps(topo).encode())
-        out.append(u)
-    return join_units(header, out)
-
-
 def _set_op(topo):
     topo["nodes"][3]["op"] = "aten.empty.memory_format"
 
@@ -312,7 +298,7 @@ def test_hostile_graph_is_refused_before_weights_or_operators(edit, error, match
     import nncodec.graph.rebuild as rebuild
     import nncodec.torch_io as torch_io
 
-    data = _with_topology(streams["resnet"], edit)
+    data = edit_topology(streams["resnet"], edit)
     calls = []
     monkeypatch.setattr(torch_io, "load_into", lambda *a, **k: calls.append("load_into"))
     real_run = rebuild.GraphModel._run
@@ -330,7 +316,7 @@ def test_huge_intermediate_is_refused_on_meta_before_allocation(streams):
         node["op"], node["args"] = "aten.zeros.default", [[1 << 20, 1 << 20]]
         node.pop("kwargs", None)
 
-    data = _with_topology(streams["resnet"], grow)
+    data = edit_topology(streams["resnet"], grow)
     with pytest.raises(LimitExceededError, match="max_tensor_elements"):
         nncodec.load_model(data, limits=Limits(max_tensor_elements=1 << 24))
 
@@ -341,7 +327,7 @@ def test_operator_failing_on_shapes_is_a_graph_error(streams):
         node["args"][1] = {"ref": topo["inputs"][0]["name"]}
 
     with pytest.raises(GraphError, match="fails on meta tensors"):
-        nncodec.load_model(_with_topology(streams["resnet"], mismatch))
+        nncodec.load_model(edit_topology(streams["resnet"], mismatch))
 
 
 def test_validation_needs_no_torch():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import logging
 import math
 import operator
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..limits import DEFAULT_LIMITS
 from ..topology import TopologyError
-from .schema import ALLOWED_OPERATORS, GETITEM, GRAPH_FORMAT, GRAPH_VERSION
+from .schema import ALLOWED_OPERATORS, GETITEM, GRAPH_FORMAT, GRAPH_VERSION, validate
 
 __all__ = ["capture_graph", "deployed_view"]
 
@@ -141,7 +143,13 @@ def capture_graph(model: nn.Module, example_inputs: Sequence[Any], *, quantized:
                             f"{str(exc).splitlines()[0] if str(exc) else ''}"[:500] + _HINT) from exc
     finally:
         target.train(was_training)
-    return graph_from_program(program, stream_tensors)
+    topology = graph_from_program(program, stream_tensors)
+    validate(topology)  # what we write, our own decoder must accept
+    size = len(json.dumps(topology, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > DEFAULT_LIMITS.max_metadata_bytes:
+        raise TopologyError(f"the graph takes {size} bytes of JSON, over the decoders' default topology limit "
+                            f"max_metadata_bytes={DEFAULT_LIMITS.max_metadata_bytes}" + _HINT)
+    return topology
 
 
 def graph_from_program(program: Any, stream_tensors: Mapping[str, Any] | None = None) -> dict[str, Any]:

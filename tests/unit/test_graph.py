@@ -219,6 +219,15 @@ def test_unexportable_model_is_an_encode_error_pointing_to_load_into():
         nncodec.encode(DataDependent(), example_inputs=(torch.ones(3),))
 
 
+def test_operator_outside_the_allow_list_is_an_encode_error():
+    class CumProd(nn.Module):
+        def forward(self, x):
+            return torch.cumprod(x, 0) + torch.sort(x).values
+
+    with pytest.raises(TopologyError, match=r"aten\.cumprod\.default.*aten\.sort\.default.*load_into"):
+        nncodec.encode(CumProd(), example_inputs=(torch.ones(3),))
+
+
 def test_example_inputs_that_do_not_apply_are_errors():
     model, args = MODELS["gru"]
     with pytest.raises(ConfigError, match="nn.Module"):

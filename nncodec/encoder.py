@@ -8,35 +8,41 @@ unit is never larger than the raw words plus its header.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import logging
 import math
 import os
+import struct
 import sys
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from .atomic import write_atomic
-from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE,
-                                  SCHEME_UNIFORM, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
-from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
-from .bitstream.pipeline import Pipeline
-from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
-from .coding import Ans, BitPack, Rans, Shuffle, ZeroWords, Zstd, ans_available, rans_available, stage_from_config
+from .atomic import atomic_file
+from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_MINOR_ALIASES, MAGIC,
+                                  SCHEME_BINARY, SCHEME_NONE, STREAM_HEADER, SCHEME_UNIFORM, UNIT_CRC_COVERED,
+                                  UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
+from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
+from .coding.pipeline import Pipeline
+from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
+from .coding import BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
 from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
 from .dtypes import contiguous as _contiguous
 from .errors import ConfigError
+from .limits import DEFAULT_LIMITS, Limits
 from .quant.uniform import UniformCodes, quantize_by_bits, quantize_by_step
 
-__all__ = ["Encoder", "EncodeReport", "TensorReport", "CodedTensor", "encode_arrays", "choose_pipeline"]
+__all__ = ["Encoder", "EncodeReport", "TensorReport", "encode_arrays", "find_aliases", "choose_pipeline",
+           "encoder_from_options"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ _SAMPLE_SLICE_BYTES = 64 << 10
 _BLOCK_WORDS = 64              # two-level map block size
 _ENTROPY_ONLY_WORDS = 1 << 16  # from this many words on, an order-0 coder makes packing-only pipelines moot
 _PROGRESS_BYTES = 64 << 20
+_BLOCK_ELEMENTS = 1 << 18      # elements per block of the float64 statistics (std, errors)
 
 
 @dataclass
@@ -69,6 +76,7 @@ class EncodeReport:
     tensors: list[TensorReport] = field(default_factory=list)
     total_bytes: int = 0
     seconds: float = 0.0
+    aliases: dict[str, str] = field(default_factory=dict)  #: tied tensors: alias -> the tensor stored once
 
     @property
     def parameters(self) -> int:
@@ -82,7 +90,7 @@ class EncodeReport:
     def to_json(self) -> str:
         return json.dumps({"total_bytes": self.total_bytes, "seconds": self.seconds,
                            "parameters": self.parameters, "bits_per_param": self.bits_per_param,
-                           "tensors": [asdict(t) for t in self.tensors]}, indent=2)
+                           "tensors": [asdict(t) for t in self.tensors], "aliases": self.aliases}, indent=2)
 
     def table(self) -> str:
         rows = [f"{'tensor':40s} {'dtype':8s} {'scheme':8s} {'bits/param':>10s} {'max err':>10s} {'rms err':>10s}"]
@@ -104,10 +112,8 @@ def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, l
     z = Zstd(level)
     entropy: Stage | None = None
     if word_size <= 2 and (0 < bits < 8 * word_size or word_size == 1):
-        if rans_available():
-            entropy = Rans(word_size, signed)
-        elif ans_available():  # the experimental stage 5, only where numba is missing
-            entropy = Ans(word_size, signed)
+        coders = entropy_stages(word_size)  # registered stages declaring ``entropy``, most preferred first
+        entropy = coders[0](word_size, signed) if coders else None  # type: ignore[call-arg]
     pruned = entropy is not None and n_words >= _ENTROPY_ONLY_WORDS
     cands: list[tuple] = [(), (z,)]
     if word_size > 1:
@@ -161,19 +167,6 @@ def choose_pipeline(words: np.ndarray, word_size: int, bits: int, signed: bool, 
     return chosen, payload
 
 
-@dataclass(frozen=True)
-class CodedTensor:
-    """A tensor that arrives already quantized: its codes and the descriptor that maps them to values.
-
-    ``codes`` has the tensor's shape and the descriptor's code dtype; ``dtype`` is the tensor's (float)
-    dtype after decoding. The encoder stores the codes as they are (lossless from here on).
-    """
-
-    codes: np.ndarray
-    quant: QuantDescriptor
-    dtype: DType
-
-
 @dataclass
 class _Prepared:
     header: TensorHeader
@@ -198,6 +191,12 @@ class Encoder:
     - ``progress``: show a tqdm bar (None: only on a terminal for inputs over 64 MiB).
     - ``pipeline``: stage configs (``[{"id": "zero_words", "word_size": 1, ...}, {"id": "zstd"}]``)
       applied to every tensor instead of choosing the smallest; for experts and conformance vectors.
+    - ``limits``: the decoder limits the stream must respect (default: the decoder's defaults). A name,
+      rank, size or metadata over them is refused with :class:`LimitExceededError` at encode time, so a
+      stream that encodes also decodes with the same limits.
+
+    Encoding to a file (:meth:`encode` with ``dst``, :meth:`encode_file`) streams tensor by tensor and
+    writes the same bytes as encoding to memory.
 
     Thread-safe: an instance holds settings only.
     """
@@ -205,7 +204,10 @@ class Encoder:
     def __init__(self, *, bits: int | None = None, step: float | None = None, bits_1d: int = 16,
                  lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
                  progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None,
-                 rel_step: float | None = None, step_scales: Mapping[str, float] | None = None):
+                 rel_step: float | None = None, step_scales: Mapping[str, float] | None = None,
+                 limits: Limits = DEFAULT_LIMITS):
+        if not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be an nncodec.Limits, got {type(limits).__name__}")
         if sum(v is not None for v in (bits, step, rel_step)) > 1:
             raise ConfigError("give one of bits, step and rel_step")
         if rel_step is not None and not (isinstance(rel_step, (int, float)) and 0 < rel_step < 1e6):
@@ -229,6 +231,7 @@ class Encoder:
         self.lossless = tuple(lossless)
         self.level = level
         self.metadata = meta
+        self.limits = limits
         self.progress = progress
         self.pipeline = None if pipeline is None else Pipeline(tuple(stage_from_config(c) for c in pipeline))
 
@@ -242,7 +245,7 @@ class Encoder:
 
     def _quantize(self, name: str, values: np.ndarray) -> UniformCodes:
         if self.rel_step is not None:
-            std = float(np.std(np.asarray(values, dtype=np.float64)))
+            std = _std(values)
             factor = self.step_scales.get(name) or next(
                 (f for pat, f in self.step_scales.items() if fnmatch.fnmatchcase(name, pat)), 1.0)
             step = self.rel_step * (std if std > 0 and math.isfinite(std) else 1.0) * factor
@@ -275,12 +278,7 @@ class Encoder:
                                    axis=0, scales=q.scales)
             words = _contiguous(q.codes).reshape(-1).view(np.uint8)
             word_size, bits, signed = code_dtype.itemsize, q.bits, not q.binary
-            recon = np.empty(shape, dtype=dtype.storage)
-            dequantize_into(q.codes, desc, recon, dtype)
-            ref = np.asarray(values, dtype=np.float64)
-            got = bfloat16_bits_to_float32(recon) if dtype.name == "bfloat16" else recon
-            diff = np.abs(got.astype(np.float64) - ref)
-            max_err, rms_err = float(diff.max()), float(np.sqrt(np.mean(diff * diff)))
+            max_err, rms_err = _errors(values, q.codes, desc, dtype)
         else:
             desc = QuantDescriptor.lossless(dtype)
             words = _contiguous(storage).reshape(-1).view(np.uint8)
@@ -295,7 +293,7 @@ class Encoder:
             pipeline, payload = self.pipeline, self.pipeline.encode(memoryview(words))
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
-        header = TensorHeader(name, dtype, shape, desc, pipeline)
+        header = TensorHeader(name, dtype, shape, desc, pipeline.entries())
         unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(payload)
         numel = math.prod(shape)
         report = TensorReport(name, dtype.name, list(shape), desc.scheme_name,
@@ -304,7 +302,82 @@ class Encoder:
                               8.0 * unit_bytes / numel if numel else None, max_err, rms_err)
         return _Prepared(header, payload, pipeline, report)
 
+    def _check_tensor_limits(self, name: str, array: np.ndarray) -> None:
+        """Refuse what the decoder (with ``self.limits``) would refuse, and what the format cannot hold."""
+        name_bytes = len(name.encode("utf-8"))
+        if name_bytes > 0xFFFF:
+            raise ConfigError(f"tensor name {name[:40]!r}... is longer than 65535 UTF-8 bytes")
+        self.limits.check(f"name length of tensor {name[:40]!r}", name_bytes, "max_name_bytes")
+        if array.ndim > 255:
+            raise ConfigError(f"tensor {name!r} has rank {array.ndim}, at most 255 is encodable")
+        self.limits.check(f"rank of tensor {name!r}", array.ndim, "max_ndim")
+        span = math.prod(max(int(d), 1) for d in array.shape)
+        self.limits.check(f"element count of tensor {name!r} (zero dimensions counted as 1)", span,
+                          "max_tensor_elements")
+
     # -- whole stream -----------------------------------------------------------------------
+    def _plan(self, tensors: Mapping[str, Any], topology: Mapping[str, Any] | None) -> "_Plan":
+        """Check the whole input against the format and ``self.limits``, find tied tensors; no coding.
+
+        The values are looked at together here (tied tensors are found by their memory) and let go before
+        coding, which asks the mapping again for one value at a time."""
+        if not isinstance(tensors, Mapping):
+            raise ConfigError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
+        for name in tensors:
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
+        values = {name: _as_encodable(name, value) for name, value in tensors.items()}
+        for name in values:
+            self._check_tensor_limits(name, _array_of(values[name]))
+        aliases = find_aliases(values)
+        names = sorted(n for n in values if n not in aliases)
+        meta_bytes = len(StreamHeader(0, self.metadata).to_bytes()) - STREAM_HEADER.size
+        self.limits.check("stream metadata size", meta_bytes, "max_metadata_bytes")
+        topo = None
+        if topology is not None:
+            topo = json.dumps(topology, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            self.limits.check("topology size", len(topo), "max_metadata_bytes")
+        decoded = sum(_decoded_bytes(values[n]) for n in names)
+        self.limits.check("total decoded bytes", decoded, "max_total_decoded_bytes")
+        # stream header, tensors, end of stream; a model parameter set and a topology unit at most
+        self.limits.check("unit count", len(names) + 2 + (topology is not None) + (len(names) >= 2) + bool(aliases),
+                          "max_units")
+        return _Plan(names, aliases, topo, sum(_array_of(values[n]).nbytes for n in names))
+
+    def _coded(self, tensors: Mapping[str, Any], plan: "_Plan") -> Iterator[_Prepared]:
+        """Each tensor coded, in canonical order (sorted names), one at a time, with a progress bar."""
+        show = self.progress if self.progress is not None else (plan.input_bytes > _PROGRESS_BYTES
+                                                                 and sys.stderr.isatty())
+        bar = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=plan.input_bytes, unit="B", unit_scale=True, desc="encode", leave=False)
+        for name in plan.names:
+            value = _as_encodable(name, tensors[name])
+            nbytes = _array_of(value).nbytes
+            prepared = self._prepare(name, value)
+            del value
+            yield prepared
+            if bar is not None:
+                bar.update(nbytes)
+        if bar is not None:
+            bar.close()
+
+    def _preamble(self, plan: "_Plan", default: Pipeline | None) -> list[bytes]:
+        """The file header and the units before the tensors."""
+        minor = FORMAT_MINOR_ALIASES if plan.aliases else FORMAT_MINOR  # the oldest version that holds the stream
+        chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor),
+                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(plan.names), self.metadata,
+                                                              version=(FORMAT_MAJOR, minor)).to_bytes())]
+        if default is not None:
+            chunks.append(frame_unit(UNIT_MODEL_PARAMETER_SET, default.to_bytes()))
+        if plan.topology is not None:
+            chunks.append(frame_unit(UNIT_TOPOLOGY, plan.topology, critical=False))
+        if plan.aliases:
+            chunks.append(frame_unit(UNIT_TENSOR_ALIASES, TensorAliases(plan.aliases).to_bytes()))
+        return chunks
+
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
                      topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
         """Encode ``{name: (storage array, dtype)}`` into the stream's byte chunks and a report.
@@ -312,51 +385,16 @@ class Encoder:
         Units are in canonical order (tensors sorted by name), so equal input gives equal bytes.
         """
         start = time.perf_counter()
-        names = sorted(tensors)
-        for name in names:
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
-            if len(name.encode("utf-8")) > 0xFFFF:
-                raise ConfigError(f"tensor name {name[:40]!r}... is longer than 65535 UTF-8 bytes")
-            if _array_of(tensors[name]).ndim > 255:
-                raise ConfigError(f"tensor {name!r} has rank {_array_of(tensors[name]).ndim}, at most 255 is encodable")
-        total_in = sum(_array_of(tensors[n]).nbytes for n in names)
-        show = self.progress if self.progress is not None else (total_in > _PROGRESS_BYTES and sys.stderr.isatty())
-        iterator: Iterable[str] = names
-        bar = None
-        if show:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total_in, unit="B", unit_scale=True, desc="encode", leave=False)
-        prepared = []
-        for name in iterator:
-            prepared.append(self._prepare(name, tensors[name]))
-            if bar is not None:
-                bar.update(_array_of(tensors[name]).nbytes)
-        if bar is not None:
-            bar.close()
-        counts = Counter(p.pipeline.to_bytes() for p in prepared)
-        default: Pipeline | None = None
-        if counts:
-            common, n = counts.most_common(1)[0]
-            if n >= 2:
-                default = next(p.pipeline for p in prepared if p.pipeline.to_bytes() == common)
-        chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR),
-                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(prepared), self.metadata).to_bytes())]
-        if default is not None:
-            chunks.append(frame_unit(UNIT_MODEL_PARAMETER_SET, default.to_bytes()))
-        if topology is not None:
-            topo = json.dumps(topology, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-            chunks.append(frame_unit(UNIT_TOPOLOGY, topo, critical=False))
-        report = EncodeReport()
+        plan = self._plan(tensors, topology)
+        prepared = list(self._coded(tensors, plan))
+        default = _default_pipeline([p.pipeline for p in prepared])
+        chunks = self._preamble(plan, default)
+        report = EncodeReport(aliases=dict(plan.aliases))
         for p in prepared:
-            header = p.header
-            if default is not None and p.pipeline == default:
-                header = TensorHeader(header.name, header.dtype, header.shape, header.quant, None)
-                p.report.unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(p.payload)
-                numel = math.prod(header.shape)
-                p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
-            chunks.append(frame_unit(UNIT_TENSOR, header.to_bytes() + p.payload))
+            header = _tensor_header(p.header, p.pipeline, default, p.report, len(p.payload))
+            payload = header.to_bytes() + p.payload
+            self.limits.check(f"unit payload length of tensor {header.name!r}", len(payload), "max_unit_bytes")
+            chunks.append(frame_unit(UNIT_TENSOR, payload))
             report.tensors.append(p.report)
         chunks.append(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1, len(prepared)).to_bytes()))
         report.total_bytes = sum(len(c) for c in chunks)
@@ -364,34 +402,216 @@ class Encoder:
         log.info("encoded %d tensors into %d bytes in %.2f s", len(prepared), report.total_bytes, report.seconds)
         return chunks, report
 
+    def encode_file(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
+                    dst: str | os.PathLike[str], topology: Mapping[str, Any] | None = None) -> EncodeReport:
+        """Encode into the file ``dst`` one tensor at a time: the same bytes as :meth:`encode_units`.
+
+        Each tensor's payload goes to a spool file in ``dst``'s folder as soon as it is coded (the model
+        parameter set, which precedes the tensor units, depends on every tensor's pipeline); the units are
+        then framed from the spool into a temporary file renamed to ``dst`` at the end. Memory: the
+        tensor being coded and its coding buffers, never the whole stream; disk: the payloads twice.
+        """
+        import tempfile  # only here: keeps `import nncodec` light for decoders
+
+        start = time.perf_counter()
+        dst = Path(dst)
+        plan = self._plan(tensors, topology)
+        spooled: list[tuple[TensorHeader, Pipeline, TensorReport, int]] = []
+        with atomic_file(dst) as out, \
+                tempfile.TemporaryFile(dir=dst.parent or ".", prefix=f".{dst.name}.", suffix=".spool") as spool:
+            for p in self._coded(tensors, plan):
+                spool.write(p.payload)
+                spooled.append((p.header, p.pipeline, p.report, len(p.payload)))
+                del p
+            default = _default_pipeline([s[1] for s in spooled])
+            spool.seek(0)
+            report = EncodeReport(aliases=dict(plan.aliases))
+            chunks = self._preamble(plan, default)
+            for chunk in chunks:
+                out.write(chunk)
+            for header, pipeline, tensor_report, size in spooled:
+                header = _tensor_header(header, pipeline, default, tensor_report, size)
+                head = header.to_bytes()
+                self.limits.check(f"unit payload length of tensor {header.name!r}", len(head) + size,
+                                  "max_unit_bytes")
+                _copy_unit(out, UNIT_TENSOR, head, spool, size)
+                report.tensors.append(tensor_report)
+            out.write(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1 + len(spooled), len(spooled)).to_bytes()))
+            report.total_bytes = out.tell()
+        report.seconds = time.perf_counter() - start
+        log.info("encoded %d tensors into %s (%d bytes) in %.2f s", len(spooled), dst, report.total_bytes,
+                 report.seconds)
+        return report
+
     def encode(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]", dst: str | os.PathLike[str] | None = None,
                topology: Mapping[str, Any] | None = None) -> tuple[bytes | Path, EncodeReport]:
-        """Encode and return ``(bytes, report)``, or ``(path, report)`` after an atomic write to ``dst``."""
-        chunks, report = self.encode_units(tensors, topology)
+        """Encode and return ``(bytes, report)``, or ``(path, report)`` after a streamed, atomic write to ``dst``."""
         if dst is None:
+            chunks, report = self.encode_units(tensors, topology)
             return b"".join(chunks), report
-        return write_atomic(dst, chunks), report
+        return Path(dst), self.encode_file(tensors, dst, topology)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :meth:`Encoder._plan` found: the names to code (sorted), tied tensors, the topology's JSON."""
+
+    names: list[str]
+    aliases: dict[str, str]
+    topology: bytes | None
+    input_bytes: int
+
+
+_COPY_BYTES = 4 << 20
+
+
+def _default_pipeline(pipelines: list[Pipeline]) -> Pipeline | None:
+    """The pipeline of the model parameter set: the most common one, when at least two tensors share it."""
+    counts = Counter(p.to_bytes() for p in pipelines)
+    if counts:
+        common, n = counts.most_common(1)[0]
+        if n >= 2:
+            return next(p for p in pipelines if p.to_bytes() == common)
+    return None
+
+
+def _tensor_header(header: TensorHeader, pipeline: Pipeline, default: Pipeline | None, report: TensorReport,
+                   payload_bytes: int) -> TensorHeader:
+    """``header`` without its ``pipeline`` when it is the default one (the report's unit size updated)."""
+    if default is None or pipeline != default:
+        return header
+    header = TensorHeader(header.name, header.dtype, header.shape, header.quant, None)
+    report.unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + payload_bytes
+    numel = math.prod(header.shape)
+    report.bits_per_param = 8.0 * report.unit_bytes / numel if numel else None
+    return header
+
+
+def _copy_unit(out: BinaryIO, unit_type: int, head: bytes, src: BinaryIO, size: int) -> None:
+    """Write a unit whose body is ``head`` + the next ``size`` bytes of ``src``, in pieces: its CRC is
+    computed as the bytes pass and written into the unit header afterwards (as :func:`frame_unit`)."""
+    unit_head = UNIT_HEADER.pack(unit_type, FLAG_CRITICAL, 0, len(head) + size, 0)[:UNIT_CRC_COVERED]
+    at = out.tell()
+    out.write(unit_head + b"\0\0\0\0" + head)
+    crc = zlib.crc32(head, zlib.crc32(unit_head))
+    left = size
+    while left:
+        piece = src.read(min(left, _COPY_BYTES))
+        if not piece:
+            raise OSError("encoder spool file ended early")
+        crc = zlib.crc32(piece, crc)
+        out.write(piece)
+        left -= len(piece)
+    end = out.tell()
+    out.seek(at + UNIT_CRC_COVERED)
+    out.write(struct.pack("<I", crc))
+    out.seek(end)
+
+
+def _std(values: np.ndarray) -> float:
+    """Standard deviation in float64 (numpy's up to 4 ``_BLOCK_ELEMENTS`` elements); above, in blocks
+    (two passes), so that no float64 copy of the whole tensor exists."""
+    flat = values.reshape(-1)
+    if flat.size <= 4 * _BLOCK_ELEMENTS:
+        return float(np.std(flat.astype(np.float64)))
+    mean = sum(float(flat[a:a + _BLOCK_ELEMENTS].sum(dtype=np.float64))
+               for a in range(0, flat.size, _BLOCK_ELEMENTS)) / flat.size
+    squares = 0.0
+    for a in range(0, flat.size, _BLOCK_ELEMENTS):
+        d = flat[a:a + _BLOCK_ELEMENTS].astype(np.float64)
+        d -= mean
+        squares += float(np.multiply(d, d, out=d).sum())
+    return math.sqrt(squares / flat.size)
+
+
+def _errors(values: np.ndarray, codes: np.ndarray, desc: QuantDescriptor, dtype: DType) -> tuple[float, float]:
+    """Max and RMS of |decoded - value|, decoded in blocks of rows (about ``_BLOCK_ELEMENTS`` elements)."""
+    rows = max(1, _BLOCK_ELEMENTS // max(1, codes.size // max(1, codes.shape[0])))
+    max_err = squares = 0.0
+    for a in range(0, codes.shape[0], rows):
+        b = min(a + rows, codes.shape[0])
+        recon = np.empty(codes[a:b].shape, dtype=dtype.storage)
+        dequantize_into(codes[a:b], desc.rows(a, b), recon, dtype)
+        got = bfloat16_bits_to_float32(recon) if dtype.name == "bfloat16" else recon
+        diff = got.astype(np.float64)
+        diff -= values[a:b]
+        np.abs(diff, out=diff)
+        if diff.size:
+            max_err = max(max_err, float(diff.max()))
+            squares += float(np.multiply(diff, diff, out=diff).sum())
+    return max_err, math.sqrt(squares / codes.size) if codes.size else 0.0
+
+
+def _as_encodable(name: str, value: Any) -> "tuple[np.ndarray, DType] | CodedTensor":
+    """A value of :meth:`Encoder.encode`'s mapping: ``(storage, dtype)``, a :class:`CodedTensor`, or a numpy
+    array / scalar (converted here)."""
+    if isinstance(value, CodedTensor):
+        return value
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (np.ndarray, np.generic)) \
+            and isinstance(value[1], DType):
+        return np.asarray(value[0]), value[1]
+    if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+        return numpy_storage(value, name)
+    raise ConfigError(f"value of {name!r} is a {type(value).__name__}: pass a numpy array, a CodedTensor "
+                      "or (storage array, DType)")
+
+
+def find_aliases(tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]") -> dict[str, str]:
+    """Tied tensors: names whose storage is the very storage of another entry (same memory, shape, strides
+    and dtype), mapped to the first such name in byte order, which is stored once. Partial overlaps (views of
+    another shape) are not aliases; they are stored on their own."""
+    first: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for name in sorted(tensors, key=lambda n: n.encode("utf-8")):
+        value = tensors[name]
+        if isinstance(value, CodedTensor) or value[0].size == 0:
+            continue
+        a = value[0]
+        key = (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str, value[1].name)
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
+def _decoded_bytes(value: "tuple[np.ndarray, DType] | CodedTensor") -> int:
+    if isinstance(value, CodedTensor):
+        return value.codes.size * value.dtype.itemsize
+    return value[0].size * value[1].itemsize
 
 
 def _array_of(value: "tuple[np.ndarray, DType] | CodedTensor") -> np.ndarray:
     return value.codes if isinstance(value, CodedTensor) else value[0]
 
 
-def numpy_storage(a: Any) -> tuple[np.ndarray, DType]:
+def numpy_storage(a: Any, name: str = "array") -> tuple[np.ndarray, DType]:
     """``(storage words, dtype)`` of a numpy array or scalar (ml_dtypes bfloat16 accepted)."""
     a = np.asarray(a)
-    dt = dtype_of_array(a)
+    try:
+        dt = dtype_of_array(a)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     storage = a.view(np.uint16) if dt.name == "bfloat16" else a
     return _contiguous(storage).astype(dt.storage, copy=False), dt
 
 
 def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, DType]]:
     """``{name: (storage words, dtype)}`` from numpy arrays."""
-    return {name: numpy_storage(a) for name, a in arrays.items()}
+    return {name: numpy_storage(a, name) for name, a in arrays.items()}
 
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,
                   **options: Any) -> bytes | Path:
     """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`."""
-    result, _ = Encoder(**options).encode(numpy_tensors(arrays), dst)
+    result, _ = encoder_from_options(options).encode(arrays, dst)
     return result
+
+
+def encoder_from_options(options: Mapping[str, Any]) -> Encoder:
+    """An :class:`Encoder` from keyword options; an option it does not take is a :class:`ConfigError`."""
+    known = [p for p in inspect.signature(Encoder.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown encode option(s) {unknown}; the options are {known}")
+    return Encoder(**options)

@@ -2,9 +2,10 @@
 
 Reaches the order-0 entropy of the symbols (zstd is up to 1.3x above it on low-entropy codes). The
 probability model is stored with the data: the distinct word values that occur and their counts; the coder
-is constriction 0.5's ``AnsCoder`` (32-bit words, 64-bit state) with ``Categorical(counts / n,
-perfect=False)``. Because that model quantization is constriction's, this stage is marked experimental
-in FORMAT.md until it is written out independently.
+is constriction 0.5's ``AnsCoder`` (32-bit words, 64-bit state) with ``Categorical(counts,
+perfect=False)``. Encoding needs constriction; decoding does not: :func:`ans_model` builds the same
+quantized model and the compiled (or portable) kernel of :mod:`.kernels` runs the coder's decode loop,
+bit-exact with constriction (tested on random data).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import numpy as np
 from ..bitstream.byte_reader import ByteReader
 from ..bitstream.constants import STAGE_ANS
 from ..errors import ConfigError, CorruptError, UnsupportedFeatureError
+from .kernels import decode_kernels
 from .stage import register_stage
 from .symbol_stage import SymbolStage, alphabet
 
-__all__ = ["Ans", "MAX_ALPHABET", "ans_available"]
+__all__ = ["Ans", "MAX_ALPHABET", "ans_available", "ans_model"]
 
 MAX_ALPHABET = 1 << 16
+PRECISION = 24  # constriction's default probability bits
 _HEAD = struct.Struct("<QI")  # n_words, alphabet size
 
 
@@ -42,6 +45,38 @@ def ans_available() -> bool:
     return importlib.util.find_spec("constriction") is not None
 
 
+def ans_model(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """constriction 0.5's ``Categorical(counts, perfect=False)`` as tables: the cdf (``K + 1`` u32, from 0
+    to ``2**24``; symbol ``s`` owns the quantiles ``cdf[s] <= q < cdf[s + 1]``) and, for the decoder, the
+    symbol owning each quantile ``b * 256`` (``2**16 + 1`` entries, the last ``K - 1``).
+
+    ``cdf[s] = floor(c_s * ((2**24 - K) / n)) + s`` in float64, ``c_s`` the sum of the counts before
+    ``s`` and ``n`` their total (exact integers in float64 while ``n < 2**53``)."""
+    k = counts.size
+    n = float(counts.sum(dtype=np.float64))
+    before = np.concatenate([[0.0], np.cumsum(counts, dtype=np.float64)[:-1]])
+    cdf = np.empty(k + 1, dtype=np.uint32)
+    cdf[:k] = (before * (float((1 << PRECISION) - k) / n)).astype(np.uint32) + np.arange(k, dtype=np.uint32)
+    cdf[k] = 1 << PRECISION
+    bucket = np.empty((1 << 16) + 1, dtype=np.uint32)
+    bucket[:-1] = np.searchsorted(cdf[:k], np.arange(0, 1 << PRECISION, 256, dtype=np.uint32), side="right") - 1
+    bucket[-1] = k - 1
+    return cdf, bucket
+
+
+def ans_initial_state(compressed: np.ndarray) -> tuple[int, np.ndarray]:
+    """The decoder's word pointer and state from constriction's compressed words (read from the end: the
+    last word, which must not be 0, is the state's high half, the one before its low half)."""
+    m = compressed.size
+    if m == 0:
+        return 0, np.zeros(1, dtype=np.uint64)
+    if compressed[-1] == 0:
+        raise CorruptError("ans data corrupt: its last word is 0")
+    if m == 1:
+        return 0, np.array([compressed[-1]], dtype=np.uint64)
+    return m - 2, np.array([(int(compressed[-1]) << 32) | int(compressed[-2])], dtype=np.uint64)
+
+
 @register_stage
 class Ans(SymbolStage):
     """Params: word_size u8 (1, 2, 4) | flags u8 (bit 0: signed words; 1-7 reserved).
@@ -51,6 +86,12 @@ class Ans(SymbolStage):
     stage_id = STAGE_ANS
     codec_id = "ans"
     word_sizes = (1, 2, 4)
+    entropy = True
+    preference = 1  # chosen only where stage 6's C kernels are not built
+
+    @classmethod
+    def available(cls) -> bool:
+        return ans_available()
 
     def encode(self, data: memoryview) -> bytes:
         c = _constriction()
@@ -101,18 +142,14 @@ class Ans(SymbolStage):
             return
         if len(rest) % 4:
             raise CorruptError("ans compressed data is not whole 32-bit words")
-        c = _constriction()
-        try:
-            model = c.stream.model.Categorical(counts.astype(np.float64), perfect=False)
-            coder = c.stream.stack.AnsCoder(np.frombuffer(rest, dtype=np.uint32))  # it copies them
-        except Exception as exc:  # constriction reports bad input with its own exception types
-            raise CorruptError(f"ans data corrupt: {exc}") from None
+        compressed = np.frombuffer(rest, dtype="<u4")
+        cdf, bucket = ans_model(counts)
+        ptr, state = ans_initial_state(compressed)
+        decode = decode_kernels().ans_decode
+        buf = np.empty(min(step, n), dtype=symbols.dtype)
         for start in range(0, n, step):
-            m = min(step, n - start)
-            try:
-                index = coder.decode(model, m)
-            except Exception as exc:
-                raise CorruptError(f"ans data corrupt: {exc}") from None
-            yield symbols[index].view(np.uint8)
-        if not coder.is_empty():
+            out = buf[:min(step, n - start)]
+            ptr = decode(compressed, ptr, state, cdf, bucket, symbols, out)
+            yield out.view(np.uint8)
+        if ptr or state[0]:
             raise CorruptError("ans data holds more than its words")

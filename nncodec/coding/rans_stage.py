@@ -3,8 +3,8 @@
 The model travels with the data: the ``K`` distinct word values and their frequencies, which sum to
 ``2**P``; the decoder needs nothing else (how the encoder rounds counts to frequencies is its own
 business). The coder is rANS with four interleaved 32-bit states and 16-bit renormalization words
-(word ``i`` uses state ``i % 4``), as in FORMAT.md. The loops run compiled (numba, without the GIL);
-they return error codes and the Python side raises :class:`CorruptError`, so hostile input never crashes.
+(word ``i`` uses state ``i % 4``), as in FORMAT.md. The loops run compiled (a C extension built at
+install time, without the GIL; see :mod:`.kernels`); they return error codes and the Python side raises :class:`CorruptError`, so hostile input never crashes.
 
 Reaches the order-0 entropy to within the frequency rounding (``P = 16``; under 1 % in the tests) and
 decodes faster than the experimental ANS stage 5, whose coder holds the GIL.
@@ -12,8 +12,6 @@ decodes faster than the experimental ANS stage 5, whose coder holds the GIL.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import struct
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -22,7 +20,8 @@ import numpy as np
 
 from ..bitstream.byte_reader import ByteReader
 from ..bitstream.constants import STAGE_RANS
-from ..errors import ConfigError, CorruptError, UnsupportedFeatureError
+from ..errors import ConfigError, CorruptError
+from .kernels import decode_kernels, encode_kernels, fast_encoder_available
 from .stage import WORD_DTYPES, register_stage
 from .symbol_stage import SymbolStage, alphabet
 
@@ -34,18 +33,9 @@ STATE_LOW = 1 << 16           # states live in [2**16, 2**32); the encoder start
 _HEAD = struct.Struct("<QBI")  # n_words, P, K
 
 
-@functools.cache
 def rans_available() -> bool:
-    """Whether ``numba`` is installed (found, not imported: its import loads LLVM)."""
-    return importlib.util.find_spec("numba") is not None
-
-
-def _kernels():  # noqa: ANN202
-    try:
-        from . import rans_kernels
-    except ImportError:
-        raise UnsupportedFeatureError("this stream uses the rANS stage: pip install numba") from None
-    return rans_kernels
+    """Whether the encoder runs at compiled speed (decoding always works: see :mod:`.kernels`)."""
+    return fast_encoder_available()
 
 
 def quantize_frequencies(counts: np.ndarray, p: int = PROB_BITS) -> np.ndarray:
@@ -80,6 +70,13 @@ class Rans(SymbolStage):
     stage_id = STAGE_RANS
     codec_id = "rans"
     word_sizes = (1, 2)
+    entropy = True
+    maps_symbols = True
+    preference = 2  # fully specified, fast (C kernels): the default entropy coder
+
+    @classmethod
+    def available(cls) -> bool:
+        return rans_available()
 
     def encode(self, data: memoryview) -> bytes:
         words = np.frombuffer(data, dtype=self._dtype())
@@ -94,8 +91,17 @@ class Rans(SymbolStage):
         cum = np.concatenate([[0], np.cumsum(freq)[:-1]]).astype(np.uint32)
         states = np.full(LANES, STATE_LOW, dtype=np.uint64)
         out = np.empty(words.size, dtype=np.uint16)
-        n_out = _kernels().rans_encode(index.astype(np.uint16), freq.astype(np.uint32), cum, PROB_BITS, out, states)
-        return head + states.astype("<u4").tobytes() + out[:n_out][::-1].astype("<u2").tobytes()
+        if index.dtype not in (np.uint8, np.uint16):
+            index = index.astype(np.uint16)
+        n_out = encode_kernels().encode(index, freq.astype(np.uint32), cum, PROB_BITS, out, states, index.itemsize)
+        del index
+        # one buffer, no concatenation copies: the header, the final states, the words in reverse emission order
+        start = len(head) + 4 * LANES
+        payload = bytearray(start + 2 * n_out)
+        payload[:len(head)] = head
+        payload[len(head):start] = states.astype("<u4").tobytes()
+        np.frombuffer(payload, dtype="<u2", count=n_out, offset=start)[:] = out[:n_out][::-1]
+        return payload
 
     def decoded_size(self, data: memoryview) -> int:
         n, _, _ = ByteReader(data, what="rans framing").unpack(_HEAD, "rans header")
@@ -136,7 +142,7 @@ class Rans(SymbolStage):
                  dest: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """Decode every word as ``table[symbol index]``, ``step`` words at a time: into consecutive slices of
         ``dest`` when given, else into one reused buffer; yield each slice once filled."""
-        decode = _kernels().rans_decode
+        decode = decode_kernels().decode
         freq = parsed.freq
         lut = np.repeat(np.arange(freq.size, dtype=np.uint16), freq)
         cum = np.concatenate([[0], np.cumsum(freq)[:-1]]).astype(np.uint32)

@@ -41,7 +41,9 @@ class Shuffle(Stage):
         if len(data) % self.element_size:
             raise ConfigError(f"shuffle: {len(data)} bytes is not a multiple of {self.element_size}")
         a = np.frombuffer(data, dtype=np.uint8).reshape(-1, self.element_size)
-        return np.ascontiguousarray(a.T).tobytes()
+        out = bytearray(len(data))  # the planes written once (no array + bytes copy)
+        np.frombuffer(out, dtype=np.uint8).reshape(self.element_size, -1)[:] = a.T
+        return out
 
     def decoded_size(self, data: memoryview) -> int:
         return len(data)

@@ -23,16 +23,29 @@ _PIECE_WORDS = 1 << 20  # words per piece when decoding a whole array
 
 def alphabet(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``np.unique(words, return_inverse=True, return_counts=True)``; by counting for 1- and 2-byte words
-    (linear time instead of a sort)."""
+    (linear time instead of a sort, in blocks of ``_PIECE_WORDS``, the inverse as uint8 for 1-byte words and
+    uint16 for 2-byte words: no temporary larger than a block)."""
     if words.dtype.itemsize > 2:
         return np.unique(words, return_inverse=True, return_counts=True)
-    low = int(words.min())
-    shifted = (words.astype(np.int32) - low) if low else words
-    counts = np.bincount(shifted.reshape(-1))
+    flat = words.reshape(-1)
+    bias = -int(np.iinfo(words.dtype).min)        # value + bias indexes the counts (0 for unsigned words)
+    as_index = flat.view(WORD_DTYPES[words.dtype.itemsize])   # two's complement bits: value + bias, wrapped
+    counts = np.zeros(1 << (8 * words.dtype.itemsize), dtype=np.int64)
+    for a in range(0, flat.size, _PIECE_WORDS):
+        counts += np.bincount(_biased(as_index[a:a + _PIECE_WORDS], bias), minlength=counts.size)
     present = np.flatnonzero(counts)
-    lut = np.zeros(counts.size, dtype=np.int32)
-    lut[present] = np.arange(present.size, dtype=np.int32)
-    return (present + low).astype(words.dtype), lut[shifted], counts[present]
+    index_dtype = WORD_DTYPES[words.dtype.itemsize]
+    lut = np.zeros(counts.size, dtype=index_dtype)
+    lut[present] = np.arange(present.size, dtype=index_dtype)
+    index = np.empty(flat.size, dtype=index_dtype)
+    for a in range(0, flat.size, _PIECE_WORDS):
+        index[a:a + _PIECE_WORDS] = lut[_biased(as_index[a:a + _PIECE_WORDS], bias)]
+    return (present - bias).astype(words.dtype), index.reshape(words.shape), counts[present]
+
+
+def _biased(bits: np.ndarray, bias: int) -> np.ndarray:
+    """Unsigned word bits of signed values as ``value + bias`` (flip the sign bit); unsigned unchanged."""
+    return bits ^ bits.dtype.type(bias) if bias else bits
 
 
 class SymbolStage(Stage):

@@ -10,15 +10,16 @@ import torch
 from torch import nn
 
 from ..bitstream.constants import SCHEME_NAMES
-from ..bitstream.descriptor import QuantDescriptor
+from ..bitstream.descriptor import CodedTensor, QuantDescriptor
 from ..dtypes import DType, dtype_by_name
-from ..encoder import CodedTensor
 from .base import QuantCodes, Quantizer
 from .layers import _QuantWeights
 
 __all__ = ["coded_tensor", "quantized_state"]
 
 _SCHEME_IDS = {v: k for k, v in SCHEME_NAMES.items()}
+_FLOAT_TENSOR_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                        torch.float64: "float64"}
 _TORCH_CODE_DTYPES = {torch.int8: "int8", torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
                       torch.uint8: "uint8", torch.float16: "float16", torch.bfloat16: "bfloat16",
                       torch.float32: "float32"}
@@ -67,17 +68,20 @@ def _masked_codes(qc: QuantCodes, mask: torch.Tensor) -> QuantCodes:
 
 
 def _coded(q: Quantizer, t: torch.Tensor, mask: torch.Tensor | None = None) -> CodedTensor:
+    """Codes of ``t`` (any float dtype; the codes are computed from its float32 values) for a tensor that
+    decodes back to ``t``'s dtype."""
     with torch.no_grad():
         qc = q.to_codes(t.detach().float())
         if mask is not None:
             qc = _masked_codes(qc, mask)
-        return coded_tensor(qc, tuple(t.shape))
+        return coded_tensor(qc, tuple(t.shape), _FLOAT_TENSOR_DTYPES[t.dtype])
 
 
 def quantized_state(model: nn.Module) -> dict[str, Any]:
     """The model's state_dict with every fake-quant weight and bias replaced by its :class:`CodedTensor`.
 
-    Pruned weights become zero codes (binary codes, which have no zero, are stored as ternary codes when a
+    Weights of any float dtype (float16, bfloat16, float32, float64) are stored as codes and decode to
+    their own dtype (the code times the scale, rounded once to it). Pruned weights become zero codes (binary codes, which have no zero, are stored as ternary codes when a
     layer is pruned), so decoding gives exactly what the layer computes with; the ``weight_mask`` buffers
     of those layers are therefore not stored (load into :func:`nncodec.search.candidate.deployed_copy`,
     or encode with ``quantized=False`` to keep the masks for more training).
@@ -87,10 +91,10 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
         if not isinstance(module, _QuantWeights):
             continue
         prefix = f"{name}." if name else ""
-        if module.kernel_quantizer is not None and module.weight.dtype == torch.float32:
+        if module.kernel_quantizer is not None and module.weight.dtype in _FLOAT_TENSOR_DTYPES:
             state[prefix + "weight"] = _coded(module.kernel_quantizer, module.masked_weight(),
                                               getattr(module, "weight_mask", None))
             state.pop(prefix + "weight_mask", None)
-        if module.bias_quantizer is not None and module.bias is not None and module.bias.dtype == torch.float32:
+        if module.bias_quantizer is not None and module.bias is not None and module.bias.dtype in _FLOAT_TENSOR_DTYPES:
             state[prefix + "bias"] = _coded(module.bias_quantizer, module.bias)
     return state

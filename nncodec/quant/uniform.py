@@ -41,49 +41,101 @@ def code_dtype_for_bits(bits: int) -> np.dtype:
     raise ConfigError(f"codes of {bits} bits do not fit in int32")
 
 
+_BLOCK_ELEMENTS = 1 << 18  # elements per block: float64 temporaries stay near 2 MiB whatever the tensor
+
+
 def _check_finite(x: np.ndarray, name: str) -> None:
     if not np.isfinite(x).all():
         raise ConfigError(f"tensor {name!r} holds NaN or Inf and cannot be quantized; mark it lossless")
 
 
-def _channel_reduce(a: np.ndarray, per_channel: bool, fn) -> np.ndarray:  # noqa: ANN001
-    if per_channel:
-        return fn(a.reshape(a.shape[0], -1), axis=1)
-    return np.asarray([fn(a)]) if a.size else np.zeros(1)
+def _row_blocks(x: np.ndarray):  # noqa: ANN202
+    """``(start, stop)`` of blocks of whole rows along axis 0 holding about ``_BLOCK_ELEMENTS`` elements (a
+    rank-1 tensor's rows are its elements). Every computation below is per element or per row, so the
+    results do not depend on the block size."""
+    rows = max(1, _BLOCK_ELEMENTS // max(1, x.size // max(1, x.shape[0])))
+    for start in range(0, x.shape[0], rows):
+        yield start, min(start + rows, x.shape[0])
 
 
 def quantize_by_bits(x: np.ndarray, bits: int, *, name: str = "tensor") -> UniformCodes:
-    """Symmetric per-channel (rank >= 2) or per-tensor quantization to ``bits`` bits."""
+    """Symmetric per-channel (rank >= 2) or per-tensor quantization to ``bits`` bits.
+
+    Works in blocks of rows: besides the codes, memory stays near ``_BLOCK_ELEMENTS`` float64 values."""
     if not 1 <= bits <= 16:
         raise ConfigError(f"bits must be 1..16, got {bits} (tensor {name!r})")
-    x64 = np.asarray(x, dtype=np.float64)
-    _check_finite(x64, name)
-    per_channel = x64.ndim >= 2 and x64.shape[0] > 0
-    absx = np.abs(x64)
-    bshape = (-1,) + (1,) * (x64.ndim - 1) if per_channel else ()
+    x = np.asarray(x)
+    per_channel = x.ndim >= 2 and x.shape[0] > 0
+    if x.ndim == 0 or (bits == 1 and not per_channel):
+        return _quantize_whole(x, bits, name)  # one mean over all elements: kept in one piece
+    flat = x.reshape(x.shape[0], -1) if per_channel else x.reshape(-1, 1)
     if bits == 1:
-        scale = _channel_reduce(absx, per_channel, np.mean).astype(np.float32)
-        codes = (x64 >= 0).astype(np.int8)
-        return UniformCodes(codes, scale, 1, per_channel, binary=True)
+        scale = np.empty(x.shape[0], np.float64)
+        codes = np.empty(x.shape, np.int8)
+        flat_codes = codes.reshape(flat.shape)
+        for a, b in _row_blocks(flat):
+            x64 = flat[a:b].astype(np.float64)
+            _check_finite(x64, name)
+            scale[a:b] = np.mean(np.abs(x64), axis=1)
+            flat_codes[a:b] = x64 >= 0
+        return UniformCodes(codes, scale.astype(np.float32), 1, per_channel, binary=True)
     qmax = (1 << (bits - 1)) - 1
-    amax = _channel_reduce(absx, per_channel, np.max)
+    amax = np.empty(flat.shape[0], np.float64)
+    for a, b in _row_blocks(flat):
+        x64 = flat[a:b].astype(np.float64)
+        _check_finite(x64, name)
+        amax[a:b] = np.abs(x64, out=x64).max(axis=1)
+    if not per_channel:
+        amax = np.asarray([amax.max()]) if amax.size else np.zeros(1)
     scale = np.maximum((amax / qmax).astype(np.float32), np.float32(_TINY))
     scale = np.where(amax == 0, np.float32(1), scale).astype(np.float32)
-    s = scale.astype(np.float64).reshape(bshape)
-    codes = np.clip(np.round(x64 / s), -qmax, qmax).astype(code_dtype_for_bits(bits))
+    s = scale.astype(np.float64)
+    codes = np.empty(x.shape, code_dtype_for_bits(bits))
+    flat_codes = codes.reshape(flat.shape)
+    for a, b in _row_blocks(flat):
+        x64 = flat[a:b].astype(np.float64)
+        x64 /= s[a:b, None] if per_channel else s[0]
+        flat_codes[a:b] = np.clip(np.round(x64, out=x64), -qmax, qmax, out=x64)
     return UniformCodes(codes, scale, bits, per_channel)
 
 
+def _quantize_whole(x: np.ndarray, bits: int, name: str) -> UniformCodes:
+    x64 = np.asarray(x, dtype=np.float64)
+    _check_finite(x64, name)
+    absx = np.abs(x64)
+    if bits == 1:
+        scale = np.asarray([np.mean(absx)]) if absx.size else np.zeros(1)
+        return UniformCodes((x64 >= 0).astype(np.int8), scale.astype(np.float32), 1, False, binary=True)
+    qmax = (1 << (bits - 1)) - 1
+    amax = np.asarray([np.max(absx)]) if absx.size else np.zeros(1)
+    scale = np.maximum((amax / qmax).astype(np.float32), np.float32(_TINY))
+    scale = np.where(amax == 0, np.float32(1), scale).astype(np.float32)
+    codes = np.clip(np.round(x64 / scale.astype(np.float64)[0]), -qmax, qmax).astype(code_dtype_for_bits(bits))
+    return UniformCodes(codes, scale, bits, False)
+
+
 def quantize_by_step(x: np.ndarray, step: float, *, name: str = "tensor") -> UniformCodes:
-    """``code = round(x / step)``, one scale per tensor; codes must fit in int32."""
+    """``code = round(x / step)``, one scale per tensor; codes must fit in int32. Works in blocks."""
     step32 = np.float32(step)
     if not np.isfinite(step32) or step32 <= 0:
         raise ConfigError(f"step must be a positive finite float32, got {step} (tensor {name!r})")
-    x64 = np.asarray(x, dtype=np.float64)
-    _check_finite(x64, name)
-    q = np.round(x64 / np.float64(step32))
-    peak = float(np.abs(q).max()) if q.size else 0.0
+    x = np.asarray(x)
+    flat = x.reshape(-1)
+    s = np.float64(step32)
+    amax = 0.0
+    for a in range(0, flat.size, _BLOCK_ELEMENTS):
+        x64 = flat[a:a + _BLOCK_ELEMENTS].astype(np.float64)
+        _check_finite(x64, name)
+        amax = max(amax, float(np.abs(x64, out=x64).max())) if x64.size else amax
+    # round() is odd and monotonic, and so is division by s: the largest |code| is round(max|x| / s)
+    peak = float(np.round(np.float64(amax) / s))
     if peak > (1 << 31) - 1:
         raise ConfigError(f"step {step} is too fine for tensor {name!r}: codes would need more than 32 bits")
     bits = max(2, int(peak).bit_length() + 1)
-    return UniformCodes(q.astype(code_dtype_for_bits(bits)), np.asarray([step32], np.float32), bits, False)
+    codes = np.empty(x.shape, code_dtype_for_bits(bits))
+    flat_codes = codes.reshape(-1)
+    for a in range(0, flat.size, _BLOCK_ELEMENTS):
+        x64 = flat[a:a + _BLOCK_ELEMENTS].astype(np.float64)
+        x64 /= s
+        flat_codes[a:a + _BLOCK_ELEMENTS] = np.round(x64, out=x64)
+    return UniformCodes(codes, np.asarray([step32], np.float32), bits, False)

@@ -258,7 +258,7 @@ PEAK = textwrap.dedent("""
         for line in open("/proc/self/status"):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
-    import torch, nncodec.torch_io  # imports (numba's LLVM for the rANS stage) are a one-off constant:
+    import torch, nncodec.torch_io  # imports are a one-off constant:
     runtime_before = status("VmRSS:")  # measured apart from the decoder's buffers
     tiny = torch.nn.Linear(64, 64)
     nncodec.load_into(tiny, nncodec.encode(tiny, rel_step=0.1, pipeline=[{"id": "rans", "word_size": 1}]))

@@ -103,12 +103,12 @@ def test_user_op_costs_and_measured_hook(seed_model, tmp_path):
         estimate_energy(seed_model, (1, 28, 28), op_costs={"warp_drive": [1.0]})
 
 
-def test_unsupported_layer_is_named():
+def test_unsupported_operator_is_named():
     class Weird(nn.Module):
         def forward(self, x):
-            return x * 2
+            return torch.cumprod(x, dim=-1)
 
-    with pytest.raises(UnsupportedLayerError, match="'1'.*Weird"):
+    with pytest.raises(UnsupportedLayerError, match="cumprod.*'1'"):
         estimate_energy(nn.Sequential(nn.Flatten(), Weird(), nn.Linear(4, 2)), (4,))
 
 
@@ -137,3 +137,67 @@ def test_cli_energy_defaults_json_and_plot(tmp_path, capsys):
                  "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["layers"]
     assert rows[0]["operator"] == "mux"
+
+
+def test_shifter_matches_qtools_for_po2_weights():
+    """QTools' shifter: gate bits B*log10(B), B = sqrt(2**bits_po2 * bits_x); product bits from its get_exp
+    (right 2**(n-1), left capped by max_value), which for quantized_po2(4, 1) is 8 + 4 + 0 = 12 bits."""
+    import math
+
+    po2, x8 = qtype("quantized_po2(4,1)"), qtype("quantized_bits(8,0,1)")
+    mult = make_multiplier(po2, x8)
+    b = math.sqrt(2 ** 4 * 8)
+    assert mult.operator == "shifter" and mult.gate_bits == pytest.approx(b * math.log10(b))
+    assert mult.output.bits == 12
+    assert make_multiplier(qtype("quantized_po2(4)"), x8).output.bits == 8 + 4 + 3
+    assert make_multiplier(qtype("quantized_relu_po2(4,2)"), x8).output.bits == 8 + 8 + 1
+
+
+@pytest.mark.parametrize("plan, settings, total", [
+    (None, {}, 5540.0),
+    (None, {"mode": "corrected", "min_sram_size": 2 ** 20}, 6172.7887070802235),
+    (None, {"weights_memory": "dram", "min_sram_size": 2 ** 27}, 145292.0),
+    (None, {"reference": ("int8", "int16"), "min_sram_size": 2 ** 27}, 5519.0),
+    ({"default": {"kernel": "quantized_bits(4,0,1)", "activation": "quantized_relu(4)"}}, {}, 953.0),
+    ({"default": {"kernel": "ternary", "bias": "quantized_bits(8,3,1)"}}, {"mode": "corrected", "min_sram_size": 2 ** 20},
+     1806.692602686),
+])
+def test_sequential_models_keep_the_totals_of_the_module_hook_estimator(plan, settings, total):
+    """Totals pinned from the previous estimator (forward hooks on leaf modules), which the graph path replaces:
+    for sequential models both see the same layers, so the numbers must not move."""
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU6(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 3 * 3, 4), nn.Softmax(dim=1))
+    assert estimate_energy(model, (8, 8, 8), plan, **settings).total_pj == pytest.approx(total, rel=1e-12)
+
+
+def test_fake_quant_models_keep_their_quantizers_after_export(seed_model):
+    qm = quantize_model(seed_model, {"default": {"kernel": "ternary(alpha='auto')", "bias": "quantized_bits(8,2,1)"},
+                                     "layers": {"act*": {"activation": "quantized_relu(4)"}}})
+    plan_total = estimate_energy(seed_model, (1, 28, 28), {"default": {"kernel": "ternary(alpha='auto')",
+                                                                       "bias": "quantized_bits(8,2,1)"},
+                                                           "layers": {"act*": {"activation": "quantized_relu(4)"}}},
+                                 **SEED_SETTING).total_pj
+    assert estimate_energy(qm, (1, 28, 28), **SEED_SETTING).total_pj == plan_total
+    # the export switches weight quantizers off while tracing (their ops are not costed) and restores them
+    assert qm.conv2d_1_m.kernel_quantizer.spec() == "ternary(alpha='auto')"
+    assert qm.conv2d_1_m.bias_quantizer is not None
+
+
+@pytest.mark.parametrize("types,bits", [(("bf16", "fp32"), 16), (("fp32", "fp32"), 32), (("int8", "int16"), 8),
+                                        (("quantized_bits(4,0,1)", "int16"), 4)])
+def test_size_cost_of_the_reference_reads_any_type_name(types, bits):
+    from nncodec.search.runner import SearchConfig, _Searcher
+
+    searcher = object.__new__(_Searcher)  # only the cost function is under test
+    searcher.cost_fn, searcher.cfg = None, SearchConfig(cost="size", reference_types=types)
+    model = nn.Linear(3, 2)
+    assert searcher._cost(model, None, reference=True) == 8 * bits
+
+
+def test_an_unknown_reference_type_is_a_config_error():
+    from nncodec.search.runner import SearchConfig, _Searcher
+
+    searcher = object.__new__(_Searcher)
+    searcher.cost_fn, searcher.cfg = None, SearchConfig(cost="size", reference_types=("int9x", "int16"))
+    with pytest.raises(ConfigError):
+        searcher._cost(nn.Linear(3, 2), None, reference=True)

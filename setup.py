@@ -1,0 +1,10 @@
+"""Builds the optional C kernels of the entropy stages; everything else is in pyproject.toml.
+
+``optional=True``: without a C compiler the install still succeeds and decoding uses the portable
+kernels (same output, slower).
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("nncodec.coding._rans_native", ["nncodec/coding/_rans_native.c"],
+                             extra_compile_args=["-O3"], optional=True)])

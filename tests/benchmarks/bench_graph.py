@@ -30,26 +30,13 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_energy_minilm import SentenceEncoder  # noqa: E402
 from bench_minilm import SENTENCES, model_dir  # noqa: E402
 
 import nncodec  # noqa: E402
 
 
-class SentenceEmbedder(nn.Module):
-    """BertModel + mean pooling over the attention mask + L2 normalisation (all-MiniLM-L6-v2's pipeline)."""
-
-    def __init__(self, bert: nn.Module):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return nn.functional.normalize(pooled, p=2, dim=1)
-
-
-def build_model() -> tuple[SentenceEmbedder, tuple[torch.Tensor, torch.Tensor]]:
+def build_model() -> tuple[SentenceEncoder, tuple[torch.Tensor, torch.Tensor]]:
     import transformers
     from safetensors.torch import load_file
 
@@ -58,7 +45,7 @@ def build_model() -> tuple[SentenceEmbedder, tuple[torch.Tensor, torch.Tensor]]:
     bert.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     batch = tok(SENTENCES, padding=True, truncation=True, max_length=128, return_tensors="pt")
-    return SentenceEmbedder(bert).eval(), (batch["input_ids"], batch["attention_mask"])
+    return SentenceEncoder(bert).eval(), (batch["input_ids"], batch["attention_mask"])
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, object]:  # noqa: ANN001
@@ -106,7 +93,7 @@ def main() -> None:
         import transformers
 
         def with_class() -> nn.Module:
-            m = SentenceEmbedder(transformers.BertModel(transformers.BertConfig.from_pretrained(str(model_dir())),
+            m = SentenceEncoder(transformers.BertModel(transformers.BertConfig.from_pretrained(str(model_dir())),
                                                         add_pooling_layer=False))
             nncodec.load_into(m, path, strict=False)
             return m.eval()

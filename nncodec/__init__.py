@@ -15,6 +15,7 @@ Encode/decode API (torch at the edge, numpy underneath)::
     model = nncodec.load_model("m.nnc")          # rebuilt from the topology unit, no class needed
     nncodec.encode(model, "m.nnc", calibration=batches, target_fidelity=0.998)  # search step; data-aware codes
     nncodec.encode(finetuned, "d.nnc", base=model)   # only the differences; decode("d.nnc", base=model)
+    nncodec.encode(model, "g.nnc", example_inputs=(x,))   # any torch.export-able model: its graph as data
 
 Importing nncodec is light: torch is imported on the first call that needs it.
 """
@@ -103,11 +104,12 @@ def open(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> StreamFile:  # noqa: A
     return StreamFile(src, limits=limits)
 
 
-def save(tensors: Any, path: Any, metadata: Any = None) -> Any:
-    """Save a dict of tensors losslessly (atomic write), like ``safetensors.torch.save_file``."""
+def save(tensors: Any, path: Any, metadata: Any = None, *, example_inputs: Any = None) -> Any:
+    """Save a dict of tensors losslessly (atomic write), like ``safetensors.torch.save_file``; a module is
+    saved with its topology, as :func:`encode` does (its graph when ``example_inputs`` are given)."""
     from . import torch_io
 
-    return torch_io.save(tensors, path, metadata)
+    return torch_io.save(tensors, path, metadata, example_inputs=example_inputs)
 
 
 def load(path: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:

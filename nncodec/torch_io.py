@@ -85,14 +85,16 @@ _RD_OPTIONS = ("calibration", "forward", "rounding", "rate_lambda", "damp", "tar
 
 def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
                        topology: "bool | str | Mapping | None" = "auto", quantized: bool = True,
-                       **options: Any) -> tuple[bytes | Path, EncodeReport]:
+                       example_inputs: Any = None, **options: Any) -> tuple[bytes | Path, EncodeReport]:
     """As :func:`encode`, and also return the per-tensor :class:`EncodeReport`.
 
     For a module with fake-quant layers (:mod:`nncodec.quant.layers`), ``quantized=True`` stores their
     weights and biases as integer codes (decoding gives exactly the quantized values); ``False`` stores
     the float weights the layers train. ``topology``: ``"auto"`` records the module tree when it can be
     described (so :func:`load_model` can rebuild it), ``True`` requires it (an unsupported module is an
-    error naming it), ``False``/None records none; a dict is stored as given.
+    error naming it), ``False``/None records none; a dict is stored as given. With ``example_inputs`` (a
+    tuple of tensors for ``forward``), the model's ``torch.export`` graph is recorded instead (any exportable
+    model: residual, recurrent, attention...; see :mod:`nncodec.graph`), specialised to those input shapes.
 
     Rate–distortion options (:mod:`nncodec.tuning`): ``calibration`` batches with ``forward``,
     ``rounding="gptq"``, ``rate_lambda``, ``target_fidelity`` / ``target_bits_per_param`` (with
@@ -101,7 +103,16 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     from .topology import TopologyError, describe
 
     topo: Mapping | None = None
-    if isinstance(topology, Mapping):
+    tensors = tensors_from(obj, quantized)
+    if example_inputs is not None:
+        if not isinstance(obj, torch.nn.Module):
+            raise ConfigError("example_inputs needs an nn.Module to capture, not a state_dict")
+        if topology not in (True, "auto"):
+            raise ConfigError(f"example_inputs records the model's graph; it does not apply with topology={topology!r}")
+        from .graph.capture import capture_graph
+
+        topo = capture_graph(obj, example_inputs, quantized=quantized, stream_tensors=tensors)
+    elif isinstance(topology, Mapping):
         topo = topology
     elif topology in (True, "auto") and isinstance(obj, torch.nn.Module):
         try:
@@ -120,8 +131,8 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     if rd:
         from .tuning import encode_rd
 
-        return encode_rd(obj, tensors_from(obj, quantized), dst, topo, options, **rd)
-    return encoder_from_options(options).encode(tensors_from(obj, quantized), dst, topo)
+        return encode_rd(obj, tensors, dst, topo, options, **rd)
+    return encoder_from_options(options).encode(tensors, dst, topo)
 
 
 def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) -> bytes | Path:
@@ -209,14 +220,23 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
     Weights stored as quantized codes are loaded as their values, and those layers' weight quantizers are
     dropped (the values are already quantized); activation quantizers stay. A stream without a topology
     unit raises :class:`~nncodec.topology.TopologyError`: use :func:`load_into` with your model class.
+    A graph topology (:mod:`nncodec.graph`) is validated completely before any tensor is allocated or any
+    operator runs. ``src`` may be a path, bytes or a binary file object (read once).
     """
     from .decoder import read_info
     from .topology import TopologyError, build
 
+    if not isinstance(src, (bytes, bytearray, memoryview, str, os.PathLike)) and hasattr(src, "read"):
+        src = src.read()  # read once: the stream is walked twice (topology and headers, then weights)
     info = read_info(src, limits=limits)
     if info.topology is None:
         raise TopologyError("this stream has no topology unit (the model was not a supported nn.Sequential "
-                            "tree): build your model and call nncodec.load_into(model, src)")
+                            "tree, and no example_inputs were given to capture its graph): build your model and "
+                            "call nncodec.load_into(model, src)")
+    if info.topology.get("format") == "nncodec.graph":
+        from .graph.rebuild import load_graph_model
+
+        return load_graph_model(info, lambda m: load_into(m, src, strict=False, limits=limits), limits)
     model = build(info.topology)
     quantized = {u.tensor["name"] for u in info.units if u.tensor and u.tensor["scheme"] != "none"}
     from .quant.layers import _QuantWeights
@@ -233,8 +253,17 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
     return model.eval()
 
 
-def save(tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> Path:
-    """Save tensors losslessly to ``path`` (atomic), like ``safetensors.torch.save_file``."""
+def save(tensors: "Mapping[str, Any] | torch.nn.Module", path: str | os.PathLike[str],
+         metadata: Mapping[str, str] | None = None, *, example_inputs: Any = None) -> Path:
+    """Save tensors losslessly to ``path`` (atomic), like ``safetensors.torch.save_file``.
+
+    A module is saved like :func:`encode` saves it, with its topology: the module tree of a supported
+    ``nn.Sequential``, or its graph when ``example_inputs`` are given (so :func:`load_model` can rebuild it).
+    """
+    if isinstance(tensors, torch.nn.Module):
+        return encode(tensors, path, metadata=metadata, example_inputs=example_inputs)  # type: ignore[return-value]
+    if example_inputs is not None:
+        raise ConfigError("example_inputs applies to an nn.Module, not to a dict of tensors")
     result, _ = Encoder(metadata=metadata).encode(tensors_from(tensors), path)
     return result  # type: ignore[return-value]
 

@@ -31,6 +31,7 @@ from ..encoder import Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
 from . import delta_vectors
 from .forge import join_units, split_units, unit_bytes
+from .graph_vectors import GRAPH_VECTORS, require_graph
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
 
 VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
@@ -665,20 +666,25 @@ def generate(folder: Path) -> list[str]:
     written = []
     jobs: list[tuple[str, str, str, Callable[[], Any], str | None]] = (
         [(n, "valid", d, b, None) for n, (d, b) in VALID.items()] +
-        [(n, "invalid", d, b, e) for n, (d, e, b) in INVALID.items()])
+        [(n, "invalid", d, b, e) for n, (d, e, b) in INVALID.items()] +
+        [(n, kind, d, b, None) for n, (kind, d, b) in GRAPH_VECTORS.items()])
     for name, kind, desc, build, error in jobs:
         if name in existing:
             continue
         version = _VERSION_OF.get(name, VERSION)
         rel, path = _fresh(folder, kind, name, version)
+        extra: dict[str, Any] = {}
         if error is None:
-            data, expected = build()
+            data, expected, *graph = build()
             tensors = _check_valid(name, data, expected)
+            if graph:  # a graph topology vector (graph_vectors.py): also rebuild the model
+                require_graph(name, data, graph[0])
+                extra = {"graph": graph[0]}
         else:
             data, tensors = build(), None
             _check_invalid(name, data, error)
         write_atomic(path, [data])
-        vectors.append(Vector(name, version, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
+        vectors.append(Vector(name, version, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error, extra))
         written.append(name)
     for name, (desc, _) in delta_vectors.DELTA.items():
         if name in existing:

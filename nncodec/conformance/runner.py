@@ -67,6 +67,12 @@ def _builtin(v: Vector, path: Path) -> Outcome:
     if v.error is not None:
         return Outcome(v, False, f"accepted, expected {v.error}")
     problem = _compare(v, got)
+    if problem is None and "graph" in v.extra:  # a graph topology vector: rebuild the model too
+        from .graph_vectors import check_graph
+
+        problem = check_graph(path, v.extra["graph"])
+        if problem is None:
+            return Outcome(v, True, f"{len(got)} tensors match; graph {v.extra['graph'].get('error', 'outputs match')}")
     return Outcome(v, problem is None, problem or f"{len(got)} tensors match")
 
 

@@ -180,10 +180,11 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
     for name, module in model.named_modules():
         if isinstance(module, _QuantWeights):
             prefix = f"{name}." if name else ""
-            if prefix + "weight" in quantized:
+            names = {pname for pname, *_ in module.quantized_tensors()}
+            if any(prefix + n in quantized for n in names if n.startswith("weight")):
                 module.kernel_quantizer = None
                 module._buffers.pop("weight_mask", None)
-            if prefix + "bias" in quantized:
+            if any(prefix + n in quantized for n in names if n.startswith("bias")):
                 module.bias_quantizer = None
     load_into(model, src, strict=True, limits=limits)
     return model.eval()

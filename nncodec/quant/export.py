@@ -87,10 +87,10 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
         if not isinstance(module, _QuantWeights):
             continue
         prefix = f"{name}." if name else ""
-        if module.kernel_quantizer is not None and module.weight.dtype == torch.float32:
-            state[prefix + "weight"] = _coded(module.kernel_quantizer, module.masked_weight(),
-                                              getattr(module, "weight_mask", None))
-            state.pop(prefix + "weight_mask", None)
-        if module.bias_quantizer is not None and module.bias is not None and module.bias.dtype == torch.float32:
-            state[prefix + "bias"] = _coded(module.bias_quantizer, module.bias)
+        for pname, quantizer, value, mask in module.quantized_tensors():
+            if value.dtype != torch.float32:
+                continue
+            state[prefix + pname] = _coded(quantizer, value, mask)
+            if mask is not None or pname == "weight":
+                state.pop(prefix + pname + "_mask", None)
     return state

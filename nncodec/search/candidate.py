@@ -34,12 +34,8 @@ def model_size_bits(model: nn.Module) -> int:
     """Parameter storage in bits: each weight / bias at its quantizer's bits (32 when unquantized)."""
     total = 0
     for m in model.modules():
-        if isinstance(m, _QuantWeights):
-            total += m.weight.numel() * (m.kernel_quantizer.bits if m.kernel_quantizer else 32)
-            if m.bias is not None:
-                total += m.bias.numel() * (m.bias_quantizer.bits if m.bias_quantizer else 32)
-        elif not any(True for _ in m.children()):
-            total += sum(p.numel() * 32 for p in m.parameters(recurse=False))
+        bits = {pname: q.bits for pname, q, _, _ in m.quantized_tensors()} if isinstance(m, _QuantWeights) else {}
+        total += sum(p.numel() * bits.get(pname, 32) for pname, p in m.named_parameters(recurse=False))
     return total
 
 

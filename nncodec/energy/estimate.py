@@ -32,17 +32,19 @@ from ..errors import ConfigError
 from ..quant.layers import QActivation, _QuantWeights
 from ..quant.plan import Plan
 from .costs import OpCosts
-from .operators import QType, make_multiplier, qtype
-from .trace import TracedLayer, trace_layers
+from .operators import Multiplier, QType, make_multiplier, qtype
+from .graph import GraphOp, capture_graph
 
 __all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "INCLUDED_TERMS"]
 
 log = logging.getLogger(__name__)
 
 #: the terms each layer class contributes to the model total (QTools' include_energy)
-INCLUDED_TERMS = {"conv": ("inputs", "parameters", "op_cost"), "dense": ("inputs", "parameters", "op_cost"),
-                  "flatten": ("inputs", "parameters", "op_cost"), "pool": ("inputs", "parameters", "op_cost"),
-                  "activation": ("outputs",), "batchnorm": ("parameters",)}
+_IPO = ("inputs", "parameters", "op_cost")
+INCLUDED_TERMS = {"conv": _IPO, "dense": _IPO, "flatten": _IPO, "pool": _IPO, "activation": ("outputs",),
+                  "batchnorm": ("parameters",), "norm": _IPO, "matmul": _IPO, "attention": _IPO, "recurrent": _IPO,
+                  "embedding": _IPO, "add": _IPO, "mul": _IPO, "elementwise": _IPO,
+                  "concat": ("inputs", "outputs")}
 MODES = ("qtools", "corrected")
 _MEMORIES = ("sram", "dram", "fixed")
 
@@ -66,6 +68,8 @@ class LayerEnergy:
     output: str = ""
     accumulator_bits: int = 0
     weight_density: float = 1.0
+    module: str = ""        #: the module a plan entry for this row is keyed by
+    target: str = ""        #: the ATen operator
 
 
 @dataclass
@@ -144,55 +148,73 @@ class _Resolver:
             return self.INT8, self.INT8, self.INT32, (qtype(out) if out else self.INT32)
         return qtype(kernel), (qtype(bias) if bias else self.INT8), None, (qtype(out) if out else None)
 
-    def activation(self, name: str, module: nn.Module) -> QType:
+    def activation(self, name: str, module: nn.Module | None) -> QType:
         if self.ref:
             return self.ref[1]
         if isinstance(module, QActivation) and module.quantizer is not None:
             return qtype(module.quantizer)
+        return self.plan_activation(name) or self.INT32
+
+    def plan_activation(self, name: str) -> QType | None:
         lp = self.plan.resolve(name)
-        if lp is not None and lp.activation:
-            return qtype(lp.activation)
-        return self.INT32
+        return qtype(lp.activation) if lp is not None and lp.activation else None
 
     def batchnorm(self) -> QType:
         return self.ref[0] if self.ref else self.INT8
 
 
-def _weight_density(module: nn.Module) -> float:
-    w = module.masked_weight() if isinstance(module, _QuantWeights) else module.weight  # type: ignore[union-attr]
-    return float(torch.count_nonzero(w)) / w.numel() if w.numel() else 1.0
+def _density(tensor: torch.Tensor | None) -> float:
+    if tensor is None or tensor.numel() == 0:
+        return 1.0
+    return float(torch.count_nonzero(tensor)) / tensor.numel()
 
 
-def _conv_counts(layer: TracedLayer, mode: str) -> tuple[int, int]:
-    """(operations, accumulator fan-in) of a conv layer."""
-    m: nn.Conv1d | nn.Conv2d = layer.module  # type: ignore[assignment]
-    k = math.prod(m.kernel_size)
-    cin = layer.input_shape[0]
-    out_spatial = math.prod(layer.output_shape[1:])
-    depthwise = m.groups == cin and m.groups > 1
-    if depthwise:
-        ops = k * out_spatial * cin * (m.out_channels // cin if mode == "corrected" else 1)
-        fan_in = k if mode == "corrected" else k * cin
-    else:
-        ops = out_spatial * m.out_channels * k * (cin // m.groups)
-        fan_in = k * (cin // m.groups)
-    return ops, fan_in
+def _module(model: nn.Module, op: GraphOp) -> nn.Module:
+    if op.quant_module is not None:
+        return op.quant_module
+    try:
+        return model.get_submodule(op.module) if op.module else model
+    except AttributeError:
+        return model
 
 
-def estimate_energy(model: nn.Module, input_shape: tuple[int, ...], plan: "Plan | dict | str | None" = None, *,
+def _fixed_or_float_add(costs: OpCosts, t: QType) -> float:
+    return costs.add(t.bits, float_bits=t.bits if t.is_float else None)
+
+
+def _widest(types: list[QType]) -> QType:
+    floats = [t for t in types if t.is_float]
+    if floats:
+        return max(floats, key=lambda t: t.bits)
+    return max(types, key=lambda t: t.bits)
+
+
+def _accumulator(mult: "Multiplier", fan_in: int, has_bias: bool, override: QType | None) -> QType:
+    if override is not None:
+        return override
+    if mult.output.is_float:
+        return mult.output
+    return QType("fixed", math.ceil(math.log2(max(fan_in, 1) + int(has_bias))) + mult.output.bits, True)
+
+
+def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | str | None" = None, *,
                     reference: tuple[str, str] | None = None, mode: str = "qtools", weights_memory: str = "sram",
                     activations_memory: str = "sram", min_sram_size: float = 0, io_traffic: bool = False,
                     source_quantizer: str = "int8", sparsity_aware: bool = False,
                     op_costs: "OpCosts | dict | str | Path | None" = None,
-                    measure: Callable[[nn.Module, tuple[int, ...]], float] | None = None) -> EnergyReport:
-    """Estimate the inference energy of ``model`` for one input of ``input_shape`` (no batch dim), pJ.
+                    measure: Callable[[nn.Module, Any], float] | None = None) -> EnergyReport:
+    """Estimate the inference energy of ``model`` for one example, pJ, from its ``torch.export`` graph.
 
-    ``plan`` gives quantizers for plain layers (the model's own fake-quant modules win); ``reference``
-    as ``("int8", "int16")`` costs the reference model instead. Memories: ``"sram"``, ``"dram"`` or
-    ``"fixed"`` (free); ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs
-    through DRAM. ``sparsity_aware`` skips the MACs and weight reads of zero weights. ``op_costs``
-    replaces the Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model,
-    input_shape)`` is called once and its value reported as ``measured_pj`` (a cost from real hardware).
+    ``example_inputs``: an input shape without the batch dimension (float zeros, batch 1), a tensor, or a
+    tuple of tensors (token ids, masks, sequences) with a batch of 1. Every operation of the graph is
+    costed and attributed to the module that owns it (the module of its weight for conv / dense /
+    embedding / recurrent operations), so ``plan`` keys are module names. ``plan`` gives quantizers
+    for plain layers (the model's own fake-quant modules win); ``reference`` as ``("int8", "int16")``
+    costs the reference model instead. Memories: ``"sram"``, ``"dram"`` or ``"fixed"`` (free);
+    ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs through DRAM.
+    ``sparsity_aware`` skips the MACs and weight reads of zero weights. ``op_costs`` replaces the
+    Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model, example_inputs)`` is
+    called once and its value reported as ``measured_pj`` (a cost from real hardware).
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
@@ -200,90 +222,141 @@ def estimate_energy(model: nn.Module, input_shape: tuple[int, ...], plan: "Plan 
         raise ConfigError("weights_memory must be sram/dram/fixed and activations_memory sram/dram")
     costs = OpCosts.coerce(op_costs)
     exact = mode == "corrected"
-    resolver = _Resolver(Plan.coerce(plan), reference)
+    plan = Plan.coerce(plan)
+    plan.check_names([n for n, _ in model.named_modules() if n])
+    resolver = _Resolver(plan, reference)
     source = qtype(source_quantizer)
-    layers = trace_layers(model, tuple(input_shape))
+    ops = capture_graph(model, example_inputs)
     out_type: dict[str, QType] = {}
     rows: list[LayerEnergy] = []
 
     def rnd(v: float) -> float:
         return v if exact else float(f"{v:.2f}")
 
-    for layer in layers:
-        in_t = out_type.get(layer.producer, source) if layer.producer else source
-        is_input = layer.producer is None
-        is_output = not layer.consumers
-        in_bits = math.prod(layer.input_shape) * in_t.bits
-        inputs = _read(in_bits, is_input, activations_memory, io_traffic, costs, min_sram_size, exact)
-        params = op = 0.0
-        ops = 0
-        operator = ""
+    def mem(bits: float, memory: str) -> float:
+        return _memory_bits_cost(bits, memory, costs, min_sram_size, exact)
+
+    for op in ops:
+        in_types = [out_type.get(src, source) for src in op.inputs] or [source]
+        in_t = in_types[0]
+        is_input = any(src.startswith("input:") for src in op.inputs)
+        inputs = sum(_read(math.prod(shape) * t.bits, is_input, activations_memory, io_traffic, costs,
+                           min_sram_size, exact) for shape, t in zip(op.input_shapes, in_types))
+        params = cost = 0.0
+        ops_n = op.operations
+        operator = w_label = ""
         acc_bits = 0
         density = 1.0
-        w_label = ""
-        module = layer.module
-        if layer.kind in ("conv", "dense"):
-            w_t, b_t, acc_override, out_override = resolver.weights(layer.name, module)
-            if layer.kind == "conv":
-                ops, fan_in = _conv_counts(layer, mode)
+        module = _module(model, op)
+        kind = op.kind
+        if kind in ("conv", "dense", "recurrent", "embedding"):
+            w_t, b_t, acc_override, out_override = resolver.weights(op.module, module)
+            weights = [v for r, v in op.params.items() if "bias" not in r]
+            biases = [v for r, v in op.params.items() if "bias" in r]
+            if isinstance(module, _QuantWeights) and kind in ("conv", "dense"):
+                weights = [module.masked_weight()]
+            density = _density(weights[0]) if (sparsity_aware and weights and kind != "embedding") else 1.0
+            if kind == "embedding":
+                params = mem(ops_n * w_t.bits, weights_memory)
             else:
-                fan_in = layer.input_shape[-1]
-                ops = math.prod(layer.input_shape) * module.out_features  # type: ignore[union-attr]
-            has_bias = getattr(module, "bias", None) is not None
-            density = _weight_density(module) if sparsity_aware else 1.0
-            w_bits = module.weight.numel() * w_t.bits * density  # type: ignore[union-attr]
-            params = _memory_bits_cost(w_bits, weights_memory, costs, min_sram_size, exact)
-            if has_bias:
-                params += _memory_bits_cost(module.bias.numel() * b_t.bits,  # type: ignore[union-attr]
-                                            weights_memory, costs, min_sram_size, exact)
-            mult = make_multiplier(w_t, in_t)
-            operator = mult.operator
-            if acc_override is not None:
-                acc_t = acc_override
-                c1 = mult.cost(costs, as_type=acc_override)
-            else:
-                c1 = mult.cost(costs)
-                if mult.output.is_float:
-                    acc_t = mult.output
-                else:
-                    acc_t = QType("fixed", math.ceil(math.log2(fan_in + int(has_bias))) + mult.output.bits, True)
-            c2 = costs.add(acc_t.bits, float_bits=acc_t.bits if acc_t.is_float else None)
-            acc_bits = acc_t.bits
-            op = ops * density * (c1 + c2)
-            this_out = out_override or acc_t
+                params = sum(mem(w.numel() * w_t.bits * density, weights_memory) for w in weights)
+                params += sum(mem(b.numel() * b_t.bits, weights_memory) for b in biases)
             w_label = w_t.label
-        elif layer.kind == "activation":
-            this_out = resolver.activation(layer.name, module)
-            ops = math.prod(layer.input_shape)
-        elif layer.kind == "batchnorm":
-            bn_t = resolver.batchnorm()
-            channels = layer.input_shape[0]
-            n_tensors = 4 if getattr(module, "affine", True) else 2
-            params = n_tensors * _memory_bits_cost(channels * bn_t.bits, weights_memory, costs, min_sram_size, exact)
-            this_out = resolver.ref[1] if resolver.ref else in_t
-            ops = math.prod(layer.input_shape)
-            w_label = bn_t.label
-        else:  # pool, flatten, passthrough
+            if kind == "embedding":
+                this_out = out_override or (resolver.ref[1] if resolver.ref else w_t)
+            else:
+                if kind == "conv" and op.depthwise_channels and not exact:
+                    fan_in = op.fan_in * op.depthwise_channels  # QTools' depthwise fan-in: k*k*C_in
+                    out_ch = op.output_shape[1] if len(op.output_shape) > 1 else op.depthwise_channels
+                    ops_n = ops_n * op.depthwise_channels // max(out_ch, 1)
+                else:
+                    fan_in = op.fan_in
+                mult = make_multiplier(w_t, in_t)
+                operator = mult.operator
+                acc_t = _accumulator(mult, fan_in, bool(biases) and kind != "recurrent", acc_override)
+                c1 = mult.cost(costs, as_type=acc_override) if acc_override is not None else mult.cost(costs)
+                c2 = _fixed_or_float_add(costs, acc_t)
+                acc_bits = acc_t.bits
+                cost = ops_n * density * (c1 + c2)
+                if op.elementwise:
+                    cost += _elementwise_cost(op.elementwise, acc_t, costs)
+                this_out = out_override or acc_t
+        elif kind in ("matmul", "attention"):
+            second = in_types[1] if len(in_types) > 1 else in_t
+            mult = make_multiplier(second, in_t)
+            operator = mult.operator
+            acc_override = resolver.ref[1] if resolver.ref else None
+            acc_t = _accumulator(mult, op.fan_in, False, acc_override)
+            c1 = mult.cost(costs, as_type=acc_override) if acc_override is not None else mult.cost(costs)
+            cost = ops_n * (c1 + _fixed_or_float_add(costs, acc_t))
+            if op.elementwise:
+                cost += _elementwise_cost(op.elementwise, acc_t, costs)
+            acc_bits = acc_t.bits
+            this_out = resolver.activation(op.module, None) if (resolver.ref or resolver.plan_activation(op.module)) \
+                else (acc_t if acc_t.is_float else _Resolver.INT32)
+        elif kind == "activation":
+            this_out = resolver.activation(op.module, module if op.quant_module is not None else None)
+        elif kind == "norm":
+            bn = op.target in ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm")
+            p_t = resolver.batchnorm()
+            tensors = list(op.params.values())
+            params = sum(mem(t.numel() * p_t.bits, weights_memory) for t in tensors)
+            if not bn or exact:
+                per = 2 if bn else 5  # batch norm: scale and shift; layer/group norm: mean, variance, normalize
+                cost = ops_n * per * _fixed_or_float_add(costs, in_t)
+            this_out = resolver.ref[1] if resolver.ref else (resolver.plan_activation(op.module) or in_t)
+            w_label = p_t.label
+            kind = "batchnorm" if bn else "norm"
+        elif kind in ("add", "mul", "elementwise"):
+            widest = _widest(in_types)
+            for r, v in op.params.items():
+                params += mem(v.numel() * resolver.batchnorm().bits, weights_memory)
+            if kind == "mul" and len(in_types) > 1:
+                mult = make_multiplier(in_types[1], in_types[0])
+                operator = mult.operator
+                cost = ops_n * mult.cost(costs)
+            else:
+                cost = ops_n * _fixed_or_float_add(costs, widest)
+            this_out = resolver.ref[1] if resolver.ref else (resolver.plan_activation(op.module)
+                                                            or (widest if widest.is_float else _Resolver.INT32))
+        elif kind == "concat":
+            this_out = _widest(in_types)
+            if not exact:
+                out_type[op.name] = this_out
+                continue  # metadata in QTools' accounting
+        else:  # pool, flatten
             this_out = in_t
-            ops = math.prod(layer.input_shape)
-            if layer.kind == "pool" and exact:
-                op = ops * costs.add(in_t.bits, float_bits=in_t.bits if in_t.is_float else None)
-        out_type[layer.name] = this_out
-        if layer.kind == "passthrough":
-            continue
-        out_bits = math.prod(layer.output_shape) * this_out.bits
-        outputs = _read(out_bits, is_output, activations_memory, io_traffic, costs, min_sram_size, exact)
-        terms = {"inputs": rnd(inputs), "outputs": rnd(outputs), "parameters": rnd(params), "op_cost": rnd(op)}
-        counted = list(INCLUDED_TERMS[layer.kind])
-        rows.append(LayerEnergy(layer.name, layer.kind, terms["inputs"], terms["outputs"], terms["parameters"],
-                                terms["op_cost"], counted, sum(terms[t] for t in counted), int(ops), operator,
-                                w_label, in_t.label, this_out.label, acc_bits, density))
+            if kind == "pool" and exact:
+                cost = ops_n * _fixed_or_float_add(costs, in_t)
+        out_type[op.name] = this_out
+        out_bits = op.output_elements * this_out.bits
+        outputs = _read(out_bits, op.is_output, activations_memory, io_traffic, costs, min_sram_size, exact)
+        terms = {"inputs": rnd(inputs), "outputs": rnd(outputs), "parameters": rnd(params), "op_cost": rnd(cost)}
+        counted = list(INCLUDED_TERMS[kind])
+        rows.append(LayerEnergy(op.name, kind, terms["inputs"], terms["outputs"], terms["parameters"],
+                                terms["op_cost"], counted, sum(terms[t] for t in counted), int(ops_n), operator,
+                                w_label, in_t.label, this_out.label, acc_bits, density, op.module, op.target))
     total = sum(r.total for r in rows)
     report = EnergyReport(float(int(total)) if not exact else total, rows, mode, {
-        "input_shape": list(input_shape), "reference": list(reference) if reference else None,
+        "example_inputs": _describe(example_inputs), "reference": list(reference) if reference else None,
         "weights_memory": weights_memory, "activations_memory": activations_memory,
         "min_sram_size": min_sram_size, "io_traffic": io_traffic, "source_quantizer": source_quantizer,
         "sparsity_aware": sparsity_aware})
     if measure is not None:
-        report.measured_pj = float(measure(model, tuple(input_shape)))
+        report.measured_pj = float(measure(model, example_inputs))
     return report
+
+
+def _elementwise_cost(counts: dict[str, int], t: QType, costs: OpCosts) -> float:
+    """Element-wise work inside an operation (gates, softmax), each element one add (mul: one multiply)."""
+    add = _fixed_or_float_add(costs, t)
+    mul = costs.mul(t.bits, float_bits=t.bits if t.is_float else None)
+    return sum(n * (mul if name in ("mul", "scale") else add) for name, n in counts.items())
+
+
+def _describe(example_inputs: Any) -> Any:
+    if isinstance(example_inputs, torch.Tensor):
+        return {"shape": list(example_inputs.shape), "dtype": str(example_inputs.dtype)}
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and isinstance(example_inputs[0], torch.Tensor):
+        return [_describe(t) for t in example_inputs]
+    return list(example_inputs) if isinstance(example_inputs, (tuple, list)) else example_inputs

@@ -7,14 +7,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError
 from ..quant.layers import QActivation
+from .graph import UnsupportedLayerError
 
 __all__ = ["TracedLayer", "trace_layers", "UnsupportedLayerError"]
 
 
-class UnsupportedLayerError(ConfigError):
-    """The model holds a layer the energy model cannot cost."""
 
 
 #: layer kinds: "conv", "dense", "activation", "batchnorm", "pool", "flatten", "passthrough"

@@ -14,6 +14,7 @@ Resolution for a module: its exact name, else the first pattern (in file order) 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from .base import get_quantizer
 __all__ = ["Plan", "LayerPlan"]
 
 _KEYS = ("kernel", "bias", "activation")
+_TOP_KEYS = ("format", "version", "layers", "default", "widths")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,22 @@ class Plan:
                 return lp
         return self.default
 
+    def check_names(self, names: "list[str] | set[str]") -> None:
+        """Raise :class:`ConfigError` naming the first ``layers`` / ``widths`` key (exact name or pattern) that
+        matches none of ``names`` (the model's module names): such a plan would silently quantize nothing."""
+        names = list(names)
+        known = set(names)
+        for section, keys in (("layers", self.layers), ("widths", self.widths)):
+            for key in keys:
+                if key in known:
+                    continue
+                if any(ch in key for ch in "*?[") and any(fnmatch.fnmatchcase(n, key) for n in names):
+                    continue
+                close = difflib.get_close_matches(key, names, n=3)
+                hint = f"; close names: {', '.join(close)}" if close else f"; module names: {', '.join(names[:8])}" + \
+                    (" ..." if len(names) > 8 else "")
+                raise ConfigError(f"plan {section} key {key!r} matches no module of the model{hint}")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": "nncodec.plan", "version": 1,
                                "layers": {k: v.to_dict() for k, v in self.layers.items()}}
@@ -77,6 +95,10 @@ class Plan:
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
         if not isinstance(d, dict) or d.get("format", "nncodec.plan") != "nncodec.plan":
             raise ConfigError("not an nncodec plan (expected format 'nncodec.plan')")
+        unknown = sorted(set(d) - set(_TOP_KEYS))
+        if unknown:
+            raise ConfigError(f"plan has unknown top-level key(s) {unknown}; a plan holds {list(_TOP_KEYS)} "
+                              "(layer entries go under 'layers')")
         if d.get("version", 1) != 1:
             raise ConfigError(f"plan version {d.get('version')} is not supported (this nncodec reads version 1)")
         layers = d.get("layers", {})

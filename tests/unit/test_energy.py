@@ -103,12 +103,12 @@ def test_user_op_costs_and_measured_hook(seed_model, tmp_path):
         estimate_energy(seed_model, (1, 28, 28), op_costs={"warp_drive": [1.0]})
 
 
-def test_unsupported_layer_is_named():
+def test_unsupported_operator_is_named():
     class Weird(nn.Module):
         def forward(self, x):
-            return x * 2
+            return torch.cumprod(x, dim=-1)
 
-    with pytest.raises(UnsupportedLayerError, match="'1'.*Weird"):
+    with pytest.raises(UnsupportedLayerError, match="cumprod.*'1'"):
         estimate_energy(nn.Sequential(nn.Flatten(), Weird(), nn.Linear(4, 2)), (4,))
 
 

@@ -140,7 +140,7 @@ class _Searcher:
         self.cost_fn = cost_fn
         self.out_dir = Path(config.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.ref_report = estimate_energy(self.reference, space.input_shape, reference=config.reference_types,
+        self.ref_report = estimate_energy(self.reference, space.example_inputs, reference=config.reference_types,
                                           **config.energy_settings)
         self.ref_energy = self.ref_report.total_pj
         self.ref_cost = self._cost(self.reference, self.ref_report, reference=True)
@@ -174,8 +174,8 @@ class _Searcher:
         choices = {name: trial.suggest_categorical(name, values) for name, values in params.items()}
         plan = self.space.plan_from(choices)
         torch.manual_seed(self.cfg.seed * 100_003 + trial.number)
-        model = build_candidate(self.reference, self.space.input_shape, plan)
-        report = estimate_energy(model, self.space.input_shape, **self.cfg.energy_settings)
+        model = build_candidate(self.reference, self.space.example_inputs, plan)
+        report = estimate_energy(model, self.space.example_inputs, _energy_plan(plan), **self.cfg.energy_settings)
         cost = self._cost(model, report)
         bits = model_size_bits(model)
         n_params = sum(p.numel() for p in model.parameters())
@@ -284,13 +284,16 @@ class _Searcher:
 
     def block_schedule(self) -> list[tuple[list[str], int]]:
         """Blocks (layers sharing a group form one block) in search order, with their trial budgets."""
-        energy_of = {r.name: r.total for r in self.ref_report.layers}
+        energy_of: dict[str, float] = {}
+        for r in self.ref_report.layers:
+            key = r.module or r.name
+            energy_of[key] = energy_of.get(key, 0.0) + r.total
         blocks: dict[str, list[str]] = {}
         energy: dict[str, float] = {}
         for layer in self.space.layers:
             blocks.setdefault(layer.group, []).append(layer.name)
-            energy[layer.group] = energy.get(layer.group, 0.0) + energy_of.get(layer.name, 0.0) + \
-                energy_of.get(layer.activation_module or "", 0.0)
+            owned = {layer.name, layer.activation_module or layer.name}
+            energy[layer.group] = energy.get(layer.group, 0.0) + sum(energy_of.get(n, 0.0) for n in owned)
         order = list(blocks)
         if self.cfg.block_order == "energy":
             order.sort(key=lambda g: -energy[g])
@@ -313,19 +316,41 @@ def _float32_bytes(model: nn.Module) -> int:
     return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
 
 
+def _energy_plan(plan: Plan) -> Plan:
+    """The plan's quantizers without its widths, for the energy model (output quantizers of norms and blocks
+    and the weights of embedding / recurrent layers are read from it by module name)."""
+    return Plan(dict(plan.layers), plan.default, {})
+
+
+def _width_of(module: nn.Module) -> int:
+    """Output units of a layer: filters, features, hidden units or embedding dimensions."""
+    if isinstance(module, (nn.GRU, nn.LSTM, nn.RNN)):
+        return int(module.hidden_size)
+    if isinstance(module, nn.Embedding):
+        return int(module.embedding_dim)
+    w = getattr(module, "weight", None)
+    return int(w.shape[0]) if isinstance(w, torch.Tensor) else 0
+
+
 def _layer_table(space: SearchSpace, plan: Plan, ref_report: EnergyReport, report: EnergyReport,
                  reference: nn.Module, model: nn.Module) -> list[dict[str, Any]]:
-    ref_rows = {r.name: r.total for r in ref_report.layers}
-    rows = {r.name: r.total for r in report.layers}
+    def by_module(rep: EnergyReport) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in rep.layers:
+            key = r.module or r.name
+            out[key] = out.get(key, 0.0) + r.total
+        return out
+
+    ref_rows, rows = by_module(ref_report), by_module(report)
     sp = sparsity(model)
     table = []
     for layer in space.layers:
         lp = plan.resolve(layer.name)
         act_lp = plan.resolve(layer.activation_module) if layer.activation_module else None
-        both = [layer.name] + ([layer.activation_module] if layer.activation_module else [])
+        both = [layer.name] + ([layer.activation_module] if layer.activation_module not in (None, layer.name) else [])
         table.append({"layer": layer.name,
-                      "reference_width": int(reference.get_submodule(layer.name).weight.shape[0]),
-                      "width": int(model.get_submodule(layer.name).weight.shape[0]),
+                      "reference_width": _width_of(reference.get_submodule(layer.name)),
+                      "width": _width_of(model.get_submodule(layer.name)),
                       "kernel": lp.kernel if lp else None, "bias": lp.bias if lp else None,
                       "activation": act_lp.activation if act_lp else None,
                       "reference_energy_pj": sum(ref_rows.get(n, 0.0) for n in both),
@@ -358,14 +383,14 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     ref_acc = task.evaluate(reference) if reference_accuracy is None else reference_accuracy
     plan, trials = searcher.search_plan()
     torch.manual_seed(config.seed)
-    model = build_candidate(reference, space.input_shape, plan)
+    model = build_candidate(reference, space.example_inputs, plan)
     if config.final_prune > 0:
         apply_masks(model, global_magnitude_masks(model, config.final_prune))
     for epoch in range(config.final_epochs):
         task.train_epoch(model, epoch, proxy=False)
     model.eval()
     acc = task.evaluate(model)
-    report = estimate_energy(model, space.input_shape, **config.energy_settings)
+    report = estimate_energy(model, space.example_inputs, _energy_plan(plan), **config.energy_settings)
     out_dir = Path(config.out_dir)
     path, _ = encode_with_report(model, out_dir / "model.nnc", level=19)
     decoded = deployed_copy(model)

@@ -35,7 +35,7 @@ from .space import SearchSpace
 from .storage import open_storage, storage_url
 from .task import Task
 
-__all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLLERS", "make_sampler"]
+__all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLLERS", "make_sampler", "chance_level"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class SearchResult:
     layer_table: list[dict[str, Any]]
     seconds: float
     energy_report: EnergyReport | None = None
+    warnings: list[str] = field(default_factory=list)   #: things the user should know (a chance-level reference)
+    notes: list[str] = field(default_factory=list)      #: what was done on the user's behalf (reference training)
 
     def summary(self) -> dict[str, Any]:
         return {"reference": {"accuracy": self.reference_accuracy, "energy_pj": self.reference_energy_pj,
@@ -109,7 +111,7 @@ class SearchResult:
                 "result": {"accuracy": self.accuracy, "decoded_accuracy": self.decoded_accuracy,
                            "energy_pj": self.energy_pj, "bitstream_bytes": self.bitstream_bytes,
                            "plan": self.plan.to_dict()},
-                "seconds": self.seconds}
+                "seconds": self.seconds, "notes": list(self.notes), "warnings": list(self.warnings)}
 
 
 def make_sampler(controller: str, seed: int):  # noqa: ANN201
@@ -359,6 +361,11 @@ def _layer_table(space: SearchSpace, plan: Plan, ref_report: EnergyReport, repor
     return table
 
 
+def chance_level(chance: float) -> float:
+    """Scores at or under this are "at chance": the guess's score plus a quarter of the way to perfect."""
+    return chance + 0.25 * (1.0 - chance)
+
+
 def run_trials(reference: nn.Module, space: SearchSpace, task: Task, config: SearchConfig | None = None, *,
                cost_fn: Callable[[nn.Module], float] | None = None) -> Plan:
     """Run (or join, or resume) the study's trials and return the best plan, without the final steps.
@@ -372,8 +379,14 @@ def run_trials(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
 
 def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: SearchConfig | None = None, *,
                cost_fn: Callable[[nn.Module], float] | None = None,
-               reference_accuracy: float | None = None) -> SearchResult:
-    """Search, then fine-tune, encode, decode and re-measure the winner; write the report to ``out_dir``."""
+               reference_accuracy: float | None = None, chance_accuracy: float | None = None,
+               notes: list[str] | None = None) -> SearchResult:
+    """Search, then fine-tune, encode, decode and re-measure the winner; write the report to ``out_dir``.
+
+    ``chance_accuracy``: the score of a guess (e.g. the largest class share); a reference that does not beat
+    it clearly is reported in ``warnings`` (the search would compress a model that has learnt nothing).
+    ``notes``: lines for the summary about what was done before the search (e.g. the reference trained).
+    """
     from ..torch_io import encode_with_report, load_into
     from .report import write_report
 
@@ -381,6 +394,11 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     t0 = time.perf_counter()
     searcher = _Searcher(reference, space, task, config, cost_fn)
     ref_acc = task.evaluate(reference) if reference_accuracy is None else reference_accuracy
+    warnings: list[str] = []
+    if chance_accuracy is not None and ref_acc <= chance_level(chance_accuracy):
+        warnings.append(f"the reference scores {ref_acc:.4f}, at chance level ({chance_accuracy:.4f}): it was not "
+                     "trained, or not on this data; train it (or pass its weights) before searching")
+        log.warning(warnings[-1])
     plan, trials = searcher.search_plan()
     torch.manual_seed(config.seed)
     model = build_candidate(reference, space.example_inputs, plan)
@@ -405,7 +423,8 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         energy_pj=report.total_pj, cost=searcher._cost(model, report), bitstream=Path(path),
         bitstream_bytes=Path(path).stat().st_size, float32_bytes=_float32_bytes(reference), trials=trials,
         layer_table=_layer_table(space, plan, searcher.ref_report, report, reference, model),
-        seconds=time.perf_counter() - t0, energy_report=report)
+        seconds=time.perf_counter() - t0, energy_report=report, warnings=warnings,
+        notes=list(notes or []))
     write_report(result, out_dir)
     return result
 

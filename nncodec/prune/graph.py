@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..energy.graph import example_tensors as example_batch
 from ..errors import ConfigError
 
 __all__ = ["WidthGroup", "GroupAnalysis", "width_groups", "resize_groups", "group_importance", "example_batch",
@@ -47,20 +48,6 @@ def is_attention(module: nn.Module) -> bool:
     """Does ``module`` follow the Hugging Face self-attention convention nncodec prunes heads of?"""
     return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value")) and \
         all(isinstance(getattr(module, n, None), int) for n in ("num_attention_heads", "attention_head_size"))
-
-
-def example_batch(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """``example_inputs`` as a tuple of tensors with a batch dimension: a shape (no batch: zeros of batch 1),
-    a tensor, or a tuple / list of tensors."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(isinstance(v, int) for v in example_inputs):
-        return (torch.zeros((1, *example_inputs)),)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and \
-            all(isinstance(v, torch.Tensor) for v in example_inputs):
-        return tuple(example_inputs)
-    raise ConfigError("example inputs must be an input shape (no batch dimension), a tensor or a tuple of tensors, "
-                      f"got {type(example_inputs).__name__}")
 
 
 def _output_tensors(out: Any) -> list[torch.Tensor]:

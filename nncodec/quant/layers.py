@@ -122,11 +122,14 @@ class QEmbedding(_QuantParams, nn.Embedding):
     def quantized_tensors(self) -> list[tuple[str, Quantizer, torch.Tensor, torch.Tensor | None]]:
         return [("weight", self.kernel_quantizer, self.weight, None)] if self.kernel_quantizer is not None else []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_weight(self) -> torch.Tensor:
+        """The table as the forward uses it."""
         q = self.kernel_quantizer
-        table = q(self.weight, self.training) if q is not None else self.weight
-        return self._out(nn.functional.embedding(x, table, self.padding_idx, self.max_norm, self.norm_type,
-                                                 self.scale_grad_by_freq, self.sparse))
+        return q(self.weight, self.training) if q is not None else self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(nn.functional.embedding(x, self.quantized_weight(), self.padding_idx, self.max_norm,
+                                                 self.norm_type, self.scale_grad_by_freq, self.sparse))
 
 
 class _QuantRecurrent(_QuantParams):

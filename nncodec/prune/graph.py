@@ -199,8 +199,6 @@ class GroupAnalysis:
         try:
             self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(self.inputs),
                                                             customized_pruners=custom, output_transform=record)
-        except ConfigError:
-            raise
         except Exception as exc:  # the tracer raises many types on code it cannot follow
             raise ConfigError(f"cannot build the dependency graph of the model ({type(exc).__name__}: {exc})") from None
         finally:
@@ -279,8 +277,6 @@ def width_groups(model: nn.Module, example_inputs: Any, *, keep: tuple[str, ...]
 
 # -- importance ----------------------------------------------------------------------------------------------
 def _group_importance(analysis: GroupAnalysis, g: WidthGroup, method: str) -> torch.Tensor:
-    import torch_pruning as tp
-
     n = g.size * g.unit
     group = analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, list(range(n)))
     score = torch.zeros(n)
@@ -303,12 +299,12 @@ def _group_importance(analysis: GroupAnalysis, g: WidthGroup, method: str) -> to
             per = per / (per.mean() + 1e-12)
             local = [int(i) for i in idxs]
             roots = [int(i.root_idx) if hasattr(i, "root_idx") and i.root_idx is not None else int(i) for i in idxs]
-            _scatter(score, per, local, roots, getattr(mod, "_gates", None))
-    del tp
+            _scatter(score, per, local, roots)
     return score.sqrt() if method == "l2" else score
 
 
-def _scatter(score: torch.Tensor, per: torch.Tensor, local: list[int], roots: list[int], _: Any) -> None:
+def _scatter(score: torch.Tensor, per: torch.Tensor, local: list[int], roots: list[int]) -> None:
+    """Add each layer-local channel's score to the group unit (root channel) it belongs to."""
     size = per.shape[0]
     for li, ri in zip(local, roots):
         if li < size and ri < score.shape[0]:

@@ -334,6 +334,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
         x_val, y_val = z["x_val"].astype(np.float32), z["y_val"].astype(np.int64)
     model = _load_user_model(args.model, args.weights)
     shape = _input_shape(args.input_shape)
+    if tuple(x_train.shape[1:]) != shape:
+        raise ConfigError(f"--input-shape {','.join(map(str, shape))} does not match the data ({list(x_train.shape[1:])})")
+    notes = []
+    if not args.weights:
+        import torch
+
+        from .train import train_classifier
+
+        torch.manual_seed(args.seed)
+        note = (f"no --weights: trained the reference first ({args.reference_epochs} epochs on x_train, "
+                f"{len(x_train)} examples)")
+        if not args.json:
+            print(f"nncodec: {note} ...", file=sys.stderr, flush=True)
+        train_classifier(model, x_train, y_train, epochs=args.reference_epochs, seed=args.seed)
+        notes.append(note)
+    chance = float(np.bincount(y_val).max() / len(y_val)) if len(y_val) else None
     space = SearchSpace.from_model(model, shape, x_train[:256], width_mode=args.width_mode,
                                    keep_width=tuple(args.keep_width or ()))
     config = SearchConfig(controller=args.controller, n_trials=args.trials, proxy_epochs=args.proxy_epochs,
@@ -349,7 +365,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         plan = run_trials(model, space, task, config)
         print(plan.to_json())
         return 0
-    result = run_search(model, space, task, config)
+    result = run_search(model, space, task, config, chance_accuracy=chance, notes=notes)
     print(json.dumps(result.summary(), indent=2) if args.json else
           format_summary(result) + "\n\n" + format_layer_table(result.layer_table))
     return 0
@@ -480,7 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "an .npz (x_train, y_train, x_val, y_val) it searches your classifier.")
     search_options(se)
     se.add_argument("--model", metavar="FILE.py:FUNCTION", help="your code: a function returning the reference")
-    se.add_argument("--weights", help="trained state_dict .pt for --model (weights_only=True)")
+    se.add_argument("--weights", help="trained state_dict .pt for --model (weights_only=True); without it the "
+                                      "reference is trained first on x_train")
+    se.add_argument("--reference-epochs", type=int, default=8,
+                    help="epochs of reference training when no --weights is given (default 8)")
     se.add_argument("--data", help=".npz with x_train, y_train, x_val, y_val")
     se.add_argument("--input-shape", help="with --model: input shape without batch (default 1,28,28)")
     se.add_argument("--study-name", default="nncodec-search", help="workers sharing a storage join this study")

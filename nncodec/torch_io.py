@@ -239,15 +239,16 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
         return load_graph_model(info, lambda m: load_into(m, src, strict=False, limits=limits), limits)
     model = build(info.topology)
     quantized = {u.tensor["name"] for u in info.units if u.tensor and u.tensor["scheme"] != "none"}
-    from .quant.layers import _QuantWeights
+    from .quant.layers import _QuantParams
 
     for name, module in model.named_modules():
-        if isinstance(module, _QuantWeights):
+        if isinstance(module, _QuantParams):
             prefix = f"{name}." if name else ""
-            if prefix + "weight" in quantized:
+            names = {pname for pname, *_ in module.quantized_tensors()}
+            if any(prefix + n in quantized for n in names if n.startswith("weight")):
                 module.kernel_quantizer = None
                 module._buffers.pop("weight_mask", None)
-            if prefix + "bias" in quantized:
+            if any(prefix + n in quantized for n in names if n.startswith("bias")):
                 module.bias_quantizer = None
     load_into(model, src, strict=True, limits=limits)
     return model.eval()

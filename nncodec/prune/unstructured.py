@@ -30,7 +30,7 @@ __all__ = ["magnitude_masks", "global_magnitude_masks", "std_threshold_masks", "
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, _QuantWeights))}
+    return {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, tuple(_WRAPPERS)))}
 
 
 def _weight(m: nn.Module) -> torch.Tensor:

@@ -13,7 +13,7 @@ from ..bitstream.constants import SCHEME_NAMES
 from ..bitstream.descriptor import CodedTensor, QuantDescriptor
 from ..dtypes import DType, dtype_by_name
 from .base import QuantCodes, Quantizer
-from .layers import _QuantWeights
+from .layers import _QuantParams
 
 __all__ = ["coded_tensor", "quantized_state"]
 
@@ -88,13 +88,13 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
     """
     state: dict[str, Any] = dict(model.state_dict())
     for name, module in model.named_modules():
-        if not isinstance(module, _QuantWeights):
+        if not isinstance(module, _QuantParams):
             continue
         prefix = f"{name}." if name else ""
-        if module.kernel_quantizer is not None and module.weight.dtype in _FLOAT_TENSOR_DTYPES:
-            state[prefix + "weight"] = _coded(module.kernel_quantizer, module.masked_weight(),
-                                              getattr(module, "weight_mask", None))
-            state.pop(prefix + "weight_mask", None)
-        if module.bias_quantizer is not None and module.bias is not None and module.bias.dtype in _FLOAT_TENSOR_DTYPES:
-            state[prefix + "bias"] = _coded(module.bias_quantizer, module.bias)
+        for pname, quantizer, value, mask in module.quantized_tensors():
+            if value.dtype not in _FLOAT_TENSOR_DTYPES:
+                continue
+            state[prefix + pname] = _coded(quantizer, value, mask)
+            if mask is not None or pname == "weight":
+                state.pop(prefix + pname + "_mask", None)
     return state

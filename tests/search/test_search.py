@@ -16,7 +16,8 @@ import torch
 
 import nncodec
 from nncodec.errors import ConfigError
-from nncodec.prune.structured import filter_importance, resizable_layers, resize_layers
+from nncodec.prune.graph import group_importance
+from nncodec.prune.structured import resizable_layers, resize_layers
 from nncodec.prune.unstructured import (apply_masks, balanced_masks, global_magnitude_masks, magnitude_masks,
                                         sparsity, std_threshold_masks)
 from nncodec.quant.layers import quantize_model
@@ -46,8 +47,8 @@ def test_surgery_keeps_the_network_working(reference):
     narrow = resize_layers(reference, {"0": 0.5, "2": 2.0}, INPUT)
     assert narrow[0].weight.shape == (4, 1, 3, 3) and narrow[2].weight.shape == (32, 4, 3, 3)
     assert narrow[5].weight.shape == (10, 32 * 4 * 4)
-    kept = torch.sort(torch.argsort(filter_importance(reference[0].weight), descending=True)[:4]).values
-    assert torch.equal(narrow[0].weight, reference[0].weight[kept])  # strongest filters, inherited
+    kept = torch.sort(torch.argsort(group_importance(reference, INPUT, "0"), descending=True)[:4]).values
+    assert torch.equal(narrow[0].weight, reference[0].weight[kept])  # strongest filters, inherited, in order
     x_train, y_train, x_test, y_test = data()
     train_classifier(narrow, x_train, y_train, epochs=2, lr=3e-3)
     assert accuracy(narrow, x_test, y_test) > 0.8
@@ -149,7 +150,8 @@ def test_full_search_writes_a_plan_that_round_trips(reference, tmp_path):
                        study_name="full", progress=False)
     result = run_search(reference, space(reference), task(0.3), cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == {"reference", "result", "seconds"}
+    assert set(summary) == {"reference", "result", "seconds", "notes", "warnings"}
+    assert summary["warnings"] == [] and summary["notes"] == []
     assert set(summary["result"]) == {"accuracy", "decoded_accuracy", "energy_pj", "bitstream_bytes", "plan"}
     assert summary["result"]["decoded_accuracy"] == summary["result"]["accuracy"]
     assert result.energy_pj < result.reference_energy_pj

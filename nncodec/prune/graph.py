@@ -1,0 +1,509 @@
+"""Structured pruning and widening on dependency graphs (residual, depthwise, recurrent and attention nets).
+
+The coupled channel groups come from ``torch-pruning``'s DepGraph (Fang et al., CVPR 2023): channels
+joined by residual additions or concatenations, depthwise convs and the norms that follow their
+producers change together. nncodec adds what the library lacks or gets wrong:
+
+- **recurrent layers** (``nn.GRU``, ``nn.LSTM``, ``nn.RNN``, any depth, one direction): the hidden size is one
+  group (torch's recurrent modules have one hidden size for all their layers), coupled with the layers
+  that read the output;
+- **attention heads** of modules following the Hugging Face convention (``query``/``key``/``value``
+  linears, ``num_attention_heads``, ``attention_head_size``, ``all_head_size`` attributes; BERT,
+  MiniLM, ...): whole heads are removed or added, with the projection that reads the context;
+- **widening**: new channels are initialised so the network computes what it did until trained
+  (fresh producer rows, zero consumer columns, identity batch-norm). Groups holding a layer-norm,
+  an embedding table or a concatenation cannot widen without changing the function: they only shrink.
+
+Shrinking keeps the most important channels: L1 / L2 norm of everything the channel touches, or a
+first-order Taylor score ``|w * dL/dw|`` after a backward pass on data (``gradient_fn``). A group whose
+channels reach the model output (the classifier, an embedding model's output dimension) is fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..energy.graph import example_tensors as example_batch
+from ..errors import ConfigError
+
+__all__ = ["WidthGroup", "GroupAnalysis", "width_groups", "resize_groups", "group_importance", "example_batch",
+           "is_attention", "new_size"]
+
+log = logging.getLogger(__name__)
+
+_RECURRENT = (nn.GRU, nn.LSTM, nn.RNN)
+_GATES = {nn.GRU: 3, nn.LSTM: 4, nn.RNN: 1}
+_ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding, nn.GRU, nn.LSTM, nn.RNN)
+
+
+def is_attention(module: nn.Module) -> bool:
+    """Does ``module`` follow the Hugging Face self-attention convention nncodec prunes heads of?"""
+    return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value")) and \
+        all(isinstance(getattr(module, n, None), int) for n in ("num_attention_heads", "attention_head_size"))
+
+
+def _output_tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _output_tensors(v)]
+    return []
+
+
+# -- torch-pruning handlers for what it does not cover ------------------------------------------------------
+def _slice_param(module: nn.Module, name: str, idx: torch.Tensor, dim: int) -> None:
+    p = getattr(module, name)
+    new = nn.Parameter(p.detach().index_select(dim, idx).contiguous(), requires_grad=p.requires_grad)
+    setattr(module, name, new)
+
+
+def _grow_param(module: nn.Module, name: str, dim: int, extra: torch.Tensor) -> None:
+    p = getattr(module, name)
+    new = nn.Parameter(torch.cat([p.detach(), extra.to(p.dtype)], dim).contiguous(), requires_grad=p.requires_grad)
+    setattr(module, name, new)
+
+
+def _rnn_names(layer: nn.Module, k: int) -> list[str]:
+    return [n for n in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}", f"bias_hh_l{k}") if hasattr(layer, n)]
+
+
+def _gate_index(keep: torch.Tensor, hidden: int, gates: int) -> torch.Tensor:
+    return torch.cat([keep + g * hidden for g in range(gates)])
+
+
+def _refresh_rnn(layer: nn.Module) -> None:
+    layer._init_flat_weights()  # type: ignore[operator]
+    layer.flatten_parameters()  # type: ignore[operator]
+
+
+def _make_handlers() -> tuple[type, type]:
+    import torch_pruning as tp
+
+    class RecurrentPruner(tp.pruner.function.BasePruningFunc):
+        """Hidden size (all layers) as out channels, the first layer's input size as in channels."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            h, gates = layer.hidden_size, _GATES[type(layer)]
+            keep = torch.tensor(sorted(set(range(h)) - set(idxs)), dtype=torch.long)
+            for k in range(layer.num_layers):
+                for name in _rnn_names(layer, k):
+                    _slice_param(layer, name, _gate_index(keep, h, gates), 0)
+                _slice_param(layer, f"weight_hh_l{k}", keep, 1)
+                if k > 0:
+                    _slice_param(layer, f"weight_ih_l{k}", keep, 1)
+            layer.hidden_size = len(keep)
+            _refresh_rnn(layer)
+            return layer
+
+        def prune_in_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            keep = torch.tensor(sorted(set(range(layer.input_size)) - set(idxs)), dtype=torch.long)
+            _slice_param(layer, "weight_ih_l0", keep, 1)
+            layer.input_size = len(keep)
+            _refresh_rnn(layer)
+            return layer
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return layer.hidden_size
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return layer.input_size
+
+    class AttentionPruner(tp.pruner.function.BasePruningFunc):
+        """Context channels (heads x head size) as out channels, the hidden size as in channels."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            n = layer.num_attention_heads * layer.attention_head_size
+            keep = torch.tensor(sorted(set(range(n)) - set(idxs)), dtype=torch.long)
+            if len(keep) % layer.attention_head_size:
+                raise ConfigError("attention heads are pruned whole; the channel count is not a head multiple")
+            for lin in (layer.query, layer.key, layer.value):
+                _slice_param(lin, "weight", keep, 0)
+                if lin.bias is not None:
+                    _slice_param(lin, "bias", keep, 0)
+                lin.out_features = len(keep)
+            _set_heads(layer, len(keep) // layer.attention_head_size)
+            return layer
+
+        def prune_in_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+            keep = torch.tensor(sorted(set(range(layer.query.in_features)) - set(idxs)), dtype=torch.long)
+            for lin in (layer.query, layer.key, layer.value):
+                _slice_param(lin, "weight", keep, 1)
+                lin.in_features = len(keep)
+            return layer
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return layer.num_attention_heads * layer.attention_head_size
+
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return layer.query.in_features
+
+    return RecurrentPruner, AttentionPruner
+
+
+def _set_heads(layer: nn.Module, heads: int) -> None:
+    layer.num_attention_heads = heads
+    if hasattr(layer, "all_head_size"):
+        layer.all_head_size = heads * layer.attention_head_size
+
+
+# -- groups --------------------------------------------------------------------------------------------------
+@dataclass
+class WidthGroup:
+    """Channels that change together. ``name`` is its first producer (plans key widths by it)."""
+
+    name: str
+    kind: str                 #: "channels", "hidden" (recurrent) or "heads"
+    size: int                 #: channels, hidden units or heads
+    producers: list[str]      #: modules whose outputs are the group's channels
+    consumers: list[str]      #: modules reading them
+    can_widen: bool
+    unit: int = 1             #: channels per unit (head size for heads)
+    reason: str = ""          #: why it cannot widen
+    _root: Any = field(default=None, repr=False)
+    _handler: Any = field(default=None, repr=False)
+
+
+class GroupAnalysis:
+    """The dependency graph of one model and its width groups (built once, used for one resize)."""
+
+    def __init__(self, model: nn.Module, example_inputs: Any, *, keep: tuple[str, ...] = ()):
+        import torch_pruning as tp
+
+        self.model = model
+        self.inputs = example_batch(example_inputs)
+        recurrent_pruner, attention_pruner = _make_handlers()
+        self.names = {m: n for n, m in model.named_modules()}
+        custom: dict[type, Any] = {t: recurrent_pruner() for t in _RECURRENT}
+        self.attention = [m for m in model.modules() if is_attention(m)]
+        for m in self.attention:
+            custom[type(m)] = attention_pruner()
+        out_fns: set[Any] = set()
+
+        def record(out: Any) -> Any:
+            tensors = _output_tensors(out)
+            out_fns.update(t.grad_fn for t in tensors if t.grad_fn is not None)
+            return tensors[0] if len(tensors) == 1 else tensors
+
+        was = model.training
+        model.eval()
+        try:
+            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(self.inputs),
+                                                            customized_pruners=custom, output_transform=record)
+        except Exception as exc:  # the tracer raises many types on code it cannot follow
+            raise ConfigError(f"cannot build the dependency graph of the model ({type(exc).__name__}: {exc})") from None
+        finally:
+            model.train(was)
+        self.groups: list[WidthGroup] = []
+        roots = [m for m in model.modules() if isinstance(m, _ROOT_TYPES) or m in self.attention]
+        inside_attention = {id(q) for a in self.attention for q in (a.query, a.key, a.value)}
+        seen: set[int] = set()
+        for m in roots:
+            if id(m) in seen or id(m) in inside_attention:
+                continue
+            handler = self.dg.get_pruner_of_module(m)
+            if handler is None or handler.get_out_channels(m) is None:
+                continue
+            n = handler.get_out_channels(m)
+            try:
+                group = self.dg.get_pruning_group(m, handler.prune_out_channels, list(range(n)))
+            except Exception as exc:  # noqa: BLE001  (torch-pruning fails on some index mappings)
+                log.debug("no width group for %s: %s", self.names.get(m), exc)
+                continue
+            producers, consumers = [], []
+            reason = ""
+            at_output = False
+            for dep, _ in group:
+                mod = dep.target.module
+                out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
+                if dep.target.grad_fn in out_fns and out_fn:
+                    at_output = True
+                if isinstance(mod, nn.Module) and mod in self.names:
+                    (producers if out_fn else consumers).append(self.names[mod])
+                    if out_fn:
+                        seen.add(id(mod))
+                    if not reason:
+                        reason = _widen_blocker(mod, out_fn)
+                elif dep.target.type in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND,
+                                         tp.ops.OPTYPE.EXPAND) and not reason:
+                    reason = f"a {dep.target.type.name.lower()} joins its channels"
+            name = self.names[m]
+            if at_output or any(fnmatch_any(p, keep) for p in producers):
+                log.debug("width group %s is fixed (%s)", name, "model output" if at_output else "kept")
+                continue
+            if m in self.attention:
+                unit = m.attention_head_size
+                self.groups.append(WidthGroup(name, "heads", n // unit, producers, consumers, not reason, unit,
+                                              reason, m, handler))
+            else:
+                kind = "hidden" if isinstance(m, _RECURRENT) else "channels"
+                self.groups.append(WidthGroup(name, kind, n, producers, consumers, not reason, 1, reason, m, handler))
+
+    def group(self, name: str) -> WidthGroup:
+        for g in self.groups:
+            if g.name == name or name in g.producers:
+                return g
+        raise ConfigError(f"{name!r} is not a resizable width group of the model (groups: "
+                          f"{[g.name for g in self.groups]}; the classifier and the output dimension keep their width)")
+
+
+def fnmatch_any(name: str, patterns: tuple[str, ...]) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _widen_blocker(mod: nn.Module, out_fn: bool) -> str:
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)) or is_attention(mod):
+        return ""
+    if isinstance(mod, _RECURRENT):
+        return "" if not mod.bidirectional and getattr(mod, "proj_size", 0) == 0 else "bidirectional / projected RNN"
+    return f"{type(mod).__name__} cannot widen without changing the function"
+
+
+def width_groups(model: nn.Module, example_inputs: Any, *, keep: tuple[str, ...] = ()) -> list[WidthGroup]:
+    """The model's width groups in module order (fixed: the output dimension and layers matching ``keep``)."""
+    return GroupAnalysis(model, example_inputs, keep=keep).groups
+
+
+# -- importance ----------------------------------------------------------------------------------------------
+def _group_importance(analysis: GroupAnalysis, g: WidthGroup, method: str) -> torch.Tensor:
+    n = g.size * g.unit
+    group = analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, list(range(n)))
+    score = torch.zeros(n)
+    for dep, idxs in group:
+        mod = dep.target.module
+        if not isinstance(mod, nn.Module):
+            continue
+        out_fn = analysis.dg.is_out_channel_pruning_fn(dep.handler)
+        for w, dim in _weights_along(mod, out_fn):
+            t = w.detach()
+            if method == "taylor":
+                if w.grad is None:
+                    continue
+                t = (t * w.grad).abs()
+            elif method == "l2":
+                t = t.pow(2)
+            else:
+                t = t.abs()
+            per = t.transpose(0, dim).reshape(t.shape[dim], -1).sum(1) if t.dim() > 1 else t
+            per = per / (per.mean() + 1e-12)
+            local = [int(i) for i in idxs]
+            roots = [int(i.root_idx) if hasattr(i, "root_idx") and i.root_idx is not None else int(i) for i in idxs]
+            _scatter(score, per, local, roots)
+    return score.sqrt() if method == "l2" else score
+
+
+def _scatter(score: torch.Tensor, per: torch.Tensor, local: list[int], roots: list[int]) -> None:
+    """Add each layer-local channel's score to the group unit (root channel) it belongs to."""
+    size = per.shape[0]
+    for li, ri in zip(local, roots):
+        if li < size and ri < score.shape[0]:
+            score[ri] += per[li]
+
+
+def _weights_along(mod: nn.Module, out: bool) -> list[tuple[torch.Tensor, int]]:
+    """(parameter, dimension) pairs whose slices along ``dimension`` belong to one channel of ``mod``."""
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        if out or mod.groups > 1:
+            return [(mod.weight, 0)] + ([(mod.bias, 0)] if mod.bias is not None else [])
+        return [(mod.weight, 1)]
+    if isinstance(mod, nn.Linear):
+        return [(mod.weight, 0)] + ([(mod.bias, 0)] if mod.bias is not None else []) if out else [(mod.weight, 1)]
+    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)) and mod.weight is not None:
+        return [(mod.weight, 0)]
+    if isinstance(mod, nn.Embedding):
+        return [(mod.weight, 1)]
+    if isinstance(mod, _RECURRENT) and out:
+        # hidden unit i: column i of every weight_hh (the unit's outgoing weights), summed over layers
+        return [(getattr(mod, f"weight_hh_l{k}"), 1) for k in range(mod.num_layers)]
+    if isinstance(mod, _RECURRENT):
+        return [(mod.weight_ih_l0, 1)]
+    if is_attention(mod):
+        if out:
+            return [(lin.weight, 0) for lin in (mod.query, mod.key, mod.value)]
+        return [(lin.weight, 1) for lin in (mod.query, mod.key, mod.value)]
+    return []
+
+
+def group_importance(model: nn.Module, example_inputs: Any, group: str, importance: str = "l1") -> torch.Tensor:
+    """Importance of each unit (channel, hidden unit or head) of one width group; higher is kept first.
+
+    The score sums, over every layer of the group, the norm of the weights the unit touches (each
+    layer's scores divided by their mean, so wide and narrow layers count alike).
+    """
+    if importance not in ("l1", "l2"):
+        raise ConfigError(f"importance must be 'l1' or 'l2' here (Taylor needs resize_groups), got {importance!r}")
+    analysis = GroupAnalysis(model, example_inputs)
+    g = analysis.group(group)
+    return _group_importance(analysis, g, importance).reshape(g.size, g.unit).sum(1)
+
+
+# -- widening ------------------------------------------------------------------------------------------------
+def _kaiming_rows(like: torch.Tensor, n: int) -> torch.Tensor:
+    t = torch.empty((n, *like.shape[1:]), dtype=like.dtype)
+    nn.init.kaiming_uniform_(t, a=math.sqrt(5))
+    return t
+
+
+def _grow(analysis: GroupAnalysis, g: WidthGroup, extra_units: int) -> None:
+    """Append ``extra_units`` units to group ``g`` in place; the function is unchanged (zero consumer columns)."""
+    n = g.size * g.unit
+    extra = extra_units * g.unit
+    group = analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, list(range(n)))
+    for dep, idxs in group:
+        mod = dep.target.module
+        if mod not in analysis.names:
+            continue  # torch-pruning's stand-ins for element-wise ops, reshapes, ...
+        out = analysis.dg.is_out_channel_pruning_fn(dep.handler)
+        factor = max(1, len(idxs) // n)
+        with torch.no_grad():
+            _grow_module(mod, out, extra, factor)
+
+
+def _grow_module(mod: nn.Module, out: bool, extra: int, factor: int) -> None:
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+        if out or depthwise:
+            _grow_param(mod, "weight", 0, _kaiming_rows(mod.weight, extra))
+            if mod.bias is not None:
+                _grow_param(mod, "bias", 0, torch.zeros(extra))
+            mod.out_channels += extra
+            if depthwise:
+                mod.in_channels += extra
+                mod.groups += extra
+        else:
+            w = mod.weight
+            _grow_param(mod, "weight", 1, torch.zeros((w.shape[0], extra * factor, *w.shape[2:])))
+            mod.in_channels += extra * factor
+    elif isinstance(mod, nn.Linear):
+        if out:
+            _grow_param(mod, "weight", 0, _kaiming_rows(mod.weight, extra))
+            if mod.bias is not None:
+                _grow_param(mod, "bias", 0, torch.zeros(extra))
+            mod.out_features += extra
+        else:
+            _grow_param(mod, "weight", 1, torch.zeros((mod.weight.shape[0], extra * factor)))
+            mod.in_features += extra * factor
+    elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if mod.weight is not None:
+            _grow_param(mod, "weight", 0, torch.ones(extra))
+            _grow_param(mod, "bias", 0, torch.zeros(extra))
+        if mod.running_mean is not None:
+            mod.running_mean = torch.cat([mod.running_mean, torch.zeros(extra)])
+            mod.running_var = torch.cat([mod.running_var, torch.ones(extra)])
+        mod.num_features += extra
+    elif isinstance(mod, _RECURRENT):
+        if out:
+            _grow_recurrent_hidden(mod, extra)
+        else:
+            _grow_param(mod, "weight_ih_l0", 1, torch.zeros((mod.weight_ih_l0.shape[0], extra * factor)))
+            mod.input_size += extra * factor
+            _refresh_rnn(mod)
+    elif is_attention(mod):
+        if out:
+            for lin in (mod.query, mod.key, mod.value):
+                _grow_param(lin, "weight", 0, _kaiming_rows(lin.weight, extra))
+                if lin.bias is not None:
+                    _grow_param(lin, "bias", 0, torch.zeros(extra))
+                lin.out_features += extra
+            _set_heads(mod, mod.num_attention_heads + extra // mod.attention_head_size)
+        else:
+            for lin in (mod.query, mod.key, mod.value):
+                _grow_param(lin, "weight", 1, torch.zeros((lin.weight.shape[0], extra * factor)))
+                lin.in_features += extra * factor
+    else:
+        raise ConfigError(f"cannot widen {type(mod).__name__}")
+
+
+def _grow_recurrent_hidden(mod: nn.Module, extra: int) -> None:
+    """New hidden units: fresh input rows, zero columns wherever they feed existing units."""
+    h, gates = mod.hidden_size, _GATES[type(mod)]
+    bound = 1.0 / math.sqrt(h + extra)
+
+    def per_gate(t: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        chunks = t.reshape(gates, h, *t.shape[1:])
+        new = new.reshape(gates, extra, *t.shape[1:])
+        return torch.cat([chunks, new], 1).reshape(gates * (h + extra), *t.shape[1:])
+
+    for k in range(mod.num_layers):
+        for name in _rnn_names(mod, k):
+            p = getattr(mod, name)
+            fresh = torch.empty((gates * extra, *p.shape[1:]), dtype=p.dtype).uniform_(-bound, bound)
+            if name.startswith("bias"):
+                fresh.zero_()
+            setattr(mod, name, nn.Parameter(per_gate(p.detach(), fresh).contiguous(), requires_grad=p.requires_grad))
+        whh = getattr(mod, f"weight_hh_l{k}")
+        _grow_param(mod, f"weight_hh_l{k}", 1, torch.zeros((whh.shape[0], extra)))
+        if k > 0:
+            wih = getattr(mod, f"weight_ih_l{k}")
+            _grow_param(mod, f"weight_ih_l{k}", 1, torch.zeros((wih.shape[0], extra)))
+    mod.hidden_size = h + extra
+    _refresh_rnn(mod)
+
+
+# -- resize --------------------------------------------------------------------------------------------------
+def new_size(size: int, multiplier: float) -> int:
+    """Units after a width multiplier: ``max(1, round(size * multiplier))``."""
+    return max(1, int(round(size * multiplier)))
+
+
+def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float], *, importance: str = "l1",
+                  gradient_fn: Callable[[nn.Module], None] | None = None, keep: tuple[str, ...] = ()) -> nn.Module:
+    """A copy of ``model`` with each named width group scaled by its multiplier.
+
+    ``widths`` maps a group (its name, or any of its producers' names) to a multiplier: 0.5 keeps the
+    most important half, 2 doubles it (new units start silent). ``importance``: ``"l1"``, ``"l2"`` or
+    ``"taylor"``; Taylor needs ``gradient_fn(model)``, which runs a backward pass on data.
+    """
+    if importance not in ("l1", "l2", "taylor"):
+        raise ConfigError(f"importance must be 'l1', 'l2' or 'taylor', got {importance!r}")
+    if importance == "taylor" and gradient_fn is None:
+        raise ConfigError("Taylor importance needs gradient_fn(model), a backward pass on data")
+    for name, mult in widths.items():
+        if not (isinstance(mult, (int, float)) and not isinstance(mult, bool) and mult > 0 and math.isfinite(mult)):
+            raise ConfigError(f"width multiplier of {name!r} must be a positive number, got {mult!r}")
+    result = copy.deepcopy(model)
+    if all(v == 1.0 for v in widths.values()):
+        return result
+    analysis = GroupAnalysis(result, example_inputs, keep=keep)
+    chosen: dict[str, tuple[WidthGroup, float]] = {}
+    for name, mult in widths.items():
+        g = analysis.group(name)
+        if g.name in chosen and chosen[g.name][1] != mult:
+            raise ConfigError(f"{name!r} and {chosen[g.name][0].name!r} are one coupled group with two widths "
+                              f"({mult} and {chosen[g.name][1]})")
+        chosen[g.name] = (g, float(mult))
+    if importance == "taylor":
+        result.zero_grad(set_to_none=True)
+        gradient_fn(result)  # type: ignore[misc]
+    plans = []
+    for g, mult in chosen.values():
+        target = new_size(g.size, mult)
+        if target > g.size and not g.can_widen:
+            raise ConfigError(f"width group {g.name!r} cannot widen: {g.reason}")
+        if target < g.size:
+            score = _group_importance(analysis, g, importance).reshape(g.size, g.unit).sum(1)
+            drop = torch.argsort(score)[: g.size - target]
+            idxs = sorted(int(u) * g.unit + j for u in drop for j in range(g.unit))
+            plans.append((g, "prune", idxs))
+        elif target > g.size:
+            plans.append((g, "grow", target - g.size))
+    for g, action, arg in plans:  # prune first (indices refer to the unchanged groups), then grow
+        if action == "prune":
+            analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, arg).prune()
+    for g, action, arg in plans:
+        if action == "grow":
+            _grow(analysis, g, arg)
+    if importance == "taylor":
+        result.zero_grad(set_to_none=True)
+    return result

@@ -250,6 +250,11 @@ class Encoder:
         return quantize_by_bits(values, bits, name=name)  # type: ignore[arg-type]
 
     def _prepare(self, name: str, value: "tuple[np.ndarray, DType] | CodedTensor") -> _Prepared:
+        return self._finish(name, *self.code_words(name, value))
+
+    def code_words(self, name: str, value: "tuple[np.ndarray, DType] | CodedTensor") -> tuple:
+        """``(dtype, shape, descriptor, code words as bytes, word size, bits, signed, max error, rms error)``
+        of one tensor under these settings, before any stage."""
         max_err = rms_err = 0.0
         if isinstance(value, CodedTensor):
             storage, dtype, desc = value.codes, value.dtype, value.quant
@@ -258,7 +263,7 @@ class Encoder:
             word_size = desc.code_dtype.itemsize
             signed = desc.code_dtype.storage.kind == "i" and bool(storage.size) and int(storage.min()) < 0
             bits = desc.bits if 0 < desc.bits <= 8 * word_size else 8 * word_size
-            return self._finish(name, dtype, shape, desc, words, word_size, bits, signed, 0.0, 0.0)
+            return dtype, shape, desc, words, word_size, bits, signed, 0.0, 0.0
         storage, dtype = value
         shape = tuple(int(d) for d in storage.shape)
         if self._quantizes(name, dtype, shape):
@@ -283,7 +288,7 @@ class Encoder:
             word_size = dtype.itemsize
             signed = dtype.is_int and dtype.storage.kind == "i"
             bits = 1 if dtype.name == "bool" else 8 * word_size
-        return self._finish(name, dtype, shape, desc, words, word_size, bits, signed, max_err, rms_err)
+        return dtype, shape, desc, words, word_size, bits, signed, max_err, rms_err
 
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor, words: np.ndarray,
                 word_size: int, bits: int, signed: bool, max_err: float, rms_err: float) -> _Prepared:

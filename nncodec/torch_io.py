@@ -102,7 +102,31 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
                 raise
     elif topology is True:
         raise ConfigError("topology=True needs an nn.Module to describe")
+    points = options.pop("operating_points", None)
+    input_shape = options.pop("energy_input_shape", None)
+    if points is not None:
+        from .scalable import encode_scalable
+
+        return encode_scalable(tensors_from(obj, quantized), points, dst, topology=topo,
+                               energy_of=_energy_fn(obj, input_shape), **options)  # type: ignore[return-value]
+    if input_shape is not None:
+        raise ConfigError("energy_input_shape applies only with operating_points")
     return encoder_from_options(options).encode(tensors_from(obj, quantized), dst, topo)
+
+
+def _energy_fn(obj: Any, input_shape: Any) -> Any:
+    """Energy of an operating point from its code bits per tensor (:func:`nncodec.energy.estimate_energy`)."""
+    if input_shape is None:
+        return None
+    if not isinstance(obj, torch.nn.Module):
+        raise ConfigError("energy_input_shape needs an nn.Module to estimate the energy of")
+    from .energy import estimate_energy
+    from .scalable import plan_from_bits
+
+    def energy_of(k: int, bits: Any) -> float:
+        return float(estimate_energy(obj, tuple(input_shape), plan_from_bits(bits)).total_pj)
+
+    return energy_of
 
 
 def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) -> bytes | Path:
@@ -110,12 +134,13 @@ def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) 
     return encode_with_report(obj, dst, **options)[0]
 
 
-def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
+def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, operating_point: int | None = None
+           ) -> dict[str, torch.Tensor]:
     """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order. Tied tensors (aliases) come back
     as one tensor object under each of their names, as ``torch.load`` gives them."""
     out: dict[str, torch.Tensor] = {}
     shared: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # by the decoded array an alias shares
-    for th, arr in iter_tensors(src, limits=limits):
+    for th, arr in iter_tensors(src, limits=limits, operating_point=operating_point):
         if id(arr) not in shared:
             shared[id(arr)] = (arr, to_torch(arr, th.dtype))
         out[th.name] = shared[id(arr)][1]
@@ -123,7 +148,7 @@ def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, torch.T
 
 
 def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
-              limits: Limits = DEFAULT_LIMITS, workers: int = 1) -> list[str]:
+              limits: Limits = DEFAULT_LIMITS, workers: int = 1, operating_point: int | None = None) -> list[str]:
     """Decode a stream unit by unit straight into ``module``'s parameters and buffers.
 
     One unit at a time by default, for the least memory; ``workers > 1`` decodes several at once
@@ -150,7 +175,8 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
                 return storage
         return None
 
-    for th, arr in iter_tensors(src, limits=limits, destination=destination, workers=workers):
+    for th, arr in iter_tensors(src, limits=limits, destination=destination, workers=workers,
+                                operating_point=operating_point):
         t = targets.get(th.name)
         if t is None:
             unexpected.append(th.name)
@@ -167,16 +193,29 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
     return unexpected
 
 
-def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Module:
+def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS, operating_point: int | None = None,
+               energy_budget_pj: float | None = None) -> torch.nn.Module:
     """Rebuild the model stored in ``src`` from its topology unit and load its weights (eval mode).
 
     Weights stored as quantized codes are loaded as their values, and those layers' weight quantizers are
     dropped (the values are already quantized); activation quantizers stay. A stream without a topology
     unit raises :class:`~nncodec.topology.TopologyError`: use :func:`load_into` with your model class.
+
+    A scalable stream loads at ``operating_point`` (default: its last), or at the best point whose energy
+    fits ``energy_budget_pj`` (:func:`nncodec.points.choose_point`); the chosen index is the model's
+    ``nncodec_operating_point`` attribute.
     """
     from .decoder import read_info
     from .topology import TopologyError, build
 
+    if energy_budget_pj is not None:
+        from .points import choose_point, read_operating_points
+
+        if operating_point is not None:
+            raise ConfigError("give operating_point or energy_budget_pj, not both")
+        if hasattr(src, "read") and not src.seekable():  # type: ignore[union-attr]
+            src = src.read()  # type: ignore[union-attr]
+        operating_point = choose_point(read_operating_points(src, limits=limits), energy_budget_pj)
     info = read_info(src, limits=limits)
     if info.topology is None:
         raise TopologyError("this stream has no topology unit (the model was not a supported nn.Sequential "
@@ -193,7 +232,9 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
                 module._buffers.pop("weight_mask", None)
             if prefix + "bias" in quantized:
                 module.bias_quantizer = None
-    load_into(model, src, strict=True, limits=limits)
+    load_into(model, src, strict=True, limits=limits, operating_point=operating_point)
+    model.nncodec_operating_point = operating_point if operating_point is not None else \
+        max(len(info.operating_points) - 1, 0)
     return model.eval()
 
 

@@ -108,7 +108,7 @@ class StreamWalker:
             base = uh.offset + UNIT_HEADER_SIZE
             if payload is None:  # passed over: a refinement past the selected operating point
                 try:
-                    self.points.on_skipped(uh.unit_type, UNIT_REFINEMENT)
+                    self.points.on_skipped(uh.unit_type, UNIT_REFINEMENT, UNIT_END)
                 except FormatError as exc:
                     raise exc.located(unit_index=index, offset=uh.offset) from None
                 continue

@@ -221,7 +221,11 @@ class PointTracker:
                                f"({self.points.points[0].end_offset})")
         self.headers[th.name] = th  # type: ignore[attr-defined]
 
-    def on_skipped(self, unit_type: int, refinement_type: int) -> None:
+    def on_skipped(self, unit_type: int, refinement_type: int, end_type: int) -> None:
+        if unit_type == end_type:
+            pts = self.points.points  # type: ignore[union-attr]
+            raise CorruptError(f"operating point {len(pts) - 1} ends at {pts[-1].end_offset}, past the end-of-stream "
+                               "unit: the point references units that are not there")
         if unit_type != refinement_type:
             raise CorruptError(f"a unit of type {unit_type:#04x} lies between the end of operating point "
                                f"{self.point} and end-of-stream (only refinement units may)")

@@ -419,8 +419,13 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
         walker = StreamWalker(f, limits, on_unit=record, refinements=True)
         for _, _, th, coded in walker.tensor_units():
             if isinstance(th, RefinementHeader):
-                units[-1].tensor = {"name": th.name, "refines_to_point": th.level, "mode": th.mode,
-                                    "scheme": th.quant.scheme_name, "bits": th.quant.bits, "coded_bytes": len(coded)}
+                base = walker.points.headers[th.name]
+                units[-1].tensor = {
+                    "name": th.name, "dtype": base.dtype.name, "shape": list(base.shape),  # type: ignore[attr-defined]
+                    "scheme": th.quant.scheme_name, "bits": th.quant.bits, "per_channel": th.quant.per_channel,
+                    "pipeline": [st.get_config() for st in walker.pipeline_of(th).stages],
+                    "default_pipeline": th.pipeline is None, "coded_bytes": len(coded),
+                    "refines_to_point": th.level, "mode": th.mode}
                 continue
             numel = th.numel
             units[-1].tensor = {

@@ -232,3 +232,15 @@ def test_broken_scalable_streams_raise_their_errors(scalable):
     # a truncated stream is still found truncated at a point that skips the cut bytes
     with pytest.raises(nncodec.TruncatedError):
         nncodec.decode_arrays(data[:-30], operating_point=0)
+
+
+def test_conformance_vectors_cover_points_units_and_both_refinement_modes():
+    from nncodec.conformance.vectors import default_vectors_dir, load_manifest
+
+    folder = default_vectors_dir()
+    v12 = [v for v in load_manifest(folder) if v.format_version == "1.2"]
+    assert sorted(v.extra.get("operating_point") for v in v12 if v.error is None) == [0, 1, 2]
+    info = nncodec.read_info(folder / v12[0].file)
+    assert [u.type for u in info.units].count("operating_points") == 1
+    assert {u.tensor["mode"] for u in info.units if u.type == "refinement"} == {0, 1}
+    assert {v.error for v in v12 if v.error} == {"CorruptError", "UnsupportedFeatureError"}

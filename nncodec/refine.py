@@ -1,4 +1,4 @@
-"""Precision refinement of a decoded tensor, in place (FORMAT.md §12.3): the decoder side of scalable streams.
+"""Precision refinement of a decoded tensor, in place (FORMAT.md §12.2): the decoder side of scalable streams.
 
 Mode 0 (replace) decodes the refinement's codes as a tensor unit would and overwrites the tensor. Mode 1
 (residual) predicts each new code from the value the previous operating point decoded,

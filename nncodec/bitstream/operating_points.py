@@ -162,7 +162,7 @@ class RefinementHeader:
 
 
 class PointTracker:
-    """The unit-order rules of scalable streams (FORMAT.md §12.4), applied by the stream walker.
+    """The unit-order rules of scalable streams (FORMAT.md §12.1-12.3), applied by the stream walker.
 
     ``operating_point``: the point to decode (None: the last, i.e. the full model). After the
     operating-points unit, :attr:`skip` tells the unit reader which payloads the point does not need.

@@ -182,6 +182,9 @@ class StreamWalker:
                         raise CorruptError(f"refinement of {rh.name!r} uses a default pipeline but there is no "
                                            "model parameter set")
                     self.pipeline_of(rh)  # type: ignore[arg-type]
+                    if self.points.growth_bytes:
+                        self.decoded_bytes += self.points.growth_bytes
+                        self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
                     if self._refinements and rh.level <= self.points.point:
                         yield index, uh, rh, (streamed.coded(r.offset - base) if streamed is not None  # type: ignore[misc]
                                               else r.rest())
@@ -304,6 +307,15 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     """
     walkers: list[StreamWalker] = []
     held: dict[str, tuple[TensorHeader, np.ndarray]] = {}  # tensors still to be refined
+    user_destination = destination
+    if destination is not None:
+        def destination(th: TensorHeader) -> "np.ndarray | None":  # type: ignore[no-redef]
+            if walkers and walkers[0].points.refining:  # the base tensor may be narrower than its destination
+                try:
+                    return user_destination(th)  # type: ignore[misc]
+                except ConfigError:
+                    return None
+            return user_destination(th)  # type: ignore[misc]
     for th, arr in _iter_units(src, limits, destination, workers, walkers, operating_point):
         walker = walkers[0]
         if isinstance(th, RefinementHeader):
@@ -328,7 +340,9 @@ def _refine_unit(walker: StreamWalker, index: int, uh: UnitHeader, rh: Refinemen
 
     try:
         base, dest = held[rh.name]
-        apply_refinement(rh, base, coded, walker.pipeline_of(rh), walker.limits, dest)
+        out = apply_refinement(rh, base, coded, walker.pipeline_of(rh), walker.limits, dest)
+        if out is not dest:  # grown to a larger shape
+            held[rh.name] = (replace(base, shape=out.shape), out)
     except (FormatError, LimitExceededError) as exc:
         raise exc.located(unit_index=index, offset=uh.offset) from None
 

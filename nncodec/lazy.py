@@ -61,6 +61,7 @@ class StreamFile:
         self.metadata: dict[str, str] = {}
         self.topology: dict[str, Any] | None = None
         self._operating_point = operating_point
+        self._shapes: dict[str, tuple[int, ...]] = {}  # tensors a refinement grows: their shape at the point
         self._refinements: dict[str, list[tuple[int, int, int, int, Any]]] = {}  # name -> (index, offset, length, coded start, header)
         try:
             self._scan()
@@ -84,6 +85,8 @@ class StreamFile:
             if isinstance(th, RefinementHeader):
                 start = coded.offset - (self._start + uh.offset + UNIT_HEADER_SIZE)
                 self._refinements.setdefault(th.name, []).append((index, uh.offset, uh.payload_length, start, th))
+                if th.shape is not None:
+                    self._shapes[th.name] = th.shape
                 continue
             self._entries[th.name] = _Entry(index, uh.offset, uh.payload_length, th)
         self.operating_points = walker.operating_points
@@ -107,7 +110,8 @@ class StreamFile:
         return [n for name in self._entries for n in (name, *by_target.get(name, ()))]
 
     def header(self, name: str) -> TensorHeader:
-        return replace(self._entry(name).header, name=name)
+        e = self._entry(name)
+        return replace(e.header, name=name, shape=self._shapes.get(e.header.name, e.header.shape))
 
     def _entry(self, name: str) -> _Entry:
         try:
@@ -139,7 +143,8 @@ class StreamFile:
                 pipeline = Pipeline.from_entries(rh.pipeline) if rh.pipeline is not None else self._default
                 if pipeline is None:
                     raise CorruptError(f"the refinement unit of {name!r} changed since the stream was opened")
-                apply_refinement(rh, e.header, payload[start:], pipeline, self.limits, out)
+                base = replace(e.header, shape=out.shape)
+                out = apply_refinement(rh, base, payload[start:], pipeline, self.limits, out)
             except (FormatError, LimitExceededError) as exc:
                 raise exc.located(unit_index=index, offset=offset) from None
         return out

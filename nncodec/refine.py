@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
-from .bitstream.operating_points import MODE_REPLACE, RefinementHeader
+from .bitstream.operating_points import GROWING_MODES, MODE_GROW_REPLACE, MODE_GROW_RESIDUAL, MODE_REPLACE, RefinementHeader
 from .bitstream.units import TensorHeader
 from .coding.pipeline import Pipeline
 from .decoder import decode_tensor
@@ -56,16 +56,25 @@ def predict_codes(values: np.ndarray, dtype: DType, desc: QuantDescriptor) -> np
 
 
 def apply_refinement(rh: RefinementHeader, base: TensorHeader, coded: memoryview, pipeline: Pipeline,
-                     limits: Limits, dest: np.ndarray) -> None:
-    """Turn ``dest`` (the tensor's values at the previous point, storage dtype) into its values at
-    ``rh.level``, in place. Raises :class:`CorruptError` for codes outside their range."""
-    if rh.mode == MODE_REPLACE:
-        decode_tensor(TensorHeader(base.name, base.dtype, base.shape, rh.quant, rh.pipeline), coded, pipeline,
+                     limits: Limits, dest: np.ndarray) -> np.ndarray:
+    """Turn ``dest`` (the tensor's values at the previous point, storage dtype, shape ``base.shape``) into its
+    values at ``rh.level``: in place, and ``dest`` is returned; a growing refinement (modes 2 and 3)
+    returns a new array of the grown shape, ``dest``'s values in its leading corner (mode 2).
+    Raises :class:`CorruptError` for codes outside their range."""
+    shape = base.shape
+    if rh.mode in GROWING_MODES:
+        shape = rh.shape  # type: ignore[assignment]
+        grown = np.zeros(shape, dtype=dest.dtype)
+        if rh.mode == MODE_GROW_RESIDUAL:
+            grown[tuple(slice(0, d) for d in dest.shape)] = dest
+        dest = grown
+    if rh.mode in (MODE_REPLACE, MODE_GROW_REPLACE):
+        decode_tensor(TensorHeader(base.name, base.dtype, shape, rh.quant, rh.pipeline), coded, pipeline,
                       limits, dest)
-        return
+        return dest
     if rh.residual_dtype is None:
         raise CorruptError(f"residual refinement of {base.name!r} without a residual dtype")
-    residual = np.empty(base.numel, dtype=rh.residual_dtype.storage)
+    residual = np.empty(dest.size, dtype=rh.residual_dtype.storage)
     pipeline.decode_into(coded, residual.view(np.uint8), limits)
     codes = predict_codes(dest, base.dtype, rh.quant).reshape(-1) + residual.astype(np.int64)
     lo, hi = code_range(rh.quant.bits)
@@ -73,4 +82,5 @@ def apply_refinement(rh: RefinementHeader, base: TensorHeader, coded: memoryview
     lo, hi = max(lo, info.min), min(hi, info.max)
     if codes.size and (int(codes.min()) < lo or int(codes.max()) > hi):
         raise CorruptError(f"refined codes of {base.name!r} outside {lo}..{hi}")
-    dequantize_into(codes.astype(rh.quant.code_dtype.storage).reshape(base.shape), rh.quant, dest, base.dtype)
+    dequantize_into(codes.astype(rh.quant.code_dtype.storage).reshape(shape), rh.quant, dest, base.dtype)
+    return dest

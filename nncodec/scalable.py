@@ -29,8 +29,8 @@ from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR_OPERAT
                                   UNIT_END, UNIT_HEADER_SIZE, UNIT_OPERATING_POINTS, UNIT_REFINEMENT,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR)
 from .bitstream.descriptor import dequantize_into
-from .bitstream.operating_points import (MAX_POINTS, MODE_REPLACE, MODE_RESIDUAL, OperatingPoint, OperatingPoints,
-                                         RefinementHeader)
+from .bitstream.operating_points import (MAX_POINTS, MODE_GROW_REPLACE, MODE_GROW_RESIDUAL, MODE_REPLACE,
+                                         MODE_RESIDUAL, OperatingPoint, OperatingPoints, RefinementHeader)
 from .bitstream.units import EndOfStream, StreamHeader, frame_unit
 from .dtypes import dtype_by_name
 from .encoder import EncodeReport, Encoder, _as_encodable, choose_pipeline, encoder_from_options, find_aliases
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: options a point may set (the rest of the Encoder's options are shared by all points)
 POINT_QUANT_OPTIONS = ("bits", "step", "rel_step", "step_scales", "bits_1d", "lossless")
+#: width scalability: ``{tensor name: shape}``, the leading block of the tensor the point keeps
+POINT_SHAPES = "shapes"
 #: descriptive keys of a point
 POINT_INFO_KEYS = ("label", "accuracy", "energy_pj")
 
@@ -70,7 +72,7 @@ class ScalableReport:
 def _split_point(point: Any, k: int) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(point, Mapping):
         raise ConfigError(f"operating point {k} must be a mapping of options, got {type(point).__name__}")
-    unknown = sorted(set(point) - set(POINT_QUANT_OPTIONS) - set(POINT_INFO_KEYS))
+    unknown = sorted(set(point) - set(POINT_QUANT_OPTIONS) - set(POINT_INFO_KEYS) - {POINT_SHAPES})
     if unknown:
         raise ConfigError(f"operating point {k}: unknown key(s) {unknown}; a point takes {POINT_QUANT_OPTIONS} "
                           f"and {POINT_INFO_KEYS}")
@@ -82,6 +84,11 @@ def _split_point(point: Any, k: int) -> tuple[dict[str, Any], dict[str, Any]]:
         v = info.get(key)
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and (key != "energy_pj" or v >= 0)):
             raise ConfigError(f"operating point {k}: {key} must be a finite number (energy >= 0), got {v!r}")
+    shapes = point.get(POINT_SHAPES) or {}
+    if not isinstance(shapes, Mapping) or not all(isinstance(v, (tuple, list)) and all(
+            isinstance(d, int) and d >= 0 for d in v) for v in shapes.values()):
+        raise ConfigError(f"operating point {k}: shapes must map tensor names to shapes (lists of ints)")
+    info[POINT_SHAPES] = {n: tuple(v) for n, v in shapes.items()}
     return {key: point[key] for key in POINT_QUANT_OPTIONS if key in point}, info
 
 
@@ -114,9 +121,10 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
         raise ConfigError("a fixed pipeline does not apply to refinement residuals; leave pipeline unset")
     if not isinstance(tensors, Mapping):
         raise ConfigError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
-    base_chunks, base_report = encoders[0].encode_units(tensors, topology)
     encodable = {name: _as_encodable(name, value) for name, value in tensors.items()}
     aliases = find_aliases(encodable)
+    at_point = _points_tensors(encodable, [info[POINT_SHAPES] for _, info in split], aliases)
+    base_chunks, base_report = encoders[0].encode_units(at_point[0], topology)
     names = sorted((n for n in encodable if n not in aliases), key=lambda n: n.encode("utf-8"))
     separate = [base_report.total_bytes]
 
@@ -124,7 +132,7 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
     state: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}  # name -> (descriptor, code words, values)
     bits_at: list[dict[str, int]] = [{}]
     for name in names:
-        dtype, shape, desc, words, *_ = encoders[0].code_words(name, encodable[name])
+        dtype, shape, desc, words, *_ = encoders[0].code_words(name, at_point[0][name])
         state[name] = (desc, words, _values(dtype, shape, desc, words))
         bits_at[0][name] = _bits(desc, dtype)
 
@@ -133,29 +141,36 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
         enc = encoders[k]
         bits_at.append({})
         for name in names:
-            dtype, shape, desc, words, word_size, bits, signed, *_ = enc.code_words(name, encodable[name])
+            dtype, shape, desc, words, word_size, bits, signed, *_ = enc.code_words(name, at_point[k][name])
             bits_at[k][name] = _bits(desc, dtype)
             prev_desc, prev_words, prev_values = state[name]
-            if desc == prev_desc and np.array_equal(words, prev_words):
+            grows = shape != prev_values.shape
+            if not grows and desc == prev_desc and np.array_equal(words, prev_words):
                 continue  # unchanged at this point: no unit
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, enc.level)
-            header = RefinementHeader(k, MODE_REPLACE, name, desc, None, pipeline.entries())
+            header = RefinementHeader(k, MODE_GROW_REPLACE if grows else MODE_REPLACE, name, desc, None,
+                                      pipeline.entries(), shape if grows else None)
             if desc.scheme == SCHEME_UNIFORM and desc.code_dtype.storage.kind == "i" and 1 <= desc.bits <= 32:
                 codes = words.view(desc.code_dtype.storage).reshape(shape).astype(np.int64)
+                if grows:  # the decoder grows the tensor first: new elements are 0
+                    grown = np.zeros(shape, dtype=prev_values.dtype)
+                    grown[tuple(slice(0, d) for d in prev_values.shape)] = prev_values
+                    prev_values = grown
                 residual = codes - predict_codes(prev_values, dtype, desc)
                 rd = _smallest_int(residual)
                 r_words = np.ascontiguousarray(residual.astype(rd)).reshape(-1).view(np.uint8)
                 r_bits = max(2, int(np.abs(residual).max()).bit_length() + 1) if residual.size else 2
                 r_pipeline, r_payload = choose_pipeline(r_words, rd.itemsize, min(r_bits, 8 * rd.itemsize), True,
                                                         enc.level)
-                r_header = RefinementHeader(k, MODE_RESIDUAL, name, desc, dtype_by_name(rd.name), r_pipeline.entries())
+                r_header = RefinementHeader(k, MODE_GROW_RESIDUAL if grows else MODE_RESIDUAL, name, desc,
+                                            dtype_by_name(rd.name), r_pipeline.entries(), shape if grows else None)
                 if len(r_header.to_bytes()) + len(r_payload) < len(header.to_bytes()) + len(payload):
                     header, payload = r_header, r_payload
             unit_payload = header.to_bytes() + payload
             enc.limits.check(f"refinement unit payload length of tensor {name!r}", len(unit_payload), "max_unit_bytes")
             refinements[k].append(frame_unit(UNIT_REFINEMENT, unit_payload, critical=False))
             state[name] = (desc, words, _values(dtype, shape, desc, words))
-        separate.append(enc.encode_units(tensors, topology)[1].total_bytes)
+        separate.append(enc.encode_units(at_point[k], topology)[1].total_bytes)
 
     infos = [info for _, info in split]
     labels = [info.get("label", "") for info in infos]
@@ -195,6 +210,35 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
     if dst is None:
         return b"".join(chunks), report
     return write_atomic(dst, chunks), report
+
+
+def _points_tensors(encodable: Mapping[str, Any], shapes: list[dict[str, tuple[int, ...]]],
+                    aliases: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The tensors of each point: the leading block ``shapes[k][name]`` of a tensor, else all of it."""
+    out: list[dict[str, Any]] = []
+    previous: dict[str, tuple[int, ...]] = {}
+    for k, point_shapes in enumerate(shapes):
+        tensors = dict(encodable)
+        for name, shape in point_shapes.items():
+            value = encodable.get(name)
+            if value is None:
+                raise ConfigError(f"operating point {k}: shapes names {name!r}, which is not a tensor")
+            if name in aliases or name in aliases.values() or not isinstance(value, tuple):
+                raise ConfigError(f"operating point {k}: {name!r} is tied or already coded; it cannot be narrowed")
+            full = value[0].shape
+            if len(shape) != len(full) or any(d > f for d, f in zip(shape, full)):
+                raise ConfigError(f"operating point {k}: shape {list(shape)} of {name!r} is not a leading block "
+                                  f"of its shape {list(full)}")
+            tensors[name] = (np.ascontiguousarray(value[0][tuple(slice(0, d) for d in shape)]), value[1])
+        for name, value in tensors.items():
+            shape = tuple(value[0].shape) if isinstance(value, tuple) else None
+            if shape is not None and name in previous and any(d < p for d, p in zip(shape, previous[name])):
+                raise ConfigError(f"operating point {k}: {name!r} shrinks from {list(previous[name])} to "
+                                  f"{list(shape)}; points must be nested")
+            if shape is not None:
+                previous[name] = shape
+        out.append(tensors)
+    return out
 
 
 def _values(dtype: Any, shape: tuple[int, ...], desc: Any, words: np.ndarray) -> np.ndarray:

@@ -107,15 +107,23 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     if points is not None:
         from .scalable import encode_scalable
 
+        widths = [p.get("width") if isinstance(p, Mapping) else None for p in points]
+        if any(w is not None for w in widths):
+            if not isinstance(obj, torch.nn.Module):
+                raise ConfigError("operating points with a width need the nn.Module (its layer structure)")
+            from .search.slimmable import points_with_widths
+
+            points = points_with_widths(obj, points)
         return encode_scalable(tensors_from(obj, quantized), points, dst, topology=topo,
-                               energy_of=_energy_fn(obj, input_shape), **options)  # type: ignore[return-value]
+                               energy_of=_energy_fn(obj, input_shape, widths), **options)  # type: ignore[return-value]
     if input_shape is not None:
         raise ConfigError("energy_input_shape applies only with operating_points")
     return encoder_from_options(options).encode(tensors_from(obj, quantized), dst, topo)
 
 
-def _energy_fn(obj: Any, input_shape: Any) -> Any:
-    """Energy of an operating point from its code bits per tensor (:func:`nncodec.energy.estimate_energy`)."""
+def _energy_fn(obj: Any, input_shape: Any, widths: list) -> Any:
+    """Energy of an operating point from its code bits per tensor and its width
+    (:func:`nncodec.energy.estimate_energy` on the point's sub-network)."""
     if input_shape is None:
         return None
     if not isinstance(obj, torch.nn.Module):
@@ -124,7 +132,12 @@ def _energy_fn(obj: Any, input_shape: Any) -> Any:
     from .scalable import plan_from_bits
 
     def energy_of(k: int, bits: Any) -> float:
-        return float(estimate_energy(obj, tuple(input_shape), plan_from_bits(bits)).total_pj)
+        model = obj
+        if widths[k] is not None:
+            from .search.slimmable import sub_network
+
+            model = sub_network(obj, widths[k])
+        return float(estimate_energy(model, tuple(input_shape), plan_from_bits(bits)).total_pj)
 
     return energy_of
 
@@ -182,6 +195,8 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
             unexpected.append(th.name)
             continue
         loaded.add(th.name)
+        if tuple(t.shape) != tuple(arr.shape):
+            raise ConfigError(f"shape of {th.name!r}: stream has {list(arr.shape)}, module has {list(t.shape)}")
         src_t = to_torch(arr, th.dtype)
         if src_t.data_ptr() != t.data_ptr():
             with torch.no_grad():
@@ -220,7 +235,14 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS, operating_point:
     if info.topology is None:
         raise TopologyError("this stream has no topology unit (the model was not a supported nn.Sequential "
                             "tree): build your model and call nncodec.load_into(model, src)")
-    model = build(info.topology)
+    topology = info.topology
+    if info.operating_points:  # a narrower point (nested widths) rebuilds the sub-network it holds
+        from .lazy import StreamFile
+        from .search.slimmable import narrow_topology
+
+        with StreamFile(src, limits=limits, operating_point=operating_point) as f:
+            topology = narrow_topology(topology, {n: f.header(n).shape for n in f.keys()})
+    model = build(topology)
     quantized = {u.tensor["name"] for u in info.units if u.tensor and u.tensor["scheme"] != "none"}
     from .quant.layers import _QuantWeights
 

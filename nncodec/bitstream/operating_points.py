@@ -20,11 +20,16 @@ from .descriptor import QuantDescriptor
 from .units import StageEntry, _parse_name, parse_stage_entries, stage_entries_bytes
 
 __all__ = ["OperatingPoint", "OperatingPoints", "RefinementHeader", "MAX_POINTS", "MODE_REPLACE", "MODE_RESIDUAL",
-           "RESIDUAL_DTYPES"]
+           "MODE_GROW_RESIDUAL", "MODE_GROW_REPLACE", "GROWING_MODES", "RESIDUAL_MODES", "RESIDUAL_DTYPES",
+           "PointTracker"]
 
 MAX_POINTS = 255
 MODE_REPLACE = 0   #: the payload codes the tensor anew (as a tensor unit would)
 MODE_RESIDUAL = 1  #: the payload codes residuals added to codes predicted from the previous point
+MODE_GROW_RESIDUAL = 2  #: the tensor grows to a larger shape (new elements 0), then as mode 1
+MODE_GROW_REPLACE = 3   #: the tensor is replaced by one of a larger shape, coded anew
+GROWING_MODES = (MODE_GROW_RESIDUAL, MODE_GROW_REPLACE)
+RESIDUAL_MODES = (MODE_RESIDUAL, MODE_GROW_RESIDUAL)
 #: element types a residual may use (signed integers)
 RESIDUAL_DTYPES = ("int8", "int16", "int32", "int64")
 
@@ -108,9 +113,10 @@ class OperatingPoints:
 class RefinementHeader:
     """Everything of a refinement unit before its coded payload.
 
-    Payload: ``u8 level | u8 mode | u16 0 | u16 name_length | name | quantization descriptor (§5) of the
-    refined tensor | [mode 1: u8 residual dtype id] | u8 stage_count | stage entries | coded payload``.
-    The tensor's dtype and shape are those of its base tensor unit (given to :meth:`parse`).
+    Payload: ``u8 level | u8 mode | u16 0 | u16 name_length | name | [modes 2, 3: u8 ndim | ndim x u64 new
+    shape] | quantization descriptor (§5) of the refined tensor | [modes 1, 2: u8 residual dtype id] |
+    u8 stage_count | stage entries | coded payload``. The tensor's dtype is its tensor unit's; its shape is
+    the one it has after the earlier refinements (given to :meth:`parse_rest`), or ``shape`` when it grows.
     """
 
     level: int
@@ -119,11 +125,15 @@ class RefinementHeader:
     quant: QuantDescriptor
     residual_dtype: DType | None
     pipeline: "tuple[StageEntry, ...] | None"  #: None: the model parameter set's
+    shape: tuple[int, ...] | None = None       #: the new shape (growing modes 2 and 3)
 
     def to_bytes(self) -> bytes:
         name = self.name.encode("utf-8")
-        out = _REFINE.pack(self.level, self.mode, 0) + _U16.pack(len(name)) + name + self.quant.to_bytes()
-        if self.mode == MODE_RESIDUAL:
+        out = _REFINE.pack(self.level, self.mode, 0) + _U16.pack(len(name)) + name
+        if self.mode in GROWING_MODES:
+            out += bytes([len(self.shape)]) + b"".join(struct.pack("<Q", d) for d in self.shape)  # type: ignore[arg-type]
+        out += self.quant.to_bytes()
+        if self.mode in RESIDUAL_MODES:
             out += bytes([self.residual_dtype.id])  # type: ignore[union-attr]
         out += bytes([PIPELINE_DEFAULT]) if self.pipeline is None else stage_entries_bytes(self.pipeline)
         return out
@@ -135,17 +145,32 @@ class RefinementHeader:
         level, mode, reserved = r.unpack(_REFINE, "refinement level and mode")
         if reserved:
             raise CorruptError("reserved refinement bytes are not zero", offset=at)
-        if mode not in (MODE_REPLACE, MODE_RESIDUAL):
+        if mode not in (MODE_REPLACE, MODE_RESIDUAL, *GROWING_MODES):
             raise UnsupportedFeatureError(f"unknown refinement mode {mode}", offset=at)
         return level, mode, _parse_name(r, limits, "refined tensor name")
 
     @classmethod
     def parse_rest(cls, r: ByteReader, level: int, mode: int, name: str, dtype: DType,
-                   shape: tuple[int, ...]) -> "RefinementHeader":
+                   shape: tuple[int, ...], limits: Limits) -> "RefinementHeader":
+        new_shape = None
+        if mode in GROWING_MODES:
+            at = r.offset
+            ndim = r.u8("rank of the grown tensor")
+            if ndim != len(shape):
+                raise CorruptError(f"refinement grows {name!r} from rank {len(shape)} to rank {ndim}", offset=at)
+            dims = tuple(r.unpack(struct.Struct(f"<{ndim}Q"), "grown shape")) if ndim else ()
+            if any(d < old for d, old in zip(dims, shape)):
+                raise CorruptError(f"refinement shrinks {name!r} from {list(shape)} to {list(dims)}", offset=at)
+            span = 1
+            for d in dims:
+                span *= max(d, 1)
+                if span > limits.max_tensor_elements:
+                    limits.check(f"element count of grown tensor {name!r}", span, "max_tensor_elements", offset=at)
+            new_shape = shape = dims
         at = r.offset
         quant = QuantDescriptor.parse(r, dtype, shape)
         residual = None
-        if mode == MODE_RESIDUAL:
+        if mode in RESIDUAL_MODES:
             if quant.scheme != 1:  # uniform
                 raise CorruptError(f"a residual refinement of {name!r} needs the uniform scheme, got "
                                    f"{quant.scheme_name}", offset=at)
@@ -158,7 +183,7 @@ class RefinementHeader:
                 raise CorruptError(f"residual dtype of {name!r} must be one of {RESIDUAL_DTYPES}", offset=rd_at)
         count = r.u8("pipeline stage count")
         pipeline = None if count == PIPELINE_DEFAULT else parse_stage_entries(r, count)
-        return cls(level, mode, name, quant, residual, pipeline)
+        return cls(level, mode, name, quant, residual, pipeline, new_shape)
 
 
 class PointTracker:
@@ -178,6 +203,7 @@ class PointTracker:
         self.points: OperatingPoints | None = None
         self.point = 0                        #: the point being decoded (0 for a stream without points)
         self.headers: dict[str, object] = {}  #: tensor name -> its TensorHeader (scalable streams only)
+        self.shapes: dict[str, tuple[int, ...]] = {}  #: tensor name -> its shape after the refinements read
         self.boundaries: set[int] = set()     #: offsets of every unit header seen
         self._refined: set[tuple[str, int]] = set()
         self._level = 0                       # level of the last refinement unit
@@ -220,6 +246,7 @@ class PointTracker:
             raise CorruptError(f"tensor unit ends at {unit_end}, past the end of operating point 0 "
                                f"({self.points.points[0].end_offset})")
         self.headers[th.name] = th  # type: ignore[attr-defined]
+        self.shapes[th.name] = th.shape  # type: ignore[attr-defined]
 
     def on_skipped(self, unit_type: int, refinement_type: int, end_type: int) -> None:
         if unit_type == end_type:
@@ -247,7 +274,12 @@ class PointTracker:
         if unit_offset < pts[level - 1].end_offset or unit_end > pts[level].end_offset:
             raise CorruptError(f"refinement of {name!r} at level {level} lies outside operating point {level}'s "
                                f"bytes [{pts[level - 1].end_offset}, {pts[level].end_offset})")
-        rh = RefinementHeader.parse_rest(r, level, mode, name, base.dtype, base.shape)  # type: ignore[attr-defined]
+        rh = RefinementHeader.parse_rest(r, level, mode, name, base.dtype, self.shapes[name],  # type: ignore[attr-defined]
+                                         limits)
+        self.growth_bytes = 0  #: decoded bytes this refinement adds (a growing one)
+        if rh.shape is not None:
+            self.growth_bytes = (math.prod(rh.shape) - math.prod(self.shapes[name])) * base.dtype.itemsize  # type: ignore[attr-defined]
+            self.shapes[name] = rh.shape
         self._level = level
         self._refined.add((name, level))
         return rh

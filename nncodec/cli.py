@@ -194,7 +194,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         detail = ""
         if t and "refines_to_point" in t:
             detail = f"{t['name']} -> point {t['refines_to_point']} {t['scheme']}/{t['bits']}b " \
-                     f"{'residual' if t['mode'] else 'replace'}"
+                     f"{('replace', 'residual', 'grow+residual', 'grow+replace')[t['mode']]}"
         elif t:
             bpp = f"{t['bits_per_param']:.3f}" if t["bits_per_param"] is not None else "-"
             stages = "+".join(s["id"] for s in t["pipeline"]) or "stored"

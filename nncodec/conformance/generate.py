@@ -710,11 +710,40 @@ _V12_INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {
     "refinement_unknown_mode": ("a refinement unit of mode 7", "UnsupportedFeatureError",
                                 _scalable_edited(_refinement_mode(7))),
 }
+_WIDTH_ROWS = (4, 8, 16)  # leading rows of "w" (and 4 then 9 of "ids") kept at each point of the width vectors
+
+
+def _width_stream() -> bytes:
+    from ..scalable import encode_scalable
+
+    points = [{"bits": 3, "shapes": {"w": (4, 40), "ids": (4,)}, "label": "narrow"},
+              {"bits": 4, "shapes": {"w": (8, 40)}, "label": "wider"}, {"bits": 8, "label": "full"}]
+    return encode_scalable(_SCALABLE_WIDTH, points)[0]  # type: ignore[return-value]
+
+
+_SCALABLE_WIDTH = {"w": _SCALABLE_RNG.standard_normal((16, 40)).astype(np.float32),
+                   "ids": np.arange(9, dtype=np.int64) * 7 - 20}
+
+
+def _width_at(point: int) -> Builder:
+    def build() -> tuple[bytes, Expected]:
+        from ..quant.uniform import quantize_by_bits
+
+        w = _SCALABLE_WIDTH["w"][:_WIDTH_ROWS[point]]
+        q = quantize_by_bits(w, (3, 4, 8)[point])
+        return _width_stream(), {"w": (q.codes.astype(np.float32) * q.scales.reshape(-1, 1)) + np.float32(0.0),
+                                 "ids": _SCALABLE_WIDTH["ids"][:4 if point == 0 else 9]}
+    return build
+
+
+_V12_VALID.update({f"scalable_width_at_{k}": (f"a 3-point stream whose tensors grow (refinement modes 2 and 3: "
+                                              f"leading blocks of 4, 8, 16 rows) decoded at point {k}", _width_at(k))
+                   for k in range(3)})
 VALID.update(_V12_VALID)
 INVALID.update(_V12_INVALID)
 _VERSION_OF.update({name: "1.2" for name in (*_V12_VALID, *_V12_INVALID)})
 #: valid vectors decoded at an operating point other than the default (the manifest's ``operating_point``)
-POINT_OF = {f"scalable_3_points_at_{k}": k for k in range(3)}
+POINT_OF = {**{f"scalable_3_points_at_{k}": k for k in range(3)}, **{f"scalable_width_at_{k}": k for k in range(3)}}
 
 
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:

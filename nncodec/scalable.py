@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 POINT_QUANT_OPTIONS = ("bits", "step", "rel_step", "step_scales", "bits_1d", "lossless")
 #: width scalability: ``{tensor name: shape}``, the leading block of the tensor the point keeps
 POINT_SHAPES = "shapes"
+#: a point given by its own tensors (e.g. a searched plan's quantized model), instead of options
+POINT_TENSORS = "tensors"
 #: descriptive keys of a point
 POINT_INFO_KEYS = ("label", "accuracy", "energy_pj")
 
@@ -72,7 +74,7 @@ class ScalableReport:
 def _split_point(point: Any, k: int) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(point, Mapping):
         raise ConfigError(f"operating point {k} must be a mapping of options, got {type(point).__name__}")
-    unknown = sorted(set(point) - set(POINT_QUANT_OPTIONS) - set(POINT_INFO_KEYS) - {POINT_SHAPES})
+    unknown = sorted(set(point) - set(POINT_QUANT_OPTIONS) - set(POINT_INFO_KEYS) - {POINT_SHAPES, POINT_TENSORS})
     if unknown:
         raise ConfigError(f"operating point {k}: unknown key(s) {unknown}; a point takes {POINT_QUANT_OPTIONS} "
                           f"and {POINT_INFO_KEYS}")
@@ -89,6 +91,12 @@ def _split_point(point: Any, k: int) -> tuple[dict[str, Any], dict[str, Any]]:
             isinstance(d, int) and d >= 0 for d in v) for v in shapes.values()):
         raise ConfigError(f"operating point {k}: shapes must map tensor names to shapes (lists of ints)")
     info[POINT_SHAPES] = {n: tuple(v) for n, v in shapes.items()}
+    own = point.get(POINT_TENSORS)
+    if own is not None:
+        if not isinstance(own, Mapping) or shapes or set(point) & set(POINT_QUANT_OPTIONS):
+            raise ConfigError(f"operating point {k}: tensors must be a mapping, and excludes shapes and quantization "
+                              "options")
+        info[POINT_TENSORS] = {name: _as_encodable(name, v) for name, v in own.items()}
     return {key: point[key] for key in POINT_QUANT_OPTIONS if key in point}, info
 
 
@@ -123,7 +131,8 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
         raise ConfigError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
     encodable = {name: _as_encodable(name, value) for name, value in tensors.items()}
     aliases = find_aliases(encodable)
-    at_point = _points_tensors(encodable, [info[POINT_SHAPES] for _, info in split], aliases)
+    at_point = _points_tensors(encodable, [info[POINT_SHAPES] for _, info in split], aliases,
+                               [info.get(POINT_TENSORS) for _, info in split])
     base_chunks, base_report = encoders[0].encode_units(at_point[0], topology)
     names = sorted((n for n in encodable if n not in aliases), key=lambda n: n.encode("utf-8"))
     separate = [base_report.total_bytes]
@@ -213,12 +222,18 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
 
 
 def _points_tensors(encodable: Mapping[str, Any], shapes: list[dict[str, tuple[int, ...]]],
-                    aliases: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The tensors of each point: the leading block ``shapes[k][name]`` of a tensor, else all of it."""
+                    aliases: Mapping[str, str], own: list[Any]) -> list[dict[str, Any]]:
+    """The tensors of each point: its own tensors when given, else the leading block ``shapes[k][name]`` of
+    a tensor, else all of it. Shapes may only grow from point to point."""
     out: list[dict[str, Any]] = []
     previous: dict[str, tuple[int, ...]] = {}
     for k, point_shapes in enumerate(shapes):
         tensors = dict(encodable)
+        if own[k] is not None:
+            if set(own[k]) != set(encodable) or find_aliases(own[k]):
+                raise ConfigError(f"operating point {k}: its tensors must have the names of the others "
+                                  f"({sorted(set(own[k]) ^ set(encodable))[:5]} differ) and no tied tensors")
+            tensors = dict(own[k])
         for name, shape in point_shapes.items():
             value = encodable.get(name)
             if value is None:
@@ -231,12 +246,12 @@ def _points_tensors(encodable: Mapping[str, Any], shapes: list[dict[str, tuple[i
                                   f"of its shape {list(full)}")
             tensors[name] = (np.ascontiguousarray(value[0][tuple(slice(0, d) for d in shape)]), value[1])
         for name, value in tensors.items():
-            shape = tuple(value[0].shape) if isinstance(value, tuple) else None
-            if shape is not None and name in previous and any(d < p for d, p in zip(shape, previous[name])):
+            shape = tuple((value[0] if isinstance(value, tuple) else value.codes).shape)
+            if name in previous and (len(shape) != len(previous[name])
+                                     or any(d < p for d, p in zip(shape, previous[name]))):
                 raise ConfigError(f"operating point {k}: {name!r} shrinks from {list(previous[name])} to "
                                   f"{list(shape)}; points must be nested")
-            if shape is not None:
-                previous[name] = shape
+            previous[name] = shape
         out.append(tensors)
     return out
 

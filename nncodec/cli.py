@@ -86,7 +86,14 @@ def _write_tensors(tensors: dict[str, Any], path: Path) -> None:
     if suffix == ".safetensors":
         from safetensors.torch import save
 
-        write_atomic(path, [save({k: v.contiguous() for k, v in tensors.items()})])
+        # safetensors refuses tensors that share memory: a tied tensor (an alias) is written as its own copy
+        seen: set[int] = set()
+        unshared = {}
+        for k, v in tensors.items():
+            v = v.contiguous()
+            unshared[k] = v.clone() if v.numel() and v.data_ptr() in seen else v
+            seen.add(v.data_ptr())
+        write_atomic(path, [save(unshared)])
     elif suffix in (".pt", ".pth"):
         import torch
 

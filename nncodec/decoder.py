@@ -305,33 +305,40 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     to their tensors, which are then yielded after the last unit, in stream order. Units past the point are
     not read.
     """
-    walkers: list[StreamWalker] = []
-    held: dict[str, tuple[TensorHeader, np.ndarray]] = {}  # tensors still to be refined
-    user_destination = destination
-    if destination is not None:
-        def destination(th: TensorHeader) -> "np.ndarray | None":  # type: ignore[no-redef]
-            if walkers and walkers[0].points.refining:  # the base tensor may be narrower than its destination
-                try:
-                    return user_destination(th)  # type: ignore[misc]
-                except ConfigError:
-                    return None
-            return user_destination(th)  # type: ignore[misc]
-    for th, arr in _iter_units(src, limits, destination, workers, walkers, operating_point):
-        walker = walkers[0]
-        if isinstance(th, RefinementHeader):
-            index, uh, coded = arr  # type: ignore[misc]
-            _refine_unit(walker, index, uh, th, coded, held)
-            continue
-        if walker.points.refining:
-            held[th.name] = (th, arr)
-            continue
-        yield th, arr
-        for alias in walker.aliases_of(th.name):
-            yield replace(th, name=alias), arr
-    for th, arr in held.values():
-        yield th, arr
-        for alias in walkers[0].aliases_of(th.name):
-            yield replace(th, name=alias), arr
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    f, owned = open_source(src)  # type: ignore[arg-type]
+    try:
+        walker = StreamWalker(f, limits, operating_point=operating_point, refinements=True)
+        held: dict[str, tuple[TensorHeader, np.ndarray]] = {}  # tensors still to be refined
+        user_destination = destination
+        if destination is not None:
+            def destination(th: TensorHeader) -> "np.ndarray | None":  # type: ignore[no-redef]
+                if walker.points.refining:  # the base tensor may be narrower than its destination
+                    try:
+                        return user_destination(th)  # type: ignore[misc]
+                    except ConfigError:
+                        return None
+                return user_destination(th)  # type: ignore[misc]
+        for th, arr in _decode_units(walker, destination, workers):
+            if isinstance(th, RefinementHeader):
+                index, uh, coded = arr  # type: ignore[misc]
+                _refine_unit(walker, index, uh, th, coded, held)
+                continue
+            if walker.points.refining:
+                held[th.name] = (th, arr)
+                continue
+            yield th, arr
+            for alias in walker.aliases_of(th.name):
+                yield replace(th, name=alias), arr
+        for th, arr in held.values():
+            yield th, arr
+            for alias in walker.aliases_of(th.name):
+                yield replace(th, name=alias), arr
+    finally:
+        if owned:
+            f.close()
 
 
 def _refine_unit(walker: StreamWalker, index: int, uh: UnitHeader, rh: RefinementHeader, coded: memoryview,
@@ -347,18 +354,12 @@ def _refine_unit(walker: StreamWalker, index: int, uh: UnitHeader, rh: Refinemen
         raise exc.located(unit_index=index, offset=uh.offset) from None
 
 
-def _iter_units(src: Source, limits: Limits, destination: DestinationFn | None, workers: int | None,
-                walkers: list[StreamWalker], operating_point: int | None = None
-                ) -> Iterator[tuple[TensorHeader, np.ndarray]]:
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
-    f, owned = open_source(src)  # type: ignore[arg-type]
+def _decode_units(walker: StreamWalker, destination: DestinationFn | None,
+                  workers: int) -> Iterator[tuple[TensorHeader, np.ndarray]]:
+    """The tensors of ``walker``'s stream in order, ``workers`` units decoding at once."""
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nncodec-decode") if workers > 1 else None
     pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()  # with coded bytes
     try:
-        walker = StreamWalker(f, limits, operating_point=operating_point, refinements=True)
-        walkers.append(walker)
         units = walker.tensor_units()
         while True:
             try:
@@ -389,8 +390,6 @@ def _iter_units(src: Source, limits: Limits, destination: DestinationFn | None, 
             for _, fut, _ in pending:
                 fut.cancel()
             pool.shutdown(wait=True)
-        if owned:
-            f.close()
 
 
 def _settle(pending: "deque[tuple[TensorHeader, Future[np.ndarray], int]]", units: int = 0,

@@ -141,3 +141,21 @@ def test_a_write_error_names_the_destination_not_the_temporary_file(tmp_path, ca
     assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "taken.nnc")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "taken.nnc") in err and ".tmp" not in err
+
+
+def test_decode_of_tied_tensors_to_every_output_type(tmp_path, capsys):
+    import nncodec
+
+    shared = torch.randn(5, 3)
+    nncodec.encode({"emb": shared, "head": shared, "bias": torch.zeros(5)}, tmp_path / "t.nnc")
+    for ext in ("safetensors", "pt", "npz"):
+        assert main(["decode", str(tmp_path / "t.nnc"), str(tmp_path / f"t.{ext}"), "-q"]) == 0
+    back = load_file(tmp_path / "t.safetensors")
+    assert torch.equal(back["emb"], shared) and torch.equal(back["head"], shared)
+    pt = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert pt["emb"].data_ptr() == pt["head"].data_ptr()  # torch.save keeps the sharing
+    assert main(["info", str(tmp_path / "t.nnc"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["aliases"] == {"head": "emb"} and info["version"] == [1, 1]
+    assert main(["info", str(tmp_path / "t.nnc")]) == 0
+    assert "alias head -> emb" in capsys.readouterr().out

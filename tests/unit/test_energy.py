@@ -137,3 +137,23 @@ def test_cli_energy_defaults_json_and_plot(tmp_path, capsys):
                  "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["layers"]
     assert rows[0]["operator"] == "mux"
+
+
+@pytest.mark.parametrize("types,bits", [(("bf16", "fp32"), 16), (("fp32", "fp32"), 32), (("int8", "int16"), 8),
+                                        (("quantized_bits(4,0,1)", "int16"), 4)])
+def test_size_cost_of_the_reference_reads_any_type_name(types, bits):
+    from nncodec.search.runner import SearchConfig, _Searcher
+
+    searcher = object.__new__(_Searcher)  # only the cost function is under test
+    searcher.cost_fn, searcher.cfg = None, SearchConfig(cost="size", reference_types=types)
+    model = nn.Linear(3, 2)
+    assert searcher._cost(model, None, reference=True) == 8 * bits
+
+
+def test_an_unknown_reference_type_is_a_config_error():
+    from nncodec.search.runner import SearchConfig, _Searcher
+
+    searcher = object.__new__(_Searcher)
+    searcher.cost_fn, searcher.cfg = None, SearchConfig(cost="size", reference_types=("int9x", "int16"))
+    with pytest.raises(ConfigError):
+        searcher._cost(nn.Linear(3, 2), None, reference=True)

@@ -131,3 +131,19 @@ def test_po2_exponents_outside_float32_are_corrupt_not_inf_or_zero():
     scaled = QuantDescriptor(scheme=1, code_dtype=i8, bits=8, po2_scale=True, scales=np.array([128], np.int16))
     with pytest.raises(CorruptError):
         dequantize_into(np.array([1], np.int8), scaled, out[:1], f32)
+
+
+@pytest.mark.parametrize("payload,error", [
+    (struct.pack("<I", 0), CorruptError),                                 # no aliases
+    (struct.pack("<I", 1 << 30) + b"\0" * 12, CorruptError),              # a count the payload cannot hold
+    (struct.pack("<IH", 1, 4097) + b"a" * 4097 + struct.pack("<H", 1) + b"b", LimitExceededError),
+    (struct.pack("<IH", 1, 1) + b"\xff" + struct.pack("<H", 1) + b"b", CorruptError),  # not UTF-8
+    (struct.pack("<IH", 1, 1) + b"a" + struct.pack("<H", 1) + b"b" + b"\0", CorruptError),  # a byte left over
+    (struct.pack("<IH", 1, 1) + b"a" + struct.pack("<H", 5) + b"b", nncodec.TruncatedError),  # past the payload
+])
+def test_hostile_tensor_aliases_units_are_refused_with_their_error(payload, error):
+    from nncodec.bitstream.byte_reader import ByteReader
+    from nncodec.bitstream.units import TensorAliases
+
+    with pytest.raises(error):
+        TensorAliases.parse(ByteReader(payload), nncodec.DEFAULT_LIMITS)

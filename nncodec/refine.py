@@ -39,13 +39,7 @@ def predict_codes(values: np.ndarray, dtype: DType, desc: QuantDescriptor) -> np
     ``q = float32(v) / s`` in binary32; NaN gives 0; then rounded half to even and clamped to the codes of
     ``desc.bits`` bits (so infinities clamp too).
     """
-    scale = desc.scale_values()
-    if desc.per_channel:
-        bshape = [1] * values.ndim
-        bshape[desc.axis] = scale.size
-        scale = scale.reshape(bshape)
-    else:
-        scale = scale.reshape(())
+    scale = desc.broadcast_scales(values.ndim)
     lo, hi = code_range(desc.bits)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         q = _as_float32(values, dtype) / scale

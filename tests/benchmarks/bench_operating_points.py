@@ -12,7 +12,6 @@ decoder reads for that point, and the size of the scalable stream against separa
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -25,19 +24,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-class CountingReader(io.BytesIO):
-    """A seekable source that counts the bytes read from it."""
-
-    def __init__(self, data: bytes):
-        super().__init__(data)
-        self.taken = 0
-
-    def read(self, n: int | None = -1) -> bytes:  # type: ignore[override]
-        out = super().read(n)
-        self.taken += len(out)
-        return out
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.unit.test_operating_points import CountingReader  # noqa: E402  (a seekable source counting reads)
 
 
 def _per_point(data: bytes, report, evaluate, n_points: int, decode_check) -> list[dict]:  # noqa: ANN001

@@ -466,7 +466,13 @@ def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,
                   **options: Any) -> bytes | Path:
-    """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`."""
+    """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`, and
+    ``operating_points`` for a scalable stream (:func:`nncodec.scalable.encode_scalable`)."""
+    points = options.pop("operating_points", None)
+    if points is not None:
+        from .scalable import encode_scalable
+
+        return encode_scalable(arrays, points, dst, **options)[0]
     result, _ = encoder_from_options(options).encode(arrays, dst)
     return result
 

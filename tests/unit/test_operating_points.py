@@ -63,6 +63,11 @@ def test_each_point_decodes_to_a_separate_encode_of_it(scalable, k):
         assert _same({n: f.get_array(n) for n in f.keys()}, separate)
 
 
+def test_numpy_encode_takes_operating_points(scalable):
+    data, _ = scalable
+    assert nncodec.encode(TENSORS, operating_points=POINTS) == data
+
+
 def test_points_of_other_quantizers_and_a_lossless_last_point():
     points = [{"rel_step": 0.5}, {"rel_step": 0.05, "lossless": ["fc.*"]}, {}]
     data, report = encode_scalable(TENSORS, points, level=19)

@@ -237,8 +237,16 @@ class PointTracker:
             self.point = self.requested
         return self.point < len(pts) - 1
 
+    def _no_points(self) -> None:
+        if self.requested:  # only point 0 exists in a stream without operating points
+            from ..errors import ConfigError
+
+            raise ConfigError(f"operating_point {self.requested} requested, the stream has no operating points "
+                              "(only point 0)")
+
     def on_tensor(self, th: object, unit_offset: int, unit_end: int) -> None:
         if self.points is None:
+            self._no_points()
             return
         if self._level:
             raise CorruptError("a tensor unit after a refinement unit (the base layer comes first)")
@@ -286,6 +294,7 @@ class PointTracker:
 
     def on_end(self, eos_offset: int) -> None:
         if self.points is None:
+            self._no_points()
             return
         pts = self.points.points
         if pts[-1].end_offset != eos_offset:

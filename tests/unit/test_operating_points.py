@@ -192,6 +192,10 @@ def test_bad_options_are_config_errors():
         nncodec.decode_arrays(data, operating_point=3)
     with pytest.raises(nncodec.ConfigError, match="non-negative"):
         nncodec.decode_arrays(data, operating_point=-1)
+    plain = nncodec.encode_arrays(TENSORS)
+    with pytest.raises(nncodec.ConfigError, match="no operating points"):
+        nncodec.decode_arrays(plain, operating_point=1)
+    assert _same(nncodec.decode_arrays(plain, operating_point=0), nncodec.decode_arrays(plain))
     with pytest.raises(nncodec.ConfigError, match="only with operating_points"):
         nncodec.encode(seed_example_cnn(), energy_input_shape=(1, 28, 28))
 

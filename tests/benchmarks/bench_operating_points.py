@@ -153,11 +153,12 @@ def main() -> None:
     ap.add_argument("--out", default="bench_points")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--skip-cnn", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    results = [summarize(seed_cnn(args.epochs))]
+    results = [] if args.skip_cnn else [summarize(seed_cnn(args.epochs))]
     if not args.skip_minilm:
         results.append(summarize(minilm()))
     (out / "bench_points.json").write_text(json.dumps(results, indent=2))

@@ -141,7 +141,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("kB")
         ax.set_ylabel("top-1 accuracy" if "seed" in res["model"] else "embedding cosine")
         ax.set_title(f"{res['model']}: stream {res['scalable_bytes'] / 1e3:.0f} kB, "
-                     f"+{100 * res['overhead_vs_largest_file']:.1f} % vs largest file", fontsize=9)
+                     f"{100 * res['overhead_vs_largest_file']:+.1f} % vs largest file", fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -75,33 +75,40 @@ def calibrate_step_scales(model: Any, batches: Any, **options: Any) -> dict[str,
     return _calibrate(model, batches, **options)
 
 
-def decode(src: Any, *, limits: Limits = DEFAULT_LIMITS, base: Any = None) -> Any:
+def decode(src: Any, *, limits: Limits = DEFAULT_LIMITS, base: Any = None,
+           operating_point: int | None = None) -> Any:
     """Decode a stream (bytes, path or binary file) into ``{name: torch.Tensor}``; a delta stream with the
-    ``base`` it was encoded against."""
+    ``base`` it was encoded against; a scalable stream at ``operating_point`` (default its last)."""
     from . import torch_io
 
-    return torch_io.decode(src, limits=limits, base=base)
+    return torch_io.decode(src, limits=limits, base=base, operating_point=operating_point)
 
 
 def load_into(module: Any, src: Any, *, strict: bool = True, limits: Limits = DEFAULT_LIMITS,
-              workers: int = 1, base: Any = None) -> list[str]:
+              workers: int = 1, base: Any = None, operating_point: int | None = None) -> list[str]:
     """Decode straight into ``module``'s parameters and buffers, unit by unit (``workers`` at once); a delta
-    stream with the ``base`` it was encoded against."""
+    stream with the ``base`` it was encoded against; a scalable stream at ``operating_point``."""
     from . import torch_io
 
-    return torch_io.load_into(module, src, strict=strict, limits=limits, workers=workers, base=base)
+    return torch_io.load_into(module, src, strict=strict, limits=limits, workers=workers, base=base,
+                              operating_point=operating_point)
 
 
-def load_model(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:
-    """Rebuild a runnable ``nn.Module`` from the stream's topology unit, with its weights loaded."""
+def load_model(src: Any, *, limits: Limits = DEFAULT_LIMITS, operating_point: int | None = None,
+               energy_budget_pj: float | None = None) -> Any:
+    """Rebuild a runnable ``nn.Module`` from the stream's topology unit, with its weights loaded; a scalable
+    stream at ``operating_point`` or at the best point within ``energy_budget_pj`` (pJ per input)."""
     from . import torch_io
 
-    return torch_io.load_model(src, limits=limits)
+    return torch_io.load_model(src, limits=limits, operating_point=operating_point,
+                               energy_budget_pj=energy_budget_pj)
 
 
-def open(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> StreamFile:  # noqa: A001  (like safetensors.safe_open)
-    """Open a stream for lazy access: ``with nncodec.open(path) as f: f.keys(); f.get_tensor(name)``."""
-    return StreamFile(src, limits=limits)
+def open(src: Any, *, limits: Limits = DEFAULT_LIMITS,  # noqa: A001  (like safetensors.safe_open)
+         operating_point: int | None = None) -> StreamFile:
+    """Open a stream for lazy access: ``with nncodec.open(path) as f: f.keys(); f.get_tensor(name)``;
+    ``f.operating_points`` lists a scalable stream's points, tensors come at ``operating_point``."""
+    return StreamFile(src, limits=limits, operating_point=operating_point)
 
 
 def save(tensors: Any, path: Any, metadata: Any = None, *, example_inputs: Any = None) -> Any:

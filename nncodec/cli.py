@@ -163,7 +163,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     with _about(args.input):
-        tensors = decode(args.input)
+        tensors = decode(args.input, operating_point=args.operating_point)
     _write_tensors(tensors, Path(args.output))
     if not args.quiet:
         print(f"decoded {len(tensors)} tensors into {args.output} in {time.perf_counter() - t0:.2f} s")
@@ -180,6 +180,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"version": list(info.version), "metadata": info.metadata, "total_bytes": info.total_bytes,
                           "has_topology": info.topology is not None, "aliases": info.aliases,
+                          "operating_points": [p.to_dict() for p in info.operating_points],
                           "units": [asdict(u) for u in info.units]}, indent=2, ensure_ascii=False))
         return 0
     print(f"nncodec format {info.version[0]}.{info.version[1]}, {info.total_bytes} bytes, {len(info.units)} units")
@@ -187,11 +188,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  metadata {k} = {v}")
     for alias, target in info.aliases.items():
         print(f"  alias {alias} -> {target} (tied: stored once)")
+    if info.operating_points:
+        print(f"{len(info.operating_points)} operating points (decoders without them read point 0):")
+        print(f"{'point':>7s} {'label':16s} {'energy pJ':>14s} {'accuracy':>9s} {'bytes read':>11s}")
+        for p in info.operating_points:
+            energy = "-" if p.energy_pj != p.energy_pj else f"{p.energy_pj:.6g}"
+            accuracy = "-" if p.accuracy != p.accuracy else f"{p.accuracy:.4f}"
+            print(f"{p.index:7d} {p.label[:16]:16s} {energy:>14s} {accuracy:>9s} {p.read_bytes:11d}")
     print(f"{'#':>4s} {'unit':20s} {'offset':>10s} {'bytes':>10s}  tensor")
     for u in info.units:
         t = u.tensor
         detail = ""
-        if t:
+        if t and "refines_to_point" in t:
+            detail = f"{t['name']} -> point {t['refines_to_point']} {t['scheme']}/{t['bits']}b " \
+                     f"{('replace', 'residual', 'grow+residual', 'grow+replace')[t['mode']]}"
+        elif t:
             bpp = f"{t['bits_per_param']:.3f}" if t["bits_per_param"] is not None else "-"
             stages = "+".join(s["id"] for s in t["pipeline"]) or "stored"
             detail = (f"{t['name']} {t['dtype']}{t['shape']} {t['scheme']}"
@@ -426,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("input")
     d.add_argument("output", help="output file; its extension picks the format")
     d.add_argument("-q", "--quiet", action="store_true")
+    d.add_argument("--operating-point", type=int, default=None, metavar="K",
+                   help="operating point of a scalable stream (default: its last, the full model)")
     d.set_defaults(func=_cmd_decode)
 
     i = sub.add_parser("info", help="list the units and tensors of a bitstream")

@@ -16,8 +16,10 @@ import numpy as np
 
 from .bitstream.byte_reader import ByteReader
 from .bitstream.constants import (SCHEME_NONE, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET, UNIT_NAMES,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
+                                  UNIT_OPERATING_POINTS, UNIT_REFINEMENT, UNIT_STREAM_HEADER, UNIT_TENSOR,
+                                  UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
+from .bitstream.operating_points import OperatingPoint, PointTracker, RefinementHeader
 from .coding.pipeline import Pipeline
 from .bitstream.reader import CodedStream, DeferredPayload, StreamedPayload, UnitReader, open_source
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, UnitHeader, parse_json_object
@@ -56,6 +58,7 @@ class StreamInfo:
     topology: dict[str, Any] | None = None
     total_bytes: int = 0
     aliases: dict[str, str] = field(default_factory=dict)  #: alias name -> tensor whose storage it shares
+    operating_points: list[OperatingPoint] = field(default_factory=list)  #: of a scalable stream (FORMAT.md §13)
 
 
 class StreamWalker:
@@ -68,10 +71,15 @@ class StreamWalker:
     ``defer_tensors`` (seekable ``f``) tensor payloads are not read: :meth:`tensor_units` yields a
     :class:`~nncodec.bitstream.reader.CodedSpan` instead of the coded bytes, and their checksums are left
     to whoever decodes them.
+
+    Scalable streams (FORMAT.md §13): ``operating_point`` selects the point (None: the last, the full
+    model); payloads past it are passed over unread. With ``refinements``, :meth:`tensor_units` also
+    yields the refinement units the point needs, a :class:`RefinementHeader` in place of the tensor header.
     """
 
     def __init__(self, f: BinaryIO, limits: Limits,
-                 on_unit: Callable[[int, UnitHeader], None] | None = None, *, defer_tensors: bool = False):
+                 on_unit: Callable[[int, UnitHeader], None] | None = None, *, defer_tensors: bool = False,
+                 operating_point: int | None = None, refinements: bool = False):
         self.limits = limits
         self.on_unit = on_unit
         self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
@@ -83,6 +91,8 @@ class StreamWalker:
         self._pipelines: dict[tuple, Pipeline] = {}  # stored entries -> stages, resolved once
         self.aliases: dict[str, str] = {}  #: alias name -> target tensor name (the tensor-aliases unit)
         self._aliases_seen = False
+        self.points = PointTracker(operating_point)
+        self._refinements = refinements
 
     def aliases_of(self, name: str) -> list[str]:
         """Names sharing the storage of tensor ``name`` (ascending)."""
@@ -94,7 +104,14 @@ class StreamWalker:
         for index, uh, payload in self.reader:
             if self.on_unit is not None:
                 self.on_unit(index, uh)
+            self.points.boundaries.add(uh.offset)
             base = uh.offset + UNIT_HEADER_SIZE
+            if payload is None:  # passed over: a refinement past the selected operating point
+                try:
+                    self.points.on_skipped(uh.unit_type, UNIT_REFINEMENT, UNIT_END)
+                except FormatError as exc:
+                    raise exc.located(unit_index=index, offset=uh.offset) from None
+                continue
             streamed = payload if isinstance(payload, (StreamedPayload, DeferredPayload)) else None
             if streamed is not None:  # a large tensor unit: only its first bytes are in memory yet
                 payload = memoryview(streamed.prefix)
@@ -144,10 +161,33 @@ class StreamWalker:
                         raise CorruptError(f"tensor {th.name!r} uses a default pipeline but no model parameter "
                                            "set came before it")
                     self.pipeline_of(th)  # its stages exist and their params are valid
+                    self.points.on_tensor(th, uh.offset, base + uh.payload_length)
                     nbytes = th.numel * th.dtype.itemsize
                     self.decoded_bytes += nbytes
                     self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
                     yield index, uh, th, (streamed.coded(r.offset - base) if streamed is not None else r.rest())
+                elif uh.unit_type == UNIT_OPERATING_POINTS:
+                    if self.points.on_points(r, base + uh.payload_length, bool(self.names)):
+                        self.reader.skip_payload = self.points.skip
+                elif uh.unit_type == UNIT_REFINEMENT:
+                    try:
+                        rh = self.points.on_refinement(r, self.limits, uh.offset, base + uh.payload_length)
+                    except TruncatedError:
+                        if streamed is None:
+                            raise
+                        payload, streamed = streamed.materialize(), None  # a header longer than the prefix
+                        r = ByteReader(payload, base_offset=base, what="refinement unit payload")
+                        rh = self.points.on_refinement(r, self.limits, uh.offset, base + uh.payload_length)
+                    if rh.pipeline is None and self.default_pipeline is None:
+                        raise CorruptError(f"refinement of {rh.name!r} uses a default pipeline but there is no "
+                                           "model parameter set")
+                    self.pipeline_of(rh)  # type: ignore[arg-type]
+                    if self.points.growth_bytes:
+                        self.decoded_bytes += self.points.growth_bytes
+                        self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
+                    if self._refinements and rh.level <= self.points.point:
+                        yield index, uh, rh, (streamed.coded(r.offset - base) if streamed is not None  # type: ignore[misc]
+                                              else r.rest())
                 elif uh.unit_type == UNIT_END:
                     eos = EndOfStream.parse(r)
                     if eos.unit_count != index:
@@ -157,6 +197,7 @@ class StreamWalker:
                     if eos.tensor_count != len(self.names) or self.header.tensor_count != len(self.names):
                         raise CorruptError(f"stream declares {self.header.tensor_count} tensors, end-of-stream "
                                            f"{eos.tensor_count}, {len(self.names)} present")
+                    self.points.on_end(uh.offset)
                     missing = sorted(set(self.aliases.values()) - self.names)
                     if missing:
                         raise CorruptError(f"alias target {missing[0]!r} is not a tensor of the stream")
@@ -173,7 +214,12 @@ class StreamWalker:
         if not seen_end:
             raise TruncatedError("stream ends without an end-of-stream unit", offset=self.reader.position)
 
-    def pipeline_of(self, th: TensorHeader) -> Pipeline:
+    @property
+    def operating_points(self) -> list[OperatingPoint]:
+        """The stream's operating points (empty for a stream that has none)."""
+        return list(self.points.points.points) if self.points.points is not None else []
+
+    def pipeline_of(self, th: "TensorHeader | RefinementHeader") -> Pipeline:
         """The stages of ``th``: its own entries resolved through the stage registry, or the default."""
         if th.pipeline is None:
             return self.default_pipeline  # type: ignore[return-value]
@@ -240,7 +286,8 @@ def _dequantize_streaming(pipeline: Pipeline, coded: memoryview, th: TensorHeade
 
 
 def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: DestinationFn | None = None,
-                 workers: int | None = None) -> Iterator[tuple[TensorHeader, np.ndarray]]:
+                 workers: int | None = None, operating_point: int | None = None
+                 ) -> Iterator[tuple[TensorHeader, np.ndarray]]:
     """Decode tensors unit by unit and yield ``(header, array)`` in stream order.
 
     ``destination(header)`` may return a writable C-contiguous array of the tensor's storage dtype and
@@ -252,20 +299,59 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
 
     An alias (tied tensor, FORMAT.md §3.7) is yielded right after its target, as the target's array
     itself under a header that carries the alias name; ``destination`` is not asked for it.
+
+    A scalable stream (FORMAT.md §13) decodes at ``operating_point`` (None: its last point, the full
+    model; a stream without points has only point 0): refinement units up to the point are applied in place
+    to their tensors, which are then yielded after the last unit, in stream order. Units past the point are
+    not read.
     """
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     f, owned = open_source(src)  # type: ignore[arg-type]
     try:
-        walker = StreamWalker(f, limits)
+        walker = StreamWalker(f, limits, operating_point=operating_point, refinements=True)
+        held: dict[str, tuple[TensorHeader, np.ndarray]] = {}  # tensors still to be refined
+        user_destination = destination
+        if destination is not None:
+            def destination(th: TensorHeader) -> "np.ndarray | None":  # type: ignore[no-redef]
+                if walker.points.refining:  # the base tensor may be narrower than its destination
+                    try:
+                        return user_destination(th)  # type: ignore[misc]
+                    except ConfigError:
+                        return None
+                return user_destination(th)  # type: ignore[misc]
         for th, arr in _decode_units(walker, destination, workers):
+            if isinstance(th, RefinementHeader):
+                index, uh, coded = arr  # type: ignore[misc]
+                _refine_unit(walker, index, uh, th, coded, held)
+                continue
+            if walker.points.refining:
+                held[th.name] = (th, arr)
+                continue
+            yield th, arr
+            for alias in walker.aliases_of(th.name):
+                yield replace(th, name=alias), arr
+        for th, arr in held.values():
             yield th, arr
             for alias in walker.aliases_of(th.name):
                 yield replace(th, name=alias), arr
     finally:
         if owned:
             f.close()
+
+
+def _refine_unit(walker: StreamWalker, index: int, uh: UnitHeader, rh: RefinementHeader, coded: memoryview,
+                 held: dict[str, tuple[TensorHeader, np.ndarray]]) -> None:
+    from .refine import apply_refinement
+
+    try:
+        base, dest = held[rh.name]
+        out = apply_refinement(rh, base, coded, walker.pipeline_of(rh), walker.limits, dest)
+        if out is not dest:  # grown to a larger shape
+            held[rh.name] = (replace(base, shape=out.shape), out)
+    except (FormatError, LimitExceededError) as exc:
+        raise exc.located(unit_index=index, offset=uh.offset) from None
 
 
 def _decode_units(walker: StreamWalker, destination: DestinationFn | None,
@@ -283,6 +369,10 @@ def _decode_units(walker: StreamWalker, destination: DestinationFn | None,
             except Exception:
                 yield from _settle(pending)  # what was read before the bad unit is still good: hand it out
                 raise
+            if isinstance(th, RefinementHeader):  # refined by the caller once its tensor is decoded
+                yield from _settle(pending)
+                yield th, (index, uh, coded)  # type: ignore[misc]
+                continue
             dest = destination(th) if destination is not None else None
             if dest is not None and (dest.shape != th.shape or dest.dtype != th.dtype.storage
                                      or not dest.flags.c_contiguous or not dest.flags.writeable):
@@ -322,9 +412,11 @@ def _decode_unit(walker: StreamWalker, index: int, uh: UnitHeader, th: TensorHea
         raise exc.located(unit_index=index, offset=uh.offset) from None
 
 
-def decode_arrays(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
-    """Decode a whole stream into ``{name: numpy array}`` in stream order (bfloat16 as uint16 bits)."""
-    return {th.name: arr for th, arr in iter_tensors(src, limits=limits)}
+def decode_arrays(src: Source, *, limits: Limits = DEFAULT_LIMITS,
+                  operating_point: int | None = None) -> dict[str, np.ndarray]:
+    """Decode a whole stream into ``{name: numpy array}`` in stream order (bfloat16 as uint16 bits);
+    ``operating_point`` as :func:`iter_tensors`."""
+    return {th.name: arr for th, arr in iter_tensors(src, limits=limits, operating_point=operating_point)}
 
 
 def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
@@ -337,8 +429,17 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                               uh.offset, UNIT_HEADER_SIZE + uh.payload_length, uh.critical))
 
     try:
-        walker = StreamWalker(f, limits, on_unit=record)
+        walker = StreamWalker(f, limits, on_unit=record, refinements=True)
         for _, _, th, coded in walker.tensor_units():
+            if isinstance(th, RefinementHeader):
+                base = walker.points.headers[th.name]
+                units[-1].tensor = {
+                    "name": th.name, "dtype": base.dtype.name, "shape": list(base.shape),  # type: ignore[attr-defined]
+                    "scheme": th.quant.scheme_name, "bits": th.quant.bits, "per_channel": th.quant.per_channel,
+                    "pipeline": [st.get_config() for st in walker.pipeline_of(th).stages],
+                    "default_pipeline": th.pipeline is None, "coded_bytes": len(coded),
+                    "refines_to_point": th.level, "mode": th.mode}
+                continue
             numel = th.numel
             units[-1].tensor = {
                 "name": th.name, "dtype": th.dtype.name, "shape": list(th.shape),
@@ -351,7 +452,7 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
             }
         metadata = walker.header.metadata if walker.header is not None else {}
         return StreamInfo(walker.reader.version, metadata, units, walker.topology, walker.reader.position,
-                          dict(walker.aliases))
+                          dict(walker.aliases), walker.operating_points)
     finally:
         if owned:
             f.close()

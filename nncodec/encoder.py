@@ -265,6 +265,11 @@ class Encoder:
         return self._quantize(name, bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage)
 
     def _prepare(self, name: str, value: "tuple[np.ndarray, DType] | CodedTensor") -> _Prepared:
+        return self._finish(name, *self.code_words(name, value))
+
+    def code_words(self, name: str, value: "tuple[np.ndarray, DType] | CodedTensor") -> tuple:
+        """``(dtype, shape, descriptor, code words as bytes, word size, bits, signed, max error, rms error)``
+        of one tensor under these settings, before any stage."""
         max_err = rms_err = 0.0
         if isinstance(value, CodedTensor):
             storage, dtype, desc = value.codes, value.dtype, value.quant
@@ -273,7 +278,7 @@ class Encoder:
             word_size = desc.code_dtype.itemsize
             signed = desc.code_dtype.storage.kind == "i" and bool(storage.size) and int(storage.min()) < 0
             bits = desc.bits if 0 < desc.bits <= 8 * word_size else 8 * word_size
-            return self._finish(name, dtype, shape, desc, words, word_size, bits, signed, 0.0, 0.0)
+            return dtype, shape, desc, words, word_size, bits, signed, 0.0, 0.0
         storage, dtype = value
         shape = tuple(int(d) for d in storage.shape)
         if self._quantizes(name, dtype, shape):
@@ -293,7 +298,7 @@ class Encoder:
             word_size = dtype.itemsize
             signed = dtype.is_int and dtype.storage.kind == "i"
             bits = 1 if dtype.name == "bool" else 8 * word_size
-        return self._finish(name, dtype, shape, desc, words, word_size, bits, signed, max_err, rms_err)
+        return dtype, shape, desc, words, word_size, bits, signed, max_err, rms_err
 
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor, words: np.ndarray,
                 word_size: int, bits: int, signed: bool, max_err: float, rms_err: float) -> _Prepared:
@@ -611,7 +616,13 @@ def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,
                   **options: Any) -> bytes | Path:
-    """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`."""
+    """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`, and
+    ``operating_points`` for a scalable stream (:func:`nncodec.scalable.encode_scalable`)."""
+    points = options.pop("operating_points", None)
+    if points is not None:
+        from .scalable import encode_scalable
+
+        return encode_scalable(arrays, points, dst, **options)[0]
     result, _ = encoder_from_options(options).encode(arrays, dst)
     return result
 

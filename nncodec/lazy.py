@@ -22,7 +22,9 @@ from .bitstream.constants import UNIT_CRC_COVERED, UNIT_HEADER, UNIT_HEADER_SIZE
 from .coding.pipeline import Pipeline
 from .bitstream.reader import open_source
 from .bitstream.units import TensorHeader
+from .bitstream.operating_points import RefinementHeader
 from .decoder import StreamWalker, decode_tensor
+from .refine import apply_refinement
 from .errors import ChecksumError, CorruptError, FormatError, LimitExceededError, TruncatedError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -41,10 +43,11 @@ class StreamFile:
     """An open nncodec stream with random access to its tensors (see the module docstring).
 
     ``metadata`` holds the stream header's pairs, ``topology`` the topology unit's object (or None),
-    ``version`` the format version.
+    ``version`` the format version, ``operating_points`` a scalable stream's points (FORMAT.md §13; tensors
+    come at ``operating_point``, default the last).
     """
 
-    def __init__(self, src: Any, *, limits: Limits = DEFAULT_LIMITS):
+    def __init__(self, src: Any, *, limits: Limits = DEFAULT_LIMITS, operating_point: int | None = None):
         f, self._owned = open_source(src)
         if not f.seekable():
             data = f.read()
@@ -57,6 +60,9 @@ class StreamFile:
         self._default: Pipeline | None = None
         self.metadata: dict[str, str] = {}
         self.topology: dict[str, Any] | None = None
+        self._operating_point = operating_point
+        self._shapes: dict[str, tuple[int, ...]] = {}  # tensors a refinement grows: their shape at the point
+        self._refinements: dict[str, list[tuple[int, int, int, int, Any]]] = {}  # name -> (index, offset, length, coded start, header)
         try:
             self._scan()
         except BaseException:
@@ -71,11 +77,20 @@ class StreamFile:
         return data
 
     def _scan(self) -> None:
-        walker = StreamWalker(self._f, self.limits, defer_tensors=True)
+        walker = StreamWalker(self._f, self.limits, defer_tensors=True, operating_point=self._operating_point,
+                              refinements=True)
         self._start = walker.reader.start
         self.version = walker.reader.version
-        for index, uh, th, _ in walker.tensor_units():
+        for index, uh, th, coded in walker.tensor_units():
+            if isinstance(th, RefinementHeader):
+                start = coded.offset - (self._start + uh.offset + UNIT_HEADER_SIZE)
+                self._refinements.setdefault(th.name, []).append((index, uh.offset, uh.payload_length, start, th))
+                if th.shape is not None:
+                    self._shapes[th.name] = th.shape
+                continue
             self._entries[th.name] = _Entry(index, uh.offset, uh.payload_length, th)
+        self.operating_points = walker.operating_points
+        self.operating_point = walker.points.point
         self._default = walker.default_pipeline
         self.aliases: dict[str, str] = dict(walker.aliases)
         self.metadata = walker.header.metadata if walker.header is not None else {}
@@ -95,7 +110,8 @@ class StreamFile:
         return [n for name in self._entries for n in (name, *by_target.get(name, ()))]
 
     def header(self, name: str) -> TensorHeader:
-        return replace(self._entry(name).header, name=name)
+        e = self._entry(name)
+        return replace(e.header, name=name, shape=self._shapes.get(e.header.name, e.header.shape))
 
     def _entry(self, name: str) -> _Entry:
         try:
@@ -117,9 +133,21 @@ class StreamFile:
             pipeline = Pipeline.from_entries(th.pipeline) if th.pipeline is not None else self._default
             if th.name != name or pipeline is None:  # the file changed since it was scanned
                 raise CorruptError(f"the unit of tensor {name!r} changed since the stream was opened")
-            return decode_tensor(th, r.rest(), pipeline, self.limits)
+            out = decode_tensor(th, r.rest(), pipeline, self.limits)
         except (FormatError, LimitExceededError) as exc:
             raise exc.located(unit_index=e.index, offset=e.offset) from None
+        for index, offset, length, start, rh in self._refinements.get(name, ()):
+            try:
+                head = self._read_at(offset, UNIT_HEADER_SIZE, "a unit header")
+                payload = memoryview(self._checked(offset, head, length, UNIT_HEADER.unpack(head)[4]))
+                pipeline = Pipeline.from_entries(rh.pipeline) if rh.pipeline is not None else self._default
+                if pipeline is None:
+                    raise CorruptError(f"the refinement unit of {name!r} changed since the stream was opened")
+                base = replace(e.header, shape=out.shape)
+                out = apply_refinement(rh, base, payload[start:], pipeline, self.limits, out)
+            except (FormatError, LimitExceededError) as exc:
+                raise exc.located(unit_index=index, offset=offset) from None
+        return out
 
     def get_tensor(self, name: str) -> Any:
         """Decode one tensor as a torch tensor."""

@@ -124,6 +124,25 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
         raise ConfigError("topology=True needs an nn.Module to describe")
     rd = {k: options.pop(k) for k in _RD_OPTIONS if k in options}
     base = options.pop("base", None)
+    points = options.pop("operating_points", None)
+    input_shape = options.pop("energy_input_shape", None)
+    if points is not None:
+        if base is not None or rd:
+            raise ConfigError("operating_points cannot be combined with base= or the rate-distortion options "
+                              f"({', '.join(sorted(rd)) or 'base'})")
+        from .scalable import encode_scalable
+
+        widths = [p.get("width") if isinstance(p, Mapping) else None for p in points]
+        if any(w is not None for w in widths):
+            if not isinstance(obj, torch.nn.Module):
+                raise ConfigError("operating points with a width need the nn.Module (its layer structure)")
+            from .search.slimmable import points_with_widths
+
+            points = points_with_widths(obj, points)
+        return encode_scalable(tensors, points, dst, topology=topo,
+                               energy_of=_energy_fn(obj, input_shape, widths), **options)  # type: ignore[return-value]
+    if input_shape is not None:
+        raise ConfigError("energy_input_shape applies only with operating_points")
     if base is not None:
         from .delta import encode_delta
 
@@ -135,15 +154,39 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     return encoder_from_options(options).encode(tensors, dst, topo)
 
 
+def _energy_fn(obj: Any, input_shape: Any, widths: list) -> Any:
+    """Energy of an operating point from its code bits per tensor and its width
+    (:func:`nncodec.energy.estimate_energy` on the point's sub-network)."""
+    if input_shape is None:
+        return None
+    if not isinstance(obj, torch.nn.Module):
+        raise ConfigError("energy_input_shape needs an nn.Module to estimate the energy of")
+    from .energy import estimate_energy
+    from .scalable import plan_from_bits
+
+    def energy_of(k: int, bits: Any) -> float:
+        model = obj
+        if widths[k] is not None:
+            from .search.slimmable import sub_network
+
+            model = sub_network(obj, widths[k])
+        return float(estimate_energy(model, tuple(input_shape), plan_from_bits(bits)).total_pj)
+
+    return energy_of
+
+
 def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) -> bytes | Path:
     """Encode a module / state_dict; return the bytes, or the path written atomically when ``dst`` is given."""
     return encode_with_report(obj, dst, **options)[0]
 
 
-def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, base: Any = None) -> dict[str, torch.Tensor]:
+def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, base: Any = None,
+           operating_point: int | None = None) -> dict[str, torch.Tensor]:
     """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order. Tied tensors (aliases) come back
     as one tensor object under each of their names, as ``torch.load`` gives them. A delta stream needs the
     ``base`` it was encoded against (:mod:`nncodec.delta`)."""
+    if base is not None and operating_point is not None:
+        raise ConfigError("a delta stream (base=) has no operating points: give base= or operating_point=")
     if base is not None:
         from .delta import decode_delta_arrays
 
@@ -151,7 +194,7 @@ def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, base: Any = None) ->
     out: dict[str, torch.Tensor] = {}
     shared: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # by the decoded array an alias shares
     try:
-        for th, arr in iter_tensors(src, limits=limits):
+        for th, arr in iter_tensors(src, limits=limits, operating_point=operating_point):
             if id(arr) not in shared:
                 shared[id(arr)] = (arr, to_torch(arr, th.dtype))
             out[th.name] = shared[id(arr)][1]
@@ -166,7 +209,8 @@ def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, base: Any = None) ->
 
 
 def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
-              limits: Limits = DEFAULT_LIMITS, workers: int = 1, base: Any = None) -> list[str]:
+              limits: Limits = DEFAULT_LIMITS, workers: int = 1, base: Any = None,
+              operating_point: int | None = None) -> list[str]:
     """Decode a stream unit by unit straight into ``module``'s parameters and buffers.
 
     One unit at a time by default, for the least memory; ``workers > 1`` decodes several at once
@@ -177,6 +221,8 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
     that the module does not have (an error when ``strict``). With ``strict``, names of the module
     missing from the stream are an error too. On error the module may be partly updated.
     """
+    if base is not None and operating_point is not None:
+        raise ConfigError("a delta stream (base=) has no operating points: give base= or operating_point=")
     if base is not None:  # a delta stream: rebuilt whole, then loaded
         decoded = decode(src, limits=limits, base=base)
         result = module.load_state_dict(decoded, strict=strict)
@@ -197,12 +243,15 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
                 return storage
         return None
 
-    for th, arr in iter_tensors(src, limits=limits, destination=destination, workers=workers):
+    for th, arr in iter_tensors(src, limits=limits, destination=destination, workers=workers,
+                                operating_point=operating_point):
         t = targets.get(th.name)
         if t is None:
             unexpected.append(th.name)
             continue
         loaded.add(th.name)
+        if tuple(t.shape) != tuple(arr.shape):
+            raise ConfigError(f"shape of {th.name!r}: stream has {list(arr.shape)}, module has {list(t.shape)}")
         src_t = to_torch(arr, th.dtype)
         if src_t.data_ptr() != t.data_ptr():
             with torch.no_grad():
@@ -214,7 +263,8 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
     return unexpected
 
 
-def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Module:
+def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS, operating_point: int | None = None,
+               energy_budget_pj: float | None = None) -> torch.nn.Module:
     """Rebuild the model stored in ``src`` from its topology unit and load its weights (eval mode).
 
     Weights stored as quantized codes are loaded as their values, and those layers' weight quantizers are
@@ -222,12 +272,22 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
     unit raises :class:`~nncodec.topology.TopologyError`: use :func:`load_into` with your model class.
     A graph topology (:mod:`nncodec.graph`) is validated completely before any tensor is allocated or any
     operator runs. ``src`` may be a path, bytes or a binary file object (read once).
+
+    A scalable stream loads at ``operating_point`` (default: its last), or at the best point whose energy
+    fits ``energy_budget_pj`` (:func:`nncodec.points.choose_point`); the chosen index is the model's
+    ``nncodec_operating_point`` attribute.
     """
     from .decoder import read_info
     from .topology import TopologyError, build
 
     if not isinstance(src, (bytes, bytearray, memoryview, str, os.PathLike)) and hasattr(src, "read"):
         src = src.read()  # read once: the stream is walked twice (topology and headers, then weights)
+    if energy_budget_pj is not None:
+        from .points import choose_point, read_operating_points
+
+        if operating_point is not None:
+            raise ConfigError("give operating_point or energy_budget_pj, not both")
+        operating_point = choose_point(read_operating_points(src, limits=limits), energy_budget_pj)
     info = read_info(src, limits=limits)
     if info.topology is None:
         raise TopologyError("this stream has no topology unit (the model was not a supported nn.Sequential "
@@ -236,8 +296,18 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
     if info.topology.get("format") == "nncodec.graph":
         from .graph.rebuild import load_graph_model
 
+        if info.operating_points and operating_point not in (None, len(info.operating_points) - 1):
+            raise ConfigError("a graph topology is rebuilt at the stream's full operating point only; "
+                              "use load_into on a model of the narrower point")
         return load_graph_model(info, lambda m: load_into(m, src, strict=False, limits=limits), limits)
-    model = build(info.topology)
+    topology = info.topology
+    if info.operating_points:  # a narrower point (nested widths) rebuilds the sub-network it holds
+        from .lazy import StreamFile
+        from .search.slimmable import narrow_topology
+
+        with StreamFile(src, limits=limits, operating_point=operating_point) as f:
+            topology = narrow_topology(topology, {n: f.header(n).shape for n in f.keys()})
+    model = build(topology)
     quantized = {u.tensor["name"] for u in info.units if u.tensor and u.tensor["scheme"] != "none"}
     from .quant.layers import _QuantParams
 
@@ -250,7 +320,9 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
                 module._buffers.pop("weight_mask", None)
             if any(prefix + n in quantized for n in names if n.startswith("bias")):
                 module.bias_quantizer = None
-    load_into(model, src, strict=True, limits=limits)
+    load_into(model, src, strict=True, limits=limits, operating_point=operating_point)
+    model.nncodec_operating_point = operating_point if operating_point is not None else \
+        max(len(info.operating_points) - 1, 0)
     return model.eval()
 
 

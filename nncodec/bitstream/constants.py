@@ -11,6 +11,8 @@ FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
 #: the minor version that added the tensor-aliases unit; an encoder writes it only for streams that hold one
 FORMAT_MINOR_ALIASES = 1
+#: the minor version that added operating points (units 0x06 and 0x11); written only for scalable streams
+FORMAT_MINOR_OPERATING_POINTS = 2
 
 #: file header: magic (8) | major u16 | minor u16
 FILE_HEADER = struct.Struct("<8sHH")
@@ -29,7 +31,9 @@ UNIT_STREAM_HEADER = 0x01
 UNIT_MODEL_PARAMETER_SET = 0x02
 UNIT_TOPOLOGY = 0x03
 UNIT_TENSOR_ALIASES = 0x04  #: format 1.1
+UNIT_OPERATING_POINTS = 0x06  #: format 1.2, ancillary
 UNIT_TENSOR = 0x10
+UNIT_REFINEMENT = 0x11  #: format 1.2, ancillary
 UNIT_END = 0x7F
 
 UNIT_NAMES = {
@@ -37,7 +41,9 @@ UNIT_NAMES = {
     UNIT_MODEL_PARAMETER_SET: "model_parameter_set",
     UNIT_TOPOLOGY: "topology",
     UNIT_TENSOR_ALIASES: "tensor_aliases",
+    UNIT_OPERATING_POINTS: "operating_points",
     UNIT_TENSOR: "tensor",
+    UNIT_REFINEMENT: "refinement",
     UNIT_END: "end_of_stream",
 }
 

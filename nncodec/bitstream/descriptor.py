@@ -124,6 +124,16 @@ class QuantDescriptor:
             return np.ldexp(np.float32(1), self.scales.astype(np.int32)).astype(np.float32)
         return self.scales.astype(np.float32)
 
+    def broadcast_scales(self, ndim: int) -> np.ndarray:
+        """The float32 scales shaped to broadcast against a tensor of rank ``ndim`` (per channel along
+        ``axis``, else a 0-d array)."""
+        scale = self.scale_values()
+        if not self.per_channel:
+            return scale.reshape(())
+        bshape = [1] * ndim
+        bshape[self.axis] = scale.size
+        return scale.reshape(bshape)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QuantDescriptor):
             return NotImplemented
@@ -192,13 +202,7 @@ def _dequantize(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, tenso
             lo, hi = _CODE_RANGES[desc.scheme]
             if codes.min() < lo or codes.max() > hi:
                 raise CorruptError(f"{desc.scheme_name} codes outside their value set")
-        scale = desc.scale_values()
-        if desc.per_channel:
-            bshape = [1] * codes.ndim
-            bshape[desc.axis] = scale.size
-            scale = scale.reshape(bshape)
-        else:
-            scale = scale.reshape(())
+        scale = desc.broadcast_scales(codes.ndim)
         if desc.scheme == SCHEME_PO2:
             mags = np.abs(codes.astype(np.int64))
             nonzero = mags[mags != 0]

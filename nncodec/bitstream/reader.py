@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import BadMagicError, ChecksumError, CorruptError, TruncatedError, UnsupportedVersionError
 from ..limits import Limits
 from .constants import FILE_HEADER, FILE_HEADER_SIZE, FORMAT_MAJOR, MAGIC, UNIT_CRC_COVERED, UNIT_FLAGS_RESERVED, \
-    UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_TENSOR
+    UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_REFINEMENT, UNIT_TENSOR
 from .units import UnitHeader
 
 __all__ = ["UnitReader", "StreamedPayload", "DeferredPayload", "CodedStream", "CodedSpan", "open_source",
@@ -190,9 +190,31 @@ class UnitReader:
         except (OSError, AttributeError):
             self._size = None
         self.position = 0  #: bytes consumed so far (offset from the start of the stream)
+        #: called with each unit's offset; True: its payload is passed over and ``None`` yielded for it
+        self.skip_payload: Callable[[int], bool] | None = None
         if defer_tensors and self._size is None:
             raise ValueError("defer_tensors needs a seekable source")
         self._read_file_header()
+
+    def _skip(self, uh: UnitHeader, reserved: int, index: int) -> None:
+        """Pass over a payload no one asked for (a refinement past the selected operating point): seek over
+        it when the source is seekable, else read and drop it. Its checksum is not checked."""
+        if uh.flags & UNIT_FLAGS_RESERVED or reserved:
+            raise _reserved_bits(uh.flags, reserved, index, uh.offset)
+        try:
+            if self._size is not None:
+                if uh.payload_length > self._size - self.position:
+                    raise TruncatedError(f"stream ends inside a unit payload: {uh.payload_length} bytes declared, "
+                                         f"{self._size - self.position} left", offset=self.position)
+                self._f.seek(self._start + self.position + uh.payload_length)
+                self.position += uh.payload_length
+            else:
+                left = uh.payload_length
+                while left:
+                    left -= len(self._read_exact(min(left, _FINISH_CHUNK), "a unit payload"))
+        except TruncatedError as exc:
+            raise exc.located(unit_index=index) from None
+        return None
 
     def _read_exact(self, n: int, what: str) -> bytes:
         if self._size is not None and n > self._size - self.position:
@@ -250,7 +272,9 @@ class UnitReader:
             utype, flags, reserved, length, crc = UNIT_HEADER.unpack(head)
             self._limits.check("unit payload length", length, "max_unit_bytes", unit_index=index, offset=at)
             uh = UnitHeader(utype, flags, length, crc, at)
-            if utype == UNIT_TENSOR and self._defer:
+            if self.skip_payload is not None and self.skip_payload(at):
+                yield index, uh, self._skip(uh, reserved, index)
+            elif utype in (UNIT_TENSOR, UNIT_REFINEMENT) and self._defer:
                 if flags & UNIT_FLAGS_RESERVED or reserved:
                     raise _reserved_bits(flags, reserved, index, at)
                 if length > self._size - self.position:  # type: ignore[operator]

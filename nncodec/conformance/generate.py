@@ -622,8 +622,138 @@ VALID["delta_base"] = ("base model of the delta vectors (float32, float16, int16
                        lambda: _lossless(delta_vectors.base_arrays()))
 
 
+# -- format 1.2: operating points (scalable streams, FORMAT.md §13); these vectors go to v1.2/
+_SCALABLE_RNG = np.random.default_rng(1712)
+_SCALABLE = {"conv.weight": _SCALABLE_RNG.laplace(size=(6, 3, 3, 3)).astype(np.float32),
+             "conv.bias": _SCALABLE_RNG.standard_normal(6).astype(np.float32),
+             "fc.weight": _SCALABLE_RNG.standard_normal((4, 24)).astype(np.float32),
+             "steps": np.arange(5, dtype=np.int32)}
+_SCALABLE_POINTS = [{"bits": 2, "bits_1d": 4, "label": "tiny", "energy_pj": 1000.0},
+                    {"bits": 4, "bits_1d": 8, "label": "mid", "energy_pj": 2500.0, "accuracy": 0.5},
+                    {"bits": 8, "bits_1d": 8, "label": "full", "energy_pj": 9000.0, "accuracy": 0.75}]
+
+
+def _scalable_stream() -> bytes:
+    from ..scalable import encode_scalable
+
+    return encode_scalable(_SCALABLE, _SCALABLE_POINTS)[0]  # type: ignore[return-value]
+
+
+def _scalable_at(point: int) -> Builder:
+    """The 3-point stream; expected: each tensor quantized by the point's own quantizer (codes * scales), which
+    is what a separate encode of that point stores."""
+    def build() -> tuple[bytes, Expected]:
+        from ..quant.uniform import quantize_by_bits
+
+        expected: Expected = {}
+        for name, x in _SCALABLE.items():
+            if x.dtype.kind != "f":
+                expected[name] = x
+                continue
+            q = quantize_by_bits(x, _SCALABLE_POINTS[point]["bits" if x.ndim > 1 else "bits_1d"])
+            scale = q.scales.reshape((-1,) + (1,) * (x.ndim - 1)) if q.per_channel else q.scales.reshape(())
+            expected[name] = (q.codes.astype(np.float32) * scale).astype(np.float32) + np.float32(0.0)
+        return _scalable_stream(), expected
+    return build
+
+
+def _scalable_edited(edit: Callable[[list], list], fix_end: bool = True) -> Callable[[], bytes]:
+    def build() -> bytes:
+        header, units = split_units(_scalable_stream())
+        units = edit(units)
+        if fix_end:
+            units[-1] = (UNIT_END, 1, 0, struct.pack("<II", len(units) - 1, sum(u[0] == UNIT_TENSOR for u in units)))
+        return join_units(header, units)
+    return build
+
+
+def _drop_base_of_first_refinement(units: list) -> list:
+    ref = next(u for u in units if u[0] == 0x11)
+    (n,) = struct.unpack_from("<H", ref[3], 4)
+    name = ref[3][6:6 + n]
+    return [u for u in units if not (u[0] == UNIT_TENSOR and u[3][:2 + n] == struct.pack("<H", n) + name)]
+
+
+def _refinement_mode(mode: int) -> Callable[[list], list]:
+    def edit(units: list) -> list:
+        i = next(i for i, u in enumerate(units) if u[0] == 0x11)
+        t, f, r, p = units[i]
+        return units[:i] + [(t, f, r, p[:1] + bytes([mode]) + p[2:])] + units[i + 1:]
+    return edit
+
+
+def _points_after_tensor(units: list) -> list:
+    points = next(u for u in units if u[0] == 0x06)
+    rest = [u for u in units if u[0] != 0x06]
+    first = next(i for i, u in enumerate(rest) if u[0] == UNIT_TENSOR)
+    return rest[:first + 1] + [points] + rest[first + 1:]
+
+
+def _point0_end_inside_unit(units: list) -> list:
+    i = next(i for i, u in enumerate(units) if u[0] == 0x06)
+    t, f, r, p = units[i]
+    (end,) = struct.unpack_from("<Q", p, 4)
+    return units[:i] + [(t, f, r, p[:4] + struct.pack("<Q", end - 3) + p[12:])] + units[i + 1:]
+
+
+_V12_VALID: dict[str, tuple[str, Builder]] = {
+    f"scalable_3_points_at_{k}": (f"a 3-point scalable stream (operating-points unit 0x06, refinement units 0x11, "
+                                  f"residual and replace modes) decoded at operating point {k}", _scalable_at(k))
+    for k in range(3)
+}
+_V12_INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {
+    "refinement_without_base": ("a refinement unit whose tensor has no base tensor unit", "CorruptError",
+                                _scalable_edited(_drop_base_of_first_refinement)),
+    "point_references_missing_units": ("the last operating point ends past the end-of-stream unit: its last "
+                                       "refinement units are missing", "CorruptError",
+                                       _scalable_edited(lambda u: [x for x in u[:-2]] + u[-1:])),
+    "refinement_without_operating_points": ("refinement units in a stream without an operating-points unit",
+                                            "CorruptError", _scalable_edited(lambda u: [x for x in u if x[0] != 0x06])),
+    "operating_points_after_tensor": ("the operating-points unit after a tensor unit", "CorruptError",
+                                      _scalable_edited(_points_after_tensor)),
+    "point_end_inside_unit": ("operating point 0 ends 3 bytes before its last unit's end", "CorruptError",
+                              _scalable_edited(_point0_end_inside_unit)),
+    "refinement_unknown_mode": ("a refinement unit of mode 7", "UnsupportedFeatureError",
+                                _scalable_edited(_refinement_mode(7))),
+}
+_WIDTH_ROWS = (4, 8, 16)  # leading rows of "w" (and 4 then 9 of "ids") kept at each point of the width vectors
+
+
+def _width_stream() -> bytes:
+    from ..scalable import encode_scalable
+
+    points = [{"bits": 3, "shapes": {"w": (4, 40), "ids": (4,)}, "label": "narrow"},
+              {"bits": 4, "shapes": {"w": (8, 40)}, "label": "wider"}, {"bits": 8, "label": "full"}]
+    return encode_scalable(_SCALABLE_WIDTH, points)[0]  # type: ignore[return-value]
+
+
+_SCALABLE_WIDTH = {"w": _SCALABLE_RNG.standard_normal((16, 40)).astype(np.float32),
+                   "ids": np.arange(9, dtype=np.int64) * 7 - 20}
+
+
+def _width_at(point: int) -> Builder:
+    def build() -> tuple[bytes, Expected]:
+        from ..quant.uniform import quantize_by_bits
+
+        w = _SCALABLE_WIDTH["w"][:_WIDTH_ROWS[point]]
+        q = quantize_by_bits(w, (3, 4, 8)[point])
+        return _width_stream(), {"w": (q.codes.astype(np.float32) * q.scales.reshape(-1, 1)) + np.float32(0.0),
+                                 "ids": _SCALABLE_WIDTH["ids"][:4 if point == 0 else 9]}
+    return build
+
+
+_V12_VALID.update({f"scalable_width_at_{k}": (f"a 3-point stream whose tensors grow (refinement modes 2 and 3: "
+                                              f"leading blocks of 4, 8, 16 rows) decoded at point {k}", _width_at(k))
+                   for k in range(3)})
+VALID.update(_V12_VALID)
+INVALID.update(_V12_INVALID)
+_VERSION_OF.update({name: "1.2" for name in (*_V12_VALID, *_V12_INVALID)})
+#: valid vectors decoded at an operating point other than the default (the manifest's ``operating_point``)
+POINT_OF = {**{f"scalable_3_points_at_{k}": k for k in range(3)}, **{f"scalable_width_at_{k}": k for k in range(3)}}
+
+
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:
-    got = [(th, arr) for th, arr in iter_tensors(data)]
+    got = [(th, arr) for th, arr in iter_tensors(data, operating_point=POINT_OF.get(name))]
     names = [th.name for th, _ in got]
     if sorted(names) != sorted(expected):
         raise ConfigError(f"vector {name}: decoded tensors {names} != expected {sorted(expected)}")
@@ -684,6 +814,8 @@ def generate(folder: Path) -> list[str]:
             data, tensors = build(), None
             _check_invalid(name, data, error)
         write_atomic(path, [data])
+        if name in POINT_OF:
+            extra["operating_point"] = POINT_OF[name]
         vectors.append(Vector(name, version, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error, extra))
         written.append(name)
     for name, (desc, _) in delta_vectors.DELTA.items():

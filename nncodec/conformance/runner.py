@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 import shlex
 import subprocess
 import tempfile
@@ -55,7 +56,8 @@ def _compare(v: Vector, got: list[tuple[str, str, tuple[int, ...], str]]) -> str
 
 def _builtin(v: Vector, path: Path) -> Outcome:
     try:
-        got = [(th.name, th.dtype.name, arr.shape, tensor_digest(arr)) for th, arr in iter_tensors(path)]
+        got = [(th.name, th.dtype.name, arr.shape, tensor_digest(arr))
+               for th, arr in iter_tensors(path, operating_point=v.extra.get("operating_point"))]
     except NNCodecError as exc:
         if v.error is None:
             return Outcome(v, False, f"raised {type(exc).__name__}: {exc}")
@@ -84,7 +86,10 @@ def _external(v: Vector, path: Path, command: str) -> Outcome:
         out = Path(tmp) / "decoded.npz"
         argv = [a.replace("{in}", str(path)).replace("{out}", str(out)) for a in shlex.split(command)]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT)
+            env = None
+            if "operating_point" in v.extra:  # a scalable stream decoded at that point (FORMAT.md §13.6)
+                env = {**os.environ, "NNCODEC_OPERATING_POINT": str(v.extra["operating_point"])}
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, env=env)
         except subprocess.TimeoutExpired:
             return Outcome(v, False, f"decoder did not finish in {_TIMEOUT} s (a hang)")
         except OSError as exc:

@@ -1,0 +1,148 @@
+"""The seed methods beyond Optuna: differentiable joint pruning + quantization, greedy bit assignment,
+the iterative schedule with the proximal pruner, hardware co-design (small digits CNN, seconds each)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from nncodec.energy.estimate import estimate_energy
+from nncodec.errors import ConfigError
+from nncodec.quant.base import get_quantizer
+from nncodec.quant.layers import quantize_model
+from nncodec.quant.plan import Plan
+from nncodec.search import SearchConfig, run_search
+from nncodec.search.candidate import build_candidate
+from nncodec.search.differentiable import DifferentiableSearch, SoftQuantizer
+from nncodec.search.surrogate import CostSurrogate, base_plan
+
+from . import digits
+
+SETTINGS = {"min_sram_size": 2 ** 27, "weights_memory": "sram", "activations_memory": "sram", "io_traffic": False,
+            "sparsity_aware": True}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return digits.trained_reference(epochs=4)
+
+
+@pytest.fixture(scope="module")
+def space(reference):
+    return digits.space(reference, widths=(1.0,))
+
+
+@pytest.fixture(scope="module")
+def surrogate(reference, space):
+    return CostSurrogate(reference, space, SETTINGS)
+
+
+# -- differentiable ------------------------------------------------------------------------------
+SPECS = ["quantized_bits(2,0,1)", "quantized_bits(4,0,1)", "ternary(alpha='auto_po2')", "quantized_bits(8,0,1)"]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_soft_quantizer_at_a_one_hot_level_is_the_hard_quantizer(training):
+    torch.manual_seed(0)
+    x = torch.randn(64, 9) * 0.7
+    soft = SoftQuantizer(SPECS).train(training)
+    mixed = soft(x)
+    for j, spec in enumerate(SPECS):
+        soft.set_one_hot(j)
+        assert torch.equal(soft(x), get_quantizer(spec).quantize(x)), spec
+    # the uniform mixture is none of the levels
+    assert all(not torch.equal(mixed, get_quantizer(s).quantize(x)) for s in SPECS)
+
+
+def test_soft_quantizer_gradient_reaches_the_level_weights():
+    soft = SoftQuantizer(SPECS).train()
+    x = torch.randn(32) * 0.5
+    (soft(x) - x).pow(2).sum().backward()
+    assert soft.logits.grad is not None and soft.logits.grad.abs().sum() > 0
+
+
+def test_surrogate_energy_equals_the_energy_model_at_one_hot_choices(reference, space, surrogate):
+    rng = random.Random(0)
+    for _ in range(4):
+        kp, ap, kernels, acts = {}, {}, {}, {}
+        for layer in space.layers:
+            k = rng.randrange(len(layer.kernel))
+            kernels[layer.name] = layer.kernel[k]
+            kp[layer.name] = torch.nn.functional.one_hot(torch.tensor(k), len(layer.kernel)).float()
+            if layer.activation:
+                a = rng.randrange(len(layer.activation))
+                acts[layer.activation_module] = layer.activation[a]
+                ap[layer.activation_module] = torch.nn.functional.one_hot(torch.tensor(a), len(layer.activation)).float()
+        real = estimate_energy(reference, space.input_shape, base_plan(space, kernels, acts), **SETTINGS).total_pj
+        assert float(surrogate.energy(kp, {}, ap)) == pytest.approx(real, abs=2.0)  # qtools rounds each term
+
+
+def _soft_search(reference, space, surrogate, lam: float, epochs: int = 2) -> DifferentiableSearch:
+    task = digits.task(proxy_fraction=0.2)
+    search = DifferentiableSearch(reference, space, task, {"lambda": lam, "arch_lr": 0.1}, "energy", seed=0)
+    search.set_surrogate(surrogate)
+    for _ in range(epochs):
+        search.train_epoch(epochs)
+    return search
+
+
+def test_cost_weight_lowers_the_expected_energy(reference, space, surrogate):
+    free = _soft_search(reference, space, surrogate, lam=0.0)
+    costly = _soft_search(reference, space, surrogate, lam=4.0)
+    with torch.no_grad():
+        assert float(costly.expected_cost()) < 0.8 * float(free.expected_cost())
+
+
+def test_hardened_plan_is_a_valid_plan_of_the_space(reference, space, surrogate):
+    search = _soft_search(reference, space, surrogate, lam=2.0)
+    plan = search.hardened_plan()
+    again = Plan.from_json(plan.to_json())
+    assert again.to_dict() == plan.to_dict()
+    plan.check_names([n for n, _ in reference.named_modules() if n])
+    for layer in space.layers:
+        lp = plan.resolve(layer.name)
+        assert lp.kernel in layer.kernel and lp.bias in layer.bias
+        if layer.activation:
+            assert plan.resolve(layer.activation_module).activation in layer.activation
+    masks = search.masks()
+    state = search.plain_state()
+    start = digits.digits_cnn()
+    start.load_state_dict(state)  # the reference's layout
+    model = build_candidate(start, space.input_shape, plan)
+    from nncodec.prune.unstructured import apply_masks, sparsity
+
+    apply_masks(model, masks)
+    for name, mask in masks.items():
+        assert sparsity(model)[name] == pytest.approx(1 - float(mask.mean()))
+        par = search._par(name)
+        w = search.model.get_submodule(name).parametrizations.weight.original.detach()
+        assert torch.equal(mask.bool(), w.abs() > par.log_t.exp())
+    assert sum(1 - float(m.mean()) for m in masks.values()) > 0  # the threshold pruned something
+    assert estimate_energy(model, space.input_shape, **SETTINGS).total_pj < \
+        estimate_energy(reference, space.input_shape, reference=("int8", "int16"), **SETTINGS).total_pj
+
+
+def test_differentiable_controller_end_to_end(reference, space, tmp_path):
+    cfg = SearchConfig(controller="differentiable", final_epochs=1, out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       options={"epochs": 1, "lambda": 1.0})
+    result = run_search(reference, space, digits.task(proxy_fraction=0.2), cfg)
+    summary = result.summary()
+    assert Plan.from_dict(summary["result"]["plan"]).to_dict() == result.plan.to_dict()
+    assert result.decoded_accuracy == pytest.approx(result.accuracy, abs=0.01)
+    assert result.energy_pj < result.reference_energy_pj
+    assert len(result.trials) == 1 and json.loads((tmp_path / "plan.json").read_text())
+
+
+def test_options_that_do_not_apply_are_errors():
+    with pytest.raises(ConfigError, match="lambda"):
+        SearchConfig(controller="tpe", options={"lambda": 1.0})
+    with pytest.raises(ConfigError, match="schedule"):
+        SearchConfig(schedule="sometimes")
+    with pytest.raises(ConfigError, match="ClassifierTask"):
+        from nncodec.search.task import FunctionTask
+
+        DifferentiableSearch(digits.digits_cnn(), digits.space(digits.digits_cnn(), widths=(1.0,)),
+                             FunctionTask(lambda m, e: None, lambda m: 0.0), {}).train_epoch(1)

@@ -146,3 +146,57 @@ def test_options_that_do_not_apply_are_errors():
 
         DifferentiableSearch(digits.digits_cnn(), digits.space(digits.digits_cnn(), widths=(1.0,)),
                              FunctionTask(lambda m, e: None, lambda m: 0.0), {}).train_epoch(1)
+
+
+# -- greedy --------------------------------------------------------------------------------------
+PENALTY = {"0": 0.30, "2": 0.03, "5": 0.12}   #: accuracy lost by a layer's kernel at 2 bits (4 bits: 2/3 of it)
+
+
+def _scripted_accuracy(model) -> float:
+    """A task whose accuracy depends only on the kernels' bits, so the sensitivities are known."""
+    acc = 0.9
+    for name, pen in PENALTY.items():
+        bits = model.get_submodule(name).kernel_quantizer.bits
+        acc -= pen * (8 - bits) / 6
+    return acc
+
+
+def _scripted_task():
+    from nncodec.search.task import FunctionTask
+
+    return FunctionTask(lambda model, epoch: None, _scripted_accuracy)
+
+
+def test_greedy_order_follows_the_measured_sensitivities(reference, space, tmp_path):
+    from nncodec.search.runner import _Searcher
+
+    cfg = SearchConfig(controller="greedy", n_trials=20, out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       options={"max_accuracy_drop": 1.0, "knobs": ["kernel"]})
+    searcher = _Searcher(reference, space, _scripted_task(), cfg, None)
+    searcher.search_plan()
+    info = searcher.outcome.extra["greedy"]
+    for key, knob in info["knobs"].items():
+        assert knob["kept"] == pytest.approx((0.9 - PENALTY[key.split(".")[0]]) / 0.9)
+        assert 0 < knob["energy_share"] < 1
+    by_weight = sorted(info["knobs"], key=lambda k: -info["knobs"][k]["weight"])
+    assert info["order"] == [k for k in by_weight for _ in range(2)]  # two steps each: 8 -> 4 -> ternary bits
+
+
+def test_greedy_freezes_a_layer_that_loses_accuracy_and_stops_at_the_cap(reference, space, tmp_path):
+    from nncodec.search.runner import _Searcher
+
+    cfg = SearchConfig(controller="greedy", n_trials=20, out_dir=str(tmp_path / "a"), energy_settings=SETTINGS,
+                       options={"max_accuracy_drop": 0.1, "knobs": ["kernel"]})
+    searcher = _Searcher(reference, space, _scripted_task(), cfg, None)
+    plan, rows = searcher.search_plan()
+    assert get_quantizer(plan.resolve("0").kernel).bits == 8  # 4 bits would cost 0.2 > 0.1: frozen at 8
+    assert plan.resolve("2").kernel.startswith("ternary")
+    assert [r["accepted"] for r in rows if r["step"] == "lower 0.kernel"] == [False]
+    steps = [r for r in rows if r["step"].startswith("lower") and r["accepted"]]
+    cap = (steps[0]["energy_pj"] + steps[1]["energy_pj"]) / 2  # met by the second step, not the first
+    capped = SearchConfig(controller="greedy", n_trials=20, out_dir=str(tmp_path / "b"), energy_settings=SETTINGS,
+                          max_energy_pj=cap, options={"max_accuracy_drop": 0.1, "knobs": ["kernel"]})
+    searcher = _Searcher(reference, space, _scripted_task(), capped, None)
+    plan, rows = searcher.search_plan()
+    lowered = [r for r in rows if r["step"].startswith("lower")]
+    assert len(lowered) == 2 and lowered[-1]["energy_pj"] <= cap

@@ -7,7 +7,7 @@ The method returns the plan the runner fine-tunes, encodes and reports like any 
 cannot hold: pruning masks, the weights to start fine-tuning from (same shapes as the reference), and
 extra summary entries (the hardware configuration of a co-design).
 
-Built-in: controllers ``differentiable`` and ``greedy``.
+Built-in: controllers ``differentiable`` and ``greedy``; schedule ``iterative``.
 """
 
 from __future__ import annotations
@@ -96,4 +96,4 @@ def uses_method(controller: str, schedule: str, options: dict[str, Any]) -> bool
     return controller in PLAN_CONTROLLERS or schedule != "single" or bool(options.get("codesign"))
 
 
-from . import differentiable, greedy  # noqa: E402,F401  (register the built-in methods)
+from . import differentiable, greedy, iterative  # noqa: E402,F401  (register the built-in methods)

@@ -200,3 +200,90 @@ def test_greedy_freezes_a_layer_that_loses_accuracy_and_stops_at_the_cap(referen
     plan, rows = searcher.search_plan()
     lowered = [r for r in rows if r["step"].startswith("lower")]
     assert len(lowered) == 2 and lowered[-1]["energy_pj"] <= cap
+
+
+# -- proximal pruner and iterative schedule -------------------------------------------------------
+def _fit_with_prox(strength: float):
+    from nncodec.prune.proximal import ProximalPruner
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 20)
+    true_w = torch.zeros(1, 20)
+    true_w[0, :4] = torch.tensor([1.0, -2.0, 1.5, 0.8])  # 4 useful inputs of 20
+    y = x @ true_w.T
+    model = torch.nn.Sequential(torch.nn.Linear(20, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with ProximalPruner(model, strength) as prox:
+        for _ in range(300):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    loss = float(torch.nn.functional.mse_loss(model(x), y))
+    return model, prox, loss
+
+
+def test_proximal_pruner_zeroes_what_the_penalty_allows():
+    plain, _, _ = _fit_with_prox(0.0)
+    model, prox, loss = _fit_with_prox(0.05)
+    w = model[0].weight.detach()
+    assert int((plain[0].weight == 0).sum()) == 0
+    assert torch.equal((w[0, 4:] == 0), torch.ones(16, dtype=torch.bool))  # useless inputs: exactly zero
+    assert bool((w[0, :4] != 0).all()) and loss < 0.05                     # useful ones kept
+    assert torch.equal(prox.masks()["0"], (w != 0).float())
+    stronger, _, _ = _fit_with_prox(5.0)
+    assert int((stronger[0].weight == 0).sum()) > 16
+    # outside the context the optimizer no longer prunes
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    model[0].weight.grad = torch.full_like(w, -0.1)
+    opt.step()
+    assert int((model[0].weight == 0).sum()) == 0
+
+
+def _steps(reference, space, tmp_path, name, **kw):
+    from nncodec.search.runner import _Searcher
+
+    opts = {"pipeline": ["quantize", "prune"], "prune_step": 0.3, "reference_accuracy": 0.9}
+    opts.update(kw.pop("options", {}))
+    cost_fn = kw.pop("cost_fn", None)
+    cfg = SearchConfig(schedule="iterative", n_trials=kw.pop("n_trials", 6), out_dir=str(tmp_path / name),
+                       energy_settings=SETTINGS, options=opts, **kw)
+    searcher = _Searcher(reference, space, _constant_task(), cfg, cost_fn)
+    plan, rows = searcher.search_plan()
+    return searcher, plan, rows
+
+
+def _constant_task():
+    from nncodec.search.task import FunctionTask
+
+    return FunctionTask(lambda model, epoch: None, lambda model: 0.9)
+
+
+def test_iterative_schedule_stops_at_the_constraint(reference, space, tmp_path):
+    _, _, free = _steps(reference, space, tmp_path, "free", max_energy_pj=1.0, n_trials=4)  # never met
+    energies = [r["energy_pj"] for r in free]
+    assert all(b < a for a, b in zip(energies, energies[1:]))  # every step compresses further
+    cap = (energies[2] + energies[3]) / 2                      # met after the third step
+    searcher, plan, rows = _steps(reference, space, tmp_path, "capped", max_energy_pj=cap)
+    assert len(rows) == 4 and rows[-1]["energy_pj"] <= cap < rows[-2]["energy_pj"]
+    assert searcher.outcome.extra["iterative"]["constraint_met"]
+    assert [r["method"] for r in rows[1:]] == ["quantize", "prune", "quantize"]
+    masks = searcher.outcome.masks
+    assert masks and 0.2 < 1 - float(torch.cat([m.flatten() for m in masks.values()]).mean()) < 0.5
+
+
+def test_iterative_schedule_uses_the_measured_cost_and_needs_a_constraint(reference, space, tmp_path):
+    calls = []
+
+    def device_cost(model):  # a stand-in for a device measurement: parameter bits
+        from nncodec.search.candidate import model_size_bits
+
+        calls.append(1)
+        return model_size_bits(model)
+
+    start_bits = device_cost(build_candidate(reference, space.input_shape, base_plan(space)))
+    searcher, plan, rows = _steps(reference, space, tmp_path, "device", cost_fn=device_cost,
+                                  options={"max_cost": 0.6 * start_bits, "pipeline": ["quantize"]})
+    assert rows[-1]["measured_cost"] <= 0.6 * start_bits < rows[-2]["measured_cost"]
+    assert len(calls) > len(rows)
+    with pytest.raises(ConfigError, match="constraint"):
+        _steps(reference, space, tmp_path, "none")

@@ -245,15 +245,25 @@ class DifferentiableSearch:
         return harden_masks(self.model, self.names)
 
     def plain_state(self) -> dict[str, torch.Tensor]:
-        """State dict of the trained weights in the reference's layout (parametrizations removed)."""
-        model = copy.deepcopy(self.model)
-        for name in self.names:
-            parametrize.remove_parametrizations(model.get_submodule(name), "weight", leave_parametrized=False)
-        for name in self.act_names:
-            parent, _, child = name.rpartition(".")
-            holder = model.get_submodule(parent) if parent else model
-            setattr(holder, child, getattr(holder, child).base)
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        """State dict of the trained weights in the reference's layout (soft parts left out).
+
+        Built by renaming keys: removing a parametrization from a copy would also strip the original's
+        (the two share the parametrized class)."""
+        out = {}
+        for key, value in self.model.state_dict().items():
+            if key.endswith(".parametrizations.weight.original"):
+                key = key[: -len(".parametrizations.weight.original")] + ".weight"
+            elif ".parametrizations.weight." in key:
+                continue
+            else:
+                owner = next((a for a in self.act_names if key.startswith(a + ".")), None)
+                if owner is not None:
+                    rest = key[len(owner) + 1:]
+                    if not rest.startswith("base."):
+                        continue
+                    key = f"{owner}.{rest[len('base.'):]}"
+            out[key] = value.detach().clone()
+        return out
 
 
 @register_controller("differentiable", OPTIONS)

@@ -287,3 +287,38 @@ def test_iterative_schedule_uses_the_measured_cost_and_needs_a_constraint(refere
     assert len(calls) > len(rows)
     with pytest.raises(ConfigError, match="constraint"):
         _steps(reference, space, tmp_path, "none")
+
+
+# -- hardware co-design --------------------------------------------------------------------------
+HW = {"sram_bits": [2 ** 14, 2 ** 17, 2 ** 20], "blocks": [1, 2], "channels": [4, 16], "rounds": 2,
+      "latency_weight": 0.5}
+
+
+def test_codesign_alternation_lowers_the_combined_loss(reference, space, tmp_path):
+    from nncodec.search.runner import _Searcher
+
+    cfg = SearchConfig(controller="differentiable", out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       options={"codesign": True, "hardware": HW, "epochs": 2, "lambda": 1.0})
+    searcher = _Searcher(reference, space, digits.task(proxy_fraction=0.2), cfg, None)
+    plan, _ = searcher.search_plan()
+    out = searcher.outcome
+    history = out.extra["codesign"]["history"]
+    start = history[0]["loss"]
+    for net, hw in zip(history[1::2], history[2::2]):
+        assert net["step"] == "network" and hw["step"] == "hardware" and hw["loss"] <= net["loss"] + 1e-12
+    assert out.extra["codesign"]["combined_loss"] < start
+    saved = json.loads((tmp_path / "hardware.json").read_text())
+    chosen = saved["hardware"]
+    assert chosen["latency_s"] > 0 and chosen["energy_pj"] > 0
+    assert chosen["blocks"] * chosen["channels"] <= 64 and chosen["sram_bits"] in HW["sram_bits"] + [2 ** 27]
+    assert out.energy_settings["min_sram_size"] == chosen["sram_bits"]
+    assert Plan.from_dict(saved["plan"]).to_dict() == plan.to_dict()
+
+
+def test_codesign_rejects_unknown_hardware_options(reference, space, tmp_path):
+    from nncodec.search.runner import _Searcher
+
+    cfg = SearchConfig(controller="tpe", n_trials=2, out_dir=str(tmp_path), options={"codesign": True,
+                                                                                     "hardware": {"sram": 1}})
+    with pytest.raises(ConfigError, match="sram"):
+        _Searcher(reference, space, digits.task(0.2), cfg, None).search_plan()

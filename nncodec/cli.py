@@ -184,15 +184,32 @@ def _load_user_model(spec: str, weights: str | None) -> Any:
     return model
 
 
+def _load_example(path: str) -> Any:
+    """Example inputs saved with ``torch.save``: a tensor or a tuple/list of tensors (loaded without pickle)."""
+    import torch
+
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--example {path}: cannot load ({exc})") from None
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return tuple(value)
+    raise ConfigError(f"--example {path} must hold a tensor or a tuple of tensors, got {type(value).__name__}")
+
+
 def _cmd_energy(args: argparse.Namespace) -> int:
     from torch import nn
 
     from .energy import estimate_energy
     from .quant.plan import Plan
 
+    if args.example and not args.model:
+        raise ConfigError("--example needs --model")
     if args.model:
         model = _load_user_model(args.model, args.weights)
-        shape = tuple(int(v) for v in args.input_shape.split(","))
+        shape = _load_example(args.example) if args.example else tuple(int(v) for v in args.input_shape.split(","))
     else:
         from .models import seed_example_cnn
 
@@ -210,8 +227,12 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     report = estimate_energy(model, shape, plan, reference=reference, mode=args.mode,  # type: ignore[arg-type]
                              weights_memory=args.weights_memory, activations_memory=args.activations_memory,
                              min_sram_size=args.min_sram_size, io_traffic=args.io_traffic,
-                             sparsity_aware=args.sparsity_aware, op_costs=args.op_costs)
+                             sparsity_aware=args.sparsity_aware, op_costs=args.op_costs, memory=args.memory,
+                             accumulation_batches=args.accumulation_batches, conv_algorithm=args.conv_algorithm,
+                             activation_sparsity=args.activation_sparsity)
     print(report.to_json() if args.json else report.table())
+    if args.memory and not args.json:
+        print(report.memory.table())
     if args.plot:
         report.plot(args.plot)
         if not args.json:
@@ -246,6 +267,22 @@ def _cmd_search(args: argparse.Namespace) -> int:
         x_val, y_val = z["x_val"].astype(np.float32), z["y_val"].astype(np.int64)
     model = _load_user_model(args.model, args.weights)
     shape = tuple(int(v) for v in args.input_shape.split(","))
+    if tuple(x_train.shape[1:]) != shape:
+        raise ConfigError(f"--input-shape {args.input_shape} does not match the data ({list(x_train.shape[1:])})")
+    notes = []
+    if not args.weights:
+        import torch
+
+        from .train import train_classifier
+
+        torch.manual_seed(args.seed)
+        note = (f"no --weights: trained the reference first ({args.reference_epochs} epochs on x_train, "
+                f"{len(x_train)} examples)")
+        if not args.json:
+            print(f"nncodec: {note} ...", file=sys.stderr, flush=True)
+        train_classifier(model, x_train, y_train, epochs=args.reference_epochs, seed=args.seed)
+        notes.append(note)
+    chance = float(np.bincount(y_val).max() / len(y_val)) if len(y_val) else None
     space = SearchSpace.from_model(model, shape, x_train[:256], width_mode=args.width_mode,
                                    keep_width=tuple(args.keep_width or ()))
     config = SearchConfig(controller=args.controller, n_trials=args.trials, proxy_epochs=args.proxy_epochs,
@@ -261,7 +298,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         plan = run_trials(model, space, task, config)
         print(plan.to_json())
         return 0
-    result = run_search(model, space, task, config)
+    result = run_search(model, space, task, config, chance_accuracy=chance, notes=notes)
     print(json.dumps(result.summary(), indent=2) if args.json else
           format_summary(result) + "\n\n" + format_layer_table(result.layer_table))
     return 0
@@ -339,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--model", metavar="FILE.py:FUNCTION", help="your code: a function returning an nn.Module")
     en.add_argument("--weights", help="state_dict .pt for --model (loaded with weights_only=True)")
     en.add_argument("--input-shape", default="1,28,28", help="input shape without batch, e.g. 3,32,32")
+    en.add_argument("--example", metavar="FILE.pt", help="example inputs for --model: a tensor or tuple of tensors "
+                    "saved with torch.save (token ids, masks...), batch 1; replaces --input-shape")
+    en.add_argument("--memory", action="store_true", help="print the memory report (peak activation memory, "
+                    "best branch order)")
+    en.add_argument("--accumulation-batches", type=int, default=1, help="with --memory: accumulate in K batches")
+    en.add_argument("--conv-algorithm", choices=["direct", "winograd"], default="direct",
+                    help="winograd: 3x3 stride-1 convs as F(2x2,3x3)")
+    en.add_argument("--activation-sparsity", type=float, metavar="T",
+                    help="skip MACs of zero inputs where the measured zero fraction is >= T (0..1)")
     en.add_argument("--plan", help="plan JSON (per-layer kernel/bias/activation quantizers)")
     en.add_argument("--reference", metavar="W,ACC", help="cost the reference model instead, e.g. int8,int16")
     en.add_argument("--mode", choices=["qtools", "corrected"], default="qtools")
@@ -381,7 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "an .npz (x_train, y_train, x_val, y_val) it searches your classifier.")
     search_options(se)
     se.add_argument("--model", metavar="FILE.py:FUNCTION", help="your code: a function returning the reference")
-    se.add_argument("--weights", help="trained state_dict .pt for --model (weights_only=True)")
+    se.add_argument("--weights", help="trained state_dict .pt for --model (weights_only=True); without it the "
+                                      "reference is trained first on x_train")
+    se.add_argument("--reference-epochs", type=int, default=8,
+                    help="epochs of reference training when no --weights is given (default 8)")
     se.add_argument("--data", help=".npz with x_train, y_train, x_val, y_val")
     se.add_argument("--input-shape", default="1,28,28")
     se.add_argument("--study-name", default="nncodec-search", help="workers sharing a storage join this study")

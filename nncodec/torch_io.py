@@ -175,10 +175,10 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> torch.nn.Modu
                             "tree): build your model and call nncodec.load_into(model, src)")
     model = build(info.topology)
     quantized = {u.tensor["name"] for u in info.units if u.tensor and u.tensor["scheme"] != "none"}
-    from .quant.layers import _QuantWeights
+    from .quant.layers import _QuantParams
 
     for name, module in model.named_modules():
-        if isinstance(module, _QuantWeights):
+        if isinstance(module, _QuantParams):
             prefix = f"{name}." if name else ""
             names = {pname for pname, *_ in module.quantized_tensors()}
             if any(prefix + n in quantized for n in names if n.startswith("weight")):

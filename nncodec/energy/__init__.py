@@ -2,8 +2,10 @@
 
 from .costs import HOROWITZ, OpCosts
 from .estimate import EnergyReport, LayerEnergy, estimate_energy
+from .graph import GraphOp, UnsupportedOperatorError, capture_graph
 from .operators import QType, make_multiplier, qtype
 from .trace import UnsupportedLayerError, trace_layers
 
 __all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "OpCosts", "HOROWITZ", "QType", "qtype",
-           "make_multiplier", "trace_layers", "UnsupportedLayerError"]
+           "make_multiplier", "trace_layers", "UnsupportedLayerError", "UnsupportedOperatorError", "capture_graph",
+           "GraphOp"]

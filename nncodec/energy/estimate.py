@@ -1,4 +1,5 @@
-"""Energy of a torch model, per layer and in total (seed 003 eq. 1, QTools' accounting).
+"""Energy of a torch model, per operation and in total (seed 003 eq. 1, QTools' accounting), on its
+``torch.export`` graph (:mod:`nncodec.energy.graph`): every operation is costed and attributed to its module.
 
 Two modes:
 
@@ -6,13 +7,14 @@ Two modes:
   (``ceil(bits/64)`` words at ``P(log2(max(T, min_sram_size)))`` each), each term is rounded to 2
   decimals and the total is truncated to an integer; depthwise convs use QTools' fan-in (k*k*C_in).
 - ``"corrected"`` counts SRAM per bit (``bits/64`` words, no ceiling), uses the true depthwise fan-in
-  (k*k), costs pooling as additions, and does not round.
+  (k*k), costs pooling, norms and copies, and does not round.
 
-The model total sums, per layer class, what QTools sums: conv / dense / flatten / pooling: inputs +
-parameters + op cost; activations: outputs; batch-norm: parameters. Layers a plan (or the model's
-fake-quant modules) leave unquantized use int8 weights and int32 accumulators and outputs. With
-``reference=(weights, accumulators)`` every weight is at the reference type and every product,
-accumulator and stored activation at the accumulator type (the seed's reference model).
+The model total sums, per kind, what QTools sums: conv / dense / flatten / pooling (and the kinds QTools
+does not have: matmul, attention, embedding, norm, add, mul, recurrent): inputs + parameters + op cost;
+activations: outputs; batch-norm: parameters. Layers a plan (or the model's fake-quant modules) leave
+unquantized use int8 weights and int32 accumulators and outputs. With ``reference=(weights,
+accumulators)`` every weight is at the reference type and every product, accumulator and stored
+activation at the accumulator type (the seed's reference model).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..quant.layers import QActivation, _QuantWeights
 from ..quant.plan import Plan
 from .costs import OpCosts
 from .operators import Multiplier, QType, make_multiplier, qtype
-from .graph import GraphOp, capture_graph
+from .graph import GraphOp, capture_graph, zero_fractions
 
 __all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "INCLUDED_TERMS"]
 
@@ -70,6 +72,7 @@ class LayerEnergy:
     weight_density: float = 1.0
     module: str = ""        #: the module a plan entry for this row is keyed by
     target: str = ""        #: the ATen operator
+    input_zero_fraction: float = 0.0  #: measured zeros in the MAC input (``activation_sparsity``)
 
 
 @dataclass
@@ -79,10 +82,14 @@ class EnergyReport:
     mode: str
     settings: dict[str, Any] = field(default_factory=dict)
     measured_pj: float | None = None
+    memory: Any = None   #: a MemoryReport when asked for (``memory=True``)
 
     def to_json(self) -> str:
-        return json.dumps({"total_pj": self.total_pj, "measured_pj": self.measured_pj, "mode": self.mode,
-                           "settings": self.settings, "layers": [asdict(r) for r in self.layers]}, indent=2)
+        out = {"total_pj": self.total_pj, "measured_pj": self.measured_pj, "mode": self.mode,
+               "settings": self.settings, "layers": [asdict(r) for r in self.layers]}
+        if self.memory is not None:
+            out["memory"] = asdict(self.memory)
+        return json.dumps(out, indent=2)
 
     def table(self) -> str:
         head = (f"{'layer':14s} {'kind':10s} {'operator':10s} {'ops':>10s} {'inputs':>11s} {'params':>11s} "
@@ -95,6 +102,24 @@ class EnergyReport:
         rows.append(f"total ({self.mode} mode): {total} pJ")
         if self.measured_pj is not None:
             rows.append(f"measured: {self.measured_pj:,.2f} pJ")
+        return "\n".join(rows)
+
+    def by_kind(self) -> dict[str, dict[str, float]]:
+        """Counted energy (pJ), operations and row count per operation kind, largest energy first."""
+        out: dict[str, dict[str, float]] = {}
+        for r in self.layers:
+            k = out.setdefault(r.kind, {"pj": 0.0, "operations": 0, "rows": 0})
+            k["pj"] += r.total
+            k["operations"] += r.operations
+            k["rows"] += 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]["pj"]))
+
+    def kind_table(self) -> str:
+        total = sum(r.total for r in self.layers) or 1.0
+        rows = [f"{'kind':12s} {'rows':>5s} {'operations':>14s} {'energy pJ':>16s} {'share':>7s}"]
+        for kind, v in self.by_kind().items():
+            rows.append(f"{kind:12s} {int(v['rows']):5d} {int(v['operations']):14,d} {v['pj']:16,.0f} "
+                        f"{100 * v['pj'] / total:6.1f}%")
         return "\n".join(rows)
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
@@ -202,7 +227,9 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                     activations_memory: str = "sram", min_sram_size: float = 0, io_traffic: bool = False,
                     source_quantizer: str = "int8", sparsity_aware: bool = False,
                     op_costs: "OpCosts | dict | str | Path | None" = None,
-                    measure: Callable[[nn.Module, Any], float] | None = None) -> EnergyReport:
+                    measure: Callable[[nn.Module, Any], float] | None = None, memory: bool = False,
+                    accumulation_batches: int = 1, conv_algorithm: str = "direct",
+                    activation_sparsity: float | None = None) -> EnergyReport:
     """Estimate the inference energy of ``model`` for one example, pJ, from its ``torch.export`` graph.
 
     ``example_inputs``: an input shape without the batch dimension (float zeros, batch 1), a tensor, or a
@@ -214,8 +241,26 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs through DRAM.
     ``sparsity_aware`` skips the MACs and weight reads of zero weights. ``op_costs`` replaces the
     Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model, example_inputs)`` is
-    called once and its value reported as ``measured_pj`` (a cost from real hardware).
+    called once and its value reported as ``measured_pj`` (a cost from real hardware). ``memory`` adds a
+    :class:`~nncodec.energy.memory.MemoryReport` as ``report.memory`` (peak activation memory in the graph's
+    order and in the best order of its branches; ``accumulation_batches`` > 1 prices batched accumulation).
+
+    Seed options, off by default: ``conv_algorithm="winograd"`` costs 3x3 stride-1 convolutions as
+    Winograd F(2x2, 3x3): 16 multiply-accumulates per 2x2 output tile and channel pair instead of 36, plus
+    32 input-transform additions per tile and input channel and 24 output-transform additions per tile
+    and output channel (filters are transformed offline). ``activation_sparsity=t`` (0 <= t < 1) measures
+    the fraction z of exact zeros in each MAC operation's input on ``example_inputs`` and, where z >= t,
+    skips those MACs (compute-in-memory that skips zero inputs): the op cost is scaled by 1 - z.
     """
+    if conv_algorithm not in ("direct", "winograd"):
+        raise ConfigError(f"conv_algorithm must be 'direct' or 'winograd', got {conv_algorithm!r}")
+    if activation_sparsity is not None and not (isinstance(activation_sparsity, (int, float))
+                                                and 0 <= activation_sparsity < 1):
+        raise ConfigError(f"activation_sparsity is a threshold in [0, 1), got {activation_sparsity!r}")
+    if not isinstance(accumulation_batches, int) or accumulation_batches < 1:
+        raise ConfigError(f"accumulation_batches must be a positive int, got {accumulation_batches!r}")
+    if accumulation_batches > 1 and not memory:
+        raise ConfigError("accumulation_batches applies to the memory report: pass memory=True")
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     if weights_memory not in _MEMORIES or activations_memory not in _MEMORIES[:2]:
@@ -226,9 +271,18 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     plan.check_names([n for n, _ in model.named_modules() if n])
     resolver = _Resolver(plan, reference)
     source = qtype(source_quantizer)
-    ops = capture_graph(model, example_inputs)
+    program: list = []
+    ops = capture_graph(model, example_inputs, program=program)
+    zeros: dict[str, float] = {}
+    if activation_sparsity is not None:
+        zeros = zero_fractions(program[0], example_inputs, {op.args["input_node"] for op in ops
+                                                            if "input_node" in op.args})
+    winograd = {id(op) for op in ops if conv_algorithm == "winograd" and _winograd_tiles(op)}
+    if conv_algorithm == "winograd" and not winograd:
+        raise ConfigError("conv_algorithm='winograd' applies to 3x3 stride-1 2-d convolutions; the model has none")
     out_type: dict[str, QType] = {}
     rows: list[LayerEnergy] = []
+    accumulators: dict[str, tuple[int, int]] = {}
 
     def rnd(v: float) -> float:
         return v if exact else float(f"{v:.2f}")
@@ -277,7 +331,16 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                 c1 = mult.cost(costs, as_type=acc_override) if acc_override is not None else mult.cost(costs)
                 c2 = _fixed_or_float_add(costs, acc_t)
                 acc_bits = acc_t.bits
-                cost = ops_n * density * (c1 + c2)
+                accumulators[op.name] = (fan_in, mult.output.bits)
+                transform = 0.0
+                if id(op) in winograd:
+                    tiles, c_in, c_out = _winograd_tiles(op)
+                    ops_n = tiles * 16 * c_in * c_out // max(op.args.get("groups", 1), 1)
+                    transform = tiles * (32 * c_in * costs.add(in_t.bits + 2, float_bits=_fbits(in_t)) +
+                                         24 * c_out * _fixed_or_float_add(costs, acc_t))
+                zero = zeros.get(op.args.get("input_node", ""), 0.0)
+                skip = zero if activation_sparsity is not None and zero >= activation_sparsity else 0.0
+                cost = ops_n * density * (1 - skip) * (c1 + c2) + transform
                 if op.elementwise:
                     cost += _elementwise_cost(op.elementwise, acc_t, costs)
                 this_out = out_override or acc_t
@@ -292,6 +355,10 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             if op.elementwise:
                 cost += _elementwise_cost(op.elementwise, acc_t, costs)
             acc_bits = acc_t.bits
+            accumulators[op.name] = (op.fan_in, mult.output.bits)
+            zero = zeros.get(op.args.get("input_node", ""), 0.0)
+            if activation_sparsity is not None and zero >= activation_sparsity:
+                cost -= ops_n * zero * (c1 + _fixed_or_float_add(costs, acc_t))
             this_out = resolver.activation(op.module, None) if (resolver.ref or resolver.plan_activation(op.module)) \
                 else (acc_t if acc_t.is_float else _Resolver.INT32)
         elif kind == "activation":
@@ -309,8 +376,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             kind = "batchnorm" if bn else "norm"
         elif kind in ("add", "mul", "elementwise"):
             widest = _widest(in_types)
-            for r, v in op.params.items():
-                params += mem(v.numel() * resolver.batchnorm().bits, weights_memory)
+            static = op.args.get("static_elements", 0)  # a constant operand, read like a parameter
+            params = mem(static * resolver.batchnorm().bits, weights_memory) if static else 0.0
             if kind == "mul" and len(in_types) > 1:
                 mult = make_multiplier(in_types[1], in_types[0])
                 operator = mult.operator
@@ -335,16 +402,44 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
         counted = list(INCLUDED_TERMS[kind])
         rows.append(LayerEnergy(op.name, kind, terms["inputs"], terms["outputs"], terms["parameters"],
                                 terms["op_cost"], counted, sum(terms[t] for t in counted), int(ops_n), operator,
-                                w_label, in_t.label, this_out.label, acc_bits, density, op.module, op.target))
+                                w_label, in_t.label, this_out.label, acc_bits, density, op.module, op.target,
+                                zeros.get(op.args.get("input_node", ""), 0.0)))
     total = sum(r.total for r in rows)
     report = EnergyReport(float(int(total)) if not exact else total, rows, mode, {
         "example_inputs": _describe(example_inputs), "reference": list(reference) if reference else None,
         "weights_memory": weights_memory, "activations_memory": activations_memory,
         "min_sram_size": min_sram_size, "io_traffic": io_traffic, "source_quantizer": source_quantizer,
-        "sparsity_aware": sparsity_aware})
+        "sparsity_aware": sparsity_aware, "conv_algorithm": conv_algorithm,
+        "activation_sparsity": activation_sparsity})
     if measure is not None:
         report.measured_pj = float(measure(model, example_inputs))
+    if memory:
+        from .memory import memory_report
+
+        report.memory = memory_report(ops, {name: t.bits for name, t in out_type.items()},
+                                      accumulation_batches=accumulation_batches, accumulators=accumulators,
+                                      costs=costs)
     return report
+
+
+def _fbits(t: QType) -> int | None:
+    return t.bits if t.is_float else None
+
+
+def _winograd_tiles(op: GraphOp) -> tuple[int, int, int] | None:
+    """(2x2 output tiles, C_in, C_out) of a conv Winograd F(2x2, 3x3) applies to, else None."""
+    a = op.args
+    if op.kind != "conv" or op.target != "conv2d" or tuple(a.get("kernel", ())) != (3, 3):
+        return None
+    if any(v != 1 for v in _pair(a.get("stride", 1))) or any(v != 1 for v in _pair(a.get("dilation", 1))):
+        return None
+    _, c_out, h, w = op.output_shape
+    c_in = op.input_shapes[0][1]
+    return math.ceil(h / 2) * math.ceil(w / 2), c_in, c_out
+
+
+def _pair(v: Any) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (list, tuple)) else (int(v),)
 
 
 def _elementwise_cost(counts: dict[str, int], t: QType, costs: OpCosts) -> float:

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..quant.layers import QActivation, _QuantWeights
 
-__all__ = ["GraphOp", "capture_graph", "UnsupportedOperatorError", "UnsupportedLayerError", "OP_KINDS", "example_tensors"]
+__all__ = ["GraphOp", "capture_graph", "zero_fractions", "UnsupportedOperatorError", "UnsupportedLayerError", "OP_KINDS", "example_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,16 @@ for _kind, _ops in {
     "mul": _names("mul", "mul_", "div", "div_"),
     "elementwise": _names("where", "masked_fill", "masked_fill_", "neg", "abs", "exp", "sqrt", "rsqrt", "pow",
                           "clamp", "clamp_min", "clamp_max", "reciprocal", "log", "erf", "round", "floor",
-                          "square", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "logical_not"),
+                          "square", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "logical_not",
+                          "logical_and", "logical_or", "__and__", "__or__", "bitwise_and", "bitwise_or",
+                          "bitwise_not"),
     "activation": _names("relu", "relu_", "relu6", "gelu", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_",
                          "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu", "softmax", "_softmax",
                          "log_softmax", "_log_softmax", "hardswish", "hardsigmoid", "mish", "softplus", "prelu"),
     "pool": _names("max_pool1d", "max_pool2d", "max_pool2d_with_indices", "avg_pool1d", "avg_pool2d",
                    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_max_pool1d",
-                   "adaptive_max_pool2d", "mean", "sum", "amax", "max", "amin", "min", "cumsum"),
+                   "adaptive_max_pool2d", "mean", "sum", "amax", "max", "amin", "min", "cumsum", "linalg_vector_norm",
+                   "norm", "var", "std", "var_mean", "argmax", "argmin", "prod", "logsumexp"),
     "recurrent": _names("lstm", "gru", "rnn_tanh", "rnn_relu"),
     "concat": _names("cat", "stack", "concat", "contiguous", "clone", "permute", "repeat"),
     "reshape": _names("view", "reshape", "_unsafe_view", "flatten", "unflatten", "transpose", "t", "unsqueeze",
@@ -69,7 +72,7 @@ for _kind, _ops in {
                       "chunk", "unbind", "dropout", "alpha_dropout", "feature_dropout", "alias", "detach", "to",
                       "type_as", "_to_copy", "lift_fresh_copy", "getitem", "view_as", "movedim", "index_select",
                       "_assert_tensor_metadata", "pad", "constant_pad_nd", "index", "zeros_like", "ones_like",
-                      "full_like", "new_zeros", "new_ones", "flip", "roll"),
+                      "full_like", "new_zeros", "new_ones", "flip", "roll", "gather", "arange"),
 }.items():
     for _op in _ops:
         OP_KINDS[_op] = _kind
@@ -178,10 +181,14 @@ def _export(model: nn.Module, args: tuple[Any, ...]) -> torch.export.ExportedPro
         model.train(was_training)
 
 
-def capture_graph(model: nn.Module, example_inputs: Any) -> list[GraphOp]:
-    """Export ``model`` on ``example_inputs`` and return its costed operations in execution order."""
+def capture_graph(model: nn.Module, example_inputs: Any, *, program: list | None = None) -> list[GraphOp]:
+    """Export ``model`` on ``example_inputs`` and return its costed operations in execution order.
+
+    ``program``: a list that receives the ``ExportedProgram`` (to run it again, e.g. :func:`zero_fractions`)."""
     args = example_tensors(example_inputs)
     ep = _export(model, args)
+    if program is not None:
+        program.append(ep)
     sig = ep.graph_signature
     params_by_ph = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     user_inputs = set(sig.user_inputs)
@@ -258,7 +265,7 @@ def capture_graph(model: nn.Module, example_inputs: Any) -> list[GraphOp]:
             kind = "flatten"  # QTools costs a Flatten layer's input reads
         gop = GraphOp(node.name, owner, kind, op, node.name, [source[a.name] for a in dyn_in], in_shapes,
                       _shape(node))
-        if kind in WEIGHTED or kind in ("norm", "recurrent", "matmul", "add", "mul"):
+        if kind in WEIGHTED or kind in ("norm", "recurrent", "matmul", "add", "mul", "elementwise"):
             _weight_args(gop, node, named, static_params, dynamic)
         if kind == "matmul" and "weight" in gop.params:
             gop.kind = "dense"
@@ -313,6 +320,9 @@ def _weight_args(gop: GraphOp, node: torch.fx.Node, named: dict[str, torch.Tenso
     for i, a in enumerate(node.args):
         if not isinstance(a, torch.fx.Node) or a.name in dynamic or (roles is not None and i not in roles):
             continue
+        if gop.kind in ("add", "mul", "elementwise"):  # a constant operand (bias, position table rows): its own size
+            gop.args["static_elements"] = gop.args.get("static_elements", 0) + math.prod(_shape(a))
+            continue
         fqn = _pick_param(static_params(a), named, math.prod(_shape(a)))
         if fqn is None:
             continue
@@ -328,6 +338,9 @@ def _arg(node: torch.fx.Node, i: int, default: Any = None) -> Any:
 
 def _count(gop: GraphOp, node: torch.fx.Node) -> None:
     """Operations (MACs or elements), fan-in and extra element counts of one operation."""
+    first = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
+    if gop.kind in ("conv", "dense", "matmul", "recurrent") and first is not None:
+        gop.args["input_node"] = first.name
     out = gop.output_elements
     ins = gop.input_shapes
     first_in = math.prod(ins[0]) if ins else out
@@ -346,6 +359,9 @@ def _count(gop: GraphOp, node: torch.fx.Node) -> None:
         else:
             gop.operations = out * w_shape[1] * kernel
             gop.fan_in = w_shape[1] * kernel
+            if t in ("conv1d", "conv2d", "conv3d"):  # (input, weight, bias, stride, padding, dilation, groups)
+                gop.args.update(kernel=w_shape[2:], stride=_arg(node, 3, 1), dilation=_arg(node, 5, 1),
+                                groups=int(_arg(node, 6, 1)))
             c_in = ins[0][1] if ins and len(ins[0]) > 1 else 0
             if w_shape[1] == 1 and c_in > 1:
                 gop.depthwise_channels = c_in
@@ -404,3 +420,32 @@ def _count_recurrent(gop: GraphOp, node: torch.fx.Node) -> None:
     gop.fan_in = x[-1] + hidden + (2 if has_bias else 0)
     cells = num_layers * dirs * steps * batch * hidden
     gop.elementwise = {"activation": acts * cells, "mul": muls * cells, "add": adds * cells}
+
+
+def zero_fractions(ep: torch.export.ExportedProgram, example_inputs: Any, nodes: set[str]) -> dict[str, float]:
+    """Run the exported graph on ``example_inputs`` and return the fraction of exact zeros in each node of
+    ``nodes`` (the measured activation sparsity of operation inputs)."""
+    from torch.export.graph_signature import InputKind
+
+    args = iter(example_tensors(example_inputs))
+    state = ep.state_dict
+    flat = []
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind == InputKind.USER_INPUT:
+            flat.append(next(args))
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+            flat.append(state[spec.target] if spec.target in state else ep.constants[spec.target])
+        else:
+            flat.append(ep.constants[spec.target])
+    found: dict[str, float] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            value = super().run_node(n)
+            if n.name in nodes and isinstance(value, torch.Tensor) and value.numel():
+                found[n.name] = float((value == 0).sum()) / value.numel()
+            return value
+
+    with torch.no_grad():
+        Recorder(ep.graph_module).run(*flat)
+    return found

@@ -44,8 +44,22 @@ def qtype(spec: "str | Quantizer") -> QType:
     q = get_quantizer(spec)
     if q is None:
         raise ConfigError(f"{spec!r} names no quantizer; use 'fp32' for float")
-    po2 = (-getattr(q, "min_exp", 0), max(getattr(q, "max_exp", 0), 0))
+    po2 = _qtools_po2_range(int(q.bits), bool(q.signed), getattr(q, "max_value", None)) if q.kind == "po2" else (0, 0)
     return QType(q.kind, int(q.bits), bool(q.signed), q.spec(), po2)
+
+
+def _qtools_po2_range(bits: int, signed: bool, max_value: float | None) -> tuple[int, int]:
+    """QTools' shift range of a po2 type (its ``get_exp``): bits right and left of the point a shifter adds.
+
+    ``n = bits - signed``; right ``2**(n-1)``; left ``2**(n-1) - 1``, capped at ``ceil(log2(max_value))`` (0
+    when ``max_value <= 1``). This is QTools' count, which ignores the exponent-sign saving QKeras' quantizer
+    makes when ``max_value <= 1``: ``quantized_po2(4, 1)`` shifts by 4 + 0 bits, not 8 + 7.
+    """
+    n = bits - int(signed)
+    right, left = 2 ** (n - 1), 2 ** (n - 1) - 1
+    if max_value:  # QTools treats max_value 0 and None alike: no cap
+        left = 0 if max_value <= 0 else min(math.ceil(math.log2(max_value)), left)
+    return right, max(left, 0)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,53 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .estimate import EnergyReport
 
-__all__ = ["plot_report"]
+__all__ = ["plot_report", "plot_by_kind"]
 
 
-def plot_report(report: "EnergyReport", path: Path, title: str | None = None) -> Path:
+def _pyplot():  # noqa: ANN202
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001
+    import io
+
     from ..atomic import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _pyplot().close(fig)
+    return write_atomic(path, [buf.getvalue()])
+
+
+def plot_by_kind(reports: "dict[str, EnergyReport]", path: str | Path, title: str | None = None) -> Path:
+    """One stacked bar per report (e.g. reference, 8-bit plan, 4-bit plan): counted energy per operation kind."""
+    plt = _pyplot()
+    kinds: list[str] = []
+    for rep in reports.values():
+        kinds += [k for k in rep.by_kind() if k not in kinds]
+    fig, ax = plt.subplots(figsize=(2.2 * len(reports) + 3, 4.5))
+    bottom = [0.0] * len(reports)
+    cmap = plt.get_cmap("tab10")
+    for i, kind in enumerate(kinds):
+        vals = [rep.by_kind().get(kind, {"pj": 0.0})["pj"] / 1e6 for rep in reports.values()]
+        ax.bar(list(reports), vals, bottom=bottom, label=kind, color=cmap(i % 10))
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for x, total in enumerate(bottom):
+        ax.text(x, total, f"{total:,.1f}", ha="center", va="bottom")
+    ax.set_ylabel("energy per inference (µJ)")
+    ax.set_title(title or "energy per operation kind")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_report(report: "EnergyReport", path: Path, title: str | None = None) -> Path:
+    plt = _pyplot()
 
     names = [r.name for r in report.layers]
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names) + 2), 4.5))
@@ -36,9 +73,4 @@ def plot_report(report: "EnergyReport", path: Path, title: str | None = None) ->
     ax.legend()
     ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return write_atomic(path, [buf.getvalue()])
+    return _save(fig, path)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..energy.graph import example_tensors as example_batch
 from ..errors import ConfigError
 
 __all__ = ["WidthGroup", "GroupAnalysis", "width_groups", "resize_groups", "group_importance", "example_batch",
@@ -47,20 +48,6 @@ def is_attention(module: nn.Module) -> bool:
     """Does ``module`` follow the Hugging Face self-attention convention nncodec prunes heads of?"""
     return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("query", "key", "value")) and \
         all(isinstance(getattr(module, n, None), int) for n in ("num_attention_heads", "attention_head_size"))
-
-
-def example_batch(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """``example_inputs`` as a tuple of tensors with a batch dimension: a shape (no batch: zeros of batch 1),
-    a tensor, or a tuple / list of tensors."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(isinstance(v, int) for v in example_inputs):
-        return (torch.zeros((1, *example_inputs)),)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and \
-            all(isinstance(v, torch.Tensor) for v in example_inputs):
-        return tuple(example_inputs)
-    raise ConfigError("example inputs must be an input shape (no batch dimension), a tensor or a tuple of tensors, "
-                      f"got {type(example_inputs).__name__}")
 
 
 def _output_tensors(out: Any) -> list[torch.Tensor]:
@@ -212,8 +199,6 @@ class GroupAnalysis:
         try:
             self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(self.inputs),
                                                             customized_pruners=custom, output_transform=record)
-        except ConfigError:
-            raise
         except Exception as exc:  # the tracer raises many types on code it cannot follow
             raise ConfigError(f"cannot build the dependency graph of the model ({type(exc).__name__}: {exc})") from None
         finally:
@@ -292,8 +277,6 @@ def width_groups(model: nn.Module, example_inputs: Any, *, keep: tuple[str, ...]
 
 # -- importance ----------------------------------------------------------------------------------------------
 def _group_importance(analysis: GroupAnalysis, g: WidthGroup, method: str) -> torch.Tensor:
-    import torch_pruning as tp
-
     n = g.size * g.unit
     group = analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, list(range(n)))
     score = torch.zeros(n)
@@ -316,12 +299,12 @@ def _group_importance(analysis: GroupAnalysis, g: WidthGroup, method: str) -> to
             per = per / (per.mean() + 1e-12)
             local = [int(i) for i in idxs]
             roots = [int(i.root_idx) if hasattr(i, "root_idx") and i.root_idx is not None else int(i) for i in idxs]
-            _scatter(score, per, local, roots, getattr(mod, "_gates", None))
-    del tp
+            _scatter(score, per, local, roots)
     return score.sqrt() if method == "l2" else score
 
 
-def _scatter(score: torch.Tensor, per: torch.Tensor, local: list[int], roots: list[int], _: Any) -> None:
+def _scatter(score: torch.Tensor, per: torch.Tensor, local: list[int], roots: list[int]) -> None:
+    """Add each layer-local channel's score to the group unit (root channel) it belongs to."""
     size = per.shape[0]
     for li, ri in zip(local, roots):
         if li < size and ri < score.shape[0]:

@@ -4,7 +4,8 @@
 - ``ternary(alpha=None, threshold=None)``: ``q = sign(x) * (|x| >= t)``, ``t = 0.33`` by default.
 - ``alpha``: None -> scale 1; a number -> that scale; ``"auto"`` -> per output channel (axis 0)
   least-squares scale ``mean(x*q) / (mean(q*q) + 1e-7)``; ``"auto_po2"`` -> that scale rounded to a
-  power of two, ``2**floor(log2(scale + 1e-7) + 0.5)``. Ternary with ``"auto"`` starts from
+  power of two, ``2**round(log2(scale + 1e-7))`` (ties to even). A 1-D tensor gets one scale per element
+  (QKeras does not average a 1-D tensor: ``binary(alpha='auto')`` then returns ``|x|·sign(x)``). Ternary with ``"auto"`` starts from
   ``scale = 2*max|x|/3`` and iterates 5 times: ``t = scale/2``, ``q = sign(x) * (|scale*r(x/scale)| >= t)``
   with ``r(v) = floor(v + 0.5)``, then the least-squares scale.
 - Values are ``scale * q``. Stochastic variants sample during training only; at inference they equal the
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -37,13 +39,19 @@ def _reduce(fn, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
 
 
 def _po2_round(scale: torch.Tensor) -> torch.Tensor:
-    return torch.pow(2.0, torch.floor(torch.log2(scale + _EPS) + 0.5))
+    """Nearest power of two, ``2**round(log2(scale + 1e-7))`` with ties to even (QKeras' ``tf.math.round``)."""
+    return torch.pow(2.0, torch.round(torch.log(scale + _EPS) / math.log(2.0)))
 
 
 def lsq_scale(alpha: str, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Least-squares scale per output channel (QKeras ``_get_scale`` for ``auto`` / ``auto_po2``)."""
-    qx = _reduce(torch.mean, x * q)
-    qq = _reduce(torch.mean, q * q)
+    """Least-squares scale per output channel (QKeras ``_get_scale`` for ``auto`` / ``auto_po2``).
+
+    A 1-D tensor has one scale per element, as in QKeras (it does not average a 1-D tensor)."""
+    if x.ndim <= 1:
+        qx, qq = x * q, q * q
+    else:
+        qx = _reduce(torch.mean, x * q)
+        qq = _reduce(torch.mean, q * q)
     scale = qx / (qq + _EPS)
     return _po2_round(scale) if alpha == "auto_po2" else scale
 
@@ -58,7 +66,7 @@ def _check_alpha(name: str, alpha: Any) -> None:
 
 def _flat_scale(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     scale = torch.as_tensor(scale, dtype=torch.float32)
-    return scale.reshape(-1) if scale.ndim and x.ndim > 1 else scale.reshape(())
+    return scale.reshape(-1) if scale.numel() > 1 or (scale.ndim and x.ndim > 1) else scale.reshape(())
 
 
 def _po2_exponent(alpha: Any, scale: torch.Tensor) -> torch.Tensor | None:

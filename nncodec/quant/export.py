@@ -14,7 +14,7 @@ from ..bitstream.descriptor import QuantDescriptor
 from ..dtypes import DType, dtype_by_name
 from ..encoder import CodedTensor
 from .base import QuantCodes, Quantizer
-from .layers import _QuantWeights
+from .layers import _QuantParams
 
 __all__ = ["coded_tensor", "quantized_state"]
 
@@ -84,7 +84,7 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
     """
     state: dict[str, Any] = dict(model.state_dict())
     for name, module in model.named_modules():
-        if not isinstance(module, _QuantWeights):
+        if not isinstance(module, _QuantParams):
             continue
         prefix = f"{name}." if name else ""
         for pname, quantizer, value, mask in module.quantized_tensors():

@@ -21,6 +21,8 @@ import torch
 
 from ..errors import ConfigError
 from .base import QuantCodes, Quantizer, register_quantizer, ste
+from .binary_ternary import _po2_round as _round_po2
+from .binary_ternary import lsq_scale
 
 __all__ = ["QuantizedBits", "QuantizedRelu"]
 
@@ -48,11 +50,14 @@ class QuantizedBits(Quantizer):
             raise ConfigError(f"quantized_bits: bits must be 1..32, got {bits!r}")
         if not isinstance(integer, int) or not -32 <= integer <= 32:
             raise ConfigError(f"quantized_bits: integer must be an int in -32..32, got {integer!r}")
-        if alpha not in (None, 1, 1.0):
-            raise ConfigError("quantized_bits: only alpha=None is supported (per-tensor power-of-two scale); "
-                              "use binary/ternary with alpha='auto' for learned scales")
+        if alpha not in (None, 1, 1.0, "auto", "auto_po2"):
+            raise ConfigError(f"quantized_bits: alpha must be None, 'auto' or 'auto_po2', got {alpha!r}")
+        if isinstance(alpha, str) and (not keep_negative or bits < 2):
+            raise ConfigError("quantized_bits: alpha='auto'/'auto_po2' needs keep_negative=True and bits >= 2")
         self.bits, self.integer = bits, integer
-        self.symmetric, self.keep_negative = int(bool(symmetric)), bool(keep_negative)
+        self.alpha = alpha if isinstance(alpha, str) else None
+        # QKeras: an 'auto' alpha makes the quantizer symmetric
+        self.symmetric, self.keep_negative = int(bool(symmetric) or self.alpha is not None), bool(keep_negative)
         self.signed = self.keep_negative
         self.u = bits - int(self.keep_negative)
 
@@ -68,13 +73,51 @@ class QuantizedBits(Quantizer):
         lo, hi = self._range()
         return torch.clamp(torch.round(x * m / m_i), lo, hi)
 
+    def _auto(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(integer codes z, scale) of QKeras' ``alpha='auto'``/``'auto_po2'`` (values are ``scale * z``).
+
+        On ``x / 2**integer``: ``levels = 2 * (2**(bits-1) - 1)``; ``scale = 2 * max|x| / levels`` per output
+        channel (axis 0; the whole tensor when 1-D); ``z = sign(x) * min(floor(|x| / scale + 0.5), levels / 2)``.
+        ``auto_po2`` rounds the scale to a power of two and refines it 5 times by least squares (QKeras
+        0.9.0 keeps the ``z`` of the last refinement); the value is ``2**integer * scale * z``.
+        """
+        m_i = float(2.0 ** self.integer)
+        xn = x.to(torch.float32) / m_i
+        levels = float((2 ** (self.bits - 1) - 1) * 2)
+        amax = torch.amax(xn.abs(), dim=tuple(range(1, xn.ndim)), keepdim=True) if xn.ndim > 1 else xn.abs().max()
+        scale = amax * 2.0 / levels
+
+        def codes(scale: torch.Tensor) -> torch.Tensor:
+            v = torch.floor(xn.abs() / scale + 0.5)
+            return torch.sign(xn) * torch.where(v < levels / 2, v, torch.full_like(v, levels / 2))
+
+        if self.alpha == "auto_po2":
+            scale = _round_po2(scale)
+            for _ in range(5):
+                z = codes(scale)
+                scale = lsq_scale("auto_po2", xn, z)
+        else:
+            z = codes(scale)
+        return z, scale * m_i
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.alpha is not None:
+            z, scale = self._auto(x)
+            return scale * z
         q = self._codes(x)
         if self.u == 0:
             return q
         return float(2.0 ** self.integer) * q / float(1 << self.u)
 
     def to_codes(self, x: torch.Tensor) -> QuantCodes:
+        if self.alpha is not None:
+            z, scale = self._auto(x)
+            flat = scale.reshape(-1) if scale.numel() > 1 else scale.reshape(())
+            exp = torch.round(torch.log2(flat)).to(torch.int16) if self.alpha == "auto_po2" and \
+                bool((flat > 0).all()) else None
+            half = (2 ** (self.bits - 1)) - 1
+            return QuantCodes("uniform", z.to(_code_dtype(-half, half)), flat.to(torch.float32), self.bits, exp,
+                              bit_tuple=(1, 0, self.bits - 1))
         q = self._codes(x)
         if self.u == 0:
             return QuantCodes("binary", (q > 0).to(torch.int8), _po2_scale(0), 1,
@@ -85,8 +128,11 @@ class QuantizedBits(Quantizer):
                           bit_tuple=(1, 0, self.bits - 1) if self.signed else (0, 0, self.bits))
 
     def get_config(self) -> dict[str, Any]:
-        return {"bits": self.bits, "integer": self.integer, "symmetric": self.symmetric,
-                "keep_negative": self.keep_negative}
+        cfg = {"bits": self.bits, "integer": self.integer, "symmetric": self.symmetric,
+               "keep_negative": self.keep_negative}
+        if self.alpha is not None:
+            cfg["alpha"] = self.alpha
+        return cfg
 
 
 @register_quantizer("quantized_relu")

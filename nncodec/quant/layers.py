@@ -33,8 +33,8 @@ ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.GELU,
                     nn.SiLU, nn.Identity)
 
 
-class _QuantWeights:
-    """Mixin: quantized weight and bias, optional mask, optional output quantizer."""
+class _QuantParams:
+    """Mixin: quantized parameters (``quantized_tensors``) and an optional output quantizer."""
 
     kernel_quantizer: Quantizer | None
     bias_quantizer: Quantizer | None
@@ -49,6 +49,21 @@ class _QuantWeights:
         self.kernel_quantizer = get_quantizer(kernel)
         self.bias_quantizer = get_quantizer(bias)
         self.output_quantizer = get_quantizer(output)
+
+    def quantized_tensors(self) -> list[tuple[str, Quantizer, torch.Tensor, torch.Tensor | None]]:
+        """``(parameter name, quantizer, value before quantizing, mask)`` of every quantized parameter."""
+        raise NotImplementedError
+
+    def _out(self, y: Any) -> Any:
+        return _quantize_output(self.output_quantizer, y, self.training)  # type: ignore[attr-defined]
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()  # type: ignore[misc]
+        return f"{base}, kernel={self.kernel_quantizer}, bias={self.bias_quantizer}, output={self.output_quantizer}"
+
+
+class _QuantWeights(_QuantParams):
+    """Mixin: quantized weight and bias, optional mask, optional output quantizer (conv and linear)."""
 
     def masked_weight(self) -> torch.Tensor:
         w = self.weight  # type: ignore[attr-defined]
@@ -72,7 +87,6 @@ class _QuantWeights:
         return q(b, self.training) if (q is not None and b is not None) else b  # type: ignore[attr-defined]
 
     def quantized_tensors(self) -> list[tuple[str, Quantizer, torch.Tensor, torch.Tensor | None]]:
-        """``(parameter name, quantizer, value before quantizing, mask)`` of every quantized parameter."""
         out = []
         if self.kernel_quantizer is not None:
             out.append(("weight", self.kernel_quantizer, self.masked_weight(), getattr(self, "weight_mask", None)))
@@ -80,13 +94,6 @@ class _QuantWeights:
         if self.bias_quantizer is not None and b is not None:
             out.append(("bias", self.bias_quantizer, b, None))
         return out
-
-    def _out(self, y: Any) -> Any:
-        return _quantize_output(self.output_quantizer, y, self.training)  # type: ignore[attr-defined]
-
-    def extra_repr(self) -> str:
-        base = super().extra_repr()  # type: ignore[misc]
-        return f"{base}, kernel={self.kernel_quantizer}, bias={self.bias_quantizer}, output={self.output_quantizer}"
 
 
 class _QuantConv(_QuantWeights):
@@ -109,17 +116,23 @@ class QLinear(_QuantWeights, nn.Linear):
         return self._out(nn.functional.linear(x, self.quantized_weight(), self.quantized_bias()))
 
 
-class QEmbedding(_QuantWeights, nn.Embedding):
+class QEmbedding(_QuantParams, nn.Embedding):
     """``nn.Embedding`` with a kernel (table) quantizer and an optional output quantizer."""
 
-    bias = None
+    def quantized_tensors(self) -> list[tuple[str, Quantizer, torch.Tensor, torch.Tensor | None]]:
+        return [("weight", self.kernel_quantizer, self.weight, None)] if self.kernel_quantizer is not None else []
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The table as the forward uses it."""
+        q = self.kernel_quantizer
+        return q(self.weight, self.training) if q is not None else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._out(nn.functional.embedding(x, self.quantized_weight(), self.padding_idx, self.max_norm,
                                                  self.norm_type, self.scale_grad_by_freq, self.sparse))
 
 
-class _QuantRecurrent(_QuantWeights):
+class _QuantRecurrent(_QuantParams):
     """Recurrent layer whose ``weight_*`` matrices go through the kernel quantizer, ``bias_*`` through the bias
     quantizer (per matrix); the output quantizer applies to the output sequence."""
 
@@ -131,15 +144,17 @@ class _QuantRecurrent(_QuantWeights):
                 out.append((name, q, getattr(self, name), None))
         return out
 
+    _calling = False
+
     def forward(self, x: Any, hx: Any = None) -> Any:  # type: ignore[override]
-        saved = self._flat_weights  # type: ignore[has-type]
+        if self._calling:
+            return super().forward(x, hx)  # type: ignore[misc]
         coded = {name: q(value, self.training) for name, q, value, _ in self.quantized_tensors()}
-        if coded:
-            self._flat_weights = [coded.get(n, w) for n, w in zip(self._flat_weights_names, saved)]  # type: ignore
-        try:
-            out = super().forward(x, hx)  # type: ignore[misc]
+        self._calling = True
+        try:  # the parameters swapped for their quantized values for this call (export-friendly)
+            out = torch.func.functional_call(self, coded, (x, hx), strict=False)
         finally:
-            self._flat_weights = saved
+            self._calling = False
         return self._out(out)
 
 
@@ -257,7 +272,7 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
         parent = model.get_submodule(parent_name) if parent_name else model
         if type(module) in _WRAPPERS and (lp.kernel or lp.bias or lp.activation):
             setattr(parent, child, _wrap(module, lp))
-        elif isinstance(module, _QuantWeights):
+        elif isinstance(module, _QuantParams):
             module._init_quant(lp.kernel, lp.bias, lp.activation)
         elif isinstance(module, ACTIVATION_TYPES) and lp.activation:
             setattr(parent, child, QActivation(lp.activation, base=module))
@@ -266,7 +281,7 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
         elif type(module) in _IN_PLACE and (lp.kernel or lp.bias or lp.activation):
             module.__class__ = _IN_PLACE[type(module)]
             module._init_quant(lp.kernel, lp.bias, lp.activation)  # type: ignore[operator]
-        elif name in plan.layers and (lp.kernel or lp.bias) and not isinstance(module, _QuantWeights):
+        elif name in plan.layers and (lp.kernel or lp.bias):
             raise ConfigError(f"plan gives a kernel / bias quantizer to {name!r} ({type(module).__name__}), which "
                               "nncodec cannot quantize: conv, linear, embedding and recurrent layers only")
         elif name in plan.layers and lp.activation:
@@ -276,4 +291,4 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Names and modules of every fake-quant layer in ``model``."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (_QuantWeights, QActivation, _OutputQuant))}
+    return {n: m for n, m in model.named_modules() if isinstance(m, (_QuantParams, QActivation, _OutputQuant))}

@@ -8,6 +8,10 @@ with ``sign(0) = +1``: QKeras has **no zero**, so 0 becomes ``+2**kmin``.
 ``quantized_po2_zero(bits, max_value)`` (nncodec's own, not in QKeras): the same, except that 0 and
 every ``|x|`` whose rounded exponent is below ``kmin`` quantize to 0, so pruned weights stay zero.
 
+``quantized_relu_po2(bits, max_value)``: ``kmin = -2**(bits-s)``, ``kmax = 2**(bits-s) - 1`` (no value sign
+bit); ``xq = 2**k`` of ``relu(x)``, so every ``x <= 0`` becomes ``+2**kmin``, as in QKeras (``negative_slope``
+is not supported).
+
 Codes: ``c = sign * (k - kmin + 1)``, 0 for zero; the bitstream's po2 scheme with ``exp_min = kmin``.
 """
 
@@ -21,7 +25,7 @@ import torch
 from ..errors import ConfigError
 from .base import QuantCodes, Quantizer, register_quantizer
 
-__all__ = ["QuantizedPo2", "QuantizedPo2Zero"]
+__all__ = ["QuantizedPo2", "QuantizedPo2Zero", "QuantizedReluPo2"]
 
 _EPS = 1e-7
 _LOG2 = math.log(2.0)
@@ -81,3 +85,31 @@ class QuantizedPo2(Quantizer):
 class QuantizedPo2Zero(QuantizedPo2):
     name = "quantized_po2_zero"
     keeps_zero = True
+
+
+@register_quantizer("quantized_relu_po2")
+class QuantizedReluPo2(QuantizedPo2):
+    """QKeras ``quantized_relu_po2``: the power of two of ``relu(x)``; the exponent has all ``bits``."""
+
+    name = "quantized_relu_po2"
+    signed = False
+
+    def __init__(self, bits: int = 8, max_value: float | None = None, negative_slope: float = 0.0,
+                 use_stochastic_rounding: bool = False, quadratic_approximation: bool = False):
+        if negative_slope:
+            raise ConfigError("quantized_relu_po2: negative_slope is not supported")
+        if not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise ConfigError(f"quantized_relu_po2: bits must be 1..8, got {bits!r}")
+        super().__init__(max(bits, 2), max_value, quadratic_approximation=quadratic_approximation)
+        self.bits = bits
+        need_sign = 1 if max_value is None or max_value > 1 else 0
+        self.min_exp, self.max_exp = -(2 ** (bits - need_sign)), 2 ** (bits - need_sign) - 1
+
+    def _exponents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _, k, zero = super()._exponents(torch.relu(x.to(torch.float32)))
+        return torch.ones_like(k), k, zero
+
+    def to_codes(self, x: torch.Tensor) -> QuantCodes:
+        codes = super().to_codes(x)
+        return QuantCodes("po2", codes.codes, codes.scale, codes.bits, codes.po2_exponent, exp_min=self.min_exp,
+                          bit_tuple=(0, self.bits, 0))

@@ -3,7 +3,7 @@
 from .runner import CONTROLLERS, SearchConfig, SearchResult, run_search
 from .score import ScoreConfig, scaling_delta, score
 from .space import SearchSpace
-from .task import ClassifierTask, FunctionTask, Task
+from .task import ClassifierTask, FidelityTask, FunctionTask, Task
 
 __all__ = ["run_search", "SearchConfig", "SearchResult", "CONTROLLERS", "SearchSpace", "ScoreConfig", "score",
-           "scaling_delta", "Task", "ClassifierTask", "FunctionTask"]
+           "scaling_delta", "Task", "ClassifierTask", "FunctionTask", "FidelityTask"]

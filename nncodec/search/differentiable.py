@@ -30,13 +30,13 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError
 from ..quant.base import Quantizer, get_quantizer
-from ..quant.plan import LayerPlan, Plan
+from ..quant.plan import Plan
 from .controllers import Outcome, register_controller
 from .space import SearchSpace
-from .surrogate import CostSurrogate
+from .surrogate import CostSurrogate, base_plan, soft_layers
 from .task import ClassifierTask
 
-__all__ = ["SoftQuantizer", "ThresholdPruneQuantize", "SoftActivation", "DifferentiableSearch", "harden_masks"]
+__all__ = ["SoftQuantizer", "ThresholdPruneQuantize", "DifferentiableSearch", "harden_masks"]
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,10 @@ class ThresholdPruneQuantize(nn.Module):
         return self.quant(w * self.keep(w))
 
 
-class SoftActivation(nn.Module):
-    """An activation module followed by a soft quantizer of its output feature map."""
-
-    def __init__(self, base: nn.Module, specs: list[str]):
-        super().__init__()
-        self.base = base
-        self.quant = SoftQuantizer(specs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant(self.base(x))
+def _soft_output_hook(quant: SoftQuantizer):  # noqa: ANN202
+    def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+        return quant(output) if isinstance(output, torch.Tensor) else None
+    return hook
 
 
 def harden_masks(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
@@ -148,17 +142,23 @@ class DifferentiableSearch:
             raise ConfigError("differentiable: lambda >= 0, arch_lr > 0 and 0 < temperature_end <= 1 required")
         torch.manual_seed(seed)
         self.model = copy.deepcopy(reference)
-        self.names = [layer.name for layer in space.layers]
-        self.act_names = [layer.activation_module for layer in space.layers
-                          if layer.activation_module and layer.activation]
-        for layer in space.layers:
+        self.names = [layer.name for layer in soft_layers(space)]
+        if not self.names:
+            raise ConfigError("differentiable: the space has no conv / linear layer with kernel candidates")
+        for layer in soft_layers(space):
             mod = self.model.get_submodule(layer.name)
             parametrize.register_parametrization(mod, "weight", ThresholdPruneQuantize(mod.weight, layer.kernel, prune))
-            if layer.activation_module and layer.activation:
-                parent, _, child = layer.activation_module.rpartition(".")
-                holder = self.model.get_submodule(parent) if parent else self.model
-                setattr(holder, child, SoftActivation(getattr(holder, child), layer.activation))
+        #: activation module -> soft quantizer of its output (a forward hook; the module is left in place)
+        self.act_quant: dict[str, SoftQuantizer] = {}
+        for layer in space.layers:
+            if layer.activation_module and layer.activation and layer.activation_module not in self.act_quant:
+                quant = SoftQuantizer(layer.activation)
+                self.act_quant[layer.activation_module] = quant
+                self.model.get_submodule(layer.activation_module).register_forward_hook(_soft_output_hook(quant))
+        self.act_names = list(self.act_quant)
+        self._act_modules = nn.ModuleList(self.act_quant.values())
         arch = [p for n, p in self.model.named_parameters() if n.endswith(("logits", "log_t", "log_s"))]
+        arch += list(self._act_modules.parameters())
         arch_ids = {id(p) for p in arch}
         weights = [p for p in self.model.parameters() if id(p) not in arch_ids]
         self.optimizer = torch.optim.Adam([{"params": weights, "lr": getattr(task, "lr", 1e-3)},
@@ -177,8 +177,8 @@ class DifferentiableSearch:
             par = self._par(name)
             kp[name] = par.quant.probs()
             dens[name] = par.keep(self.model.get_submodule(name).parametrizations.weight.original).mean()
-        for name in self.act_names:
-            ap[name] = self.model.get_submodule(name).quant.probs()
+        for name, quant in self.act_quant.items():
+            ap[name] = quant.probs()
         return kp, dens, ap
 
     def set_surrogate(self, surrogate: CostSurrogate) -> None:
@@ -195,7 +195,7 @@ class DifferentiableSearch:
         return self.surrogate.size_bits(kp, dens)
 
     def set_temperature(self, t: float) -> None:
-        for m in self.model.modules():
+        for m in list(self.model.modules()) + list(self._act_modules):
             if isinstance(m, SoftQuantizer):
                 m.temperature = t
 
@@ -206,6 +206,7 @@ class DifferentiableSearch:
         self.set_temperature(self.temperature_end ** min(frac, 1.0))
         loss_fn = nn.CrossEntropyLoss()
         self.model.train()
+        self._act_modules.train()
         sums = {"task_loss": 0.0, "cost": 0.0}
         n = 0
         for x, y in _batches(self.task, proxy, self.epoch):
@@ -218,28 +219,25 @@ class DifferentiableSearch:
             sums["cost"] += float(cost.detach())
             n += 1
         self.model.eval()
+        self._act_modules.eval()
         self.epoch += 1
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     def evaluate(self) -> float:
         self.model.eval()
+        self._act_modules.eval()
         return float(self.task.evaluate(self.model))
 
     # -- hardening ----------------------------------------------------------------------------
     def choices(self) -> tuple[dict[str, str], dict[str, str]]:
         kernels = {n: self._par(n).quant.choice() for n in self.names}
-        acts = {n: self.model.get_submodule(n).quant.choice() for n in self.act_names}
+        acts = {n: q.choice() for n, q in self.act_quant.items()}
         return kernels, acts
 
     def hardened_plan(self) -> Plan:
         """Argmax level of every soft quantizer, as a plan over the space's choices (widths unchanged)."""
         kernels, acts = self.choices()
-        plan = Plan(dict(self.space.fixed.layers), self.space.fixed.default, {})
-        for layer in self.space.layers:
-            plan.layers[layer.name] = LayerPlan(kernel=kernels[layer.name], bias=layer.bias[0] if layer.bias else None)
-            if layer.activation_module in acts:
-                plan.layers[layer.activation_module] = LayerPlan(activation=acts[layer.activation_module])
-        return plan
+        return base_plan(self.space, kernels, acts)
 
     def masks(self) -> dict[str, torch.Tensor]:
         return harden_masks(self.model, self.names)
@@ -255,13 +253,6 @@ class DifferentiableSearch:
                 key = key[: -len(".parametrizations.weight.original")] + ".weight"
             elif ".parametrizations.weight." in key:
                 continue
-            else:
-                owner = next((a for a in self.act_names if key.startswith(a + ".")), None)
-                if owner is not None:
-                    rest = key[len(owner) + 1:]
-                    if not rest.startswith("base."):
-                        continue
-                    key = f"{owner}.{rest[len('base.'):]}"
             out[key] = value.detach().clone()
         return out
 

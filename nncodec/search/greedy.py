@@ -90,7 +90,8 @@ class _Greedy:
     def choices(self, override: tuple[Knob, int] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for layer in self.s.space.layers:
-            out[f"{layer.group}.kernel"] = layer.kernel[-1]
+            if layer.kernel:
+                out[f"{layer.group}.kernel"] = layer.kernel[-1]
             if layer.bias:
                 out[f"{layer.group}.bias"] = layer.bias[0]
             if layer.activation:

@@ -78,7 +78,8 @@ def iterative_schedule(searcher: Any) -> Outcome:
     def plan_now() -> Any:
         choices: dict[str, Any] = {}
         for layer in space.layers:
-            choices[f"{layer.group}.kernel"] = layer.kernel[-1]
+            if layer.kernel:
+                choices[f"{layer.group}.kernel"] = layer.kernel[-1]
             if layer.bias:
                 choices[f"{layer.group}.bias"] = layer.bias[0]
             if layer.activation:

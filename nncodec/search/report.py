@@ -85,6 +85,7 @@ def format_summary(result: "SearchResult") -> str:
         f"({size_ratio:.1f}x smaller)",
         f"time {result.seconds:.1f} s; widths: {ref_params} filters in the reference's searched layers",
     ]
+    lines += [f"note: {n}" for n in result.notes] + [f"WARNING: {w}" for w in result.warnings]
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ from .space import SearchSpace
 from .storage import open_storage, storage_url
 from .task import Task
 
-__all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLLERS", "make_sampler"]
+__all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLLERS", "make_sampler", "chance_level"]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,9 @@ class SearchResult:
     layer_table: list[dict[str, Any]]
     seconds: float
     energy_report: EnergyReport | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   #: things the user should know (a chance-level reference)
+    notes: list[str] = field(default_factory=list)      #: what was done on the user's behalf (reference training)
+    extra: dict[str, Any] = field(default_factory=dict)  #: summary entries of non-Optuna methods (hardware ...)
 
     def summary(self) -> dict[str, Any]:
         return {**self.extra, "reference": {"accuracy": self.reference_accuracy, "energy_pj": self.reference_energy_pj,
@@ -118,7 +120,7 @@ class SearchResult:
                 "result": {"accuracy": self.accuracy, "decoded_accuracy": self.decoded_accuracy,
                            "energy_pj": self.energy_pj, "bitstream_bytes": self.bitstream_bytes,
                            "plan": self.plan.to_dict()},
-                "seconds": self.seconds}
+                "seconds": self.seconds, "notes": list(self.notes), "warnings": list(self.warnings)}
 
 
 def make_sampler(controller: str, seed: int):  # noqa: ANN201
@@ -149,7 +151,7 @@ class _Searcher:
         self.cost_fn = cost_fn
         self.out_dir = Path(config.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.ref_report = estimate_energy(self.reference, space.input_shape, reference=config.reference_types,
+        self.ref_report = estimate_energy(self.reference, space.example_inputs, reference=config.reference_types,
                                           **config.energy_settings)
         self.ref_energy = self.ref_report.total_pj
         self.ref_cost = self._cost(self.reference, self.ref_report, reference=True)
@@ -183,8 +185,8 @@ class _Searcher:
         choices = {name: trial.suggest_categorical(name, values) for name, values in params.items()}
         plan = self.space.plan_from(choices)
         torch.manual_seed(self.cfg.seed * 100_003 + trial.number)
-        model = build_candidate(self.reference, self.space.input_shape, plan)
-        report = estimate_energy(model, self.space.input_shape, **self.cfg.energy_settings)
+        model = build_candidate(self.reference, self.space.example_inputs, plan)
+        report = estimate_energy(model, self.space.example_inputs, _energy_plan(plan), **self.cfg.energy_settings)
         cost = self._cost(model, report)
         bits = model_size_bits(model)
         n_params = sum(p.numel() for p in model.parameters())
@@ -296,13 +298,16 @@ class _Searcher:
 
     def block_schedule(self) -> list[tuple[list[str], int]]:
         """Blocks (layers sharing a group form one block) in search order, with their trial budgets."""
-        energy_of = {r.name: r.total for r in self.ref_report.layers}
+        energy_of: dict[str, float] = {}
+        for r in self.ref_report.layers:
+            key = r.module or r.name
+            energy_of[key] = energy_of.get(key, 0.0) + r.total
         blocks: dict[str, list[str]] = {}
         energy: dict[str, float] = {}
         for layer in self.space.layers:
             blocks.setdefault(layer.group, []).append(layer.name)
-            energy[layer.group] = energy.get(layer.group, 0.0) + energy_of.get(layer.name, 0.0) + \
-                energy_of.get(layer.activation_module or "", 0.0)
+            owned = {layer.name, layer.activation_module or layer.name}
+            energy[layer.group] = energy.get(layer.group, 0.0) + sum(energy_of.get(n, 0.0) for n in owned)
         order = list(blocks)
         if self.cfg.block_order == "energy":
             order.sort(key=lambda g: -energy[g])
@@ -325,25 +330,52 @@ def _float32_bytes(model: nn.Module) -> int:
     return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
 
 
+def _energy_plan(plan: Plan) -> Plan:
+    """The plan's quantizers without its widths, for the energy model (output quantizers of norms and blocks
+    and the weights of embedding / recurrent layers are read from it by module name)."""
+    return Plan(dict(plan.layers), plan.default, {})
+
+
+def _width_of(module: nn.Module) -> int:
+    """Output units of a layer: filters, features, hidden units or embedding dimensions."""
+    if isinstance(module, (nn.GRU, nn.LSTM, nn.RNN)):
+        return int(module.hidden_size)
+    if isinstance(module, nn.Embedding):
+        return int(module.embedding_dim)
+    w = getattr(module, "weight", None)
+    return int(w.shape[0]) if isinstance(w, torch.Tensor) else 0
+
+
 def _layer_table(space: SearchSpace, plan: Plan, ref_report: EnergyReport, report: EnergyReport,
                  reference: nn.Module, model: nn.Module) -> list[dict[str, Any]]:
-    ref_rows = {r.name: r.total for r in ref_report.layers}
-    rows = {r.name: r.total for r in report.layers}
+    def by_module(rep: EnergyReport) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in rep.layers:
+            key = r.module or r.name
+            out[key] = out.get(key, 0.0) + r.total
+        return out
+
+    ref_rows, rows = by_module(ref_report), by_module(report)
     sp = sparsity(model)
     table = []
     for layer in space.layers:
         lp = plan.resolve(layer.name)
         act_lp = plan.resolve(layer.activation_module) if layer.activation_module else None
-        both = [layer.name] + ([layer.activation_module] if layer.activation_module else [])
+        both = [layer.name] + ([layer.activation_module] if layer.activation_module not in (None, layer.name) else [])
         table.append({"layer": layer.name,
-                      "reference_width": int(reference.get_submodule(layer.name).weight.shape[0]),
-                      "width": int(model.get_submodule(layer.name).weight.shape[0]),
+                      "reference_width": _width_of(reference.get_submodule(layer.name)),
+                      "width": _width_of(model.get_submodule(layer.name)),
                       "kernel": lp.kernel if lp else None, "bias": lp.bias if lp else None,
                       "activation": act_lp.activation if act_lp else None,
                       "reference_energy_pj": sum(ref_rows.get(n, 0.0) for n in both),
                       "energy_pj": sum(rows.get(n, 0.0) for n in both),
                       "sparsity": sp.get(layer.name, 0.0)})
     return table
+
+
+def chance_level(chance: float) -> float:
+    """Scores at or under this are "at chance": the guess's score plus a quarter of the way to perfect."""
+    return chance + 0.25 * (1.0 - chance)
 
 
 def run_trials(reference: nn.Module, space: SearchSpace, task: Task, config: SearchConfig | None = None, *,
@@ -359,8 +391,14 @@ def run_trials(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
 
 def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: SearchConfig | None = None, *,
                cost_fn: Callable[[nn.Module], float] | None = None,
-               reference_accuracy: float | None = None) -> SearchResult:
-    """Search, then fine-tune, encode, decode and re-measure the winner; write the report to ``out_dir``."""
+               reference_accuracy: float | None = None, chance_accuracy: float | None = None,
+               notes: list[str] | None = None) -> SearchResult:
+    """Search, then fine-tune, encode, decode and re-measure the winner; write the report to ``out_dir``.
+
+    ``chance_accuracy``: the score of a guess (e.g. the largest class share); a reference that does not beat
+    it clearly is reported in ``warnings`` (the search would compress a model that has learnt nothing).
+    ``notes``: lines for the summary about what was done before the search (e.g. the reference trained).
+    """
     from ..torch_io import encode_with_report, load_into
     from .report import write_report
 
@@ -368,6 +406,11 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     t0 = time.perf_counter()
     searcher = _Searcher(reference, space, task, config, cost_fn)
     ref_acc = task.evaluate(reference) if reference_accuracy is None else reference_accuracy
+    warnings: list[str] = []
+    if chance_accuracy is not None and ref_acc <= chance_level(chance_accuracy):
+        warnings.append(f"the reference scores {ref_acc:.4f}, at chance level ({chance_accuracy:.4f}): it was not "
+                     "trained, or not on this data; train it (or pass its weights) before searching")
+        log.warning(warnings[-1])
     plan, trials = searcher.search_plan()
     torch.manual_seed(config.seed)
     outcome = getattr(searcher, "outcome", None) or Outcome(plan, trials)
@@ -375,7 +418,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     if outcome.state is not None:
         start = copy.deepcopy(reference)
         start.load_state_dict(outcome.state)
-    model = build_candidate(start, space.input_shape, plan)
+    model = build_candidate(start, space.example_inputs, plan)
     if outcome.masks:
         apply_masks(model, outcome.masks)
     if config.final_prune > 0:
@@ -384,7 +427,8 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         task.train_epoch(model, epoch, proxy=False)
     model.eval()
     acc = task.evaluate(model)
-    report = estimate_energy(model, space.input_shape, **(outcome.energy_settings or config.energy_settings))
+    report = estimate_energy(model, space.example_inputs, _energy_plan(plan),
+                             **(outcome.energy_settings or config.energy_settings))
     out_dir = Path(config.out_dir)
     path, _ = encode_with_report(model, out_dir / "model.nnc", level=19)
     decoded = deployed_copy(model)
@@ -399,7 +443,8 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         energy_pj=report.total_pj, cost=searcher._cost(model, report), bitstream=Path(path),
         bitstream_bytes=Path(path).stat().st_size, float32_bytes=_float32_bytes(reference), trials=trials,
         layer_table=_layer_table(space, plan, searcher.ref_report, report, reference, model),
-        seconds=time.perf_counter() - t0, energy_report=report, extra=outcome.extra)
+        seconds=time.perf_counter() - t0, energy_report=report, warnings=warnings,
+        notes=list(notes or []), extra=outcome.extra)
     write_report(result, out_dir)
     return result
 

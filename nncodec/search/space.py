@@ -1,11 +1,15 @@
-"""The search space a reference model defines: per layer, quantizers and a width multiplier.
+"""The search space a reference model defines: per layer, quantizers; per width group, a multiplier.
 
-Every conv / linear layer gets a kernel and a bias quantizer from a library, the activation module that
-reads its output gets an activation quantizer, and resizable layers get a width multiplier. Layers can
-share one choice through glob patterns (``share={"conv*": "convs"}``); ``width_mode="block"`` shares one
-width multiplier among all resizable layers. The classifier (and any layer whose output cannot be fixed
-up) keeps its width. Quantizer templates may use ``{b}`` (bits) and ``{i}`` (integer bits, fitted to the
-reference: the power of two covering the layer's largest weight / 99.99th percentile activation).
+Every conv / linear / embedding / recurrent layer gets a kernel and a bias quantizer from a library; the
+activation module that reads its output (directly or through a batch-norm) gets an activation quantizer,
+and a layer with no such activation (a projection feeding a residual sum, an attention projection) gets
+an output quantizer instead (signed templates), except the model's last layer. Activation modules that
+follow no layer (a relu after a residual sum) get their own choice. Each width group (coupled channels,
+see :mod:`nncodec.prune.graph`) gets one width multiplier; groups that cannot widen only shrink. Layers
+can share one choice through glob patterns (``share={"conv*": "convs"}``); ``width_mode="block"`` shares
+one width multiplier among all groups. Quantizer templates may use ``{b}`` (bits) and ``{i}`` (integer
+bits, fitted to the reference: the power of two covering the layer's largest weight / 99.99th
+percentile activation).
 """
 
 from __future__ import annotations
@@ -19,35 +23,55 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..energy.trace import trace_layers
 from ..errors import ConfigError
-from ..prune.structured import resizable_layers
+from ..prune.graph import example_batch, width_groups
 from ..quant.base import get_quantizer
+from ..quant.layers import ACTIVATION_TYPES
 from ..quant.plan import LayerPlan, Plan
 
-__all__ = ["SearchSpace", "LayerSpace", "DEFAULT_KERNELS", "DEFAULT_ACTIVATIONS", "DEFAULT_BIASES", "WIDTHS"]
+__all__ = ["SearchSpace", "LayerSpace", "DEFAULT_KERNELS", "DEFAULT_ACTIVATIONS", "DEFAULT_SIGNED_ACTIVATIONS",
+           "DEFAULT_BIASES", "WIDTHS", "layer_kind"]
 
 WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_KERNELS = ("binary(alpha='auto_po2')", "ternary(alpha='auto_po2')", "quantized_po2_zero(4,1)",
                    "quantized_bits({b},{i},1)")
 DEFAULT_ACTIVATIONS = ("quantized_relu({b},{i})",)
+#: for outputs that may be negative (layer outputs, GELU / tanh / norm outputs)
+DEFAULT_SIGNED_ACTIVATIONS = ("quantized_bits({b},{i},1)",)
 DEFAULT_BIASES = ("quantized_bits({b},{i},1)",)
 #: bit widths tried for templates with {b}, per layer kind and role
-DEFAULT_BITS = {"kernel": {"conv": (2, 3, 4, 6, 8), "dense": (2, 3, 4, 6, 8)},
-                "activation": {"conv": (2, 3, 4, 6, 8), "dense": (4, 8)},
-                "bias": {"conv": (8, 16), "dense": (8, 16)}}
+DEFAULT_BITS = {"kernel": {"conv": (2, 3, 4, 6, 8), "dense": (2, 3, 4, 6, 8), "embedding": (4, 6, 8),
+                           "recurrent": (4, 6, 8)},
+                "activation": {"conv": (2, 3, 4, 6, 8), "dense": (4, 8), "embedding": (8,), "recurrent": (8,),
+                               "activation": (4, 8)},
+                "bias": {"conv": (8, 16), "dense": (8, 16), "embedding": (8,), "recurrent": (8, 16)}}
+_RELU_LIKE = (nn.ReLU, nn.ReLU6)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """conv, dense, embedding or recurrent for the layers the search quantizes; None otherwise."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "dense"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if isinstance(module, (nn.GRU, nn.LSTM, nn.RNN)):
+        return "recurrent"
+    return None
 
 
 @dataclass
 class LayerSpace:
-    name: str                 #: conv / linear module
-    kind: str                 #: conv or dense
+    name: str                 #: quantized layer, or an activation module that follows no layer
+    kind: str                 #: conv, dense, embedding, recurrent, or activation (activation choice only)
     group: str                #: choices are shared by layers of one group
     kernel: list[str]
     bias: list[str]
-    activation_module: str | None
+    activation_module: str | None   #: module the activation choice applies to (the layer itself: its output)
     activation: list[str]
-    widths: list[float]
+    widths: list[float]       #: multipliers of the width group this layer names ([1.0]: none)
 
 
 def _int_bits(peak: float) -> int:
@@ -68,49 +92,101 @@ def _expand(templates: tuple[str, ...] | list[str], bits: tuple[int, ...], integ
 @dataclass
 class SearchSpace:
     layers: list[LayerSpace]
-    input_shape: tuple[int, ...]
+    example_inputs: Any                        #: input shape (no batch dim), a tensor or a tuple of tensors
     width_mode: str = "layer"
-    fixed: Plan = field(default_factory=Plan)   #: choices frozen by block search
+    fixed: Plan = field(default_factory=Plan)  #: choices frozen by block search
+    width_choices: dict[str, list[float]] = field(default_factory=dict)   #: width group -> multipliers
+    width_members: dict[str, list[str]] = field(default_factory=dict)     #: width group -> its producers
+
+    @property
+    def input_shape(self) -> Any:
+        """Alias of ``example_inputs`` (a shape for image models)."""
+        return self.example_inputs
 
     @classmethod
-    def from_model(cls, model: nn.Module, input_shape: tuple[int, ...], sample: "np.ndarray | torch.Tensor | None" = None,
+    def from_model(cls, model: nn.Module, example_inputs: Any, sample: "np.ndarray | torch.Tensor | tuple | None" = None,
                    *, kernels: tuple[str, ...] = DEFAULT_KERNELS, activations: tuple[str, ...] = DEFAULT_ACTIVATIONS,
+                   signed_activations: tuple[str, ...] = DEFAULT_SIGNED_ACTIVATIONS,
                    biases: tuple[str, ...] = DEFAULT_BIASES, bits: dict[str, dict[str, tuple[int, ...]]] | None = None,
                    widths: tuple[float, ...] = WIDTHS, width_mode: str = "layer", share: dict[str, str] | None = None,
-                   keep_width: tuple[str, ...] = ()) -> "SearchSpace":
-        """Build the space for ``model``; ``sample`` (a few inputs) fits the activations' integer bits."""
+                   keep_width: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+                   layer_outputs: bool = True) -> "SearchSpace":
+        """Build the space for ``model``; ``sample`` (a few inputs) fits the activations' integer bits.
+
+        ``skip``: patterns of layers left unquantized (kept at the reference's precision).
+        ``layer_outputs``: give layers without an activation after them an output quantizer.
+        """
         if width_mode not in ("layer", "block"):
             raise ConfigError(f"width_mode must be 'layer' or 'block', got {width_mode!r}")
-        bits = bits or DEFAULT_BITS
-        traced = trace_layers(model, tuple(input_shape))
-        by_name = {t.name: t for t in traced}
-        resizable = set(resizable_layers(model, tuple(input_shape)))
-        act_peaks = _activation_peaks(model, [t.name for t in traced if t.kind == "activation"], sample)
+        bits = {role: {**DEFAULT_BITS[role], **(bits or {}).get(role, {})} for role in DEFAULT_BITS}
+        was = model.training
+        model.eval()
+        try:
+            follows, order = _follows(model, example_inputs)
+            groups = width_groups(model, example_inputs, keep=tuple(keep_width))
+        finally:
+            model.train(was)
+        modules = dict(model.named_modules())
+        act_names = [n for n in order if isinstance(modules[n], ACTIVATION_TYPES) and
+                     not isinstance(modules[n], nn.Identity)]
+        quantized = [n for n, m in modules.items() if n and layer_kind(m) and
+                     not any(fnmatch.fnmatchcase(n, p) for p in skip)]
+        if not quantized:
+            raise ConfigError("the model has no conv, linear, embedding or recurrent layer to search")
+        last = next((n for n in reversed(order) if n in quantized), quantized[-1])
+        attached: dict[str, str] = {}
+        for a in act_names:
+            src = follows.get(a)
+            while src is not None and isinstance(modules.get(src), _NORMS):
+                src = follows.get(src)
+            if src in quantized and src not in attached:
+                attached[src] = a
+        peaks = _activation_peaks(model, act_names + [n for n in quantized if n not in attached], sample)
+        width_of = {g.name: g for g in groups}
         layers = []
-        for t in traced:
-            if t.kind not in ("conv", "dense"):
-                continue
-            act = next((c for c in t.consumers if by_name[c].kind == "activation"), None)
-            w = t.module.weight.detach()
-            w_int = _int_bits(float(w.abs().max()))
-            b = getattr(t.module, "bias", None)
-            b_int = _int_bits(float(b.detach().abs().max())) if b is not None else 0
-            a_int = max(0, _int_bits(act_peaks.get(act, 1.0))) if act else 0
-            group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(t.name, pat)), t.name)
-            can_resize = t.name in resizable and not any(fnmatch.fnmatchcase(t.name, p) for p in keep_width)
-            layers.append(LayerSpace(
-                t.name, t.kind, group,
-                _expand(kernels, bits["kernel"][t.kind], w_int),
-                _expand(biases, bits["bias"][t.kind], b_int) if b is not None else [],
-                act, _expand(activations, bits["activation"][t.kind], a_int) if act else [],
-                list(widths) if can_resize else [1.0]))
-        if not layers:
-            raise ConfigError("the model has no conv or linear layer to search")
-        return cls(layers, tuple(input_shape), width_mode)
+        for name in quantized:
+            m = modules[name]
+            kind = layer_kind(m) or "dense"
+            ws = [p for pname, p in m.named_parameters(recurse=False) if pname.startswith("weight")]
+            bs = [p for pname, p in m.named_parameters(recurse=False) if pname.startswith("bias")]
+            w_int = _int_bits(max(float(w.detach().abs().max()) for w in ws))
+            b_int = _int_bits(max(float(b.detach().abs().max()) for b in bs)) if bs else 0
+            act = attached.get(name)
+            if act is not None:
+                templates = activations if isinstance(modules[act], _RELU_LIKE) else signed_activations
+                a_int = max(0, _int_bits(peaks.get(act, 1.0))) if isinstance(modules[act], _RELU_LIKE) else \
+                    _int_bits(peaks.get(act, 1.0))
+                act_choices = _expand(templates, bits["activation"][kind], a_int)
+            elif layer_outputs and name != last and kind != "embedding":
+                act = name
+                act_choices = _expand(signed_activations, bits["activation"][kind], _int_bits(peaks.get(name, 1.0)))
+            else:
+                act_choices = []
+            group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(name, pat)), name)
+            g = width_of.get(name)
+            layers.append(LayerSpace(name, kind, group, _expand(kernels, bits["kernel"][kind], w_int),
+                                     _expand(biases, bits["bias"][kind], b_int) if bs else [], act, act_choices,
+                                     _width_choices(g, widths) if g else [1.0]))
+        for a in act_names:
+            if a not in attached.values():
+                templates = activations if isinstance(modules[a], _RELU_LIKE) else signed_activations
+                a_int = _int_bits(peaks.get(a, 1.0))
+                group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(a, pat)), a)
+                layers.append(LayerSpace(a, "activation", group, [], [], a,
+                                         _expand(templates, bits["activation"]["activation"], max(0, a_int)), [1.0]))
+        width_choices = {g.name: _width_choices(g, widths) for g in groups}
+        width_choices = {k: v for k, v in width_choices.items() if len(v) > 1}
+        return cls(layers, example_inputs, width_mode, Plan(), width_choices,
+                   {g.name: list(g.producers) for g in groups if g.name in width_choices})
 
     # -- parameters -------------------------------------------------------------------------
-    def _width_key(self, layer: LayerSpace) -> str:
-        return "all.width" if self.width_mode == "block" else f"{layer.group}.width"
+    def _width_key(self, group: str) -> str:
+        return "all.width" if self.width_mode == "block" else f"{group}.width"
+
+    def _groups_of(self, only: set[str] | None) -> list[str]:
+        if only is None:
+            return list(self.width_choices)
+        return [g for g, members in self.width_members.items() if g in only or only & set(members)]
 
     def parameters(self, only: set[str] | None = None) -> dict[str, list[Any]]:
         """Categorical parameters ``{name: choices}`` (``only``: restrict to these layers)."""
@@ -118,13 +194,18 @@ class SearchSpace:
         for layer in self.layers:
             if only is not None and layer.name not in only:
                 continue
-            params.setdefault(f"{layer.group}.kernel", layer.kernel)
+            if layer.kernel:
+                params.setdefault(f"{layer.group}.kernel", layer.kernel)
             if layer.bias:
                 params.setdefault(f"{layer.group}.bias", layer.bias)
             if layer.activation:
                 params.setdefault(f"{layer.group}.activation", layer.activation)
-            if len(layer.widths) > 1:
-                params.setdefault(self._width_key(layer), layer.widths)
+        for g in self._groups_of(only):
+            key = self._width_key(g)
+            if key in params and params[key] != self.width_choices[g]:
+                params[key] = sorted(set(params[key]) & set(self.width_choices[g]))
+            else:
+                params.setdefault(key, self.width_choices[g])
         return params
 
     def plan_from(self, choices: dict[str, Any]) -> Plan:
@@ -132,16 +213,24 @@ class SearchSpace:
         plan = Plan(dict(self.fixed.layers), self.fixed.default, dict(self.fixed.widths))
         for layer in self.layers:
             g = layer.group
-            if f"{g}.kernel" not in choices:
+            kernel, bias, act = (choices.get(f"{g}.{role}") for role in ("kernel", "bias", "activation"))
+            if kernel is None and act is None:
                 continue
-            plan.layers[layer.name] = LayerPlan(kernel=choices[f"{g}.kernel"], bias=choices.get(f"{g}.bias"))
-            if layer.activation_module and f"{g}.activation" in choices:
-                plan.layers[layer.activation_module] = LayerPlan(activation=choices[f"{g}.activation"])
-            width = choices.get(self._width_key(layer), 1.0)
-            if len(layer.widths) > 1 and width != 1.0:
-                plan.widths[layer.name] = float(width)
+            if layer.kind != "activation":
+                if layer.activation_module == layer.name:
+                    plan.layers[layer.name] = LayerPlan(kernel=kernel, bias=bias, activation=act)
+                    continue
+                plan.layers[layer.name] = LayerPlan(kernel=kernel, bias=bias)
+            if layer.activation_module and act is not None:
+                plan.layers[layer.activation_module] = LayerPlan(activation=act)
+        for g in self.width_choices:
+            key = self._width_key(g)
+            if key not in choices:
+                continue
+            if choices[key] != 1.0 and choices[key] in self.width_choices[g]:
+                plan.widths[g] = float(choices[key])
             else:
-                plan.widths.pop(layer.name, None)
+                plan.widths.pop(g, None)
         return plan
 
     def size(self) -> int:
@@ -149,20 +238,67 @@ class SearchSpace:
         return math.prod(len(v) for v in self.parameters().values())
 
 
+def _width_choices(group: Any, widths: tuple[float, ...]) -> list[float]:
+    """Multipliers of one group: distinct resulting sizes only, no widening where the group cannot widen."""
+    out: list[float] = []
+    sizes: set[int] = set()
+    for w in sorted(widths, key=lambda v: (v != 1.0, v)):
+        if w > 1.0 and not group.can_widen:
+            continue
+        n = max(1, int(round(group.size * w)))
+        if n not in sizes:
+            sizes.add(n)
+            out.append(float(w))
+    return sorted(out)
+
+
+def _follows(model: nn.Module, example_inputs: Any) -> tuple[dict[str, str], list[str]]:
+    """For each leaf module, the leaf module whose output it reads (when it reads one directly), and the call order."""
+    produced: dict[int, str] = {}
+    follows: dict[str, str] = {}
+    order: list[str] = []
+    keep: list[Any] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if not name or (any(True for _ in m.children()) and not layer_kind(m)):
+            continue
+
+        def hook(mod: nn.Module, inputs: tuple, output: Any, name: str = name) -> None:
+            if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in produced:
+                follows.setdefault(name, produced[id(inputs[0])])
+            out = output[0] if isinstance(output, tuple) else output
+            if isinstance(out, torch.Tensor):
+                produced[id(out)] = name
+                keep.append(out)
+            order.append(name)
+
+        hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*example_batch(example_inputs))
+    finally:
+        for h in hooks:
+            h.remove()
+    return follows, list(dict.fromkeys(order))
+
+
 @torch.no_grad()
-def _activation_peaks(model: nn.Module, names: list[str], sample: "np.ndarray | torch.Tensor | None") -> dict[str, float]:
+def _activation_peaks(model: nn.Module, names: list[str], sample: Any) -> dict[str, float]:
     if sample is None or not names:
         return {}
     peaks: dict[str, float] = {}
     hooks = []
     for name in names:
-        def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
-            peaks[name] = float(torch.quantile(output.detach().abs().reshape(-1)[:1_000_000].float(), 0.9999))
+        def hook(mod: nn.Module, inputs: tuple, output: Any, name: str = name) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            peaks[name] = float(torch.quantile(out.detach().abs().reshape(-1)[:1_000_000].float(), 0.9999))
         hooks.append(model.get_submodule(name).register_forward_hook(hook))
     was = model.training
     model.eval()
+    batch = tuple(torch.as_tensor(t[:256]) for t in sample) if isinstance(sample, (tuple, list)) else \
+        (torch.as_tensor(sample[:256]),)
     try:
-        model(torch.as_tensor(sample[:256]))
+        model(*batch)
     finally:
         for h in hooks:
             h.remove()

@@ -22,6 +22,8 @@ one ``estimate_energy`` per table entry (about 0.1 s each on small models after 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,7 @@ from ..quant.base import get_quantizer
 from ..quant.plan import LayerPlan, Plan
 from .space import SearchSpace
 
-__all__ = ["CostSurrogate", "LayerCosts", "base_plan"]
+__all__ = ["CostSurrogate", "LayerCosts", "base_plan", "soft_layers", "feeding_activations"]
 
 
 @dataclass
@@ -50,15 +52,52 @@ class LayerCosts:
     act_delta: torch.Tensor         #: [A] pJ, change of every row but those of the layers it feeds
 
 
+@contextmanager
+def reused_graph(model: nn.Module, example_inputs: Any) -> Iterator[None]:
+    """Within the block, energy estimates of ``model`` reuse one ``torch.export`` graph (a plan changes the
+    quantizer types, never the graph; exporting is most of an estimate's time). Not thread-safe."""
+    from ..energy import estimate as est
+
+    original = est.capture_graph
+    program: list = []
+    ops = original(model, example_inputs, program=program)
+
+    def cached(m: nn.Module, ex: Any, *, program: list | None = None) -> Any:
+        if m is not model or ex is not example_inputs:
+            return original(m, ex, program=program)
+        if program is not None:
+            program.extend(programs)
+        return ops
+
+    programs = program
+    est.capture_graph = cached
+    try:
+        yield
+    finally:
+        est.capture_graph = original
+
+
+def soft_layers(space: SearchSpace) -> list[Any]:
+    """Layers whose kernel the gradient methods choose: conv / linear layers with kernel candidates."""
+    return [layer for layer in space.layers if layer.kernel and layer.kind in ("conv", "dense")]
+
+
 def base_plan(space: SearchSpace, kernel: dict[str, str] | None = None, act: dict[str, str] | None = None) -> Plan:
-    """Every layer at its last kernel / activation candidate and first bias candidate, unless overridden."""
+    """Every layer at its last kernel / activation candidate and first bias candidate, unless ``kernel``
+    (layer name -> spec) or ``act`` (activation module -> spec) say otherwise."""
+    kernel, act = kernel or {}, act or {}
     plan = Plan(dict(space.fixed.layers), space.fixed.default, {})
     for layer in space.layers:
-        plan.layers[layer.name] = LayerPlan(kernel=(kernel or {}).get(layer.name, layer.kernel[-1]),
-                                            bias=layer.bias[0] if layer.bias else None)
-        if layer.activation_module and layer.activation:
-            plan.layers[layer.activation_module] = LayerPlan(
-                activation=(act or {}).get(layer.activation_module, layer.activation[-1]))
+        k = kernel.get(layer.name, layer.kernel[-1]) if layer.kernel else None
+        b = layer.bias[0] if layer.bias else None
+        a = act.get(layer.activation_module or "", layer.activation[-1]) if layer.activation else None
+        if layer.kind != "activation":
+            if layer.activation_module == layer.name:
+                plan.layers[layer.name] = LayerPlan(kernel=k, bias=b, activation=a)
+                continue
+            plan.layers[layer.name] = LayerPlan(kernel=k, bias=b)
+        if layer.activation_module and a is not None:
+            plan.layers[layer.activation_module] = LayerPlan(activation=a)
     return plan
 
 
@@ -101,6 +140,10 @@ class CostSurrogate:
         def energy(kernel: dict[str, str] | None = None, act: dict[str, str] | None = None) -> Any:
             return estimate_energy(model, space.input_shape, base_plan(space, kernel, act), **self.settings)
 
+        with reused_graph(model, space.input_shape):
+            self._build(model, space, energy, sparse)
+
+    def _build(self, model: nn.Module, space: SearchSpace, energy: Any, sparse: bool) -> None:
         base = energy()
         self.base_pj = float(base.total_pj)
         feeds = feeding_activations(model, space)
@@ -110,13 +153,17 @@ class CostSurrogate:
         for layer, act in feeds.items():
             fed_by.setdefault(act, []).append(layer)
         self.layers: list[LayerCosts] = []
+        soft = {layer.name for layer in soft_layers(space)}
         for layer in space.layers:
-            inp = feeds.get(layer.name)
+            if layer.name not in soft and not layer.activation:
+                continue
+            inp = feeds.get(layer.name) if layer.name in soft else None
             in_specs = act_specs[inp] if inp else [None]
             base_total, _ = _rows(base, layer.name)
-            delta = torch.zeros(len(layer.kernel), len(in_specs))
+            kernels = layer.kernel if layer.name in soft else []
+            delta = torch.zeros(len(kernels), len(in_specs))
             scal = torch.zeros_like(delta)
-            for k, spec in enumerate(layer.kernel):
+            for k, spec in enumerate(kernels):
                 for a, a_spec in enumerate(in_specs):
                     rep = energy({layer.name: spec}, {inp: a_spec} if inp else None)  # type: ignore[dict-item]
                     total, scalable = _rows(rep, layer.name)
@@ -128,10 +175,11 @@ class CostSurrogate:
                 fed = fed_by.get(layer.activation_module or "", [])
                 own = sum(_rows(rep, n)[0] - _rows(base, n)[0] for n in fed)
                 act_deltas.append(rep.total_pj - self.base_pj - own)
-            weight = model.get_submodule(layer.name).weight
+            weight = getattr(model.get_submodule(layer.name), "weight", None) if kernels else None
             self.layers.append(LayerCosts(
-                layer.name, list(layer.kernel), inp, delta, scal,
-                torch.tensor([float(get_quantizer(s).bits) for s in layer.kernel]), int(weight.numel()),
+                layer.name, list(kernels), inp, delta, scal,
+                torch.tensor([float(get_quantizer(s).bits) for s in kernels]),
+                int(weight.numel()) if weight is not None else 0,
                 layer.activation_module, list(layer.activation), torch.tensor(act_deltas)))
 
     def energy(self, kernel_probs: dict[str, torch.Tensor], densities: dict[str, torch.Tensor],
@@ -139,11 +187,12 @@ class CostSurrogate:
         """Expected energy, pJ (differentiable in the probabilities and densities)."""
         total = torch.tensor(self.base_pj)
         for lc in self.layers:
-            p = kernel_probs[lc.name]
-            q = act_probs[lc.input_act] if lc.input_act in act_probs else torch.ones(1)
-            d = densities.get(lc.name, torch.tensor(1.0))
-            joint = p[:, None] * q[None, :]
-            total = total + (joint * (lc.kernel_delta + (d - 1.0) * lc.scalable)).sum()
+            if lc.kernel_specs:
+                p = kernel_probs[lc.name]
+                q = act_probs[lc.input_act] if lc.input_act in act_probs else torch.ones(1)
+                d = densities.get(lc.name, torch.tensor(1.0))
+                joint = p[:, None] * q[None, :]
+                total = total + (joint * (lc.kernel_delta + (d - 1.0) * lc.scalable)).sum()
             if lc.act_module in act_probs:
                 total = total + (act_probs[lc.act_module] * lc.act_delta).sum()
         return torch.clamp(total, min=1e-3 * self.base_pj)
@@ -151,6 +200,8 @@ class CostSurrogate:
         """Expected weight storage, bits."""
         total = torch.tensor(0.0)
         for lc in self.layers:
+            if not lc.kernel_specs:
+                continue
             d = densities.get(lc.name, torch.tensor(1.0))
             total = total + lc.numel * d * (kernel_probs[lc.name] * lc.kernel_bits).sum()
         return total

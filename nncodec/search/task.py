@@ -1,10 +1,19 @@
-"""What the search trains and measures: the user's ``train_fn`` / ``eval_fn``, or a built-in classifier task."""
+"""What the search trains and measures: the user's functions, a labelled classifier, or fidelity to the reference.
+
+- :class:`ClassifierTask`: cross-entropy on ``(x, y)``, scored by top-1 accuracy.
+- :class:`FunctionTask`: ``train_fn(model, epoch)`` and ``eval_fn(model) -> score``.
+- :class:`FidelityTask`: no labels: the candidate is trained to reproduce the reference model's outputs on
+  unlabelled calibration inputs (distillation) and scored by output fidelity on separate evaluation
+  inputs: the mean cosine of the outputs (embeddings) or the agreement of top-1 predictions.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,12 +22,12 @@ from torch import nn
 from ..errors import ConfigError
 from ..train import accuracy
 
-__all__ = ["Task", "ClassifierTask", "FunctionTask"]
+__all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor"]
 
 
 class Task:
     """``train_epoch(model, epoch, proxy)`` trains one epoch (``proxy``: the cheap budget used for trials);
-    ``evaluate(model)`` returns the accuracy as a fraction (higher is better)."""
+    ``evaluate(model)`` returns the score as a fraction (higher is better)."""
 
     def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
         raise NotImplementedError
@@ -39,6 +48,21 @@ class FunctionTask(Task):
         return float(self.eval_fn(model))
 
 
+class _Optimizers:
+    """One Adam optimizer per candidate model, kept while the model lives."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+        self._by_model: weakref.WeakKeyDictionary[nn.Module, torch.optim.Optimizer] = weakref.WeakKeyDictionary()
+
+    def __call__(self, model: nn.Module) -> torch.optim.Optimizer:
+        opt = self._by_model.get(model)
+        if opt is None:
+            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+            self._by_model[model] = opt
+        return opt
+
+
 class ClassifierTask(Task):
     """Cross-entropy training with Adam on ``(x_train, y_train)``; accuracy on ``(x_val, y_val)``.
 
@@ -55,15 +79,12 @@ class ClassifierTask(Task):
         self.x_val, self.y_val = np.asarray(x_val), np.asarray(y_val)
         self.batch_size, self.lr, self.seed = batch_size, lr, seed
         n = max(1, int(len(x_train) * proxy_fraction))
-        self._optimizers: weakref.WeakKeyDictionary[nn.Module, torch.optim.Optimizer] = weakref.WeakKeyDictionary()
+        self._optimizer = _Optimizers(lr)
         self.proxy_index = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]
 
     def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
         idx = self.proxy_index if proxy else torch.arange(len(self.x_train))
-        opt = self._optimizers.get(model)
-        if opt is None:
-            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
-            self._optimizers[model] = opt
+        opt = self._optimizer(model)
         gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         order = idx[torch.randperm(len(idx), generator=gen)]
         loss_fn = nn.CrossEntropyLoss()
@@ -77,3 +98,106 @@ class ClassifierTask(Task):
 
     def evaluate(self, model: nn.Module) -> float:
         return accuracy(model, self.x_val, self.y_val)
+
+
+def first_tensor(output: Any, inputs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """The model output to compare: a tensor, the first tensor of a tuple, or ``last_hidden_state``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    hidden = getattr(output, "last_hidden_state", None)
+    if isinstance(hidden, torch.Tensor):
+        return hidden
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ConfigError(f"cannot compare model outputs of type {type(output).__name__}: pass output_fn")
+
+
+def _as_batch(inputs: Any, where: str) -> tuple[torch.Tensor, ...]:
+    tensors = tuple(torch.as_tensor(t) for t in inputs) if isinstance(inputs, (tuple, list)) else \
+        (torch.as_tensor(inputs),)
+    if not tensors or not len(tensors[0]) or any(len(t) != len(tensors[0]) for t in tensors):
+        raise ConfigError(f"{where} inputs must be non-empty tensors with one common first (example) dimension")
+    return tensors
+
+
+def _row_hashes(batch: tuple[torch.Tensor, ...]) -> list[bytes]:
+    n = len(batch[0])
+    return [hashlib.blake2b(b"".join(t[i].contiguous().numpy().tobytes() for t in batch), digest_size=16).digest()
+            for i in range(n)]
+
+
+class FidelityTask(Task):
+    """Distillation onto the reference's outputs; score = output fidelity on held-out inputs.
+
+    ``calibration`` and ``evaluation``: inputs (a tensor / array, or a tuple of them, first dimension =
+    examples), disjoint (an example in both is a ConfigError). ``metric``: ``"cosine"`` (mean cosine
+    similarity of the outputs, per example; for embeddings) or ``"top1"`` (fraction of examples whose
+    top-1 class agrees with the reference's). Training minimises ``1 - cosine`` plus the mean squared
+    error (cosine metric) or the KL divergence to the reference's softmax (top-1 metric).
+    ``output_fn(output, inputs) -> tensor`` picks what to compare (default: :func:`first_tensor`).
+    """
+
+    def __init__(self, reference: nn.Module, calibration: Any, evaluation: Any, *, metric: str = "cosine",
+                 output_fn: Callable[[Any, tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
+                 batch_size: int = 32, lr: float = 1e-4, proxy_fraction: float = 0.5, seed: int = 0):
+        if metric not in ("cosine", "top1"):
+            raise ConfigError(f"fidelity metric must be 'cosine' or 'top1', got {metric!r}")
+        if not 0 < proxy_fraction <= 1:
+            raise ConfigError("proxy_fraction must be in (0, 1]")
+        self.calibration = _as_batch(calibration, "calibration")
+        self.evaluation = _as_batch(evaluation, "evaluation")
+        shared = set(_row_hashes(self.calibration)) & set(_row_hashes(self.evaluation))
+        if shared:
+            raise ConfigError(f"{len(shared)} evaluation example(s) are also calibration examples: keep the two sets "
+                              "apart, or the fidelity score measures memorisation")
+        self.metric, self.batch_size, self.seed = metric, batch_size, seed
+        self.output_fn = output_fn or first_tensor
+        self._optimizer = _Optimizers(lr)
+        n = len(self.calibration[0])
+        self.proxy_index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max(1, int(n * proxy_fraction))]
+        self.calibration_targets = self._outputs(reference, self.calibration)
+        self.evaluation_targets = self._outputs(reference, self.evaluation)
+
+    @torch.no_grad()
+    def _outputs(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        try:
+            outs = [self._forward(model, tuple(t[i:i + self.batch_size] for t in batch)).float()
+                    for i in range(0, len(batch[0]), self.batch_size)]
+        finally:
+            model.train(was)
+        return torch.cat(outs)
+
+    def _forward(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.output_fn(model(*inputs), inputs)
+
+    def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.metric == "top1":
+            return nn.functional.kl_div(out.log_softmax(-1), target.softmax(-1), reduction="batchmean")
+        flat_o, flat_t = out.reshape(len(out), -1), target.reshape(len(target), -1)
+        cos = nn.functional.cosine_similarity(flat_o, flat_t, dim=1)
+        return (1 - cos).mean() + nn.functional.mse_loss(flat_o, flat_t) / (flat_t.pow(2).mean() + 1e-12)
+
+    def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
+        n = len(self.calibration[0])
+        idx = self.proxy_index if proxy else torch.arange(n)
+        opt = self._optimizer(model)
+        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        order = idx[torch.randperm(len(idx), generator=gen)]
+        model.train()
+        for start in range(0, len(order), self.batch_size):
+            b = order[start:start + self.batch_size]
+            opt.zero_grad()
+            self._loss(self._forward(model, tuple(t[b] for t in self.calibration)),
+                       self.calibration_targets[b]).backward()
+            opt.step()
+        model.eval()
+
+    def evaluate(self, model: nn.Module) -> float:
+        out = self._outputs(model, self.evaluation)
+        target = self.evaluation_targets
+        if self.metric == "top1":
+            return float((out.argmax(-1) == target.argmax(-1)).float().mean())
+        return float(nn.functional.cosine_similarity(out.reshape(len(out), -1), target.reshape(len(target), -1),
+                                                     dim=1).mean())

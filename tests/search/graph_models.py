@@ -1,5 +1,5 @@
-"""Small graph models built in the tests: a ResNet block with a projection shortcut, an inverted residual,
-a 2-layer GRU classifier and a 2-block transformer with Hugging Face style attention."""
+"""Small graph models for the tests: ResNet blocks with projection shortcuts, inverted residuals, a 2-layer
+GRU classifier and a 2-block transformer with Hugging Face style attention."""
 
 from __future__ import annotations
 
@@ -7,60 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + self.shortcut(x))
+from nncodec.models import MobileNetV2Small, ResNet8
 
 
-class TinyResNet(nn.Module):
-    def __init__(self, width: int = 8, classes: int = 10):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.block1 = BasicBlock(width, width)
-        self.block2 = BasicBlock(width, 2 * width, 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2 * width, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.block2(self.block1(self.stem(x)))), 1))
+def TinyResNet(width: int = 4, classes: int = 10) -> nn.Module:  # noqa: N802  (reads like a class)
+    """ResNet-8 at a quarter of its width: identity and projection shortcuts."""
+    return ResNet8(1, classes, width)
 
 
-class InvertedResidual(nn.Module):
-    def __init__(self, c: int, expand: int = 4):
-        super().__init__()
-        h = c * expand
-        self.expand = nn.Sequential(nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6())
-        self.depthwise = nn.Sequential(nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6())
-        self.project = nn.Sequential(nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.project(self.depthwise(self.expand(x)))
-
-
-class TinyMobileNet(nn.Module):
-    def __init__(self, width: int = 8, classes: int = 10):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
-        self.block1 = InvertedResidual(width)
-        self.block2 = InvertedResidual(width)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(width, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.block2(self.block1(self.stem(x)))), 1))
+def TinyMobileNet(width: int = 4, classes: int = 10) -> nn.Module:  # noqa: N802
+    """The MobileNetV2-style net at a quarter of its width: inverted residuals with depthwise convs."""
+    return MobileNetV2Small(1, classes, width)
 
 
 class GRUClassifier(nn.Module):

@@ -45,16 +45,18 @@ CASES = {
 def test_residual_groups_couple_the_shortcut_and_keep_the_classifier():
     torch.manual_seed(0)
     groups = {g.name: g for g in width_groups(TinyResNet(), _image())}
-    # block 2's output: conv2, its batch-norm and the projection shortcut change together
-    assert set(groups["block2.conv2"].producers) >= {"block2.conv2", "block2.bn2", "block2.shortcut.0",
-                                                    "block2.shortcut.1"}
-    assert "fc" in groups["block2.conv2"].consumers
-    # block 1 has an identity shortcut: its conv2 joins the stem's group
-    assert "block1.conv2" in groups["stem.0"].producers
+    # stage 2's output: conv2, its batch-norm and the projection shortcut change together
+    assert set(groups["stage2.conv2"].producers) >= {"stage2.conv2", "stage2.bn2", "stage2.shortcut.0",
+                                                    "stage2.shortcut.1"}
+    assert {"stage3.conv1", "stage3.shortcut.0"} <= set(groups["stage2.conv2"].consumers)
+    assert "fc" in groups["stage3.conv2"].consumers
+    # stage 1 has an identity shortcut: its conv2 joins the stem's group
+    assert "stage1.conv2" in groups["stem.0"].producers
     assert "fc" not in groups  # the classifier keeps its width
     torch.manual_seed(0)
     mobile = {g.name: g for g in width_groups(TinyMobileNet(), _image())}
-    assert {"block1.depthwise.0", "block1.depthwise.1"} <= set(mobile["block1.expand.0"].producers)
+    assert {"blocks.0.depthwise.0", "blocks.0.depthwise.1"} <= set(mobile["blocks.0.expand.0"].producers)
+    assert "blocks.0.project.0" in mobile["stem.0"].producers  # the residual sum couples it with the stem
 
 
 def test_recurrent_and_attention_groups():
@@ -125,11 +127,11 @@ def test_taylor_importance_uses_data():
     def backward(m):
         nn.functional.cross_entropy(m(x), torch.tensor([1, 2, 3])).backward()
 
-    small = resize_groups(model, x, {"block1.conv1": 0.5}, importance="taylor", gradient_fn=backward)
-    assert small.block1.conv1.out_channels == 4
+    small = resize_groups(model, x, {"stage2.conv1": 0.5}, importance="taylor", gradient_fn=backward)
+    assert small.stage2.conv1.out_channels == 4
     assert all(p.grad is None for p in small.parameters())
     with pytest.raises(ConfigError, match="gradient_fn"):
-        resize_groups(model, x, {"block1.conv1": 0.5}, importance="taylor")
+        resize_groups(model, x, {"stage2.conv1": 0.5}, importance="taylor")
 
 
 def test_bad_width_requests_are_errors():
@@ -142,7 +144,7 @@ def test_bad_width_requests_are_errors():
     with pytest.raises(ConfigError, match="positive"):
         resize_groups(model, x, {"blocks.0.ffn_in": -1})
     with pytest.raises(ConfigError, match="one coupled group"):
-        resize_groups(TinyResNet(), _image(), {"stem.0": 0.5, "block1.conv2": 0.75})
+        resize_groups(TinyResNet(), _image(), {"stem.0": 0.5, "stage1.conv2": 0.75})
 
 
 def test_quantized_recurrent_embedding_and_norm_layers_train():

@@ -137,3 +137,34 @@ def test_cli_energy_defaults_json_and_plot(tmp_path, capsys):
                  "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["layers"]
     assert rows[0]["operator"] == "mux"
+
+
+def test_shifter_matches_qtools_for_po2_weights():
+    """QTools' shifter: gate bits B*log10(B), B = sqrt(2**bits_po2 * bits_x); product bits from its get_exp
+    (right 2**(n-1), left capped by max_value), which for quantized_po2(4, 1) is 8 + 4 + 0 = 12 bits."""
+    import math
+
+    po2, x8 = qtype("quantized_po2(4,1)"), qtype("quantized_bits(8,0,1)")
+    mult = make_multiplier(po2, x8)
+    b = math.sqrt(2 ** 4 * 8)
+    assert mult.operator == "shifter" and mult.gate_bits == pytest.approx(b * math.log10(b))
+    assert mult.output.bits == 12
+    assert make_multiplier(qtype("quantized_po2(4)"), x8).output.bits == 8 + 4 + 3
+    assert make_multiplier(qtype("quantized_relu_po2(4,2)"), x8).output.bits == 8 + 8 + 1
+
+
+@pytest.mark.parametrize("plan, settings, total", [
+    (None, {}, 5540.0),
+    (None, {"mode": "corrected", "min_sram_size": 2 ** 20}, 6172.7887070802235),
+    (None, {"weights_memory": "dram", "min_sram_size": 2 ** 27}, 145292.0),
+    (None, {"reference": ("int8", "int16"), "min_sram_size": 2 ** 27}, 5519.0),
+    ({"default": {"kernel": "quantized_bits(4,0,1)", "activation": "quantized_relu(4)"}}, {}, 953.0),
+    ({"default": {"kernel": "ternary", "bias": "quantized_bits(8,3,1)"}}, {"mode": "corrected", "min_sram_size": 2 ** 20},
+     1806.692602686),
+])
+def test_sequential_models_keep_the_totals_of_the_module_hook_estimator(plan, settings, total):
+    """Totals pinned from the previous estimator (forward hooks on leaf modules), which the graph path replaces:
+    for sequential models both see the same layers, so the numbers must not move."""
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU6(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 3 * 3, 4), nn.Softmax(dim=1))
+    assert estimate_energy(model, (8, 8, 8), plan, **settings).total_pj == pytest.approx(total, rel=1e-12)

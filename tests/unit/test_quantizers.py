@@ -93,11 +93,14 @@ def test_ste_gradient_is_identity():
 
 def test_spec_strings_are_parsed_safely_and_round_trip():
     for spec in ("quantized_bits(8,0,1)", "quantized_po2(4,1)", "quantized_relu(4,2)", "binary",
-                 "binary(use_01=True)", "ternary(alpha='auto')", "stochastic_ternary", "fp16", "int8"):
+                 "binary(use_01=True)", "ternary(alpha='auto')", "stochastic_ternary", "fp16", "int8",
+                 "quantized_bits(8,0,1,alpha='auto')", "quantized_bits(4,0,1,alpha='auto_po2')",
+                 "quantized_relu_po2(4,1)"):
         qz = get_quantizer(spec)
         assert get_quantizer(qz.spec()) == qz
     for bad in ("__import__('os').system('true')", "quantized_bits(bits=lambda: 1)", "nosuch(1)", "binary(",
-                "quantized_bits(99)", "ternary(alpha='auto', threshold=0.1)", "quantized_bits(8,0,1,alpha='auto')"):
+                "quantized_bits(99)", "ternary(alpha='auto', threshold=0.1)", "quantized_bits(8,0,1,alpha='best')",
+                "quantized_bits(8,0,1,keep_negative=False,alpha='auto')", "quantized_relu_po2(4,negative_slope=0.5)"):
         with pytest.raises(ConfigError):
             get_quantizer(bad)
     assert get_quantizer("float") is None
@@ -106,7 +109,9 @@ def test_spec_strings_are_parsed_safely_and_round_trip():
 @pytest.mark.parametrize("spec", ["quantized_bits(4,0,1)", "quantized_bits(6,1,0)", "quantized_relu(4,1)",
                                   "quantized_po2(4,1)", "quantized_po2_zero(5)", "binary", "binary(alpha='auto')",
                                   "binary(use_01=True, alpha='auto_po2')", "ternary", "ternary(alpha='auto')",
-                                  "ternary(alpha='auto_po2')", "fp16", "bf16"])
+                                  "ternary(alpha='auto_po2')", "fp16", "bf16",
+                                  "quantized_bits(4,0,1,alpha='auto')", "quantized_bits(4,1,1,alpha='auto_po2')",
+                                  "quantized_relu_po2(4,1)"])
 def test_codes_dequantize_exactly_through_the_bitstream(spec):
     torch.manual_seed(1)
     model = nn_model()
@@ -139,7 +144,7 @@ def test_pruned_zeros_survive_quantization_and_become_zero_words():
     # because the mask is applied after the quantizer too; likewise binary codes become ternary codes
     for spec in ("quantized_po2(4)", "binary(alpha='auto')"):
         qk = quantize_model(nn_model(), {"default": {"kernel": spec}}).eval()
-        assert qk[0].kernel_quantizer.quantize(torch.tensor([0.0, 1.0, -1.0]))[0] != 0
+        assert qk[0].kernel_quantizer.quantize(torch.tensor([[0.0, 1.0, -1.0]]))[0, 0] != 0
         qk[0].register_buffer("weight_mask", mask)
         decoded = nncodec.decode(nncodec.encode(qk))
         assert torch.equal(decoded["0.weight"], qk[0].quantized_weight().detach())
@@ -195,3 +200,23 @@ def test_fake_quant_model_trains_and_evaluates():
     levels = torch.unique(qmodel[1](qmodel[0](x)))
     assert len(levels) <= 16 and math.isfinite(float(out.sum().detach()))
     np.testing.assert_array_equal(np.unique(qmodel[0].kernel_quantizer.to_codes(qmodel[0].weight).codes), [-1, 0, 1])
+
+
+def test_newly_supported_qkeras_specs_match_hand_computed_values():
+    x = torch.tensor([[0.5, -0.25, 0.1, 0.05], [1.0, 0.3, -0.6, 0.0]])
+    # alpha='auto_po2': levels = 14; row 0: scale 2*0.5/14 -> 2**-4; z = [min(8, 7), -4, 2, 1]; the least-squares
+    # refinement 4.75/70 = 0.0679 rounds back to 2**-4. Row 1: 2/14 -> 2**-3; z = [7, 2, -5, 0]; 2**-3 again
+    po2 = get_quantizer("quantized_bits(4,0,1,alpha='auto_po2')").quantize(x)
+    assert po2.tolist() == [[7 / 16, -4 / 16, 2 / 16, 1 / 16], [7 / 8, 2 / 8, -5 / 8, 0.0]]
+    # alpha='auto': the float scale 2*max|x|/14 per row, z = floor(|x|/scale + 0.5) capped at 7
+    auto = get_quantizer("quantized_bits(4,0,1,alpha='auto')").quantize(x)
+    torch.testing.assert_close(auto[1], torch.tensor([7.0, 2.0, -4.0, 0.0]) / 7)  # 0.3*7 = 2.1, 0.6*7 = 4.2
+    # integer=1 scales the input by 2**-1 first and the output back by 2**1: same values for auto
+    torch.testing.assert_close(get_quantizer("quantized_bits(4,1,1,alpha='auto')").quantize(x), auto)
+    # quantized_relu_po2(4, 1): no exponent sign bit, k in [-16, 15], capped at max_value 1; x <= 0 -> 2**-16
+    relu_po2 = get_quantizer("quantized_relu_po2(4,1)").quantize(torch.tensor([-1.0, 0.0, 0.3, 0.75, 2.0]))
+    assert relu_po2.tolist() == [2.0 ** -16, 2.0 ** -16, 0.25, 1.0, 1.0]
+    assert get_quantizer("quantized_relu_po2(3)").quantize(torch.tensor([100.0, 1e-6])).tolist() == [8.0, 2.0 ** -4]
+    # binary(alpha='auto') on a 1-D tensor: QKeras' least-squares scale is per element (no averaging)
+    b = get_quantizer("binary(alpha='auto')").quantize(torch.tensor([0.5, -0.2, 0.0]))
+    torch.testing.assert_close(b, torch.tensor([0.5, -0.2, 0.0]) / (1 + 1e-7))

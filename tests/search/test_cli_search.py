@@ -1,0 +1,42 @@
+"""``nncodec search --model FILE.py:FUNCTION --data DATA.npz`` trains an untrained reference and says so."""
+
+import json
+
+import numpy as np
+
+from nncodec.cli import main
+from tests.search.digits import data
+
+MODEL = '''
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(16 * 4 * 4, 10))
+'''
+
+
+def _run(tmp_path, capsys, name, *extra):
+    x_train, y_train, x_test, y_test = data()
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, x_train=x_train, y_train=y_train, x_val=x_test, y_val=y_test)
+    (tmp_path / "net.py").write_text(MODEL)
+    code = main(["search", "--model", f"{tmp_path / 'net.py'}:build", "--data", str(npz), "--input-shape", "1,8,8",
+                 "--trials", "2", "--final-epochs", "1", "--controller", "random", "--out", str(tmp_path / name),
+                 "--json", *extra])
+    assert code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_trains_an_untrained_reference(tmp_path, capsys):
+    summary = _run(tmp_path, capsys, "trained", "--reference-epochs", "4")
+    assert summary["reference"]["accuracy"] > 0.85
+    assert any("trained the reference" in n for n in summary["notes"])
+    assert summary["warnings"] == []
+    assert summary["result"]["decoded_accuracy"] > 0.5
+
+
+def test_cli_warns_about_a_chance_level_reference(tmp_path, capsys):
+    summary = _run(tmp_path, capsys, "untrained", "--reference-epochs", "0")
+    assert summary["reference"]["accuracy"] < 0.35
+    assert len(summary["warnings"]) == 1 and "chance level" in summary["warnings"][0]

@@ -28,6 +28,7 @@ from ..quant.plan import Plan
 from .candidate import build_candidate, model_size_bits
 from .controllers import Outcome, register_controller
 from .score import score
+from .surrogate import base_choices
 
 __all__ = ["Knob", "knobs_of", "greedy_controller"]
 
@@ -88,14 +89,7 @@ class _Greedy:
         self.rows: list[dict[str, Any]] = []
 
     def choices(self, override: tuple[Knob, int] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for layer in self.s.space.layers:
-            if layer.kernel:
-                out[f"{layer.group}.kernel"] = layer.kernel[-1]
-            if layer.bias:
-                out[f"{layer.group}.bias"] = layer.bias[0]
-            if layer.activation:
-                out[f"{layer.group}.activation"] = layer.activation[-1]
+        out = base_choices(self.s.space)
         for k in self.knobs:
             out[k.key] = k.levels[override[1] if override and override[0] is k else k.index]
         return out

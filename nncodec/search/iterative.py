@@ -35,6 +35,7 @@ from ..quant.layers import quantize_model
 from .candidate import build_candidate, model_size_bits
 from .controllers import Outcome, register_schedule
 from .greedy import knobs_of
+from .surrogate import base_choices
 
 __all__ = ["iterative_schedule"]
 
@@ -76,14 +77,7 @@ def iterative_schedule(searcher: Any) -> Outcome:
     knobs = knobs_of(space)
 
     def plan_now() -> Any:
-        choices: dict[str, Any] = {}
-        for layer in space.layers:
-            if layer.kernel:
-                choices[f"{layer.group}.kernel"] = layer.kernel[-1]
-            if layer.bias:
-                choices[f"{layer.group}.bias"] = layer.bias[0]
-            if layer.activation:
-                choices[f"{layer.group}.activation"] = layer.activation[-1]
+        choices = base_choices(space)
         choices.update({k.key: k.levels[k.index] for k in knobs})
         return space.plan_from(choices)
 

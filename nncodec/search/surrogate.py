@@ -32,10 +32,10 @@ from torch import nn
 
 from ..energy.estimate import estimate_energy
 from ..quant.base import get_quantizer
-from ..quant.plan import LayerPlan, Plan
+from ..quant.plan import Plan
 from .space import SearchSpace
 
-__all__ = ["CostSurrogate", "LayerCosts", "base_plan", "soft_layers", "feeding_activations"]
+__all__ = ["CostSurrogate", "LayerCosts", "base_plan", "base_choices", "soft_layers", "feeding_activations"]
 
 
 @dataclass
@@ -82,23 +82,27 @@ def soft_layers(space: SearchSpace) -> list[Any]:
     return [layer for layer in space.layers if layer.kernel and layer.kind in ("conv", "dense")]
 
 
-def base_plan(space: SearchSpace, kernel: dict[str, str] | None = None, act: dict[str, str] | None = None) -> Plan:
-    """Every layer at its last kernel / activation candidate and first bias candidate, unless ``kernel``
-    (layer name -> spec) or ``act`` (activation module -> spec) say otherwise."""
+def base_choices(space: SearchSpace, kernel: dict[str, str] | None = None,
+                 act: dict[str, str] | None = None) -> dict[str, Any]:
+    """Parameter values (:meth:`SearchSpace.plan_from` keys) with every group at its last kernel /
+    activation candidate and first bias candidate, unless ``kernel`` (layer name -> spec) or ``act``
+    (activation module -> spec) say otherwise (the first layer of a shared group decides)."""
     kernel, act = kernel or {}, act or {}
-    plan = Plan(dict(space.fixed.layers), space.fixed.default, {})
+    choices: dict[str, Any] = {}
     for layer in space.layers:
-        k = kernel.get(layer.name, layer.kernel[-1]) if layer.kernel else None
-        b = layer.bias[0] if layer.bias else None
-        a = act.get(layer.activation_module or "", layer.activation[-1]) if layer.activation else None
-        if layer.kind != "activation":
-            if layer.activation_module == layer.name:
-                plan.layers[layer.name] = LayerPlan(kernel=k, bias=b, activation=a)
-                continue
-            plan.layers[layer.name] = LayerPlan(kernel=k, bias=b)
-        if layer.activation_module and a is not None:
-            plan.layers[layer.activation_module] = LayerPlan(activation=a)
-    return plan
+        g = layer.group
+        if layer.kernel:
+            choices.setdefault(f"{g}.kernel", kernel.get(layer.name, layer.kernel[-1]))
+        if layer.bias:
+            choices.setdefault(f"{g}.bias", layer.bias[0])
+        if layer.activation:
+            choices.setdefault(f"{g}.activation", act.get(layer.activation_module or "", layer.activation[-1]))
+    return choices
+
+
+def base_plan(space: SearchSpace, kernel: dict[str, str] | None = None, act: dict[str, str] | None = None) -> Plan:
+    """The plan of :func:`base_choices` (widths unchanged)."""
+    return space.plan_from(base_choices(space, kernel, act))
 
 
 def _rows(report: Any, module: str) -> tuple[float, float]:

@@ -22,11 +22,13 @@ from __future__ import annotations
 from typing import Any
 
 
-from .decoder import decode_arrays, iter_tensors, read_info
+from .bitstream.units import TensorHeader
+from .decoder import StreamInfo, UnitInfo, decode_arrays, iter_tensors, read_info
 from .encoder import EncodeReport, Encoder, TensorReport, encode_arrays
 from .errors import (BadMagicError, ChecksumError, ConfigError, CorruptError, FormatError, LimitExceededError,
                      NNCodecError, TruncatedError, UnknownUnitError, UnsupportedFeatureError,
                      UnsupportedVersionError)
+from .lazy import StreamFile
 from .limits import DEFAULT_LIMITS, Limits
 
 __version__ = "0.1.0"
@@ -36,6 +38,7 @@ __all__ = [
     "encode", "encode_with_report", "decode", "load_into", "load_model", "open", "save", "load",
     "calibrate_step_scales", "encode_arrays", "decode_arrays", "iter_tensors", "read_info",
     "Encoder", "EncodeReport", "TensorReport", "Limits", "DEFAULT_LIMITS",
+    "StreamInfo", "UnitInfo", "StreamFile", "TensorHeader",
     "NNCodecError", "FormatError", "BadMagicError", "UnsupportedVersionError", "TruncatedError",
     "CorruptError", "ChecksumError", "UnknownUnitError", "UnsupportedFeatureError", "LimitExceededError",
     "ConfigError",
@@ -91,10 +94,8 @@ def load_model(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:
     return torch_io.load_model(src, limits=limits)
 
 
-def open(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> Any:  # noqa: A001  (like safetensors.safe_open)
+def open(src: Any, *, limits: Limits = DEFAULT_LIMITS) -> StreamFile:  # noqa: A001  (like safetensors.safe_open)
     """Open a stream for lazy access: ``with nncodec.open(path) as f: f.keys(); f.get_tensor(name)``."""
-    from .lazy import StreamFile
-
     return StreamFile(src, limits=limits)
 
 

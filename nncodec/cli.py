@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
 import sys
 import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +20,51 @@ from .errors import ConfigError, NNCodecError
 log = logging.getLogger("nncodec")
 
 
+class _Failure(Exception):
+    """A one-line error the CLI prints as is (exit code 2)."""
+
+
+@contextlib.contextmanager
+def _about(path: Any) -> Iterator[None]:
+    """Errors inside name ``path`` and their class, on one line."""
+    try:
+        yield
+    except (NNCodecError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise _Failure(_one_line(f"{exc.strerror or exc}: {exc.filename}")) from None
+        raise _Failure(_one_line(f"{path}: {type(exc).__name__}: {exc}")) from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
 def _read_tensors(path: Path) -> dict[str, Any]:
-    """Tensors from ``.pt`` (state_dict, ``weights_only=True``), ``.safetensors`` or ``.npz``."""
+    """Tensors from ``.pt`` (state_dict, ``weights_only=True``), ``.safetensors`` or ``.npz``; any problem
+    with the file is a :class:`ConfigError` naming it."""
     if not path.is_file():
         raise ConfigError(f"input file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix in (".pt", ".pth", ".bin"):
-        import torch
+    if suffix not in (".pt", ".pth", ".bin", ".safetensors", ".npz"):
+        raise ConfigError(f"unknown input type {suffix!r}: use .pt, .safetensors or .npz")
+    if suffix != ".safetensors" and not zipfile.is_zipfile(path):
+        kind = "an .npz (zip) archive" if suffix == ".npz" else "a torch.save zip archive (torch >= 1.6)"
+        raise ConfigError(f"{path} is not {kind}")
+    try:
+        obj = _load_tensor_file(path, suffix)
+    except OSError:
+        raise
+    except Exception as exc:  # each library raises its own types for a bad file (pickle, zip, header errors)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} is not a readable {suffix} tensor file: {first}") from None
+    if suffix != ".npz" and isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    return obj
 
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a bad file
-            raise ConfigError(f"{path} is not a loadable torch state_dict: {exc}") from None
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict):
-            raise ConfigError(f"{path} holds a {type(obj).__name__}, not a state_dict")
-        return obj
+
+def _load_tensor_file(path: Path, suffix: str) -> Any:
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -43,7 +74,9 @@ def _read_tensors(path: Path) -> dict[str, Any]:
 
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    raise ConfigError(f"unknown input type {suffix!r}: use .pt, .safetensors or .npz")
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _write_tensors(tensors: dict[str, Any], path: Path) -> None:
@@ -53,7 +86,14 @@ def _write_tensors(tensors: dict[str, Any], path: Path) -> None:
     if suffix == ".safetensors":
         from safetensors.torch import save
 
-        write_atomic(path, [save({k: v.contiguous() for k, v in tensors.items()})])
+        # safetensors refuses tensors that share memory: a tied tensor (an alias) is written as its own copy
+        seen: set[int] = set()
+        unshared = {}
+        for k, v in tensors.items():
+            v = v.contiguous()
+            unshared[k] = v.clone() if v.numel() and v.data_ptr() in seen else v
+            seen.add(v.data_ptr())
+        write_atomic(path, [save(unshared)])
     elif suffix in (".pt", ".pth"):
         import torch
 
@@ -103,11 +143,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         if not isinstance(loaded, dict):
             raise ConfigError(f"--step-scales {args.step_scales}: expected a JSON object of name -> factor")
         scales = {**loaded, **scales}
+    if scales and args.rel_step is None:
+        raise ConfigError("--step-scale and --step-scales apply to --rel-step only")
     tensors = _read_tensors(Path(args.input))
-    _, report = encode_with_report(tensors, args.output, bits=args.bits, step=args.step, bits_1d=args.bits_1d,
-                                   rel_step=args.rel_step, step_scales=scales or None,
-                                   lossless=args.lossless or (), level=args.level, metadata=meta,
-                                   progress=None if not args.quiet else False)
+    with _about(args.input):
+        _, report = encode_with_report(tensors, args.output, bits=args.bits, step=args.step, bits_1d=args.bits_1d,
+                                       rel_step=args.rel_step, step_scales=scales or None,
+                                       lossless=args.lossless or (), level=args.level, metadata=meta,
+                                       progress=None if not args.quiet else False)
     if args.json:
         print(report.to_json())
     elif not args.quiet:
@@ -119,7 +162,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from .torch_io import decode
 
     t0 = time.perf_counter()
-    tensors = decode(args.input)
+    with _about(args.input):
+        tensors = decode(args.input)
     _write_tensors(tensors, Path(args.output))
     if not args.quiet:
         print(f"decoded {len(tensors)} tensors into {args.output} in {time.perf_counter() - t0:.2f} s")
@@ -131,15 +175,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from .decoder import read_info
 
-    info = read_info(args.file)
+    with _about(args.file):
+        info = read_info(args.file)
     if args.json:
         print(json.dumps({"version": list(info.version), "metadata": info.metadata, "total_bytes": info.total_bytes,
-                          "has_topology": info.topology is not None,
+                          "has_topology": info.topology is not None, "aliases": info.aliases,
                           "units": [asdict(u) for u in info.units]}, indent=2, ensure_ascii=False))
         return 0
     print(f"nncodec format {info.version[0]}.{info.version[1]}, {info.total_bytes} bytes, {len(info.units)} units")
     for k, v in info.metadata.items():
         print(f"  metadata {k} = {v}")
+    for alias, target in info.aliases.items():
+        print(f"  alias {alias} -> {target} (tied: stored once)")
     print(f"{'#':>4s} {'unit':20s} {'offset':>10s} {'bytes':>10s}  tensor")
     for u in info.units:
         t = u.tensor
@@ -158,9 +205,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     n = nbytes = 0
-    for _, arr in iter_tensors(args.file):
-        n += 1
-        nbytes += arr.nbytes
+    with _about(args.file):
+        for _, arr in iter_tensors(args.file):
+            n += 1
+            nbytes += arr.nbytes
     print(f"OK: {args.file}: {n} tensors, {nbytes} decoded bytes, checksums and structure valid "
           f"({time.perf_counter() - t0:.2f} s)")
     return 0
@@ -205,11 +253,12 @@ def _cmd_energy(args: argparse.Namespace) -> int:
     from .energy import estimate_energy
     from .quant.plan import Plan
 
-    if args.example and not args.model:
-        raise ConfigError("--example needs --model")
+    _needs_model(args, "input_shape", "weights", "example")
+    if args.example and args.input_shape:
+        raise ConfigError("--example and --input-shape both give the input: pass one")
     if args.model:
         model = _load_user_model(args.model, args.weights)
-        shape = _load_example(args.example) if args.example else tuple(int(v) for v in args.input_shape.split(","))
+        shape = _load_example(args.example) if args.example else _input_shape(args.input_shape)
     else:
         from .models import seed_example_cnn
 
@@ -238,6 +287,23 @@ def _cmd_energy(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0
+
+
+def _needs_model(args: argparse.Namespace, *options: str) -> None:
+    """Options that only apply with ``--model`` are errors without it (never silently ignored)."""
+    given = [f"--{o.replace('_', '-')}" for o in options if getattr(args, o, None) is not None]
+    if given and not args.model:
+        raise ConfigError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} with --model only")
+
+
+def _input_shape(text: str | None) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in (text or "1,28,28").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise ConfigError(f"--input-shape takes positive integers separated by commas, got {text!r}")
+    return shape
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -273,6 +339,7 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    _needs_model(args, "input_shape", "weights", "data")
     if not args.model:
         if args.schedule != "single" or args.option or args.codesign:
             raise ConfigError("--schedule, --option and --codesign apply to a search of your --model, not the demo")
@@ -291,7 +358,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         x_train, y_train = z["x_train"].astype(np.float32), z["y_train"].astype(np.int64)
         x_val, y_val = z["x_val"].astype(np.float32), z["y_val"].astype(np.int64)
     model = _load_user_model(args.model, args.weights)
-    shape = tuple(int(v) for v in args.input_shape.split(","))
+    shape = _input_shape(args.input_shape)
     if tuple(x_train.shape[1:]) != shape:
         raise ConfigError(f"--input-shape {args.input_shape} does not match the data ({list(x_train.shape[1:])})")
     notes = []
@@ -337,7 +404,7 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     folder = Path(args.dir) if args.dir else default_vectors_dir()
     passed = failed = 0
     rows = []
-    for outcome in run_conformance(folder, args.decoder):
+    for outcome in run_conformance(folder, args.decoder, args.only or ()):
         passed += outcome.passed
         failed += not outcome.passed
         v = outcome.vector
@@ -401,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "with 8-bit weights and quantized_relu(8) activations, or --reference int8,int16.")
     en.add_argument("--model", metavar="FILE.py:FUNCTION", help="your code: a function returning an nn.Module")
     en.add_argument("--weights", help="state_dict .pt for --model (loaded with weights_only=True)")
-    en.add_argument("--input-shape", default="1,28,28", help="input shape without batch, e.g. 3,32,32")
+    en.add_argument("--input-shape", help="with --model: input shape without batch (default 1,28,28)")
     en.add_argument("--example", metavar="FILE.pt", help="example inputs for --model: a tensor or tuple of tensors "
                     "saved with torch.save (token ids, masks...), batch 1; replaces --input-shape")
     en.add_argument("--memory", action="store_true", help="print the memory report (peak activation memory, "
@@ -439,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "decoder command, and checks the results; exit 1 on any failure.")
     c.add_argument("dir", nargs="?", help="vectors folder with manifest.json (default: the bundled vectors)")
     c.add_argument("--decoder", metavar="'CMD {in} {out}'",
-                   help="external decoder: writes {out} as .npz (one array per tensor), exits non-zero on bad input")
+                   help="external decoder: writes {out} as .npz (one array per tensor); on bad input exits non-zero "
+                        "with the error class name as the last line of stderr")
+    c.add_argument("--only", action="append", metavar="GLOB", help="only the vectors whose name matches (repeatable)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_conformance)
 
@@ -459,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--reference-epochs", type=int, default=8,
                     help="epochs of reference training when no --weights is given (default 8)")
     se.add_argument("--data", help=".npz with x_train, y_train, x_val, y_val")
-    se.add_argument("--input-shape", default="1,28,28")
+    se.add_argument("--input-shape", help="with --model: input shape without batch (default 1,28,28)")
     se.add_argument("--study-name", default="nncodec-search", help="workers sharing a storage join this study")
     se.add_argument("--proxy-epochs", type=int, default=1)
     se.add_argument("--proxy-fraction", type=float, default=0.5, help="fraction of the training set per trial")
@@ -497,12 +566,14 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(["demo"])
     try:
         return int(args.func(args))
+    except _Failure as exc:
+        message = str(exc)
     except NNCodecError as exc:
-        print(f"nncodec: error: {exc}", file=sys.stderr)
-        return 1
+        message = _one_line(f"{type(exc).__name__}: {exc}")
     except OSError as exc:
-        print(f"nncodec: error: {exc}", file=sys.stderr)
-        return 1
+        message = _one_line(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    print(f"nncodec: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

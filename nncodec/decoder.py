@@ -9,22 +9,23 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from .bitstream.byte_reader import ByteReader
 from .bitstream.constants import (SCHEME_NONE, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET, UNIT_NAMES,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
-from .bitstream.pipeline import Pipeline
-from .bitstream.reader import CodedStream, StreamedPayload, UnitReader, open_source
-from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, UnitHeader, parse_json_object
-from .errors import CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
+from .coding.pipeline import Pipeline
+from .bitstream.reader import CodedStream, DeferredPayload, StreamedPayload, UnitReader, open_source
+from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, UnitHeader, parse_json_object
+from .errors import ConfigError, CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["decode_arrays", "iter_tensors", "read_info", "StreamInfo", "UnitInfo", "Source"]
+__all__ = ["decode_arrays", "iter_tensors", "read_info", "decode_tensor", "StreamWalker", "StreamInfo", "UnitInfo",
+           "Source"]
 
 _PIECE_ELEMENTS = 1 << 18  # codes decoded per block when dequantizing as they arrive
 _AHEAD_UNITS = 8            # per worker: units read ahead of the one yielded next
@@ -54,21 +55,38 @@ class StreamInfo:
     units: list[UnitInfo] = field(default_factory=list)
     topology: dict[str, Any] | None = None
     total_bytes: int = 0
+    aliases: dict[str, str] = field(default_factory=dict)  #: alias name -> tensor whose storage it shares
 
 
-class _StreamWalker:
-    """The unit-order state machine shared by decoding and inspection."""
+class StreamWalker:
+    """The unit-order rules of FORMAT.md §4, the one place they live: decoding (:func:`iter_tensors`,
+    :func:`decode_arrays`), inspection (:func:`read_info`) and lazy access (``nncodec.open``) all walk a
+    stream through it, so they accept and refuse the same streams.
+
+    ``f`` is a binary file object (see :func:`~nncodec.bitstream.reader.open_source` for bytes and paths).
+    ``on_unit(index, unit header)`` is called for every unit before it is interpreted. With
+    ``defer_tensors`` (seekable ``f``) tensor payloads are not read: :meth:`tensor_units` yields a
+    :class:`~nncodec.bitstream.reader.CodedSpan` instead of the coded bytes, and their checksums are left
+    to whoever decodes them.
+    """
 
     def __init__(self, f: BinaryIO, limits: Limits,
-                 on_unit: Callable[[int, UnitHeader], None] | None = None):
+                 on_unit: Callable[[int, UnitHeader], None] | None = None, *, defer_tensors: bool = False):
         self.limits = limits
         self.on_unit = on_unit
-        self.reader = UnitReader(f, limits)
+        self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
         self.header: StreamHeader | None = None
         self.default_pipeline: Pipeline | None = None
         self.topology: dict[str, Any] | None = None
         self.names: set[str] = set()
         self.decoded_bytes = 0
+        self._pipelines: dict[tuple, Pipeline] = {}  # stored entries -> stages, resolved once
+        self.aliases: dict[str, str] = {}  #: alias name -> target tensor name (the tensor-aliases unit)
+        self._aliases_seen = False
+
+    def aliases_of(self, name: str) -> list[str]:
+        """Names sharing the storage of tensor ``name`` (ascending)."""
+        return sorted(a for a, t in self.aliases.items() if t == name)
 
     def tensor_units(self) -> Iterator[tuple[int, UnitHeader, TensorHeader, memoryview]]:
         """Yield ``(index, unit header, tensor header, coded payload)`` for each tensor, checking order."""
@@ -77,7 +95,7 @@ class _StreamWalker:
             if self.on_unit is not None:
                 self.on_unit(index, uh)
             base = uh.offset + UNIT_HEADER_SIZE
-            streamed = payload if isinstance(payload, StreamedPayload) else None
+            streamed = payload if isinstance(payload, (StreamedPayload, DeferredPayload)) else None
             if streamed is not None:  # a large tensor unit: only its first bytes are in memory yet
                 payload = memoryview(streamed.prefix)
             try:
@@ -101,6 +119,14 @@ class _StreamWalker:
                         raise CorruptError("a second topology unit")
                     self.limits.check("topology size", len(payload), "max_metadata_bytes", offset=base)
                     self.topology = parse_json_object(payload, "topology", base)
+                elif uh.unit_type == UNIT_TENSOR_ALIASES:
+                    if self.names or self._aliases_seen:
+                        raise CorruptError("tensor aliases after tensors or repeated")
+                    self.aliases = TensorAliases.parse(r, self.limits).aliases
+                    self._aliases_seen = True
+                    chained = sorted(set(self.aliases) & set(self.aliases.values()))
+                    if chained:
+                        raise CorruptError(f"alias target {chained[0]!r} is itself an alias")
                 elif uh.unit_type == UNIT_TENSOR:
                     try:
                         th = TensorHeader.parse(r, self.limits)
@@ -111,12 +137,13 @@ class _StreamWalker:
                         streamed = None
                         r = ByteReader(payload, base_offset=base, what="tensor unit payload")
                         th = TensorHeader.parse(r, self.limits)
-                    if th.name in self.names:
+                    if th.name in self.names or th.name in self.aliases:
                         raise CorruptError(f"duplicate tensor name {th.name!r}")
                     self.names.add(th.name)
                     if th.pipeline is None and self.default_pipeline is None:
                         raise CorruptError(f"tensor {th.name!r} uses a default pipeline but no model parameter "
                                            "set came before it")
+                    self.pipeline_of(th)  # its stages exist and their params are valid
                     nbytes = th.numel * th.dtype.itemsize
                     self.decoded_bytes += nbytes
                     self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
@@ -130,6 +157,9 @@ class _StreamWalker:
                     if eos.tensor_count != len(self.names) or self.header.tensor_count != len(self.names):
                         raise CorruptError(f"stream declares {self.header.tensor_count} tensors, end-of-stream "
                                            f"{eos.tensor_count}, {len(self.names)} present")
+                    missing = sorted(set(self.aliases.values()) - self.names)
+                    if missing:
+                        raise CorruptError(f"alias target {missing[0]!r} is not a tensor of the stream")
                     seen_end = True
                     if not self.reader.at_end():
                         raise CorruptError("bytes after the end-of-stream unit")
@@ -139,29 +169,33 @@ class _StreamWalker:
             except (FormatError, LimitExceededError) as exc:
                 if streamed is not None:
                     streamed.finish()  # a checksum mismatch explains the error first
-                if isinstance(exc, FormatError):
-                    raise exc.located(unit_index=index, offset=uh.offset) from None
-                raise
+                raise exc.located(unit_index=index, offset=uh.offset) from None
         if not seen_end:
             raise TruncatedError("stream ends without an end-of-stream unit", offset=self.reader.position)
 
     def pipeline_of(self, th: TensorHeader) -> Pipeline:
-        return th.pipeline if th.pipeline is not None else self.default_pipeline  # type: ignore[return-value]
+        """The stages of ``th``: its own entries resolved through the stage registry, or the default."""
+        if th.pipeline is None:
+            return self.default_pipeline  # type: ignore[return-value]
+        if th.pipeline not in self._pipelines:
+            self._pipelines[th.pipeline] = Pipeline.from_entries(th.pipeline)
+        return self._pipelines[th.pipeline]
 
 
-def _decode_tensor(walker: _StreamWalker, th: TensorHeader, coded: memoryview, dest: np.ndarray | None) -> np.ndarray:
+def decode_tensor(th: TensorHeader, coded: "memoryview | CodedStream", pipeline: Pipeline, limits: Limits,
+                  dest: np.ndarray | None = None) -> np.ndarray:
+    """The values of one tensor from its coded bytes (``pipeline``: its own or the default one)."""
     storage = th.dtype.storage
     if dest is None:
         dest = np.empty(th.shape, dtype=storage)
-    pipeline = walker.pipeline_of(th)
     if th.quant.scheme == SCHEME_NONE:
         flat = dest.reshape(-1).view(np.uint8)
-        pipeline.decode_into(coded, flat, walker.limits)
+        pipeline.decode_into(coded, flat, limits)
         if th.dtype.name == "bool" and flat.size and flat.max() > 1:
             raise CorruptError(f"bool tensor {th.name!r} holds bytes other than 0 and 1")
     elif not (_decode_mapped(pipeline, coded, th, dest) or _dequantize_streaming(pipeline, coded, th, dest)):
         codes = np.empty(th.numel, dtype=th.quant.code_dtype.storage)
-        pipeline.decode_into(coded, codes.view(np.uint8), walker.limits)
+        pipeline.decode_into(coded, codes.view(np.uint8), limits)
         dequantize_into(codes.reshape(th.shape), th.quant, dest, th.dtype)
     return dest
 
@@ -215,15 +249,28 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     next ones are read, up to 16 MiB of coded bytes ahead (default: up to 4, the CPU count; 1 decodes
     one unit at a time; large streamed units always decode alone). A tensor is yielded before later units
     are checked: consume the iterator fully before trusting the file as a whole.
+
+    An alias (tied tensor, FORMAT.md §3.7) is yielded right after its target, as the target's array
+    itself under a header that carries the alias name; ``destination`` is not asked for it.
     """
+    walkers: list[StreamWalker] = []
+    for th, arr in _iter_units(src, limits, destination, workers, walkers):
+        yield th, arr
+        for alias in walkers[0].aliases_of(th.name):
+            yield replace(th, name=alias), arr
+
+
+def _iter_units(src: Source, limits: Limits, destination: DestinationFn | None, workers: int | None,
+                walkers: list[StreamWalker]) -> Iterator[tuple[TensorHeader, np.ndarray]]:
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     f, owned = open_source(src)  # type: ignore[arg-type]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nncodec-decode") if workers > 1 else None
     pending: deque[tuple[TensorHeader, Future[np.ndarray], int]] = deque()  # with coded bytes
     try:
-        walker = _StreamWalker(f, limits)
+        walker = StreamWalker(f, limits)
+        walkers.append(walker)
         units = walker.tensor_units()
         while True:
             try:
@@ -236,7 +283,7 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
             dest = destination(th) if destination is not None else None
             if dest is not None and (dest.shape != th.shape or dest.dtype != th.dtype.storage
                                      or not dest.flags.c_contiguous or not dest.flags.writeable):
-                raise ValueError(f"destination for {th.name!r} must be a writable C-contiguous "
+                raise ConfigError(f"destination for {th.name!r} must be a writable C-contiguous "
                                  f"{th.dtype.storage} array of shape {th.shape}")
             if pool is None or isinstance(coded, CodedStream):  # a streamed unit reads the file as it decodes
                 yield from _settle(pending)
@@ -262,15 +309,15 @@ def _settle(pending: "deque[tuple[TensorHeader, Future[np.ndarray], int]]", unit
         yield head, fut.result()
 
 
-def _decode_unit(walker: _StreamWalker, index: int, uh: UnitHeader, th: TensorHeader,
+def _decode_unit(walker: StreamWalker, index: int, uh: UnitHeader, th: TensorHeader,
                  coded: "memoryview | CodedStream", dest: np.ndarray | None) -> np.ndarray:
     try:
         try:
-            return _decode_tensor(walker, th, coded, dest)
+            return decode_tensor(th, coded, walker.pipeline_of(th), walker.limits, dest)
         finally:
             if isinstance(coded, CodedStream):
                 coded.finish()  # the checksum, before the tensor is handed out (or explaining an error)
-    except FormatError as exc:
+    except (FormatError, LimitExceededError) as exc:
         raise exc.located(unit_index=index, offset=uh.offset) from None
 
 
@@ -289,7 +336,7 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                               uh.offset, UNIT_HEADER_SIZE + uh.payload_length, uh.critical))
 
     try:
-        walker = _StreamWalker(f, limits, on_unit=record)
+        walker = StreamWalker(f, limits, on_unit=record)
         for _, _, th, coded in walker.tensor_units():
             numel = th.numel
             units[-1].tensor = {
@@ -302,7 +349,8 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                 "bits_per_param": (8.0 * units[-1].size / numel) if numel else None,
             }
         metadata = walker.header.metadata if walker.header is not None else {}
-        return StreamInfo(walker.reader.version, metadata, units, walker.topology, walker.reader.position)
+        return StreamInfo(walker.reader.version, metadata, units, walker.topology, walker.reader.position,
+                          dict(walker.aliases))
     finally:
         if owned:
             f.close()

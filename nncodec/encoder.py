@@ -8,6 +8,7 @@ unit is never larger than the raw words plus its header.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import logging
 import math
@@ -23,20 +24,22 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_atomic
-from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, SCHEME_BINARY, SCHEME_NONE,
+from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_MINOR_ALIASES, MAGIC, SCHEME_BINARY, SCHEME_NONE, STREAM_HEADER,
                                   SCHEME_UNIFORM, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TOPOLOGY)
-from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
-from .bitstream.pipeline import Pipeline
-from .bitstream.units import EndOfStream, StreamHeader, TensorHeader, frame_unit
-from .coding import Ans, BitPack, Rans, Shuffle, ZeroWords, Zstd, ans_available, rans_available, stage_from_config
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
+from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
+from .coding.pipeline import Pipeline
+from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
+from .coding import BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
 from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
 from .dtypes import contiguous as _contiguous
 from .errors import ConfigError
+from .limits import DEFAULT_LIMITS, Limits
 from .quant.uniform import UniformCodes, quantize_by_bits, quantize_by_step
 
-__all__ = ["Encoder", "EncodeReport", "TensorReport", "CodedTensor", "encode_arrays", "choose_pipeline"]
+__all__ = ["Encoder", "EncodeReport", "TensorReport", "encode_arrays", "find_aliases", "choose_pipeline",
+           "encoder_from_options"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class EncodeReport:
     tensors: list[TensorReport] = field(default_factory=list)
     total_bytes: int = 0
     seconds: float = 0.0
+    aliases: dict[str, str] = field(default_factory=dict)  #: tied tensors: alias -> the tensor stored once
 
     @property
     def parameters(self) -> int:
@@ -82,7 +86,7 @@ class EncodeReport:
     def to_json(self) -> str:
         return json.dumps({"total_bytes": self.total_bytes, "seconds": self.seconds,
                            "parameters": self.parameters, "bits_per_param": self.bits_per_param,
-                           "tensors": [asdict(t) for t in self.tensors]}, indent=2)
+                           "tensors": [asdict(t) for t in self.tensors], "aliases": self.aliases}, indent=2)
 
     def table(self) -> str:
         rows = [f"{'tensor':40s} {'dtype':8s} {'scheme':8s} {'bits/param':>10s} {'max err':>10s} {'rms err':>10s}"]
@@ -104,10 +108,8 @@ def _candidates(word_size: int, bits: int, signed: bool, zero_fraction: float, l
     z = Zstd(level)
     entropy: Stage | None = None
     if word_size <= 2 and (0 < bits < 8 * word_size or word_size == 1):
-        if rans_available():
-            entropy = Rans(word_size, signed)
-        elif ans_available():  # the experimental stage 5, only where numba is missing
-            entropy = Ans(word_size, signed)
+        coders = entropy_stages(word_size)  # registered stages declaring ``entropy``, most preferred first
+        entropy = coders[0](word_size, signed) if coders else None  # type: ignore[call-arg]
     pruned = entropy is not None and n_words >= _ENTROPY_ONLY_WORDS
     cands: list[tuple] = [(), (z,)]
     if word_size > 1:
@@ -161,19 +163,6 @@ def choose_pipeline(words: np.ndarray, word_size: int, bits: int, signed: bool, 
     return chosen, payload
 
 
-@dataclass(frozen=True)
-class CodedTensor:
-    """A tensor that arrives already quantized: its codes and the descriptor that maps them to values.
-
-    ``codes`` has the tensor's shape and the descriptor's code dtype; ``dtype`` is the tensor's (float)
-    dtype after decoding. The encoder stores the codes as they are (lossless from here on).
-    """
-
-    codes: np.ndarray
-    quant: QuantDescriptor
-    dtype: DType
-
-
 @dataclass
 class _Prepared:
     header: TensorHeader
@@ -198,6 +187,9 @@ class Encoder:
     - ``progress``: show a tqdm bar (None: only on a terminal for inputs over 64 MiB).
     - ``pipeline``: stage configs (``[{"id": "zero_words", "word_size": 1, ...}, {"id": "zstd"}]``)
       applied to every tensor instead of choosing the smallest; for experts and conformance vectors.
+    - ``limits``: the decoder limits the stream must respect (default: the decoder's defaults). A name,
+      rank, size or metadata over them is refused with :class:`LimitExceededError` at encode time, so a
+      stream that encodes also decodes with the same limits.
 
     Thread-safe: an instance holds settings only.
     """
@@ -205,7 +197,10 @@ class Encoder:
     def __init__(self, *, bits: int | None = None, step: float | None = None, bits_1d: int = 16,
                  lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
                  progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None,
-                 rel_step: float | None = None, step_scales: Mapping[str, float] | None = None):
+                 rel_step: float | None = None, step_scales: Mapping[str, float] | None = None,
+                 limits: Limits = DEFAULT_LIMITS):
+        if not isinstance(limits, Limits):
+            raise ConfigError(f"limits must be an nncodec.Limits, got {type(limits).__name__}")
         if sum(v is not None for v in (bits, step, rel_step)) > 1:
             raise ConfigError("give one of bits, step and rel_step")
         if rel_step is not None and not (isinstance(rel_step, (int, float)) and 0 < rel_step < 1e6):
@@ -229,6 +224,7 @@ class Encoder:
         self.lossless = tuple(lossless)
         self.level = level
         self.metadata = meta
+        self.limits = limits
         self.progress = progress
         self.pipeline = None if pipeline is None else Pipeline(tuple(stage_from_config(c) for c in pipeline))
 
@@ -295,7 +291,7 @@ class Encoder:
             pipeline, payload = self.pipeline, self.pipeline.encode(memoryview(words))
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
-        header = TensorHeader(name, dtype, shape, desc, pipeline)
+        header = TensorHeader(name, dtype, shape, desc, pipeline.entries())
         unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(payload)
         numel = math.prod(shape)
         report = TensorReport(name, dtype.name, list(shape), desc.scheme_name,
@@ -303,6 +299,19 @@ class Encoder:
                               [st.codec_id for st in pipeline.stages], unit_bytes,
                               8.0 * unit_bytes / numel if numel else None, max_err, rms_err)
         return _Prepared(header, payload, pipeline, report)
+
+    def _check_tensor_limits(self, name: str, array: np.ndarray) -> None:
+        """Refuse what the decoder (with ``self.limits``) would refuse, and what the format cannot hold."""
+        name_bytes = len(name.encode("utf-8"))
+        if name_bytes > 0xFFFF:
+            raise ConfigError(f"tensor name {name[:40]!r}... is longer than 65535 UTF-8 bytes")
+        self.limits.check(f"name length of tensor {name[:40]!r}", name_bytes, "max_name_bytes")
+        if array.ndim > 255:
+            raise ConfigError(f"tensor {name!r} has rank {array.ndim}, at most 255 is encodable")
+        self.limits.check(f"rank of tensor {name!r}", array.ndim, "max_ndim")
+        span = math.prod(max(int(d), 1) for d in array.shape)
+        self.limits.check(f"element count of tensor {name!r} (zero dimensions counted as 1)", span,
+                          "max_tensor_elements")
 
     # -- whole stream -----------------------------------------------------------------------
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
@@ -312,14 +321,27 @@ class Encoder:
         Units are in canonical order (tensors sorted by name), so equal input gives equal bytes.
         """
         start = time.perf_counter()
-        names = sorted(tensors)
-        for name in names:
+        if not isinstance(tensors, Mapping):
+            raise ConfigError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
+        for name in tensors:
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"tensor names must be non-empty strings, got {name!r}")
-            if len(name.encode("utf-8")) > 0xFFFF:
-                raise ConfigError(f"tensor name {name[:40]!r}... is longer than 65535 UTF-8 bytes")
-            if _array_of(tensors[name]).ndim > 255:
-                raise ConfigError(f"tensor {name!r} has rank {_array_of(tensors[name]).ndim}, at most 255 is encodable")
+        tensors = {name: _as_encodable(name, value) for name, value in tensors.items()}
+        for name in tensors:
+            self._check_tensor_limits(name, _array_of(tensors[name]))
+        aliases = find_aliases(tensors)
+        names = sorted(n for n in tensors if n not in aliases)
+        meta_bytes = len(StreamHeader(0, self.metadata).to_bytes()) - STREAM_HEADER.size
+        self.limits.check("stream metadata size", meta_bytes, "max_metadata_bytes")
+        topo = None
+        if topology is not None:
+            topo = json.dumps(topology, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            self.limits.check("topology size", len(topo), "max_metadata_bytes")
+        decoded = sum(_decoded_bytes(tensors[n]) for n in names)
+        self.limits.check("total decoded bytes", decoded, "max_total_decoded_bytes")
+        # stream header, tensors, end of stream; a model parameter set and a topology unit at most
+        self.limits.check("unit count", len(names) + 2 + (topology is not None) + (len(names) >= 2) + bool(aliases),
+                          "max_units")
         total_in = sum(_array_of(tensors[n]).nbytes for n in names)
         show = self.progress if self.progress is not None else (total_in > _PROGRESS_BYTES and sys.stderr.isatty())
         iterator: Iterable[str] = names
@@ -341,14 +363,17 @@ class Encoder:
             common, n = counts.most_common(1)[0]
             if n >= 2:
                 default = next(p.pipeline for p in prepared if p.pipeline.to_bytes() == common)
-        chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR),
-                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(prepared), self.metadata).to_bytes())]
+        minor = FORMAT_MINOR_ALIASES if aliases else FORMAT_MINOR  # the oldest version that holds the stream
+        chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor),
+                  frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(prepared), self.metadata,
+                                                              version=(FORMAT_MAJOR, minor)).to_bytes())]
         if default is not None:
             chunks.append(frame_unit(UNIT_MODEL_PARAMETER_SET, default.to_bytes()))
-        if topology is not None:
-            topo = json.dumps(topology, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if topo is not None:
             chunks.append(frame_unit(UNIT_TOPOLOGY, topo, critical=False))
-        report = EncodeReport()
+        if aliases:
+            chunks.append(frame_unit(UNIT_TENSOR_ALIASES, TensorAliases(aliases).to_bytes()))
+        report = EncodeReport(aliases=dict(aliases))
         for p in prepared:
             header = p.header
             if default is not None and p.pipeline == default:
@@ -356,7 +381,9 @@ class Encoder:
                 p.report.unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(p.payload)
                 numel = math.prod(header.shape)
                 p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
-            chunks.append(frame_unit(UNIT_TENSOR, header.to_bytes() + p.payload))
+            payload = header.to_bytes() + p.payload
+            self.limits.check(f"unit payload length of tensor {header.name!r}", len(payload), "max_unit_bytes")
+            chunks.append(frame_unit(UNIT_TENSOR, payload))
             report.tensors.append(p.report)
         chunks.append(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1, len(prepared)).to_bytes()))
         report.total_bytes = sum(len(c) for c in chunks)
@@ -373,25 +400,76 @@ class Encoder:
         return write_atomic(dst, chunks), report
 
 
+def _as_encodable(name: str, value: Any) -> "tuple[np.ndarray, DType] | CodedTensor":
+    """A value of :meth:`Encoder.encode`'s mapping: ``(storage, dtype)``, a :class:`CodedTensor`, or a numpy
+    array / scalar (converted here)."""
+    if isinstance(value, CodedTensor):
+        return value
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (np.ndarray, np.generic)) \
+            and isinstance(value[1], DType):
+        return np.asarray(value[0]), value[1]
+    if isinstance(value, (np.ndarray, np.generic, int, float, bool)):
+        return numpy_storage(value, name)
+    raise ConfigError(f"value of {name!r} is a {type(value).__name__}: pass a numpy array, a CodedTensor "
+                      "or (storage array, DType)")
+
+
+def find_aliases(tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]") -> dict[str, str]:
+    """Tied tensors: names whose storage is the very storage of another entry (same memory, shape, strides
+    and dtype), mapped to the first such name in byte order, which is stored once. Partial overlaps (views of
+    another shape) are not aliases; they are stored on their own."""
+    first: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for name in sorted(tensors, key=lambda n: n.encode("utf-8")):
+        value = tensors[name]
+        if isinstance(value, CodedTensor) or value[0].size == 0:
+            continue
+        a = value[0]
+        key = (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str, value[1].name)
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
+def _decoded_bytes(value: "tuple[np.ndarray, DType] | CodedTensor") -> int:
+    if isinstance(value, CodedTensor):
+        return value.codes.size * value.dtype.itemsize
+    return value[0].size * value[1].itemsize
+
+
 def _array_of(value: "tuple[np.ndarray, DType] | CodedTensor") -> np.ndarray:
     return value.codes if isinstance(value, CodedTensor) else value[0]
 
 
-def numpy_storage(a: Any) -> tuple[np.ndarray, DType]:
+def numpy_storage(a: Any, name: str = "array") -> tuple[np.ndarray, DType]:
     """``(storage words, dtype)`` of a numpy array or scalar (ml_dtypes bfloat16 accepted)."""
     a = np.asarray(a)
-    dt = dtype_of_array(a)
+    try:
+        dt = dtype_of_array(a)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     storage = a.view(np.uint16) if dt.name == "bfloat16" else a
     return _contiguous(storage).astype(dt.storage, copy=False), dt
 
 
 def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, DType]]:
     """``{name: (storage words, dtype)}`` from numpy arrays."""
-    return {name: numpy_storage(a) for name, a in arrays.items()}
+    return {name: numpy_storage(a, name) for name, a in arrays.items()}
 
 
 def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,
                   **options: Any) -> bytes | Path:
     """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`."""
-    result, _ = Encoder(**options).encode(numpy_tensors(arrays), dst)
+    result, _ = encoder_from_options(options).encode(arrays, dst)
     return result
+
+
+def encoder_from_options(options: Mapping[str, Any]) -> Encoder:
+    """An :class:`Encoder` from keyword options; an option it does not take is a :class:`ConfigError`."""
+    known = [p for p in inspect.signature(Encoder.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown encode option(s) {unknown}; the options are {known}")
+    return Encoder(**options)

@@ -82,9 +82,13 @@ class UnsupportedFeatureError(FormatError):
 
 
 class LimitExceededError(NNCodecError, ValueError):
-    """A declared size is over a :class:`nncodec.Limits` bound; refused before allocating."""
+    """A declared size is over a :class:`nncodec.Limits` bound; refused before allocating.
+
+    Not a :class:`FormatError`: the stream may be well formed and only over this decoder's limits (raise
+    them to read it). Carries ``unit_index`` and ``offset`` like the format errors."""
 
     def __init__(self, message: str, *, unit_index: int | None = None, offset: int | None = None):
+        self.reason = message
         self.unit_index = unit_index
         self.offset = offset
         where = []
@@ -93,6 +97,14 @@ class LimitExceededError(NNCodecError, ValueError):
         if offset is not None:
             where.append(f"offset {offset}")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
+
+    def located(self, *, unit_index: int | None = None, offset: int | None = None) -> "LimitExceededError":
+        """Return a copy of this error with the location filled in where it was missing."""
+        return type(self)(
+            self.reason,
+            unit_index=self.unit_index if self.unit_index is not None else unit_index,
+            offset=self.offset if self.offset is not None else offset,
+        )
 
 
 class ConfigError(NNCodecError, ValueError):

@@ -1,9 +1,10 @@
 """Lazy access to a stream, like ``safetensors.safe_open``: a header scan, then one unit per request.
 
-``open`` reads the file header and every unit header, seeking over payloads (only the short prefix of each
-tensor unit that holds its name, dtype, shape and descriptor is read), and checks the unit order and the
-end-of-stream unit. ``get_array`` / ``get_tensor`` then read, checksum and decode just that unit.
-The file must be seekable (bytes are wrapped in a BytesIO). Not thread-safe: one reader per thread.
+``open`` walks the stream with the decoder's :class:`~nncodec.decoder.StreamWalker` (the same unit-order
+rules as :func:`~nncodec.decoder.decode_arrays`), reading every unit header and seeking over tensor
+payloads (only the short prefix of each tensor unit that holds its name, dtype, shape and descriptor is
+read). ``get_array`` / ``get_tensor`` then read, checksum and decode just that unit. The file must be
+seekable (bytes and non-seekable files are read into memory first). Not thread-safe: one reader per thread.
 """
 
 from __future__ import annotations
@@ -11,36 +12,37 @@ from __future__ import annotations
 import io
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from .bitstream.byte_reader import ByteReader
-from .bitstream.constants import (UNIT_CRC_COVERED, UNIT_END, UNIT_FLAGS_RESERVED, UNIT_HEADER, UNIT_HEADER_SIZE,
-                                  UNIT_MODEL_PARAMETER_SET, UNIT_STREAM_HEADER, UNIT_TENSOR)
-from .bitstream.pipeline import Pipeline
-from .bitstream.reader import UnitReader, open_source
-from .bitstream.units import EndOfStream, StreamHeader, TensorHeader
-from .decoder import _decode_tensor, _StreamWalker
-from .errors import ChecksumError, CorruptError, FormatError, TruncatedError, UnknownUnitError
+from .bitstream.constants import UNIT_CRC_COVERED, UNIT_HEADER, UNIT_HEADER_SIZE
+from .coding.pipeline import Pipeline
+from .bitstream.reader import open_source
+from .bitstream.units import TensorHeader
+from .decoder import StreamWalker, decode_tensor
+from .errors import ChecksumError, CorruptError, FormatError, LimitExceededError, TruncatedError
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["StreamFile", "open_stream"]
-
-_PREFIX = 1 << 16  # bytes read to parse a tensor header during the scan (more if a header is longer)
 
 
 @dataclass(frozen=True)
 class _Entry:
     index: int
-    offset: int
-    length: int
+    offset: int   #: stream offset of the unit header
+    length: int   #: payload bytes
     header: TensorHeader
 
 
 class StreamFile:
-    """An open nncodec stream with random access to its tensors (see the module docstring)."""
+    """An open nncodec stream with random access to its tensors (see the module docstring).
+
+    ``metadata`` holds the stream header's pairs, ``topology`` the topology unit's object (or None),
+    ``version`` the format version.
+    """
 
     def __init__(self, src: Any, *, limits: Limits = DEFAULT_LIMITS):
         f, self._owned = open_source(src)
@@ -54,6 +56,7 @@ class StreamFile:
         self._entries: dict[str, _Entry] = {}
         self._default: Pipeline | None = None
         self.metadata: dict[str, str] = {}
+        self.topology: dict[str, Any] | None = None
         try:
             self._scan()
         except BaseException:
@@ -61,103 +64,61 @@ class StreamFile:
             raise
 
     def _read_at(self, offset: int, n: int, what: str) -> bytes:
-        self._f.seek(offset)
+        self._f.seek(self._start + offset)
         data = self._f.read(n)
         if len(data) != n:
             raise TruncatedError(f"stream ends inside {what}", offset=offset)
         return data
 
     def _scan(self) -> None:
-        reader = UnitReader(self._f, self.limits)  # checks magic and version
-        self.version = reader.version
-        size = self._f.seek(0, io.SEEK_END)
-        pos, index, seen_end = reader.position, 0, False
-        names: set[str] = set()
-        while pos < size:
-            if seen_end:
-                raise CorruptError("bytes after the end-of-stream unit", offset=pos)
-            head = self._read_at(pos, UNIT_HEADER_SIZE, "a unit header")
-            utype, flags, reserved, length, crc = UNIT_HEADER.unpack(head)
-            self.limits.check("unit payload length", length, "max_unit_bytes", unit_index=index, offset=pos)
-            if pos + UNIT_HEADER_SIZE + length > size:
-                raise TruncatedError("a unit payload runs past the end of the file", unit_index=index, offset=pos)
-            if flags & UNIT_FLAGS_RESERVED or reserved:
-                raise CorruptError("reserved unit header bits set", unit_index=index, offset=pos)
-            base = pos + UNIT_HEADER_SIZE
-            try:
-                if index == 0 and utype != UNIT_STREAM_HEADER:
-                    raise CorruptError("the first unit must be a stream header")
-                if utype in (UNIT_STREAM_HEADER, UNIT_MODEL_PARAMETER_SET, UNIT_END):
-                    payload = self._checked(pos, head, length, crc)
-                    r = ByteReader(payload, base_offset=base)
-                    if utype == UNIT_STREAM_HEADER:
-                        if index:
-                            raise CorruptError("a second stream header")
-                        self._header = StreamHeader.parse(r, self.limits, self.version)
-                        self.metadata = self._header.metadata
-                    elif utype == UNIT_MODEL_PARAMETER_SET:
-                        self._default = Pipeline.parse_entries(r, r.u8("pipeline stage count"))
-                        r.expect_end("model parameter set")
-                    else:
-                        eos = EndOfStream.parse(r)
-                        if eos.unit_count != index or eos.tensor_count != len(names) or \
-                                self._header.tensor_count != len(names):
-                            raise CorruptError("end-of-stream counts do not match the stream")
-                        seen_end = True
-                elif utype == UNIT_TENSOR:
-                    prefix = self._read_at(base, min(length, _PREFIX), "a tensor header")
-                    try:
-                        th = TensorHeader.parse(ByteReader(prefix, base_offset=base), self.limits)
-                    except TruncatedError:
-                        th = TensorHeader.parse(ByteReader(self._read_at(base, length, "a tensor unit"),
-                                                           base_offset=base), self.limits)
-                    if th.name in names:
-                        raise CorruptError(f"duplicate tensor name {th.name!r}")
-                    if th.pipeline is None and self._default is None:
-                        raise CorruptError(f"tensor {th.name!r} uses a default pipeline but no model parameter set")
-                    names.add(th.name)
-                    self._entries[th.name] = _Entry(index, pos, length, th)
-                elif flags & 1 and utype not in (0x03,):
-                    raise UnknownUnitError(f"unknown critical unit type {utype:#04x}")
-            except FormatError as exc:
-                raise exc.located(unit_index=index, offset=pos) from None
-            pos = base + length
-            index += 1
-        if not seen_end:
-            raise TruncatedError("stream ends without an end-of-stream unit", offset=pos)
+        walker = StreamWalker(self._f, self.limits, defer_tensors=True)
+        self._start = walker.reader.start
+        self.version = walker.reader.version
+        for index, uh, th, _ in walker.tensor_units():
+            self._entries[th.name] = _Entry(index, uh.offset, uh.payload_length, th)
+        self._default = walker.default_pipeline
+        self.aliases: dict[str, str] = dict(walker.aliases)
+        self.metadata = walker.header.metadata if walker.header is not None else {}
+        self.topology = walker.topology
 
     def _checked(self, pos: int, head: bytes, length: int, crc: int) -> bytes:
         payload = self._read_at(pos + UNIT_HEADER_SIZE, length, "a unit payload")
         if zlib.crc32(payload, zlib.crc32(head[:UNIT_CRC_COVERED])) != crc:
             raise ChecksumError("unit checksum mismatch", offset=pos)
         return payload
-
     # -- access ------------------------------------------------------------------------------------
     def keys(self) -> list[str]:
-        return list(self._entries)
+        """Tensor names in stream order, each alias (tied tensor) right after its target."""
+        by_target: dict[str, list[str]] = {}
+        for alias, target in sorted(self.aliases.items()):
+            by_target.setdefault(target, []).append(alias)
+        return [n for name in self._entries for n in (name, *by_target.get(name, ()))]
 
     def header(self, name: str) -> TensorHeader:
-        return self._entry(name).header
+        return replace(self._entry(name).header, name=name)
 
     def _entry(self, name: str) -> _Entry:
         try:
-            return self._entries[name]
+            return self._entries[self.aliases.get(name, name)]
         except KeyError:
             raise KeyError(f"no tensor {name!r} in this stream") from None
 
     def get_array(self, name: str) -> np.ndarray:
-        """Decode one tensor (numpy; bfloat16 as uint16 bits), verifying its unit's checksum."""
+        """Decode one tensor (numpy; bfloat16 as uint16 bits), verifying its unit's checksum. An alias decodes
+        its target's unit."""
         e = self._entry(name)
+        name = e.header.name
         head = self._read_at(e.offset, UNIT_HEADER_SIZE, "a unit header")
         crc = UNIT_HEADER.unpack(head)[4]
         try:
             payload = memoryview(self._checked(e.offset, head, e.length, crc))
             r = ByteReader(payload, base_offset=e.offset + UNIT_HEADER_SIZE)
             th = TensorHeader.parse(r, self.limits)
-            walker = _StreamWalker.__new__(_StreamWalker)
-            walker.limits, walker.default_pipeline = self.limits, self._default
-            return _decode_tensor(walker, th, r.rest(), None)
-        except FormatError as exc:
+            pipeline = Pipeline.from_entries(th.pipeline) if th.pipeline is not None else self._default
+            if th.name != name or pipeline is None:  # the file changed since it was scanned
+                raise CorruptError(f"the unit of tensor {name!r} changed since the stream was opened")
+            return decode_tensor(th, r.rest(), pipeline, self.limits)
+        except (FormatError, LimitExceededError) as exc:
             raise exc.located(unit_index=e.index, offset=e.offset) from None
 
     def get_tensor(self, name: str) -> Any:

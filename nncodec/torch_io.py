@@ -12,7 +12,8 @@ import torch
 
 from .decoder import Source, iter_tensors
 from .dtypes import DType, dtype_by_name
-from .encoder import CodedTensor, EncodeReport, Encoder, numpy_storage
+from .bitstream.descriptor import CodedTensor
+from .encoder import EncodeReport, Encoder, encoder_from_options, numpy_storage
 from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -61,7 +62,7 @@ def tensors_from(obj: Any, quantized: bool = True) -> dict[str, Any]:
         elif isinstance(v, torch.Tensor):
             out[name] = _storage_of(v, name)
         elif isinstance(v, np.ndarray) or np.isscalar(v):
-            out[name] = numpy_storage(v)
+            out[name] = numpy_storage(v, name)
         else:
             raise ConfigError(f"value of {name!r} is a {type(v).__name__}, not a tensor or array")
     return out
@@ -101,7 +102,7 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
                 raise
     elif topology is True:
         raise ConfigError("topology=True needs an nn.Module to describe")
-    return Encoder(**options).encode(tensors_from(obj, quantized), dst, topo)
+    return encoder_from_options(options).encode(tensors_from(obj, quantized), dst, topo)
 
 
 def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) -> bytes | Path:
@@ -110,8 +111,15 @@ def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) 
 
 
 def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
-    """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order."""
-    return {th.name: to_torch(arr, th.dtype) for th, arr in iter_tensors(src, limits=limits)}
+    """Decode a stream into ``{name: torch.Tensor}`` (CPU), in stream order. Tied tensors (aliases) come back
+    as one tensor object under each of their names, as ``torch.load`` gives them."""
+    out: dict[str, torch.Tensor] = {}
+    shared: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # by the decoded array an alias shares
+    for th, arr in iter_tensors(src, limits=limits):
+        if id(arr) not in shared:
+            shared[id(arr)] = (arr, to_torch(arr, th.dtype))
+        out[th.name] = shared[id(arr)][1]
+    return out
 
 
 def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,

@@ -1,8 +1,8 @@
-"""The nncodec container format: constants, units, reader. Imports nothing above ``coding``."""
+"""The nncodec wire layer: constants, the bounded reader, units and descriptors. Imports nothing above it
+(stages and pipelines live in ``nncodec.coding``, which builds on this package)."""
 
 from . import constants
 from .descriptor import QuantDescriptor
-from .pipeline import Pipeline
 from .units import TensorHeader
 
-__all__ = ["constants", "QuantDescriptor", "Pipeline", "TensorHeader"]
+__all__ = ["constants", "QuantDescriptor", "TensorHeader"]

@@ -1,4 +1,4 @@
-"""Constants of the nncodec bitstream, format version 1.0. Mirrors the tables in ``FORMAT.md``."""
+"""Constants of the nncodec bitstream, format version 1.1 (1.0 plus the tensor-aliases unit). Mirrors the tables in ``FORMAT.md``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import struct
 MAGIC = b"\x89NNC\r\n\x1a\n"
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
+#: the minor version that added the tensor-aliases unit; an encoder writes it only for streams that hold one
+FORMAT_MINOR_ALIASES = 1
 
 #: file header: magic (8) | major u16 | minor u16
 FILE_HEADER = struct.Struct("<8sHH")
@@ -26,6 +28,7 @@ UNIT_FLAGS_RESERVED = 0xFE
 UNIT_STREAM_HEADER = 0x01
 UNIT_MODEL_PARAMETER_SET = 0x02
 UNIT_TOPOLOGY = 0x03
+UNIT_TENSOR_ALIASES = 0x04  #: format 1.1
 UNIT_TENSOR = 0x10
 UNIT_END = 0x7F
 
@@ -33,6 +36,7 @@ UNIT_NAMES = {
     UNIT_STREAM_HEADER: "stream_header",
     UNIT_MODEL_PARAMETER_SET: "model_parameter_set",
     UNIT_TOPOLOGY: "topology",
+    UNIT_TENSOR_ALIASES: "tensor_aliases",
     UNIT_TENSOR: "tensor",
     UNIT_END: "end_of_stream",
 }

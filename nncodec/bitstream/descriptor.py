@@ -25,9 +25,10 @@ from .constants import (QFLAG_PER_CHANNEL, QFLAG_PO2_SCALE, QFLAGS_RESERVED, QUA
                         SCHEME_FLOAT_CAST, SCHEME_MOD_BINARY, SCHEME_NAMES, SCHEME_NONE, SCHEME_PO2,
                         SCHEME_TERNARY)
 
-__all__ = ["QuantDescriptor", "dequantize_into", "float32_to_bfloat16_bits", "bfloat16_bits_to_float32"]
+__all__ = ["QuantDescriptor", "CodedTensor", "dequantize_into", "float32_to_bfloat16_bits", "bfloat16_bits_to_float32"]
 
 _CHUNK_ELEMENTS = 1 << 20
+_EXP_MIN, _EXP_MAX = -149, 127  #: exponents e for which 2**e is a float32 (subnormals included)
 _CODE_RANGES = {SCHEME_BINARY: (0, 1), SCHEME_MOD_BINARY: (0, 1), SCHEME_TERNARY: (-1, 1)}
 
 
@@ -82,16 +83,16 @@ class QuantDescriptor:
             raise UnsupportedFeatureError(f"unknown code dtype id {code_id}", offset=at)
         per_channel, po2 = bool(flags & QFLAG_PER_CHANNEL), bool(flags & QFLAG_PO2_SCALE)
         if scheme == SCHEME_NONE:
-            if code_dtype != tensor_dtype or n_scales or per_channel or po2:
-                raise CorruptError("a lossless tensor must use its own dtype as code dtype and carry no scales",
-                                   offset=at)
+            if code_dtype != tensor_dtype or n_scales or flags or axis:
+                raise CorruptError("a lossless tensor must use its own dtype as code dtype and carry no scales, "
+                                   "flags or axis", offset=at)
         else:
             if not tensor_dtype.is_float:
                 raise CorruptError(f"scheme {SCHEME_NAMES[scheme]} needs a float tensor, not {tensor_dtype.name}",
                                    offset=at)
             if scheme == SCHEME_FLOAT_CAST:
-                if not code_dtype.is_float or n_scales:
-                    raise CorruptError("float_cast needs a float code dtype and no scales", offset=at)
+                if not code_dtype.is_float or n_scales or flags or axis:
+                    raise CorruptError("float_cast needs a float code dtype and no scales, flags or axis", offset=at)
             else:
                 if not code_dtype.is_int:
                     raise CorruptError(f"scheme {SCHEME_NAMES[scheme]} needs integer codes", offset=at)
@@ -116,8 +117,10 @@ class QuantDescriptor:
         return self
 
     def scale_values(self) -> np.ndarray:
-        """Scales as float32 (po2 exponents expanded)."""
+        """Scales as float32 (po2 exponents expanded; each must give a float32: -149..127)."""
         if self.po2_scale:
+            if self.scales.size and (int(self.scales.min()) < _EXP_MIN or int(self.scales.max()) > _EXP_MAX):
+                raise CorruptError(f"a power-of-two scale exponent is outside float32's {_EXP_MIN}..{_EXP_MAX}")
             return np.ldexp(np.float32(1), self.scales.astype(np.int32)).astype(np.float32)
         return self.scales.astype(np.float32)
 
@@ -127,6 +130,19 @@ class QuantDescriptor:
         return self.to_bytes() == other.to_bytes()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class CodedTensor:
+    """A tensor that arrives already quantized: its codes and the descriptor that maps them to values.
+
+    ``codes`` has the tensor's shape and the descriptor's code dtype; ``dtype`` is the tensor's (float)
+    dtype after decoding. The encoder stores the codes as they are (lossless from here on).
+    """
+
+    codes: np.ndarray
+    quant: QuantDescriptor
+    dtype: DType
 
 
 def float32_to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
@@ -184,12 +200,14 @@ def _dequantize(codes: np.ndarray, desc: QuantDescriptor, out: np.ndarray, tenso
         else:
             scale = scale.reshape(())
         if desc.scheme == SCHEME_PO2:
-            mags = np.abs(codes.astype(np.int32))
-            if codes.size and int(mags.max()) - 1 + desc.exp_min > 127:
-                raise CorruptError("po2 code exponent out of float32 range")
+            mags = np.abs(codes.astype(np.int64))
+            nonzero = mags[mags != 0]
+            if nonzero.size and (int(nonzero.max()) - 1 + desc.exp_min > _EXP_MAX
+                                 or int(nonzero.min()) - 1 + desc.exp_min < _EXP_MIN):
+                raise CorruptError(f"po2 code exponent outside float32's {_EXP_MIN}..{_EXP_MAX}")
             values = np.where(codes == 0, np.float32(0),
                               np.sign(codes).astype(np.float32) *
-                              np.ldexp(np.float32(1), np.maximum(mags - 1 + desc.exp_min, -149)).astype(np.float32))
+                              np.ldexp(np.float32(1), np.maximum(mags - 1 + desc.exp_min, _EXP_MIN)).astype(np.float32))
             values = (values * scale).astype(np.float32)
         elif desc.scheme == SCHEME_BINARY:
             values = (codes.astype(np.float32) * np.float32(2) - np.float32(1)) * scale

@@ -6,6 +6,7 @@ import io
 import os
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..errors import BadMagicError, ChecksumError, CorruptError, TruncatedError, UnsupportedVersionError
@@ -14,13 +15,15 @@ from .constants import FILE_HEADER, FILE_HEADER_SIZE, FORMAT_MAJOR, MAGIC, UNIT_
     UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_TENSOR
 from .units import UnitHeader
 
-__all__ = ["UnitReader", "StreamedPayload", "CodedStream", "open_source", "STREAM_PAYLOAD_BYTES"]
+__all__ = ["UnitReader", "StreamedPayload", "DeferredPayload", "CodedStream", "CodedSpan", "open_source",
+           "STREAM_PAYLOAD_BYTES"]
 
 _READ_CHUNK = 64 << 20
 #: tensor payloads longer than this, from a seekable source, are read as they are decoded (bytes)
 STREAM_PAYLOAD_BYTES = 8 << 20
 _PREFIX_BYTES = 1 << 20  # of a streamed payload, read up front (holds the tensor header)
 _FINISH_CHUNK = 4 << 20
+DEFERRED_PREFIX_BYTES = 1 << 16  #: of a deferred tensor payload, read during a scan (holds its header)
 
 
 class StreamedPayload:
@@ -70,6 +73,47 @@ class StreamedPayload:
         self._done = True
         if self._crc != self._expected:
             raise ChecksumError("unit checksum mismatch", unit_index=self._index, offset=self._offset)
+
+
+class DeferredPayload:
+    """A tensor payload seen during a header scan: its first bytes in memory, the rest left in the file.
+
+    Nothing past the prefix is read and the checksum is not checked (the unit is read whole, and checked,
+    when its tensor is decoded). Same interface as :class:`StreamedPayload`.
+    """
+
+    def __init__(self, f: BinaryIO, offset: int, length: int, prefix: bytes):
+        self._f, self._offset, self.length, self.prefix = f, offset, length, prefix
+
+    def coded(self, start: int) -> "CodedSpan":
+        """The coded bytes from payload byte ``start`` on (a file offset, like :attr:`UnitReader.start`)."""
+        return CodedSpan(self._offset + start, self.length - start)
+
+    def materialize(self) -> memoryview:
+        """The whole payload (a tensor header longer than the prefix); the file position is kept."""
+        here = self._f.tell()
+        try:
+            self._f.seek(self._offset)
+            data = self._f.read(self.length)
+        finally:
+            self._f.seek(here)
+        if len(data) != self.length:
+            raise TruncatedError("stream ends inside a unit payload", offset=self._offset)
+        return memoryview(data)
+
+    def finish(self) -> None:
+        """Nothing to check during a scan."""
+
+
+@dataclass(frozen=True)
+class CodedSpan:
+    """Where a tensor's coded bytes lie in the file (a header scan does not read them)."""
+
+    offset: int  #: file offset of the first coded byte
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class CodedStream:
@@ -127,11 +171,15 @@ class UnitReader:
     Checks the file header, each unit's declared length against the bytes left and the limits, the
     CRC32, and reserved bits. Payloads are read one unit at a time; a non-seekable source is read in
     chunks so that a lying length field cannot make it allocate more than is really there.
+
+    With ``defer_tensors`` (seekable sources only) a tensor unit yields a :class:`DeferredPayload`: only
+    its first bytes are read, the rest is seeked over and its checksum is left to whoever decodes it.
     """
 
-    def __init__(self, f: BinaryIO, limits: Limits):
+    def __init__(self, f: BinaryIO, limits: Limits, *, defer_tensors: bool = False):
         self._f = f
         self._limits = limits
+        self._defer = defer_tensors
         self._start = 0
         self._size: int | None = None
         try:
@@ -142,6 +190,8 @@ class UnitReader:
         except (OSError, AttributeError):
             self._size = None
         self.position = 0  #: bytes consumed so far (offset from the start of the stream)
+        if defer_tensors and self._size is None:
+            raise ValueError("defer_tensors needs a seekable source")
         self._read_file_header()
 
     def _read_exact(self, n: int, what: str) -> bytes:
@@ -175,6 +225,11 @@ class UnitReader:
         self.version = (major, minor)
         self.position = FILE_HEADER_SIZE
 
+    @property
+    def start(self) -> int:
+        """File offset of the stream's first byte (a file object may be positioned past 0)."""
+        return self._start
+
     def at_end(self) -> bool:
         if self._size is not None:
             return self.position >= self._size
@@ -195,7 +250,19 @@ class UnitReader:
             utype, flags, reserved, length, crc = UNIT_HEADER.unpack(head)
             self._limits.check("unit payload length", length, "max_unit_bytes", unit_index=index, offset=at)
             uh = UnitHeader(utype, flags, length, crc, at)
-            if utype == UNIT_TENSOR and self._size is not None and length > max(STREAM_PAYLOAD_BYTES, _PREFIX_BYTES):
+            if utype == UNIT_TENSOR and self._defer:
+                if flags & UNIT_FLAGS_RESERVED or reserved:
+                    raise _reserved_bits(flags, reserved, index, at)
+                if length > self._size - self.position:  # type: ignore[operator]
+                    raise TruncatedError(f"stream ends inside a unit payload: {length} bytes declared, "
+                                         f"{self._size - self.position} left",  # type: ignore[operator]
+                                         unit_index=index, offset=self.position)
+                prefix = self._read_exact(min(length, DEFERRED_PREFIX_BYTES), "a unit payload")
+                deferred = DeferredPayload(self._f, self._start + at + UNIT_HEADER_SIZE, length, prefix)
+                self._f.seek(self._start + at + UNIT_HEADER_SIZE + length)
+                self.position = at + UNIT_HEADER_SIZE + length
+                yield index, uh, deferred
+            elif utype == UNIT_TENSOR and self._size is not None and length > max(STREAM_PAYLOAD_BYTES, _PREFIX_BYTES):
                 if flags & UNIT_FLAGS_RESERVED or reserved:
                     raise _reserved_bits(flags, reserved, index, at)
                 if length > self._size - self.position:

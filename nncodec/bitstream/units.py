@@ -12,14 +12,45 @@ from ..dtypes import DType, dtype_by_id
 from ..errors import CorruptError, UnsupportedFeatureError
 from ..limits import Limits
 from .byte_reader import ByteReader
-from .constants import (END_OF_STREAM, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, PIPELINE_DEFAULT, PROFILE_MAIN, STREAM_HEADER, UNIT_CRC_COVERED,
-                        UNIT_HEADER)
+from .constants import (END_OF_STREAM, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, MAX_PIPELINE_STAGES, PIPELINE_DEFAULT,
+                        PROFILE_MAIN, STREAM_HEADER, UNIT_CRC_COVERED, UNIT_HEADER)
 from .descriptor import QuantDescriptor
-from .pipeline import Pipeline
 
-__all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "frame_unit", "parse_json_object"]
+__all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "TensorAliases", "StageEntry",
+           "parse_stage_entries", "stage_entries_bytes", "frame_unit", "parse_json_object"]
 
 _DIM = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    """One pipeline entry as stored (FORMAT.md §4): the stage id and its raw params. What they mean is the
+    stage registry's business (``nncodec.coding``), not the wire layer's."""
+
+    stage_id: int
+    params: bytes
+    offset: int = field(default=0, compare=False)  #: file offset of the entry, for errors
+
+
+def parse_stage_entries(r: ByteReader, count: int) -> tuple[StageEntry, ...]:
+    """``count`` pipeline entries (``u8 stage_id | u8 params_length | params``), bounds-checked."""
+    if count > MAX_PIPELINE_STAGES:
+        raise CorruptError(f"pipeline has {count} stages, at most {MAX_PIPELINE_STAGES} allowed", offset=r.offset)
+    entries = []
+    for _ in range(count):
+        at = r.offset
+        stage_id = r.u8("stage id")
+        plen = r.u8("stage params length")
+        entries.append(StageEntry(stage_id, bytes(r.take(plen, "stage params")), at))
+    return tuple(entries)
+
+
+def stage_entries_bytes(entries: "tuple[StageEntry, ...]") -> bytes:
+    """``u8 count`` and the entries, as a tensor header or a model parameter set stores them."""
+    out = bytearray([len(entries)])
+    for e in entries:
+        out += bytes([e.stage_id, len(e.params)]) + e.params
+    return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -100,6 +131,61 @@ class EndOfStream:
         return out
 
 
+_NAME_LEN = struct.Struct("<H")
+_ALIAS_ENTRY_MIN = 6  # two u16 lengths and at least one byte of each name
+
+
+def _parse_name(r: ByteReader, limits: Limits, what: str) -> str:
+    at = r.offset
+    (n,) = r.unpack(_NAME_LEN, f"{what} length")
+    limits.check(f"{what} length", n, "max_name_bytes", offset=at)
+    try:
+        name = bytes(r.take(n, what)).decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise CorruptError(f"{what} is not valid UTF-8", offset=at) from None
+    if not name:
+        raise CorruptError(f"{what} is empty", offset=at)
+    return name
+
+
+@dataclass(frozen=True)
+class TensorAliases:
+    """The tensor-aliases unit (format 1.1): names that share the storage of a tensor unit (tied weights).
+
+    Payload: ``u32 count`` then per alias, ascending by its UTF-8 bytes, ``u16 len | alias | u16 len | target``.
+    """
+
+    aliases: dict[str, str]  #: alias name -> name of the tensor unit whose storage it shares
+
+    def to_bytes(self) -> bytes:
+        out = [struct.pack("<I", len(self.aliases))]
+        for alias in sorted(self.aliases, key=lambda a: a.encode("utf-8")):
+            for name in (alias, self.aliases[alias]):
+                raw = name.encode("utf-8")
+                out.append(_NAME_LEN.pack(len(raw)) + raw)
+        return b"".join(out)
+
+    @classmethod
+    def parse(cls, r: ByteReader, limits: Limits) -> "TensorAliases":
+        at = r.offset
+        (count,) = r.unpack(struct.Struct("<I"), "alias count")
+        if count == 0 or count * _ALIAS_ENTRY_MIN > r.remaining:
+            raise CorruptError(f"{count} aliases cannot fit the {r.remaining} bytes that follow", offset=at)
+        aliases: dict[str, str] = {}
+        previous = b""
+        for _ in range(count):
+            entry_at = r.offset
+            alias, target = _parse_name(r, limits, "alias name"), _parse_name(r, limits, "alias target")
+            if alias.encode("utf-8") <= previous:
+                raise CorruptError(f"alias {alias!r} is not in ascending order or repeated", offset=entry_at)
+            if alias == target:
+                raise CorruptError(f"alias {alias!r} names itself", offset=entry_at)
+            previous = alias.encode("utf-8")
+            aliases[alias] = target
+        r.expect_end("tensor aliases")
+        return cls(aliases)
+
+
 @dataclass(frozen=True)
 class TensorHeader:
     """Everything of a tensor data unit before its coded payload."""
@@ -108,7 +194,7 @@ class TensorHeader:
     dtype: DType
     shape: tuple[int, ...]
     quant: QuantDescriptor
-    pipeline: Pipeline | None  #: None: the model parameter set's default pipeline
+    pipeline: "tuple[StageEntry, ...] | None"  #: stored stage entries; None: the model parameter set's
 
     @property
     def numel(self) -> int:
@@ -122,7 +208,7 @@ class TensorHeader:
         out = struct.pack("<H", len(name)) + name + struct.pack("<BB", self.dtype.id, len(self.shape))
         out += b"".join(_DIM.pack(d) for d in self.shape)
         out += self.quant.to_bytes()
-        out += bytes([PIPELINE_DEFAULT]) if self.pipeline is None else self.pipeline.to_bytes()
+        out += bytes([PIPELINE_DEFAULT]) if self.pipeline is None else stage_entries_bytes(self.pipeline)
         return out
 
     @classmethod
@@ -154,5 +240,5 @@ class TensorHeader:
                              "max_tensor_elements", offset=dt_at)
         quant = QuantDescriptor.parse(r, dtype, tuple(shape))
         count = r.u8("pipeline stage count")
-        pipeline = None if count == PIPELINE_DEFAULT else Pipeline.parse_entries(r, count)
+        pipeline = None if count == PIPELINE_DEFAULT else parse_stage_entries(r, count)
         return cls(name, dtype, tuple(shape), quant, pipeline)

@@ -4,10 +4,10 @@ from .ans_stage import Ans, ans_available
 from .bitpack import BitPack
 from .rans_stage import Rans, rans_available
 from .shuffle import Shuffle
-from .stage import REGISTRY, Stage, register_stage, stage_class, stage_from_config
+from .stage import REGISTRY, Stage, entropy_stages, register_stage, stage_class, stage_from_config
 from .zero_words import ZeroWords
 from .zstd_stage import Zstd
 
-__all__ = ["Stage", "REGISTRY", "register_stage", "stage_class", "stage_from_config",
+__all__ = ["Stage", "REGISTRY", "register_stage", "stage_class", "stage_from_config", "entropy_stages",
            "ZeroWords", "BitPack", "Shuffle", "Zstd", "Ans", "ans_available", "Rans",
            "rans_available"]

@@ -51,6 +51,12 @@ class Ans(SymbolStage):
     stage_id = STAGE_ANS
     codec_id = "ans"
     word_sizes = (1, 2, 4)
+    entropy = True
+    preference = 1  # chosen only where stage 6's numba is missing
+
+    @classmethod
+    def available(cls) -> bool:
+        return ans_available()
 
     def encode(self, data: memoryview) -> bytes:
         c = _constriction()
@@ -114,5 +120,5 @@ class Ans(SymbolStage):
             except Exception as exc:
                 raise CorruptError(f"ans data corrupt: {exc}") from None
             yield symbols[index].view(np.uint8)
-        if not coder.is_empty():
+        if coder.num_words():  # the state must be back at 0 with every word read (FORMAT.md §4)
             raise CorruptError("ans data holds more than its words")

@@ -80,6 +80,13 @@ class Rans(SymbolStage):
     stage_id = STAGE_RANS
     codec_id = "rans"
     word_sizes = (1, 2)
+    entropy = True
+    maps_symbols = True
+    preference = 2  # fully specified, fast (numba): the default entropy coder
+
+    @classmethod
+    def available(cls) -> bool:
+        return rans_available()
 
     def encode(self, data: memoryview) -> bytes:
         words = np.frombuffer(data, dtype=self._dtype())

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, UnsupportedFeatureError
 
-__all__ = ["Stage", "register_stage", "stage_class", "stage_from_config", "REGISTRY", "WORD_DTYPES"]
+__all__ = ["Stage", "register_stage", "stage_class", "stage_from_config", "entropy_stages", "REGISTRY", "WORD_DTYPES"]
 
 #: unsigned little-endian word dtype per word size in bytes
 WORD_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
@@ -61,6 +61,20 @@ class Stage(abc.ABC):
     streams: ClassVar[bool] = False
     #: whether decoding also accepts a file-like ``data`` (``read(n)``, ``head``: its first bytes), read once
     reads_files: ClassVar[bool] = False
+    #: whether it has ``decode_mapped(data, size, table_of, dest)``: decodes symbol indices straight to
+    #: ``table_of(alphabet)[index]`` values (a quantized tensor dequantized through a table, no code array)
+    maps_symbols: ClassVar[bool] = False
+    #: whether it is an order-0 entropy coder of words, built as ``cls(word_size, signed)`` for the word
+    #: sizes in ``word_sizes``: the encoder tries the available one of highest ``preference`` on narrow
+    #: codes, with no edit of the encoder
+    entropy: ClassVar[bool] = False
+    word_sizes: ClassVar[tuple[int, ...]] = ()
+    preference: ClassVar[int] = 0
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this installation can encode and decode with the stage (optional dependencies present)."""
+        return True
 
     def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
         """Decode ``data`` (declaring ``size`` bytes) front to back as uint8 pieces of ``piece_bytes``
@@ -97,6 +111,12 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
         raise ConfigError(f"stage id {cls.stage_id} registered twice")
     REGISTRY[cls.stage_id] = cls
     return cls
+
+
+def entropy_stages(word_size: int) -> list[type[Stage]]:
+    """Registered, available entropy stages that code ``word_size``-byte words, most preferred first."""
+    found = [cls for cls in REGISTRY.values() if cls.entropy and word_size in cls.word_sizes and cls.available()]
+    return sorted(found, key=lambda cls: -cls.preference)
 
 
 def stage_class(stage_id: int) -> type[Stage]:

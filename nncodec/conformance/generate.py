@@ -23,10 +23,11 @@ import numpy as np
 
 from ..atomic import write_atomic
 from ..bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, UNIT_END, UNIT_MODEL_PARAMETER_SET,
-                                   UNIT_STREAM_HEADER, UNIT_TENSOR)
+                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES)
 from ..decoder import iter_tensors
 from ..dtypes import dtype_by_name
-from ..encoder import CodedTensor, Encoder, numpy_tensors
+from ..bitstream.descriptor import CodedTensor
+from ..encoder import Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
 from .forge import join_units, split_units, unit_bytes
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
@@ -410,6 +411,211 @@ INVALID.update({
 })
 
 
+# -- the rules FORMAT.md settled later (same format 1.0): each its own vector; earlier vectors keep their bytes
+_SPEC_RNG = np.random.default_rng(1313)
+
+
+def _desc(scheme: int, code_id: int, bits: int, flags: int = 0, axis: int = 0, exp_min: int = 0,
+          scales: bytes = b"", n_scales: int | None = None) -> bytes:
+    n = len(scales) // (2 if flags & 2 else 4) if n_scales is None else n_scales
+    return struct.pack("<BBbBBBBBhI", scheme, code_id, 1, 0, max(bits - 1, 0), bits, flags, axis, exp_min, n) + scales
+
+
+def _dequantized_into(dtype: str) -> Builder:
+    """Uniform and binary codes dequantized into a bfloat16 or float64 tensor; expected values computed with
+    torch's own float32 -> bfloat16 rounding (nearest even) and exact float64 conversion."""
+    def build() -> tuple[bytes, Expected]:
+        import torch
+
+        from ..bitstream.descriptor import QuantDescriptor
+
+        codes = _SPEC_RNG.integers(-127, 128, (4, 6)).astype(np.int8)
+        codes[0, :2] = 0  # code 0 under a negative scale: -0.0 (IEEE product)
+        scales = np.array([-0.037, 0.5, 3.1e-3, 1.7e4], np.float32)
+        bits = _SPEC_RNG.integers(0, 2, 10).astype(np.uint8)
+        target = dtype_by_name(dtype)
+        tensors = {
+            "uniform": CodedTensor(codes, QuantDescriptor(scheme=1, code_dtype=dtype_by_name("int8"), sign_bits=1,
+                                                          mantissa_bits=7, bits=8, per_channel=True, scales=scales),
+                                   target),
+            "binary": CodedTensor(bits, QuantDescriptor(scheme=2, code_dtype=dtype_by_name("uint8"), bits=1,
+                                                        scales=np.array([0.25], np.float32)), target)}
+        f32 = {"uniform": codes.astype(np.float32) * scales.reshape(4, 1),
+               "binary": (bits.astype(np.float32) * np.float32(2) - np.float32(1)) * np.float32(0.25)}
+        if dtype == "bfloat16":
+            expected = {k: torch.from_numpy(v).bfloat16().view(torch.int16).numpy().view(np.uint16)
+                        for k, v in f32.items()}
+        else:
+            expected = {k: v.astype(np.float64) for k, v in f32.items()}
+        data, _ = Encoder().encode(tensors)
+        return data, expected
+    return build
+
+
+def _critical_topology() -> tuple[bytes, Expected]:
+    data, arrays = _topology()
+    header, units = split_units(data)
+    return join_units(header, [(t, 1 if t == 0x03 else f, r, p) for t, f, r, p in units]), arrays
+
+
+def _zero_words_edge() -> tuple[bytes, Expected]:
+    """pack_bits 0 with the signed flag set (no effect), and a word the map marks whose stored value is 0."""
+    words = np.array([0, 5, 0, -3, 0, 0], np.int8)
+    coded = struct.pack("<QQ", 6, 3) + bytes([0b00011010]) + bytes([5, 0xFD, 0])  # words 1, 3 and 4
+    stage = b"\x01\x01\x06" + struct.pack("<BBHBB", 1, 1, 0, 0, 1)
+    return _stream(_tensor_payload(b"z", 3, [6], pipeline=stage, data=coded)), {"z": words}
+
+
+def _stream_header(profile: int = 0, meta: bytes = b"", meta_len: int | None = None) -> bytes:
+    return struct.pack("<HHBBHII", 1, 0, profile, 0, 0, 1, len(meta) if meta_len is None else meta_len) + meta
+
+
+def _with_stream_header(payload: bytes) -> bytes:
+    header, units = split_units(_base())
+    return join_units(header, [(UNIT_STREAM_HEADER, 1, 0, payload), *units[1:]])
+
+
+def _units_reordered(kind: str) -> bytes:
+    a = _tensor_payload(b"a", 2, [1], pipeline=b"\x00", data=b"\1")
+    b = _tensor_payload(b"b", 2, [1], pipeline=b"\xff", data=b"\2")
+    mps = b"\x00"  # the empty pipeline
+    head = (UNIT_STREAM_HEADER, 1, 0, struct.pack("<HHBBHII", 1, 0, 0, 0, 0, 2, 0))
+    if kind == "mps_after_tensor":
+        units = [head, (UNIT_TENSOR, 1, 0, a), (UNIT_MODEL_PARAMETER_SET, 1, 0, mps), (UNIT_TENSOR, 1, 0, b)]
+    else:
+        topo = (0x03, 0, 0, b'{"format":"test"}')
+        units = [head, (UNIT_MODEL_PARAMETER_SET, 1, 0, mps), topo, topo, (UNIT_TENSOR, 1, 0, a),
+                 (UNIT_TENSOR, 1, 0, b)]
+    units.append((UNIT_END, 1, 0, struct.pack("<II", len(units), 2)))
+    return join_units(FILE_HEADER.pack(MAGIC, 1, 0), units)
+
+
+def _zstd_frame(checksum: bool, content_size: bool) -> bytes:
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(write_checksum=checksum, write_content_size=content_size).compress(b"\1\2\3")
+    return _stream(_tensor_payload(b"x", 2, [3], pipeline=b"\x01\x04\x00", data=frame))
+
+
+def _po2_scale_desc(exponent: int) -> bytes:
+    return _desc(1, 3, 8, flags=2, scales=struct.pack("<h", exponent))
+
+
+VALID.update({
+    "dequantize_into_bfloat16": ("uniform (negative and tiny scales, zero codes) and binary codes into bfloat16 "
+                                 "tensors", _dequantized_into("bfloat16")),
+    "dequantize_into_float64": ("uniform and binary codes into float64 tensors (exact widening of float32)",
+                                _dequantized_into("float64")),
+    "critical_topology_unit": ("a topology unit marked critical: a known type is read whatever its critical bit",
+                               _critical_topology),
+    "zero_words_stored_zero_signed_flag": ("zero_words with pack_bits 0 and the signed flag set, and a mapped "
+                                           "word stored as 0", _zero_words_edge),
+})
+
+INVALID.update({
+    "profile_1": ("stream header profile 1", "UnsupportedFeatureError",
+                  lambda: _with_stream_header(_stream_header(profile=1))),
+    "older_major_version": ("format 0.9", "UnsupportedVersionError",
+                            lambda: FILE_HEADER.pack(MAGIC, 0, 9) + _base()[12:]),
+    "unknown_code_dtype": ("uniform scheme with code dtype id 99", "UnsupportedFeatureError", lambda: _stream(
+        _tensor_payload(b"x", 12, [1], desc=_desc(1, 99, 8, scales=struct.pack("<f", 1.0)), data=b"\1"))),
+    "name_over_limit": ("a 4097-byte tensor name (max_name_bytes 4096)", "LimitExceededError",
+                        lambda: _stream(_tensor_payload(b"n" * 4097, 2, [1], data=b"\1"))),
+    "rank_over_limit": ("a rank-33 tensor (max_ndim 32)", "LimitExceededError",
+                        lambda: _stream(_tensor_payload(b"r", 2, [1] * 33, data=b"\1"))),
+    "metadata_over_limit": ("metadata_length 2^20 + 1 (max_metadata_bytes 2^20), checked before reading",
+                            "LimitExceededError", lambda: _with_stream_header(_stream_header(meta_len=(1 << 20) + 1))),
+    "metadata_not_json": ("stream metadata that is not JSON", "CorruptError",
+                          lambda: _with_stream_header(_stream_header(meta=b"{author: me}"))),
+    "parameter_set_after_tensor": ("a model parameter set after a tensor unit", "CorruptError",
+                                   lambda: _units_reordered("mps_after_tensor")),
+    "two_topology_units": ("two topology units", "CorruptError", lambda: _units_reordered("two_topologies")),
+    "zstd_without_checksum": ("a zstd frame without Content_Checksum", "CorruptError",
+                              lambda: _zstd_frame(checksum=False, content_size=True)),
+    "zstd_without_content_size": ("a zstd frame without Frame_Content_Size", "CorruptError",
+                                  lambda: _zstd_frame(checksum=True, content_size=False)),
+    "bitpack_padding_bits": ("bitpack: a padding bit after the last packed word set", "CorruptError", lambda: _stream(
+        _tensor_payload(b"b", 2, [3], pipeline=b"\x01\x02\x03\x01\x03\x00",
+                        data=struct.pack("<Q", 3) + bytes([0b10_001_010, 0b1000_000_0])))),
+    "zero_words_padding_bits": ("zero_words: a padding bit of the word map set", "CorruptError", lambda: _stream(
+        _tensor_payload(b"z", 2, [3], pipeline=b"\x01\x01\x06" + struct.pack("<BBHBB", 1, 1, 0, 0, 0),
+                        data=struct.pack("<QQ", 3, 1) + bytes([0b1000_0010]) + b"\x07"))),
+    "po2_exponent_over_range": ("po2 code whose exponent |c| - 1 + exp_min is 128", "CorruptError", lambda: _stream(
+        _tensor_payload(b"p", 12, [2], desc=_desc(5, 3, 8, exp_min=120, scales=struct.pack("<f", 1.0)),
+                        data=bytes([1, 9])))),
+    "po2_scale_exponent_under_range": ("a power-of-two scale exponent of -150", "CorruptError", lambda: _stream(
+        _tensor_payload(b"p", 12, [2], desc=_po2_scale_desc(-150), data=bytes([1, 2])))),
+    "field_past_payload": ("a tensor unit that ends inside its shape (CRC valid)", "TruncatedError",
+                           lambda: _stream(_tensor_payload(b"t", 2, [4, 4])[:12])),
+    "scheme_on_integer_tensor": ("uniform scheme on an int32 tensor", "CorruptError", lambda: _stream(
+        _tensor_payload(b"i", 7, [1], desc=_desc(1, 3, 8, scales=struct.pack("<f", 1.0)), data=b"\1"))),
+    "bool_codes": ("uniform scheme with bool codes", "CorruptError", lambda: _stream(
+        _tensor_payload(b"b", 12, [1], desc=_desc(1, 1, 1, scales=struct.pack("<f", 1.0)), data=b"\1"))),
+    "none_with_per_channel_flag": ("scheme none with the per-channel flag", "CorruptError", lambda: _stream(
+        _tensor_payload(b"n", 2, [2], desc=_desc(0, 2, 8, flags=1, n_scales=0), data=b"\1\2"))),
+    "intermediate_over_cap": ("a zstd frame of 100 bytes feeding bitpack for a 1-byte tensor (cap 2*1+64)",
+                              "LimitExceededError", lambda: _stream(_tensor_payload(
+                                  b"c", 2, [1], pipeline=b"\x02\x02\x03\x01\x08\x00\x04\x00",
+                                  data=__import__("zstandard").ZstdCompressor(write_checksum=True).compress(
+                                      struct.pack("<Q", 1) + bytes(92))))),
+})
+
+
+# -- format 1.1: the tensor-aliases unit (tied tensors); these vectors go to v1.1/
+_TIED = np.random.default_rng(1101).standard_normal((7, 5)).astype(np.float32)
+
+
+def _tied() -> tuple[bytes, Expected]:
+    bias = np.arange(7, dtype=np.float32)
+    data, _ = Encoder().encode({"emb.weight": _TIED, "head.weight": _TIED, "tok.weight": _TIED, "head.bias": bias})
+    return data, {"emb.weight": _TIED, "head.weight": _TIED, "tok.weight": _TIED, "head.bias": bias}
+
+
+def _alias_entries(*pairs: tuple[bytes, bytes]) -> bytes:
+    return struct.pack("<I", len(pairs)) + b"".join(struct.pack("<H", len(a)) + a + struct.pack("<H", len(t)) + t
+                                                    for a, t in pairs)
+
+
+def _tied_edited(edit: Callable[[list], list]) -> Callable[[], bytes]:
+    def build() -> bytes:
+        header, units = split_units(_tied()[0])
+        units = edit(units)
+        units[-1] = (UNIT_END, 1, 0, struct.pack("<II", len(units) - 1, sum(u[0] == UNIT_TENSOR for u in units)))
+        return join_units(header, units)
+    return build
+
+
+def _replace_aliases(payload: bytes) -> Callable[[list], list]:
+    return lambda units: [(t, f, r, payload if t == UNIT_TENSOR_ALIASES else p) for t, f, r, p in units]
+
+
+def _aliases_after_tensor(units: list) -> list:
+    aliases = next(u for u in units if u[0] == UNIT_TENSOR_ALIASES)
+    rest = [u for u in units if u[0] != UNIT_TENSOR_ALIASES]
+    first_tensor = next(i for i, u in enumerate(rest) if u[0] == UNIT_TENSOR)
+    return rest[:first_tensor + 1] + [aliases] + rest[first_tensor + 1:]
+
+
+_V11_VALID: dict[str, tuple[str, Builder]] = {
+    "tied_tensors": ("two aliases sharing one stored tensor (format 1.1 tensor-aliases unit)", _tied),
+}
+_V11_INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {
+    "alias_target_missing": ("an alias whose target is no tensor of the stream", "CorruptError", _tied_edited(
+        _replace_aliases(_alias_entries((b"head.weight", b"emb.weight"), (b"tok.weight", b"nowhere"))))),
+    "alias_shadows_tensor": ("an alias named like a tensor unit", "CorruptError", _tied_edited(
+        _replace_aliases(_alias_entries((b"head.bias", b"emb.weight"))))),
+    "alias_of_alias": ("an alias whose target is an alias", "CorruptError", _tied_edited(
+        _replace_aliases(_alias_entries((b"head.weight", b"emb.weight"), (b"tok.weight", b"head.weight"))))),
+    "aliases_after_tensor": ("the tensor-aliases unit after a tensor unit", "CorruptError",
+                             _tied_edited(_aliases_after_tensor)),
+    "aliases_out_of_order": ("alias entries not in ascending name order", "CorruptError", _tied_edited(
+        _replace_aliases(_alias_entries((b"tok.weight", b"emb.weight"), (b"head.weight", b"emb.weight"))))),
+}
+VALID.update(_V11_VALID)
+INVALID.update(_V11_INVALID)
+_VERSION_OF = {name: "1.1" for name in (*_V11_VALID, *_V11_INVALID)}
+
+
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:
     got = [(th, arr) for th, arr in iter_tensors(data)]
     names = [th.name for th, _ in got]
@@ -448,7 +654,8 @@ def generate(folder: Path) -> list[str]:
     for name, kind, desc, build, error in jobs:
         if name in existing:
             continue
-        rel = f"v{VERSION}/{kind}/{name}.nnc"
+        version = _VERSION_OF.get(name, VERSION)
+        rel = f"v{version}/{kind}/{name}.nnc"
         path = folder / rel
         if path.exists():
             raise ConfigError(f"{path} exists but is not in the manifest: refusing to overwrite it")
@@ -460,7 +667,7 @@ def generate(folder: Path) -> list[str]:
             _check_invalid(name, data, error)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, [data])
-        vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
+        vectors.append(Vector(name, version, rel, hashlib.sha256(data).hexdigest(), desc, tensors, error))
         written.append(name)
     manifest = {"format": "nncodec-conformance", "vectors": [v.to_dict() for v in vectors]}
     write_atomic(folder / MANIFEST, [json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"])

@@ -1,25 +1,28 @@
 """The conformance runner: holds a decoder to the vectors of a manifest.
 
 Built in: nncodec's own decoder. External: ``--decoder "CMD {in} {out}"`` is run once per vector with
-``{in}`` the vector file and ``{out}`` a ``.npz`` path to write; it must exit 0 and write one array per
-tensor (key = tensor name; bfloat16 as uint16 bit patterns) for a valid vector, and exit non-zero for an
-invalid one. Each vector's file is first checked against its sha256 in the manifest.
+``{in}`` the vector file and ``{out}`` a ``.npz`` path to write. For a valid vector it must exit 0 and
+write one array per tensor (key = tensor name; bfloat16 as uint16 bit patterns). For an invalid one it
+must exit non-zero with the name of the error class it raised (FORMAT.md §9, e.g. ``ChecksumError``) as
+the last non-empty line of its standard error; the vector passes only when that is the expected class.
+Each vector's file is first checked against its sha256 in the manifest.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..decoder import iter_tensors
-from ..errors import NNCodecError
+from ..errors import ConfigError, NNCodecError
 from .vectors import Vector, load_manifest, tensor_digest
 
 __all__ = ["Outcome", "run_conformance"]
@@ -83,7 +86,11 @@ def _external(v: Vector, path: Path, command: str) -> Outcome:
         if v.error is not None:
             if proc.returncode == 0:
                 return Outcome(v, False, f"decoder accepted it (exit 0), expected {v.error}")
-            return Outcome(v, True, f"rejected (exit {proc.returncode})")
+            reported = reported_error_class(proc.stderr)
+            if reported != v.error:
+                return Outcome(v, False, f"decoder reported {reported or 'no error class'!r} on the last line of "
+                                         f"stderr (exit {proc.returncode}), expected {v.error}")
+            return Outcome(v, True, f"rejected with {reported} (exit {proc.returncode})")
         if proc.returncode != 0:
             return Outcome(v, False, f"decoder failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
         try:
@@ -102,9 +109,22 @@ def _external(v: Vector, path: Path, command: str) -> Outcome:
         return Outcome(v, problem is None, problem or f"{len(got)} tensors match")
 
 
-def run_conformance(folder: Path, decoder: str | None = None) -> Iterator[Outcome]:
-    """Yield one :class:`Outcome` per vector of ``folder``'s manifest."""
-    for v in load_manifest(folder):
+def reported_error_class(stderr: str) -> str | None:
+    """The error class an external decoder reported: the last non-empty line of its standard error."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def run_conformance(folder: Path, decoder: str | None = None, only: Sequence[str] = ()) -> Iterator[Outcome]:
+    """Yield one :class:`Outcome` per vector of ``folder``'s manifest (those whose name matches a glob of
+    ``only``, when given; a pattern that matches no vector is a :class:`ConfigError`)."""
+    vectors = load_manifest(folder)
+    if only:
+        unmatched = [p for p in only if not any(fnmatch.fnmatchcase(v.name, p) for v in vectors)]
+        if unmatched:
+            raise ConfigError(f"no conformance vector matches {unmatched}")
+        vectors = [v for v in vectors if any(fnmatch.fnmatchcase(v.name, p) for p in only)]
+    for v in vectors:
         path = folder / v.file
         try:
             data = path.read_bytes()

@@ -272,7 +272,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     resolver = _Resolver(plan, reference)
     source = qtype(source_quantizer)
     program: list = []
-    ops = capture_graph(model, example_inputs, program=program)
+    ops = capture_graph(model, example_inputs, program=program, weight_quantizers=activation_sparsity is not None)
     zeros: dict[str, float] = {}
     if activation_sparsity is not None:
         zeros = zero_fractions(program[0], example_inputs, {op.args["input_node"] for op in ops
@@ -416,7 +416,9 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     if memory:
         from .memory import memory_report
 
-        report.memory = memory_report(ops, {name: t.bits for name, t in out_type.items()},
+        bits_of = {src: source.bits for op in ops for src in op.inputs if src.startswith("input:")}
+        bits_of.update({name: t.bits for name, t in out_type.items()})
+        report.memory = memory_report(ops, bits_of,
                                       accumulation_batches=accumulation_batches, accumulators=accumulators,
                                       costs=costs)
     return report

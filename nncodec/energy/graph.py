@@ -168,25 +168,36 @@ def _owner(node: torch.fx.Node) -> list[str]:
     return [str(v[0]) for v in stack.values() if v and v[0]]
 
 
-def _export(model: nn.Module, args: tuple[Any, ...]) -> torch.export.ExportedProgram:
+def _export(model: nn.Module, args: tuple[Any, ...], weight_quantizers: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export`` in eval mode. ``weight_quantizers=False`` exports with the kernel and bias quantizers of
+    fake-quant layers switched off (restored afterwards; not thread-safe): their ops are static, never costed,
+    and tracing them (``alpha='auto'`` iterations) is most of the export time."""
     was_training = model.training
+    saved = [] if weight_quantizers else [(m, m.kernel_quantizer, m.bias_quantizer) for m in model.modules()
+                                          if isinstance(m, _QuantWeights)]
     model.eval()
     try:
+        for m, _, _ in saved:
+            m.kernel_quantizer = m.bias_quantizer = None
         with torch.no_grad():
             return torch.export.export(model, args, strict=False)
     except Exception as exc:  # noqa: BLE001  (torch raises many types here)
         raise ConfigError(f"torch.export could not capture the model ({type(exc).__name__}: {exc}); the energy "
                           "model needs an exportable forward") from None
     finally:
+        for m, kernel, bias in saved:
+            m.kernel_quantizer, m.bias_quantizer = kernel, bias
         model.train(was_training)
 
 
-def capture_graph(model: nn.Module, example_inputs: Any, *, program: list | None = None) -> list[GraphOp]:
+def capture_graph(model: nn.Module, example_inputs: Any, *, program: list | None = None,
+                  weight_quantizers: bool = False) -> list[GraphOp]:
     """Export ``model`` on ``example_inputs`` and return its costed operations in execution order.
 
-    ``program``: a list that receives the ``ExportedProgram`` (to run it again, e.g. :func:`zero_fractions`)."""
+    ``program``: a list that receives the ``ExportedProgram`` (to run it again, e.g. :func:`zero_fractions`;
+    pass ``weight_quantizers=True`` then, so that it computes with the quantized weights)."""
     args = example_tensors(example_inputs)
-    ep = _export(model, args)
+    ep = _export(model, args, weight_quantizers)
     if program is not None:
         program.append(ep)
     sig = ep.graph_signature

@@ -80,7 +80,8 @@ def memory_report(ops: "list[GraphOp]", bits_of: dict[str, int], *, accumulation
     size = {op.name: op.output_elements * bits_of.get(op.name, 32) for op in ops}
     inputs = {op.name: [i for i in op.inputs] for op in ops}
     shapes = {src: math.prod(shape) for op in ops for src, shape in zip(op.inputs, op.input_shapes)}
-    graph_inputs = {src: shapes[src] * 8 for op in ops for src in op.inputs if src.startswith("input:")}
+    graph_inputs = {src: shapes[src] * bits_of.get(src, 8) for op in ops for src in op.inputs
+                    if src.startswith("input:")}
     readers: dict[str, set[str]] = {n: set() for n in list(names) + list(graph_inputs)}
     for op in ops:
         for src in op.inputs:

@@ -10,15 +10,16 @@ import torch
 from torch import nn
 
 from ..bitstream.constants import SCHEME_NAMES
-from ..bitstream.descriptor import QuantDescriptor
+from ..bitstream.descriptor import CodedTensor, QuantDescriptor
 from ..dtypes import DType, dtype_by_name
-from ..encoder import CodedTensor
 from .base import QuantCodes, Quantizer
 from .layers import _QuantParams
 
 __all__ = ["coded_tensor", "quantized_state"]
 
 _SCHEME_IDS = {v: k for k, v in SCHEME_NAMES.items()}
+_FLOAT_TENSOR_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                        torch.float64: "float64"}
 _TORCH_CODE_DTYPES = {torch.int8: "int8", torch.int16: "int16", torch.int32: "int32", torch.int64: "int64",
                       torch.uint8: "uint8", torch.float16: "float16", torch.bfloat16: "bfloat16",
                       torch.float32: "float32"}
@@ -67,17 +68,20 @@ def _masked_codes(qc: QuantCodes, mask: torch.Tensor) -> QuantCodes:
 
 
 def _coded(q: Quantizer, t: torch.Tensor, mask: torch.Tensor | None = None) -> CodedTensor:
+    """Codes of ``t`` (any float dtype; the codes are computed from its float32 values) for a tensor that
+    decodes back to ``t``'s dtype."""
     with torch.no_grad():
         qc = q.to_codes(t.detach().float())
         if mask is not None:
             qc = _masked_codes(qc, mask)
-        return coded_tensor(qc, tuple(t.shape))
+        return coded_tensor(qc, tuple(t.shape), _FLOAT_TENSOR_DTYPES[t.dtype])
 
 
 def quantized_state(model: nn.Module) -> dict[str, Any]:
     """The model's state_dict with every fake-quant weight and bias replaced by its :class:`CodedTensor`.
 
-    Pruned weights become zero codes (binary codes, which have no zero, are stored as ternary codes when a
+    Weights of any float dtype (float16, bfloat16, float32, float64) are stored as codes and decode to
+    their own dtype (the code times the scale, rounded once to it). Pruned weights become zero codes (binary codes, which have no zero, are stored as ternary codes when a
     layer is pruned), so decoding gives exactly what the layer computes with; the ``weight_mask`` buffers
     of those layers are therefore not stored (load into :func:`nncodec.search.candidate.deployed_copy`,
     or encode with ``quantized=False`` to keep the masks for more training).
@@ -88,7 +92,7 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
             continue
         prefix = f"{name}." if name else ""
         for pname, quantizer, value, mask in module.quantized_tensors():
-            if value.dtype != torch.float32:
+            if value.dtype not in _FLOAT_TENSOR_DTYPES:
                 continue
             state[prefix + pname] = _coded(quantizer, value, mask)
             if mask is not None or pname == "weight":

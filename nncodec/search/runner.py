@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..energy.estimate import EnergyReport, estimate_energy
+from ..energy.operators import qtype
 from ..errors import ConfigError
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.plan import Plan
@@ -165,7 +166,7 @@ class _Searcher:
             return float(self.cost_fn(model))
         if self.cfg.cost == "size":
             if reference:
-                bits = int(self.cfg.reference_types[0].replace("int", "").replace("fp", "") or 8)
+                bits = qtype(self.cfg.reference_types[0]).bits  # type names parse through the quantizer registry
                 return float(sum(p.numel() for p in model.parameters()) * bits)
             return float(model_size_bits(model))
         return float(report.total_pj)

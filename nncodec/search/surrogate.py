@@ -62,9 +62,9 @@ def reused_graph(model: nn.Module, example_inputs: Any) -> Iterator[None]:
     program: list = []
     ops = original(model, example_inputs, program=program)
 
-    def cached(m: nn.Module, ex: Any, *, program: list | None = None) -> Any:
-        if m is not model or ex is not example_inputs:
-            return original(m, ex, program=program)
+    def cached(m: nn.Module, ex: Any, *, program: list | None = None, **kwargs: Any) -> Any:
+        if m is not model or ex is not example_inputs or any(kwargs.values()):
+            return original(m, ex, program=program, **kwargs)
         if program is not None:
             program.extend(programs)
         return ops

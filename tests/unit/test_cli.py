@@ -56,10 +56,11 @@ def test_errors_exit_nonzero_with_a_message(state_file, tmp_path, capsys):
     data[40] ^= 4
     bad = tmp_path / "bad.nnc"
     bad.write_bytes(bytes(data))
-    assert main(["verify", str(bad)]) == 1
-    assert "nncodec: error:" in capsys.readouterr().err
-    assert main(["encode", str(tmp_path / "missing.pt"), str(out)]) == 1
-    assert main(["encode", str(path), str(out), "--bits", "99"]) == 1
+    assert main(["verify", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nncodec: error:") and str(bad) in err and "ChecksumError" in err and err.count("\n") == 1
+    assert main(["encode", str(tmp_path / "missing.pt"), str(out)]) == 2
+    assert main(["encode", str(path), str(out), "--bits", "99"]) == 2
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
 
@@ -73,7 +74,7 @@ def test_encode_with_relative_step(tmp_path, capsys):
     by = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tensors"]}
     assert by["emb.weight"]["max_abs_error"] > by["fc.weight"]["max_abs_error"]
     assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "x.nnc"), "--rel-step", "0.1",
-                 "--step-scale", "nofactor"]) == 1
+                 "--step-scale", "nofactor"]) == 2
 
 
 def test_encode_with_a_step_scales_file(tmp_path, capsys):
@@ -87,6 +88,69 @@ def test_encode_with_a_step_scales_file(tmp_path, capsys):
     assert by["b.weight"]["rms_error"] > 8 * by["a.weight"]["rms_error"]
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "x.nnc"), "--rel-step", "0.1",
-                 "--step-scales", str(tmp_path / "bad.json")]) == 1
+                 "--step-scales", str(tmp_path / "bad.json")]) == 2
     assert "JSON object" in capsys.readouterr().err
     assert not (tmp_path / "x.nnc").exists()
+
+
+def _bad_inputs(tmp_path):
+    np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{not json")
+    (tmp_path / "legacy.pt").write_bytes(b"\x80\x02not a zip archive")
+    (tmp_path / "garbage.npz").write_bytes(b"PK but not really")
+    torch.save({"a": [1, 2]}, tmp_path / "nontensor.pt")
+    return ["objects.npz", "corrupt.safetensors", "legacy.pt", "garbage.npz", "nontensor.pt"]
+
+
+def test_every_bad_input_file_gets_one_line_naming_it_and_exit_2(tmp_path, capsys):
+    for name in _bad_inputs(tmp_path):
+        assert main(["encode", str(tmp_path / name), str(tmp_path / "o.nnc")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("nncodec: error:") and name in err and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "o.nnc").exists()
+    (tmp_path / "notnnc.nnc").write_bytes(b"hello world, not a stream")
+    for cmd in (["info"], ["verify"], ["decode"]):
+        argv = cmd + [str(tmp_path / "notnnc.nnc")] + ([str(tmp_path / "o.npz")] if cmd == ["decode"] else [])
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "notnnc.nnc" in err and "BadMagicError" in err and err.count("\n") == 1
+
+
+def test_options_that_would_be_ignored_are_errors(tmp_path, capsys):
+    np.savez(tmp_path / "w.npz", w=np.ones((4, 4), np.float32))
+    (tmp_path / "s.json").write_text(json.dumps({"w": 2.0}))
+    out = tmp_path / "w.nnc"
+    assert main(["encode", str(tmp_path / "w.npz"), str(out), "--bits", "4", "--step-scales",
+                 str(tmp_path / "s.json")]) == 2
+    assert "--rel-step" in capsys.readouterr().err
+    assert main(["encode", str(tmp_path / "w.npz"), str(out), "--step-scale", "w=2"]) == 2
+    assert not out.exists()
+    assert main(["energy", "--input-shape", "3,32,32"]) == 2
+    err = capsys.readouterr().err
+    assert "--input-shape" in err and "--model" in err
+
+
+def test_a_write_error_names_the_destination_not_the_temporary_file(tmp_path, capsys):
+    np.savez(tmp_path / "w.npz", w=np.ones(3, np.float32))
+    dest = tmp_path / "no" / "such" / "dir" / "w.nnc"
+    assert main(["encode", str(tmp_path / "w.npz"), str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert str(dest) in err and ".tmp" not in err and err.count("\n") == 1
+    (tmp_path / "taken.nnc").mkdir()
+    assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "taken.nnc")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "taken.nnc") in err and ".tmp" not in err
+
+
+def test_decode_of_tied_tensors_to_every_output_type(tmp_path):
+    import nncodec
+
+    shared = torch.randn(5, 3)
+    nncodec.encode({"emb": shared, "head": shared, "bias": torch.zeros(5)}, tmp_path / "t.nnc")
+    for ext in ("safetensors", "pt", "npz"):
+        assert main(["decode", str(tmp_path / "t.nnc"), str(tmp_path / f"t.{ext}"), "-q"]) == 0
+    back = load_file(tmp_path / "t.safetensors")
+    assert torch.equal(back["emb"], shared) and torch.equal(back["head"], shared)
+    pt = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert pt["emb"].data_ptr() == pt["head"].data_ptr()  # torch.save keeps the sharing

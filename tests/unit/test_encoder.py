@@ -26,7 +26,7 @@ def test_stack_compression_pays_on_sparse_int8_and_never_inflates_dense():
     rng = np.random.default_rng(0)
     sparse = (rng.integers(-127, 128, 100_000) * (rng.random(100_000) < 0.1)).astype(np.int8)
     raw = sparse.view(np.uint8)
-    from nncodec.bitstream.pipeline import Pipeline
+    from nncodec.coding.pipeline import Pipeline
     from nncodec.coding import ZeroWords, Zstd
     chosen, payload = choose_pipeline(raw, 1, 8, True)
     stacked = Pipeline((ZeroWords(1), Zstd(3))).encode(memoryview(raw))
@@ -141,3 +141,49 @@ def test_large_code_arrays_try_only_pipelines_that_can_beat_the_order0_entropy()
     p = counts / counts.sum()
     assert [s.codec_id for s in pipeline.stages] == ["rans"]
     assert len(payload) <= 1.01 * float(-(p * np.log2(p)).sum()) * codes.size / 8
+
+
+@pytest.mark.parametrize("arrays,options,limit", [
+    ({"n" * 5000: np.ones(2, np.float32)}, {}, "max_name_bytes"),
+    ({"deep": np.ones([1] * 40, np.float32)}, {}, "max_ndim"),
+    ({"a": np.ones(2, np.float32)}, {"metadata": {"k": "x" * (2 << 20)}}, "max_metadata_bytes"),
+    ({"a": np.ones(100, np.float32)}, {"limits": nncodec.Limits(max_tensor_elements=99)}, "max_tensor_elements"),
+    ({"a": np.ones(100, np.float32)}, {"limits": nncodec.Limits(max_total_decoded_bytes=399)},
+     "max_total_decoded_bytes"),
+    ({"a": np.ones(1, np.float32), "b": np.ones(1, np.float32)}, {"limits": nncodec.Limits(max_units=4)},
+     "max_units"),
+    ({"a": np.arange(1000, dtype=np.float32)}, {"limits": nncodec.Limits(max_unit_bytes=1000)}, "max_unit_bytes"),
+])
+def test_the_encoder_refuses_what_its_decoder_would_refuse(arrays, options, limit):
+    limits = options.get("limits", nncodec.DEFAULT_LIMITS)
+    with pytest.raises(nncodec.LimitExceededError, match=limit):
+        nncodec.encode(arrays, **options)
+    # what encodes decodes with the same limits: just under each limit
+    ok = {"max_name_bytes": ({"n" * 4096: np.ones(2, np.float32)}, {}),
+          "max_ndim": ({"deep": np.ones([1] * 32, np.float32)}, {}),
+          "max_metadata_bytes": ({"a": np.ones(2, np.float32)}, {"metadata": {"k": "x" * ((1 << 20) - 10)}}),
+          "max_tensor_elements": ({"a": np.ones(99, np.float32)}, options),
+          "max_total_decoded_bytes": ({"a": np.ones(99, np.float32)}, options),
+          "max_units": ({"a": np.ones(1, np.float32)}, options),
+          "max_unit_bytes": ({"a": np.zeros(1000, np.float32)}, options)}[limit]
+    data = nncodec.encode(*ok[:1], **ok[1])
+    assert set(nncodec.decode_arrays(data, limits=limits)) == set(ok[0])
+
+
+def test_encoder_api_takes_numpy_arrays_and_refuses_bad_names_and_options():
+    a = np.arange(6, dtype=np.int16).reshape(2, 3)
+    data, report = nncodec.Encoder().encode({"a": a})
+    assert report.tensors[0].name == "a"
+    np.testing.assert_array_equal(nncodec.decode_arrays(data)["a"], a)
+    with pytest.raises(ConfigError, match="names"):
+        nncodec.Encoder().encode({"a": a, 1: a})
+    with pytest.raises(ConfigError, match="names"):
+        nncodec.encode({"a": a, 2: a})
+    with pytest.raises(ConfigError, match="unknown encode option"):
+        nncodec.encode({"a": a}, bitz=4)
+    with pytest.raises(ConfigError, match="unknown encode option"):
+        nncodec.encode_arrays({"a": a}, workers=2)
+    with pytest.raises(ConfigError, match="'a'"):
+        nncodec.Encoder().encode({"a": "text"})
+    with pytest.raises(ConfigError, match="workers"):
+        list(nncodec.iter_tensors(data, workers=0))

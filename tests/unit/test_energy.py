@@ -168,3 +168,36 @@ def test_sequential_models_keep_the_totals_of_the_module_hook_estimator(plan, se
     model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.ReLU6(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 3 * 3, 4), nn.Softmax(dim=1))
     assert estimate_energy(model, (8, 8, 8), plan, **settings).total_pj == pytest.approx(total, rel=1e-12)
+
+
+def test_fake_quant_models_keep_their_quantizers_after_export(seed_model):
+    qm = quantize_model(seed_model, {"default": {"kernel": "ternary(alpha='auto')", "bias": "quantized_bits(8,2,1)"},
+                                     "layers": {"act*": {"activation": "quantized_relu(4)"}}})
+    plan_total = estimate_energy(seed_model, (1, 28, 28), {"default": {"kernel": "ternary(alpha='auto')",
+                                                                       "bias": "quantized_bits(8,2,1)"},
+                                                           "layers": {"act*": {"activation": "quantized_relu(4)"}}},
+                                 **SEED_SETTING).total_pj
+    assert estimate_energy(qm, (1, 28, 28), **SEED_SETTING).total_pj == plan_total
+    # the export switches weight quantizers off while tracing (their ops are not costed) and restores them
+    assert qm.conv2d_1_m.kernel_quantizer.spec() == "ternary(alpha='auto')"
+    assert qm.conv2d_1_m.bias_quantizer is not None
+
+
+@pytest.mark.parametrize("types,bits", [(("bf16", "fp32"), 16), (("fp32", "fp32"), 32), (("int8", "int16"), 8),
+                                        (("quantized_bits(4,0,1)", "int16"), 4)])
+def test_size_cost_of_the_reference_reads_any_type_name(types, bits):
+    from nncodec.search.runner import SearchConfig, _Searcher
+
+    searcher = object.__new__(_Searcher)  # only the cost function is under test
+    searcher.cost_fn, searcher.cfg = None, SearchConfig(cost="size", reference_types=types)
+    model = nn.Linear(3, 2)
+    assert searcher._cost(model, None, reference=True) == 8 * bits
+
+
+def test_an_unknown_reference_type_is_a_config_error():
+    from nncodec.search.runner import SearchConfig, _Searcher
+
+    searcher = object.__new__(_Searcher)
+    searcher.cost_fn, searcher.cfg = None, SearchConfig(cost="size", reference_types=("int9x", "int16"))
+    with pytest.raises(ConfigError):
+        searcher._cost(nn.Linear(3, 2), None, reference=True)

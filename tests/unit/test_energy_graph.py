@@ -76,7 +76,13 @@ def _flop_macs(model, args, train=False):
     return counter.get_total_flops() / 2
 
 
+def _strided_grouped_transposed():
+    return nn.Sequential(nn.Conv1d(4, 8, 5, stride=2, groups=2), nn.ReLU(), nn.ConvTranspose1d(8, 4, 4, stride=2),
+                         nn.Unflatten(1, (4, 1)), nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2))
+
+
 CASES = {
+    "strided_grouped_transposed_convs": (_strided_grouped_transposed, lambda: (torch.randn(1, 4, 32),)),
     "resnet_block": (ResBlock, lambda: (torch.randn(1, 8, 16, 16),)),
     "inverted_residual": (InvertedResidual, lambda: (torch.randn(1, 8, 16, 16),)),
     "transformer": (TinyTransformer, lambda: (torch.randint(0, 100, (1, 10)),)),

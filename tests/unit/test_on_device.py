@@ -119,7 +119,7 @@ def test_streamed_dequantization_matches_the_whole_tensor_path(monkeypatch, stag
         monkeypatch.setattr(dec, "_PIECE_ELEMENTS", 16)  # blocks of one 15-code row, or of 16 codes
         streamed = {th.name: a for th, a in dec.iter_tensors(data)}
         monkeypatch.undo()
-        walker = dec._StreamWalker(io.BytesIO(data), nncodec.DEFAULT_LIMITS)
+        walker = dec.StreamWalker(io.BytesIO(data), nncodec.DEFAULT_LIMITS)
         for _, _, th, coded in walker.tensor_units():  # the reference: whole code array, then dequantize
             codes = np.empty(th.numel, dtype=th.quant.code_dtype.storage)
             walker.pipeline_of(th).decode_into(coded, codes.view(np.uint8), nncodec.DEFAULT_LIMITS)

@@ -220,3 +220,25 @@ def test_newly_supported_qkeras_specs_match_hand_computed_values():
     # binary(alpha='auto') on a 1-D tensor: QKeras' least-squares scale is per element (no averaging)
     b = get_quantizer("binary(alpha='auto')").quantize(torch.tensor([0.5, -0.2, 0.0]))
     torch.testing.assert_close(b, torch.tensor([0.5, -0.2, 0.0]) / (1 + 1e-7))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_half_and_double_fake_quant_models_are_stored_as_codes(dtype):
+    torch.manual_seed(2)
+    qmodel = quantize_model(nn_model(), {"default": {"kernel": "quantized_bits(4,0,1)",
+                                                     "bias": "quantized_bits(8,0,1)"}}).eval().to(dtype)
+    data = nncodec.encode(qmodel)
+    info = nncodec.read_info(data)
+    by = {u.tensor["name"]: u.tensor for u in info.units if u.tensor}
+    assert by["0.weight"]["scheme"] == "uniform" and by["0.weight"]["bits"] == 4
+    assert by["3.bias"]["scheme"] == "uniform" and by["0.weight"]["dtype"] == str(dtype).split(".")[1]
+    out = nncodec.decode(data)
+    for name in ("0", "3"):
+        mod = qmodel[int(name)]
+        want = mod.kernel_quantizer.quantize(mod.weight.float())  # the value in float32, then rounded once
+        assert out[f"{name}.weight"].dtype == dtype
+        assert torch.equal(out[f"{name}.weight"], want.to(dtype))
+    floats = {u.tensor["name"]: u for u in nncodec.read_info(nncodec.encode(qmodel, quantized=False)).units
+              if u.tensor}
+    coded = {u.tensor["name"]: u for u in info.units if u.tensor}
+    assert coded["3.weight"].size < floats["3.weight"].size / 2  # 4-bit codes, not 16/64-bit floats

@@ -256,3 +256,35 @@ def test_rans_random_damage_is_a_corrupt_error_never_a_crash():
         except (CorruptError, TruncatedError):
             caught += 1
     assert caught >= 250  # damage that leaves a decodable stream must still end at the encoder's start state
+
+
+def test_a_registered_entropy_stage_joins_the_encoders_candidates_without_editing_it():
+    import numpy as np
+
+    from nncodec.coding import stage as stage_module
+    from nncodec.coding.symbol_stage import SymbolStage
+    from nncodec.encoder import _candidates
+
+    class Tally(SymbolStage):
+        """A stand-in entropy coder: stores the words (enough to show the encoder picks it up)."""
+
+        stage_id, codec_id, word_sizes, entropy, preference = 250, "tally_test", (1,), True, 99
+
+        def encode(self, data):
+            return bytes(data)
+
+        def decoded_size(self, data):
+            return len(data)
+
+        def iter_decode(self, data, size, piece_bytes):
+            yield np.frombuffer(data, np.uint8)
+
+    stage_module.register_stage(Tally)
+    try:
+        chosen = [p.stages for p in _candidates(1, 4, True, 0.0, 3) if len(p.stages) == 1 and p.stages[0].entropy]
+        assert chosen == [(Tally(1, True),)]  # the most preferred entropy stage, in place of rANS
+        assert not any(isinstance(s, Tally) for p in _candidates(2, 12, True, 0.0, 3) for s in p.stages)
+    finally:
+        del stage_module.REGISTRY[250]
+    assert all(type(p.stages[0]).codec_id == "rans" for p in _candidates(1, 4, True, 0.0, 3)
+               if len(p.stages) == 1 and p.stages[0].entropy)

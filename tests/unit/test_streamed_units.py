@@ -128,7 +128,7 @@ def test_parallel_decoding_keeps_order_values_and_errors(tmp_path, workers, monk
 def test_prefetched_keeps_order_raises_in_order_and_stops_early():
     import threading
 
-    from nncodec.bitstream.prefetch import prefetched
+    from nncodec.coding.prefetch import prefetched
 
     assert list(prefetched(iter(range(50)))) == list(range(50))
 
@@ -157,7 +157,7 @@ def test_prefetched_keeps_order_raises_in_order_and_stops_early():
 
 
 def test_unshuffling_behind_a_prefetching_zstd_thread(tmp_path, monkeypatch, stream_after_headers):
-    from nncodec.bitstream import pipeline
+    from nncodec.coding import pipeline
 
     monkeypatch.setattr(pipeline, "_PIECE_BYTES", 1000)  # many pieces through the 3-buffer ring
     rng = np.random.default_rng(4)

@@ -77,3 +77,51 @@ def test_numpy_api_never_needs_torch_types():
     data = nncodec.encode({"a": np.arange(3, dtype=np.int32)})
     out = nncodec.decode_arrays(data)
     assert type(out["a"]) is np.ndarray
+
+
+def _tied_model():
+    from torch import nn
+
+    m = nn.Sequential(nn.Embedding(40, 6), nn.Linear(6, 40))
+    m[1].weight = m[0].weight  # the output layer shares the embedding, as in most language models
+    return m
+
+
+def test_tied_tensors_are_stored_once_and_come_back_tied():
+    import numpy as np
+
+    import nncodec
+
+    torch.manual_seed(0)
+    model = _tied_model()
+    data = nncodec.encode(model.state_dict())
+    untied = nncodec.encode({k: v.clone() for k, v in model.state_dict().items()})
+    assert len(untied) - len(data) > 40 * 6 * 4 * 0.9  # the shared matrix is stored once
+    info = nncodec.read_info(data)
+    assert info.aliases == {"1.weight": "0.weight"} and info.version == (1, 1)
+    assert nncodec.read_info(untied).version == (1, 0)  # no aliases: written as format 1.0, as before
+    out = nncodec.decode(data)
+    assert list(out) == ["0.weight", "1.weight", "1.bias"] and out["0.weight"] is out["1.weight"]
+    assert torch.equal(out["1.weight"], model[1].weight)
+    arrays = nncodec.decode_arrays(data)
+    assert arrays["0.weight"] is arrays["1.weight"]
+    with nncodec.open(data) as f:
+        assert f.keys() == ["0.weight", "1.weight", "1.bias"] and f.header("1.weight").name == "1.weight"
+        np.testing.assert_array_equal(f.get_array("1.weight"), model[0].weight.detach().numpy())
+    # into a tied module: the shared parameter is written once; into an untied one: both are filled
+    from torch import nn
+
+    tied, untied_model = _tied_model(), nn.Sequential(nn.Embedding(40, 6), nn.Linear(6, 40))
+    for target in (tied, untied_model):
+        assert nncodec.load_into(target, data) == []
+        assert torch.equal(target[0].weight, model[0].weight) and torch.equal(target[1].weight, model[0].weight)
+    assert tied[1].weight is tied[0].weight
+
+
+def test_tied_module_round_trips_through_encode_of_the_module():
+    import nncodec
+
+    torch.manual_seed(1)
+    model = _tied_model()
+    report = nncodec.encode_with_report(model)[1]
+    assert report.aliases == {"1.weight": "0.weight"} and [t.name for t in report.tensors] == ["0.weight", "1.bias"]

@@ -7,7 +7,8 @@ import nncodec
 
 try:
     arrays = nncodec.decode_arrays(sys.argv[1])
-except nncodec.NNCodecError:
+except nncodec.NNCodecError as exc:
+    print(type(exc).__name__, file=sys.stderr)
     sys.exit(2)
 for name, a in arrays.items():
     if a.nbytes:

@@ -8,18 +8,24 @@ from typing import Any
 
 import numpy as np
 
-from ..coding.shuffle import Shuffle
-from ..coding.stage import Stage, stage_class
-from ..coding.zstd_stage import Zstd
-from ..errors import CorruptError, FormatError, LimitExceededError
+from ..bitstream.byte_reader import ByteReader
+from ..bitstream.units import StageEntry, parse_stage_entries, stage_entries_bytes
+from ..errors import ConfigError, CorruptError, FormatError, LimitExceededError
 from ..limits import Limits
-from .byte_reader import ByteReader
-from .constants import MAX_PIPELINE_STAGES
 from .prefetch import prefetched
+from .shuffle import Shuffle
+from .stage import Stage, stage_class
+from .zstd_stage import Zstd
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "intermediate_bound"]
 
 _PIECE_BYTES = 4 << 20  # decoded bytes per piece when a pipeline streams
+
+
+def intermediate_bound(final_size: int) -> int:
+    """Largest output, in bytes, of a stage that feeds another stage, for a ``final_size``-byte tensor
+    (FORMAT.md §4): decoders refuse more, so encoders never write it."""
+    return 2 * final_size + 64
 
 
 def _in_memory(payload: Any) -> memoryview:
@@ -33,33 +39,39 @@ class Pipeline:
 
     stages: tuple[Stage, ...] = ()
 
+    def entries(self) -> "tuple[StageEntry, ...]":
+        """The stages as stored pipeline entries."""
+        return tuple(StageEntry(st.stage_id, st.params()) for st in self.stages)
+
     def to_bytes(self) -> bytes:
-        out = bytearray([len(self.stages)])
-        for st in self.stages:
-            params = st.params()
-            out += bytes([st.stage_id, len(params)]) + params
-        return bytes(out)
+        return stage_entries_bytes(self.entries())
+
+    @classmethod
+    def from_entries(cls, entries: "tuple[StageEntry, ...]") -> "Pipeline":
+        """The stages of stored entries, through the stage registry (unknown id: ``UnsupportedFeatureError``;
+        bad params: ``CorruptError``; both located at the entry)."""
+        stages = []
+        for e in entries:
+            try:
+                stages.append(stage_class(e.stage_id).from_params(e.params))
+            except FormatError as exc:
+                raise exc.located(offset=e.offset) from None
+        return cls(tuple(stages))
 
     @classmethod
     def parse_entries(cls, r: ByteReader, count: int) -> "Pipeline":
-        if count > MAX_PIPELINE_STAGES:
-            raise CorruptError(f"pipeline has {count} stages, at most {MAX_PIPELINE_STAGES} allowed", offset=r.offset)
-        stages = []
-        for _ in range(count):
-            at = r.offset
-            stage_id = r.u8("stage id")
-            plen = r.u8("stage params length")
-            params = r.take(plen, "stage params")
-            try:
-                stages.append(stage_class(stage_id).from_params(params))
-            except FormatError as exc:
-                raise exc.located(offset=at) from None
-        return cls(tuple(stages))
+        return cls.from_entries(parse_stage_entries(r, count))
 
     def encode(self, words: bytes | memoryview) -> bytes:
+        """The coded payload of ``words``; :class:`ConfigError` when a stage's output that feeds another
+        stage is over :func:`intermediate_bound` (a stream no decoder would read back)."""
         data: bytes | memoryview = words
-        for st in self.stages:
+        bound = intermediate_bound(len(words))
+        for i, st in enumerate(self.stages):
             data = st.encode(memoryview(data))
+            if i < len(self.stages) - 1 and len(data) > bound:
+                raise ConfigError(f"stage {st.codec_id} writes {len(data)} bytes for {len(words)} input bytes, "
+                                  f"over the {bound} a following stage may receive")
         return bytes(data)
 
     def decode_into(self, payload: memoryview, out: np.ndarray, limits: Limits) -> None:
@@ -93,7 +105,7 @@ class Pipeline:
                 start += piece.size
             return
         data: memoryview = payload
-        bound = 2 * out.size + 64
+        bound = intermediate_bound(out.size)
         for i in range(len(self.stages) - 1, -1, -1):
             st = self.stages[i]
             if i == 0:
@@ -119,7 +131,7 @@ class Pipeline:
         """For one stage that maps symbols through a table (rANS) on ``word_size``-byte words: decode
         ``table_of(alphabet)[symbol index]`` straight into ``dest`` and return True; else False."""
         stage = self.stages[0] if len(self.stages) == 1 else None
-        if not hasattr(stage, "decode_mapped") or stage.word_size != word_size:
+        if stage is None or not stage.maps_symbols or stage.word_size != word_size:  # type: ignore[attr-defined]
             return False
         stage.decode_mapped(_in_memory(payload), size, table_of, dest)
         return True

@@ -326,9 +326,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _method_options(args: argparse.Namespace) -> dict:
+    """``--option KEY=VALUE`` (VALUE parsed as JSON when it is JSON), ``--codesign``, ``--hardware JSON``."""
+    options: dict = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if args.hardware and not args.codesign:
+        raise ConfigError("--hardware sets up the co-design: add --codesign")
+    if args.codesign:
+        options["codesign"] = True
+        if args.hardware:
+            try:
+                options["hardware"] = json.loads(args.hardware)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--hardware is not valid JSON: {exc}") from None
+    return options
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     _needs_model(args, "input_shape", "weights", "data")
     if not args.model:
+        if args.schedule != "single" or args.option or args.codesign:
+            raise ConfigError("--schedule, --option and --codesign apply to a search of your --model, not the demo")
         return _cmd_demo(args)
     import numpy as np
 
@@ -368,7 +393,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                           max_bits=args.max_bits, max_params=args.max_params, block_search=args.block_search,
                           block_order=args.block_order, final_prune=args.prune, seed=args.seed, worker=args.worker,
                           study_name=args.study_name, storage=args.storage, out_dir=args.out,
-                          progress=None if not args.json else False)
+                          progress=None if not args.json else False, schedule=args.schedule,
+                          options=_method_options(args))
     task = ClassifierTask(x_train, y_train, x_val, y_val, proxy_fraction=args.proxy_fraction, seed=args.seed)
     if args.trials_only:
         from .search.runner import run_trials
@@ -480,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def search_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", default="tpe",
-                       choices=["random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution"])
+                       choices=["random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution", "differentiable",
+                                "greedy"])
         p.add_argument("--trials", type=int, default=30, help="trials (default 30)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", default="nncodec_demo", help="folder for the report, plan, plot and bitstream")
@@ -531,6 +558,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--worker", type=int, default=0, help="index of this worker (different samplers per worker)")
     se.add_argument("--trials-only", action="store_true",
                     help="run trials and print the best plan (a worker joining a shared study)")
+    se.add_argument("--schedule", choices=["single", "iterative"], default="single",
+                    help="iterative: compress a step further, retrain, decide again, until the caps hold")
+    se.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
+                    help="option of the differentiable / greedy controller or the iterative schedule (VALUE: JSON "
+                         "or text), e.g. lambda=0.5, epochs=6, max_accuracy_drop=0.01, pipeline='[\"prune\"]'")
+    se.add_argument("--codesign", action="store_true",
+                    help="co-design the accelerator (SRAM size, placement, L blocks x C lanes) with the network")
+    se.add_argument("--hardware", metavar="JSON", help="co-design grid and weights, e.g. '{\"rounds\": 4}'")
     se.set_defaults(func=_cmd_search)
     return p
 

@@ -14,6 +14,7 @@ measured again from the decoded weights.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -31,6 +32,7 @@ from ..errors import ConfigError
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.plan import Plan
 from .candidate import build_candidate, deployed_copy, model_size_bits
+from .controllers import PLAN_CONTROLLERS, SCHEDULES, Outcome, method_options, run_method, uses_method
 from .score import ScoreConfig, score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
@@ -40,7 +42,8 @@ __all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLL
 
 log = logging.getLogger(__name__)
 
-CONTROLLERS = ("random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution")
+OPTUNA_CONTROLLERS = ("random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution")
+CONTROLLERS = OPTUNA_CONTROLLERS + tuple(PLAN_CONTROLLERS)
 
 
 @dataclass
@@ -71,6 +74,8 @@ class SearchConfig:
         "min_sram_size": 2 ** 27, "weights_memory": "sram", "activations_memory": "sram", "io_traffic": False})
     reference_types: tuple[str, str] = ("int8", "int16")
     progress: bool | None = None
+    schedule: str = "single"                  #: "single" (one search) or a registered schedule ("iterative")
+    options: dict[str, Any] = field(default_factory=dict)  #: options of the non-Optuna methods (controllers.py)
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
@@ -83,6 +88,9 @@ class SearchConfig:
             raise ConfigError("n_trials and proxy_epochs must be >= 1, final_epochs >= 0")
         if self.block_search and self.controller == "nsga2":
             raise ConfigError("block search scores with a single objective; use another controller than nsga2")
+        if self.schedule != "single" and self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be 'single' or one of {tuple(SCHEDULES)}, got {self.schedule!r}")
+        method_options(self.controller, self.schedule, self.options)
 
 
 @dataclass
@@ -105,9 +113,10 @@ class SearchResult:
     energy_report: EnergyReport | None = None
     warnings: list[str] = field(default_factory=list)   #: things the user should know (a chance-level reference)
     notes: list[str] = field(default_factory=list)      #: what was done on the user's behalf (reference training)
+    extra: dict[str, Any] = field(default_factory=dict)  #: summary entries of non-Optuna methods (hardware ...)
 
     def summary(self) -> dict[str, Any]:
-        return {"reference": {"accuracy": self.reference_accuracy, "energy_pj": self.reference_energy_pj,
+        return {**self.extra, "reference": {"accuracy": self.reference_accuracy, "energy_pj": self.reference_energy_pj,
                               "float32_bytes": self.float32_bytes},
                 "result": {"accuracy": self.accuracy, "decoded_accuracy": self.decoded_accuracy,
                            "energy_pj": self.energy_pj, "bitstream_bytes": self.bitstream_bytes,
@@ -269,6 +278,9 @@ class _Searcher:
     # -- whole search ---------------------------------------------------------------------------
     def search_plan(self) -> tuple[Plan, list[dict[str, Any]]]:
         multi = self.cfg.controller == "nsga2"
+        if uses_method(self.cfg.controller, self.cfg.schedule, self.cfg.options):
+            self.outcome: Outcome | None = run_method(self)
+            return self.outcome.plan, self.outcome.trials
         if not self.cfg.block_search:
             params = self.space.parameters()
             study = self._study(self.cfg.study_name, multi)
@@ -402,14 +414,22 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         log.warning(warnings[-1])
     plan, trials = searcher.search_plan()
     torch.manual_seed(config.seed)
-    model = build_candidate(reference, space.example_inputs, plan)
+    outcome = getattr(searcher, "outcome", None) or Outcome(plan, trials)
+    start = reference
+    if outcome.state is not None:
+        start = copy.deepcopy(reference)
+        start.load_state_dict(outcome.state)
+    model = build_candidate(start, space.example_inputs, plan)
+    if outcome.masks:
+        apply_masks(model, outcome.masks)
     if config.final_prune > 0:
         apply_masks(model, global_magnitude_masks(model, config.final_prune))
     for epoch in range(config.final_epochs):
         task.train_epoch(model, epoch, proxy=False)
     model.eval()
     acc = task.evaluate(model)
-    report = estimate_energy(model, space.example_inputs, _energy_plan(plan), **config.energy_settings)
+    report = estimate_energy(model, space.example_inputs, _energy_plan(plan),
+                             **(outcome.energy_settings or config.energy_settings))
     out_dir = Path(config.out_dir)
     path, _ = encode_with_report(model, out_dir / "model.nnc", level=19)
     decoded = deployed_copy(model)
@@ -425,7 +445,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         bitstream_bytes=Path(path).stat().st_size, float32_bytes=_float32_bytes(reference), trials=trials,
         layer_table=_layer_table(space, plan, searcher.ref_report, report, reference, model),
         seconds=time.perf_counter() - t0, energy_report=report, warnings=warnings,
-        notes=list(notes or []))
+        notes=list(notes or []), extra=outcome.extra)
     write_report(result, out_dir)
     return result
 

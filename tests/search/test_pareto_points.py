@@ -39,7 +39,7 @@ def test_the_front_becomes_one_stream_whose_points_are_the_plans():
         assert got.keys() == separate.keys() and all(torch.equal(got[n], separate[n]) for n in got)
     assert nncodec.load_model(data, energy_budget_pj=250.0).nncodec_operating_point == 1
     # a cheaper plan that is wider than a dearer one cannot nest: it is left out
-    narrow = {sp._width_key(sp.layers[0]): 0.5}
+    narrow = {sp._width_key(sp.layers[0].group): 0.5}
     rows = [_row(0, 8, 300.0, 0.9, groups=groups, width=narrow), _row(2, 2, 100.0, 0.6, groups=groups)]
     _, report, skipped = encode_pareto(reference, sp, rows)
     assert skipped == [0] and len(report.points) == 1

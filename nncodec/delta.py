@@ -37,7 +37,7 @@ from .bitstream.units import EndOfStream, frame_unit
 from .decoder import Source, iter_tensors
 from .dtypes import DType
 from .bitstream.descriptor import CodedTensor
-from .encoder import Encoder
+from .encoder import Encoder, encoder_from_options
 from .errors import ChecksumError, ConfigError, CorruptError, TruncatedError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -168,21 +168,21 @@ def insert_base_reference(chunks: list[bytes], reference: BaseReference, tensor_
     return out
 
 
-def encode_delta(obj: Any, base: Any, dst: Any, topology: Mapping | None, quantized: bool, options: dict[str, Any],
+def encode_delta(tensors: Mapping[str, Any], base: Any, dst: Any, topology: Mapping | None, quantized: bool, options: dict[str, Any],
                  rd: dict[str, Any]) -> tuple[bytes | Path, Any]:
     """``encode(obj, dst, base=base, **options)``: see the module docstring."""
     from .atomic import write_atomic
-    from .torch_io import tensors_from
 
     extra = set(rd) - {"rate_lambda"}
     if extra:
         raise ConfigError(f"delta coding does not take {sorted(extra)} (only rate_lambda of the rate-distortion "
                           "options)")
-    encoder = Encoder(**options)
-    ref = base_tensors(base)
-    tensors, whole = encode_delta_tensors(tensors_from(obj, quantized), ref, encoder, rd.get("rate_lambda", 0.0))
+    encoder = encoder_from_options(options)
+    ref = base_tensors(base, encoder.limits)
+    tensors, whole = encode_delta_tensors(tensors, ref, encoder, rd.get("rate_lambda", 0.0))
     chunks, report = encoder.encode_units(tensors, topology)
-    chunks = insert_base_reference(chunks, BaseReference(content_hash(ref), whole), len(tensors))
+    # tied tensors are stored once: the end-of-stream count is of the stored tensor units
+    chunks = insert_base_reference(chunks, BaseReference(content_hash(ref), whole), len(tensors) - len(report.aliases))
     report.total_bytes = sum(len(c) for c in chunks)
     if dst is None:
         return b"".join(chunks), report

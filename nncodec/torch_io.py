@@ -146,7 +146,7 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     if base is not None:
         from .delta import encode_delta
 
-        return encode_delta(obj, base, dst, topo, quantized, options, rd)
+        return encode_delta(tensors, base, dst, topo, quantized, options, rd)
     if rd:
         from .tuning import encode_rd
 

@@ -118,3 +118,19 @@ def test_delta_conformance_vectors_rebuild_and_plain_decoders_refuse_them() -> N
         assert v.error == "UnknownUnitError"
     outcomes = {o.vector.name: o for o in run_conformance(folder) if o.vector.name in DELTA}
     assert all(o.passed for o in outcomes.values()), {n: o.detail for n, o in outcomes.items()}
+
+
+def test_tied_tensors_the_base_lacks_round_trip() -> None:
+    base, _ = _pair()
+    tied = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    tuned = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned["emb.weight"], tuned["head.weight"] = tied, tied  # one storage, two names, not in the base
+    data = nncodec.encode(tuned, base=base)
+    out = nncodec.decode(data, base=base)
+    assert torch.equal(out["emb.weight"], tied) and torch.equal(out["head.weight"], tied)
+
+
+def test_unknown_delta_option_is_a_config_error() -> None:
+    base, tuned = _pair()
+    with pytest.raises(nncodec.ConfigError, match="bogus"):
+        nncodec.encode(tuned, base=base, bogus=1)

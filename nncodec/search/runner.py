@@ -91,6 +91,12 @@ class SearchConfig:
         if self.schedule != "single" and self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be 'single' or one of {tuple(SCHEDULES)}, got {self.schedule!r}")
         method_options(self.controller, self.schedule, self.options)
+        if self.controller in PLAN_CONTROLLERS or self.schedule != "single":
+            shared = [k for k, on in (("block_search", self.block_search), ("storage", self.storage is not None),
+                                      ("worker", self.worker != 0)) if on]
+            if shared:
+                raise ConfigError(f"{shared} apply to the Optuna controllers only; controller={self.controller!r}, "
+                                  f"schedule={self.schedule!r} runs in one process without a shared study")
 
 
 @dataclass
@@ -386,7 +392,11 @@ def run_trials(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     This is what each extra worker runs: any number of processes on any number of machines, given the
     same storage URL and study name, share the trials until ``n_trials`` have finished.
     """
-    plan, _ = _Searcher(reference, space, task, config or SearchConfig(), cost_fn).search_plan()
+    config = config or SearchConfig()
+    if config.controller in PLAN_CONTROLLERS or config.schedule != "single":
+        raise ConfigError(f"controller={config.controller!r}, schedule={config.schedule!r} runs in one process and "
+                          "returns masks and weights with its plan: use run_search")
+    plan, _ = _Searcher(reference, space, task, config, cost_fn).search_plan()
     return plan
 
 

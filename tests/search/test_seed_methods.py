@@ -322,3 +322,13 @@ def test_codesign_rejects_unknown_hardware_options(reference, space, tmp_path):
                                                                                      "hardware": {"sram": 1}})
     with pytest.raises(ConfigError, match="sram"):
         _Searcher(reference, space, digits.task(0.2), cfg, None).search_plan()
+
+
+@pytest.mark.parametrize("settings", [{"controller": "greedy", "block_search": True},
+                                      {"controller": "differentiable", "storage": "sqlite:///x.db"},
+                                      {"schedule": "iterative", "worker": 1}])
+def test_single_process_methods_refuse_shared_study_settings(settings):
+    from nncodec.search.runner import SearchConfig
+
+    with pytest.raises(ConfigError, match="Optuna controllers only"):
+        SearchConfig(**settings)

@@ -2,10 +2,9 @@
 
 from .costs import HOROWITZ, OpCosts
 from .estimate import EnergyReport, LayerEnergy, estimate_energy
-from .graph import GraphOp, UnsupportedOperatorError, capture_graph
+from .graph import GraphOp, UnsupportedLayerError, UnsupportedOperatorError, capture_graph
 from .operators import QType, make_multiplier, qtype
-from .trace import UnsupportedLayerError, trace_layers
 
 __all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "OpCosts", "HOROWITZ", "QType", "qtype",
-           "make_multiplier", "trace_layers", "UnsupportedLayerError", "UnsupportedOperatorError", "capture_graph",
+           "make_multiplier", "UnsupportedLayerError", "UnsupportedOperatorError", "capture_graph",
            "GraphOp"]

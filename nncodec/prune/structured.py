@@ -11,28 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..errors import ConfigError
 from .graph import resize_groups, width_groups
 
-__all__ = ["resize_layers", "resizable_layers", "filter_importance"]
+__all__ = ["resize_layers", "resizable_layers"]
 
 
 def resizable_layers(model: nn.Module, example_inputs: Any) -> list[str]:
     """Names of the width groups (each named by its first producer) whose width can change."""
     return [g.name for g in width_groups(model, example_inputs)]
-
-
-def filter_importance(weight: torch.Tensor, norm: str = "l1") -> torch.Tensor:
-    """Importance of each output filter of one weight: L1 or L2 norm over everything but axis 0."""
-    flat = weight.detach().reshape(weight.shape[0], -1).float()
-    if norm == "l1":
-        return flat.abs().sum(1)
-    if norm == "l2":
-        return flat.pow(2).sum(1).sqrt()
-    raise ConfigError(f"importance must be 'l1' or 'l2', got {norm!r}")
 
 
 def resize_layers(model: nn.Module, widths: dict[str, float], example_inputs: Any, *,

@@ -6,7 +6,7 @@ from torch import nn
 
 from nncodec.cli import main
 from nncodec.energy import estimate_energy, make_multiplier, qtype
-from nncodec.energy.trace import UnsupportedLayerError
+from nncodec.energy.graph import UnsupportedLayerError
 from nncodec.errors import ConfigError
 from nncodec.models import seed_example_cnn
 from nncodec.quant.layers import quantize_model

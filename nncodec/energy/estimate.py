@@ -229,7 +229,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                     op_costs: "OpCosts | dict | str | Path | None" = None,
                     measure: Callable[[nn.Module, Any], float] | None = None, memory: bool = False,
                     accumulation_batches: int = 1, conv_algorithm: str = "direct",
-                    activation_sparsity: float | None = None) -> EnergyReport:
+                    activation_sparsity: float | None = None,
+                    graph: "list[GraphOp] | None" = None) -> EnergyReport:
     """Estimate the inference energy of ``model`` for one example, pJ, from its ``torch.export`` graph.
 
     ``example_inputs``: an input shape without the batch dimension (float zeros, batch 1), a tensor, or a
@@ -251,6 +252,10 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     and output channel (filters are transformed offline). ``activation_sparsity=t`` (0 <= t < 1) measures
     the fraction z of exact zeros in each MAC operation's input on ``example_inputs`` and, where z >= t,
     skips those MACs (compute-in-memory that skips zero inputs): the op cost is scaled by 1 - z.
+
+    ``graph``: the operations :func:`~nncodec.energy.graph.capture_graph` gave for this ``model`` and
+    ``example_inputs``, reused across estimates (a plan changes quantizer types, never the graph; the export
+    is most of an estimate's time). Not with ``activation_sparsity``, which measures on a fresh export.
     """
     if conv_algorithm not in ("direct", "winograd"):
         raise ConfigError(f"conv_algorithm must be 'direct' or 'winograd', got {conv_algorithm!r}")
@@ -271,8 +276,11 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     plan.check_names([n for n, _ in model.named_modules() if n])
     resolver = _Resolver(plan, reference)
     source = qtype(source_quantizer)
+    if graph is not None and activation_sparsity is not None:
+        raise ConfigError("graph= reuses an export; activation_sparsity measures on its own: give one of them")
     program: list = []
-    ops = capture_graph(model, example_inputs, program=program, weight_quantizers=activation_sparsity is not None)
+    ops = graph if graph is not None else capture_graph(model, example_inputs, program=program,
+                                                        weight_quantizers=activation_sparsity is not None)
     zeros: dict[str, float] = {}
     if activation_sparsity is not None:
         zeros = zero_fractions(program[0], example_inputs, {op.args["input_node"] for op in ops

@@ -22,8 +22,6 @@ one ``estimate_energy`` per table entry (about 0.1 s each on small models after 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,31 +48,6 @@ class LayerCosts:
     act_module: str | None
     act_specs: list[str]
     act_delta: torch.Tensor         #: [A] pJ, change of every row but those of the layers it feeds
-
-
-@contextmanager
-def reused_graph(model: nn.Module, example_inputs: Any) -> Iterator[None]:
-    """Within the block, energy estimates of ``model`` reuse one ``torch.export`` graph (a plan changes the
-    quantizer types, never the graph; exporting is most of an estimate's time). Not thread-safe."""
-    from ..energy import estimate as est
-
-    original = est.capture_graph
-    program: list = []
-    ops = original(model, example_inputs, program=program)
-
-    def cached(m: nn.Module, ex: Any, *, program: list | None = None, **kwargs: Any) -> Any:
-        if m is not model or ex is not example_inputs or any(kwargs.values()):
-            return original(m, ex, program=program, **kwargs)
-        if program is not None:
-            program.extend(programs)
-        return ops
-
-    programs = program
-    est.capture_graph = cached
-    try:
-        yield
-    finally:
-        est.capture_graph = original
 
 
 def soft_layers(space: SearchSpace) -> list[Any]:
@@ -112,12 +85,14 @@ def _rows(report: Any, module: str) -> tuple[float, float]:
             sum(r.parameters + r.op_cost for r in rows if r.kind in ("conv", "dense")))
 
 
-def feeding_activations(model: nn.Module, space: SearchSpace) -> dict[str, str]:
-    """Layer -> the searched activation module whose output it reads (through pooling / flatten)."""
+def feeding_activations(model: nn.Module, space: SearchSpace, ops: list | None = None) -> dict[str, str]:
+    """Layer -> the searched activation module whose output it reads (through pooling / flatten); ``ops``:
+    the model's captured graph, exported here when not given."""
     from ..energy.graph import capture_graph
 
     acts = {layer.activation_module for layer in space.layers if layer.activation_module and layer.activation}
-    ops = capture_graph(model, space.input_shape)
+    if ops is None:
+        ops = capture_graph(model, space.input_shape)
     by_name = {op.name: op for op in ops}
     out = {}
     for layer in space.layers:
@@ -141,16 +116,21 @@ class CostSurrogate:
         self.settings = dict(energy_settings)
         sparse = bool(self.settings.get("sparsity_aware", False))
 
+        from ..energy.graph import capture_graph
+
+        ops = capture_graph(model, space.input_shape)
+        graph = ops if self.settings.get("activation_sparsity") is None else None
+
         def energy(kernel: dict[str, str] | None = None, act: dict[str, str] | None = None) -> Any:
-            return estimate_energy(model, space.input_shape, base_plan(space, kernel, act), **self.settings)
+            return estimate_energy(model, space.input_shape, base_plan(space, kernel, act), graph=graph,
+                                   **self.settings)
 
-        with reused_graph(model, space.input_shape):
-            self._build(model, space, energy, sparse)
+        self._build(model, space, energy, sparse, ops)
 
-    def _build(self, model: nn.Module, space: SearchSpace, energy: Any, sparse: bool) -> None:
+    def _build(self, model: nn.Module, space: SearchSpace, energy: Any, sparse: bool, ops: list) -> None:
         base = energy()
         self.base_pj = float(base.total_pj)
-        feeds = feeding_activations(model, space)
+        feeds = feeding_activations(model, space, ops)
         act_specs = {layer.activation_module: layer.activation for layer in space.layers
                      if layer.activation_module and layer.activation}
         fed_by: dict[str, list[str]] = {}

@@ -204,3 +204,17 @@ def test_activation_sparsity_measured_on_the_example_skips_zero_inputs():
     assert sparse["0"].op_cost == base["0"].op_cost  # a dense random input has no zeros
     above = estimate_energy(model, x, mode="corrected", activation_sparsity=0.999).layers
     assert {r.name: r for r in above}["2"].op_cost == base["2"].op_cost  # below the threshold: no skipping
+
+
+def test_a_reused_graph_gives_the_same_estimate():
+    from nncodec.energy.graph import capture_graph
+    from nncodec.models import seed_example_cnn
+
+    model = seed_example_cnn()
+    plan = {"default": {"kernel": "quantized_bits(4,0,1)", "bias": "quantized_bits(8,0,1)"}}
+    ops = capture_graph(model, (1, 28, 28))
+    fresh = estimate_energy(model, (1, 28, 28), plan)
+    reused = estimate_energy(model, (1, 28, 28), plan, graph=ops)
+    assert reused.total_pj == fresh.total_pj and [r.total for r in reused.layers] == [r.total for r in fresh.layers]
+    with pytest.raises(ConfigError, match="activation_sparsity"):
+        estimate_energy(model, (1, 28, 28), plan, graph=ops, activation_sparsity=0.5)

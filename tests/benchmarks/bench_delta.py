@@ -53,11 +53,11 @@ PAIRS = [("How do I reset my password?", "I forgot my password, how can I change
          ("The kids are playing in the garden.", "The children play outside in the yard.")]
 
 
-def finetune(st, steps: int, seed: int = 0) -> float:  # noqa: ANN001
+def finetune(st, steps: int, lr: float = 2e-5, seed: int = 0) -> float:  # noqa: ANN001
     torch.manual_seed(seed)
     model = st[0].auto_model
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-5)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     t0 = time.perf_counter()
     for step in range(steps):
         idx = torch.randperm(len(PAIRS))[:8].tolist()
@@ -83,12 +83,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench_delta"))
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=2e-5, help="Adam learning rate of the fine-tune")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     base = load_file(str(model_dir() / "model.safetensors"))
     st = SentenceTransformer(str(model_dir()), device="cpu")
-    train_s = finetune(st, args.steps)
+    train_s = finetune(st, args.steps, args.lr)
     model = st[0].auto_model
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items() if k in base}
     changed = sum(int((tuned[k] != base[k]).sum()) for k in tuned)
@@ -121,8 +122,10 @@ def main() -> None:
                      "delta_equals_full_decode": all(torch.equal(decodes["delta"][k], decodes["full"][k])
                                                      for k in decodes["full"])})
         print(json.dumps(rows[-1]), flush=True)
-    result = {"parameters": n_params, "finetune_steps": args.steps, "finetune_s": train_s,
+    result = {"parameters": n_params, "finetune_steps": args.steps, "finetune_lr": args.lr, "finetune_s": train_s,
               "changed_parameters": changed, "rows": rows}
+    with torch.no_grad():
+        result["base_cosine"] = cosine(base)  # how far the fine-tune moved the embeddings
     (args.out / "bench_delta.json").write_text(json.dumps(result, indent=2))
     print(f"\nfine-tune: {args.steps} steps, {changed} of {n_params} parameters changed")
     print(f"{'setting':14s} {'full b/p':>9s} {'full cos':>9s} {'delta b/p':>9s} {'delta cos':>9s} {'ratio':>6s}")

@@ -5,7 +5,8 @@ Each later point ``k`` adds refinement units for the tensors whose codes change 
 residual between the point's own codes and the codes predicted from the previous point's values
 (:func:`nncodec.refine.predict_codes`), or the codes anew when that is smaller. So decoding the stream at
 point ``k`` gives exactly the tensors a separate encode with point ``k``'s options gives, and reads only
-the bytes up to the end of point ``k``.
+the bytes up to the end of point ``k``. The residuals are cheap when the points' steps nest (odd
+multiples of each other: ``nest_steps=True``, :func:`nested_steps`).
 
 A point is a mapping of quantization options of :class:`~nncodec.encoder.Encoder` (``bits``, ``step``,
 ``rel_step``, ``step_scales``, ``bits_1d``, ``lossless``) plus, optionally, ``label`` (str), ``accuracy``

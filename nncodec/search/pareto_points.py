@@ -81,22 +81,16 @@ def encode_pareto(reference: nn.Module, space: SearchSpace, trials: Sequence[dic
     from ..torch_io import tensors_from
 
     front = _front(trials, max_points)
-    kept: list[tuple[dict[str, Any], Any, dict[str, Any]]] = []
-    skipped: list[int] = []
-    for row in front:
+    def candidate(row: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         model = build_candidate(reference, space.input_shape, space.plan_from(row["params"]))
-        tensors = tensors_from(model, quantized=True)
-        if kept:
-            before = _shapes(kept[-1][2])
-            now = _shapes(tensors)
-            if set(now) != set(before) or any(len(now[n]) != len(before[n]) or any(
-                    a < b for a, b in zip(now[n], before[n])) for n in now):
-                log.info("Pareto plan of trial %s is narrower than a cheaper one: left out of the stream",
-                         row.get("number"))
-                skipped.append(row.get("number"))
-                continue
-        kept.append((row, model, tensors))
-    kept = _spread(kept, max_points)
+        return model, tensors_from(model, quantized=True)
+
+    def narrower(now: tuple[Any, dict[str, Any]], before: tuple[Any, dict[str, Any]]) -> bool:
+        a, b = _shapes(now[1]), _shapes(before[1])
+        return set(a) != set(b) or any(len(a[n]) != len(b[n]) or any(x < y for x, y in zip(a[n], b[n])) for n in a)
+
+    nested, skipped = _keep_nested(front, candidate, narrower)
+    kept = [(row, model, tensors) for row, (model, tensors) in _spread(nested, max_points)]
     points = [{"tensors": tensors, "energy_pj": float(row["energy_pj"]), "accuracy": float(row["accuracy"]),
                "label": f"trial {row.get('number')}"} for row, _, tensors in kept]
     try:
@@ -116,6 +110,23 @@ def _front(trials: Sequence[dict[str, Any]], max_points: Any) -> list[dict[str, 
     if not front:
         raise ConfigError("no completed, feasible trial with accuracy and energy: nothing to encode")
     return front
+
+
+def _keep_nested(front: list[dict[str, Any]], item_of: Callable[[dict[str, Any]], Any],
+                 narrower: Callable[[Any, Any], bool]) -> tuple[list[tuple[dict[str, Any], Any]], list[int]]:
+    """``(row, item_of(row))`` of the front's rows whose item is not ``narrower`` than the last kept one's,
+    and the numbers of the rows left out."""
+    kept: list[tuple[dict[str, Any], Any]] = []
+    skipped: list[int] = []
+    for row in front:
+        item = item_of(row)
+        if kept and narrower(item, kept[-1][1]):
+            log.info("Pareto plan of trial %s is narrower than a cheaper one: left out of the stream",
+                     row.get("number"))
+            skipped.append(row.get("number"))
+            continue
+        kept.append((row, item))
+    return kept, skipped
 
 
 def _spread(kept: list, max_points: int) -> list:
@@ -157,18 +168,12 @@ def _encode_jointly(reference: nn.Module, space: SearchSpace, trials: Sequence[d
     if evaluate is not None and not callable(evaluate):
         raise ConfigError("evaluate must be a callable (model -> accuracy)")
     front = _front(trials, max_points)
-    kept: list[tuple[dict[str, Any], Any, float]] = []
-    skipped: list[int] = []
-    for row in front:
+    def plan_width(row: dict[str, Any]) -> tuple[Any, float]:
         plan = space.plan_from(row["params"])
-        w = _block_width(space, plan, row.get("number"))
-        if kept and w < kept[-1][2]:
-            log.info("Pareto plan of trial %s is narrower than a cheaper one: left out of the stream",
-                     row.get("number"))
-            skipped.append(row.get("number"))
-            continue
-        kept.append((row, plan, w))
-    kept = _spread(kept, max_points)
+        return plan, _block_width(space, plan, row.get("number"))
+
+    nested, skipped = _keep_nested(front, plan_width, lambda now, before: now[1] < before[1])
+    kept = [(row, plan, w) for row, (plan, w) in _spread(nested, max_points)]
     shared = copy.deepcopy(reference)
     train_slimmable(shared, *joint_training, [w for _, _, w in kept], epochs=epochs, lr=lr)
     points, model = [], None

@@ -121,7 +121,8 @@ def nested_steps(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     With an odd ratio ``m`` every fine quantization cell lies inside one coarse cell, so a refinement's
     residuals are ``-(m-1)/2 .. (m-1)/2`` and the scalable stream costs about what the finest point's
     file costs; with an even ratio (halving the step) half of the fine cells straddle two coarse cells and
-    the stream carries that ambiguity (measured on all-MiniLM-L6-v2: 0.2 % vs 16 % over the largest file).
+    the stream carries that ambiguity (order-0 estimate on all-MiniLM-L6-v2: 0.2-0.5 % vs 16 % over the
+    largest file).
     Every point must give ``rel_step`` (all of them, with the same ``step_scales``) or ``step``, the steps
     not growing from point to point; else :class:`ConfigError`.
     """

@@ -66,8 +66,9 @@ def encode_pareto(reference: nn.Module, space: SearchSpace, trials: Sequence[dic
     ``options`` are the encoder's shared options (``level``, ``metadata``...).
 
     ``joint_training=(x, y)`` (classifier inputs and labels) fine-tunes the nested widths jointly for
-    ``joint_epochs`` at learning rate ``joint_lr`` (see the module docstring); each plan must then narrow every width group of ``space``
-    by one multiplier <= 1 (``width_mode="block"``), or none, on an ``nn.Sequential`` reference. The
+    ``joint_epochs`` at learning rate ``joint_lr`` (see the module docstring); each plan must then narrow
+    every width group of ``space`` by one multiplier <= 1 (``width_mode="block"``), or none, on an
+    ``nn.Sequential`` reference. The
     search's accuracies were measured on other weights, so a point's accuracy is then ``evaluate(point's
     model)`` when given, else not stated. The energies (shapes and quantizers) stay the search's.
     """

@@ -5,7 +5,8 @@ Each later point ``k`` adds refinement units for the tensors whose codes change 
 residual between the point's own codes and the codes predicted from the previous point's values
 (:func:`nncodec.refine.predict_codes`), or the codes anew when that is smaller. So decoding the stream at
 point ``k`` gives exactly the tensors a separate encode with point ``k``'s options gives, and reads only
-the bytes up to the end of point ``k``.
+the bytes up to the end of point ``k``. The residuals are cheap when the points' steps nest (odd
+multiples of each other: ``nest_steps=True``, :func:`nested_steps`).
 
 A point is a mapping of quantization options of :class:`~nncodec.encoder.Encoder` (``bits``, ``step``,
 ``rel_step``, ``step_scales``, ``bits_1d``, ``lossless``) plus, optionally, ``label`` (str), ``accuracy``
@@ -37,7 +38,7 @@ from .encoder import EncodeReport, Encoder, _as_encodable, choose_pipeline, enco
 from .errors import ConfigError
 from .refine import predict_codes
 
-__all__ = ["encode_scalable", "ScalableReport", "POINT_QUANT_OPTIONS", "POINT_INFO_KEYS"]
+__all__ = ["encode_scalable", "nested_steps", "ScalableReport", "POINT_QUANT_OPTIONS", "POINT_INFO_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class ScalableReport:
     separate_bytes: list[int] = field(default_factory=list)
     refinement_units: int = 0
     base: EncodeReport | None = None
+    #: per point, the quantization options it was encoded with (after ``nest_steps``): a separate
+    #: ``nncodec.encode(model, **point_options[k])`` gives the tensors the stream decodes to at point ``k``
+    point_options: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def overhead(self) -> float:
@@ -100,6 +104,53 @@ def _split_point(point: Any, k: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return {key: point[key] for key in POINT_QUANT_OPTIONS if key in point}, info
 
 
+def _odd_multiple(ratio: float) -> int:
+    """The odd integer >= 3 nearest to ``ratio`` on a log scale (1 for a ratio of 1)."""
+    if math.isclose(ratio, 1.0, rel_tol=1e-9):
+        return 1
+    below = max(3, int(ratio) - (1 - int(ratio) % 2))  # the odd integer <= ratio, at least 3
+    above = below + 2
+    return below if ratio <= below or math.log(ratio / below) <= math.log(above / ratio) else above
+
+
+def nested_steps(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``points`` whose quantization steps nest: the last (finest) point keeps its ``rel_step`` or
+    ``step``; each earlier point's becomes the next point's times the odd integer (3, 5, 7...) nearest to
+    their ratio (log scale; 1 for equal steps).
+
+    With an odd ratio ``m`` every fine quantization cell lies inside one coarse cell, so a refinement's
+    residuals are ``-(m-1)/2 .. (m-1)/2`` and the scalable stream costs about what the finest point's
+    file costs; with an even ratio (halving the step) half of the fine cells straddle two coarse cells and
+    the stream carries that ambiguity (order-0 estimate on all-MiniLM-L6-v2: 0.2-0.5 % vs 16 % over the
+    largest file).
+    Every point must give ``rel_step`` (all of them, with the same ``step_scales``) or ``step``, the steps
+    not growing from point to point; else :class:`ConfigError`.
+    """
+    if not isinstance(points, Sequence) or isinstance(points, (str, bytes)) or not points \
+            or not all(isinstance(p, Mapping) for p in points):
+        raise ConfigError("nest_steps needs a list of operating points (mappings)")
+    key = "rel_step" if "rel_step" in points[-1] else "step"
+    for k, p in enumerate(points):
+        if not isinstance(p.get(key), (int, float)) or isinstance(p.get(key), bool) or not p[key] > 0:
+            raise ConfigError(f"nest_steps: operating point {k} gives no positive {key!r} (every point must give "
+                              f"the same one of 'rel_step' and 'step')")
+        if (p.get("step_scales") or {}) != (points[-1].get("step_scales") or {}):
+            raise ConfigError(f"nest_steps: operating point {k} has other step_scales than the last point; the "
+                              "steps of a tensor nest only with the same factors")
+    out = [dict(p) for p in points]
+    for k in range(len(points) - 2, -1, -1):
+        finer = out[k + 1][key]
+        ratio = float(points[k][key]) / finer
+        if ratio < 1.0 and not math.isclose(ratio, 1.0, rel_tol=1e-9):
+            raise ConfigError(f"nest_steps: operating point {k} has a finer {key} ({points[k][key]}) than point "
+                              f"{k + 1}; points go from the coarsest to the finest")
+        out[k][key] = finer * _odd_multiple(ratio)
+        if out[k][key] != points[k][key]:
+            log.info("operating point %d: %s %g -> %g (nested in point %d's)", k, key, points[k][key], out[k][key],
+                     k + 1)
+    return out
+
+
 def _smallest_int(d: np.ndarray) -> np.dtype:
     lo, hi = (int(d.min()), int(d.max())) if d.size else (0, 0)
     for name in ("int8", "int16", "int32"):
@@ -111,15 +162,21 @@ def _smallest_int(d: np.ndarray) -> np.dtype:
 
 def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, Any]], dst: "str | os.PathLike[str] | None" = None, *,
                     topology: Mapping[str, Any] | None = None, energy_of: EnergyFn | None = None,
-                    **options: Any) -> tuple["bytes | Path", ScalableReport]:
+                    nest_steps: bool = False, **options: Any) -> tuple["bytes | Path", ScalableReport]:
     """Encode ``tensors`` (as :meth:`Encoder.encode` takes them) with the operating ``points`` nested in one
     stream; ``options`` are the Encoder options shared by every point (``level``, ``metadata``, ``limits``...).
 
     Points must be given from the smallest to the largest; 1 to 255 of them. ``energy_of`` fills in the
-    energy of points that do not state one. Returns ``(bytes or path, report)``.
+    energy of points that do not state one. ``nest_steps=True`` first snaps the points' steps so they nest
+    (:func:`nested_steps`: odd multiples of the finest point's); ``report.point_options`` holds the options
+    each point was encoded with. Returns ``(bytes or path, report)``.
     """
     if not isinstance(points, Sequence) or isinstance(points, (str, bytes)) or not 1 <= len(points) <= MAX_POINTS:
         raise ConfigError(f"operating_points must be a list of 1..{MAX_POINTS} points")
+    if not isinstance(nest_steps, bool):
+        raise ConfigError(f"nest_steps must be True or False, got {nest_steps!r}")
+    if nest_steps:
+        points = nested_steps(points)
     shared_quant = sorted(set(options) & set(POINT_QUANT_OPTIONS))
     if shared_quant:
         raise ConfigError(f"with operating_points, quantization options go into each point, not {shared_quant}")
@@ -213,7 +270,8 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
     n_refine = len(chunks) - len(body)
     encoders[0].limits.check("unit count", len(chunks), "max_units")
     chunks.append(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1, n_tensors).to_bytes()))
-    report = ScalableReport(list(listed), sum(len(c) for c in chunks), separate, n_refine, base_report)
+    report = ScalableReport(list(listed), sum(len(c) for c in chunks), separate, n_refine, base_report,
+                            [dict(quant) for quant, _ in split])
     log.info("scalable stream: %d points, %d bytes (largest separate file %d)", len(points), report.total_bytes,
              max(separate))
     if dst is None:

@@ -99,6 +99,10 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     Rate–distortion options (:mod:`nncodec.tuning`): ``calibration`` batches with ``forward``,
     ``rounding="gptq"``, ``rate_lambda``, ``target_fidelity`` / ``target_bits_per_param`` (with
     ``fidelity``). ``base``: code only the differences from a base model (:mod:`nncodec.delta`).
+
+    ``operating_points``: several nested points in one stream (:mod:`nncodec.scalable`; ``nest_steps=True``
+    snaps their steps so they nest); each point's energy per input is estimated on ``energy_input_shape``
+    (float zeros) or ``energy_inputs`` (a tensor or tuple of tensors, batch 1, e.g. token ids and mask).
     """
     from .topology import TopologyError, describe
 
@@ -126,6 +130,9 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     base = options.pop("base", None)
     points = options.pop("operating_points", None)
     input_shape = options.pop("energy_input_shape", None)
+    energy_inputs = options.pop("energy_inputs", None)
+    if input_shape is not None and energy_inputs is not None:
+        raise ConfigError("give one of energy_input_shape and energy_inputs")
     if points is not None:
         if base is not None or rd:
             raise ConfigError("operating_points cannot be combined with base= or the rate-distortion options "
@@ -140,9 +147,10 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
 
             points = points_with_widths(obj, points)
         return encode_scalable(tensors, points, dst, topology=topo,
-                               energy_of=_energy_fn(obj, input_shape, widths), **options)  # type: ignore[return-value]
-    if input_shape is not None:
-        raise ConfigError("energy_input_shape applies only with operating_points")
+                               energy_of=_energy_fn(obj, input_shape, energy_inputs, widths),
+                               **options)  # type: ignore[return-value]
+    if input_shape is not None or energy_inputs is not None:
+        raise ConfigError("energy_input_shape and energy_inputs apply only with operating_points")
     if base is not None:
         from .delta import encode_delta
 
@@ -154,13 +162,20 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     return encoder_from_options(options).encode(tensors, dst, topo)
 
 
-def _energy_fn(obj: Any, input_shape: Any, widths: list) -> Any:
+def _energy_fn(obj: Any, input_shape: Any, energy_inputs: Any, widths: list) -> Any:
     """Energy of an operating point from its code bits per tensor and its width
-    (:func:`nncodec.energy.estimate_energy` on the point's sub-network)."""
-    if input_shape is None:
+    (:func:`nncodec.energy.estimate_energy` on the point's sub-network), for one input: of
+    ``input_shape`` (float zeros) or ``energy_inputs`` (a tensor or tuple of tensors, batch 1: token ids,
+    masks... for graphs such as transformers)."""
+    if input_shape is None and energy_inputs is None:
         return None
     if not isinstance(obj, torch.nn.Module):
-        raise ConfigError("energy_input_shape needs an nn.Module to estimate the energy of")
+        raise ConfigError("energy_input_shape / energy_inputs need an nn.Module to estimate the energy of")
+    if energy_inputs is not None and not (isinstance(energy_inputs, torch.Tensor) or (
+            isinstance(energy_inputs, tuple) and energy_inputs
+            and all(isinstance(t, torch.Tensor) for t in energy_inputs))):
+        raise ConfigError(f"energy_inputs must be a tensor or a tuple of tensors, got {type(energy_inputs).__name__}")
+    example = tuple(input_shape) if energy_inputs is None else energy_inputs
     from .energy import estimate_energy
     from .scalable import plan_from_bits
 
@@ -170,7 +185,7 @@ def _energy_fn(obj: Any, input_shape: Any, widths: list) -> Any:
             from .search.slimmable import sub_network
 
             model = sub_network(obj, widths[k])
-        return float(estimate_energy(model, tuple(input_shape), plan_from_bits(bits)).total_pj)
+        return float(estimate_energy(model, example, plan_from_bits(bits)).total_pj)
 
     return energy_of
 

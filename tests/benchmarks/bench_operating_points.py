@@ -3,10 +3,10 @@
     HF_HUB_OFFLINE=1 python tests/benchmarks/bench_operating_points.py --out bench_points
 
 Per point: accuracy (seed CNN, MNIST-5k test split) or mean embedding cosine to the float model (MiniLM,
-the MiniLM benchmark's sentence set), energy per input from nncodec's energy model (the seed CNN; the
-transformer is outside this branch's sequential energy tracer, so its energy is not stated), bytes a
-decoder reads for that point, and the size of the scalable stream against separate files of each point
-(same run). Writes bench_points.json and bench_points.png.
+the MiniLM benchmark's sentence set), energy per input from nncodec's energy model (the seed CNN: one
+28x28 image; MiniLM: its torch.export graph on one tokenized sentence), bytes a decoder reads for that
+point, and the size of the scalable stream against separate files of each point (same run). MiniLM's
+steps are nested (``nest_steps``). Writes bench_points.json and bench_points.png.
 """
 
 from __future__ import annotations
@@ -89,28 +89,44 @@ def seed_cnn(epochs: int) -> dict:
             "scalable_bytes": len(data), "encode_s": encode_s, "budget_choice": chosen}
 
 
-def minilm() -> dict:
+def minilm(level: int = 19) -> dict:
     import nncodec
-    from bench_minilm import Fidelity
+    from bench_minilm import SENTENCES, Fidelity
+    from nncodec.points import choose_point, read_operating_points
+    from nncodec.scalable import nested_steps
 
     fid = Fidelity()
     scales, _ = fid.step_scales()
-    state = {k: v for k, v in fid.state.items()}
-    steps = [0.27, 0.13, 0.05]
-    points = [{"rel_step": r, "step_scales": scales, "label": f"rel_step {r}"} for r in steps]
+    model = fid.st[0].auto_model  # the HF BertModel: its graph prices each point's energy
+    tokens = fid.st.tokenizer(SENTENCES[:1], return_tensors="pt")
+    energy_inputs = (tokens["input_ids"], tokens["attention_mask"])
+    asked = [0.27, 0.13, 0.05]
+    # nest_steps snaps the coarser steps to odd multiples of the finest (0.45, 0.15, 0.05): nested cells
+    points = nested_steps([{"rel_step": r, "step_scales": scales} for r in asked])
+    for p in points:
+        p["label"] = f"rel_step {p['rel_step']:.3g}"
     t0 = time.perf_counter()
-    data, report = nncodec.encode_with_report(state, operating_points=points, level=19)
+    data, report = nncodec.encode_with_report(model, operating_points=points, nest_steps=True, topology=False,
+                                              energy_inputs=energy_inputs, level=level)
     encode_s = time.perf_counter() - t0
 
     def check(k: int, tensors: dict) -> None:
         if k != len(points) - 1:
             return  # one separate re-encode (the largest point) keeps the run short; the tests check all
-        separate = nncodec.decode(nncodec.encode(state, rel_step=steps[k], step_scales=scales, level=19))
+        separate = nncodec.decode(nncodec.encode(model, topology=False, level=level, **report.point_options[k]))
         if not all(torch.equal(separate[n], tensors[n]) for n in separate):
             raise SystemExit(f"MiniLM point {k} differs from a separate encode of it")
 
     rows = _per_point(data, report, fid.cosine, len(points), check)
-    return {"model": "all-MiniLM-L6-v2", "points": rows, "scalable_bytes": len(data), "encode_s": encode_s}
+    chosen = {}
+    energies = [r["energy_pj"] for r in rows]
+    for budget in [energies[0] * 0.99, energies[0], (energies[1] + energies[2]) / 2, energies[2]]:
+        try:
+            chosen[f"{budget:.0f}"] = choose_point(read_operating_points(data), budget)  # what load_model picks
+        except nncodec.ConfigError as exc:
+            chosen[f"{budget:.0f}"] = f"refused: {exc}"
+    return {"model": "all-MiniLM-L6-v2", "asked_rel_steps": asked, "points": rows, "scalable_bytes": len(data),
+            "encode_s": encode_s, "budget_choice": chosen}
 
 
 def summarize(result: dict) -> dict:
@@ -153,6 +169,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench_points")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--minilm-level", type=int, default=19, help="zstd level of the MiniLM streams (3: a quick run)")
     ap.add_argument("--skip-cnn", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -160,7 +177,7 @@ def main() -> None:
     torch.manual_seed(0)
     results = [] if args.skip_cnn else [summarize(seed_cnn(args.epochs))]
     if not args.skip_minilm:
-        results.append(summarize(minilm()))
+        results.append(summarize(minilm(args.minilm_level)))
     (out / "bench_points.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "bench_points.png")
     for res in results:

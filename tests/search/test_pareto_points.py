@@ -1,5 +1,6 @@
 """The search's Pareto set emitted as one scalable stream."""
 
+import pytest
 import torch
 
 import nncodec
@@ -43,3 +44,47 @@ def test_the_front_becomes_one_stream_whose_points_are_the_plans():
     rows = [_row(0, 8, 300.0, 0.9, groups=groups, width=narrow), _row(2, 2, 100.0, 0.6, groups=groups)]
     _, report, skipped = encode_pareto(reference, sp, rows)
     assert skipped == [0] and len(report.points) == 1
+
+
+def test_joint_training_makes_the_narrow_pareto_point_usable():
+    """With joint_training the front's widths are fine-tuned together (slimmable): the quarter-width point of
+    the stream classifies far better than the quarter-width prefix of a model trained at full width only,
+    and the stream decodes at each point to that point's sub-network."""
+    from nncodec.search import SearchSpace
+    from nncodec.search.slimmable import sub_network
+    from nncodec.train import accuracy, train_classifier
+    from tests.search.digits import BITS, INPUT, KERNELS, data
+
+    x_train, y_train, x_test, y_test = data()
+    x_train, y_train = x_train[:900], y_train[:900]
+    torch.manual_seed(0)
+    reference = digits_cnn()
+    sp = SearchSpace.from_model(reference, INPUT, x_train[:128], kernels=KERNELS, bits=BITS,
+                                widths=(0.25, 1.0), width_mode="block")
+    groups = sorted({layer.group for layer in sp.layers})
+    rows = [_row(0, 8, 300.0, 0.9, groups=groups), _row(1, 4, 100.0, 0.5, groups=groups, width={"all.width": 0.25})]
+
+    def evaluate(model):
+        return accuracy(model, x_test, y_test)
+
+    data_, report, skipped = encode_pareto(reference, sp, rows, joint_training=(x_train, y_train), joint_epochs=3,
+                                           joint_lr=5e-3, evaluate=evaluate)
+    assert skipped == [] and [p.energy_pj for p in report.points] == [100.0, 300.0]
+    narrow = nncodec.load_model(data_, operating_point=0)
+    assert narrow[0].out_channels == 2 and nncodec.load_model(data_)[0].out_channels == 8
+    assert evaluate(narrow) == report.points[0].accuracy
+    torch.manual_seed(0)
+    alone = train_classifier(digits_cnn(), x_train, y_train, epochs=3, lr=5e-3)
+    alone_quarter = evaluate(build_candidate(sub_network(alone, 0.25), INPUT,
+                                             sp.plan_from({f"{g}.kernel": "quantized_bits(4,0,1)" for g in groups})))
+    assert report.points[0].accuracy > 0.5 and report.points[0].accuracy > alone_quarter + 0.25, \
+        (report.points[0].accuracy, alone_quarter)
+    with pytest.raises(nncodec.ConfigError, match="one multiplier"):
+        bad = SearchSpace.from_model(reference, INPUT, x_train[:128], kernels=KERNELS, bits=BITS, widths=(0.5, 1.0))
+        key = bad._width_key(sorted(bad.width_choices)[0])
+        encode_pareto(reference, bad, [_row(0, 4, 1.0, 0.5, groups=groups, width={key: 0.5})],
+                      joint_training=(x_train, y_train))
+    with pytest.raises(nncodec.ConfigError, match="only with joint_training"):
+        encode_pareto(reference, sp, rows, evaluate=evaluate)
+    with pytest.raises(nncodec.ConfigError, match="joint_lr"):
+        encode_pareto(reference, sp, rows, joint_training=(x_train, y_train), joint_lr=0)

@@ -257,3 +257,64 @@ def test_conformance_vectors_cover_points_units_and_both_refinement_modes():
             modes |= {u.tensor["mode"] for u in info.units if u.type == "refinement"}
     assert modes == {0, 1, 2, 3}
     assert {v.error for v in v12 if v.error} == {"CorruptError", "UnsupportedFeatureError"}
+
+
+def test_nested_steps_snap_to_odd_multiples_of_the_finest():
+    from nncodec.scalable import nested_steps
+
+    out = nested_steps([{"rel_step": 0.27, "label": "a"}, {"rel_step": 0.13}, {"rel_step": 0.05}])
+    assert [p["rel_step"] for p in out] == pytest.approx([0.45, 0.15, 0.05])
+    assert out[0]["label"] == "a"
+    assert [p["step"] for p in nested_steps([{"step": 0.4}, {"step": 0.01}])] == pytest.approx([0.41, 0.01])
+    assert [p["step"] for p in nested_steps([{"step": 0.2}, {"step": 0.2}])] == [0.2, 0.2]  # equal: kept
+    with pytest.raises(nncodec.ConfigError, match="gives no positive 'rel_step'"):
+        nested_steps([{"bits": 4}, {"rel_step": 0.1}])
+    with pytest.raises(nncodec.ConfigError, match="finer"):
+        nested_steps([{"rel_step": 0.05}, {"rel_step": 0.1}])
+    with pytest.raises(nncodec.ConfigError, match="other step_scales"):
+        nested_steps([{"rel_step": 0.3, "step_scales": {"fc.*": 2.0}}, {"rel_step": 0.1}])
+    with pytest.raises(nncodec.ConfigError, match="True or False"):
+        encode_scalable(TENSORS, [{"rel_step": 0.3}], nest_steps=1)
+
+
+def test_nested_steps_make_the_stream_cost_about_the_finest_file():
+    """Halving steps nest badly (a fine cell straddles two coarse ones); odd multiples nest exactly, so the
+    scalable stream is hardly larger than the finest point's file. Each point still decodes to a
+    separate encode with the options the report gives for it."""
+    big = {"a.weight": RNG.laplace(size=(64, 256)).astype(np.float32),
+           "b.weight": RNG.standard_normal((128, 128)).astype(np.float32)}
+    halving = [{"rel_step": 0.2}, {"rel_step": 0.1}, {"rel_step": 0.05}]
+    _, plain = encode_scalable(big, halving)
+    data, nested = encode_scalable(big, halving, nest_steps=True)
+    assert [o["rel_step"] for o in nested.point_options] == pytest.approx([0.45, 0.15, 0.05])
+    assert plain.overhead > 0.10
+    assert nested.overhead < 0.03
+    for k, opts in enumerate(nested.point_options):
+        separate = nncodec.decode_arrays(nncodec.encode_arrays(big, **opts))
+        assert _same(nncodec.decode_arrays(data, operating_point=k), separate), k
+        assert nested.separate_bytes[k] == len(nncodec.encode_arrays(big, **opts))
+
+
+def test_energy_of_points_from_example_inputs_of_a_graph():
+    """energy_inputs (tensors, e.g. token ids) price each point on the model's graph: fewer code bits,
+    less energy."""
+    torch.manual_seed(0)
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+            self.fc = torch.nn.Linear(16, 16)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.emb(ids)).relu().mean(1)
+
+    ids = torch.randint(0, 50, (1, 6))
+    points = [{"bits": 3}, {"bits": 8}]
+    _, report = nncodec.encode_with_report(Tiny(), operating_points=points, energy_inputs=(ids,))
+    energies = [p.energy_pj for p in report.points]
+    assert 0 < energies[0] < energies[1]
+    with pytest.raises(nncodec.ConfigError, match="one of energy_input_shape and energy_inputs"):
+        nncodec.encode(Tiny(), operating_points=points, energy_inputs=(ids,), energy_input_shape=(6,))
+    with pytest.raises(nncodec.ConfigError, match="tuple of tensors"):
+        nncodec.encode(Tiny(), operating_points=points, energy_inputs=[ids])

@@ -10,9 +10,11 @@ numpy and zstandard (the floor). The processes run interleaved (one of each kind
 in the machine's load affects all kinds alike; the ratio to safetensors is also given as the median of
 the per-round ratios, and the load average (``/proc/loadavg``) is recorded before and after. The
 package's bytecode is compiled first, as ``pip install`` does (a source tree run with
-``PYTHONDONTWRITEBYTECODE`` would otherwise recompile nncodec in every process). ``--baseline-tree`` runs the same decodes with another source tree of
-nncodec on ``PYTHONPATH`` (e.g. the previous release, whose rANS loops were numba's) in the same run.
-Warm decode (2 threads, best of 5) is measured in this process. Prints a table and writes JSON.
+``PYTHONDONTWRITEBYTECODE`` would otherwise recompile nncodec in every process). ``--baseline-tree``
+runs the same decodes with another source tree of nncodec on ``PYTHONPATH`` (e.g. the previous release)
+in the same run. Warm decode (default workers: 2 threads on 2 cores; best of 5, wall and CPU seconds) is
+measured in one more process per stream. For the ``rel_step`` stream, the rANS-coded tensors' bytes are
+compared with the order-0 entropy of their codes. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -97,25 +99,28 @@ def interleaved(jobs: dict[str, tuple], repeat: int) -> dict[str, list[dict]]:
     return runs
 
 
-def warm(path: Path, tree: Path | None = None) -> float:
-    """Best of 5 ``decode_arrays`` of the bytes in memory, after one warm-up decode."""
+def warm(path: Path, tree: Path | None = None) -> tuple[float, float]:
+    """Best of 5 ``decode_arrays`` of the bytes in memory, after one warm-up decode: wall seconds, and CPU
+    seconds of the process (all threads; less inflated than wall time when other jobs share the cores)."""
     code = textwrap.dedent("""
         import sys, time, nncodec
         data = open(sys.argv[1], "rb").read()
         nncodec.decode_arrays(data)
-        times = []
+        wall, cpu = [], []
         for _ in range(5):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             nncodec.decode_arrays(data)
-            times.append(time.perf_counter() - t0)
-        print(min(times))
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        print(min(wall), min(cpu))
     """)
     env = dict(os.environ, PYTHONPATH=str(tree or ROOT))
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
                           cwd=tempfile.gettempdir())
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
-    return float(proc.stdout.strip().splitlines()[-1])
+    wall, cpu = proc.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
 
 
 def rans_vs_entropy(path: Path) -> dict:
@@ -181,7 +186,8 @@ def main() -> None:
                 if key not in runs:
                     continue
                 row = summary(runs[key])
-                row.update(file_bytes=path.stat().st_size, warm_seconds=warm(path, tree),
+                warm_wall, warm_cpu = warm(path, tree)
+                row.update(file_bytes=path.stat().st_size, warm_seconds=warm_wall, warm_cpu_seconds=warm_cpu,
                            vs_safetensors=row["seconds"] / sl["seconds"],
                            vs_safetensors_per_round=statistics.median(
                                r["seconds"] / s["seconds"] for r, s in zip(runs[key], runs["safetensors"])),
@@ -190,14 +196,15 @@ def main() -> None:
                 rows[name] = row
     print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
     print(f"{'process':42s} {'cold s':>7s} {'x sft':>6s} {'x round':>7s} {'peak MiB':>9s} {'extra MiB':>9s} "
-          f"{'warm s':>7s}  imported")
+          f"{'warm s':>7s} {'warm cpu':>8s}  imported")
     for name, r in rows.items():
         ratio = f"{r['vs_safetensors']:.2f}" if "vs_safetensors" in r else "-"
         per_round = f"{r['vs_safetensors_per_round']:.2f}" if "vs_safetensors_per_round" in r else "-"
         extra = f"{r['extra_rss_over_floor_minus_decoded'] / MIB:.1f}" if "extra_rss_over_floor_minus_decoded" in r else "-"
         warm_s = f"{r['warm_seconds']:.3f}" if "warm_seconds" in r else "-"
-        print(f"{name:42s} {r['seconds']:7.3f} {ratio:>6s} {per_round:>7s} {r['peak_rss'] / MIB:9.1f} {extra:>9s} {warm_s:>7s}  "
-              f"{','.join(r['jit_or_torch_imported']) or '-'}")
+        warm_cpu = f"{r['warm_cpu_seconds']:.3f}" if "warm_cpu_seconds" in r else "-"
+        print(f"{name:42s} {r['seconds']:7.3f} {ratio:>6s} {per_round:>7s} {r['peak_rss'] / MIB:9.1f} {extra:>9s} "
+              f"{warm_s:>7s} {warm_cpu:>8s}  {','.join(r['jit_or_torch_imported']) or '-'}")
     print("extra MiB = peak RSS - floor's peak RSS - decoded bytes (target <= 45 MiB); x sft = cold s / safetensors'"
           " (medians); x round = median over rounds of the same round's ratio")
     ent = result["rans_vs_order0_entropy"]

@@ -77,7 +77,8 @@ def test_rans_decodes_in_pieces_of_any_length(kernel, piece, request):
     np.testing.assert_array_equal(np.concatenate(pieces).view(np.int8), words)
     table = np.arange(-128, 128, dtype=np.float32) * np.float32(0.5)  # symbols mapped through a table
     dest = np.empty(words.size, np.float32)
-    stage.decode_mapped(memoryview(coded), words.size, lambda alphabet: table[alphabet.view(np.int8).astype(np.int64) + 128], dest)
+    stage.decode_mapped(memoryview(coded), words.size,
+                        lambda alphabet: table[alphabet.view(np.int8).astype(np.int64) + 128], dest)
     np.testing.assert_array_equal(dest, words * np.float32(0.5))
     with pytest.raises(CorruptError, match="run out"):
         list(stage.iter_decode(memoryview(coded[:-40]), words.size, piece))

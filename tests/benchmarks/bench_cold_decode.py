@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_scale import load_average  # this folder is on sys.path when a script here runs
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 MIB = 1 << 20
@@ -80,14 +82,6 @@ def summary(runs: list[dict]) -> dict:
     return {"seconds": statistics.median(r["seconds"] for r in runs), "seconds_all": [r["seconds"] for r in runs],
             "peak_rss": statistics.median(r["peak_rss"] for r in runs), "decoded_bytes": runs[0]["decoded_bytes"],
             "jit_or_torch_imported": runs[0]["jit_or_torch_imported"]}
-
-
-def load_average() -> list[float]:
-    """The 1, 5 and 15 minute load averages of the machine."""
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
 def interleaved(jobs: dict[str, tuple], repeat: int) -> dict[str, list[dict]]:

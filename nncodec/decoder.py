@@ -412,10 +412,32 @@ def _decode_unit(walker: StreamWalker, index: int, uh: UnitHeader, th: TensorHea
         raise exc.located(unit_index=index, offset=uh.offset) from None
 
 
+def decode_unit_codes(walker: StreamWalker, index: int, uh: UnitHeader, th: TensorHeader,
+                      coded: "memoryview | CodedStream") -> np.ndarray:
+    """The integer codes of a quantized tensor unit (shaped like the tensor), before dequantization."""
+    codes = np.empty(th.numel, dtype=th.quant.code_dtype.storage)
+    try:
+        try:
+            walker.pipeline_of(th).decode_into(coded, codes.view(np.uint8), walker.limits)
+        finally:
+            if isinstance(coded, CodedStream):
+                coded.finish()
+    except (FormatError, LimitExceededError) as exc:
+        raise exc.located(unit_index=index, offset=uh.offset) from None
+    return codes.reshape(th.shape)
+
+
 def decode_arrays(src: Source, *, limits: Limits = DEFAULT_LIMITS,
-                  operating_point: int | None = None) -> dict[str, np.ndarray]:
+                  operating_point: int | None = None, base: Any = None) -> dict[str, np.ndarray]:
     """Decode a whole stream into ``{name: numpy array}`` in stream order (bfloat16 as uint16 bits);
-    ``operating_point`` as :func:`iter_tensors`."""
+    ``operating_point`` as :func:`iter_tensors`; ``base`` (arrays or a stream) rebuilds a delta stream
+    (:mod:`nncodec.delta`)."""
+    if base is not None:
+        if operating_point is not None:
+            raise ConfigError("a delta stream (base=) has no operating points: give base= or operating_point=")
+        from .delta import decode_delta_arrays
+
+        return {name: arr for name, (arr, _) in decode_delta_arrays(src, base, limits=limits).items()}
     return {th.name: arr for th, arr in iter_tensors(src, limits=limits, operating_point=operating_point)}
 
 

@@ -9,12 +9,14 @@ weights.
 
 - Lossless (no quantization option): the stored words are the bitwise XOR of the fine-tuned and base
   words, so the rebuild is exact for every dtype (NaN payloads and -0 included).
-- Quantized (``rel_step`` / ``step`` / ``bits``, optionally ``rate_lambda``): the difference is quantized
-  on the grid a full encode of the fine-tuned tensor would use (same step from the fine-tuned tensor's
-  statistics), so the error bound is the full encode's (``step / 2`` per element with plain rounding) while
-  most codes are zero. Changes below half a step are dropped, all of them together (a correlated error the
-  model may notice): for a short fine-tune, pass a finer absolute ``step``. bfloat16 tensors are always
-  coded losslessly.
+- Quantized (``rel_step`` / ``step`` / ``bits``, optionally ``rate_lambda``), *grid-aligned* (format 1.3,
+  FORMAT.md §12.5): the fine-tuned tensor is quantized on the grid a full encode would use (its step from
+  the fine-tuned tensor's statistics), the base is rounded onto the same grid, and only the difference of
+  the two integer codes is stored. The rebuilt tensor is exactly what a full encode of the fine-tuned
+  tensor decodes to (with ``rate_lambda`` > 0: the rate-aware codes of the residual), while the codes are
+  0 wherever the fine-tune moved a weight by less than its rounding cell. bfloat16 tensors are always
+  coded losslessly. Streams of the earlier value-domain kind (the difference itself quantized, flag 0)
+  still decode.
 - A tensor the base lacks, or whose dtype or shape differ, is stored whole and listed in the unit.
 
 BASE is an ``nn.Module``, a state_dict, a dict of numpy arrays, or an nncodec stream (path or bytes).
@@ -26,27 +28,33 @@ import hashlib
 import struct
 import zlib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bitstream.constants import (FILE_HEADER_SIZE, SCHEME_NONE, UNIT_CRC_COVERED, UNIT_END, UNIT_HEADER,
-                                  UNIT_HEADER_SIZE, UNIT_TENSOR)
+from .bitstream.constants import (FILE_HEADER, FILE_HEADER_SIZE, FORMAT_MAJOR, FORMAT_MINOR_GRID_DELTA, MAGIC,
+                                  SCHEME_NONE, SCHEME_UNIFORM, UNIT_CRC_COVERED, UNIT_END, UNIT_HEADER,
+                                  UNIT_HEADER_SIZE, UNIT_STREAM_HEADER, UNIT_TENSOR)
+from .bitstream.reader import open_source
 from .bitstream.units import EndOfStream, frame_unit
-from .decoder import Source, iter_tensors
-from .dtypes import DType
-from .bitstream.descriptor import CodedTensor
+from .decoder import RefinementHeader, Source, StreamWalker, decode_tensor, decode_unit_codes, iter_tensors
+from .dtypes import DType, dtype_by_name
+from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .encoder import Encoder, encoder_from_options
 from .errors import ChecksumError, ConfigError, CorruptError, TruncatedError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
+from .quant.uniform import UniformCodes, code_dtype_for_bits
 
-__all__ = ["UNIT_BASE_REFERENCE", "HASH_SHA256", "BaseMismatchError", "content_hash", "BaseReference",
+__all__ = ["UNIT_BASE_REFERENCE", "HASH_SHA256", "FLAG_GRID_ALIGNED", "BaseMismatchError", "content_hash", "BaseReference",
            "encode_delta_tensors", "decode_delta_arrays"]
 
 UNIT_BASE_REFERENCE = 0x05
 HASH_SHA256 = 1
+FLAG_GRID_ALIGNED = 0x01  #: base reference flag: quantized tensors hold code differences (FORMAT.md §12.5)
 _REF_HEAD = struct.Struct("<BBH32sI")
+_BASE_CODE_LIMIT = float(1 << 31)  #: |base / step| at or past this rounds to base code 0 (§12.5)
 
 
 class BaseMismatchError(ConfigError):
@@ -69,11 +77,16 @@ def content_hash(tensors: Mapping[str, "tuple[np.ndarray, DType]"]) -> bytes:
 class BaseReference:
     """Payload of the base reference unit: the base's content hash and the names stored whole."""
 
-    def __init__(self, digest: bytes, whole: list[str]):
-        self.digest, self.whole = digest, list(whole)
+    def __init__(self, digest: bytes, whole: list[str], flags: int = 0):
+        self.digest, self.whole, self.flags = digest, list(whole), flags
+
+    @property
+    def grid_aligned(self) -> bool:
+        """Quantized tensors hold differences of grid codes (format 1.3), not quantized differences."""
+        return bool(self.flags & FLAG_GRID_ALIGNED)
 
     def to_bytes(self) -> bytes:
-        out = [_REF_HEAD.pack(HASH_SHA256, 0, 0, self.digest, len(self.whole))]
+        out = [_REF_HEAD.pack(HASH_SHA256, self.flags, 0, self.digest, len(self.whole))]
         for name in sorted(self.whole, key=lambda n: n.encode("utf-8")):
             raw = name.encode("utf-8")
             out.append(struct.pack("<H", len(raw)) + raw)
@@ -86,7 +99,7 @@ class BaseReference:
         hash_id, flags, reserved, digest, count = _REF_HEAD.unpack_from(payload)
         if hash_id != HASH_SHA256:
             raise UnsupportedFeatureError(f"unknown base hash id {hash_id}", offset=offset)
-        if flags or reserved:
+        if flags & ~FLAG_GRID_ALIGNED or reserved:
             raise CorruptError("reserved bits of the base reference set", offset=offset)
         pos, names = _REF_HEAD.size, []
         for _ in range(count):
@@ -104,13 +117,17 @@ class BaseReference:
             raise CorruptError("bytes after the base reference's name list", offset=offset + pos)
         if len(set(names)) != len(names):
             raise CorruptError("a name listed twice in the base reference", offset=offset)
-        return cls(digest, names)
+        return cls(digest, names, flags)
 
 
 def base_tensors(base: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, tuple[np.ndarray, DType]]:
     """``{name: (storage, dtype)}`` of a base given as a module, state_dict, arrays, or an nncodec stream."""
     if isinstance(base, (bytes, bytearray, memoryview, str, Path)):
         return {th.name: (arr, th.dtype) for th, arr in iter_tensors(base, limits=limits)}
+    if isinstance(base, Mapping) and all(isinstance(v, np.ndarray) for v in base.values()):
+        from .encoder import numpy_tensors
+
+        return numpy_tensors(base)  # no torch needed
     from .torch_io import tensors_from
 
     out = tensors_from(base, quantized=False)
@@ -126,11 +143,36 @@ def _xor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x.view(a.dtype).reshape(a.shape)
 
 
+def base_codes(storage: np.ndarray, dtype: DType, scales: np.ndarray) -> np.ndarray:
+    """The base tensor rounded onto a grid (FORMAT.md §12.5): ``rint(base / scale)`` in float64, half to
+    even, as int64; 0 where the quotient is not finite or its magnitude is 2^31 or more. ``scales`` is the
+    float32 scale broadcast against the tensor (``QuantDescriptor.broadcast_scales``)."""
+    values = bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = np.rint(np.asarray(values, dtype=np.float64) / np.asarray(scales, dtype=np.float64))
+    q[~(np.abs(q) < _BASE_CODE_LIMIT)] = 0  # NaN, Inf and out-of-range quotients
+    return q.astype(np.int64)
+
+
+def _difference_codes(codes: np.ndarray, grid: UniformCodes, dtype: DType) -> CodedTensor:
+    """Grid-code differences on ``grid``'s scales, as wide as their peak needs (per tensor or per channel)."""
+    peak = int(np.abs(codes).max()) if codes.size else 0
+    bits = max(2, peak.bit_length() + 1)
+    code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)
+    desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
+                           mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel, axis=0,
+                           scales=grid.scales)
+    return CodedTensor(codes.astype(code_dtype.storage), desc, dtype)
+
+
 def encode_delta_tensors(tensors: Mapping[str, Any], base: Mapping[str, tuple[np.ndarray, DType]],
-                         encoder: Encoder, rate_lambda: float = 0.0) -> tuple[dict[str, Any], list[str]]:
-    """The tensors to encode (differences, or whole) and the names stored whole."""
+                         encoder: Encoder, rate_lambda: float = 0.0, *, grid_aligned: bool = True
+                         ) -> tuple[dict[str, Any], list[str]]:
+    """The tensors to encode (differences, or whole) and the names stored whole.
+
+    ``grid_aligned`` (default): quantized tensors hold ``fine-tuned codes - base codes`` on the fine-tuned
+    tensor's grid (§12.5); otherwise the difference itself is quantized (§12.3, the earlier kind)."""
     from .quant.rate_aware import check_lambda, ecsq_codes
-    from .rd_encode import coded_from
 
     lam = check_lambda(rate_lambda)
     out: dict[str, Any] = {}
@@ -150,20 +192,41 @@ def encode_delta_tensors(tensors: Mapping[str, Any], base: Mapping[str, tuple[np
             continue
         scale = grid.scales.astype(np.float64)
         step = scale.reshape((-1,) + (1,) * (storage.ndim - 1)) if grid.per_channel else scale.reshape(())
+        if grid_aligned:
+            q_base = base_codes(ref[0], dtype, step.astype(np.float32))
+            if lam > 0:
+                residual = storage.astype(np.float64) - step * q_base
+                if not np.isfinite(residual).all():
+                    raise ConfigError(f"tensor {name!r}: its residual from the base is not finite; mark it lossless")
+                codes = ecsq_codes(residual, step, lam)
+            else:
+                codes = grid.codes.astype(np.int64) - q_base
+            out[name] = _difference_codes(codes, grid, dtype)
+            continue
         diff = storage.astype(np.float64) - ref[0].astype(np.float64)
         if not np.isfinite(diff).all():
             raise ConfigError(f"tensor {name!r}: its difference from the base is not finite; mark it lossless")
         codes = ecsq_codes(diff, step, lam) if lam > 0 else np.rint(diff / step).astype(np.int64)
         bound = (1 << 31) - 1 if encoder.bits is None else (1 << (grid.bits - 1)) - 1
         codes = np.clip(codes, -bound, bound)
+        from .rd_encode import coded_from  # the earlier value-domain kind (imports torch)
+
         out[name] = coded_from(grid, codes, dtype)
     return out, whole
 
 
+def _with_minor(chunks: list[bytes], minor: int) -> list[bytes]:
+    """The file header and stream header unit (``chunks[0:2]``) rewritten for minor version ``minor``."""
+    stream_header = chunks[1][UNIT_HEADER_SIZE:]
+    return [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor),
+            frame_unit(UNIT_STREAM_HEADER, stream_header[:2] + struct.pack("<H", minor) + stream_header[4:])]
+
+
 def insert_base_reference(chunks: list[bytes], reference: BaseReference, tensor_count: int) -> list[bytes]:
     """The encoder's chunks with the base reference unit after the stream header and the end-of-stream
-    unit recounted."""
-    out = chunks[:2] + [frame_unit(UNIT_BASE_REFERENCE, reference.to_bytes(), critical=True)] + chunks[2:-1]
+    unit recounted; a grid-aligned reference raises the minor version to 1.3 (the oldest that holds it)."""
+    head = _with_minor(chunks, FORMAT_MINOR_GRID_DELTA) if reference.grid_aligned else chunks[:2]
+    out = head + [frame_unit(UNIT_BASE_REFERENCE, reference.to_bytes(), critical=True)] + chunks[2:-1]
     out.append(frame_unit(UNIT_END, EndOfStream(len(out) - 1, tensor_count).to_bytes()))
     return out
 
@@ -180,9 +243,11 @@ def encode_delta(tensors: Mapping[str, Any], base: Any, dst: Any, topology: Mapp
     encoder = encoder_from_options(options)
     ref = base_tensors(base, encoder.limits)
     tensors, whole = encode_delta_tensors(tensors, ref, encoder, rd.get("rate_lambda", 0.0))
+    aligned = any(isinstance(v, CodedTensor) and name not in whole for name, v in tensors.items())
     chunks, report = encoder.encode_units(tensors, topology)
     # tied tensors are stored once: the end-of-stream count is of the stored tensor units
-    chunks = insert_base_reference(chunks, BaseReference(content_hash(ref), whole), len(tensors) - len(report.aliases))
+    reference = BaseReference(content_hash(ref), whole, FLAG_GRID_ALIGNED if aligned else 0)
+    chunks = insert_base_reference(chunks, reference, len(tensors) - len(report.aliases))
     report.total_bytes = sum(len(c) for c in chunks)
     if dst is None:
         return b"".join(chunks), report
@@ -246,20 +311,51 @@ def decode_delta_arrays(src: Source, base: Any, *, limits: Limits = DEFAULT_LIMI
                                 f"given base hashes to {got.hex()[:16]}...")
     whole = set(ref.whole)
     out: dict[str, tuple[np.ndarray, DType]] = {}
-    for th, arr in iter_tensors(plain, limits=limits):
-        if th.name in whole:
-            out[th.name] = (arr, th.dtype)
-            continue
-        b = base_t.get(th.name)
-        if b is None or b[1] != th.dtype or tuple(b[0].shape) != tuple(th.shape):
-            raise CorruptError(f"delta tensor {th.name!r} has no matching tensor in the base")
-        if th.quant.scheme == SCHEME_NONE:
-            out[th.name] = (_xor(arr, b[0]), th.dtype)
-        else:
-            work = np.float64 if th.dtype.name == "float64" else np.float32
-            total = (b[0].astype(work) + arr.astype(work)).astype(arr.dtype)
-            out[th.name] = (total, th.dtype)
+    for th, arr in _rebuilt(plain, ref, base_t, limits):
+        out[th.name] = (arr, th.dtype)
     missing = whole - set(out)
     if missing:
         raise CorruptError(f"tensors listed as whole are missing from the stream: {sorted(missing)[:5]}")
+    return out
+
+
+def _rebuilt(plain: bytes, ref: BaseReference, base: Mapping[str, tuple[np.ndarray, DType]], limits: Limits):  # noqa: ANN202
+    """``(header, rebuilt storage)`` of every tensor of a delta stream without its base reference unit (§12.3,
+    §12.5), aliases included."""
+    f, owned = open_source(plain)
+    try:
+        walker = StreamWalker(f, limits)
+        for index, uh, th, coded in walker.tensor_units():
+            if isinstance(th, RefinementHeader):
+                raise CorruptError("a delta stream holds a refinement unit", unit_index=index, offset=uh.offset)
+            arr = _rebuild_tensor(walker, index, uh, th, coded, ref, base)
+            yield th, arr
+            for alias in walker.aliases_of(th.name):
+                yield replace(th, name=alias), arr
+    finally:
+        if owned:
+            f.close()
+
+
+def _rebuild_tensor(walker: StreamWalker, index: int, uh: Any, th: Any, coded: Any, ref: BaseReference,
+                    base: Mapping[str, tuple[np.ndarray, DType]]) -> np.ndarray:
+    if th.name in ref.whole:
+        return decode_tensor(th, coded, walker.pipeline_of(th), walker.limits)
+    b = base.get(th.name)
+    if b is None or b[1] != th.dtype or tuple(b[0].shape) != tuple(th.shape):
+        raise CorruptError(f"delta tensor {th.name!r} has no matching tensor in the base", unit_index=index,
+                           offset=uh.offset)
+    if th.quant.scheme == SCHEME_NONE:
+        return _xor(decode_tensor(th, coded, walker.pipeline_of(th), walker.limits), b[0])
+    if not ref.grid_aligned:
+        arr = decode_tensor(th, coded, walker.pipeline_of(th), walker.limits)
+        work = np.float64 if th.dtype.name == "float64" else np.float32
+        return (b[0].astype(work) + arr.astype(work)).astype(arr.dtype)
+    if th.quant.scheme != SCHEME_UNIFORM:
+        raise CorruptError(f"grid-aligned delta tensor {th.name!r} has scheme {th.quant.scheme_name}, not uniform",
+                           unit_index=index, offset=uh.offset)
+    codes = decode_unit_codes(walker, index, uh, th, coded).astype(np.int64)
+    codes += base_codes(b[0], th.dtype, th.quant.broadcast_scales(len(th.shape)))
+    out = np.empty(th.shape, dtype=th.dtype.storage)
+    dequantize_into(codes, th.quant, out, th.dtype)
     return out

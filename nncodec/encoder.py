@@ -632,8 +632,17 @@ def numpy_tensors(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
 def encode_arrays(arrays: Mapping[str, np.ndarray], dst: str | os.PathLike[str] | None = None,
                   **options: Any) -> bytes | Path:
     """Encode a dict of numpy arrays (no torch needed); options as :class:`Encoder`, and
-    ``operating_points`` for a scalable stream (:func:`nncodec.scalable.encode_scalable`)."""
+    ``operating_points`` for a scalable stream (:func:`nncodec.scalable.encode_scalable`), or ``base`` (a
+    dict of arrays or a stream) for a delta stream of the differences from it (:mod:`nncodec.delta`)."""
     points = options.pop("operating_points", None)
+    base = options.pop("base", None)
+    if base is not None:
+        if points is not None:
+            raise ConfigError("operating_points cannot be combined with base=")
+        from .delta import encode_delta
+
+        rd = {k: options.pop(k) for k in ("rate_lambda",) if k in options}
+        return encode_delta(numpy_tensors(arrays), base, dst, None, False, options, rd)[0]
     if points is not None:
         from .scalable import encode_scalable
 

@@ -13,6 +13,8 @@ FORMAT_MINOR = 0
 FORMAT_MINOR_ALIASES = 1
 #: the minor version that added operating points (units 0x06 and 0x11); written only for scalable streams
 FORMAT_MINOR_OPERATING_POINTS = 2
+#: the minor version that added grid-aligned quantized deltas (base reference flag bit 0); written only for them
+FORMAT_MINOR_GRID_DELTA = 3
 
 #: file header: magic (8) | major u16 | minor u16
 FILE_HEADER = struct.Struct("<8sHH")

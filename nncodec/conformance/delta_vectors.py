@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..decoder import iter_tensors
-from ..delta import BaseReference, content_hash, decode_delta_arrays, encode_delta_tensors, insert_base_reference
+from ..delta import (FLAG_GRID_ALIGNED, BaseReference, base_codes, content_hash, decode_delta_arrays,
+                     encode_delta_tensors, insert_base_reference)
 from ..encoder import Encoder, numpy_tensors
 from ..errors import ConfigError
 from .vectors import Vector, tensor_digest
@@ -50,12 +51,13 @@ def _tuned() -> dict[str, np.ndarray]:
     return tuned
 
 
-def _encode(tuned: dict[str, np.ndarray], **options: Any) -> bytes:
+def _encode(tuned: dict[str, np.ndarray], grid_aligned: bool = False, **options: Any) -> bytes:
     base = numpy_tensors(base_arrays())
     encoder = Encoder(**options)
-    tensors, whole = encode_delta_tensors(numpy_tensors(tuned), base, encoder)
+    tensors, whole = encode_delta_tensors(numpy_tensors(tuned), base, encoder, grid_aligned=grid_aligned)
     chunks, _ = encoder.encode_units(tensors)
-    return b"".join(insert_base_reference(chunks, BaseReference(content_hash(base), whole), len(tensors)))
+    reference = BaseReference(content_hash(base), whole, FLAG_GRID_ALIGNED if grid_aligned else 0)
+    return b"".join(insert_base_reference(chunks, reference, len(tensors)))
 
 
 def _lossless() -> tuple[bytes, Expected]:
@@ -83,13 +85,46 @@ def _quantized() -> tuple[bytes, Expected]:
     return _encode(tuned, rel_step=0.05), expected
 
 
+def _grid_aligned() -> tuple[bytes, Expected]:
+    """Format 1.3: the fine-tuned tensors' codes minus the base rounded onto the same grid (§12.5), per
+    tensor and per channel, with base values that round to code 0 (NaN, past 2^31 steps)."""
+    rng = np.random.default_rng(1517)
+    base = base_arrays()
+    tuned = {"fc.weight": base["fc.weight"] + (rng.standard_normal((6, 8)) * 2e-2).astype(np.float32),
+             "fc.bias": base["fc.bias"].copy(), "half": (base["half"].astype(np.float32) * 1.05).astype(np.float16),
+             "steps": base["steps"].copy(), "head.weight": rng.standard_normal((2, 6)).astype(np.float32)}
+    tuned["fc.bias"][1] += np.float32(0.3)
+    options = {"bits": 8}
+    encoder = Encoder(**options)
+    expected: Expected = {}
+    for name, a in tuned.items():
+        grid = encoder.grid(name, numpy_tensors({name: a})[name])
+        if grid is None:
+            expected[name] = a
+            continue
+        scale = grid.scales.reshape((-1,) + (1,) * (a.ndim - 1)) if grid.per_channel else grid.scales.reshape(())
+        expected[name] = (grid.codes.astype(np.float32) * scale).astype(a.dtype)  # what a full encode gives
+        if name in base:  # the stored difference rebuilds the full encode's codes exactly
+            d = grid.codes.astype(np.int64) - base_codes(base[name], numpy_tensors({name: a})[name][1], scale)
+            if not np.array_equal(d + base_codes(base[name], numpy_tensors({name: a})[name][1], scale),
+                                  grid.codes.astype(np.int64)):
+                raise ConfigError("grid-aligned vector: code differences do not rebuild the codes")
+    return _encode(tuned, grid_aligned=True, **options), expected
+
+
 #: name -> (what it exercises, builder of (stream, expected rebuilt tensors))
 DELTA: dict[str, tuple[str, Callable[[], tuple[bytes, Expected]]]] = {
     "delta_lossless": ("delta against delta_base: XOR words (float32 with NaN/-0/Inf, float16, int16, bool) and a "
                        "tensor stored whole", _lossless),
     "delta_quantized": ("delta against delta_base: uniform-quantized differences added in float32, an int16 XOR "
                         "delta and a quantized tensor stored whole", _quantized),
+    "delta_grid_aligned": ("delta against delta_base (format 1.3): per-channel grid-code differences of float32 and "
+                           "float16 tensors rebuild exactly what a full encode gives, an int16 XOR delta and a "
+                           "quantized tensor stored whole", _grid_aligned),
 }
+
+#: delta vectors of a later minor version than 1.0
+VERSION_OF = {"delta_grid_aligned": "1.3"}
 
 
 def _rows(got: dict[str, tuple[np.ndarray, Any]], expected: Expected, name: str) -> list[dict[str, Any]]:

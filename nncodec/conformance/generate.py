@@ -821,13 +821,14 @@ def generate(folder: Path) -> list[str]:
     for name, (desc, _) in delta_vectors.DELTA.items():
         if name in existing:
             continue
-        rel, path = _fresh(folder, "delta", name)
+        version = delta_vectors.VERSION_OF.get(name, VERSION)
+        rel, path = _fresh(folder, "delta", name, version)
         base_rel = next(v.file for v in vectors if v.name == delta_vectors.BASE_VECTOR)
         data, delta = delta_vectors.build(name, folder / base_rel)
         delta["base"] = base_rel
         _check_invalid(name, data, "UnknownUnitError")  # what a decoder without FORMAT.md §12 does
         write_atomic(path, [data])
-        vectors.append(Vector(name, VERSION, rel, hashlib.sha256(data).hexdigest(), desc, None, "UnknownUnitError",
+        vectors.append(Vector(name, version, rel, hashlib.sha256(data).hexdigest(), desc, None, "UnknownUnitError",
                               {"delta": delta}))
         written.append(name)
     manifest = {"format": "nncodec-conformance", "vectors": [v.to_dict() for v in vectors]}

@@ -5,7 +5,8 @@
 The task (written here): pull paraphrase pairs together and push the other sentences of a batch apart
 (in-batch contrastive loss, scale 20), Adam at lr 2e-5 for ``--steps`` steps of 8 pairs. Then the fine-tuned
 model is encoded (a) whole and (b) as a delta from the base (``encode(tuned, base=base)``), losslessly and
-at the same ``rel_step`` values (the same error bound per tensor), and each decoded model is scored by the
+at the same ``rel_step`` values (quantized deltas are grid-aligned: they rebuild exactly the full
+encode's tensors, so the fidelity is equal by construction; checked per row), and each decoded model is scored by the
 mean cosine between its embeddings and the float fine-tuned model's on the evaluation sentences of
 bench_minilm. Writes bench_delta.json and the streams into ``--out``.
 """
@@ -52,11 +53,11 @@ PAIRS = [("How do I reset my password?", "I forgot my password, how can I change
          ("The kids are playing in the garden.", "The children play outside in the yard.")]
 
 
-def finetune(st, steps: int, seed: int = 0) -> float:  # noqa: ANN001
+def finetune(st, steps: int, lr: float = 2e-5, seed: int = 0) -> float:  # noqa: ANN001
     torch.manual_seed(seed)
     model = st[0].auto_model
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-5)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     t0 = time.perf_counter()
     for step in range(steps):
         idx = torch.randperm(len(PAIRS))[:8].tolist()
@@ -81,13 +82,14 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench_delta"))
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=2e-5, help="Adam learning rate of the fine-tune")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
     base = load_file(str(model_dir() / "model.safetensors"))
     st = SentenceTransformer(str(model_dir()), device="cpu")
-    train_s = finetune(st, args.steps)
+    train_s = finetune(st, args.steps, args.lr)
     model = st[0].auto_model
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items() if k in base}
     changed = sum(int((tuned[k] != base[k]).sum()) for k in tuned)
@@ -103,22 +105,27 @@ def main() -> None:
 
     rows = []
     for label, opts in [("lossless", {}), *[(f"rel_step {r}", {"rel_step": r}) for r in (0.05, 0.1, 0.15, 0.2)]]:
-        sizes = {}
+        sizes, decodes = {}, {}
         for kind in ("full", "delta"):
             extra = {"base": base} if kind == "delta" else {}
             t0 = time.perf_counter()
             data = nncodec.encode(tuned, **opts, **extra)
             enc = time.perf_counter() - t0
-            decoded = nncodec.decode(data, **extra)
+            decoded = decodes[kind] = nncodec.decode(data, **extra)
             if not opts:
                 assert all(torch.equal(decoded[k], tuned[k]) for k in tuned), "lossless delta must be exact"
             (args.out / f"{kind}_{label.replace(' ', '_')}.nnc").write_bytes(data)
             sizes[kind] = {"bits_per_param": 8 * len(data) / n_params, "cosine": cosine(decoded), "encode_s": enc}
         rows.append({"setting": label, **{f"{k}_{m}": v for k, d in sizes.items() for m, v in d.items()},
-                     "delta_vs_full": sizes["delta"]["bits_per_param"] / sizes["full"]["bits_per_param"]})
+                     "delta_vs_full": sizes["delta"]["bits_per_param"] / sizes["full"]["bits_per_param"],
+                     # grid-aligned deltas (format 1.3) rebuild exactly the full encode's tensors
+                     "delta_equals_full_decode": all(torch.equal(decodes["delta"][k], decodes["full"][k])
+                                                     for k in decodes["full"])})
         print(json.dumps(rows[-1]), flush=True)
-    result = {"parameters": n_params, "finetune_steps": args.steps, "finetune_s": train_s,
+    result = {"parameters": n_params, "finetune_steps": args.steps, "finetune_lr": args.lr, "finetune_s": train_s,
               "changed_parameters": changed, "rows": rows}
+    with torch.no_grad():
+        result["base_cosine"] = cosine(base)  # how far the fine-tune moved the embeddings
     (args.out / "bench_delta.json").write_text(json.dumps(result, indent=2))
     print(f"\nfine-tune: {args.steps} steps, {changed} of {n_params} parameters changed")
     print(f"{'setting':14s} {'full b/p':>9s} {'full cos':>9s} {'delta b/p':>9s} {'delta cos':>9s} {'ratio':>6s}")

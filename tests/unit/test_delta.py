@@ -134,3 +134,70 @@ def test_unknown_delta_option_is_a_config_error() -> None:
     base, tuned = _pair()
     with pytest.raises(nncodec.ConfigError, match="bogus"):
         nncodec.encode(tuned, base=base, bogus=1)
+
+
+def _arrays_pair(change: float = 2e-3) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(21)
+    base = {"conv.weight": (rng.standard_normal((16, 8, 3, 3)) * 0.05).astype(np.float32),
+            "fc.weight": (rng.standard_normal((10, 64)) * 0.1).astype(np.float16),
+            "fc.bias": (rng.standard_normal(10) * 0.1).astype(np.float32)}
+    tuned = {k: (v.astype(np.float32) + rng.standard_normal(v.shape).astype(np.float32) * change).astype(v.dtype)
+             for k, v in base.items()}
+    return base, tuned
+
+
+@pytest.mark.parametrize("options", [{"rel_step": 0.05}, {"bits": 8}, {"step": 0.004}])
+def test_grid_aligned_delta_decodes_to_exactly_the_full_encode(options: dict) -> None:
+    base, tuned = _arrays_pair(change=5e-4)
+    delta = nncodec.encode(tuned, base=base, **options)
+    full = nncodec.encode(tuned, **options)
+    ref, _ = split_base_reference(delta)
+    assert ref.grid_aligned and delta[8:12] == b"\x01\x00\x03\x00"  # format 1.3
+    got, want = nncodec.decode_arrays(delta, base=base), nncodec.decode_arrays(full)
+    for k in tuned:
+        assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+    assert len(delta) < 0.5 * len(full)
+
+
+def test_grid_aligned_delta_with_unroundable_base_values_still_rebuilds_the_full_encode() -> None:
+    base, tuned = _arrays_pair()
+    base["conv.weight"][0, 0, 0, :3] = [np.nan, np.inf, 3e38]  # base codes 0 there (FORMAT.md §12.5)
+    delta = nncodec.encode(tuned, base=base, rel_step=0.05)
+    got, want = nncodec.decode_arrays(delta, base=base), nncodec.decode_arrays(nncodec.encode(tuned, rel_step=0.05))
+    assert np.array_equal(got["conv.weight"], want["conv.weight"])
+
+
+def test_grid_aligned_delta_rate_falls_as_lambda_grows_and_error_stays_bounded() -> None:
+    base, tuned = _arrays_pair(change=5e-3)
+    sizes, errors = [], []
+    for lam in (0.0, 0.05, 0.3):
+        delta = nncodec.encode(tuned, base=base, rel_step=0.05, rate_lambda=lam)
+        got = nncodec.decode_arrays(delta, base=base)
+        sizes.append(len(delta))
+        errors.append(max(float(np.abs(got[k].astype(np.float64) - tuned[k]).max()) for k in tuned))
+    assert sizes[0] > sizes[1] > sizes[2]
+    assert errors[0] <= errors[2]
+
+
+def test_base_reference_flags_other_than_grid_aligned_are_corrupt() -> None:
+    ref = BaseReference(bytes(32), [], flags=1)
+    assert BaseReference.parse(ref.to_bytes(), 0).grid_aligned
+    raw = bytearray(ref.to_bytes())
+    raw[1] = 0x03
+    with pytest.raises(CorruptError, match="reserved"):
+        BaseReference.parse(bytes(raw), 0)
+
+
+def test_numpy_delta_needs_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, nncodec\n"
+            "b = {'w': np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)}\n"
+            "t = {'w': b['w'] + np.float32(0.01)}\n"
+            "d = nncodec.encode(t, base=b, rel_step=0.05)\n"
+            "assert np.array_equal(nncodec.decode_arrays(d, base=b)['w'], "
+            "nncodec.decode_arrays(nncodec.encode(t, rel_step=0.05))['w'])\n"
+            "print(sorted(m for m in ('torch', 'numba', 'llvmlite') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

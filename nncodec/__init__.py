@@ -22,17 +22,46 @@ Importing nncodec is light: torch is imported on the first call that needs it.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-
-from .bitstream.units import TensorHeader
-from .decoder import StreamInfo, UnitInfo, decode_arrays, iter_tensors, read_info
-from .encoder import EncodeReport, Encoder, TensorReport, encode_arrays
 from .errors import (BadMagicError, ChecksumError, ConfigError, CorruptError, FormatError, LimitExceededError,
                      NNCodecError, TruncatedError, UnknownUnitError, UnsupportedFeatureError,
                      UnsupportedVersionError)
-from .lazy import StreamFile
 from .limits import DEFAULT_LIMITS, Limits
+
+if TYPE_CHECKING:
+    from .bitstream.units import TensorHeader
+    from .decoder import StreamInfo, UnitInfo, decode_arrays, iter_tensors, read_info
+    from .encoder import EncodeReport, Encoder, TensorReport, encode_arrays
+    from .lazy import StreamFile
+
+#: public name -> module defining it, imported on first access: a process that only decodes never
+#: imports the encoder (PEP 562; a cold start pays for what it uses)
+_LAZY = {"TensorHeader": "bitstream.units",
+         **dict.fromkeys(("StreamInfo", "UnitInfo", "decode_arrays", "iter_tensors", "read_info"), "decoder"),
+         **dict.fromkeys(("EncodeReport", "Encoder", "TensorReport", "encode_arrays"), "encoder"),
+         "StreamFile": "lazy"}
+
+
+def __getattr__(name: str) -> Any:
+    """The public names of :data:`_LAZY` and the submodules, imported on first access."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
@@ -54,6 +83,8 @@ def encode(obj: Any, dst: Any = None, **options: Any) -> Any:
     Returns the stream as bytes, or the :class:`pathlib.Path` written (atomically) when ``dst`` is given.
     """
     if isinstance(obj, dict) and all(type(v).__module__ == "numpy" for v in obj.values()):
+        from .encoder import encode_arrays
+
         return encode_arrays(obj, dst, **options)
     from . import torch_io
 
@@ -105,9 +136,11 @@ def load_model(src: Any, *, limits: Limits = DEFAULT_LIMITS, operating_point: in
 
 
 def open(src: Any, *, limits: Limits = DEFAULT_LIMITS,  # noqa: A001  (like safetensors.safe_open)
-         operating_point: int | None = None) -> StreamFile:
+         operating_point: int | None = None) -> "StreamFile":
     """Open a stream for lazy access: ``with nncodec.open(path) as f: f.keys(); f.get_tensor(name)``;
     ``f.operating_points`` lists a scalable stream's points, tensors come at ``operating_point``."""
+    from .lazy import StreamFile
+
     return StreamFile(src, limits=limits, operating_point=operating_point)
 
 

@@ -31,7 +31,7 @@ from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORM
                                   UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
 from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
-from .coding.pipeline import Pipeline
+from .coding.pipeline import HandedWords, Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
 from .coding import BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
 from .coding.stage import WORD_DTYPES, Stage
@@ -142,28 +142,41 @@ def _sample(words: np.ndarray, word_size: int) -> np.ndarray:
     return np.concatenate([words[s:s + _SAMPLE_SLICE_BYTES] for s in starts])
 
 
-def choose_pipeline(words: np.ndarray, word_size: int, bits: int, signed: bool, level: int = 3
+def choose_pipeline(words: "np.ndarray | HandedWords", word_size: int, bits: int, signed: bool, level: int = 3
                     ) -> tuple[Pipeline, bytes]:
     """Pick the pipeline that codes the word array ``words`` (uint8, 1-D) smallest; return it and its payload.
 
     ``bits`` is the significant width of a word (for packing), ``signed`` whether words are two's
     complement. Large arrays are judged on an evenly spread sample; the stored form always competes.
+    :class:`HandedWords` are let go once the chosen pipeline's first stage has coded them.
     """
-    as_words = words.view(WORD_DTYPES[word_size])
-    zero_fraction = float(np.count_nonzero(as_words == 0)) / as_words.size if as_words.size else 0.0
-    sample = _sample(words, word_size)
+    array = words.array if isinstance(words, HandedWords) else words
+    if array is None:
+        raise ConfigError("code words were handed on already")
+    size = array.size
+    as_words = array.view(WORD_DTYPES[word_size])
+    n_words = as_words.size
+    zero_fraction = float(np.count_nonzero(as_words == 0)) / n_words if n_words else 0.0
+    sample = _sample(array, word_size)
+    del as_words, array  # a handed tensor is referenced by ``words`` alone from here
     chosen, best_size = Pipeline(), sample.size  # storing the words as they are always competes
-    for p in _candidates(word_size, bits, signed, zero_fraction, level, as_words.size):
+    for p in _candidates(word_size, bits, signed, zero_fraction, level, n_words):
         if p.stages:
             try:
-                size = len(p.encode(memoryview(sample)))
+                trial = len(p.encode(memoryview(sample)))
             except ConfigError:  # e.g. too many distinct words for an entropy coder
                 continue
-            if size < best_size:
-                chosen, best_size = p, size
-    payload = chosen.encode(memoryview(words)) if chosen.stages else words.tobytes()
-    if len(payload) > words.size:
-        chosen, payload = Pipeline(), words.tobytes()
+            if trial < best_size:
+                chosen, best_size = p, trial
+    del sample
+    payload = chosen.encode(words)
+    if len(payload) > size:  # the sample misjudged: store the words (decoded back if they were let go)
+        if isinstance(words, HandedWords):
+            stored = np.empty(size, dtype=np.uint8)
+            chosen.decode_into(memoryview(payload), stored, DEFAULT_LIMITS)
+            del payload
+            return Pipeline(), stored.tobytes()
+        chosen, payload = Pipeline(), Pipeline().encode(words)
     return chosen, payload
 
 
@@ -264,9 +277,6 @@ class Encoder:
             return None
         return self._quantize(name, bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage)
 
-    def _prepare(self, name: str, value: "tuple[np.ndarray, DType] | CodedTensor") -> _Prepared:
-        return self._finish(name, *self.code_words(name, value))
-
     def code_words(self, name: str, value: "tuple[np.ndarray, DType] | CodedTensor") -> tuple:
         """``(dtype, shape, descriptor, code words as bytes, word size, bits, signed, max error, rms error)``
         of one tensor under these settings, before any stage."""
@@ -300,10 +310,11 @@ class Encoder:
             bits = 1 if dtype.name == "bool" else 8 * word_size
         return dtype, shape, desc, words, word_size, bits, signed, max_err, rms_err
 
-    def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor, words: np.ndarray,
-                word_size: int, bits: int, signed: bool, max_err: float, rms_err: float) -> _Prepared:
+    def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor,
+                words: "np.ndarray | HandedWords", word_size: int, bits: int, signed: bool, max_err: float,
+                rms_err: float) -> _Prepared:
         if self.pipeline is not None:
-            pipeline, payload = self.pipeline, self.pipeline.encode(memoryview(words))
+            pipeline, payload = self.pipeline, self.pipeline.encode(words)
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
         header = TensorHeader(name, dtype, shape, desc, pipeline.entries())
@@ -369,9 +380,13 @@ class Encoder:
         for name in plan.names:
             value = _as_encodable(name, tensors[name])
             nbytes = _array_of(value).nbytes
-            prepared = self._prepare(name, value)
+            dtype, shape, desc, words, *rest = self.code_words(name, value)
+            # the input and its code words are let go as soon as the first stage has coded them: with a
+            # mapping that loads tensors on access, the entropy stage runs without the tensor resident
             del value
-            yield prepared
+            handed = HandedWords(words)
+            del words
+            yield self._finish(name, dtype, shape, desc, handed, *rest)
             if bar is not None:
                 bar.update(nbytes)
         if bar is not None:

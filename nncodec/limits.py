@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import LimitExceededError
+
 __all__ = ["Limits", "DEFAULT_LIMITS"]
 
 
@@ -26,8 +28,6 @@ class Limits:
     def check(self, what: str, value: int, limit_name: str, *, unit_index: int | None = None,
               offset: int | None = None) -> None:
         """Raise :class:`LimitExceededError` when ``value`` exceeds the limit called ``limit_name``."""
-        from .errors import LimitExceededError
-
         limit = getattr(self, limit_name)
         if value > limit:
             raise LimitExceededError(f"{what} is {value}, over the limit {limit_name}={limit}",

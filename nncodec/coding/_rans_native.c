@@ -97,25 +97,50 @@ done:
     return result;
 }
 
-/* One decode step of lane (first + j) & 3; a macro so that the symbol copy is typed per item size. */
+/* One decode step of symbol j (lane state X); a macro so that the symbol copy is typed per item size. */
+#define DECODE_STEP(X, J, STOP)                                                               \
+    do {                                                                                \
+        uint32_t slot = (uint32_t)(X & mask);                                           \
+        uint32_t s = lt[slot];                                                          \
+        if (s >= (uint32_t)k) { ptr = -2; goto STOP; }                                  \
+        X = (uint64_t)fr[s] * (X >> p) + slot - cu[s];                                  \
+        if (X < 65536) {                                                                \
+            if (ptr >= n_words) { ptr = -1; goto STOP; }                                \
+            X = (X << 16) | w[ptr++];                                                   \
+        }                                                                               \
+        o[J] = sy[s];                                                                   \
+    } while (0)
+
+/* Symbols one at a time up to a multiple of four (lane 0), then four at a time with the four lane states
+ * in registers (independent chains the CPU overlaps), then the rest; symbol j uses lane (first + j) & 3. */
 #define DECODE_LOOP(T)                                                                  \
     do {                                                                                \
         const T *sy = (const T *)symbols.buf;                                           \
         T *o = (T *)out.buf;                                                            \
-        for (Py_ssize_t j = 0; j < n_out; j++) {                                        \
+        Py_ssize_t j = 0;                                                               \
+        for (; j < n_out && ((first + j) & 3); j++) {                                   \
             unsigned lane = (unsigned)((first + j) & 3);                                \
             uint64_t x = st[lane];                                                      \
-            uint32_t slot = (uint32_t)(x & mask);                                       \
-            uint32_t s = lt[slot];                                                      \
-            if (s >= (uint32_t)k) { ptr = -2; break; }                                  \
-            x = (uint64_t)fr[s] * (x >> p) + slot - cu[s];                              \
-            if (x < 65536) {                                                            \
-                if (ptr >= n_words) { ptr = -1; break; }                                \
-                x = (x << 16) | w[ptr++];                                               \
-            }                                                                           \
+            DECODE_STEP(x, j, stop_##T);                                                          \
             st[lane] = x;                                                               \
-            o[j] = sy[s];                                                               \
         }                                                                               \
+        {                                                                               \
+            uint64_t x0 = st[0], x1 = st[1], x2 = st[2], x3 = st[3];                    \
+            for (; j + 4 <= n_out; j += 4) {                                            \
+                DECODE_STEP(x0, j, stop_##T);                                                     \
+                DECODE_STEP(x1, j + 1, stop_##T);                                                 \
+                DECODE_STEP(x2, j + 2, stop_##T);                                                 \
+                DECODE_STEP(x3, j + 3, stop_##T);                                                 \
+            }                                                                           \
+            st[0] = x0; st[1] = x1; st[2] = x2; st[3] = x3;                             \
+        }                                                                               \
+        for (; j < n_out; j++) {                                                        \
+            unsigned lane = (unsigned)((first + j) & 3);                                \
+            uint64_t x = st[lane];                                                      \
+            DECODE_STEP(x, j, stop_##T);                                                          \
+            st[lane] = x;                                                               \
+        }                                                                               \
+    stop_##T:;                                                                          \
     } while (0)
 
 static PyObject *rans_decode(PyObject *self, PyObject *args) {

@@ -17,7 +17,7 @@ from .shuffle import Shuffle
 from .stage import Stage, stage_class
 from .zstd_stage import Zstd
 
-__all__ = ["Pipeline", "intermediate_bound"]
+__all__ = ["Pipeline", "HandedWords", "intermediate_bound"]
 
 _PIECE_BYTES = 4 << 20  # decoded bytes per piece when a pipeline streams
 
@@ -31,6 +31,24 @@ def intermediate_bound(final_size: int) -> int:
 def _in_memory(payload: Any) -> memoryview:
     """The payload as bytes in memory: a streamed unit's coded bytes (a ``CodedStream``) are read in full."""
     return payload.materialize() if hasattr(payload, "materialize") else payload
+
+
+class HandedWords:
+    """Code words given to :meth:`Pipeline.encode` for keeps: the pipeline drops its reference once the
+    first stage has coded them, so when the caller holds no other reference the words are freed while the
+    later stages run (e.g. a tensor's bytes while zstd compresses their shuffled copy)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array: np.ndarray | None = array
+
+    def take(self) -> np.ndarray:
+        """The words, leaving this holder empty (:class:`ConfigError` when they were taken already)."""
+        array, self.array = self.array, None
+        if array is None:
+            raise ConfigError("code words were handed on already")
+        return array
 
 
 @dataclass(frozen=True)
@@ -62,15 +80,17 @@ class Pipeline:
     def parse_entries(cls, r: ByteReader, count: int) -> "Pipeline":
         return cls.from_entries(parse_stage_entries(r, count))
 
-    def encode(self, words: bytes | memoryview) -> bytes:
+    def encode(self, words: "bytes | memoryview | HandedWords") -> bytes:
         """The coded payload of ``words``; :class:`ConfigError` when a stage's output that feeds another
-        stage is over :func:`intermediate_bound` (a stream no decoder would read back)."""
-        data: bytes | memoryview = words
-        bound = intermediate_bound(len(words))
+        stage is over :func:`intermediate_bound` (a stream no decoder would read back). ``HandedWords`` are
+        taken: no reference to them is kept past the first stage."""
+        data: Any = words.take() if isinstance(words, HandedWords) else words
+        size = memoryview(data).nbytes
+        bound = intermediate_bound(size)
         for i, st in enumerate(self.stages):
             data = st.encode(memoryview(data))
             if i < len(self.stages) - 1 and len(data) > bound:
-                raise ConfigError(f"stage {st.codec_id} writes {len(data)} bytes for {len(words)} input bytes, "
+                raise ConfigError(f"stage {st.codec_id} writes {len(data)} bytes for {size} input bytes, "
                                   f"over the {bound} a following stage may receive")
         return bytes(data)
 

@@ -6,7 +6,8 @@ The model (``--gb`` of float32 in tensors of ``--tensor-mb``, Gaussian with per-
 biases) is written as ``.npy`` files to a temporary folder under ``--dir``. The encoder reads them through
 a mapping that memory-maps one file per access, so only the tensor being coded is resident. Each setting
 (lossless, ``bits=8``) is encoded to a file in a new process (peak RSS = VmHWM, MB/s = float32 bytes per
-second; the ratio to the largest tensor counts the peak over the RSS after the imports), then decoded in another new process tensor by tensor (``iter_tensors``; lossless output compared
+second; the ratio to the largest tensor counts the peak over the RSS after ``import nncodec``, so the
+encoder's own modules, imported on first use, count in it), then decoded in another new process tensor by tensor (``iter_tensors``; lossless output compared
 with the source). Needs about 2.5x ``--gb`` of free disk. Prints a table and writes JSON.
 """
 
@@ -90,6 +91,14 @@ def write_model(folder: Path, gb: float, tensor_mb: int) -> tuple[int, int]:
     return total, rows * 4096 * 4
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages of the machine (others' jobs slow every figure down)."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
 def run(code: str, *args: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
@@ -108,7 +117,7 @@ def main() -> None:
     need = 2.6 * args.gb * (1 << 30)
     if shutil.disk_usage(args.dir).free < need:
         sys.exit(f"need {need / 1e9:.1f} GB free in {args.dir}")
-    result: dict = {"cpu_count": os.cpu_count(), "rows": {}}
+    result: dict = {"cpu_count": os.cpu_count(), "rows": {}, "load_average_before": load_average()}
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="nncodec-scale-") as tmp:
         folder = Path(tmp) / "model"
         folder.mkdir()
@@ -133,6 +142,8 @@ def main() -> None:
                   f"{row['decode_mb_s']:.0f} MB/s, peak RSS {row['decode_peak_rss'] / MB:.0f} MB, "
                   f"mismatched {row['decode_mismatched_tensors']}", flush=True)
             dst.unlink()
+    result["load_average_after"] = load_average()
+    print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

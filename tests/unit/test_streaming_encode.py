@@ -84,3 +84,54 @@ def test_encoder_memory_stays_near_the_largest_tensor(tmp_path, opts):
     if "bits" in opts and opts["bits"] == 8:
         ref = np.load(folder / "a.weight.npy")
         assert np.abs(decoded["a.weight"] - ref).max() <= np.abs(ref).max(axis=1).max() / 127
+
+
+class _LoadedOnAccess(Mapping):
+    """``{name: array}`` that builds a new in-memory array on every access, as a loader of a file format
+    does: the encoder's memory is all that holds it."""
+
+    def __init__(self, shapes):
+        self.shapes = shapes
+
+    def __getitem__(self, name):
+        array = np.random.default_rng(sum(map(ord, name))).standard_normal(self.shapes[name], dtype=np.float32)
+        array *= np.float32(0.05)
+        return array
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self):
+        return len(self.shapes)
+
+
+@pytest.mark.parametrize("opts,limit", [({}, 2.5), ({"bits": 8}, 2.25)])
+def test_a_tensor_loaded_on_access_is_let_go_before_its_entropy_stage(tmp_path, opts, limit):
+    # lossless: the tensor, its shuffled copy and zstd's output would be 3.2x; the encoder lets the tensor
+    # go once the first stage has read it (2.3x); bits=8: once its codes exist (2.5x before, 2.0x now)
+    tensors = _LoadedOnAccess({"a.weight": (1024, 2048), "b.weight": (512, 2048), "c.bias": (2048,)})
+    largest = 1024 * 2048 * 4
+    tracemalloc.start()
+    nncodec.encode_arrays(tensors, tmp_path / "m.nnc", **opts)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak <= limit * largest, peak / largest
+    assert (tmp_path / "m.nnc").read_bytes() == nncodec.encode_arrays({k: tensors[k] for k in tensors}, **opts)
+
+
+def test_a_misjudged_sample_stores_the_words_handed_over(monkeypatch):
+    # the pipeline is chosen on a sample; when the whole array codes larger than it is, the stored form is
+    # written, also after the words were let go (they are decoded back from the payload)
+    from nncodec import encoder
+    from nncodec.coding.pipeline import HandedWords
+
+    words = np.random.default_rng(4).integers(0, 256, 3 << 20, dtype=np.uint8)
+    monkeypatch.setattr(encoder, "_sample", lambda w, size: np.zeros(1 << 20, np.uint8))  # looks compressible
+    plain = encoder.choose_pipeline(words, 1, 8, False)
+    handed = HandedWords(words.copy())
+    taken = encoder.choose_pipeline(handed, 1, 8, False)
+    assert plain[0].stages == taken[0].stages == ()
+    assert plain[1] == taken[1] == words.tobytes()
+    assert handed.array is None
+    with pytest.raises(ConfigError, match="handed on"):
+        encoder.choose_pipeline(handed, 1, 8, False)

@@ -220,16 +220,6 @@ def test_a_reused_graph_gives_the_same_estimate():
         estimate_energy(model, (1, 28, 28), plan, graph=ops, activation_sparsity=0.5)
 
 
-class _Recurrent(nn.Module):
-    def __init__(self, cell):
-        super().__init__()
-        self.rnn = cell(3, 16, num_layers=2, batch_first=True)
-        self.fc = nn.Linear(16, 2)
-
-    def forward(self, x):
-        return self.fc(self.rnn(x)[0][:, -1])
-
-
 class _Embedder(nn.Module):
     def __init__(self):
         super().__init__()
@@ -251,7 +241,7 @@ def test_quantized_recurrent_layer_costs_what_its_bits_say(cell):
     from nncodec.quant.layers import quantize_model
 
     torch.manual_seed(0)
-    model, x = _Recurrent(cell).eval(), torch.randn(1, 12, 3)
+    model, x = Recurrent(cell).eval(), torch.randn(1, 12, 6)
     plain = estimate_energy(model, x)
     rows = {}
     for bits in (8, 4, 2):

@@ -53,7 +53,7 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
     row["targets_met"] = bool(row["energy_cut"] >= cut and (loss is None or row["loss_points"] <= 100 * loss) and
                               (size is None or row["size_ratio"] >= size) and
                               (name != "minilm" or row["result"] >= 0.99))
-    print(f"{name:10s} {metric} {ref_score:.4f} -> {row['result']:.4f}  energy -{100 * row['energy_cut']:.1f} %  "
+    print(f"{name:10s} {metric} {ref_score:.4f} -> {row['result']:.4f}  energy {-100 * row['energy_cut']:+.1f} %  "
           f"size {row['size_ratio']:.1f}x  params {ref_params:,} -> {params:,}  {seconds:.0f} s  "
           f"targets {'met' if row['targets_met'] else 'NOT met'}", flush=True)
     return row

@@ -235,7 +235,10 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[1].bar(names, [r["size_ratio"] for r in rows], color="C0")
     axes[1].set_yscale("log")
     axes[1].set_ylabel("float32 bytes / bitstream bytes")
-    axes[1].set_title("size")
+    for i, r in enumerate(rows):
+        if TARGETS[r["model"]][2] is not None:
+            axes[1].hlines(TARGETS[r["model"]][2], i - 0.4, i + 0.4, colors="k")
+    axes[1].set_title("size (black: target)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

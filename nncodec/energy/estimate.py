@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.layers import QActivation, _QuantWeights
+from ..quant.layers import QActivation, _OutputQuant, _QuantParams, _QuantWeights
 from ..quant.plan import Plan
 from .costs import OpCosts
 from .operators import Multiplier, QType, make_multiplier, qtype
@@ -163,7 +163,7 @@ class _Resolver:
         if self.ref:
             return self.ref[0], self.ref[0], self.ref[1], self.ref[1]
         kernel = bias = out = None
-        if isinstance(module, _QuantWeights):
+        if isinstance(module, _QuantParams):
             kernel, bias, out = module.kernel_quantizer, module.bias_quantizer, module.output_quantizer
         else:
             lp = self.plan.resolve(name)
@@ -178,9 +178,13 @@ class _Resolver:
             return self.ref[1]
         if isinstance(module, QActivation) and module.quantizer is not None:
             return qtype(module.quantizer)
-        return self.plan_activation(name) or self.INT32
+        return self.plan_activation(name, module) or self.INT32
 
-    def plan_activation(self, name: str) -> QType | None:
+    def plan_activation(self, name: str, module: nn.Module | None = None) -> QType | None:
+        """The output type the plan gives ``name``, or the output quantizer the module carries (a norm or
+        block that :func:`~nncodec.quant.layers.quantize_model` gave one; the module's wins)."""
+        if isinstance(module, _OutputQuant) and module.output_quantizer is not None:
+            return qtype(module.output_quantizer)
         lp = self.plan.resolve(name)
         return qtype(lp.activation) if lp is not None and lp.activation else None
 
@@ -367,7 +371,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             zero = zeros.get(op.args.get("input_node", ""), 0.0)
             if activation_sparsity is not None and zero >= activation_sparsity:
                 cost -= ops_n * zero * (c1 + _fixed_or_float_add(costs, acc_t))
-            this_out = resolver.activation(op.module, None) if (resolver.ref or resolver.plan_activation(op.module)) \
+            this_out = resolver.activation(op.module, module) if (resolver.ref or
+                                                                  resolver.plan_activation(op.module, module)) \
                 else (acc_t if acc_t.is_float else _Resolver.INT32)
         elif kind == "activation":
             this_out = resolver.activation(op.module, module if op.quant_module is not None else None)
@@ -379,7 +384,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             if not bn or exact:
                 per = 2 if bn else 5  # batch norm: scale and shift; layer/group norm: mean, variance, normalize
                 cost = ops_n * per * _fixed_or_float_add(costs, in_t)
-            this_out = resolver.ref[1] if resolver.ref else (resolver.plan_activation(op.module) or in_t)
+            this_out = resolver.ref[1] if resolver.ref else (resolver.plan_activation(op.module, module) or in_t)
             w_label = p_t.label
             kind = "batchnorm" if bn else "norm"
         elif kind in ("add", "mul", "elementwise"):
@@ -392,7 +397,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                 cost = ops_n * mult.cost(costs)
             else:
                 cost = ops_n * _fixed_or_float_add(costs, widest)
-            this_out = resolver.ref[1] if resolver.ref else (resolver.plan_activation(op.module)
+            this_out = resolver.ref[1] if resolver.ref else (resolver.plan_activation(op.module, module)
                                                             or (widest if widest.is_float else _Resolver.INT32))
         elif kind == "concat":
             this_out = _widest(in_types)

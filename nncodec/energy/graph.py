@@ -5,7 +5,10 @@ fake-quantization, masks, factory tensors) are *static* and not costed; every no
 model input is *dynamic* and maps to one :class:`GraphOp` through :data:`OP_KINDS` (views and other
 metadata-only operators are free and pass their producer through). The fake-quant modules of
 :mod:`nncodec.quant.layers` are collapsed: all dynamic nodes of one ``QActivation`` / ``QConv*`` /
-``QLinear`` form one operation whose stored output is the module's quantizer.
+``QLinear`` / ``QEmbedding`` / ``QGRU`` / ``QLSTM`` / ``QRNN`` form one operation (the lookup, gate matmuls,
+convolution ...) whose stored output is the module's quantizer; the output quantizers that
+:func:`~nncodec.quant.layers.quantize_model` puts on other modules (norms, blocks) are left out of the
+export, the estimate reads their type from the module.
 
 An operator that is in no table raises :class:`UnsupportedOperatorError` naming it and its module.
 """
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.layers import QActivation, _QuantWeights
+from ..quant.layers import QActivation, _OutputQuant, _QuantParams, _QuantWeights
 
 __all__ = ["GraphOp", "capture_graph", "zero_fractions", "UnsupportedOperatorError", "UnsupportedLayerError", "OP_KINDS", "example_tensors"]
 
@@ -171,14 +174,20 @@ def _owner(node: torch.fx.Node) -> list[str]:
 def _export(model: nn.Module, args: tuple[Any, ...], weight_quantizers: bool = True) -> torch.export.ExportedProgram:
     """``torch.export`` in eval mode. ``weight_quantizers=False`` exports with the kernel and bias quantizers of
     fake-quant layers switched off (restored afterwards; not thread-safe): their ops are static, never costed,
-    and tracing them (``alpha='auto'`` iterations) is most of the export time."""
+    and tracing them (``alpha='auto'`` iterations) is most of the export time. The output quantizers of
+    norms and blocks (:class:`~nncodec.quant.layers._OutputQuant`) are always switched off: the estimate
+    reads their type from the module."""
     was_training = model.training
     saved = [] if weight_quantizers else [(m, m.kernel_quantizer, m.bias_quantizer) for m in model.modules()
-                                          if isinstance(m, _QuantWeights)]
+                                          if isinstance(m, _QuantParams)]
+    # output quantizers put on norms and blocks: their ops would be owned by (and costed as) the module itself
+    outputs = [(m, m.output_quantizer) for m in model.modules() if isinstance(m, _OutputQuant)]
     model.eval()
     try:
         for m, _, _ in saved:
             m.kernel_quantizer = m.bias_quantizer = None
+        for m, _ in outputs:
+            m.output_quantizer = None
         with torch.no_grad():
             return torch.export.export(model, args, strict=False)
     except Exception as exc:  # noqa: BLE001  (torch raises many types here)
@@ -187,6 +196,8 @@ def _export(model: nn.Module, args: tuple[Any, ...], weight_quantizers: bool = T
     finally:
         for m, kernel, bias in saved:
             m.kernel_quantizer, m.bias_quantizer = kernel, bias
+        for m, out in outputs:
+            m.output_quantizer = out
         model.train(was_training)
 
 
@@ -241,7 +252,7 @@ def capture_graph(model: nn.Module, example_inputs: Any, *, program: list | None
         dynamic.add(node.name)
         op = _op_name(node)
         stack = _owner(node)
-        quant_owner = next((p for p in stack if isinstance(modules.get(p), (QActivation, _QuantWeights))), None)
+        quant_owner = next((p for p in stack if isinstance(modules.get(p), (QActivation, _QuantParams))), None)
         kind = OP_KINDS.get(op)
         if kind is None:
             where = stack[-1] if stack else "the model's forward"
@@ -256,11 +267,14 @@ def capture_graph(model: nn.Module, example_inputs: Any, *, program: list | None
                               [source[a.name] for a in dyn_in], in_shapes, _shape(node), quant_module=qmod)
                 group_of[quant_owner] = gop
                 ops.append(gop)
-            if kind in ("conv", "dense") and isinstance(qmod, _QuantWeights):
+            if (kind in ("conv", "dense") and isinstance(qmod, _QuantWeights)) or \
+                    (kind in ("embedding", "recurrent") and isinstance(qmod, _QuantParams)):
                 gop.kind, gop.target = kind, op
                 gop.input_shapes = [_shape(dyn_in[0])]
                 gop.inputs = [source[dyn_in[0].name]]
                 _weight_args(gop, node, named, static_params, dynamic)
+                if kind in ("embedding", "recurrent"):
+                    gop.module = quant_owner  # its quantizers apply, whatever the export names the weights
                 _count(gop, node)
             elif kind == "activation" and gop.target != op and isinstance(qmod, QActivation):
                 gop.target = op

@@ -218,3 +218,66 @@ def test_a_reused_graph_gives_the_same_estimate():
     assert reused.total_pj == fresh.total_pj and [r.total for r in reused.layers] == [r.total for r in fresh.layers]
     with pytest.raises(ConfigError, match="activation_sparsity"):
         estimate_energy(model, (1, 28, 28), plan, graph=ops, activation_sparsity=0.5)
+
+
+class _Embedder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 24)
+        self.norm = nn.LayerNorm(24)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, ids):
+        return self.fc(self.norm(self.emb(ids)).mean(1))
+
+
+def _layer_plan(name, bits):
+    q = f"quantized_bits({bits},0,1)"
+    return {"layers": {name: {"kernel": q, "bias": "quantized_bits(8,0,1)", "activation": q}}}
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+def test_quantized_recurrent_layer_costs_what_its_bits_say(cell):
+    from nncodec.quant.layers import quantize_model
+
+    torch.manual_seed(0)
+    model, x = Recurrent(cell).eval(), torch.randn(1, 12, 6)
+    plain = estimate_energy(model, x)
+    rows = {}
+    for bits in (8, 4, 2):
+        plan = _layer_plan("rnn", bits)
+        quantized = quantize_model(model, plan)
+        by_plan, by_modules = estimate_energy(model, x, plan), estimate_energy(quantized, x)
+        # the fake-quant layer is one row, costed with its own quantizers (not int8, not its quantizer's ops)
+        own = [r for r in by_modules.layers if r.module == "rnn"]
+        assert [r.kind for r in own] == ["recurrent"]
+        assert own[0].weight == quantized.rnn.kernel_quantizer.spec()
+        assert by_modules.total_pj == by_plan.total_pj
+        assert estimate_energy(quantized, x, plan).total_pj == by_plan.total_pj
+        rows[bits] = own[0]
+    int8_row = next(r for r in plain.layers if r.module == "rnn")
+    assert rows[8].parameters == pytest.approx(int8_row.parameters)
+    assert rows[2].parameters < rows[4].parameters < rows[8].parameters
+    assert rows[2].op_cost < rows[4].op_cost < rows[8].op_cost < int8_row.op_cost  # int8 plain: int32 output
+
+
+def test_quantized_embedding_and_norm_output_cost_what_their_bits_say():
+    from nncodec.quant.layers import quantize_model
+
+    torch.manual_seed(0)
+    model, ids = _Embedder().eval(), torch.randint(0, 50, (1, 10))
+    plain = estimate_energy(model, ids)
+    params = {}
+    for bits in (8, 4):
+        plan = _layer_plan("emb", bits)
+        plan["layers"]["norm"] = {"activation": f"quantized_bits({bits},0,1)"}
+        quantized = quantize_model(model, plan)
+        by_plan, by_modules = estimate_energy(model, ids, plan), estimate_energy(quantized, ids)
+        assert [(r.module, r.kind) for r in by_modules.layers] == [(r.module, r.kind) for r in plain.layers]
+        assert by_modules.total_pj == by_plan.total_pj
+        emb, norm = (next(r for r in by_modules.layers if r.module == m) for m in ("emb", "norm"))
+        assert (emb.output, norm.output) == (f"quantized_bits(bits={bits}, integer=0, symmetric=1, "
+                                             "keep_negative=True)",) * 2
+        params[bits] = emb.parameters
+    assert params[4] < params[8] == pytest.approx(next(r for r in plain.layers if r.module == "emb").parameters)
+    assert estimate_energy(quantize_model(model, _layer_plan("emb", 4)), ids).total_pj < plain.total_pj

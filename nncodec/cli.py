@@ -369,6 +369,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise ConfigError("--schedule, --option, --codesign and --size-score apply to a search of your --model, "
                               "not the demo")
         return _cmd_demo(args)
+    size_score = _size_score(args.size_score)
     import numpy as np
 
     from .search import ClassifierTask, SearchConfig, SearchSpace, run_search
@@ -408,7 +409,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                           block_order=args.block_order, final_prune=args.prune, seed=args.seed, worker=args.worker,
                           study_name=args.study_name, storage=args.storage, out_dir=args.out,
                           progress=None if not args.json else False, schedule=args.schedule,
-                          options=_method_options(args), size_score=_size_score(args.size_score))
+                          options=_method_options(args), size_score=size_score)
     task = ClassifierTask(x_train, y_train, x_val, y_val, proxy_fraction=args.proxy_fraction, seed=args.seed)
     if args.trials_only:
         from .search.runner import run_trials

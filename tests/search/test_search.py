@@ -307,7 +307,8 @@ def test_nonzero_size_counts_nonzero_quantized_weights_at_their_bits():
         model[0].weight.copy_(torch.tensor([[0.0, 0.0, 0.9, -0.9], [0.9, 0.0, 0.0, 0.0]]))
         model[0].bias.zero_()
         model[1].weight.copy_(torch.tensor([[0.5, 0.0]]))
-    q = quantize_model(model, Plan.coerce({"layers": {"0": {"kernel": "ternary(alpha=1.0)", "bias": "quantized_bits(8,0,1)"}}}))
+    plan = {"layers": {"0": {"kernel": "ternary(alpha=1.0)", "bias": "quantized_bits(8,0,1)"}}}
+    q = quantize_model(model, Plan.coerce(plan))
     # layer 0: 3 nonzero ternary weights x 2 bits, zero biases free; layer 1 unquantized: 1 nonzero x 32 bits
     assert nonzero_size_bits(q) == 3 * 2 + 32
     assert model_size_bits(q) == 8 * 2 + 2 * 8 + 2 * 32

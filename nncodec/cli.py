@@ -349,12 +349,27 @@ def _method_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _size_score(text: str | None) -> dict | None:
+    """``--size-score [JSON]``: None (off), or the eq.-2 fields of the size factor (``{}``: the seed's)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--size-score takes a JSON object of score fields, got {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--size-score takes a JSON object of score fields, got {text!r}")
+    return value
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     _needs_model(args, "input_shape", "weights", "data")
     if not args.model:
-        if args.schedule != "single" or args.option or args.codesign:
-            raise ConfigError("--schedule, --option and --codesign apply to a search of your --model, not the demo")
+        if args.schedule != "single" or args.option or args.codesign or args.size_score is not None:
+            raise ConfigError("--schedule, --option, --codesign and --size-score apply to a search of your --model, "
+                              "not the demo")
         return _cmd_demo(args)
+    size_score = _size_score(args.size_score)
     import numpy as np
 
     from .search import ClassifierTask, SearchConfig, SearchSpace, run_search
@@ -394,7 +409,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                           block_order=args.block_order, final_prune=args.prune, seed=args.seed, worker=args.worker,
                           study_name=args.study_name, storage=args.storage, out_dir=args.out,
                           progress=None if not args.json else False, schedule=args.schedule,
-                          options=_method_options(args))
+                          options=_method_options(args), size_score=size_score)
     task = ClassifierTask(x_train, y_train, x_val, y_val, proxy_fraction=args.proxy_fraction, seed=args.seed)
     if args.trials_only:
         from .search.runner import run_trials
@@ -547,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--proxy-fraction", type=float, default=0.5, help="fraction of the training set per trial")
     se.add_argument("--final-epochs", type=int, default=6)
     se.add_argument("--cost", choices=["energy", "size"], default="energy")
+    se.add_argument("--size-score", nargs="?", const="{}", metavar="JSON",
+                    help="also score the stored size (nonzero weights x bits vs the int8 reference): a second eq.-2 "
+                         "factor; alone the seed's parameters, or e.g. '{\"p_smaller\": 4}'")
     se.add_argument("--max-energy-pj", type=float, help="hard cap: candidates over it are never trained")
     se.add_argument("--max-bits", type=float, help="hard cap on parameter bits")
     se.add_argument("--max-params", type=int, help="hard cap on the parameter count")

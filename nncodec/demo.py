@@ -17,7 +17,7 @@ import torch
 
 from .datasets import load_mnist5k, split
 from .models import seed_example_cnn
-from .search import ClassifierTask, SearchConfig, SearchResult, SearchSpace, run_search
+from .search import ClassifierTask, ScoreConfig, SearchConfig, SearchResult, SearchSpace, run_search
 from .search.report import format_layer_table, format_summary
 from .train import accuracy, train_classifier
 
@@ -40,8 +40,8 @@ def run_demo(*, trials: int = 30, controller: str = "tpe", seed: int = 0, out_di
     space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256])
     task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=0.5, seed=seed)
     config = SearchConfig(controller=controller, n_trials=trials, final_epochs=final_epochs, final_prune=final_prune,
-                          seed=seed, out_dir=str(out_dir), storage=storage, progress=progress,
-                          study_name=f"demo-{controller}-{trials}-seed{seed}")
+                          size_score=ScoreConfig(), seed=seed, out_dir=str(out_dir), storage=storage,
+                          progress=progress, study_name=f"demo-{controller}-{trials}-seed{seed}-energy-size")
     result = run_search(reference, space, task, config, reference_accuracy=ref_acc)
     summary = result.summary()
     summary["seconds"] = time.perf_counter() - t0

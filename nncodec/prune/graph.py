@@ -34,8 +34,8 @@ from torch import nn
 from ..energy.graph import example_tensors as example_batch
 from ..errors import ConfigError
 
-__all__ = ["WidthGroup", "GroupAnalysis", "width_groups", "resize_groups", "group_importance", "example_batch",
-           "is_attention", "new_size"]
+__all__ = ["WidthGroup", "GroupAnalysis", "Resizer", "width_groups", "resize_groups", "group_importance",
+           "example_batch", "is_attention", "new_size"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,38 @@ class WidthGroup:
     reason: str = ""          #: why it cannot widen
     _root: Any = field(default=None, repr=False)
     _handler: Any = field(default=None, repr=False)
+    _group: Any = field(default=None, repr=False)    #: torch-pruning group of all units, as analysed
+    #: (module name, is an out-channel dependency, channel indices) of every module of the group, in group order
+    _members: list[tuple[str, bool, int]] = field(default_factory=list, repr=False)
+
+
+def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, set[Any], list[nn.Module]]:
+    """torch-pruning's DepGraph of ``model`` with nncodec's recurrent and attention handlers; also the
+    autograd nodes of the model's outputs and the attention modules."""
+    import torch_pruning as tp
+
+    recurrent_pruner, attention_pruner = _make_handlers()
+    custom: dict[type, Any] = {t: recurrent_pruner() for t in _RECURRENT}
+    attention = [m for m in model.modules() if is_attention(m)]
+    for m in attention:
+        custom[type(m)] = attention_pruner()
+    out_fns: set[Any] = set()
+
+    def record(out: Any) -> Any:
+        tensors = _output_tensors(out)
+        out_fns.update(t.grad_fn for t in tensors if t.grad_fn is not None)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    was = model.training
+    model.eval()
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(inputs),
+                                                   customized_pruners=custom, output_transform=record)
+    except Exception as exc:  # the tracer raises many types on code it cannot follow
+        raise ConfigError(f"cannot build the dependency graph of the model ({type(exc).__name__}: {exc})") from None
+    finally:
+        model.train(was)
+    return dg, out_fns, attention
 
 
 class GroupAnalysis:
@@ -181,28 +213,8 @@ class GroupAnalysis:
 
         self.model = model
         self.inputs = example_batch(example_inputs)
-        recurrent_pruner, attention_pruner = _make_handlers()
         self.names = {m: n for n, m in model.named_modules()}
-        custom: dict[type, Any] = {t: recurrent_pruner() for t in _RECURRENT}
-        self.attention = [m for m in model.modules() if is_attention(m)]
-        for m in self.attention:
-            custom[type(m)] = attention_pruner()
-        out_fns: set[Any] = set()
-
-        def record(out: Any) -> Any:
-            tensors = _output_tensors(out)
-            out_fns.update(t.grad_fn for t in tensors if t.grad_fn is not None)
-            return tensors[0] if len(tensors) == 1 else tensors
-
-        was = model.training
-        model.eval()
-        try:
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(self.inputs),
-                                                            customized_pruners=custom, output_transform=record)
-        except Exception as exc:  # the tracer raises many types on code it cannot follow
-            raise ConfigError(f"cannot build the dependency graph of the model ({type(exc).__name__}: {exc})") from None
-        finally:
-            model.train(was)
+        self.dg, out_fns, self.attention = _dependency_graph(model, self.inputs)
         self.groups: list[WidthGroup] = []
         roots = [m for m in model.modules() if isinstance(m, _ROOT_TYPES) or m in self.attention]
         inside_attention = {id(q) for a in self.attention for q in (a.query, a.key, a.value)}
@@ -220,14 +232,16 @@ class GroupAnalysis:
                 log.debug("no width group for %s: %s", self.names.get(m), exc)
                 continue
             producers, consumers = [], []
+            members: list[tuple[str, bool, int]] = []
             reason = ""
             at_output = False
-            for dep, _ in group:
+            for dep, idxs in group:
                 mod = dep.target.module
                 out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
                 if dep.target.grad_fn in out_fns and out_fn:
                     at_output = True
                 if isinstance(mod, nn.Module) and mod in self.names:
+                    members.append((self.names[mod], out_fn, len(idxs)))
                     (producers if out_fn else consumers).append(self.names[mod])
                     if out_fn:
                         seen.add(id(mod))
@@ -243,10 +257,11 @@ class GroupAnalysis:
             if m in self.attention:
                 unit = m.attention_head_size
                 self.groups.append(WidthGroup(name, "heads", n // unit, producers, consumers, not reason, unit,
-                                              reason, m, handler))
+                                              reason, m, handler, group, members))
             else:
                 kind = "hidden" if isinstance(m, _RECURRENT) else "channels"
-                self.groups.append(WidthGroup(name, kind, n, producers, consumers, not reason, 1, reason, m, handler))
+                self.groups.append(WidthGroup(name, kind, n, producers, consumers, not reason, 1, reason, m, handler,
+                                              group, members))
 
     def group(self, name: str) -> WidthGroup:
         for g in self.groups:
@@ -278,7 +293,7 @@ def width_groups(model: nn.Module, example_inputs: Any, *, keep: tuple[str, ...]
 # -- importance ----------------------------------------------------------------------------------------------
 def _group_importance(analysis: GroupAnalysis, g: WidthGroup, method: str) -> torch.Tensor:
     n = g.size * g.unit
-    group = analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, list(range(n)))
+    group = g._group  # all units, as analysed (the model has not changed since)
     score = torch.zeros(n)
     for dep, idxs in group:
         mod = dep.target.module
@@ -355,19 +370,15 @@ def _kaiming_rows(like: torch.Tensor, n: int) -> torch.Tensor:
     return t
 
 
-def _grow(analysis: GroupAnalysis, g: WidthGroup, extra_units: int) -> None:
-    """Append ``extra_units`` units to group ``g`` in place; the function is unchanged (zero consumer columns)."""
+def _grow(model: nn.Module, g: WidthGroup, extra_units: int) -> None:
+    """Append ``extra_units`` units to group ``g`` of ``model`` (the analysed model or a copy of it) in place;
+    the function is unchanged (zero consumer columns). Other groups may have been pruned already: a group's
+    members and their channels per unit (a flatten's spatial positions) do not change with them."""
     n = g.size * g.unit
     extra = extra_units * g.unit
-    group = analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, list(range(n)))
-    for dep, idxs in group:
-        mod = dep.target.module
-        if mod not in analysis.names:
-            continue  # torch-pruning's stand-ins for element-wise ops, reshapes, ...
-        out = analysis.dg.is_out_channel_pruning_fn(dep.handler)
-        factor = max(1, len(idxs) // n)
+    for name, out, count in g._members:
         with torch.no_grad():
-            _grow_module(mod, out, extra, factor)
+            _grow_module(model.get_submodule(name), out, extra, max(1, count // n))
 
 
 def _grow_module(mod: nn.Module, out: bool, extra: int, factor: int) -> None:
@@ -469,13 +480,35 @@ def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float
         raise ConfigError(f"importance must be 'l1', 'l2' or 'taylor', got {importance!r}")
     if importance == "taylor" and gradient_fn is None:
         raise ConfigError("Taylor importance needs gradient_fn(model), a backward pass on data")
-    for name, mult in widths.items():
-        if not (isinstance(mult, (int, float)) and not isinstance(mult, bool) and mult > 0 and math.isfinite(mult)):
-            raise ConfigError(f"width multiplier of {name!r} must be a positive number, got {mult!r}")
+    _check_widths(widths)
     result = copy.deepcopy(model)
     if all(v == 1.0 for v in widths.values()):
         return result
     analysis = GroupAnalysis(result, example_inputs, keep=keep)
+    chosen = _chosen_groups(analysis, widths)
+    if importance == "taylor":
+        result.zero_grad(set_to_none=True)
+        gradient_fn(result)  # type: ignore[misc]
+    plans = _resize_plans(chosen, lambda g: _group_importance(analysis, g, importance))
+    for g, action, arg in plans:  # prune first (indices refer to the unchanged groups), then grow
+        if action == "prune":
+            analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, arg).prune()
+    for g, action, arg in plans:
+        if action == "grow":
+            _grow(result, g, arg)
+    if importance == "taylor":
+        result.zero_grad(set_to_none=True)
+    return result
+
+
+def _check_widths(widths: dict[str, float]) -> None:
+    for name, mult in widths.items():
+        if not (isinstance(mult, (int, float)) and not isinstance(mult, bool) and mult > 0 and math.isfinite(mult)):
+            raise ConfigError(f"width multiplier of {name!r} must be a positive number, got {mult!r}")
+
+
+def _chosen_groups(analysis: GroupAnalysis, widths: dict[str, float]) -> dict[str, tuple[WidthGroup, float]]:
+    """Group name -> (group, multiplier); two widths for one coupled group are an error."""
     chosen: dict[str, tuple[WidthGroup, float]] = {}
     for name, mult in widths.items():
         g = analysis.group(name)
@@ -483,27 +516,67 @@ def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float
             raise ConfigError(f"{name!r} and {chosen[g.name][0].name!r} are one coupled group with two widths "
                               f"({mult} and {chosen[g.name][1]})")
         chosen[g.name] = (g, float(mult))
-    if importance == "taylor":
-        result.zero_grad(set_to_none=True)
-        gradient_fn(result)  # type: ignore[misc]
-    plans = []
+    return chosen
+
+
+def _resize_plans(chosen: dict[str, tuple[WidthGroup, float]],
+                  importance_of: Callable[[WidthGroup], torch.Tensor]) -> list[tuple[WidthGroup, str, Any]]:
+    """(group, "prune", channel indices to drop) or (group, "grow", units to add), in ``chosen`` order."""
+    plans: list[tuple[WidthGroup, str, Any]] = []
     for g, mult in chosen.values():
         target = new_size(g.size, mult)
         if target > g.size and not g.can_widen:
             raise ConfigError(f"width group {g.name!r} cannot widen: {g.reason}")
         if target < g.size:
-            score = _group_importance(analysis, g, importance).reshape(g.size, g.unit).sum(1)
+            score = importance_of(g).reshape(g.size, g.unit).sum(1)
             drop = torch.argsort(score)[: g.size - target]
             idxs = sorted(int(u) * g.unit + j for u in drop for j in range(g.unit))
             plans.append((g, "prune", idxs))
         elif target > g.size:
             plans.append((g, "grow", target - g.size))
-    for g, action, arg in plans:  # prune first (indices refer to the unchanged groups), then grow
-        if action == "prune":
-            analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, arg).prune()
-    for g, action, arg in plans:
-        if action == "grow":
-            _grow(analysis, g, arg)
-    if importance == "taylor":
-        result.zero_grad(set_to_none=True)
-    return result
+    return plans
+
+
+class Resizer:
+    """Resizes copies of one model again and again (a search's candidates): the dependency analysis and the
+    channel importance (L1 / L2 of the model's weights) are computed once, so each :meth:`resize` only copies,
+    prunes (on a fresh dependency graph of the copy, for the dropped channels only) and grows.
+
+    ``resize(widths)`` returns exactly what ``resize_groups(model, example_inputs, widths)`` returns (same
+    weights; new units drawn from the global RNG in the same order). The model must not change while the
+    resizer is used (its weights are read once); Taylor importance needs :func:`resize_groups`.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, *, importance: str = "l1",
+                 keep: tuple[str, ...] = ()):
+        if importance not in ("l1", "l2"):
+            raise ConfigError(f"Resizer ranks channels by 'l1' or 'l2' weight norms, got {importance!r} "
+                              "(Taylor importance needs gradients of each copy: use resize_groups)")
+        self.model = model
+        self.example_inputs = example_inputs
+        self.importance = importance
+        self.analysis = GroupAnalysis(model, example_inputs, keep=keep)
+        self._scores: dict[str, torch.Tensor] = {}
+
+    def _importance(self, g: WidthGroup) -> torch.Tensor:
+        if g.name not in self._scores:
+            self._scores[g.name] = _group_importance(self.analysis, g, self.importance)
+        return self._scores[g.name]
+
+    def resize(self, widths: dict[str, float]) -> nn.Module:
+        """A copy of the model with each named width group scaled by its multiplier (see :func:`resize_groups`)."""
+        _check_widths(widths)
+        result = copy.deepcopy(self.model)
+        if all(v == 1.0 for v in widths.values()):
+            return result
+        plans = _resize_plans(_chosen_groups(self.analysis, widths), self._importance)
+        prunes = [(g, idxs) for g, action, idxs in plans if action == "prune"]
+        if prunes:
+            dg, _, _ = _dependency_graph(result, self.analysis.inputs)
+            for g, idxs in prunes:
+                root = result.get_submodule(g.name)
+                dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs).prune()
+        for g, action, extra in plans:
+            if action == "grow":
+                _grow(result, g, extra)
+        return result

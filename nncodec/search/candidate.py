@@ -5,18 +5,30 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
+from ..errors import ConfigError
+from ..prune.graph import Resizer
 from ..prune.structured import resize_layers
 from ..quant.layers import _QuantParams, quantize_model
 from ..quant.plan import Plan
 
-__all__ = ["build_candidate", "deployed_copy", "model_size_bits"]
+__all__ = ["build_candidate", "deployed_copy", "model_size_bits", "nonzero_size_bits"]
 
 
-def build_candidate(reference: nn.Module, example_inputs: Any, plan: Plan) -> nn.Module:
-    """Resize the width groups the plan names (weights inherited), then install its fake quantizers."""
-    model = resize_layers(reference, plan.widths, example_inputs)
+def build_candidate(reference: nn.Module, example_inputs: Any, plan: Plan, *,
+                    resizer: Resizer | None = None) -> nn.Module:
+    """Resize the width groups the plan names (weights inherited), then install its fake quantizers.
+
+    ``resizer``: a :class:`~nncodec.prune.graph.Resizer` of ``reference`` (its analysis reused: same result,
+    much faster when many candidates are built from one reference)."""
+    if resizer is not None:
+        if resizer.model is not reference:
+            raise ConfigError("build_candidate: the resizer was made for another model than this reference")
+        model = resizer.resize(plan.widths)
+    else:
+        model = resize_layers(reference, plan.widths, example_inputs)
     return quantize_model(model, plan, inplace=True)
 
 
@@ -41,3 +53,21 @@ def model_size_bits(model: nn.Module) -> int:
     return total
 
 
+
+
+def nonzero_size_bits(model: nn.Module) -> int:
+    """Weight storage the bitstream pays for, in bits: each *nonzero* quantized weight / bias at its quantizer's
+    bits (32 when unquantized). Zeros (pruned, or rounded to zero by ternary, power-of-two-with-zero or fixed
+    point quantizers) are counted as free, as the entropy stage codes them in well under a bit each."""
+    total = 0
+    with torch.no_grad():
+        for m in model.modules():
+            coded = {}
+            if isinstance(m, _QuantParams):
+                for pname, q, value, mask in m.quantized_tensors():
+                    v = q(value, False)
+                    coded[pname] = (v * mask if mask is not None else v, q.bits)
+            for pname, p in m.named_parameters(recurse=False):
+                v, bits = coded.get(pname, (p, 32))
+                total += int(torch.count_nonzero(v)) * bits
+    return total

@@ -227,12 +227,12 @@ class _OptunaNetwork:
         try:
             study = s._study(f"{cfg.study_name}.codesign{rnd}", False)
             s._optimize(study, s.space.parameters(), max(1, cfg.n_trials // rounds), False, f"codesign round {rnd}")
-            best = s._best(study, False, s.ref_cost, cfg.score)
+            best = s._best(study, False)
             rows = s._trial_rows(study, False)
         finally:
             cfg.energy_settings = saved
         plan = s.space.plan_from(best.params)
-        model = build_candidate(s.reference, s.space.input_shape, plan)
+        model = s.build(plan)
         return Outcome(plan, rows), model, float(best.user_attrs.get("accuracy", 0.0))
 
 

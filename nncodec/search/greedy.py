@@ -25,9 +25,8 @@ from ..energy.estimate import estimate_energy
 from ..errors import ConfigError
 from ..quant.base import get_quantizer
 from ..quant.plan import Plan
-from .candidate import build_candidate, model_size_bits
+from .candidate import model_size_bits
 from .controllers import Outcome, register_controller
-from .score import score
 from .surrogate import base_choices
 
 __all__ = ["Knob", "knobs_of", "greedy_controller"]
@@ -98,7 +97,7 @@ class _Greedy:
         """Build, cost, train for the proxy budget and test one candidate; one row of the trial table."""
         cfg = self.s.cfg
         torch.manual_seed(cfg.seed * 100_003 + len(self.rows))
-        model = build_candidate(self.s.reference, self.s.space.input_shape, plan)
+        model = self.s.build(plan)
         report = estimate_energy(model, self.s.space.input_shape, **cfg.energy_settings)
         cost = self.s._cost(model, report)
         acc = 0.0
@@ -108,7 +107,7 @@ class _Greedy:
         bits = model_size_bits(model)
         row = {"number": len(self.rows), "state": "COMPLETE", "params": {}, "step": label, "accuracy": acc,
                "energy_pj": report.total_pj, "cost": cost, "size_bits": bits,
-               "value": score(acc, cost, self.s.ref_cost, cfg.score),
+               "value": self.s.score(acc, cost, self.s.stored_bits(model)),
                "violation": self.s._violation(report.total_pj, bits, sum(p.numel() for p in model.parameters())),
                "infeasible": False, "accepted": None}
         self.rows.append(row)

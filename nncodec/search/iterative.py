@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..prune.proximal import ProximalPruner
 from ..prune.unstructured import apply_masks, global_magnitude_masks, prunable_layers, sparsity
 from ..quant.layers import quantize_model
-from .candidate import build_candidate, model_size_bits
+from .candidate import model_size_bits
 from .controllers import Outcome, register_schedule
 from .greedy import knobs_of
 from .surrogate import base_choices
@@ -82,7 +82,7 @@ def iterative_schedule(searcher: Any) -> Outcome:
         return space.plan_from(choices)
 
     torch.manual_seed(cfg.seed)
-    model = build_candidate(searcher.reference, space.input_shape, plan_now())
+    model = searcher.build(plan_now())
     rows: list[dict[str, Any]] = []
     exhausted: set[str] = set()
     prune_steps = 0

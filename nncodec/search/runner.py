@@ -5,7 +5,9 @@ the plan they describe is applied to the reference (widths first, weights inheri
 quantizers); the candidate's cost (energy from the energy model, size in bits, or a measured cost) is
 computed and checked against the hard caps **before any training** (over a cap: reported infeasible,
 score 0, never trained); otherwise it is trained for the proxy budget, reporting its score after every
-epoch (so hyperband can stop it early), and scored ``accuracy * (1 + delta)``.
+epoch (so hyperband can stop it early), and scored ``accuracy * (1 + delta)``. With ``size_score`` set the
+score has a second eq.-2 factor on the candidate's stored size (nonzero weights x their bits, against the
+reference's parameters x reference weight bits): ``accuracy * (1 + delta_cost) * (1 + delta_size)``.
 
 After the trials, the best plan is applied to a fresh copy of the reference, optionally pruned
 (unstructured magnitude masks), fine-tuned for the full budget, encoded into a bitstream, decoded, and
@@ -29,11 +31,12 @@ from torch import nn
 from ..energy.estimate import EnergyReport, estimate_energy
 from ..energy.operators import qtype
 from ..errors import ConfigError
+from ..prune.graph import Resizer
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.plan import Plan
-from .candidate import build_candidate, deployed_copy, model_size_bits
+from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits
 from .controllers import PLAN_CONTROLLERS, SCHEDULES, Outcome, method_options, run_method, uses_method
-from .score import ScoreConfig, score
+from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
 from .task import Task
@@ -56,6 +59,9 @@ class SearchConfig:
     final_epochs: int = 6
     cost: str = "energy"                      #: "energy" or "size"
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    #: None (off), or the eq.-2 parameters of a second score factor on the stored size in bits (nonzero
+    #: weights x bits vs the reference's parameters x reference weight bits), multiplied with the cost's factor
+    size_score: ScoreConfig | None = None
     max_energy_pj: float | None = None
     max_bits: float | None = None
     max_params: int | None = None
@@ -82,6 +88,15 @@ class SearchConfig:
             raise ConfigError(f"controller must be one of {CONTROLLERS}, got {self.controller!r}")
         if self.cost not in ("energy", "size"):
             raise ConfigError(f"cost must be 'energy' or 'size', got {self.cost!r}")
+        self.score = ScoreConfig.coerce(self.score, "score")
+        if self.size_score is not None:
+            self.size_score = ScoreConfig.coerce(self.size_score, "size_score")
+            if self.cost == "size":
+                raise ConfigError("size_score adds a size factor to an energy score; with cost='size' the score "
+                                  "already is the size's: use one of them")
+            if self.controller == "differentiable" or self.schedule != "single":
+                raise ConfigError(f"size_score applies to the Optuna controllers and greedy, not controller="
+                                  f"{self.controller!r} with schedule={self.schedule!r} (they score otherwise)")
         if self.block_order not in ("energy", "input"):
             raise ConfigError("block_order must be 'energy' or 'input'")
         if self.n_trials < 1 or self.proxy_epochs < 1 or self.final_epochs < 0:
@@ -162,9 +177,18 @@ class _Searcher:
                                           **config.energy_settings)
         self.ref_energy = self.ref_report.total_pj
         self.ref_cost = self._cost(self.reference, self.ref_report, reference=True)
+        self.ref_size = _reference_bits(self.reference, config.reference_types[0])
+        self._resizer: Resizer | None = None
         self.url = storage_url(config.storage, self.out_dir)
         self.storage = open_storage(self.url, heartbeat_interval=config.heartbeat_interval,
                                     grace_period=config.grace_period)
+
+    def build(self, plan: Plan) -> nn.Module:
+        """The candidate of ``plan`` from the reference; the reference's width analysis is made once and reused
+        (the candidates are the same as :func:`build_candidate` without it)."""
+        if self._resizer is None and any(v != 1.0 for v in plan.widths.values()):
+            self._resizer = Resizer(self.reference, self.space.example_inputs)
+        return build_candidate(self.reference, self.space.example_inputs, plan, resizer=self._resizer)
 
     # -- costs --------------------------------------------------------------------------------
     def _cost(self, model: nn.Module, report: EnergyReport, reference: bool = False) -> float:
@@ -172,10 +196,22 @@ class _Searcher:
             return float(self.cost_fn(model))
         if self.cfg.cost == "size":
             if reference:
-                bits = qtype(self.cfg.reference_types[0]).bits  # type names parse through the quantizer registry
-                return float(sum(p.numel() for p in model.parameters()) * bits)
+                return _reference_bits(model, self.cfg.reference_types[0])
             return float(model_size_bits(model))
         return float(report.total_pj)
+
+    def stored_bits(self, model: nn.Module) -> float | None:
+        """The candidate's stored size for the size factor (None when ``size_score`` is off)."""
+        return float(nonzero_size_bits(model)) if self.cfg.size_score is not None else None
+
+    def score(self, accuracy: float, cost: float, stored_bits: float | None = None) -> float:
+        """Eq. 2 on the cost, times eq. 2 on the stored size when ``size_score`` is set."""
+        factors = [(cost, self.ref_cost, self.cfg.score)]
+        if self.cfg.size_score is not None:
+            if stored_bits is None:
+                raise ConfigError("size_score is set: the score needs the candidate's stored size")
+            factors.append((max(stored_bits, 1.0), self.ref_size, self.cfg.size_score))
+        return joint_score(accuracy, factors)
 
     def _violation(self, energy: float, bits: float, params: int) -> float:
         """Relative amount by which the candidate is over its caps (0: feasible)."""
@@ -192,13 +228,16 @@ class _Searcher:
         choices = {name: trial.suggest_categorical(name, values) for name, values in params.items()}
         plan = self.space.plan_from(choices)
         torch.manual_seed(self.cfg.seed * 100_003 + trial.number)
-        model = build_candidate(self.reference, self.space.example_inputs, plan)
+        model = self.build(plan)
         report = estimate_energy(model, self.space.example_inputs, _energy_plan(plan), **self.cfg.energy_settings)
         cost = self._cost(model, report)
         bits = model_size_bits(model)
+        stored = self.stored_bits(model)
         n_params = sum(p.numel() for p in model.parameters())
         trial.set_user_attr("energy_pj", report.total_pj)
         trial.set_user_attr("cost", cost)
+        if stored is not None:
+            trial.set_user_attr("stored_bits", stored)
         trial.set_user_attr("size_bits", bits)
         trial.set_user_attr("params", n_params)
         violation = self._violation(report.total_pj, bits, n_params)
@@ -208,18 +247,20 @@ class _Searcher:
             trial.set_user_attr("infeasible", True)
             trial.set_user_attr("violation", violation)
             log.debug("trial %d infeasible (over the caps by %.1f %%): not trained", trial.number, 100 * violation)
-            return (0.0, cost) if multi else 0.0
+            return ((0.0, cost) + ((stored,) if stored is not None else ())) if multi else 0.0
         acc = 0.0
         for epoch in range(self.cfg.proxy_epochs):
             self.task.train_epoch(model, epoch, proxy=True)
             acc = self.task.evaluate(model)
             if not multi:
-                trial.report(score(acc, cost, self.ref_cost, self.cfg.score), epoch)
+                trial.report(self.score(acc, cost, stored), epoch)
                 if trial.should_prune():
                     trial.set_user_attr("accuracy", acc)
                     raise optuna.TrialPruned()
         trial.set_user_attr("accuracy", acc)
-        return (acc, cost) if multi else score(acc, cost, self.ref_cost, self.cfg.score)
+        if multi:
+            return (acc, cost) + ((stored,) if stored is not None else ())
+        return self.score(acc, cost, stored)
 
     def _study(self, name: str, multi: bool) -> Any:
         import optuna
@@ -227,7 +268,8 @@ class _Searcher:
 
         pruner = (optuna.pruners.HyperbandPruner(min_resource=1, max_resource=self.cfg.proxy_epochs)
                   if self.cfg.controller == "hyperband" else optuna.pruners.NopPruner())
-        kwargs = {"directions": ["maximize", "minimize"]} if multi else {"direction": "maximize"}
+        directions = ["maximize", "minimize"] + (["minimize"] if self.cfg.size_score is not None else [])
+        kwargs = {"directions": directions} if multi else {"direction": "maximize"}
         sampler = make_sampler(self.cfg.controller, self.cfg.seed + 1_000_003 * self.cfg.worker)
         for attempt in range(5):  # two workers may create the same study at once
             try:
@@ -269,8 +311,7 @@ class _Searcher:
             if bar is not None:
                 bar.close()
 
-    @staticmethod
-    def _best(study: Any, multi: bool, ref_cost: float, score_cfg: ScoreConfig) -> Any:
+    def _best(self, study: Any, multi: bool) -> Any:
         from optuna.trial import TrialState
 
         trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -278,7 +319,7 @@ class _Searcher:
         if not trials:
             raise ConfigError("no feasible trial: relax the caps (max_energy_pj / max_bits / max_params)")
         if multi:
-            return max(trials, key=lambda t: score(t.values[0], t.values[1], ref_cost, score_cfg))
+            return max(trials, key=lambda t: self.score(*t.values))
         return max(trials, key=lambda t: t.value)
 
     # -- whole search ---------------------------------------------------------------------------
@@ -291,14 +332,14 @@ class _Searcher:
             params = self.space.parameters()
             study = self._study(self.cfg.study_name, multi)
             self._optimize(study, params, self.cfg.n_trials, multi, "search")
-            best = self._best(study, multi, self.ref_cost, self.cfg.score)
+            best = self._best(study, multi)
             return self.space.plan_from(best.params), self._trial_rows(study, multi)
         rows: list[dict[str, Any]] = []
         for i, (block, n_trials) in enumerate(self.block_schedule()):
             params = self.space.parameters(only=set(block))
             study = self._study(f"{self.cfg.study_name}.block{i}", False)
             self._optimize(study, params, n_trials, False, f"block {i + 1} ({', '.join(block)})")
-            best = self._best(study, False, self.ref_cost, self.cfg.score)
+            best = self._best(study, False)
             self.space.fixed = self.space.plan_from(best.params)
             rows += [dict(r, block=i) for r in self._trial_rows(study, False)]
         return self.space.fixed, rows
@@ -331,6 +372,11 @@ class _Searcher:
                          "accuracy": t.user_attrs.get("accuracy"), "energy_pj": t.user_attrs.get("energy_pj"),
                          "cost": t.user_attrs.get("cost"), "infeasible": bool(t.user_attrs.get("infeasible"))})
         return rows
+
+
+def _reference_bits(model: nn.Module, weight_type: str) -> float:
+    """The reference's stored size: every parameter at the reference weight type's bits."""
+    return float(sum(p.numel() for p in model.parameters()) * qtype(weight_type).bits)  # names parse via the registry
 
 
 def _float32_bytes(model: nn.Module) -> int:
@@ -425,11 +471,12 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     plan, trials = searcher.search_plan()
     torch.manual_seed(config.seed)
     outcome = getattr(searcher, "outcome", None) or Outcome(plan, trials)
-    start = reference
     if outcome.state is not None:
         start = copy.deepcopy(reference)
         start.load_state_dict(outcome.state)
-    model = build_candidate(start, space.example_inputs, plan)
+        model = build_candidate(start, space.example_inputs, plan)
+    else:
+        model = searcher.build(plan)
     if outcome.masks:
         apply_masks(model, outcome.masks)
     if config.final_prune > 0:

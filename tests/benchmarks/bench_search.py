@@ -23,7 +23,7 @@ import torch
 
 from nncodec.datasets import load_mnist5k, split
 from nncodec.models import seed_example_cnn
-from nncodec.search import CONTROLLERS, ClassifierTask, SearchConfig, SearchSpace, run_search
+from nncodec.search import CONTROLLERS, ClassifierTask, ScoreConfig, SearchConfig, SearchSpace, run_search
 from nncodec.search.runner import _Searcher
 from nncodec.train import accuracy, train_classifier
 
@@ -51,7 +51,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             cfg = SearchConfig(controller="tpe", n_trials=args.full_trials, final_epochs=6, final_prune=0.75,
-                               seed=seed, out_dir=tmp, progress=False)
+                               size_score=ScoreConfig(), seed=seed, out_dir=tmp, progress=False)  # as the demo
             r = run_search(ref, space, task, cfg, reference_accuracy=ref_acc)
             row = {"seed": seed, "reference_accuracy": ref_acc, "decoded_accuracy": r.decoded_accuracy,
                    "accuracy_change": r.decoded_accuracy - ref_acc,

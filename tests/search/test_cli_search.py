@@ -40,3 +40,18 @@ def test_cli_warns_about_a_chance_level_reference(tmp_path, capsys):
     summary = _run(tmp_path, capsys, "untrained", "--reference-epochs", "0")
     assert summary["reference"]["accuracy"] < 0.35
     assert len(summary["warnings"]) == 1 and "chance level" in summary["warnings"][0]
+
+
+def test_cli_size_score(tmp_path, capsys):
+    import optuna
+
+    summary = _run(tmp_path, capsys, "sized", "--reference-epochs", "1", "--size-score", '{"p_smaller": 4}')
+    assert summary["result"]["bitstream_bytes"] > 0
+    study = optuna.load_study(study_name="nncodec-search", storage=f"sqlite:///{tmp_path / 'sized' / 'search.db'}")
+    assert all(t.user_attrs["stored_bits"] > 0 for t in study.get_trials())
+    for bad, match in (("[4]", "JSON object"), ("{p_smaller: 4}", "JSON object"), ('{"p": 4}', "unknown key")):
+        assert main(["search", "--model", f"{tmp_path / 'net.py'}:build", "--data", str(tmp_path / "digits.npz"),
+                     "--input-shape", "1,8,8", "--size-score", bad, "--out", str(tmp_path / "bad")]) == 2
+        assert match in capsys.readouterr().err
+    assert main(["search", "--size-score"]) == 2  # the demo's score is fixed
+    assert "--size-score" in capsys.readouterr().err

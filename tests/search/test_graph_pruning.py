@@ -177,3 +177,26 @@ def test_quantized_recurrent_embedding_and_norm_layers_train():
     assert torch.equal(gru.rnn.weight_hh_l1, before)
     with pytest.raises(ConfigError, match="cannot quantize"):
         quantize_model(model, {"layers": {"blocks.0.norm1": {"kernel": "quantized_bits(4,0,1)"}}})
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_resizer_matches_resize_groups(case):
+    from nncodec.prune.graph import Resizer
+
+    build, inputs = CASES[case]
+    torch.manual_seed(0)
+    model, x = build(), inputs()
+    groups = width_groups(model, x)
+    resizer = Resizer(model, x)
+    mixes = [{g.name: (2.0 if g.can_widen and i % 2 else 0.5) for i, g in enumerate(groups)},
+             {g.name: (0.5 if i % 2 or not g.can_widen else 1.5) for i, g in enumerate(groups)}]
+    for seed, widths in enumerate(mixes):
+        torch.manual_seed(seed)
+        plain = resize_groups(model, x, widths)
+        torch.manual_seed(seed)
+        reused = resizer.resize(widths)
+        a, b = plain.state_dict(), reused.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), widths
+        assert torch.equal(plain.eval()(x), reused.eval()(x))
+    with pytest.raises(ConfigError, match="Taylor"):
+        Resizer(model, x, importance="taylor")

@@ -268,3 +268,114 @@ def test_killed_search_resumes_with_no_trial_lost(reference, tmp_path):
     retried = [t for t in complete if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
                == killed[0].number]
     assert len(retried) == 1 and retried[0].params == killed[0].params
+
+
+def test_joint_score_multiplies_one_seed_factor_per_cost():
+    from nncodec.search import ScoreConfig, joint_score
+
+    cfg = ScoreConfig()
+    assert joint_score(0.9, [(50.0, 100.0, cfg)]) == pytest.approx(score(0.9, 50.0, 100.0))
+    # half the energy (+8 %) and a quarter of the size (+16 %)
+    assert joint_score(0.9, [(50.0, 100.0, cfg), (25.0, 100.0, cfg)]) == pytest.approx(0.9 * 1.08 * 1.16)
+    # three times the size (-2 %) at the reference energy
+    assert joint_score(0.9, [(100.0, 100.0, cfg), (300.0, 100.0, cfg)]) == pytest.approx(0.9 * 0.98)
+
+
+def test_size_score_prefers_the_smaller_of_two_equal_energy_candidates(reference, tmp_path):
+    from nncodec.search import ScoreConfig
+
+    sp = space(reference)
+    on = _Searcher(reference, sp, task(), SearchConfig(size_score=ScoreConfig(), out_dir=str(tmp_path)), None)
+    off = _Searcher(reference, sp, task(), SearchConfig(out_dir=str(tmp_path)), None)
+    energy = on.ref_energy / 4
+    assert on.ref_size == sum(p.numel() for p in reference.parameters()) * 8  # int8 reference weights
+    small, large = on.ref_size / 8, on.ref_size / 2
+    assert on.score(0.9, energy, small) > on.score(0.9, energy, large)
+    assert on.score(0.9, energy, small) == pytest.approx(off.score(0.9, energy) * 1.24)  # 8 % per halving, 3 halvings
+    assert off.score(0.9, energy) == pytest.approx(score(0.9, energy, off.ref_cost))  # off: the seed's score
+    with pytest.raises(ConfigError, match="stored size"):
+        on.score(0.9, energy)
+
+
+def test_nonzero_size_counts_nonzero_quantized_weights_at_their_bits():
+    from torch import nn
+
+    from nncodec.search.candidate import model_size_bits, nonzero_size_bits
+
+    model = nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 0.0, 0.9, -0.9], [0.9, 0.0, 0.0, 0.0]]))
+        model[0].bias.zero_()
+        model[1].weight.copy_(torch.tensor([[0.5, 0.0]]))
+    plan = {"layers": {"0": {"kernel": "ternary(alpha=1.0)", "bias": "quantized_bits(8,0,1)"}}}
+    q = quantize_model(model, Plan.coerce(plan))
+    # layer 0: 3 nonzero ternary weights x 2 bits, zero biases free; layer 1 unquantized: 1 nonzero x 32 bits
+    assert nonzero_size_bits(q) == 3 * 2 + 32
+    assert model_size_bits(q) == 8 * 2 + 2 * 8 + 2 * 32
+
+
+def test_size_score_config_is_validated(tmp_path):
+    from nncodec.search import ScoreConfig
+
+    cfg = SearchConfig(size_score={"p_smaller": 4.0}, out_dir=str(tmp_path))
+    assert cfg.size_score == ScoreConfig(p_smaller=4.0)
+    with pytest.raises(ConfigError, match="unknown key"):
+        SearchConfig(size_score={"p_small": 4.0})
+    with pytest.raises(ConfigError, match="r_smaller"):
+        SearchConfig(size_score={"r_smaller": 1.0})
+    with pytest.raises(ConfigError, match="finite number"):
+        SearchConfig(size_score={"stress": "2"})
+    with pytest.raises(ConfigError, match="cost='size'"):
+        SearchConfig(cost="size", size_score=ScoreConfig())
+    with pytest.raises(ConfigError, match="differentiable"):
+        SearchConfig(controller="differentiable", size_score=ScoreConfig())
+    with pytest.raises(ConfigError, match="schedule"):
+        SearchConfig(schedule="iterative", size_score=ScoreConfig(), options={"max_accuracy_drop": 0.01})
+
+
+@pytest.mark.parametrize("controller", ["random", "nsga2"])
+def test_size_scored_search_records_and_scores_the_stored_size(reference, tmp_path, controller):
+    from nncodec.search import ScoreConfig
+
+    sp = space(reference)
+    cfg = SearchConfig(controller=controller, n_trials=3, size_score=ScoreConfig(), out_dir=str(tmp_path),
+                       study_name=f"size-{controller}", progress=False)
+    run_trials(reference, sp, task(0.2), cfg)
+    study = optuna.load_study(study_name=f"size-{controller}", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    searcher = _Searcher(reference, sp, task(), cfg, None)
+    for t in study.get_trials():
+        stored, acc, energy = t.user_attrs["stored_bits"], t.user_attrs["accuracy"], t.user_attrs["energy_pj"]
+        assert stored > 0
+        if controller == "nsga2":
+            assert t.values == [acc, energy, stored]  # accuracy, energy and size objectives
+        else:
+            assert t.value == pytest.approx(searcher.score(acc, energy, stored))
+            seed = score(acc, energy, searcher.ref_cost)
+            assert t.value > seed if stored < searcher.ref_size else t.value <= seed  # size raises or lowers it
+
+
+def test_resizer_builds_the_same_candidates_and_energies(reference):
+    from nncodec.energy.estimate import estimate_energy
+    from nncodec.prune.graph import Resizer
+    from nncodec.search.runner import _energy_plan
+
+    sp = space(reference)
+    resizer = Resizer(reference, INPUT)
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    rng = np.random.default_rng(0)
+    params = sp.parameters()
+    for i in range(4):
+        plan = sp.plan_from({k: v[int(rng.integers(len(v)))] for k, v in params.items()})
+        torch.manual_seed(i)
+        plain = build_candidate(reference, INPUT, plan)
+        torch.manual_seed(i)
+        reused = build_candidate(reference, INPUT, plan, resizer=resizer)
+        a, b = plain.state_dict(), reused.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        ea = estimate_energy(plain, INPUT, _energy_plan(plan))
+        eb = estimate_energy(reused, INPUT, _energy_plan(plan))
+        assert ea.total_pj == eb.total_pj and [(r.name, r.total) for r in ea.layers] == \
+            [(r.name, r.total) for r in eb.layers]
+    assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())  # the reference is untouched
+    with pytest.raises(ConfigError, match="another model"):
+        build_candidate(trained_reference(1), INPUT, plan, resizer=resizer)

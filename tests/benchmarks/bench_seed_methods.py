@@ -101,8 +101,8 @@ def recalibrate_batchnorm(model: nn.Module, x, batch_size: int = 200) -> nn.Modu
     return model.eval()
 
 
-def bench_model(model_name: str, seeds: int, n_train: int, out: Path, ref_train: int = 1200,
-                ref_epochs: int = 5) -> dict:
+def bench_model(model_name: str, seeds: list[int], n_train: int, out: Path, ref_train: int = 1200,
+                ref_epochs: int = 5, tag: str = "") -> dict:
     torch.set_num_threads(1)  # two cores shared with other jobs
     x, y = load_mnist5k()
     x_all, y_all, x_test, y_test = split(x, y, 0.2, 0)
@@ -122,7 +122,7 @@ def bench_model(model_name: str, seeds: int, n_train: int, out: Path, ref_train:
     result = {"model": model_name, "reference_accuracy": ref_acc, "reference_accuracy_before_bn_reestimate": before,
               "reference_train": ref_train, "reference_epochs": ref_epochs, "rows": []}
     rows = result["rows"]
-    for seed in range(seeds):
+    for seed in seeds:
         task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=0.5, seed=seed)
         probe = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=0.5, seed=seed)
         t0 = time.perf_counter()
@@ -136,10 +136,10 @@ def bench_model(model_name: str, seeds: int, n_train: int, out: Path, ref_train:
         n_trials = max(2, round((budget - fixed) / max(epoch_s, 1e-3)))
         rows += new + [_run("tpe", reference, space, task, ref_acc, seed, out / f"{model_name}-tpe-{seed}",
                             controller="tpe", n_trials=n_trials)]
-        result["seeds_done"] = seed + 1
+        result["seeds_done"] = sorted({r["seed"] for r in rows})
         result["summary"] = _aggregate(result)
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"seed_methods.{model_name}.json").write_text(json.dumps(result, indent=2, default=float))
+        (RESULTS / f"seed_methods.{model_name}{tag}.json").write_text(json.dumps(result, indent=2, default=float))
     return result
 
 
@@ -182,11 +182,29 @@ def plot(models: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _merged(name: str) -> dict | None:
+    """One model's rows from its per-model files (one per process), each (method, seed) once."""
+    files = sorted(RESULTS.glob(f"seed_methods.{name}.json")) + sorted(RESULTS.glob(f"seed_methods.{name}.*.json"))
+    if not files:
+        return None
+    parts = [json.loads(f.read_text()) for f in files]
+    model = {k: v for k, v in parts[0].items() if k not in ("rows", "summary", "seeds_done")}
+    seen: dict[tuple, dict] = {}
+    for part in parts:
+        for r in part["rows"]:
+            seen.setdefault((r["method"], r["seed"]), r)
+    model["rows"] = sorted(seen.values(), key=lambda r: (r["seed"], list(_methods(1.0)) .index(r["method"])
+                                                        if r["method"] in _methods(1.0) else 99))
+    model["seeds_done"] = sorted({r["seed"] for r in model["rows"]})
+    model["summary"] = _aggregate(model)
+    return model
+
+
 def write_combined(models: list[dict], args: argparse.Namespace, seconds: float | None) -> None:
     RESULTS.mkdir(exist_ok=True)
     load = os.getloadavg()
     (RESULTS / "seed_methods.json").write_text(json.dumps(
-        {"seeds": args.seeds, "train": args.train, "threads_per_model": 1, "seconds": seconds,
+        {"seeds": sorted({r["seed"] for m in models for r in m["rows"]}), "train": args.train, "threads_per_model": 1, "seconds": seconds,
          "load_average_at_end": load, "models": models}, indent=2, default=float))
     plot(models, RESULTS / "seed_methods.png")
     for model in models:
@@ -202,6 +220,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="cnn,resnet8,mobilenet")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-list", help="comma-separated seeds to run instead of 0..seeds-1 (extra processes)")
+    ap.add_argument("--tag", default="", help="suffix of the per-model files (e.g. .s2 for an extra process)")
     ap.add_argument("--train", type=int, default=480, help="training images of the searches (of MNIST-5k's 4000)")
     ap.add_argument("--ref-train", type=int, default=1200, help="training images of the references")
     ap.add_argument("--ref-epochs", type=int, default=5)
@@ -213,13 +233,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
     if args.merge:
-        models = [json.loads((RESULTS / f"seed_methods.{n}.json").read_text()) for n in names
-                  if (RESULTS / f"seed_methods.{n}.json").exists()]
-        write_combined(models, args, None)
+        write_combined([m for m in (_merged(n) for n in names) if m], args, None)
         return
     out = Path(args.out or tempfile.mkdtemp(prefix="seed-methods-"))
     t0 = time.perf_counter()
-    jobs = [(n, args.seeds, args.train, out, args.ref_train, args.ref_epochs) for n in names]
+    seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    jobs = [(n, seeds, args.train, out, args.ref_train, args.ref_epochs, args.tag) for n in names]
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
         models = pool.map(_bench_entry, jobs)
     write_combined(models, args, time.perf_counter() - t0)

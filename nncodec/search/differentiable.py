@@ -14,7 +14,8 @@ being the :class:`CostSurrogate`'s expected energy (``cost="energy"``) or weight
 The temperature ``T`` falls geometrically from 1 to ``temperature_end`` so the level weights harden. At
 the end the soft choices become a plan (argmax level -> quantizer of the space) and masks
 (``|w| > t``); the runner fine-tunes that plan from the trained weights. Controller ``differentiable``.
-Needs a :class:`ClassifierTask` (the cost term joins its cross-entropy).
+Needs a :class:`ClassifierTask` (the cost term joins its cross-entropy). Widths are not searched: a space
+with width multipliers and a changed ``n_trials`` (no trials run) are :class:`ConfigError`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ reference accuracy minus ``max_accuracy_drop`` the step is undone and that metho
 The schedule stops as soon as the model meets the constraint: the caps (``max_energy_pj`` / ``max_bits``
 / ``max_params``) and, when a ``cost_fn`` (a real device's measurement) is given, ``max_cost`` on its
 value. It also stops when no method can go further or after ``n_trials`` steps. ``--schedule iterative``.
+Widths are not searched: a space with width multipliers is a :class:`ConfigError`.
 """
 
 from __future__ import annotations

@@ -317,10 +317,28 @@ def _input_shape(text: str | None) -> tuple[int, ...]:
     return shape
 
 
+#: ``--controller`` / ``--schedule`` choices: the search registry's names (listed here so that the CLI starts
+#: without importing torch; a test holds them equal to ``nncodec.search.CONTROLLERS`` and the schedules)
+SEARCH_CONTROLLERS = ("random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution", "differentiable", "greedy")
+SEARCH_SCHEDULES = ("single", "iterative")
+#: controllers that run no trials: ``--trials`` is an error with them
+NO_TRIALS = ("differentiable",)
+
+
+def _trials(args: argparse.Namespace) -> int:
+    """``--trials`` (default 30); an error with a controller that runs no trials."""
+    if args.trials is None:
+        return 30
+    if args.controller in NO_TRIALS:
+        raise ConfigError(f"--trials does not apply to --controller {args.controller}: it trains once and runs no "
+                          "trials (set its length with --option epochs=N)")
+    return args.trials
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_demo, run_demo
 
-    summary, result = run_demo(trials=args.trials, controller=args.controller, seed=args.seed, out_dir=args.out,
+    summary, result = run_demo(trials=_trials(args), controller=args.controller, seed=args.seed, out_dir=args.out,
                                storage=args.storage, progress=None if not args.json else False)
     print(json.dumps(summary, indent=2) if args.json else format_demo(result, args.out))
     return 0
@@ -373,6 +391,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .search import ClassifierTask, SearchConfig, SearchSpace, run_search
+    from .search.controllers import searches_widths
     from .search.report import format_layer_table, format_summary
 
     if not args.data:
@@ -401,9 +420,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
         train_classifier(model, x_train, y_train, epochs=args.reference_epochs, seed=args.seed)
         notes.append(note)
     chance = float(np.bincount(y_val).max() / len(y_val)) if len(y_val) else None
+    widths: dict[str, Any] = {}
+    if not searches_widths(args.controller, args.schedule):
+        if args.width_mode != "layer" or args.keep_width:
+            raise ConfigError(f"--width-mode / --keep-width do not apply: --controller {args.controller} with "
+                              f"--schedule {args.schedule} does not search widths")
+        widths["widths"] = (1.0,)
     space = SearchSpace.from_model(model, shape, x_train[:256], width_mode=args.width_mode,
-                                   keep_width=tuple(args.keep_width or ()))
-    config = SearchConfig(controller=args.controller, n_trials=args.trials, proxy_epochs=args.proxy_epochs,
+                                   keep_width=tuple(args.keep_width or ()), **widths)
+    config = SearchConfig(controller=args.controller, n_trials=_trials(args), proxy_epochs=args.proxy_epochs,
                           final_epochs=args.final_epochs, cost=args.cost, max_energy_pj=args.max_energy_pj,
                           max_bits=args.max_bits, max_params=args.max_params, block_search=args.block_search,
                           block_order=args.block_order, final_prune=args.prune, seed=args.seed, worker=args.worker,
@@ -520,10 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.set_defaults(func=_cmd_energy)
 
     def search_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--controller", default="tpe",
-                       choices=["random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution", "differentiable",
-                                "greedy"])
-        p.add_argument("--trials", type=int, default=30, help="trials (default 30)")
+        p.add_argument("--controller", default="tpe", choices=SEARCH_CONTROLLERS)
+        p.add_argument("--trials", type=int, help="trials (default 30; the differentiable controller runs none)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", default="nncodec_demo", help="folder for the report, plan, plot and bitstream")
         p.add_argument("--storage", help="study storage: a SQLite file (default: OUT/search.db) or postgresql://...")
@@ -576,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--worker", type=int, default=0, help="index of this worker (different samplers per worker)")
     se.add_argument("--trials-only", action="store_true",
                     help="run trials and print the best plan (a worker joining a shared study)")
-    se.add_argument("--schedule", choices=["single", "iterative"], default="single",
+    se.add_argument("--schedule", choices=SEARCH_SCHEDULES, default="single",
                     help="iterative: compress a step further, retrain, decide again, until the caps hold")
     se.add_argument("--option", action="append", metavar="KEY=VALUE", default=[],
                     help="option of the differentiable / greedy controller or the iterative schedule (VALUE: JSON "

@@ -36,7 +36,7 @@ from ..energy.latency import Accelerator, estimate_latency
 from ..errors import ConfigError
 from ..prune.unstructured import apply_masks
 from .candidate import build_candidate
-from .controllers import PLAN_CONTROLLERS, Outcome
+from .controllers import PLAN_CONTROLLERS, Outcome, candidate_energy, refuse_trials
 
 __all__ = ["run_codesign", "HARDWARE_KEYS", "hardware_grid"]
 
@@ -107,19 +107,22 @@ class _Codesign:
         return (1.0 - acc) + self.opts["energy_weight"] * energy / self.e_ref + \
             self.opts["latency_weight"] * seconds / self.t_ref
 
-    def cost_on(self, model: Any, hw: Accelerator, key: Any) -> tuple[float, Any]:
-        """Energy (pJ) and latency report of ``model`` on ``hw`` (energy cached per network and memory)."""
+    def cost_on(self, model: Any, hw: Accelerator, key: Any, plan: Any = None) -> tuple[float, Any]:
+        """Energy (pJ) and latency report on ``hw`` of the candidate ``model`` built from ``plan`` (costed with
+        it, like the trials), or of the reference when ``plan`` is None (energy cached per network and memory)."""
         ekey = (key, hw.sram_bits, hw.weights_memory, hw.activations_memory)
         if ekey not in self._energy_cache:
-            self._energy_cache[ekey] = estimate_energy(model, self.s.space.input_shape,
-                                                       **hw.energy_settings(self.cfg.energy_settings))
+            settings = hw.energy_settings(self.cfg.energy_settings)
+            self._energy_cache[ekey] = (
+                estimate_energy(model, self.s.space.input_shape, reference=self.cfg.reference_types, **settings)
+                if plan is None else candidate_energy(model, self.s.space.input_shape, plan, settings))
         report = self._energy_cache[ekey]
         return report.total_pj, estimate_latency(report, self.ops, hw, int(self.opts["batch"]))
 
-    def hardware_step(self, model: Any, acc: float, key: Any) -> tuple[Accelerator, float, float, Any]:
+    def hardware_step(self, model: Any, plan: Any, acc: float, key: Any) -> tuple[Accelerator, float, float, Any]:
         best = None
         for hw in self.grid:
-            energy, lat = self.cost_on(model, hw, key)
+            energy, lat = self.cost_on(model, hw, key, plan)
             if not lat.fits:
                 continue
             loss = self.loss(acc, energy, lat.seconds)
@@ -151,9 +154,9 @@ class _Codesign:
         for rnd in range(1, rounds + 1):
             outcome, model, acc = network.step(hw, rnd, rounds)
             rows += [dict(r, round=rnd) for r in outcome.trials]
-            energy, lat = self.cost_on(model, hw, rnd)
+            energy, lat = self.cost_on(model, hw, rnd, outcome.plan)
             self.record(rnd, "network", hw, acc, energy, lat)
-            hw, loss, energy, lat = self.hardware_step(model, acc, rnd)
+            hw, loss, energy, lat = self.hardware_step(model, outcome.plan, acc, rnd)
             self.record(rnd, "hardware", hw, acc, energy, lat)
             improved = loss < best_loss - self.opts["tolerance"]
             if best is None or loss < best_loss:
@@ -188,6 +191,7 @@ class _DifferentiableNetwork:
 
         self.co = co
         cfg = co.cfg
+        refuse_trials(cfg, "the co-design with the differentiable controller")
         self.search = DifferentiableSearch(co.s.reference, co.s.space, co.s.task, cfg.options, cfg.cost, cfg.seed)
         self.epochs = int(cfg.options.get("epochs", 3 * cfg.proxy_epochs))
 

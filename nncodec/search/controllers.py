@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
+from ..energy.estimate import estimate_energy
 from ..errors import ConfigError
 from ..quant.plan import Plan
 
 __all__ = ["Outcome", "register_controller", "register_schedule", "PLAN_CONTROLLERS", "SCHEDULES",
-           "run_method", "method_options"]
+           "run_method", "method_options", "candidate_energy", "refuse_widths", "refuse_trials", "searches_widths"]
 
 
 @dataclass
@@ -42,28 +44,70 @@ PLAN_CONTROLLERS: dict[str, Method] = {}
 SCHEDULES: dict[str, Method] = {}
 #: option names each method reads from ``SearchConfig.options`` (anything else is an error)
 _OPTIONS: dict[str, frozenset[str]] = {}
+#: methods that search the space's width multipliers (the others refuse a space that has some)
+_WIDTHS: set[str] = set()
 #: options every method accepts (hardware co-design)
 COMMON_OPTIONS = frozenset({"codesign", "hardware"})
 
 
-def _register(table: dict[str, Method], kind: str, name: str, options: tuple[str, ...]) -> Callable[[Method], Method]:
+def _register(table: dict[str, Method], kind: str, name: str, options: tuple[str, ...],
+              widths: bool) -> Callable[[Method], Method]:
     def deco(fn: Method) -> Method:
         if name in table:
             raise ConfigError(f"{kind} {name!r} registered twice")
         table[name] = fn
         _OPTIONS[f"{kind}:{name}"] = frozenset(options)
+        if widths:
+            _WIDTHS.add(f"{kind}:{name}")
         return fn
     return deco
 
 
-def register_controller(name: str, options: tuple[str, ...] = ()) -> Callable[[Method], Method]:
-    """Register a controller reachable as ``SearchConfig(controller=name)`` / ``--controller name``."""
-    return _register(PLAN_CONTROLLERS, "controller", name, options)
+def register_controller(name: str, options: tuple[str, ...] = (), *,
+                        widths: bool = False) -> Callable[[Method], Method]:
+    """Register a controller reachable as ``SearchConfig(controller=name)`` / ``--controller name``;
+    ``widths``: it searches the space's width multipliers."""
+    return _register(PLAN_CONTROLLERS, "controller", name, options, widths)
 
 
-def register_schedule(name: str, options: tuple[str, ...] = ()) -> Callable[[Method], Method]:
+def register_schedule(name: str, options: tuple[str, ...] = (), *, widths: bool = False) -> Callable[[Method], Method]:
     """Register a schedule reachable as ``SearchConfig(schedule=name)`` / ``--schedule name``."""
-    return _register(SCHEDULES, "schedule", name, options)
+    return _register(SCHEDULES, "schedule", name, options, widths)
+
+
+def searches_widths(controller: str, schedule: str) -> bool:
+    """Whether the selected method searches width multipliers (every Optuna controller does)."""
+    if schedule != "single":
+        return f"schedule:{schedule}" in _WIDTHS
+    return controller not in PLAN_CONTROLLERS or f"controller:{controller}" in _WIDTHS
+
+
+def refuse_widths(space: Any, method: str) -> None:
+    """Raise :class:`ConfigError` when the space has width multipliers ``method`` would not search."""
+    groups = sorted(getattr(space, "width_choices", {}) or {})
+    if groups:
+        raise ConfigError(f"{method} searches quantizers and pruning, not widths, but the search space has width "
+                          f"multipliers for {groups}: build it with widths=(1.0,) (or keep those widths), or use "
+                          "the greedy or an Optuna controller")
+
+
+def refuse_trials(cfg: Any, method: str) -> None:
+    """Raise :class:`ConfigError` when ``n_trials`` was changed for a method that runs no trials."""
+    from .runner import SearchConfig
+
+    default = SearchConfig.__dataclass_fields__["n_trials"].default
+    if cfg.n_trials != default:
+        raise ConfigError(f"n_trials={cfg.n_trials} does not apply to {method}: it trains once (set its length "
+                          f"with the 'epochs' option) and runs no trials")
+
+
+def candidate_energy(model: nn.Module, example_inputs: Any, plan: Plan, settings: dict[str, Any]) -> Any:
+    """Energy report of a candidate built from ``plan``, costed with the plan like the Optuna trials (the
+    plan gives what the candidate's fake-quant modules do not hold: norm / block outputs, embedding and
+    recurrent weights)."""
+    from .runner import _energy_plan
+
+    return estimate_energy(model, example_inputs, _energy_plan(plan), **settings)
 
 
 def method_options(controller: str, schedule: str, options: dict[str, Any]) -> None:

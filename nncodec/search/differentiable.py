@@ -14,7 +14,8 @@ being the :class:`CostSurrogate`'s expected energy (``cost="energy"``) or weight
 The temperature ``T`` falls geometrically from 1 to ``temperature_end`` so the level weights harden. At
 the end the soft choices become a plan (argmax level -> quantizer of the space) and masks
 (``|w| > t``); the runner fine-tunes that plan from the trained weights. Controller ``differentiable``.
-Needs a :class:`ClassifierTask` (the cost term joins its cross-entropy).
+Needs a :class:`ClassifierTask` (the cost term joins its cross-entropy). Widths are not searched: a space
+with width multipliers and a changed ``n_trials`` (no trials run) are :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError
 from ..quant.base import Quantizer, get_quantizer
 from ..quant.plan import Plan
-from .controllers import Outcome, register_controller
+from .controllers import Outcome, refuse_trials, refuse_widths, register_controller
 from .space import SearchSpace
 from .surrogate import CostSurrogate, base_plan, soft_layers
 from .task import ClassifierTask
@@ -140,6 +141,7 @@ class DifferentiableSearch:
         prune = bool(options.get("prune", True))
         if self.lam < 0 or self.arch_lr <= 0 or not 0 < self.temperature_end <= 1:
             raise ConfigError("differentiable: lambda >= 0, arch_lr > 0 and 0 < temperature_end <= 1 required")
+        refuse_widths(space, "the differentiable controller")
         torch.manual_seed(seed)
         self.model = copy.deepcopy(reference)
         self.names = [layer.name for layer in soft_layers(space)]
@@ -261,6 +263,7 @@ class DifferentiableSearch:
 def differentiable_controller(searcher: Any) -> Outcome:
     """Train the soft model for ``epochs`` (default ``3 * proxy_epochs``), harden, hand the plan back."""
     cfg = searcher.cfg
+    refuse_trials(cfg, "the differentiable controller")
     epochs = int(cfg.options.get("epochs", 3 * cfg.proxy_epochs))
     if epochs < 1:
         raise ConfigError("differentiable: epochs must be >= 1")

@@ -1,7 +1,7 @@
 """Greedy bit assignment from single-bit models (seed 002, machine-learning model search method).
 
 The knobs are each layer group's kernel quantizer and its activation quantizer, their candidates sorted
-from most to fewest bits. Start: every knob at its widest candidate (the "top" model), trained for the
+from most to fewest bits, and each width group's multiplier, widest first. Start: every knob at its widest candidate (the "top" model), trained for the
 proxy budget and tested. Sensitivity: one *single-bit model* per knob (that knob alone at its narrowest
 candidate) is trained and tested; ``kept = accuracy / top accuracy`` (1: the layer does not mind) and
 ``share = energy saved / top energy`` (the layer's share of what quantizing can remove). Each knob's
@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
-from ..energy.estimate import estimate_energy
 from ..errors import ConfigError
 from ..quant.base import get_quantizer
 from ..quant.plan import Plan
 from .candidate import model_size_bits
-from .controllers import Outcome, register_controller
+from .controllers import Outcome, candidate_energy, refuse_widths, register_controller
 from .surrogate import base_choices
 
 __all__ = ["Knob", "knobs_of", "greedy_controller"]
@@ -39,8 +38,8 @@ OPTIONS = ("max_accuracy_drop", "knobs")
 @dataclass
 class Knob:
     group: str
-    role: str                 #: "kernel" or "activation"
-    levels: list[str]         #: candidates, most bits first
+    role: str                 #: "kernel", "activation" or "width"
+    levels: list[Any]         #: candidates, most bits (widest) first
     index: int = 0
     frozen: bool = False
     kept: float = 1.0
@@ -59,16 +58,26 @@ def _bits(spec: str) -> int:
     return int(get_quantizer(spec).bits)  # type: ignore[union-attr]
 
 
+ROLES = ("kernel", "activation", "width")
+
+
 def knobs_of(space: Any, roles: tuple[str, ...] = ("kernel", "activation")) -> list[Knob]:
-    """One knob per layer group and role with at least two candidates (stable order: the space's)."""
+    """One knob per layer group and quantizer role, and (role ``"width"``) one per width parameter of the
+    space, each with at least two candidates (stable order: the space's)."""
     knobs: dict[str, Knob] = {}
     for layer in space.layers:
         for role in roles:
+            if role == "width":
+                continue
             specs = layer.kernel if role == "kernel" else layer.activation
             key = f"{layer.group}.{role}"
             if len(specs) > 1 and key not in knobs:
                 order = sorted(range(len(specs)), key=lambda i: (-_bits(specs[i]), -i))
                 knobs[key] = Knob(layer.group, role, [specs[i] for i in order])
+    if "width" in roles:
+        for key, values in space.parameters().items():
+            if key.endswith(".width") and len(values) > 1:
+                knobs[key] = Knob(key[: -len(".width")], "width", sorted(values, reverse=True))
     return list(knobs.values())
 
 
@@ -77,11 +86,13 @@ class _Greedy:
         self.s = searcher
         cfg = searcher.cfg
         self.max_drop = float(cfg.options.get("max_accuracy_drop", 0.01))
-        roles = tuple(cfg.options.get("knobs", ("kernel", "activation")))
-        if not set(roles) <= {"kernel", "activation"} or not roles:
-            raise ConfigError(f"greedy: knobs must be a subset of ('kernel', 'activation'), got {roles!r}")
+        roles = tuple(cfg.options.get("knobs", ROLES))
+        if not set(roles) <= set(ROLES) or not roles:
+            raise ConfigError(f"greedy: knobs must be a subset of {ROLES}, got {roles!r}")
         if self.max_drop < 0:
             raise ConfigError("greedy: max_accuracy_drop must be >= 0")
+        if "width" not in roles:
+            refuse_widths(searcher.space, f"greedy with knobs={list(roles)}")
         self.knobs = knobs_of(searcher.space, roles)
         if not self.knobs:
             raise ConfigError("greedy: no layer has two candidates to choose between")
@@ -98,7 +109,7 @@ class _Greedy:
         cfg = self.s.cfg
         torch.manual_seed(cfg.seed * 100_003 + len(self.rows))
         model = self.s.build(plan)
-        report = estimate_energy(model, self.s.space.input_shape, **cfg.energy_settings)
+        report = candidate_energy(model, self.s.space.input_shape, plan, cfg.energy_settings)
         cost = self.s._cost(model, report)
         acc = 0.0
         for epoch in range(cfg.proxy_epochs):
@@ -164,6 +175,6 @@ class _Greedy:
         return any(c is not None for c in (cfg.max_energy_pj, cfg.max_bits, cfg.max_params))
 
 
-@register_controller("greedy", OPTIONS)
+@register_controller("greedy", OPTIONS, widths=True)
 def greedy_controller(searcher: Any) -> Outcome:
     return _Greedy(searcher).run()

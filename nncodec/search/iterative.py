@@ -17,6 +17,7 @@ reference accuracy minus ``max_accuracy_drop`` the step is undone and that metho
 The schedule stops as soon as the model meets the constraint: the caps (``max_energy_pj`` / ``max_bits``
 / ``max_params``) and, when a ``cost_fn`` (a real device's measurement) is given, ``max_cost`` on its
 value. It also stops when no method can go further or after ``n_trials`` steps. ``--schedule iterative``.
+Widths are not searched: a space with width multipliers is a :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ from typing import Any
 
 import torch
 
-from ..energy.estimate import estimate_energy
 from ..errors import ConfigError
 from ..prune.proximal import ProximalPruner
 from ..prune.unstructured import apply_masks, global_magnitude_masks, prunable_layers, sparsity
 from ..quant.layers import quantize_model
 from .candidate import model_size_bits
-from .controllers import Outcome, register_schedule
+from .controllers import Outcome, candidate_energy, refuse_widths, register_schedule
 from .greedy import knobs_of
 from .surrogate import base_choices
 
@@ -72,6 +72,7 @@ def iterative_schedule(searcher: Any) -> Outcome:
                           "max_bits, max_params or (with a cost_fn) the max_cost option")
     if cfg.controller not in ("tpe",):
         raise ConfigError("the iterative schedule chooses its own compression steps; leave the controller at 'tpe'")
+    refuse_widths(space, "the iterative schedule")
     ref_acc = float(opts["reference_accuracy"]) if "reference_accuracy" in opts else task.evaluate(searcher.reference)
     floor = ref_acc - max_drop
     knobs = knobs_of(space)
@@ -88,7 +89,7 @@ def iterative_schedule(searcher: Any) -> Outcome:
     prune_steps = 0
 
     def measure(label: str, method: str | None) -> dict[str, Any]:
-        report = estimate_energy(model, space.input_shape, **cfg.energy_settings)
+        report = candidate_energy(model, space.input_shape, plan_now(), cfg.energy_settings)
         bits = model_size_bits(model)
         measured = float(searcher.cost_fn(model)) if searcher.cost_fn is not None else None
         violation = searcher._violation(report.total_pj, bits, sum(p.numel() for p in model.parameters()))

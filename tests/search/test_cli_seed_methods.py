@@ -37,3 +37,20 @@ def test_cli_rejects_options_that_do_not_apply(tmp_path, capsys):
     assert main(_args(tmp_path) + ["--hardware", "{}", "--out", str(tmp_path / "y")]) != 0
     assert "--codesign" in capsys.readouterr().err
     assert main(["search", "--schedule", "iterative"]) != 0
+
+
+def test_cli_choices_are_the_registry_names():
+    from nncodec import cli
+    from nncodec.search import CONTROLLERS
+    from nncodec.search.controllers import SCHEDULES
+
+    assert set(cli.SEARCH_CONTROLLERS) == set(CONTROLLERS)
+    assert cli.SEARCH_SCHEDULES == ("single", *SCHEDULES)
+
+
+def test_cli_refuses_trials_and_width_options_a_method_ignores(tmp_path, capsys):
+    assert main(["demo", "--controller", "differentiable", "--trials", "3", "--out", str(tmp_path / "d")]) != 0
+    assert "--trials" in capsys.readouterr().err
+    assert main(_args(tmp_path) + ["--schedule", "iterative", "--keep-width", "0", "--max-bits", "1",
+                                   "--out", str(tmp_path / "w")]) != 0
+    assert "--keep-width" in capsys.readouterr().err

@@ -332,3 +332,85 @@ def test_single_process_methods_refuse_shared_study_settings(settings):
 
     with pytest.raises(ConfigError, match="Optuna controllers only"):
         SearchConfig(**settings)
+
+
+# -- costing with the plan, options that do not apply ---------------------------------------------
+@pytest.fixture(scope="module")
+def gru():
+    """A GRU classifier whose recurrent weights the energy model reads from the plan (not from the module)."""
+    from nncodec.search import ClassifierTask, SearchSpace
+    from tests.search.graph_models import GRUClassifier
+
+    torch.manual_seed(0)
+    x = torch.randn(96, 6, 3)
+    y = (x[:, :, 0].mean(1) > 0).long()
+    model = GRUClassifier(classes=2).eval()
+    bits = {"kernel": {"recurrent": (4, 8), "dense": (4, 8)}, "activation": {"recurrent": (8,), "dense": (8,)},
+            "bias": {"recurrent": (8,), "dense": (8,)}}
+    space = SearchSpace.from_model(model, x[:1], x[:32], kernels=("quantized_bits({b},{i},1)",), bits=bits,
+                                   widths=(1.0,))
+    task = ClassifierTask(x[:64].numpy(), y[:64].numpy(), x[64:].numpy(), y[64:].numpy(), proxy_fraction=0.5)
+    return model, space, task
+
+
+def _plan_energy(model, space, plan):
+    from nncodec.search.runner import _energy_plan
+
+    cand = build_candidate(model, space.input_shape, plan)
+    return (estimate_energy(cand, space.input_shape, _energy_plan(plan), **SETTINGS).total_pj,
+            estimate_energy(cand, space.input_shape, **SETTINGS).total_pj)
+
+
+def test_greedy_and_iterative_cost_a_candidate_with_its_plan(gru, tmp_path):
+    from nncodec.search.greedy import _Greedy
+    from nncodec.search.iterative import iterative_schedule
+    from nncodec.search.runner import _Searcher
+
+    model, space, task = gru
+    cfg = SearchConfig(controller="greedy", n_trials=1, out_dir=str(tmp_path / "g"), energy_settings=SETTINGS)
+    greedy = _Greedy(_Searcher(model, space, task, cfg, None))
+    plan = space.plan_from(greedy.choices())
+    with_plan, without = _plan_energy(model, space, plan)
+    assert with_plan != pytest.approx(without, rel=0.01)  # the plan matters for this model
+    assert greedy.measure(plan, "top")["energy_pj"] == pytest.approx(with_plan)
+    cfg = SearchConfig(schedule="iterative", max_energy_pj=1e12, out_dir=str(tmp_path / "i"), energy_settings=SETTINGS)
+    out = iterative_schedule(_Searcher(model, space, task, cfg, None))  # the start meets the cap: no step
+    assert len(out.trials) == 1 and out.trials[0]["energy_pj"] == pytest.approx(_plan_energy(model, space, out.plan)[0])
+
+
+def test_codesign_costs_the_reference_as_the_reference(reference, space, tmp_path):
+    """The start of the alternation is the int8/int16 reference on the starting hardware: energy ratio 1."""
+    from nncodec.search.codesign import _Codesign
+    from nncodec.search.runner import _Searcher
+
+    cfg = SearchConfig(controller="tpe", n_trials=2, out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       options={"codesign": True, "hardware": dict(HW, rounds=1)})
+    co = _Codesign(_Searcher(reference, space, digits.task(proxy_fraction=0.2), cfg, None))
+    energy, _ = co.cost_on(reference, co.start_hw, "reference")
+    assert energy == pytest.approx(co.e_ref)
+    plan = base_plan(space)
+    cand = build_candidate(reference, space.input_shape, plan)
+    assert co.cost_on(cand, co.start_hw, "cand", plan)[0] == pytest.approx(
+        _plan_energy(reference, space, plan)[0], rel=1e-9)
+
+
+def test_methods_that_do_not_search_widths_refuse_a_space_with_widths(reference, tmp_path):
+    from nncodec.search.greedy import ROLES, knobs_of
+
+    wide = digits.space(reference, widths=(0.5, 1.0))
+    task = digits.task(proxy_fraction=0.2)
+    for cfg in (SearchConfig(controller="differentiable", out_dir=str(tmp_path / "d"), options={"epochs": 1}),
+                SearchConfig(schedule="iterative", max_energy_pj=1.0, out_dir=str(tmp_path / "i")),
+                SearchConfig(controller="greedy", out_dir=str(tmp_path / "g"), options={"knobs": ["kernel"]})):
+        with pytest.raises(ConfigError, match="width"):
+            run_search(reference, wide, task, cfg)
+    # greedy searches them: one knob per width group, widest first, and its level reaches the plan
+    widths = [k for k in knobs_of(wide, ROLES) if k.role == "width"]
+    assert widths and all(k.levels == [1.0, 0.5] for k in widths)
+    assert wide.plan_from({widths[0].key: 0.5}).widths == {widths[0].group: 0.5}
+
+
+def test_trials_do_not_apply_to_the_differentiable_controller(reference, space, tmp_path):
+    cfg = SearchConfig(controller="differentiable", n_trials=5, out_dir=str(tmp_path), options={"epochs": 1})
+    with pytest.raises(ConfigError, match="n_trials"):
+        run_search(reference, space, digits.task(proxy_fraction=0.2), cfg)

@@ -329,16 +329,20 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
             if walker.points.refining:
                 held[th.name] = (th, arr)
                 continue
-            yield th, arr
-            for alias in walker.aliases_of(th.name):
-                yield replace(th, name=alias), arr
+            yield from with_aliases(walker, th, arr)
         for th, arr in held.values():
-            yield th, arr
-            for alias in walker.aliases_of(th.name):
-                yield replace(th, name=alias), arr
+            yield from with_aliases(walker, th, arr)
     finally:
         if owned:
             f.close()
+
+
+def with_aliases(walker: StreamWalker, th: TensorHeader, arr: np.ndarray
+                 ) -> Iterator[tuple[TensorHeader, np.ndarray]]:
+    """``(th, arr)`` and then the same array under each alias of the tensor (FORMAT.md §3.7)."""
+    yield th, arr
+    for alias in walker.aliases_of(th.name):
+        yield replace(th, name=alias), arr
 
 
 def _refine_unit(walker: StreamWalker, index: int, uh: UnitHeader, rh: RefinementHeader, coded: memoryview,

@@ -28,7 +28,6 @@ import hashlib
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +38,14 @@ from .bitstream.constants import (FILE_HEADER, FILE_HEADER_SIZE, FORMAT_MAJOR, F
                                   UNIT_HEADER_SIZE, UNIT_STREAM_HEADER, UNIT_TENSOR)
 from .bitstream.reader import open_source
 from .bitstream.units import EndOfStream, frame_unit
-from .decoder import RefinementHeader, Source, StreamWalker, decode_tensor, decode_unit_codes, iter_tensors
-from .dtypes import DType, dtype_by_name
-from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
+from .decoder import (RefinementHeader, Source, StreamWalker, decode_tensor, decode_unit_codes, iter_tensors,
+                      with_aliases)
+from .dtypes import DType
+from .bitstream.descriptor import CodedTensor, bfloat16_bits_to_float32, dequantize_into
 from .encoder import Encoder, encoder_from_options
 from .errors import ChecksumError, ConfigError, CorruptError, TruncatedError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
-from .quant.uniform import UniformCodes, code_dtype_for_bits
+from .quant.uniform import coded_from
 
 __all__ = ["UNIT_BASE_REFERENCE", "HASH_SHA256", "FLAG_GRID_ALIGNED", "BaseMismatchError", "content_hash", "BaseReference",
            "encode_delta_tensors", "decode_delta_arrays"]
@@ -154,17 +154,6 @@ def base_codes(storage: np.ndarray, dtype: DType, scales: np.ndarray) -> np.ndar
     return q.astype(np.int64)
 
 
-def _difference_codes(codes: np.ndarray, grid: UniformCodes, dtype: DType) -> CodedTensor:
-    """Grid-code differences on ``grid``'s scales, as wide as their peak needs (per tensor or per channel)."""
-    peak = int(np.abs(codes).max()) if codes.size else 0
-    bits = max(2, peak.bit_length() + 1)
-    code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)
-    desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
-                           mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel, axis=0,
-                           scales=grid.scales)
-    return CodedTensor(codes.astype(code_dtype.storage), desc, dtype)
-
-
 def encode_delta_tensors(tensors: Mapping[str, Any], base: Mapping[str, tuple[np.ndarray, DType]],
                          encoder: Encoder, rate_lambda: float = 0.0, *, grid_aligned: bool = True
                          ) -> tuple[dict[str, Any], list[str]]:
@@ -201,7 +190,7 @@ def encode_delta_tensors(tensors: Mapping[str, Any], base: Mapping[str, tuple[np
                 codes = ecsq_codes(residual, step, lam)
             else:
                 codes = grid.codes.astype(np.int64) - q_base
-            out[name] = _difference_codes(codes, grid, dtype)
+            out[name] = coded_from(grid, codes, dtype, fit_peak=True)
             continue
         diff = storage.astype(np.float64) - ref[0].astype(np.float64)
         if not np.isfinite(diff).all():
@@ -209,8 +198,6 @@ def encode_delta_tensors(tensors: Mapping[str, Any], base: Mapping[str, tuple[np
         codes = ecsq_codes(diff, step, lam) if lam > 0 else np.rint(diff / step).astype(np.int64)
         bound = (1 << 31) - 1 if encoder.bits is None else (1 << (grid.bits - 1)) - 1
         codes = np.clip(codes, -bound, bound)
-        from .rd_encode import coded_from  # the earlier value-domain kind (imports torch)
-
         out[name] = coded_from(grid, codes, dtype)
     return out, whole
 
@@ -328,10 +315,7 @@ def _rebuilt(plain: bytes, ref: BaseReference, base: Mapping[str, tuple[np.ndarr
         for index, uh, th, coded in walker.tensor_units():
             if isinstance(th, RefinementHeader):
                 raise CorruptError("a delta stream holds a refinement unit", unit_index=index, offset=uh.offset)
-            arr = _rebuild_tensor(walker, index, uh, th, coded, ref, base)
-            yield th, arr
-            for alias in walker.aliases_of(th.name):
-                yield replace(th, name=alias), arr
+            yield from with_aliases(walker, th, _rebuild_tensor(walker, index, uh, th, coded, ref, base))
     finally:
         if owned:
             f.close()

@@ -22,14 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bitstream.constants import SCHEME_UNIFORM
-from .bitstream.descriptor import QuantDescriptor
-from .dtypes import DType, dtype_by_name
+from .dtypes import DType
 from .bitstream.descriptor import CodedTensor
 from .encoder import Encoder
 from .errors import ConfigError
 from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
-from .quant.uniform import UniformCodes, code_dtype_for_bits
+from .quant.uniform import UniformCodes, coded_from
 
 __all__ = ["ROUNDINGS", "RDOptions", "rd_tensors", "Forward"]
 
@@ -75,21 +73,6 @@ class RDOptions:
         from .sensitivity import default_forward
 
         return default_forward(model, batch)
-
-
-def coded_from(grid: UniformCodes, codes: np.ndarray, dtype: DType) -> CodedTensor:
-    """A :class:`CodedTensor` holding ``codes`` on ``grid``'s scales (per-tensor step codes get the width
-    their peak needs; per-channel codes keep the grid's)."""
-    if grid.per_channel:
-        bits = grid.bits
-    else:
-        peak = int(np.abs(codes).max()) if codes.size else 0
-        bits = max(2, peak.bit_length() + 1)
-    code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)
-    desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
-                           mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel, axis=0,
-                           scales=grid.scales)
-    return CodedTensor(codes.astype(code_dtype.storage), desc, dtype)
 
 
 def _float_values(storage: np.ndarray, dtype: DType) -> np.ndarray:

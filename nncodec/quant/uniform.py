@@ -14,10 +14,15 @@ rounding of the product to the tensor dtype), except for ``b = 1``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..bitstream.descriptor import CodedTensor
+    from ..dtypes import DType
 
 __all__ = ["UniformCodes", "quantize_by_bits", "quantize_by_step", "code_dtype_for_bits"]
 
@@ -39,6 +44,25 @@ def code_dtype_for_bits(bits: int) -> np.dtype:
         if bits <= 8 * np.dtype(dt).itemsize:
             return np.dtype(dt)
     raise ConfigError(f"codes of {bits} bits do not fit in int32")
+
+
+def coded_from(grid: UniformCodes, codes: np.ndarray, dtype: "DType", *, fit_peak: bool = False) -> "CodedTensor":
+    """A :class:`CodedTensor` holding ``codes`` on ``grid``'s scales. Per-tensor step codes get the width
+    their peak needs; per-channel codes keep the grid's, unless ``fit_peak`` (codes that may exceed it)."""
+    from ..bitstream.constants import SCHEME_UNIFORM
+    from ..bitstream.descriptor import CodedTensor, QuantDescriptor
+    from ..dtypes import dtype_by_name
+
+    if grid.per_channel and not fit_peak:
+        bits = grid.bits
+    else:
+        peak = int(np.abs(codes).max()) if codes.size else 0
+        bits = max(2, peak.bit_length() + 1)
+    code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)
+    desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
+                           mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel, axis=0,
+                           scales=grid.scales)
+    return CodedTensor(codes.astype(code_dtype.storage), desc, dtype)
 
 
 _BLOCK_ELEMENTS = 1 << 18  # elements per block: float64 temporaries stay near 2 MiB whatever the tensor

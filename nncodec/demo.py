@@ -18,6 +18,7 @@ import torch
 from .datasets import load_mnist5k, split
 from .models import seed_example_cnn
 from .search import ClassifierTask, ScoreConfig, SearchConfig, SearchResult, SearchSpace, run_search
+from .search.controllers import searches_widths
 from .search.report import format_layer_table, format_summary
 from .train import accuracy, train_classifier
 
@@ -37,11 +38,16 @@ def run_demo(*, trials: int = 30, controller: str = "tpe", seed: int = 0, out_di
     log.info("training the reference model (%d epochs)", reference_epochs)
     reference = train_classifier(seed_example_cnn(), x_train, y_train, epochs=reference_epochs, seed=seed)
     ref_acc = accuracy(reference, x_test, y_test)
-    space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256])
+    # a method that does not search widths gets the reference's; the differentiable controller scores its
+    # own way (no size factor)
+    fixed = {} if searches_widths(controller, "single") else {"widths": (1.0,)}
+    space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256], **fixed)
+    size_score = None if controller == "differentiable" else ScoreConfig()
     task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=0.5, seed=seed)
     config = SearchConfig(controller=controller, n_trials=trials, final_epochs=final_epochs, final_prune=final_prune,
-                          size_score=ScoreConfig(), seed=seed, out_dir=str(out_dir), storage=storage,
-                          progress=progress, study_name=f"demo-{controller}-{trials}-seed{seed}-energy-size")
+                          size_score=size_score, seed=seed, out_dir=str(out_dir), storage=storage,
+                          progress=progress, study_name=f"demo-{controller}-{trials}-seed{seed}-energy"
+                          + ("-size" if size_score is not None else ""))
     result = run_search(reference, space, task, config, reference_accuracy=ref_acc)
     summary = result.summary()
     summary["seconds"] = time.perf_counter() - t0

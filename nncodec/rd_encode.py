@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .dtypes import DType
-from .bitstream.descriptor import CodedTensor
+from .bitstream.descriptor import CodedTensor, bfloat16_bits_to_float32
 from .encoder import Encoder
 from .errors import ConfigError
 from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
@@ -76,9 +76,8 @@ class RDOptions:
 
 
 def _float_values(storage: np.ndarray, dtype: DType) -> np.ndarray:
-    if dtype.name == "bfloat16":
-        return (storage.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    return np.asarray(storage, dtype=np.float64)
+    values = bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage
+    return np.asarray(values, dtype=np.float64)
 
 
 def _step_of(grid: UniformCodes, ndim: int) -> np.ndarray:

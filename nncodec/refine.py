@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bitstream.descriptor import QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
+from .bitstream.descriptor import QuantDescriptor, _as_float32, dequantize_into
 from .bitstream.operating_points import GROWING_MODES, MODE_GROW_REPLACE, MODE_GROW_RESIDUAL, MODE_REPLACE, RefinementHeader
 from .bitstream.units import TensorHeader
 from .coding.pipeline import Pipeline
@@ -25,12 +25,6 @@ __all__ = ["predict_codes", "apply_refinement", "code_range"]
 def code_range(bits: int) -> tuple[int, int]:
     """The signed codes of ``bits`` bits: ``[-2^(bits-1), 2^(bits-1) - 1]``."""
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-
-def _as_float32(values: np.ndarray, dtype: DType) -> np.ndarray:
-    if dtype.name == "bfloat16":
-        return bfloat16_bits_to_float32(values)
-    return values.astype(np.float32)
 
 
 def predict_codes(values: np.ndarray, dtype: DType, desc: QuantDescriptor) -> np.ndarray:

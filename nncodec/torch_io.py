@@ -297,13 +297,13 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS, operating_point:
 
     if not isinstance(src, (bytes, bytearray, memoryview, str, os.PathLike)) and hasattr(src, "read"):
         src = src.read()  # read once: the stream is walked twice (topology and headers, then weights)
-    if energy_budget_pj is not None:
-        from .points import choose_point, read_operating_points
-
-        if operating_point is not None:
-            raise ConfigError("give operating_point or energy_budget_pj, not both")
-        operating_point = choose_point(read_operating_points(src, limits=limits), energy_budget_pj)
+    if energy_budget_pj is not None and operating_point is not None:
+        raise ConfigError("give operating_point or energy_budget_pj, not both")
     info = read_info(src, limits=limits)
+    if energy_budget_pj is not None:
+        from .points import choose_point
+
+        operating_point = choose_point(info.operating_points, energy_budget_pj)
     if info.topology is None:
         raise TopologyError("this stream has no topology unit (the model was not a supported nn.Sequential "
                             "tree, and no example_inputs were given to capture its graph): build your model and "

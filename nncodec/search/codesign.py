@@ -101,7 +101,9 @@ class _Codesign:
         self.e_ref = ref_report.total_pj
         self.t_ref = estimate_latency(ref_report, self.ops, self.start_hw, int(self.opts["batch"])).seconds
         self.history: list[dict[str, Any]] = []
-        self._energy_cache: dict[tuple[Any, ...], Any] = {}
+        self._energy_cache: dict[tuple[Any, ...], Any] = {
+            ("reference", self.start_hw.sram_bits, self.start_hw.weights_memory, self.start_hw.activations_memory):
+                ref_report}
 
     def loss(self, acc: float, energy: float, seconds: float) -> float:
         return (1.0 - acc) + self.opts["energy_weight"] * energy / self.e_ref + \

@@ -101,12 +101,16 @@ def refuse_trials(cfg: Any, method: str) -> None:
                           f"with the 'epochs' option) and runs no trials")
 
 
+def _energy_plan(plan: Plan) -> Plan:
+    """The plan's quantizers without its widths, for the energy model (output quantizers of norms and blocks
+    and the weights of embedding / recurrent layers are read from it by module name)."""
+    return Plan(dict(plan.layers), plan.default, {})
+
+
 def candidate_energy(model: nn.Module, example_inputs: Any, plan: Plan, settings: dict[str, Any]) -> Any:
     """Energy report of a candidate built from ``plan``, costed with the plan like the Optuna trials (the
     plan gives what the candidate's fake-quant modules do not hold: norm / block outputs, embedding and
     recurrent weights)."""
-    from .runner import _energy_plan
-
     return estimate_energy(model, example_inputs, _energy_plan(plan), **settings)
 
 

@@ -35,7 +35,8 @@ from ..prune.graph import Resizer
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.plan import Plan
 from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits
-from .controllers import PLAN_CONTROLLERS, SCHEDULES, Outcome, method_options, run_method, uses_method
+from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Outcome, candidate_energy, method_options, run_method,
+                          uses_method)
 from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
@@ -229,7 +230,7 @@ class _Searcher:
         plan = self.space.plan_from(choices)
         torch.manual_seed(self.cfg.seed * 100_003 + trial.number)
         model = self.build(plan)
-        report = estimate_energy(model, self.space.example_inputs, _energy_plan(plan), **self.cfg.energy_settings)
+        report = candidate_energy(model, self.space.example_inputs, plan, self.cfg.energy_settings)
         cost = self._cost(model, report)
         bits = model_size_bits(model)
         stored = self.stored_bits(model)
@@ -383,12 +384,6 @@ def _float32_bytes(model: nn.Module) -> int:
     return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
 
 
-def _energy_plan(plan: Plan) -> Plan:
-    """The plan's quantizers without its widths, for the energy model (output quantizers of norms and blocks
-    and the weights of embedding / recurrent layers are read from it by module name)."""
-    return Plan(dict(plan.layers), plan.default, {})
-
-
 def _width_of(module: nn.Module) -> int:
     """Output units of a layer: filters, features, hidden units or embedding dimensions."""
     if isinstance(module, (nn.GRU, nn.LSTM, nn.RNN)):
@@ -485,8 +480,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         task.train_epoch(model, epoch, proxy=False)
     model.eval()
     acc = task.evaluate(model)
-    report = estimate_energy(model, space.example_inputs, _energy_plan(plan),
-                             **(outcome.energy_settings or config.energy_settings))
+    report = candidate_energy(model, space.example_inputs, plan, outcome.energy_settings or config.energy_settings)
     out_dir = Path(config.out_dir)
     path, _ = encode_with_report(model, out_dir / "model.nnc", level=19)
     decoded = deployed_copy(model)

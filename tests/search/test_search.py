@@ -357,7 +357,7 @@ def test_size_scored_search_records_and_scores_the_stored_size(reference, tmp_pa
 def test_resizer_builds_the_same_candidates_and_energies(reference):
     from nncodec.energy.estimate import estimate_energy
     from nncodec.prune.graph import Resizer
-    from nncodec.search.runner import _energy_plan
+    from nncodec.search.controllers import _energy_plan
 
     sp = space(reference)
     resizer = Resizer(reference, INPUT)

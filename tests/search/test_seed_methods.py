@@ -354,7 +354,7 @@ def gru():
 
 
 def _plan_energy(model, space, plan):
-    from nncodec.search.runner import _energy_plan
+    from nncodec.search.controllers import _energy_plan
 
     cand = build_candidate(model, space.input_shape, plan)
     return (estimate_energy(cand, space.input_shape, _energy_plan(plan), **SETTINGS).total_pj,

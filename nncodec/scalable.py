@@ -57,8 +57,9 @@ EnergyFn = Callable[[int, Mapping[str, int]], float]
 
 @dataclass
 class ScalableReport:
-    """What :func:`encode_scalable` wrote: the points as listed in the stream, and per point the size a
-    separate encode of it would have (``separate_bytes``)."""
+    """What :func:`encode_scalable` wrote: the points as listed in the stream, and, when asked for with
+    ``measure_separate=True``, per point the size a separate encode of it would have (``separate_bytes``,
+    empty otherwise)."""
 
     points: list[OperatingPoint] = field(default_factory=list)
     total_bytes: int = 0
@@ -71,8 +72,9 @@ class ScalableReport:
 
     @property
     def overhead(self) -> float:
-        """Size of the scalable stream over the largest separate file, minus 1 (0.05 = 5 % larger)."""
-        return self.total_bytes / max(self.separate_bytes) - 1.0 if self.separate_bytes else 0.0
+        """Size of the scalable stream over the largest separate file, minus 1 (0.05 = 5 % larger); NaN
+        unless the separate files were measured (``measure_separate=True``)."""
+        return self.total_bytes / max(self.separate_bytes) - 1.0 if self.separate_bytes else float("nan")
 
 
 def _split_point(point: Any, k: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -162,19 +164,22 @@ def _smallest_int(d: np.ndarray) -> np.dtype:
 
 def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, Any]], dst: "str | os.PathLike[str] | None" = None, *,
                     topology: Mapping[str, Any] | None = None, energy_of: EnergyFn | None = None,
-                    nest_steps: bool = False, **options: Any) -> tuple["bytes | Path", ScalableReport]:
+                    nest_steps: bool = False, measure_separate: bool = False, **options: Any) -> tuple["bytes | Path", ScalableReport]:
     """Encode ``tensors`` (as :meth:`Encoder.encode` takes them) with the operating ``points`` nested in one
     stream; ``options`` are the Encoder options shared by every point (``level``, ``metadata``, ``limits``...).
 
     Points must be given from the smallest to the largest; 1 to 255 of them. ``energy_of`` fills in the
     energy of points that do not state one. ``nest_steps=True`` first snaps the points' steps so they nest
     (:func:`nested_steps`: odd multiples of the finest point's); ``report.point_options`` holds the options
-    each point was encoded with. Returns ``(bytes or path, report)``.
+    each point was encoded with. ``measure_separate=True`` also encodes every point on its own to report
+    ``separate_bytes`` (about doubles the encode time). Returns ``(bytes or path, report)``.
     """
     if not isinstance(points, Sequence) or isinstance(points, (str, bytes)) or not 1 <= len(points) <= MAX_POINTS:
         raise ConfigError(f"operating_points must be a list of 1..{MAX_POINTS} points")
     if not isinstance(nest_steps, bool):
         raise ConfigError(f"nest_steps must be True or False, got {nest_steps!r}")
+    if not isinstance(measure_separate, bool):
+        raise ConfigError(f"measure_separate must be True or False, got {measure_separate!r}")
     if nest_steps:
         points = nested_steps(points)
     shared_quant = sorted(set(options) & set(POINT_QUANT_OPTIONS))
@@ -192,7 +197,7 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
                                [info.get(POINT_TENSORS) for _, info in split])
     base_chunks, base_report = encoders[0].encode_units(at_point[0], topology)
     names = sorted((n for n in encodable if n not in aliases), key=lambda n: n.encode("utf-8"))
-    separate = [base_report.total_bytes]
+    separate = [base_report.total_bytes] if measure_separate else []
 
     # the values a decoder holds after each point, and the codes they came from
     state: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}  # name -> (descriptor, code words, values)
@@ -236,7 +241,8 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
             enc.limits.check(f"refinement unit payload length of tensor {name!r}", len(unit_payload), "max_unit_bytes")
             refinements[k].append(frame_unit(UNIT_REFINEMENT, unit_payload, critical=False))
             state[name] = (desc, words, _values(dtype, shape, desc, words))
-        separate.append(enc.encode_units(at_point[k], topology)[1].total_bytes)
+        if measure_separate:
+            separate.append(enc.encode_units(at_point[k], topology)[1].total_bytes)
 
     infos = [info for _, info in split]
     labels = [info.get("label", "") for info in infos]
@@ -272,8 +278,7 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
     chunks.append(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1, n_tensors).to_bytes()))
     report = ScalableReport(list(listed), sum(len(c) for c in chunks), separate, n_refine, base_report,
                             [dict(quant) for quant, _ in split])
-    log.info("scalable stream: %d points, %d bytes (largest separate file %d)", len(points), report.total_bytes,
-             max(separate))
+    log.info("scalable stream: %d points, %d bytes", len(points), report.total_bytes)
     if dst is None:
         return b"".join(chunks), report
     return write_atomic(dst, chunks), report

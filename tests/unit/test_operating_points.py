@@ -70,7 +70,7 @@ def test_numpy_encode_takes_operating_points(scalable):
 
 def test_points_of_other_quantizers_and_a_lossless_last_point():
     points = [{"rel_step": 0.5}, {"rel_step": 0.05, "lossless": ["fc.*"]}, {}]
-    data, report = encode_scalable(TENSORS, points, level=19)
+    data, report = encode_scalable(TENSORS, points, level=19, measure_separate=True)
     for k, opts in enumerate(points):
         separate = nncodec.decode_arrays(nncodec.encode_arrays(TENSORS, level=19, **opts))
         assert _same(nncodec.decode_arrays(data, operating_point=k), separate), k
@@ -284,8 +284,11 @@ def test_nested_steps_make_the_stream_cost_about_the_finest_file():
     big = {"a.weight": RNG.laplace(size=(64, 256)).astype(np.float32),
            "b.weight": RNG.standard_normal((128, 128)).astype(np.float32)}
     halving = [{"rel_step": 0.2}, {"rel_step": 0.1}, {"rel_step": 0.05}]
-    _, plain = encode_scalable(big, halving)
-    data, nested = encode_scalable(big, halving, nest_steps=True)
+    _, plain = encode_scalable(big, halving, measure_separate=True)
+    data, nested = encode_scalable(big, halving, nest_steps=True, measure_separate=True)
+    _, unmeasured = encode_scalable(big, halving, nest_steps=True)
+    assert unmeasured.separate_bytes == [] and math.isnan(unmeasured.overhead)
+    assert unmeasured.total_bytes == nested.total_bytes
     assert [o["rel_step"] for o in nested.point_options] == pytest.approx([0.45, 0.15, 0.05])
     assert plain.overhead > 0.10
     assert nested.overhead < 0.03

@@ -15,9 +15,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .bitstream.byte_reader import ByteReader
-from .bitstream.constants import (SCHEME_NONE, UNIT_END, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET, UNIT_NAMES,
-                                  UNIT_OPERATING_POINTS, UNIT_REFINEMENT, UNIT_STREAM_HEADER, UNIT_TENSOR,
-                                  UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
+from .bitstream.constants import (SCHEME_NONE, UNIT_BASE_REFERENCE, UNIT_END, UNIT_HEADER_SIZE,
+                                  UNIT_MODEL_PARAMETER_SET, UNIT_NAMES, UNIT_OPERATING_POINTS, UNIT_REFINEMENT,
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
 from .bitstream.operating_points import OperatingPoint, PointTracker, RefinementHeader
 from .coding.pipeline import Pipeline
@@ -75,11 +75,16 @@ class StreamWalker:
     Scalable streams (FORMAT.md §13): ``operating_point`` selects the point (None: the last, the full
     model); payloads past it are passed over unread. With ``refinements``, :meth:`tensor_units` also
     yields the refinement units the point needs, a :class:`RefinementHeader` in place of the tensor header.
+
+    Delta streams (FORMAT.md §12): ``base_reference(payload, offset)`` parses the base reference unit into
+    :attr:`base_reference` (at most one, before any tensor). Without it that critical unit is refused, so a
+    delta is never decoded as if it were the weights themselves.
     """
 
     def __init__(self, f: BinaryIO, limits: Limits,
                  on_unit: Callable[[int, UnitHeader], None] | None = None, *, defer_tensors: bool = False,
-                 operating_point: int | None = None, refinements: bool = False):
+                 operating_point: int | None = None, refinements: bool = False,
+                 base_reference: Callable[[memoryview, int], Any] | None = None):
         self.limits = limits
         self.on_unit = on_unit
         self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
@@ -93,6 +98,8 @@ class StreamWalker:
         self._aliases_seen = False
         self.points = PointTracker(operating_point)
         self._refinements = refinements
+        self._parse_base_reference = base_reference
+        self.base_reference: Any = None  #: the parsed base reference unit of a delta stream, if any
 
     def aliases_of(self, name: str) -> list[str]:
         """Names sharing the storage of tensor ``name`` (ascending)."""
@@ -144,6 +151,12 @@ class StreamWalker:
                     chained = sorted(set(self.aliases) & set(self.aliases.values()))
                     if chained:
                         raise CorruptError(f"alias target {chained[0]!r} is itself an alias")
+                elif uh.unit_type == UNIT_BASE_REFERENCE and self._parse_base_reference is not None:
+                    if self.base_reference is not None:
+                        raise CorruptError("a second base reference unit")
+                    if self.names:
+                        raise CorruptError("base reference after tensor units")
+                    self.base_reference = self._parse_base_reference(bytes(payload), base)
                 elif uh.unit_type == UNIT_TENSOR:
                     try:
                         th = TensorHeader.parse(r, self.limits)

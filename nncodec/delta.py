@@ -35,7 +35,7 @@ import numpy as np
 
 from .bitstream.constants import (FILE_HEADER, FILE_HEADER_SIZE, FORMAT_MAJOR, FORMAT_MINOR_GRID_DELTA, MAGIC,
                                   SCHEME_NONE, SCHEME_UNIFORM, UNIT_CRC_COVERED, UNIT_END, UNIT_HEADER,
-                                  UNIT_HEADER_SIZE, UNIT_STREAM_HEADER, UNIT_TENSOR)
+                                  UNIT_HEADER_SIZE, UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_BASE_REFERENCE)
 from .bitstream.reader import open_source
 from .bitstream.units import EndOfStream, frame_unit
 from .decoder import (RefinementHeader, Source, StreamWalker, decode_tensor, decode_unit_codes, iter_tensors,
@@ -50,7 +50,6 @@ from .quant.uniform import coded_from
 __all__ = ["UNIT_BASE_REFERENCE", "HASH_SHA256", "FLAG_GRID_ALIGNED", "BaseMismatchError", "content_hash", "BaseReference",
            "encode_delta_tensors", "decode_delta_arrays"]
 
-UNIT_BASE_REFERENCE = 0x05
 HASH_SHA256 = 1
 FLAG_GRID_ALIGNED = 0x01  #: base reference flag: quantized tensors hold code differences (FORMAT.md §12.5)
 _REF_HEAD = struct.Struct("<BBH32sI")
@@ -241,19 +240,10 @@ def encode_delta(tensors: Mapping[str, Any], base: Any, dst: Any, topology: Mapp
     return write_atomic(dst, chunks), report
 
 
-def _read_all(src: Source) -> bytes:
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return bytes(src)
-    if isinstance(src, (str, Path)) or hasattr(src, "__fspath__"):
-        return Path(src).read_bytes()
-    if hasattr(src, "read"):
-        return src.read()
-    raise ConfigError(f"cannot read a stream from a {type(src).__name__}")
-
-
 def split_base_reference(data: bytes) -> tuple[BaseReference, bytes]:
     """The base reference of a delta stream and the stream without it (end-of-stream recounted), which an
-    ordinary decoder reads. Units are only located here; the decoder checks everything else."""
+    ordinary decoder or :func:`~nncodec.read_info` reads: for inspecting a delta's units (decoding walks the
+    stream once, without this). Units are only located here; the decoder checks everything else."""
     pos, index, kept, ref = FILE_HEADER_SIZE, 0, [data[:FILE_HEADER_SIZE]], None
     tensors = 0
     while pos < len(data):
@@ -289,36 +279,46 @@ def split_base_reference(data: bytes) -> tuple[BaseReference, bytes]:
 
 def decode_delta_arrays(src: Source, base: Any, *, limits: Limits = DEFAULT_LIMITS
                         ) -> dict[str, tuple[np.ndarray, DType]]:
-    """``{name: (storage, dtype)}`` of the fine-tuned model from a delta stream and its base."""
-    ref, plain = split_base_reference(_read_all(src))
+    """``{name: (storage, dtype)}`` of the fine-tuned model from a delta stream and its base, in one walk of
+    the stream (the base reference unit comes before every tensor, so the base is checked before any delta
+    is applied)."""
     base_t = base_tensors(base, limits)
-    got = content_hash(base_t)
-    if got != ref.digest:
-        raise BaseMismatchError(f"wrong base: the stream is a delta against base {ref.digest.hex()[:16]}..., the "
-                                f"given base hashes to {got.hex()[:16]}...")
-    whole = set(ref.whole)
     out: dict[str, tuple[np.ndarray, DType]] = {}
-    for th, arr in _rebuilt(plain, ref, base_t, limits):
-        out[th.name] = (arr, th.dtype)
-    missing = whole - set(out)
+    f, owned = open_source(src)
+    try:
+        walker = StreamWalker(f, limits, base_reference=BaseReference.parse)
+        ref: BaseReference | None = None
+        units = walker.tensor_units()
+        for index, uh, th, coded in units:
+            if ref is None:
+                if walker.base_reference is None:
+                    for _ in units:  # not a delta, unless a base reference comes late: the walker refuses that
+                        pass
+                ref = _checked_reference(walker.base_reference, base_t)
+            if isinstance(th, RefinementHeader):
+                raise CorruptError("a delta stream holds a refinement unit", unit_index=index, offset=uh.offset)
+            for header, arr in with_aliases(walker, th, _rebuild_tensor(walker, index, uh, th, coded, ref, base_t)):
+                out[header.name] = (arr, header.dtype)
+        if ref is None:
+            ref = _checked_reference(walker.base_reference, base_t)
+    finally:
+        if owned:
+            f.close()
+    missing = set(ref.whole) - set(out)
     if missing:
         raise CorruptError(f"tensors listed as whole are missing from the stream: {sorted(missing)[:5]}")
     return out
 
 
-def _rebuilt(plain: bytes, ref: BaseReference, base: Mapping[str, tuple[np.ndarray, DType]], limits: Limits):  # noqa: ANN202
-    """``(header, rebuilt storage)`` of every tensor of a delta stream without its base reference unit (§12.3,
-    §12.5), aliases included."""
-    f, owned = open_source(plain)
-    try:
-        walker = StreamWalker(f, limits)
-        for index, uh, th, coded in walker.tensor_units():
-            if isinstance(th, RefinementHeader):
-                raise CorruptError("a delta stream holds a refinement unit", unit_index=index, offset=uh.offset)
-            yield from with_aliases(walker, th, _rebuild_tensor(walker, index, uh, th, coded, ref, base))
-    finally:
-        if owned:
-            f.close()
+def _checked_reference(ref: "BaseReference | None", base: Mapping[str, tuple[np.ndarray, DType]]) -> BaseReference:
+    """``ref`` if the stream has one and ``base`` is the base it names."""
+    if ref is None:
+        raise ConfigError("this stream is not a delta (no base reference unit); decode it without base=")
+    got = content_hash(base)
+    if got != ref.digest:
+        raise BaseMismatchError(f"wrong base: the stream is a delta against base {ref.digest.hex()[:16]}..., the "
+                                f"given base hashes to {got.hex()[:16]}...")
+    return ref
 
 
 def _rebuild_tensor(walker: StreamWalker, index: int, uh: Any, th: Any, coded: Any, ref: BaseReference,

@@ -33,6 +33,7 @@ UNIT_STREAM_HEADER = 0x01
 UNIT_MODEL_PARAMETER_SET = 0x02
 UNIT_TOPOLOGY = 0x03
 UNIT_TENSOR_ALIASES = 0x04  #: format 1.1
+UNIT_BASE_REFERENCE = 0x05  #: delta streams (FORMAT.md §12), critical
 UNIT_OPERATING_POINTS = 0x06  #: format 1.2, ancillary
 UNIT_TENSOR = 0x10
 UNIT_REFINEMENT = 0x11  #: format 1.2, ancillary
@@ -43,6 +44,7 @@ UNIT_NAMES = {
     UNIT_MODEL_PARAMETER_SET: "model_parameter_set",
     UNIT_TOPOLOGY: "topology",
     UNIT_TENSOR_ALIASES: "tensor_aliases",
+    UNIT_BASE_REFERENCE: "base_reference",
     UNIT_OPERATING_POINTS: "operating_points",
     UNIT_TENSOR: "tensor",
     UNIT_REFINEMENT: "refinement",

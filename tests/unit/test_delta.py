@@ -201,3 +201,54 @@ def test_numpy_delta_needs_no_torch() -> None:
             "print(sorted(m for m in ('torch', 'numba', 'llvmlite') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _units(data: bytes) -> list[bytes]:
+    """The framed units of a stream, in order (after the file header)."""
+    from nncodec.bitstream.constants import FILE_HEADER_SIZE, UNIT_HEADER, UNIT_HEADER_SIZE
+
+    pos, out = FILE_HEADER_SIZE, []
+    while pos < len(data):
+        length = UNIT_HEADER.unpack_from(data, pos)[3]
+        out.append(data[pos:pos + UNIT_HEADER_SIZE + length])
+        pos += UNIT_HEADER_SIZE + length
+    return out
+
+
+def test_delta_decodes_from_a_one_pass_file_object_and_refuses_a_misplaced_base_reference() -> None:
+    """Decoding walks the stream once (a reader without seek works) and keeps the unit-order rules: the base
+    reference comes once, before every tensor."""
+    import io
+
+    from nncodec.bitstream.constants import FILE_HEADER_SIZE, UNIT_BASE_REFERENCE, UNIT_TENSOR
+
+    base, tuned = _pair()
+    data = nncodec.encode(tuned, base=base)
+
+    class OnePass(io.RawIOBase):
+        def __init__(self, b: bytes):
+            self._f = io.BytesIO(b)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf) -> int:  # noqa: ANN001
+            chunk = self._f.read(len(buf))
+            buf[:len(chunk)] = chunk
+            return len(chunk)
+
+    want = nncodec.decode(data, base=base)
+    got = nncodec.decode(OnePass(data), base=base)
+    assert sorted(got) == sorted(want)
+    assert all(got[k].numpy().tobytes() == want[k].numpy().tobytes() for k in want)  # NaN included
+
+    units = _units(data)
+    kinds = [u[0] for u in units]
+    ref_at, first_tensor = kinds.index(UNIT_BASE_REFERENCE), kinds.index(UNIT_TENSOR)
+    moved = units[:ref_at] + units[ref_at + 1:first_tensor + 1] + [units[ref_at]] + units[first_tensor + 1:]
+    with pytest.raises(CorruptError, match="base reference after tensor") as err:
+        nncodec.decode(data[:FILE_HEADER_SIZE] + b"".join(moved), base=base)
+    assert err.value.unit_index == first_tensor
+    twice = units[:ref_at + 1] + [units[ref_at]] + units[ref_at + 1:]
+    with pytest.raises(CorruptError, match="second base reference"):
+        nncodec.decode(data[:FILE_HEADER_SIZE] + b"".join(twice), base=base)

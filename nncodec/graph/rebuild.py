@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..limits import DEFAULT_LIMITS, Limits
+from .guards import GUARDS
 from .schema import GETITEM, GraphError, GraphSpec, TensorSpec
 
 __all__ = ["GraphModel", "rebuild", "load_graph_model"]
@@ -164,13 +165,14 @@ class GraphModel(nn.Module):
         paths = _owner_paths(spec.tensors)
         self.input_specs = [(n, _DTYPES[d], s) for n, d, s in spec.inputs]
         last_use: dict[int, int] = {}
-        self._program: list[tuple[int, Any, Any, bool, dict[str, Any], bool, str]] = []
+        self._program: list[tuple[int, Any, Any, Any, bool, dict[str, Any], bool, str]] = []
         for i, ((name, op, args, kwargs), fn) in enumerate(zip(spec.nodes, ops)):
             cargs, dyn_a = _compile(args, spec.names)
             ckw = {k: _compile(v, spec.names) for k, v in kwargs.items()}
             if "device" not in ckw and _makes_tensors(fn):  # factories follow the inputs (meta in the dry run)
                 ckw["device"] = (_DEVICE, True)
-            self._program.append((spec.names[name], fn, cargs, dyn_a, {k: v for k, (v, _) in ckw.items()},
+            self._program.append((spec.names[name], fn, GUARDS.get(fn), cargs, dyn_a,
+                                  {k: v for k, (v, _) in ckw.items()},
                                   any(d for _, d in ckw.values()), f"node {name!r} ({op})"))
             for ref in _refs(args) + _refs(list(kwargs.values())):
                 last_use[spec.names[ref]] = i
@@ -230,11 +232,15 @@ class GraphModel(nn.Module):
         self._run(env, meta, check)
 
     def _run(self, env: list[Any], device: torch.device, check: Callable[[str, Any], None] | None = None) -> Any:
-        for (slot, fn, args, dyn_a, kwargs, dyn_k, where), free in zip(self._program, self._free):
+        for (slot, fn, guard, args, dyn_a, kwargs, dyn_k, where), free in zip(self._program, self._free):
             a = _fill(args, env, device) if dyn_a else args
             k = {n: _fill(v, env, device) for n, v in kwargs.items()} if dyn_k else kwargs
             try:
+                if guard is not None:
+                    guard(a, k)
                 env[slot] = out = fn(*a, **k)
+            except GraphError as exc:
+                raise GraphError(f"graph topology: {where}: {exc.reason}"[:400]) from None
             except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError) as exc:
                 raise GraphError(f"graph topology: {where} fails on {device.type} tensors: "
                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400]) from None

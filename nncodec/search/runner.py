@@ -43,8 +43,8 @@ from ..prune.graph import Resizer
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.plan import Plan
 from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits
-from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Outcome, candidate_energy, method_options, run_method,
-                          uses_method)
+from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Costing, Outcome, candidate_energy, method_options,
+                          run_method, uses_method)
 from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
@@ -264,6 +264,26 @@ class _Searcher:
                 over += value / cap - 1.0
         return over
 
+    # -- one candidate ----------------------------------------------------------------------------
+    def measure(self, model: nn.Module, plan: Plan) -> Costing:
+        """Cost a candidate built from ``plan`` (energy costed with the plan) and check it against the caps."""
+        report = candidate_energy(model, self.space.example_inputs, plan, self.cfg.energy_settings)
+        bits = model_size_bits(model)
+        n_params = sum(p.numel() for p in model.parameters())
+        return Costing(report, self._cost(model, report), bits, n_params,
+                       self._violation(report.total_pj, bits, n_params))
+
+    def train_proxy(self, model: nn.Module, after_epoch: Callable[[int, float], None] | None = None) -> float:
+        """Train ``model`` for the proxy budget, testing it after every epoch (``after_epoch(epoch, accuracy)``
+        may stop it by raising); the last accuracy."""
+        acc = 0.0
+        for epoch in range(self.cfg.proxy_epochs):
+            self.task.train_epoch(model, epoch, proxy=True)
+            acc = self.task.evaluate(model)
+            if after_epoch is not None:
+                after_epoch(epoch, acc)
+        return acc
+
     # -- one trial ------------------------------------------------------------------------------
     def objective(self, trial: Any, params: dict[str, list[Any]], multi: bool) -> Any:
         import optuna
@@ -272,34 +292,31 @@ class _Searcher:
         plan = self.space.plan_from(choices)
         torch.manual_seed(self.cfg.seed * 100_003 + trial.number)
         model = self.build(plan)
-        report = candidate_energy(model, self.space.example_inputs, plan, self.cfg.energy_settings)
-        cost = self._cost(model, report)
-        bits = model_size_bits(model)
+        costing = self.measure(model, plan)
+        cost = costing.cost
         stored = self.stored_bits(model)
-        n_params = sum(p.numel() for p in model.parameters())
-        trial.set_user_attr("energy_pj", report.total_pj)
+        trial.set_user_attr("energy_pj", costing.energy_pj)
         trial.set_user_attr("cost", cost)
         if stored is not None:
             trial.set_user_attr("stored_bits", stored)
-        trial.set_user_attr("size_bits", bits)
-        trial.set_user_attr("params", n_params)
-        violation = self._violation(report.total_pj, bits, n_params)
+        trial.set_user_attr("size_bits", costing.size_bits)
+        trial.set_user_attr("params", costing.params)
         if multi:
-            trial.set_constraint("caps", violation)  # NSGA-II ranks infeasible trials after feasible ones
-        if violation > 0:
+            trial.set_constraint("caps", costing.violation)  # NSGA-II ranks infeasible trials after feasible ones
+        if costing.violation > 0:
             trial.set_user_attr("infeasible", True)
-            trial.set_user_attr("violation", violation)
-            log.debug("trial %d infeasible (over the caps by %.1f %%): not trained", trial.number, 100 * violation)
+            trial.set_user_attr("violation", costing.violation)
+            log.debug("trial %d infeasible (over the caps by %.1f %%): not trained", trial.number,
+                      100 * costing.violation)
             return ((0.0, cost) + ((stored,) if stored is not None else ())) if multi else 0.0
-        acc = 0.0
-        for epoch in range(self.cfg.proxy_epochs):
-            self.task.train_epoch(model, epoch, proxy=True)
-            acc = self.task.evaluate(model)
-            if not multi:
-                trial.report(self.score(acc, cost, stored), epoch)
-                if trial.should_prune():
-                    trial.set_user_attr("accuracy", acc)
-                    raise optuna.TrialPruned()
+
+        def report(epoch: int, acc: float) -> None:  # per-epoch scores for hyperband
+            trial.report(self.score(acc, cost, stored), epoch)
+            if trial.should_prune():
+                trial.set_user_attr("accuracy", acc)
+                raise optuna.TrialPruned()
+
+        acc = self.train_proxy(model, None if multi else report)
         trial.set_user_attr("accuracy", acc)
         if multi:
             return (acc, cost) + ((stored,) if stored is not None else ())

@@ -325,10 +325,18 @@ SEARCH_SCHEDULES = ("single", "iterative")
 NO_TRIALS = ("differentiable",)
 
 
-def _trials(args: argparse.Namespace) -> int:
-    """``--trials`` (default 30); an error with a controller that runs no trials."""
+def _trials(args: argparse.Namespace) -> int | None:
+    """``--trials`` (default 30, or no count when ``--timeout`` bounds the search); an error with a controller
+    that runs no trials, and a ``--timeout`` that does not apply, before any training."""
+    if args.timeout is not None:
+        from .search.runner import check_budget
+
+        check_budget(args.trials, args.timeout, controller=args.controller,
+                     schedule=getattr(args, "schedule", "single"),
+                     options={"codesign": True} if getattr(args, "codesign", False) else {},
+                     block_search=getattr(args, "block_search", False))
     if args.trials is None:
-        return 30
+        return None if args.timeout is not None else 30
     if args.controller in NO_TRIALS:
         raise ConfigError(f"--trials does not apply to --controller {args.controller}: it trains once and runs no "
                           "trials (set its length with --option epochs=N)")
@@ -338,7 +346,8 @@ def _trials(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_demo, run_demo
 
-    summary, result = run_demo(trials=_trials(args), controller=args.controller, seed=args.seed, out_dir=args.out,
+    summary, result = run_demo(trials=_trials(args), timeout_s=args.timeout, controller=args.controller,
+                               seed=args.seed, out_dir=args.out,
                                storage=args.storage, progress=None if not args.json else False)
     print(json.dumps(summary, indent=2) if args.json else format_demo(result, args.out))
     return 0
@@ -382,6 +391,7 @@ def _size_score(text: str | None) -> dict | None:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     _needs_model(args, "input_shape", "weights", "data")
+    _trials(args)  # a wrong budget fails before the data is read and the reference trained
     if not args.model:
         if args.schedule != "single" or args.option or args.codesign or args.size_score is not None:
             raise ConfigError("--schedule, --option, --codesign and --size-score apply to a search of your --model, "
@@ -428,7 +438,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         widths["widths"] = (1.0,)
     space = SearchSpace.from_model(model, shape, x_train[:256], width_mode=args.width_mode,
                                    keep_width=tuple(args.keep_width or ()), **widths)
-    config = SearchConfig(controller=args.controller, n_trials=_trials(args), proxy_epochs=args.proxy_epochs,
+    config = SearchConfig(controller=args.controller, n_trials=_trials(args), timeout_s=args.timeout,
+                          proxy_epochs=args.proxy_epochs,
                           final_epochs=args.final_epochs, cost=args.cost, max_energy_pj=args.max_energy_pj,
                           max_bits=args.max_bits, max_params=args.max_params, block_search=args.block_search,
                           block_order=args.block_order, final_prune=args.prune, seed=args.seed, worker=args.worker,
@@ -546,7 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def search_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", default="tpe", choices=SEARCH_CONTROLLERS)
-        p.add_argument("--trials", type=int, help="trials (default 30; the differentiable controller runs none)")
+        p.add_argument("--trials", type=int, help="trials (default 30, none with --timeout alone; the "
+                                                   "differentiable controller runs none)")
+        p.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="wall-time budget of the trials (Optuna controllers; fine-tuning and encoding come "
+                            "after it; no trial starts once it is spent); with --trials both bound the search")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", default="nncodec_demo", help="folder for the report, plan, plot and bitstream")
         p.add_argument("--storage", help="study storage: a SQLite file (default: OUT/search.db) or postgresql://...")

@@ -27,10 +27,13 @@ __all__ = ["run_demo", "format_demo"]
 log = logging.getLogger(__name__)
 
 
-def run_demo(*, trials: int = 30, controller: str = "tpe", seed: int = 0, out_dir: str | Path = "nncodec_demo",
+def run_demo(*, trials: int | None = 30, timeout_s: float | None = None, controller: str = "tpe", seed: int = 0,
+             out_dir: str | Path = "nncodec_demo",
              reference_epochs: int = 8, final_epochs: int = 6, final_prune: float = 0.75,
              storage: str | None = None, progress: bool | None = None) -> tuple[dict[str, Any], SearchResult]:
-    """Run the seed example; return the JSON summary (accuracies as fractions) and the full result."""
+    """Run the seed example; return the JSON summary (accuracies as fractions) and the full result.
+
+    ``trials`` / ``timeout_s``: the search's budget (:class:`SearchConfig` ``n_trials`` / ``timeout_s``)."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     x, y = load_mnist5k()
@@ -44,9 +47,11 @@ def run_demo(*, trials: int = 30, controller: str = "tpe", seed: int = 0, out_di
     space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256], **fixed)
     size_score = None if controller == "differentiable" else ScoreConfig()
     task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=0.5, seed=seed)
-    config = SearchConfig(controller=controller, n_trials=trials, final_epochs=final_epochs, final_prune=final_prune,
+    budget = f"{trials}" if timeout_s is None else f"{trials}-{timeout_s:g}s"
+    config = SearchConfig(controller=controller, n_trials=trials, timeout_s=timeout_s, final_epochs=final_epochs,
+                          final_prune=final_prune,
                           size_score=size_score, seed=seed, out_dir=str(out_dir), storage=storage,
-                          progress=progress, study_name=f"demo-{controller}-{trials}-seed{seed}-energy"
+                          progress=progress, study_name=f"demo-{controller}-{budget}-seed{seed}-energy"
                           + ("-size" if size_score is not None else ""))
     result = run_search(reference, space, task, config, reference_accuracy=ref_acc)
     summary = result.summary()

@@ -2,7 +2,9 @@
 
 A registered method is a function ``method(searcher) -> Outcome`` called by the runner instead of the
 Optuna study. ``searcher`` is the runner's search state (reference model, :class:`SearchSpace`, task,
-:class:`SearchConfig`, reference energy and cost, ``cost_fn``, ``violation(energy, bits, params)``).
+:class:`SearchConfig`, reference energy and cost, ``cost_fn``, ``violation(energy, bits, params)``) with
+the steps every method shares: ``build(plan)``, ``measure(model, plan) -> Costing`` and
+``train_proxy(model) -> accuracy``.
 The method returns the plan the runner fine-tunes, encodes and reports like any other, plus what a plan
 cannot hold: pruning masks, the weights to start fine-tuning from (same shapes as the reference), and
 extra summary entries (the hardware configuration of a co-design).
@@ -23,7 +25,7 @@ from ..energy.estimate import estimate_energy
 from ..errors import ConfigError
 from ..quant.plan import Plan
 
-__all__ = ["Outcome", "register_controller", "register_schedule", "PLAN_CONTROLLERS", "SCHEDULES",
+__all__ = ["Outcome", "Costing", "register_controller", "register_schedule", "PLAN_CONTROLLERS", "SCHEDULES",
            "run_method", "method_options", "candidate_energy", "refuse_widths", "refuse_trials", "searches_widths"]
 
 
@@ -37,6 +39,21 @@ class Outcome:
     state: dict[str, torch.Tensor] | None = None                    #: reference state_dict to fine-tune from
     extra: dict[str, Any] = field(default_factory=dict)             #: added to the JSON summary
     energy_settings: dict[str, Any] | None = None                   #: hardware the final energy is costed on
+
+
+@dataclass
+class Costing:
+    """What a candidate costs, before any training decides its accuracy."""
+
+    report: Any               #: the energy report (costed with the candidate's plan)
+    cost: float               #: the search's cost: energy in pJ, size in bits or the measured cost
+    size_bits: int            #: parameters x their quantizers' bits
+    params: int               #: parameter count
+    violation: float          #: relative amount over the caps (0: feasible)
+
+    @property
+    def energy_pj(self) -> float:
+        return float(self.report.total_pj)
 
 
 Method = Callable[[Any], Outcome]

@@ -24,8 +24,7 @@ import torch
 from ..errors import ConfigError
 from ..quant.base import get_quantizer
 from ..quant.plan import Plan
-from .candidate import model_size_bits
-from .controllers import Outcome, candidate_energy, refuse_widths, register_controller
+from .controllers import Outcome, refuse_widths, register_controller
 from .surrogate import base_choices
 
 __all__ = ["Knob", "knobs_of", "greedy_controller"]
@@ -106,21 +105,14 @@ class _Greedy:
 
     def measure(self, plan: Plan, label: str) -> dict[str, Any]:
         """Build, cost, train for the proxy budget and test one candidate; one row of the trial table."""
-        cfg = self.s.cfg
-        torch.manual_seed(cfg.seed * 100_003 + len(self.rows))
+        torch.manual_seed(self.s.cfg.seed * 100_003 + len(self.rows))
         model = self.s.build(plan)
-        report = candidate_energy(model, self.s.space.input_shape, plan, cfg.energy_settings)
-        cost = self.s._cost(model, report)
-        acc = 0.0
-        for epoch in range(cfg.proxy_epochs):
-            self.s.task.train_epoch(model, epoch, proxy=True)
-            acc = self.s.task.evaluate(model)
-        bits = model_size_bits(model)
+        costing = self.s.measure(model, plan)
+        acc = self.s.train_proxy(model)
         row = {"number": len(self.rows), "state": "COMPLETE", "params": {}, "step": label, "accuracy": acc,
-               "energy_pj": report.total_pj, "cost": cost, "size_bits": bits,
-               "value": self.s.score(acc, cost, self.s.stored_bits(model)),
-               "violation": self.s._violation(report.total_pj, bits, sum(p.numel() for p in model.parameters())),
-               "infeasible": False, "accepted": None}
+               "energy_pj": costing.energy_pj, "cost": costing.cost, "size_bits": costing.size_bits,
+               "value": self.s.score(acc, costing.cost, self.s.stored_bits(model)),
+               "violation": costing.violation, "infeasible": False, "accepted": None}
         self.rows.append(row)
         return row
 

@@ -32,8 +32,7 @@ from ..errors import ConfigError
 from ..prune.proximal import ProximalPruner
 from ..prune.unstructured import apply_masks, global_magnitude_masks, prunable_layers, sparsity
 from ..quant.layers import quantize_model
-from .candidate import model_size_bits
-from .controllers import Outcome, candidate_energy, refuse_widths, register_schedule
+from .controllers import Outcome, refuse_widths, register_schedule
 from .greedy import knobs_of
 from .surrogate import base_choices
 
@@ -89,16 +88,15 @@ def iterative_schedule(searcher: Any) -> Outcome:
     prune_steps = 0
 
     def measure(label: str, method: str | None) -> dict[str, Any]:
-        report = candidate_energy(model, space.input_shape, plan_now(), cfg.energy_settings)
-        bits = model_size_bits(model)
+        costing = searcher.measure(model, plan_now())
         measured = float(searcher.cost_fn(model)) if searcher.cost_fn is not None else None
-        violation = searcher._violation(report.total_pj, bits, sum(p.numel() for p in model.parameters()))
+        violation = costing.violation
         if max_cost is not None and measured is not None and measured > max_cost:
             violation += measured / max_cost - 1.0
         sp = sparsity(model)
         row = {"number": len(rows), "state": "COMPLETE", "step": label, "method": method, "params": {},
-               "accuracy": task.evaluate(model), "energy_pj": report.total_pj, "size_bits": bits,
-               "cost": searcher._cost(model, report), "measured_cost": measured, "violation": violation,
+               "accuracy": task.evaluate(model), "energy_pj": costing.energy_pj, "size_bits": costing.size_bits,
+               "cost": costing.cost, "measured_cost": measured, "violation": violation,
                "sparsity": sum(sp.values()) / max(len(sp), 1), "infeasible": False, "accepted": True}
         rows.append(row)
         return row

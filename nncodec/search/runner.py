@@ -12,12 +12,20 @@ reference's parameters x reference weight bits): ``accuracy * (1 + delta_cost) *
 After the trials, the best plan is applied to a fresh copy of the reference, optionally pruned
 (unstructured magnitude masks), fine-tuned for the full budget, encoded into a bitstream, decoded, and
 measured again from the decoded weights.
+
+Budget: ``n_trials`` trials in all (over resumed runs and every worker sharing the study) and, with
+``timeout_s``, at most that many seconds of wall time for this call's search phase (the trials; with block
+search, split across the blocks in proportion to their trial budgets, time a block leaves unused passing to
+the next). No trial starts after the budget is spent, so the search overruns it by at most one trial, and
+every study (every block) runs at least one trial. The final fine-tuning, encoding and decoding are
+outside the budget (``SearchResult.search_seconds`` is the search phase alone).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -35,8 +43,8 @@ from ..prune.graph import Resizer
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.plan import Plan
 from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits
-from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Outcome, candidate_energy, method_options, run_method,
-                          uses_method)
+from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Costing, Outcome, candidate_energy, method_options,
+                          run_method, uses_method)
 from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
@@ -55,7 +63,11 @@ class SearchConfig:
     """Settings of a search. Costs in pJ (energy) or bits (size)."""
 
     controller: str = "tpe"
-    n_trials: int = 30
+    #: trials in all (over resumes and workers); with ``timeout_s`` an upper bound, None: only the time bounds
+    n_trials: int | None = 30
+    #: None, or the wall time in seconds of this call's search phase (Optuna controllers only; the final
+    #: fine-tuning, encoding and decoding are outside it); no trial starts after it, the last may overrun it
+    timeout_s: float | None = None
     proxy_epochs: int = 1
     final_epochs: int = 6
     cost: str = "energy"                      #: "energy" or "size"
@@ -100,8 +112,9 @@ class SearchConfig:
                                   f"{self.controller!r} with schedule={self.schedule!r} (they score otherwise)")
         if self.block_order not in ("energy", "input"):
             raise ConfigError("block_order must be 'energy' or 'input'")
-        if self.n_trials < 1 or self.proxy_epochs < 1 or self.final_epochs < 0:
-            raise ConfigError("n_trials and proxy_epochs must be >= 1, final_epochs >= 0")
+        self._check_budget()
+        if self.proxy_epochs < 1 or self.final_epochs < 0:
+            raise ConfigError("proxy_epochs must be >= 1, final_epochs >= 0")
         if self.block_search and self.controller == "nsga2":
             raise ConfigError("block search scores with a single objective; use another controller than nsga2")
         if self.schedule != "single" and self.schedule not in SCHEDULES:
@@ -113,6 +126,33 @@ class SearchConfig:
             if shared:
                 raise ConfigError(f"{shared} apply to the Optuna controllers only; controller={self.controller!r}, "
                                   f"schedule={self.schedule!r} runs in one process without a shared study")
+
+    def _check_budget(self) -> None:
+        check_budget(self.n_trials, self.timeout_s, controller=self.controller, schedule=self.schedule,
+                     options=self.options, block_search=self.block_search)
+
+
+def check_budget(n_trials: int | None, timeout_s: float | None, *, controller: str = "tpe", schedule: str = "single",
+                 options: dict[str, Any] | None = None, block_search: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``n_trials`` / ``timeout_s`` make a budget: at least one set, each
+    positive, and the time only for a search that honours it (the Optuna controllers' trials)."""
+    options = options or {}
+    if timeout_s is not None:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
+                or timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        if uses_method(controller, schedule, options):
+            raise ConfigError(f"timeout_s applies to the Optuna controllers' trials; controller={controller!r} with "
+                              f"schedule={schedule!r}{' and the co-design' if options.get('codesign') else ''} runs "
+                              "a fixed schedule (bound its length by its options or n_trials)")
+    if n_trials is None:
+        if timeout_s is None:
+            raise ConfigError("n_trials=None needs timeout_s: the search would never stop")
+        if block_search:
+            raise ConfigError("block search splits its budget by the blocks' trial shares: give n_trials "
+                              "(an upper bound with timeout_s)")
+    elif isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"n_trials must be an integer >= 1 (or None with timeout_s), got {n_trials!r}")
 
 
 @dataclass
@@ -136,6 +176,7 @@ class SearchResult:
     warnings: list[str] = field(default_factory=list)   #: things the user should know (a chance-level reference)
     notes: list[str] = field(default_factory=list)      #: what was done on the user's behalf (reference training)
     extra: dict[str, Any] = field(default_factory=dict)  #: summary entries of non-Optuna methods (hardware ...)
+    search_seconds: float = 0.0                          #: wall time of the search phase (what timeout_s bounds)
 
     def summary(self) -> dict[str, Any]:
         return {**self.extra, "reference": {"accuracy": self.reference_accuracy, "energy_pj": self.reference_energy_pj,
@@ -143,7 +184,8 @@ class SearchResult:
                 "result": {"accuracy": self.accuracy, "decoded_accuracy": self.decoded_accuracy,
                            "energy_pj": self.energy_pj, "bitstream_bytes": self.bitstream_bytes,
                            "plan": self.plan.to_dict()},
-                "seconds": self.seconds, "notes": list(self.notes), "warnings": list(self.warnings)}
+                "seconds": self.seconds, "search_seconds": self.search_seconds, "notes": list(self.notes),
+                "warnings": list(self.warnings)}
 
 
 def make_sampler(controller: str, seed: int):  # noqa: ANN201
@@ -222,6 +264,26 @@ class _Searcher:
                 over += value / cap - 1.0
         return over
 
+    # -- one candidate ----------------------------------------------------------------------------
+    def measure(self, model: nn.Module, plan: Plan) -> Costing:
+        """Cost a candidate built from ``plan`` (energy costed with the plan) and check it against the caps."""
+        report = candidate_energy(model, self.space.example_inputs, plan, self.cfg.energy_settings)
+        bits = model_size_bits(model)
+        n_params = sum(p.numel() for p in model.parameters())
+        return Costing(report, self._cost(model, report), bits, n_params,
+                       self._violation(report.total_pj, bits, n_params))
+
+    def train_proxy(self, model: nn.Module, after_epoch: Callable[[int, float], None] | None = None) -> float:
+        """Train ``model`` for the proxy budget, testing it after every epoch (``after_epoch(epoch, accuracy)``
+        may stop it by raising); the last accuracy."""
+        acc = 0.0
+        for epoch in range(self.cfg.proxy_epochs):
+            self.task.train_epoch(model, epoch, proxy=True)
+            acc = self.task.evaluate(model)
+            if after_epoch is not None:
+                after_epoch(epoch, acc)
+        return acc
+
     # -- one trial ------------------------------------------------------------------------------
     def objective(self, trial: Any, params: dict[str, list[Any]], multi: bool) -> Any:
         import optuna
@@ -230,34 +292,31 @@ class _Searcher:
         plan = self.space.plan_from(choices)
         torch.manual_seed(self.cfg.seed * 100_003 + trial.number)
         model = self.build(plan)
-        report = candidate_energy(model, self.space.example_inputs, plan, self.cfg.energy_settings)
-        cost = self._cost(model, report)
-        bits = model_size_bits(model)
+        costing = self.measure(model, plan)
+        cost = costing.cost
         stored = self.stored_bits(model)
-        n_params = sum(p.numel() for p in model.parameters())
-        trial.set_user_attr("energy_pj", report.total_pj)
+        trial.set_user_attr("energy_pj", costing.energy_pj)
         trial.set_user_attr("cost", cost)
         if stored is not None:
             trial.set_user_attr("stored_bits", stored)
-        trial.set_user_attr("size_bits", bits)
-        trial.set_user_attr("params", n_params)
-        violation = self._violation(report.total_pj, bits, n_params)
+        trial.set_user_attr("size_bits", costing.size_bits)
+        trial.set_user_attr("params", costing.params)
         if multi:
-            trial.set_constraint("caps", violation)  # NSGA-II ranks infeasible trials after feasible ones
-        if violation > 0:
+            trial.set_constraint("caps", costing.violation)  # NSGA-II ranks infeasible trials after feasible ones
+        if costing.violation > 0:
             trial.set_user_attr("infeasible", True)
-            trial.set_user_attr("violation", violation)
-            log.debug("trial %d infeasible (over the caps by %.1f %%): not trained", trial.number, 100 * violation)
+            trial.set_user_attr("violation", costing.violation)
+            log.debug("trial %d infeasible (over the caps by %.1f %%): not trained", trial.number,
+                      100 * costing.violation)
             return ((0.0, cost) + ((stored,) if stored is not None else ())) if multi else 0.0
-        acc = 0.0
-        for epoch in range(self.cfg.proxy_epochs):
-            self.task.train_epoch(model, epoch, proxy=True)
-            acc = self.task.evaluate(model)
-            if not multi:
-                trial.report(self.score(acc, cost, stored), epoch)
-                if trial.should_prune():
-                    trial.set_user_attr("accuracy", acc)
-                    raise optuna.TrialPruned()
+
+        def report(epoch: int, acc: float) -> None:  # per-epoch scores for hyperband
+            trial.report(self.score(acc, cost, stored), epoch)
+            if trial.should_prune():
+                trial.set_user_attr("accuracy", acc)
+                raise optuna.TrialPruned()
+
+        acc = self.train_proxy(model, None if multi else report)
         trial.set_user_attr("accuracy", acc)
         if multi:
             return (acc, cost) + ((stored,) if stored is not None else ())
@@ -280,15 +339,18 @@ class _Searcher:
                 time.sleep(0.2 * (attempt + 1))
         return optuna.load_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner)
 
-    def _optimize(self, study: Any, params: dict[str, list[Any]], n_trials: int, multi: bool, desc: str) -> None:
+    def _optimize(self, study: Any, params: dict[str, list[Any]], n_trials: int | None, multi: bool, desc: str,
+                  deadline: float | None = None) -> None:
+        """Run the study until it holds ``n_trials`` finished trials (None: no count) or, after at least one
+        trial of this call, ``time.monotonic()`` passes ``deadline`` (None: no time limit)."""
         import optuna
         from optuna.study import MaxTrialsCallback
         from optuna.trial import TrialState
 
         done_states = (TrialState.COMPLETE, TrialState.PRUNED)
         done = len(study.get_trials(deepcopy=False, states=done_states))
-        remaining = n_trials - done
-        if remaining <= 0:
+        remaining = None if n_trials is None else n_trials - done
+        if remaining is not None and remaining <= 0:
             log.info("%s: %d trials already finished, nothing to run", desc, done)
             return
         show = self.cfg.progress if self.cfg.progress is not None else sys.stderr.isatty()
@@ -304,10 +366,18 @@ class _Searcher:
                 if not multi and tr.value is not None:
                     bar.set_postfix(score=f"{tr.value:.4f}", acc=f"{tr.user_attrs.get('accuracy', 0):.4f}")
 
+        def out_of_time(st: Any, tr: Any) -> None:
+            if deadline is not None and time.monotonic() >= deadline:
+                log.info("%s: time budget spent after trial %d", desc, tr.number)
+                st.stop()
+
+        callbacks = [tick, out_of_time]
+        if n_trials is not None:
+            callbacks.insert(0, MaxTrialsCallback(n_trials, states=done_states))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            study.optimize(lambda t: self.objective(t, params, multi), n_trials=remaining,
-                           callbacks=[MaxTrialsCallback(n_trials, states=done_states), tick], gc_after_trial=False)
+            study.optimize(lambda t: self.objective(t, params, multi), n_trials=remaining, callbacks=callbacks,
+                           gc_after_trial=False)
         finally:
             if bar is not None:
                 bar.close()
@@ -329,17 +399,25 @@ class _Searcher:
         if uses_method(self.cfg.controller, self.cfg.schedule, self.cfg.options):
             self.outcome: Outcome | None = run_method(self)
             return self.outcome.plan, self.outcome.trials
+        start = time.monotonic()
+        timeout = self.cfg.timeout_s
         if not self.cfg.block_search:
             params = self.space.parameters()
             study = self._study(self.cfg.study_name, multi)
-            self._optimize(study, params, self.cfg.n_trials, multi, "search")
+            self._optimize(study, params, self.cfg.n_trials, multi, "search",
+                           None if timeout is None else start + timeout)
             best = self._best(study, multi)
             return self.space.plan_from(best.params), self._trial_rows(study, multi)
         rows: list[dict[str, Any]] = []
-        for i, (block, n_trials) in enumerate(self.block_schedule()):
+        schedule = self.block_schedule()
+        total = sum(n for _, n in schedule)
+        share = 0
+        for i, (block, n_trials) in enumerate(schedule):
             params = self.space.parameters(only=set(block))
             study = self._study(f"{self.cfg.study_name}.block{i}", False)
-            self._optimize(study, params, n_trials, False, f"block {i + 1} ({', '.join(block)})")
+            share += n_trials  # a block may run until its cumulative share of the time is spent
+            self._optimize(study, params, n_trials, False, f"block {i + 1} ({', '.join(block)})",
+                           None if timeout is None else start + timeout * share / total)
             best = self._best(study, False)
             self.space.fixed = self.space.plan_from(best.params)
             rows += [dict(r, block=i) for r in self._trial_rows(study, False)]
@@ -463,7 +541,9 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         warnings.append(f"the reference scores {ref_acc:.4f}, at chance level ({chance_accuracy:.4f}): it was not "
                      "trained, or not on this data; train it (or pass its weights) before searching")
         log.warning(warnings[-1])
+    t_search = time.perf_counter()
     plan, trials = searcher.search_plan()
+    search_seconds = time.perf_counter() - t_search
     torch.manual_seed(config.seed)
     outcome = getattr(searcher, "outcome", None) or Outcome(plan, trials)
     if outcome.state is not None:
@@ -496,7 +576,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         bitstream_bytes=Path(path).stat().st_size, float32_bytes=_float32_bytes(reference), trials=trials,
         layer_table=_layer_table(space, plan, searcher.ref_report, report, reference, model),
         seconds=time.perf_counter() - t0, energy_report=report, warnings=warnings,
-        notes=list(notes or []), extra=outcome.extra)
+        notes=list(notes or []), extra=outcome.extra, search_seconds=search_seconds)
     write_report(result, out_dir)
     return result
 

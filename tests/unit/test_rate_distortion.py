@@ -137,3 +137,99 @@ def test_wrong_rate_distortion_options_are_errors() -> None:
         nncodec.encode(model, calibration=batches)
     with pytest.raises(ConfigError, match="nn.Module"):
         nncodec.encode(model.state_dict(), rel_step=0.1, calibration=batches)
+
+
+def _embedding_model() -> tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]:
+    """Token embedding -> mean over the sequence -> MLP; calibration and held-out token batches."""
+
+    class Bag(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(16, 48), torch.nn.GELU(), torch.nn.Linear(48, 16))
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.mlp(self.emb(ids).mean(1))
+
+    torch.manual_seed(11)
+    model = Bag()
+    gen = torch.Generator().manual_seed(12)
+    calib = [torch.randint(0, 50, (64, 6), generator=gen) for _ in range(4)]
+    held_out = [torch.randint(0, 50, (64, 6), generator=gen) for _ in range(4)]
+    return model, calib, held_out
+
+
+def _relative_error(model: torch.nn.Module, decoded: dict[str, torch.Tensor], batches: list[torch.Tensor]) -> float:
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = [model(b) for b in batches]
+        model.load_state_dict(decoded)
+        got = [model(b) for b in batches]
+        model.load_state_dict(saved)
+    return sum(float(((g - r) ** 2).sum()) for g, r in zip(got, ref)) / sum(float((r ** 2).sum()) for r in ref)
+
+
+def test_refinement_lowers_output_error_at_the_same_grid_and_rate() -> None:
+    model, calib, held_out = _embedding_model()
+    n = sum(p.numel() for p in model.state_dict().values())
+    plain = nncodec.encode(model, rel_step=0.5, topology=False)
+    data, report = nncodec.encode_with_report(model, rel_step=0.5, calibration=calib, rounding="nearest",
+                                              refine_steps=60, refine_lr=0.01, topology=False)
+    assert report.refine_steps == 60 and "refine_steps 60" in report.table()
+    err_plain = _relative_error(model, nncodec.decode(plain), held_out)
+    err_refined = _relative_error(model, nncodec.decode(data), held_out)
+    assert err_refined < 0.7 * err_plain, (err_refined, err_plain)  # on inputs the refinement never saw
+    assert 8 * len(data) / n < 1.05 * 8 * len(plain) / n
+    # the same grid: every tensor keeps its step, and the embedding table's codes moved on it
+    from nncodec.decoder import iter_tensors
+
+    grids = {h.name: h.quant for h, _ in iter_tensors(plain)}
+    moved = 0
+    for h, arr in iter_tensors(data):
+        assert np.array_equal(h.quant.scale_values(), grids[h.name].scale_values()), h.name
+        q = arr.astype(np.float64) / h.quant.scale_values()
+        assert np.allclose(q, np.rint(q), atol=1e-3), h.name
+    plain_emb = nncodec.decode(plain)["emb.weight"]
+    moved = int((nncodec.decode(data)["emb.weight"] != plain_emb).sum())
+    assert moved > 0
+
+
+def test_refinement_composes_with_gptq_and_targets() -> None:
+    model, calib, held_out = _embedding_model()
+    gptq = nncodec.decode(nncodec.encode(model, rel_step=0.5, calibration=calib, topology=False))
+    both = nncodec.decode(nncodec.encode(model, rel_step=0.5, calibration=calib, refine_steps=60, refine_lr=0.01,
+                                         topology=False))
+    assert _relative_error(model, both, held_out) < _relative_error(model, gptq, held_out)
+    target = 3.0
+    data, report = nncodec.encode_with_report(model, calibration=calib, target_bits_per_param=target,
+                                              refine_steps=10, topology=False)
+    achieved = 8 * len(data) / sum(p.numel() for p in model.state_dict().values())
+    assert abs(achieved - target) <= BITS_TOLERANCE * target and report.refine_steps == 10
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"refine_steps": 5}, "calibration"),
+    ({"refine_steps": -1, "calibration": "C"}, "refine_steps"),
+    ({"refine_steps": 2.5, "calibration": "C"}, "refine_steps"),
+    ({"refine_steps": 5, "refine_lr": 0, "calibration": "C"}, "refine_lr"),
+    ({"refine_steps": 5, "refine_lr": float("nan"), "calibration": "C"}, "refine_lr"),
+])
+def test_bad_refinement_options_are_errors(options: dict, match: str) -> None:
+    model, calib, _ = _embedding_model()
+    if options.get("calibration") == "C":
+        options = {**options, "calibration": calib}
+    with pytest.raises(ConfigError, match=match):
+        nncodec.encode(model, rel_step=0.5, **options)
+
+
+def test_refinement_never_returns_codes_worse_on_calibration_than_its_start() -> None:
+    model, calib, _ = _embedding_model()
+    start = nncodec.decode(nncodec.encode(model, rel_step=0.5, topology=False))
+    err_start = _relative_error(model, start, calib)
+    # a step of a whole grid step for every element: the codes it reaches are far worse than nearest rounding
+    from nncodec.quant import refine_codes as rc
+
+    data = nncodec.encode(model, rel_step=0.5, calibration=calib, rounding="nearest", refine_steps=3, refine_lr=1.0,
+                          topology=False)
+    assert _relative_error(model, nncodec.decode(data), calib) <= err_start
+    assert rc.CHECK_BATCHES == 4 and len(calib) == 4  # the check covers every calibration batch here

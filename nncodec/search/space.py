@@ -44,8 +44,10 @@ DEFAULT_ACTIVATIONS = ("quantized_relu({b},{i})",)
 #: for outputs that may be negative (layer outputs, GELU / tanh / norm outputs)
 DEFAULT_SIGNED_ACTIVATIONS = ("quantized_bits({b},{i},1)",)
 DEFAULT_BIASES = ("quantized_bits({b},{i},1)",)
-#: batch norms: their folded per-channel scale and shift (see :class:`~nncodec.quant.layers.QBatchNorm2d`)
-DEFAULT_NORMS = ("quantized_bits({b},{i},1)",)
+#: batch norms: their folded per-channel scale and shift (see :class:`~nncodec.quant.layers.QBatchNorm2d`), with
+#: a per-tensor step fitted at every step: a range fitted to the reference clips them once the layer before
+#: is quantized (its outputs' variance, so the folded scale, moves far from the reference's)
+DEFAULT_NORMS = ("quantized_bits({b},0,1,alpha='auto')",)
 #: bit widths tried for templates with {b}, per layer kind and role
 DEFAULT_BITS = {"kernel": {"conv": (2, 3, 4, 6, 8), "dense": (2, 3, 4, 6, 8), "embedding": (4, 6, 8),
                            "recurrent": (4, 6, 8), "norm": (8,)},

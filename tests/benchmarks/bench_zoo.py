@@ -66,7 +66,12 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
 #: ``size_score``: the score has the eq.-2 factor on the stored size too (as the demo); two proxy epochs,
 #: as one left the trial accuracies at 0.2-0.9 (noise that ranked the cheapest candidates first)
 IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "activation_bits": (3, 4, 6, 8),
-         "proxy_fraction": 0.5, "proxy_epochs": 2, "size_score": True, "final_epochs": 10, "final_prune": 0.8}
+         "proxy_fraction": 0.5, "proxy_epochs": 2, "size_score": True, "final_epochs": 10, "final_prune": 0.3,
+         "batchnorm": "auto"}
+#: how batch norms are stored (``--batchnorm``): folded into 8-bit scale / shift with a per-tensor step fitted
+#: at every step (the space's default), with the integer bits fitted to the reference, or float32
+BATCHNORMS = {"fixed": ("quantized_bits({b},{i},1)",), "auto": ("quantized_bits({b},0,1,alpha='auto')",),
+              "float": ()}
 
 
 def _image_model(name: str, builder, trials: int, out: Path) -> dict:
@@ -82,7 +87,8 @@ def _image_model(name: str, builder, trials: int, out: Path) -> dict:
         train_classifier(reference, x_train, y_train, epochs=epochs, lr=lr, seed=i)
     ref_acc = accuracy(reference, x_test, y_test)
     space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256], widths=IMAGE["widths"],
-                                   bits={"activation": {"conv": IMAGE["activation_bits"]}})
+                                   bits={"activation": {"conv": IMAGE["activation_bits"]}},
+                                   norms=BATCHNORMS[IMAGE["batchnorm"]])
     task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=IMAGE["proxy_fraction"], seed=0)
     cfg = SearchConfig(controller="tpe", n_trials=trials, proxy_epochs=IMAGE["proxy_epochs"],
                        final_epochs=IMAGE["final_epochs"], final_prune=IMAGE["final_prune"],
@@ -282,12 +288,16 @@ def main() -> None:
     ap.add_argument("--models", default="cnn,resnet8,mobilenet,gru,minilm")
     ap.add_argument("--trials", type=int, default=None, help="override the per-model trial count")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--batchnorm", choices=sorted(BATCHNORMS), default=None,
+                    help=f"how the image models store batch norms (default {IMAGE['batchnorm']})")
     ap.add_argument("--table", action="store_true", help="print the README table of zoo.json and stop")
     args = ap.parse_args()
     path = RESULTS / "zoo.json"
     if args.table:
         print(table(json.loads(path.read_text())["rows"]))
         return
+    if args.batchnorm:
+        IMAGE["batchnorm"] = args.batchnorm
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # two cores shared with other jobs: one thread avoids oversubscription
     out = Path(args.out or tempfile.mkdtemp(prefix="zoo-"))

@@ -165,3 +165,19 @@ def test_space_folds_batch_norms_and_quantizes_residual_sums_of_a_depthwise_net(
     assert all(r.input != "int32" for r in rows), [(r.name, r.input) for r in rows]
     assert not SearchSpace.from_model(model, (1, 28, 28), sample, widths=(1.0,), norms=()).parameters().keys() & \
         {f"{layer.group}.kernel" for layer in norms}
+
+
+def test_default_norm_quantizers_follow_the_statistics_of_the_quantized_layer_before_them():
+    """The folded scale moves once the conv before it is quantized: the default step is refitted, never clipped."""
+    model = _trained_bn_net()
+    space = SearchSpace.from_model(model, (1, 8, 8), torch.randn(16, 1, 8, 8), widths=(1.0,))
+    plan = _eight_bit(space)
+    candidate = build_candidate(model, (1, 8, 8), plan)
+    bn = candidate[1]
+    for factor in (0.01, 1.0, 100.0):  # the conv's output variance times 1/factor
+        with torch.no_grad():
+            bn.running_var.copy_(model[1].running_var * factor)
+        scale, shift = bn.folded()
+        for q, value in ((bn.kernel_quantizer, scale), (bn.bias_quantizer, shift)):
+            err = (q(value) - value).abs().max() / value.abs().max()
+            assert err <= 1 / 127 + 1e-6, (factor, float(err))

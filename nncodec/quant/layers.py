@@ -17,6 +17,7 @@ import copy
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -174,13 +175,13 @@ class QRNN(_QuantRecurrent, nn.RNN):
 def unit_variance(eps: float) -> float:
     """The float32 ``v`` nearest ``1 - eps`` with ``float32(v + eps) == 1``: a stored running variance that makes
     a batch norm's ``1 / sqrt(var + eps)`` exactly 1, so that it computes ``x * weight + bias``."""
-    one = torch.tensor(1.0, dtype=torch.float32)
-    v = torch.tensor(1.0 - eps, dtype=torch.float32)
+    one, e = np.float32(1.0), np.float32(eps)
+    v = np.float32(1.0 - eps)
     for _ in range(64):
-        total = v + torch.tensor(eps, dtype=torch.float32)
+        total = np.float32(v + e)
         if total == one:
             return float(v)
-        v = torch.nextafter(v, one if total < one else -one)
+        v = np.nextafter(v, one if total < one else -one, dtype=np.float32)
     raise ConfigError(f"no float32 running variance makes var + eps exactly 1 for eps={eps!r}")
 
 
@@ -388,7 +389,7 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
         elif isinstance(module, QActivation) and lp.activation:
             module.quantizer = get_quantizer(lp.activation)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module) in _IN_PLACE and \
-                (lp.kernel or lp.bias):
+                lp is not plan.default and (lp.kernel or lp.bias):  # named (or a pattern): a default is for layers
             module.__class__ = _IN_PLACE[type(module)]
             module._init_quant(lp.kernel, lp.bias, lp.activation)  # type: ignore[operator]
         elif type(module) in _IN_PLACE and not isinstance(module, nn.modules.batchnorm._BatchNorm) and \

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.layers import QActivation, _OutputQuant, _QuantParams, _QuantWeights
+from ..quant.layers import QActivation, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
 from ..quant.plan import Plan
 from .costs import OpCosts
 from .operators import Multiplier, QType, make_multiplier, qtype
@@ -188,8 +188,13 @@ class _Resolver:
         lp = self.plan.resolve(name)
         return qtype(lp.activation) if lp is not None and lp.activation else None
 
-    def batchnorm(self) -> QType:
-        return self.ref[0] if self.ref else self.INT8
+    def batchnorm(self, module: nn.Module | None = None) -> QType:
+        """Type of a norm's parameters (and of constant operands): a folded batch norm's scale quantizer, else int8."""
+        if self.ref:
+            return self.ref[0]
+        if isinstance(module, _QuantBatchNorm) and module.kernel_quantizer is not None:
+            return qtype(module.kernel_quantizer)
+        return self.INT8
 
 
 def _density(tensor: torch.Tensor | None) -> float:
@@ -378,7 +383,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             this_out = resolver.activation(op.module, module if op.quant_module is not None else None)
         elif kind == "norm":
             bn = op.target in ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm")
-            p_t = resolver.batchnorm()
+            p_t = resolver.batchnorm(module)
             tensors = list(op.params.values())
             params = sum(mem(t.numel() * p_t.bits, weights_memory) for t in tensors)
             if not bn or exact:

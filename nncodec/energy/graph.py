@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.layers import QActivation, _OutputQuant, _QuantParams, _QuantWeights
+from ..quant.layers import QActivation, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
 
 __all__ = ["GraphOp", "capture_graph", "zero_fractions", "UnsupportedOperatorError", "UnsupportedLayerError", "OP_KINDS", "example_tensors"]
 
@@ -252,7 +252,8 @@ def capture_graph(model: nn.Module, example_inputs: Any, *, program: list | None
         dynamic.add(node.name)
         op = _op_name(node)
         stack = _owner(node)
-        quant_owner = next((p for p in stack if isinstance(modules.get(p), (QActivation, _QuantParams))), None)
+        quant_owner = next((p for p in stack if isinstance(modules.get(p), (QActivation, _QuantParams)) and
+                            not isinstance(modules.get(p), _QuantBatchNorm)), None)  # a folded norm stays a norm
         kind = OP_KINDS.get(op)
         if kind is None:
             where = stack[-1] if stack else "the model's forward"

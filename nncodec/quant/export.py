@@ -97,4 +97,7 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
             state[prefix + pname] = _coded(quantizer, value, mask)
             if mask is not None or pname == "weight":
                 state.pop(prefix + pname + "_mask", None)
+        stored = getattr(module, "stored_buffers", None)  # a folded batch norm: its statistics as stored
+        if stored is not None:
+            state.update({prefix + k: v for k, v in stored().items()})
     return state

@@ -3,7 +3,8 @@
 ``QConv1d``, ``QConv2d``, ``QLinear``, ``QEmbedding`` and the recurrent ``QGRU``, ``QLSTM``, ``QRNN`` are the
 torch layers with a kernel, bias and optional output quantizer (recurrent layers: the kernel quantizer
 applies to every ``weight_*`` matrix, the bias quantizer to every ``bias_*``); ``QActivation`` quantizes
-an activation's output. Any other module the plan gives an ``activation`` (a norm, or a block whose
+an activation's output; ``QBatchNorm1d`` / ``QBatchNorm2d`` store a batch norm folded into a quantized
+per-channel scale and shift. Any other module the plan gives an ``activation`` (a norm, or a block whose
 output is a residual sum) gets an output quantizer in place, keeping its parameter names. In training mode quantizers use the
 straight-through estimator (and sample, where stochastic); in eval mode the forward computes with
 exactly the quantized values. An optional ``weight_mask`` buffer (from pruning) is applied before the
@@ -16,6 +17,7 @@ import copy
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,8 +26,8 @@ from ..errors import ConfigError
 from .base import Quantizer, get_quantizer
 from .plan import LayerPlan, Plan
 
-__all__ = ["QConv1d", "QConv2d", "QLinear", "QEmbedding", "QGRU", "QLSTM", "QRNN", "QActivation", "quantize_model",
-           "quantized_layers", "ACTIVATION_TYPES", "output_quantizer_of"]
+__all__ = ["QConv1d", "QConv2d", "QLinear", "QEmbedding", "QGRU", "QLSTM", "QRNN", "QBatchNorm1d", "QBatchNorm2d",
+           "QActivation", "quantize_model", "quantized_layers", "ACTIVATION_TYPES", "output_quantizer_of"]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,109 @@ class QRNN(_QuantRecurrent, nn.RNN):
     """``nn.RNN`` with kernel, bias and output quantizers."""
 
 
+def unit_variance(eps: float) -> float:
+    """The float32 ``v`` nearest ``1 - eps`` with ``float32(v + eps) == 1``: a stored running variance that makes
+    a batch norm's ``1 / sqrt(var + eps)`` exactly 1, so that it computes ``x * weight + bias``."""
+    one, e = np.float32(1.0), np.float32(eps)
+    v = np.float32(1.0 - eps)
+    for _ in range(64):
+        total = np.float32(v + e)
+        if total == one:
+            return float(v)
+        v = np.nextafter(v, one if total < one else -one, dtype=np.float32)
+    raise ConfigError(f"no float32 running variance makes var + eps exactly 1 for eps={eps!r}")
+
+
+class _QuantBatchNorm(_QuantParams):
+    """A batch norm stored folded: ``y = x * q_k(scale) + q_b(shift)`` with ``scale = weight / sqrt(var + eps)``
+    and ``shift = bias - mean * scale`` (per channel; the kernel quantizer codes the scale, the bias quantizer
+    the shift; one of them missing: that one stays float32). Training: the batch's statistics (the running
+    ones are updated as a batch norm does) and straight-through quantizers; eval: the running statistics.
+    The bitstream stores the coded scale as ``weight``, the coded shift as ``bias``, a zero running mean and
+    a running variance with ``var + eps == 1`` (:func:`unit_variance`), so that a plain batch norm loading it
+    computes exactly what this layer computes in eval mode. A norm, not a weighted layer, for the energy
+    model (it never multiplies activations by weights)."""
+
+    def _init_quant(self, kernel: Any, bias: Any, output: Any) -> None:
+        super()._init_quant(kernel, bias, None)
+        if output is not None or isinstance(self, _OutputQuant):  # the output goes through the mixin, as for norms
+            _add_output_quantizer(self, output)
+        if (self.kernel_quantizer is None) != (self.bias_quantizer is None):
+            fp32 = get_quantizer("fp32")
+            self.kernel_quantizer = self.kernel_quantizer or fp32
+            self.bias_quantizer = self.bias_quantizer or fp32
+        if not self.affine or not self.track_running_stats:  # type: ignore[attr-defined]
+            raise ConfigError("a quantized batch norm needs affine=True and track_running_stats=True")
+
+    def folded(self, mean: torch.Tensor | None = None, var: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, shift) before quantizing, from the running statistics or the given ones."""
+        mean = self.running_mean if mean is None else mean  # type: ignore[attr-defined]
+        var = self.running_var if var is None else var  # type: ignore[attr-defined]
+        scale = self.weight * torch.rsqrt(var + self.eps)  # type: ignore[attr-defined]
+        return scale, self.bias - mean * scale  # type: ignore[attr-defined]
+
+    def quantized_tensors(self) -> list[tuple[str, Quantizer, torch.Tensor, torch.Tensor | None]]:
+        if self.kernel_quantizer is None:
+            return []
+        scale, shift = self.folded()
+        return [("weight", self.kernel_quantizer, scale, None), ("bias", self.bias_quantizer, shift, None)]
+
+    def stored_buffers(self) -> dict[str, torch.Tensor]:
+        """The running statistics the bitstream stores with the folded scale and shift (empty: not folded)."""
+        if self.kernel_quantizer is None:
+            return {}
+        mean = self.running_mean  # type: ignore[attr-defined]
+        return {"running_mean": torch.zeros_like(mean),
+                "running_var": torch.full_like(mean, unit_variance(self.eps))}  # type: ignore[attr-defined]
+
+    def store_folded_(self) -> None:
+        """Replace the parameters and running statistics by their stored values and drop the weight
+        quantizers: the module then computes as a plain batch norm exactly what it computed in eval mode."""
+        if self.kernel_quantizer is None:
+            return
+        with torch.no_grad():
+            scale, shift = self.folded()
+            q_scale, q_shift = self.kernel_quantizer(scale), self.bias_quantizer(shift)  # type: ignore[misc]
+            self.weight.copy_(q_scale)  # type: ignore[attr-defined]
+            self.bias.copy_(q_shift)  # type: ignore[attr-defined]
+            for name, value in self.stored_buffers().items():
+                getattr(self, name).copy_(value)
+        self.kernel_quantizer = self.bias_quantizer = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.kernel_quantizer is None:
+            return super().forward(x)  # type: ignore[misc]
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        if self.training:
+            dims = [0] + list(range(2, x.dim()))
+            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+            with torch.no_grad():
+                self.num_batches_tracked += 1  # type: ignore[attr-defined]
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)  # type: ignore[attr-defined]
+                n = x.numel() / max(x.shape[1], 1)
+                self.running_mean.mul_(1 - m).add_(m * mean)  # type: ignore[attr-defined]
+                self.running_var.mul_(1 - m).add_(m * var * n / max(n - 1, 1))  # type: ignore[attr-defined]
+            scale, shift = self.folded(mean, var)
+        else:
+            scale, shift = self.folded()
+        q_scale = self.kernel_quantizer(scale, self.training)
+        q_shift = self.bias_quantizer(shift, self.training)  # type: ignore[misc]
+        if self.training:
+            return x * q_scale.reshape(shape) + q_shift.reshape(shape)
+        # eval: the batch-norm operator on the stored values (what a plain batch norm loading the stream runs)
+        zero = torch.zeros_like(self.running_mean)  # type: ignore[attr-defined]
+        unit = torch.full_like(zero, unit_variance(self.eps))  # type: ignore[attr-defined]
+        return nn.functional.batch_norm(x, zero, unit, q_scale, q_shift, False, 0.0, self.eps)  # type: ignore[attr-defined]
+
+
+class QBatchNorm1d(_QuantBatchNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` stored folded: quantized per-channel scale (kernel) and shift (bias)."""
+
+
+class QBatchNorm2d(_QuantBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` stored folded: quantized per-channel scale (kernel) and shift (bias)."""
+
+
 def _quantize_output(q: Quantizer | None, y: Any, training: bool) -> Any:
     """Quantize a module output: a tensor, or the first tensor of a tuple (recurrent and attention outputs)."""
     if q is None:
@@ -231,7 +336,8 @@ class QActivation(nn.Module):
 _WRAPPERS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv1d: QConv1d, nn.Conv2d: QConv2d, nn.Linear: QLinear}
 #: layers that become their fake-quant class in place (parameters, buffers and names kept)
 _IN_PLACE: dict[type[nn.Module], type[nn.Module]] = {nn.Embedding: QEmbedding, nn.GRU: QGRU, nn.LSTM: QLSTM,
-                                                     nn.RNN: QRNN}
+                                                     nn.RNN: QRNN, nn.BatchNorm1d: QBatchNorm1d,
+                                                     nn.BatchNorm2d: QBatchNorm2d}
 
 
 def _wrap(module: nn.Module, lp: LayerPlan) -> nn.Module:
@@ -258,7 +364,8 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
     """Return ``model`` with conv/linear layers and activations replaced by fake-quant modules per ``plan``.
 
     Conv1d/Conv2d/Linear, Embedding and GRU/LSTM/RNN take ``kernel``, ``bias`` and (optional)
-    ``activation`` (their output); activation modules take ``activation``; any other module named exactly
+    ``activation`` (their output); BatchNorm1d/2d take ``kernel`` / ``bias`` for their folded per-channel
+    scale / shift (:class:`QBatchNorm2d`) and ``activation``; activation modules take ``activation``; any other module named exactly
     (a norm, a block ending in a residual sum) takes ``activation`` as an output quantizer, and a
     ``kernel`` / ``bias`` for it is an error. Layers the plan does not name stay as they are. Weights are
     kept; the model is copied unless ``inplace``.
@@ -281,12 +388,18 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
             setattr(parent, child, QActivation(lp.activation, base=module))
         elif isinstance(module, QActivation) and lp.activation:
             module.quantizer = get_quantizer(lp.activation)
-        elif type(module) in _IN_PLACE and (lp.kernel or lp.bias or lp.activation):
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module) in _IN_PLACE and \
+                lp is not plan.default and (lp.kernel or lp.bias):  # named (or a pattern): a default is for layers
+            module.__class__ = _IN_PLACE[type(module)]
+            module._init_quant(lp.kernel, lp.bias, lp.activation)  # type: ignore[operator]
+        elif type(module) in _IN_PLACE and not isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+                (lp.kernel or lp.bias or lp.activation):
             module.__class__ = _IN_PLACE[type(module)]
             module._init_quant(lp.kernel, lp.bias, lp.activation)  # type: ignore[operator]
         elif name in plan.layers and (lp.kernel or lp.bias):
             raise ConfigError(f"plan gives a kernel / bias quantizer to {name!r} ({type(module).__name__}), which "
-                              "nncodec cannot quantize: conv, linear, embedding and recurrent layers only")
+                              "nncodec cannot quantize: conv, linear, embedding, recurrent and batch-norm layers "
+                              "only")
         elif name in plan.layers and lp.activation:
             _add_output_quantizer(module, lp.activation)  # named exactly: a norm, a block, any module
     return model

@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..prune.graph import Resizer
 from ..prune.structured import resize_layers
-from ..quant.layers import _QuantParams, quantize_model
+from ..quant.layers import _QuantBatchNorm, _QuantParams, quantize_model
 from ..quant.plan import Plan
 
 __all__ = ["build_candidate", "deployed_copy", "model_size_bits", "nonzero_size_bits"]
@@ -37,7 +37,9 @@ def deployed_copy(model: nn.Module) -> nn.Module:
     the weight quantizers and pruning masks of quantized layers are removed; activation quantizers stay."""
     out = copy.deepcopy(model)
     for m in out.modules():
-        if isinstance(m, _QuantParams):
+        if isinstance(m, _QuantBatchNorm):
+            m.store_folded_()  # weights and statistics as the stream stores them
+        elif isinstance(m, _QuantParams):
             if m.kernel_quantizer is not None and "weight_mask" in m._buffers:
                 del m._buffers["weight_mask"]
             m.kernel_quantizer = m.bias_quantizer = None

@@ -4,7 +4,10 @@ Every conv / linear / embedding / recurrent layer gets a kernel and a bias quant
 activation module that reads its output (directly or through a batch-norm) gets an activation quantizer,
 and a layer with no such activation (a projection feeding a residual sum, an attention projection) gets
 an output quantizer instead (signed templates), except the model's last layer. Activation modules that
-follow no layer (a relu after a residual sum) get their own choice. Each width group (coupled channels,
+follow no layer (a relu after a residual sum) get their own choice, and so do the outputs of layer / group
+norms and of blocks that end in a residual sum or an attention (``module_outputs``; bit keys ``norm``,
+``sum``, ``attention``). Batch norms get quantizers for
+their folded per-channel scale and shift (``norms``): the bitstream stores them at those bits. Each width group (coupled channels,
 see :mod:`nncodec.prune.graph`) gets one width multiplier; groups that cannot widen only shrink. Layers
 can share one choice through glob patterns (``share={"conv*": "convs"}``); ``width_mode="block"`` shares
 one width multiplier among all groups. Quantizer templates may use ``{b}`` (bits) and ``{i}`` (integer
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..energy.graph import OP_KINDS
 from ..errors import ConfigError
 from ..prune.graph import example_batch, width_groups
 from ..quant.base import get_quantizer
@@ -30,7 +35,7 @@ from ..quant.layers import ACTIVATION_TYPES
 from ..quant.plan import LayerPlan, Plan
 
 __all__ = ["SearchSpace", "LayerSpace", "DEFAULT_KERNELS", "DEFAULT_ACTIVATIONS", "DEFAULT_SIGNED_ACTIVATIONS",
-           "DEFAULT_BIASES", "WIDTHS", "layer_kind"]
+           "DEFAULT_BIASES", "DEFAULT_NORMS", "WIDTHS", "layer_kind"]
 
 WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_KERNELS = ("binary(alpha='auto_po2')", "ternary(alpha='auto_po2')", "quantized_po2_zero(4,1)",
@@ -39,12 +44,16 @@ DEFAULT_ACTIVATIONS = ("quantized_relu({b},{i})",)
 #: for outputs that may be negative (layer outputs, GELU / tanh / norm outputs)
 DEFAULT_SIGNED_ACTIVATIONS = ("quantized_bits({b},{i},1)",)
 DEFAULT_BIASES = ("quantized_bits({b},{i},1)",)
+#: batch norms: their folded per-channel scale and shift (see :class:`~nncodec.quant.layers.QBatchNorm2d`), with
+#: a per-tensor step fitted at every step: a range fitted to the reference clips them once the layer before
+#: is quantized (its outputs' variance, so the folded scale, moves far from the reference's)
+DEFAULT_NORMS = ("quantized_bits({b},0,1,alpha='auto')",)
 #: bit widths tried for templates with {b}, per layer kind and role
 DEFAULT_BITS = {"kernel": {"conv": (2, 3, 4, 6, 8), "dense": (2, 3, 4, 6, 8), "embedding": (4, 6, 8),
-                           "recurrent": (4, 6, 8)},
+                           "recurrent": (4, 6, 8), "norm": (8,)},
                 "activation": {"conv": (2, 3, 4, 6, 8), "dense": (4, 8), "embedding": (8,), "recurrent": (8,),
-                               "activation": (4, 8)},
-                "bias": {"conv": (8, 16), "dense": (8, 16), "embedding": (8,), "recurrent": (8, 16)}}
+                               "activation": (4, 8), "norm": (4, 8), "sum": (4, 8), "attention": (4, 8)},
+                "bias": {"conv": (8, 16), "dense": (8, 16), "embedding": (8,), "recurrent": (8, 16), "norm": (8,)}}
 _RELU_LIKE = (nn.ReLU, nn.ReLU6)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -65,7 +74,8 @@ def layer_kind(module: nn.Module) -> str | None:
 @dataclass
 class LayerSpace:
     name: str                 #: quantized layer, or an activation module that follows no layer
-    kind: str                 #: conv, dense, embedding, recurrent, or activation (activation choice only)
+    kind: str                 #: conv, dense, embedding, recurrent, norm (folded batch norm: kernel = scale,
+                              #: bias = shift) or activation (an output choice only)
     group: str                #: choices are shared by layers of one group
     kernel: list[str]
     bias: list[str]
@@ -110,11 +120,17 @@ class SearchSpace:
                    biases: tuple[str, ...] = DEFAULT_BIASES, bits: dict[str, dict[str, tuple[int, ...]]] | None = None,
                    widths: tuple[float, ...] = WIDTHS, width_mode: str = "layer", share: dict[str, str] | None = None,
                    keep_width: tuple[str, ...] = (), skip: tuple[str, ...] = (),
-                   layer_outputs: bool = True) -> "SearchSpace":
+                   layer_outputs: bool = True, module_outputs: bool = True,
+                   norms: tuple[str, ...] = DEFAULT_NORMS) -> "SearchSpace":
         """Build the space for ``model``; ``sample`` (a few inputs) fits the activations' integer bits.
 
-        ``skip``: patterns of layers left unquantized (kept at the reference's precision).
+        ``skip``: patterns of layers (and norms) left unquantized (kept at the reference's precision).
         ``layer_outputs``: give layers without an activation after them an output quantizer.
+        ``module_outputs``: give an output quantizer to norms other than batch norms (layer / group norms)
+        and to blocks whose output is a residual sum or an attention / matmul result they compute, so that the layers reading them multiply
+        at the chosen bits (unquantized, the energy model prices them at int32).
+        ``norms``: templates of the folded scale / shift quantizers of batch norms (``()``: batch norms stay
+        float32 in the bitstream).
         """
         if width_mode not in ("layer", "block"):
             raise ConfigError(f"width_mode must be 'layer' or 'block', got {width_mode!r}")
@@ -122,13 +138,17 @@ class SearchSpace:
         was = model.training
         model.eval()
         try:
-            follows, order = _follows(model, example_inputs)
+            follows, order, owns = _follows(model, example_inputs)
             groups = width_groups(model, example_inputs, keep=tuple(keep_width))
         finally:
             model.train(was)
         modules = dict(model.named_modules())
-        act_names = [n for n in order if isinstance(modules[n], ACTIVATION_TYPES) and
-                     not isinstance(modules[n], nn.Identity)]
+        # activation modules: the known classes, and parameter-free leaves that compute an activation (GELU
+        # classes of model libraries)
+        act_names = [n for n in order if (isinstance(modules[n], ACTIVATION_TYPES) or
+                                          (owns.get(n) == "activation" and not any(True for _ in
+                                                                                     modules[n].parameters())))
+                     and not isinstance(modules[n], nn.Identity)]
         quantized = [n for n, m in modules.items() if n and layer_kind(m) and
                      not any(fnmatch.fnmatchcase(n, p) for p in skip)]
         if not quantized:
@@ -141,7 +161,14 @@ class SearchSpace:
                 src = follows.get(src)
             if src in quantized and src not in attached:
                 attached[src] = a
-        peaks = _activation_peaks(model, act_names + [n for n in quantized if n not in attached], sample)
+        skipped = lambda n: any(fnmatch.fnmatchcase(n, p) for p in skip)  # noqa: E731
+        outputs = [n for n in owns if module_outputs and not skipped(n) and n not in act_names and
+                   not layer_kind(modules[n]) and ((owns[n] == "norm" and not isinstance(modules[n], _NORMS)) or
+                                                   (owns[n] in ("add", "attention", "matmul") and
+                                                    any(True for _ in modules[n].children())))]
+        batch_norms = [n for n in order if norms and isinstance(modules[n], _NORMS) and not skipped(n) and
+                       modules[n].affine and modules[n].track_running_stats]
+        peaks = _activation_peaks(model, act_names + outputs + [n for n in quantized if n not in attached], sample)
         width_of = {g.name: g for g in groups}
         layers = []
         for name in quantized:
@@ -174,6 +201,22 @@ class SearchSpace:
                 group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(a, pat)), a)
                 layers.append(LayerSpace(a, "activation", group, [], [], a,
                                          _expand(templates, bits["activation"]["activation"], max(0, a_int)), [1.0]))
+        for n in outputs:  # layer / group norm outputs and residual sums
+            kind = {"norm": "norm", "add": "sum"}.get(owns[n], "attention")
+            group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(n, pat)), n)
+            layers.append(LayerSpace(n, "activation", group, [], [], n,
+                                     _expand(signed_activations, bits["activation"][kind], _int_bits(peaks.get(n, 1.0))),
+                                     [1.0]))
+        for n in batch_norms:  # folded scale (kernel) and shift (bias) of batch norms, for the bitstream
+            bn = modules[n]
+            with torch.no_grad():
+                scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+                shift = bn.bias - bn.running_mean * scale
+            group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(n, pat)), n)
+            layers.append(LayerSpace(n, "norm", group,
+                                     _expand(norms, bits["kernel"]["norm"], _int_bits(float(scale.abs().max()))),
+                                     _expand(norms, bits["bias"]["norm"], _int_bits(float(shift.abs().max()))),
+                                     None, [], [1.0]))
         width_choices = {g.name: _width_choices(g, widths) for g in groups}
         width_choices = {k: v for k, v in width_choices.items() if len(v) > 1}
         return cls(layers, example_inputs, width_mode, Plan(), width_choices,
@@ -252,34 +295,72 @@ def _width_choices(group: Any, widths: tuple[float, ...]) -> list[float]:
     return sorted(out)
 
 
-def _follows(model: nn.Module, example_inputs: Any) -> tuple[dict[str, str], list[str]]:
-    """For each leaf module, the leaf module whose output it reads (when it reads one directly), and the call order."""
+_MOVES = {"reshape", "transpose", "permute", "clone", "reshape_alias", "unsafe_view", "view", "expand"}
+
+
+def _op_kind(out: torch.Tensor, through_moves: bool) -> str | None:
+    """The energy model's kind (``OP_KINDS``) of the operation that computed ``out``, from its autograd graph;
+    ``through_moves``: through reshapes, transposes and copies (the operation whose values ``out`` holds),
+    else ``"reshape"`` for those."""
+    fn = getattr(out, "grad_fn", None)
+    for _ in range(16 if through_moves else 1):
+        if fn is None:
+            return None
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", re.sub(r"Backward\d*$", "", type(fn).__name__)).lower()
+        if name.startswith("scaled_dot_product"):
+            return "attention"
+        if name not in _MOVES and OP_KINDS.get(name) != "reshape":
+            return OP_KINDS.get(name)
+        fn = next((f for f, _ in fn.next_functions if f is not None), None)
+    return None if through_moves else "reshape"
+
+
+def _follows(model: nn.Module, example_inputs: Any) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """For each leaf module, the leaf module whose output it reads (when it reads one directly), and the call
+    order; and for every module that computes its own output (not a child's, not its input), the kind of the
+    operation that did (``"add"``: a block ending in a residual sum, ``"norm"``, ``"activation"`` ...)."""
     produced: dict[int, str] = {}
+    created: set[int] = set()
     follows: dict[str, str] = {}
+    owns: dict[str, str] = {}
     order: list[str] = []
     keep: list[Any] = []
     hooks = []
     for name, m in model.named_modules():
-        if not name or (any(True for _ in m.children()) and not layer_kind(m)):
+        if not name:
             continue
+        leaf = not (any(True for _ in m.children()) and not layer_kind(m))
 
-        def hook(mod: nn.Module, inputs: tuple, output: Any, name: str = name) -> None:
-            if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in produced:
-                follows.setdefault(name, produced[id(inputs[0])])
+        def hook(mod: nn.Module, inputs: tuple, output: Any, name: str = name, leaf: bool = leaf) -> None:
             out = output[0] if isinstance(output, tuple) else output
             if isinstance(out, torch.Tensor):
-                produced[id(out)] = name
                 keep.append(out)
+                if id(out) not in created and not any(out is t for t in inputs):
+                    created.add(id(out))
+                    kind = _op_kind(out, through_moves=not leaf)
+                    if kind is not None:
+                        owns[name] = kind
+            if not leaf:
+                return
+            if inputs and isinstance(inputs[0], torch.Tensor) and id(inputs[0]) in produced:
+                follows.setdefault(name, produced[id(inputs[0])])
+            if isinstance(out, torch.Tensor):
+                produced[id(out)] = name
             order.append(name)
 
         hooks.append(m.register_forward_hook(hook))
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     try:
-        with torch.no_grad():
+        for p in frozen:  # autograd nodes name the operations
+            p.requires_grad_(True)
+        with torch.enable_grad():
             model(*example_batch(example_inputs))
     finally:
         for h in hooks:
             h.remove()
-    return follows, list(dict.fromkeys(order))
+        for p in frozen:
+            p.requires_grad_(False)
+    return follows, list(dict.fromkeys(order)), owns
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ usage: HF_HUB_OFFLINE=1 nice python -m tests.benchmarks.bench_zoo [--models cnn,
 Merges each model's row into tests/benchmarks/results/zoo.json (rows of models not run are kept) and
 redraws zoo.png; ``--table`` prints the README table of zoo.json. Trials, epochs, proxy subsets, widths and
 final pruning are fixed per model below (IMAGE, GRU, MINILM) so that each runs in about 15 minutes on two
-cores; ``--trials`` overrides the trial count.
+idle cores; ``--trials`` overrides the trial count. Each row records the 1-minute load average at its end
+(the machine's other jobs inflate the wall time).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from nncodec.datasets import load_mnist5k, split
 from nncodec.demo import run_demo
 from nncodec.models import MobileNetV2Small, RecurrentClassifier, ResNet8
-from nncodec.search import ClassifierTask, FidelityTask, SearchConfig, SearchSpace, Task, run_search
+from nncodec.search import ClassifierTask, FidelityTask, ScoreConfig, SearchConfig, SearchSpace, Task, run_search
 from nncodec.train import accuracy, train_classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,6 +49,7 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
            "float32_bytes": result.float32_bytes, "bitstream_bytes": result.bitstream_bytes,
            "size_ratio": result.float32_bytes / result.bitstream_bytes, "reference_params": ref_params,
            "params": params, "seconds": seconds, "settings": settings, "threads": torch.get_num_threads(),
+           "load_average_1min_at_end": round(os.getloadavg()[0], 2),
            "warnings": list(result.warnings), "plan": result.plan.to_dict()}
     cut, loss, size = TARGETS[name]
     row["targets_met"] = bool(row["energy_cut"] >= cut and (loss is None or row["loss_points"] <= 100 * loss) and
@@ -59,11 +61,17 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
     return row
 
 
-#: per-model settings, fixed so that each model runs end to end in about 15 minutes on two shared cores
-#: (``fold_batchnorm``: folding the batch norms into the convolutions before the search leaves per-tensor
-#: kernel quantizers with channels of very different ranges: proxy accuracies near chance, so it is off)
-IMAGE = {"trials": 16, "reference_epochs": (6, 2), "fold_batchnorm": False, "widths": (0.5, 0.75, 1.0),
-         "activation_bits": (2, 3, 4, 6, 8), "proxy_fraction": 0.5, "final_epochs": 8, "final_prune": 0.7}
+#: per-model settings, fixed so that each model runs end to end in about 15 minutes on two shared cores.
+#: Batch norms are stored folded (8-bit per-channel scale and shift, the search space's default);
+#: ``size_score``: the score has the eq.-2 factor on the stored size too (as the demo); two proxy epochs,
+#: as one left the trial accuracies at 0.2-0.9 (noise that ranked the cheapest candidates first)
+IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "activation_bits": (3, 4, 6, 8),
+         "proxy_fraction": 0.5, "proxy_epochs": 2, "size_score": True, "final_epochs": 10, "final_prune": 0.3,
+         "batchnorm": "auto"}
+#: how batch norms are stored (``--batchnorm``): folded into 8-bit scale / shift with a per-tensor step fitted
+#: at every step (the space's default), with the integer bits fitted to the reference, or float32
+BATCHNORMS = {"fixed": ("quantized_bits({b},{i},1)",), "auto": ("quantized_bits({b},0,1,alpha='auto')",),
+              "float": ()}
 
 
 def _image_model(name: str, builder, trials: int, out: Path) -> dict:
@@ -77,16 +85,14 @@ def _image_model(name: str, builder, trials: int, out: Path) -> dict:
     reference = builder()
     for i, (epochs, lr) in enumerate(zip(IMAGE["reference_epochs"], (2e-3, 5e-4))):
         train_classifier(reference, x_train, y_train, epochs=epochs, lr=lr, seed=i)
-    if IMAGE["fold_batchnorm"]:  # what integer inference runs; batch-norm tensors would stay float32 in the stream
-        from torch.fx.experimental.optimization import fuse
-
-        reference = fuse(reference.eval())
     ref_acc = accuracy(reference, x_test, y_test)
     space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256], widths=IMAGE["widths"],
-                                   bits={"activation": {"conv": IMAGE["activation_bits"]}})
+                                   bits={"activation": {"conv": IMAGE["activation_bits"]}},
+                                   norms=BATCHNORMS[IMAGE["batchnorm"]])
     task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=IMAGE["proxy_fraction"], seed=0)
-    cfg = SearchConfig(controller="tpe", n_trials=trials, final_epochs=IMAGE["final_epochs"],
-                       final_prune=IMAGE["final_prune"], seed=0, out_dir=str(out / name),
+    cfg = SearchConfig(controller="tpe", n_trials=trials, proxy_epochs=IMAGE["proxy_epochs"],
+                       final_epochs=IMAGE["final_epochs"], final_prune=IMAGE["final_prune"],
+                       size_score=ScoreConfig() if IMAGE["size_score"] else None, seed=0, out_dir=str(out / name),
                        study_name=f"zoo-{name}-{trials}", progress=True)
     result = run_search(reference, space, task, cfg, reference_accuracy=ref_acc, chance_accuracy=0.1)
     return _row(name, result, ref_acc, time.perf_counter() - t0, "accuracy", {**IMAGE, "trials": trials})
@@ -164,9 +170,10 @@ SENTENCES = [f"{a} {b} {c}." for a in ("The small robot", "A tired student", "My
 
 
 #: all-MiniLM-L6-v2: 240 calibration / 160 evaluation sentences (disjoint), 16 tokens; 4- and 6-bit kernels
-#: (8-bit ones cut only a third of the energy), block widths 0.75 / 1
-MINILM = {"trials": 8, "widths": (0.75, 1.0), "kernel_bits": (4, 6), "activation_bits": (6, 8), "proxy_fraction": 0.5,
-          "proxy_epochs": 1, "final_epochs": 4, "lr": 5e-5}
+#: (8-bit ones cut only a third of the energy), block widths 0.75 / 1; 4- to 8-bit outputs of the dense
+#: layers, the GELUs, the attention blocks and the LayerNorms (the space's ``module_outputs``)
+MINILM = {"trials": 8, "widths": (0.75, 1.0), "kernel_bits": (4, 6), "activation_bits": (4, 6, 8),
+          "proxy_fraction": 0.5, "proxy_epochs": 1, "final_epochs": 8, "lr": 1e-4}
 
 
 def _minilm(trials: int, out: Path) -> dict:
@@ -204,13 +211,16 @@ def _minilm(trials: int, out: Path) -> dict:
     task = FidelityTask(reference, calib, evals, metric="cosine", output_fn=mean_pool, lr=MINILM["lr"], batch_size=16,
                         proxy_fraction=MINILM["proxy_fraction"])
     example = (calib[0][:1], calib[1][:1])
-    share = {"*.attention.self.*": "qkv", "*.attention.output.dense": "attention_out",
-             "*.intermediate.dense": "ffn_in", "*.output.dense": "ffn_out", "embeddings.*": "embeddings"}
+    share = {"*.attention.self": "qkv", "*.attention.self.*": "qkv", "*.attention.output.dense": "attention_out",
+             "*.intermediate.*": "ffn_in", "*.output.dense": "ffn_out", "*.LayerNorm": "norms",
+             "embeddings.*": "embeddings"}
+    acts = MINILM["activation_bits"]
     space = SearchSpace.from_model(reference, example, calib, share=share, widths=MINILM["widths"],
                                    width_mode="block",
                                    kernels=("quantized_bits({b},{i},1)",),
                                    bits={"kernel": {"dense": MINILM["kernel_bits"], "embedding": (8,)},
-                                         "activation": {"dense": MINILM["activation_bits"]},
+                                         "activation": {"dense": acts, "norm": acts, "attention": acts,
+                                                        "activation": acts},
                                          "bias": {"dense": (8, 16)}})
     cfg = SearchConfig(controller="tpe", n_trials=trials, proxy_epochs=MINILM["proxy_epochs"],
                        final_epochs=MINILM["final_epochs"], seed=0, out_dir=str(out / "minilm"),
@@ -278,12 +288,16 @@ def main() -> None:
     ap.add_argument("--models", default="cnn,resnet8,mobilenet,gru,minilm")
     ap.add_argument("--trials", type=int, default=None, help="override the per-model trial count")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--batchnorm", choices=sorted(BATCHNORMS), default=None,
+                    help=f"how the image models store batch norms (default {IMAGE['batchnorm']})")
     ap.add_argument("--table", action="store_true", help="print the README table of zoo.json and stop")
     args = ap.parse_args()
     path = RESULTS / "zoo.json"
     if args.table:
         print(table(json.loads(path.read_text())["rows"]))
         return
+    if args.batchnorm:
+        IMAGE["batchnorm"] = args.batchnorm
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # two cores shared with other jobs: one thread avoids oversubscription
     out = Path(args.out or tempfile.mkdtemp(prefix="zoo-"))

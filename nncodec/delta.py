@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .bitstream.constants import (FILE_HEADER, FILE_HEADER_SIZE, FORMAT_MAJOR, FORMAT_MINOR_GRID_DELTA, MAGIC,
-                                  SCHEME_NONE, SCHEME_UNIFORM, UNIT_CRC_COVERED, UNIT_END, UNIT_HEADER,
-                                  UNIT_HEADER_SIZE, UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_BASE_REFERENCE)
+from .bitstream.constants import (FILE_HEADER, FORMAT_MAJOR, FORMAT_MINOR_GRID_DELTA, MAGIC, SCHEME_NONE,
+                                  SCHEME_UNIFORM, UNIT_BASE_REFERENCE, UNIT_END, UNIT_HEADER_SIZE, UNIT_STREAM_HEADER)
 from .bitstream.reader import open_source
 from .bitstream.units import EndOfStream, frame_unit
 from .decoder import (RefinementHeader, Source, StreamWalker, decode_tensor, decode_unit_codes, iter_tensors,
@@ -43,7 +41,7 @@ from .decoder import (RefinementHeader, Source, StreamWalker, decode_tensor, dec
 from .dtypes import DType
 from .bitstream.descriptor import CodedTensor, bfloat16_bits_to_float32, dequantize_into
 from .encoder import Encoder, encoder_from_options
-from .errors import ChecksumError, ConfigError, CorruptError, TruncatedError, UnsupportedFeatureError
+from .errors import ConfigError, CorruptError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 from .quant.uniform import coded_from
 
@@ -238,43 +236,6 @@ def encode_delta(tensors: Mapping[str, Any], base: Any, dst: Any, topology: Mapp
     if dst is None:
         return b"".join(chunks), report
     return write_atomic(dst, chunks), report
-
-
-def split_base_reference(data: bytes) -> tuple[BaseReference, bytes]:
-    """The base reference of a delta stream and the stream without it (end-of-stream recounted), which an
-    ordinary decoder or :func:`~nncodec.read_info` reads: for inspecting a delta's units (decoding walks the
-    stream once, without this). Units are only located here; the decoder checks everything else."""
-    pos, index, kept, ref = FILE_HEADER_SIZE, 0, [data[:FILE_HEADER_SIZE]], None
-    tensors = 0
-    while pos < len(data):
-        if pos + UNIT_HEADER_SIZE > len(data):
-            raise TruncatedError("stream ends inside a unit header", unit_index=index, offset=pos)
-        utype, _, _, length, crc = UNIT_HEADER.unpack_from(data, pos)
-        end = pos + UNIT_HEADER_SIZE + length
-        if end > len(data):
-            raise TruncatedError("stream ends inside a unit payload", unit_index=index, offset=pos)
-        if utype == UNIT_BASE_REFERENCE:
-            payload = data[pos + UNIT_HEADER_SIZE:end]
-            if zlib.crc32(payload, zlib.crc32(data[pos:pos + UNIT_CRC_COVERED])) != crc:
-                raise ChecksumError("unit checksum mismatch", unit_index=index, offset=pos)
-            if ref is not None:
-                raise CorruptError("a second base reference unit", unit_index=index, offset=pos)
-            if tensors:
-                raise CorruptError("base reference after tensor units", unit_index=index, offset=pos)
-            ref = BaseReference.parse(payload, pos + UNIT_HEADER_SIZE)
-        elif utype == UNIT_END:
-            if length == 8 and ref is not None:  # recount the units without the base reference
-                (count,) = struct.unpack_from("<I", data, pos + UNIT_HEADER_SIZE + 4)
-                kept.append(frame_unit(UNIT_END, EndOfStream(index - 1, count).to_bytes()))
-            else:
-                kept.append(data[pos:end])
-        else:
-            tensors += utype == UNIT_TENSOR
-            kept.append(data[pos:end])
-        pos, index = end, index + 1
-    if ref is None:
-        raise ConfigError("this stream is not a delta (no base reference unit); decode it without base=")
-    return ref, b"".join(kept)
 
 
 def decode_delta_arrays(src: Source, base: Any, *, limits: Limits = DEFAULT_LIMITS

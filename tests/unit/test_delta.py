@@ -9,8 +9,33 @@ import pytest
 import torch
 
 import nncodec
-from nncodec.delta import BaseMismatchError, BaseReference, content_hash, split_base_reference
+from nncodec.bitstream.constants import FILE_HEADER_SIZE, UNIT_BASE_REFERENCE, UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE
+from nncodec.bitstream.units import EndOfStream, frame_unit
+from nncodec.delta import BaseMismatchError, BaseReference, content_hash
 from nncodec.errors import CorruptError, UnknownUnitError
+
+
+def _units(data: bytes) -> list[bytes]:
+    """The framed units of a stream, in order (after the file header)."""
+    pos, out = FILE_HEADER_SIZE, []
+    while pos < len(data):
+        length = UNIT_HEADER.unpack_from(data, pos)[3]
+        out.append(data[pos:pos + UNIT_HEADER_SIZE + length])
+        pos += UNIT_HEADER_SIZE + length
+    return out
+
+
+def split_base_reference(data: bytes) -> tuple[BaseReference, bytes]:
+    """The base reference of a delta stream, and the stream without it (end-of-stream recounted), which
+    ``read_info`` reads: for inspecting a delta's tensor units."""
+    units = _units(data)
+    ref = next(BaseReference.parse(u[UNIT_HEADER_SIZE:], 0) for u in units if u[0] == UNIT_BASE_REFERENCE)
+    end = units[-1]
+    assert end[0] == UNIT_END
+    tensors = int.from_bytes(end[UNIT_HEADER_SIZE + 4:UNIT_HEADER_SIZE + 8], "little")
+    kept = [u for u in units[:-1] if u[0] != UNIT_BASE_REFERENCE]
+    recounted = frame_unit(UNIT_END, EndOfStream(len(kept), tensors).to_bytes())
+    return ref, data[:FILE_HEADER_SIZE] + b"".join(kept) + recounted
 
 
 def _pair() -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -203,24 +228,12 @@ def test_numpy_delta_needs_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def _units(data: bytes) -> list[bytes]:
-    """The framed units of a stream, in order (after the file header)."""
-    from nncodec.bitstream.constants import FILE_HEADER_SIZE, UNIT_HEADER, UNIT_HEADER_SIZE
-
-    pos, out = FILE_HEADER_SIZE, []
-    while pos < len(data):
-        length = UNIT_HEADER.unpack_from(data, pos)[3]
-        out.append(data[pos:pos + UNIT_HEADER_SIZE + length])
-        pos += UNIT_HEADER_SIZE + length
-    return out
-
-
 def test_delta_decodes_from_a_one_pass_file_object_and_refuses_a_misplaced_base_reference() -> None:
     """Decoding walks the stream once (a reader without seek works) and keeps the unit-order rules: the base
     reference comes once, before every tensor."""
     import io
 
-    from nncodec.bitstream.constants import FILE_HEADER_SIZE, UNIT_BASE_REFERENCE, UNIT_TENSOR
+    from nncodec.bitstream.constants import UNIT_TENSOR
 
     base, tuned = _pair()
     data = nncodec.encode(tuned, base=base)

@@ -60,3 +60,24 @@ def test_cell_guards() -> None:
         GUARDS[AT.lstm_cell.default](args, {})
     with pytest.raises(GraphError, match="2 hidden state"):
         GUARDS[AT.lstm_cell.default]([x, h], {})
+
+
+def test_an_operator_failing_with_an_arithmetic_error_is_a_graph_error() -> None:
+    """A stride of 0 (JSON ``false``) makes PyTorch's meta convolution divide by zero: the dry run must turn
+    that into the library's GraphError, as it does for the operators' RuntimeErrors."""
+    import json
+
+    import nncodec
+    from nncodec.bitstream.constants import UNIT_TOPOLOGY
+    from nncodec.conformance.forge import join_units, split_units
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    data = nncodec.encode(model, topology=True, example_inputs=(torch.zeros(1, 3, 8, 8),))
+    header, units = split_units(data)
+    topo = next(json.loads(u[3]) for u in units if u[0] == UNIT_TOPOLOGY)
+    conv = next(n for n in topo["nodes"] if "conv" in n["op"])
+    conv["args"] = conv["args"][:3] + [[False, 2]]  # the stride argument
+    raw = json.dumps(topo).encode()
+    forged = join_units(header, [(u[0], u[1], u[2], raw) if u[0] == UNIT_TOPOLOGY else u for u in units])
+    with pytest.raises(GraphError, match="fails on meta tensors"):
+        nncodec.load_model(forged)

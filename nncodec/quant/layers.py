@@ -14,6 +14,7 @@ kernel quantizer and again after it, so pruned weights are zero whatever the sch
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from typing import Any
 
@@ -172,6 +173,7 @@ class QRNN(_QuantRecurrent, nn.RNN):
     """``nn.RNN`` with kernel, bias and output quantizers."""
 
 
+@functools.lru_cache(maxsize=None)
 def unit_variance(eps: float) -> float:
     """The float32 ``v`` nearest ``1 - eps`` with ``float32(v + eps) == 1``: a stored running variance that makes
     a batch norm's ``1 / sqrt(var + eps)`` exactly 1, so that it computes ``x * weight + bias``."""
@@ -262,9 +264,9 @@ class _QuantBatchNorm(_QuantParams):
         if self.training:
             return x * q_scale.reshape(shape) + q_shift.reshape(shape)
         # eval: the batch-norm operator on the stored values (what a plain batch norm loading the stream runs)
-        zero = torch.zeros_like(self.running_mean)  # type: ignore[attr-defined]
-        unit = torch.full_like(zero, unit_variance(self.eps))  # type: ignore[attr-defined]
-        return nn.functional.batch_norm(x, zero, unit, q_scale, q_shift, False, 0.0, self.eps)  # type: ignore[attr-defined]
+        stored = self.stored_buffers()
+        return nn.functional.batch_norm(x, stored["running_mean"], stored["running_var"], q_scale, q_shift, False,
+                                        0.0, self.eps)  # type: ignore[attr-defined]
 
 
 class QBatchNorm1d(_QuantBatchNorm, nn.BatchNorm1d):

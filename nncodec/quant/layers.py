@@ -342,6 +342,17 @@ _IN_PLACE: dict[type[nn.Module], type[nn.Module]] = {nn.Embedding: QEmbedding, n
                                                      nn.BatchNorm2d: QBatchNorm2d}
 
 
+def _becomes_in_place(module: nn.Module, lp: LayerPlan, plan: Plan) -> bool:
+    """Whether ``module`` becomes its :data:`_IN_PLACE` fake-quant class: an embedding or recurrent layer for
+    any quantizer; a batch norm only for a kernel / bias from an entry that names it (a plan's default is for
+    layers; a norm with only an ``activation`` gets an output quantizer instead)."""
+    if type(module) not in _IN_PLACE:
+        return False
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return lp is not plan.default and bool(lp.kernel or lp.bias)
+    return bool(lp.kernel or lp.bias or lp.activation)
+
+
 def _wrap(module: nn.Module, lp: LayerPlan) -> nn.Module:
     """The fake-quant layer of ``module`` (a conv / linear layer or a subclass of one, such as attention's
     output projection); an output quantizer the module already has is kept unless ``lp`` names one."""
@@ -390,12 +401,7 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
             setattr(parent, child, QActivation(lp.activation, base=module))
         elif isinstance(module, QActivation) and lp.activation:
             module.quantizer = get_quantizer(lp.activation)
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module) in _IN_PLACE and \
-                lp is not plan.default and (lp.kernel or lp.bias):  # named (or a pattern): a default is for layers
-            module.__class__ = _IN_PLACE[type(module)]
-            module._init_quant(lp.kernel, lp.bias, lp.activation)  # type: ignore[operator]
-        elif type(module) in _IN_PLACE and not isinstance(module, nn.modules.batchnorm._BatchNorm) and \
-                (lp.kernel or lp.bias or lp.activation):
+        elif _becomes_in_place(module, lp, plan):
             module.__class__ = _IN_PLACE[type(module)]
             module._init_quant(lp.kernel, lp.bias, lp.activation)  # type: ignore[operator]
         elif name in plan.layers and (lp.kernel or lp.bias):

@@ -14,6 +14,7 @@ kernel quantizer and again after it, so pruned weights are zero whatever the sch
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from typing import Any
 
@@ -172,6 +173,7 @@ class QRNN(_QuantRecurrent, nn.RNN):
     """``nn.RNN`` with kernel, bias and output quantizers."""
 
 
+@functools.lru_cache(maxsize=None)
 def unit_variance(eps: float) -> float:
     """The float32 ``v`` nearest ``1 - eps`` with ``float32(v + eps) == 1``: a stored running variance that makes
     a batch norm's ``1 / sqrt(var + eps)`` exactly 1, so that it computes ``x * weight + bias``."""
@@ -262,9 +264,9 @@ class _QuantBatchNorm(_QuantParams):
         if self.training:
             return x * q_scale.reshape(shape) + q_shift.reshape(shape)
         # eval: the batch-norm operator on the stored values (what a plain batch norm loading the stream runs)
-        zero = torch.zeros_like(self.running_mean)  # type: ignore[attr-defined]
-        unit = torch.full_like(zero, unit_variance(self.eps))  # type: ignore[attr-defined]
-        return nn.functional.batch_norm(x, zero, unit, q_scale, q_shift, False, 0.0, self.eps)  # type: ignore[attr-defined]
+        stored = self.stored_buffers()
+        return nn.functional.batch_norm(x, stored["running_mean"], stored["running_var"], q_scale, q_shift, False,
+                                        0.0, self.eps)  # type: ignore[attr-defined]
 
 
 class QBatchNorm1d(_QuantBatchNorm, nn.BatchNorm1d):
@@ -340,6 +342,17 @@ _IN_PLACE: dict[type[nn.Module], type[nn.Module]] = {nn.Embedding: QEmbedding, n
                                                      nn.BatchNorm2d: QBatchNorm2d}
 
 
+def _becomes_in_place(module: nn.Module, lp: LayerPlan, plan: Plan) -> bool:
+    """Whether ``module`` becomes its :data:`_IN_PLACE` fake-quant class: an embedding or recurrent layer for
+    any quantizer; a batch norm only for a kernel / bias from an entry that names it (a plan's default is for
+    layers; a norm with only an ``activation`` gets an output quantizer instead)."""
+    if type(module) not in _IN_PLACE:
+        return False
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return lp is not plan.default and bool(lp.kernel or lp.bias)
+    return bool(lp.kernel or lp.bias or lp.activation)
+
+
 def _wrap(module: nn.Module, lp: LayerPlan) -> nn.Module:
     """The fake-quant layer of ``module`` (a conv / linear layer or a subclass of one, such as attention's
     output projection); an output quantizer the module already has is kept unless ``lp`` names one."""
@@ -388,12 +401,7 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
             setattr(parent, child, QActivation(lp.activation, base=module))
         elif isinstance(module, QActivation) and lp.activation:
             module.quantizer = get_quantizer(lp.activation)
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and type(module) in _IN_PLACE and \
-                lp is not plan.default and (lp.kernel or lp.bias):  # named (or a pattern): a default is for layers
-            module.__class__ = _IN_PLACE[type(module)]
-            module._init_quant(lp.kernel, lp.bias, lp.activation)  # type: ignore[operator]
-        elif type(module) in _IN_PLACE and not isinstance(module, nn.modules.batchnorm._BatchNorm) and \
-                (lp.kernel or lp.bias or lp.activation):
+        elif _becomes_in_place(module, lp, plan):
             module.__class__ = _IN_PLACE[type(module)]
             module._init_quant(lp.kernel, lp.bias, lp.activation)  # type: ignore[operator]
         elif name in plan.layers and (lp.kernel or lp.bias):

@@ -84,11 +84,11 @@ def refine_codes(model: nn.Module, start: Mapping[str, tuple[np.ndarray, np.ndar
     latents: dict[str, torch.Tensor] = {}
     scale: dict[str, torch.Tensor] = {}
     for name, (codes, step, x) in start.items():
-        s = torch.as_tensor(np.broadcast_to(np.asarray(step, dtype=np.float64), x.shape).copy())
-        offset = np.clip(x / np.asarray(step, dtype=np.float64) - np.rint(x / np.asarray(step, dtype=np.float64)),
-                         -0.49, 0.49)
+        step = np.asarray(step, dtype=np.float64)
+        ratio = x / step
+        offset = np.clip(ratio - np.rint(ratio), -0.49, 0.49)
         latents[name] = torch.as_tensor(codes.astype(np.float64) + offset, dtype=dtype).requires_grad_(True)
-        scale[name] = s.to(params[name].dtype)
+        scale[name] = torch.as_tensor(np.broadcast_to(step, x.shape).copy()).to(params[name].dtype)
     call = _Call(model, forward)
     was = model.training
     model.eval()

@@ -184,7 +184,6 @@ def test_refinement_lowers_output_error_at_the_same_grid_and_rate() -> None:
     from nncodec.decoder import iter_tensors
 
     grids = {h.name: h.quant for h, _ in iter_tensors(plain)}
-    moved = 0
     for h, arr in iter_tensors(data):
         assert np.array_equal(h.quant.scale_values(), grids[h.name].scale_values()), h.name
         q = arr.astype(np.float64) / h.quant.scale_values()

@@ -201,7 +201,8 @@ class _DifferentiableNetwork:
         from .surrogate import CostSurrogate
 
         co = self.co
-        self.search.set_surrogate(CostSurrogate(co.s.reference, co.s.space, hw.energy_settings(co.cfg.energy_settings)))
+        self.search.set_surrogate(CostSurrogate(co.s.reference, co.s.space, hw.energy_settings(co.cfg.energy_settings),
+                                                co.ops))
         trials = []
         for _ in range(max(1, self.epochs // rounds)):
             stats = self.search.train_epoch(self.epochs)

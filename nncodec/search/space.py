@@ -29,7 +29,7 @@ from torch import nn
 
 from ..energy.graph import OP_KINDS
 from ..errors import ConfigError
-from ..prune.graph import example_batch, width_groups
+from ..prune.graph import example_batch, fnmatch_any, width_groups
 from ..quant.base import get_quantizer
 from ..quant.layers import ACTIVATION_TYPES
 from ..quant.plan import LayerPlan, Plan
@@ -150,7 +150,7 @@ class SearchSpace:
                                                                                      modules[n].parameters())))
                      and not isinstance(modules[n], nn.Identity)]
         quantized = [n for n, m in modules.items() if n and layer_kind(m) and
-                     not any(fnmatch.fnmatchcase(n, p) for p in skip)]
+                     not fnmatch_any(n, skip)]
         if not quantized:
             raise ConfigError("the model has no conv, linear, embedding or recurrent layer to search")
         last = next((n for n in reversed(order) if n in quantized), quantized[-1])
@@ -161,12 +161,11 @@ class SearchSpace:
                 src = follows.get(src)
             if src in quantized and src not in attached:
                 attached[src] = a
-        skipped = lambda n: any(fnmatch.fnmatchcase(n, p) for p in skip)  # noqa: E731
-        outputs = [n for n in owns if module_outputs and not skipped(n) and n not in act_names and
+        outputs = [n for n in owns if module_outputs and not fnmatch_any(n, skip) and n not in act_names and
                    not layer_kind(modules[n]) and ((owns[n] == "norm" and not isinstance(modules[n], _NORMS)) or
                                                    (owns[n] in ("add", "attention", "matmul") and
                                                     any(True for _ in modules[n].children())))]
-        batch_norms = [n for n in order if norms and isinstance(modules[n], _NORMS) and not skipped(n) and
+        batch_norms = [n for n in order if norms and isinstance(modules[n], _NORMS) and not fnmatch_any(n, skip) and
                        modules[n].affine and modules[n].track_running_stats]
         peaks = _activation_peaks(model, act_names + outputs + [n for n in quantized if n not in attached], sample)
         width_of = {g.name: g for g in groups}
@@ -189,7 +188,7 @@ class SearchSpace:
                 act_choices = _expand(signed_activations, bits["activation"][kind], _int_bits(peaks.get(name, 1.0)))
             else:
                 act_choices = []
-            group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(name, pat)), name)
+            group = _group_of(name, share)
             g = width_of.get(name)
             layers.append(LayerSpace(name, kind, group, _expand(kernels, bits["kernel"][kind], w_int),
                                      _expand(biases, bits["bias"][kind], b_int) if bs else [], act, act_choices,
@@ -198,12 +197,12 @@ class SearchSpace:
             if a not in attached.values():
                 templates = activations if isinstance(modules[a], _RELU_LIKE) else signed_activations
                 a_int = _int_bits(peaks.get(a, 1.0))
-                group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(a, pat)), a)
+                group = _group_of(a, share)
                 layers.append(LayerSpace(a, "activation", group, [], [], a,
                                          _expand(templates, bits["activation"]["activation"], max(0, a_int)), [1.0]))
         for n in outputs:  # layer / group norm outputs and residual sums
             kind = {"norm": "norm", "add": "sum"}.get(owns[n], "attention")
-            group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(n, pat)), n)
+            group = _group_of(n, share)
             layers.append(LayerSpace(n, "activation", group, [], [], n,
                                      _expand(signed_activations, bits["activation"][kind], _int_bits(peaks.get(n, 1.0))),
                                      [1.0]))
@@ -212,7 +211,7 @@ class SearchSpace:
             with torch.no_grad():
                 scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
                 shift = bn.bias - bn.running_mean * scale
-            group = next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(n, pat)), n)
+            group = _group_of(n, share)
             layers.append(LayerSpace(n, "norm", group,
                                      _expand(norms, bits["kernel"]["norm"], _int_bits(float(scale.abs().max()))),
                                      _expand(norms, bits["bias"]["norm"], _int_bits(float(shift.abs().max()))),
@@ -279,6 +278,11 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct candidates."""
         return math.prod(len(v) for v in self.parameters().values())
+
+
+def _group_of(name: str, share: dict[str, str] | None) -> str:
+    """The choice group of ``name``: the group of the first ``share`` pattern it matches, else its own name."""
+    return next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(name, pat)), name)
 
 
 def _width_choices(group: Any, widths: tuple[float, ...]) -> list[float]:

@@ -112,13 +112,17 @@ def feeding_activations(model: nn.Module, space: SearchSpace, ops: list | None =
 class CostSurrogate:
     """Expected energy (pJ) or size (bits) of soft choices; see the module docstring."""
 
-    def __init__(self, model: nn.Module, space: SearchSpace, energy_settings: dict[str, Any]):
+    def __init__(self, model: nn.Module, space: SearchSpace, energy_settings: dict[str, Any],
+                 ops: list | None = None):
+        """``ops``: :func:`~nncodec.energy.graph.capture_graph` of ``model`` on ``space.input_shape`` when the
+        caller holds it already (None: captured here)."""
         self.settings = dict(energy_settings)
         sparse = bool(self.settings.get("sparsity_aware", False))
 
-        from ..energy.graph import capture_graph
+        if ops is None:
+            from ..energy.graph import capture_graph
 
-        ops = capture_graph(model, space.input_shape)
+            ops = capture_graph(model, space.input_shape)
         graph = ops if self.settings.get("activation_sparsity") is None else None
 
         def energy(kernel: dict[str, str] | None = None, act: dict[str, str] | None = None) -> Any:

@@ -390,6 +390,8 @@ def test_codesign_costs_the_reference_as_the_reference(reference, space, tmp_pat
     co = _Codesign(_Searcher(reference, space, digits.task(proxy_fraction=0.2), cfg, None))
     energy, _ = co.cost_on(reference, co.start_hw, "reference")
     assert energy == pytest.approx(co.e_ref)
+    # "reference" is cached from the start; a fresh key costs the reference again (plan None: reference types)
+    assert co.cost_on(reference, co.start_hw, "uncached")[0] == pytest.approx(co.e_ref, rel=1e-9)
     plan = base_plan(space)
     cand = build_candidate(reference, space.input_shape, plan)
     assert co.cost_on(cand, co.start_hw, "cand", plan)[0] == pytest.approx(

@@ -150,7 +150,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         _, report = encode_with_report(tensors, args.output, bits=args.bits, step=args.step, bits_1d=args.bits_1d,
                                        rel_step=args.rel_step, step_scales=scales or None,
                                        lossless=args.lossless or (), level=args.level, metadata=meta,
-                                       progress=None if not args.quiet else False)
+                                       progress=None if not args.quiet else False,
+                                       group_tensors=not args.no_group_tensors)
     if args.json:
         print(report.to_json())
     elif not args.quiet:
@@ -207,7 +208,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
             stages = "+".join(s["id"] for s in t["pipeline"]) or "stored"
             detail = (f"{t['name']} {t['dtype']}{t['shape']} {t['scheme']}"
                       f"{'/' + str(t['bits']) + 'b' if t['scheme'] != 'none' else ''} {bpp} bits/param [{stages}]")
+        if u.members:
+            detail = f"{len(u.members)} tensors"
         print(f"{u.index:4d} {u.type:20s} {u.offset:10d} {u.size:10d}  {detail}")
+        for m in u.members or ():
+            print(f"{'':48s}  {m['name']} {m['dtype']}{m['shape']} {m['scheme']}"
+                  f"{'/' + str(m['bits']) + 'b' if m['scheme'] != 'none' else ''} {m['layout']}")
     return 0
 
 
@@ -506,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="glob of tensor names kept exact when quantizing (repeatable)")
     e.add_argument("--level", type=int, default=3, help="zstd level, -7..22 (default 3)")
     e.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="store a metadata pair (repeatable)")
+    e.add_argument("--no-group-tensors", action="store_true",
+                   help="one unit per tensor, no tensor-group unit (a stream 1.0-1.3 decoders read)")
     e.add_argument("--json", action="store_true", help="print the per-tensor report as JSON")
     e.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     e.set_defaults(func=_cmd_encode)

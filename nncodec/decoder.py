@@ -15,15 +15,17 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .bitstream.byte_reader import ByteReader
-from .bitstream.constants import (SCHEME_NONE, UNIT_BASE_REFERENCE, UNIT_END, UNIT_HEADER_SIZE,
+from .bitstream.constants import (GROUP_LAYOUT_FILL, SCHEME_NONE, UNIT_BASE_REFERENCE, UNIT_END, UNIT_HEADER_SIZE,
                                   UNIT_MODEL_PARAMETER_SET, UNIT_NAMES, UNIT_OPERATING_POINTS, UNIT_REFINEMENT,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TENSOR_GROUP,
+                                  UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
 from .bitstream.operating_points import OperatingPoint, PointTracker, RefinementHeader
 from .coding.pipeline import Pipeline
 from .bitstream.reader import CodedStream, DeferredPayload, StreamedPayload, UnitReader, open_source
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, UnitHeader, parse_json_object
 from .errors import ConfigError, CorruptError, FormatError, LimitExceededError, TruncatedError, UnknownUnitError
+from .group import decode_group_data, member_pipeline, open_group
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = ["decode_arrays", "iter_tensors", "read_info", "decode_tensor", "StreamWalker", "StreamInfo", "UnitInfo",
@@ -48,6 +50,7 @@ class UnitInfo:
     size: int               #: header + payload bytes
     critical: bool
     tensor: dict[str, Any] | None = None
+    members: list[dict[str, Any]] | None = None  #: a tensor-group unit's tensors (FORMAT.md §14)
 
 
 @dataclass
@@ -59,6 +62,10 @@ class StreamInfo:
     total_bytes: int = 0
     aliases: dict[str, str] = field(default_factory=dict)  #: alias name -> tensor whose storage it shares
     operating_points: list[OperatingPoint] = field(default_factory=list)  #: of a scalable stream (FORMAT.md §13)
+
+    def tensor_entries(self) -> list[dict[str, Any]]:
+        """The listing of every stored tensor, in stream order: tensor units' and tensor-group members'."""
+        return [t for u in self.units for t in ([u.tensor] if u.tensor else u.members or [])]
 
 
 class StreamWalker:
@@ -76,6 +83,10 @@ class StreamWalker:
     model); payloads past it are passed over unread. With ``refinements``, :meth:`tensor_units` also
     yields the refinement units the point needs, a :class:`RefinementHeader` in place of the tensor header.
 
+    Tensor groups (FORMAT.md §14): each member is yielded like a tensor unit, with the group's unit header
+    and, as coded bytes, its words in the group's decoded data (``None`` with ``defer_tensors``: the data is
+    not decoded during a scan); :meth:`pipeline_of` gives the member's way from those words to its codes.
+
     Delta streams (FORMAT.md §12): ``base_reference(payload, offset)`` parses the base reference unit into
     :attr:`base_reference` (at most one, before any tensor). Without it that critical unit is refused, so a
     delta is never decoded as if it were the weights themselves.
@@ -88,6 +99,8 @@ class StreamWalker:
         self.limits = limits
         self.on_unit = on_unit
         self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
+        self._defer = defer_tensors
+        self._fills: dict[str, Pipeline] = {}  # group members stored as one repeated word: their "pipeline"
         self.header: StreamHeader | None = None
         self.default_pipeline: Pipeline | None = None
         self.topology: dict[str, Any] | None = None
@@ -179,6 +192,8 @@ class StreamWalker:
                     self.decoded_bytes += nbytes
                     self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
                     yield index, uh, th, (streamed.coded(r.offset - base) if streamed is not None else r.rest())
+                elif uh.unit_type == UNIT_TENSOR_GROUP:
+                    yield from self._group_members(index, uh, payload, base)
                 elif uh.unit_type == UNIT_OPERATING_POINTS:
                     if self.points.on_points(r, base + uh.payload_length, bool(self.names)):
                         self.reader.skip_payload = self.points.skip
@@ -227,13 +242,36 @@ class StreamWalker:
         if not seen_end:
             raise TruncatedError("stream ends without an end-of-stream unit", offset=self.reader.position)
 
+    def _group_members(self, index: int, uh: UnitHeader, payload: memoryview, base: int
+                       ) -> Iterator[tuple[int, UnitHeader, TensorHeader, "memoryview | None"]]:
+        """The members of a tensor-group unit: directory checked, names and decoded bytes counted, then (unless
+        scanning) the data decoded once and each member's words handed out."""
+        if self.base_reference is not None or self.points.points is not None:
+            raise CorruptError("a tensor group unit in a delta or scalable stream")
+        group = open_group(payload, base, self.limits)
+        for m in group.members:
+            th = m.header
+            if th.name in self.names or th.name in self.aliases:
+                raise CorruptError(f"duplicate tensor name {th.name!r} (tensor group member)")
+            self.names.add(th.name)
+            self.decoded_bytes += th.numel * th.dtype.itemsize
+            self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
+        data = None if self._defer else memoryview(decode_group_data(group, self.limits))
+        for m in group.members:
+            if m.layout == GROUP_LAYOUT_FILL:
+                self._fills[m.header.name] = member_pipeline(m)
+            yield index, uh, m.header, (data[m.start:m.start + m.size] if data is not None else None)
+
     @property
     def operating_points(self) -> list[OperatingPoint]:
         """The stream's operating points (empty for a stream that has none)."""
         return list(self.points.points.points) if self.points.points is not None else []
 
     def pipeline_of(self, th: "TensorHeader | RefinementHeader") -> Pipeline:
-        """The stages of ``th``: its own entries resolved through the stage registry, or the default."""
+        """The stages of ``th``: its own entries resolved through the stage registry, or the default; for a
+        tensor group member, how its words in the group's data become its codes."""
+        if th.name in self._fills:
+            return self._fills[th.name]
         if th.pipeline is None:
             return self.default_pipeline  # type: ignore[return-value]
         if th.pipeline not in self._pipelines:
@@ -480,6 +518,13 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                     "refines_to_point": th.level, "mode": th.mode}
                 continue
             numel = th.numel
+            if units[-1].type == UNIT_NAMES[UNIT_TENSOR_GROUP]:
+                units[-1].members = (units[-1].members or []) + [{
+                    "name": th.name, "dtype": th.dtype.name, "shape": list(th.shape), "scheme": th.quant.scheme_name,
+                    "bits": th.quant.bits, "per_channel": th.quant.per_channel, "pipeline": [],
+                    "default_pipeline": False, "coded_bytes": len(coded), "bits_per_param": None,
+                    "layout": "fill" if th.name in walker._fills else "dense"}]
+                continue
             units[-1].tensor = {
                 "name": th.name, "dtype": th.dtype.name, "shape": list(th.shape),
                 "scheme": th.quant.scheme_name, "bits": th.quant.bits,

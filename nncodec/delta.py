@@ -40,7 +40,7 @@ from .decoder import (RefinementHeader, Source, StreamWalker, decode_tensor, dec
                       with_aliases)
 from .dtypes import DType
 from .bitstream.descriptor import CodedTensor, bfloat16_bits_to_float32, dequantize_into
-from .encoder import Encoder, encoder_from_options
+from .encoder import Encoder, encoder_from_options, ungrouped
 from .errors import ConfigError, CorruptError, UnsupportedFeatureError
 from .limits import DEFAULT_LIMITS, Limits
 from .quant.uniform import coded_from
@@ -224,7 +224,7 @@ def encode_delta(tensors: Mapping[str, Any], base: Any, dst: Any, topology: Mapp
     if extra:
         raise ConfigError(f"delta coding does not take {sorted(extra)} (only rate_lambda of the rate-distortion "
                           "options)")
-    encoder = encoder_from_options(options)
+    encoder = encoder_from_options(ungrouped(options, "delta"))
     ref = base_tensors(base, encoder.limits)
     tensors, whole = encode_delta_tensors(tensors, ref, encoder, rd.get("rate_lambda", 0.0))
     aligned = any(isinstance(v, CodedTensor) and name not in whole for name, v in tensors.items())

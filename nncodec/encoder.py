@@ -26,10 +26,13 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .atomic import atomic_file
-from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_MINOR_ALIASES, MAGIC,
+from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_MINOR_ALIASES,
+                                  FORMAT_MINOR_TENSOR_GROUP, GROUP_LAYOUT_DENSE, GROUP_LAYOUT_FILL, MAGIC,
                                   SCHEME_BINARY, SCHEME_NONE, STREAM_HEADER, SCHEME_UNIFORM, UNIT_CRC_COVERED,
                                   UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
-                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TOPOLOGY)
+                                  UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TENSOR_GROUP,
+                                  UNIT_TOPOLOGY)
+from .bitstream.group import GroupUnit, directory_bytes
 from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .coding.pipeline import HandedWords, Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
@@ -42,7 +45,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .quant.uniform import UniformCodes, quantize_by_bits, quantize_by_step
 
 __all__ = ["Encoder", "EncodeReport", "TensorReport", "encode_arrays", "find_aliases", "choose_pipeline",
-           "encoder_from_options"]
+           "encoder_from_options", "ungrouped"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ _BLOCK_WORDS = 64              # two-level map block size
 _ENTROPY_ONLY_WORDS = 1 << 16  # from this many words on, an order-0 coder makes packing-only pipelines moot
 _PROGRESS_BYTES = 64 << 20
 _BLOCK_ELEMENTS = 1 << 18      # elements per block of the float64 statistics (std, errors)
+#: tensors of at most this many elements may go into a tensor-group unit; the encoder tries these bounds
+_GROUP_BOUNDS = (16, 256, 4096)
+_GROUP_LEVEL = 19              # zstd level of a group's directory and data (small: the best level costs little)
 
 
 @dataclass
@@ -65,7 +71,7 @@ class TensorReport:
     scheme: str
     bits: int
     pipeline: list[str]
-    unit_bytes: int                #: header + payload of its unit
+    unit_bytes: int                #: header + payload of its unit (a group member: its share of the group unit)
     bits_per_param: float | None   #: 8 * unit_bytes / elements (None for empty tensors)
     max_abs_error: float = 0.0
     rms_error: float = 0.0
@@ -77,6 +83,7 @@ class EncodeReport:
     total_bytes: int = 0
     seconds: float = 0.0
     aliases: dict[str, str] = field(default_factory=dict)  #: tied tensors: alias -> the tensor stored once
+    grouped: list[str] = field(default_factory=list)  #: tensors stored in the tensor-group unit (FORMAT.md §14)
 
     @property
     def parameters(self) -> int:
@@ -90,7 +97,8 @@ class EncodeReport:
     def to_json(self) -> str:
         return json.dumps({"total_bytes": self.total_bytes, "seconds": self.seconds,
                            "parameters": self.parameters, "bits_per_param": self.bits_per_param,
-                           "tensors": [asdict(t) for t in self.tensors], "aliases": self.aliases}, indent=2)
+                           "tensors": [asdict(t) for t in self.tensors], "aliases": self.aliases,
+                           "grouped": self.grouped}, indent=2)
 
     def table(self) -> str:
         rows = [f"{'tensor':40s} {'dtype':8s} {'scheme':8s} {'bits/param':>10s} {'max err':>10s} {'rms err':>10s}"]
@@ -186,6 +194,12 @@ class _Prepared:
     payload: bytes
     pipeline: Pipeline
     report: TensorReport
+    words: bytes | None = None  #: the code words of a tensor small enough for a tensor group
+    size: int = -1              #: bytes of the payload (when it was spooled to a file)
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = len(self.payload)
 
 
 class Encoder:
@@ -207,6 +221,10 @@ class Encoder:
     - ``limits``: the decoder limits the stream must respect (default: the decoder's defaults). A name,
       rank, size or metadata over them is refused with :class:`LimitExceededError` at encode time, so a
       stream that encodes also decodes with the same limits.
+    - ``group_tensors``: store small tensors (at most 4096 elements: biases, norms, batch-norm statistics)
+      together in one tensor-group unit (format 1.4, FORMAT.md §14) when that makes the stream smaller
+      (default). False: one unit per tensor, as before 1.4 (a stream any 1.0–1.3 decoder reads, and each
+      tensor read alone by ``nncodec.open``; grouped tensors are decoded with their group).
 
     Encoding to a file (:meth:`encode` with ``dst``, :meth:`encode_file`) streams tensor by tensor and
     writes the same bytes as encoding to memory.
@@ -218,7 +236,7 @@ class Encoder:
                  lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
                  progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None,
                  rel_step: float | None = None, step_scales: Mapping[str, float] | None = None,
-                 limits: Limits = DEFAULT_LIMITS):
+                 limits: Limits = DEFAULT_LIMITS, group_tensors: bool = True):
         if not isinstance(limits, Limits):
             raise ConfigError(f"limits must be an nncodec.Limits, got {type(limits).__name__}")
         if sum(v is not None for v in (bits, step, rel_step)) > 1:
@@ -233,6 +251,8 @@ class Encoder:
             raise ConfigError(f"bits_1d must be an integer 1..16, got {bits_1d!r}")
         if step is not None and not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
             raise ConfigError(f"step must be a positive number, got {step!r}")
+        if not isinstance(group_tensors, bool):
+            raise ConfigError(f"group_tensors must be True or False, got {group_tensors!r}")
         if isinstance(lossless, str):
             lossless = [lossless]
         Zstd(level)  # validates the level
@@ -245,6 +265,7 @@ class Encoder:
         self.level = level
         self.metadata = meta
         self.limits = limits
+        self.group_tensors = group_tensors
         self.progress = progress
         self.pipeline = None if pipeline is None else Pipeline(tuple(stage_from_config(c) for c in pipeline))
 
@@ -313,18 +334,21 @@ class Encoder:
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor,
                 words: "np.ndarray | HandedWords", word_size: int, bits: int, signed: bool, max_err: float,
                 rms_err: float) -> _Prepared:
+        numel = math.prod(shape)
+        kept = None
+        if self.group_tensors and self.pipeline is None and numel <= _GROUP_BOUNDS[-1]:
+            kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         if self.pipeline is not None:
             pipeline, payload = self.pipeline, self.pipeline.encode(words)
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
         header = TensorHeader(name, dtype, shape, desc, pipeline.entries())
         unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(payload)
-        numel = math.prod(shape)
         report = TensorReport(name, dtype.name, list(shape), desc.scheme_name,
                               desc.bits if desc.scheme != SCHEME_NONE else 8 * dtype.itemsize,
                               [st.codec_id for st in pipeline.stages], unit_bytes,
                               8.0 * unit_bytes / numel if numel else None, max_err, rms_err)
-        return _Prepared(header, payload, pipeline, report)
+        return _Prepared(header, payload, pipeline, report, kept)
 
     def _check_tensor_limits(self, name: str, array: np.ndarray) -> None:
         """Refuse what the decoder (with ``self.limits``) would refuse, and what the format cannot hold."""
@@ -392,9 +416,11 @@ class Encoder:
         if bar is not None:
             bar.close()
 
-    def _preamble(self, plan: "_Plan", default: Pipeline | None) -> list[bytes]:
-        """The file header and the units before the tensors."""
-        minor = FORMAT_MINOR_ALIASES if plan.aliases else FORMAT_MINOR  # the oldest version that holds the stream
+    def _preamble(self, plan: "_Plan", layout: "_Layout") -> list[bytes]:
+        """The file header, the units before the tensors and the tensor-group unit, if any."""
+        default = layout.default
+        # the oldest version that holds the stream
+        minor = FORMAT_MINOR_TENSOR_GROUP if layout.group else FORMAT_MINOR_ALIASES if plan.aliases else FORMAT_MINOR
         chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor),
                   frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(plan.names), self.metadata,
                                                               version=(FORMAT_MAJOR, minor)).to_bytes())]
@@ -404,7 +430,36 @@ class Encoder:
             chunks.append(frame_unit(UNIT_TOPOLOGY, plan.topology, critical=False))
         if plan.aliases:
             chunks.append(frame_unit(UNIT_TENSOR_ALIASES, TensorAliases(plan.aliases).to_bytes()))
+        if layout.group is not None:
+            self.limits.check("unit payload length of the tensor group", len(layout.group), "max_unit_bytes")
+            chunks.append(frame_unit(UNIT_TENSOR_GROUP, layout.group))
         return chunks
+
+    def _layout(self, coded: "list[_Prepared]") -> "_Layout":
+        """Which small tensors go into the tensor-group unit: the member set (tensors up to one of
+        ``_GROUP_BOUNDS`` elements) that makes the stream smallest, or none."""
+        default = _default_pipeline([p.pipeline for p in coded])
+        best = _Layout(None, frozenset(), default)
+        best_cost = _units_cost(coded, default)
+        small = [p for p in coded if p.words is not None]
+        tried: set[int] = set()
+        for bound in _GROUP_BOUNDS:
+            members = [p for p in small if math.prod(p.header.shape) <= bound]
+            if not members or len(members) in tried:
+                continue
+            tried.add(len(members))
+            payload = _group_payload(members, self.limits)
+            if payload is None:
+                continue
+            rest = [p for p in coded if p.words is None or math.prod(p.header.shape) > bound]
+            rest_default = _default_pipeline([p.pipeline for p in rest])
+            cost = UNIT_HEADER_SIZE + len(payload) + _units_cost(rest, rest_default)
+            if cost < best_cost:
+                best = _Layout(payload, frozenset(p.header.name for p in members), rest_default)
+                best_cost = cost
+        if best.group is not None:
+            _member_reports([p for p in coded if p.header.name in best.members], UNIT_HEADER_SIZE + len(best.group))
+        return best
 
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
                      topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
@@ -415,10 +470,14 @@ class Encoder:
         start = time.perf_counter()
         plan = self._plan(tensors, topology)
         prepared = list(self._coded(tensors, plan))
-        default = _default_pipeline([p.pipeline for p in prepared])
-        chunks = self._preamble(plan, default)
-        report = EncodeReport(aliases=dict(plan.aliases))
+        layout = self._layout(prepared)
+        default = layout.default
+        chunks = self._preamble(plan, layout)
+        report = EncodeReport(aliases=dict(plan.aliases), grouped=sorted(layout.members))
         for p in prepared:
+            if p.header.name in layout.members:
+                report.tensors.append(p.report)
+                continue
             header = _tensor_header(p.header, p.pipeline, default, p.report, len(p.payload))
             payload = header.to_bytes() + p.payload
             self.limits.check(f"unit payload length of tensor {header.name!r}", len(payload), "max_unit_bytes")
@@ -444,27 +503,34 @@ class Encoder:
         start = time.perf_counter()
         dst = Path(dst)
         plan = self._plan(tensors, topology)
-        spooled: list[tuple[TensorHeader, Pipeline, TensorReport, int]] = []
+        spooled: list[_Prepared] = []  # without their payloads, which are in the spool file
         with atomic_file(dst) as out, \
                 tempfile.TemporaryFile(dir=dst.parent or ".", prefix=f".{dst.name}.", suffix=".spool") as spool:
             for p in self._coded(tensors, plan):
                 spool.write(p.payload)
-                spooled.append((p.header, p.pipeline, p.report, len(p.payload)))
+                spooled.append(_Prepared(p.header, b"", p.pipeline, p.report, p.words, len(p.payload)))
                 del p
-            default = _default_pipeline([s[1] for s in spooled])
+            layout = self._layout(spooled)
+            default = layout.default
             spool.seek(0)
-            report = EncodeReport(aliases=dict(plan.aliases))
-            chunks = self._preamble(plan, default)
+            report = EncodeReport(aliases=dict(plan.aliases), grouped=sorted(layout.members))
+            chunks = self._preamble(plan, layout)
             for chunk in chunks:
                 out.write(chunk)
-            for header, pipeline, tensor_report, size in spooled:
+            for p in spooled:
+                header, pipeline, tensor_report, size = p.header, p.pipeline, p.report, p.size
+                if header.name in layout.members:
+                    spool.seek(size, os.SEEK_CUR)
+                    report.tensors.append(tensor_report)
+                    continue
                 header = _tensor_header(header, pipeline, default, tensor_report, size)
                 head = header.to_bytes()
                 self.limits.check(f"unit payload length of tensor {header.name!r}", len(head) + size,
                                   "max_unit_bytes")
                 _copy_unit(out, UNIT_TENSOR, head, spool, size)
                 report.tensors.append(tensor_report)
-            out.write(frame_unit(UNIT_END, EndOfStream(len(chunks) - 1 + len(spooled), len(spooled)).to_bytes()))
+            units = len(chunks) - 1 + len(spooled) - len(layout.members)
+            out.write(frame_unit(UNIT_END, EndOfStream(units, len(spooled)).to_bytes()))
             report.total_bytes = out.tell()
         report.seconds = time.perf_counter() - start
         log.info("encoded %d tensors into %s (%d bytes) in %.2f s", len(spooled), dst, report.total_bytes,
@@ -488,6 +554,65 @@ class _Plan:
     aliases: dict[str, str]
     topology: bytes | None
     input_bytes: int
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the coded tensors go: the tensor-group unit's payload (None: no group), the names in it, and
+    the model parameter set's pipeline (of the tensors in their own units)."""
+
+    group: bytes | None
+    members: frozenset[str]
+    default: Pipeline | None
+
+
+def _units_cost(coded: "list[_Prepared]", default: Pipeline | None) -> int:
+    """Bytes of the tensor units of ``coded`` and of the model parameter set holding ``default``."""
+    total = UNIT_HEADER_SIZE + len(default.to_bytes()) if default is not None else 0
+    for p in coded:
+        head = len(p.header.to_bytes())
+        if default is not None and p.pipeline == default:
+            head -= len(p.pipeline.to_bytes()) - 1  # the entries become one 0xFF byte
+        total += UNIT_HEADER_SIZE + head + p.size
+    return total
+
+
+def _smallest(raw: bytes) -> tuple[Pipeline, bytes]:
+    """The smallest coding of a byte string among the candidate pipelines (stored included)."""
+    if not raw:
+        return Pipeline(), b""
+    return choose_pipeline(np.frombuffer(raw, dtype=np.uint8), 1, 8, False, _GROUP_LEVEL)
+
+
+def _group_payload(members: "list[_Prepared]", limits: Limits) -> bytes | None:
+    """The tensor-group payload of ``members`` (ascending names, FORMAT.md §14), or None when its directory
+    would be over ``max_metadata_bytes``. A member whose words are all equal (at least 2) is stored as one."""
+    entries, data = [], []
+    for p in members:
+        words = p.words or b""
+        size = p.header.quant.code_dtype.itemsize
+        flat = np.frombuffer(words, dtype=np.uint8).reshape(-1, size)
+        fill = flat.shape[0] >= 2 and bool((flat == flat[0]).all())
+        entries.append((p.header, GROUP_LAYOUT_FILL if fill else GROUP_LAYOUT_DENSE))
+        data.append(words[:size] if fill else words)
+    directory = directory_bytes(entries)
+    if len(directory) > limits.max_metadata_bytes:
+        return None
+    dir_pipeline, dir_coded = _smallest(directory)
+    data_pipeline, data_coded = _smallest(b"".join(data))
+    return GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
+                              data_pipeline.to_bytes(), data_coded)
+
+
+def _member_reports(members: "list[_Prepared]", unit_bytes: int) -> None:
+    """Each member's report: its share of the group unit's bytes, in proportion to its code words."""
+    words = sum(len(p.words or b"") for p in members) or 1
+    for p in members:
+        r = p.report
+        r.pipeline = ["tensor_group"]
+        r.unit_bytes = unit_bytes * len(p.words or b"") // words
+        numel = math.prod(r.shape)
+        r.bits_per_param = 8.0 * r.unit_bytes / numel if numel else None
 
 
 _COPY_BYTES = 4 << 20
@@ -658,3 +783,11 @@ def encoder_from_options(options: Mapping[str, Any]) -> Encoder:
     if unknown:
         raise ConfigError(f"unknown encode option(s) {unknown}; the options are {known}")
     return Encoder(**options)
+
+
+def ungrouped(options: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """``options`` with ``group_tensors=False``: delta and scalable streams hold no tensor-group unit (FORMAT.md
+    §14); asking for one there is a :class:`ConfigError`."""
+    if options.get("group_tensors"):
+        raise ConfigError(f"group_tensors does not apply to {kind} streams: their tensors are in units of their own")
+    return {**options, "group_tensors": False}

@@ -18,12 +18,13 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .bitstream.byte_reader import ByteReader
-from .bitstream.constants import UNIT_CRC_COVERED, UNIT_HEADER, UNIT_HEADER_SIZE
+from .bitstream.constants import UNIT_CRC_COVERED, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_TENSOR_GROUP
 from .coding.pipeline import Pipeline
 from .bitstream.reader import open_source
 from .bitstream.units import TensorHeader
 from .bitstream.operating_points import RefinementHeader
 from .decoder import StreamWalker, decode_tensor
+from .group import OpenGroup, decode_group_data, member_pipeline, open_group
 from .refine import apply_refinement
 from .errors import ChecksumError, CorruptError, FormatError, LimitExceededError, TruncatedError
 from .limits import DEFAULT_LIMITS, Limits
@@ -37,6 +38,7 @@ class _Entry:
     offset: int   #: stream offset of the unit header
     length: int   #: payload bytes
     header: TensorHeader
+    grouped: bool = False  #: a member of a tensor-group unit (FORMAT.md §14)
 
 
 class StreamFile:
@@ -63,6 +65,7 @@ class StreamFile:
         self._operating_point = operating_point
         self._shapes: dict[str, tuple[int, ...]] = {}  # tensors a refinement grows: their shape at the point
         self._refinements: dict[str, list[tuple[int, int, int, int, Any]]] = {}  # name -> (index, offset, length, coded start, header)
+        self._group: tuple[int, OpenGroup, memoryview] | None = None  # the last tensor group decoded: offset, directory, data
         try:
             self._scan()
         except BaseException:
@@ -88,7 +91,7 @@ class StreamFile:
                 if th.shape is not None:
                     self._shapes[th.name] = th.shape
                 continue
-            self._entries[th.name] = _Entry(index, uh.offset, uh.payload_length, th)
+            self._entries[th.name] = _Entry(index, uh.offset, uh.payload_length, th, uh.unit_type == UNIT_TENSOR_GROUP)
         self.operating_points = walker.operating_points
         self.operating_point = walker.points.point
         self._default = walker.default_pipeline
@@ -124,6 +127,8 @@ class StreamFile:
         its target's unit."""
         e = self._entry(name)
         name = e.header.name
+        if e.grouped:
+            return self._member_array(e)
         head = self._read_at(e.offset, UNIT_HEADER_SIZE, "a unit header")
         crc = UNIT_HEADER.unpack(head)[4]
         try:
@@ -148,6 +153,24 @@ class StreamFile:
             except (FormatError, LimitExceededError) as exc:
                 raise exc.located(unit_index=index, offset=offset) from None
         return out
+
+    def _member_array(self, e: _Entry) -> np.ndarray:
+        """A tensor-group member: the group unit read and checked, its data decoded (kept for the group's
+        other members), the member's words decoded like a tensor unit's."""
+        try:
+            if self._group is None or self._group[0] != e.offset:
+                head = self._read_at(e.offset, UNIT_HEADER_SIZE, "a unit header")
+                payload = memoryview(self._checked(e.offset, head, e.length, UNIT_HEADER.unpack(head)[4]))
+                group = open_group(payload, e.offset + UNIT_HEADER_SIZE, self.limits)
+                self._group = (e.offset, group, memoryview(decode_group_data(group, self.limits)))
+            _, group, data = self._group
+            member = next((m for m in group.members if m.header.name == e.header.name), None)
+            if member is None or member.header != e.header:
+                raise CorruptError(f"the unit of tensor {e.header.name!r} changed since the stream was opened")
+            return decode_tensor(member.header, data[member.start:member.start + member.size],
+                                 member_pipeline(member), self.limits)
+        except (FormatError, LimitExceededError) as exc:
+            raise exc.located(unit_index=e.index, offset=e.offset) from None
 
     def get_tensor(self, name: str) -> Any:
         """Decode one tensor as a torch tensor."""

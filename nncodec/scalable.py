@@ -34,7 +34,8 @@ from .bitstream.operating_points import (MAX_POINTS, MODE_GROW_REPLACE, MODE_GRO
                                          MODE_RESIDUAL, OperatingPoint, OperatingPoints, RefinementHeader)
 from .bitstream.units import EndOfStream, StreamHeader, frame_unit
 from .dtypes import dtype_by_name
-from .encoder import EncodeReport, Encoder, _as_encodable, choose_pipeline, encoder_from_options, find_aliases
+from .encoder import (EncodeReport, Encoder, _as_encodable, choose_pipeline, encoder_from_options, find_aliases,
+                      ungrouped)
 from .errors import ConfigError
 from .refine import predict_codes
 
@@ -186,7 +187,7 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
     if shared_quant:
         raise ConfigError(f"with operating_points, quantization options go into each point, not {shared_quant}")
     split = [_split_point(p, k) for k, p in enumerate(points)]
-    encoders: list[Encoder] = [encoder_from_options({**options, **quant}) for quant, _ in split]
+    encoders: list[Encoder] = [encoder_from_options(ungrouped({**options, **quant}, "scalable")) for quant, _ in split]
     if encoders[0].pipeline is not None:
         raise ConfigError("a fixed pipeline does not apply to refinement residuals; leave pipeline unset")
     if not isinstance(tensors, Mapping):

@@ -323,7 +323,7 @@ def load_model(src: Source, *, limits: Limits = DEFAULT_LIMITS, operating_point:
         with StreamFile(src, limits=limits, operating_point=operating_point) as f:
             topology = narrow_topology(topology, {n: f.header(n).shape for n in f.keys()})
     model = build(topology)
-    quantized = {u.tensor["name"] for u in info.units if u.tensor and u.tensor["scheme"] != "none"}
+    quantized = {t["name"] for t in info.tensor_entries() if t["scheme"] != "none"}
     from .quant.layers import _QuantParams
 
     for name, module in model.named_modules():

@@ -1,4 +1,5 @@
-"""Constants of the nncodec bitstream, format version 1.1 (1.0 plus the tensor-aliases unit). Mirrors the tables in ``FORMAT.md``."""
+"""Constants of the nncodec bitstream, format version 1.4 (1.0 plus the tensor-aliases unit, operating points,
+grid-aligned deltas and the tensor-group unit). Mirrors the tables in ``FORMAT.md``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ FORMAT_MINOR_ALIASES = 1
 FORMAT_MINOR_OPERATING_POINTS = 2
 #: the minor version that added grid-aligned quantized deltas (base reference flag bit 0); written only for them
 FORMAT_MINOR_GRID_DELTA = 3
+#: the minor version that added the tensor-group unit (0x12); written only for streams that hold one
+FORMAT_MINOR_TENSOR_GROUP = 4
 
 #: file header: magic (8) | major u16 | minor u16
 FILE_HEADER = struct.Struct("<8sHH")
@@ -37,6 +40,7 @@ UNIT_BASE_REFERENCE = 0x05  #: delta streams (FORMAT.md §12), critical
 UNIT_OPERATING_POINTS = 0x06  #: format 1.2, ancillary
 UNIT_TENSOR = 0x10
 UNIT_REFINEMENT = 0x11  #: format 1.2, ancillary
+UNIT_TENSOR_GROUP = 0x12  #: format 1.4, critical: many small tensors, one directory, one shared data pipeline
 UNIT_END = 0x7F
 
 UNIT_NAMES = {
@@ -48,6 +52,7 @@ UNIT_NAMES = {
     UNIT_OPERATING_POINTS: "operating_points",
     UNIT_TENSOR: "tensor",
     UNIT_REFINEMENT: "refinement",
+    UNIT_TENSOR_GROUP: "tensor_group",
     UNIT_END: "end_of_stream",
 }
 
@@ -97,3 +102,10 @@ STAGE_SHUFFLE = 3
 STAGE_ZSTD = 4
 STAGE_ANS = 5  # experimental
 STAGE_RANS = 6
+
+#: tensor-group unit (FORMAT.md §14) fixed head: member_count u32 | directory_length u32
+GROUP_HEAD = struct.Struct("<II")
+#: smallest directory entry: shared u8, suffix_length u16, 1 suffix byte, dtype u8, ndim u8, descriptor 14, layout u8
+GROUP_ENTRY_MIN = 21
+GROUP_LAYOUT_DENSE = 0  #: numel code words in the group's data
+GROUP_LAYOUT_FILL = 1   #: one code word in the data, repeated numel times

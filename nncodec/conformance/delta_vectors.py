@@ -53,7 +53,7 @@ def _tuned() -> dict[str, np.ndarray]:
 
 def _encode(tuned: dict[str, np.ndarray], grid_aligned: bool = False, **options: Any) -> bytes:
     base = numpy_tensors(base_arrays())
-    encoder = Encoder(**options)
+    encoder = Encoder(**options, group_tensors=False)  # delta streams hold no tensor group (FORMAT.md §14)
     tensors, whole = encode_delta_tensors(numpy_tensors(tuned), base, encoder, grid_aligned=grid_aligned)
     chunks, _ = encoder.encode_units(tensors)
     reference = BaseReference(content_hash(base), whole, FLAG_GRID_ALIGNED if grid_aligned else 0)

@@ -29,7 +29,7 @@ from ..dtypes import dtype_by_name
 from ..bitstream.descriptor import CodedTensor
 from ..encoder import Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
-from . import delta_vectors
+from . import delta_vectors, group_vectors
 from .forge import join_units, split_units, unit_bytes
 from .graph_vectors import GRAPH_VECTORS, require_graph
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
@@ -750,6 +750,11 @@ INVALID.update(_V12_INVALID)
 _VERSION_OF.update({name: "1.2" for name in (*_V12_VALID, *_V12_INVALID)})
 #: valid vectors decoded at an operating point other than the default (the manifest's ``operating_point``)
 POINT_OF = {**{f"scalable_3_points_at_{k}": k for k in range(3)}, **{f"scalable_width_at_{k}": k for k in range(3)}}
+
+# -- format 1.4: the tensor-group unit (FORMAT.md §14); these vectors go to v1.4/
+VALID.update(group_vectors.VALID)
+INVALID.update(group_vectors.INVALID)
+_VERSION_OF.update({name: "1.4" for name in (*group_vectors.VALID, *group_vectors.INVALID)})
 
 
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:

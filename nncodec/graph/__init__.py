@@ -12,5 +12,7 @@ __all__ = ["ALLOWED_OPERATORS", "GRAPH_FORMAT", "GRAPH_VERSION", "GraphError", "
 
 
 def stream_tensor_specs(units: list) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """``{name: (dtype, shape)}`` of the tensor units listed by :func:`nncodec.read_info`."""
-    return {u.tensor["name"]: (u.tensor["dtype"], tuple(u.tensor["shape"])) for u in units if u.tensor}
+    """``{name: (dtype, shape)}`` of the tensors listed by :func:`nncodec.read_info` (tensor units and
+    tensor-group members)."""
+    entries = [t for u in units for t in ([u.tensor] if u.tensor else getattr(u, "members", None) or [])]
+    return {t["name"]: (t["dtype"], tuple(t["shape"])) for t in entries}

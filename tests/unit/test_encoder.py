@@ -116,7 +116,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_default_pipeline_goes_to_model_parameter_set():
     rng = np.random.default_rng(0)
     a = {f"t{i}": rng.standard_normal((16, 16)).astype(np.float32) for i in range(4)}
-    info = nncodec.read_info(nncodec.encode(a, bits=8))
+    info = nncodec.read_info(nncodec.encode(a, bits=8, group_tensors=False))
     types = [u.type for u in info.units]
     assert types[:2] == ["stream_header", "model_parameter_set"]
     assert any(u.tensor and u.tensor["default_pipeline"] for u in info.units)

@@ -1,0 +1,125 @@
+"""Where the bytes of a small model's stream go, with and without the tensor-group unit (FORMAT.md §14).
+
+    python tests/benchmarks/bench_tensor_group.py [--stream model.nnc ...] [--out results/tensor_group.json]
+
+Models: ResNet-8 and the MobileNetV2-style net (width 16, 1 input channel, 10 classes) with running statistics
+from a few batches of noise, 3-bit convolutions and batch norms folded into 8-bit scale and shift codes (the
+search's folded `QBatchNorm2d`), a 4-bit classifier. ``--stream`` adds existing streams (a demo's
+``model.nnc``, say): their stored codes are re-encoded with and without groups, so the plan and the codes
+are the same on both sides. Figures: bytes per part of the stream (file header, unit headers, tensor-unit
+headers split into name / dtype and shape / descriptor / pipeline, tensor payloads, tensor-group unit) and
+the ratio to float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from nncodec.bitstream.byte_reader import ByteReader  # noqa: E402
+from nncodec.bitstream.constants import UNIT_NAMES, UNIT_TENSOR, UNIT_TENSOR_GROUP  # noqa: E402
+from nncodec.bitstream.descriptor import CodedTensor  # noqa: E402
+from nncodec.bitstream.group import GroupUnit  # noqa: E402
+from nncodec.bitstream.reader import UnitReader  # noqa: E402
+from nncodec.bitstream.units import TensorHeader  # noqa: E402
+from nncodec.decoder import StreamWalker, decode_unit_codes  # noqa: E402
+from nncodec.encoder import Encoder  # noqa: E402
+from nncodec.limits import DEFAULT_LIMITS  # noqa: E402
+from nncodec.models import MobileNetV2Small, ResNet8  # noqa: E402
+from nncodec.quant.layers import quantize_model  # noqa: E402
+from nncodec.torch_io import tensors_from  # noqa: E402
+
+_BN = {"kernel": "quantized_bits(8,2,1)", "bias": "quantized_bits(8,2,1)"}
+PLAN = {"layers": {"*bn*": _BN, "*.1": _BN, "fc": {"kernel": "quantized_bits(4,0,1)", "bias": "quantized_bits(8,2,1)"}},
+        "default": {"kernel": "quantized_bits(3,0,1)"}}
+
+
+def breakdown(data: bytes) -> dict[str, int]:
+    """Bytes of each part of a stream; the parts sum to its length."""
+    parts: Counter[str] = Counter({"file header": 12})
+    for _, uh, payload in UnitReader(io.BytesIO(data), DEFAULT_LIMITS):
+        parts["unit headers (16 B each)"] += 16
+        if uh.unit_type == UNIT_TENSOR:
+            r = ByteReader(payload)
+            th = TensorHeader.parse(r, DEFAULT_LIMITS)
+            name, shape, desc = 2 + len(th.name.encode()), 2 + 8 * len(th.shape), len(th.quant.to_bytes())
+            parts["tensor names"] += name
+            parts["tensor dtypes and shapes"] += shape
+            parts["tensor descriptors"] += desc
+            parts["tensor pipelines"] += r.offset - name - shape - desc
+            parts["tensor payloads"] += len(payload) - r.offset
+        elif uh.unit_type == UNIT_TENSOR_GROUP:
+            group = GroupUnit.parse(ByteReader(payload), DEFAULT_LIMITS)
+            parts["group: coded directory"] += len(group.coded_directory)
+            parts["group: coded data"] += len(group.coded_data)
+            parts["group: counts and pipelines"] += (len(payload) - len(group.coded_directory)
+                                                     - len(group.coded_data))
+        else:
+            parts[UNIT_NAMES.get(uh.unit_type, "other") + " payload"] += len(payload)
+    assert sum(parts.values()) == len(data)
+    return dict(parts)
+
+
+def stored_codes(data: bytes) -> dict:
+    """The tensors of a stream as the encoder takes them: codes + descriptor for quantized tensors, the
+    values for lossless ones, so that re-encoding keeps the plan and the codes."""
+    walker = StreamWalker(io.BytesIO(data), DEFAULT_LIMITS)
+    out = {}
+    for index, uh, th, coded in walker.tensor_units():
+        codes = decode_unit_codes(walker, index, uh, th, coded)
+        if th.quant.scheme == 0:
+            out[th.name] = (codes.view(th.dtype.storage), th.dtype)
+        else:
+            out[th.name] = CodedTensor(codes, th.quant, th.dtype)
+    return out
+
+
+def compare(name: str, tensors: dict, float32_bytes: int) -> dict:
+    grouped, report = Encoder().encode(tensors)
+    plain, _ = Encoder(group_tensors=False).encode(tensors)
+    row = {"model": name, "tensors": len(tensors), "grouped_tensors": len(report.grouped),
+           "float32_bytes": float32_bytes, "bytes_without_groups": len(plain), "bytes_with_groups": len(grouped),
+           "ratio_without": float32_bytes / len(plain), "ratio_with": float32_bytes / len(grouped),
+           "breakdown_without": breakdown(plain), "breakdown_with": breakdown(grouped)}
+    print(f"\n{name}: {len(tensors)} tensors ({len(report.grouped)} grouped), float32 {float32_bytes} B: "
+          f"{len(plain)} B ({row['ratio_without']:.1f}x) -> {len(grouped)} B ({row['ratio_with']:.1f}x), "
+          f"{len(grouped) / len(plain):.3f} of the size")
+    for part in sorted(set(row["breakdown_without"]) | set(row["breakdown_with"])):
+        print(f"  {part:34s} {row['breakdown_without'].get(part, 0):8d} {row['breakdown_with'].get(part, 0):8d}")
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stream", action="append", default=[], help="an existing stream to re-encode (repeatable)")
+    ap.add_argument("--out", default=str(ROOT / "tests/benchmarks/results/tensor_group.json"))
+    args = ap.parse_args()
+    rows = []
+    for name, build in (("resnet8", ResNet8), ("mobilenetv2", MobileNetV2Small)):
+        torch.manual_seed(0)
+        model = build(1, 10, 16).train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(8, 1, 28, 28))
+        q = quantize_model(model.eval(), PLAN)
+        float32 = sum(4 * t.numel() for t in model.state_dict().values())
+        rows.append(compare(name, tensors_from(q), float32))
+    for path in args.stream:
+        tensors = stored_codes(Path(path).read_bytes())
+        float32 = sum(4 * (t.codes.size if isinstance(t, CodedTensor) else t[0].size) for t in tensors.values())
+        rows.append(compare(Path(path).name, tensors, float32))
+    Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,13 +10,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..dtypes import dtype_by_id
 from ..errors import CorruptError, UnsupportedFeatureError
 from ..limits import Limits
 from .byte_reader import ByteReader
 from .constants import (GROUP_ENTRY_MIN, GROUP_HEAD, GROUP_LAYOUT_DENSE, GROUP_LAYOUT_FILL, PIPELINE_DEFAULT)
-from .descriptor import QuantDescriptor
-from .units import StageEntry, TensorHeader, parse_stage_entries
+from .units import StageEntry, TensorHeader, parse_stage_entries, parse_tensor_fields
 
 __all__ = ["GroupMember", "GroupUnit", "parse_directory", "directory_bytes"]
 
@@ -117,7 +115,7 @@ def parse_directory(raw: bytes | memoryview, base_offset: int, count: int, limit
         except UnicodeDecodeError:
             raise CorruptError(f"name of group member {i} is not valid UTF-8", offset=at) from None
         previous = raw_name
-        header = _member_header(r, name, limits)
+        header = TensorHeader(name, *parse_tensor_fields(r, name, limits, "group member"), ())
         layout_at = r.offset
         layout = r.u8("member layout")
         if layout not in (GROUP_LAYOUT_DENSE, GROUP_LAYOUT_FILL):
@@ -129,26 +127,6 @@ def parse_directory(raw: bytes | memoryview, base_offset: int, count: int, limit
         data_at += size
     r.expect_end("the last member")
     return members
-
-
-def _member_header(r: ByteReader, name: str, limits: Limits) -> TensorHeader:
-    """dtype, rank, shape and descriptor of a member: a tensor unit's fields after its name (§3.4)."""
-    dt_at = r.offset
-    dtype_id, ndim = r.unpack(struct.Struct("<BB"), "dtype and rank")
-    dtype = dtype_by_id(dtype_id)
-    if dtype is None:
-        raise UnsupportedFeatureError(f"unknown dtype id {dtype_id} for group member {name!r}", offset=dt_at)
-    limits.check(f"rank of group member {name!r}", ndim, "max_ndim", offset=dt_at)
-    shape = []
-    span = 1
-    for _ in range(ndim):
-        (d,) = r.unpack(_DIM, "dimension")
-        shape.append(d)
-        span *= max(d, 1)
-        limits.check(f"element count of group member {name!r} (zero dimensions counted as 1)", span,
-                     "max_tensor_elements", offset=dt_at)
-    quant = QuantDescriptor.parse(r, dtype, tuple(shape))
-    return TensorHeader(name, dtype, tuple(shape), quant, ())
 
 
 def directory_bytes(members: "list[tuple[TensorHeader, int]]") -> bytes:

@@ -17,7 +17,7 @@ from .constants import (END_OF_STREAM, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR
 from .descriptor import QuantDescriptor
 
 __all__ = ["UnitHeader", "StreamHeader", "EndOfStream", "TensorHeader", "TensorAliases", "StageEntry",
-           "parse_stage_entries", "stage_entries_bytes", "frame_unit", "parse_json_object"]
+           "parse_stage_entries", "stage_entries_bytes", "frame_unit", "parse_json_object", "parse_tensor_fields"]
 
 _DIM = struct.Struct("<Q")
 
@@ -223,22 +223,29 @@ class TensorHeader:
             raise CorruptError("tensor name is not valid UTF-8", offset=at) from None
         if not name:
             raise CorruptError("tensor name is empty", offset=at)
-        dt_at = r.offset
-        dtype_id, ndim = r.unpack(struct.Struct("<BB"), "dtype and rank")
-        dtype = dtype_by_id(dtype_id)
-        if dtype is None:
-            raise UnsupportedFeatureError(f"unknown dtype id {dtype_id} for tensor {name!r}", offset=dt_at)
-        limits.check(f"rank of tensor {name!r}", ndim, "max_ndim", offset=dt_at)
-        shape = []
-        span = 1  # product of the dimensions with zeros counted as 1: bounds every allocation's arithmetic
-        for _ in range(ndim):
-            (d,) = r.unpack(_DIM, "dimension")
-            shape.append(d)
-            span *= max(d, 1)
-            if span > limits.max_tensor_elements:
-                limits.check(f"element count of tensor {name!r} (zero dimensions counted as 1)", span,
-                             "max_tensor_elements", offset=dt_at)
-        quant = QuantDescriptor.parse(r, dtype, tuple(shape))
+        dtype, shape, quant = parse_tensor_fields(r, name, limits)
         count = r.u8("pipeline stage count")
         pipeline = None if count == PIPELINE_DEFAULT else parse_stage_entries(r, count)
-        return cls(name, dtype, tuple(shape), quant, pipeline)
+        return cls(name, dtype, shape, quant, pipeline)
+
+
+def parse_tensor_fields(r: ByteReader, name: str, limits: Limits, what: str = "tensor"
+                        ) -> tuple[DType, tuple[int, ...], QuantDescriptor]:
+    """dtype, rank, shape and quantization descriptor of a tensor (FORMAT.md §3.4, also a tensor-group
+    member's, §14.2), each checked against the limits as it is read."""
+    dt_at = r.offset
+    dtype_id, ndim = r.unpack(struct.Struct("<BB"), "dtype and rank")
+    dtype = dtype_by_id(dtype_id)
+    if dtype is None:
+        raise UnsupportedFeatureError(f"unknown dtype id {dtype_id} for {what} {name!r}", offset=dt_at)
+    limits.check(f"rank of {what} {name!r}", ndim, "max_ndim", offset=dt_at)
+    shape = []
+    span = 1  # product of the dimensions with zeros counted as 1: bounds every allocation's arithmetic
+    for _ in range(ndim):
+        (d,) = r.unpack(_DIM, "dimension")
+        shape.append(d)
+        span *= max(d, 1)
+        if span > limits.max_tensor_elements:
+            limits.check(f"element count of {what} {name!r} (zero dimensions counted as 1)", span,
+                         "max_tensor_elements", offset=dt_at)
+    return dtype, tuple(shape), QuantDescriptor.parse(r, dtype, tuple(shape))

@@ -3,7 +3,9 @@
 ``open`` walks the stream with the decoder's :class:`~nncodec.decoder.StreamWalker` (the same unit-order
 rules as :func:`~nncodec.decoder.decode_arrays`), reading every unit header and seeking over tensor
 payloads (only the short prefix of each tensor unit that holds its name, dtype, shape and descriptor is
-read). ``get_array`` / ``get_tensor`` then read, checksum and decode just that unit. The file must be
+read). ``get_array`` / ``get_tensor`` then read, checksum and decode just that unit. A tensor-group unit
+(FORMAT.md §14) is read whole during the scan for its directory; its data block is decoded when one of its
+members is first asked for and kept for the others (the last group read). The file must be
 seekable (bytes and non-seekable files are read into memory first). Not thread-safe: one reader per thread.
 """
 

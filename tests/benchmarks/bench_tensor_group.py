@@ -69,9 +69,9 @@ def breakdown(data: bytes) -> dict[str, int]:
     return dict(parts)
 
 
-def stored_codes(data: bytes) -> dict:
-    """The tensors of a stream as the encoder takes them: codes + descriptor for quantized tensors, the
-    values for lossless ones, so that re-encoding keeps the plan and the codes."""
+def stored_codes(data: bytes) -> tuple[dict, dict | None]:
+    """The tensors of a stream as the encoder takes them (codes + descriptor for quantized tensors, the
+    values for lossless ones, so that re-encoding keeps the plan and the codes) and its topology."""
     walker = StreamWalker(io.BytesIO(data), DEFAULT_LIMITS)
     out = {}
     for index, uh, th, coded in walker.tensor_units():
@@ -80,12 +80,12 @@ def stored_codes(data: bytes) -> dict:
             out[th.name] = (codes.view(th.dtype.storage), th.dtype)
         else:
             out[th.name] = CodedTensor(codes, th.quant, th.dtype)
-    return out
+    return out, walker.topology
 
 
-def compare(name: str, tensors: dict, float32_bytes: int) -> dict:
-    grouped, report = Encoder().encode(tensors)
-    plain, _ = Encoder(group_tensors=False).encode(tensors)
+def compare(name: str, tensors: dict, float32_bytes: int, level: int = 3, topology: dict | None = None) -> dict:
+    grouped, report = Encoder(level=level).encode(tensors, topology=topology)
+    plain, _ = Encoder(level=level, group_tensors=False).encode(tensors, topology=topology)
     row = {"model": name, "tensors": len(tensors), "grouped_tensors": len(report.grouped),
            "float32_bytes": float32_bytes, "bytes_without_groups": len(plain), "bytes_with_groups": len(grouped),
            "ratio_without": float32_bytes / len(plain), "ratio_with": float32_bytes / len(grouped),
@@ -101,6 +101,10 @@ def compare(name: str, tensors: dict, float32_bytes: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stream", action="append", default=[], help="an existing stream to re-encode (repeatable)")
+    ap.add_argument("--level", type=int, default=19, help="zstd level of the re-encoded streams (the search's final "
+                    "encode uses 19)")
+    ap.add_argument("--float32-bytes", type=int, action="append", default=[],
+                    help="float32 size to compare each --stream with (default: its own tensors in float32)")
     ap.add_argument("--out", default=str(ROOT / "tests/benchmarks/results/tensor_group.json"))
     args = ap.parse_args()
     rows = []
@@ -113,10 +117,11 @@ def main() -> None:
         q = quantize_model(model.eval(), PLAN)
         float32 = sum(4 * t.numel() for t in model.state_dict().values())
         rows.append(compare(name, tensors_from(q), float32))
-    for path in args.stream:
-        tensors = stored_codes(Path(path).read_bytes())
-        float32 = sum(4 * (t.codes.size if isinstance(t, CodedTensor) else t[0].size) for t in tensors.values())
-        rows.append(compare(Path(path).name, tensors, float32))
+    for i, path in enumerate(args.stream):
+        tensors, topology = stored_codes(Path(path).read_bytes())
+        float32 = args.float32_bytes[i] if i < len(args.float32_bytes) else sum(
+            4 * (t.codes.size if isinstance(t, CodedTensor) else t[0].size) for t in tensors.values())
+        rows.append(compare(Path(path).name, tensors, float32, args.level, topology))
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nwrote {args.out}")
 

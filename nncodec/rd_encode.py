@@ -165,10 +165,11 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
                 importance = fisher.get(name)
             elif h is not None:
                 importance = hessian_importance(h, factor, x.shape[1])
-        if importance is not None:
-            step = channel_steps(float(grid.scales[0]), importance, rd.column_power, x.ndim)
-            grid = UniformCodes(grid.codes, step.reshape(-1), grid.bits, per_channel=True)
-            step, axis = step.astype(np.float64), 1
+        steps = None if importance is None else channel_steps(float(grid.scales[0]), importance,
+                                                               rd.column_power, x.shape)
+        if steps is not None:
+            grid = UniformCodes(grid.codes, steps.reshape(-1), grid.bits, per_channel=True)
+            step, axis = steps.astype(np.float64), 1
         if factor is not None:
             rate = CodeRate(ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)) if rd.rate_lambda else None
             codes = gptq_codes(x, None, step if axis else step.reshape(-1), qmin=qmin, qmax=qmax,

@@ -22,12 +22,14 @@ Importance sources (``column_steps=`` of :func:`nncodec.encode` with ``calibrati
 ``column_power`` tempers the rule (``s_j ∝ w_j**(-power/2)``; 1 is the theory, 0 switches it off); the
 factors are normalized to geometric mean 1 (so ``rel_step`` keeps about its rate) and clipped to
 ``[1/CLIP, CLIP]``. Importances below ``FLOOR`` times the median (channels the calibration never excites)
-count as that floor.
+count as that floor. A tensor keeps its one step when the predicted saving (:func:`predicted_gain`) does not
+exceed what its per-channel steps cost in the stream (32 bits each).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,7 +39,7 @@ import torch
 from ..errors import ConfigError
 
 __all__ = ["COLUMN_SOURCES", "CLIP", "FLOOR", "check_column_options", "column_factors", "hessian_importance",
-           "fisher_importance", "channel_steps"]
+           "fisher_importance", "channel_steps", "predicted_gain"]
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +144,28 @@ def fisher_importance(model: torch.nn.Module, batches: Iterable[Any], forward: C
     return {n: s.numpy() for n, s in sums.items() if float(s.sum()) > 0}
 
 
-def channel_steps(step: float, importance: np.ndarray, power: float, ndim: int) -> np.ndarray:
-    """float32 per-input-channel steps ``step * factor`` shaped ``[1, in, 1...]`` for a rank-``ndim`` tensor."""
+def predicted_gain(importance: np.ndarray, factors: np.ndarray) -> float:
+    """Bits per element saved at the same output error by steps ``factors`` (geometric mean 1) against one
+    step, in the high-rate model: ``-0.5 * log2(mean(w * f**2) / mean(w))`` (importances floored as in
+    :func:`column_factors`)."""
+    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
+    positive = imp[np.isfinite(imp) & (imp > 0)]
+    if positive.size == 0:
+        return 0.0
+    imp = np.where(np.isfinite(imp), np.maximum(imp, FLOOR * float(np.median(positive))), 0.0)
+    return -0.5 * math.log2(float(np.mean(imp * factors ** 2)) / float(np.mean(imp)))
+
+
+def channel_steps(step: float, importance: np.ndarray, power: float, shape: tuple[int, ...]) -> np.ndarray | None:
+    """float32 per-input-channel steps ``step * factor`` shaped ``[1, in, 1...]`` for a tensor of ``shape``;
+    None when the predicted gain (:func:`predicted_gain`) does not pay for the 32 bits each step costs in the
+    stream (small tensors, channels of alike importance)."""
     f = column_factors(importance, power)
+    overhead = 32.0 * f.size / max(1, math.prod(shape))
+    gain = predicted_gain(importance, f)
+    if gain <= overhead:
+        log.debug("per-channel steps skipped: predicted gain %.3f <= %.3f bits/param for the steps", gain, overhead)
+        return None
     s = (np.float64(step) * f).astype(np.float32)
     s = np.maximum(s, np.float32(np.finfo(np.float32).tiny))
-    return s.reshape((1, -1) + (1,) * (ndim - 2))
+    return s.reshape((1, -1) + (1,) * (len(shape) - 2))

@@ -160,9 +160,9 @@ def refine_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, 
 
 
 #: per-input-channel step rows: (rel_step, rounding, column_steps, column_power)
-COLUMNS = [(r, "nearest", "fisher", 0.5) for r in (0.13, 0.15, 0.17, 0.20, 0.24, 0.27, 0.30)] + \
-          [(r, "gptq", "fisher", 0.5) for r in (0.17, 0.20, 0.30)] + [(0.27, "nearest", "hessian", 1.0),
-                                                                       (0.27, "nearest", "fisher", 1.0)]
+COLUMNS = [(r, "nearest", "fisher", 0.5) for r in (0.13, 0.15, 0.17, 0.185, 0.20, 0.24, 0.27, 0.30, 0.33)] + \
+          [(r, "gptq", "fisher", 0.5) for r in (0.17, 0.185, 0.30, 0.33)] + \
+          [(0.27, "nearest", "hessian", 1.0), (0.27, "nearest", "fisher", 1.0)]
 
 
 def column_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
@@ -235,7 +235,7 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
             for th, arr in iter_tensors(data):
                 if th.quant.scheme_name != "uniform":
                     continue
-                scale = th.quant.scale_values().reshape((-1,) + (1,) * (arr.ndim - 1) if th.quant.per_channel else ())
+                scale = th.quant.broadcast_scales(arr.ndim)
                 codes = np.round(arr.astype(np.float64) / scale).astype(np.int64)
                 coded += 8 * info[th.name]["coded_bytes"]
                 entropy += order0_bits(codes)

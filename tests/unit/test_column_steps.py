@@ -67,7 +67,7 @@ def test_column_steps_lower_the_output_error_at_the_same_rate(source: str, round
 
 
 def test_stream_holds_one_step_per_input_channel() -> None:
-    layer = torch.nn.Linear(32, 16)
+    layer = torch.nn.Linear(32, 512)
     data = nncodec.encode(layer, rel_step=0.2, calibration=[_outlier_inputs(128, 32, 3)], rounding="nearest",
                           column_steps="hessian", lossless=["bias"], topology=False)
     (header, codes), = [(h, a) for h, a in iter_tensors(data) if h.name == "weight"]
@@ -78,6 +78,15 @@ def test_stream_holds_one_step_per_input_channel() -> None:
     assert steps[:8].max() < steps[8:].min()
     decoded = nncodec.decode(data)["weight"]
     assert torch.allclose(decoded, torch.as_tensor(codes), atol=0)  # iter_tensors gives the decoded values
+
+
+def test_small_tensor_keeps_one_step() -> None:
+    # 32 steps of 32 bits would cost 2 bits per weight of a 16 x 32 weight: more than they save
+    layer = torch.nn.Linear(32, 16)
+    data = nncodec.encode(layer, rel_step=0.2, calibration=[_outlier_inputs(128, 32, 3)], rounding="nearest",
+                          column_steps="hessian", lossless=["bias"], topology=False)
+    (header,) = [h for h, _ in iter_tensors(data) if h.name == "weight"]
+    assert not header.quant.per_channel
 
 
 def test_fisher_covers_embeddings_and_follows_the_output() -> None:

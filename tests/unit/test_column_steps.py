@@ -13,6 +13,7 @@ from nncodec.decoder import iter_tensors
 from nncodec.errors import ConfigError
 from nncodec.quant.column_steps import CLIP, column_factors, fisher_importance
 from nncodec.sensitivity import default_forward
+from tests.unit.test_rate_distortion import _output_error
 
 
 def _outlier_inputs(n: int, d: int, seed: int) -> torch.Tensor:
@@ -20,16 +21,6 @@ def _outlier_inputs(n: int, d: int, seed: int) -> torch.Tensor:
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
     x[:, :8] *= 8.0
     return x
-
-
-def _output_error(layer: torch.nn.Module, decoded: dict[str, torch.Tensor], x: torch.Tensor) -> float:
-    with torch.no_grad():
-        ref = layer(x)
-        saved = {k: v.clone() for k, v in layer.state_dict().items()}
-        layer.load_state_dict(decoded)
-        got = layer(x)
-        layer.load_state_dict(saved)
-    return float(((got - ref) ** 2).sum() / (ref ** 2).sum())
 
 
 def _rate_error(layer: torch.nn.Module, held_out: torch.Tensor, **options: object) -> tuple[float, float]:

@@ -161,7 +161,7 @@ def refine_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, 
 
 #: per-input-channel step rows: (rel_step, rounding, column_steps, column_power)
 COLUMNS = [(r, "nearest", "fisher", 0.5) for r in (0.13, 0.15, 0.17, 0.185, 0.20, 0.24, 0.27, 0.30, 0.33)] + \
-          [(r, "gptq", "fisher", 0.5) for r in (0.17, 0.185, 0.30, 0.33)] + \
+          [(r, "gptq", "fisher", 0.5) for r in (0.17, 0.178, 0.185, 0.30, 0.33)] + \
           [(0.27, "nearest", "hessian", 1.0), (0.27, "nearest", "fisher", 1.0)]
 
 

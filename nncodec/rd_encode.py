@@ -138,7 +138,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     if (rd.rounding == "gptq" or rd.column_steps == "hessian") and hessians is None:
         hessians = collect_hessians(model, rd.calibration or [], rd.run_forward)
     fisher = rd.fisher(model) if rd.column_steps == "fisher" else {}
-    chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int]]] = {}
+    chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int], int]] = {}  # + scale axis
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
     for name, value in tensors.items():
         if isinstance(value, CodedTensor):

@@ -50,7 +50,7 @@ class RDOptions:
     (λ >= 0, in squared steps per bit), ``damp`` (GPTQ's Hessian damping, a fraction of its mean diagonal),
     ``refine_steps`` (end-to-end refinement passes, 0 = none; needs calibration), ``refine_lr`` (its
     step size, in grid steps), ``column_steps`` (None, ``"hessian"`` or ``"fisher"``: per-input-channel steps,
-    needs calibration), ``column_power`` (their tempering exponent, 0..2, 1 = theory) and
+    needs calibration), ``column_power`` (their tempering exponent, 0..2, default 0.5, 1 = theory) and
     ``fisher_probes`` (random output directions per batch for ``"fisher"``, 1..64)."""
 
     def __init__(self, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,

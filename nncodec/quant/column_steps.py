@@ -19,7 +19,8 @@ Importance sources (``column_steps=`` of :func:`nncodec.encode` with ``calibrati
   covers every float tensor of rank >= 2 with a gradient, embedding tables included; the forward must be
   differentiable.
 
-``column_power`` tempers the rule (``s_j ∝ w_j**(-power/2)``; 1 is the theory, 0 switches it off); the
+``column_power`` tempers the rule (``s_j ∝ w_j**(-power/2)``; default 0.5, which did best on MiniLM,
+where importances from a few calibration batches are noisy; 1 is the theory, 0 switches it off); the
 factors are normalized to geometric mean 1 (so ``rel_step`` keeps about its rate) and clipped to
 ``[1/CLIP, CLIP]``. Importances below ``FLOOR`` times the median (channels the calibration never excites)
 count as that floor. A tensor keeps its one step when the predicted saving (:func:`predicted_gain`) does not
@@ -38,8 +39,8 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["COLUMN_SOURCES", "CLIP", "FLOOR", "check_column_options", "column_factors", "hessian_importance",
-           "fisher_importance", "channel_steps", "predicted_gain"]
+__all__ = ["COLUMN_SOURCES", "CLIP", "FLOOR", "DEFAULT_POWER", "check_column_options", "column_factors",
+           "hessian_importance", "fisher_importance", "channel_steps", "predicted_gain"]
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,21 @@ COLUMN_SOURCES = ("hessian", "fisher")
 CLIP = 8.0
 #: importances below FLOOR x median count as FLOOR x median
 FLOOR = 0.01
+#: column_power when none is given: half the theoretical spread (the full one overfits noisy importances)
+DEFAULT_POWER = 0.5
 
 
 def check_column_options(source: str | None, power: float | None = None,
                          probes: int | None = None) -> tuple[str | None, float, int]:
-    """Validated ``(column_steps, column_power, fisher_probes)`` (defaults 1.0 and 4); :class:`ConfigError`
-    names a wrong one, or one given where it does not apply."""
+    """Validated ``(column_steps, column_power, fisher_probes)`` (defaults ``DEFAULT_POWER`` and 4);
+    :class:`ConfigError` names a wrong one, or one given where it does not apply."""
     if source is not None and source not in COLUMN_SOURCES:
         raise ConfigError(f"column_steps must be None or one of {COLUMN_SOURCES}, got {source!r}")
     if source is None and (power is not None or probes is not None):
         raise ConfigError("column_power and fisher_probes apply only with column_steps='hessian' or 'fisher'")
     if source == "hessian" and probes is not None:
         raise ConfigError("fisher_probes applies only with column_steps='fisher'")
-    power = 1.0 if power is None else power
+    power = DEFAULT_POWER if power is None else power
     probes = 4 if probes is None else probes
     if not isinstance(power, (int, float)) or isinstance(power, bool) or not 0 <= power <= 2:
         raise ConfigError(f"column_power must be a number in [0, 2], got {power!r}")

@@ -46,7 +46,7 @@ def test_column_steps_lower_the_output_error_at_the_same_rate(source: str, round
     layer = torch.nn.Linear(128, 512)  # 64 Ki weights: the 128 float32 steps cost 1/16 bit per weight
     calib, held_out = _outlier_inputs(1024, 128, 1), _outlier_inputs(1024, 128, 2)
     bits, err = _rate_error(layer, held_out, rel_step=0.25, calibration=[calib], rounding=rounding,
-                            column_steps=source)
+                            column_steps=source, column_power=1.0)  # the theory's spread: clean inputs
     # the same rounding with one step for the tensor, at the same rate
     baseline = _plain_error_at(layer, held_out, bits) if rounding == "nearest" else None
     if rounding == "gptq":

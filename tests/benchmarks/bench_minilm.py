@@ -170,11 +170,10 @@ def column_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, 
     by their importance, measured on CALIBRATION (the Fisher rows backpropagate through the embeddings)."""
     out = []
     for r, rounding, source, power in COLUMNS:
-        extra = {"column_power": power} if power != 1.0 else {}
         out.append((f"nncodec rel_step {r}, calibrated, {'GPTQ, ' if rounding == 'gptq' else ''}column steps "
                     f"{source} power {power}",
                     {"rel_step": r, "step_scales": scales, "calibration": [CALIBRATION], "forward": fid.embed_grad,
-                     "rounding": rounding, "column_steps": source, **extra, "topology": False}))
+                     "rounding": rounding, "column_steps": source, "column_power": power, "topology": False}))
     return out
 
 
@@ -245,7 +244,7 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
                      "calibrated": opts.get("step_scales") is scales,
                      "gptq": "calibration" in opts and opts.get("rounding") != "nearest",
                      "refine_steps": opts.get("refine_steps", 0), "column_steps": opts.get("column_steps"),
-                     "column_power": opts.get("column_power", 1.0) if opts.get("column_steps") else None})
+                     "column_power": opts.get("column_power") if opts.get("column_steps") else None})
         if out is not None:
             (out / (re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") + ".nnc")).write_bytes(data)
         print(json.dumps(rows[-1]), flush=True)

@@ -7,6 +7,9 @@ For each tensor the :class:`~nncodec.encoder.Encoder` would quantize, the plain 
   second-order error feedback on the Hessian of their inputs (:mod:`nncodec.quant.gptq`);
 - ``rate_lambda > 0``: every quantized tensor takes codes minimizing distortion + λ·rate under the
   order-0 model of the rANS stage (:mod:`nncodec.quant.rate_aware`), inside GPTQ's rounding too;
+- ``column_steps`` (``"hessian"`` / ``"fisher"``, with calibration batches): a tensor quantized with one step
+  gets one step per input channel instead (axis 1), spread by the channels' importance
+  (:mod:`nncodec.quant.column_steps`); the codes above are chosen on that grid;
 - ``refine_steps > 0`` (with calibration batches): starting from those codes, the codes of every quantized
   parameter are refined together against the model's output (:mod:`nncodec.quant.refine_codes`).
 
@@ -28,6 +31,7 @@ from .dtypes import DType
 from .bitstream.descriptor import CodedTensor, bfloat16_bits_to_float32
 from .encoder import Encoder
 from .errors import ConfigError
+from .quant.column_steps import channel_steps, check_column_options, fisher_importance, hessian_importance
 from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
 from .quant.refine_codes import check_refine, refine_codes
 from .quant.uniform import UniformCodes, coded_from
@@ -44,12 +48,15 @@ class RDOptions:
     """The rate–distortion options of a torch encode: ``calibration`` batches, ``forward(model, batch)``,
     ``rounding`` (``"nearest"`` or ``"gptq"``; default ``"gptq"`` when calibration is given), ``rate_lambda``
     (λ >= 0, in squared steps per bit), ``damp`` (GPTQ's Hessian damping, a fraction of its mean diagonal),
-    ``refine_steps`` (end-to-end refinement passes, 0 = none; needs calibration) and ``refine_lr`` (its
-    step size, in grid steps)."""
+    ``refine_steps`` (end-to-end refinement passes, 0 = none; needs calibration), ``refine_lr`` (its
+    step size, in grid steps), ``column_steps`` (None, ``"hessian"`` or ``"fisher"``: per-input-channel steps,
+    needs calibration), ``column_power`` (their tempering exponent, 0..2, default 0.5, 1 = theory) and
+    ``fisher_probes`` (random output directions per batch for ``"fisher"``, 1..64)."""
 
     def __init__(self, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,
                  rounding: str | None = None, rate_lambda: float = 0.0, damp: float = 0.01,
-                 refine_steps: int = 0, refine_lr: float = 0.01):
+                 refine_steps: int = 0, refine_lr: float = 0.01, column_steps: str | None = None,
+                 column_power: float | None = None, fisher_probes: int | None = None):
         self.calibration = list(calibration) if calibration is not None else None
         if self.calibration is not None and not self.calibration:
             raise ConfigError("calibration needs at least one batch")
@@ -70,11 +77,25 @@ class RDOptions:
         self.refine_steps, self.refine_lr = check_refine(refine_steps, refine_lr)
         if self.refine_steps and self.calibration is None:
             raise ConfigError("refine_steps needs calibration= batches")
+        self.column_steps, self.column_power, self.fisher_probes = check_column_options(
+            column_steps, column_power, fisher_probes)
+        if self.column_steps is not None and self.calibration is None:
+            raise ConfigError(f"column_steps={self.column_steps!r} needs calibration= batches")
+        self._fisher: dict[str, np.ndarray] | None = None
 
     @property
     def active(self) -> bool:
         """Whether codes differ from the plain quantizer's."""
-        return self.rounding != "nearest" or self.rate_lambda > 0 or self.refine_steps > 0
+        return self.rounding != "nearest" or self.rate_lambda > 0 or self.refine_steps > 0 \
+            or self.column_steps is not None
+
+    def fisher(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
+        """Per-input-channel Fisher importances of ``model``'s parameters (computed once per options)."""
+        if self._fisher is None:
+            names = [n for n, p in model.named_parameters() if p.dim() >= 2]
+            self._fisher = fisher_importance(model, self.calibration or [], self.run_forward, names,
+                                             probes=self.fisher_probes)
+        return self._fisher
 
     def run_forward(self, model: torch.nn.Module, batch: Any) -> Any:
         if self.forward is not None:
@@ -112,9 +133,12 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     """
     from .quant.gptq import collect_hessians, gptq_codes, inverse_factor
 
-    if rd.rounding == "gptq" and hessians is None:
+    if rd.column_steps is not None and encoder.bits is not None:
+        raise ConfigError("column_steps applies to step / rel_step quantization, not bits= (its steps are per row)")
+    if (rd.rounding == "gptq" or rd.column_steps == "hessian") and hessians is None:
         hessians = collect_hessians(model, rd.calibration or [], rd.run_forward)
-    chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int]]] = {}
+    fisher = rd.fisher(model) if rd.column_steps == "fisher" else {}
+    chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int], int]] = {}  # + scale axis
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
     for name, value in tensors.items():
         if isinstance(value, CodedTensor):
@@ -126,35 +150,48 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         x = _float_values(storage, dtype)
         step = _step_of(grid, x.ndim)
         qmin, qmax = _range_of(grid, encoder)
-        h = hessians.get(name) if (hessians is not None and rd.rounding == "gptq") else None
+        h = hessians.get(name) if hessians is not None else None
+        if h is not None and not (x.ndim >= 2 and h.shape[0] == math.prod(x.shape[1:])):
+            h = None
         factor = None
-        if h is not None and x.ndim >= 2 and h.shape[0] == math.prod(x.shape[1:]):
+        if h is not None and rd.rounding == "gptq":
             cache = factors if factors is not None else {}
             if name not in cache:
                 cache[name] = inverse_factor(h, rd.damp)
             factor = cache[name]
+        axis, importance = 0, None
+        if rd.column_steps is not None and x.ndim >= 2 and not grid.per_channel:
+            if rd.column_steps == "fisher":
+                importance = fisher.get(name)
+            elif h is not None:
+                importance = hessian_importance(h, factor, x.shape[1])
+        steps = None if importance is None else channel_steps(float(grid.scales[0]), importance,
+                                                               rd.column_power, x.shape)
+        if steps is not None:
+            grid = UniformCodes(grid.codes, steps.reshape(-1), grid.bits, per_channel=True)
+            step, axis = steps.astype(np.float64), 1
         if factor is not None:
             rate = CodeRate(ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)) if rd.rate_lambda else None
-            codes = gptq_codes(x, None, step.reshape(-1), qmin=qmin, qmax=qmax, lam=rd.rate_lambda, rate=rate,
-                               factor=factor)
-        elif rd.rate_lambda > 0:
+            codes = gptq_codes(x, None, step if axis else step.reshape(-1), qmin=qmin, qmax=qmax,
+                               lam=rd.rate_lambda, rate=rate, factor=factor)
+        elif rd.rate_lambda > 0 or axis:
             codes = ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)
         elif name in params:
             codes = grid.codes.astype(np.int64)
         else:
             continue
-        chosen[name] = (codes, step, x, grid, dtype, (qmin, qmax))
+        chosen[name] = (codes, step, x, grid, dtype, (qmin, qmax), axis)
     if rd.refine_steps:
         start = {n: (c, s, x) for n, (c, s, x, *_rest) in chosen.items() if n in params}
         refined = refine_codes(model, start, rd.calibration or [], rd.run_forward, steps=rd.refine_steps,
                                lr=rd.refine_lr, progress=progress)
         for n, codes in refined.items():
-            _, s, x, grid, dtype, (qmin, qmax) = chosen[n]
-            chosen[n] = (np.clip(codes, qmin, qmax), s, x, grid, dtype, (qmin, qmax))
+            _, s, x, grid, dtype, (qmin, qmax), axis = chosen[n]
+            chosen[n] = (np.clip(codes, qmin, qmax), s, x, grid, dtype, (qmin, qmax), axis)
     out: dict[str, Any] = dict(tensors)
     errors: dict[str, tuple[float, float]] = {}
-    for name, (codes, step, x, grid, dtype, _) in chosen.items():
-        out[name] = coded_from(grid, codes, dtype)
+    for name, (codes, step, x, grid, dtype, _, axis) in chosen.items():
+        out[name] = coded_from(grid, codes, dtype, fit_peak=bool(axis), axis=axis)
         diff = np.abs(codes * step - x)
         errors[name] = (float(diff.max()) if diff.size else 0.0, float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0)
     return out, errors

@@ -80,7 +80,8 @@ def to_torch(storage: np.ndarray, dtype: DType) -> torch.Tensor:
 
 #: options of the rate–distortion encode (:mod:`nncodec.tuning`, :mod:`nncodec.rd_encode`)
 _RD_OPTIONS = ("calibration", "forward", "rounding", "rate_lambda", "damp", "target_fidelity",
-               "target_bits_per_param", "fidelity", "refine_steps", "refine_lr")
+               "target_bits_per_param", "fidelity", "refine_steps", "refine_lr", "column_steps", "column_power",
+               "fisher_probes")
 
 
 def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
@@ -97,7 +98,9 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     model: residual, recurrent, attention...; see :mod:`nncodec.graph`), specialised to those input shapes.
 
     Rate–distortion options (:mod:`nncodec.tuning`): ``calibration`` batches with ``forward``,
-    ``rounding="gptq"``, ``rate_lambda``, ``refine_steps`` / ``refine_lr``, ``target_fidelity`` / ``target_bits_per_param`` (with
+    ``rounding="gptq"``, ``rate_lambda``, ``refine_steps`` / ``refine_lr``, ``column_steps`` (``"hessian"`` /
+    ``"fisher"``: per-input-channel steps, :mod:`nncodec.quant.column_steps`) with ``column_power`` and
+    ``fisher_probes``, ``target_fidelity`` / ``target_bits_per_param`` (with
     ``fidelity``). ``base``: code only the differences from a base model (:mod:`nncodec.delta`).
 
     ``operating_points``: several nested points in one stream (:mod:`nncodec.scalable`; ``nest_steps=True``

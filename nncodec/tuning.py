@@ -5,7 +5,8 @@
 - the step factors come from :func:`nncodec.calibrate_step_scales` on the calibration batches (unless
   ``step_scales`` is given), the codes from data-aware rounding (``rounding="gptq"``, the default with
   calibration) and rate-aware quantization at the given ``rate_lambda``, refined end to end with
-  ``refine_steps`` > 0 (each probe refines anew: the cost multiplies by the probes);
+  ``refine_steps`` > 0 (each probe refines anew: the cost multiplies by the probes), with per-input-channel
+  steps when ``column_steps`` is given (importances computed once per search);
 - the search moves ``rel_step`` only (λ is the caller's; the README lists the λ that helped):
   ``target_bits_per_param`` by secant steps on ``log2(rel_step)`` until the stream is within
   ``BITS_TOLERANCE`` (2 %) of the target; ``target_fidelity`` by doubling/halving then bisection to the
@@ -57,12 +58,14 @@ class TunedReport(EncodeReport):
     rate_lambda: float = 0.0
     rounding: str = "nearest"
     refine_steps: int = 0
+    column_steps: str | None = None
     probes: list[dict[str, float | None]] = field(default_factory=list)
 
     def table(self) -> str:
         fid = f"{self.fidelity:.6f}" if self.fidelity is not None else "-"
         rel = f"{self.rel_step:.4g}" if self.rel_step is not None else "-"
         return (super().table() + f"\nrounding {self.rounding}, refine_steps {self.refine_steps}, "
+                f"column_steps {self.column_steps or '-'}, "
                 f"rate_lambda {self.rate_lambda:g}, rel_step {rel}, "
                 f"fidelity {fid}, {len(self.probes)} probes")
 
@@ -127,11 +130,13 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
               calibration: Any = None, forward: Any = None, rounding: str | None = None, rate_lambda: float = 0.0,
               damp: float = 0.01, target_fidelity: float | None = None, target_bits_per_param: float | None = None,
               fidelity: Callable[[torch.nn.Module], float] | None = None, refine_steps: int = 0,
-              refine_lr: float = 0.01) -> tuple[bytes | Path, TunedReport]:
+              refine_lr: float = 0.01, column_steps: str | None = None, column_power: float | None = None,
+              fisher_probes: int | None = None) -> tuple[bytes | Path, TunedReport]:
     """Encode ``tensors`` (from ``model``) with data-/rate-aware codes, at the given quantization options or
     at a target found by search; see the module docstring. ``options`` are :class:`Encoder` options."""
     rd = RDOptions(calibration=calibration, forward=forward, rounding=rounding, rate_lambda=rate_lambda, damp=damp,
-                   refine_steps=refine_steps, refine_lr=refine_lr)
+                   refine_steps=refine_steps, refine_lr=refine_lr, column_steps=column_steps,
+                   column_power=column_power, fisher_probes=fisher_probes)
     if (rd.calibration is not None or target_fidelity is not None or target_bits_per_param is not None) \
             and not isinstance(model, torch.nn.Module):
         raise ConfigError("calibration and targets need the nn.Module itself (to run it), not a state_dict")
@@ -150,7 +155,8 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
         coded, errors = rd_tensors(model, tensors, encoder, rd, progress=sys.stderr.isatty())
         result, base = encoder.encode(coded, dst, topology)
         report = TunedReport(**vars(base), rate_lambda=rd.rate_lambda, rounding=rd.rounding,
-                             rel_step=options.get("rel_step"), refine_steps=rd.refine_steps)
+                             rel_step=options.get("rel_step"), refine_steps=rd.refine_steps,
+                             column_steps=rd.column_steps)
         fill_errors(report, errors)
         if rd.calibration is not None:
             data = result if isinstance(result, bytes) else Path(result).read_bytes()
@@ -170,7 +176,7 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
 
         opts["step_scales"] = calibrate_step_scales(model, rd.calibration, forward=rd.run_forward, progress=False)
     hessians = None
-    if rd.rounding == "gptq":
+    if rd.rounding == "gptq" or rd.column_steps == "hessian":
         from .quant.gptq import collect_hessians
 
         hessians = collect_hessians(model, rd.calibration, rd.run_forward)
@@ -211,7 +217,7 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
         fid = measure(data)
     result = data if dst is None else write_atomic(dst, [data])
     report = TunedReport(**vars(rep), fidelity=fid, rel_step=chosen, rate_lambda=rd.rate_lambda, rounding=rd.rounding,
-                         refine_steps=rd.refine_steps,
+                         refine_steps=rd.refine_steps, column_steps=rd.column_steps,
                          probes=[{"rel_step": r, "bits_per_param": c[1].bits_per_param, "fidelity": c[3]}
                                  for r, c in sorted(cache.items())])
     fill_errors(report, errors)

@@ -98,6 +98,19 @@ def collect_hessians(model: nn.Module, batches: Iterable[Any], forward: Callable
     return {n: sums[n] / counts[n] for n in sums if counts[n] > 0}
 
 
+def _step_matrix(step: "float | np.ndarray", shape: tuple[int, ...]) -> np.ndarray:
+    """``step`` as a ``[out, in]`` float64 array for a weight of ``shape``; a 1-d ``step`` of ``shape[0]``
+    values is one per output row."""
+    st = np.asarray(step, dtype=np.float64)
+    if st.ndim == 1 and len(shape) > 1:
+        st = st.reshape((-1,) + (1,) * (len(shape) - 1))
+    try:
+        full = np.broadcast_to(st, shape)
+    except ValueError:
+        raise ConfigError(f"step of shape {st.shape} does not fit a weight of shape {shape}") from None
+    return np.ascontiguousarray(full.reshape(shape[0], -1))
+
+
 def inverse_factor(hessian: torch.Tensor, damp: float = 0.01) -> np.ndarray | None:
     """``U``, the upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` (float64), with zero diagonal
     entries (inputs never active) set to 1 first; None when ``H`` is not positive definite even damped.
@@ -121,7 +134,8 @@ def gptq_codes(weight: np.ndarray, hessian: torch.Tensor | None, step: "float | 
     """Codes (int64, ``weight``'s shape) on the grid ``code * step`` that minimize the layer output error.
 
     ``weight``: ``[out, in...]`` (flattened to ``[out, in]`` matching ``hessian``, ``[in, in]``); ``step``: a
-    scalar or one per output row. ``damp`` adds that fraction of the mean diagonal to ``H`` (numerical
+    scalar, one per output row (shape ``[out]``), or an array broadcastable to ``weight``'s shape (e.g. one per
+    input channel, ``[1, in, 1...]``). ``damp`` adds that fraction of the mean diagonal to ``H`` (numerical
     stability); ``factor``: :func:`inverse_factor` computed before (then ``hessian`` is not used);
     ``lam`` and ``rate`` make each rounding rate-aware.
     """
@@ -131,11 +145,11 @@ def gptq_codes(weight: np.ndarray, hessian: torch.Tensor | None, step: "float | 
     n = w.shape[1]
     if (factor.shape if factor is not None else tuple(hessian.shape)) != (n, n):  # type: ignore[union-attr]
         raise ConfigError(f"Hessian does not match a weight with {n} inputs")
-    s = np.broadcast_to(np.asarray(step, dtype=np.float64).reshape(-1), (shape[0],)).copy()
+    s = _step_matrix(step, shape)
     u = inverse_factor(hessian, damp) if factor is None else factor
     if u is None:  # not positive definite even damped: plain rounding
         log.warning("Hessian not positive definite; plain rounding for this layer")
-        return choose(w / s[:, None], rate, lam, qmin, qmax).reshape(shape)
+        return choose(w / s, rate, lam, qmin, qmax).reshape(shape)
     # the column loop runs in numpy: thousands of small vector operations, cheapest without thread hand-offs
     codes = np.empty((shape[0], n), dtype=np.int64)
     for i1 in range(0, n, block):
@@ -144,10 +158,10 @@ def gptq_codes(weight: np.ndarray, hessian: torch.Tensor | None, step: "float | 
         err = np.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = w1[:, i]
-            q = choose(col / s, rate, lam, qmin, qmax)
+            col, s_col = w1[:, i], s[:, i1 + i]
+            q = choose(col / s_col, rate, lam, qmin, qmax)
             codes[:, i1 + i] = q
-            e = (col - q * s) / u1[i, i]
+            e = (col - q * s_col) / u1[i, i]
             w1[:, i:] -= np.outer(e, u1[i, i:])
             err[:, i] = e
         w[:, i2:] -= err @ u[i1:i2, i2:]

@@ -46,9 +46,11 @@ def code_dtype_for_bits(bits: int) -> np.dtype:
     raise ConfigError(f"codes of {bits} bits do not fit in int32")
 
 
-def coded_from(grid: UniformCodes, codes: np.ndarray, dtype: "DType", *, fit_peak: bool = False) -> "CodedTensor":
-    """A :class:`CodedTensor` holding ``codes`` on ``grid``'s scales. Per-tensor step codes get the width
-    their peak needs; per-channel codes keep the grid's, unless ``fit_peak`` (codes that may exceed it)."""
+def coded_from(grid: UniformCodes, codes: np.ndarray, dtype: "DType", *, fit_peak: bool = False,
+               axis: int = 0) -> "CodedTensor":
+    """A :class:`CodedTensor` holding ``codes`` on ``grid``'s scales (per channel: along ``axis``). Per-tensor
+    step codes get the width their peak needs; per-channel codes keep the grid's, unless ``fit_peak`` (codes
+    that may exceed it)."""
     from ..bitstream.constants import SCHEME_UNIFORM
     from ..bitstream.descriptor import CodedTensor, QuantDescriptor
     from ..dtypes import dtype_by_name
@@ -60,7 +62,8 @@ def coded_from(grid: UniformCodes, codes: np.ndarray, dtype: "DType", *, fit_pea
         bits = max(2, peak.bit_length() + 1)
     code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)
     desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
-                           mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel, axis=0,
+                           mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel,
+                           axis=axis if grid.per_channel else 0,
                            scales=grid.scales)
     return CodedTensor(codes.astype(code_dtype.storage), desc, dtype)
 

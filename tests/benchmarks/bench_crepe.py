@@ -92,6 +92,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench_crepe"))
+    ap.add_argument("--rows", choices=("all", "columns"), default="all",
+                    help="columns: only the calibrated rows, with and without GPTQ and per-input-channel steps")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
@@ -103,17 +105,24 @@ def main() -> None:
     t0 = time.perf_counter()
     scales = nncodec.calibrate_step_scales(model, calibration, progress=False)
     calib_s = time.perf_counter() - t0
-    settings = [("lossless", {"level": 9}), ("bits=8 per channel", {"bits": 8})]
+    settings = [("lossless", {"level": 9}), ("bits=8 per channel", {"bits": 8})] if args.rows == "all" else []
     for r in (0.05, 0.1, 0.2, 0.3, 0.4):
-        settings.append((f"rel_step {r}", {"rel_step": r}))
+        if args.rows == "all":
+            settings.append((f"rel_step {r}", {"rel_step": r}))
         settings.append((f"rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales}))
         settings.append((f"rel_step {r}, calibrated, GPTQ", {"rel_step": r, "step_scales": scales,
                                                              "calibration": calibration}))
-    for r in (0.1, 0.2):
+    for r in (0.2, 0.3, 0.4, 0.5):  # per-input-channel steps (Fisher importances, power 0.5)
+        for rounding in ("nearest", "gptq"):
+            settings.append((f"rel_step {r}, calibrated, {'GPTQ, ' if rounding == 'gptq' else ''}column steps",
+                             {"rel_step": r, "step_scales": scales, "calibration": calibration,
+                              "rounding": rounding, "column_steps": "fisher", "column_power": 0.5}))
+    for r in (0.1, 0.2) if args.rows == "all" else ():
         settings.append((f"rel_step {r}, calibrated, GPTQ, lambda 2.0",
                          {"rel_step": r, "step_scales": scales, "calibration": calibration, "rate_lambda": 2.0}))
-    settings.append(("target_fidelity 0.999 (on calibration), GPTQ",
-                     {"target_fidelity": 0.999, "step_scales": scales, "calibration": calibration}))
+    if args.rows == "all":
+        settings.append(("target_fidelity 0.999 (on calibration), GPTQ",
+                         {"target_fidelity": 0.999, "step_scales": scales, "calibration": calibration}))
     rows = []
     for label, opts in settings:
         t0 = time.perf_counter()
@@ -128,7 +137,9 @@ def main() -> None:
     for thr in (0.999, 0.995):
         for kind, pick in (("plain", lambda s: "calibrated" not in s and "rel_step" in s),
                            ("calibrated", lambda s: s.endswith("calibrated")),
-                           ("calibrated+GPTQ", lambda s: s.endswith("GPTQ") and "target" not in s)):
+                           ("calibrated+GPTQ", lambda s: s.endswith("GPTQ") and "target" not in s),
+                           ("calibrated, column steps", lambda s: s.endswith("calibrated, column steps")),
+                           ("calibrated+GPTQ, column steps", lambda s: s.endswith("GPTQ, column steps"))):
             ok = [r for r in rows if pick(r["setting"]) and r["cosine"] >= thr]
             best[f"{kind} @ {thr}"] = min(ok, key=lambda r: r["bits_per_param"]) if ok else None
     result = {"parameters": n_params, "calibration_s": calib_s, "rows": rows, "best_at_cosine": best}
@@ -141,7 +152,11 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for kind, marker, pick in (("rel_step", "o--", lambda s: "calibrated" not in s and "rel_step" in s),
                                ("calibrated", "o-", lambda s: s.endswith("calibrated")),
-                               ("calibrated + GPTQ", "D-", lambda s: s.endswith("GPTQ") and "target" not in s)):
+                               ("calibrated + GPTQ", "D-", lambda s: s.endswith("GPTQ") and "target" not in s),
+                               ("calibrated, per-input-channel steps", "^-",
+                                lambda s: s.endswith("calibrated, column steps")),
+                               ("calibrated + GPTQ, per-input-channel steps", "v-",
+                                lambda s: s.endswith("GPTQ, column steps"))):
         pts = sorted((r["bits_per_param"], r["cosine"]) for r in rows if pick(r["setting"]))
         if pts:
             ax.plot(*zip(*pts), marker, label=kind)

@@ -159,9 +159,34 @@ def refine_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, 
     return out
 
 
+#: per-input-channel step rows: (rel_step, rounding, column_steps, column_power)
+COLUMNS = [(r, "nearest", "fisher", 0.5) for r in (0.13, 0.15, 0.17, 0.185, 0.20, 0.24, 0.27, 0.30, 0.33)] + \
+          [(r, "gptq", "fisher", 0.5) for r in (0.17, 0.178, 0.185, 0.30, 0.33)] + \
+          [(0.27, "nearest", "hessian", 1.0), (0.27, "nearest", "fisher", 1.0)]
+
+
+def column_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
+    """The per-input-channel step rows: calibrated per-tensor steps spread over each tensor's input channels
+    by their importance, measured on CALIBRATION (the Fisher rows backpropagate through the embeddings)."""
+    out = []
+    for r, rounding, source, power in COLUMNS:
+        out.append((f"nncodec rel_step {r}, calibrated, {'GPTQ, ' if rounding == 'gptq' else ''}column steps "
+                    f"{source} power {power}",
+                    {"rel_step": r, "step_scales": scales, "calibration": [CALIBRATION], "forward": fid.embed_grad,
+                     "rounding": rounding, "column_steps": source, "column_power": power, "topology": False}))
+    return out
+
+
 def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str = "all") -> list[dict]:
     scales, calibration_s = fid.step_scales()
     print(json.dumps({"calibration_s": calibration_s}), flush=True)
+    if rows == "columns":  # the calibrated sweep, its GPTQ rows and the per-input-channel step rows
+        settings = [(f"nncodec rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales})
+                    for r in (0.10, 0.13, 0.15, 0.17, 0.20, 0.24, 0.27, 0.30)]
+        calib = {"calibration": [CALIBRATION], "forward": lambda m, batch: fid.embed(batch), "topology": False}
+        settings += [(f"nncodec rel_step {r}, calibrated, GPTQ", {"rel_step": r, "step_scales": scales, **calib})
+                     for r in (0.15, 0.27)]
+        return _run_settings(fid, n_params, settings + column_settings(fid, scales), scales, out, calibration_s)
     if rows == "refine":  # the calibrated sweep (seconds) and the refinement rows only
         settings = [(f"nncodec rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales})
                     for r in (0.15, 0.20, 0.27, 0.30, 0.35)] + refine_settings(fid, scales)
@@ -181,7 +206,7 @@ def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str
     for target in (0.998,):
         settings.append((f"nncodec target_fidelity {target} (on calibration), GPTQ",
                          {"target_fidelity": target, "step_scales": scales, **calib}))
-    settings += refine_settings(fid, scales)
+    settings += refine_settings(fid, scales) + column_settings(fid, scales)
     return _finish_rows(fid, n_params, _run_settings(fid, n_params, settings, scales, out, calibration_s))
 
 
@@ -209,7 +234,7 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
             for th, arr in iter_tensors(data):
                 if th.quant.scheme_name != "uniform":
                     continue
-                scale = th.quant.scale_values().reshape((-1,) + (1,) * (arr.ndim - 1) if th.quant.per_channel else ())
+                scale = th.quant.broadcast_scales(arr.ndim)
                 codes = np.round(arr.astype(np.float64) / scale).astype(np.int64)
                 coded += 8 * info[th.name]["coded_bytes"]
                 entropy += order0_bits(codes)
@@ -218,7 +243,8 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
                      "entropy_ratio": coded / entropy if entropy else None,
                      "calibrated": opts.get("step_scales") is scales,
                      "gptq": "calibration" in opts and opts.get("rounding") != "nearest",
-                     "refine_steps": opts.get("refine_steps", 0)})
+                     "refine_steps": opts.get("refine_steps", 0), "column_steps": opts.get("column_steps"),
+                     "column_power": opts.get("column_power") if opts.get("column_steps") else None})
         if out is not None:
             (out / (re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") + ".nnc")).write_bytes(data)
         print(json.dumps(rows[-1]), flush=True)
@@ -376,11 +402,20 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = (("nncodec, calibrated steps", "o-", lambda r: r["codec"] == "nncodec" and r.get("calibrated")
-               and not r.get("gptq") and "lambda" not in r["setting"] and not r.get("refine_steps")),
+               and not r.get("gptq") and "lambda" not in r["setting"] and not r.get("refine_steps")
+               and not r.get("column_steps")),
+              ("nncodec, per-input-channel steps (Fisher, power 0.5)", "^-",
+               lambda r: r["codec"] == "nncodec" and r.get("column_steps") == "fisher"
+               and r.get("column_power") == 0.5 and not r.get("gptq")),
+              ("nncodec, per-input-channel steps (Fisher, power 0.5) + GPTQ", "v-",
+               lambda r: r["codec"] == "nncodec" and r.get("column_steps") == "fisher"
+               and r.get("column_power") == 0.5 and r.get("gptq")),
+              ("nncodec, per-input-channel steps, power 1", "<",
+               lambda r: r["codec"] == "nncodec" and r.get("column_steps") and r.get("column_power") == 1.0),
               ("nncodec, calibrated steps, refined end to end", "P-",
                lambda r: r["codec"] == "nncodec" and r.get("refine_steps")),
               ("nncodec, calibrated steps + GPTQ", "D-", lambda r: r["codec"] == "nncodec" and r.get("gptq")
-               and "lambda" not in r["setting"] and "target" not in r["setting"] and not r.get("refine_steps")),
+               and not r.get("column_steps") and "lambda" not in r["setting"] and "target" not in r["setting"] and not r.get("refine_steps")),
               ("nncodec, rate-aware (lambda)", "v", lambda r: r["codec"] == "nncodec" and "lambda" in r["setting"]),
               ("nncodec, target_fidelity", "*", lambda r: r["codec"] == "nncodec" and "target" in r["setting"]),
               ("nncodec, rel_step only", "o--", lambda r: r["codec"] == "nncodec" and not r.get("calibrated")),
@@ -414,8 +449,9 @@ def main() -> None:
     ap.add_argument("--skip-nncodec", action="store_true",
                     help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
-    ap.add_argument("--rows", choices=("all", "refine"), default="all",
-                    help="refine: only the calibrated sweep and the end-to-end refinement rows")
+    ap.add_argument("--rows", choices=("all", "refine", "columns"), default="all",
+                    help="refine: only the calibrated sweep and the end-to-end refinement rows; columns: the "
+                         "calibrated sweep, GPTQ at two steps and the per-input-channel step rows")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     if args.skip_nncodec:

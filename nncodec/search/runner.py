@@ -389,6 +389,7 @@ class _Searcher:
                   if not t.user_attrs.get("infeasible")]
         if not trials:
             raise ConfigError("no feasible trial: relax the caps (max_energy_pj / max_bits / max_params)")
+        trials = _meeting_floor(trials, getattr(self.task, "min_score", None))
         if multi:
             return max(trials, key=lambda t: self.score(*t.values))
         return max(trials, key=lambda t: t.value)
@@ -451,6 +452,17 @@ class _Searcher:
                          "accuracy": t.user_attrs.get("accuracy"), "energy_pj": t.user_attrs.get("energy_pj"),
                          "cost": t.user_attrs.get("cost"), "infeasible": bool(t.user_attrs.get("infeasible"))})
         return rows
+
+
+def _meeting_floor(trials: list[Any], floor: float | None) -> list[Any]:
+    """The trials whose score reached the task's floor (``Task.min_score``); all of them when none did."""
+    if floor is None:
+        return trials
+    meeting = [t for t in trials if t.user_attrs.get("accuracy", -math.inf) >= floor]
+    if not meeting:
+        log.warning("no trial reached the task's floor %.4f (best %.4f): choosing among all trials", floor,
+                    max(t.user_attrs.get("accuracy", -math.inf) for t in trials))
+    return meeting or trials
 
 
 def _reference_bits(model: nn.Module, weight_type: str) -> float:
@@ -569,6 +581,10 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
             p.zero_()
     load_into(decoded, path)
     decoded_acc = task.evaluate(decoded.eval())
+    floor = getattr(task, "min_score", None)
+    if floor is not None and decoded_acc < floor:
+        warnings.append(f"the result scores {decoded_acc:.4f}, under the task's floor {floor:.4f}")
+        log.warning(warnings[-1])
     result = SearchResult(
         plan=plan, model=model, reference_accuracy=ref_acc, reference_cost=searcher.ref_cost,
         reference_energy_pj=searcher.ref_energy, accuracy=acc, decoded_accuracy=decoded_acc,

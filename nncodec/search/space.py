@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,11 +89,15 @@ def _int_bits(peak: float) -> int:
     return int(max(-16, min(16, math.ceil(math.log2(peak))))) if peak > 0 else 0
 
 
-def _expand(templates: tuple[str, ...] | list[str], bits: tuple[int, ...], integer: int) -> list[str]:
+def _expand(templates: tuple[str, ...] | list[str], bits: tuple[int, ...],
+            integer: "int | Callable[[str, int | None], int]") -> list[str]:
+    """Specs of ``templates`` at each of ``bits``; ``integer``: the ``{i}`` value, or a function of (template,
+    bits) giving it (ranges fitted per bit width)."""
     out: list[str] = []
     for t in templates:
         for b in (bits if "{b}" in t else (None,)):
-            spec = t.format(b=b, i=integer) if ("{" in t) else t
+            i = integer(t, b) if callable(integer) else integer
+            spec = t.format(b=b, i=i) if ("{" in t) else t
             get_quantizer(spec)  # validate now
             if spec not in out:
                 out.append(spec)
@@ -121,7 +126,7 @@ class SearchSpace:
                    widths: tuple[float, ...] = WIDTHS, width_mode: str = "layer", share: dict[str, str] | None = None,
                    keep_width: tuple[str, ...] = (), skip: tuple[str, ...] = (),
                    layer_outputs: bool = True, module_outputs: bool = True,
-                   norms: tuple[str, ...] = DEFAULT_NORMS) -> "SearchSpace":
+                   norms: tuple[str, ...] = DEFAULT_NORMS, activation_range: str = "percentile") -> "SearchSpace":
         """Build the space for ``model``; ``sample`` (a few inputs) fits the activations' integer bits.
 
         ``skip``: patterns of layers (and norms) left unquantized (kept at the reference's precision).
@@ -131,10 +136,23 @@ class SearchSpace:
         at the chosen bits (unquantized, the energy model prices them at int32).
         ``norms``: templates of the folded scale / shift quantizers of batch norms (``()``: batch norms stay
         float32 in the bitstream).
+        ``bits``: ``{role: {key: bit widths}}``, role ``kernel`` / ``activation`` / ``bias``, key a layer kind
+        (``DEFAULT_BITS``) or a ``share`` group name (wins over the kind: e.g. 16-bit outputs for the
+        projections that feed a transformer's residual sums, where fewer bits save little energy).
+        ``activation_range``: how ``{i}`` of activation templates is fitted on ``sample``: ``"percentile"``
+        (the power of two covering the 99.99th percentile of |value|), ``"max"`` (covering the largest
+        value: nothing clips) or ``"mse"`` (per template and bit width, the ``{i}`` whose quantizer has the
+        least squared error on the sample: clipping outliers against rounding the bulk).
+        Every layer fits its own ``{i}``; layers of a shared group share the template and bit choice.
         """
         if width_mode not in ("layer", "block"):
             raise ConfigError(f"width_mode must be 'layer' or 'block', got {width_mode!r}")
-        bits = {role: {**DEFAULT_BITS[role], **(bits or {}).get(role, {})} for role in DEFAULT_BITS}
+        if activation_range not in _RANGE_FITS:
+            raise ConfigError(f"activation_range must be one of {sorted(_RANGE_FITS)}, got {activation_range!r}")
+        if not isinstance(bits or {}, dict) or set(bits or {}) - set(DEFAULT_BITS):
+            raise ConfigError(f"bits: roles must be from {sorted(DEFAULT_BITS)}, got {sorted(bits or {})}")
+        user_bits = bits or {}
+        bits = {role: {**DEFAULT_BITS[role], **user_bits.get(role, {})} for role in DEFAULT_BITS}
         was = model.training
         model.eval()
         try:
@@ -167,7 +185,19 @@ class SearchSpace:
                                                     any(True for _ in modules[n].children())))]
         batch_norms = [n for n in order if norms and isinstance(modules[n], _NORMS) and not fnmatch_any(n, skip) and
                        modules[n].affine and modules[n].track_running_stats]
-        peaks = _activation_peaks(model, act_names + outputs + [n for n in quantized if n not in attached], sample)
+        samples = _activation_samples(model, act_names + outputs + [n for n in quantized if n not in attached],
+                                      sample)
+
+        def fit(name: str, floor: int | None = None) -> "Callable[[str, int | None], int]":
+            """``{i}`` of ``name``'s activation templates (at least ``floor``)."""
+            def integer(template: str, b: int | None) -> int:
+                s = samples.get(name)
+                i = _RANGE_FITS[activation_range](s, template, b) if s is not None else 0
+                return i if floor is None else max(floor, i)
+            return integer
+
+        def kind_bits(role: str, kind: str, name: str) -> tuple[int, ...]:
+            return bits[role].get(_group_of(name, share), bits[role][kind])
         width_of = {g.name: g for g in groups}
         layers = []
         for name in quantized:
@@ -180,31 +210,31 @@ class SearchSpace:
             act = attached.get(name)
             if act is not None:
                 templates = activations if isinstance(modules[act], _RELU_LIKE) else signed_activations
-                a_int = max(0, _int_bits(peaks.get(act, 1.0))) if isinstance(modules[act], _RELU_LIKE) else \
-                    _int_bits(peaks.get(act, 1.0))
-                act_choices = _expand(templates, bits["activation"][kind], a_int)
+                act_choices = _expand(templates, kind_bits("activation", kind, name),
+                                      fit(act, 0 if isinstance(modules[act], _RELU_LIKE) else None))
             elif layer_outputs and name != last and kind != "embedding":
                 act = name
-                act_choices = _expand(signed_activations, bits["activation"][kind], _int_bits(peaks.get(name, 1.0)))
+                act_choices = _expand(signed_activations, kind_bits("activation", kind, name), fit(name))
             else:
                 act_choices = []
             group = _group_of(name, share)
             g = width_of.get(name)
-            layers.append(LayerSpace(name, kind, group, _expand(kernels, bits["kernel"][kind], w_int),
-                                     _expand(biases, bits["bias"][kind], b_int) if bs else [], act, act_choices,
+            layers.append(LayerSpace(name, kind, group, _expand(kernels, kind_bits("kernel", kind, name), w_int),
+                                     _expand(biases, kind_bits("bias", kind, name), b_int) if bs else [], act,
+                                     act_choices,
                                      _width_choices(g, widths) if g else [1.0]))
         for a in act_names:
             if a not in attached.values():
                 templates = activations if isinstance(modules[a], _RELU_LIKE) else signed_activations
-                a_int = _int_bits(peaks.get(a, 1.0))
                 group = _group_of(a, share)
                 layers.append(LayerSpace(a, "activation", group, [], [], a,
-                                         _expand(templates, bits["activation"]["activation"], max(0, a_int)), [1.0]))
+                                         _expand(templates, kind_bits("activation", "activation", a), fit(a, 0)),
+                                         [1.0]))
         for n in outputs:  # layer / group norm outputs and residual sums
             kind = {"norm": "norm", "add": "sum"}.get(owns[n], "attention")
             group = _group_of(n, share)
             layers.append(LayerSpace(n, "activation", group, [], [], n,
-                                     _expand(signed_activations, bits["activation"][kind], _int_bits(peaks.get(n, 1.0))),
+                                     _expand(signed_activations, kind_bits("activation", kind, n), fit(n)),
                                      [1.0]))
         for n in batch_norms:  # folded scale (kernel) and shift (bias) of batch norms, for the bitstream
             bn = modules[n]
@@ -216,6 +246,12 @@ class SearchSpace:
                                      _expand(norms, bits["kernel"]["norm"], _int_bits(float(scale.abs().max()))),
                                      _expand(norms, bits["bias"]["norm"], _int_bits(float(shift.abs().max()))),
                                      None, [], [1.0]))
+        known_keys = set(DEFAULT_BITS["kernel"]) | set(DEFAULT_BITS["activation"]) | {lay.group for lay in layers}
+        for role, by_key in user_bits.items():
+            unknown = sorted(set(by_key) - known_keys)
+            if unknown:
+                raise ConfigError(f"bits[{role!r}] key(s) {unknown} name no layer kind and no share group of the model; "
+                                  f"kinds: {sorted(DEFAULT_BITS[role])}, groups: {sorted({lay.group for lay in layers})[:8]}")
         width_choices = {g.name: _width_choices(g, widths) for g in groups}
         width_choices = {k: v for k, v in width_choices.items() if len(v) > 1}
         return cls(layers, example_inputs, width_mode, Plan(), width_choices,
@@ -253,9 +289,11 @@ class SearchSpace:
     def plan_from(self, choices: dict[str, Any]) -> Plan:
         """The plan that a set of parameter values describes (layers without a value keep the fixed plan)."""
         plan = Plan(dict(self.fixed.layers), self.fixed.default, dict(self.fixed.widths))
+        params = self.parameters()
         for layer in self.layers:
             g = layer.group
-            kernel, bias, act = (choices.get(f"{g}.{role}") for role in ("kernel", "bias", "activation"))
+            kernel, bias, act = (_own_spec(choices.get(f"{g}.{role}"), params.get(f"{g}.{role}"), getattr(layer, role))
+                                 for role in ("kernel", "bias", "activation"))
             if kernel is None and act is None:
                 continue
             if layer.kind != "activation":
@@ -278,6 +316,14 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct candidates."""
         return math.prod(len(v) for v in self.parameters().values())
+
+
+def _own_spec(value: Any, shared: list[str] | None, own: list[str]) -> Any:
+    """A layer's own spec for the value chosen for its group: the same position in its own list (same
+    template and bits; ``{i}`` fitted to this layer), else the value itself."""
+    if value is None or not shared or shared is own or len(shared) != len(own) or value not in shared:
+        return value
+    return own[shared.index(value)]
 
 
 def _group_of(name: str, share: dict[str, str] | None) -> str:
@@ -367,16 +413,56 @@ def _follows(model: nn.Module, example_inputs: Any) -> tuple[dict[str, str], lis
     return follows, list(dict.fromkeys(order)), owns
 
 
+#: values kept per module for fitting ranges (an even subsample; the largest |value| is always kept)
+_SAMPLE_VALUES = 200_000
+
+
+@dataclass
+class _Observed:
+    """A module's output on the sample: an even subsample of its values (with its largest |value|) and the
+    99.99th percentile of |value| over its first million values."""
+    values: torch.Tensor
+    percentile: float
+
+
+def _percentile_integer(seen: _Observed, template: str, bits: int | None) -> int:
+    return _int_bits(seen.percentile)
+
+
+def _max_integer(seen: _Observed, template: str, bits: int | None) -> int:
+    return _int_bits(float(seen.values.abs().max()))
+
+
+def _mse_integer(seen: _Observed, template: str, bits: int | None) -> int:
+    """The ``{i}`` (from 8 below the largest value's power of two up to it) whose quantizer has the least
+    squared error on the observed values."""
+    values = seen.values
+    top = _int_bits(float(values.abs().max()))
+    errors = {}
+    for i in range(top - 8, top + 1):
+        q = get_quantizer(template.format(b=bits, i=i))
+        errors[i] = float((q.quantize(values) - values).pow(2).mean())
+    return min(errors, key=lambda i: (errors[i], -i))
+
+
+_RANGE_FITS: dict[str, Callable[[_Observed, str, "int | None"], int]] = {
+    "percentile": _percentile_integer, "max": _max_integer, "mse": _mse_integer}
+
+
 @torch.no_grad()
-def _activation_peaks(model: nn.Module, names: list[str], sample: Any) -> dict[str, float]:
+def _activation_samples(model: nn.Module, names: list[str], sample: Any) -> dict[str, _Observed]:
+    """Per module of ``names``: its output on ``sample`` (256 examples at most)."""
     if sample is None or not names:
         return {}
-    peaks: dict[str, float] = {}
+    peaks: dict[str, _Observed] = {}
     hooks = []
     for name in names:
         def hook(mod: nn.Module, inputs: tuple, output: Any, name: str = name) -> None:
-            out = output[0] if isinstance(output, tuple) else output
-            peaks[name] = float(torch.quantile(out.detach().abs().reshape(-1)[:1_000_000].float(), 0.9999))
+            out = (output[0] if isinstance(output, tuple) else output).detach().reshape(-1).float()
+            kept = out[::max(1, out.numel() // _SAMPLE_VALUES)]
+            if out.numel():
+                peaks[name] = _Observed(torch.cat([kept, out[out.abs().argmax()].reshape(1)]),
+                                        float(torch.quantile(out.abs()[:1_000_000], 0.9999)))
         hooks.append(model.get_submodule(name).register_forward_hook(hook))
     was = model.training
     model.eval()

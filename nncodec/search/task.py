@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,11 @@ __all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tens
 
 class Task:
     """``train_epoch(model, epoch, proxy)`` trains one epoch (``proxy``: the cheap budget used for trials);
-    ``evaluate(model)`` returns the score as a fraction (higher is better)."""
+    ``evaluate(model)`` returns the score as a fraction (higher is better). ``min_score``: a floor the
+    search's choice must meet: among trials that reached it, the best-scoring one is returned (when none
+    did, the best of all, with a warning)."""
+
+    min_score: float | None = None
 
     def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
         raise NotImplementedError
@@ -135,15 +140,28 @@ class FidelityTask(Task):
     top-1 class agrees with the reference's). Training minimises ``1 - cosine`` plus the mean squared
     error (cosine metric) or the KL divergence to the reference's softmax (top-1 metric).
     ``output_fn(output, inputs) -> tensor`` picks what to compare (default: :func:`first_tensor`).
+    ``lr_decay``: the learning rate of epoch ``e`` is ``lr * lr_decay**e`` (1: constant); a long
+    distillation converges closer with a decaying rate. ``min_fidelity``: the search's floor
+    (:attr:`Task.min_score`), e.g. 0.99 mean cosine.
     """
 
     def __init__(self, reference: nn.Module, calibration: Any, evaluation: Any, *, metric: str = "cosine",
                  output_fn: Callable[[Any, tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
-                 batch_size: int = 32, lr: float = 1e-4, proxy_fraction: float = 0.5, seed: int = 0):
+                 batch_size: int = 32, lr: float = 1e-4, proxy_fraction: float = 0.5, seed: int = 0,
+                 lr_decay: float = 1.0, min_fidelity: float | None = None):
         if metric not in ("cosine", "top1"):
             raise ConfigError(f"fidelity metric must be 'cosine' or 'top1', got {metric!r}")
         if not 0 < proxy_fraction <= 1:
             raise ConfigError("proxy_fraction must be in (0, 1]")
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"fidelity task: lr must be a positive number, got {lr!r}")
+        if not (isinstance(lr_decay, (int, float)) and 0 < lr_decay <= 1):
+            raise ConfigError(f"fidelity task: lr_decay must be in (0, 1], got {lr_decay!r}")
+        if min_fidelity is not None and not (isinstance(min_fidelity, (int, float)) and
+                                             (-1 if metric == "cosine" else 0) <= min_fidelity <= 1):
+            raise ConfigError(f"fidelity task: min_fidelity must be a {metric} score (at most 1), got {min_fidelity!r}")
+        self.lr, self.lr_decay = float(lr), float(lr_decay)
+        self.min_score = None if min_fidelity is None else float(min_fidelity)
         self.calibration = _as_batch(calibration, "calibration")
         self.evaluation = _as_batch(evaluation, "evaluation")
         shared = set(_row_hashes(self.calibration)) & set(_row_hashes(self.evaluation))
@@ -183,6 +201,8 @@ class FidelityTask(Task):
         n = len(self.calibration[0])
         idx = self.proxy_index if proxy else torch.arange(n)
         opt = self._optimizer(model)
+        for group in opt.param_groups:
+            group["lr"] = self.lr * self.lr_decay ** epoch
         gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         order = idx[torch.randperm(len(idx), generator=gen)]
         model.train()

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .score import coerce_settings
 from .task import ClassifierTask, Task
 
 __all__ = ["FineTuneConfig", "Distiller", "distillation_loss"]
@@ -66,14 +67,7 @@ class FineTuneConfig:
     @classmethod
     def coerce(cls, value: "FineTuneConfig | dict[str, Any]") -> "FineTuneConfig":
         """A :class:`FineTuneConfig`, or one made from a dict of its fields (unknown keys are an error)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"finetune: expected a FineTuneConfig or a dict of its fields, got {type(value).__name__}")
-        unknown = sorted(set(value) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"finetune: unknown key(s) {unknown}; the fields are {[f.name for f in fields(cls)]}")
-        return cls(**value)
+        return coerce_settings(cls, value, "finetune")
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, distill: float,

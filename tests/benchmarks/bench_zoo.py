@@ -63,6 +63,12 @@ def byte_breakdown(path: Path) -> dict[str, int]:
     return out
 
 
+def _within_loss(row: dict, loss: float) -> bool:
+    """Whether the loss is at most ``loss`` (a fraction); rounded to 1e-9 points, as accuracies on 1,000 test
+    images are multiples of 0.1 point (0.982 - 0.972 is 1.0000000000000009 points in floating point)."""
+    return round(row["loss_points"], 9) <= 100 * loss
+
+
 def _row(name: str, result, ref_score: float, seconds: float, metric: str, settings: dict) -> dict:
     ref_params = result.float32_bytes // 4
     params = sum(p.numel() for p in result.model.parameters())
@@ -78,7 +84,7 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
            "final_steps": result.final_steps, "selection": result.selection,
            "stream_bytes": byte_breakdown(result.bitstream)}
     cut, loss, size = TARGETS[name]
-    row["targets_met"] = bool(row["energy_cut"] >= cut and (loss is None or row["loss_points"] <= 100 * loss) and
+    row["targets_met"] = bool(row["energy_cut"] >= cut and (loss is None or _within_loss(row, loss)) and
                               (size is None or row["size_ratio"] >= size) and
                               (name != "minilm" or row["result"] >= 0.99))
     print(f"{name:10s} {metric} {ref_score:.4f} -> {row['result']:.4f}  energy {-100 * row['energy_cut']:+.1f} %  "
@@ -302,7 +308,7 @@ def _verdict(row: dict) -> str:
     cut, loss, size = TARGETS[row["model"]]
     parts = [f"energy {'yes' if row['energy_cut'] >= cut else 'no'}"]
     if loss is not None:
-        parts.append(f"≤ 1 point {'yes' if row['loss_points'] <= 100 * loss else 'no'}")
+        parts.append(f"≤ 1 point {'yes' if _within_loss(row, loss) else 'no'}")
     if row["model"] == "minilm":
         parts.append(f"cosine ≥ 0.99 {'yes' if row['result'] >= 0.99 else 'no'}")
     if size is not None:

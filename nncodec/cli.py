@@ -382,16 +382,17 @@ def _method_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _size_score(text: str | None) -> dict | None:
-    """``--size-score [JSON]``: None (off), or the eq.-2 fields of the size factor (``{}``: the seed's)."""
+def _json_fields(text: str | None, flag: str = "--size-score", what: str = "score fields") -> dict | None:
+    """``--size-score [JSON]`` / ``--finetune [JSON]``: None (off), or a JSON object of the setting's fields
+    (``{}``: its defaults)."""
     if text is None:
         return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--size-score takes a JSON object of score fields, got {text!r} ({exc})") from None
+        raise ConfigError(f"{flag} takes a JSON object of {what}, got {text!r} ({exc})") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"--size-score takes a JSON object of score fields, got {text!r}")
+        raise ConfigError(f"{flag} takes a JSON object of {what}, got {text!r}")
     return value
 
 
@@ -399,17 +400,29 @@ def _cmd_search(args: argparse.Namespace) -> int:
     _needs_model(args, "input_shape", "weights", "data")
     _trials(args)  # a wrong budget fails before the data is read and the reference trained
     if not args.model:
-        if args.schedule != "single" or args.option or args.codesign or args.size_score is not None:
-            raise ConfigError("--schedule, --option, --codesign and --size-score apply to a search of your --model, "
-                              "not the demo")
+        if args.schedule != "single" or args.option or args.codesign or args.size_score is not None or \
+                args.max_drop is not None or args.finetune is not None:
+            raise ConfigError("--schedule, --option, --codesign, --size-score, --max-drop and --finetune apply to a "
+                              "search of your --model, not the demo")
         return _cmd_demo(args)
-    size_score = _size_score(args.size_score)
+    size_score = _json_fields(args.size_score)
+    finetune = _json_fields(args.finetune, "--finetune", "fine-tuning fields")
     import numpy as np
 
     from .search import ClassifierTask, SearchConfig, SearchSpace, run_search
     from .search.controllers import searches_widths
     from .search.report import format_layer_table, format_summary
 
+    # a wrong setting fails before the data is read and the reference trained
+    config = SearchConfig(controller=args.controller, n_trials=_trials(args), timeout_s=args.timeout,
+                          proxy_epochs=args.proxy_epochs,
+                          final_epochs=args.final_epochs, cost=args.cost, max_energy_pj=args.max_energy_pj,
+                          max_bits=args.max_bits, max_params=args.max_params, block_search=args.block_search,
+                          block_order=args.block_order, final_prune=args.prune, seed=args.seed, worker=args.worker,
+                          study_name=args.study_name, storage=args.storage, out_dir=args.out,
+                          progress=None if not args.json else False, schedule=args.schedule,
+                          options=_method_options(args), size_score=size_score, max_accuracy_drop=args.max_drop,
+                          finetune=finetune)
     if not args.data:
         raise ConfigError("--model needs --data: an .npz with x_train, y_train, x_val, y_val")
     with np.load(args.data, allow_pickle=False) as z:
@@ -444,14 +457,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
         widths["widths"] = (1.0,)
     space = SearchSpace.from_model(model, shape, x_train[:256], width_mode=args.width_mode,
                                    keep_width=tuple(args.keep_width or ()), **widths)
-    config = SearchConfig(controller=args.controller, n_trials=_trials(args), timeout_s=args.timeout,
-                          proxy_epochs=args.proxy_epochs,
-                          final_epochs=args.final_epochs, cost=args.cost, max_energy_pj=args.max_energy_pj,
-                          max_bits=args.max_bits, max_params=args.max_params, block_search=args.block_search,
-                          block_order=args.block_order, final_prune=args.prune, seed=args.seed, worker=args.worker,
-                          study_name=args.study_name, storage=args.storage, out_dir=args.out,
-                          progress=None if not args.json else False, schedule=args.schedule,
-                          options=_method_options(args), size_score=size_score)
     task = ClassifierTask(x_train, y_train, x_val, y_val, proxy_fraction=args.proxy_fraction, seed=args.seed)
     if args.trials_only:
         from .search.runner import run_trials
@@ -611,6 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--size-score", nargs="?", const="{}", metavar="JSON",
                     help="also score the stored size (nonzero weights x bits vs the int8 reference): a second eq.-2 "
                          "factor; alone the seed's parameters, or e.g. '{\"p_smaller\": 4}'")
+    se.add_argument("--max-drop", type=float, metavar="FRACTION",
+                    help="largest accepted accuracy loss vs the reference (0.01: one point): trials under it rank "
+                         "below every trial within it, the pick is within it when any trial is (else a warning)")
+    se.add_argument("--finetune", nargs="?", const="{}", metavar="JSON",
+                    help="final fine-tuning by distillation from the reference with a cosine learning rate; alone "
+                         "the defaults (distill 0.5, T 4), or e.g. '{\"distill\": 0.7, \"proxy\": true}'")
     se.add_argument("--max-energy-pj", type=float, help="hard cap: candidates over it are never trained")
     se.add_argument("--max-bits", type=float, help="hard cap on parameter bits")
     se.add_argument("--max-params", type=int, help="hard cap on the parameter count")

@@ -85,6 +85,20 @@ def format_summary(result: "SearchResult") -> str:
         f"({size_ratio:.1f}x smaller)",
         f"time {result.seconds:.1f} s; widths: {ref_params} filters in the reference's searched layers",
     ]
+    steps = result.final_steps
+    if steps:
+        parts = [f"{k} {steps[k]:.4f}" for k in ("proxy_trial", "built", "after_prune") if k in steps]
+        tuned = steps.get("fine_tune_epochs") or []
+        if tuned:
+            parts.append(f"fine-tuned {tuned[0]:.4f} -> {tuned[-1]:.4f} over {len(tuned)} epochs")
+        if "decoded" in steps:
+            parts.append(f"decoded {steps['decoded']:.4f}")
+        lines.append("final steps: " + ", ".join(parts))
+    sel = result.selection
+    if sel:
+        met = (f"; {sel['trials_meeting_floor']} of {sel['trials']} trials met it" if "trials" in sel else "")
+        lines.append(f"accuracy floor {sel['floor']:.4f} (max drop {sel['max_accuracy_drop']}){met}; result "
+                     f"{'meets' if sel['result_meets_floor'] else 'misses'} it")
     lines += [f"note: {n}" for n in result.notes] + [f"WARNING: {w}" for w in result.warnings]
     return "\n".join(lines)
 

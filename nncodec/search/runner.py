@@ -45,6 +45,7 @@ from ..quant.plan import Plan
 from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits
 from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Costing, Outcome, candidate_energy, method_options,
                           run_method, uses_method)
+from .finetune import Distiller, FineTuneConfig
 from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
@@ -95,6 +96,14 @@ class SearchConfig:
     progress: bool | None = None
     schedule: str = "single"                  #: "single" (one search) or a registered schedule ("iterative")
     options: dict[str, Any] = field(default_factory=dict)  #: options of the non-Optuna methods (controllers.py)
+    #: None, or the largest accuracy loss accepted, a fraction of 1 (0.01: one point) under the reference: trials
+    #: whose proxy accuracy falls under ``reference - max_accuracy_drop`` score ``accuracy - floor`` (<= 0, under
+    #: every trial that meets it), the pick is the best-scored trial that meets it (none: the most accurate, and
+    #: a warning), and a final result under the floor is a warning. Greedy / iterative: their own option.
+    max_accuracy_drop: float | None = None
+    #: None (the task's own epochs, constant rate), or how the final fine-tuning trains: distillation from the
+    #: reference and a learning-rate schedule (:class:`~nncodec.search.finetune.FineTuneConfig`, or a dict)
+    finetune: FineTuneConfig | None = None
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
@@ -119,6 +128,9 @@ class SearchConfig:
             raise ConfigError("block search scores with a single objective; use another controller than nsga2")
         if self.schedule != "single" and self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be 'single' or one of {tuple(SCHEDULES)}, got {self.schedule!r}")
+        self._check_accuracy_drop()
+        if self.finetune is not None:
+            self.finetune = FineTuneConfig.coerce(self.finetune)
         method_options(self.controller, self.schedule, self.options)
         if self.controller in PLAN_CONTROLLERS or self.schedule != "single":
             shared = [k for k, on in (("block_search", self.block_search), ("storage", self.storage is not None),
@@ -126,6 +138,24 @@ class SearchConfig:
             if shared:
                 raise ConfigError(f"{shared} apply to the Optuna controllers only; controller={self.controller!r}, "
                                   f"schedule={self.schedule!r} runs in one process without a shared study")
+
+    def _check_accuracy_drop(self) -> None:
+        drop = self.max_accuracy_drop
+        if drop is None:
+            return
+        if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop) \
+                or not 0 <= drop < 1:
+            raise ConfigError(f"max_accuracy_drop is a fraction in [0, 1) of the reference's score (0.01: one "
+                              f"point), got {drop!r}")
+        if self.options.get("codesign") or (self.controller == "differentiable" and self.schedule == "single"):
+            raise ConfigError("max_accuracy_drop selects among trials; the differentiable controller and the "
+                              "co-design train one model (bound its accuracy through their options)")
+        if self.controller == "greedy" or self.schedule != "single":  # their own option, same meaning
+            own = self.options.get("max_accuracy_drop")
+            if own is not None and float(own) != float(drop):
+                raise ConfigError(f"max_accuracy_drop={drop} and options['max_accuracy_drop']={own} disagree: "
+                                  "give one of them")
+            self.options = {**self.options, "max_accuracy_drop": float(drop)}
 
     def _check_budget(self) -> None:
         check_budget(self.n_trials, self.timeout_s, controller=self.controller, schedule=self.schedule,
@@ -177,6 +207,11 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)      #: what was done on the user's behalf (reference training)
     extra: dict[str, Any] = field(default_factory=dict)  #: summary entries of non-Optuna methods (hardware ...)
     search_seconds: float = 0.0                          #: wall time of the search phase (what timeout_s bounds)
+    #: with ``max_accuracy_drop``: the floor, trials that met it, whether the pick and the result met it
+    selection: dict[str, Any] = field(default_factory=dict)
+    #: where the final steps gain or lose accuracy: the picked trial's proxy score, the candidate before
+    #: training, after the final pruning, after each fine-tuning epoch, decoded
+    final_steps: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {**self.extra, "reference": {"accuracy": self.reference_accuracy, "energy_pj": self.reference_energy_pj,
@@ -185,7 +220,9 @@ class SearchResult:
                            "energy_pj": self.energy_pj, "bitstream_bytes": self.bitstream_bytes,
                            "plan": self.plan.to_dict()},
                 "seconds": self.seconds, "search_seconds": self.search_seconds, "notes": list(self.notes),
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings),
+                **({"selection": dict(self.selection)} if self.selection else {}),
+                **({"final_steps": dict(self.final_steps)} if self.final_steps else {})}
 
 
 def make_sampler(controller: str, seed: int):  # noqa: ANN201
@@ -222,6 +259,12 @@ class _Searcher:
         self.ref_cost = self._cost(self.reference, self.ref_report, reference=True)
         self.ref_size = _reference_bits(self.reference, config.reference_types[0])
         self._resizer: Resizer | None = None
+        #: the reference's score on the task (set by run_search; measured on first use otherwise)
+        self.reference_accuracy: float | None = None
+        #: per study, how the pick met ``max_accuracy_drop`` (see :meth:`_best`)
+        self.selections: list[dict[str, Any]] = []
+        self.picked_accuracy: float | None = None  #: proxy score of the trial the search returned
+        self.distiller = (Distiller(self.reference, task, config.finetune) if config.finetune is not None else None)
         self.url = storage_url(config.storage, self.out_dir)
         self.storage = open_storage(self.url, heartbeat_interval=config.heartbeat_interval,
                                     grace_period=config.grace_period)
@@ -232,6 +275,19 @@ class _Searcher:
         if self._resizer is None and any(v != 1.0 for v in plan.widths.values()):
             self._resizer = Resizer(self.reference, self.space.example_inputs)
         return build_candidate(self.reference, self.space.example_inputs, plan, resizer=self._resizer)
+
+    def accuracy_floor(self) -> float | None:
+        """The score a trial must reach: the higher of ``reference accuracy - max_accuracy_drop`` and the
+        task's own floor (``Task.min_score``, e.g. a fidelity task's ``min_fidelity``); None when neither is set."""
+        floors = []
+        task_floor = getattr(self.task, "min_score", None)
+        if task_floor is not None:
+            floors.append(float(task_floor))
+        if self.cfg.max_accuracy_drop is not None:
+            if self.reference_accuracy is None:
+                self.reference_accuracy = float(self.task.evaluate(self.reference))
+            floors.append(self.reference_accuracy - self.cfg.max_accuracy_drop)
+        return max(floors) if floors else None
 
     # -- costs --------------------------------------------------------------------------------
     def _cost(self, model: nn.Module, report: EnergyReport, reference: bool = False) -> float:
@@ -276,13 +332,20 @@ class _Searcher:
     def train_proxy(self, model: nn.Module, after_epoch: Callable[[int, float], None] | None = None) -> float:
         """Train ``model`` for the proxy budget, testing it after every epoch (``after_epoch(epoch, accuracy)``
         may stop it by raising); the last accuracy."""
-        acc = 0.0
-        for epoch in range(self.cfg.proxy_epochs):
-            self.task.train_epoch(model, epoch, proxy=True)
-            acc = self.task.evaluate(model)
+        scores = [0.0]
+
+        def tested(epoch: int) -> None:
+            scores.append(self.task.evaluate(model))
             if after_epoch is not None:
-                after_epoch(epoch, acc)
-        return acc
+                after_epoch(epoch, scores[-1])
+
+        if self.distiller is not None and self.cfg.finetune.proxy:
+            self.distiller.train(model, self.cfg.proxy_epochs, proxy=True, after_epoch=tested)
+        else:
+            for epoch in range(self.cfg.proxy_epochs):
+                self.task.train_epoch(model, epoch, proxy=True)
+                tested(epoch)
+        return scores[-1]
 
     # -- one trial ------------------------------------------------------------------------------
     def objective(self, trial: Any, params: dict[str, list[Any]], multi: bool) -> Any:
@@ -320,6 +383,10 @@ class _Searcher:
         trial.set_user_attr("accuracy", acc)
         if multi:
             return (acc, cost) + ((stored,) if stored is not None else ())
+        floor = self.accuracy_floor()
+        if floor is not None and acc < floor:  # under every trial that meets the floor, ranked by accuracy
+            trial.set_user_attr("below_floor", True)
+            return acc - floor
         return self.score(acc, cost, stored)
 
     def _study(self, name: str, multi: bool) -> Any:
@@ -389,7 +456,15 @@ class _Searcher:
                   if not t.user_attrs.get("infeasible")]
         if not trials:
             raise ConfigError("no feasible trial: relax the caps (max_energy_pj / max_bits / max_params)")
-        trials = _meeting_floor(trials, getattr(self.task, "min_score", None))
+        floor = self.accuracy_floor()
+        if floor is not None:
+            meeting = [t for t in trials if t.user_attrs.get("accuracy", 0.0) >= floor]
+            self.selections.append({"study": study.study_name, "trials": len(trials), "meeting": len(meeting)})
+            if not meeting:
+                log.warning("no trial of %s reached the accuracy floor %.4f: picking the most accurate",
+                            study.study_name, floor)
+                return max(trials, key=lambda t: t.user_attrs.get("accuracy", 0.0))
+            trials = meeting
         if multi:
             return max(trials, key=lambda t: self.score(*t.values))
         return max(trials, key=lambda t: t.value)
@@ -408,6 +483,7 @@ class _Searcher:
             self._optimize(study, params, self.cfg.n_trials, multi, "search",
                            None if timeout is None else start + timeout)
             best = self._best(study, multi)
+            self.picked_accuracy = best.user_attrs.get("accuracy")
             return self.space.plan_from(best.params), self._trial_rows(study, multi)
         rows: list[dict[str, Any]] = []
         schedule = self.block_schedule()
@@ -420,6 +496,7 @@ class _Searcher:
             self._optimize(study, params, n_trials, False, f"block {i + 1} ({', '.join(block)})",
                            None if timeout is None else start + timeout * share / total)
             best = self._best(study, False)
+            self.picked_accuracy = best.user_attrs.get("accuracy")
             self.space.fixed = self.space.plan_from(best.params)
             rows += [dict(r, block=i) for r in self._trial_rows(study, False)]
         return self.space.fixed, rows
@@ -452,17 +529,6 @@ class _Searcher:
                          "accuracy": t.user_attrs.get("accuracy"), "energy_pj": t.user_attrs.get("energy_pj"),
                          "cost": t.user_attrs.get("cost"), "infeasible": bool(t.user_attrs.get("infeasible"))})
         return rows
-
-
-def _meeting_floor(trials: list[Any], floor: float | None) -> list[Any]:
-    """The trials whose score reached the task's floor (``Task.min_score``); all of them when none did."""
-    if floor is None:
-        return trials
-    meeting = [t for t in trials if t.user_attrs.get("accuracy", -math.inf) >= floor]
-    if not meeting:
-        log.warning("no trial reached the task's floor %.4f (best %.4f): choosing among all trials", floor,
-                    max(t.user_attrs.get("accuracy", -math.inf) for t in trials))
-    return meeting or trials
 
 
 def _reference_bits(model: nn.Module, weight_type: str) -> float:
@@ -511,6 +577,56 @@ def _layer_table(space: SearchSpace, plan: Plan, ref_report: EnergyReport, repor
     return table
 
 
+class _FinalSteps:
+    """The score of the final candidate after each step (each measure is one evaluation of the task)."""
+
+    def __init__(self, task: Task, model: nn.Module, proxy_trial: float | None):
+        self.task, self.model = task, model
+        self.values: dict[str, Any] = {} if proxy_trial is None else {"proxy_trial": proxy_trial}
+        self.measure("built")
+        self.values["fine_tune_epochs"] = []
+
+    def measure(self, key: str) -> None:
+        self.values[key] = float(self.task.evaluate(self.model))
+
+    def epoch(self, epoch: int) -> None:
+        self.values["fine_tune_epochs"].append(float(self.task.evaluate(self.model)))
+
+
+def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,
+               warnings: list[str]) -> dict[str, Any]:
+    """The summary's ``selection`` entry when a floor is set (``max_accuracy_drop`` and/or the task's
+    ``min_score``; warnings appended), else ``{}``."""
+    task_floor = getattr(task, "min_score", None)
+    if config.max_accuracy_drop is None and task_floor is None:
+        return {}
+    floors = [] if task_floor is None else [float(task_floor)]
+    if config.max_accuracy_drop is not None:
+        floors.append(ref_acc - config.max_accuracy_drop)
+    floor = max(floors)
+    why = []
+    if config.max_accuracy_drop is not None:
+        why.append(f"reference {ref_acc:.4f} - max_accuracy_drop {config.max_accuracy_drop}")
+    if task_floor is not None:
+        why.append(f"the task's floor {float(task_floor):.4f}")
+    why_text = ", ".join(why)
+    out: dict[str, Any] = {"max_accuracy_drop": config.max_accuracy_drop, "floor": floor,
+                           "result_meets_floor": decoded_acc >= floor}
+    if task_floor is not None:
+        out["task_floor"] = float(task_floor)
+    if searcher.selections:
+        out["trials"] = sum(s["trials"] for s in searcher.selections)
+        out["trials_meeting_floor"] = sum(s["meeting"] for s in searcher.selections)
+        out["pick_meets_floor"] = all(s["meeting"] for s in searcher.selections)
+        if not out["pick_meets_floor"]:
+            warnings.append(f"no trial reached the accuracy floor {floor:.4f} ({why_text}): the most accurate "
+                            "trial was taken")
+    if not out["result_meets_floor"]:
+        warnings.append(f"the result scores {decoded_acc:.4f}, under the floor {floor:.4f} ({why_text})")
+        log.warning(warnings[-1])
+    return out
+
+
 def chance_level(chance: float) -> float:
     """Scores at or under this are "at chance": the guess's score plus a quarter of the way to perfect."""
     return chance + 0.25 * (1.0 - chance)
@@ -553,6 +669,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         warnings.append(f"the reference scores {ref_acc:.4f}, at chance level ({chance_accuracy:.4f}): it was not "
                      "trained, or not on this data; train it (or pass its weights) before searching")
         log.warning(warnings[-1])
+    searcher.reference_accuracy = float(ref_acc)
     t_search = time.perf_counter()
     plan, trials = searcher.search_plan()
     search_seconds = time.perf_counter() - t_search
@@ -566,10 +683,16 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         model = searcher.build(plan)
     if outcome.masks:
         apply_masks(model, outcome.masks)
+    steps = _FinalSteps(task, model, searcher.picked_accuracy)
     if config.final_prune > 0:
         apply_masks(model, global_magnitude_masks(model, config.final_prune))
-    for epoch in range(config.final_epochs):
-        task.train_epoch(model, epoch, proxy=False)
+        steps.measure("after_prune")
+    if searcher.distiller is not None:
+        searcher.distiller.train(model, config.final_epochs, proxy=False, after_epoch=steps.epoch)
+    else:
+        for epoch in range(config.final_epochs):
+            task.train_epoch(model, epoch, proxy=False)
+            steps.epoch(epoch)
     model.eval()
     acc = task.evaluate(model)
     report = candidate_energy(model, space.example_inputs, plan, outcome.energy_settings or config.energy_settings)
@@ -581,10 +704,8 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
             p.zero_()
     load_into(decoded, path)
     decoded_acc = task.evaluate(decoded.eval())
-    floor = getattr(task, "min_score", None)
-    if floor is not None and decoded_acc < floor:
-        warnings.append(f"the result scores {decoded_acc:.4f}, under the task's floor {floor:.4f}")
-        log.warning(warnings[-1])
+    steps.values["decoded"] = decoded_acc
+    selection = _selection(searcher, config, task, ref_acc, decoded_acc, warnings)
     result = SearchResult(
         plan=plan, model=model, reference_accuracy=ref_acc, reference_cost=searcher.ref_cost,
         reference_energy_pj=searcher.ref_energy, accuracy=acc, decoded_accuracy=decoded_acc,
@@ -592,7 +713,8 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         bitstream_bytes=Path(path).stat().st_size, float32_bytes=_float32_bytes(reference), trials=trials,
         layer_table=_layer_table(space, plan, searcher.ref_report, report, reference, model),
         seconds=time.perf_counter() - t0, energy_report=report, warnings=warnings,
-        notes=list(notes or []), extra=outcome.extra, search_seconds=search_seconds)
+        notes=list(notes or []), extra=outcome.extra, search_seconds=search_seconds, selection=selection,
+        final_steps=steps.values)
     write_report(result, out_dir)
     return result
 

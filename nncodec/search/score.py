@@ -42,14 +42,20 @@ class ScoreConfig:
     @classmethod
     def coerce(cls, value: "ScoreConfig | dict[str, Any]", where: str = "score") -> "ScoreConfig":
         """A :class:`ScoreConfig`, or one made from a dict of its fields (unknown keys are an error)."""
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a ScoreConfig or a dict of its fields, got {type(value).__name__}")
-        unknown = sorted(set(value) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; the fields are {[f.name for f in fields(cls)]}")
-        return cls(**value)
+        return coerce_settings(cls, value, where)
+
+
+def coerce_settings(cls: type, value: Any, where: str) -> Any:
+    """``value`` if it is a ``cls`` (a settings dataclass), else a ``cls`` made from a dict of its fields;
+    anything else, or an unknown key, is a :class:`ConfigError` naming ``where``."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+    unknown = sorted(set(value) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; the fields are {[f.name for f in fields(cls)]}")
+    return cls(**value)
 
 
 def scaling_delta(cost: float, reference_cost: float, cfg: ScoreConfig = ScoreConfig()) -> float:

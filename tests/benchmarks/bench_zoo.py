@@ -31,12 +31,42 @@ import torch
 from nncodec.datasets import load_mnist5k, split
 from nncodec.demo import run_demo
 from nncodec.models import MobileNetV2Small, RecurrentClassifier, ResNet8
+from nncodec.decoder import read_info
 from nncodec.search import ClassifierTask, FidelityTask, ScoreConfig, SearchConfig, SearchSpace, Task, run_search
 from nncodec.train import accuracy, train_classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"cnn": (0.85, 0.01, 40), "resnet8": (0.85, 0.01, 40), "mobilenet": (0.85, 0.01, 40),
            "gru": (0.75, 0.01, None), "minilm": (0.70, None, None)}
+
+
+def byte_breakdown(path: Path) -> dict[str, int]:
+    """Where a stream's bytes go (``nncodec info``): per kind of tensor, its coded payload and its overhead
+    (unit header + tensor header + pipeline), and the units that hold no tensor (stream header, topology,
+    metadata). Batch-norm tensors: names ending in ``running_mean``, ``running_var``, ``num_batches_tracked``
+    and the ``weight`` / ``bias`` of modules whose ``running_var`` is also stored."""
+    units = read_info(path).units
+    names = {u.tensor["name"] for u in units if u.tensor}
+    norms = {n.rsplit(".", 1)[0] for n in names if n.endswith(".running_var")}
+    out = {"total": sum(u.size for u in units)}
+    for u in units:
+        t = u.tensor
+        if t is None:
+            kind = "no_tensor_units"
+            out[kind] = out.get(kind, 0) + u.size
+            continue
+        owner, leaf = t["name"].rsplit(".", 1) if "." in t["name"] else ("", t["name"])
+        kind = "batch_norm" if owner in norms else ("kernels" if leaf.startswith("weight") else "biases")
+        out[f"{kind}_payload"] = out.get(f"{kind}_payload", 0) + t["coded_bytes"]
+        out[f"{kind}_overhead"] = out.get(f"{kind}_overhead", 0) + u.size - t["coded_bytes"]
+        out[f"{kind}_units"] = out.get(f"{kind}_units", 0) + 1
+    return out
+
+
+def _within_loss(row: dict, loss: float) -> bool:
+    """Whether the loss is at most ``loss`` (a fraction); rounded to 1e-9 points, as accuracies on 1,000 test
+    images are multiples of 0.1 point (0.982 - 0.972 is 1.0000000000000009 points in floating point)."""
+    return round(row["loss_points"], 9) <= 100 * loss
 
 
 def _row(name: str, result, ref_score: float, seconds: float, metric: str, settings: dict) -> dict:
@@ -50,14 +80,17 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
            "size_ratio": result.float32_bytes / result.bitstream_bytes, "reference_params": ref_params,
            "params": params, "seconds": seconds, "settings": settings, "threads": torch.get_num_threads(),
            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-           "warnings": list(result.warnings), "plan": result.plan.to_dict()}
+           "warnings": list(result.warnings), "plan": result.plan.to_dict(),
+           "final_steps": result.final_steps, "selection": result.selection,
+           "stream_bytes": byte_breakdown(result.bitstream)}
     cut, loss, size = TARGETS[name]
-    row["targets_met"] = bool(row["energy_cut"] >= cut and (loss is None or row["loss_points"] <= 100 * loss) and
+    row["targets_met"] = bool(row["energy_cut"] >= cut and (loss is None or _within_loss(row, loss)) and
                               (size is None or row["size_ratio"] >= size) and
                               (name != "minilm" or row["result"] >= 0.99))
     print(f"{name:10s} {metric} {ref_score:.4f} -> {row['result']:.4f}  energy {-100 * row['energy_cut']:+.1f} %  "
           f"size {row['size_ratio']:.1f}x  params {ref_params:,} -> {params:,}  {seconds:.0f} s  "
-          f"targets {'met' if row['targets_met'] else 'NOT met'}", flush=True)
+          f"targets {'met' if row['targets_met'] else 'NOT met'}\n  final steps {result.final_steps}\n  "
+          f"bytes {row['stream_bytes']}", flush=True)
     return row
 
 
@@ -65,9 +98,18 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
 #: Batch norms are stored folded (8-bit per-channel scale and shift, the search space's default);
 #: ``size_score``: the score has the eq.-2 factor on the stored size too (as the demo); two proxy epochs,
 #: as one left the trial accuracies at 0.2-0.9 (noise that ranked the cheapest candidates first)
-IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "activation_bits": (3, 4, 6, 8),
+#: ``max_accuracy_drop``: trials whose proxy accuracy is more than this under the reference rank below all
+#: others and the pick is among those within it (the energy x size score alone picked 3-bit activations and
+#: binary kernels at 10 points' loss); ``finetune``: the final fine-tuning distils from the reference with a
+#: cosine learning rate (``FineTuneConfig``). Kernels: 4-bit power-of-two or 4- / 6-bit fixed point (binary,
+#: ternary and 2- / 3-bit kernels left out: in a 16-trial study of the full space no trial came within two
+#: points after the proxy epochs, as nearly every sampled plan had one such layer; the energy cut comes
+#: mostly from the activations, 4- to 8-bit against the reference's 16)
+IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "activation_bits": (4, 6, 8),
+         "kernels": ("quantized_po2_zero(4,1)", "quantized_bits({b},{i},1)"), "kernel_bits": (4, 6),
          "proxy_fraction": 0.5, "proxy_epochs": 2, "size_score": True, "final_epochs": 10, "final_prune": 0.3,
-         "batchnorm": "auto"}
+         "batchnorm": "auto", "max_accuracy_drop": 0.02,
+         "finetune": {"distill": 0.5, "temperature": 4.0, "schedule": "cosine", "lr": 1e-3}}
 #: how batch norms are stored (``--batchnorm``): folded into 8-bit scale / shift with a per-tensor step fitted
 #: at every step (the space's default), with the integer bits fitted to the reference, or float32
 BATCHNORMS = {"fixed": ("quantized_bits({b},{i},1)",), "auto": ("quantized_bits({b},0,1,alpha='auto')",),
@@ -87,12 +129,15 @@ def _image_model(name: str, builder, trials: int, out: Path) -> dict:
         train_classifier(reference, x_train, y_train, epochs=epochs, lr=lr, seed=i)
     ref_acc = accuracy(reference, x_test, y_test)
     space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256], widths=IMAGE["widths"],
-                                   bits={"activation": {"conv": IMAGE["activation_bits"]}},
+                                   kernels=IMAGE["kernels"],
+                                   bits={"activation": {"conv": IMAGE["activation_bits"]},
+                                         "kernel": {"conv": IMAGE["kernel_bits"], "dense": IMAGE["kernel_bits"]}},
                                    norms=BATCHNORMS[IMAGE["batchnorm"]])
     task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=IMAGE["proxy_fraction"], seed=0)
     cfg = SearchConfig(controller="tpe", n_trials=trials, proxy_epochs=IMAGE["proxy_epochs"],
                        final_epochs=IMAGE["final_epochs"], final_prune=IMAGE["final_prune"],
                        size_score=ScoreConfig() if IMAGE["size_score"] else None, seed=0, out_dir=str(out / name),
+                       max_accuracy_drop=IMAGE["max_accuracy_drop"], finetune=IMAGE["finetune"],
                        study_name=f"zoo-{name}-{trials}", progress=True)
     result = run_search(reference, space, task, cfg, reference_accuracy=ref_acc, chance_accuracy=0.1)
     return _row(name, result, ref_acc, time.perf_counter() - t0, "accuracy", {**IMAGE, "trials": trials})
@@ -284,7 +329,7 @@ def _verdict(row: dict) -> str:
     cut, loss, size = TARGETS[row["model"]]
     parts = [f"energy {'yes' if row['energy_cut'] >= cut else 'no'}"]
     if loss is not None:
-        parts.append(f"≤ 1 point {'yes' if row['loss_points'] <= 100 * loss else 'no'}")
+        parts.append(f"≤ 1 point {'yes' if _within_loss(row, loss) else 'no'}")
     if row["model"] == "minilm":
         parts.append(f"cosine ≥ 0.99 {'yes' if row['result'] >= 0.99 else 'no'}")
     if size is not None:

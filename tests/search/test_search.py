@@ -151,7 +151,10 @@ def test_full_search_writes_a_plan_that_round_trips(reference, tmp_path):
                        study_name="full", progress=False)
     result = run_search(reference, space(reference), task(0.3), cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == {"reference", "result", "seconds", "search_seconds", "notes", "warnings"}
+    assert set(summary) == {"reference", "result", "seconds", "search_seconds", "notes", "warnings", "final_steps"}
+    steps = summary["final_steps"]  # where the final steps move the score: pruning, then each fine-tuning epoch
+    assert set(steps) == {"proxy_trial", "built", "after_prune", "fine_tune_epochs", "decoded"}
+    assert len(steps["fine_tune_epochs"]) == 1 and steps["fine_tune_epochs"][-1] == summary["result"]["accuracy"]
     assert summary["warnings"] == [] and summary["notes"] == []
     assert set(summary["result"]) == {"accuracy", "decoded_accuracy", "energy_pj", "bitstream_bytes", "plan"}
     assert summary["result"]["decoded_accuracy"] == summary["result"]["accuracy"]

@@ -1,0 +1,163 @@
+"""Accuracy-aware selection (``max_accuracy_drop``) and the distillation fine-tuning of the search."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nncodec.cli import main
+from nncodec.errors import ConfigError
+from nncodec.quant.layers import _QuantParams
+from nncodec.search import FineTuneConfig, FunctionTask, SearchConfig, SearchSpace, run_search
+from nncodec.search.candidate import build_candidate
+from nncodec.search.finetune import Distiller
+from nncodec.search.runner import run_trials
+from tests.search.digits import INPUT, KERNELS, data, space, task, trained_reference
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return trained_reference()
+
+
+def _low_bit_layers(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if isinstance(m, _QuantParams) and m.kernel_quantizer is not None
+               and m.kernel_quantizer.bits < 8)
+
+
+def _bits_task() -> FunctionTask:
+    """Scores 0.95 minus 0.025 per layer with a kernel under 8 bits: the cheap plans score high (eq. 2 pays
+    more for their energy than they lose) but lose 2.5 points or more."""
+    return FunctionTask(lambda model, epoch: None, lambda model: 0.95 - 0.025 * _low_bit_layers(model))
+
+
+def _two_kernel_space(reference: nn.Module) -> SearchSpace:
+    """Per layer a ternary or an 8-bit kernel, nothing else to choose (8 plans)."""
+    return SearchSpace.from_model(reference, INPUT, data()[0][:64], kernels=KERNELS, widths=(1.0,),
+                                  bits={"kernel": {"conv": (8,), "dense": (8,)}, "activation": {"conv": (8,)}})
+
+
+def test_max_accuracy_drop_changes_the_returned_plan(reference, tmp_path):
+    sp = _two_kernel_space(reference)
+    common = dict(controller="random", n_trials=6, seed=0, progress=False)
+    free = run_trials(reference, sp, _bits_task(), SearchConfig(out_dir=str(tmp_path / "a"), study_name="a", **common))
+    model = build_candidate(reference, INPUT, free)
+    assert _low_bit_layers(model) >= 1  # without the floor the score picks a plan that loses >= 2.5 points
+    bounded = run_trials(reference, sp, _bits_task(), SearchConfig(out_dir=str(tmp_path / "b"), study_name="b",
+                                                                   max_accuracy_drop=0.02, **common))
+    assert _low_bit_layers(build_candidate(reference, INPUT, bounded)) == 0
+
+
+def test_no_trial_within_the_drop_is_reported(reference, tmp_path):
+    cfg = SearchConfig(controller="random", n_trials=3, final_epochs=0, max_accuracy_drop=0.0, seed=1,
+                       out_dir=str(tmp_path), progress=False)
+    result = run_search(reference, _two_kernel_space(reference), _bits_task(), cfg, reference_accuracy=0.99)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["selection"] == {"max_accuracy_drop": 0.0, "floor": 0.99, "result_meets_floor": False,
+                                    "trials": 3, "trials_meeting_floor": 0, "pick_meets_floor": False}
+    assert any("no trial reached the accuracy floor" in w for w in result.warnings)
+    assert any("under the floor" in w for w in result.warnings)
+    best = max(t["accuracy"] for t in result.trials)
+    assert _bits_task().evaluate(result.model) == pytest.approx(best)  # the most accurate trial was taken
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_accuracy_drop": 1.0}, "fraction"), ({"max_accuracy_drop": -0.01}, "fraction"),
+    ({"max_accuracy_drop": "0.01"}, "fraction"), ({"max_accuracy_drop": True}, "fraction"),
+    ({"max_accuracy_drop": float("nan")}, "fraction"),
+    ({"max_accuracy_drop": 0.01, "controller": "differentiable"}, "one model"),
+    ({"max_accuracy_drop": 0.01, "controller": "greedy", "options": {"max_accuracy_drop": 0.02}}, "disagree"),
+    ({"finetune": {"distill": 1.5}}, "distill"), ({"finetune": {"temperature": 0}}, "temperature"),
+    ({"finetune": {"schedule": "step"}}, "schedule"), ({"finetune": {"epochs": 3}}, "unknown key"),
+    ({"finetune": "kd"}, "FineTuneConfig"), ({"finetune": {"lr": -1.0}}, "lr"),
+])
+def test_wrong_selection_and_finetune_settings_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SearchConfig(**kwargs)
+
+
+def test_greedy_reads_the_same_drop():
+    assert SearchConfig(controller="greedy", max_accuracy_drop=0.03).options == {"max_accuracy_drop": 0.03}
+
+
+def test_distillation_needs_labelled_training_data(reference, tmp_path):
+    with pytest.raises(ConfigError, match="ClassifierTask"):
+        run_search(reference, space(reference), _bits_task(),
+                   SearchConfig(n_trials=1, finetune=FineTuneConfig(), out_dir=str(tmp_path), progress=False))
+
+
+def _kl_to_reference(model: nn.Module, reference: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(nn.functional.kl_div(model(x).log_softmax(-1), reference(x).log_softmax(-1), log_target=True,
+                                          reduction="batchmean"))
+
+
+def test_distillation_brings_the_candidate_closer_to_the_reference(reference):
+    """Same start, same epochs, same data: trained on the reference's outputs the ternary candidate's outputs
+    end closer to the reference's than trained on the labels alone."""
+    sp = space(reference, widths=(1.0,))
+    plan = sp.plan_from({k: v[0] for k, v in sp.parameters().items()})  # ternary kernels: far from the reference
+    x = torch.as_tensor(data()[0])
+    tuned = {}
+    for distill in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = build_candidate(reference, INPUT, plan)
+        before = _kl_to_reference(model, reference, x)
+        Distiller(reference, task(), FineTuneConfig(distill=distill, temperature=2.0)).train(model, 2, proxy=False)
+        tuned[distill] = _kl_to_reference(model.eval(), reference, x)
+    assert tuned[1.0] < before and tuned[1.0] < 0.8 * tuned[0.0]
+
+
+def test_cosine_schedule_ends_at_its_floor(reference):
+    seen = []
+    model = build_candidate(reference, INPUT, space(reference, widths=(1.0,)).plan_from({}))
+    orig = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.Adam.step = spy
+    try:
+        Distiller(reference, task(), FineTuneConfig(lr=1e-2, min_lr_ratio=0.1)).train(model, 1, proxy=True)
+    finally:
+        torch.optim.Adam.step = orig
+    assert seen[0] == pytest.approx(1e-2) and seen == sorted(seen, reverse=True)
+    assert seen[-1] == pytest.approx(1e-3)
+
+
+def test_cli_max_drop_and_finetune(tmp_path, capsys):
+    x_train, y_train, x_test, y_test = data()
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, x_train=x_train, y_train=y_train, x_val=x_test, y_val=y_test)
+    (tmp_path / "net.py").write_text("from tests.search.digits import digits_cnn as build\n")
+    args = ["search", "--model", f"{tmp_path / 'net.py'}:build", "--data", str(npz), "--input-shape", "1,8,8",
+            "--trials", "2", "--final-epochs", "1", "--controller", "random", "--reference-epochs", "3", "--json"]
+    assert main(args + ["--out", str(tmp_path / "r"), "--max-drop", "0.05", "--finetune", '{"distill": 0.7}']) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["selection"]["floor"] == pytest.approx(summary["reference"]["accuracy"] - 0.05)
+    assert summary["selection"]["trials"] == 2
+    assert len(summary["final_steps"]["fine_tune_epochs"]) == 1
+    for bad, match in ((["--max-drop", "5"], "fraction"), (["--finetune", '{"distill": 2}'], "distill")):
+        assert main(args + ["--out", str(tmp_path / "bad")] + bad) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything was trained or written
+
+
+def test_task_floor_and_max_drop_combine_into_the_higher_floor():
+    from types import SimpleNamespace
+
+    from nncodec.search.runner import _selection
+
+    searcher = SimpleNamespace(selections=[{"study": "s", "trials": 4, "meeting": 1}])
+    task = SimpleNamespace(min_score=0.95)
+    warnings: list[str] = []
+    out = _selection(searcher, SearchConfig(max_accuracy_drop=0.1, out_dir="unused"), task, 0.98, 0.96, warnings)
+    assert out["floor"] == pytest.approx(0.95) and out["task_floor"] == 0.95  # 0.95 > 0.98 - 0.1
+    assert out["result_meets_floor"] and not warnings
+    out = _selection(searcher, SearchConfig(max_accuracy_drop=0.01, out_dir="unused"), task, 0.98, 0.96, warnings)
+    assert out["floor"] == pytest.approx(0.97) and not out["result_meets_floor"]
+    assert "max_accuracy_drop 0.01" in warnings[-1] and "task's floor 0.9500" in warnings[-1]
+    assert _selection(searcher, SearchConfig(out_dir="unused"), SimpleNamespace(), 0.98, 0.5, []) == {}

@@ -43,7 +43,7 @@ TARGETS = {"cnn": (0.85, 0.01, 40), "resnet8": (0.85, 0.01, 40), "mobilenet": (0
 def byte_breakdown(path: Path) -> dict[str, int]:
     """Where a stream's bytes go (``nncodec info``): per kind of tensor, its coded payload and its overhead
     (unit header + tensor header + pipeline), and the units that hold no tensor (stream header, topology,
-    metadata). Batch-norm tensors: names ending in ``running_mean``, ``running_var``, ``num_batches_tracked``
+    metadata), and tensor-group units (small tensors stored together). Batch-norm tensors: names ending in ``running_mean``, ``running_var``, ``num_batches_tracked``
     and the ``weight`` / ``bias`` of modules whose ``running_var`` is also stored."""
     units = read_info(path).units
     names = {u.tensor["name"] for u in units if u.tensor}
@@ -51,6 +51,10 @@ def byte_breakdown(path: Path) -> dict[str, int]:
     out = {"total": sum(u.size for u in units)}
     for u in units:
         t = u.tensor
+        if t is None and u.members:  # a tensor-group unit (format 1.4): its members share one header
+            out["tensor_group_bytes"] = out.get("tensor_group_bytes", 0) + u.size
+            out["tensor_group_members"] = out.get("tensor_group_members", 0) + len(u.members)
+            continue
         if t is None:
             kind = "no_tensor_units"
             out[kind] = out.get(kind, 0) + u.size

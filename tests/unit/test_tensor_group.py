@@ -130,3 +130,21 @@ def test_a_group_in_a_scalable_stream_is_corrupt():
         (0x7F, 1, 0, np.array([end + 1, 2], "<u4").tobytes())]
     with pytest.raises(CorruptError, match="delta or scalable"):
         nncodec.decode_arrays(join_units(header, units))
+
+
+def test_lazy_reading_of_every_member_of_a_large_group_is_linear():
+    """Each member is found by name in the decoded group, not by a scan of its directory: reading all of
+    6000 members costs about as much as the open that scanned them (quadratic lookup: over 10x)."""
+    import time
+
+    data = nncodec.encode_arrays({f"layer.{i:05d}.bias": np.full(4, i, np.float32) for i in range(6000)})
+    opened, read = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        with nncodec.open(data) as f:
+            scanned = time.perf_counter()
+            values = [f.get_array(k)[0] for k in f.keys()]
+            read.append(time.perf_counter() - scanned)
+        opened.append(scanned - start)
+    assert values == list(range(6000))
+    assert min(read) < 4 * min(opened), (opened, read)

@@ -148,3 +148,14 @@ def test_lazy_reading_of_every_member_of_a_large_group_is_linear():
         opened.append(scanned - start)
     assert values == list(range(6000))
     assert min(read) < 4 * min(opened), (opened, read)
+
+
+def test_group_tensors_with_a_fixed_pipeline_is_a_config_error():
+    arrays = {"w": np.ones((80, 80), np.float32), "b": np.arange(5, dtype=np.float32), "c": np.ones(3, np.float32)}
+    fixed = [{"id": "zstd"}]
+    with pytest.raises(ConfigError, match="fixed pipeline"):
+        nncodec.encode_arrays(arrays, pipeline=fixed, group_tensors=True)
+    default = nncodec.encode_arrays(arrays, pipeline=fixed)  # the default: no group with a fixed pipeline
+    assert default == nncodec.encode_arrays(arrays, pipeline=fixed, group_tensors=False)
+    assert nncodec.read_info(default).version == (1, 0)
+    assert [u.type for u in nncodec.read_info(nncodec.encode_arrays(arrays)).units].count("tensor_group") == 1

@@ -159,3 +159,17 @@ def test_group_tensors_with_a_fixed_pipeline_is_a_config_error():
     assert default == nncodec.encode_arrays(arrays, pipeline=fixed, group_tensors=False)
     assert nncodec.read_info(default).version == (1, 0)
     assert [u.type for u in nncodec.read_info(nncodec.encode_arrays(arrays)).units].count("tensor_group") == 1
+
+
+def test_read_info_lists_members_without_decoding_the_group_data():
+    from nncodec.conformance.vectors import default_vectors_dir
+
+    stored = (default_vectors_dir() / "v1.4" / "valid" / "tensor_group_stored.nnc").read_bytes()
+    damaged = (default_vectors_dir() / "v1.4" / "invalid" / "group_data_short.nnc").read_bytes()
+    members = {m["name"]: m for u in nncodec.read_info(stored).units for m in u.members or ()}
+    assert members["blk.bn.running_mean"]["layout"] == "fill" and members["blk.bn.running_mean"]["stored_bytes"] == 4
+    assert members["blk.empty"]["stored_bytes"] == 0 and members["blk.mask"]["stored_bytes"] == 4
+    assert all(m["coded_bytes"] is None for m in members.values())  # coded with the group, not alone
+    assert [m["name"] for u in nncodec.read_info(damaged).units for m in u.members or ()] == list(members)
+    with pytest.raises(CorruptError):  # the data block is checked when it is decoded
+        nncodec.decode_arrays(damaged)

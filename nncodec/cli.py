@@ -151,7 +151,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
                                        rel_step=args.rel_step, step_scales=scales or None,
                                        lossless=args.lossless or (), level=args.level, metadata=meta,
                                        progress=None if not args.quiet else False,
-                                       group_tensors=not args.no_group_tensors)
+                                       group_tensors=False if args.no_group_tensors else None)
     if args.json:
         print(report.to_json())
     elif not args.quiet:

@@ -84,8 +84,8 @@ class StreamWalker:
     yields the refinement units the point needs, a :class:`RefinementHeader` in place of the tensor header.
 
     Tensor groups (FORMAT.md §14): each member is yielded like a tensor unit, with the group's unit header
-    and, as coded bytes, its words in the group's decoded data (``None`` with ``defer_tensors``: the data is
-    not decoded during a scan); :meth:`pipeline_of` gives the member's way from those words to its codes.
+    and, as coded bytes, its words in the group's decoded data (``None`` with ``defer_tensors`` or without
+    ``group_data``: the data is not decoded during a scan or a listing); :meth:`pipeline_of` gives the member's way from those words to its codes.
 
     Delta streams (FORMAT.md §12): ``base_reference(payload, offset)`` parses the base reference unit into
     :attr:`base_reference` (at most one, before any tensor). Without it that critical unit is refused, so a
@@ -95,11 +95,11 @@ class StreamWalker:
     def __init__(self, f: BinaryIO, limits: Limits,
                  on_unit: Callable[[int, UnitHeader], None] | None = None, *, defer_tensors: bool = False,
                  operating_point: int | None = None, refinements: bool = False,
-                 base_reference: Callable[[memoryview, int], Any] | None = None):
+                 base_reference: Callable[[memoryview, int], Any] | None = None, group_data: bool = True):
         self.limits = limits
         self.on_unit = on_unit
         self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
-        self._defer = defer_tensors
+        self._group_data = group_data and not defer_tensors
         self._fills: dict[str, Pipeline] = {}  # group members stored as one repeated word: their "pipeline"
         self.header: StreamHeader | None = None
         self.default_pipeline: Pipeline | None = None
@@ -256,7 +256,7 @@ class StreamWalker:
             self.names.add(th.name)
             self.decoded_bytes += th.numel * th.dtype.itemsize
             self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
-        data = None if self._defer else memoryview(decode_group_data(group, self.limits))
+        data = memoryview(decode_group_data(group, self.limits)) if self._group_data else None
         for m in group.members:
             if m.layout == GROUP_LAYOUT_FILL:
                 self._fills[m.header.name] = member_pipeline(m)
@@ -497,7 +497,9 @@ def decode_arrays(src: Source, *, limits: Limits = DEFAULT_LIMITS,
 
 
 def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
-    """List units and tensor headers without decoding payloads (checksums are still verified)."""
+    """List units and tensor headers without decoding payloads (checksums are still verified); of a tensor
+    group, the directory is decoded and its members listed (``stored_bytes``: their words in the group's
+    data, which is not decoded; ``coded_bytes`` None: they are coded with the group)."""
     f, owned = open_source(src)  # type: ignore[arg-type]
     units: list[UnitInfo] = []
 
@@ -506,7 +508,7 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                               uh.offset, UNIT_HEADER_SIZE + uh.payload_length, uh.critical))
 
     try:
-        walker = StreamWalker(f, limits, on_unit=record, refinements=True)
+        walker = StreamWalker(f, limits, on_unit=record, refinements=True, group_data=False)
         for _, _, th, coded in walker.tensor_units():
             if isinstance(th, RefinementHeader):
                 base = walker.points.headers[th.name]
@@ -519,11 +521,15 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                 continue
             numel = th.numel
             if units[-1].type == UNIT_NAMES[UNIT_TENSOR_GROUP]:
-                units[-1].members = (units[-1].members or []) + [{
+                fill = th.name in walker._fills
+                if units[-1].members is None:
+                    units[-1].members = []
+                units[-1].members.append({  # coded with the group: stored_bytes are its words in the group's data
                     "name": th.name, "dtype": th.dtype.name, "shape": list(th.shape), "scheme": th.quant.scheme_name,
                     "bits": th.quant.bits, "per_channel": th.quant.per_channel, "pipeline": [],
-                    "default_pipeline": False, "coded_bytes": len(coded), "bits_per_param": None,
-                    "layout": "fill" if th.name in walker._fills else "dense"}]
+                    "default_pipeline": False, "coded_bytes": None, "bits_per_param": None,
+                    "stored_bytes": (1 if fill else numel) * th.quant.code_dtype.itemsize,
+                    "layout": "fill" if fill else "dense"})
                 continue
             units[-1].tensor = {
                 "name": th.name, "dtype": th.dtype.name, "shape": list(th.shape),

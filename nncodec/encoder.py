@@ -223,7 +223,8 @@ class Encoder:
       stream that encodes also decodes with the same limits.
     - ``group_tensors``: store small tensors (at most 4096 elements: biases, norms, batch-norm statistics)
       together in one tensor-group unit (format 1.4, FORMAT.md §14) when that makes the stream smaller
-      (default). False: one unit per tensor, as before 1.4 (a stream any 1.0–1.3 decoder reads, and each
+      (None, the default: unless a fixed ``pipeline`` is given; True with one is a :class:`ConfigError`).
+      False: one unit per tensor, as before 1.4 (a stream any 1.0–1.3 decoder reads, and each
       tensor read alone by ``nncodec.open``; grouped tensors are decoded with their group).
 
     Encoding to a file (:meth:`encode` with ``dst``, :meth:`encode_file`) streams tensor by tensor and
@@ -236,7 +237,7 @@ class Encoder:
                  lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
                  progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None,
                  rel_step: float | None = None, step_scales: Mapping[str, float] | None = None,
-                 limits: Limits = DEFAULT_LIMITS, group_tensors: bool = True):
+                 limits: Limits = DEFAULT_LIMITS, group_tensors: bool | None = None):
         if not isinstance(limits, Limits):
             raise ConfigError(f"limits must be an nncodec.Limits, got {type(limits).__name__}")
         if sum(v is not None for v in (bits, step, rel_step)) > 1:
@@ -251,8 +252,11 @@ class Encoder:
             raise ConfigError(f"bits_1d must be an integer 1..16, got {bits_1d!r}")
         if step is not None and not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
             raise ConfigError(f"step must be a positive number, got {step!r}")
-        if not isinstance(group_tensors, bool):
+        if not isinstance(group_tensors, (bool, type(None))):
             raise ConfigError(f"group_tensors must be True or False, got {group_tensors!r}")
+        if group_tensors and pipeline is not None:
+            raise ConfigError("group_tensors does not apply with a fixed pipeline: it codes every tensor in a unit "
+                              "of its own")
         if isinstance(lossless, str):
             lossless = [lossless]
         Zstd(level)  # validates the level
@@ -265,7 +269,7 @@ class Encoder:
         self.level = level
         self.metadata = meta
         self.limits = limits
-        self.group_tensors = group_tensors
+        self.group_tensors = group_tensors is not False and pipeline is None
         self.progress = progress
         self.pipeline = None if pipeline is None else Pipeline(tuple(stage_from_config(c) for c in pipeline))
 
@@ -336,7 +340,7 @@ class Encoder:
                 rms_err: float) -> _Prepared:
         numel = math.prod(shape)
         kept = None
-        if self.group_tensors and self.pipeline is None and numel <= _GROUP_BOUNDS[-1]:
+        if self.group_tensors and numel <= _GROUP_BOUNDS[-1]:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         if self.pipeline is not None:
             pipeline, payload = self.pipeline, self.pipeline.encode(words)

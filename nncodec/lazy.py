@@ -26,7 +26,8 @@ from .bitstream.reader import open_source
 from .bitstream.units import TensorHeader
 from .bitstream.operating_points import RefinementHeader
 from .decoder import StreamWalker, decode_tensor
-from .group import OpenGroup, decode_group_data, member_pipeline, open_group
+from .bitstream.group import GroupMember
+from .group import decode_group_data, member_pipeline, open_group
 from .refine import apply_refinement
 from .errors import ChecksumError, CorruptError, FormatError, LimitExceededError, TruncatedError
 from .limits import DEFAULT_LIMITS, Limits
@@ -67,7 +68,8 @@ class StreamFile:
         self._operating_point = operating_point
         self._shapes: dict[str, tuple[int, ...]] = {}  # tensors a refinement grows: their shape at the point
         self._refinements: dict[str, list[tuple[int, int, int, int, Any]]] = {}  # name -> (index, offset, length, coded start, header)
-        self._group: tuple[int, OpenGroup, memoryview] | None = None  # the last tensor group decoded: offset, directory, data
+        # the last tensor group decoded: its offset, its members by name, its data
+        self._group: tuple[int, dict[str, GroupMember], memoryview] | None = None
         try:
             self._scan()
         except BaseException:
@@ -164,9 +166,10 @@ class StreamFile:
                 head = self._read_at(e.offset, UNIT_HEADER_SIZE, "a unit header")
                 payload = memoryview(self._checked(e.offset, head, e.length, UNIT_HEADER.unpack(head)[4]))
                 group = open_group(payload, e.offset + UNIT_HEADER_SIZE, self.limits)
-                self._group = (e.offset, group, memoryview(decode_group_data(group, self.limits)))
-            _, group, data = self._group
-            member = next((m for m in group.members if m.header.name == e.header.name), None)
+                self._group = (e.offset, {m.header.name: m for m in group.members},
+                               memoryview(decode_group_data(group, self.limits)))
+            _, members, data = self._group
+            member = members.get(e.header.name)
             if member is None or member.header != e.header:
                 raise CorruptError(f"the unit of tensor {e.header.name!r} changed since the stream was opened")
             return decode_tensor(member.header, data[member.start:member.start + member.size],

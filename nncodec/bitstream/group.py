@@ -34,10 +34,6 @@ class GroupMember:
     start: int = 0     #: byte offset of its words in the decoded data
     size: int = 0      #: bytes of its words in the decoded data (numel or 1 code words)
 
-    @property
-    def stored_words(self) -> int:
-        return 1 if self.layout == GROUP_LAYOUT_FILL else self.header.numel
-
 
 @dataclass(frozen=True)
 class GroupUnit:

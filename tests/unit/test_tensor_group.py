@@ -130,3 +130,46 @@ def test_a_group_in_a_scalable_stream_is_corrupt():
         (0x7F, 1, 0, np.array([end + 1, 2], "<u4").tobytes())]
     with pytest.raises(CorruptError, match="delta or scalable"):
         nncodec.decode_arrays(join_units(header, units))
+
+
+def test_lazy_reading_of_every_member_of_a_large_group_is_linear():
+    """Each member is found by name in the decoded group, not by a scan of its directory: reading all of
+    6000 members costs about as much as the open that scanned them (quadratic lookup: over 10x)."""
+    import time
+
+    data = nncodec.encode_arrays({f"layer.{i:05d}.bias": np.full(4, i, np.float32) for i in range(6000)})
+    opened, read = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        with nncodec.open(data) as f:
+            scanned = time.perf_counter()
+            values = [f.get_array(k)[0] for k in f.keys()]
+            read.append(time.perf_counter() - scanned)
+        opened.append(scanned - start)
+    assert values == list(range(6000))
+    assert min(read) < 4 * min(opened), (opened, read)
+
+
+def test_group_tensors_with_a_fixed_pipeline_is_a_config_error():
+    arrays = {"w": np.ones((80, 80), np.float32), "b": np.arange(5, dtype=np.float32), "c": np.ones(3, np.float32)}
+    fixed = [{"id": "zstd"}]
+    with pytest.raises(ConfigError, match="fixed pipeline"):
+        nncodec.encode_arrays(arrays, pipeline=fixed, group_tensors=True)
+    default = nncodec.encode_arrays(arrays, pipeline=fixed)  # the default: no group with a fixed pipeline
+    assert default == nncodec.encode_arrays(arrays, pipeline=fixed, group_tensors=False)
+    assert nncodec.read_info(default).version == (1, 0)
+    assert [u.type for u in nncodec.read_info(nncodec.encode_arrays(arrays)).units].count("tensor_group") == 1
+
+
+def test_read_info_lists_members_without_decoding_the_group_data():
+    from nncodec.conformance.vectors import default_vectors_dir
+
+    stored = (default_vectors_dir() / "v1.4" / "valid" / "tensor_group_stored.nnc").read_bytes()
+    damaged = (default_vectors_dir() / "v1.4" / "invalid" / "group_data_short.nnc").read_bytes()
+    members = {m["name"]: m for u in nncodec.read_info(stored).units for m in u.members or ()}
+    assert members["blk.bn.running_mean"]["layout"] == "fill" and members["blk.bn.running_mean"]["stored_bytes"] == 4
+    assert members["blk.empty"]["stored_bytes"] == 0 and members["blk.mask"]["stored_bytes"] == 4
+    assert all(m["coded_bytes"] is None for m in members.values())  # coded with the group, not alone
+    assert [m["name"] for u in nncodec.read_info(damaged).units for m in u.members or ()] == list(members)
+    with pytest.raises(CorruptError):  # the data block is checked when it is decoded
+        nncodec.decode_arrays(damaged)

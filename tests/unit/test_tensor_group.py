@@ -132,22 +132,27 @@ def test_a_group_in_a_scalable_stream_is_corrupt():
         nncodec.decode_arrays(join_units(header, units))
 
 
-def test_lazy_reading_of_every_member_of_a_large_group_is_linear():
-    """Each member is found by name in the decoded group, not by a scan of its directory: reading all of
-    6000 members costs about as much as the open that scanned them (quadratic lookup: over 10x)."""
-    import time
+def test_lazy_reading_of_every_member_of_a_large_group_decodes_the_group_once(monkeypatch):
+    """Reading all of 6000 members opens and decodes their group once (kept for the other members) and finds
+    each member by name; a count of the work done, not a timing, so a loaded machine cannot flake it."""
+    import nncodec.lazy as lazy
 
+    calls = {"open": 0, "decode": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(lazy, "open_group", counted("open", lazy.open_group))
+    monkeypatch.setattr(lazy, "decode_group_data", counted("decode", lazy.decode_group_data))
     data = nncodec.encode_arrays({f"layer.{i:05d}.bias": np.full(4, i, np.float32) for i in range(6000)})
-    opened, read = [], []
-    for _ in range(2):
-        start = time.perf_counter()
-        with nncodec.open(data) as f:
-            scanned = time.perf_counter()
-            values = [f.get_array(k)[0] for k in f.keys()]
-            read.append(time.perf_counter() - scanned)
-        opened.append(scanned - start)
-    assert values == list(range(6000))
-    assert min(read) < 4 * min(opened), (opened, read)
+    with nncodec.open(data) as f:
+        values = [f.get_array(k)[0] for k in f.keys()]
+        again = f.get_array("layer.00042.bias")
+    assert values == list(range(6000)) and again[0] == 42
+    assert calls == {"open": 1, "decode": 1}
 
 
 def test_group_tensors_with_a_fixed_pipeline_is_a_config_error():

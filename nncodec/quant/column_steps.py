@@ -72,15 +72,23 @@ def check_column_options(source: str | None, power: float | None = None,
     return source, float(power), probes
 
 
+def _floored(importance: np.ndarray) -> np.ndarray | None:
+    """``importance`` (float64, flat) with values below ``FLOOR`` x the median of the positive finite ones, and
+    non-finite ones, set to that floor; None when no importance is positive and finite."""
+    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
+    positive = imp[np.isfinite(imp) & (imp > 0)]
+    if positive.size == 0:
+        return None
+    lowest = FLOOR * float(np.median(positive))
+    return np.where(np.isfinite(imp), np.maximum(imp, lowest), lowest)
+
+
 def column_factors(importance: np.ndarray, power: float = 1.0) -> np.ndarray:
     """Step factors (float64, one per channel) ``∝ importance**(-power/2)``, geometric mean 1, clipped to
     ``[1/CLIP, CLIP]``. All-zero or non-finite importances give factors 1."""
-    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
-    positive = imp[np.isfinite(imp) & (imp > 0)]
-    if power == 0 or positive.size == 0:
-        return np.ones(imp.size)
-    lowest = FLOOR * float(np.median(positive))
-    imp = np.where(np.isfinite(imp), np.maximum(imp, lowest), lowest)
+    imp = _floored(importance)
+    if power == 0 or imp is None:
+        return np.ones(np.asarray(importance).size)
     log_f = -0.5 * power * np.log(imp)
     log_f -= log_f.mean()
     bound = np.log(CLIP)
@@ -151,11 +159,9 @@ def predicted_gain(importance: np.ndarray, factors: np.ndarray) -> float:
     """Bits per element saved at the same output error by steps ``factors`` (geometric mean 1) against one
     step, in the high-rate model: ``-0.5 * log2(mean(w * f**2) / mean(w))`` (importances floored as in
     :func:`column_factors`)."""
-    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
-    positive = imp[np.isfinite(imp) & (imp > 0)]
-    if positive.size == 0:
+    imp = _floored(importance)
+    if imp is None:
         return 0.0
-    imp = np.where(np.isfinite(imp), np.maximum(imp, FLOOR * float(np.median(positive))), 0.0)
     return -0.5 * math.log2(float(np.mean(imp * factors ** 2)) / float(np.mean(imp)))
 
 

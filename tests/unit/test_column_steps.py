@@ -173,3 +173,19 @@ def test_conv_weight_round_trip_with_column_steps_matches_the_report(rounding: s
         steps = header.quant.scale_values().reshape(1, -1, 1)
         assert (np.abs(nncodec.decode(data)["weight"].numpy() - conv.weight.detach().numpy())
                 <= 0.5 * steps * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("source, model", [
+    ("hessian", lambda: torch.nn.Conv1d(64, 64, 3, groups=4)),   # no Hessian for grouped convolutions
+    ("hessian", lambda: torch.nn.Embedding(512, 64)),            # nor for lookup tables
+    ("fisher", lambda: torch.nn.Linear(64, 256)),                # every weight kept lossless
+])
+def test_column_steps_that_apply_to_no_tensor_are_an_error(source: str, model: object) -> None:
+    torch.manual_seed(0)
+    layer = model()
+    batch = torch.randint(0, 512, (8, 16)) if isinstance(layer, torch.nn.Embedding) else \
+        torch.randn(8, 64, 16) if isinstance(layer, torch.nn.Conv1d) else torch.randn(8, 64)
+    lossless = ["weight", "bias"] if isinstance(layer, torch.nn.Linear) else ["bias"]
+    with pytest.raises(ConfigError, match="column_steps.*applies to no quantized tensor"):
+        nncodec.encode(layer, rel_step=0.3, calibration=[batch], rounding="nearest", column_steps=source,
+                       lossless=lossless, topology=False)

@@ -145,7 +145,10 @@ def fisher_importance(model: torch.nn.Module, batches: Iterable[Any], forward: C
                 for n in wanted:
                     g = params[n].grad
                     if g is not None:
-                        g2 = g.detach().to(torch.float64) ** 2
+                        g = g.detach()
+                        if g.is_sparse:  # Embedding(sparse=True): rows the batch did not look up are zero
+                            g = g.coalesce().to_dense()
+                        g2 = g.to(torch.float64) ** 2
                         sums[n] += g2.transpose(0, 1).reshape(g2.shape[1], -1).sum(dim=1)
     finally:
         model.zero_grad(set_to_none=True)

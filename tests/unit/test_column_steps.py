@@ -189,3 +189,15 @@ def test_column_steps_that_apply_to_no_tensor_are_an_error(source: str, model: o
     with pytest.raises(ConfigError, match="column_steps.*applies to no quantized tensor"):
         nncodec.encode(layer, rel_step=0.3, calibration=[batch], rounding="nearest", column_steps=source,
                        lossless=lossless, topology=False)
+
+
+def test_fisher_importance_of_a_sparse_embedding_matches_the_dense_one() -> None:
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(torch.nn.Embedding(256, 32), torch.nn.Linear(32, 8))
+    sparse = torch.nn.Sequential(torch.nn.Embedding(256, 32, sparse=True), torch.nn.Linear(32, 8))
+    sparse.load_state_dict(dense.state_dict())
+    batches = [torch.randint(0, 256, (4, 16))]
+    imp = {name: fisher_importance(m, batches, lambda m, b: m(b), ["0.weight"], probes=2)["0.weight"]
+           for name, m in (("dense", dense), ("sparse", sparse))}
+    assert imp["dense"].shape == (32,) and (imp["dense"] > 0).all()
+    np.testing.assert_allclose(imp["sparse"], imp["dense"], rtol=1e-6)

@@ -102,10 +102,12 @@ def hessian_importance(hessian: torch.Tensor, factor: np.ndarray | None, channel
     """Importance of each of ``channels`` input channels from a layer-input Hessian (``[n, n]``, ``n`` =
     channels x kernel elements): its diagonal, or ``1 / U_jj**2`` when GPTQ's inverse factor ``U`` is
     given; summed over each channel's kernel elements."""
+    diagonal = torch.diagonal(hessian).to(torch.float64).numpy()
     if factor is not None:
-        per_column = 1.0 / np.diag(factor) ** 2
+        # inputs never active (zero diagonal) have their diagonal set to 1 in the factor: they matter not at all
+        per_column = np.where(diagonal == 0, 0.0, 1.0 / np.diag(factor) ** 2)
     else:
-        per_column = torch.diagonal(hessian).to(torch.float64).numpy()
+        per_column = diagonal
     if per_column.size % channels:
         raise ConfigError(f"a Hessian of {per_column.size} columns does not fit {channels} input channels")
     return per_column.reshape(channels, -1).sum(axis=1)

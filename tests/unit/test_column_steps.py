@@ -201,3 +201,18 @@ def test_fisher_importance_of_a_sparse_embedding_matches_the_dense_one() -> None
            for name, m in (("dense", dense), ("sparse", sparse))}
     assert imp["dense"].shape == (32,) and (imp["dense"] > 0).all()
     np.testing.assert_allclose(imp["sparse"], imp["dense"], rtol=1e-6)
+
+
+def test_dead_input_channels_get_the_coarsest_steps_with_gptq() -> None:
+    # small activations (H ~ 1e-4) and 4 inputs never active: GPTQ's factor sets their zero diagonal to 1,
+    # which must not make them look like the most important channels
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 512)
+    x = 0.01 * _outlier_inputs(256, 64, 4)
+    x[:, 60:] = 0.0
+    data = nncodec.encode(layer, rel_step=0.3, calibration=[x], rounding="gptq", column_steps="hessian",
+                          lossless=["bias"], topology=False)
+    (header,) = [h for h, _ in iter_tensors(data) if h.name == "weight"]
+    assert header.quant.per_channel and header.quant.axis == 1
+    steps = header.quant.scale_values()
+    assert steps[60:].min() >= steps[:60].max() * (1 - 1e-6), steps

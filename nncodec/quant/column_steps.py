@@ -17,7 +17,12 @@ Importance sources (``column_steps=`` of :func:`nncodec.encode` with ``calibrati
 - ``"fisher"``: the diagonal Gauss–Newton matrix of the squared output error, ``E[(J^T v)**2]`` for random
   ``v ~ N(0, I)`` in the output (``probes`` backward passes per batch), summed over all axes but 1. It
   covers every float tensor of rank >= 2 with a gradient, embedding tables included; the forward must be
-  differentiable.
+  differentiable. Axis 1 is what the steps follow whatever the layer: the embedding dimension of an
+  ``Embedding`` table, the output channel of a ``ConvTranspose`` weight (``[in, out / groups, ...]``), the
+  channel within its group of a grouped convolution.
+
+With neither source covering any quantized tensor (grouped convolutions or embeddings only for ``"hessian"``,
+every weight lossless), ``column_steps`` is a :class:`ConfigError`.
 
 ``column_power`` tempers the rule (``s_j ∝ w_j**(-power/2)``; default 0.5, which did best on MiniLM,
 where importances from a few calibration batches are noisy; 1 is the theory, 0 switches it off); the

@@ -140,6 +140,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     fisher = rd.fisher(model) if rd.column_steps == "fisher" else {}
     chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int], int]] = {}  # + scale axis
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
+    weighed = 0  # tensors column_steps found importances for (whether or not their steps pay)
     for name, value in tensors.items():
         if isinstance(value, CodedTensor):
             continue
@@ -165,6 +166,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
                 importance = fisher.get(name)
             elif h is not None:
                 importance = hessian_importance(h, factor, x.shape[1])
+            weighed += importance is not None
         steps = None if importance is None else channel_steps(float(grid.scales[0]), importance,
                                                                rd.column_power, x.shape)
         if steps is not None:
@@ -181,6 +183,11 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         else:
             continue
         chosen[name] = (codes, step, x, grid, dtype, (qmin, qmax), axis)
+    if rd.column_steps is not None and not weighed:
+        where = ("Linear / Conv1d / Conv2d weights (groups=1) that the calibration reaches"
+                 if rd.column_steps == "hessian" else "parameters of rank >= 2 the forward's output depends on")
+        raise ConfigError(f"column_steps={rd.column_steps!r} applies to no quantized tensor: it needs {where}, "
+                          "quantized with one step (step / rel_step)")
     if rd.refine_steps:
         start = {n: (c, s, x) for n, (c, s, x, *_rest) in chosen.items() if n in params}
         refined = refine_codes(model, start, rd.calibration or [], rd.run_forward, steps=rd.refine_steps,

@@ -17,7 +17,12 @@ Importance sources (``column_steps=`` of :func:`nncodec.encode` with ``calibrati
 - ``"fisher"``: the diagonal Gauss–Newton matrix of the squared output error, ``E[(J^T v)**2]`` for random
   ``v ~ N(0, I)`` in the output (``probes`` backward passes per batch), summed over all axes but 1. It
   covers every float tensor of rank >= 2 with a gradient, embedding tables included; the forward must be
-  differentiable.
+  differentiable. Axis 1 is what the steps follow whatever the layer: the embedding dimension of an
+  ``Embedding`` table, the output channel of a ``ConvTranspose`` weight (``[in, out / groups, ...]``), the
+  channel within its group of a grouped convolution.
+
+With neither source covering any quantized tensor (grouped convolutions or embeddings only for ``"hessian"``,
+every weight lossless), ``column_steps`` is a :class:`ConfigError`.
 
 ``column_power`` tempers the rule (``s_j ∝ w_j**(-power/2)``; default 0.5, which did best on MiniLM,
 where importances from a few calibration batches are noisy; 1 is the theory, 0 switches it off); the
@@ -72,15 +77,23 @@ def check_column_options(source: str | None, power: float | None = None,
     return source, float(power), probes
 
 
+def _floored(importance: np.ndarray) -> np.ndarray | None:
+    """``importance`` (float64, flat) with values below ``FLOOR`` x the median of the positive finite ones, and
+    non-finite ones, set to that floor; None when no importance is positive and finite."""
+    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
+    positive = imp[np.isfinite(imp) & (imp > 0)]
+    if positive.size == 0:
+        return None
+    lowest = FLOOR * float(np.median(positive))
+    return np.where(np.isfinite(imp), np.maximum(imp, lowest), lowest)
+
+
 def column_factors(importance: np.ndarray, power: float = 1.0) -> np.ndarray:
     """Step factors (float64, one per channel) ``∝ importance**(-power/2)``, geometric mean 1, clipped to
     ``[1/CLIP, CLIP]``. All-zero or non-finite importances give factors 1."""
-    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
-    positive = imp[np.isfinite(imp) & (imp > 0)]
-    if power == 0 or positive.size == 0:
-        return np.ones(imp.size)
-    lowest = FLOOR * float(np.median(positive))
-    imp = np.where(np.isfinite(imp), np.maximum(imp, lowest), lowest)
+    imp = _floored(importance)
+    if power == 0 or imp is None:
+        return np.ones(np.asarray(importance).size)
     log_f = -0.5 * power * np.log(imp)
     log_f -= log_f.mean()
     bound = np.log(CLIP)
@@ -94,10 +107,12 @@ def hessian_importance(hessian: torch.Tensor, factor: np.ndarray | None, channel
     """Importance of each of ``channels`` input channels from a layer-input Hessian (``[n, n]``, ``n`` =
     channels x kernel elements): its diagonal, or ``1 / U_jj**2`` when GPTQ's inverse factor ``U`` is
     given; summed over each channel's kernel elements."""
+    diagonal = torch.diagonal(hessian).to(torch.float64).numpy()
     if factor is not None:
-        per_column = 1.0 / np.diag(factor) ** 2
+        # inputs never active (zero diagonal) have their diagonal set to 1 in the factor: they matter not at all
+        per_column = np.where(diagonal == 0, 0.0, 1.0 / np.diag(factor) ** 2)
     else:
-        per_column = torch.diagonal(hessian).to(torch.float64).numpy()
+        per_column = diagonal
     if per_column.size % channels:
         raise ConfigError(f"a Hessian of {per_column.size} columns does not fit {channels} input channels")
     return per_column.reshape(channels, -1).sum(axis=1)
@@ -137,7 +152,10 @@ def fisher_importance(model: torch.nn.Module, batches: Iterable[Any], forward: C
                 for n in wanted:
                     g = params[n].grad
                     if g is not None:
-                        g2 = g.detach().to(torch.float64) ** 2
+                        g = g.detach()
+                        if g.is_sparse:  # Embedding(sparse=True): rows the batch did not look up are zero
+                            g = g.coalesce().to_dense()
+                        g2 = g.to(torch.float64) ** 2
                         sums[n] += g2.transpose(0, 1).reshape(g2.shape[1], -1).sum(dim=1)
     finally:
         model.zero_grad(set_to_none=True)
@@ -151,11 +169,9 @@ def predicted_gain(importance: np.ndarray, factors: np.ndarray) -> float:
     """Bits per element saved at the same output error by steps ``factors`` (geometric mean 1) against one
     step, in the high-rate model: ``-0.5 * log2(mean(w * f**2) / mean(w))`` (importances floored as in
     :func:`column_factors`)."""
-    imp = np.asarray(importance, dtype=np.float64).reshape(-1)
-    positive = imp[np.isfinite(imp) & (imp > 0)]
-    if positive.size == 0:
+    imp = _floored(importance)
+    if imp is None:
         return 0.0
-    imp = np.where(np.isfinite(imp), np.maximum(imp, FLOOR * float(np.median(positive))), 0.0)
     return -0.5 * math.log2(float(np.mean(imp * factors ** 2)) / float(np.mean(imp)))
 
 

@@ -11,7 +11,7 @@ import torch
 import nncodec
 from nncodec.decoder import iter_tensors
 from nncodec.errors import ConfigError
-from nncodec.quant.column_steps import CLIP, column_factors, fisher_importance
+from nncodec.quant.column_steps import CLIP, FLOOR, column_factors, fisher_importance, predicted_gain
 from nncodec.sensitivity import default_forward
 from tests.unit.test_rate_distortion import _output_error
 
@@ -141,3 +141,78 @@ def test_column_steps_need_calibration_steps_and_gradients() -> None:
     with pytest.raises(ConfigError, match="differentiable"):
         nncodec.encode(layer, rel_step=0.2, calibration=[torch.randn(4, 8)], forward=frozen,
                        rounding="nearest", column_steps="fisher")
+
+
+def test_predicted_gain_floors_non_finite_importances_as_the_factors_do() -> None:
+    # a channel of unknown (NaN / inf) importance gets the floor's (coarsest) step from column_factors; the gain
+    # that decides whether the steps pay must weigh that channel the same way, not drop it
+    imp = np.array([np.nan, np.inf, 1.0, 1.0, 4.0, 9.0, 100.0, 0.0])
+    floored = np.where(np.isfinite(imp), np.maximum(imp, FLOOR * np.median([1.0, 1.0, 4.0, 9.0, 100.0])),
+                       FLOOR * np.median([1.0, 1.0, 4.0, 9.0, 100.0]))
+    f = column_factors(imp, 1.0)
+    np.testing.assert_allclose(f, column_factors(floored, 1.0))
+    assert predicted_gain(imp, f) == pytest.approx(predicted_gain(floored, f))
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "gptq"])
+def test_conv_weight_round_trip_with_column_steps_matches_the_report(rounding: str) -> None:
+    # a Conv1d weight [out, in, k] gets one step per input channel (axis 1); decoding gives the values whose
+    # error the report states
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(64, 256, 3, padding=1)
+    x = torch.randn(16, 64, 32)
+    x[:, :8] *= 8.0
+    data, report = nncodec.encode_with_report(conv, rel_step=0.3, calibration=[x], column_steps="fisher",
+                                              rounding=rounding, lossless=["bias"], topology=False)
+    (header,) = [h for h, _ in iter_tensors(data) if h.name == "weight"]
+    assert header.quant.per_channel and header.quant.axis == 1 and header.quant.scale_values().shape == (64,)
+    error = np.abs(nncodec.decode(data)["weight"].numpy() - conv.weight.detach().numpy()).max()
+    (entry,) = [t for t in report.tensors if t.name == "weight"]
+    assert error == pytest.approx(entry.max_abs_error, rel=1e-5)
+    if rounding == "nearest":  # each weight within half its channel's step
+        steps = header.quant.scale_values().reshape(1, -1, 1)
+        assert (np.abs(nncodec.decode(data)["weight"].numpy() - conv.weight.detach().numpy())
+                <= 0.5 * steps * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("source, model", [
+    ("hessian", lambda: torch.nn.Conv1d(64, 64, 3, groups=4)),   # no Hessian for grouped convolutions
+    ("hessian", lambda: torch.nn.Embedding(512, 64)),            # nor for lookup tables
+    ("fisher", lambda: torch.nn.Linear(64, 256)),                # every weight kept lossless
+])
+def test_column_steps_that_apply_to_no_tensor_are_an_error(source: str, model: object) -> None:
+    torch.manual_seed(0)
+    layer = model()
+    batch = torch.randint(0, 512, (8, 16)) if isinstance(layer, torch.nn.Embedding) else \
+        torch.randn(8, 64, 16) if isinstance(layer, torch.nn.Conv1d) else torch.randn(8, 64)
+    lossless = ["weight", "bias"] if isinstance(layer, torch.nn.Linear) else ["bias"]
+    with pytest.raises(ConfigError, match="column_steps.*applies to no quantized tensor"):
+        nncodec.encode(layer, rel_step=0.3, calibration=[batch], rounding="nearest", column_steps=source,
+                       lossless=lossless, topology=False)
+
+
+def test_fisher_importance_of_a_sparse_embedding_matches_the_dense_one() -> None:
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(torch.nn.Embedding(256, 32), torch.nn.Linear(32, 8))
+    sparse = torch.nn.Sequential(torch.nn.Embedding(256, 32, sparse=True), torch.nn.Linear(32, 8))
+    sparse.load_state_dict(dense.state_dict())
+    batches = [torch.randint(0, 256, (4, 16))]
+    imp = {name: fisher_importance(m, batches, lambda m, b: m(b), ["0.weight"], probes=2)["0.weight"]
+           for name, m in (("dense", dense), ("sparse", sparse))}
+    assert imp["dense"].shape == (32,) and (imp["dense"] > 0).all()
+    np.testing.assert_allclose(imp["sparse"], imp["dense"], rtol=1e-6)
+
+
+def test_dead_input_channels_get_the_coarsest_steps_with_gptq() -> None:
+    # small activations (H ~ 1e-4) and 4 inputs never active: GPTQ's factor sets their zero diagonal to 1,
+    # which must not make them look like the most important channels
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 512)
+    x = 0.01 * _outlier_inputs(256, 64, 4)
+    x[:, 60:] = 0.0
+    data = nncodec.encode(layer, rel_step=0.3, calibration=[x], rounding="gptq", column_steps="hessian",
+                          lossless=["bias"], topology=False)
+    (header,) = [h for h, _ in iter_tensors(data) if h.name == "weight"]
+    assert header.quant.per_channel and header.quant.axis == 1
+    steps = header.quant.scale_values()
+    assert steps[60:].min() >= steps[:60].max() * (1 - 1e-6), steps

@@ -131,6 +131,9 @@ class SearchConfig:
         self._check_accuracy_drop()
         if self.finetune is not None:
             self.finetune = FineTuneConfig.coerce(self.finetune)
+            if self.final_epochs == 0 and not self.finetune.proxy:
+                raise ConfigError("finetune trains the final epochs (and, with proxy=True, the trials'); with "
+                                  "final_epochs=0 and proxy=False it would train nothing: set final_epochs >= 1")
         method_options(self.controller, self.schedule, self.options)
         if self.controller in PLAN_CONTROLLERS or self.schedule != "single":
             shared = [k for k, on in (("block_search", self.block_search), ("storage", self.storage is not None),

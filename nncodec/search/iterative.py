@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Any
 
 import torch
@@ -72,8 +73,14 @@ def iterative_schedule(searcher: Any) -> Outcome:
     if cfg.controller not in ("tpe",):
         raise ConfigError("the iterative schedule chooses its own compression steps; leave the controller at 'tpe'")
     refuse_widths(space, "the iterative schedule")
-    ref_acc = float(opts["reference_accuracy"]) if "reference_accuracy" in opts else task.evaluate(searcher.reference)
-    floor = ref_acc - max_drop
+    if "reference_accuracy" in opts:
+        ref_acc = float(opts["reference_accuracy"])
+    else:  # measured once per search (run_search has measured it already)
+        if searcher.reference_accuracy is None:
+            searcher.reference_accuracy = float(task.evaluate(searcher.reference))
+        ref_acc = searcher.reference_accuracy
+    task_floor = getattr(task, "min_score", None)  # the task's own floor holds here too (the higher one wins)
+    floor = max(ref_acc - max_drop, float(task_floor) if task_floor is not None else -math.inf)
     knobs = knobs_of(space)
 
     def plan_now() -> Any:

@@ -271,6 +271,28 @@ def test_iterative_schedule_stops_at_the_constraint(reference, space, tmp_path):
     assert masks and 0.2 < 1 - float(torch.cat([m.flatten() for m in masks.values()]).mean()) < 0.5
 
 
+def test_iterative_schedule_keeps_the_tasks_floor_and_measures_the_reference_once(reference, space, tmp_path):
+    from nncodec.search.runner import _Searcher
+    from nncodec.search.task import FunctionTask
+
+    on_reference = []
+
+    def evaluate(model):
+        on_reference.append(model is reference)
+        return 0.9
+
+    task = FunctionTask(lambda model, epoch: None, evaluate)
+    task.min_score = 0.95  # above every step's 0.9: no step may be kept
+    cfg = SearchConfig(schedule="iterative", n_trials=4, out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       max_energy_pj=1.0, options={"pipeline": ["quantize", "prune"]})
+    searcher = _Searcher(reference, space, task, cfg, None)
+    searcher.reference_accuracy = 0.9  # as run_search sets it
+    _, rows = searcher.search_plan()
+    assert not any(on_reference)  # the reference's score was not measured a second time
+    assert len(rows) > 1 and not any(r["accepted"] for r in rows[1:])
+    assert searcher.outcome.extra["iterative"]["exhausted"] == ["prune", "quantize"]
+
+
 def test_iterative_schedule_uses_the_measured_cost_and_needs_a_constraint(reference, space, tmp_path):
     calls = []
 

@@ -134,6 +134,11 @@ class SearchConfig:
             if self.final_epochs == 0 and not self.finetune.proxy:
                 raise ConfigError("finetune trains the final epochs (and, with proxy=True, the trials'); with "
                                   "final_epochs=0 and proxy=False it would train nothing: set final_epochs >= 1")
+            if self.finetune.proxy and (self.schedule != "single" or self.controller == "differentiable"
+                                        or self.options.get("codesign")):
+                raise ConfigError(f"finetune proxy=True trains the trials of the Optuna controllers and greedy; "
+                                  f"controller={self.controller!r}, schedule={self.schedule!r} trains its own "
+                                  "steps (leave proxy=False: the final fine-tuning still distils)")
         method_options(self.controller, self.schedule, self.options)
         if self.controller in PLAN_CONTROLLERS or self.schedule != "single":
             shared = [k for k, on in (("block_search", self.block_search), ("storage", self.storage is not None),

@@ -73,6 +73,8 @@ def test_no_trial_within_the_drop_is_reported(reference, tmp_path):
     ({"finetune": {"schedule": "step"}}, "schedule"), ({"finetune": {"epochs": 3}}, "unknown key"),
     ({"finetune": "kd"}, "FineTuneConfig"), ({"finetune": {"lr": -1.0}}, "lr"),
     ({"finetune": {}, "final_epochs": 0}, "train nothing"),
+    ({"finetune": {"proxy": True}, "controller": "differentiable"}, "proxy=True"),
+    ({"finetune": {"proxy": True}, "schedule": "iterative", "max_bits": 1}, "proxy=True"),
 ])
 def test_wrong_selection_and_finetune_settings_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from typing import Any
 
 import torch
@@ -36,6 +35,7 @@ from ..quant.layers import quantize_model
 from .controllers import Outcome, refuse_widths, register_schedule
 from .greedy import knobs_of
 from .surrogate import base_choices
+from .task import combined_floor
 
 __all__ = ["iterative_schedule"]
 
@@ -79,8 +79,7 @@ def iterative_schedule(searcher: Any) -> Outcome:
         if searcher.reference_accuracy is None:
             searcher.reference_accuracy = float(task.evaluate(searcher.reference))
         ref_acc = searcher.reference_accuracy
-    task_floor = getattr(task, "min_score", None)  # the task's own floor holds here too (the higher one wins)
-    floor = max(ref_acc - max_drop, float(task_floor) if task_floor is not None else -math.inf)
+    floor = combined_floor(ref_acc, max_drop, task)  # the task's own floor holds here too (the higher one wins)
     knobs = knobs_of(space)
 
     def plan_now() -> Any:

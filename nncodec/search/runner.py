@@ -49,7 +49,7 @@ from .finetune import Distiller, FineTuneConfig
 from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
-from .task import Task
+from .task import Task, combined_floor
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLLERS", "make_sampler", "chance_level"]
 
@@ -287,15 +287,9 @@ class _Searcher:
     def accuracy_floor(self) -> float | None:
         """The score a trial must reach: the higher of ``reference accuracy - max_accuracy_drop`` and the
         task's own floor (``Task.min_score``, e.g. a fidelity task's ``min_fidelity``); None when neither is set."""
-        floors = []
-        task_floor = getattr(self.task, "min_score", None)
-        if task_floor is not None:
-            floors.append(float(task_floor))
-        if self.cfg.max_accuracy_drop is not None:
-            if self.reference_accuracy is None:
-                self.reference_accuracy = float(self.task.evaluate(self.reference))
-            floors.append(self.reference_accuracy - self.cfg.max_accuracy_drop)
-        return max(floors) if floors else None
+        if self.cfg.max_accuracy_drop is not None and self.reference_accuracy is None:
+            self.reference_accuracy = float(self.task.evaluate(self.reference))
+        return combined_floor(self.reference_accuracy, self.cfg.max_accuracy_drop, self.task)
 
     # -- costs --------------------------------------------------------------------------------
     def _cost(self, model: nn.Module, report: EnergyReport, reference: bool = False) -> float:
@@ -606,12 +600,9 @@ def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc:
     """The summary's ``selection`` entry when a floor is set (``max_accuracy_drop`` and/or the task's
     ``min_score``; warnings appended), else ``{}``."""
     task_floor = getattr(task, "min_score", None)
-    if config.max_accuracy_drop is None and task_floor is None:
+    floor = combined_floor(ref_acc, config.max_accuracy_drop, task)
+    if floor is None:
         return {}
-    floors = [] if task_floor is None else [float(task_floor)]
-    if config.max_accuracy_drop is not None:
-        floors.append(ref_acc - config.max_accuracy_drop)
-    floor = max(floors)
     why = []
     if config.max_accuracy_drop is not None:
         why.append(f"reference {ref_acc:.4f} - max_accuracy_drop {config.max_accuracy_drop}")

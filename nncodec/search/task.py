@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..train import accuracy
 
-__all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor"]
+__all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor", "combined_floor"]
 
 
 class Task:
@@ -221,3 +221,17 @@ class FidelityTask(Task):
             return float((out.argmax(-1) == target.argmax(-1)).float().mean())
         return float(nn.functional.cosine_similarity(out.reshape(len(out), -1), target.reshape(len(target), -1),
                                                      dim=1).mean())
+
+
+def combined_floor(reference_accuracy: float | None, max_drop: float | None, task: Task) -> float | None:
+    """The score a candidate must reach: the higher of ``reference_accuracy - max_drop`` (when ``max_drop`` is
+    set) and the task's own floor (``Task.min_score``, e.g. a fidelity task's ``min_fidelity``); None: no floor."""
+    floors = []
+    task_floor = getattr(task, "min_score", None)
+    if task_floor is not None:
+        floors.append(float(task_floor))
+    if max_drop is not None:
+        if reference_accuracy is None:
+            raise ValueError("combined_floor: max_drop needs the reference's score")
+        floors.append(float(reference_accuracy) - max_drop)
+    return max(floors) if floors else None

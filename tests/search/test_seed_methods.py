@@ -202,6 +202,20 @@ def test_greedy_freezes_a_layer_that_loses_accuracy_and_stops_at_the_cap(referen
     assert len(lowered) == 2 and lowered[-1]["energy_pj"] <= cap
 
 
+def test_greedy_keeps_the_tasks_floor(reference, space, tmp_path):
+    from nncodec.search.runner import _Searcher
+
+    task = _scripted_task()
+    task.min_score = 0.85  # tighter than the drop of 1.0
+    cfg = SearchConfig(controller="greedy", n_trials=20, out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       options={"max_accuracy_drop": 1.0, "knobs": ["kernel"]})
+    searcher = _Searcher(reference, space, task, cfg, None)
+    _, rows = searcher.search_plan()
+    lowered = [r for r in rows if r["step"].startswith("lower")]
+    assert any(not r["accepted"] for r in lowered)
+    assert all(r["accuracy"] >= 0.85 for r in lowered if r["accepted"])
+
+
 # -- proximal pruner and iterative schedule -------------------------------------------------------
 def _fit_with_prox(strength: float):
     from nncodec.prune.proximal import ProximalPruner

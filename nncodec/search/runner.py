@@ -375,8 +375,8 @@ class _Searcher:
                       100 * costing.violation)
             return ((0.0, cost) + ((stored,) if stored is not None else ())) if multi else 0.0
 
-        def report(epoch: int, acc: float) -> None:  # per-epoch scores for hyperband
-            trial.report(self.score(acc, cost, stored), epoch)
+        def report(epoch: int, acc: float) -> None:  # per-epoch scores for hyperband, floored as the final one
+            trial.report(self.floored_score(acc, cost, stored), epoch)
             if trial.should_prune():
                 trial.set_user_attr("accuracy", acc)
                 raise optuna.TrialPruned()
@@ -386,10 +386,17 @@ class _Searcher:
         if multi:
             return (acc, cost) + ((stored,) if stored is not None else ())
         floor = self.accuracy_floor()
-        if floor is not None and acc < floor:  # under every trial that meets the floor, ranked by accuracy
+        if floor is not None and acc < floor:
             trial.set_user_attr("below_floor", True)
-            return acc - floor
-        return self.score(acc, cost, stored)
+        return self.floored_score(acc, cost, stored)
+
+    def floored_score(self, accuracy: float, cost: float, stored_bits: float | None = None) -> float:
+        """A single-objective trial's value: :meth:`score`, or ``accuracy - floor`` (<= 0: under every trial
+        that meets the floor, ranked by accuracy) when the accuracy is under :meth:`accuracy_floor`."""
+        floor = self.accuracy_floor()
+        if floor is not None and accuracy < floor:
+            return accuracy - floor
+        return self.score(accuracy, cost, stored_bits)
 
     def _study(self, name: str, multi: bool) -> Any:
         import optuna

@@ -164,3 +164,23 @@ def test_task_floor_and_max_drop_combine_into_the_higher_floor():
     assert out["floor"] == pytest.approx(0.97) and not out["result_meets_floor"]
     assert "max_accuracy_drop 0.01" in warnings[-1] and "task's floor 0.9500" in warnings[-1]
     assert _selection(searcher, SearchConfig(out_dir="unused"), SimpleNamespace(), 0.98, 0.5, []) == {}
+
+
+def test_hyperband_intermediate_scores_are_floored_like_the_final_one(reference, tmp_path):
+    """Hyperband prunes on the per-epoch values: a trial under the floor must rank under one that meets it
+    there too, not only in its final value."""
+    from types import SimpleNamespace
+
+    from nncodec.search.runner import _Searcher
+
+    cfg = SearchConfig(controller="hyperband", n_trials=1, proxy_epochs=2, max_accuracy_drop=0.01,
+                       out_dir=str(tmp_path), progress=False)
+    searcher = _Searcher(reference, space(reference), _bits_task(), cfg, None)
+    searcher.reference_accuracy = 1.0  # floor 0.99: every candidate is under it
+    reported: list[float] = []
+    trial = SimpleNamespace(number=0, suggest_categorical=lambda name, values: values[0],
+                            set_user_attr=lambda k, v: None, report=lambda value, step: reported.append(value),
+                            should_prune=lambda: False)
+    value = searcher.objective(trial, searcher.space.parameters(), multi=False)
+    assert value < 0 and len(reported) == 2
+    assert all(v < 0 for v in reported)

@@ -184,3 +184,12 @@ def test_hyperband_intermediate_scores_are_floored_like_the_final_one(reference,
     value = searcher.objective(trial, searcher.space.parameters(), multi=False)
     assert value < 0 and len(reported) == 2
     assert all(v < 0 for v in reported)
+
+
+def test_summary_lines_start_the_fine_tuning_at_its_starting_score_and_name_the_floors_source():
+    from nncodec.search.report import final_steps_line, selection_line
+
+    line = final_steps_line({"built": 0.5, "after_prune": 0.4, "fine_tune_epochs": [0.7, 0.8], "decoded": 0.8})
+    assert "fine-tuned 0.4000 -> 0.8000 over 2 epochs" in line  # from the pruned score, not the first epoch's
+    line = selection_line({"max_accuracy_drop": None, "floor": 0.95, "task_floor": 0.95, "result_meets_floor": True})
+    assert "None" not in line and "task floor 0.9500" in line

@@ -160,7 +160,7 @@ class SearchConfig:
                               "co-design train one model (bound its accuracy through their options)")
         if self.controller == "greedy" or self.schedule != "single":  # their own option, same meaning
             own = self.options.get("max_accuracy_drop")
-            if own is not None and float(own) != float(drop):
+            if own is not None and (isinstance(own, bool) or not isinstance(own, (int, float)) or own != drop):
                 raise ConfigError(f"max_accuracy_drop={drop} and options['max_accuracy_drop']={own} disagree: "
                                   "give one of them")
             self.options = {**self.options, "max_accuracy_drop": float(drop)}

@@ -69,6 +69,7 @@ def test_no_trial_within_the_drop_is_reported(reference, tmp_path):
     ({"max_accuracy_drop": float("nan")}, "fraction"),
     ({"max_accuracy_drop": 0.01, "controller": "differentiable"}, "one model"),
     ({"max_accuracy_drop": 0.01, "controller": "greedy", "options": {"max_accuracy_drop": 0.02}}, "disagree"),
+    ({"max_accuracy_drop": 0.01, "controller": "greedy", "options": {"max_accuracy_drop": "much"}}, "disagree"),
     ({"finetune": {"distill": 1.5}}, "distill"), ({"finetune": {"temperature": 0}}, "temperature"),
     ({"finetune": {"schedule": "step"}}, "schedule"), ({"finetune": {"epochs": 3}}, "unknown key"),
     ({"finetune": "kd"}, "FineTuneConfig"), ({"finetune": {"lr": -1.0}}, "lr"),

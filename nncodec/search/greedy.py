@@ -26,6 +26,7 @@ from ..quant.base import get_quantizer
 from ..quant.plan import Plan
 from .controllers import Outcome, refuse_widths, register_controller
 from .surrogate import base_choices
+from .task import combined_floor
 
 __all__ = ["Knob", "knobs_of", "greedy_controller"]
 
@@ -121,7 +122,7 @@ class _Greedy:
         top_plan = self.s.space.plan_from(self.choices())
         top = self.measure(top_plan, "top")
         top["accepted"] = True
-        floor = top["accuracy"] - self.max_drop
+        floor = combined_floor(top["accuracy"], self.max_drop, self.s.task)  # the task's own floor holds too
         for k in self.knobs:  # single-bit models
             row = self.measure(self.s.space.plan_from(self.choices((k, len(k.levels) - 1))), f"single-bit {k.key}")
             k.kept = min(1.0, row["accuracy"] / top["accuracy"]) if top["accuracy"] > 0 else 0.0

@@ -35,6 +35,7 @@ from ..quant.layers import quantize_model
 from .controllers import Outcome, refuse_widths, register_schedule
 from .greedy import knobs_of
 from .surrogate import base_choices
+from .task import combined_floor
 
 __all__ = ["iterative_schedule"]
 
@@ -72,8 +73,13 @@ def iterative_schedule(searcher: Any) -> Outcome:
     if cfg.controller not in ("tpe",):
         raise ConfigError("the iterative schedule chooses its own compression steps; leave the controller at 'tpe'")
     refuse_widths(space, "the iterative schedule")
-    ref_acc = float(opts["reference_accuracy"]) if "reference_accuracy" in opts else task.evaluate(searcher.reference)
-    floor = ref_acc - max_drop
+    if "reference_accuracy" in opts:
+        ref_acc = float(opts["reference_accuracy"])
+    else:  # measured once per search (run_search has measured it already)
+        if searcher.reference_accuracy is None:
+            searcher.reference_accuracy = float(task.evaluate(searcher.reference))
+        ref_acc = searcher.reference_accuracy
+    floor = combined_floor(ref_acc, max_drop, task)  # the task's own floor holds here too (the higher one wins)
     knobs = knobs_of(space)
 
     def plan_now() -> Any:

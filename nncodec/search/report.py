@@ -85,22 +85,35 @@ def format_summary(result: "SearchResult") -> str:
         f"({size_ratio:.1f}x smaller)",
         f"time {result.seconds:.1f} s; widths: {ref_params} filters in the reference's searched layers",
     ]
-    steps = result.final_steps
-    if steps:
-        parts = [f"{k} {steps[k]:.4f}" for k in ("proxy_trial", "built", "after_prune") if k in steps]
-        tuned = steps.get("fine_tune_epochs") or []
-        if tuned:
-            parts.append(f"fine-tuned {tuned[0]:.4f} -> {tuned[-1]:.4f} over {len(tuned)} epochs")
-        if "decoded" in steps:
-            parts.append(f"decoded {steps['decoded']:.4f}")
-        lines.append("final steps: " + ", ".join(parts))
-    sel = result.selection
-    if sel:
-        met = (f"; {sel['trials_meeting_floor']} of {sel['trials']} trials met it" if "trials" in sel else "")
-        lines.append(f"accuracy floor {sel['floor']:.4f} (max drop {sel['max_accuracy_drop']}){met}; result "
-                     f"{'meets' if sel['result_meets_floor'] else 'misses'} it")
+    if result.final_steps:
+        lines.append(final_steps_line(result.final_steps))
+    if result.selection:
+        lines.append(selection_line(result.selection))
     lines += [f"note: {n}" for n in result.notes] + [f"WARNING: {w}" for w in result.warnings]
     return "\n".join(lines)
+
+
+def final_steps_line(steps: dict[str, Any]) -> str:
+    """The summary's line on where the final steps move the score (fine-tuning: from the score it started at)."""
+    parts = [f"{k} {steps[k]:.4f}" for k in ("proxy_trial", "built", "after_prune") if k in steps]
+    tuned = steps.get("fine_tune_epochs") or []
+    if tuned:
+        start = steps.get("after_prune", steps.get("built"))
+        begin = f"{start:.4f} -> " if start is not None else ""
+        parts.append(f"fine-tuned {begin}{tuned[-1]:.4f} over {len(tuned)} epoch{'s' if len(tuned) != 1 else ''}")
+    if "decoded" in steps:
+        parts.append(f"decoded {steps['decoded']:.4f}")
+    return "final steps: " + ", ".join(parts)
+
+
+def selection_line(sel: dict[str, Any]) -> str:
+    """The summary's line on the accuracy floor: its value, where it comes from, and who met it."""
+    why = [f"max drop {sel['max_accuracy_drop']}"] if sel.get("max_accuracy_drop") is not None else []
+    if sel.get("task_floor") is not None:
+        why.append(f"task floor {sel['task_floor']:.4f}")
+    met = (f"; {sel['trials_meeting_floor']} of {sel['trials']} trials met it" if "trials" in sel else "")
+    return (f"accuracy floor {sel['floor']:.4f} ({', '.join(why)}){met}; result "
+            f"{'meets' if sel['result_meets_floor'] else 'misses'} it")
 
 
 def _params(result: "SearchResult", reference: bool) -> int:

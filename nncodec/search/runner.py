@@ -49,7 +49,7 @@ from .finetune import Distiller, FineTuneConfig
 from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
-from .task import Task
+from .task import Task, combined_floor
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLLERS", "make_sampler", "chance_level"]
 
@@ -131,6 +131,14 @@ class SearchConfig:
         self._check_accuracy_drop()
         if self.finetune is not None:
             self.finetune = FineTuneConfig.coerce(self.finetune)
+            if self.final_epochs == 0 and not self.finetune.proxy:
+                raise ConfigError("finetune trains the final epochs (and, with proxy=True, the trials'); with "
+                                  "final_epochs=0 and proxy=False it would train nothing: set final_epochs >= 1")
+            if self.finetune.proxy and (self.schedule != "single" or self.controller == "differentiable"
+                                        or self.options.get("codesign")):
+                raise ConfigError(f"finetune proxy=True trains the trials of the Optuna controllers and greedy; "
+                                  f"controller={self.controller!r}, schedule={self.schedule!r} trains its own "
+                                  "steps (leave proxy=False: the final fine-tuning still distils)")
         method_options(self.controller, self.schedule, self.options)
         if self.controller in PLAN_CONTROLLERS or self.schedule != "single":
             shared = [k for k, on in (("block_search", self.block_search), ("storage", self.storage is not None),
@@ -152,7 +160,7 @@ class SearchConfig:
                               "co-design train one model (bound its accuracy through their options)")
         if self.controller == "greedy" or self.schedule != "single":  # their own option, same meaning
             own = self.options.get("max_accuracy_drop")
-            if own is not None and float(own) != float(drop):
+            if own is not None and (isinstance(own, bool) or not isinstance(own, (int, float)) or own != drop):
                 raise ConfigError(f"max_accuracy_drop={drop} and options['max_accuracy_drop']={own} disagree: "
                                   "give one of them")
             self.options = {**self.options, "max_accuracy_drop": float(drop)}
@@ -279,15 +287,9 @@ class _Searcher:
     def accuracy_floor(self) -> float | None:
         """The score a trial must reach: the higher of ``reference accuracy - max_accuracy_drop`` and the
         task's own floor (``Task.min_score``, e.g. a fidelity task's ``min_fidelity``); None when neither is set."""
-        floors = []
-        task_floor = getattr(self.task, "min_score", None)
-        if task_floor is not None:
-            floors.append(float(task_floor))
-        if self.cfg.max_accuracy_drop is not None:
-            if self.reference_accuracy is None:
-                self.reference_accuracy = float(self.task.evaluate(self.reference))
-            floors.append(self.reference_accuracy - self.cfg.max_accuracy_drop)
-        return max(floors) if floors else None
+        if self.cfg.max_accuracy_drop is not None and self.reference_accuracy is None:
+            self.reference_accuracy = float(self.task.evaluate(self.reference))
+        return combined_floor(self.reference_accuracy, self.cfg.max_accuracy_drop, self.task)
 
     # -- costs --------------------------------------------------------------------------------
     def _cost(self, model: nn.Module, report: EnergyReport, reference: bool = False) -> float:
@@ -373,8 +375,8 @@ class _Searcher:
                       100 * costing.violation)
             return ((0.0, cost) + ((stored,) if stored is not None else ())) if multi else 0.0
 
-        def report(epoch: int, acc: float) -> None:  # per-epoch scores for hyperband
-            trial.report(self.score(acc, cost, stored), epoch)
+        def report(epoch: int, acc: float) -> None:  # per-epoch scores for hyperband, floored as the final one
+            trial.report(self.floored_score(acc, cost, stored), epoch)
             if trial.should_prune():
                 trial.set_user_attr("accuracy", acc)
                 raise optuna.TrialPruned()
@@ -384,10 +386,17 @@ class _Searcher:
         if multi:
             return (acc, cost) + ((stored,) if stored is not None else ())
         floor = self.accuracy_floor()
-        if floor is not None and acc < floor:  # under every trial that meets the floor, ranked by accuracy
+        if floor is not None and acc < floor:
             trial.set_user_attr("below_floor", True)
-            return acc - floor
-        return self.score(acc, cost, stored)
+        return self.floored_score(acc, cost, stored)
+
+    def floored_score(self, accuracy: float, cost: float, stored_bits: float | None = None) -> float:
+        """A single-objective trial's value: :meth:`score`, or ``accuracy - floor`` (<= 0: under every trial
+        that meets the floor, ranked by accuracy) when the accuracy is under :meth:`accuracy_floor`."""
+        floor = self.accuracy_floor()
+        if floor is not None and accuracy < floor:
+            return accuracy - floor
+        return self.score(accuracy, cost, stored_bits)
 
     def _study(self, name: str, multi: bool) -> Any:
         import optuna
@@ -598,12 +607,9 @@ def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc:
     """The summary's ``selection`` entry when a floor is set (``max_accuracy_drop`` and/or the task's
     ``min_score``; warnings appended), else ``{}``."""
     task_floor = getattr(task, "min_score", None)
-    if config.max_accuracy_drop is None and task_floor is None:
+    floor = combined_floor(ref_acc, config.max_accuracy_drop, task)
+    if floor is None:
         return {}
-    floors = [] if task_floor is None else [float(task_floor)]
-    if config.max_accuracy_drop is not None:
-        floors.append(ref_acc - config.max_accuracy_drop)
-    floor = max(floors)
     why = []
     if config.max_accuracy_drop is not None:
         why.append(f"reference {ref_acc:.4f} - max_accuracy_drop {config.max_accuracy_drop}")

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..train import accuracy
 
-__all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor"]
+__all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor", "combined_floor"]
 
 
 class Task:
@@ -105,6 +105,11 @@ class ClassifierTask(Task):
         return accuracy(model, self.x_val, self.y_val)
 
 
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool (True would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def first_tensor(output: Any, inputs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """The model output to compare: a tensor, the first tensor of a tuple, or ``last_hidden_state``."""
     if isinstance(output, torch.Tensor):
@@ -153,11 +158,11 @@ class FidelityTask(Task):
             raise ConfigError(f"fidelity metric must be 'cosine' or 'top1', got {metric!r}")
         if not 0 < proxy_fraction <= 1:
             raise ConfigError("proxy_fraction must be in (0, 1]")
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        if not (_is_number(lr) and lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"fidelity task: lr must be a positive number, got {lr!r}")
-        if not (isinstance(lr_decay, (int, float)) and 0 < lr_decay <= 1):
+        if not (_is_number(lr_decay) and 0 < lr_decay <= 1):
             raise ConfigError(f"fidelity task: lr_decay must be in (0, 1], got {lr_decay!r}")
-        if min_fidelity is not None and not (isinstance(min_fidelity, (int, float)) and
+        if min_fidelity is not None and not (_is_number(min_fidelity) and
                                              (-1 if metric == "cosine" else 0) <= min_fidelity <= 1):
             raise ConfigError(f"fidelity task: min_fidelity must be a {metric} score (at most 1), got {min_fidelity!r}")
         self.lr, self.lr_decay = float(lr), float(lr_decay)
@@ -221,3 +226,17 @@ class FidelityTask(Task):
             return float((out.argmax(-1) == target.argmax(-1)).float().mean())
         return float(nn.functional.cosine_similarity(out.reshape(len(out), -1), target.reshape(len(target), -1),
                                                      dim=1).mean())
+
+
+def combined_floor(reference_accuracy: float | None, max_drop: float | None, task: Task) -> float | None:
+    """The score a candidate must reach: the higher of ``reference_accuracy - max_drop`` (when ``max_drop`` is
+    set) and the task's own floor (``Task.min_score``, e.g. a fidelity task's ``min_fidelity``); None: no floor."""
+    floors = []
+    task_floor = getattr(task, "min_score", None)
+    if task_floor is not None:
+        floors.append(float(task_floor))
+    if max_drop is not None:
+        if reference_accuracy is None:
+            raise ValueError("combined_floor: max_drop needs the reference's score")
+        floors.append(float(reference_accuracy) - max_drop)
+    return max(floors) if floors else None

@@ -69,9 +69,13 @@ def test_no_trial_within_the_drop_is_reported(reference, tmp_path):
     ({"max_accuracy_drop": float("nan")}, "fraction"),
     ({"max_accuracy_drop": 0.01, "controller": "differentiable"}, "one model"),
     ({"max_accuracy_drop": 0.01, "controller": "greedy", "options": {"max_accuracy_drop": 0.02}}, "disagree"),
+    ({"max_accuracy_drop": 0.01, "controller": "greedy", "options": {"max_accuracy_drop": "much"}}, "disagree"),
     ({"finetune": {"distill": 1.5}}, "distill"), ({"finetune": {"temperature": 0}}, "temperature"),
     ({"finetune": {"schedule": "step"}}, "schedule"), ({"finetune": {"epochs": 3}}, "unknown key"),
     ({"finetune": "kd"}, "FineTuneConfig"), ({"finetune": {"lr": -1.0}}, "lr"),
+    ({"finetune": {}, "final_epochs": 0}, "train nothing"),
+    ({"finetune": {"proxy": True}, "controller": "differentiable"}, "proxy=True"),
+    ({"finetune": {"proxy": True}, "schedule": "iterative", "max_bits": 1}, "proxy=True"),
 ])
 def test_wrong_selection_and_finetune_settings_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -161,3 +165,32 @@ def test_task_floor_and_max_drop_combine_into_the_higher_floor():
     assert out["floor"] == pytest.approx(0.97) and not out["result_meets_floor"]
     assert "max_accuracy_drop 0.01" in warnings[-1] and "task's floor 0.9500" in warnings[-1]
     assert _selection(searcher, SearchConfig(out_dir="unused"), SimpleNamespace(), 0.98, 0.5, []) == {}
+
+
+def test_hyperband_intermediate_scores_are_floored_like_the_final_one(reference, tmp_path):
+    """Hyperband prunes on the per-epoch values: a trial under the floor must rank under one that meets it
+    there too, not only in its final value."""
+    from types import SimpleNamespace
+
+    from nncodec.search.runner import _Searcher
+
+    cfg = SearchConfig(controller="hyperband", n_trials=1, proxy_epochs=2, max_accuracy_drop=0.01,
+                       out_dir=str(tmp_path), progress=False)
+    searcher = _Searcher(reference, space(reference), _bits_task(), cfg, None)
+    searcher.reference_accuracy = 1.0  # floor 0.99: every candidate is under it
+    reported: list[float] = []
+    trial = SimpleNamespace(number=0, suggest_categorical=lambda name, values: values[0],
+                            set_user_attr=lambda k, v: None, report=lambda value, step: reported.append(value),
+                            should_prune=lambda: False)
+    value = searcher.objective(trial, searcher.space.parameters(), multi=False)
+    assert value < 0 and len(reported) == 2
+    assert all(v < 0 for v in reported)
+
+
+def test_summary_lines_start_the_fine_tuning_at_its_starting_score_and_name_the_floors_source():
+    from nncodec.search.report import final_steps_line, selection_line
+
+    line = final_steps_line({"built": 0.5, "after_prune": 0.4, "fine_tune_epochs": [0.7, 0.8], "decoded": 0.8})
+    assert "fine-tuned 0.4000 -> 0.8000 over 2 epochs" in line  # from the pruned score, not the first epoch's
+    line = selection_line({"max_accuracy_drop": None, "floor": 0.95, "task_floor": 0.95, "result_meets_floor": True})
+    assert "None" not in line and "task floor 0.9500" in line

@@ -202,6 +202,20 @@ def test_greedy_freezes_a_layer_that_loses_accuracy_and_stops_at_the_cap(referen
     assert len(lowered) == 2 and lowered[-1]["energy_pj"] <= cap
 
 
+def test_greedy_keeps_the_tasks_floor(reference, space, tmp_path):
+    from nncodec.search.runner import _Searcher
+
+    task = _scripted_task()
+    task.min_score = 0.85  # tighter than the drop of 1.0
+    cfg = SearchConfig(controller="greedy", n_trials=20, out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       options={"max_accuracy_drop": 1.0, "knobs": ["kernel"]})
+    searcher = _Searcher(reference, space, task, cfg, None)
+    _, rows = searcher.search_plan()
+    lowered = [r for r in rows if r["step"].startswith("lower")]
+    assert any(not r["accepted"] for r in lowered)
+    assert all(r["accuracy"] >= 0.85 for r in lowered if r["accepted"])
+
+
 # -- proximal pruner and iterative schedule -------------------------------------------------------
 def _fit_with_prox(strength: float):
     from nncodec.prune.proximal import ProximalPruner
@@ -269,6 +283,28 @@ def test_iterative_schedule_stops_at_the_constraint(reference, space, tmp_path):
     assert [r["method"] for r in rows[1:]] == ["quantize", "prune", "quantize"]
     masks = searcher.outcome.masks
     assert masks and 0.2 < 1 - float(torch.cat([m.flatten() for m in masks.values()]).mean()) < 0.5
+
+
+def test_iterative_schedule_keeps_the_tasks_floor_and_measures_the_reference_once(reference, space, tmp_path):
+    from nncodec.search.runner import _Searcher
+    from nncodec.search.task import FunctionTask
+
+    on_reference = []
+
+    def evaluate(model):
+        on_reference.append(model is reference)
+        return 0.9
+
+    task = FunctionTask(lambda model, epoch: None, evaluate)
+    task.min_score = 0.95  # above every step's 0.9: no step may be kept
+    cfg = SearchConfig(schedule="iterative", n_trials=4, out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       max_energy_pj=1.0, options={"pipeline": ["quantize", "prune"]})
+    searcher = _Searcher(reference, space, task, cfg, None)
+    searcher.reference_accuracy = 0.9  # as run_search sets it
+    _, rows = searcher.search_plan()
+    assert not any(on_reference)  # the reference's score was not measured a second time
+    assert len(rows) > 1 and not any(r["accepted"] for r in rows[1:])
+    assert searcher.outcome.extra["iterative"]["exhausted"] == ["prune", "quantize"]
 
 
 def test_iterative_schedule_uses_the_measured_cost_and_needs_a_constraint(reference, space, tmp_path):

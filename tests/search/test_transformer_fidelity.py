@@ -118,7 +118,8 @@ def test_distillation_raises_the_fidelity_of_a_quantized_transformer():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.8 ** 5)  # the decayed rate of the last epoch
 
 
-@pytest.mark.parametrize("kw", [{"lr_decay": 0.0}, {"lr_decay": 1.5}, {"min_fidelity": 1.5}, {"lr": -1.0}])
+@pytest.mark.parametrize("kw", [{"lr_decay": 0.0}, {"lr_decay": 1.5}, {"min_fidelity": 1.5}, {"lr": -1.0},
+                                {"min_fidelity": True}, {"lr_decay": True}])
 def test_fidelity_task_options_are_checked(kw):
     with pytest.raises(ConfigError):
         FidelityTask(_reference(), TOKENS[:120], TOKENS[120:], output_fn=lambda out, inputs: out, **kw)

@@ -202,6 +202,15 @@ class _Prepared:
             self.size = len(self.payload)
 
 
+def _stage_configs(pipeline: Any) -> list[Mapping[str, Any]]:
+    """A fixed pipeline option as a list of stage configs; anything else is a :class:`ConfigError`."""
+    wrong = isinstance(pipeline, (str, bytes, Mapping)) or not isinstance(pipeline, Iterable)
+    configs = [] if wrong else list(pipeline)
+    if wrong or not all(isinstance(c, Mapping) for c in configs):
+        raise ConfigError(f"pipeline must be a list of stage configs such as [{{'id': 'zstd'}}], got {pipeline!r}")
+    return configs
+
+
 class Encoder:
     """Reusable encoder settings.
 
@@ -259,6 +268,13 @@ class Encoder:
                               "of its own")
         if isinstance(lossless, str):
             lossless = [lossless]
+        if not isinstance(lossless, Iterable):
+            raise ConfigError(f"lossless must be a glob pattern or a list of them (str), got {lossless!r}")
+        lossless = tuple(lossless)
+        if not all(isinstance(p, str) for p in lossless):
+            raise ConfigError(f"lossless must be a glob pattern or a list of them (str), got {lossless!r}")
+        if pipeline is not None:
+            pipeline = _stage_configs(pipeline)
         Zstd(level)  # validates the level
         meta = dict(metadata or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):

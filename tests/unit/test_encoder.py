@@ -187,3 +187,16 @@ def test_encoder_api_takes_numpy_arrays_and_refuses_bad_names_and_options():
         nncodec.Encoder().encode({"a": "text"})
     with pytest.raises(ConfigError, match="workers"):
         list(nncodec.iter_tensors(data, workers=0))
+
+
+@pytest.mark.parametrize("kwargs", [{"pipeline": "zstd"}, {"pipeline": {"id": "zstd"}}, {"pipeline": 5},
+                                    {"pipeline": ["zstd"]}, {"lossless": True}, {"lossless": [1]}])
+def test_malformed_pipeline_and_lossless_options_are_config_errors(kwargs):
+    with pytest.raises(ConfigError, match="pipeline must be|lossless must be"):
+        nncodec.encode_arrays({"w": np.ones((8, 8), np.float32)}, **kwargs)
+
+
+def test_lossless_patterns_from_a_generator_are_all_kept():
+    arrays = {"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), "v": np.ones(4, np.float32)}
+    data = nncodec.encode_arrays(arrays, bits=4, lossless=(p for p in ["w"]))
+    assert np.array_equal(nncodec.decode_arrays(data)["w"], arrays["w"])

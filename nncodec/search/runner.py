@@ -158,7 +158,9 @@ class SearchConfig:
         if self.options.get("codesign") or (self.controller == "differentiable" and self.schedule == "single"):
             raise ConfigError("max_accuracy_drop selects among trials; the differentiable controller and the "
                               "co-design train one model (bound its accuracy through their options)")
-        if self.controller == "greedy" or self.schedule != "single":  # their own option, same meaning
+        if self.controller == "greedy" or self.schedule != "single":
+            # their own option: the iterative schedule measures the drop from the reference, greedy from its
+            # "top" model (every knob at its widest candidate, proxy-trained); the pick's floor stays the reference's
             own = self.options.get("max_accuracy_drop")
             if own is not None and (isinstance(own, bool) or not isinstance(own, (int, float)) or own != drop):
                 raise ConfigError(f"max_accuracy_drop={drop} and options['max_accuracy_drop']={own} disagree: "

@@ -419,8 +419,8 @@ _SAMPLE_VALUES = 200_000
 
 @dataclass
 class _Observed:
-    """A module's output on the sample: an even subsample of its values (with its largest |value|) and the
-    99.99th percentile of |value| over its first million values."""
+    """A module's output on the sample: an even subsample of its finite values (with its largest |value|) and
+    the 99.99th percentile of |value| over its first million finite values."""
     values: torch.Tensor
     percentile: float
 
@@ -459,6 +459,7 @@ def _activation_samples(model: nn.Module, names: list[str], sample: Any) -> dict
     for name in names:
         def hook(mod: nn.Module, inputs: tuple, output: Any, name: str = name) -> None:
             out = (output[0] if isinstance(output, tuple) else output).detach().reshape(-1).float()
+            out = out[torch.isfinite(out)]  # masks (-inf before a softmax) say nothing of the range
             kept = out[::max(1, out.numel() // _SAMPLE_VALUES)]
             if out.numel():
                 peaks[name] = _Observed(torch.cat([kept, out[out.abs().argmax()].reshape(1)]),

@@ -2,6 +2,7 @@
 per-group bit widths, per-channel kernel steps, distillation and the search's fidelity floor."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -155,3 +156,20 @@ def test_search_returns_a_plan_meeting_the_floor_when_a_trial_did(tmp_path, floo
         assert result.accuracy == pytest.approx(0.99) and kernels
     else:
         assert result.accuracy == pytest.approx(1.0) and not kernels
+
+
+class _Masked(nn.Module):
+    """An output with -inf entries (an attention mask before its softmax) and finite values up to 3."""
+
+    def forward(self, x):
+        return torch.where(x > 0, torch.full_like(x, -math.inf), x.clamp(min=-3.0))
+
+
+@pytest.mark.parametrize("fit", ["percentile", "max", "mse"])
+def test_activation_ranges_are_fitted_on_finite_values(fit):
+    from nncodec.search.space import _RANGE_FITS, _activation_samples
+
+    model = nn.Sequential(nn.Identity(), _Masked())
+    seen = _activation_samples(model, ["1"], torch.randn(64, 32))
+    assert torch.isfinite(seen["1"].values).all() and math.isfinite(seen["1"].percentile)
+    assert _RANGE_FITS[fit](seen["1"], "quantized_bits({b},{i},1)", 8) <= 2  # |value| <= 3 fits 2 integer bits

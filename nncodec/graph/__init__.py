@@ -4,6 +4,8 @@
 import torch and are imported on use.
 """
 
+from typing import Any
+
 from .schema import (ALLOWED_OPERATORS, GRAPH_FORMAT, GRAPH_VERSION, DanglingReferenceError, GraphError,
                      GraphSpec, GraphTensorMismatchError, UnknownOperatorError, validate)
 
@@ -11,8 +13,7 @@ __all__ = ["ALLOWED_OPERATORS", "GRAPH_FORMAT", "GRAPH_VERSION", "GraphError", "
            "DanglingReferenceError", "GraphTensorMismatchError", "GraphSpec", "validate", "stream_tensor_specs"]
 
 
-def stream_tensor_specs(units: list) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """``{name: (dtype, shape)}`` of the tensors listed by :func:`nncodec.read_info` (tensor units and
-    tensor-group members)."""
-    entries = [t for u in units for t in ([u.tensor] if u.tensor else getattr(u, "members", None) or [])]
-    return {t["name"]: (t["dtype"], tuple(t["shape"])) for t in entries}
+def stream_tensor_specs(info: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (dtype, shape)}`` of the tensors a :func:`nncodec.read_info` result lists (tensor units and
+    tensor-group members, through ``StreamInfo.tensor_entries``)."""
+    return {t["name"]: (t["dtype"], tuple(t["shape"])) for t in info.tensor_entries()}

@@ -297,7 +297,7 @@ def load_graph_model(info: Any, load: Callable[[nn.Module], list[str]],
     from . import stream_tensor_specs
     from .schema import validate
 
-    model = rebuild(validate(info.topology, stream_tensor_specs(info.units)), limits)
+    model = rebuild(validate(info.topology, stream_tensor_specs(info)), limits)
     unexpected = load(model)
     if unexpected:
         log.debug("stream tensors the graph does not read: %s", unexpected[:10])

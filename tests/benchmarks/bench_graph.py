@@ -86,7 +86,7 @@ def main() -> None:
         from nncodec.graph.rebuild import rebuild
 
         res["validate_and_shape_run_s"], _ = timed(
-            lambda: rebuild(validate(info.topology, stream_tensor_specs(info.units))))
+            lambda: rebuild(validate(info.topology, stream_tensor_specs(info))))
 
         # class-free load vs the anchor (class + load_into) vs torch.export.load
         res["load_model_s"], rebuilt = timed(lambda: nncodec.load_model(path))

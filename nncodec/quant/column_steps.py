@@ -122,10 +122,12 @@ def fisher_importance(model: torch.nn.Module, batches: Iterable[Any], forward: C
                       names: Iterable[str], *, probes: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """``{name: importance per index of axis 1}`` of the named parameters (rank >= 2): the diagonal
     Gauss–Newton matrix of the squared output error, estimated with ``probes`` random output directions per
-    batch (``probes`` backward passes), summed over every axis but 1. Costs ``probes`` forward + backward
-    passes per batch; the model's gradients are restored to None afterwards and its mode to what it was."""
+    batch, summed over every axis but 1. Costs one forward and ``probes`` backward passes per batch; the
+    parameters' ``.grad`` are left untouched and the model's mode is restored."""
     params = dict(model.named_parameters())
     wanted = [n for n in names if n in params and params[n].dim() >= 2 and params[n].is_floating_point()]
+    if not wanted:
+        return {}
     sums = {n: torch.zeros(params[n].shape[1], dtype=torch.float64) for n in wanted}
     flags = {n: p.requires_grad for n, p in params.items()}
     gen = torch.Generator().manual_seed(seed)
@@ -136,29 +138,27 @@ def fisher_importance(model: torch.nn.Module, batches: Iterable[Any], forward: C
         for n, p in params.items():
             p.requires_grad_(n in chosen)
         for batch in batches:
-            for _ in range(probes):
-                model.zero_grad(set_to_none=True)
-                with torch.enable_grad():
-                    out = forward(model, batch)
-                    if isinstance(out, (tuple, list)) and out:
-                        out = out[0]
-                    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-                        raise ConfigError(f"forward must return a float tensor, got {type(out).__name__}")
-                    if not out.requires_grad:
-                        raise ConfigError("column_steps='fisher' needs a differentiable forward(model, batch): "
-                                          "its output has no gradient (run without torch.no_grad)")
+            with torch.enable_grad():
+                out = forward(model, batch)
+                if isinstance(out, (tuple, list)) and out:
+                    out = out[0]
+                if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+                    raise ConfigError(f"forward must return a float tensor, got {type(out).__name__}")
+                if not out.requires_grad:
+                    raise ConfigError("column_steps='fisher' needs a differentiable forward(model, batch): "
+                                      "its output has no gradient (run without torch.no_grad)")
+                for k in range(probes):
                     v = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-                    (out * v).sum().backward()
-                for n in wanted:
-                    g = params[n].grad
-                    if g is not None:
-                        g = g.detach()
+                    grads = torch.autograd.grad((out * v).sum(), [params[n] for n in wanted],
+                                                retain_graph=k < probes - 1, allow_unused=True)
+                    for n, g in zip(wanted, grads):
+                        if g is None:
+                            continue
                         if g.is_sparse:  # Embedding(sparse=True): rows the batch did not look up are zero
                             g = g.coalesce().to_dense()
                         g2 = g.to(torch.float64) ** 2
                         sums[n] += g2.transpose(0, 1).reshape(g2.shape[1], -1).sum(dim=1)
     finally:
-        model.zero_grad(set_to_none=True)
         for n, p in params.items():
             p.requires_grad_(flags[n])
         model.train(was_training)

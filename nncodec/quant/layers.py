@@ -28,7 +28,8 @@ from .base import Quantizer, get_quantizer
 from .plan import LayerPlan, Plan
 
 __all__ = ["QConv1d", "QConv2d", "QLinear", "QEmbedding", "QGRU", "QLSTM", "QRNN", "QBatchNorm1d", "QBatchNorm2d",
-           "QActivation", "quantize_model", "quantized_layers", "ACTIVATION_TYPES", "output_quantizer_of"]
+           "QActivation", "quantize_model", "quantized_layers", "ACTIVATION_TYPES", "output_quantizer_of",
+           "fold_batch_norm"]
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,16 @@ def unit_variance(eps: float) -> float:
     raise ConfigError(f"no float32 running variance makes var + eps exactly 1 for eps={eps!r}")
 
 
+def fold_batch_norm(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor | None = None,
+                    var: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch norm's per-channel ``(scale, shift)`` with ``y = x * scale + shift``: ``scale = weight /
+    sqrt(var + eps)``, ``shift = bias - mean * scale``, from its running statistics or the given ones."""
+    mean = bn.running_mean if mean is None else mean
+    var = bn.running_var if var is None else var
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    return scale, bn.bias - mean * scale
+
+
 class _QuantBatchNorm(_QuantParams):
     """A batch norm stored folded: ``y = x * q_k(scale) + q_b(shift)`` with ``scale = weight / sqrt(var + eps)``
     and ``shift = bias - mean * scale`` (per channel; the kernel quantizer codes the scale, the bias quantizer
@@ -210,10 +221,7 @@ class _QuantBatchNorm(_QuantParams):
 
     def folded(self, mean: torch.Tensor | None = None, var: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (scale, shift) before quantizing, from the running statistics or the given ones."""
-        mean = self.running_mean if mean is None else mean  # type: ignore[attr-defined]
-        var = self.running_var if var is None else var  # type: ignore[attr-defined]
-        scale = self.weight * torch.rsqrt(var + self.eps)  # type: ignore[attr-defined]
-        return scale, self.bias - mean * scale  # type: ignore[attr-defined]
+        return fold_batch_norm(self, mean, var)  # type: ignore[arg-type]
 
     def quantized_tensors(self) -> list[tuple[str, Quantizer, torch.Tensor, torch.Tensor | None]]:
         if self.kernel_quantizer is None:

@@ -32,7 +32,7 @@ from ..energy.graph import OP_KINDS
 from ..errors import ConfigError
 from ..prune.graph import example_batch, fnmatch_any, width_groups
 from ..quant.base import get_quantizer
-from ..quant.layers import ACTIVATION_TYPES
+from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm
 from ..quant.plan import LayerPlan, Plan
 
 __all__ = ["SearchSpace", "LayerSpace", "DEFAULT_KERNELS", "DEFAULT_ACTIVATIONS", "DEFAULT_SIGNED_ACTIVATIONS",
@@ -237,14 +237,11 @@ class SearchSpace:
                                      _expand(signed_activations, kind_bits("activation", kind, n), fit(n)),
                                      [1.0]))
         for n in batch_norms:  # folded scale (kernel) and shift (bias) of batch norms, for the bitstream
-            bn = modules[n]
             with torch.no_grad():
-                scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-                shift = bn.bias - bn.running_mean * scale
-            group = _group_of(n, share)
-            layers.append(LayerSpace(n, "norm", group,
-                                     _expand(norms, bits["kernel"]["norm"], _int_bits(float(scale.abs().max()))),
-                                     _expand(norms, bits["bias"]["norm"], _int_bits(float(shift.abs().max()))),
+                scale, shift = fold_batch_norm(modules[n])
+            layers.append(LayerSpace(n, "norm", _group_of(n, share),
+                                     _expand(norms, kind_bits("kernel", "norm", n), _int_bits(float(scale.abs().max()))),
+                                     _expand(norms, kind_bits("bias", "norm", n), _int_bits(float(shift.abs().max()))),
                                      None, [], [1.0]))
         known_keys = set(DEFAULT_BITS["kernel"]) | set(DEFAULT_BITS["activation"]) | {lay.group for lay in layers}
         for role, by_key in user_bits.items():

@@ -181,3 +181,13 @@ def test_default_norm_quantizers_follow_the_statistics_of_the_quantized_layer_be
         for q, value in ((bn.kernel_quantizer, scale), (bn.bias_quantizer, shift)):
             err = (q(value) - value).abs().max() / value.abs().max()
             assert err <= 1 / 127 + 1e-6, (factor, float(err))
+
+
+def test_batch_norm_bits_follow_their_share_group_key():
+    model = _trained_bn_net()
+    space = SearchSpace.from_model(model, (1, 8, 8), torch.randn(16, 1, 8, 8), widths=(1.0,), share={"1": "bn"},
+                                   bits={"kernel": {"bn": (3,)}, "bias": {"bn": (5,)}})
+    (norm,) = [layer for layer in space.layers if layer.kind == "norm"]
+    assert norm.group == "bn"
+    assert norm.kernel and all("(3," in k for k in norm.kernel), norm.kernel
+    assert norm.bias and all("(5," in b for b in norm.bias), norm.bias

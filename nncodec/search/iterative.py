@@ -95,7 +95,7 @@ def iterative_schedule(searcher: Any) -> Outcome:
 
     def measure(label: str, method: str | None) -> dict[str, Any]:
         costing = searcher.measure(model, plan_now())
-        measured = float(searcher.cost_fn(model)) if searcher.cost_fn is not None else None
+        measured = costing.cost if searcher.cost_fn is not None else None  # the cost function's value (measured once)
         violation = costing.violation
         if max_cost is not None and measured is not None and measured > max_cost:
             violation += measured / max_cost - 1.0

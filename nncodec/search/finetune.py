@@ -14,6 +14,7 @@ training inputs at hand); a :class:`FidelityTask` distils already.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -91,9 +92,15 @@ class Distiller:
         if not isinstance(task, ClassifierTask):
             raise ConfigError(f"finetune (distillation, lr schedule) trains on a ClassifierTask's labelled data; got a "
                               f"{type(task).__name__} (a FidelityTask distils already; a FunctionTask trains itself)")
-        self.task, self.cfg = task, config
+        self.task, self.cfg, self.reference = task, config, reference
         self.lr = config.lr if config.lr is not None else task.lr
-        self.teacher_logits = self._logits(reference) if config.distill > 0 else None
+
+    @functools.cached_property
+    def teacher_logits(self) -> torch.Tensor | None:
+        """The reference's logits on the whole training set (None without distillation), computed on the first
+        training that uses them: a search whose distiller never trains (e.g. a trial worker without
+        ``proxy=True``) pays nothing."""
+        return self._logits(self.reference) if self.cfg.distill > 0 else None
 
     @torch.no_grad()
     def _logits(self, reference: nn.Module) -> torch.Tensor:
@@ -121,9 +128,8 @@ class Distiller:
             model.train()
             for start in range(0, len(order), task.batch_size):
                 if cfg.schedule == "cosine":
-                    floor = cfg.min_lr_ratio
+                    floor, progress = cfg.min_lr_ratio, step / max(1, total - 1)  # the last step runs at the floor
                     for g in opt.param_groups:
-                        progress = step / max(1, total - 1)  # the last step runs at the floor
                         g["lr"] = self.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
                 b = order[start:start + task.batch_size]
                 teacher = self.teacher_logits[b] if self.teacher_logits is not None else None

@@ -398,7 +398,7 @@ def _json_fields(text: str | None, flag: str = "--size-score", what: str = "scor
 
 def _cmd_search(args: argparse.Namespace) -> int:
     _needs_model(args, "input_shape", "weights", "data")
-    _trials(args)  # a wrong budget fails before the data is read and the reference trained
+    trials = _trials(args)  # a wrong budget fails before the data is read and the reference trained
     if not args.model:
         if args.schedule != "single" or args.option or args.codesign or args.size_score is not None or \
                 args.max_drop is not None or args.finetune is not None:
@@ -414,7 +414,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from .search.report import format_layer_table, format_summary
 
     # a wrong setting fails before the data is read and the reference trained
-    config = SearchConfig(controller=args.controller, n_trials=_trials(args), timeout_s=args.timeout,
+    config = SearchConfig(controller=args.controller, n_trials=trials, timeout_s=args.timeout,
                           proxy_epochs=args.proxy_epochs,
                           final_epochs=args.final_epochs, cost=args.cost, max_energy_pj=args.max_energy_pj,
                           max_bits=args.max_bits, max_params=args.max_params, block_search=args.block_search,

@@ -20,7 +20,6 @@ __all__ = ["GroupMember", "GroupUnit", "parse_directory", "directory_bytes"]
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
-_DIM = struct.Struct("<Q")
 _MAX_SHARED = 255  #: a name shares at most this many leading bytes with the previous one
 
 
@@ -136,8 +135,7 @@ def directory_bytes(members: "list[tuple[TensorHeader, int]]") -> bytes:
         while shared < limit and name[shared] == previous[shared]:
             shared += 1
         out += bytes([shared]) + _U16.pack(len(name) - shared) + name[shared:]
-        out += struct.pack("<BB", header.dtype.id, len(header.shape)) + b"".join(_DIM.pack(d) for d in header.shape)
-        out += header.quant.to_bytes() + bytes([layout])
+        out += header.fields_bytes() + bytes([layout])
         previous = name
     return bytes(out)
 

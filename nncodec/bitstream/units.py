@@ -203,11 +203,15 @@ class TensorHeader:
             n *= d
         return n
 
+    def fields_bytes(self) -> bytes:
+        """dtype id, rank, dimensions and quantization descriptor: the fields a tensor unit's header and a
+        tensor-group member share (read back by :func:`parse_tensor_fields`)."""
+        return (struct.pack("<BB", self.dtype.id, len(self.shape)) + b"".join(_DIM.pack(d) for d in self.shape)
+                + self.quant.to_bytes())
+
     def to_bytes(self) -> bytes:
         name = self.name.encode("utf-8")
-        out = struct.pack("<H", len(name)) + name + struct.pack("<BB", self.dtype.id, len(self.shape))
-        out += b"".join(_DIM.pack(d) for d in self.shape)
-        out += self.quant.to_bytes()
+        out = struct.pack("<H", len(name)) + name + self.fields_bytes()
         out += bytes([PIPELINE_DEFAULT]) if self.pipeline is None else stage_entries_bytes(self.pipeline)
         return out
 

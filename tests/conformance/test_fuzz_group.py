@@ -85,10 +85,6 @@ def hostile_group_streams(draw) -> bytes:
         kw["data_pipeline"] = b"\xff"
     payload = group_payload(count, directory_coded, data, directory_length=len(directory) if dir_len is None
                             else dir_len, **kw)
-    if directory_coded is not directory:  # group_payload sized the coded directory by the raw one's length
-        head = struct.pack("<II", count, len(directory) if dir_len is None else dir_len)
-        payload = head + kw["directory_pipeline"] + struct.pack("<I", len(directory_coded)) + directory_coded \
-            + kw.get("data_pipeline", b"\x00") + data
     if not draw(st.integers(0, 7)):
         payload = payload[:len(payload) - draw(st.integers(1, len(payload)))]
     place = draw(st.sampled_from(["alone"] * 4 + ["with_tensor"] * 3 + ["scalable"]))

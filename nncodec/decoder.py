@@ -20,6 +20,7 @@ from .bitstream.constants import (GROUP_LAYOUT_FILL, SCHEME_NONE, UNIT_BASE_REFE
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TENSOR_GROUP,
                                   UNIT_TOPOLOGY)
 from .bitstream.descriptor import dequantize_into
+from .bitstream.group import GroupMember
 from .bitstream.operating_points import OperatingPoint, PointTracker, RefinementHeader
 from .coding.pipeline import Pipeline
 from .bitstream.reader import CodedStream, DeferredPayload, StreamedPayload, UnitReader, open_source
@@ -100,7 +101,7 @@ class StreamWalker:
         self.on_unit = on_unit
         self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
         self._group_data = group_data and not defer_tensors
-        self._fills: dict[str, Pipeline] = {}  # group members stored as one repeated word: their "pipeline"
+        self.members: dict[str, GroupMember] = {}  #: tensor-group members read so far, by name
         self.header: StreamHeader | None = None
         self.default_pipeline: Pipeline | None = None
         self.topology: dict[str, Any] | None = None
@@ -258,8 +259,7 @@ class StreamWalker:
             self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
         data = memoryview(decode_group_data(group, self.limits)) if self._group_data else None
         for m in group.members:
-            if m.layout == GROUP_LAYOUT_FILL:
-                self._fills[m.header.name] = member_pipeline(m)
+            self.members[m.header.name] = m
             yield index, uh, m.header, (data[m.start:m.start + m.size] if data is not None else None)
 
     @property
@@ -270,8 +270,9 @@ class StreamWalker:
     def pipeline_of(self, th: "TensorHeader | RefinementHeader") -> Pipeline:
         """The stages of ``th``: its own entries resolved through the stage registry, or the default; for a
         tensor group member, how its words in the group's data become its codes."""
-        if th.name in self._fills:
-            return self._fills[th.name]
+        member = self.members.get(th.name)
+        if member is not None and member.layout == GROUP_LAYOUT_FILL:  # one repeated word: its "pipeline"
+            return member_pipeline(member)
         if th.pipeline is None:
             return self.default_pipeline  # type: ignore[return-value]
         if th.pipeline not in self._pipelines:
@@ -521,15 +522,15 @@ def read_info(src: Source, *, limits: Limits = DEFAULT_LIMITS) -> StreamInfo:
                 continue
             numel = th.numel
             if units[-1].type == UNIT_NAMES[UNIT_TENSOR_GROUP]:
-                fill = th.name in walker._fills
+                member = walker.members[th.name]
                 if units[-1].members is None:
                     units[-1].members = []
                 units[-1].members.append({  # coded with the group: stored_bytes are its words in the group's data
                     "name": th.name, "dtype": th.dtype.name, "shape": list(th.shape), "scheme": th.quant.scheme_name,
                     "bits": th.quant.bits, "per_channel": th.quant.per_channel, "pipeline": [],
                     "default_pipeline": False, "coded_bytes": None, "bits_per_param": None,
-                    "stored_bytes": (1 if fill else numel) * th.quant.code_dtype.itemsize,
-                    "layout": "fill" if fill else "dense"})
+                    "stored_bytes": member.size,
+                    "layout": "fill" if member.layout == GROUP_LAYOUT_FILL else "dense"})
                 continue
             units[-1].tensor = {
                 "name": th.name, "dtype": th.dtype.name, "shape": list(th.shape),

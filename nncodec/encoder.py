@@ -353,15 +353,21 @@ class Encoder:
 
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor,
                 words: "np.ndarray | HandedWords", word_size: int, bits: int, signed: bool, max_err: float,
-                rms_err: float) -> _Prepared:
+                rms_err: float, lead: Stage | None = None) -> _Prepared:
         numel = math.prod(shape)
         kept = None
-        if self.group_tensors and numel <= _GROUP_BOUNDS[-1]:
+        if lead is not None:  # a stage the codes need first; the pipeline is chosen for its output, no group
+            taken = words.take() if isinstance(words, HandedWords) else words
+            words = HandedWords(np.frombuffer(lead.encode(memoryview(taken)), dtype=np.uint8))
+            del taken
+        elif self.group_tensors and numel <= _GROUP_BOUNDS[-1]:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         if self.pipeline is not None:
             pipeline, payload = self.pipeline, self.pipeline.encode(words)
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
+        if lead is not None:
+            pipeline = Pipeline((lead, *pipeline.stages))
         header = TensorHeader(name, dtype, shape, desc, pipeline.entries())
         unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + len(payload)
         report = TensorReport(name, dtype.name, list(shape), desc.scheme_name,
@@ -425,12 +431,13 @@ class Encoder:
             value = _as_encodable(name, tensors[name])
             nbytes = _array_of(value).nbytes
             dtype, shape, desc, words, *rest = self.code_words(name, value)
+            lead = value.lead if isinstance(value, CodedTensor) else None
             # the input and its code words are let go as soon as the first stage has coded them: with a
             # mapping that loads tensors on access, the entropy stage runs without the tensor resident
             del value
             handed = HandedWords(words)
             del words
-            yield self._finish(name, dtype, shape, desc, handed, *rest)
+            yield self._finish(name, dtype, shape, desc, handed, *rest, lead=lead)
             if bar is not None:
                 bar.update(nbytes)
         if bar is not None:
@@ -441,6 +448,7 @@ class Encoder:
         default = layout.default
         # the oldest version that holds the stream
         minor = FORMAT_MINOR_TENSOR_GROUP if layout.group else FORMAT_MINOR_ALIASES if plan.aliases else FORMAT_MINOR
+        minor = max(minor, layout.stage_minor)
         chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor),
                   frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(plan.names), self.metadata,
                                                               version=(FORMAT_MAJOR, minor)).to_bytes())]
@@ -459,7 +467,8 @@ class Encoder:
         """Which small tensors go into the tensor-group unit: the member set (tensors up to one of
         ``_GROUP_BOUNDS`` elements) that makes the stream smallest, or none."""
         default = _default_pipeline([p.pipeline for p in coded])
-        best = _Layout(None, frozenset(), default)
+        stage_minor = max((st.since_minor for p in coded for st in p.pipeline.stages), default=FORMAT_MINOR)
+        best = _Layout(None, frozenset(), default, stage_minor)
         best_cost = _units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
@@ -475,7 +484,7 @@ class Encoder:
             rest_default = _default_pipeline([p.pipeline for p in rest])
             cost = UNIT_HEADER_SIZE + len(payload) + _units_cost(rest, rest_default)
             if cost < best_cost:
-                best = _Layout(payload, frozenset(p.header.name for p in members), rest_default)
+                best = _Layout(payload, frozenset(p.header.name for p in members), rest_default, stage_minor)
                 best_cost = cost
         if best.group is not None:
             _member_reports([p for p in coded if p.header.name in best.members], UNIT_HEADER_SIZE + len(best.group))
@@ -584,6 +593,7 @@ class _Layout:
     group: bytes | None
     members: frozenset[str]
     default: Pipeline | None
+    stage_minor: int = 0  #: the newest format minor version a used stage needs
 
 
 def _units_cost(coded: "list[_Prepared]", default: Pipeline | None) -> int:

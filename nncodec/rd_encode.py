@@ -5,6 +5,9 @@ For each tensor the :class:`~nncodec.encoder.Encoder` would quantize, the plain 
 
 - ``rounding="gptq"`` (with calibration batches): Linear / Conv1d / Conv2d weights are rounded by
   second-order error feedback on the Hessian of their inputs (:mod:`nncodec.quant.gptq`);
+- ``rounding="dependent"``: dependent (trellis-coded) quantization, format 1.5: two quantizers of half the
+  grid's step chosen by a state machine, codes found by a Viterbi search (:mod:`nncodec.quant.dependent`);
+  these codes reach the encoder with the state machine's stage at the head of their pipeline;
 - ``rate_lambda > 0``: every quantized tensor takes codes minimizing distortion + λ·rate under the
   order-0 model of the rANS stage (:mod:`nncodec.quant.rate_aware`), inside GPTQ's rounding too;
 - ``column_steps`` (``"hessian"`` / ``"fisher"``, with calibration batches): a tensor quantized with one step
@@ -31,6 +34,7 @@ from .dtypes import DType
 from .bitstream.descriptor import CodedTensor, bfloat16_bits_to_float32
 from .encoder import Encoder
 from .errors import ConfigError
+from .quant.dependent import dependent_coded
 from .quant.column_steps import channel_steps, check_column_options, fisher_importance, hessian_importance
 from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
 from .quant.refine_codes import check_refine, refine_codes
@@ -40,13 +44,13 @@ __all__ = ["ROUNDINGS", "RDOptions", "rd_tensors", "Forward"]
 
 log = logging.getLogger(__name__)
 
-ROUNDINGS = ("nearest", "gptq")
+ROUNDINGS = ("nearest", "gptq", "dependent")
 Forward = Callable[[torch.nn.Module, Any], Any]
 
 
 class RDOptions:
     """The rate–distortion options of a torch encode: ``calibration`` batches, ``forward(model, batch)``,
-    ``rounding`` (``"nearest"`` or ``"gptq"``; default ``"gptq"`` when calibration is given), ``rate_lambda``
+    ``rounding`` (``"nearest"``, ``"gptq"`` or ``"dependent"``; default ``"gptq"`` when calibration is given), ``rate_lambda``
     (λ >= 0, in squared steps per bit), ``damp`` (GPTQ's Hessian damping, a fraction of its mean diagonal),
     ``refine_steps`` (end-to-end refinement passes, 0 = none; needs calibration), ``refine_lr`` (its
     step size, in grid steps), ``column_steps`` (None, ``"hessian"`` or ``"fisher"``: per-input-channel steps,
@@ -75,6 +79,8 @@ class RDOptions:
             raise ConfigError(f"damp must be in [0, 10), got {damp!r}")
         self.damp = float(damp)
         self.refine_steps, self.refine_lr = check_refine(refine_steps, refine_lr)
+        if self.refine_steps and rounding == "dependent":
+            raise ConfigError("refine_steps does not apply to rounding='dependent' (refined codes leave the trellis)")
         if self.refine_steps and self.calibration is None:
             raise ConfigError("refine_steps needs calibration= batches")
         self.column_steps, self.column_power, self.fisher_probes = check_column_options(
@@ -133,6 +139,8 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     """
     from .quant.gptq import collect_hessians, gptq_codes, inverse_factor
 
+    if rd.rounding == "dependent" and encoder.bits is not None:
+        raise ConfigError("rounding='dependent' applies to step / rel_step quantization, not bits=")
     if rd.column_steps is not None and encoder.bits is not None:
         raise ConfigError("column_steps applies to step / rel_step quantization, not bits= (its steps are per row)")
     if (rd.rounding == "gptq" or rd.column_steps == "hessian") and hessians is None:
@@ -140,6 +148,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     fisher = rd.fisher(model) if rd.column_steps == "fisher" else {}
     chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int], int]] = {}  # + scale axis
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
+    dependent: dict[str, tuple[CodedTensor, tuple[float, float]]] = {}
     weighed = 0  # tensors column_steps found importances for (whether or not their steps pay)
     for name, value in tensors.items():
         if isinstance(value, CodedTensor):
@@ -172,6 +181,9 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         if steps is not None:
             grid = UniformCodes(grid.codes, steps.reshape(-1), grid.bits, per_channel=True)
             step, axis = steps.astype(np.float64), 1
+        if rd.rounding == "dependent":
+            dependent[name] = dependent_coded(x, step, grid, dtype, axis, rd.rate_lambda)
+            continue
         if factor is not None:
             rate = CodeRate(ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)) if rd.rate_lambda else None
             codes = gptq_codes(x, None, step if axis else step.reshape(-1), qmin=qmin, qmax=qmax,
@@ -197,6 +209,8 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
             chosen[n] = (np.clip(codes, qmin, qmax), s, x, grid, dtype, (qmin, qmax), axis)
     out: dict[str, Any] = dict(tensors)
     errors: dict[str, tuple[float, float]] = {}
+    for name, (coded, error) in dependent.items():
+        out[name], errors[name] = coded, error
     for name, (codes, step, x, grid, dtype, _, axis) in chosen.items():
         out[name] = coded_from(grid, codes, dtype, fit_peak=bool(axis), axis=axis)
         diff = np.abs(codes * step - x)

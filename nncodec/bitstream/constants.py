@@ -18,6 +18,8 @@ FORMAT_MINOR_OPERATING_POINTS = 2
 FORMAT_MINOR_GRID_DELTA = 3
 #: the minor version that added the tensor-group unit (0x12); written only for streams that hold one
 FORMAT_MINOR_TENSOR_GROUP = 4
+#: the minor version that added the dependent-quantization stage (stage id 7); written only for streams that use it
+FORMAT_MINOR_DEPENDENT = 5
 
 #: file header: magic (8) | major u16 | minor u16
 FILE_HEADER = struct.Struct("<8sHH")
@@ -102,6 +104,7 @@ STAGE_SHUFFLE = 3
 STAGE_ZSTD = 4
 STAGE_ANS = 5  # experimental
 STAGE_RANS = 6
+STAGE_DEPENDENT = 7  #: format 1.5: dependent (trellis-coded) quantization, FORMAT.md §15
 
 #: tensor-group unit (FORMAT.md §14) fixed head: member_count u32 | directory_length u32
 GROUP_HEAD = struct.Struct("<II")

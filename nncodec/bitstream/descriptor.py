@@ -15,6 +15,7 @@ The product is computed in float32 and rounded once to the tensor dtype (round t
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -147,12 +148,14 @@ class CodedTensor:
     """A tensor that arrives already quantized: its codes and the descriptor that maps them to values.
 
     ``codes`` has the tensor's shape and the descriptor's code dtype; ``dtype`` is the tensor's (float)
-    dtype after decoding. The encoder stores the codes as they are (lossless from here on).
+    dtype after decoding. The encoder stores the codes as they are (lossless from here on). ``lead``: a stage
+    every pipeline of the tensor starts with (dependent quantization's state machine, FORMAT.md §15), or None.
     """
 
     codes: np.ndarray
     quant: QuantDescriptor
     dtype: DType
+    lead: Any = None
 
 
 def float32_to_bfloat16_bits(x: np.ndarray) -> np.ndarray:

@@ -70,6 +70,8 @@ class Stage(abc.ABC):
     entropy: ClassVar[bool] = False
     word_sizes: ClassVar[tuple[int, ...]] = ()
     preference: ClassVar[int] = 0
+    #: the format minor version that added the stage (a stream using it declares at least that version)
+    since_minor: ClassVar[int] = 0
 
     @classmethod
     def available(cls) -> bool:

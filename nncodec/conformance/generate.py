@@ -29,7 +29,7 @@ from ..dtypes import dtype_by_name
 from ..bitstream.descriptor import CodedTensor
 from ..encoder import Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
-from . import delta_vectors, group_vectors
+from . import delta_vectors, dependent_vectors, group_vectors
 from .forge import join_units, split_units, unit_bytes
 from .graph_vectors import GRAPH_VECTORS, require_graph
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
@@ -755,6 +755,11 @@ POINT_OF = {**{f"scalable_3_points_at_{k}": k for k in range(3)}, **{f"scalable_
 VALID.update(group_vectors.VALID)
 INVALID.update(group_vectors.INVALID)
 _VERSION_OF.update({name: "1.4" for name in (*group_vectors.VALID, *group_vectors.INVALID)})
+
+# -- format 1.5: the dependent-quantization stage (FORMAT.md §15); these vectors go to v1.5/
+VALID.update(dependent_vectors.VALID)
+INVALID.update(dependent_vectors.INVALID)
+_VERSION_OF.update({name: "1.5" for name in (*dependent_vectors.VALID, *dependent_vectors.INVALID)})
 
 
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:

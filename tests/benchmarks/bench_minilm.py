@@ -177,9 +177,29 @@ def column_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, 
     return out
 
 
+#: dependent-quantization rows (format 1.5): (rel_step, column_steps or None); the step is the plain grid's,
+#: the two quantizers' union has half of it
+DEPENDENT = [(0.20, "fisher"), (0.22, "fisher"), (0.34, "fisher"), (0.37, "fisher"), (0.20, None), (0.34, None)]
+
+
+def dependent_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
+    """The dependent-quantization rows: calibrated per-tensor steps, with or without Fisher column steps."""
+    out = []
+    for r, source in DEPENDENT:
+        opts: dict = {"rel_step": r, "step_scales": scales, "rounding": "dependent"}
+        if source is not None:
+            opts.update(calibration=[CALIBRATION], forward=fid.embed_grad, column_steps=source, column_power=0.5,
+                        topology=False)
+        out.append((f"nncodec rel_step {r}, calibrated, dependent quantization"
+                    + (f", column steps {source} power 0.5" if source else ""), opts))
+    return out
+
+
 def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str = "all") -> list[dict]:
     scales, calibration_s = fid.step_scales()
     print(json.dumps({"calibration_s": calibration_s}), flush=True)
+    if rows == "dependent":
+        return _run_settings(fid, n_params, dependent_settings(fid, scales), scales, out, calibration_s)
     if rows == "columns":  # the calibrated sweep, its GPTQ rows and the per-input-channel step rows
         settings = [(f"nncodec rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales})
                     for r in (0.10, 0.13, 0.15, 0.17, 0.20, 0.24, 0.27, 0.30)]
@@ -206,7 +226,7 @@ def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str
     for target in (0.998,):
         settings.append((f"nncodec target_fidelity {target} (on calibration), GPTQ",
                          {"target_fidelity": target, "step_scales": scales, **calib}))
-    settings += refine_settings(fid, scales) + column_settings(fid, scales)
+    settings += refine_settings(fid, scales) + column_settings(fid, scales) + dependent_settings(fid, scales)
     return _finish_rows(fid, n_params, _run_settings(fid, n_params, settings, scales, out, calibration_s))
 
 
@@ -242,7 +262,8 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
                      "cosine": fid.cosine(decoded), "encode_s": enc, "decode_s": dec,
                      "entropy_ratio": coded / entropy if entropy else None,
                      "calibrated": opts.get("step_scales") is scales,
-                     "gptq": "calibration" in opts and opts.get("rounding") != "nearest",
+                     "gptq": "calibration" in opts and opts.get("rounding") not in ("nearest", "dependent"),
+                     "dependent": opts.get("rounding") == "dependent",
                      "refine_steps": opts.get("refine_steps", 0), "column_steps": opts.get("column_steps"),
                      "column_power": opts.get("column_power") if opts.get("column_steps") else None})
         if out is not None:
@@ -403,10 +424,14 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = (("nncodec, calibrated steps", "o-", lambda r: r["codec"] == "nncodec" and r.get("calibrated")
                and not r.get("gptq") and "lambda" not in r["setting"] and not r.get("refine_steps")
-               and not r.get("column_steps")),
+               and not r.get("column_steps") and not r.get("dependent")),
               ("nncodec, per-input-channel steps (Fisher, power 0.5)", "^-",
                lambda r: r["codec"] == "nncodec" and r.get("column_steps") == "fisher"
-               and r.get("column_power") == 0.5 and not r.get("gptq")),
+               and r.get("column_power") == 0.5 and not r.get("gptq") and not r.get("dependent")),
+              ("nncodec, dependent quantization, calibrated steps", "h-",
+               lambda r: r["codec"] == "nncodec" and r.get("dependent") and not r.get("column_steps")),
+              ("nncodec, dependent quantization + per-input-channel steps (Fisher)", "H-",
+               lambda r: r["codec"] == "nncodec" and r.get("dependent") and r.get("column_steps")),
               ("nncodec, per-input-channel steps (Fisher, power 0.5) + GPTQ", "v-",
                lambda r: r["codec"] == "nncodec" and r.get("column_steps") == "fisher"
                and r.get("column_power") == 0.5 and r.get("gptq")),
@@ -449,7 +474,7 @@ def main() -> None:
     ap.add_argument("--skip-nncodec", action="store_true",
                     help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
-    ap.add_argument("--rows", choices=("all", "refine", "columns"), default="all",
+    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent"), default="all",
                     help="refine: only the calibrated sweep and the end-to-end refinement rows; columns: the "
                          "calibrated sweep, GPTQ at two steps and the per-input-channel step rows")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")

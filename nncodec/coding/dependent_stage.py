@@ -1,0 +1,157 @@
+"""Dependent quantization stage (format 1.5, FORMAT.md §15): transmitted codes <-> reconstruction levels.
+
+Dependent (trellis-coded) quantization, as in VVC and NNC, uses two scalar quantizers on a grid of step
+``Δ``: Q0 reconstructs the even multiples of ``Δ`` (level ``2k``), Q1 the odd multiples and zero (level
+``2k - sign(k)``). Which one applies to a word is set by a 4-state machine driven by the parity of the
+previous code: states 0 and 1 use Q0, states 2 and 3 use Q1, and after code ``k`` in state ``s`` the next
+state is ``NEXT_STATE[s][k & 1]``. The machine starts in state 0 at the first word of every chain of
+``chain`` consecutive words (the last chain may be shorter).
+
+The stage sits first in a tensor's pipeline: encoding turns the levels the quantizer chose (the words of the
+uniform descriptor, ``value = level * Δ``) into the transmitted codes ``k``, which the entropy stage after it
+codes; decoding turns codes back into levels. Levels that the state machine cannot produce are a
+:class:`ConfigError` on encode. The output has the size of the input (no framing).
+
+Decoding needs no sequential loop: the quantizer of a word is the XOR of the parities of every second
+code before it in its chain (:func:`quantizer_of`), a cumulative XOR over the whole tensor at once.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..bitstream.constants import FORMAT_MINOR_DEPENDENT, STAGE_DEPENDENT
+from ..errors import ConfigError, CorruptError
+from .stage import SIGNED_WORD_DTYPES, Stage, register_stage
+
+__all__ = ["Dependent", "NEXT_STATE", "MAX_CHAIN", "levels_of", "codes_of", "quantizer_of"]
+
+#: next state after a code of parity p (``k & 1``) in state s: NEXT_STATE[s][p]
+NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
+#: the longest chain a stream may declare (bounds the decoder's sequential steps)
+MAX_CHAIN = 65536
+_PARAMS = struct.Struct("<BBI")  # word_size, states (4), chain
+
+
+def _chains(words: np.ndarray, chain: int) -> np.ndarray:
+    """``words`` (1-D) as ``(chain, chains)`` int64 columns: row j holds position j of every chain (zero padded)."""
+    rows = -(-words.size // chain)
+    padded = np.zeros(rows * chain, dtype=np.int64)
+    padded[:words.size] = words
+    return np.ascontiguousarray(padded.reshape(rows, chain).T)
+
+
+def quantizer_of(codes: np.ndarray, chain: int) -> np.ndarray:
+    """Which quantizer (0: Q0, 1: Q1) reconstructs each of ``codes`` (1-D ints), chains of ``chain``.
+
+    The state machine is ``s = 2a + b`` with ``a`` the quantizer bit: ``a' = b XOR parity``, ``b' = a``;
+    so ``a_j = a_(j-2) XOR parity_(j-1)``: the XOR of the parities at positions ``j-1, j-3, ...`` of the
+    chain. Computed for all words at once (cumulative XOR over each chain's even and odd positions)."""
+    n = codes.size
+    rows = -(-n // chain)
+    parity = np.zeros(rows * chain, dtype=np.uint8)
+    parity[:n] = codes & 1
+    parity = parity.reshape(rows, chain)
+    acc = np.empty_like(parity)
+    acc[:, 0::2] = np.bitwise_xor.accumulate(parity[:, 0::2], axis=1)
+    acc[:, 1::2] = np.bitwise_xor.accumulate(parity[:, 1::2], axis=1)
+    q = np.zeros_like(parity)
+    q[:, 1:] = acc[:, :-1]
+    return q.reshape(-1)[:n]
+
+
+def levels_of(codes: np.ndarray, chain: int) -> np.ndarray:
+    """The reconstruction levels (in steps ``Δ``) of transmitted ``codes`` (1-D ints), chains of ``chain``."""
+    k = np.asarray(codes).reshape(-1)
+    wide = k.astype(np.int64 if k.dtype.itemsize > 2 else np.int32)
+    q1 = quantizer_of(wide, chain).astype(wide.dtype)
+    return 2 * wide - q1 * np.sign(wide)
+
+
+def codes_of(levels: np.ndarray, chain: int) -> np.ndarray:
+    """The transmitted codes of reconstruction ``levels`` (1-D ints); :class:`ConfigError` when a level is
+    not one the quantizer of its state reconstructs (odd under Q0, even and non-zero under Q1)."""
+    m = _chains(np.asarray(levels, dtype=np.int64).reshape(-1), chain)
+    out = np.empty_like(m)
+    state = np.zeros(m.shape[1], dtype=np.int8)
+    for j in range(m.shape[0]):
+        mj = m[j]
+        q1 = state >= 2
+        odd = (mj & 1).astype(bool)
+        bad = np.where(q1, ~odd & (mj != 0), odd)
+        if bad.any():
+            chain_index = int(np.flatnonzero(bad)[0])
+            raise ConfigError(f"dependent quantization: level {int(mj[chain_index])} at word "
+                              f"{chain_index * chain + j} is not on the quantizer of state "
+                              f"{int(state[chain_index])}")
+        kj = np.where(q1, (mj + np.sign(mj)) // 2, mj // 2)
+        out[j] = kj
+        state = NEXT_STATE[state, kj & 1]
+    return out.T.reshape(-1)[:levels.size]
+
+
+@register_stage
+class Dependent(Stage):
+    """Params: word_size u8 (1, 2 or 4), states u8 (4), chain u32 (1..65536). Framing: none; the output
+    has the input's size. Words are signed little-endian; codes must lie in ``[-2**(8w-2), 2**(8w-2) - 1]``
+    for ``w``-byte words, so every level fits the word."""
+
+    stage_id = STAGE_DEPENDENT
+    codec_id = "dependent"
+    since_minor = FORMAT_MINOR_DEPENDENT
+
+    def __init__(self, word_size: int, chain: int, states: int = 4):
+        if word_size not in (1, 2, 4):
+            raise ConfigError(f"dependent: word_size must be 1, 2 or 4, got {word_size!r}")
+        if states != 4:
+            raise ConfigError(f"dependent: only the 4-state machine is defined, got states={states!r}")
+        if not isinstance(chain, (int, np.integer)) or not 1 <= chain <= MAX_CHAIN:
+            raise ConfigError(f"dependent: chain must be 1..{MAX_CHAIN}, got {chain!r}")
+        self.word_size, self.chain, self.states = word_size, int(chain), states
+
+    def params(self) -> bytes:
+        return _PARAMS.pack(self.word_size, self.states, self.chain)
+
+    @classmethod
+    def from_params(cls, params: bytes | memoryview) -> "Dependent":
+        if len(params) != _PARAMS.size:
+            raise CorruptError(f"dependent params must be {_PARAMS.size} bytes, got {len(params)}")
+        word_size, states, chain = _PARAMS.unpack(bytes(params))
+        if word_size not in (1, 2, 4) or states != 4 or not 1 <= chain <= MAX_CHAIN:
+            raise CorruptError(f"dependent params invalid: word_size {word_size}, states {states}, chain {chain}")
+        return cls(word_size, chain, states)
+
+    def get_config(self) -> dict:
+        return {"id": self.codec_id, "word_size": self.word_size, "chain": self.chain}
+
+    @property
+    def _code_bound(self) -> int:
+        return 1 << (8 * self.word_size - 2)
+
+    def encode(self, data: memoryview) -> bytes:
+        if len(data) % self.word_size:
+            raise ConfigError(f"dependent: {len(data)} bytes is not a multiple of {self.word_size}")
+        levels = np.frombuffer(data, dtype=SIGNED_WORD_DTYPES[self.word_size])
+        codes = codes_of(levels, self.chain)
+        if codes.size and (codes.min() < -self._code_bound or codes.max() >= self._code_bound):
+            raise ConfigError(f"dependent: levels need codes beyond ±{self._code_bound} of "
+                              f"{self.word_size}-byte words; use wider code words")
+        return codes.astype(SIGNED_WORD_DTYPES[self.word_size]).tobytes()
+
+    def decoded_size(self, data: memoryview) -> int:
+        return len(data)
+
+    def decode_into(self, data: memoryview, out: np.ndarray) -> None:
+        if len(data) != out.size or len(data) % self.word_size:
+            raise CorruptError(f"dependent input of {len(data)} bytes does not fit {out.size} output bytes "
+                               f"of {self.word_size}-byte words")
+        codes = np.frombuffer(data, dtype=SIGNED_WORD_DTYPES[self.word_size])
+        if codes.size:
+            lo, hi = int(codes.min()), int(codes.max())
+            if lo < -self._code_bound or hi >= self._code_bound:
+                raise CorruptError(f"dependent: code {lo if lo < -self._code_bound else hi} is outside "
+                                   f"[{-self._code_bound}, {self._code_bound - 1}] for {self.word_size}-byte words")
+        levels = levels_of(codes, self.chain)
+        out.view(SIGNED_WORD_DTYPES[self.word_size])[:] = levels

@@ -1,0 +1,175 @@
+"""Dependent (trellis-coded) quantization: the stage (FORMAT.md §15), the Viterbi search, the encode option."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import nncodec
+from nncodec.bitstream.constants import FILE_HEADER, MAGIC, UNIT_END, UNIT_STREAM_HEADER, UNIT_TENSOR
+from nncodec.coding import stage_from_config
+from nncodec.coding.dependent_stage import Dependent, codes_of, levels_of
+from nncodec.conformance.forge import join_units
+from nncodec.errors import ConfigError, CorruptError, FormatError
+from nncodec.quant.dependent import dependent_coded, dependent_levels
+from nncodec.quant.rate_aware import order0_bits
+from nncodec.quant.uniform import UniformCodes
+
+
+def spec_levels(codes: list[int], chain: int) -> list[int]:
+    """FORMAT.md §15.2 in plain Python integers."""
+    nxt = {0: (0, 2), 1: (2, 0), 2: (1, 3), 3: (3, 1)}
+    out, s = [], 0
+    for i, k in enumerate(codes):
+        if i % chain == 0:
+            s = 0
+        sign = (k > 0) - (k < 0)
+        out.append(2 * k if s < 2 else 2 * k - sign)
+        s = nxt[s][k & 1]
+    return out
+
+
+@pytest.mark.parametrize("chain", [1, 3, 7, 64])
+def test_stage_decodes_as_the_spec_and_inverts_on_encode(chain):
+    codes = np.random.default_rng(chain).integers(-40, 40, 101)
+    levels = levels_of(codes, chain)
+    assert levels.tolist() == spec_levels(codes.tolist(), chain)
+    assert np.array_equal(codes_of(levels, chain), codes)
+    stage = Dependent(1, chain)
+    coded = stage.encode(memoryview(levels.astype(np.int8).tobytes()))
+    assert np.array_equal(np.frombuffer(coded, np.int8), codes)
+    out = np.empty(len(coded), np.uint8)
+    stage.decode_into(memoryview(coded), out)
+    assert np.array_equal(out.view(np.int8), levels)
+
+
+def test_a_level_off_its_state_quantizer_is_a_config_error():
+    with pytest.raises(ConfigError, match="not on the quantizer of state 0"):
+        codes_of(np.array([1]), 4)  # state 0 is Q0: even levels only
+    with pytest.raises(ConfigError, match="state 2"):
+        codes_of(np.array([2, 2]), 4)  # code 1 (odd) moves to state 2 (Q1): an even non-zero level is not there
+
+
+def test_viterbi_finds_the_cheapest_path_of_a_short_chain():
+    rng = np.random.default_rng(3)
+    y = rng.normal(scale=1.5, size=5)
+    found = dependent_levels(y, 1.0, chain=5)
+    best = min(sum((y - spec_levels(list(ks), 5)) ** 2) for ks in itertools.product(range(-3, 4), repeat=5))
+    assert np.sum((y - found.levels) ** 2) == pytest.approx(best, rel=1e-12)
+
+
+def test_dependent_rate_is_lower_than_rounding_at_equal_mse_on_laplacian_data():
+    x = np.random.default_rng(0).laplace(size=(128, 256))
+    for delta in (0.1, 0.25):
+        found = dependent_levels(x, delta)
+        mse = np.mean((x - found.levels * delta) ** 2)
+        lo, hi = delta, 4 * delta  # the plain step with the same MSE, by bisection
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if np.mean((x - np.rint(x / mid) * mid) ** 2) < mse else (lo, mid)
+        plain = order0_bits(np.rint(x / lo)) / x.size
+        dq = order0_bits(found.codes) / x.size
+        assert dq < plain - 0.08, (delta, dq, plain)
+
+
+def test_rate_weight_lowers_the_rate():
+    x = np.random.default_rng(1).laplace(size=(64, 128))
+    plain, weighted = dependent_levels(x, 0.2), dependent_levels(x, 0.2, lam=2.0)
+    assert order0_bits(weighted.codes) < order0_bits(plain.codes) - 0.05 * x.size
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(32, 96), torch.nn.ReLU(), torch.nn.Linear(96, 8))
+
+
+def test_encode_decode_reproduces_the_encoders_reconstruction_exactly():
+    model = _model()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    data, report = nncodec.encode_with_report(state, rel_step=0.3, rounding="dependent")
+    assert FILE_HEADER.unpack(data[:12])[2] == 5
+    decoded = nncodec.decode(data)
+    from nncodec.rd_encode import RDOptions, rd_tensors
+    from nncodec.encoder import Encoder
+    from nncodec.torch_io import tensors_from
+
+    encoder = Encoder(rel_step=0.3)
+    coded, _ = rd_tensors(state, tensors_from(state, True), encoder, RDOptions(rounding="dependent"))
+    for name, c in coded.items():
+        scale = c.quant.scales.astype(np.float32).reshape(())
+        want = c.codes.astype(np.float32) * scale
+        assert np.array_equal(np.asarray(decoded[name]), want), name
+    assert all(t.pipeline[0] == "dependent" for t in report.tensors)
+    info = {u.tensor["name"]: u.tensor for u in nncodec.read_info(data).units if u.tensor}
+    assert all(t["pipeline"][0]["id"] == "dependent" for t in info.values())
+    # plain rounding still writes a 1.0 stream
+    assert FILE_HEADER.unpack(nncodec.encode(state, rel_step=0.3)[:12])[2] < 5
+
+
+def test_dependent_with_per_column_steps_decodes_to_the_searched_values():
+    x = np.random.default_rng(2).laplace(size=(10, 30)).astype(np.float32)
+    steps = np.linspace(0.05, 0.3, 30).reshape(1, -1)
+    grid = UniformCodes(x, np.ones(30, np.float32), 8, True)
+    coded, (max_err, _) = dependent_coded(x, steps, grid, nncodec.dtypes.dtype_by_name("float32"), 1, 0.0)
+    data = nncodec.Encoder().encode({"w": coded})[0]
+    got = np.asarray(nncodec.decode(data)["w"])
+    assert np.array_equal(got, coded.codes.astype(np.float32) * coded.quant.scales.reshape(1, -1))
+    assert np.max(np.abs(got - x)) <= max_err + 1e-6
+    assert max_err <= np.max(steps)  # at most one step Δ·2 = the plain step on either quantizer
+
+
+def test_wrong_combinations_are_config_errors():
+    state = {k: v.detach().clone() for k, v in _model().state_dict().items()}
+    with pytest.raises(ConfigError, match="not bits="):
+        nncodec.encode(state, bits=8, rounding="dependent")
+    with pytest.raises(ConfigError, match="refine_steps"):
+        nncodec.encode(_model(), rel_step=0.3, rounding="dependent", calibration=[torch.zeros(2, 32)],
+                       refine_steps=2)
+    with pytest.raises(ConfigError, match="rounding must be one of"):
+        nncodec.encode(state, rel_step=0.3, rounding="trellis")
+    with pytest.raises(ConfigError):
+        stage_from_config({"id": "dependent", "word_size": 3, "chain": 4})
+    with pytest.raises(ConfigError):
+        stage_from_config({"id": "dependent", "word_size": 1, "chain": 0})
+
+
+def _stream(params: bytes, codes: bytes, dtype_id: int = 3, bits: int = 8, n: int | None = None) -> bytes:
+    size = {3: 1, 5: 2}[dtype_id]
+    n = len(codes) // size if n is None else n
+    desc = struct.pack("<BBbBBBBBhI", 0, dtype_id, 0, 0, 0, bits, 0, 0, 0, 0)
+    payload = struct.pack("<H", 1) + b"w" + bytes([dtype_id, 1]) + struct.pack("<Q", n) + desc
+    payload += bytes([1, 7, len(params)]) + params + codes
+    units = [(UNIT_STREAM_HEADER, 1, 0, struct.pack("<HHBBHII", 1, 5, 0, 0, 0, 1, 0)), (UNIT_TENSOR, 1, 0, payload)]
+    units.append((UNIT_END, 1, 0, struct.pack("<II", 2, 1)))
+    return join_units(FILE_HEADER.pack(MAGIC, 1, 5), units)
+
+
+@pytest.mark.parametrize("params, codes, match", [
+    (struct.pack("<BBI", 1, 8, 4), bytes(4), "dependent params invalid"),
+    (struct.pack("<BBI", 1, 4, 0), bytes(4), "dependent params invalid"),
+    (struct.pack("<BBI", 1, 4, 1 << 31), bytes(4), "dependent params invalid"),
+    (struct.pack("<BBI", 1, 4, 4)[:5], bytes(4), "must be 6 bytes"),
+    (struct.pack("<BBI", 1, 4, 4), bytes([0, 64, 0, 0]), "outside"),
+    (struct.pack("<BBI", 1, 4, 4), bytes([0, 0xBF, 0, 0]), "outside"),  # -65
+    (struct.pack("<BBI", 2, 4, 4), bytes(5), "does not fit"),
+])
+def test_hostile_stage_data_is_a_format_error(params, codes, match):
+    with pytest.raises(CorruptError, match=match):
+        nncodec.decode(_stream(params, codes))
+
+
+def test_the_longest_chain_decodes_without_a_large_allocation():
+    import tracemalloc
+
+    data = _stream(struct.pack("<BBI", 1, 4, 65536), bytes([1, 1, 0xFF]))
+    tracemalloc.start()
+    got = nncodec.decode(data)["w"]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.asarray(got).tolist() == spec_levels([1, 1, -1], 65536)
+    assert peak < 4 << 20
+    assert isinstance(CorruptError("x"), FormatError)

@@ -14,13 +14,16 @@ search keeps, for each of the 4 states, the cheapest path reaching it, with cost
 
 (distortion in squared steps ``Δ``; ``bits(k) = -log2 p(k)`` under the order-0 model of the transmitted
 codes ``k``, re-fitted over a few passes when ``λ > 0``). It runs over all chains at once (numpy, vectorized
-over chains, in blocks that keep the back-pointers near 16 MiB).
+over chains, in blocks that keep the back-pointers near 16 MiB), or in C (``_trellis_native``, built at install
+time, the same codes) when it was built.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -105,12 +108,33 @@ def _viterbi(y: np.ndarray, lam: float, rate: CodeRate | None) -> np.ndarray:
     return codes
 
 
+@functools.cache
+def _native() -> Any:
+    """The compiled search (``_trellis_native``), or None when it was not built or ``NNCODEC_KERNELS=portable``."""
+    if os.environ.get("NNCODEC_KERNELS", "") == "portable":
+        return None
+    try:
+        from . import _trellis_native
+    except ImportError:
+        return None
+    return _trellis_native
+
+
 def _search(y_flat: np.ndarray, chain: int, lam: float, rate: CodeRate | None) -> np.ndarray:
-    """Codes of the flat scaled values ``y_flat`` (chains of ``chain``), searched block by block of chains."""
+    """Codes of the flat scaled values ``y_flat`` (chains of ``chain``; the last one padded with zeros, which
+    cost the same on every path), by the compiled search when built, else block by block of chains in numpy
+    (the same codes)."""
     n = y_flat.size
     chains = -(-n // chain)
     padded = np.zeros(chains * chain)
     padded[:n] = y_flat
+    native = _native()
+    if native is not None:
+        codes = np.empty(padded.size, dtype=np.int64)
+        table = rate.table if (lam > 0 and rate is not None) else np.zeros(0)
+        native.viterbi(padded, chain, float(lam), np.ascontiguousarray(table, dtype=np.float64),
+                       int(rate.lo) if rate is not None else 0, codes)
+        return codes[:n]
     rows = padded.reshape(chains, chain)
     out = np.empty((chains, chain), dtype=np.int64)
     per_block = max(1, _BLOCK_CELLS // chain)

@@ -234,6 +234,7 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
                   out: Path | None, calibration_s: float) -> list[dict]:
     """One row per nncodec setting: rate, fidelity on SENTENCES, encode and decode seconds."""
     import nncodec
+    from nncodec.coding.dependent_stage import codes_of
     from nncodec.decoder import iter_tensors
 
     model = fid.st[0].auto_model
@@ -256,6 +257,9 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
                     continue
                 scale = th.quant.broadcast_scales(arr.ndim)
                 codes = np.round(arr.astype(np.float64) / scale).astype(np.int64)
+                lead = info[th.name]["pipeline"][0] if info[th.name]["pipeline"] else {}
+                if lead.get("id") == "dependent":  # the entropy stage codes the transmitted codes, not the levels
+                    codes = codes_of(codes.reshape(-1), lead["chain"])
                 coded += 8 * info[th.name]["coded_bytes"]
                 entropy += order0_bits(codes)
         rows.append({"codec": "nncodec", "setting": label, "bits_per_param": 8 * len(data) / n_params,

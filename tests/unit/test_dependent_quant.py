@@ -173,3 +173,22 @@ def test_the_longest_chain_decodes_without_a_large_allocation():
     assert np.asarray(got).tolist() == spec_levels([1, 1, -1], 65536)
     assert peak < 4 << 20
     assert isinstance(CorruptError("x"), FormatError)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.7])
+def test_compiled_search_gives_the_numpy_searchs_codes(monkeypatch, lam):
+    from nncodec.quant import dependent
+
+    dependent._native.cache_clear()
+    if dependent._native() is None:
+        pytest.skip("the compiled search was not built")
+    x = np.random.default_rng(5).laplace(size=(37, 50))
+    x[3] = 0.0  # a chain of zeros: ties between paths
+    native = dependent_levels(x, 0.15, lam, chain=23)  # chains across rows, the last one short
+    monkeypatch.setenv("NNCODEC_KERNELS", "portable")
+    dependent._native.cache_clear()
+    try:
+        portable = dependent_levels(x, 0.15, lam, chain=23)
+    finally:
+        dependent._native.cache_clear()
+    assert np.array_equal(native.codes, portable.codes)

@@ -33,6 +33,7 @@ NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
 #: the longest chain a stream may declare (bounds the decoder's sequential steps)
 MAX_CHAIN = 65536
 _PARAMS = struct.Struct("<BBI")  # word_size, states (4), chain
+_BLOCK_WORDS = 1 << 20  # words decoded at a time (the temporaries of levels_of are about 20 bytes per word)
 
 
 def _chains(words: np.ndarray, chain: int) -> np.ndarray:
@@ -153,5 +154,7 @@ class Dependent(Stage):
             if lo < -self._code_bound or hi >= self._code_bound:
                 raise CorruptError(f"dependent: code {lo if lo < -self._code_bound else hi} is outside "
                                    f"[{-self._code_bound}, {self._code_bound - 1}] for {self.word_size}-byte words")
-        levels = levels_of(codes, self.chain)
-        out.view(SIGNED_WORD_DTYPES[self.word_size])[:] = levels
+        dest = out.view(SIGNED_WORD_DTYPES[self.word_size])
+        block = max(1, _BLOCK_WORDS // self.chain) * self.chain  # whole chains: temporaries stay near 20 MiB
+        for start in range(0, codes.size, block):
+            dest[start:start + block] = levels_of(codes[start:start + block], self.chain)

@@ -192,3 +192,14 @@ def test_compiled_search_gives_the_numpy_searchs_codes(monkeypatch, lam):
     finally:
         dependent._native.cache_clear()
     assert np.array_equal(native.codes, portable.codes)
+
+
+def test_stage_decodes_block_by_block_as_in_one_piece(monkeypatch):
+    from nncodec.coding import dependent_stage
+
+    codes = np.random.default_rng(9).integers(-60, 60, 5000).astype(np.int8)
+    whole = levels_of(codes, 37)
+    monkeypatch.setattr(dependent_stage, "_BLOCK_WORDS", 100)  # blocks of 74 words: two chains each
+    out = np.empty(codes.size, np.uint8)
+    Dependent(1, 37).decode_into(memoryview(codes.tobytes()), out)
+    assert np.array_equal(out.view(np.int8), whole)

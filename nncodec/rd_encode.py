@@ -17,7 +17,7 @@ For each tensor the :class:`~nncodec.encoder.Encoder` would quantize, the plain 
   parameter are refined together against the model's output (:mod:`nncodec.quant.refine_codes`).
 
 The codes reach the encoder as :class:`~nncodec.encoder.CodedTensor`, so the stream format and decoding
-are unchanged. The report's per-tensor errors are those of the chosen codes against the float weights.
+are unchanged, except for dependent quantization's stage (format 1.5, FORMAT.md §15). The report's per-tensor errors are those of the chosen codes against the float weights.
 """
 
 from __future__ import annotations

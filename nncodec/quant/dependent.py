@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, codes_of
+from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, levels_of
 from ..errors import ConfigError
 from .rate_aware import CodeRate
 
@@ -165,15 +165,8 @@ def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.
     if lam > 0:
         for _ in range(_LAMBDA_PASSES):
             codes = _search(y, chain, lam, CodeRate(codes))
-    from ..coding.dependent_stage import levels_of
-
     levels = levels_of(codes, chain).reshape(x.shape)
     return DependentLevels(levels, chain, codes)
-
-
-def check_levels(result: DependentLevels) -> None:
-    """Whether the levels round-trip through the state machine (:class:`ConfigError` otherwise)."""
-    codes_of(result.levels.reshape(-1), result.chain)
 
 
 def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype: "DType", axis: int,

@@ -146,12 +146,13 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     if scales and args.rel_step is None:
         raise ConfigError("--step-scale and --step-scales apply to --rel-step only")
     tensors = _read_tensors(Path(args.input))
+    rd = {"rounding": "dependent"} if args.dependent else {}
     with _about(args.input):
         _, report = encode_with_report(tensors, args.output, bits=args.bits, step=args.step, bits_1d=args.bits_1d,
                                        rel_step=args.rel_step, step_scales=scales or None,
                                        lossless=args.lossless or (), level=args.level, metadata=meta,
                                        progress=None if not args.quiet else False,
-                                       group_tensors=False if args.no_group_tensors else None)
+                                       group_tensors=False if args.no_group_tensors else None, **rd)
     if args.json:
         print(report.to_json())
     elif not args.quiet:
@@ -513,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --rel-step: a JSON object of tensor name (or pattern) -> step factor, e.g. "
                         "from nncodec.calibrate_step_scales")
     e.add_argument("--bits-1d", type=int, default=16, help="bits for rank-1 float tensors (default 16)")
+    e.add_argument("--dependent", action="store_true",
+                   help="dependent (trellis-coded) quantization, format 1.5 (with --step or --rel-step)")
     e.add_argument("--lossless", action="append", metavar="PATTERN",
                    help="glob of tensor names kept exact when quantizing (repeatable)")
     e.add_argument("--level", type=int, default=3, help="zstd level, -7..22 (default 3)")

@@ -77,6 +77,23 @@ def test_encode_with_relative_step(tmp_path, capsys):
                  "--step-scale", "nofactor"]) == 2
 
 
+def test_encode_with_dependent_quantization(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    w = rng.laplace(size=(64, 48)).astype(np.float32)
+    np.savez(tmp_path / "w.npz", fc=w)
+    assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "d.nnc"), "--rel-step", "0.3", "--dependent",
+                 "--json"]) == 0
+    (tensor,) = json.loads(capsys.readouterr().out)["tensors"]
+    assert tensor["pipeline"][0] == "dependent"
+    assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "p.nnc"), "--rel-step", "0.3", "-q"]) == 0
+    # the union of the two quantizers is twice as fine: less error at the same rel_step
+    assert main(["decode", str(tmp_path / "d.nnc"), str(tmp_path / "d.npz"), "-q"]) == 0
+    assert main(["decode", str(tmp_path / "p.nnc"), str(tmp_path / "p.npz"), "-q"]) == 0
+    err = {k: float(np.mean((np.load(tmp_path / f"{k}.npz")["fc"] - w) ** 2)) for k in ("d", "p")}
+    assert err["d"] < 0.8 * err["p"]
+    assert main(["encode", str(tmp_path / "w.npz"), str(tmp_path / "b.nnc"), "--bits", "8", "--dependent"]) == 2
+
+
 def test_encode_with_a_step_scales_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "w.npz", **{"a.weight": rng.standard_normal((64, 32)).astype(np.float32),

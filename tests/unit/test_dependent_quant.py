@@ -8,6 +8,8 @@ import struct
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nncodec
 from nncodec.bitstream.constants import FILE_HEADER, MAGIC, UNIT_END, UNIT_STREAM_HEADER, UNIT_TENSOR
@@ -203,3 +205,21 @@ def test_stage_decodes_block_by_block_as_in_one_piece(monkeypatch):
     out = np.empty(codes.size, np.uint8)
     Dependent(1, 37).decode_into(memoryview(codes.tobytes()), out)
     assert np.array_equal(out.view(np.int8), whole)
+
+
+@given(data=st.binary(max_size=200), word_size=st.sampled_from([1, 2, 4]), chain=st.integers(1, 70))
+@settings(max_examples=150, deadline=2000)
+def test_any_stage_input_decodes_as_the_spec_or_is_corrupt(data, word_size, chain):
+    stage = Dependent.from_params(struct.pack("<BBI", word_size, 4, chain))
+    out = np.empty(len(data), np.uint8)
+    try:
+        stage.decode_into(memoryview(data), out)
+    except CorruptError:
+        bound = 1 << (8 * word_size - 2)
+        codes = np.frombuffer(data[:len(data) - len(data) % word_size], f"<i{word_size}")
+        assert len(data) % word_size or ((codes < -bound) | (codes >= bound)).any()
+        return
+    codes = np.frombuffer(data, f"<i{word_size}").astype(np.int64)
+    assert out.view(f"<i{word_size}").tolist() == spec_levels(codes.tolist(), chain)
+    # and the encoder's side takes the levels back to the same codes
+    assert stage.encode(memoryview(out)) == data

@@ -480,7 +480,8 @@ def main() -> None:
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
     ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent"), default="all",
                     help="refine: only the calibrated sweep and the end-to-end refinement rows; columns: the "
-                         "calibrated sweep, GPTQ at two steps and the per-input-channel step rows")
+                         "calibrated sweep, GPTQ at two steps and the per-input-channel step rows; dependent: the "
+                         "dependent-quantization rows (format 1.5) only")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     if args.skip_nncodec:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .score import coerce_settings
-from .task import ClassifierTask, Task
+from .task import ClassifierTask, Task, eval_outputs
 
 __all__ = ["FineTuneConfig", "Distiller", "distillation_loss"]
 
@@ -100,17 +100,7 @@ class Distiller:
         """The reference's logits on the whole training set (None without distillation), computed on the first
         training that uses them: a search whose distiller never trains (e.g. a trial worker without
         ``proxy=True``) pays nothing."""
-        return self._logits(self.reference) if self.cfg.distill > 0 else None
-
-    @torch.no_grad()
-    def _logits(self, reference: nn.Module) -> torch.Tensor:
-        was = reference.training
-        reference.eval()
-        try:
-            x = self.task.x_train
-            return torch.cat([reference(x[i:i + 512]).float() for i in range(0, len(x), 512)])
-        finally:
-            reference.train(was)
+        return eval_outputs(self.reference, (self.task.x_train,), 512) if self.cfg.distill > 0 else None
 
     def train(self, model: nn.Module, epochs: int, proxy: bool,
               after_epoch: "Any | None" = None) -> None:

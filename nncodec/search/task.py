@@ -122,6 +122,24 @@ def first_tensor(output: Any, inputs: tuple[torch.Tensor, ...] | None = None) ->
     raise ConfigError(f"cannot compare model outputs of type {type(output).__name__}: pass output_fn")
 
 
+@torch.no_grad()
+def eval_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int,
+                 forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor] | None = None) -> torch.Tensor:
+    """``model``'s outputs (float32) on ``inputs`` (tensors sharing their first, example, dimension), computed in
+    eval mode without gradients, ``batch_size`` examples at a time; ``forward(model, inputs)`` defaults to
+    ``model(*inputs)``. The model's training mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        outs = []
+        for i in range(0, len(inputs[0]), batch_size):
+            part = tuple(t[i:i + batch_size] for t in inputs)
+            outs.append((model(*part) if forward is None else forward(model, part)).float())
+    finally:
+        model.train(was)
+    return torch.cat(outs)
+
+
 def _as_batch(inputs: Any, where: str) -> tuple[torch.Tensor, ...]:
     tensors = tuple(torch.as_tensor(t) for t in inputs) if isinstance(inputs, (tuple, list)) else \
         (torch.as_tensor(inputs),)
@@ -178,19 +196,8 @@ class FidelityTask(Task):
         self._optimizer = _Optimizers(lr)
         n = len(self.calibration[0])
         self.proxy_index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max(1, int(n * proxy_fraction))]
-        self.calibration_targets = self._outputs(reference, self.calibration)
-        self.evaluation_targets = self._outputs(reference, self.evaluation)
-
-    @torch.no_grad()
-    def _outputs(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        try:
-            outs = [self._forward(model, tuple(t[i:i + self.batch_size] for t in batch)).float()
-                    for i in range(0, len(batch[0]), self.batch_size)]
-        finally:
-            model.train(was)
-        return torch.cat(outs)
+        self.calibration_targets = eval_outputs(reference, self.calibration, self.batch_size, self._forward)
+        self.evaluation_targets = eval_outputs(reference, self.evaluation, self.batch_size, self._forward)
 
     def _forward(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.output_fn(model(*inputs), inputs)
@@ -220,7 +227,7 @@ class FidelityTask(Task):
         model.eval()
 
     def evaluate(self, model: nn.Module) -> float:
-        out = self._outputs(model, self.evaluation)
+        out = eval_outputs(model, self.evaluation, self.batch_size, self._forward)
         target = self.evaluation_targets
         if self.metric == "top1":
             return float((out.argmax(-1) == target.argmax(-1)).float().mean())

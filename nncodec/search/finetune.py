@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..train import shuffled_batches
 from .score import coerce_settings
 from .task import ClassifierTask, Task, eval_outputs
 
@@ -113,15 +114,12 @@ class Distiller:
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
         step = 0
         for epoch in range(epochs):
-            gen = torch.Generator().manual_seed(task.seed * 1000 + epoch)
-            order = idx[torch.randperm(len(idx), generator=gen)]
             model.train()
-            for start in range(0, len(order), task.batch_size):
+            for b in shuffled_batches(idx, task.batch_size, task.seed * 1000 + epoch):
                 if cfg.schedule == "cosine":
                     floor, progress = cfg.min_lr_ratio, step / max(1, total - 1)  # the last step runs at the floor
                     for g in opt.param_groups:
                         g["lr"] = self.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-                b = order[start:start + task.batch_size]
                 teacher = self.teacher_logits[b] if self.teacher_logits is not None else None
                 opt.zero_grad()
                 out = model(task.x_train[b])

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..train import accuracy
+from ..train import accuracy, shuffled_batches
 
 __all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor", "combined_floor"]
 
@@ -90,12 +90,9 @@ class ClassifierTask(Task):
     def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
         idx = self.proxy_index if proxy else torch.arange(len(self.x_train))
         opt = self._optimizer(model)
-        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        order = idx[torch.randperm(len(idx), generator=gen)]
         loss_fn = nn.CrossEntropyLoss()
         model.train()
-        for start in range(0, len(order), self.batch_size):
-            b = order[start:start + self.batch_size]
+        for b in shuffled_batches(idx, self.batch_size, self.seed * 1000 + epoch):
             opt.zero_grad()
             loss_fn(model(self.x_train[b]), self.y_train[b]).backward()
             opt.step()
@@ -215,11 +212,8 @@ class FidelityTask(Task):
         opt = self._optimizer(model)
         for group in opt.param_groups:
             group["lr"] = self.lr * self.lr_decay ** epoch
-        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        order = idx[torch.randperm(len(idx), generator=gen)]
         model.train()
-        for start in range(0, len(order), self.batch_size):
-            b = order[start:start + self.batch_size]
+        for b in shuffled_batches(idx, self.batch_size, self.seed * 1000 + epoch):
             opt.zero_grad()
             self._loss(self._forward(model, tuple(t[b] for t in self.calibration)),
                        self.calibration_targets[b]).backward()

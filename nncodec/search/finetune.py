@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..train import shuffled_batches
-from .score import coerce_settings
+from .score import coerce_settings, is_number
 from .task import ClassifierTask, Task, eval_outputs
 
 __all__ = ["FineTuneConfig", "Distiller", "distillation_loss"]
@@ -48,7 +48,7 @@ class FineTuneConfig:
             v = getattr(self, f.name)
             if f.name in ("schedule", "proxy") or (f.name == "lr" and v is None):
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not is_number(v) or not math.isfinite(v):
                 raise ConfigError(f"finetune: {f.name} must be a finite number, got {v!r}")
         if not 0.0 <= self.distill <= 1.0:
             raise ConfigError(f"finetune: distill is a weight in [0, 1], got {self.distill!r}")

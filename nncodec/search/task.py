@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..train import accuracy, shuffled_batches
+from .score import is_number
 
 __all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor", "combined_floor"]
 
@@ -102,11 +103,6 @@ class ClassifierTask(Task):
         return accuracy(model, self.x_val, self.y_val)
 
 
-def _is_number(value: Any) -> bool:
-    """An int or float, not a bool (True would pass as 1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def first_tensor(output: Any, inputs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """The model output to compare: a tensor, the first tensor of a tuple, or ``last_hidden_state``."""
     if isinstance(output, torch.Tensor):
@@ -173,11 +169,11 @@ class FidelityTask(Task):
             raise ConfigError(f"fidelity metric must be 'cosine' or 'top1', got {metric!r}")
         if not 0 < proxy_fraction <= 1:
             raise ConfigError("proxy_fraction must be in (0, 1]")
-        if not (_is_number(lr) and lr > 0 and math.isfinite(lr)):
+        if not (is_number(lr) and lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"fidelity task: lr must be a positive number, got {lr!r}")
-        if not (_is_number(lr_decay) and 0 < lr_decay <= 1):
+        if not (is_number(lr_decay) and 0 < lr_decay <= 1):
             raise ConfigError(f"fidelity task: lr_decay must be in (0, 1], got {lr_decay!r}")
-        if min_fidelity is not None and not (_is_number(min_fidelity) and
+        if min_fidelity is not None and not (is_number(min_fidelity) and
                                              (-1 if metric == "cosine" else 0) <= min_fidelity <= 1):
             raise ConfigError(f"fidelity task: min_fidelity must be a {metric} score (at most 1), got {min_fidelity!r}")
         self.lr, self.lr_decay = float(lr), float(lr_decay)

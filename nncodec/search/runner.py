@@ -592,14 +592,27 @@ class _FinalSteps:
     def __init__(self, task: Task, model: nn.Module, proxy_trial: float | None):
         self.task, self.model = task, model
         self.values: dict[str, Any] = {} if proxy_trial is None else {"proxy_trial": proxy_trial}
+        self._eval_score: float | None = None  # the latest measure, when the model was in eval mode for it
         self.measure("built")
         self.values["fine_tune_epochs"] = []
 
+    def _evaluate(self) -> float:
+        in_eval = not self.model.training
+        value = float(self.task.evaluate(self.model))
+        self._eval_score = value if in_eval else None
+        return value
+
     def measure(self, key: str) -> None:
-        self.values[key] = float(self.task.evaluate(self.model))
+        self.values[key] = self._evaluate()
 
     def epoch(self, epoch: int) -> None:
-        self.values["fine_tune_epochs"].append(float(self.task.evaluate(self.model)))
+        self.values["fine_tune_epochs"].append(self._evaluate())
+
+    def result(self) -> float:
+        """The model's score in eval mode once the steps are done (the model unchanged since the last
+        measure): that measure's when the model was in eval mode for it, else one more evaluation."""
+        self.model.eval()
+        return self._eval_score if self._eval_score is not None else float(self.task.evaluate(self.model))
 
 
 def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,
@@ -699,8 +712,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         for epoch in range(config.final_epochs):
             task.train_epoch(model, epoch, proxy=False)
             steps.epoch(epoch)
-    model.eval()
-    acc = task.evaluate(model)
+    acc = steps.result()
     report = candidate_energy(model, space.example_inputs, plan, outcome.energy_settings or config.energy_settings)
     out_dir = Path(config.out_dir)
     path, _ = encode_with_report(model, out_dir / "model.nnc", level=19)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,20 @@ def _range_of(grid: UniformCodes, encoder: Encoder) -> tuple[int, int]:
     return -(1 << 31) + 1, (1 << 31) - 1
 
 
+@dataclass
+class _Chosen:
+    """A tensor's chosen codes, with what measuring and coding them needs."""
+
+    codes: np.ndarray   #: integer codes, the tensor's shape
+    step: np.ndarray    #: the grid's step(s), broadcastable to the tensor
+    x: np.ndarray       #: the float weights (float64)
+    grid: UniformCodes  #: the grid the codes are on
+    dtype: DType
+    qmin: int           #: the code range
+    qmax: int
+    axis: int           #: the scales' axis (1: per input channel, from column_steps)
+
+
 def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Encoder, rd: RDOptions,
                hessians: Mapping[str, torch.Tensor] | None = None, factors: dict[str, Any] | None = None,
                progress: bool = False) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
@@ -138,7 +153,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     if (rd.rounding == "gptq" or rd.column_steps == "hessian") and hessians is None:
         hessians = collect_hessians(model, rd.calibration or [], rd.run_forward)
     fisher = rd.fisher(model) if rd.column_steps == "fisher" else {}
-    chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int], int]] = {}  # + scale axis
+    chosen: dict[str, _Chosen] = {}
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
     weighed = 0  # tensors column_steps found importances for (whether or not their steps pay)
     for name, value in tensors.items():
@@ -182,24 +197,23 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
             codes = grid.codes.astype(np.int64)
         else:
             continue
-        chosen[name] = (codes, step, x, grid, dtype, (qmin, qmax), axis)
+        chosen[name] = _Chosen(codes, step, x, grid, dtype, qmin, qmax, axis)
     if rd.column_steps is not None and not weighed:
         where = ("Linear / Conv1d / Conv2d weights (groups=1) that the calibration reaches"
                  if rd.column_steps == "hessian" else "parameters of rank >= 2 the forward's output depends on")
         raise ConfigError(f"column_steps={rd.column_steps!r} applies to no quantized tensor: it needs {where}, "
                           "quantized with one step (step / rel_step)")
     if rd.refine_steps:
-        start = {n: (c, s, x) for n, (c, s, x, *_rest) in chosen.items() if n in params}
+        start = {n: (c.codes, c.step, c.x) for n, c in chosen.items() if n in params}
         refined = refine_codes(model, start, rd.calibration or [], rd.run_forward, steps=rd.refine_steps,
                                lr=rd.refine_lr, progress=progress)
         for n, codes in refined.items():
-            _, s, x, grid, dtype, (qmin, qmax), axis = chosen[n]
-            chosen[n] = (np.clip(codes, qmin, qmax), s, x, grid, dtype, (qmin, qmax), axis)
+            chosen[n].codes = np.clip(codes, chosen[n].qmin, chosen[n].qmax)
     out: dict[str, Any] = dict(tensors)
     errors: dict[str, tuple[float, float]] = {}
-    for name, (codes, step, x, grid, dtype, _, axis) in chosen.items():
-        out[name] = coded_from(grid, codes, dtype, fit_peak=bool(axis), axis=axis)
-        diff = np.abs(codes * step - x)
+    for name, c in chosen.items():
+        out[name] = coded_from(c.grid, c.codes, c.dtype, fit_peak=bool(c.axis), axis=c.axis)
+        diff = np.abs(c.codes * c.step - c.x)
         errors[name] = (float(diff.max()) if diff.size else 0.0, float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0)
     return out, errors
 

@@ -37,7 +37,7 @@ from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
 from .quant.refine_codes import check_refine, refine_codes
 from .quant.uniform import UniformCodes, coded_from
 
-__all__ = ["ROUNDINGS", "RDOptions", "rd_tensors", "Forward"]
+__all__ = ["ROUNDINGS", "RDOptions", "Importances", "rd_tensors", "Forward"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ class RDOptions:
             column_steps, column_power, fisher_probes)
         if self.column_steps is not None and self.calibration is None:
             raise ConfigError(f"column_steps={self.column_steps!r} needs calibration= batches")
-        self._fisher: dict[str, np.ndarray] | None = None
 
     @property
     def active(self) -> bool:
@@ -90,20 +89,48 @@ class RDOptions:
         return self.rounding != "nearest" or self.rate_lambda > 0 or self.refine_steps > 0 \
             or self.column_steps is not None
 
-    def fisher(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
-        """Per-input-channel Fisher importances of ``model``'s parameters (computed once per options)."""
-        if self._fisher is None:
-            names = [n for n, p in model.named_parameters() if p.dim() >= 2]
-            self._fisher = fisher_importance(model, self.calibration or [], self.run_forward, names,
-                                             probes=self.fisher_probes)
-        return self._fisher
-
     def run_forward(self, model: torch.nn.Module, batch: Any) -> Any:
         if self.forward is not None:
             return self.forward(model, batch)
         from .sensitivity import default_forward
 
         return default_forward(model, batch)
+
+
+class Importances:
+    """What ``rd``'s calibration batches say about ``model``'s parameters, each computed on first use and kept
+    for further encodes of the same model with the same options (the probes of a target search): GPTQ's
+    input Hessians and their inverse factors, and per-input-channel Fisher importances."""
+
+    def __init__(self, model: torch.nn.Module, rd: RDOptions):
+        self.model, self.rd = model, rd
+        self._hessians: dict[str, torch.Tensor] | None = None
+        self._fisher: dict[str, np.ndarray] | None = None
+        self._factors: dict[str, Any] = {}
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        """``{weight name: H}`` (:func:`~nncodec.quant.gptq.collect_hessians`)."""
+        if self._hessians is None:
+            from .quant.gptq import collect_hessians
+
+            self._hessians = collect_hessians(self.model, self.rd.calibration or [], self.rd.run_forward)
+        return self._hessians
+
+    def factor(self, name: str, hessian: torch.Tensor) -> Any:
+        """The inverse factor of ``name``'s Hessian, damped by ``rd.damp``."""
+        if name not in self._factors:
+            from .quant.gptq import inverse_factor
+
+            self._factors[name] = inverse_factor(hessian, self.rd.damp)
+        return self._factors[name]
+
+    def fisher(self) -> dict[str, np.ndarray]:
+        """Per-input-channel Fisher importances of the parameters of rank >= 2."""
+        if self._fisher is None:
+            names = [n for n, p in self.model.named_parameters() if p.dim() >= 2]
+            self._fisher = fisher_importance(self.model, self.rd.calibration or [], self.rd.run_forward, names,
+                                             probes=self.rd.fisher_probes)
+        return self._fisher
 
 
 def _float_values(storage: np.ndarray, dtype: DType) -> np.ndarray:
@@ -138,21 +165,20 @@ class _Chosen:
 
 
 def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Encoder, rd: RDOptions,
-               hessians: Mapping[str, torch.Tensor] | None = None, factors: dict[str, Any] | None = None,
-               progress: bool = False) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
+               importances: Importances | None = None, progress: bool = False
+               ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
     """``tensors`` (as :func:`nncodec.torch_io.tensors_from` gives them) with the quantized ones replaced by
     data-/rate-aware :class:`CodedTensor` codes; and ``{name: (max abs error, rms error)}`` of those.
 
-    ``hessians`` (from :func:`~nncodec.quant.gptq.collect_hessians`) are collected here when GPTQ needs
-    them and none are given; ``factors`` caches their inverse factors across calls with the same hessians.
+    ``importances``: those of ``model`` and ``rd`` computed by earlier calls (None: computed here as needed).
     """
-    from .quant.gptq import collect_hessians, gptq_codes, inverse_factor
+    from .quant.gptq import gptq_codes
 
     if rd.column_steps is not None and encoder.bits is not None:
         raise ConfigError("column_steps applies to step / rel_step quantization, not bits= (its steps are per row)")
-    if (rd.rounding == "gptq" or rd.column_steps == "hessian") and hessians is None:
-        hessians = collect_hessians(model, rd.calibration or [], rd.run_forward)
-    fisher = rd.fisher(model) if rd.column_steps == "fisher" else {}
+    importances = importances if importances is not None else Importances(model, rd)
+    hessians = importances.hessians() if rd.rounding == "gptq" or rd.column_steps == "hessian" else None
+    fisher = importances.fisher() if rd.column_steps == "fisher" else {}
     chosen: dict[str, _Chosen] = {}
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
     weighed = 0  # tensors column_steps found importances for (whether or not their steps pay)
@@ -169,12 +195,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         h = hessians.get(name) if hessians is not None else None
         if h is not None and not (x.ndim >= 2 and h.shape[0] == math.prod(x.shape[1:])):
             h = None
-        factor = None
-        if h is not None and rd.rounding == "gptq":
-            cache = factors if factors is not None else {}
-            if name not in cache:
-                cache[name] = inverse_factor(h, rd.damp)
-            factor = cache[name]
+        factor = importances.factor(name, h) if h is not None and rd.rounding == "gptq" else None
         axis, importance = 0, None
         if rd.column_steps is not None and x.ndim >= 2 and not grid.per_channel:
             if rd.column_steps == "fisher":

@@ -35,7 +35,7 @@ from .atomic import write_atomic
 from .bitstream.descriptor import CodedTensor
 from .encoder import EncodeReport, Encoder
 from .errors import ConfigError
-from .rd_encode import RDOptions, fill_errors, rd_tensors
+from .rd_encode import Importances, RDOptions, fill_errors, rd_tensors
 
 __all__ = ["TunedReport", "encode_rd", "BITS_TOLERANCE", "FIDELITY_BRACKET", "output_cosine"]
 
@@ -175,13 +175,8 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
         from .sensitivity import calibrate_step_scales
 
         opts["step_scales"] = calibrate_step_scales(model, rd.calibration, forward=rd.run_forward, progress=False)
-    hessians = None
-    if rd.rounding == "gptq" or rd.column_steps == "hessian":
-        from .quant.gptq import collect_hessians
-
-        hessians = collect_hessians(model, rd.calibration, rd.run_forward)
+    importances = Importances(model, rd)  # computed in the first probe, reused by the others
     measure = _Fidelity(model, rd, fidelity)
-    factors: dict[str, Any] = {}
     cache: dict[float, tuple[bytes, EncodeReport, dict, float | None]] = {}
     show = sys.stderr.isatty()
     bar = None
@@ -193,7 +188,7 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
     def probe(r: float) -> tuple[float, float | None]:
         if r not in cache:
             encoder = Encoder(rel_step=r, **opts)
-            coded, errors = rd_tensors(model, tensors, encoder, rd, hessians, factors)
+            coded, errors = rd_tensors(model, tensors, encoder, rd, importances)
             data, rep = encoder.encode(coded, None, topology)
             fid = measure(data) if target_fidelity is not None else None
             cache[r] = (data, rep, errors, fid)  # type: ignore[assignment]

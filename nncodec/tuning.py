@@ -222,10 +222,10 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
 def _search_bits(probe: Callable[[float], tuple[float, Any]], target: float, lo: float, hi: float) -> float:
     """``rel_step`` whose rate is within BITS_TOLERANCE of ``target`` (else the closest probed)."""
     x = min(max(2.0 ** -(target - 2.0), lo), hi)   # rate ≈ log2(1/rel_step) + 2 bits/param
-    points: list[tuple[float, float]] = []
+    points: list[tuple[float, float, float]] = []  # (log2 rel_step, bits/param, the rel_step probed)
     for _ in range(_MAX_PROBES):
         bits, _ = probe(x)
-        points.append((math.log2(x), bits))
+        points.append((math.log2(x), bits, x))
         if abs(bits - target) <= BITS_TOLERANCE * target:
             return x
         slope = -1.0
@@ -248,7 +248,7 @@ def _search_bits(probe: Callable[[float], tuple[float, Any]], target: float, lo:
         x = new
     best = min(points, key=lambda p: abs(p[1] - target))
     log.warning("target_bits_per_param %.4g: closest reached %.4g", target, best[1])
-    return 2.0 ** best[0]
+    return best[2]  # the probed value itself: 2 ** log2(x) need not give x back
 
 
 def _search_fidelity(probe: Callable[[float], tuple[float, Any]], target: float, lo: float, hi: float) -> float:

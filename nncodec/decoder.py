@@ -102,6 +102,10 @@ class StreamWalker:
         self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
         self._group_data = group_data and not defer_tensors
         self.members: dict[str, GroupMember] = {}  #: tensor-group members read so far, by name
+        #: with ``defer_tensors``: each tensor-group unit's payload (read whole, checksum verified), by unit
+        #: offset, so that a lazy reader decodes a group's data without reading the unit again
+        self.group_payloads: dict[int, memoryview] = {}
+        self._keep_group_payloads = defer_tensors
         self.header: StreamHeader | None = None
         self.default_pipeline: Pipeline | None = None
         self.topology: dict[str, Any] | None = None
@@ -258,6 +262,8 @@ class StreamWalker:
             self.decoded_bytes += th.numel * th.dtype.itemsize
             self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
         data = memoryview(decode_group_data(group, self.limits)) if self._group_data else None
+        if self._keep_group_payloads:
+            self.group_payloads[uh.offset] = payload
         for m in group.members:
             self.members[m.header.name] = m
             yield index, uh, m.header, (data[m.start:m.start + m.size] if data is not None else None)

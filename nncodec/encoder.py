@@ -600,10 +600,7 @@ def _units_cost(coded: "list[_Prepared]", default: Pipeline | None) -> int:
     """Bytes of the tensor units of ``coded`` and of the model parameter set holding ``default``."""
     total = UNIT_HEADER_SIZE + len(default.to_bytes()) if default is not None else 0
     for p in coded:
-        head = len(p.header.to_bytes())
-        if default is not None and p.pipeline == default:
-            head -= len(p.pipeline.to_bytes()) - 1  # the entries become one 0xFF byte
-        total += UNIT_HEADER_SIZE + head + p.size
+        total += UNIT_HEADER_SIZE + len(_unit_header(p.header, p.pipeline, default).to_bytes()) + p.size
     return total
 
 
@@ -658,16 +655,22 @@ def _default_pipeline(pipelines: list[Pipeline]) -> Pipeline | None:
     return None
 
 
-def _tensor_header(header: TensorHeader, pipeline: Pipeline, default: Pipeline | None, report: TensorReport,
-                   payload_bytes: int) -> TensorHeader:
-    """``header`` without its ``pipeline`` when it is the default one (the report's unit size updated)."""
+def _unit_header(header: TensorHeader, pipeline: Pipeline, default: Pipeline | None) -> TensorHeader:
+    """``header`` as its unit stores it: without its ``pipeline`` when that is the default one."""
     if default is None or pipeline != default:
         return header
-    header = TensorHeader(header.name, header.dtype, header.shape, header.quant, None)
-    report.unit_bytes = UNIT_HEADER_SIZE + len(header.to_bytes()) + payload_bytes
-    numel = math.prod(header.shape)
-    report.bits_per_param = 8.0 * report.unit_bytes / numel if numel else None
-    return header
+    return TensorHeader(header.name, header.dtype, header.shape, header.quant, None)
+
+
+def _tensor_header(header: TensorHeader, pipeline: Pipeline, default: Pipeline | None, report: TensorReport,
+                   payload_bytes: int) -> TensorHeader:
+    """:func:`_unit_header`, the report's unit size updated when it drops the pipeline."""
+    stored = _unit_header(header, pipeline, default)
+    if stored is not header:
+        report.unit_bytes = UNIT_HEADER_SIZE + len(stored.to_bytes()) + payload_bytes
+        numel = math.prod(stored.shape)
+        report.bits_per_param = 8.0 * report.unit_bytes / numel if numel else None
+    return stored
 
 
 def _copy_unit(out: BinaryIO, unit_type: int, head: bytes, src: BinaryIO, size: int) -> None:

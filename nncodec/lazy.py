@@ -4,8 +4,9 @@
 rules as :func:`~nncodec.decoder.decode_arrays`), reading every unit header and seeking over tensor
 payloads (only the short prefix of each tensor unit that holds its name, dtype, shape and descriptor is
 read). ``get_array`` / ``get_tensor`` then read, checksum and decode just that unit. A tensor-group unit
-(FORMAT.md §14) is read whole during the scan for its directory; its data block is decoded when one of its
-members is first asked for and kept for the others (the last group read). The file must be
+(FORMAT.md §14) is read whole (and checksummed) during the scan for its directory, and its payload kept:
+its data block is decoded from it when one of its members is first asked for, and kept for the others
+(the last group decoded). The file must be
 seekable (bytes and non-seekable files are read into memory first). Not thread-safe: one reader per thread.
 """
 
@@ -68,6 +69,7 @@ class StreamFile:
         self._operating_point = operating_point
         self._shapes: dict[str, tuple[int, ...]] = {}  # tensors a refinement grows: their shape at the point
         self._refinements: dict[str, list[tuple[int, int, int, int, Any]]] = {}  # name -> (index, offset, length, coded start, header)
+        self._group_payloads: dict[int, memoryview] = {}  # each tensor-group unit's payload, read by the scan
         # the last tensor group decoded: its offset, its members by name, its data
         self._group: tuple[int, dict[str, GroupMember], memoryview] | None = None
         try:
@@ -99,6 +101,7 @@ class StreamFile:
         self.operating_points = walker.operating_points
         self.operating_point = walker.points.point
         self._default = walker.default_pipeline
+        self._group_payloads = walker.group_payloads
         self.aliases: dict[str, str] = dict(walker.aliases)
         self.metadata = walker.header.metadata if walker.header is not None else {}
         self.topology = walker.topology
@@ -159,19 +162,15 @@ class StreamFile:
         return out
 
     def _member_array(self, e: _Entry) -> np.ndarray:
-        """A tensor-group member: the group unit read and checked, its data decoded (kept for the group's
-        other members), the member's words decoded like a tensor unit's."""
+        """A tensor-group member: the group's data decoded from the payload the scan read (kept for the
+        group's other members), the member's words decoded like a tensor unit's."""
         try:
             if self._group is None or self._group[0] != e.offset:
-                head = self._read_at(e.offset, UNIT_HEADER_SIZE, "a unit header")
-                payload = memoryview(self._checked(e.offset, head, e.length, UNIT_HEADER.unpack(head)[4]))
-                group = open_group(payload, e.offset + UNIT_HEADER_SIZE, self.limits)
+                group = open_group(self._group_payloads[e.offset], e.offset + UNIT_HEADER_SIZE, self.limits)
                 self._group = (e.offset, {m.header.name: m for m in group.members},
                                memoryview(decode_group_data(group, self.limits)))
             _, members, data = self._group
-            member = members.get(e.header.name)
-            if member is None or member.header != e.header:
-                raise CorruptError(f"the unit of tensor {e.header.name!r} changed since the stream was opened")
+            member = members[e.header.name]
             return decode_tensor(member.header, data[member.start:member.start + member.size],
                                  member_pipeline(member), self.limits)
         except (FormatError, LimitExceededError) as exc:

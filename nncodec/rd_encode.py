@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
 from .quant.refine_codes import check_refine, refine_codes
 from .quant.uniform import UniformCodes, coded_from
 
-__all__ = ["ROUNDINGS", "RDOptions", "rd_tensors", "Forward"]
+__all__ = ["ROUNDINGS", "RDOptions", "Importances", "rd_tensors", "Forward"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ class RDOptions:
             column_steps, column_power, fisher_probes)
         if self.column_steps is not None and self.calibration is None:
             raise ConfigError(f"column_steps={self.column_steps!r} needs calibration= batches")
-        self._fisher: dict[str, np.ndarray] | None = None
 
     @property
     def active(self) -> bool:
@@ -95,20 +95,48 @@ class RDOptions:
         return self.rounding != "nearest" or self.rate_lambda > 0 or self.refine_steps > 0 \
             or self.column_steps is not None
 
-    def fisher(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
-        """Per-input-channel Fisher importances of ``model``'s parameters (computed once per options)."""
-        if self._fisher is None:
-            names = [n for n, p in model.named_parameters() if p.dim() >= 2]
-            self._fisher = fisher_importance(model, self.calibration or [], self.run_forward, names,
-                                             probes=self.fisher_probes)
-        return self._fisher
-
     def run_forward(self, model: torch.nn.Module, batch: Any) -> Any:
         if self.forward is not None:
             return self.forward(model, batch)
         from .sensitivity import default_forward
 
         return default_forward(model, batch)
+
+
+class Importances:
+    """What ``rd``'s calibration batches say about ``model``'s parameters, each computed on first use and kept
+    for further encodes of the same model with the same options (the probes of a target search): GPTQ's
+    input Hessians and their inverse factors, and per-input-channel Fisher importances."""
+
+    def __init__(self, model: torch.nn.Module, rd: RDOptions):
+        self.model, self.rd = model, rd
+        self._hessians: dict[str, torch.Tensor] | None = None
+        self._fisher: dict[str, np.ndarray] | None = None
+        self._factors: dict[str, Any] = {}
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        """``{weight name: H}`` (:func:`~nncodec.quant.gptq.collect_hessians`)."""
+        if self._hessians is None:
+            from .quant.gptq import collect_hessians
+
+            self._hessians = collect_hessians(self.model, self.rd.calibration or [], self.rd.run_forward)
+        return self._hessians
+
+    def factor(self, name: str, hessian: torch.Tensor) -> Any:
+        """The inverse factor of ``name``'s Hessian, damped by ``rd.damp``."""
+        if name not in self._factors:
+            from .quant.gptq import inverse_factor
+
+            self._factors[name] = inverse_factor(hessian, self.rd.damp)
+        return self._factors[name]
+
+    def fisher(self) -> dict[str, np.ndarray]:
+        """Per-input-channel Fisher importances of the parameters of rank >= 2."""
+        if self._fisher is None:
+            names = [n for n, p in self.model.named_parameters() if p.dim() >= 2]
+            self._fisher = fisher_importance(self.model, self.rd.calibration or [], self.rd.run_forward, names,
+                                             probes=self.rd.fisher_probes)
+        return self._fisher
 
 
 def _float_values(storage: np.ndarray, dtype: DType) -> np.ndarray:
@@ -128,25 +156,38 @@ def _range_of(grid: UniformCodes, encoder: Encoder) -> tuple[int, int]:
     return -(1 << 31) + 1, (1 << 31) - 1
 
 
+@dataclass
+class _Chosen:
+    """A tensor's chosen codes, with what measuring and coding them needs."""
+
+    codes: np.ndarray   #: integer codes, the tensor's shape
+    step: np.ndarray    #: the grid's step(s), broadcastable to the tensor
+    x: np.ndarray       #: the float weights (float64)
+    grid: UniformCodes  #: the grid the codes are on
+    dtype: DType
+    qmin: int           #: the code range
+    qmax: int
+    axis: int           #: the scales' axis (1: per input channel, from column_steps)
+
+
 def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Encoder, rd: RDOptions,
-               hessians: Mapping[str, torch.Tensor] | None = None, factors: dict[str, Any] | None = None,
-               progress: bool = False) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
+               importances: Importances | None = None, progress: bool = False
+               ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
     """``tensors`` (as :func:`nncodec.torch_io.tensors_from` gives them) with the quantized ones replaced by
     data-/rate-aware :class:`CodedTensor` codes; and ``{name: (max abs error, rms error)}`` of those.
 
-    ``hessians`` (from :func:`~nncodec.quant.gptq.collect_hessians`) are collected here when GPTQ needs
-    them and none are given; ``factors`` caches their inverse factors across calls with the same hessians.
+    ``importances``: those of ``model`` and ``rd`` computed by earlier calls (None: computed here as needed).
     """
-    from .quant.gptq import collect_hessians, gptq_codes, inverse_factor
+    from .quant.gptq import gptq_codes
 
     if rd.rounding == "dependent" and encoder.bits is not None:
         raise ConfigError("rounding='dependent' applies to step / rel_step quantization, not bits=")
     if rd.column_steps is not None and encoder.bits is not None:
         raise ConfigError("column_steps applies to step / rel_step quantization, not bits= (its steps are per row)")
-    if (rd.rounding == "gptq" or rd.column_steps == "hessian") and hessians is None:
-        hessians = collect_hessians(model, rd.calibration or [], rd.run_forward)
-    fisher = rd.fisher(model) if rd.column_steps == "fisher" else {}
-    chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any, tuple[int, int], int]] = {}  # + scale axis
+    importances = importances if importances is not None else Importances(model, rd)
+    hessians = importances.hessians() if rd.rounding == "gptq" or rd.column_steps == "hessian" else None
+    fisher = importances.fisher() if rd.column_steps == "fisher" else {}
+    chosen: dict[str, _Chosen] = {}
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
     dependent: dict[str, tuple[CodedTensor, tuple[float, float]]] = {}
     weighed = 0  # tensors column_steps found importances for (whether or not their steps pay)
@@ -163,12 +204,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         h = hessians.get(name) if hessians is not None else None
         if h is not None and not (x.ndim >= 2 and h.shape[0] == math.prod(x.shape[1:])):
             h = None
-        factor = None
-        if h is not None and rd.rounding == "gptq":
-            cache = factors if factors is not None else {}
-            if name not in cache:
-                cache[name] = inverse_factor(h, rd.damp)
-            factor = cache[name]
+        factor = importances.factor(name, h) if h is not None and rd.rounding == "gptq" else None
         axis, importance = 0, None
         if rd.column_steps is not None and x.ndim >= 2 and not grid.per_channel:
             if rd.column_steps == "fisher":
@@ -194,26 +230,25 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
             codes = grid.codes.astype(np.int64)
         else:
             continue
-        chosen[name] = (codes, step, x, grid, dtype, (qmin, qmax), axis)
+        chosen[name] = _Chosen(codes, step, x, grid, dtype, qmin, qmax, axis)
     if rd.column_steps is not None and not weighed:
         where = ("Linear / Conv1d / Conv2d weights (groups=1) that the calibration reaches"
                  if rd.column_steps == "hessian" else "parameters of rank >= 2 the forward's output depends on")
         raise ConfigError(f"column_steps={rd.column_steps!r} applies to no quantized tensor: it needs {where}, "
                           "quantized with one step (step / rel_step)")
     if rd.refine_steps:
-        start = {n: (c, s, x) for n, (c, s, x, *_rest) in chosen.items() if n in params}
+        start = {n: (c.codes, c.step, c.x) for n, c in chosen.items() if n in params}
         refined = refine_codes(model, start, rd.calibration or [], rd.run_forward, steps=rd.refine_steps,
                                lr=rd.refine_lr, progress=progress)
         for n, codes in refined.items():
-            _, s, x, grid, dtype, (qmin, qmax), axis = chosen[n]
-            chosen[n] = (np.clip(codes, qmin, qmax), s, x, grid, dtype, (qmin, qmax), axis)
+            chosen[n].codes = np.clip(codes, chosen[n].qmin, chosen[n].qmax)
     out: dict[str, Any] = dict(tensors)
     errors: dict[str, tuple[float, float]] = {}
     for name, (coded, error) in dependent.items():
         out[name], errors[name] = coded, error
-    for name, (codes, step, x, grid, dtype, _, axis) in chosen.items():
-        out[name] = coded_from(grid, codes, dtype, fit_peak=bool(axis), axis=axis)
-        diff = np.abs(codes * step - x)
+    for name, c in chosen.items():
+        out[name] = coded_from(c.grid, c.codes, c.dtype, fit_peak=bool(c.axis), axis=c.axis)
+        diff = np.abs(c.codes * c.step - c.x)
         errors[name] = (float(diff.max()) if diff.size else 0.0, float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0)
     return out, errors
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -11,6 +12,20 @@ from torch import nn
 __all__ = ["train_classifier", "accuracy"]
 
 log = logging.getLogger(__name__)
+
+
+def shuffled_batches(index: torch.Tensor | int, batch_size: int, seed: int | torch.Generator
+                     ) -> Iterator[torch.Tensor]:
+    """The example indices ``index`` (an int ``n``: ``0 .. n-1``) in a seeded random order, ``batch_size`` at a
+    time (the last batch may be shorter). ``seed``: an int (a fresh generator) or a generator, whose state
+    advances (one permutation per call, drawn when the first batch is taken)."""
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    n = index if isinstance(index, int) else len(index)
+    order = torch.randperm(n, generator=gen)
+    if not isinstance(index, int):
+        order = index[order]
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
 
 
 def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int = 5, batch_size: int = 64,
@@ -22,10 +37,8 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: 
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     for epoch in range(epochs):
-        order = torch.randperm(len(xt), generator=gen)
         total = 0.0
-        for start in range(0, len(xt), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in shuffled_batches(len(xt), batch_size, gen):
             opt.zero_grad()
             loss = loss_fn(model(xt[idx]), yt[idx])
             loss.backward()

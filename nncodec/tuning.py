@@ -35,7 +35,7 @@ from .atomic import write_atomic
 from .bitstream.descriptor import CodedTensor
 from .encoder import EncodeReport, Encoder
 from .errors import ConfigError
-from .rd_encode import RDOptions, fill_errors, rd_tensors
+from .rd_encode import Importances, RDOptions, fill_errors, rd_tensors
 
 __all__ = ["TunedReport", "encode_rd", "BITS_TOLERANCE", "FIDELITY_BRACKET", "output_cosine"]
 
@@ -175,13 +175,8 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
         from .sensitivity import calibrate_step_scales
 
         opts["step_scales"] = calibrate_step_scales(model, rd.calibration, forward=rd.run_forward, progress=False)
-    hessians = None
-    if rd.rounding == "gptq" or rd.column_steps == "hessian":
-        from .quant.gptq import collect_hessians
-
-        hessians = collect_hessians(model, rd.calibration, rd.run_forward)
+    importances = Importances(model, rd)  # computed in the first probe, reused by the others
     measure = _Fidelity(model, rd, fidelity)
-    factors: dict[str, Any] = {}
     cache: dict[float, tuple[bytes, EncodeReport, dict, float | None]] = {}
     show = sys.stderr.isatty()
     bar = None
@@ -193,7 +188,7 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
     def probe(r: float) -> tuple[float, float | None]:
         if r not in cache:
             encoder = Encoder(rel_step=r, **opts)
-            coded, errors = rd_tensors(model, tensors, encoder, rd, hessians, factors)
+            coded, errors = rd_tensors(model, tensors, encoder, rd, importances)
             data, rep = encoder.encode(coded, None, topology)
             fid = measure(data) if target_fidelity is not None else None
             cache[r] = (data, rep, errors, fid)  # type: ignore[assignment]
@@ -227,10 +222,10 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
 def _search_bits(probe: Callable[[float], tuple[float, Any]], target: float, lo: float, hi: float) -> float:
     """``rel_step`` whose rate is within BITS_TOLERANCE of ``target`` (else the closest probed)."""
     x = min(max(2.0 ** -(target - 2.0), lo), hi)   # rate ≈ log2(1/rel_step) + 2 bits/param
-    points: list[tuple[float, float]] = []
+    points: list[tuple[float, float, float]] = []  # (log2 rel_step, bits/param, the rel_step probed)
     for _ in range(_MAX_PROBES):
         bits, _ = probe(x)
-        points.append((math.log2(x), bits))
+        points.append((math.log2(x), bits, x))
         if abs(bits - target) <= BITS_TOLERANCE * target:
             return x
         slope = -1.0
@@ -253,7 +248,7 @@ def _search_bits(probe: Callable[[float], tuple[float, Any]], target: float, lo:
         x = new
     best = min(points, key=lambda p: abs(p[1] - target))
     log.warning("target_bits_per_param %.4g: closest reached %.4g", target, best[1])
-    return 2.0 ** best[0]
+    return best[2]  # the probed value itself: 2 ** log2(x) need not give x back
 
 
 def _search_fidelity(probe: Callable[[float], tuple[float, Any]], target: float, lo: float, hi: float) -> float:

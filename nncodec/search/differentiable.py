@@ -32,6 +32,7 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError
 from ..quant.base import Quantizer, get_quantizer
 from ..quant.plan import Plan
+from ..train import shuffled_batches
 from .controllers import Outcome, refuse_trials, refuse_widths, register_controller
 from .space import SearchSpace
 from .surrogate import CostSurrogate, base_plan, soft_layers
@@ -122,10 +123,7 @@ def _batches(task: Any, proxy: bool, epoch: int) -> Any:
         raise ConfigError("the differentiable controller trains its own loss: it needs a ClassifierTask "
                           f"(got {type(task).__name__}); use an Optuna controller or the greedy one")
     idx = task.proxy_index if proxy else torch.arange(len(task.x_train))
-    gen = torch.Generator().manual_seed(task.seed * 1000 + 7919 * (epoch + 1))
-    order = idx[torch.randperm(len(idx), generator=gen)]
-    for start in range(0, len(order), task.batch_size):
-        b = order[start:start + task.batch_size]
+    for b in shuffled_batches(idx, task.batch_size, task.seed * 1000 + 7919 * (epoch + 1)):
         yield task.x_train[b], task.y_train[b]
 
 

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .score import coerce_settings
-from .task import ClassifierTask, Task
+from ..train import shuffled_batches
+from .score import coerce_settings, is_number
+from .task import ClassifierTask, Task, eval_outputs
 
 __all__ = ["FineTuneConfig", "Distiller", "distillation_loss"]
 
@@ -47,7 +48,7 @@ class FineTuneConfig:
             v = getattr(self, f.name)
             if f.name in ("schedule", "proxy") or (f.name == "lr" and v is None):
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not is_number(v) or not math.isfinite(v):
                 raise ConfigError(f"finetune: {f.name} must be a finite number, got {v!r}")
         if not 0.0 <= self.distill <= 1.0:
             raise ConfigError(f"finetune: distill is a weight in [0, 1], got {self.distill!r}")
@@ -100,17 +101,7 @@ class Distiller:
         """The reference's logits on the whole training set (None without distillation), computed on the first
         training that uses them: a search whose distiller never trains (e.g. a trial worker without
         ``proxy=True``) pays nothing."""
-        return self._logits(self.reference) if self.cfg.distill > 0 else None
-
-    @torch.no_grad()
-    def _logits(self, reference: nn.Module) -> torch.Tensor:
-        was = reference.training
-        reference.eval()
-        try:
-            x = self.task.x_train
-            return torch.cat([reference(x[i:i + 512]).float() for i in range(0, len(x), 512)])
-        finally:
-            reference.train(was)
+        return eval_outputs(self.reference, (self.task.x_train,), 512) if self.cfg.distill > 0 else None
 
     def train(self, model: nn.Module, epochs: int, proxy: bool,
               after_epoch: "Any | None" = None) -> None:
@@ -123,15 +114,12 @@ class Distiller:
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
         step = 0
         for epoch in range(epochs):
-            gen = torch.Generator().manual_seed(task.seed * 1000 + epoch)
-            order = idx[torch.randperm(len(idx), generator=gen)]
             model.train()
-            for start in range(0, len(order), task.batch_size):
+            for b in shuffled_batches(idx, task.batch_size, task.seed * 1000 + epoch):
                 if cfg.schedule == "cosine":
                     floor, progress = cfg.min_lr_ratio, step / max(1, total - 1)  # the last step runs at the floor
                     for g in opt.param_groups:
                         g["lr"] = self.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-                b = order[start:start + task.batch_size]
                 teacher = self.teacher_logits[b] if self.teacher_logits is not None else None
                 opt.zero_grad()
                 out = model(task.x_train[b])

@@ -46,7 +46,7 @@ from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_
 from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Costing, Outcome, candidate_energy, method_options,
                           run_method, uses_method)
 from .finetune import Distiller, FineTuneConfig
-from .score import ScoreConfig, joint_score
+from .score import ScoreConfig, is_number, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
 from .task import Task, combined_floor
@@ -151,8 +151,7 @@ class SearchConfig:
         drop = self.max_accuracy_drop
         if drop is None:
             return
-        if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop) \
-                or not 0 <= drop < 1:
+        if not is_number(drop) or not math.isfinite(drop) or not 0 <= drop < 1:
             raise ConfigError(f"max_accuracy_drop is a fraction in [0, 1) of the reference's score (0.01: one "
                               f"point), got {drop!r}")
         if self.options.get("codesign") or (self.controller == "differentiable" and self.schedule == "single"):
@@ -162,7 +161,7 @@ class SearchConfig:
             # their own option: the iterative schedule measures the drop from the reference, greedy from its
             # "top" model (every knob at its widest candidate, proxy-trained); the pick's floor stays the reference's
             own = self.options.get("max_accuracy_drop")
-            if own is not None and (isinstance(own, bool) or not isinstance(own, (int, float)) or own != drop):
+            if own is not None and (not is_number(own) or own != drop):
                 raise ConfigError(f"max_accuracy_drop={drop} and options['max_accuracy_drop']={own} disagree: "
                                   "give one of them")
             self.options = {**self.options, "max_accuracy_drop": float(drop)}
@@ -178,8 +177,7 @@ def check_budget(n_trials: int | None, timeout_s: float | None, *, controller: s
     positive, and the time only for a search that honours it (the Optuna controllers' trials)."""
     options = options or {}
     if timeout_s is not None:
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
-                or timeout_s <= 0:
+        if not is_number(timeout_s) or not math.isfinite(timeout_s) or timeout_s <= 0:
             raise ConfigError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         if uses_method(controller, schedule, options):
             raise ConfigError(f"timeout_s applies to the Optuna controllers' trials; controller={controller!r} with "
@@ -594,14 +592,27 @@ class _FinalSteps:
     def __init__(self, task: Task, model: nn.Module, proxy_trial: float | None):
         self.task, self.model = task, model
         self.values: dict[str, Any] = {} if proxy_trial is None else {"proxy_trial": proxy_trial}
+        self._eval_score: float | None = None  # the latest measure, when the model was in eval mode for it
         self.measure("built")
         self.values["fine_tune_epochs"] = []
 
+    def _evaluate(self) -> float:
+        in_eval = not self.model.training
+        value = float(self.task.evaluate(self.model))
+        self._eval_score = value if in_eval else None
+        return value
+
     def measure(self, key: str) -> None:
-        self.values[key] = float(self.task.evaluate(self.model))
+        self.values[key] = self._evaluate()
 
     def epoch(self, epoch: int) -> None:
-        self.values["fine_tune_epochs"].append(float(self.task.evaluate(self.model)))
+        self.values["fine_tune_epochs"].append(self._evaluate())
+
+    def result(self) -> float:
+        """The model's score in eval mode once the steps are done (the model unchanged since the last
+        measure): that measure's when the model was in eval mode for it, else one more evaluation."""
+        self.model.eval()
+        return self._eval_score if self._eval_score is not None else float(self.task.evaluate(self.model))
 
 
 def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,
@@ -701,8 +712,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         for epoch in range(config.final_epochs):
             task.train_epoch(model, epoch, proxy=False)
             steps.epoch(epoch)
-    model.eval()
-    acc = task.evaluate(model)
+    acc = steps.result()
     report = candidate_energy(model, space.example_inputs, plan, outcome.energy_settings or config.energy_settings)
     out_dir = Path(config.out_dir)
     path, _ = encode_with_report(model, out_dir / "model.nnc", level=19)

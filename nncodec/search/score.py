@@ -31,7 +31,7 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not is_number(v) or not math.isfinite(v):
                 raise ConfigError(f"score: {f.name} must be a finite number, got {v!r}")
         if self.r_smaller <= 1 or self.r_larger <= 1 or self.stress <= 0:
             raise ConfigError("score: r_smaller and r_larger must be > 1 and stress > 0")
@@ -43,6 +43,11 @@ class ScoreConfig:
     def coerce(cls, value: "ScoreConfig | dict[str, Any]", where: str = "score") -> "ScoreConfig":
         """A :class:`ScoreConfig`, or one made from a dict of its fields (unknown keys are an error)."""
         return coerce_settings(cls, value, where)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool (True would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def coerce_settings(cls: type, value: Any, where: str) -> Any:

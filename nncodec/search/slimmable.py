@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..train import shuffled_batches
 
 __all__ = ["width_shapes", "forward_at_width", "train_slimmable", "narrow_topology", "points_with_widths",
            "sub_network"]
@@ -132,10 +133,8 @@ def train_slimmable(model: nn.Module, x: np.ndarray, y: np.ndarray, widths: Sequ
         steps = tqdm(steps, desc="slimmable training", unit="epoch")
     model.train()
     for epoch in steps:
-        order = torch.randperm(len(xt), generator=gen)
         total = 0.0
-        for start in range(0, len(xt), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in shuffled_batches(len(xt), batch_size, gen):
             opt.zero_grad()
             loss = sum(F.cross_entropy(forward_at_width(model, xt[idx], w), yt[idx]) for w in widths)
             loss.backward()  # type: ignore[union-attr]

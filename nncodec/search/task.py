@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..train import accuracy
+from ..train import accuracy, shuffled_batches
+from .score import is_number
 
 __all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor", "combined_floor"]
 
@@ -90,12 +91,9 @@ class ClassifierTask(Task):
     def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
         idx = self.proxy_index if proxy else torch.arange(len(self.x_train))
         opt = self._optimizer(model)
-        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        order = idx[torch.randperm(len(idx), generator=gen)]
         loss_fn = nn.CrossEntropyLoss()
         model.train()
-        for start in range(0, len(order), self.batch_size):
-            b = order[start:start + self.batch_size]
+        for b in shuffled_batches(idx, self.batch_size, self.seed * 1000 + epoch):
             opt.zero_grad()
             loss_fn(model(self.x_train[b]), self.y_train[b]).backward()
             opt.step()
@@ -103,11 +101,6 @@ class ClassifierTask(Task):
 
     def evaluate(self, model: nn.Module) -> float:
         return accuracy(model, self.x_val, self.y_val)
-
-
-def _is_number(value: Any) -> bool:
-    """An int or float, not a bool (True would pass as 1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def first_tensor(output: Any, inputs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
@@ -120,6 +113,24 @@ def first_tensor(output: Any, inputs: tuple[torch.Tensor, ...] | None = None) ->
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise ConfigError(f"cannot compare model outputs of type {type(output).__name__}: pass output_fn")
+
+
+@torch.no_grad()
+def eval_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int,
+                 forward: Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor] | None = None) -> torch.Tensor:
+    """``model``'s outputs (float32) on ``inputs`` (tensors sharing their first, example, dimension), computed in
+    eval mode without gradients, ``batch_size`` examples at a time; ``forward(model, inputs)`` defaults to
+    ``model(*inputs)``. The model's training mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        outs = []
+        for i in range(0, len(inputs[0]), batch_size):
+            part = tuple(t[i:i + batch_size] for t in inputs)
+            outs.append((model(*part) if forward is None else forward(model, part)).float())
+    finally:
+        model.train(was)
+    return torch.cat(outs)
 
 
 def _as_batch(inputs: Any, where: str) -> tuple[torch.Tensor, ...]:
@@ -158,11 +169,11 @@ class FidelityTask(Task):
             raise ConfigError(f"fidelity metric must be 'cosine' or 'top1', got {metric!r}")
         if not 0 < proxy_fraction <= 1:
             raise ConfigError("proxy_fraction must be in (0, 1]")
-        if not (_is_number(lr) and lr > 0 and math.isfinite(lr)):
+        if not (is_number(lr) and lr > 0 and math.isfinite(lr)):
             raise ConfigError(f"fidelity task: lr must be a positive number, got {lr!r}")
-        if not (_is_number(lr_decay) and 0 < lr_decay <= 1):
+        if not (is_number(lr_decay) and 0 < lr_decay <= 1):
             raise ConfigError(f"fidelity task: lr_decay must be in (0, 1], got {lr_decay!r}")
-        if min_fidelity is not None and not (_is_number(min_fidelity) and
+        if min_fidelity is not None and not (is_number(min_fidelity) and
                                              (-1 if metric == "cosine" else 0) <= min_fidelity <= 1):
             raise ConfigError(f"fidelity task: min_fidelity must be a {metric} score (at most 1), got {min_fidelity!r}")
         self.lr, self.lr_decay = float(lr), float(lr_decay)
@@ -178,19 +189,8 @@ class FidelityTask(Task):
         self._optimizer = _Optimizers(lr)
         n = len(self.calibration[0])
         self.proxy_index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max(1, int(n * proxy_fraction))]
-        self.calibration_targets = self._outputs(reference, self.calibration)
-        self.evaluation_targets = self._outputs(reference, self.evaluation)
-
-    @torch.no_grad()
-    def _outputs(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        try:
-            outs = [self._forward(model, tuple(t[i:i + self.batch_size] for t in batch)).float()
-                    for i in range(0, len(batch[0]), self.batch_size)]
-        finally:
-            model.train(was)
-        return torch.cat(outs)
+        self.calibration_targets = eval_outputs(reference, self.calibration, self.batch_size, self._forward)
+        self.evaluation_targets = eval_outputs(reference, self.evaluation, self.batch_size, self._forward)
 
     def _forward(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.output_fn(model(*inputs), inputs)
@@ -208,11 +208,8 @@ class FidelityTask(Task):
         opt = self._optimizer(model)
         for group in opt.param_groups:
             group["lr"] = self.lr * self.lr_decay ** epoch
-        gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        order = idx[torch.randperm(len(idx), generator=gen)]
         model.train()
-        for start in range(0, len(order), self.batch_size):
-            b = order[start:start + self.batch_size]
+        for b in shuffled_batches(idx, self.batch_size, self.seed * 1000 + epoch):
             opt.zero_grad()
             self._loss(self._forward(model, tuple(t[b] for t in self.calibration)),
                        self.calibration_targets[b]).backward()
@@ -220,7 +217,7 @@ class FidelityTask(Task):
         model.eval()
 
     def evaluate(self, model: nn.Module) -> float:
-        out = self._outputs(model, self.evaluation)
+        out = eval_outputs(model, self.evaluation, self.batch_size, self._forward)
         target = self.evaluation_targets
         if self.metric == "top1":
             return float((out.argmax(-1) == target.argmax(-1)).float().mean())

@@ -106,6 +106,19 @@ def test_target_bits_per_param_lands_within_tolerance() -> None:
         assert report.fidelity is not None and 0 < report.fidelity <= 1
 
 
+def test_unreachable_bits_target_returns_the_closest_probe(caplog: pytest.LogCaptureFixture) -> None:
+    """A rate no step reaches (headers alone cost more on 10 parameters) gives the closest probed stream and a
+    warning, not a lookup error."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    with caplog.at_level("WARNING", logger="nncodec.tuning"):
+        data, report = nncodec.encode_with_report(model, calibration=[torch.randn(16, 4)], target_bits_per_param=3.0)
+    probed = [p["bits_per_param"] for p in report.probes]
+    assert report.bits_per_param == min(probed, key=lambda b: abs(b - 3.0)) > 3.0 * (1 + BITS_TOLERANCE)
+    assert report.bits_per_param == pytest.approx(8 * len(data) / 10)
+    assert "closest reached" in caplog.text
+
+
 def test_target_fidelity_is_reached_and_bracketed() -> None:
     model, batches = _small_model()
     target = 0.999

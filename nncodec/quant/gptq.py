@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .layers import _QuantWeights
 from .rate_aware import CodeRate, check_lambda, choose
 
 __all__ = ["collect_hessians", "gptq_codes", "inverse_factor", "hessian_layers", "initialize_kernels", "MAX_COLUMNS"]
@@ -189,21 +190,35 @@ def _kernel_grid(quantizer: Any, weight: torch.Tensor) -> tuple[np.ndarray, int,
 
 @torch.no_grad()
 def initialize_kernels(model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any], *,
-                       damp: float = 0.01) -> list[str]:
+                       damp: float = 0.01, none_ok: bool = False) -> list[str]:
     """Data-aware initial kernels for a fake-quantized model (``quantize_model``): each ``QLinear`` /
     ``QConv1d`` / ``QConv2d`` whose kernel quantizer is ``quantized_bits`` (one step, or ``alpha='auto'``
     steps per output channel) gets as float weight its GPTQ rounding on the grid its quantizer would use,
-    from the Hessians of its inputs in ``model`` on ``batches`` (``forward(model, batch)``; quantized
-    activations included). Quantization-aware training then starts from these values instead of the
-    nearest-code rounding of the float weights. Pruned layers (a weight mask) and other quantizers keep their
-    weights. Returns the weight names changed; ConfigError when no layer qualifies."""
+    from the Hessians of its inputs in ``model`` on ``batches`` (``forward(model, batch)``), taken with every
+    kernel still float and the activation quantizers on: the upstream kernels become data-aware too, so
+    their nearest-code errors are not the inputs to fit (on all-MiniLM-L6-v2, 4-bit kernels fitted to inputs
+    carrying them scored a mean cosine of 0.985, 0.994 otherwise). Quantization-aware training then starts
+    from these values instead of the nearest codes of the float weights. Pruned layers (a weight mask) and
+    other quantizers keep their weights. Returns the weight names changed; when no layer qualifies,
+    ConfigError (``none_ok``: an empty list, e.g. for a search candidate whose plan chose only other kernel
+    quantizers)."""
     candidates = {n: m for n, m in hessian_layers(model, fake_quant=True).items()
                   if getattr(m, "weight_mask", None) is None and
                   _kernel_grid(getattr(m, "kernel_quantizer", None), m.weight) is not None}
     if not candidates:
+        if none_ok:
+            return []
         raise ConfigError("data-aware initial kernels: no Linear / Conv layer has a quantized_bits kernel quantizer "
                           "(quantize the model with a plan first)")
-    hessians = collect_hessians(model, batches, forward, names=candidates, fake_quant=True)
+    quantizers = {n: m.kernel_quantizer for n, m in model.named_modules() if isinstance(m, _QuantWeights)}
+    modules = dict(model.named_modules())
+    try:
+        for n in quantizers:
+            modules[n].kernel_quantizer = None
+        hessians = collect_hessians(model, batches, forward, names=candidates, fake_quant=True)
+    finally:
+        for n, q in quantizers.items():
+            modules[n].kernel_quantizer = q
     changed = []
     for name, mod in candidates.items():
         if name not in hessians:

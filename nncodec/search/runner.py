@@ -113,7 +113,8 @@ class SearchConfig:
     finetune: FineTuneConfig | None = None
     #: how a candidate's quantized kernels start: "nearest" (its quantizers round the reference's weights) or
     #: "gptq" (data-aware rounding on the grid of each quantized_bits kernel, from the Hessians of the
-    #: candidate's own layer inputs on the first ``INITIAL_KERNEL_EXAMPLES`` of the task's training inputs)
+    #: candidate's layer inputs, kernels float, on the first ``INITIAL_KERNEL_EXAMPLES`` training inputs;
+    #: kernels of other quantizers keep the nearest codes)
     initial_kernels: str = "nearest"
 
     def __post_init__(self) -> None:
@@ -308,7 +309,7 @@ class _Searcher:
             inputs = self.task.calibration_inputs()
             n = min(len(inputs[0]), INITIAL_KERNEL_EXAMPLES)
             batches = [tuple(t[i:i + 32] for t in inputs) for i in range(0, n, 32)]
-            initialize_kernels(model, batches, lambda m, batch: m(*batch))
+            initialize_kernels(model, batches, lambda m, batch: m(*batch), none_ok=True)
         return model
 
     def accuracy_floor(self) -> float | None:

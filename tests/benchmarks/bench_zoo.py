@@ -224,10 +224,11 @@ SENTENCES = [f"{a} {b} {c}." for a in ("The small robot", "A tired student", "My
 #: from their data-aware (GPTQ) rounding (``initial_kernels='gptq'``: 4-bit kernels alone keep a cosine of 0.994
 #: instead of 0.926), 8-bit outputs of the norms, query / key / value and attention, 6- or 8-bit GELU outputs,
 #: each layer's range fitted by least squared error; the projections that feed the residual sums keep 16-bit
-#: outputs (8 bits there cost 0.12 of cosine and save no energy); no width choice. Proxy: one epoch on 120
-#: sentences; final: four distillation epochs on all 1,000 at lr 5e-4 decaying by 0.7 per epoch (at 1e-4 an
-#: epoch gained 0.005 of cosine, at 5e-4 0.05); floor: mean cosine 0.99.
-MINILM = {"trials": 6, "widths": (1.0,), "kernel_bits": (3, 4), "activation_bits": (8,), "gelu_bits": (6, 8),
+#: outputs (8 bits there cost 0.12 of cosine and save no energy); no width choice. Three trials (each builds
+#: its GPTQ kernels and trains one proxy epoch on 120 sentences); final: four distillation epochs on all
+#: 1,000 at lr 5e-4 decaying by 0.7 per epoch (at 1e-4 an epoch gained 0.005 of cosine, at 5e-4 0.05);
+#: floor: mean cosine 0.99.
+MINILM = {"trials": 3, "widths": (1.0,), "kernel_bits": (3, 4), "activation_bits": (8,), "gelu_bits": (6, 8),
           "residual_bits": (16,), "activation_range": "mse", "calibration": 1000, "proxy_fraction": 0.12,
           "proxy_epochs": 1, "final_epochs": 4, "lr": 5e-4, "lr_decay": 0.7, "min_fidelity": 0.99,
           "initial_kernels": "gptq"}

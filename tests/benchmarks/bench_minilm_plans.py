@@ -1,7 +1,7 @@
 """Where all-MiniLM-L6-v2 loses fidelity: fixed quantization plans, no search and no training (not CI).
 
     HF_HUB_OFFLINE=1 nice python -m tests.benchmarks.bench_minilm_plans [--distil-epochs N] [--initial-kernels gptq]
-        [--lr LR --lr-decay D] [--only 6,14,...]
+        [--lr LR --lr-decay D] [--only 6,14,...] [--out PATH]
 
 For each plan: the mean embedding cosine on the 160 evaluation sentences of the model zoo (``bench_zoo``;
 disjoint from its calibration sentences) right after quantization, and the energy against the int8 / int16
@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--initial-kernels", choices=("nearest", "gptq"), default="nearest")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lr-decay", type=float, default=0.8)
+    ap.add_argument("--out", default=None, help="JSON path (default: results/minilm_plans[_gptq].json)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
@@ -137,8 +138,9 @@ def main() -> None:
             distil.append({"epoch": epoch + 1, "cosine": task.evaluate(model), "seconds": time.perf_counter() - t0})
             print(f"W4 per channel, A8 (residual 16), distilled {epoch + 1} epoch(s): {distil[-1]['cosine']:.4f} "
                   f"({distil[-1]['seconds']:.0f} s)", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("minilm_plans_gptq.json" if args.initial_kernels == "gptq" else "minilm_plans.json")
+    path = Path(args.out) if args.out else \
+        RESULTS / ("minilm_plans_gptq.json" if args.initial_kernels == "gptq" else "minilm_plans.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"rows": rows, "distillation": distil, "threads": 1,
                                "initial_kernels": args.initial_kernels, "lr": args.lr, "lr_decay": args.lr_decay,

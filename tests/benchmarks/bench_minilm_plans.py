@@ -13,9 +13,9 @@ calibration sentences (99.99th percentile, largest value, or least squared error
 then distils the W4 / A8 plan for N epochs on the 1,000 calibration sentences and prints the cosine after
 each (``--lr`` / ``--lr-decay``: its rate, 1e-4 decaying by 0.8 per epoch unless given).
 ``--initial-kernels gptq`` starts every plan's kernels from their data-aware (GPTQ) rounding on the
-Hessians of the quantized model's own layer inputs (256 calibration sentences; the search's
+Hessians of the quantized model's layer inputs with float kernels (256 calibration sentences; the search's
 ``SearchConfig(initial_kernels='gptq')``). Writes results/minilm_plans.json (``minilm_plans_gptq.json``
-with GPTQ kernels).
+with GPTQ kernels; ``--out``: elsewhere).
 """
 
 from __future__ import annotations

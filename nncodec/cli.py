@@ -402,9 +402,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     trials = _trials(args)  # a wrong budget fails before the data is read and the reference trained
     if not args.model:
         if args.schedule != "single" or args.option or args.codesign or args.size_score is not None or \
-                args.max_drop is not None or args.finetune is not None:
-            raise ConfigError("--schedule, --option, --codesign, --size-score, --max-drop and --finetune apply to a "
-                              "search of your --model, not the demo")
+                args.max_drop is not None or args.finetune is not None or args.initial_kernels != "nearest":
+            raise ConfigError("--schedule, --option, --codesign, --size-score, --max-drop, --finetune and "
+                              "--initial-kernels apply to a search of your --model, not the demo")
         return _cmd_demo(args)
     size_score = _json_fields(args.size_score)
     finetune = _json_fields(args.finetune, "--finetune", "fine-tuning fields")
@@ -423,7 +423,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                           study_name=args.study_name, storage=args.storage, out_dir=args.out,
                           progress=None if not args.json else False, schedule=args.schedule,
                           options=_method_options(args), size_score=size_score, max_accuracy_drop=args.max_drop,
-                          finetune=finetune)
+                          finetune=finetune, initial_kernels=args.initial_kernels)
     if not args.data:
         raise ConfigError("--model needs --data: an .npz with x_train, y_train, x_val, y_val")
     with np.load(args.data, allow_pickle=False) as z:
@@ -625,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--finetune", nargs="?", const="{}", metavar="JSON",
                     help="final fine-tuning by distillation from the reference with a cosine learning rate; alone "
                          "the defaults (distill 0.5, T 4), or e.g. '{\"distill\": 0.7, \"proxy\": true}'")
+    se.add_argument("--initial-kernels", choices=["nearest", "gptq"], default="nearest",
+                    help="gptq: each candidate's quantized kernels start from their data-aware (GPTQ) rounding on "
+                         "its own layer inputs (x_train) instead of the nearest codes")
     se.add_argument("--max-energy-pj", type=float, help="hard cap: candidates over it are never trained")
     se.add_argument("--max-bits", type=float, help="hard cap on parameter bits")
     se.add_argument("--max-params", type=int, help="hard cap on the parameter count")

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .layers import _QuantWeights
 from .rate_aware import CodeRate, check_lambda, choose
 
-__all__ = ["collect_hessians", "gptq_codes", "inverse_factor", "hessian_layers", "MAX_COLUMNS"]
+__all__ = ["collect_hessians", "gptq_codes", "inverse_factor", "hessian_layers", "initialize_kernels", "MAX_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,15 @@ _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 MAX_COLUMNS = 4096
 
 
-def hessian_layers(model: nn.Module) -> dict[str, nn.Module]:
+def hessian_layers(model: nn.Module, *, fake_quant: bool = False) -> dict[str, nn.Module]:
     """``{weight name: module}`` for the layers data-aware rounding handles: ``Linear``, and ``Conv1d`` /
     ``Conv2d`` with ``groups == 1``, of at most ``MAX_COLUMNS`` input columns (a weight shared by several
-    modules is left out)."""
+    modules is left out). ``fake_quant``: their fake-quant subclasses too (``QLinear``, ...)."""
     found: dict[str, nn.Module] = {}
     owners: dict[int, int] = {}
     for name, mod in model.named_modules():
-        if type(mod) in _SUPPORTED and getattr(mod, "groups", 1) == 1 and isinstance(mod.weight, torch.Tensor) \
+        supported = isinstance(mod, _SUPPORTED) if fake_quant else type(mod) in _SUPPORTED
+        if supported and getattr(mod, "groups", 1) == 1 and isinstance(mod.weight, torch.Tensor) \
                 and mod.weight[0].numel() <= MAX_COLUMNS:
             found[f"{name}.weight" if name else "weight"] = mod
         for p in mod.parameters(recurse=False):
@@ -67,10 +69,11 @@ def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def collect_hessians(model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any],
-                     names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+                     names: Iterable[str] | None = None, *, fake_quant: bool = False) -> dict[str, torch.Tensor]:
     """``{weight name: H}`` (float64, ``X^T X / rows``) of the supported layers, from one pass over ``batches``
-    with forward pre-hooks. Layers that saw no input are left out."""
-    layers = hessian_layers(model)
+    with forward pre-hooks. Layers that saw no input are left out. ``fake_quant``: see :func:`hessian_layers`
+    (the inputs are then the fake-quant model's, quantized activations included)."""
+    layers = hessian_layers(model, fake_quant=fake_quant)
     if names is not None:
         wanted = set(names)
         layers = {n: m for n, m in layers.items() if n in wanted}
@@ -166,3 +169,72 @@ def gptq_codes(weight: np.ndarray, hessian: torch.Tensor | None, step: "float | 
             err[:, i] = e
         w[:, i2:] -= err @ u[i1:i2, i2:]
     return codes.reshape(shape)
+
+
+def _kernel_grid(quantizer: Any, weight: torch.Tensor) -> tuple[np.ndarray, int, int] | None:
+    """(step, one per output row or a scalar; qmin; qmax) of a ``quantized_bits`` kernel quantizer's grid on
+    ``weight``, or None for other quantizers (and 1-bit codes)."""
+    from .fixed_point import QuantizedBits
+
+    if not isinstance(quantizer, QuantizedBits) or quantizer.u == 0:
+        return None
+    if quantizer.alpha == "auto":  # per output row: scale = 2 max|w| / levels, codes in [-half, half]
+        _, scale = quantizer._auto(weight.detach())
+        half = 2 ** (quantizer.bits - 1) - 1
+        return scale.reshape(-1).double().numpy(), -half, half
+    if quantizer.alpha is not None:
+        return None  # auto_po2 refits its scale to the codes: no fixed grid
+    lo, hi = quantizer._range()
+    return np.asarray(2.0 ** (quantizer.integer - quantizer.u)), lo, hi
+
+
+@torch.no_grad()
+def initialize_kernels(model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any], *,
+                       damp: float = 0.01, none_ok: bool = False) -> list[str]:
+    """Data-aware initial kernels for a fake-quantized model (``quantize_model``): each ``QLinear`` /
+    ``QConv1d`` / ``QConv2d`` whose kernel quantizer is ``quantized_bits`` (one step, or ``alpha='auto'``
+    steps per output channel) gets as float weight its GPTQ rounding on the grid its quantizer would use,
+    from the Hessians of its inputs in ``model`` on ``batches`` (``forward(model, batch)``), taken with every
+    kernel still float and the activation quantizers on: the upstream kernels become data-aware too, so
+    their nearest-code errors are not the inputs to fit (on all-MiniLM-L6-v2, 4-bit kernels fitted to inputs
+    carrying them scored a mean cosine of 0.985, 0.992 otherwise). Quantization-aware training then starts
+    from these values instead of the nearest codes of the float weights. Pruned layers (a weight mask) and
+    other quantizers keep their weights. Returns the weight names changed; when no layer qualifies,
+    ConfigError (``none_ok``: an empty list, e.g. for a search candidate whose plan chose only other kernel
+    quantizers)."""
+    candidates = {n: m for n, m in hessian_layers(model, fake_quant=True).items()
+                  if getattr(m, "weight_mask", None) is None and
+                  _kernel_grid(getattr(m, "kernel_quantizer", None), m.weight) is not None}
+    if not candidates:
+        if none_ok:
+            return []
+        raise ConfigError("data-aware initial kernels: no Linear / Conv layer has a quantized_bits kernel quantizer "
+                          "(quantize the model with a plan first)")
+    quantizers = {n: m.kernel_quantizer for n, m in model.named_modules() if isinstance(m, _QuantWeights)}
+    modules = dict(model.named_modules())
+    try:
+        for n in quantizers:
+            modules[n].kernel_quantizer = None
+        hessians = collect_hessians(model, batches, forward, names=candidates, fake_quant=True)
+    finally:
+        for n, q in quantizers.items():
+            modules[n].kernel_quantizer = q
+    changed = []
+    for name, mod in candidates.items():
+        if name not in hessians:
+            continue
+        step, qmin, qmax = _kernel_grid(mod.kernel_quantizer, mod.weight)  # type: ignore[misc]
+        w = mod.weight.detach()
+        codes = gptq_codes(w.double().numpy(), hessians[name], step, qmin=qmin, qmax=qmax, damp=damp)
+        if mod.kernel_quantizer.alpha == "auto":  # type: ignore[union-attr]
+            # the quantizer derives a row's scale from its largest value: a row whose codes no longer reach
+            # qmax would move to a finer grid when quantized again; it keeps its nearest-code rounding
+            short = np.abs(codes.reshape(len(codes), -1)).max(1) < qmax
+            if short.any():
+                plain, _ = mod.kernel_quantizer._auto(w)  # type: ignore[union-attr]
+                codes[short] = plain.numpy().astype(np.int64)[short]
+        values = torch.from_numpy(codes * _step_matrix(step, tuple(w.shape)).reshape(w.shape))
+        mod.weight.copy_(values.to(w.dtype))
+        changed.append(name)
+    log.info("data-aware initial kernels: %d of %d layers", len(changed), len(candidates))
+    return changed

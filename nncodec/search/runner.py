@@ -41,6 +41,7 @@ from ..energy.operators import qtype
 from ..errors import ConfigError
 from ..prune.graph import Resizer
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
+from ..quant.gptq import initialize_kernels
 from ..quant.plan import Plan
 from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits
 from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Costing, Outcome, candidate_energy, method_options,
@@ -57,6 +58,12 @@ log = logging.getLogger(__name__)
 
 OPTUNA_CONTROLLERS = ("random", "tpe", "gp", "hyperband", "nsga2", "rl", "evolution")
 CONTROLLERS = OPTUNA_CONTROLLERS + tuple(PLAN_CONTROLLERS)
+
+
+#: how a candidate's kernels start (SearchConfig.initial_kernels)
+INITIAL_KERNELS = ("nearest", "gptq")
+#: training inputs the data-aware initial kernels measure layer inputs on (batches of 32)
+INITIAL_KERNEL_EXAMPLES = 256
 
 
 @dataclass
@@ -104,6 +111,11 @@ class SearchConfig:
     #: None (the task's own epochs, constant rate), or how the final fine-tuning trains: distillation from the
     #: reference and a learning-rate schedule (:class:`~nncodec.search.finetune.FineTuneConfig`, or a dict)
     finetune: FineTuneConfig | None = None
+    #: how a candidate's quantized kernels start: "nearest" (its quantizers round the reference's weights) or
+    #: "gptq" (data-aware rounding on the grid of each quantized_bits kernel, from the Hessians of the
+    #: candidate's layer inputs, kernels float, on the first ``INITIAL_KERNEL_EXAMPLES`` training inputs;
+    #: kernels of other quantizers keep the nearest codes)
+    initial_kernels: str = "nearest"
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
@@ -129,6 +141,8 @@ class SearchConfig:
         if self.schedule != "single" and self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be 'single' or one of {tuple(SCHEDULES)}, got {self.schedule!r}")
         self._check_accuracy_drop()
+        if self.initial_kernels not in INITIAL_KERNELS:
+            raise ConfigError(f"initial_kernels must be one of {INITIAL_KERNELS}, got {self.initial_kernels!r}")
         if self.finetune is not None:
             self.finetune = FineTuneConfig.coerce(self.finetune)
             if self.final_epochs == 0 and not self.finetune.proxy:
@@ -273,6 +287,9 @@ class _Searcher:
         self.selections: list[dict[str, Any]] = []
         self.picked_accuracy: float | None = None  #: proxy score of the trial the search returned
         self.distiller = (Distiller(self.reference, task, config.finetune) if config.finetune is not None else None)
+        if config.initial_kernels == "gptq" and task.calibration_inputs() is None:
+            raise ConfigError(f"initial_kernels='gptq' measures layer inputs on the task's training inputs; "
+                              f"{type(task).__name__} does not expose them (Task.calibration_inputs)")
         self.url = storage_url(config.storage, self.out_dir)
         self.storage = open_storage(self.url, heartbeat_interval=config.heartbeat_interval,
                                     grace_period=config.grace_period)
@@ -282,7 +299,16 @@ class _Searcher:
         (the candidates are the same as :func:`build_candidate` without it)."""
         if self._resizer is None and any(v != 1.0 for v in plan.widths.values()):
             self._resizer = Resizer(self.reference, self.space.example_inputs)
-        return build_candidate(self.reference, self.space.example_inputs, plan, resizer=self._resizer)
+        return self.initialize(build_candidate(self.reference, self.space.example_inputs, plan, resizer=self._resizer))
+
+    def initialize(self, model: nn.Module) -> nn.Module:
+        """``model`` with its initial kernels as ``SearchConfig.initial_kernels`` asks (in place)."""
+        if self.cfg.initial_kernels == "gptq":
+            inputs = self.task.calibration_inputs()
+            n = min(len(inputs[0]), INITIAL_KERNEL_EXAMPLES)
+            batches = [tuple(t[i:i + 32] for t in inputs) for i in range(0, n, 32)]
+            initialize_kernels(model, batches, lambda m, batch: m(*batch), none_ok=True)
+        return model
 
     def accuracy_floor(self) -> float | None:
         """The score a trial must reach: the higher of ``reference accuracy - max_accuracy_drop`` and the
@@ -697,7 +723,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     if outcome.state is not None:
         start = copy.deepcopy(reference)
         start.load_state_dict(outcome.state)
-        model = build_candidate(start, space.example_inputs, plan)
+        model = searcher.initialize(build_candidate(start, space.example_inputs, plan))
     else:
         model = searcher.build(plan)
     if outcome.masks:

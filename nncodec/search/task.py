@@ -41,6 +41,11 @@ class Task:
     def evaluate(self, model: nn.Module) -> float:
         raise NotImplementedError
 
+    def calibration_inputs(self) -> tuple[torch.Tensor, ...] | None:
+        """The inputs the task trains on (a tuple of tensors, first dimension = examples; the model is called
+        as ``model(*inputs)``), e.g. for data-aware initial kernels; None when the task does not expose them."""
+        return None
+
 
 @dataclass
 class FunctionTask(Task):
@@ -87,6 +92,9 @@ class ClassifierTask(Task):
         n = max(1, int(len(x_train) * proxy_fraction))
         self._optimizer = _Optimizers(lr)
         self.proxy_index = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n]
+
+    def calibration_inputs(self) -> tuple[torch.Tensor, ...]:
+        return (self.x_train,)
 
     def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
         idx = self.proxy_index if proxy else torch.arange(len(self.x_train))
@@ -201,6 +209,9 @@ class FidelityTask(Task):
         flat_o, flat_t = out.reshape(len(out), -1), target.reshape(len(target), -1)
         cos = nn.functional.cosine_similarity(flat_o, flat_t, dim=1)
         return (1 - cos).mean() + nn.functional.mse_loss(flat_o, flat_t) / (flat_t.pow(2).mean() + 1e-12)
+
+    def calibration_inputs(self) -> tuple[torch.Tensor, ...]:
+        return self.calibration
 
     def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
         n = len(self.calibration[0])

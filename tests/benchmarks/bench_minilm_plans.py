@@ -1,6 +1,7 @@
 """Where all-MiniLM-L6-v2 loses fidelity: fixed quantization plans, no search and no training (not CI).
 
-    HF_HUB_OFFLINE=1 nice python -m tests.benchmarks.bench_minilm_plans [--distil-epochs N]
+    HF_HUB_OFFLINE=1 nice python -m tests.benchmarks.bench_minilm_plans [--distil-epochs N] [--initial-kernels gptq]
+        [--lr LR --lr-decay D] [--only 6,14,...] [--out PATH]
 
 For each plan: the mean embedding cosine on the 160 evaluation sentences of the model zoo (``bench_zoo``;
 disjoint from its calibration sentences) right after quantization, and the energy against the int8 / int16
@@ -10,7 +11,11 @@ one power-of-two step per tensor (``quantized_bits(b,i,1)``) or one step per out
 of the GELUs and of the two projections that feed the residual sums, each layer's ``{i}`` fitted on 256
 calibration sentences (99.99th percentile, largest value, or least squared error). ``--distil-epochs N``
 then distils the W4 / A8 plan for N epochs on the 1,000 calibration sentences and prints the cosine after
-each. Writes results/minilm_plans.json.
+each (``--lr`` / ``--lr-decay``: its rate, 1e-4 decaying by 0.8 per epoch unless given).
+``--initial-kernels gptq`` starts every plan's kernels from their data-aware (GPTQ) rounding on the
+Hessians of the quantized model's layer inputs with float kernels (256 calibration sentences; the search's
+``SearchConfig(initial_kernels='gptq')``). Writes results/minilm_plans.json (``minilm_plans_gptq.json``
+with GPTQ kernels; ``--out``: elsewhere).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import torch
 
 from nncodec.energy.estimate import estimate_energy
+from nncodec.quant.gptq import initialize_kernels
 from nncodec.quant.layers import quantize_model
 from nncodec.quant.plan import Plan
 from nncodec.search import FidelityTask, SearchConfig, SearchSpace
@@ -78,6 +84,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--distil-epochs", type=int, default=0)
     ap.add_argument("--only", default=None, help="comma-separated row numbers (1-based) to run")
+    ap.add_argument("--initial-kernels", choices=("nearest", "gptq"), default="nearest")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr-decay", type=float, default=0.8)
+    ap.add_argument("--out", default=None, help="JSON path (default: results/minilm_plans[_gptq].json)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
@@ -85,22 +95,34 @@ def main() -> None:
     example = (calib[0][:1], calib[1][:1])
     settings = SearchConfig().energy_settings
     ref_pj = estimate_energy(reference, example, reference=("int8", "int16"), **settings).total_pj
-    task = FidelityTask(reference, calib, evals, output_fn=mean_pool, batch_size=16, lr=1e-4, lr_decay=0.8)
+    task = FidelityTask(reference, calib, evals, output_fn=mean_pool, batch_size=16, lr=args.lr,
+                        lr_decay=args.lr_decay)
+    hessian_batches = [(calib[0][i:i + 32], calib[1][i:i + 32]) for i in range(0, 256, 32)]
+
+    def quantized(plan: Plan) -> torch.nn.Module:
+        model = quantize_model(copy.deepcopy(reference), plan, inplace=True)
+        if args.initial_kernels == "gptq":
+            initialize_kernels(model, hessian_batches, lambda m, batch: m(*batch))
+        return model
+
     bits = {"kernel": {"dense": (3, 4, 6, 8), "embedding": (8,)},
             "activation": {"dense": (6, 8, 16), "norm": (6, 8), "attention": (6, 8, 16), "activation": (6, 8)},
             "bias": {"dense": (16,)}}
     sample = (calib[0][:256], calib[1][:256])
+    only = {int(i) for i in args.only.split(",")} if args.only else None
+    wanted = {(pc, fit) for n, (_, pc, _, fit) in enumerate(PLANS.values(), 1) if not only or n in only}
+    if args.distil_epochs:
+        wanted.add((True, "mse"))
     spaces = {(pc, fit): SearchSpace.from_model(reference, example, sample, share=MINILM_SHARE, widths=(1.0,),
                                                 kernels=(KERNEL[pc],), bits=bits, activation_range=fit)
-              for pc in (False, True) for fit in ("mse", "percentile")}
+              for pc, fit in wanted}  # only the spaces the chosen rows use (each takes minutes)
     rows = []
-    only = {int(i) for i in args.only.split(",")} if args.only else None
     print(f"{'plan':46s} {'cosine':>7s} {'energy':>7s} {'change':>8s}")
     for n, (name, (kb, pc, acts, fit)) in enumerate(PLANS.items(), 1):
         if only and n not in only:
             continue
         plan = plan_of(spaces, kb, pc, acts, fit)
-        model = quantize_model(copy.deepcopy(reference), plan, inplace=True)
+        model = quantized(plan)
         cosine = task.evaluate(model)
         ratio = candidate_energy(model, example, plan, settings).total_pj / ref_pj
         rows.append({"plan": name, "cosine": cosine, "energy_ratio": ratio, "energy_cut": 1 - ratio})
@@ -108,7 +130,7 @@ def main() -> None:
     distil = []
     if args.distil_epochs:
         plan = plan_of(spaces, 4, True, A8_RES16, "mse")
-        model = quantize_model(copy.deepcopy(reference), plan, inplace=True)
+        model = quantized(plan)
         torch.manual_seed(0)
         for epoch in range(args.distil_epochs):
             t0 = time.perf_counter()
@@ -116,10 +138,12 @@ def main() -> None:
             distil.append({"epoch": epoch + 1, "cosine": task.evaluate(model), "seconds": time.perf_counter() - t0})
             print(f"W4 per channel, A8 (residual 16), distilled {epoch + 1} epoch(s): {distil[-1]['cosine']:.4f} "
                   f"({distil[-1]['seconds']:.0f} s)", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "minilm_plans.json"
+    path = Path(args.out) if args.out else \
+        RESULTS / ("minilm_plans_gptq.json" if args.initial_kernels == "gptq" else "minilm_plans.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"rows": rows, "distillation": distil, "threads": 1,
+                               "initial_kernels": args.initial_kernels, "lr": args.lr, "lr_decay": args.lr_decay,
                                "load_average_1min_at_end": round(os.getloadavg()[0], 2)}, indent=2))
     os.replace(tmp, path)
 

@@ -55,3 +55,20 @@ def test_cli_size_score(tmp_path, capsys):
         assert match in capsys.readouterr().err
     assert main(["search", "--size-score"]) == 2  # the demo's score is fixed
     assert "--size-score" in capsys.readouterr().err
+
+
+def test_cli_initial_kernels(tmp_path, capsys):
+    """``--initial-kernels gptq`` reaches the search: the candidates start from data-aware kernels (trial
+    plans with only power-of-two kernels keep theirs), and the demo refuses it."""
+    import torch
+
+    runs = {}
+    for how in ("nearest", "gptq"):
+        torch.manual_seed(0)  # the same trained reference for both
+        runs[how] = _run(tmp_path, capsys, how, "--reference-epochs", "2", "--seed", "3", "--final-epochs", "0",
+                         "--trials", "1", "--initial-kernels", how)
+    assert runs["gptq"]["result"]["decoded_accuracy"] > 0.3
+    assert runs["gptq"]["result"]["plan"] == runs["nearest"]["result"]["plan"]  # one trial, same seed: the same plan, only the start differs
+    assert runs["gptq"]["final_steps"]["built"] != runs["nearest"]["final_steps"]["built"]
+    assert main(["search", "--initial-kernels", "gptq"]) == 2
+    assert "--initial-kernels" in capsys.readouterr().err

@@ -83,6 +83,9 @@ class SearchConfig:
     block_order: str = "energy"               #: "energy" (descending reference energy) or "input"
     min_trials_per_block: int = 10
     final_prune: float = 0.0                  #: prune this fraction of all weights (global magnitude) before fine-tuning
+    #: the final pruning ranks each layer's magnitudes relative to the layer's root mean square (one threshold,
+    #: independent of layer scales; for networks with batch norms, where absolute magnitudes can empty a layer)
+    final_prune_relative: bool = False
     seed: int = 0
     worker: int = 0                           #: index of this worker process (seeds its sampler differently)
     study_name: str = "nncodec-search"
@@ -693,7 +696,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
         apply_masks(model, outcome.masks)
     steps = _FinalSteps(task, model, searcher.picked_accuracy)
     if config.final_prune > 0:
-        apply_masks(model, global_magnitude_masks(model, config.final_prune))
+        apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))
         steps.measure("after_prune")
     if searcher.distiller is not None:
         searcher.distiller.train(model, config.final_epochs, proxy=False, after_epoch=steps.epoch)

@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from torch import nn
 
 import nncodec
 from nncodec.errors import ConfigError
@@ -136,6 +137,23 @@ def test_block_order_follows_energy(reference, tmp_path):
     assert all(n >= 10 for _, n in schedule)
     searcher.cfg.block_order = "input"
     assert [b for b, _ in searcher.block_schedule()] == [["0"], ["2"], ["5"]]
+
+
+def test_relative_global_pruning_keeps_every_layer_before_a_batch_norm():
+    """A conv before a batch norm computes the same function at any weight scale: absolute global magnitude
+    pruning removes all of a layer whose weights are small; ``relative`` ranks by the layer's RMS and keeps a
+    share of every layer (same total)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+    with torch.no_grad():
+        model[3].weight.mul_(1e-3)
+    absolute = global_magnitude_masks(model, 0.5)
+    assert absolute["3"].sum() == 0  # the small layer is gone: the network's output is constant
+    relative = global_magnitude_masks(model, 0.5, relative=True)
+    kept = {n: float(m.mean()) for n, m in relative.items()}
+    assert all(0.2 < k < 0.8 for k in kept.values()), kept
+    total = sum(m.numel() for m in relative.values())
+    assert sum(float(m.sum()) for m in relative.values()) == pytest.approx(total / 2, abs=1)
 
 
 def test_score_is_the_seed_formula():

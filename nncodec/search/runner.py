@@ -122,6 +122,8 @@ class SearchConfig:
             if self.controller == "differentiable" or self.schedule != "single":
                 raise ConfigError(f"size_score applies to the Optuna controllers and greedy, not controller="
                                   f"{self.controller!r} with schedule={self.schedule!r} (they score otherwise)")
+        if self.final_prune_relative and not self.final_prune:
+            raise ConfigError("final_prune_relative ranks the final pruning's magnitudes: it needs final_prune > 0")
         if self.block_order not in ("energy", "input"):
             raise ConfigError("block_order must be 'energy' or 'input'")
         self._check_budget()

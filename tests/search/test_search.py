@@ -154,6 +154,8 @@ def test_relative_global_pruning_keeps_every_layer_before_a_batch_norm():
     assert all(0.2 < k < 0.8 for k in kept.values()), kept
     total = sum(m.numel() for m in relative.values())
     assert sum(float(m.sum()) for m in relative.values()) == pytest.approx(total / 2, abs=1)
+    with pytest.raises(ConfigError, match="final_prune_relative"):
+        SearchConfig(final_prune_relative=True)  # no final pruning to rank: an option that does not apply
 
 
 def test_score_is_the_seed_formula():

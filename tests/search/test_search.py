@@ -188,6 +188,38 @@ def test_full_search_writes_a_plan_that_round_trips(reference, tmp_path):
     assert len(result.trials) == 4
 
 
+def test_final_pruning_spread_over_fine_tuning_epochs(reference, tmp_path):
+    cfg = SearchConfig(controller="tpe", n_trials=1, final_epochs=3, final_prune=0.6, final_prune_epochs=2,
+                       out_dir=str(tmp_path), study_name="gradual", progress=False)
+    seen = []
+    original = global_magnitude_masks
+
+    def spy(model, amount, **kw):
+        seen.append(round(amount, 4))
+        return original(model, amount, **kw)
+
+    import nncodec.search.runner as runner
+
+    runner.global_magnitude_masks, saved = spy, runner.global_magnitude_masks
+    try:
+        result = run_search(reference, space(reference), task(0.3), cfg)
+    finally:
+        runner.global_magnitude_masks = saved
+    assert seen == [0.0, round(0.6 * (1 - 0.5 ** 3), 4), 0.6]  # wrap, then the cubic schedule's two steps
+    layers = [m for n, m in result.model.named_modules() if hasattr(m, "weight_mask")]
+    zeros = sum(float((m.weight_mask == 0).sum()) for m in layers)
+    assert zeros / sum(m.weight_mask.numel() for m in layers) == pytest.approx(0.6, abs=0.01)
+    steps = result.final_steps
+    assert len(steps["fine_tune_epochs"]) == 3 and "after_prune" in steps
+    decoded = nncodec.decode(result.bitstream)
+    for name, m in result.model.named_modules():
+        if hasattr(m, "weight_mask"):
+            assert (decoded[f"{name}.weight"][m.weight_mask.numpy() == 0] == 0).all()  # held to the stream
+    for bad in ({"final_prune_epochs": 3}, {"final_prune_epochs": 2, "final_prune": 0.0}):
+        with pytest.raises(ConfigError, match="final_prune_epochs"):
+            SearchConfig(**{"final_epochs": 3, "final_prune": 0.6, **bad})
+
+
 @pytest.mark.parametrize("controller", ["random", "gp", "hyperband", "nsga2", "rl", "evolution"])
 def test_every_controller_runs(reference, tmp_path, controller):
     cfg = SearchConfig(controller=controller, n_trials=6, proxy_epochs=2 if controller == "hyperband" else 1,

@@ -419,7 +419,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
                           proxy_epochs=args.proxy_epochs,
                           final_epochs=args.final_epochs, cost=args.cost, max_energy_pj=args.max_energy_pj,
                           max_bits=args.max_bits, max_params=args.max_params, block_search=args.block_search,
-                          block_order=args.block_order, final_prune=args.prune, seed=args.seed, worker=args.worker,
+                          block_order=args.block_order, final_prune=args.prune,
+                          final_prune_relative=args.prune_relative, final_prune_epochs=args.prune_epochs,
+                          seed=args.seed, worker=args.worker,
                           study_name=args.study_name, storage=args.storage, out_dir=args.out,
                           progress=None if not args.json else False, schedule=args.schedule,
                           options=_method_options(args), size_score=size_score, max_accuracy_drop=args.max_drop,
@@ -636,6 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--width-mode", choices=["layer", "block"], default="layer")
     se.add_argument("--keep-width", action="append", metavar="PATTERN", help="layers whose width stays")
     se.add_argument("--prune", type=float, default=0.0, help="magnitude-prune this fraction before fine-tuning")
+    se.add_argument("--prune-relative", action="store_true",
+                    help="rank --prune's magnitudes relative to each layer's RMS (nets with batch norms)")
+    se.add_argument("--prune-epochs", type=int, default=0,
+                    help="reach --prune over this many of the fine-tuning epochs (cubic schedule; 0: at once)")
     se.add_argument("--worker", type=int, default=0, help="index of this worker (different samplers per worker)")
     se.add_argument("--trials-only", action="store_true",
                     help="run trials and print the best plan (a worker joining a shared study)")

@@ -53,21 +53,31 @@ def magnitude_masks(model: nn.Module, amount: "float | dict[str, float]") -> dic
     return masks
 
 
-def global_magnitude_masks(model: nn.Module, amount: float) -> dict[str, torch.Tensor]:
+def global_magnitude_masks(model: nn.Module, amount: float, *, relative: bool = False) -> dict[str, torch.Tensor]:
     """Masks removing the ``amount`` smallest-magnitude weights of all conv / linear layers together.
 
     One threshold for the whole model: large layers with small weights (a wide classifier) lose the
-    most, small early layers the least, which is what shrinks the stored model fastest.
+    most, small early layers the least, which is what shrinks the stored model fastest. ``relative``: each
+    layer's magnitudes are divided by the layer's root mean square first, so the threshold does not depend
+    on a layer's scale; for layers followed by a batch norm (whose output does not change when the
+    weights are scaled), absolute magnitudes say nothing across layers and can remove nearly all of
+    a layer whose weights happen to be small (a 1x1 projection of a MobileNet block: the network dies).
     """
     if not 0.0 <= amount < 1.0:
         raise ConfigError(f"pruning amount must be in [0, 1), got {amount}")
     layers = prunable_layers(model)
     if not layers or amount == 0.0:
         return {n: torch.ones_like(m.weight) for n, m in layers.items()}
-    all_w = torch.cat([_weight(m).abs().reshape(-1) for m in layers.values()])
+    scores = {}
+    for n, m in layers.items():
+        w = _weight(m).abs()
+        if relative:
+            w = w / w.pow(2).mean().sqrt().clamp_min(torch.finfo(w.dtype).tiny)
+        scores[n] = w
+    all_w = torch.cat([w.reshape(-1) for w in scores.values()])
     k = int(amount * all_w.numel())
     threshold = torch.kthvalue(all_w, k).values if k else torch.tensor(-1.0)
-    return {n: (_weight(m).abs() > threshold).float() for n, m in layers.items()}
+    return {n: (w > threshold).float() for n, w in scores.items()}
 
 
 def std_threshold_masks(model: nn.Module, macs: dict[str, int], *, error_per_weight: float = 0.05,

@@ -90,6 +90,13 @@ class SearchConfig:
     block_order: str = "energy"               #: "energy" (descending reference energy) or "input"
     min_trials_per_block: int = 10
     final_prune: float = 0.0                  #: prune this fraction of all weights (global magnitude) before fine-tuning
+    #: the final pruning ranks each layer's magnitudes relative to the layer's root mean square (one threshold,
+    #: independent of layer scales; for networks with batch norms, where absolute magnitudes can empty a layer)
+    final_prune_relative: bool = False
+    #: 0: prune ``final_prune`` at once before fine-tuning; n > 0: raise the sparsity over the first n fine-tuning
+    #: epochs (after epoch e < n: ``final_prune * (1 - (1 - (e + 1) / n) ** 3)``, Zhu & Gupta's cubic schedule),
+    #: so the weights adapt between steps; needs n < final_epochs (epochs left to recover at the full sparsity)
+    final_prune_epochs: int = 0
     seed: int = 0
     worker: int = 0                           #: index of this worker process (seeds its sampler differently)
     study_name: str = "nncodec-search"
@@ -131,6 +138,12 @@ class SearchConfig:
             if self.controller == "differentiable" or self.schedule != "single":
                 raise ConfigError(f"size_score applies to the Optuna controllers and greedy, not controller="
                                   f"{self.controller!r} with schedule={self.schedule!r} (they score otherwise)")
+        if self.final_prune_relative and not self.final_prune:
+            raise ConfigError("final_prune_relative ranks the final pruning's magnitudes: it needs final_prune > 0")
+        if self.final_prune_epochs and (not self.final_prune or not 0 < self.final_prune_epochs < self.final_epochs):
+            raise ConfigError(f"final_prune_epochs={self.final_prune_epochs} spreads the final pruning over fine-tuning "
+                              f"epochs: it needs final_prune > 0 and 0 < final_prune_epochs < final_epochs "
+                              f"({self.final_epochs})")
         if self.block_order not in ("energy", "input"):
             raise ConfigError("block_order must be 'energy' or 'input'")
         self._check_budget()
@@ -641,6 +654,24 @@ class _FinalSteps:
         return self._eval_score if self._eval_score is not None else float(self.task.evaluate(self.model))
 
 
+def _gradual_pruning(model: nn.Module, config: SearchConfig, steps: _FinalSteps) -> Callable[[int], None]:
+    """The fine-tuning's after-epoch step of ``config.final_prune_epochs``: prune to the cubic schedule's
+    sparsity, then score (``after_prune``: the score right after the last pruning step, before its epochs of
+    recovery). Layers are wrapped (all-ones masks) now, so the optimizer sees the parameters it will train."""
+    apply_masks(model, global_magnitude_masks(model, 0.0))
+    ramp = config.final_prune_epochs
+
+    def after_epoch(epoch: int) -> None:
+        if epoch < ramp:
+            amount = config.final_prune * (1 - (1 - (epoch + 1) / ramp) ** 3)
+            apply_masks(model, global_magnitude_masks(model, amount, relative=config.final_prune_relative))
+            if epoch == ramp - 1:
+                steps.measure("after_prune")
+        steps.epoch(epoch)
+
+    return after_epoch
+
+
 def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,
                warnings: list[str]) -> dict[str, Any]:
     """The summary's ``selection`` entry when a floor is set (``max_accuracy_drop`` and/or the task's
@@ -729,15 +760,18 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     if outcome.masks:
         apply_masks(model, outcome.masks)
     steps = _FinalSteps(task, model, searcher.picked_accuracy)
-    if config.final_prune > 0:
-        apply_masks(model, global_magnitude_masks(model, config.final_prune))
+    after_epoch = steps.epoch
+    if config.final_prune > 0 and not config.final_prune_epochs:
+        apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))
         steps.measure("after_prune")
+    elif config.final_prune > 0:
+        after_epoch = _gradual_pruning(model, config, steps)
     if searcher.distiller is not None:
-        searcher.distiller.train(model, config.final_epochs, proxy=False, after_epoch=steps.epoch)
+        searcher.distiller.train(model, config.final_epochs, proxy=False, after_epoch=after_epoch)
     else:
         for epoch in range(config.final_epochs):
             task.train_epoch(model, epoch, proxy=False)
-            steps.epoch(epoch)
+            after_epoch(epoch)
     acc = steps.result()
     report = candidate_energy(model, space.example_inputs, plan, outcome.energy_settings or config.energy_settings)
     out_dir = Path(config.out_dir)

@@ -14,6 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from torch import nn
 
 import nncodec
 from nncodec.errors import ConfigError
@@ -138,6 +139,25 @@ def test_block_order_follows_energy(reference, tmp_path):
     assert [b for b, _ in searcher.block_schedule()] == [["0"], ["2"], ["5"]]
 
 
+def test_relative_global_pruning_keeps_every_layer_before_a_batch_norm():
+    """A conv before a batch norm computes the same function at any weight scale: absolute global magnitude
+    pruning removes all of a layer whose weights are small; ``relative`` ranks by the layer's RMS and keeps a
+    share of every layer (same total)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+    with torch.no_grad():
+        model[3].weight.mul_(1e-3)
+    absolute = global_magnitude_masks(model, 0.5)
+    assert absolute["3"].sum() == 0  # the small layer is gone: the network's output is constant
+    relative = global_magnitude_masks(model, 0.5, relative=True)
+    kept = {n: float(m.mean()) for n, m in relative.items()}
+    assert all(0.2 < k < 0.8 for k in kept.values()), kept
+    total = sum(m.numel() for m in relative.values())
+    assert sum(float(m.sum()) for m in relative.values()) == pytest.approx(total / 2, abs=1)
+    with pytest.raises(ConfigError, match="final_prune_relative"):
+        SearchConfig(final_prune_relative=True)  # no final pruning to rank: an option that does not apply
+
+
 def test_score_is_the_seed_formula():
     assert score(0.9, 50.0, 100.0) == pytest.approx(0.9 * 1.08)       # half the cost: +8 %
     assert score(0.9, 300.0, 100.0) == pytest.approx(0.9 * (1 - 0.02))  # three times: -2 %
@@ -166,6 +186,38 @@ def test_full_search_writes_a_plan_that_round_trips(reference, tmp_path):
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in result.model.parameters()]
     assert set(nncodec.decode(tmp_path / "model.nnc")) >= {"0.weight", "5.weight"}
     assert len(result.trials) == 4
+
+
+def test_final_pruning_spread_over_fine_tuning_epochs(reference, tmp_path):
+    cfg = SearchConfig(controller="tpe", n_trials=1, final_epochs=3, final_prune=0.6, final_prune_epochs=2,
+                       out_dir=str(tmp_path), study_name="gradual", progress=False)
+    seen = []
+    original = global_magnitude_masks
+
+    def spy(model, amount, **kw):
+        seen.append(round(amount, 4))
+        return original(model, amount, **kw)
+
+    import nncodec.search.runner as runner
+
+    runner.global_magnitude_masks, saved = spy, runner.global_magnitude_masks
+    try:
+        result = run_search(reference, space(reference), task(0.3), cfg)
+    finally:
+        runner.global_magnitude_masks = saved
+    assert seen == [0.0, round(0.6 * (1 - 0.5 ** 3), 4), 0.6]  # wrap, then the cubic schedule's two steps
+    layers = [m for n, m in result.model.named_modules() if hasattr(m, "weight_mask")]
+    zeros = sum(float((m.weight_mask == 0).sum()) for m in layers)
+    assert zeros / sum(m.weight_mask.numel() for m in layers) == pytest.approx(0.6, abs=0.01)
+    steps = result.final_steps
+    assert len(steps["fine_tune_epochs"]) == 3 and "after_prune" in steps
+    decoded = nncodec.decode(result.bitstream)
+    for name, m in result.model.named_modules():
+        if hasattr(m, "weight_mask"):
+            assert (decoded[f"{name}.weight"][m.weight_mask.numpy() == 0] == 0).all()  # held to the stream
+    for bad in ({"final_prune_epochs": 3}, {"final_prune_epochs": 2, "final_prune": 0.0}):
+        with pytest.raises(ConfigError, match="final_prune_epochs"):
+            SearchConfig(**{"final_epochs": 3, "final_prune": 0.6, **bad})
 
 
 @pytest.mark.parametrize("controller", ["random", "gp", "hyperband", "nsga2", "rl", "evolution"])

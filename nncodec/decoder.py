@@ -22,6 +22,7 @@ from .bitstream.constants import (GROUP_LAYOUT_FILL, SCHEME_NONE, UNIT_BASE_REFE
 from .bitstream.descriptor import dequantize_into
 from .bitstream.group import GroupMember
 from .bitstream.operating_points import OperatingPoint, PointTracker, RefinementHeader
+from .checks import is_int
 from .coding.pipeline import Pipeline
 from .bitstream.reader import CodedStream, DeferredPayload, StreamedPayload, UnitReader, open_source
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, UnitHeader, parse_json_object
@@ -364,7 +365,7 @@ def iter_tensors(src: Source, *, limits: Limits = DEFAULT_LIMITS, destination: D
     not read.
     """
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    if not is_int(workers) or workers < 1:
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     f, owned = open_source(src)  # type: ignore[arg-type]
     try:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from .bitstream.operating_points import OperatingPoint
 from .bitstream.reader import open_source
+from .checks import is_number
 from .decoder import Source, StreamWalker
 from .errors import ConfigError
 from .limits import DEFAULT_LIMITS, Limits
@@ -46,7 +47,7 @@ def choose_point(points: Sequence[OperatingPoint], energy_budget_pj: float) -> i
     Best: the highest measured accuracy among the affordable points, else (no accuracy stated) the last
     affordable point, the largest model. Points without a stated energy are never chosen by a budget.
     """
-    if not isinstance(energy_budget_pj, (int, float)) or isinstance(energy_budget_pj, bool) \
+    if not is_number(energy_budget_pj) \
             or math.isnan(energy_budget_pj):
         raise ConfigError(f"energy_budget_pj must be a number, got {energy_budget_pj!r}")
     if not points:

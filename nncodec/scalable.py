@@ -33,6 +33,7 @@ from .bitstream.descriptor import dequantize_into
 from .bitstream.operating_points import (MAX_POINTS, MODE_GROW_REPLACE, MODE_GROW_RESIDUAL, MODE_REPLACE,
                                          MODE_RESIDUAL, OperatingPoint, OperatingPoints, RefinementHeader)
 from .bitstream.units import EndOfStream, StreamHeader, frame_unit
+from .checks import is_number
 from .dtypes import dtype_by_name
 from .encoder import (EncodeReport, Encoder, _as_encodable, choose_pipeline, encoder_from_options, find_aliases,
                       ungrouped)
@@ -134,7 +135,7 @@ def nested_steps(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         raise ConfigError("nest_steps needs a list of operating points (mappings)")
     key = "rel_step" if "rel_step" in points[-1] else "step"
     for k, p in enumerate(points):
-        if not isinstance(p.get(key), (int, float)) or isinstance(p.get(key), bool) or not p[key] > 0:
+        if not is_number(p.get(key)) or not p[key] > 0:
             raise ConfigError(f"nest_steps: operating point {k} gives no positive {key!r} (every point must give "
                               f"the same one of 'rel_step' and 'step')")
         if (p.get("step_scales") or {}) != (points[-1].get("step_scales") or {}):

@@ -33,6 +33,7 @@ import torch
 
 from .atomic import write_atomic
 from .bitstream.descriptor import CodedTensor
+from .checks import is_number
 from .encoder import EncodeReport, Encoder
 from .errors import ConfigError
 from .rd_encode import Importances, RDOptions, fill_errors, rd_tensors
@@ -121,7 +122,7 @@ class _Fidelity:
 
 
 def _check_target(name: str, value: Any, low: float, high: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low < value < high:
+    if not is_number(value) or not low < value < high:
         raise ConfigError(f"{name} must be a number in ({low}, {high}), got {value!r}")
     return float(value)
 

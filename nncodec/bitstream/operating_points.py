@@ -11,6 +11,7 @@ import math
 import struct
 from dataclasses import dataclass
 
+from ..checks import is_int
 from ..dtypes import DType, dtype_by_id
 from ..errors import CorruptError, UnsupportedFeatureError
 from ..limits import Limits
@@ -194,7 +195,7 @@ class PointTracker:
     """
 
     def __init__(self, operating_point: int | None):
-        if operating_point is not None and (not isinstance(operating_point, int) or isinstance(operating_point, bool)
+        if operating_point is not None and (not is_int(operating_point)
                                             or operating_point < 0):
             from ..errors import ConfigError
 

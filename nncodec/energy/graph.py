@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import is_int
 from ..errors import ConfigError
 from ..quant.layers import QActivation, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
 
@@ -119,7 +120,7 @@ def example_tensors(example_inputs: Any) -> tuple[Any, ...]:
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)) and example_inputs and \
-            all(isinstance(v, int) and not isinstance(v, bool) for v in example_inputs):
+            all(is_int(v) for v in example_inputs):
         if any(v <= 0 for v in example_inputs):
             raise ConfigError(f"input shape must be positive integers, got {tuple(example_inputs)}")
         return (torch.zeros((1, *example_inputs)),)

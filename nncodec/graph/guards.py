@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .schema import GraphError
+from ..checks import is_int
 
 __all__ = ["GUARDS", "Guard"]
 
@@ -51,7 +52,7 @@ def _rnn_guard(states: int) -> Guard:
         hs = _hidden_states(_arg(args, kwargs, 1, "hx"), states, what)
         layers, bidirectional = _arg(args, kwargs, 4, "num_layers"), _arg(args, kwargs, 7, "bidirectional")
         batch_first = _arg(args, kwargs, 8, "batch_first")
-        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+        if not is_int(layers) or layers < 1:
             raise GraphError(f"{what}: num_layers must be a positive integer, got {layers!r}")
         if x.dim() != 3:
             raise GraphError(f"{what}: input must be 3-D, got {x.dim()}-D")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import is_number
 from ..energy.graph import example_tensors as example_batch
 from ..errors import ConfigError
 
@@ -503,7 +504,7 @@ def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float
 
 def _check_widths(widths: dict[str, float]) -> None:
     for name, mult in widths.items():
-        if not (isinstance(mult, (int, float)) and not isinstance(mult, bool) and mult > 0 and math.isfinite(mult)):
+        if not (is_number(mult) and mult > 0 and math.isfinite(mult)):
             raise ConfigError(f"width multiplier of {name!r} must be a positive number, got {mult!r}")
 
 

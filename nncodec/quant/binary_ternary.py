@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..checks import is_number
 from ..errors import ConfigError
 from .base import QuantCodes, Quantizer, register_quantizer, ste
 
@@ -59,7 +60,7 @@ def lsq_scale(alpha: str, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def _check_alpha(name: str, alpha: Any) -> None:
     if alpha is None or alpha in ("auto", "auto_po2"):
         return
-    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha > 0:
+    if is_number(alpha) and alpha > 0:
         return
     raise ConfigError(f"{name}: alpha must be None, a positive number, 'auto' or 'auto_po2', got {alpha!r}")
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import is_int, is_number
 from ..errors import ConfigError
 
 __all__ = ["COLUMN_SOURCES", "CLIP", "FLOOR", "DEFAULT_POWER", "check_column_options", "column_factors",
@@ -70,9 +71,9 @@ def check_column_options(source: str | None, power: float | None = None,
         raise ConfigError("fisher_probes applies only with column_steps='fisher'")
     power = DEFAULT_POWER if power is None else power
     probes = 4 if probes is None else probes
-    if not isinstance(power, (int, float)) or isinstance(power, bool) or not 0 <= power <= 2:
+    if not is_number(power) or not 0 <= power <= 2:
         raise ConfigError(f"column_power must be a number in [0, 2], got {power!r}")
-    if not isinstance(probes, int) or isinstance(probes, bool) or not 1 <= probes <= 64:
+    if not is_int(probes) or not 1 <= probes <= 64:
         raise ConfigError(f"fisher_probes must be an integer 1..64, got {probes!r}")
     return source, float(power), probes
 

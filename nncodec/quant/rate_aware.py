@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import is_number
 from ..errors import ConfigError
 
 __all__ = ["CodeRate", "order0_bits", "ecsq_codes", "check_lambda"]
@@ -26,7 +27,7 @@ __all__ = ["CodeRate", "order0_bits", "ecsq_codes", "check_lambda"]
 
 def check_lambda(lam: float) -> float:
     """``lam`` as a float, or :class:`ConfigError` when it is not a finite number >= 0."""
-    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not np.isfinite(lam) or lam < 0:
+    if not is_number(lam) or not np.isfinite(lam) or lam < 0:
         raise ConfigError(f"rate_lambda must be a finite number >= 0, got {lam!r}")
     return float(lam)
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import is_int, is_number
 from ..errors import ConfigError
 
 __all__ = ["refine_codes", "check_refine"]
@@ -42,9 +43,9 @@ CHECK_BATCHES = 4
 
 def check_refine(steps: Any, lr: Any) -> tuple[int, float]:
     """``(steps, lr)`` validated: ``steps`` an int >= 0, ``lr`` a number in (0, 1] (steps of the grid)."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise ConfigError(f"refine_steps must be an integer >= 0, got {steps!r}")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr <= 1 or not math.isfinite(lr):
+    if not is_number(lr) or not 0 < lr <= 1 or not math.isfinite(lr):
         raise ConfigError(f"refine_lr must be a number in (0, 1] (grid steps), got {lr!r}")
     return steps, float(lr)
 

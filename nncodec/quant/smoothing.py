@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import is_int, is_number
 from ..errors import ConfigError
 
 __all__ = ["ScaleMigration", "migrate_scales", "norm_consumers"]
@@ -134,9 +135,9 @@ def migrate_scales(model: nn.Module, sample_inputs: Any, *, alpha: float = 0.5, 
     one (ConfigError when there is none). Run it before activation ranges are fitted
     (``SearchSpace.from_model``) so that they see the migrated outputs.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+    if not is_number(alpha) or not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"scale migration: alpha must be a number in [0, 1], got {alpha!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"scale migration: batch_size must be a positive integer, got {batch_size!r}")
     sample = (sample_inputs,) if isinstance(sample_inputs, torch.Tensor) else tuple(sample_inputs)
     if not sample or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 and len(t) == len(sample[0]) and len(t)

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import is_number
 from ..errors import ConfigError
 from ..train import shuffled_batches
-from .score import coerce_settings, is_number
+from .score import coerce_settings
 from .task import ClassifierTask, Task, eval_outputs
 
 __all__ = ["FineTuneConfig", "Distiller", "distillation_loss"]

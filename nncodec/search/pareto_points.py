@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ..checks import is_int, is_number
 from ..errors import ConfigError
 from .candidate import build_candidate
 from .space import SearchSpace
@@ -105,7 +106,7 @@ def encode_pareto(reference: nn.Module, space: SearchSpace, trials: Sequence[dic
 
 
 def _front(trials: Sequence[dict[str, Any]], max_points: Any) -> list[dict[str, Any]]:
-    if not isinstance(max_points, int) or isinstance(max_points, bool) or not 1 <= max_points <= 255:
+    if not is_int(max_points) or not 1 <= max_points <= 255:
         raise ConfigError(f"max_points must be an integer 1..255, got {max_points!r}")
     front = pareto_front(trials)
     if not front:
@@ -162,9 +163,9 @@ def _encode_jointly(reference: nn.Module, space: SearchSpace, trials: Sequence[d
 
     if not (isinstance(joint_training, tuple) and len(joint_training) == 2):
         raise ConfigError("joint_training must be a tuple (inputs, labels) of numpy arrays")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+    if not is_int(epochs) or epochs < 1:
         raise ConfigError(f"joint_epochs must be a positive integer, got {epochs!r}")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < 10:
+    if not is_number(lr) or not 0 < lr < 10:
         raise ConfigError(f"joint_lr must be a positive learning rate, got {lr!r}")
     if evaluate is not None and not callable(evaluate):
         raise ConfigError("evaluate must be a callable (model -> accuracy)")

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import is_int, is_number
 from ..energy.estimate import EnergyReport, estimate_energy
 from ..energy.operators import qtype
 from ..errors import ConfigError
@@ -47,7 +48,7 @@ from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_
 from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Costing, Outcome, candidate_energy, method_options,
                           run_method, uses_method)
 from .finetune import Distiller, FineTuneConfig
-from .score import ScoreConfig, is_number, joint_score
+from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
 from .task import Task, combined_floor
@@ -216,7 +217,7 @@ def check_budget(n_trials: int | None, timeout_s: float | None, *, controller: s
         if block_search:
             raise ConfigError("block search splits its budget by the blocks' trial shares: give n_trials "
                               "(an upper bound with timeout_s)")
-    elif isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+    elif not is_int(n_trials) or n_trials < 1:
         raise ConfigError(f"n_trials must be an integer >= 1 (or None with timeout_s), got {n_trials!r}")
 
 

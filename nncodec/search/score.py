@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..checks import is_number
 from ..errors import ConfigError
 
 __all__ = ["ScoreConfig", "scaling_delta", "score", "joint_score"]
@@ -44,10 +45,6 @@ class ScoreConfig:
         """A :class:`ScoreConfig`, or one made from a dict of its fields (unknown keys are an error)."""
         return coerce_settings(cls, value, where)
 
-
-def is_number(value: Any) -> bool:
-    """An int or float, not a bool (True would pass as 1)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def coerce_settings(cls: type, value: Any, where: str) -> Any:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import is_number
 from ..errors import ConfigError
 from ..train import accuracy, shuffled_batches
-from .score import is_number
 
 __all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor", "combined_floor"]
 

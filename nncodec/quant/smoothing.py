@@ -5,9 +5,13 @@ A norm with an affine output ``y = gamma * z + beta`` whose output feeds only Li
 (``W[:, j] * s_j``): the model computes the same function, but the activation a per-tensor quantizer sees
 has its outlier channels divided down, and the weights (quantized per output channel) absorb them. With
 ``s_j = max|X_j|^alpha / max|W_:j|^(1 - alpha)`` (``X``: the norm's output on sample inputs, ``W``: all its
-consumers' weights) ``alpha`` sets how much of the range moves: 0 none, 1 all.
+consumers' weights) ``alpha`` sets the balance: 1 moves the activation's whole range into the weights,
+0 the weights' column ranges into the activation (``s_j = 1 / max|W_:j|``, not the identity), 0.5 splits
+it evenly.
 
-The transform needs the norm's output to go to Linear layers only (pre-norm transformers). In a post-norm
+The transform needs the norm's output to go to Linear layers only (pre-norm transformers), each called
+once in the forward: a Linear applied again elsewhere (weight sharing, or a second input) would see its
+other inputs scaled too. In a post-norm
 block (BERT) every norm output is also a residual summand: scaling it would change the sum, so such norms
 are reported as not eligible, never transformed.
 """
@@ -71,7 +75,9 @@ def norm_consumers(model: nn.Module, example_inputs: Any) -> tuple[dict[str, lis
     finally:
         model.train(was)
     readers: dict[str, list] = {}
+    calls: dict[str | None, int] = {}  # forward calls per module: a consumer called again reads other inputs
     for op in ops:
+        calls[op.module] = calls.get(op.module, 0) + 1
         for src in op.inputs:
             readers.setdefault(src, []).append(op)
     eligible, skipped = {}, {}
@@ -94,6 +100,9 @@ def norm_consumers(model: nn.Module, example_inputs: Any) -> tuple[dict[str, lis
             skipped[name] = "its output is a model output"
         elif bad:
             skipped[name] = f"its output also feeds {bad[0].kind} {bad[0].name!r} (not only Linear layers)"
+        elif any(calls[u.module] > 1 for u in users):
+            shared = next(u.module for u in users if calls[u.module] > 1)
+            skipped[name] = f"its consumer {shared!r} is called more than once in the forward (it reads other inputs)"
         else:
             eligible[name] = sorted({u.module for u in users})
     return eligible, skipped

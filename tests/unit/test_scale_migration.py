@@ -90,9 +90,13 @@ def test_migration_keeps_the_float_function_and_lowers_the_a8_error():
 
 
 def test_alpha_zero_and_chosen_norms():
-    model = _model()
-    done = migrate_scales(model, X[:64], alpha=0.3, norms=["norm"])
+    ref = _model()
+    model = copy.deepcopy(ref)
+    done = migrate_scales(model, X[:64], alpha=0.0, norms=["norm"])
     assert list(done.scales) == ["norm"] and done.consumers == {"norm": ["head"]}
+    with torch.no_grad():  # alpha 0 is not the identity (s = 1 / max|W|) but keeps the function all the same
+        assert not torch.allclose(done.scales["norm"], torch.ones(32))
+        assert torch.allclose(model(X), ref(X), rtol=1e-4, atol=1e-4)
     assert set(done.skipped) == set()  # the others were eligible, just not asked for
     with pytest.raises(ConfigError, match="alpha"):
         migrate_scales(_model(), X[:8], alpha=1.5)
@@ -115,3 +119,33 @@ def test_post_norm_blocks_are_not_eligible():
     with pytest.raises(ConfigError, match="not only Linear"):
         migrate_scales(ref, tokens, norms=["blocks.1.norm2"])
     assert all(torch.equal(v, ref.state_dict()[k]) for k, v in before.items())
+
+
+class SharedConsumer(nn.Module):
+    """One Linear reads two norms (weight sharing), or a norm and another input."""
+
+    def __init__(self, second_norm: bool):
+        super().__init__()
+        self.n1, self.n2, self.other = nn.LayerNorm(16), nn.LayerNorm(16), nn.Linear(16, 16)
+        self.proj, self.second_norm = nn.Linear(16, 16), second_norm
+        with torch.no_grad():
+            self.n1.weight[:2].mul_(30)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.n1(x)) + self.proj(self.n2(2 * x) if self.second_norm else self.other(x))
+
+
+@pytest.mark.parametrize("second_norm", [True, False])
+def test_a_consumer_called_twice_is_not_eligible(second_norm: bool):
+    """Scaling a shared Linear's input columns would scale its other input too: such norms are skipped
+    (and the model is left as it was), not migrated into a different function."""
+    torch.manual_seed(0)
+    ref = SharedConsumer(second_norm).eval()
+    x = torch.randn(32, 5, 16, generator=torch.Generator().manual_seed(3))
+    eligible, skipped = norm_consumers(ref, x[:1])
+    assert "n1" not in eligible and "called more than once" in skipped["n1"]
+    model = copy.deepcopy(ref)
+    with pytest.raises(ConfigError, match="called more than once"):
+        migrate_scales(model, x)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))

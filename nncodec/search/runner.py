@@ -139,6 +139,12 @@ class SearchConfig:
             if self.controller == "differentiable" or self.schedule != "single":
                 raise ConfigError(f"size_score applies to the Optuna controllers and greedy, not controller="
                                   f"{self.controller!r} with schedule={self.schedule!r} (they score otherwise)")
+        if not is_number(self.final_prune) or not 0 <= self.final_prune < 1:
+            raise ConfigError(f"final_prune must be a fraction in [0, 1), got {self.final_prune!r}")
+        if not isinstance(self.final_prune_relative, bool):
+            raise ConfigError(f"final_prune_relative must be True or False, got {self.final_prune_relative!r}")
+        if not is_int(self.final_prune_epochs):
+            raise ConfigError(f"final_prune_epochs must be an integer, got {self.final_prune_epochs!r}")
         if self.final_prune_relative and not self.final_prune:
             raise ConfigError("final_prune_relative ranks the final pruning's magnitudes: it needs final_prune > 0")
         if self.final_prune_epochs and (not self.final_prune or not 0 < self.final_prune_epochs < self.final_epochs):
@@ -157,6 +163,11 @@ class SearchConfig:
         self._check_accuracy_drop()
         if self.initial_kernels not in INITIAL_KERNELS:
             raise ConfigError(f"initial_kernels must be one of {INITIAL_KERNELS}, got {self.initial_kernels!r}")
+        if self.initial_kernels != "nearest" and (self.schedule != "single" or self.controller == "differentiable"
+                                                  or self.options.get("codesign")):
+            raise ConfigError(f"initial_kernels={self.initial_kernels!r} sets the kernels of the candidates the "
+                              f"Optuna controllers and greedy build; controller={self.controller!r}, schedule="
+                              f"{self.schedule!r} trains its own weights and returns them")
         if self.finetune is not None:
             self.finetune = FineTuneConfig.coerce(self.finetune)
             if self.final_epochs == 0 and not self.finetune.proxy:
@@ -755,7 +766,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     if outcome.state is not None:
         start = copy.deepcopy(reference)
         start.load_state_dict(outcome.state)
-        model = searcher.initialize(build_candidate(start, space.example_inputs, plan))
+        model = build_candidate(start, space.example_inputs, plan)  # trained weights: kept as they are
     else:
         model = searcher.build(plan)
     if outcome.masks:

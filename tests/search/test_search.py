@@ -215,9 +215,15 @@ def test_final_pruning_spread_over_fine_tuning_epochs(reference, tmp_path):
     for name, m in result.model.named_modules():
         if hasattr(m, "weight_mask"):
             assert (decoded[f"{name}.weight"][m.weight_mask.numpy() == 0] == 0).all()  # held to the stream
-    for bad in ({"final_prune_epochs": 3}, {"final_prune_epochs": 2, "final_prune": 0.0}):
+    for bad in ({"final_prune_epochs": 3}, {"final_prune_epochs": 2, "final_prune": 0.0},
+                {"final_prune_epochs": 1.5}, {"final_prune_epochs": True}):
         with pytest.raises(ConfigError, match="final_prune_epochs"):
             SearchConfig(**{"final_epochs": 3, "final_prune": 0.6, **bad})
+    for bad in ({"final_prune": -0.2}, {"final_prune": 1.5}, {"final_prune": True}):
+        with pytest.raises(ConfigError, match="final_prune must"):
+            SearchConfig(final_epochs=3, **bad)
+    with pytest.raises(ConfigError, match="final_prune_relative must"):
+        SearchConfig(final_epochs=3, final_prune=0.6, final_prune_relative="no")
 
 
 @pytest.mark.parametrize("controller", ["random", "gp", "hyperband", "nsga2", "rl", "evolution"])

@@ -69,6 +69,9 @@ def test_search_starts_candidates_from_gptq_kernels(tmp_path):
     assert scores["gptq"] > scores["nearest"]  # same plan, no training (lr ~ 0): the start is the difference
     with pytest.raises(ConfigError, match="initial_kernels"):
         SearchConfig(initial_kernels="adaround")
+    for own_weights in ({"controller": "differentiable"}, {"schedule": "iterative"}):
+        with pytest.raises(ConfigError, match="trains its own weights"):  # they return trained weights
+            SearchConfig(initial_kernels="gptq", **own_weights)
     no_inputs = FunctionTask(lambda m, e: None, lambda m: 1.0)
     with pytest.raises(ConfigError, match="calibration_inputs"):
         run_search(ref, space, no_inputs, SearchConfig(controller="random", n_trials=1, final_epochs=0,

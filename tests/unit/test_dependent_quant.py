@@ -223,3 +223,18 @@ def test_any_stage_input_decodes_as_the_spec_or_is_corrupt(data, word_size, chai
     assert out.view(f"<i{word_size}").tolist() == spec_levels(codes.tolist(), chain)
     # and the encoder's side takes the levels back to the same codes
     assert stage.encode(memoryview(out)) == data
+
+
+@pytest.mark.parametrize("kernels", ["", "portable"])
+def test_values_beyond_the_code_words_are_a_config_error_on_both_searches(monkeypatch, kernels):
+    from nncodec.quant import dependent
+
+    monkeypatch.setenv("NNCODEC_KERNELS", kernels)
+    dependent._native.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"dependent quantization of tensor 'w'.*element 0"):
+            dependent_levels(np.array([1e6, 1.0]), 1e-12, what="tensor 'w'")
+        y = np.array([2.0 ** 31 - 2, -(2.0 ** 31 - 2), 1.0])  # near the largest accepted
+        assert np.abs(dependent_levels(y, 1.0).levels - y).max() <= 1
+    finally:
+        dependent._native.cache_clear()

@@ -16,7 +16,7 @@ from nncodec.bitstream.constants import FILE_HEADER, MAGIC, UNIT_END, UNIT_STREA
 from nncodec.coding import stage_from_config
 from nncodec.coding.dependent_stage import Dependent, codes_of, levels_of
 from nncodec.conformance.forge import join_units
-from nncodec.errors import ConfigError, CorruptError, FormatError
+from nncodec.errors import ConfigError, CorruptError
 from nncodec.quant.dependent import dependent_coded, dependent_levels
 from nncodec.quant.rate_aware import order0_bits
 from nncodec.quant.uniform import UniformCodes
@@ -121,7 +121,10 @@ def test_dependent_with_per_column_steps_decodes_to_the_searched_values():
     got = np.asarray(nncodec.decode(data)["w"])
     assert np.array_equal(got, coded.codes.astype(np.float32) * coded.quant.scales.reshape(1, -1))
     assert np.max(np.abs(got - x)) <= max_err + 1e-6
-    assert max_err <= np.max(steps)  # at most one step Δ·2 = the plain step on either quantizer
+    # on the chosen path each element's quantizer has levels of both code parities within 2Δ (its column's
+    # plain step) on either side, so no element is further than that from its value
+    delta = coded.quant.scales.astype(np.float64).reshape(1, -1)
+    assert (np.abs(got - x) <= 2 * delta + 1e-6).all()
 
 
 def test_wrong_combinations_are_config_errors():
@@ -174,7 +177,6 @@ def test_the_longest_chain_decodes_without_a_large_allocation():
     tracemalloc.stop()
     assert np.asarray(got).tolist() == spec_levels([1, 1, -1], 65536)
     assert peak < 4 << 20
-    assert isinstance(CorruptError("x"), FormatError)
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.7])

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, levels_of
+from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, chain_rows, levels_of, reconstruct
 from ..errors import ConfigError
 from .rate_aware import CodeRate
 
@@ -62,10 +62,6 @@ class DependentLevels:
         self.levels, self.chain, self.codes = levels, chain, codes
 
 
-def _recon(k: np.ndarray, q1: bool) -> np.ndarray:
-    return 2 * k - np.sign(k) if q1 else 2 * k
-
-
 def _viterbi(y: np.ndarray, lam: float, rate: CodeRate | None) -> np.ndarray:
     """Codes ``k`` (int64, ``y``'s shape ``(positions, chains)``) of the cheapest trellis path of each chain."""
     positions, chains = y.shape
@@ -82,7 +78,7 @@ def _viterbi(y: np.ndarray, lam: float, rate: CodeRate | None) -> np.ndarray:
             cands = [base - 1, base, base + 1, base + 2] + ([np.zeros_like(base)] if use_rate else [])
             per_parity = [(np.full(chains, np.inf), np.zeros(chains, np.int64)) for _ in (0, 1)]
             for k in cands:
-                c = (yj - _recon(k, q1)) ** 2
+                c = (yj - reconstruct(k, q1)) ** 2
                 if use_rate:
                     c = c + lam * rate.bits(k)  # type: ignore[union-attr]
                 parity = k & 1
@@ -127,17 +123,15 @@ def _search(y_flat: np.ndarray, chain: int, lam: float, rate: CodeRate | None) -
     cost the same on every path), by the compiled search when built, else block by block of chains in numpy
     (the same codes)."""
     n = y_flat.size
-    chains = -(-n // chain)
-    padded = np.zeros(chains * chain)
-    padded[:n] = y_flat
+    rows = chain_rows(y_flat, chain, np.float64)
+    chains = rows.shape[0]
     native = _native()
     if native is not None:
-        codes = np.empty(padded.size, dtype=np.int64)
+        codes = np.empty(rows.size, dtype=np.int64)
         table = rate.table if (lam > 0 and rate is not None) else np.zeros(0)
-        native.viterbi(padded, chain, float(lam), np.ascontiguousarray(table, dtype=np.float64),
+        native.viterbi(rows.reshape(-1), chain, float(lam), np.ascontiguousarray(table, dtype=np.float64),
                        int(rate.lo) if rate is not None else 0, codes)
         return codes[:n]
-    rows = padded.reshape(chains, chain)
     out = np.empty((chains, chain), dtype=np.int64)
     per_block = max(1, _BLOCK_CELLS // chain)
     for start in range(0, chains, per_block):

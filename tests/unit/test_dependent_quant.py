@@ -15,24 +15,12 @@ import nncodec
 from nncodec.bitstream.constants import FILE_HEADER, MAGIC, UNIT_END, UNIT_STREAM_HEADER, UNIT_TENSOR
 from nncodec.coding import stage_from_config
 from nncodec.coding.dependent_stage import Dependent, codes_of, levels_of
+from nncodec.conformance.dependent_vectors import spec_levels
 from nncodec.conformance.forge import join_units
 from nncodec.errors import ConfigError, CorruptError
 from nncodec.quant.dependent import dependent_coded, dependent_levels
 from nncodec.quant.rate_aware import order0_bits
 from nncodec.quant.uniform import UniformCodes
-
-
-def spec_levels(codes: list[int], chain: int) -> list[int]:
-    """FORMAT.md §15.2 in plain Python integers."""
-    nxt = {0: (0, 2), 1: (2, 0), 2: (1, 3), 3: (3, 1)}
-    out, s = [], 0
-    for i, k in enumerate(codes):
-        if i % chain == 0:
-            s = 0
-        sign = (k > 0) - (k < 0)
-        out.append(2 * k if s < 2 else 2 * k - sign)
-        s = nxt[s][k & 1]
-    return out
 
 
 @pytest.mark.parametrize("chain", [1, 3, 7, 64])

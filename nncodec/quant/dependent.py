@@ -4,8 +4,8 @@ Two scalar quantizers share the step ``Δ``: Q0 reconstructs the even multiples 
 zero; the 4-state machine of :mod:`nncodec.coding.dependent_stage` (driven by the parity of each code) picks
 which applies to the next element. Each quantizer alone is as coarse as a step of ``2Δ``, but the union
 of their levels is the grid of step ``Δ``, and a path through the trellis reaches the finer grid on most
-elements: at equal distortion the codes cost fewer bits than plain rounding (about 0.14 bit per element on
-MiniLM's weights at 3.5–5 bits per element, order-0 coded).
+elements: at equal distortion the codes cost fewer bits than plain rounding (0.13–0.15 bit per element on
+MiniLM's linear weights at 3.6–4.5 bits per element, order-0 entropy; tests/benchmarks/bench_dependent_mse.py).
 
 For each chain of consecutive elements (flat C order; the state machine restarts at 0 on each) the Viterbi
 search keeps, for each of the 4 states, the cheapest path reaching it, with cost

@@ -37,7 +37,7 @@ _PARAMS = struct.Struct("<BBI")  # word_size, states (4), chain
 _BLOCK_WORDS = 1 << 20  # words decoded at a time (the temporaries of levels_of are about 20 bytes per word)
 
 
-def chain_rows(values: np.ndarray, chain: int, dtype: "np.typing.DTypeLike") -> np.ndarray:
+def chain_rows(values: np.ndarray, chain: int, dtype: "type[np.generic]") -> np.ndarray:
     """``values`` (1-D) as ``(chains, chain)`` of ``dtype``: row i holds chain i, the last one zero padded."""
     rows = -(-values.size // chain)
     padded = np.zeros(rows * chain, dtype=dtype)

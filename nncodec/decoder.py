@@ -103,8 +103,9 @@ class StreamWalker:
         self.reader = UnitReader(f, limits, defer_tensors=defer_tensors)
         self._group_data = group_data and not defer_tensors
         self.members: dict[str, GroupMember] = {}  #: tensor-group members read so far, by name
-        #: with ``defer_tensors``: each tensor-group unit's payload (read whole, checksum verified), by unit
-        #: offset, so that a lazy reader decodes a group's data without reading the unit again
+        #: with ``defer_tensors``: the first tensor-group unit's payload (read whole, checksum verified), by
+        #: unit offset, so that a lazy reader decodes that group's data without reading the unit again; only
+        #: one (at most ``max_unit_bytes``) stays in memory, a lazy reader reads and checks any other again
         self.group_payloads: dict[int, memoryview] = {}
         self._keep_group_payloads = defer_tensors
         self.header: StreamHeader | None = None
@@ -263,7 +264,7 @@ class StreamWalker:
             self.decoded_bytes += th.numel * th.dtype.itemsize
             self.limits.check("total decoded bytes", self.decoded_bytes, "max_total_decoded_bytes")
         data = memoryview(decode_group_data(group, self.limits)) if self._group_data else None
-        if self._keep_group_payloads:
+        if self._keep_group_payloads and not self.group_payloads:
             self.group_payloads[uh.offset] = payload
         for m in group.members:
             self.members[m.header.name] = m

@@ -200,7 +200,9 @@ def encode_delta_tensors(tensors: Mapping[str, Any], base: Mapping[str, tuple[np
 
 
 def _with_minor(chunks: list[bytes], minor: int) -> list[bytes]:
-    """The file header and stream header unit (``chunks[0:2]``) rewritten for minor version ``minor``."""
+    """The file header and stream header unit (``chunks[0:2]``) rewritten for minor version ``minor``, or the
+    encoder's own minor when higher (a stage of a later format version in the tensors' pipelines)."""
+    minor = max(minor, FILE_HEADER.unpack(chunks[0])[2])
     stream_header = chunks[1][UNIT_HEADER_SIZE:]
     return [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor),
             frame_unit(UNIT_STREAM_HEADER, stream_header[:2] + struct.pack("<H", minor) + stream_header[4:])]

@@ -4,9 +4,10 @@
 rules as :func:`~nncodec.decoder.decode_arrays`), reading every unit header and seeking over tensor
 payloads (only the short prefix of each tensor unit that holds its name, dtype, shape and descriptor is
 read). ``get_array`` / ``get_tensor`` then read, checksum and decode just that unit. A tensor-group unit
-(FORMAT.md §14) is read whole (and checksummed) during the scan for its directory, and its payload kept:
-its data block is decoded from it when one of its members is first asked for, and kept for the others
-(the last group decoded). The file must be
+(FORMAT.md §14) is read whole (and checksummed) during the scan for its directory; the first one's payload
+is kept (any other is read and checked again when one of its members is first asked for, so at most one
+unit's payload stays in memory): its data block is decoded when one of its members is first asked for, and
+kept for the others (the last group decoded). The file must be
 seekable (bytes and non-seekable files are read into memory first). Not thread-safe: one reader per thread.
 """
 
@@ -69,7 +70,7 @@ class StreamFile:
         self._operating_point = operating_point
         self._shapes: dict[str, tuple[int, ...]] = {}  # tensors a refinement grows: their shape at the point
         self._refinements: dict[str, list[tuple[int, int, int, int, Any]]] = {}  # name -> (index, offset, length, coded start, header)
-        self._group_payloads: dict[int, memoryview] = {}  # each tensor-group unit's payload, read by the scan
+        self._group_payloads: dict[int, memoryview] = {}  # the first tensor-group unit's payload, read by the scan
         # the last tensor group decoded: its offset, its members by name, its data
         self._group: tuple[int, dict[str, GroupMember], memoryview] | None = None
         try:
@@ -166,15 +167,29 @@ class StreamFile:
         group's other members), the member's words decoded like a tensor unit's."""
         try:
             if self._group is None or self._group[0] != e.offset:
-                group = open_group(self._group_payloads[e.offset], e.offset + UNIT_HEADER_SIZE, self.limits)
+                group = open_group(self._group_payload(e), e.offset + UNIT_HEADER_SIZE, self.limits)
                 self._group = (e.offset, {m.header.name: m for m in group.members},
                                memoryview(decode_group_data(group, self.limits)))
             _, members, data = self._group
-            member = members[e.header.name]
+            member = members.get(e.header.name)
+            if member is None or (member.header.dtype, member.header.shape) != (e.header.dtype, e.header.shape):
+                raise CorruptError(f"the tensor group unit of {e.header.name!r} changed since the stream was opened")
             return decode_tensor(member.header, data[member.start:member.start + member.size],
                                  member_pipeline(member), self.limits)
         except (FormatError, LimitExceededError) as exc:
             raise exc.located(unit_index=e.index, offset=e.offset) from None
+
+    def _group_payload(self, e: _Entry) -> memoryview:
+        """The payload of ``e``'s tensor-group unit: kept by the scan (the first group), else read and its
+        checksum verified again."""
+        kept = self._group_payloads.get(e.offset)
+        if kept is not None:
+            return kept
+        head = self._read_at(e.offset, UNIT_HEADER_SIZE, "a unit header")
+        unit_type, _, _, length, crc = UNIT_HEADER.unpack(head)
+        if unit_type != UNIT_TENSOR_GROUP or length != e.length:
+            raise CorruptError(f"the tensor group unit of {e.header.name!r} changed since the stream was opened")
+        return memoryview(self._checked(e.offset, head, e.length, crc))
 
     def get_tensor(self, name: str) -> Any:
         """Decode one tensor as a torch tensor."""

@@ -218,7 +218,8 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
             grid = UniformCodes(grid.codes, steps.reshape(-1), grid.bits, per_channel=True)
             step, axis = steps.astype(np.float64), 1
         if rd.rounding == "dependent":
-            dependent[name] = dependent_coded(x, step, grid, dtype, axis, rd.rate_lambda)
+            dependent[name] = dependent_coded(x, step, grid, dtype, axis, rd.rate_lambda,
+                                              what=f"tensor {name!r}")
             continue
         if factor is not None:
             rate = CodeRate(ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)) if rd.rate_lambda else None

@@ -256,13 +256,13 @@ def encode_scalable(tensors: Mapping[str, Any], points: Sequence[Mapping[str, An
         energies.append(float("nan") if e is None else float(e))
     accuracies = [float(info["accuracy"]) if "accuracy" in info else float("nan") for info in infos]
 
-    # assemble: version 1.2 headers, the operating-points unit before the first tensor, refinements by level
+    # assemble: version 1.2 headers (or later), the operating-points unit before the first tensor, refinements by level
     body = base_chunks[:-1]  # without its end-of-stream
     n_tensors = len(names)
-    body[0] = FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR_OPERATING_POINTS)
+    minor = max(FORMAT_MINOR_OPERATING_POINTS, FILE_HEADER.unpack(body[0])[2])  # or the base encode's, if later
+    body[0] = FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor)
     metadata = encoders[0].metadata
-    body[1] = frame_unit(UNIT_STREAM_HEADER, StreamHeader(n_tensors, metadata,
-                                                          version=(FORMAT_MAJOR, FORMAT_MINOR_OPERATING_POINTS)).to_bytes())
+    body[1] = frame_unit(UNIT_STREAM_HEADER, StreamHeader(n_tensors, metadata, version=(FORMAT_MAJOR, minor)).to_bytes())
     at = next((i for i in range(1, len(body)) if body[i][0] == UNIT_TENSOR), len(body))
     placeholder = OperatingPoints(tuple(OperatingPoint(k, 0, 0, 0.0, 0.0, labels[k]) for k in range(len(points))))
     body.insert(at, frame_unit(UNIT_OPERATING_POINTS, placeholder.to_bytes(), critical=False))

@@ -26,7 +26,8 @@ from ..bitstream.constants import FORMAT_MINOR_DEPENDENT, STAGE_DEPENDENT
 from ..errors import ConfigError, CorruptError
 from .stage import SIGNED_WORD_DTYPES, Stage, register_stage
 
-__all__ = ["Dependent", "NEXT_STATE", "MAX_CHAIN", "levels_of", "codes_of", "quantizer_of"]
+__all__ = ["Dependent", "NEXT_STATE", "MAX_CHAIN", "levels_of", "codes_of", "quantizer_of", "reconstruct",
+           "chain_rows"]
 
 #: next state after a code of parity p (``k & 1``) in state s: NEXT_STATE[s][p]
 NEXT_STATE = np.array([[0, 2], [2, 0], [1, 3], [3, 1]], dtype=np.int8)
@@ -36,12 +37,17 @@ _PARAMS = struct.Struct("<BBI")  # word_size, states (4), chain
 _BLOCK_WORDS = 1 << 20  # words decoded at a time (the temporaries of levels_of are about 20 bytes per word)
 
 
-def _chains(words: np.ndarray, chain: int) -> np.ndarray:
-    """``words`` (1-D) as ``(chain, chains)`` int64 columns: row j holds position j of every chain (zero padded)."""
-    rows = -(-words.size // chain)
-    padded = np.zeros(rows * chain, dtype=np.int64)
-    padded[:words.size] = words
-    return np.ascontiguousarray(padded.reshape(rows, chain).T)
+def chain_rows(values: np.ndarray, chain: int, dtype: "type[np.generic]") -> np.ndarray:
+    """``values`` (1-D) as ``(chains, chain)`` of ``dtype``: row i holds chain i, the last one zero padded."""
+    rows = -(-values.size // chain)
+    padded = np.zeros(rows * chain, dtype=dtype)
+    padded[:values.size] = values
+    return padded.reshape(rows, chain)
+
+
+def reconstruct(k: np.ndarray, q1: "bool | np.ndarray") -> np.ndarray:
+    """The level (in steps ``Δ``) of code ``k`` on quantizer Q1 where ``q1`` (1/True), else Q0."""
+    return 2 * k - q1 * np.sign(k)
 
 
 def quantizer_of(codes: np.ndarray, chain: int) -> np.ndarray:
@@ -50,31 +56,26 @@ def quantizer_of(codes: np.ndarray, chain: int) -> np.ndarray:
     The state machine is ``s = 2a + b`` with ``a`` the quantizer bit: ``a' = b XOR parity``, ``b' = a``;
     so ``a_j = a_(j-2) XOR parity_(j-1)``: the XOR of the parities at positions ``j-1, j-3, ...`` of the
     chain. Computed for all words at once (cumulative XOR over each chain's even and odd positions)."""
-    n = codes.size
-    rows = -(-n // chain)
-    parity = np.zeros(rows * chain, dtype=np.uint8)
-    parity[:n] = codes & 1
-    parity = parity.reshape(rows, chain)
+    parity = chain_rows(codes & 1, chain, np.uint8)
     acc = np.empty_like(parity)
     acc[:, 0::2] = np.bitwise_xor.accumulate(parity[:, 0::2], axis=1)
     acc[:, 1::2] = np.bitwise_xor.accumulate(parity[:, 1::2], axis=1)
     q = np.zeros_like(parity)
     q[:, 1:] = acc[:, :-1]
-    return q.reshape(-1)[:n]
+    return q.reshape(-1)[:codes.size]
 
 
 def levels_of(codes: np.ndarray, chain: int) -> np.ndarray:
     """The reconstruction levels (in steps ``Δ``) of transmitted ``codes`` (1-D ints), chains of ``chain``."""
     k = np.asarray(codes).reshape(-1)
     wide = k.astype(np.int64 if k.dtype.itemsize > 2 else np.int32)
-    q1 = quantizer_of(wide, chain).astype(wide.dtype)
-    return 2 * wide - q1 * np.sign(wide)
+    return reconstruct(wide, quantizer_of(wide, chain).astype(wide.dtype))
 
 
 def codes_of(levels: np.ndarray, chain: int) -> np.ndarray:
     """The transmitted codes of reconstruction ``levels`` (1-D ints); :class:`ConfigError` when a level is
     not one the quantizer of its state reconstructs (odd under Q0, even and non-zero under Q1)."""
-    m = _chains(np.asarray(levels, dtype=np.int64).reshape(-1), chain)
+    m = np.ascontiguousarray(chain_rows(np.asarray(levels).reshape(-1), chain, np.int64).T)  # row j: position j
     out = np.empty_like(m)
     state = np.zeros(m.shape[1], dtype=np.int8)
     for j in range(m.shape[0]):

@@ -14,14 +14,13 @@ from collections.abc import Callable
 import numpy as np
 
 from ..bitstream.constants import FILE_HEADER, MAGIC, STAGE_DEPENDENT, UNIT_END, UNIT_STREAM_HEADER, UNIT_TENSOR
-from ..coding.dependent_stage import levels_of
 from ..dtypes import dtype_by_name
 from ..encoder import Encoder
 from ..quant.dependent import dependent_coded
 from ..quant.uniform import UniformCodes
 from .forge import join_units
 
-__all__ = ["VALID", "INVALID"]
+__all__ = ["VALID", "INVALID", "spec_levels"]
 
 Expected = dict[str, np.ndarray]
 _RNG = np.random.default_rng(1505)
@@ -76,11 +75,26 @@ _K32 = _RNG.integers(-(1 << 29), 1 << 29, 9).astype(np.int32)
 _STORED = {b"a8": ("int8", [23], _K8, 5), b"b16": ("int16", [3, 7], _K16, 7), b"c32": ("int32", [9], _K32, 4)}
 
 
+def spec_levels(codes: list[int], chain: int) -> list[int]:
+    """FORMAT.md §15.2 word by word in plain Python integers: the reference the decoder's vectorized
+    ``levels_of`` is checked against (here and in the tests)."""
+    nxt = {0: (0, 2), 1: (2, 0), 2: (1, 3), 3: (3, 1)}
+    out, s = [], 0
+    for i, k in enumerate(codes):
+        if i % chain == 0:
+            s = 0
+        sign = (k > 0) - (k < 0)
+        out.append(2 * k if s < 2 else 2 * k - sign)
+        s = nxt[s][k & 1]
+    return out
+
+
 def _stored() -> tuple[bytes, Expected]:
     payloads, expected = [], {}
     for name, (dtype, shape, codes, chain) in _STORED.items():
         payloads.append(_tensor(name, dtype, shape, codes.tobytes(), _params(codes.itemsize, 4, chain)))
-        expected[name.decode()] = levels_of(codes.reshape(-1), chain).reshape(shape).astype(codes.dtype)
+        levels = spec_levels([int(k) for k in codes.reshape(-1)], chain)
+        expected[name.decode()] = np.array(levels, dtype=codes.dtype).reshape(shape)
     return _stream(*payloads), expected
 
 

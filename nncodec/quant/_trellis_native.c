@@ -15,7 +15,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-static const int NEXT[4][2] = {{0, 2}, {2, 0}, {1, 3}, {3, 1}};
 /* predecessors of each next state, in the numpy search's order: (state, parity) ascending by state */
 static const int PRED[4][2][2] = {{{0, 0}, {1, 1}}, {{2, 0}, {3, 1}}, {{0, 1}, {1, 0}}, {{2, 1}, {3, 0}}};
 
@@ -79,7 +78,6 @@ static void chain_search(const double *y, Py_ssize_t m, double lam, const double
         out[j] = bk[4 * j + s];
         s = bs[4 * j + s];
     }
-    (void)NEXT;
 }
 
 static PyObject *viterbi(PyObject *self, PyObject *args) {

@@ -4,8 +4,8 @@ Two scalar quantizers share the step ``Δ``: Q0 reconstructs the even multiples 
 zero; the 4-state machine of :mod:`nncodec.coding.dependent_stage` (driven by the parity of each code) picks
 which applies to the next element. Each quantizer alone is as coarse as a step of ``2Δ``, but the union
 of their levels is the grid of step ``Δ``, and a path through the trellis reaches the finer grid on most
-elements: at equal distortion the codes cost fewer bits than plain rounding (about 0.14 bit per element on
-MiniLM's weights at 3.5–5 bits per element, order-0 coded).
+elements: at equal distortion the codes cost fewer bits than plain rounding (0.13–0.15 bit per element on
+MiniLM's linear weights at 3.6–4.5 bits per element, order-0 entropy; tests/benchmarks/bench_dependent_mse.py).
 
 For each chain of consecutive elements (flat C order; the state machine restarts at 0 on each) the Viterbi
 search keeps, for each of the 4 states, the cheapest path reaching it, with cost
@@ -14,7 +14,7 @@ search keeps, for each of the 4 states, the cheapest path reaching it, with cost
 
 (distortion in squared steps ``Δ``; ``bits(k) = -log2 p(k)`` under the order-0 model of the transmitted
 codes ``k``, re-fitted over a few passes when ``λ > 0``). It runs over all chains at once (numpy, vectorized
-over chains, in blocks that keep the back-pointers near 16 MiB), or in C (``_trellis_native``, built at install
+over chains, in blocks that keep the back-pointers near 80 MiB), or in C (``_trellis_native``, built at install
 time, the same codes) when it was built.
 """
 
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, levels_of
+from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, chain_rows, levels_of, reconstruct
 from ..errors import ConfigError
 from .rate_aware import CodeRate
 
@@ -40,6 +40,8 @@ __all__ = ["dependent_levels", "dependent_coded", "chain_length", "DependentLeve
 
 _BLOCK_CELLS = 1 << 22  # chain positions x chains per block (back-pointers: 5 bytes x 4 states each)
 _LAMBDA_PASSES = 3
+#: the largest |x / Δ| searched: levels and codes then fit the widest (4-byte) code words of §15
+MAX_SCALED = 1 << 31
 #: (state, parity of its code) leading into each next state: PRED[next] = ((s, p), (s', p'))
 _PRED = tuple(tuple((s, p) for s in range(4) for p in (0, 1) if NEXT_STATE[s][p] == ns) for ns in range(4))
 
@@ -60,16 +62,12 @@ class DependentLevels:
         self.levels, self.chain, self.codes = levels, chain, codes
 
 
-def _recon(k: np.ndarray, q1: bool) -> np.ndarray:
-    return 2 * k - np.sign(k) if q1 else 2 * k
-
-
 def _viterbi(y: np.ndarray, lam: float, rate: CodeRate | None) -> np.ndarray:
     """Codes ``k`` (int64, ``y``'s shape ``(positions, chains)``) of the cheapest trellis path of each chain."""
     positions, chains = y.shape
     cost = np.full((chains, 4), np.inf)
     cost[:, 0] = 0.0
-    back_k = np.empty((positions, chains, 4), dtype=np.int32)
+    back_k = np.empty((positions, chains, 4), dtype=np.int32)  # |k| <= MAX_SCALED / 2 + 2
     back_s = np.empty((positions, chains, 4), dtype=np.int8)
     use_rate = lam > 0 and rate is not None
     for j in range(positions):
@@ -80,7 +78,7 @@ def _viterbi(y: np.ndarray, lam: float, rate: CodeRate | None) -> np.ndarray:
             cands = [base - 1, base, base + 1, base + 2] + ([np.zeros_like(base)] if use_rate else [])
             per_parity = [(np.full(chains, np.inf), np.zeros(chains, np.int64)) for _ in (0, 1)]
             for k in cands:
-                c = (yj - _recon(k, q1)) ** 2
+                c = (yj - reconstruct(k, q1)) ** 2
                 if use_rate:
                     c = c + lam * rate.bits(k)  # type: ignore[union-attr]
                 parity = k & 1
@@ -125,17 +123,15 @@ def _search(y_flat: np.ndarray, chain: int, lam: float, rate: CodeRate | None) -
     cost the same on every path), by the compiled search when built, else block by block of chains in numpy
     (the same codes)."""
     n = y_flat.size
-    chains = -(-n // chain)
-    padded = np.zeros(chains * chain)
-    padded[:n] = y_flat
+    rows = chain_rows(y_flat, chain, np.float64)
+    chains = rows.shape[0]
     native = _native()
     if native is not None:
-        codes = np.empty(padded.size, dtype=np.int64)
+        codes = np.empty(rows.size, dtype=np.int64)
         table = rate.table if (lam > 0 and rate is not None) else np.zeros(0)
-        native.viterbi(padded, chain, float(lam), np.ascontiguousarray(table, dtype=np.float64),
+        native.viterbi(rows.reshape(-1), chain, float(lam), np.ascontiguousarray(table, dtype=np.float64),
                        int(rate.lo) if rate is not None else 0, codes)
         return codes[:n]
-    rows = padded.reshape(chains, chain)
     out = np.empty((chains, chain), dtype=np.int64)
     per_block = max(1, _BLOCK_CELLS // chain)
     for start in range(0, chains, per_block):
@@ -145,10 +141,12 @@ def _search(y_flat: np.ndarray, chain: int, lam: float, rate: CodeRate | None) -
 
 
 def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.0,
-                     chain: int | None = None) -> DependentLevels:
+                     chain: int | None = None, what: str = "values") -> DependentLevels:
     """Dependent-quantization levels of ``x`` on step ``delta`` (a number, or an array broadcasting against
     ``x``: per-row or per-column steps), chosen by the Viterbi search with rate weight ``lam`` (>= 0, in
-    squared steps per bit; 0 = least distortion). ``chain`` defaults to :func:`chain_length`."""
+    squared steps per bit; 0 = least distortion). ``chain`` defaults to :func:`chain_length`. Values of
+    ``|x / delta| >= 2**31`` are a :class:`ConfigError` (no code word holds their levels); ``what`` names
+    ``x`` in errors."""
     x = np.asarray(x, dtype=np.float64)
     if not np.isfinite(x).all():
         raise ConfigError("dependent quantization needs finite values (NaN or Inf found)")
@@ -161,6 +159,11 @@ def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.
     if not 1 <= chain <= MAX_CHAIN:
         raise ConfigError(f"chain must be 1..{MAX_CHAIN}, got {chain}")
     y = (x / d).reshape(-1)
+    if y.size and float(np.abs(y).max()) >= MAX_SCALED:
+        i = int(np.argmax(np.abs(y)))
+        raise ConfigError(f"dependent quantization of {what}: value {float(x.reshape(-1)[i])!r} at element {i} "
+                          f"is {float(abs(y[i])):.3g} steps of {float(d.reshape(-1)[i])!r}, the code words hold "
+                          f"fewer than 2**31: use a larger step")
     codes = _search(y, chain, 0.0, None)
     if lam > 0:
         for _ in range(_LAMBDA_PASSES):
@@ -170,7 +173,7 @@ def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.
 
 
 def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype: "DType", axis: int,
-                    lam: float) -> "tuple[CodedTensor, tuple[float, float]]":
+                    lam: float, what: str = "values") -> "tuple[CodedTensor, tuple[float, float]]":
     """The :class:`CodedTensor` of ``x`` under dependent quantization on half of ``step`` (the plain grid's
     step(s), broadcasting against ``x``; per channel along ``axis`` when ``grid.per_channel``), with the
     state machine's stage as ``lead``; and its (max abs, rms) error."""
@@ -182,7 +185,7 @@ def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype
 
     delta = np.asarray(step, dtype=np.float64) / 2
     delta32 = delta.astype(np.float32)  # the stored scales: search on them so the decoder's values are the searched ones
-    found = dependent_levels(x, delta32.astype(np.float64), lam)
+    found = dependent_levels(x, delta32.astype(np.float64), lam, what=what)
     peak = int(np.abs(found.levels).max()) if found.levels.size else 0
     bits = max(2, (peak + 1).bit_length() + 1)  # room for the codes (about half the levels) in the same words
     code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)

@@ -265,3 +265,14 @@ def test_delta_decodes_from_a_one_pass_file_object_and_refuses_a_misplaced_base_
     twice = units[:ref_at + 1] + [units[ref_at]] + units[ref_at + 1:]
     with pytest.raises(CorruptError, match="second base reference"):
         nncodec.decode(data[:FILE_HEADER_SIZE] + b"".join(twice), base=base)
+
+
+def test_a_delta_with_a_later_stage_keeps_that_stages_minor_version() -> None:
+    rng = np.random.default_rng(4)
+    base = {"w": rng.normal(size=(16, 16)).astype(np.float32)}
+    tuned = {"w": base["w"].copy()}  # unchanged: every grid-aligned code is 0, which the dependent stage takes
+    data = nncodec.encode(tuned, base=base, bits=8, pipeline=[{"id": "dependent", "word_size": 1, "chain": 16}])
+    assert data[8:12] == b"\x01\x00\x05\x00"  # 1.5 (stage 7), not the grid-aligned delta's 1.3
+    assert tuple(nncodec.read_info(split_base_reference(data)[1]).version) == (1, 5)  # the stream header's too
+    assert np.array_equal(nncodec.decode_arrays(data, base=base)["w"], nncodec.decode_arrays(
+        nncodec.encode(tuned, bits=8))["w"])

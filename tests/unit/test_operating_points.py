@@ -322,3 +322,14 @@ def test_energy_of_points_from_example_inputs_of_a_graph():
         nncodec.encode(Tiny(), operating_points=points, energy_inputs=(ids,), energy_input_shape=(6,))
     with pytest.raises(nncodec.ConfigError, match="tuple of tensors"):
         nncodec.encode(Tiny(), operating_points=points, energy_inputs=[ids])
+
+
+def test_a_scalable_stream_keeps_a_later_minor_version_its_base_encode_needs(monkeypatch):
+    from nncodec.coding.stage import Stage
+
+    monkeypatch.setattr(Stage, "since_minor", 5)  # every stage as if it came with format 1.5
+    data, _ = encode_scalable(TENSORS, POINTS)
+    assert data[8:12] == b"\x01\x00\x05\x00"  # not the operating points' 1.2
+    assert tuple(nncodec.read_info(data).version) == (1, 5)
+    assert _same(nncodec.decode_arrays(data, operating_point=0),
+                 nncodec.decode_arrays(nncodec.encode_arrays(TENSORS, bits=3)))

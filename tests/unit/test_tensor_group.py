@@ -178,3 +178,38 @@ def test_read_info_lists_members_without_decoding_the_group_data():
     assert [m["name"] for u in nncodec.read_info(damaged).units for m in u.members or ()] == list(members)
     with pytest.raises(CorruptError):  # the data block is checked when it is decoded
         nncodec.decode_arrays(damaged)
+
+
+def _three_group_stream(second: bytes = b"g1") -> bytes:
+    """Three tensor-group units of one 1 MiB float32 member each (g0, ``second``, g2)."""
+    import struct
+
+    from nncodec.bitstream.constants import FILE_HEADER, MAGIC, UNIT_END, UNIT_STREAM_HEADER
+
+    n = 1 << 18
+    groups = [_group((name, 12, [n], 0, np.full(n, i, np.float32).tobytes()))
+              for i, name in enumerate([b"g0", second, b"g2"])]
+    units = [(UNIT_STREAM_HEADER, 1, 0, struct.pack("<HHBBHII", 1, 4, 0, 0, 0, 3, 0))]
+    units += [(UNIT_TENSOR_GROUP, 1, 0, g) for g in groups]
+    units.append((UNIT_END, 1, 0, struct.pack("<II", len(units), 3)))
+    return join_units(FILE_HEADER.pack(MAGIC, 1, 4), units)
+
+
+def test_lazy_reading_keeps_one_group_payload_and_reads_others_again(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "groups.nnc"
+    path.write_bytes(_three_group_stream())
+    tracemalloc.start()
+    f = nncodec.open(path)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    with f:
+        assert held < (1 << 20) + (1 << 19)  # one 1 MiB payload, not three
+        for i, name in enumerate(["g0", "g1", "g2", "g0"]):
+            got = f.get_array(name)
+            assert got.shape == (1 << 18,) and (got == i % 3).all(), name
+        # a group read again that no longer holds the member scanned is corrupt, not a KeyError
+        path.write_bytes(_three_group_stream(second=b"h1"))
+        with pytest.raises(CorruptError, match="changed since the stream was opened"):
+            f.get_array("g1")

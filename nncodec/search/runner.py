@@ -321,16 +321,21 @@ class _Searcher:
     def initialize(self, model: nn.Module) -> nn.Module:
         """``model`` with its batch-norm statistics re-estimated (``SearchConfig.recalibrate_norms``) and its
         initial kernels as ``SearchConfig.initial_kernels`` asks (in place)."""
-        inputs = self.task.calibration_inputs()
+        recalibrate = self.cfg.recalibrate_norms and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+        if not recalibrate and self.cfg.initial_kernels != "gptq":
+            return model
+        calibration = getattr(self.task, "calibration_inputs", None)  # tasks may be duck-typed
+        inputs = calibration() if calibration is not None else None
         if inputs is None:
             return model  # (initial_kernels='gptq' was refused without them)
         n = min(len(inputs[0]), INITIAL_KERNEL_EXAMPLES)
         batches = [tuple(t[i:i + 32] for t in inputs) for i in range(0, n, 32)]
-        if self.cfg.recalibrate_norms:  # before GPTQ, which measures layer inputs through the norms
+        if recalibrate:  # before GPTQ, which measures layer inputs through the norms
             recalibrate_batch_norms(model, batches)
         if self.cfg.initial_kernels == "gptq":
             initialize_kernels(model, batches, lambda m, batch: m(*batch), none_ok=True)
-            if self.cfg.recalibrate_norms:
+            if recalibrate:
                 recalibrate_batch_norms(model, batches)
         return model
 

@@ -43,9 +43,10 @@ def recalibrate_batch_norms(model: nn.Module, batches: Iterable[Any],
 
     A candidate inherits the reference's statistics, but narrowing a layer (dropped channels no longer feed
     the next layers) and quantizing activations or kernels shift the inputs of every batch norm behind them;
-    in eval mode the stale statistics then mis-normalize layer after layer (measured on MNIST: a ResNet-8
-    with its residual trunk at 0.75 width scored 0.08 instead of 0.38, 4- to 8-bit activations 0.71 instead
-    of 0.96)."""
+    in eval mode the stale statistics then mis-normalize layer after layer (measured on MNIST-5k: a ResNet-8
+    of 0.957 with its residual trunk at 0.75 width scored 0.087 instead of 0.918, with 4- to 8-bit activations
+    0.710 instead of 0.963). One pass: each norm sees inputs normalized by the batch statistics of the norms
+    before it (not their new running ones), which is close, not exact, for deep stacks of quantizers."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0

@@ -1,8 +1,10 @@
-"""From a plan to a candidate model: resize (weights inherited, strongest filters kept), then fake-quantize."""
+"""From a plan to a candidate model: resize (weights inherited, strongest filters kept), then fake-quantize;
+then, with data, re-estimate its batch-norm statistics (:func:`recalibrate_batch_norms`)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -14,7 +16,7 @@ from ..prune.structured import resize_layers
 from ..quant.layers import _QuantBatchNorm, _QuantParams, quantize_model
 from ..quant.plan import Plan
 
-__all__ = ["build_candidate", "deployed_copy", "model_size_bits", "nonzero_size_bits"]
+__all__ = ["build_candidate", "deployed_copy", "model_size_bits", "nonzero_size_bits", "recalibrate_batch_norms"]
 
 
 def build_candidate(reference: nn.Module, example_inputs: Any, plan: Plan, *,
@@ -30,6 +32,47 @@ def build_candidate(reference: nn.Module, example_inputs: Any, plan: Plan, *,
     else:
         model = resize_layers(reference, plan.widths, example_inputs)
     return quantize_model(model, plan, inplace=True)
+
+
+def recalibrate_batch_norms(model: nn.Module, batches: Iterable[Any],
+                            forward: Callable[[nn.Module, Any], Any] | None = None) -> int:
+    """Re-estimate the running mean and variance of every batch norm of ``model`` (in place) as the plain
+    average over ``batches`` (``forward(model, batch)``, default ``model(*batch)``), without gradients; the
+    other modules run in eval mode (dropout off, quantizers as in eval). Returns the number of batch norms
+    (0: nothing ran). Every module's training flag is restored.
+
+    A candidate inherits the reference's statistics, but narrowing a layer (dropped channels no longer feed
+    the next layers) and quantizing activations or kernels shift the inputs of every batch norm behind them;
+    in eval mode the stale statistics then mis-normalize layer after layer (measured on MNIST-5k: a ResNet-8
+    of 0.957 with its residual trunk at 0.75 width scored 0.087 instead of 0.918, with 4- to 8-bit activations
+    0.710 instead of 0.963). One pass: each norm sees inputs normalized by the batch statistics of the norms
+    before it (not their new running ones), which is close, not exact, for deep stacks of quantizers."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    batches = list(batches)
+    if not batches:
+        raise ConfigError("recalibrate_batch_norms: no batch to estimate the statistics on")
+    modes = {m: m.training for m in model.modules()}
+    momenta = [bn.momentum for bn in norms]
+    try:
+        model.eval()
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the batches
+            bn.train()
+        with torch.no_grad():
+            for batch in batches:
+                if forward is not None:
+                    forward(model, batch)
+                else:
+                    model(*batch)
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        for m, training in modes.items():
+            m.train(training)
+    return len(norms)
 
 
 def deployed_copy(model: nn.Module) -> nn.Module:

@@ -44,7 +44,7 @@ from ..prune.graph import Resizer
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.gptq import initialize_kernels
 from ..quant.plan import Plan
-from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits
+from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits, recalibrate_batch_norms
 from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Costing, Outcome, candidate_energy, method_options,
                           run_method, uses_method)
 from .finetune import Distiller, FineTuneConfig
@@ -124,6 +124,10 @@ class SearchConfig:
     #: candidate's layer inputs, kernels float, on the first ``INITIAL_KERNEL_EXAMPLES`` training inputs;
     #: kernels of other quantizers keep the nearest codes)
     initial_kernels: str = "nearest"
+    #: re-estimate every candidate's batch-norm statistics after building it (narrowed widths and quantizers
+    #: shift the inputs the reference's statistics were measured on) on the first ``INITIAL_KERNEL_EXAMPLES``
+    #: training inputs (``Task.calibration_inputs``; tasks without them, and models without batch norms: no-op)
+    recalibrate_norms: bool = True
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
@@ -327,12 +331,24 @@ class _Searcher:
         return self.initialize(build_candidate(self.reference, self.space.example_inputs, plan, resizer=self._resizer))
 
     def initialize(self, model: nn.Module) -> nn.Module:
-        """``model`` with its initial kernels as ``SearchConfig.initial_kernels`` asks (in place)."""
+        """``model`` with its batch-norm statistics re-estimated (``SearchConfig.recalibrate_norms``) and its
+        initial kernels as ``SearchConfig.initial_kernels`` asks (in place)."""
+        recalibrate = self.cfg.recalibrate_norms and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+        if not recalibrate and self.cfg.initial_kernels != "gptq":
+            return model
+        calibration = getattr(self.task, "calibration_inputs", None)  # tasks may be duck-typed
+        inputs = calibration() if calibration is not None else None
+        if inputs is None:
+            return model  # (initial_kernels='gptq' was refused without them)
+        n = min(len(inputs[0]), INITIAL_KERNEL_EXAMPLES)
+        batches = [tuple(t[i:i + 32] for t in inputs) for i in range(0, n, 32)]
+        if recalibrate:  # before GPTQ, which measures layer inputs through the norms
+            recalibrate_batch_norms(model, batches)
         if self.cfg.initial_kernels == "gptq":
-            inputs = self.task.calibration_inputs()
-            n = min(len(inputs[0]), INITIAL_KERNEL_EXAMPLES)
-            batches = [tuple(t[i:i + 32] for t in inputs) for i in range(0, n, 32)]
             initialize_kernels(model, batches, lambda m, batch: m(*batch), none_ok=True)
+            if recalibrate:
+                recalibrate_batch_norms(model, batches)
         return model
 
     def accuracy_floor(self) -> float | None:

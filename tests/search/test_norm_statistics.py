@@ -1,0 +1,83 @@
+"""Batch-norm statistics of search candidates: a narrowed or quantized candidate gets statistics of its own."""
+
+import pytest
+import torch
+from torch import nn
+
+from nncodec.errors import ConfigError
+from nncodec.quant.plan import LayerPlan, Plan
+from nncodec.search import SearchConfig, SearchSpace
+from nncodec.search.candidate import recalibrate_batch_norms
+from nncodec.search.runner import INITIAL_KERNEL_EXAMPLES, _Searcher
+from nncodec.train import accuracy, train_classifier
+from tests.search.digits import INPUT, data, task
+
+
+def bn_cnn() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    torch.manual_seed(0)
+    x_train, y_train, _, _ = data()
+    return train_classifier(bn_cnn(), x_train, y_train, epochs=6, lr=3e-3).eval()
+
+
+def _searcher(reference, tmp_path, **kw) -> _Searcher:
+    sp = SearchSpace.from_model(reference, INPUT, data()[0][:128], widths=(0.5, 1.0))
+    return _Searcher(reference, sp, task(), SearchConfig(n_trials=1, out_dir=str(tmp_path), **kw), None)
+
+
+def _inputs_of(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    seen = []
+    handle = model.get_submodule(name).register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        model.eval()(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_narrowed_candidate_gets_its_own_statistics(reference, tmp_path):
+    """Narrowing the first conv changes what the second batch norm sees: the candidate's statistics are
+    measured on the calibration inputs (not inherited), and the candidate works without any training."""
+    x_train, _, x_test, y_test = data()
+    plan = Plan({"2": LayerPlan(activation="quantized_relu(4,2)")}, None, {"0": 0.5})
+    built = _searcher(reference, tmp_path).build(plan)
+    stale = _searcher(reference, tmp_path, recalibrate_norms=False).build(plan)
+    x = torch.as_tensor(x_train[:INITIAL_KERNEL_EXAMPLES])
+    # the mean over the calibration batches (8 x 32, so the overall mean; measured while the first norm used
+    # each batch's own statistics, hence not to the last digit)
+    seen = _inputs_of(built, "4", x)
+    assert torch.allclose(built[4].running_mean, seen.mean((0, 2, 3)), atol=2e-3)
+    assert not torch.allclose(stale[4].running_mean, seen.mean((0, 2, 3)), atol=1e-2)
+    # the reference's kept channels' statistics when not re-estimated
+    kept = built[0].weight.shape[0]
+    assert kept == 8 and stale[1].running_mean.shape == (8,)
+    assert set(stale[1].running_mean.tolist()) <= set(reference[1].running_mean.tolist())
+    ref_acc = accuracy(reference, x_test, y_test)
+    built_acc, stale_acc = accuracy(built, x_test, y_test), accuracy(stale, x_test, y_test)
+    assert built_acc > stale_acc + 0.2 and built_acc > ref_acc - 0.3
+
+
+def test_recalibration_keeps_modes_and_momenta():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6, momentum=0.3), nn.Dropout(0.5), nn.Linear(6, 2))
+    model.train()
+    model[3].eval()
+    x = torch.randn(64, 4) * 3 + 1
+    assert recalibrate_batch_norms(model, [(x,)]) == 1
+    h = model[0](x).detach()
+    assert torch.allclose(model[1].running_mean, h.mean(0), atol=1e-5)
+    assert torch.allclose(model[1].running_var, h.var(0, unbiased=True), rtol=1e-4)  # one batch: its variance
+    assert model[1].momentum == 0.3 and model[1].training and model[2].training and not model[3].training
+    # dropout stays off while measuring: the same statistics again, and a custom forward
+    before = model[1].running_var.clone()
+    recalibrate_batch_norms(model, [x], forward=lambda m, batch: m(batch))
+    assert torch.allclose(model[1].running_var, before)
+    with pytest.raises(ConfigError, match="no batch"):
+        recalibrate_batch_norms(model, [])
+    assert torch.allclose(model[1].running_var, before)  # untouched on the error
+    assert recalibrate_batch_norms(nn.Linear(2, 2), []) == 0  # nothing to estimate: no error

@@ -167,6 +167,8 @@ class SearchConfig:
         self._check_accuracy_drop()
         if self.initial_kernels not in INITIAL_KERNELS:
             raise ConfigError(f"initial_kernels must be one of {INITIAL_KERNELS}, got {self.initial_kernels!r}")
+        if not isinstance(self.recalibrate_norms, bool):
+            raise ConfigError(f"recalibrate_norms must be True or False, got {self.recalibrate_norms!r}")
         if self.initial_kernels != "nearest" and (self.schedule != "single" or self.controller == "differentiable"
                                                   or self.options.get("codesign")):
             raise ConfigError(f"initial_kernels={self.initial_kernels!r} sets the kernels of the candidates the "

@@ -81,3 +81,10 @@ def test_recalibration_keeps_modes_and_momenta():
         recalibrate_batch_norms(model, [])
     assert torch.allclose(model[1].running_var, before)  # untouched on the error
     assert recalibrate_batch_norms(nn.Linear(2, 2), []) == 0  # nothing to estimate: no error
+
+
+def test_recalibrate_norms_must_be_a_bool():
+    from nncodec.search import SearchConfig
+
+    with pytest.raises(ConfigError, match="recalibrate_norms"):
+        SearchConfig(recalibrate_norms="no")

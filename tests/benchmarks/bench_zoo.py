@@ -129,19 +129,18 @@ BATCHNORMS = {"fixed": ("quantized_bits({b},{i},1)",), "auto": ("quantized_bits(
               "float": ()}
 
 
-#: per-model changes to IMAGE (none now). Tried for the size and energy targets and dropped (``tried_and_dropped``
-#: in zoo.json): 6-8 trials, width grids 0.25 / 0.5 and 0.5 / 0.75, 4-bit kernels, 4- / 6-bit activations and
+#: Tried for the size and energy targets and dropped (``tried_and_dropped`` in zoo.json, ``--set`` overrides of
+#: IMAGE): 6-8 trials, width grids 0.25 / 0.5 and 0.5 / 0.75, 4-bit kernels, 4- / 6-bit activations and
 #: 60-85 % final pruning (relative to each layer's RMS, at once or over the first 6 of 12 distillation epochs)
 #: reached the energy and size but lost 2 to 12 points
-IMAGE_MODELS: dict[str, dict] = {"resnet8": {}, "mobilenet": {}}
 
 
 def _image_model(name: str, builder, trials: int | None, out: Path, overrides: dict) -> dict:
     """ResNet-8 / MobileNetV2-style on MNIST-5k. Reference: Adam, 6 epochs at lr 2e-3 then 2 at 5e-4 (the
     batch-norm statistics settle at the lower rate; a constant rate leaves the test accuracy jumping by
-    several points between epochs). Settings: IMAGE, then IMAGE_MODELS[name], then ``overrides``."""
+    several points between epochs). Settings: IMAGE with ``overrides``."""
     t0 = time.perf_counter()
-    settings = {**IMAGE, **IMAGE_MODELS[name], **overrides}
+    settings = {**IMAGE, **overrides}
     trials = trials or settings["trials"]
     torch.manual_seed(0)
     x, y = load_mnist5k()

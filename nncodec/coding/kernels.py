@@ -9,25 +9,31 @@ Encoding stage 6 uses the C kernel, else the portable one (and the encoder then 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 from types import ModuleType
 
-__all__ = ["decode_kernels", "encode_kernels", "native_kernels", "fast_encoder_available"]
+__all__ = ["decode_kernels", "encode_kernels", "native_kernels", "fast_encoder_available", "load_extension"]
 
 log = logging.getLogger(__name__)
 
 
-@functools.cache
-def native_kernels() -> ModuleType | None:
-    """The compiled kernels, or None when the extension was not built (or ``NNCODEC_KERNELS=portable``)."""
+def load_extension(module: str) -> ModuleType | None:
+    """The compiled extension ``module`` (dotted name), or None when it was not built (or
+    ``NNCODEC_KERNELS=portable``, which forces the portable code)."""
     if os.environ.get("NNCODEC_KERNELS", "") == "portable":
         return None
     try:
-        from . import _rans_native
+        return importlib.import_module(module)
     except ImportError:
         return None
-    return _rans_native
+
+
+@functools.cache
+def native_kernels() -> ModuleType | None:
+    """The compiled entropy kernels (``_rans_native``), or None (:func:`load_extension`)."""
+    return load_extension(f"{__package__}._rans_native")
 
 
 @functools.cache

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, chain_rows, levels_of, reconstruct
+from ..coding.kernels import load_extension
 from ..errors import ConfigError
 from .rate_aware import CodeRate
 
@@ -109,13 +109,7 @@ def _viterbi(y: np.ndarray, lam: float, rate: CodeRate | None) -> np.ndarray:
 @functools.cache
 def _native() -> Any:
     """The compiled search (``_trellis_native``), or None when it was not built or ``NNCODEC_KERNELS=portable``."""
-    if os.environ.get("NNCODEC_KERNELS", "") == "portable":
-        return None
-    try:
-        from . import _trellis_native
-    except ImportError:
-        return None
-    return _trellis_native
+    return load_extension(f"{__package__}._trellis_native")
 
 
 def _search(y_flat: np.ndarray, chain: int, lam: float, rate: CodeRate | None) -> np.ndarray:

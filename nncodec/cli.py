@@ -402,9 +402,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     trials = _trials(args)  # a wrong budget fails before the data is read and the reference trained
     if not args.model:
         if args.schedule != "single" or args.option or args.codesign or args.size_score is not None or \
-                args.max_drop is not None or args.finetune is not None or args.initial_kernels != "nearest":
-            raise ConfigError("--schedule, --option, --codesign, --size-score, --max-drop, --finetune and "
-                              "--initial-kernels apply to a search of your --model, not the demo")
+                args.max_drop is not None or args.finetune is not None or args.initial_kernels != "nearest" or \
+                args.final_selection or not args.final_norms:
+            raise ConfigError("--schedule, --option, --codesign, --size-score, --max-drop, --finetune, "
+                              "--initial-kernels, --final-selection and --keep-final-norms apply to a search of "
+                              "your --model, not the demo")
         return _cmd_demo(args)
     size_score = _json_fields(args.size_score)
     finetune = _json_fields(args.finetune, "--finetune", "fine-tuning fields")
@@ -425,7 +427,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                           study_name=args.study_name, storage=args.storage, out_dir=args.out,
                           progress=None if not args.json else False, schedule=args.schedule,
                           options=_method_options(args), size_score=size_score, max_accuracy_drop=args.max_drop,
-                          finetune=finetune, initial_kernels=args.initial_kernels)
+                          finetune=finetune, initial_kernels=args.initial_kernels,
+                          final_selection=args.final_selection, final_recalibrate_norms=args.final_norms)
     if not args.data:
         raise ConfigError("--model needs --data: an .npz with x_train, y_train, x_val, y_val")
     with np.load(args.data, allow_pickle=False) as z:
@@ -627,6 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--finetune", nargs="?", const="{}", metavar="JSON",
                     help="final fine-tuning by distillation from the reference with a cosine learning rate; alone "
                          "the defaults (distill 0.5, T 4), or e.g. '{\"distill\": 0.7, \"proxy\": true}'")
+    se.add_argument("--final-selection", type=float, default=0.0, metavar="FRACTION",
+                    help="hold this fraction of x_train out of the final fine-tuning and keep the epoch that scores "
+                         "best on it (default 0: the last epoch; x_val is never used to choose)")
+    se.add_argument("--keep-final-norms", dest="final_norms", action="store_false",
+                    help="leave the batch-norm statistics of the final fine-tuning as training left them (default: "
+                         "re-estimated on x_train after every epoch)")
     se.add_argument("--initial-kernels", choices=["nearest", "gptq"], default="nearest",
                     help="gptq: each candidate's quantized kernels start from their data-aware (GPTQ) rounding on "
                          "its own layer inputs (x_train) instead of the nearest codes")

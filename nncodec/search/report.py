@@ -101,6 +101,10 @@ def final_steps_line(steps: dict[str, Any]) -> str:
         start = steps.get("after_prune", steps.get("built"))
         begin = f"{start:.4f} -> " if start is not None else ""
         parts.append(f"fine-tuned {begin}{tuned[-1]:.4f} over {len(tuned)} epoch{'s' if len(tuned) != 1 else ''}")
+    if "kept_epoch" in steps:
+        kept = steps.get("kept", tuned[-1] if tuned else None)
+        parts.append(f"kept epoch {steps['kept_epoch'] + 1} (selection split {steps['kept_selection_score']:.4f} on "
+                     f"{steps['selection_examples']} training examples)" + (f" {kept:.4f}" if kept is not None else ""))
     if "decoded" in steps:
         parts.append(f"decoded {steps['decoded']:.4f}")
     return "final steps: " + ", ".join(parts)

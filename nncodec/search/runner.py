@@ -65,6 +65,8 @@ CONTROLLERS = OPTUNA_CONTROLLERS + tuple(PLAN_CONTROLLERS)
 INITIAL_KERNELS = ("nearest", "gptq")
 #: training inputs the data-aware initial kernels measure layer inputs on (batches of 32)
 INITIAL_KERNEL_EXAMPLES = 256
+#: training inputs the final candidate's batch-norm statistics are re-estimated on (batches of 256)
+FINAL_RECALIBRATION_EXAMPLES = 4096
 
 
 @dataclass
@@ -128,6 +130,16 @@ class SearchConfig:
     #: shift the inputs the reference's statistics were measured on) on the first ``INITIAL_KERNEL_EXAMPLES``
     #: training inputs (``Task.calibration_inputs``; tasks without them, and models without batch norms: no-op)
     recalibrate_norms: bool = True
+    #: re-estimate the final candidate's batch-norm statistics after every fine-tuning epoch and pruning step
+    #: (so after the last one too) on up to ``FINAL_RECALIBRATION_EXAMPLES`` of the inputs it trains on; the
+    #: running averages that training leaves (momentum 0.1: the last ~10 batches) swing the eval-mode score
+    #: by points from one epoch to the next. Tasks without calibration inputs, nets without batch norms: no-op
+    final_recalibrate_norms: bool = True
+    #: 0: the fine-tuning's last epoch is the result. In (0, 1): this fraction of the *training* examples is
+    #: held out of the fine-tuning as a selection split (``ClassifierTask.hold_out``, seeded by ``seed``), the
+    #: candidate is scored on it after each epoch at the full final sparsity, and the best epoch's weights
+    #: and statistics are kept (latest of ties). The task's validation set is never used to choose.
+    final_selection: float = 0.0
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
@@ -167,8 +179,15 @@ class SearchConfig:
         self._check_accuracy_drop()
         if self.initial_kernels not in INITIAL_KERNELS:
             raise ConfigError(f"initial_kernels must be one of {INITIAL_KERNELS}, got {self.initial_kernels!r}")
-        if not isinstance(self.recalibrate_norms, bool):
-            raise ConfigError(f"recalibrate_norms must be True or False, got {self.recalibrate_norms!r}")
+        for name in ("recalibrate_norms", "final_recalibrate_norms"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not is_number(self.final_selection) or not 0 <= self.final_selection < 1:
+            raise ConfigError(f"final_selection is the fraction of the training examples held out to choose the "
+                              f"fine-tuning's epoch, in [0, 1) (0: the last epoch), got {self.final_selection!r}")
+        if self.final_selection and self.final_epochs < 1:
+            raise ConfigError(f"final_selection={self.final_selection} chooses among fine-tuning epochs: it needs "
+                              "final_epochs >= 1")
         if self.initial_kernels != "nearest" and (self.schedule != "single" or self.controller == "differentiable"
                                                   or self.options.get("codesign")):
             raise ConfigError(f"initial_kernels={self.initial_kernels!r} sets the kernels of the candidates the "
@@ -684,22 +703,87 @@ class _FinalSteps:
         return self._eval_score if self._eval_score is not None else float(self.task.evaluate(self.model))
 
 
-def _gradual_pruning(model: nn.Module, config: SearchConfig, steps: _FinalSteps) -> Callable[[int], None]:
-    """The fine-tuning's after-epoch step of ``config.final_prune_epochs``: prune to the cubic schedule's
-    sparsity, then score (``after_prune``: the score right after the last pruning step, before its epochs of
-    recovery). Layers are wrapped (all-ones masks) now, so the optimizer sees the parameters it will train."""
-    apply_masks(model, global_magnitude_masks(model, 0.0))
-    ramp = config.final_prune_epochs
+class _FineTuning:
+    """The final fine-tuning's after-epoch step: the pruning schedule's step (``final_prune_epochs``: the cubic
+    schedule's sparsity after epoch e < n), the batch-norm statistics re-estimated (``final_recalibrate_norms``),
+    the scores (``after_prune``: right after the last pruning step; each epoch's on the task), and, with a
+    selection split, its score and a copy of the best epoch's state at the full final sparsity."""
 
-    def after_epoch(epoch: int) -> None:
-        if epoch < ramp:
-            amount = config.final_prune * (1 - (1 - (epoch + 1) / ramp) ** 3)
-            apply_masks(model, global_magnitude_masks(model, amount, relative=config.final_prune_relative))
-            if epoch == ramp - 1:
-                steps.measure("after_prune")
-        steps.epoch(epoch)
+    def __init__(self, model: nn.Module, config: SearchConfig, steps: _FinalSteps, fit_task: Task,
+                 select_task: Task | None):
+        self.model, self.cfg, self.steps, self.select_task = model, config, steps, select_task
+        self.ramp = config.final_prune_epochs if config.final_prune > 0 else 0
+        self.batches: list[tuple[torch.Tensor, ...]] = []
+        if config.final_recalibrate_norms and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                  and m.track_running_stats for m in model.modules()):
+            calibration = getattr(fit_task, "calibration_inputs", None)  # tasks may be duck-typed
+            inputs = calibration() if calibration is not None else None
+            if inputs is not None:
+                n = min(len(inputs[0]), FINAL_RECALIBRATION_EXAMPLES)
+                self.batches = [tuple(t[i:i + 256] for t in inputs) for i in range(0, n, 256)]
+        self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        if self.ramp:  # layers wrapped (all-ones masks) now, so the optimizer sees the parameters it will train
+            apply_masks(model, global_magnitude_masks(model, 0.0))
+        if select_task is not None:
+            steps.values["selection_epochs"] = []
 
-    return after_epoch
+    def recalibrate(self) -> None:
+        if self.batches:
+            recalibrate_batch_norms(self.model, self.batches)
+
+    def __call__(self, epoch: int) -> None:
+        cfg, model = self.cfg, self.model
+        if epoch < self.ramp:
+            amount = cfg.final_prune * (1 - (1 - (epoch + 1) / self.ramp) ** 3)
+            apply_masks(model, global_magnitude_masks(model, amount, relative=cfg.final_prune_relative))
+        self.recalibrate()
+        if self.ramp and epoch == self.ramp - 1:
+            self.steps.measure("after_prune")
+        self.steps.epoch(epoch)
+        if self.select_task is not None and epoch >= self.ramp - 1:  # at the full final sparsity
+            score = float(self.select_task.evaluate(model))
+            self.steps.values["selection_epochs"].append(score)
+            if self.best is None or score >= self.best[0]:
+                self.best = (score, epoch, copy.deepcopy(model.state_dict()))
+        model.eval()
+
+    def keep_best(self) -> None:
+        """Load the best selection-split epoch's state (a no-op without a selection split or when the last
+        epoch is the best); record which epoch was kept."""
+        if self.best is None:
+            return
+        score, epoch, state = self.best
+        self.steps.values["kept_epoch"] = epoch
+        self.steps.values["kept_selection_score"] = score
+        if epoch != self.cfg.final_epochs - 1:
+            self.model.load_state_dict(state)
+            self.steps.measure("kept")
+
+
+def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, task: Task,
+               steps: _FinalSteps) -> None:
+    """The final steps on the built candidate: the final pruning (at once or over the first epochs), the
+    fine-tuning epochs (distilled when ``config.finetune``), with a selection split the best epoch kept."""
+    fit_task, select_task = task, None
+    distiller = searcher.distiller
+    if config.final_selection:
+        fit_task, select_task, index = task.hold_out(  # type: ignore[attr-defined]  # checked by run_search
+            config.final_selection, config.seed)
+        steps.values["selection_examples"] = len(index)
+        if distiller is not None:
+            distiller = Distiller(searcher.reference, fit_task, distiller.cfg)
+    tuning = _FineTuning(model, config, steps, fit_task, select_task)
+    if config.final_prune > 0 and not config.final_prune_epochs:
+        apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))
+        tuning.recalibrate()
+        steps.measure("after_prune")
+    if distiller is not None:
+        distiller.train(model, config.final_epochs, proxy=False, after_epoch=tuning)
+    else:
+        for epoch in range(config.final_epochs):
+            fit_task.train_epoch(model, epoch, proxy=False)
+            tuning(epoch)
+    tuning.keep_best()
 
 
 def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,
@@ -767,6 +851,9 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     from .report import write_report
 
     config = config or SearchConfig()
+    if config.final_selection and not callable(getattr(task, "hold_out", None)):
+        raise ConfigError(f"final_selection holds out part of a ClassifierTask's training examples; "
+                          f"{type(task).__name__} has none to hold out (leave final_selection=0)")
     t0 = time.perf_counter()
     searcher = _Searcher(reference, space, task, config, cost_fn)
     ref_acc = task.evaluate(reference) if reference_accuracy is None else reference_accuracy
@@ -790,18 +877,7 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     if outcome.masks:
         apply_masks(model, outcome.masks)
     steps = _FinalSteps(task, model, searcher.picked_accuracy)
-    after_epoch = steps.epoch
-    if config.final_prune > 0 and not config.final_prune_epochs:
-        apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))
-        steps.measure("after_prune")
-    elif config.final_prune > 0:
-        after_epoch = _gradual_pruning(model, config, steps)
-    if searcher.distiller is not None:
-        searcher.distiller.train(model, config.final_epochs, proxy=False, after_epoch=after_epoch)
-    else:
-        for epoch in range(config.final_epochs):
-            task.train_epoch(model, epoch, proxy=False)
-            after_epoch(epoch)
+    _fine_tune(model, searcher, config, task, steps)
     acc = steps.result()
     report = candidate_energy(model, space.example_inputs, plan, outcome.energy_settings or config.energy_settings)
     out_dir = Path(config.out_dir)

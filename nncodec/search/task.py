@@ -96,6 +96,29 @@ class ClassifierTask(Task):
     def calibration_inputs(self) -> tuple[torch.Tensor, ...]:
         return (self.x_train,)
 
+    def hold_out(self, fraction: float, seed: int = 0) -> tuple["ClassifierTask", "ClassifierTask", torch.Tensor]:
+        """Carve a selection split out of the *training* examples: ``(fit, select, index)``.
+
+        ``fit`` trains on the training examples outside the split and is scored on this task's validation set;
+        ``select`` is scored on the split (``fraction`` of the training examples, at least one, chosen by a
+        seeded permutation; at least one example is left to train on); ``index``: the split's positions in
+        ``x_train``. The validation set is never part of the split, so choosing among models by ``select``'s
+        score leaves the validation score an unbiased measure."""
+        if not is_number(fraction) or not 0 < fraction < 1:
+            raise ConfigError(f"selection split: fraction must be in (0, 1), got {fraction!r}")
+        n = len(self.x_train)
+        k = max(1, int(round(n * fraction)))
+        if k >= n:
+            raise ConfigError(f"selection split: {fraction} of {n} training examples leaves none to train on")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        index, rest = order[:k].sort().values, order[k:].sort().values
+        x_fit, y_fit = self.x_train[rest], self.y_train[rest]
+        kw = {"batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+              "proxy_fraction": len(self.proxy_index) / n}
+        fit = ClassifierTask(x_fit, y_fit, self.x_val, self.y_val, **kw)
+        select = ClassifierTask(x_fit, y_fit, self.x_train[index].numpy(), self.y_train[index].numpy(), **kw)
+        return fit, select, index
+
     def train_epoch(self, model: nn.Module, epoch: int, proxy: bool) -> None:
         idx = self.proxy_index if proxy else torch.arange(len(self.x_train))
         opt = self._optimizer(model)

@@ -72,3 +72,18 @@ def test_cli_initial_kernels(tmp_path, capsys):
     assert runs["gptq"]["final_steps"]["built"] != runs["nearest"]["final_steps"]["built"]
     assert main(["search", "--initial-kernels", "gptq"]) == 2
     assert "--initial-kernels" in capsys.readouterr().err
+
+
+def test_cli_final_selection(tmp_path, capsys):
+    """``--final-selection`` holds part of x_train out of the final fine-tuning and keeps its best epoch; a
+    fraction outside [0, 1) is a configuration error, and the demo refuses it."""
+    summary = _run(tmp_path, capsys, "selected", "--reference-epochs", "2", "--final-epochs", "3",
+                   "--final-selection", "0.2")
+    steps = summary["final_steps"]
+    assert steps["selection_examples"] == round(0.2 * len(data()[0])) and len(steps["selection_epochs"]) == 3
+    assert steps["kept_selection_score"] == max(steps["selection_epochs"])
+    assert main(["search", "--model", f"{tmp_path / 'net.py'}:build", "--data", str(tmp_path / "digits.npz"),
+                 "--input-shape", "1,8,8", "--final-selection", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    assert "final_selection" in capsys.readouterr().err
+    assert main(["search", "--final-selection", "0.1"]) == 2
+    assert "--final-selection" in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""The final fine-tuning: batch-norm statistics re-estimated after every epoch, and the best epoch kept as
+chosen on a selection split carved from the training examples (never the validation set)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nncodec.errors import ConfigError
+from nncodec.search import ClassifierTask, FunctionTask, SearchConfig, SearchSpace, run_search
+from nncodec.search.candidate import recalibrate_batch_norms
+from nncodec.search.runner import FINAL_RECALIBRATION_EXAMPLES
+from nncodec.train import accuracy, train_classifier
+from tests.search.digits import INPUT, data
+
+
+def bn_cnn() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    torch.manual_seed(0)
+    x_train, y_train, _, _ = data()
+    return train_classifier(bn_cnn(), x_train, y_train, epochs=4, lr=3e-3).eval()
+
+
+def _space(reference) -> SearchSpace:
+    return SearchSpace.from_model(reference, INPUT, data()[0][:64], widths=(1.0,),
+                                  bits={"kernel": {"conv": (8,), "dense": (8,)}, "activation": {"conv": (4,)}})
+
+
+def _task() -> ClassifierTask:
+    x_train, y_train, x_test, y_test = data()
+    return ClassifierTask(x_train, y_train, x_test, y_test, lr=3e-3)
+
+
+def _config(tmp_path, **kw) -> SearchConfig:
+    return SearchConfig(**{"controller": "random", "n_trials": 1, "final_epochs": 3, "out_dir": str(tmp_path),
+                           "progress": False, "study_name": "final", **kw})
+
+
+def _rows(x) -> set[bytes]:
+    return {np.asarray(r).tobytes() for r in x}
+
+
+def test_hold_out_is_carved_from_training_examples_only():
+    x_train, y_train, x_test, y_test = data()
+    task = ClassifierTask(x_train, y_train, x_test, y_test, seed=3)
+    fit, select, index = task.hold_out(0.2, seed=5)
+    assert len(index) == round(0.2 * len(x_train)) and len(set(index.tolist())) == len(index)
+    rest = sorted(set(range(len(x_train))) - set(index.tolist()))
+    assert np.array_equal(select.x_val, x_train[index.numpy()]) and np.array_equal(select.y_val, y_train[index.numpy()])
+    assert np.array_equal(fit.x_train.numpy(), x_train[rest]) and np.array_equal(fit.y_train.numpy(), y_train[rest])
+    # fit trains on none of the selection examples, and both are scored apart from the evaluation set
+    assert not _rows(select.x_val) & _rows(fit.x_train.numpy())
+    assert not _rows(select.x_val) & _rows(x_test)
+    assert np.array_equal(fit.x_val, x_test) and fit.lr == task.lr and fit.batch_size == task.batch_size
+    again = task.hold_out(0.2, seed=5)[2]
+    assert torch.equal(again, index) and not torch.equal(task.hold_out(0.2, seed=6)[2], index)
+    for bad in (0, 1, 1.5, -0.1, "0.1", True):
+        with pytest.raises(ConfigError, match="selection split"):
+            task.hold_out(bad)
+    tiny = ClassifierTask(x_train[:2], y_train[:2], x_test, y_test)
+    with pytest.raises(ConfigError, match="leaves none"):
+        tiny.hold_out(0.9)
+
+
+class _ScriptedSelection(ClassifierTask):
+    """A classifier task whose selection split scores epochs by a script (and remembers each epoch's state)."""
+
+    def __init__(self, scores, *args, **kw):
+        super().__init__(*args, **kw)
+        self.scores, self.states, self.held_out = list(scores), [], None
+
+    def hold_out(self, fraction, seed=0):
+        fit, select, index = super().hold_out(fraction, seed)
+        self.held_out = index
+
+        def evaluate(model):
+            self.states.append(copy.deepcopy(model.state_dict()))
+            return self.scores[len(self.states) - 1]
+
+        select.evaluate = evaluate
+        return fit, select, index
+
+
+def test_the_best_selection_epoch_is_kept(reference, tmp_path):
+    x_train, y_train, x_test, y_test = data()
+    task = _ScriptedSelection([0.5, 0.9, 0.6], x_train, y_train, x_test, y_test, lr=3e-3)
+    result = run_search(reference, _space(reference), task, _config(tmp_path, final_selection=0.25))
+    steps = result.final_steps
+    assert steps["selection_epochs"] == [0.5, 0.9, 0.6] and steps["kept_epoch"] == 1
+    assert steps["kept_selection_score"] == 0.9 and steps["selection_examples"] == len(task.held_out)
+    kept, last = task.states[1], task.states[2]
+    state = result.model.state_dict()
+    assert all(torch.equal(state[k], kept[k]) for k in kept)  # weights and batch-norm statistics of epoch 1
+    assert any(not torch.equal(kept[k], last[k]) for k in kept if k.endswith("weight"))  # not the last epoch's
+    assert result.accuracy == steps["kept"] == accuracy(result.model, x_test, y_test)
+    assert result.decoded_accuracy == pytest.approx(result.accuracy, abs=0.02)
+
+
+def test_selection_on_real_scores_keeps_the_best_epoch(reference, tmp_path):
+    x_train, y_train, _, _ = data()
+    task = _task()
+    cfg = _config(tmp_path, final_selection=0.3, final_epochs=4, seed=2)
+    result = run_search(reference, _space(reference), task, cfg)
+    steps = result.final_steps
+    index = task.hold_out(0.3, seed=2)[2].numpy()
+    best = max(steps["selection_epochs"])
+    assert steps["kept_selection_score"] == best
+    assert steps["selection_epochs"][steps["kept_epoch"]] == best
+    assert max(i for i, s in enumerate(steps["selection_epochs"]) if s == best) == steps["kept_epoch"]  # latest tie
+    assert accuracy(result.model, x_train[index], y_train[index]) == best  # the kept model is the one scored
+    assert len(steps["fine_tune_epochs"]) == 4  # the evaluation set's scores are reported, not chosen on
+
+
+def test_final_statistics_are_re_estimated_after_the_last_epoch(reference, tmp_path):
+    x_train = torch.as_tensor(data()[0])
+    result = run_search(reference, _space(reference), _task(), _config(tmp_path))
+    model = result.model
+    fresh = copy.deepcopy(model)
+    n = min(len(x_train), FINAL_RECALIBRATION_EXAMPLES)
+    recalibrate_batch_norms(fresh, [(x_train[i:i + 256],) for i in range(0, n, 256)])
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    for name in norms:
+        a, b = model.get_submodule(name), fresh.get_submodule(name)
+        assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
+        assert torch.allclose(a.running_var, b.running_var, rtol=1e-5)
+    stale = run_search(reference, _space(reference), _task(),
+                       _config(tmp_path / "off", final_recalibrate_norms=False)).model
+    fresh = copy.deepcopy(stale)
+    recalibrate_batch_norms(fresh, [(x_train[i:i + 256],) for i in range(0, n, 256)])
+    assert not all(torch.allclose(stale.get_submodule(k).running_var, fresh.get_submodule(k).running_var, rtol=1e-3)
+                   for k in norms)  # the momentum averages of training are left without it
+
+
+def test_final_options_are_checked(reference, tmp_path):
+    for bad in (1.0, -0.1, "0.1", True, float("nan")):
+        with pytest.raises(ConfigError, match="final_selection"):
+            SearchConfig(final_selection=bad)
+    with pytest.raises(ConfigError, match="final_selection"):
+        SearchConfig(final_selection=0.1, final_epochs=0)
+    for bad in ("yes", 1, None):
+        with pytest.raises(ConfigError, match="final_recalibrate_norms"):
+            SearchConfig(final_recalibrate_norms=bad)
+    trained = []
+    task = FunctionTask(lambda m, e: trained.append(e), lambda m: 0.5)
+    with pytest.raises(ConfigError, match="has none to hold out"):
+        run_search(reference, _space(reference), task, _config(tmp_path, final_selection=0.1))
+    assert not trained  # refused before any trial

@@ -403,10 +403,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if not args.model:
         if args.schedule != "single" or args.option or args.codesign or args.size_score is not None or \
                 args.max_drop is not None or args.finetune is not None or args.initial_kernels != "nearest" or \
-                args.final_selection or not args.final_norms:
+                args.final_selection or not args.final_norms or args.width_importance != "l1":
             raise ConfigError("--schedule, --option, --codesign, --size-score, --max-drop, --finetune, "
-                              "--initial-kernels, --final-selection and --keep-final-norms apply to a search of "
-                              "your --model, not the demo")
+                              "--initial-kernels, --final-selection, --keep-final-norms and --width-importance "
+                              "apply to a search of your --model, not the demo")
         return _cmd_demo(args)
     size_score = _json_fields(args.size_score)
     finetune = _json_fields(args.finetune, "--finetune", "fine-tuning fields")
@@ -428,7 +428,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                           progress=None if not args.json else False, schedule=args.schedule,
                           options=_method_options(args), size_score=size_score, max_accuracy_drop=args.max_drop,
                           finetune=finetune, initial_kernels=args.initial_kernels,
-                          final_selection=args.final_selection, final_recalibrate_norms=args.final_norms)
+                          final_selection=args.final_selection, final_recalibrate_norms=args.final_norms,
+                          width_importance=args.width_importance)
     if not args.data:
         raise ConfigError("--model needs --data: an .npz with x_train, y_train, x_val, y_val")
     with np.load(args.data, allow_pickle=False) as z:
@@ -636,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--keep-final-norms", dest="final_norms", action="store_false",
                     help="leave the batch-norm statistics of the final fine-tuning as training left them (default: "
                          "re-estimated on x_train after every epoch)")
+    se.add_argument("--width-importance", choices=["l1", "l2", "taylor"], default="l1",
+                    help="which channels a narrowed layer keeps: largest weight norms (l1, l2) or largest "
+                         "first-order Taylor scores of the cross-entropy on x_train (taylor)")
     se.add_argument("--initial-kernels", choices=["nearest", "gptq"], default="nearest",
                     help="gptq: each candidate's quantized kernels start from their data-aware (GPTQ) rounding on "
                          "its own layer inputs (x_train) instead of the nearest codes")

@@ -545,19 +545,31 @@ class Resizer:
 
     ``resize(widths)`` returns exactly what ``resize_groups(model, example_inputs, widths)`` returns (same
     weights; new units drawn from the global RNG in the same order). The model must not change while the
-    resizer is used (its weights are read once); Taylor importance needs :func:`resize_groups`.
+    resizer is used (its weights are read once). ``importance="taylor"``: first-order Taylor scores
+    ``|w * dL/dw|`` of the model's own weights, from one ``gradient_fn(model)`` (a backward pass on data)
+    made here; every group is scored then and the model's gradients are cleared again.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, importance: str = "l1",
-                 keep: tuple[str, ...] = ()):
-        if importance not in ("l1", "l2"):
-            raise ConfigError(f"Resizer ranks channels by 'l1' or 'l2' weight norms, got {importance!r} "
-                              "(Taylor importance needs gradients of each copy: use resize_groups)")
+                 keep: tuple[str, ...] = (), gradient_fn: Callable[[nn.Module], None] | None = None):
+        if importance not in ("l1", "l2", "taylor"):
+            raise ConfigError(f"Resizer ranks channels by 'l1', 'l2' or 'taylor', got {importance!r}")
+        if (importance == "taylor") != (gradient_fn is not None):
+            raise ConfigError("Resizer: Taylor importance needs gradient_fn(model), a backward pass on data, and "
+                              "only Taylor importance uses one")
         self.model = model
         self.example_inputs = example_inputs
         self.importance = importance
         self.analysis = GroupAnalysis(model, example_inputs, keep=keep)
         self._scores: dict[str, torch.Tensor] = {}
+        if gradient_fn is not None:
+            model.zero_grad(set_to_none=True)
+            try:
+                gradient_fn(model)
+                for g in self.analysis.groups:
+                    self._importance(g)
+            finally:
+                model.zero_grad(set_to_none=True)
 
     def _importance(self, g: WidthGroup) -> torch.Tensor:
         if g.name not in self._scores:

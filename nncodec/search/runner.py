@@ -51,7 +51,7 @@ from .finetune import Distiller, FineTuneConfig
 from .score import ScoreConfig, joint_score
 from .space import SearchSpace
 from .storage import open_storage, storage_url
-from .task import Task, combined_floor
+from .task import ClassifierTask, Task, combined_floor
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "run_trials", "CONTROLLERS", "make_sampler", "chance_level"]
 
@@ -67,6 +67,10 @@ INITIAL_KERNELS = ("nearest", "gptq")
 INITIAL_KERNEL_EXAMPLES = 256
 #: training inputs the final candidate's batch-norm statistics are re-estimated on (batches of 256)
 FINAL_RECALIBRATION_EXAMPLES = 4096
+#: how narrowed width groups choose the channels they keep (SearchConfig.width_importance)
+WIDTH_IMPORTANCES = ("l1", "l2", "taylor")
+#: labelled training examples the first-order Taylor channel scores are summed over (batches of 128)
+TAYLOR_EXAMPLES = 512
 
 
 @dataclass
@@ -140,6 +144,11 @@ class SearchConfig:
     #: candidate is scored on it after each epoch at the full final sparsity, and the best epoch's weights
     #: and statistics are kept (latest of ties). The task's validation set is never used to choose.
     final_selection: float = 0.0
+    #: which channels a narrowed width group keeps: the largest "l1" or "l2" norms of their weights, or the
+    #: largest first-order Taylor scores ``|w * dCE/dw|`` summed over a channel's weights, with the gradients of
+    #: the reference's cross-entropy on the first ``TAYLOR_EXAMPLES`` training examples (a ClassifierTask's),
+    #: computed once per search. Optuna controllers and greedy (the others build their own candidates)
+    width_importance: str = "l1"
 
     def __post_init__(self) -> None:
         if self.controller not in CONTROLLERS:
@@ -188,6 +197,13 @@ class SearchConfig:
         if self.final_selection and self.final_epochs < 1:
             raise ConfigError(f"final_selection={self.final_selection} chooses among fine-tuning epochs: it needs "
                               "final_epochs >= 1")
+        if self.width_importance not in WIDTH_IMPORTANCES:
+            raise ConfigError(f"width_importance must be one of {WIDTH_IMPORTANCES}, got {self.width_importance!r}")
+        if self.width_importance != "l1" and (self.schedule != "single" or self.controller == "differentiable"
+                                              or self.options.get("codesign")):
+            raise ConfigError(f"width_importance={self.width_importance!r} ranks the channels of the candidates the "
+                              f"Optuna controllers and greedy build; controller={self.controller!r}, schedule="
+                              f"{self.schedule!r} narrows its own way")
         if self.initial_kernels != "nearest" and (self.schedule != "single" or self.controller == "differentiable"
                                                   or self.options.get("codesign")):
             raise ConfigError(f"initial_kernels={self.initial_kernels!r} sets the kernels of the candidates the "
@@ -337,6 +353,9 @@ class _Searcher:
         self.selections: list[dict[str, Any]] = []
         self.picked_accuracy: float | None = None  #: proxy score of the trial the search returned
         self.distiller = (Distiller(self.reference, task, config.finetune) if config.finetune is not None else None)
+        if config.width_importance == "taylor" and not isinstance(task, ClassifierTask):
+            raise ConfigError(f"width_importance='taylor' scores channels by the cross-entropy gradients on a "
+                              f"ClassifierTask's labelled training examples; got a {type(task).__name__}")
         if config.initial_kernels == "gptq" and task.calibration_inputs() is None:
             raise ConfigError(f"initial_kernels='gptq' measures layer inputs on the task's training inputs; "
                               f"{type(task).__name__} does not expose them (Task.calibration_inputs)")
@@ -348,8 +367,24 @@ class _Searcher:
         """The candidate of ``plan`` from the reference; the reference's width analysis is made once and reused
         (the candidates are the same as :func:`build_candidate` without it)."""
         if self._resizer is None and any(v != 1.0 for v in plan.widths.values()):
-            self._resizer = Resizer(self.reference, self.space.example_inputs)
+            importance = self.cfg.width_importance
+            self._resizer = Resizer(self.reference, self.space.example_inputs, importance=importance,
+                                    gradient_fn=self._taylor_gradients if importance == "taylor" else None)
         return self.initialize(build_candidate(self.reference, self.space.example_inputs, plan, resizer=self._resizer))
+
+    def _taylor_gradients(self, model: nn.Module) -> None:
+        """Accumulate in ``model``'s ``.grad`` the gradients of its cross-entropy (sum over examples) on the
+        first ``TAYLOR_EXAMPLES`` labelled training examples, in eval mode (its statistics untouched)."""
+        task = self.task
+        n = min(len(task.x_train), TAYLOR_EXAMPLES)  # type: ignore[attr-defined]
+        was = model.training
+        model.eval()
+        try:
+            for i in range(0, n, 128):
+                x, y = task.x_train[i:min(i + 128, n)], task.y_train[i:min(i + 128, n)]  # type: ignore[attr-defined]
+                nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+        finally:
+            model.train(was)
 
     def initialize(self, model: nn.Module) -> nn.Module:
         """``model`` with its batch-norm statistics re-estimated (``SearchConfig.recalibrate_norms``) and its

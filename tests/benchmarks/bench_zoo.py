@@ -123,7 +123,7 @@ IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "
          "final_prune_relative": False, "final_prune_epochs": 0,
          "batchnorm": "auto", "max_accuracy_drop": 0.02,
          "finetune": {"distill": 0.5, "temperature": 4.0, "schedule": "cosine", "lr": 1e-3},
-         "final_recalibrate_norms": True, "final_selection": 0.0}
+         "final_recalibrate_norms": True, "final_selection": 0.0, "width_importance": "l1"}
 #: how batch norms are stored (``--batchnorm``): folded into 8-bit scale / shift with a per-tensor step fitted
 #: at every step (the space's default), with the integer bits fitted to the reference, or float32
 BATCHNORMS = {"fixed": ("quantized_bits({b},{i},1)",), "auto": ("quantized_bits({b},0,1,alpha='auto')",),
@@ -161,7 +161,7 @@ def _image_model(name: str, builder, trials: int | None, out: Path, overrides: d
                        final_prune_relative=settings["final_prune_relative"],
                        final_prune_epochs=settings["final_prune_epochs"],
                        final_recalibrate_norms=settings["final_recalibrate_norms"],
-                       final_selection=settings["final_selection"],
+                       final_selection=settings["final_selection"], width_importance=settings["width_importance"],
                        size_score=ScoreConfig() if settings["size_score"] else None, seed=0, out_dir=str(out / name),
                        max_accuracy_drop=settings["max_accuracy_drop"], finetune=settings["finetune"],
                        study_name=f"zoo-{name}-{trials}", progress=True)

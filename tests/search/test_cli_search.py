@@ -87,3 +87,5 @@ def test_cli_final_selection(tmp_path, capsys):
     assert "final_selection" in capsys.readouterr().err
     assert main(["search", "--final-selection", "0.1"]) == 2
     assert "--final-selection" in capsys.readouterr().err
+    assert main(["search", "--width-importance", "taylor"]) == 2  # the demo's widths are its own
+    assert "--width-importance" in capsys.readouterr().err

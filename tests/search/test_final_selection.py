@@ -154,3 +154,46 @@ def test_final_options_are_checked(reference, tmp_path):
     with pytest.raises(ConfigError, match="has none to hold out"):
         run_search(reference, _space(reference), task, _config(tmp_path, final_selection=0.1))
     assert not trained  # refused before any trial
+
+
+def test_taylor_width_importance_keeps_the_channels_the_data_says(reference, tmp_path):
+    """``width_importance='taylor'``: a narrowed candidate keeps the channels of the largest first-order Taylor
+    scores on the labelled training examples (as ``resize_groups`` ranks them with the same gradients), not
+    those of the largest weight norms; the reference is left without gradients and with its statistics."""
+    from nncodec.prune.graph import Resizer, resize_groups
+    from nncodec.quant.plan import Plan
+    from nncodec.search.runner import TAYLOR_EXAMPLES, _Searcher
+
+    x_train, y_train, _, _ = data()
+    n = min(len(x_train), TAYLOR_EXAMPLES)
+    x, y = torch.as_tensor(x_train[:n]), torch.as_tensor(y_train[:n])
+
+    def backward(model):
+        model.eval()
+        nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+
+    space = SearchSpace.from_model(reference, INPUT, x_train[:64], widths=(0.5, 1.0))
+    plan = Plan({}, None, {"0": 0.5, "3": 0.5})
+    stats = reference[1].running_var.clone()
+    built = {}
+    for how in ("l1", "taylor"):
+        searcher = _Searcher(reference, space, _task(), SearchConfig(n_trials=1, out_dir=str(tmp_path / how),
+                                                                     width_importance=how, recalibrate_norms=False), None)
+        built[how] = searcher.build(plan)
+    expected = resize_groups(reference, INPUT, {"0": 0.5, "3": 0.5}, importance="taylor", gradient_fn=backward)
+    got = built["taylor"].state_dict()
+    assert all(torch.allclose(got[k], v) for k, v in expected.state_dict().items())
+    assert not torch.equal(built["l1"][0].weight, built["taylor"][0].weight)  # a different choice than the norms'
+    assert all(p.grad is None for p in reference.parameters()) and torch.equal(reference[1].running_var, stats)
+    resizer = Resizer(reference, INPUT, importance="taylor", gradient_fn=backward)
+    assert all(torch.allclose(a, b) for a, b in zip(resizer.resize({"0": 0.5, "3": 0.5}).parameters(),
+                                                    expected.parameters()))
+    with pytest.raises(ConfigError, match="only Taylor"):
+        Resizer(reference, INPUT, gradient_fn=backward)
+    with pytest.raises(ConfigError, match="width_importance"):
+        SearchConfig(width_importance="taylor2")
+    with pytest.raises(ConfigError, match="width_importance"):
+        SearchConfig(width_importance="taylor", controller="differentiable")
+    with pytest.raises(ConfigError, match="ClassifierTask"):
+        _Searcher(reference, space, FunctionTask(lambda m, e: None, lambda m: 0.5),
+                  SearchConfig(n_trials=1, out_dir=str(tmp_path / "f"), width_importance="taylor"), None)

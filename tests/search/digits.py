@@ -22,6 +22,13 @@ def digits_cnn() -> nn.Sequential:
                          nn.Linear(16 * 4 * 4, 10))
 
 
+def bn_cnn(width: int = 16) -> nn.Sequential:
+    """Two conv + batch-norm + relu blocks, global pooling, a classifier (for the batch-norm statistics tests)."""
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+
+
 @functools.lru_cache(maxsize=1)
 def data():
     x, y = load_digits()

@@ -13,20 +13,14 @@ from nncodec.search import ClassifierTask, FunctionTask, SearchConfig, SearchSpa
 from nncodec.search.candidate import recalibrate_batch_norms
 from nncodec.search.runner import FINAL_RECALIBRATION_EXAMPLES
 from nncodec.train import accuracy, train_classifier
-from tests.search.digits import INPUT, data
-
-
-def bn_cnn() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+from tests.search.digits import INPUT, bn_cnn, data
 
 
 @pytest.fixture(scope="module")
 def reference():
     torch.manual_seed(0)
     x_train, y_train, _, _ = data()
-    return train_classifier(bn_cnn(), x_train, y_train, epochs=4, lr=3e-3).eval()
+    return train_classifier(bn_cnn(8), x_train, y_train, epochs=4, lr=3e-3).eval()
 
 
 def _space(reference) -> SearchSpace:

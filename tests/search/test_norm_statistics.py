@@ -10,13 +10,7 @@ from nncodec.search import SearchConfig, SearchSpace
 from nncodec.search.candidate import recalibrate_batch_norms
 from nncodec.search.runner import INITIAL_KERNEL_EXAMPLES, _Searcher
 from nncodec.train import accuracy, train_classifier
-from tests.search.digits import INPUT, data, task
-
-
-def bn_cnn() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+from tests.search.digits import INPUT, bn_cnn, data, task
 
 
 @pytest.fixture(scope="module")

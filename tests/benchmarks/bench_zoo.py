@@ -116,7 +116,9 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
 #: cosine learning rate (``FineTuneConfig``). Kernels: 4-bit power-of-two or 4- / 6-bit fixed point (binary,
 #: ternary and 2- / 3-bit kernels left out: in a 16-trial study of the full space no trial came within two
 #: points after the proxy epochs, as nearly every sampled plan had one such layer; the energy cut comes
-#: mostly from the activations, 4- to 8-bit against the reference's 16)
+#: mostly from the activations, 4- to 8-bit against the reference's 16). ``final_recalibrate_norms``: the final
+#: candidate's batch-norm statistics re-estimated after every fine-tuning epoch; ``final_selection``: the fraction
+#: of the training images held out to keep the best epoch (0: the last); ``width_importance``: "l1" or "taylor"
 IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "activation_bits": (4, 6, 8),
          "kernels": ("quantized_po2_zero(4,1)", "quantized_bits({b},{i},1)"), "kernel_bits": (4, 6),
          "proxy_fraction": 0.5, "proxy_epochs": 2, "size_score": True, "final_epochs": 10, "final_prune": 0.3,

@@ -132,9 +132,11 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
               damp: float = 0.01, target_fidelity: float | None = None, target_bits_per_param: float | None = None,
               fidelity: Callable[[torch.nn.Module], float] | None = None, refine_steps: int = 0,
               refine_lr: float = 0.01, column_steps: str | None = None, column_power: float | None = None,
-              fisher_probes: int | None = None) -> tuple[bytes | Path, TunedReport]:
+              fisher_probes: int | None = None, measure_fidelity: bool = True) -> tuple[bytes | Path, TunedReport]:
     """Encode ``tensors`` (from ``model``) with data-/rate-aware codes, at the given quantization options or
-    at a target found by search; see the module docstring. ``options`` are :class:`Encoder` options."""
+    at a target found by search; see the module docstring. ``options`` are :class:`Encoder` options.
+    ``measure_fidelity=False``: without a target, the report's ``fidelity`` stays None (saves a decode and
+    the calibration forwards when nobody reads the report)."""
     rd = RDOptions(calibration=calibration, forward=forward, rounding=rounding, rate_lambda=rate_lambda, damp=damp,
                    refine_steps=refine_steps, refine_lr=refine_lr, column_steps=column_steps,
                    column_power=column_power, fisher_probes=fisher_probes)
@@ -159,7 +161,7 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
                              rel_step=options.get("rel_step"), refine_steps=rd.refine_steps,
                              column_steps=rd.column_steps)
         fill_errors(report, errors)
-        if rd.calibration is not None:
+        if rd.calibration is not None and measure_fidelity:
             data = result if isinstance(result, bytes) else Path(result).read_bytes()
             report.fidelity = _Fidelity(model, rd, fidelity)(data)
         return result, report

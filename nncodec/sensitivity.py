@@ -25,7 +25,8 @@ import torch
 from .call_replay import CallReplay
 from .errors import ConfigError
 
-__all__ = ["calibrate_step_scales", "output_sensitivity", "factors_from_sensitivity", "default_forward"]
+__all__ = ["calibrate_step_scales", "output_sensitivity", "factors_from_sensitivity", "default_forward",
+           "fisher_step_scales"]
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +175,21 @@ def calibrate_step_scales(model: torch.nn.Module, batches: Iterable[Any], *, for
     for n in sorted(factors, key=factors.get)[:3]:
         log.debug("most sensitive: %s factor %.3g", n, factors[n])
     return factors
+
+
+def fisher_step_scales(model: torch.nn.Module, fisher: dict[str, Any], *, floor: float = 0.01) -> dict[str, float]:
+    """Per-tensor step factors from the Fisher importances ``column_steps="fisher"`` computes
+    (:func:`nncodec.quant.column_steps.fisher_importance`: per input channel, summed here): with rounding
+    errors of variance ``(r * std)**2 / 12`` per element, the linearized output distortion is
+    ``a * r**2`` with ``a ∝ std**2 * sum(F)``, the quantity :func:`output_sensitivity` measures by one
+    forward per tensor; here it costs nothing beyond the Fisher pass. Tensors without a Fisher importance
+    (buffers, parameters the output does not depend on) keep factor 1. Factors as
+    :func:`factors_from_sensitivity` makes them."""
+    params = dict(model.named_parameters())
+    sens, sizes = {}, {}
+    for name, importance in fisher.items():
+        t = params[name].detach()
+        std = float(t.double().std()) if t.numel() > 1 else 0.0
+        sens[name] = (std if std > 0 and math.isfinite(std) else 1.0) ** 2 * float(importance.sum()) / 12
+        sizes[name] = t.numel()
+    return factors_from_sensitivity(sens, sizes, floor=floor)

@@ -30,6 +30,13 @@ static inline double rate_bits(int64_t k, const double *table, Py_ssize_t t, int
     return table[i];
 }
 
+/* (int64_t)floor(v) for |v| < 2**62 (the search's range), without a libm call: truncate, then step down
+ * for negative non-integers */
+static inline int64_t floor_i64(double v) {
+    int64_t t = (int64_t)v;
+    return t - ((double)t > v);
+}
+
 static inline int64_t recon(int64_t k, int q1) {
     return q1 ? 2 * k - ((k > 0) - (k < 0)) : 2 * k;
 }
@@ -44,7 +51,7 @@ static void chain_search(const double *y, Py_ssize_t m, double lam, const double
         double cb[2][2];
         int64_t kb[2][2];
         for (int q1 = 0; q1 < 2; q1++) {
-            int64_t base = (int64_t)floor(q1 ? (yj + 1) / 2 : yj / 2);
+            int64_t base = floor_i64(q1 ? (yj + 1) / 2 : yj / 2);
             int64_t cands[5] = {base - 1, base, base + 1, base + 2, 0};
             cb[q1][0] = cb[q1][1] = INFINITY;
             kb[q1][0] = kb[q1][1] = 0;

@@ -12,7 +12,8 @@ the sensitivity calibration, the Fisher importances, GPTQ's Hessians, inverse fa
 dependent (trellis) search, and the entropy coding and stream writing (:meth:`Encoder.encode`); the rest
 (conversions, per-channel steps) is ``other``. Fraunhofer NNCodec 2.1.3 runs its two settings nearest to
 nncodec's at cosine >= 0.998 (qp -32) and >= 0.994 (qp -32 DQ) in its own venv (see ``bench_minilm.py``),
-also ``--repeats`` times. The machine's load average is printed before and after: the cores may be shared.
+also ``--repeats`` times, interleaved with nncodec's runs (each repeat runs NNCodec, then every setting) so
+both see the same load. The machine's load average is printed before and after: the cores may be shared.
 Writes ``bench_encode_speed.json`` into ``--out``.
 """
 
@@ -123,34 +124,24 @@ def time_setting(fid: "minilm.Fidelity", opts: dict) -> tuple[float, dict[str, f
     return total, seconds, data
 
 
-def time_nncodec(fid: "minilm.Fidelity", venv: Path, repeats: int, threads: int) -> dict[str, dict]:
-    """NNCodec's encode seconds per setting over ``repeats`` runs (one subprocess per run)."""
-    import numpy as np
+def time_nncodec(venv: Path, tmp: Path, threads: int) -> dict[str, tuple[float, int]]:
+    """One NNCodec run over NNCODEC_SETTINGS (a subprocess, on ``tmp/weights.npz``): ``{setting: (encode
+    seconds, stream bytes)}``; empty when it failed (its error printed)."""
+    import subprocess
 
-    out: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        np.savez(tmp_path / "weights.npz", **{k: v.numpy() for k, v in fid.state.items() if v.is_floating_point()})
-        (tmp_path / "nnc_run.py").write_text(minilm.NNC_SCRIPT)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["OMP_NUM_THREADS"] = str(threads)
-        for _ in range(repeats):
-            import subprocess
-
-            proc = subprocess.run([str(venv / "bin" / "python"), str(tmp_path / "nnc_run.py"),
-                                   str(tmp_path / "weights.npz"), str(tmp_path / "nnc"), json.dumps(NNCODEC_SETTINGS)],
-                                  capture_output=True, text=True, cwd=tmp, env=env)
-            if proc.returncode:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                return out
-            for line in proc.stdout.splitlines():
-                if line.startswith("{"):
-                    r = json.loads(line)
-                    entry = out.setdefault(f"qp {r['qp']}{' DQ' if r['dq'] else ''}", {"encode_s": []})
-                    entry["encode_s"].append(r["encode_s"])
-                    entry["bits_per_param"] = 8 * r["bytes"] / sum(v.numel() for v in fid.state.values())
-    for entry in out.values():
-        entry["median_s"] = statistics.median(entry["encode_s"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # both packages are called nncodec
+    env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run([str(venv / "bin" / "python"), str(tmp / "nnc_run.py"), str(tmp / "weights.npz"),
+                           str(tmp / "nnc"), json.dumps(NNCODEC_SETTINGS)],
+                          capture_output=True, text=True, cwd=tmp, env=env)
+    if proc.returncode:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return {}
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            out[f"qp {r['qp']}{' DQ' if r['dq'] else ''}"] = (r["encode_s"], r["bytes"])
     return out
 
 
@@ -169,20 +160,39 @@ def main() -> None:
     print(json.dumps({"load_average_before": load_before, "threads": args.threads}), flush=True)
     fid = minilm.Fidelity()
     n_params = sum(v.numel() for v in fid.state.values())
-    rows = []
     chosen = [SETTINGS[i] for i in args.only] if args.only else SETTINGS
-    for label, opts in chosen:
-        runs = [time_setting(fid, opts) for _ in range(args.repeats)]
-        digests = {hashlib.sha256(data).hexdigest()[:16] for _, _, data in runs}
-        median = statistics.median(t for t, _, _ in runs)
-        phases = {k: statistics.median(r[1].get(k, 0.0) for r in runs) for k in runs[0][1]}
-        rows.append({"setting": label, "encode_s": [t for t, _, _ in runs], "median_s": median,
-                     "phases_median_s": phases, "bits_per_param": 8 * len(runs[0][2]) / n_params,
+    runs: dict[str, list[tuple[float, dict[str, float], bytes]]] = {label: [] for label, _ in chosen}
+    anchor_runs: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        if args.nncodec_venv and not args.skip_nncodec:
+            import numpy as np
+
+            np.savez(tmp_path / "weights.npz",
+                     **{k: v.numpy() for k, v in fid.state.items() if v.is_floating_point()})
+            (tmp_path / "nnc_run.py").write_text(minilm.NNC_SCRIPT)
+        for rep in range(args.repeats):  # interleaved, so both codecs see the same load
+            if args.nncodec_venv and not args.skip_nncodec:
+                for setting, got in time_nncodec(args.nncodec_venv, tmp_path, args.threads).items():
+                    anchor_runs[setting].append(got)
+                    print(json.dumps({"repeat": rep, "NNCodec": setting, "encode_s": got[0]}), flush=True)
+            for label, opts in chosen:
+                runs[label].append(time_setting(fid, opts))
+                print(json.dumps({"repeat": rep, "setting": label, "encode_s": runs[label][-1][0],
+                                  "phases_s": runs[label][-1][1]}), flush=True)
+    rows = []
+    for label, _ in chosen:
+        got = runs[label]
+        digests = {hashlib.sha256(data).hexdigest()[:16] for _, _, data in got}
+        rows.append({"setting": label, "encode_s": [t for t, _, _ in got],
+                     "median_s": statistics.median(t for t, _, _ in got),
+                     "phases_median_s": {k: statistics.median(r[1].get(k, 0.0) for r in got) for k in got[0][1]},
+                     "bits_per_param": 8 * len(got[0][2]) / n_params,
                      "streams_identical_across_runs": len(digests) == 1, "sha256_16": sorted(digests)})
-        print(json.dumps(rows[-1]), flush=True)
-    if args.nncodec_venv and not args.skip_nncodec:
-        anchor = time_nncodec(fid, args.nncodec_venv, args.repeats, args.threads)
-        anchor_source = "same run"
+    if anchor_runs:
+        anchor = {s: {"encode_s": [t for t, _ in r], "median_s": statistics.median(t for t, _ in r),
+                      "bits_per_param": 8 * r[0][1] / n_params} for s, r in anchor_runs.items()}
+        anchor_source = "same run, interleaved"
     else:
         anchor = {s: {"median_s": e, "bits_per_param": b} for s, b, _, e, _ in minilm.NNCODEC_FIGURES
                   if s in ("qp -32", "qp -32 DQ")}
@@ -198,11 +208,11 @@ def main() -> None:
           f"median of {args.repeats}; NNCodec: {anchor_source}")
     for s, e in anchor.items():
         print(f"  NNCodec 2.1.3 {s:10s} {e['median_s']:7.2f} s  ({e.get('bits_per_param', float('nan')):.3f} bits/param)")
-    print(f"\n{'setting':48s} {'enc s':>7s} {'x vs NNC':>9s}  phases (s)")
+    print(f"\n{'setting':58s} {'enc s':>7s} {'x vs NNC':>9s}  phases (s)")
     for r in rows:
         ratio = fastest_anchor / r["median_s"] if fastest_anchor else float("nan")
         detail = ", ".join(f"{k} {v:.2f}" for k, v in r["phases_median_s"].items() if v >= 0.005)
-        print(f"{r['setting']:48s} {r['median_s']:7.2f} {ratio:9.2f}  {detail}")
+        print(f"{r['setting']:58s} {r['median_s']:7.2f} {ratio:9.2f}  {detail}")
 
 
 if __name__ == "__main__":

@@ -279,7 +279,7 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
         if "level" not in opts:
             info = {u.tensor["name"]: u.tensor for u in nncodec.read_info(data).units if u.tensor}
             for th, arr in iter_tensors(data):
-                if th.quant.scheme_name != "uniform":
+                if th.quant.scheme_name != "uniform" or th.name not in info:  # not in a tensor group's unit
                     continue
                 scale = th.quant.broadcast_scales(arr.ndim)
                 codes = np.round(arr.astype(np.float64) / scale).astype(np.int64)

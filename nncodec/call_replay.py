@@ -111,11 +111,15 @@ class CallReplay:
         self._cut: set[int] = set()
         self._need: set[int] = set()
         self._clock = [0]
-        self.enabled = True
+        #: False: every probe runs the full forward (TorchScript modules, whose forward cannot be wrapped; or a
+        #: forward found not deterministic)
+        self.enabled = not any(isinstance(m, torch.jit.ScriptModule) for m in self.modules)
 
     def reference(self) -> list[Any]:
         """The float model's outputs, one per batch, with the calls recorded and the needed outputs stored;
         replay is off (:attr:`enabled` False) when the forward is not deterministic."""
+        if not self.enabled:
+            return [self.forward(self.model, b) for b in self.batches]
         outs = []
         for b in self.batches:
             batch = _Batch()

@@ -1,5 +1,6 @@
 """Sensitivity probes replay the module calls that precede the probed tensor: the same results, bit for bit."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -89,3 +90,17 @@ def test_a_nondeterministic_forward_turns_replay_off() -> None:
         replay.reference()
     assert not replay.enabled
     assert len(replay.outputs("head.weight")) == 2  # probes still run, in full
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script: still what such models use
+def test_a_torchscript_module_is_probed_in_full_with_the_same_results() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), torch.jit.script(nn.Linear(16, 4)))
+    x = [torch.randn(5, 8)]
+    full = output_sensitivity(model, x, progress=False, reuse=False)
+    assert output_sensitivity(model, x, progress=False) == full
+    state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        replay = CallReplay(model, x, _forward, {"0.weight": state["0.weight"]})
+        replay.reference()
+    assert not replay.enabled

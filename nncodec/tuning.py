@@ -4,8 +4,9 @@
 
 - the step factors come from :func:`nncodec.calibrate_step_scales` on the calibration batches (unless
   ``step_scales`` is given; ``step_scales="fisher"`` takes them from the Fisher pass instead, one forward and
-  ``fisher_probes`` backward passes shared with ``column_steps="fisher"``, without a forward per tensor), the codes from data-aware rounding (``rounding="gptq"``, the default with
-  calibration) and rate-aware quantization at the given ``rate_lambda``, refined end to end with
+  ``fisher_probes`` backward passes shared with ``column_steps="fisher"``, without a forward per tensor),
+  the codes from data-aware rounding (``rounding="gptq"``, the default with calibration) and rate-aware
+  quantization at the given ``rate_lambda``, refined end to end with
   ``refine_steps`` > 0 (each probe refines anew: the cost multiplies by the probes), with per-input-channel
   steps when ``column_steps`` is given (importances computed once per search);
 - the search moves ``rel_step`` only (λ is the caller's; the README lists the λ that helped):

@@ -207,7 +207,8 @@ def main() -> None:
     print(f"\nload average before {load_before}, after {load_after}; torch threads {args.threads}; "
           f"median of {args.repeats}; NNCodec: {anchor_source}")
     for s, e in anchor.items():
-        print(f"  NNCodec 2.1.3 {s:10s} {e['median_s']:7.2f} s  ({e.get('bits_per_param', float('nan')):.3f} bits/param)")
+        bits = e.get("bits_per_param", float("nan"))
+        print(f"  NNCodec 2.1.3 {s:10s} {e['median_s']:7.2f} s  ({bits:.3f} bits/param)")
     print(f"\n{'setting':58s} {'enc s':>7s} {'x vs NNC':>9s}  phases (s)")
     for r in rows:
         ratio = fastest_anchor / r["median_s"] if fastest_anchor else float("nan")

@@ -18,6 +18,7 @@ code before it in its chain (:func:`quantizer_of`), a cumulative XOR over the wh
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..bitstream.constants import FORMAT_MINOR_DEPENDENT, STAGE_DEPENDENT
 from ..errors import ConfigError, CorruptError
+from .kernels import load_extension
 from .stage import SIGNED_WORD_DTYPES, Stage, register_stage
 
 __all__ = ["Dependent", "NEXT_STATE", "MAX_CHAIN", "levels_of", "codes_of", "quantizer_of", "reconstruct",
@@ -73,11 +75,11 @@ def levels_of(codes: np.ndarray, chain: int) -> np.ndarray:
     return reconstruct(wide, quantizer_of(wide, chain).astype(wide.dtype))
 
 
+@functools.cache
 def _native() -> Any:
-    """The compiled kernels of dependent quantization (``nncodec.quant._trellis_native``), or None."""
-    from ..quant.dependent import _native as native
-
-    return native()
+    """The compiled kernels of dependent quantization, built with the encoder's search
+    (``nncodec.quant._trellis_native``, a leaf C extension), or None (:func:`~.kernels.load_extension`)."""
+    return load_extension("nncodec.quant._trellis_native")
 
 
 def codes_of(levels: np.ndarray, chain: int) -> np.ndarray:

@@ -10,4 +10,5 @@ from setuptools import Extension, setup
 setup(ext_modules=[Extension("nncodec.coding._rans_native", ["nncodec/coding/_rans_native.c"],
                              extra_compile_args=["-O3"], optional=True),
                    Extension("nncodec.quant._trellis_native", ["nncodec/quant/_trellis_native.c"],
-                             extra_compile_args=["-O3"], optional=True)])
+                             extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"],
+                             optional=True)])

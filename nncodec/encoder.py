@@ -253,6 +253,10 @@ class Encoder:
             raise ConfigError("give one of bits, step and rel_step")
         if rel_step is not None and not (isinstance(rel_step, (int, float)) and 0 < rel_step < 1e6):
             raise ConfigError(f"rel_step must be a positive number, got {rel_step!r}")
+        if isinstance(step_scales, str):
+            raise ConfigError(f"step_scales={step_scales!r} needs calibration= batches (a torch module encode with "
+                              "rate-distortion options); else give a dict of factors" if step_scales == "fisher"
+                              else f"step_scales must be a dict of factors or 'fisher', got {step_scales!r}")
         if step_scales and not all(isinstance(v, (int, float)) and v > 0 for v in step_scales.values()):
             raise ConfigError("step_scales must map glob patterns to positive numbers")
         if bits is not None and not (isinstance(bits, int) and 1 <= bits <= 16):

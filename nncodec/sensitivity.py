@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 
+from .call_replay import CallReplay
 from .errors import ConfigError
 
-__all__ = ["calibrate_step_scales", "output_sensitivity", "factors_from_sensitivity", "default_forward"]
+__all__ = ["calibrate_step_scales", "output_sensitivity", "factors_from_sensitivity", "default_forward",
+           "fisher_step_scales"]
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,14 @@ def default_forward(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return out
 
 
-def _outputs(model: torch.nn.Module, batches: Sequence[Any], forward: Forward) -> list[torch.Tensor]:
+def _outputs(model: torch.nn.Module, batches: Sequence[Any], forward: Forward) -> list[Any]:
+    return [forward(model, b) for b in batches]
+
+
+def _checked(outputs: list[Any]) -> list[torch.Tensor]:
+    """``outputs`` as float64 tensors; :class:`ConfigError` when one is not a float tensor."""
     outs = []
-    for b in batches:
-        y = forward(model, b)
+    for y in outputs:
         if not isinstance(y, torch.Tensor) or not y.is_floating_point():
             raise ConfigError(f"forward must return a float tensor, got {type(y).__name__}")
         outs.append(y.detach().to(torch.float64))
@@ -78,13 +84,16 @@ def _calibrated_tensors(model: torch.nn.Module, names: Iterable[str] | None) -> 
 @torch.no_grad()
 def output_sensitivity(model: torch.nn.Module, batches: Iterable[Any], *, forward: Forward = default_forward,
                        probe_rel_step: float = 0.1, names: Iterable[str] | None = None,
-                       progress: bool | None = None) -> dict[str, float]:
+                       progress: bool | None = None, reuse: bool = True) -> dict[str, float]:
     """``{tensor name: a}``: output distortion per squared relative step, ``D(r) ≈ a * r**2``.
 
     ``D`` is the outputs' relative squared error ``sum((y_q - y)**2) / sum(y**2)`` over all batches, with
     tensor ``name`` alone quantized at step ``probe_rel_step * std``. Float tensors of rank >= 2 only (or
     those in ``names``); tied tensors are measured once and reported under each name. The model is put
-    in eval mode and its weights are restored afterwards. Costs one forward pass per batch and tensor.
+    in eval mode and its weights are restored afterwards. Costs one forward pass per batch and tensor, less
+    the module calls that finish before the probed tensor is first used: with ``reuse`` (default) those are
+    replayed from the float model's pass (:mod:`nncodec.call_replay`; the same results, bit for bit, at the
+    cost of two recorded passes and the stored outputs of those calls).
     """
     if not (isinstance(probe_rel_step, (int, float)) and 0 < probe_rel_step < 10):
         raise ConfigError(f"probe_rel_step must be in (0, 10), got {probe_rel_step!r}")
@@ -94,12 +103,13 @@ def output_sensitivity(model: torch.nn.Module, batches: Iterable[Any], *, forwar
     was_training = model.training
     model.eval()
     try:
-        reference = _outputs(model, batches, forward)
+        groups = _calibrated_tensors(model, names)
+        state = model.state_dict(keep_vars=True)
+        replay = CallReplay(model, batches, forward, {first: state[first] for first in groups}) if reuse else None
+        reference = _checked(replay.reference() if replay is not None else _outputs(model, batches, forward))
         energy = sum(float((y * y).sum()) for y in reference)
         if not energy > 0:
             raise ConfigError("the float model's calibration outputs are all zero; nothing to compare against")
-        groups = _calibrated_tensors(model, names)
-        state = model.state_dict(keep_vars=True)
         show = progress if progress is not None else sys.stderr.isatty()
         items: Iterable[tuple[str, list[str]]] = groups.items()
         if show:
@@ -114,7 +124,7 @@ def output_sensitivity(model: torch.nn.Module, batches: Iterable[Any], *, forwar
             step = probe_rel_step * (std if std > 0 and math.isfinite(std) else 1.0)
             try:
                 t.copy_(torch.round(original / step) * step)
-                got = _outputs(model, batches, forward)
+                got = _checked(replay.outputs(first) if replay is not None else _outputs(model, batches, forward))
             finally:
                 t.copy_(original)
             dist = sum(float(((q - y) ** 2).sum()) for q, y in zip(got, reference)) / energy
@@ -152,16 +162,34 @@ def factors_from_sensitivity(sensitivity: dict[str, float], sizes: dict[str, int
 
 def calibrate_step_scales(model: torch.nn.Module, batches: Iterable[Any], *, forward: Forward = default_forward,
                           probe_rel_step: float = 0.1, floor: float = 0.01, names: Iterable[str] | None = None,
-                          progress: bool | None = None) -> dict[str, float]:
+                          progress: bool | None = None, reuse: bool = True) -> dict[str, float]:
     """Per-tensor step factors for ``Encoder(rel_step=..., step_scales=...)`` from calibration batches.
 
     ``forward(model, batch)`` returns the output whose fidelity matters (default: the model's output);
     see :func:`output_sensitivity` and :func:`factors_from_sensitivity`.
     """
     sens = output_sensitivity(model, batches, forward=forward, probe_rel_step=probe_rel_step, names=names,
-                              progress=progress)
+                              progress=progress, reuse=reuse)
     state = model.state_dict()
     factors = factors_from_sensitivity(sens, {n: state[n].numel() for n in sens}, floor=floor)
     for n in sorted(factors, key=factors.get)[:3]:
         log.debug("most sensitive: %s factor %.3g", n, factors[n])
     return factors
+
+
+def fisher_step_scales(model: torch.nn.Module, fisher: dict[str, Any], *, floor: float = 0.01) -> dict[str, float]:
+    """Per-tensor step factors from the Fisher importances ``column_steps="fisher"`` computes
+    (:func:`nncodec.quant.column_steps.fisher_importance`: per input channel, summed here): with rounding
+    errors of variance ``(r * std)**2 / 12`` per element, the linearized output distortion is
+    ``a * r**2`` with ``a ∝ std**2 * sum(F)``, the quantity :func:`output_sensitivity` measures by one
+    forward per tensor; here it costs nothing beyond the Fisher pass. Tensors without a Fisher importance
+    (buffers, parameters the output does not depend on) keep factor 1. Factors as
+    :func:`factors_from_sensitivity` makes them."""
+    params = dict(model.named_parameters())
+    sens, sizes = {}, {}
+    for name, importance in fisher.items():
+        t = params[name].detach()
+        std = float(t.double().std()) if t.numel() > 1 else 0.0
+        sens[name] = (std if std > 0 and math.isfinite(std) else 1.0) ** 2 * float(importance.sum()) / 12
+        sizes[name] = t.numel()
+    return factors_from_sensitivity(sens, sizes, floor=floor)

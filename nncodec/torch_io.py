@@ -107,6 +107,15 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     snaps their steps so they nest); each point's energy per input is estimated on ``energy_input_shape``
     (float zeros) or ``energy_inputs`` (a tensor or tuple of tensors, batch 1, e.g. token ids and mask).
     """
+    return _encode(obj, dst, topology=topology, quantized=quantized, example_inputs=example_inputs, report=True,
+                   **options)
+
+
+def _encode(obj: Any, dst: str | os.PathLike[str] | None, *, topology: "bool | str | Mapping | None" = "auto",
+            quantized: bool = True, example_inputs: Any = None, report: bool = True,
+            **options: Any) -> tuple[bytes | Path, EncodeReport]:
+    """:func:`encode_with_report`; with ``report=False`` the report's calibration fidelity (a decode and a
+    forward pass over the calibration batches) is left unmeasured (None): :func:`encode` drops the report."""
     from .topology import TopologyError, describe
 
     topo: Mapping | None = None
@@ -161,7 +170,7 @@ def encode_with_report(obj: Any, dst: str | os.PathLike[str] | None = None, *,
     if rd:
         from .tuning import encode_rd
 
-        return encode_rd(obj, tensors, dst, topo, options, **rd)
+        return encode_rd(obj, tensors, dst, topo, options, measure_fidelity=report, **rd)
     return encoder_from_options(options).encode(tensors, dst, topo)
 
 
@@ -195,7 +204,7 @@ def _energy_fn(obj: Any, input_shape: Any, energy_inputs: Any, widths: list) -> 
 
 def encode(obj: Any, dst: str | os.PathLike[str] | None = None, **options: Any) -> bytes | Path:
     """Encode a module / state_dict; return the bytes, or the path written atomically when ``dst`` is given."""
-    return encode_with_report(obj, dst, **options)[0]
+    return _encode(obj, dst, report=False, **options)[0]
 
 
 def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, base: Any = None,

@@ -3,8 +3,10 @@
 ``nncodec.encode(model, dst, calibration=batches, target_fidelity=0.998)`` or ``target_bits_per_param=4``:
 
 - the step factors come from :func:`nncodec.calibrate_step_scales` on the calibration batches (unless
-  ``step_scales`` is given), the codes from data-aware rounding (``rounding="gptq"``, the default with
-  calibration) and rate-aware quantization at the given ``rate_lambda``, refined end to end with
+  ``step_scales`` is given; ``step_scales="fisher"`` takes them from the Fisher pass instead, one forward and
+  ``fisher_probes`` backward passes shared with ``column_steps="fisher"``, without a forward per tensor),
+  the codes from data-aware rounding (``rounding="gptq"``, the default with calibration) and rate-aware
+  quantization at the given ``rate_lambda``, refined end to end with
   ``refine_steps`` > 0 (each probe refines anew: the cost multiplies by the probes), with per-input-channel
   steps when ``column_steps`` is given (importances computed once per search);
 - the search moves ``rel_step`` only (λ is the caller's; the README lists the λ that helped):
@@ -121,6 +123,19 @@ class _Fidelity:
             self.model.load_state_dict(self.original, strict=False)
 
 
+def _fisher_scales(model: torch.nn.Module, rd: RDOptions, importances: Importances) -> dict[str, float]:
+    """``step_scales="fisher"``: per-tensor factors from the Fisher pass
+    (:func:`nncodec.sensitivity.fisher_step_scales`), the one ``column_steps="fisher"`` uses too."""
+    from .sensitivity import fisher_step_scales
+
+    if rd.calibration is None:
+        raise ConfigError("step_scales='fisher' needs calibration= batches (and a differentiable forward)")
+    scales = fisher_step_scales(model, importances.fisher())
+    if not scales:
+        raise ConfigError("step_scales='fisher': no parameter of rank >= 2 has a gradient from the forward's output")
+    return scales
+
+
 def _check_target(name: str, value: Any, low: float, high: float) -> float:
     if not is_number(value) or not low < value < high:
         raise ConfigError(f"{name} must be a number in ({low}, {high}), got {value!r}")
@@ -132,9 +147,11 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
               damp: float = 0.01, target_fidelity: float | None = None, target_bits_per_param: float | None = None,
               fidelity: Callable[[torch.nn.Module], float] | None = None, refine_steps: int = 0,
               refine_lr: float = 0.01, column_steps: str | None = None, column_power: float | None = None,
-              fisher_probes: int | None = None) -> tuple[bytes | Path, TunedReport]:
+              fisher_probes: int | None = None, measure_fidelity: bool = True) -> tuple[bytes | Path, TunedReport]:
     """Encode ``tensors`` (from ``model``) with data-/rate-aware codes, at the given quantization options or
-    at a target found by search; see the module docstring. ``options`` are :class:`Encoder` options."""
+    at a target found by search; see the module docstring. ``options`` are :class:`Encoder` options.
+    ``measure_fidelity=False``: without a target, the report's ``fidelity`` stays None (saves a decode and
+    the calibration forwards when nobody reads the report)."""
     rd = RDOptions(calibration=calibration, forward=forward, rounding=rounding, rate_lambda=rate_lambda, damp=damp,
                    refine_steps=refine_steps, refine_lr=refine_lr, column_steps=column_steps,
                    column_power=column_power, fisher_probes=fisher_probes)
@@ -152,14 +169,17 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
         if not given:
             raise ConfigError("calibration / rounding / rate_lambda choose quantized codes: give rel_step, step or "
                               "bits, or a target_fidelity / target_bits_per_param")
+        importances = Importances(model, rd)
+        if options.get("step_scales") == "fisher":
+            options = {**options, "step_scales": _fisher_scales(model, rd, importances)}
         encoder = Encoder(**options)
-        coded, errors = rd_tensors(model, tensors, encoder, rd, progress=sys.stderr.isatty())
+        coded, errors = rd_tensors(model, tensors, encoder, rd, importances, progress=sys.stderr.isatty())
         result, base = encoder.encode(coded, dst, topology)
         report = TunedReport(**vars(base), rate_lambda=rd.rate_lambda, rounding=rd.rounding,
                              rel_step=options.get("rel_step"), refine_steps=rd.refine_steps,
                              column_steps=rd.column_steps)
         fill_errors(report, errors)
-        if rd.calibration is not None:
+        if rd.calibration is not None and measure_fidelity:
             data = result if isinstance(result, bytes) else Path(result).read_bytes()
             report.fidelity = _Fidelity(model, rd, fidelity)(data)
         return result, report
@@ -172,11 +192,13 @@ def encode_rd(model: Any, tensors: Mapping[str, Any], dst: Any, topology: Mappin
     if target_bits_per_param is not None:
         target_bits_per_param = _check_target("target_bits_per_param", target_bits_per_param, 0.0, 64.0)
     opts = dict(options)
-    if not opts.get("step_scales"):
+    importances = Importances(model, rd)  # computed in the first probe, reused by the others
+    if opts.get("step_scales") == "fisher":
+        opts["step_scales"] = _fisher_scales(model, rd, importances)
+    elif not opts.get("step_scales"):
         from .sensitivity import calibrate_step_scales
 
         opts["step_scales"] = calibrate_step_scales(model, rd.calibration, forward=rd.run_forward, progress=False)
-    importances = Importances(model, rd)  # computed in the first probe, reused by the others
     measure = _Fidelity(model, rd, fidelity)
     cache: dict[float, tuple[bytes, EncodeReport, dict, float | None]] = {}
     show = sys.stderr.isatty()

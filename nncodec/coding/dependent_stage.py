@@ -18,12 +18,15 @@ code before it in its chain (:func:`quantizer_of`), a cumulative XOR over the wh
 
 from __future__ import annotations
 
+import functools
 import struct
+from typing import Any
 
 import numpy as np
 
 from ..bitstream.constants import FORMAT_MINOR_DEPENDENT, STAGE_DEPENDENT
 from ..errors import ConfigError, CorruptError
+from .kernels import load_extension
 from .stage import SIGNED_WORD_DTYPES, Stage, register_stage
 
 __all__ = ["Dependent", "NEXT_STATE", "MAX_CHAIN", "levels_of", "codes_of", "quantizer_of", "reconstruct",
@@ -72,10 +75,26 @@ def levels_of(codes: np.ndarray, chain: int) -> np.ndarray:
     return reconstruct(wide, quantizer_of(wide, chain).astype(wide.dtype))
 
 
+@functools.cache
+def _native() -> Any:
+    """The compiled kernels of dependent quantization, built with the encoder's search
+    (``nncodec.quant._trellis_native``, a leaf C extension), or None (:func:`~.kernels.load_extension`)."""
+    return load_extension("nncodec.quant._trellis_native")
+
+
 def codes_of(levels: np.ndarray, chain: int) -> np.ndarray:
     """The transmitted codes of reconstruction ``levels`` (1-D ints); :class:`ConfigError` when a level is
-    not one the quantizer of its state reconstructs (odd under Q0, even and non-zero under Q1)."""
-    m = np.ascontiguousarray(chain_rows(np.asarray(levels).reshape(-1), chain, np.int64).T)  # row j: position j
+    not one the quantizer of its state reconstructs (odd under Q0, even and non-zero under Q1). In C when the
+    dependent search's kernels were built, else chain-parallel numpy (the same codes and errors)."""
+    flat = np.asarray(levels).reshape(-1)
+    native = _native()
+    if native is not None:
+        out = np.empty(flat.size, dtype=np.int64)
+        bad = native.codes_of(np.ascontiguousarray(flat, dtype=np.int64), chain, out)
+        if bad < 0:
+            return out
+        flat = flat[:bad - bad % chain + chain]  # the numpy loop below names the level of the chain that failed
+    m = np.ascontiguousarray(chain_rows(flat, chain, np.int64).T)  # row j: position j
     out = np.empty_like(m)
     state = np.zeros(m.shape[1], dtype=np.int8)
     for j in range(m.shape[0]):
@@ -91,7 +110,7 @@ def codes_of(levels: np.ndarray, chain: int) -> np.ndarray:
         kj = np.where(q1, (mj + np.sign(mj)) // 2, mj // 2)
         out[j] = kj
         state = NEXT_STATE[state, kj & 1]
-    return out.T.reshape(-1)[:levels.size]
+    return out.T.reshape(-1)[:flat.size]
 
 
 @register_stage

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from ..dtypes import DType
     from .uniform import UniformCodes
 
-__all__ = ["dependent_levels", "dependent_coded", "chain_length", "DependentLevels"]
+__all__ = ["dependent_levels", "dependent_coded", "chain_length", "DependentLevels", "search_threads"]
 
 _BLOCK_CELLS = 1 << 22  # chain positions x chains per block (back-pointers: 5 bytes x 4 states each)
 _LAMBDA_PASSES = 3
@@ -112,26 +113,35 @@ def _native() -> Any:
     return load_extension(f"{__package__}._trellis_native")
 
 
-def _search(y_flat: np.ndarray, chain: int, lam: float, rate: CodeRate | None) -> np.ndarray:
+def search_threads() -> int:
+    """Threads of the compiled search: the CPUs this process may run on, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _search(y_flat: np.ndarray, chain: int, lam: float, rate: CodeRate | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Codes of the flat scaled values ``y_flat`` (chains of ``chain``; the last one padded with zeros, which
-    cost the same on every path), by the compiled search when built, else block by block of chains in numpy
-    (the same codes)."""
+    cost the same on every path), by the compiled search when built (with their levels, threaded over the
+    chains), else block by block of chains in numpy (the same codes; levels None)."""
     n = y_flat.size
     rows = chain_rows(y_flat, chain, np.float64)
     chains = rows.shape[0]
     native = _native()
     if native is not None:
-        codes = np.empty(rows.size, dtype=np.int64)
+        codes, levels = np.empty(rows.size, dtype=np.int64), np.empty(rows.size, dtype=np.int64)
         table = rate.table if (lam > 0 and rate is not None) else np.zeros(0)
         native.viterbi(rows.reshape(-1), chain, float(lam), np.ascontiguousarray(table, dtype=np.float64),
-                       int(rate.lo) if rate is not None else 0, codes)
-        return codes[:n]
+                       int(rate.lo) if rate is not None else 0, codes, levels, search_threads())
+        return codes[:n], levels[:n]
     out = np.empty((chains, chain), dtype=np.int64)
     per_block = max(1, _BLOCK_CELLS // chain)
     for start in range(0, chains, per_block):
         stop = min(chains, start + per_block)
         out[start:stop] = _viterbi(np.ascontiguousarray(rows[start:stop].T), lam, rate).T
-    return out.reshape(-1)[:n]
+    return out.reshape(-1)[:n], None
 
 
 def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.0,
@@ -158,11 +168,11 @@ def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.
         raise ConfigError(f"dependent quantization of {what}: value {float(x.reshape(-1)[i])!r} at element {i} "
                           f"is {float(abs(y[i])):.3g} steps of {float(d.reshape(-1)[i])!r}, the code words hold "
                           f"fewer than 2**31: use a larger step")
-    codes = _search(y, chain, 0.0, None)
+    codes, levels = _search(y, chain, 0.0, None)
     if lam > 0:
         for _ in range(_LAMBDA_PASSES):
-            codes = _search(y, chain, lam, CodeRate(codes))
-    levels = levels_of(codes, chain).reshape(x.shape)
+            codes, levels = _search(y, chain, lam, CodeRate(codes))
+    levels = (levels if levels is not None else levels_of(codes, chain)).reshape(x.shape)
     return DependentLevels(levels, chain, codes)
 
 

@@ -5,10 +5,16 @@
     HF_HUB_OFFLINE=1 python tests/benchmarks/bench_minilm.py --skip-nncodec --out DIR   # NNCodec from the README
 
 Fidelity = mean cosine between sentence embeddings of the float model and of the decoded model on a fixed
-sentence set. Fraunhofer NNCodec 2.1.3 runs in its own virtual environment (``--nncodec-venv``: torch
-CPU, ``numpy<2``, NNCodec built with ``--no-deps``; it shares the import name ``nncodec``) as a
-subprocess, in the same run; with ``--skip-nncodec`` its figures of the last run on this machine (README)
-stand in, marked ``not_re_run``. Writes bench_minilm.json, bench_minilm.png and every nncodec setting's
+sentence set. Fraunhofer NNCodec 2.1.3 runs in its own virtual environment (``--nncodec-venv``; it shares
+the import name ``nncodec``) as a subprocess, in the same run. That venv::
+
+    python3 -m venv VENV && VENV/bin/pip install torch==2.13.0 && VENV/bin/pip install "numpy<2" \
+        "pandas<2.3" "opencv-python-headless<4.11" h5py tqdm torchmetrics pybind11 click ptflops scikit-learn \
+        && VENV/bin/pip install --no-deps nncodec==2.1.3
+
+(no torchvision: the registry's wheels are CUDA builds; the script gives NNCodec stand-ins for the
+dataset modules it imports and does not use here). With ``--skip-nncodec`` its figures of the last run on
+this machine (README) stand in, marked ``not_re_run``. Writes bench_minilm.json, bench_minilm.png and every nncodec setting's
 stream (``*.nnc``, decodable by anyone for their own scoring) into ``--out`` and prints the tables.
 """
 
@@ -195,9 +201,29 @@ def dependent_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[st
     return out
 
 
+#: rows with per-tensor factors from the Fisher pass (step_scales="fisher") beside the measured ones:
+#: (rel_step, rounding), all with Fisher column steps, power 0.5
+FISHER_SCALES = [(0.20, "dependent"), (0.22, "dependent"), (0.34, "dependent"), (0.37, "dependent"),
+                 (0.178, "gptq"), (0.185, "gptq")]
+
+
+def fisher_scale_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
+    """Each FISHER_SCALES row twice: with the measured factors (``scales``) and with ``step_scales="fisher"``."""
+    out = []
+    for r, rounding in FISHER_SCALES:
+        for source in ("measured", "fisher"):
+            out.append((f"nncodec rel_step {r}, {rounding}, column steps fisher, {source} step scales",
+                        {"rel_step": r, "step_scales": scales if source == "measured" else "fisher",
+                         "calibration": [CALIBRATION], "forward": fid.embed_grad, "rounding": rounding,
+                         "column_steps": "fisher", "column_power": 0.5, "topology": False}))
+    return out
+
+
 def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str = "all") -> list[dict]:
     scales, calibration_s = fid.step_scales()
     print(json.dumps({"calibration_s": calibration_s}), flush=True)
+    if rows == "fisher-scales":
+        return _run_settings(fid, n_params, fisher_scale_settings(fid, scales), scales, out, calibration_s)
     if rows == "dependent":
         return _run_settings(fid, n_params, dependent_settings(fid, scales), scales, out, calibration_s)
     if rows == "columns":  # the calibrated sweep, its GPTQ rows and the per-input-channel step rows
@@ -253,7 +279,7 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
         if "level" not in opts:
             info = {u.tensor["name"]: u.tensor for u in nncodec.read_info(data).units if u.tensor}
             for th, arr in iter_tensors(data):
-                if th.quant.scheme_name != "uniform":
+                if th.quant.scheme_name != "uniform" or th.name not in info:  # not in a tensor group's unit
                     continue
                 scale = th.quant.broadcast_scales(arr.ndim)
                 codes = np.round(arr.astype(np.float64) / scale).astype(np.int64)
@@ -304,8 +330,24 @@ def _finish_rows(fid: Fidelity, n_params: int, rows: list[dict]) -> list[dict]:
 
 
 NNC_SCRIPT = textwrap.dedent("""
-    import json, sys, time
+    import json, sys, time, types
     import numpy as np
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # NNCodec imports it for its image datasets only: stand-ins when no CPU build is installed
+        class _Stub(types.ModuleType):
+            def __getattr__(self, name):
+                if name.startswith("__"):
+                    raise AttributeError(name)
+                if name[:1].isupper():
+                    return type(name, (), {"__init__": lambda self, *a, **k: None})
+                return _Stub(self.__name__ + "." + name)
+            def __call__(self, *a, **k):
+                return _Stub(self.__name__ + "()")
+        for m in [k for k in sys.modules if k.startswith("torchvision")]:
+            del sys.modules[m]
+        for m in ("torchvision", "torchvision.datasets", "torchvision.transforms", "torchvision.models"):
+            sys.modules[m] = _Stub(m)
     from nncodec import nnc
     import nncodec.nn as nnc_nn
     src, out_prefix, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -478,10 +520,11 @@ def main() -> None:
     ap.add_argument("--skip-nncodec", action="store_true",
                     help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
-    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent"), default="all",
+    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "fisher-scales"), default="all",
                     help="refine: only the calibrated sweep and the end-to-end refinement rows; columns: the "
                          "calibrated sweep, GPTQ at two steps and the per-input-channel step rows; dependent: the "
-                         "dependent-quantization rows (format 1.5) only")
+                         "dependent-quantization rows (format 1.5) only; fisher-scales: dependent and GPTQ rows "
+                         "with measured and with Fisher per-tensor step factors")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     if args.skip_nncodec:

@@ -184,6 +184,42 @@ def test_compiled_search_gives_the_numpy_searchs_codes(monkeypatch, lam):
     finally:
         dependent._native.cache_clear()
     assert np.array_equal(native.codes, portable.codes)
+    assert np.array_equal(native.levels, portable.levels)  # the kernel's own levels: those of the codes
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_compiled_search_gives_the_same_codes_on_any_number_of_threads(monkeypatch, threads):
+    from nncodec.quant import dependent
+
+    dependent._native.cache_clear()
+    if dependent._native() is None:
+        pytest.skip("the compiled search was not built")
+    x = np.random.default_rng(6).laplace(size=(41, 30))
+    one = dependent_levels(x, 0.2, 0.5, chain=30)
+    monkeypatch.setattr(dependent, "search_threads", lambda: threads)
+    many = dependent_levels(x, 0.2, 0.5, chain=30)
+    assert np.array_equal(one.codes, many.codes) and np.array_equal(one.levels, many.levels)
+
+
+def test_compiled_codes_of_matches_the_numpy_loop_and_names_a_bad_level(monkeypatch):
+    from nncodec.coding import dependent_stage
+    from nncodec.quant import dependent
+
+    dependent._native.cache_clear()
+    if dependent._native() is None:
+        pytest.skip("the compiled kernels were not built")
+    codes = np.random.default_rng(8).integers(-300, 300, 4001)
+    levels = levels_of(codes, 57)
+    bad = levels.copy()
+    bad[3 * 57 + 1] = 2 * levels[3 * 57 + 1] + (1 - levels[3 * 57 + 1] % 2)  # off the quantizer of its state
+    native = codes_of(levels, 57)
+    with pytest.raises(ConfigError, match="not on the quantizer") as err_native:
+        codes_of(bad, 57)
+    monkeypatch.setattr(dependent_stage, "_native", lambda: None)
+    assert np.array_equal(codes_of(levels, 57), native) and np.array_equal(native, codes)
+    with pytest.raises(ConfigError, match="not on the quantizer") as err_numpy:
+        codes_of(bad, 57)
+    assert str(err_native.value) == str(err_numpy.value)
 
 
 def test_stage_decodes_block_by_block_as_in_one_piece(monkeypatch):

@@ -245,3 +245,22 @@ def test_refinement_never_returns_codes_worse_on_calibration_than_its_start() ->
                           topology=False)
     assert _relative_error(model, nncodec.decode(data), calib) <= err_start
     assert rc.CHECK_BATCHES == 4 and len(calib) == 4  # the check covers every calibration batch here
+
+
+def test_encode_skips_the_reports_fidelity_and_gives_the_same_stream() -> None:
+    """``encode`` drops the report, so it does not decode and run the calibration batches to measure it."""
+    model, batches = _small_model()
+    calls: list[int] = []
+
+    def forward(m: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return m(batch)
+
+    opts = {"rel_step": 0.2, "calibration": batches, "forward": forward, "rounding": "dependent",
+            "column_steps": "fisher", "topology": False}
+    data = nncodec.encode(model, **opts)
+    plain_calls = len(calls)
+    reported, report = nncodec.encode_with_report(model, **opts)
+    assert reported == data
+    assert report.fidelity is not None and 0 < report.fidelity <= 1
+    assert len(calls) - plain_calls == plain_calls + 2 * len(batches)  # the report's: float and decoded outputs

@@ -101,3 +101,45 @@ def test_bad_calibration_input_is_a_config_error(model: TwoBranches) -> None:
         nncodec.calibrate_step_scales(model, batches(), forward=lambda m, b: torch.zeros(3))
     with pytest.raises(nncodec.ConfigError, match="floor"):
         factors_from_sensitivity({"a": 1.0}, {"a": 4}, floor=0)
+
+
+def test_fisher_step_scales_agree_with_the_measured_ones(model: TwoBranches) -> None:
+    from nncodec.quant.column_steps import fisher_importance
+    from nncodec.sensitivity import fisher_step_scales
+
+    names = ["loud.weight", "mid.weight", "quiet.weight", "unused.weight"]
+    fisher = fisher_importance(model, batches(), default_forward_grad, names, probes=8)
+    scales = fisher_step_scales(model, fisher)
+    assert "unused.weight" not in scales  # no gradient: no importance, the encoder's factor 1
+    measured = nncodec.calibrate_step_scales(model, batches(), progress=False, names=names[:3])
+    for name in names[:3]:
+        assert scales[name] == pytest.approx(measured[name], rel=0.15), name
+    assert scales["quiet.weight"] / scales["loud.weight"] == pytest.approx(10, rel=0.2)
+
+
+def default_forward_grad(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m(x)
+
+
+def test_encode_with_fisher_step_scales_is_one_pass_and_the_same_stream(model: TwoBranches) -> None:
+    from nncodec.quant.column_steps import fisher_importance
+    from nncodec.sensitivity import fisher_step_scales
+
+    calls: list[int] = []
+
+    def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return m(x)
+
+    opts = {"rel_step": 0.2, "calibration": batches(), "forward": forward, "column_steps": "fisher",
+            "rounding": "nearest", "topology": False}
+    data = nncodec.encode(model, step_scales="fisher", **opts)
+    assert len(calls) == len(batches())  # the Fisher pass only: no forward per tensor
+    names = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    scales = fisher_step_scales(model, fisher_importance(model, batches(), forward, names, probes=4))
+    assert nncodec.encode(model, step_scales=scales, **opts) == data
+    with pytest.raises(nncodec.ConfigError, match="fisher.*calibration"):
+        nncodec.encode(model, rel_step=0.2, step_scales="fisher")
+    with pytest.raises(nncodec.ConfigError, match="step_scales"):
+        nncodec.encode(model, rel_step=0.2, step_scales="fischer", calibration=batches(), rounding="nearest",
+                       column_steps="fisher")

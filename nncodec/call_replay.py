@@ -1,22 +1,30 @@
 """Replay of the module calls a perturbed tensor cannot affect: the sensitivity probes' shared prefix.
 
-A sensitivity probe (:func:`nncodec.sensitivity.output_sensitivity`) perturbs one tensor and runs the whole
-forward again. Every module call that finishes before the forward first uses that tensor computes what it
-computed in the float model's pass, so its output can be given back instead of recomputed: a probe of a
-tensor in the last layer of a deep network runs little more than that layer.
+A sensitivity probe (:func:`nncodec.sensitivity.output_sensitivity` with ``reuse=True``) perturbs one tensor
+and runs the whole forward again. Every module call that finishes before the forward first uses that tensor
+computes what it computed in the float model's pass, so its output can be given back instead of recomputed:
+a probe of a tensor in the last layer of a deep network runs little more than that layer.
 
 :class:`CallReplay` learns, in one recorded pass per batch, the order of the module calls (pre-order) and the
 op at which each probed tensor is first used (a :class:`torch.overrides.TorchFunctionMode` watching op
-arguments that share the tensor's storage); a second pass stores the outputs of the calls some probe will
-skip. A call is replayed only when it is safe to skip:
+arguments that share the tensor's storage); a second pass, without the watcher, stores the outputs of the
+calls some probe will skip. The reference outputs come from a plain forward (no watcher, no wrapped calls),
+done first. A call is replayed only when it is safe to skip:
 
-- the forward is deterministic: the storing pass reproduces the recorded outputs bit for bit;
-- the call did not change a tensor it was given, nor a buffer of its module (compared with copies);
+- the forward is deterministic: the storing pass reproduces the plain forward's outputs bit for bit, with
+  the same calls in the same order (a watched op can make torch take another path, e.g. the fast path of
+  ``nn.TransformerEncoderLayer``; then the calls differ and replay is off);
+- the call changed none of the tensors it was given; in its module's subtree, no buffer (same objects, same
+  values), no parameter (version counters), no module attribute (each ``vars()`` entry the same object) and
+  no entry of ``_parameters`` / ``_buffers`` / ``_modules``;
+- the call drew no random numbers (``torch.get_rng_state()`` unchanged across it);
 - each probe checks that the calls come in the recorded order, module by module.
 
-Otherwise (or when a tensor's first use was not seen) the probe runs the full forward. Replayed outputs are
-copies, so code that changes them in place does not reach the stored ones. The outputs are therefore those of
-full forwards, bit for bit; only the time differs.
+Otherwise (or when a tensor's first use was not seen, or a needed output was not stored) the probe runs the
+full forward. Limits: a call that changes state outside its module's subtree (another module's attribute, a
+global) is not detected; stored outputs are capped at :data:`MAX_STORED_BYTES` in all, the calls beyond the
+cap are not stored and the probes that would skip them run in full. Replayed outputs are copies, so code that
+changes them in place does not reach the stored ones.
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-__all__ = ["CallReplay"]
+__all__ = ["CallReplay", "MAX_STORED_BYTES"]
+
+#: bytes of stored call outputs per :class:`CallReplay` (all batches); beyond it, probes run full forwards
+MAX_STORED_BYTES = 512 * 2**20
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +58,7 @@ class _Call:
     start: int          #: event tick at the call's start
     end: int = -1       #: event tick at its end
     after: int = -1     #: index of the first call after its subtree (pre-order)
-    safe: bool = True   #: changed none of its inputs nor its buffers
+    safe: bool = True   #: changed none of its inputs nor its subtree's state, drew no random numbers
 
 
 @dataclass
@@ -95,12 +106,48 @@ def _clone(obj: Any) -> Any:
     return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, obj)
 
 
+def _nbytes(obj: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_leaves(obj) if isinstance(t, torch.Tensor))
+
+
+class _State:
+    """What a call could change in its module's subtree besides its output: buffers (objects and values),
+    parameters (objects and version counters), module attributes (objects)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        subtree = list(module.modules())
+        self.attrs = [(m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in subtree]
+        self.buffers = [(n, b, b.clone()) for n, b in module.named_buffers()]
+        self.versions = [(p, p._version) for p in module.parameters()]
+        self.rng = torch.get_rng_state()
+
+    def unchanged(self) -> bool:
+        for m, attrs, params, bufs, mods in self.attrs:
+            for saved, now in ((attrs, vars(m)), (params, m._parameters), (bufs, m._buffers), (mods, m._modules)):
+                if saved.keys() != now.keys() or any(now[k] is not v for k, v in saved.items()):
+                    return False
+        now_buffers = list(self.module.named_buffers())
+        if len(now_buffers) != len(self.buffers):
+            return False
+        for (n, b, copy), (n2, b2) in zip(self.buffers, now_buffers):
+            if n != n2 or b is not b2 or not _equal(b, copy):
+                return False
+        if any(p._version != v for p, v in self.versions):
+            return False
+        return torch.equal(torch.get_rng_state(), self.rng)
+
+
 class CallReplay:
     """The module calls of ``forward(model, batch)`` over ``batches``, recorded to be replayed by probes of
     the tensors in ``watched`` (``{name: tensor}``); see the module docstring. Use under ``torch.no_grad``."""
 
     def __init__(self, model: torch.nn.Module, batches: Sequence[Any],
-                 forward: Callable[[torch.nn.Module, Any], Any], watched: dict[str, torch.Tensor]):
+                 forward: Callable[[torch.nn.Module, Any], Any], watched: dict[str, torch.Tensor],
+                 max_stored_bytes: int | None = None):
+        #: cap on the stored outputs' bytes (default :data:`MAX_STORED_BYTES`)
+        self.max_stored_bytes = MAX_STORED_BYTES if max_stored_bytes is None else max_stored_bytes
+        self._stored_bytes = 0
         self.model, self.batches, self.forward = model, list(batches), forward
         self.modules = list(dict.fromkeys(model.modules()))
         self.ptr = {name: t.untyped_storage().data_ptr() for name, t in watched.items()}
@@ -116,17 +163,18 @@ class CallReplay:
         self.enabled = not any(isinstance(m, torch.jit.ScriptModule) for m in self.modules)
 
     def reference(self) -> list[Any]:
-        """The float model's outputs, one per batch, with the calls recorded and the needed outputs stored;
-        replay is off (:attr:`enabled` False) when the forward is not deterministic."""
+        """The float model's outputs, one per batch, from a plain forward; then the calls are recorded and
+        the needed outputs stored. Replay is off (:attr:`enabled` False) when the storing pass does not
+        reproduce the plain outputs bit for bit with the recorded calls."""
+        outs = [self.forward(self.model, b) for b in self.batches]
         if not self.enabled:
-            return [self.forward(self.model, b) for b in self.batches]
-        outs = []
+            return outs
         for b in self.batches:
             batch = _Batch()
             self._batches.append(batch)
             self._batch = batch
             with self._patched("record"), _FirstUse(set(self.ptr.values()), self._clock, batch.first_use):
-                outs.append(self.forward(self.model, b))
+                self.forward(self.model, b)
         needed = [set().union(*(self._skipped(k, name) for name in self.ptr)) for k in range(len(self.batches))]
         for k, b in enumerate(self.batches):
             self._batch, self._need = self._batches[k], needed[k]
@@ -134,10 +182,12 @@ class CallReplay:
             try:
                 with self._patched("store"):
                     again = self.forward(self.model, b)
+                if self._next != len(self._batch.calls):
+                    raise _Diverged
             except _Diverged:
                 again = None
             if again is None or not _equal(again, outs[k]):
-                log.debug("sensitivity: the forward is not deterministic; probes run in full")
+                log.debug("sensitivity: the forward is not reproduced with the recorded calls; probes run in full")
                 self.enabled = False
                 self._batches.clear()
                 break
@@ -169,6 +219,8 @@ class CallReplay:
         outs = []
         for k, b in enumerate(self.batches):
             cut = self._skipped(k, name) if self.enabled else set()
+            if cut and not cut <= self._batches[k].stored.keys():
+                cut = set()  # an output beyond the memory cap: full forward
             if cut:
                 self._batch, self._cut, self._next = self._batches[k], cut, 0
                 try:
@@ -205,10 +257,11 @@ class CallReplay:
                 self._clock[0] += 1
                 call = _Call(module, self._clock[0])
                 batch.calls.append(call)
-                given = (args, kwargs, list(module.buffers()))
+                given = (args, kwargs)
                 before = _clone(given)
+                state = _State(module)
                 out = original(*args, **kwargs)
-                call.safe = _equal(given, before)
+                call.safe = _equal(given, before) and state.unchanged()
                 self._clock[0] += 1
                 call.end, call.after = self._clock[0], len(batch.calls)
                 return out
@@ -221,7 +274,10 @@ class CallReplay:
                 return _clone(batch.stored[i])
             out = original(*args, **kwargs)
             if self._mode == "store" and i in self._need:
-                batch.stored[i] = _clone(out)
+                size = _nbytes(out)
+                if self._stored_bytes + size <= self.max_stored_bytes:
+                    batch.stored[i] = _clone(out)
+                    self._stored_bytes += size
             return out
 
         return forward

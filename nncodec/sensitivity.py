@@ -84,16 +84,20 @@ def _calibrated_tensors(model: torch.nn.Module, names: Iterable[str] | None) -> 
 @torch.no_grad()
 def output_sensitivity(model: torch.nn.Module, batches: Iterable[Any], *, forward: Forward = default_forward,
                        probe_rel_step: float = 0.1, names: Iterable[str] | None = None,
-                       progress: bool | None = None, reuse: bool = True) -> dict[str, float]:
+                       progress: bool | None = None, reuse: bool = False) -> dict[str, float]:
     """``{tensor name: a}``: output distortion per squared relative step, ``D(r) ≈ a * r**2``.
 
     ``D`` is the outputs' relative squared error ``sum((y_q - y)**2) / sum(y**2)`` over all batches, with
     tensor ``name`` alone quantized at step ``probe_rel_step * std``. Float tensors of rank >= 2 only (or
     those in ``names``); tied tensors are measured once and reported under each name. The model is put
-    in eval mode and its weights are restored afterwards. Costs one forward pass per batch and tensor, less
-    the module calls that finish before the probed tensor is first used: with ``reuse`` (default) those are
-    replayed from the float model's pass (:mod:`nncodec.call_replay`; the same results, bit for bit, at the
-    cost of two recorded passes and the stored outputs of those calls).
+    in eval mode and its weights are restored afterwards. Costs one forward pass per batch and tensor.
+
+    ``reuse=True`` (a speed option, off by default) replays the module calls that finish before the probed
+    tensor is first used from the float model's pass (:mod:`nncodec.call_replay`): two extra recorded passes
+    and up to :data:`nncodec.call_replay.MAX_STORED_BYTES` of stored outputs. A call is replayed only when it
+    is checked not to change its inputs, its module subtree's state or the random number state, and the
+    forward reproduces itself with the recorded calls; otherwise the probe runs in full. Changes outside a
+    call's module subtree are not detected: leave it off for models whose modules write to other modules.
     """
     if not (isinstance(probe_rel_step, (int, float)) and 0 < probe_rel_step < 10):
         raise ConfigError(f"probe_rel_step must be in (0, 10), got {probe_rel_step!r}")
@@ -162,11 +166,12 @@ def factors_from_sensitivity(sensitivity: dict[str, float], sizes: dict[str, int
 
 def calibrate_step_scales(model: torch.nn.Module, batches: Iterable[Any], *, forward: Forward = default_forward,
                           probe_rel_step: float = 0.1, floor: float = 0.01, names: Iterable[str] | None = None,
-                          progress: bool | None = None, reuse: bool = True) -> dict[str, float]:
+                          progress: bool | None = None, reuse: bool = False) -> dict[str, float]:
     """Per-tensor step factors for ``Encoder(rel_step=..., step_scales=...)`` from calibration batches.
 
     ``forward(model, batch)`` returns the output whose fidelity matters (default: the model's output);
-    see :func:`output_sensitivity` and :func:`factors_from_sensitivity`.
+    ``reuse=True`` replays the calls a probe cannot change (faster, see :func:`output_sensitivity` for its
+    checks and limits); see :func:`output_sensitivity` and :func:`factors_from_sensitivity`.
     """
     sens = output_sensitivity(model, batches, forward=forward, probe_rel_step=probe_rel_step, names=names,
                               progress=progress, reuse=reuse)

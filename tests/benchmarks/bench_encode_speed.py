@@ -111,7 +111,8 @@ def time_setting(fid: "minilm.Fidelity", opts: dict) -> tuple[float, dict[str, f
             full = dict(opts)
         else:
             scales = nncodec.calibrate_step_scales(model, [minilm.CALIBRATION],
-                                                   forward=lambda m, batch: fid.embed(batch), progress=False)
+                                                   forward=lambda m, batch: fid.embed(batch), progress=False,
+                                                   reuse=True)
             full = {"step_scales": scales, **opts}
         if "rounding" in opts:
             full.update(calibration=[minilm.CALIBRATION], forward=fid.embed_grad, topology=False)

@@ -119,7 +119,8 @@ class Fidelity:
 
         t0 = time.perf_counter()
         scales = nncodec.calibrate_step_scales(self.st[0].auto_model, [CALIBRATION],
-                                               forward=lambda m, batch: self.embed(batch), progress=False)
+                                               forward=lambda m, batch: self.embed(batch), progress=False,
+                                               reuse=True)
         return scales, time.perf_counter() - t0
 
     def embed_grad(self, model: torch.nn.Module, sentences: list[str]) -> torch.Tensor:

@@ -187,14 +187,30 @@ def fisher_step_scales(model: torch.nn.Module, fisher: dict[str, Any], *, floor:
     (:func:`nncodec.quant.column_steps.fisher_importance`: per input channel, summed here): with rounding
     errors of variance ``(r * std)**2 / 12`` per element, the linearized output distortion is
     ``a * r**2`` with ``a ∝ std**2 * sum(F)``, the quantity :func:`output_sensitivity` measures by one
-    forward per tensor; here it costs nothing beyond the Fisher pass. Tensors without a Fisher importance
-    (buffers, parameters the output does not depend on) keep factor 1. Factors as
-    :func:`factors_from_sensitivity` makes them."""
-    params = dict(model.named_parameters())
+    forward per tensor; here it costs nothing beyond the Fisher pass. Factors as
+    :func:`factors_from_sensitivity` makes them, for every float parameter of rank >= 2 (and every parameter
+    named in ``fisher``): one absent from ``fisher`` (``fisher_importance`` leaves out those with zero
+    importance) or with zero importance gets the floor factor. Tied parameters share one storage, one
+    importance (the first one given among their names) and one factor, reported under each name. Buffers
+    keep factor 1. :class:`ConfigError` when ``fisher`` names no parameter of the model."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unknown = sorted(n for n in fisher if n not in params)
+    if unknown:
+        raise ConfigError(f"fisher importances for tensors that are not parameters of the model: {unknown[:5]}")
+    names = [n for n, p in params.items() if (p.is_floating_point() and p.dim() >= 2) or n in fisher]
+    groups: dict[tuple[int, int], list[str]] = {}
+    for n in names:
+        groups.setdefault((params[n].data_ptr(), params[n].numel()), []).append(n)
     sens, sizes = {}, {}
-    for name, importance in fisher.items():
-        t = params[name].detach()
+    for aliases in groups.values():
+        first = aliases[0]
+        t = params[first].detach()
+        if t.numel() == 0:
+            continue
+        given = [fisher[n] for n in aliases if n in fisher]
+        importance = float(given[0].sum()) if given else 0.0
         std = float(t.double().std()) if t.numel() > 1 else 0.0
-        sens[name] = (std if std > 0 and math.isfinite(std) else 1.0) ** 2 * float(importance.sum()) / 12
-        sizes[name] = t.numel()
-    return factors_from_sensitivity(sens, sizes, floor=floor)
+        sens[first] = (std if std > 0 and math.isfinite(std) else 1.0) ** 2 * importance / 12
+        sizes[first] = t.numel()
+    factors = factors_from_sensitivity(sens, sizes, floor=floor)
+    return {n: factors[aliases[0]] for aliases in groups.values() if aliases[0] in factors for n in aliases}

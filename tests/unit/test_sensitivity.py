@@ -110,11 +110,47 @@ def test_fisher_step_scales_agree_with_the_measured_ones(model: TwoBranches) -> 
     names = ["loud.weight", "mid.weight", "quiet.weight", "unused.weight"]
     fisher = fisher_importance(model, batches(), default_forward_grad, names, probes=8)
     scales = fisher_step_scales(model, fisher)
-    assert "unused.weight" not in scales  # no gradient: no importance, the encoder's factor 1
-    measured = nncodec.calibrate_step_scales(model, batches(), progress=False, names=names[:3])
-    for name in names[:3]:
+    assert "unused.weight" not in fisher  # no gradient: zero importance, left out
+    measured = nncodec.calibrate_step_scales(model, batches(), progress=False, names=names)
+    for name in names:
         assert scales[name] == pytest.approx(measured[name], rel=0.15), name
     assert scales["quiet.weight"] / scales["loud.weight"] == pytest.approx(10, rel=0.2)
+    # zero importance: the floor factor (10x the median's step before normalization), as measured
+    assert scales["unused.weight"] == max(scales.values()) > scales["quiet.weight"]
+    zero = {**fisher, "unused.weight": np.zeros(64)}
+    assert fisher_step_scales(model, zero) == scales
+
+
+class TiedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(20, 8)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.wte.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mid(self.wte(ids)))
+
+
+def test_fisher_step_scales_give_tied_aliases_the_factor_and_refuse_unknown_names() -> None:
+    from nncodec.quant.column_steps import fisher_importance
+    from nncodec.sensitivity import fisher_step_scales
+
+    torch.manual_seed(0)
+    model = TiedHead()
+    ids = [torch.randint(0, 20, (4, 6), generator=torch.Generator().manual_seed(2))]
+    names = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    assert names == ["wte.weight", "mid.weight"]  # the tied head is listed once
+    fisher = fisher_importance(model, ids, default_forward_grad, names, probes=4)
+    scales = fisher_step_scales(model, fisher)
+    assert set(scales) == {"wte.weight", "head.weight", "mid.weight"}
+    assert scales["head.weight"] == scales["wte.weight"] != 1.0
+    # the importance given under the other alias counts the same
+    moved = {"head.weight": fisher["wte.weight"], "mid.weight": fisher["mid.weight"]}
+    assert fisher_step_scales(model, moved) == scales
+    with pytest.raises(nncodec.ConfigError, match="lm_head.weight"):
+        fisher_step_scales(model, {**fisher, "lm_head.weight": np.ones(8)})
 
 
 def default_forward_grad(m: nn.Module, x: torch.Tensor) -> torch.Tensor:

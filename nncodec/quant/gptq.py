@@ -15,6 +15,7 @@ neighbour towards zero under distortion + λ·rate.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -139,18 +140,32 @@ def inverse_factor(hessian: torch.Tensor, damp: float = 0.01) -> np.ndarray | No
     return upper.numpy()
 
 
+class _ThreadLimit:
+    """Holders of :func:`_one_thread` (``torch.set_num_threads`` is process-wide): the first saves the count,
+    the last restores it."""
+
+    lock = threading.Lock()
+    holders = 0
+    original = 1
+
+
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """torch's intra-op threads set to 1 for the block (restored after)."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
+    """torch's intra-op threads set to 1 for the block; the count from before the first of concurrent blocks
+    (other threads) is restored when the last one ends."""
+    with _ThreadLimit.lock:
+        if _ThreadLimit.holders == 0:
+            _ThreadLimit.original = torch.get_num_threads()
+        _ThreadLimit.holders += 1
+        if torch.get_num_threads() != 1:  # per calling thread where torch keeps the count per thread (OpenMP)
+            torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _ThreadLimit.lock:
+            _ThreadLimit.holders -= 1
+            if _ThreadLimit.holders == 0 and _ThreadLimit.original != 1:
+                torch.set_num_threads(_ThreadLimit.original)
 
 
 def gptq_codes(weight: np.ndarray, hessian: torch.Tensor | None, step: "float | np.ndarray", *, qmin: int,

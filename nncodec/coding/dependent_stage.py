@@ -19,6 +19,7 @@ code before it in its chain (:func:`quantizer_of`), a cumulative XOR over the wh
 from __future__ import annotations
 
 import functools
+import logging
 import struct
 from typing import Any
 
@@ -28,6 +29,8 @@ from ..bitstream.constants import FORMAT_MINOR_DEPENDENT, STAGE_DEPENDENT
 from ..errors import ConfigError, CorruptError
 from .kernels import load_extension
 from .stage import SIGNED_WORD_DTYPES, Stage, register_stage
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Dependent", "NEXT_STATE", "MAX_CHAIN", "levels_of", "codes_of", "quantizer_of", "reconstruct",
            "chain_rows"]
@@ -75,11 +78,31 @@ def levels_of(codes: np.ndarray, chain: int) -> np.ndarray:
     return reconstruct(wide, quantizer_of(wide, chain).astype(wide.dtype))
 
 
+#: ``ABI_VERSION`` of the ``_trellis_native`` build these modules call (``viterbi``'s and ``codes_of``'s
+#: arguments and results); a build of another version (an older source) is not used
+TRELLIS_ABI = 2
+
+
+def load_trellis() -> Any:
+    """The compiled kernels of dependent quantization (``nncodec.quant._trellis_native``, a leaf C
+    extension), or None when not built, ``NNCODEC_KERNELS=portable`` (:func:`~.kernels.load_extension`), or
+    built from another source version (no or another ``ABI_VERSION`` than :data:`TRELLIS_ABI`: logged)."""
+    native = load_extension("nncodec.quant._trellis_native")
+    if native is None:
+        return None
+    version = getattr(native, "ABI_VERSION", None)
+    if version != TRELLIS_ABI:
+        log.warning("the compiled dependent-quantization kernels are of version %s, not %d (built from an older "
+                    "source): using the slower numpy code; rebuild them (reinstall, or python setup.py build_ext "
+                    "--inplace)", version, TRELLIS_ABI)
+        return None
+    return native
+
+
 @functools.cache
 def _native() -> Any:
-    """The compiled kernels of dependent quantization, built with the encoder's search
-    (``nncodec.quant._trellis_native``, a leaf C extension), or None (:func:`~.kernels.load_extension`)."""
-    return load_extension("nncodec.quant._trellis_native")
+    """:func:`load_trellis`, loaded once."""
+    return load_trellis()
 
 
 def codes_of(levels: np.ndarray, chain: int) -> np.ndarray:

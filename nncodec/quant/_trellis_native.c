@@ -223,4 +223,15 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trellis_native",
                                     "C kernel of dependent quantization's Viterbi search.", -1, methods};
 
-PyMODINIT_FUNC PyInit__trellis_native(void) { return PyModule_Create(&module); }
+/* The calling convention of viterbi / codes_of: raised on every change of their arguments or results, checked
+   by the Python loaders (nncodec.coding.dependent_stage.TRELLIS_ABI), which fall back to numpy on a mismatch. */
+#define TRELLIS_ABI_VERSION 2
+
+PyMODINIT_FUNC PyInit__trellis_native(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI_VERSION", TRELLIS_ABI_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

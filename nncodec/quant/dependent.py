@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, chain_rows, levels_of, reconstruct
-from ..coding.kernels import load_extension
+from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, chain_rows, levels_of, load_trellis, reconstruct
 from ..errors import ConfigError
 from .rate_aware import CodeRate
 
@@ -109,8 +108,9 @@ def _viterbi(y: np.ndarray, lam: float, rate: CodeRate | None) -> np.ndarray:
 
 @functools.cache
 def _native() -> Any:
-    """The compiled search (``_trellis_native``), or None when it was not built or ``NNCODEC_KERNELS=portable``."""
-    return load_extension(f"{__package__}._trellis_native")
+    """The compiled search (``_trellis_native``), or None when it was not built, ``NNCODEC_KERNELS=portable``,
+    or built from another source version (:func:`~nncodec.coding.dependent_stage.load_trellis`)."""
+    return load_trellis()
 
 
 def search_threads() -> int:

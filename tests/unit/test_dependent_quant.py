@@ -264,3 +264,36 @@ def test_values_beyond_the_code_words_are_a_config_error_on_both_searches(monkey
         assert np.abs(dependent_levels(y, 1.0).levels - y).max() <= 1
     finally:
         dependent._native.cache_clear()
+
+
+@pytest.mark.parametrize("stale", [{}, {"ABI_VERSION": -1}])
+def test_a_native_build_of_another_version_is_not_used(monkeypatch, caplog, stale):
+    """A build from an older source (another viterbi signature, no codes_of) falls back to numpy."""
+    import types
+
+    from nncodec.coding import dependent_stage
+    from nncodec.quant import dependent
+
+    def old_viterbi(*args):  # 6 arguments: the older signature
+        raise TypeError("viterbi() takes exactly 6 arguments")
+
+    fake = types.SimpleNamespace(viterbi=old_viterbi, **stale)
+    x = np.random.default_rng(9).laplace(size=(13, 20))
+    monkeypatch.setenv("NNCODEC_KERNELS", "portable")
+    dependent._native.cache_clear()
+    dependent_stage._native.cache_clear()
+    want = dependent_levels(x, 0.2, 0.3, chain=20)
+    monkeypatch.delenv("NNCODEC_KERNELS")
+    monkeypatch.setattr(dependent_stage, "load_extension", lambda name: fake)
+    dependent._native.cache_clear()
+    dependent_stage._native.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            got = dependent_levels(x, 0.2, 0.3, chain=20)
+            assert np.array_equal(codes_of(got.levels, 20), want.codes)
+        assert dependent._native() is None and dependent_stage._native() is None
+        assert "rebuild" in caplog.text
+    finally:
+        dependent._native.cache_clear()
+        dependent_stage._native.cache_clear()
+    assert np.array_equal(got.codes, want.codes) and np.array_equal(got.levels, want.levels)

@@ -197,8 +197,9 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, s
     was = model.training
     model.eval()
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(inputs),
-                                                   customized_pruners=custom, output_transform=record)
+        with torch.enable_grad():  # the tracer follows autograd: also when the caller runs under torch.no_grad
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(inputs),
+                                                       customized_pruners=custom, output_transform=record)
     except Exception as exc:  # the tracer raises many types on code it cannot follow
         raise ConfigError(f"cannot build the dependency graph of the model ({type(exc).__name__}: {exc})") from None
     finally:

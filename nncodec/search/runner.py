@@ -142,7 +142,8 @@ class SearchConfig:
     #: 0: the fine-tuning's last epoch is the result. In (0, 1): this fraction of the *training* examples is
     #: held out of the fine-tuning as a selection split (``ClassifierTask.hold_out``, seeded by ``seed``), the
     #: candidate is scored on it after each epoch at the full final sparsity, and the best epoch's weights
-    #: and statistics are kept (latest of ties). The task's validation set is never used to choose.
+    #: and statistics are kept (latest of ties). The task's validation set is never used to choose. The split
+    #: is held out of the final fine-tuning only (the reference and the trials trained on it): optimistic scores
     final_selection: float = 0.0
     #: which channels a narrowed width group keeps: the largest "l1" or "l2" norms of their weights, or the
     #: largest first-order Taylor scores ``|w * dCE/dw|`` summed over a channel's weights, with the gradients of
@@ -356,6 +357,10 @@ class _Searcher:
         if config.width_importance == "taylor" and not isinstance(task, ClassifierTask):
             raise ConfigError(f"width_importance='taylor' scores channels by the cross-entropy gradients on a "
                               f"ClassifierTask's labelled training examples; got a {type(task).__name__}")
+        if config.width_importance != "l1" and not space.width_choices and not any(
+                w != 1.0 for w in space.fixed.widths.values()):
+            raise ConfigError(f"width_importance={config.width_importance!r} ranks the channels of narrowed width "
+                              "groups, but the search space narrows none (no width multiplier other than 1.0)")
         if config.initial_kernels == "gptq" and task.calibration_inputs() is None:
             raise ConfigError(f"initial_kernels='gptq' measures layer inputs on the task's training inputs; "
                               f"{type(task).__name__} does not expose them (Task.calibration_inputs)")
@@ -380,9 +385,11 @@ class _Searcher:
         was = model.training
         model.eval()
         try:
-            for i in range(0, n, 128):
-                x, y = task.x_train[i:min(i + 128, n)], task.y_train[i:min(i + 128, n)]  # type: ignore[attr-defined]
-                nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+            with torch.enable_grad():  # also when the search runs under torch.no_grad
+                for i in range(0, n, 128):
+                    stop = min(i + 128, n)
+                    x, y = task.x_train[i:stop], task.y_train[i:stop]  # type: ignore[attr-defined]
+                    nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
         finally:
             model.train(was)
 

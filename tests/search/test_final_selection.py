@@ -171,8 +171,8 @@ def test_taylor_width_importance_keeps_the_channels_the_data_says(reference, tmp
     stats = reference[1].running_var.clone()
     built = {}
     for how in ("l1", "taylor"):
-        searcher = _Searcher(reference, space, _task(), SearchConfig(n_trials=1, out_dir=str(tmp_path / how),
-                                                                     width_importance=how, recalibrate_norms=False), None)
+        cfg = SearchConfig(n_trials=1, out_dir=str(tmp_path / how), width_importance=how, recalibrate_norms=False)
+        searcher = _Searcher(reference, space, _task(), cfg, None)
         built[how] = searcher.build(plan)
     expected = resize_groups(reference, INPUT, {"0": 0.5, "3": 0.5}, importance="taylor", gradient_fn=backward)
     got = built["taylor"].state_dict()
@@ -191,3 +191,12 @@ def test_taylor_width_importance_keeps_the_channels_the_data_says(reference, tmp
     with pytest.raises(ConfigError, match="ClassifierTask"):
         _Searcher(reference, space, FunctionTask(lambda m, e: None, lambda m: 0.5),
                   SearchConfig(n_trials=1, out_dir=str(tmp_path / "f"), width_importance="taylor"), None)
+    unnarrowed = SearchSpace.from_model(reference, INPUT, x_train[:64], widths=(1.0,))
+    with pytest.raises(ConfigError, match="narrows none"):  # an option that cannot apply is not ignored
+        _Searcher(reference, unnarrowed, _task(),
+                  SearchConfig(n_trials=1, out_dir=str(tmp_path / "w"), width_importance="taylor"), None)
+    with torch.no_grad():  # the graph and the Taylor pass take their gradients even when the caller disabled them
+        searcher = _Searcher(reference, space, _task(), SearchConfig(n_trials=1, out_dir=str(tmp_path / "g"),
+                                                                     width_importance="taylor",
+                                                                     recalibrate_norms=False), None)
+        assert all(torch.allclose(a, b) for a, b in zip(searcher.build(plan).parameters(), expected.parameters()))

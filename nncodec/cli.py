@@ -438,6 +438,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.data} lacks {sorted(missing)}")
         x_train, y_train = z["x_train"].astype(np.float32), z["y_train"].astype(np.int64)
         x_val, y_val = z["x_val"].astype(np.float32), z["y_val"].astype(np.int64)
+    if args.trials_only:  # final-step options would be silently unused
+        final = {"--prune": args.prune > 0, "--prune-relative": args.prune_relative,
+                 "--prune-epochs": args.prune_epochs > 0, "--final-selection": args.final_selection > 0,
+                 "--keep-final-norms": not args.final_norms}
+        given = [flag for flag, on in final.items() if on]
+        if given:
+            raise ConfigError(f"{', '.join(given)} set the final steps, which --trials-only does not run")
     model = _load_user_model(args.model, args.weights)
     shape = _input_shape(args.input_shape)
     if tuple(x_train.shape[1:]) != shape:

@@ -89,3 +89,20 @@ def test_cli_final_selection(tmp_path, capsys):
     assert "--final-selection" in capsys.readouterr().err
     assert main(["search", "--width-importance", "taylor"]) == 2  # the demo's widths are its own
     assert "--width-importance" in capsys.readouterr().err
+
+
+def test_cli_trials_only_refuses_final_step_options(tmp_path, capsys):
+    """``--trials-only`` runs no final steps: options that only set them are configuration errors (not
+    silently unused), refused before the reference is trained."""
+    x_train, y_train, x_test, y_test = data()
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, x_train=x_train, y_train=y_train, x_val=x_test, y_val=y_test)
+    (tmp_path / "net.py").write_text(MODEL)
+    base = ["search", "--model", f"{tmp_path / 'net.py'}:build", "--data", str(npz), "--input-shape", "1,8,8",
+            "--trials-only", "--out", str(tmp_path / "w")]
+    for extra, flag in ((["--prune", "0.5"], "--prune"), (["--final-selection", "0.1"], "--final-selection"),
+                        (["--keep-final-norms"], "--keep-final-norms"),
+                        (["--prune", "0.5", "--prune-epochs", "2"], "--prune-epochs")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert flag in err and "--trials-only" in err and "trained the reference" not in err

@@ -74,11 +74,22 @@ def _calibrated_tensors(model: torch.nn.Module, names: Iterable[str] | None) -> 
     missing = wanted - set(state)
     if missing:
         raise ConfigError(f"no such tensors in the model: {sorted(missing)[:5]}")
+    return _by_storage((name, t) for name, t in state.items()
+                       if name in wanted and t.is_floating_point() and t.dim() >= 2 and t.numel() > 0)
+
+
+def _by_storage(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, list[str]]:
+    """``{first name: [all names sharing its storage]}`` of ``named`` tensors (tied weights once)."""
     groups: dict[tuple[int, int], list[str]] = {}
-    for name, t in state.items():
-        if name in wanted and t.is_floating_point() and t.dim() >= 2 and t.numel() > 0:
-            groups.setdefault((t.data_ptr(), t.numel()), []).append(name)
+    for name, t in named:
+        groups.setdefault((t.data_ptr(), t.numel()), []).append(name)
     return {g[0]: g for g in groups.values()}
+
+
+def _spread(t: torch.Tensor) -> float:
+    """The standard deviation ``rel_step`` steps are relative to; 1 for a constant or non-finite tensor."""
+    std = float(t.double().std()) if t.numel() > 1 else 0.0
+    return std if std > 0 and math.isfinite(std) else 1.0
 
 
 @torch.no_grad()
@@ -124,8 +135,7 @@ def output_sensitivity(model: torch.nn.Module, batches: Iterable[Any], *, forwar
         for first, aliases in items:
             t = state[first].data
             original = t.clone()
-            std = float(original.double().std()) if original.numel() > 1 else 0.0
-            step = probe_rel_step * (std if std > 0 and math.isfinite(std) else 1.0)
+            step = probe_rel_step * _spread(original)
             try:
                 t.copy_(torch.round(original / step) * step)
                 got = _checked(replay.outputs(first) if replay is not None else _outputs(model, batches, forward))
@@ -197,20 +207,14 @@ def fisher_step_scales(model: torch.nn.Module, fisher: dict[str, Any], *, floor:
     unknown = sorted(n for n in fisher if n not in params)
     if unknown:
         raise ConfigError(f"fisher importances for tensors that are not parameters of the model: {unknown[:5]}")
-    names = [n for n, p in params.items() if (p.is_floating_point() and p.dim() >= 2) or n in fisher]
-    groups: dict[tuple[int, int], list[str]] = {}
-    for n in names:
-        groups.setdefault((params[n].data_ptr(), params[n].numel()), []).append(n)
+    groups = _by_storage((n, p) for n, p in params.items()
+                         if ((p.is_floating_point() and p.dim() >= 2) or n in fisher) and p.numel() > 0)
     sens, sizes = {}, {}
-    for aliases in groups.values():
-        first = aliases[0]
+    for first, aliases in groups.items():
         t = params[first].detach()
-        if t.numel() == 0:
-            continue
         given = [fisher[n] for n in aliases if n in fisher]
         importance = float(given[0].sum()) if given else 0.0
-        std = float(t.double().std()) if t.numel() > 1 else 0.0
-        sens[first] = (std if std > 0 and math.isfinite(std) else 1.0) ** 2 * importance / 12
+        sens[first] = _spread(t) ** 2 * importance / 12
         sizes[first] = t.numel()
     factors = factors_from_sensitivity(sens, sizes, floor=floor)
-    return {n: factors[aliases[0]] for aliases in groups.values() if aliases[0] in factors for n in aliases}
+    return {n: factors[first] for first, aliases in groups.items() if first in factors for n in aliases}

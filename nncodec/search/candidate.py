@@ -34,6 +34,11 @@ def build_candidate(reference: nn.Module, example_inputs: Any, plan: Plan, *,
     return quantize_model(model, plan, inplace=True)
 
 
+def tracked_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch norms of ``model`` that keep running statistics (those :func:`recalibrate_batch_norms` sets)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def recalibrate_batch_norms(model: nn.Module, batches: Iterable[Any],
                             forward: Callable[[nn.Module, Any], Any] | None = None) -> int:
     """Re-estimate the running mean and variance of every batch norm of ``model`` (in place) as the plain
@@ -47,7 +52,7 @@ def recalibrate_batch_norms(model: nn.Module, batches: Iterable[Any],
     of 0.957 with its residual trunk at 0.75 width scored 0.087 instead of 0.918, with 4- to 8-bit activations
     0.710 instead of 0.963). One pass: each norm sees inputs normalized by the batch statistics of the norms
     before it (not their new running ones), which is close, not exact, for deep stacks of quantizers."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = tracked_norms(model)
     if not norms:
         return 0
     batches = list(batches)

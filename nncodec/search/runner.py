@@ -44,7 +44,8 @@ from ..prune.graph import Resizer
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.gptq import initialize_kernels
 from ..quant.plan import Plan
-from .candidate import build_candidate, deployed_copy, model_size_bits, nonzero_size_bits, recalibrate_batch_norms
+from .candidate import (build_candidate, deployed_copy, model_size_bits, nonzero_size_bits, recalibrate_batch_norms,
+                        tracked_norms)
 from .controllers import (PLAN_CONTROLLERS, SCHEDULES, Costing, Outcome, candidate_energy, method_options,
                           run_method, uses_method)
 from .finetune import Distiller, FineTuneConfig
@@ -396,16 +397,12 @@ class _Searcher:
     def initialize(self, model: nn.Module) -> nn.Module:
         """``model`` with its batch-norm statistics re-estimated (``SearchConfig.recalibrate_norms``) and its
         initial kernels as ``SearchConfig.initial_kernels`` asks (in place)."""
-        recalibrate = self.cfg.recalibrate_norms and any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+        recalibrate = self.cfg.recalibrate_norms and bool(tracked_norms(model))
         if not recalibrate and self.cfg.initial_kernels != "gptq":
             return model
-        calibration = getattr(self.task, "calibration_inputs", None)  # tasks may be duck-typed
-        inputs = calibration() if calibration is not None else None
-        if inputs is None:
+        batches = _calibration_batches(self.task, INITIAL_KERNEL_EXAMPLES, 32)
+        if batches is None:
             return model  # (initial_kernels='gptq' was refused without them)
-        n = min(len(inputs[0]), INITIAL_KERNEL_EXAMPLES)
-        batches = [tuple(t[i:i + 32] for t in inputs) for i in range(0, n, 32)]
         if recalibrate:  # before GPTQ, which measures layer inputs through the norms
             recalibrate_batch_norms(model, batches)
         if self.cfg.initial_kernels == "gptq":
@@ -745,6 +742,17 @@ class _FinalSteps:
         return self._eval_score if self._eval_score is not None else float(self.task.evaluate(self.model))
 
 
+def _calibration_batches(task: Task, limit: int, size: int) -> list[tuple[torch.Tensor, ...]] | None:
+    """The first ``limit`` of ``task``'s calibration inputs (``Task.calibration_inputs``) in batches of ``size``;
+    None when the task exposes none."""
+    calibration = getattr(task, "calibration_inputs", None)  # tasks may be duck-typed
+    inputs = calibration() if calibration is not None else None
+    if inputs is None:
+        return None
+    n = min(len(inputs[0]), limit)
+    return [tuple(t[i:i + size] for t in inputs) for i in range(0, n, size)]
+
+
 class _FineTuning:
     """The final fine-tuning's after-epoch step: the pruning schedule's step (``final_prune_epochs``: the cubic
     schedule's sparsity after epoch e < n), the batch-norm statistics re-estimated (``final_recalibrate_norms``),
@@ -756,13 +764,8 @@ class _FineTuning:
         self.model, self.cfg, self.steps, self.select_task = model, config, steps, select_task
         self.ramp = config.final_prune_epochs if config.final_prune > 0 else 0
         self.batches: list[tuple[torch.Tensor, ...]] = []
-        if config.final_recalibrate_norms and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                  and m.track_running_stats for m in model.modules()):
-            calibration = getattr(fit_task, "calibration_inputs", None)  # tasks may be duck-typed
-            inputs = calibration() if calibration is not None else None
-            if inputs is not None:
-                n = min(len(inputs[0]), FINAL_RECALIBRATION_EXAMPLES)
-                self.batches = [tuple(t[i:i + 256] for t in inputs) for i in range(0, n, 256)]
+        if config.final_recalibrate_norms and tracked_norms(model):
+            self.batches = _calibration_batches(fit_task, FINAL_RECALIBRATION_EXAMPLES, 256) or []
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         if self.ramp:  # layers wrapped (all-ones masks) now, so the optimizer sees the parameters it will train
             apply_masks(model, global_magnitude_masks(model, 0.0))

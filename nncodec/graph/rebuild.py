@@ -241,7 +241,8 @@ class GraphModel(nn.Module):
                 env[slot] = out = fn(*a, **k)
             except GraphError as exc:
                 raise GraphError(f"graph topology: {where}: {exc.reason}"[:400]) from None
-            except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError, ArithmeticError) as exc:
+            except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError, ArithmeticError,
+                    AssertionError) as exc:  # torch's meta kernels check some shapes with AssertionError
                 raise GraphError(f"graph topology: {where} fails on {device.type} tensors: "
                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"[:400]) from None
             if check is not None:

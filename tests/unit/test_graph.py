@@ -339,6 +339,17 @@ def test_operator_failing_on_shapes_is_a_graph_error(streams):
         nncodec.load_model(edit_topology(streams["resnet"], mismatch))
 
 
+def test_embedding_of_a_one_dimensional_weight_is_a_graph_error(streams):
+    # torch's meta kernel refuses it with an AssertionError, not a RuntimeError
+    def flat_table(topo):
+        node = next(n for n in topo["nodes"] if n["op"] == "aten.embedding.default")
+        one_dim = next(t for t in topo["tensors"] if len(t["shape"]) == 1)
+        node["args"][0] = {"ref": one_dim["name"]}
+
+    with pytest.raises(GraphError, match="fails on meta tensors"):
+        nncodec.load_model(edit_topology(streams["transformer"], flat_table))
+
+
 def test_validation_needs_no_torch():
     code = ("import sys, json; from nncodec.graph import validate, GraphError\n"
             "g = {'format': 'nncodec.graph', 'version': 1, 'inputs': [{'name': 'x', 'dtype': 'float32', "

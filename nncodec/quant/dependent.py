@@ -196,7 +196,7 @@ def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype
     desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
                            mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel,
                            axis=axis if grid.per_channel else 0, scales=delta32.reshape(-1))
-    lead = Dependent(code_dtype.itemsize, found.chain)
+    lead = Dependent(code_dtype.itemsize, found.chain, codes=found.codes)
     diff = np.abs(found.levels * delta32.astype(np.float64) - x)
     error = (float(diff.max()), float(np.sqrt(np.mean(diff * diff)))) if diff.size else (0.0, 0.0)
     return CodedTensor(found.levels.astype(code_dtype.storage), desc, dtype, lead), error

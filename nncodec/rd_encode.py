@@ -142,8 +142,8 @@ class Importances:
 
 
 def _float_values(storage: np.ndarray, dtype: DType) -> np.ndarray:
-    values = bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage
-    return np.asarray(values, dtype=np.float64)
+    """The tensor's values as floats of its own width (bfloat16 as float32): float64 where needed is exact."""
+    return bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage
 
 
 def _step_of(grid: UniformCodes, ndim: int) -> np.ndarray:
@@ -225,6 +225,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
             dependent[name] = dependent_coded(x, step, grid, dtype, axis, rd.rate_lambda,
                                               what=f"tensor {name!r}")
             continue
+        x = np.asarray(x, dtype=np.float64)
         if factor is not None:
             gptq_rounded += 1
             rate = CodeRate(ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)) if rd.rate_lambda else None

@@ -1,6 +1,6 @@
 """Encode speed of the calibrated MiniLM settings, phase by phase, against Fraunhofer NNCodec in the same run.
 
-    HF_HUB_OFFLINE=1 nice python tests/benchmarks/bench_encode_speed.py --nncodec-venv /tmp/nnc/venv --out DIR
+    HF_HUB_OFFLINE=1 nice python tests/benchmarks/bench_encode_speed.py --nncodec-venv VENV --out DIR
     HF_HUB_OFFLINE=1 nice python tests/benchmarks/bench_encode_speed.py --skip-nncodec     # README's NNCodec figures
 
 The settings are the best-rate rows of ``bench_minilm.py`` (all-MiniLM-L6-v2, 22.7 M parameters): calibrated
@@ -125,15 +125,15 @@ def time_setting(fid: "minilm.Fidelity", opts: dict) -> tuple[float, dict[str, f
     return total, seconds, data
 
 
-def time_nncodec(venv: Path, tmp: Path, threads: int) -> dict[str, tuple[float, int]]:
-    """One NNCodec run over NNCODEC_SETTINGS (a subprocess, on ``tmp/weights.npz``): ``{setting: (encode
-    seconds, stream bytes)}``; empty when it failed (its error printed)."""
+def time_nncodec(venv: Path, tmp: Path, threads: int, settings: list) -> dict[str, tuple[float, int]]:
+    """One NNCodec run over ``settings`` (of NNCODEC_SETTINGS; a subprocess, on ``tmp/weights.npz``):
+    ``{setting: (encode seconds, stream bytes)}``; empty when it failed (its error printed)."""
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # both packages are called nncodec
     env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run([str(venv / "bin" / "python"), str(tmp / "nnc_run.py"), str(tmp / "weights.npz"),
-                           str(tmp / "nnc"), json.dumps(NNCODEC_SETTINGS)],
+                           str(tmp / "nnc"), json.dumps(settings)],
                           capture_output=True, text=True, cwd=tmp, env=env)
     if proc.returncode:
         print(proc.stderr[-3000:], file=sys.stderr)
@@ -153,6 +153,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="encodes per setting (the median is reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     ap.add_argument("--only", type=int, nargs="*", help="indices of SETTINGS to time (default: all)")
+    ap.add_argument("--nncodec-only", type=int, nargs="*",
+                    help="indices of NNCODEC_SETTINGS to run (default: all; 0 is qp -32 alone)")
     ap.add_argument("--out", type=Path, default=Path("bench_encode_speed"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -174,7 +176,8 @@ def main() -> None:
             (tmp_path / "nnc_run.py").write_text(minilm.NNC_SCRIPT)
         for rep in range(args.repeats):  # interleaved, so both codecs see the same load
             if args.nncodec_venv and not args.skip_nncodec:
-                for setting, got in time_nncodec(args.nncodec_venv, tmp_path, args.threads).items():
+                anchors = [NNCODEC_SETTINGS[i] for i in args.nncodec_only] if args.nncodec_only else NNCODEC_SETTINGS
+                for setting, got in time_nncodec(args.nncodec_venv, tmp_path, args.threads, anchors).items():
                     anchor_runs[setting].append(got)
                     print(json.dumps({"repeat": rep, "NNCodec": setting, "encode_s": got[0]}), flush=True)
             for label, opts in chosen:
@@ -202,6 +205,9 @@ def main() -> None:
     fastest_anchor = min((e["median_s"] for e in anchor.values()), default=None)
     for r in rows:
         r["speedup_vs_nncodec"] = {s: e["median_s"] / r["median_s"] for s, e in anchor.items()}
+        if anchor_runs:  # repeat by repeat (the same load, run right after each other)
+            r["speedup_per_repeat"] = {s: [a[0] / t for a, t in zip(anchor_runs[s], r["encode_s"])]
+                                       for s in anchor_runs}
     result = {"load_average_before": load_before, "load_average_after": load_after, "threads": args.threads,
               "repeats": args.repeats, "nncodec": anchor, "nncodec_source": anchor_source, "rows": rows}
     (args.out / "bench_encode_speed.json").write_text(json.dumps(result, indent=2))

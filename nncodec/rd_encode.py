@@ -65,6 +65,8 @@ class RDOptions:
         self.calibration = list(calibration) if calibration is not None else None
         if self.calibration is not None and not self.calibration:
             raise ConfigError("calibration needs at least one batch")
+        #: whether ``rounding`` was given (a defaulted one applying to no tensor is no error)
+        self.rounding_given = rounding is not None
         if rounding is None:
             rounding = "gptq" if self.calibration is not None else "nearest"
         if rounding not in ROUNDINGS:
@@ -140,8 +142,8 @@ class Importances:
 
 
 def _float_values(storage: np.ndarray, dtype: DType) -> np.ndarray:
-    values = bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage
-    return np.asarray(values, dtype=np.float64)
+    """The tensor's values as floats of its own width (bfloat16 as float32): float64 where needed is exact."""
+    return bfloat16_bits_to_float32(storage) if dtype.name == "bfloat16" else storage
 
 
 def _step_of(grid: UniformCodes, ndim: int) -> np.ndarray:
@@ -191,6 +193,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
     dependent: dict[str, tuple[CodedTensor, tuple[float, float]]] = {}
     weighed = 0  # tensors column_steps found importances for (whether or not their steps pay)
+    rounded = gptq_rounded = 0  # tensors quantized on a step grid; of those, with GPTQ factors
     for name, value in tensors.items():
         if isinstance(value, CodedTensor):
             continue
@@ -198,6 +201,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         grid = encoder.grid(name, value)
         if grid is None or grid.binary:
             continue
+        rounded += 1
         x = _float_values(storage, dtype)
         step = _step_of(grid, x.ndim)
         qmin, qmax = _range_of(grid, encoder)
@@ -221,7 +225,9 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
             dependent[name] = dependent_coded(x, step, grid, dtype, axis, rd.rate_lambda,
                                               what=f"tensor {name!r}")
             continue
+        x = np.asarray(x, dtype=np.float64)
         if factor is not None:
+            gptq_rounded += 1
             rate = CodeRate(ecsq_codes(x, step, rd.rate_lambda, qmin=qmin, qmax=qmax)) if rd.rate_lambda else None
             codes = gptq_codes(x, None, step if axis else step.reshape(-1), qmin=qmin, qmax=qmax,
                                lam=rd.rate_lambda, rate=rate, factor=factor)
@@ -232,6 +238,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         else:
             continue
         chosen[name] = _Chosen(codes, step, x, grid, dtype, qmin, qmax, axis)
+    _check_applies(rd, rounded, gptq_rounded)
     if rd.column_steps is not None and not weighed:
         where = ("Linear / Conv1d / Conv2d weights (groups=1) that the calibration reaches"
                  if rd.column_steps == "hessian" else "parameters of rank >= 2 the forward's output depends on")
@@ -252,6 +259,22 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         diff = np.abs(c.codes * c.step - c.x)
         errors[name] = (float(diff.max()) if diff.size else 0.0, float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0)
     return out, errors
+
+
+def _check_applies(rd: RDOptions, rounded: int, gptq_rounded: int) -> None:
+    """:class:`ConfigError` naming the rounding options given that applied to no tensor: ``rounded`` tensors
+    were quantized on a step grid (not lossless, not binary), ``gptq_rounded`` of them with GPTQ factors."""
+    if not rounded:
+        given = ([f"rounding={rd.rounding!r}"] if rd.rounding_given else []) \
+            + ([f"rate_lambda={rd.rate_lambda!r}"] if rd.rate_lambda > 0 else []) \
+            + ([f"refine_steps={rd.refine_steps!r}"] if rd.refine_steps else []) \
+            + ([f"column_steps={rd.column_steps!r}"] if rd.column_steps is not None else [])
+        if given:
+            raise ConfigError(f"{', '.join(given)} applies to no quantized tensor: every tensor is stored lossless (the "
+                              "lossless= patterns, integer, empty or rank-0 tensors) or binary (bits=1)")
+    elif rd.rounding == "gptq" and rd.rounding_given and not gptq_rounded:
+        raise ConfigError("rounding='gptq' applies to no quantized tensor: it needs Linear / Conv1d / Conv2d "
+                          "weights (groups=1) that the calibration reaches; give rounding='nearest' or 'dependent'")
 
 
 def fill_errors(report: Any, errors: Mapping[str, tuple[float, float]]) -> None:

@@ -41,16 +41,16 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     """Pack the low ``bits`` bits of each integer in ``values`` (1-D) into bytes."""
     if not 1 <= bits <= 64:
         raise ConfigError(f"bit width must be 1..64, got {bits}")
-    v = np.ascontiguousarray(values).astype(np.int64, copy=False).view(np.uint64)
-    n = v.size
-    if bits in (8, 16, 32, 64):
-        return v.astype(WORD_DTYPES[bits // 8]).tobytes()
-    if bits < 8:
-        return _pack_small(v, bits)
+    flat = np.ascontiguousarray(values).reshape(-1)
+    n = flat.size
+    if bits in (8, 16, 32, 64) or bits < 8:
+        v = flat.astype(np.int64, copy=False).view(np.uint64)
+        return v.astype(WORD_DTYPES[bits // 8]).tobytes() if bits >= 8 else _pack_small(v, bits)
+    width = 2 if bits <= 16 else 4 if bits <= 32 else 8  # bytes per word holding the low ``bits`` bits
     out = bytearray()
     for start in range(0, n, _CHUNK):
-        chunk = v[start:start + _CHUNK]
-        as_bytes = chunk.astype("<u8").view(np.uint8).reshape(-1, 8)
+        # the low ``width`` bytes of each word (integer casts wrap: two's complement of negative values)
+        as_bytes = flat[start:start + _CHUNK].astype(f"<u{width}").view(np.uint8).reshape(-1, width)
         bitmat = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :bits]
         out += np.packbits(bitmat.reshape(-1), bitorder="little").tobytes()
     # chunks are multiples of 8 words, so each chunk ends on a byte boundary

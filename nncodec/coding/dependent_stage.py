@@ -146,7 +146,10 @@ class Dependent(Stage):
     codec_id = "dependent"
     since_minor = FORMAT_MINOR_DEPENDENT
 
-    def __init__(self, word_size: int, chain: int, states: int = 4):
+    def __init__(self, word_size: int, chain: int, states: int = 4, codes: "np.ndarray | None" = None):
+        """``codes``: the transmitted codes (flat ints) of the levels the first :meth:`encode` will be given,
+        when the search that chose those levels computed them: that encode writes them instead of deriving
+        them again, then drops them (later encodes derive). Not stored in the stream, not part of equality."""
         if word_size not in (1, 2, 4):
             raise ConfigError(f"dependent: word_size must be 1, 2 or 4, got {word_size!r}")
         if states != 4:
@@ -154,6 +157,11 @@ class Dependent(Stage):
         if not isinstance(chain, (int, np.integer)) or not 1 <= chain <= MAX_CHAIN:
             raise ConfigError(f"dependent: chain must be 1..{MAX_CHAIN}, got {chain!r}")
         self.word_size, self.chain, self.states = word_size, int(chain), states
+        self._known: np.ndarray | None = None
+        if codes is not None:
+            flat = np.asarray(codes).reshape(-1)
+            if not flat.size or (-self._code_bound <= int(flat.min()) and int(flat.max()) < self._code_bound):
+                self._known = flat.astype(SIGNED_WORD_DTYPES[word_size])  # else encode derives them and refuses
 
     def params(self) -> bytes:
         return _PARAMS.pack(self.word_size, self.states, self.chain)
@@ -177,6 +185,9 @@ class Dependent(Stage):
     def encode(self, data: memoryview) -> bytes:
         if len(data) % self.word_size:
             raise ConfigError(f"dependent: {len(data)} bytes is not a multiple of {self.word_size}")
+        known, self._known = self._known, None
+        if known is not None and known.nbytes == len(data):
+            return known.tobytes()
         levels = np.frombuffer(data, dtype=SIGNED_WORD_DTYPES[self.word_size])
         codes = codes_of(levels, self.chain)
         if codes.size and (codes.min() < -self._code_bound or codes.max() >= self._code_bound):

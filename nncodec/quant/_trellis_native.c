@@ -51,19 +51,28 @@ static void chain_search(const double *y, Py_ssize_t m, double lam, const double
         double cb[2][2];
         int64_t kb[2][2];
         for (int q1 = 0; q1 < 2; q1++) {
+            /* candidates base - 1 .. base + 2 in that order: base - 1 and base + 1 share a parity, base and
+             * base + 2 the other; in each pair the first wins unless the second costs strictly less (the
+             * first minimum of the candidate loop), then code 0 (rate term only) competes for parity 0 */
             int64_t base = floor_i64(q1 ? (yj + 1) / 2 : yj / 2);
-            int64_t cands[5] = {base - 1, base, base + 1, base + 2, 0};
-            cb[q1][0] = cb[q1][1] = INFINITY;
-            kb[q1][0] = kb[q1][1] = 0;
-            for (int c = 0; c < (use_rate ? 5 : 4); c++) {
-                int64_t k = cands[c];
+            double v[4];
+            for (int c = 0; c < 4; c++) {
+                int64_t k = base - 1 + c;
                 double d = yj - (double)recon(k, q1);
-                double v = d * d;
-                if (use_rate) v = v + lam * rate_bits(k, table, t, lo);
-                int p = (int)(k & 1);
-                if (v < cb[q1][p]) {
-                    cb[q1][p] = v;
-                    kb[q1][p] = k;
+                v[c] = use_rate ? d * d + lam * rate_bits(k, table, t, lo) : d * d;
+            }
+            int pb = (int)(base & 1);              /* parity of base and base + 2 */
+            int second_a = v[2] < v[0], second_b = v[3] < v[1];
+            cb[q1][pb ^ 1] = second_a ? v[2] : v[0];
+            kb[q1][pb ^ 1] = second_a ? base + 1 : base - 1;
+            cb[q1][pb] = second_b ? v[3] : v[1];
+            kb[q1][pb] = second_b ? base + 2 : base;
+            if (use_rate) {
+                double d = yj;                     /* level 0 on either quantizer */
+                double v0 = d * d + lam * rate_bits(0, table, t, lo);
+                if (v0 < cb[q1][0]) {
+                    cb[q1][0] = v0;
+                    kb[q1][0] = 0;
                 }
             }
         }
@@ -71,15 +80,10 @@ static void chain_search(const double *y, Py_ssize_t m, double lam, const double
         for (int ns = 0; ns < 4; ns++) {
             int s1 = PRED[ns][0][0], p1 = PRED[ns][0][1], s2 = PRED[ns][1][0], p2 = PRED[ns][1][1];
             double c1 = cost[s1] + cb[s1 >= 2][p1], c2 = cost[s2] + cb[s2 >= 2][p2];
-            if (c2 < c1) {
-                next[ns] = c2;
-                bk[4 * j + ns] = kb[s2 >= 2][p2];
-                bs[4 * j + ns] = (int8_t)s2;
-            } else {
-                next[ns] = c1;
-                bk[4 * j + ns] = kb[s1 >= 2][p1];
-                bs[4 * j + ns] = (int8_t)s1;
-            }
+            int second = c2 < c1;
+            next[ns] = second ? c2 : c1;
+            bk[4 * j + ns] = second ? kb[s2 >= 2][p2] : kb[s1 >= 2][p1];
+            bs[4 * j + ns] = (int8_t)(second ? s2 : s1);
         }
         for (int s = 0; s < 4; s++) cost[s] = next[s];
     }

@@ -127,7 +127,8 @@ def _search(y_flat: np.ndarray, chain: int, lam: float, rate: CodeRate | None) -
     cost the same on every path), by the compiled search when built (with their levels, threaded over the
     chains), else block by block of chains in numpy (the same codes; levels None)."""
     n = y_flat.size
-    rows = chain_rows(y_flat, chain, np.float64)
+    whole = n and n % chain == 0 and y_flat.dtype == np.float64 and y_flat.flags.c_contiguous
+    rows = y_flat.reshape(-1, chain) if whole else chain_rows(y_flat, chain, np.float64)
     chains = rows.shape[0]
     native = _native()
     if native is not None:
@@ -151,10 +152,16 @@ def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.
     squared steps per bit; 0 = least distortion). ``chain`` defaults to :func:`chain_length`. Values of
     ``|x / delta| >= 2**31`` are a :class:`ConfigError` (no code word holds their levels); ``what`` names
     ``x`` in errors."""
-    x = np.asarray(x, dtype=np.float64)
-    if not np.isfinite(x).all():
-        raise ConfigError("dependent quantization needs finite values (NaN or Inf found)")
-    d = np.broadcast_to(np.asarray(delta, dtype=np.float64), x.shape)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    d = np.asarray(delta, dtype=np.float64)
+    try:
+        fits = np.broadcast_shapes(d.shape, x.shape) == x.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ConfigError(f"steps of shape {d.shape} do not broadcast against values of shape {x.shape}")
     if not (np.isfinite(d).all() and (d > 0).all()):
         raise ConfigError("dependent quantization needs finite steps > 0")
     if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
@@ -162,11 +169,14 @@ def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.
     chain = chain_length(x.shape) if chain is None else chain
     if not 1 <= chain <= MAX_CHAIN:
         raise ConfigError(f"chain must be 1..{MAX_CHAIN}, got {chain}")
-    y = (x / d).reshape(-1)
-    if y.size and float(np.abs(y).max()) >= MAX_SCALED:
+    y = np.divide(x, d, dtype=np.float64).reshape(-1)  # float64 of x over d: exact widening, one pass
+    peak = max(float(y.max()), -float(y.min())) if y.size else 0.0  # NaN when any value is NaN
+    if not peak < MAX_SCALED:
+        if not np.isfinite(x).all():
+            raise ConfigError("dependent quantization needs finite values (NaN or Inf found)")
         i = int(np.argmax(np.abs(y)))
         raise ConfigError(f"dependent quantization of {what}: value {float(x.reshape(-1)[i])!r} at element {i} "
-                          f"is {float(abs(y[i])):.3g} steps of {float(d.reshape(-1)[i])!r}, the code words hold "
+                          f"is {float(abs(y[i])):.3g} steps of {float(np.broadcast_to(d, x.shape).reshape(-1)[i])!r}, the code words hold "
                           f"fewer than 2**31: use a larger step")
     codes, levels = _search(y, chain, 0.0, None)
     if lam > 0:
@@ -190,13 +200,19 @@ def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype
     delta = np.asarray(step, dtype=np.float64) / 2
     delta32 = delta.astype(np.float32)  # the stored scales: search on them so the decoder's values are the searched ones
     found = dependent_levels(x, delta32.astype(np.float64), lam, what=what)
-    peak = int(np.abs(found.levels).max()) if found.levels.size else 0
+    peak = max(int(found.levels.max()), -int(found.levels.min())) if found.levels.size else 0
     bits = max(2, (peak + 1).bit_length() + 1)  # room for the codes (about half the levels) in the same words
     code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)
     desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
                            mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel,
                            axis=axis if grid.per_channel else 0, scales=delta32.reshape(-1))
-    lead = Dependent(code_dtype.itemsize, found.chain)
-    diff = np.abs(found.levels * delta32.astype(np.float64) - x)
-    error = (float(diff.max()), float(np.sqrt(np.mean(diff * diff)))) if diff.size else (0.0, 0.0)
+    lead = Dependent(code_dtype.itemsize, found.chain, codes=found.codes)
+    diff = found.levels * delta32.astype(np.float64)
+    diff -= x
+    np.abs(diff, out=diff)
+    error = (0.0, 0.0)
+    if diff.size:
+        top = float(diff.max())
+        error = (top, float(np.sqrt(np.mean(np.square(diff, out=diff)))))
+    del diff
     return CodedTensor(found.levels.astype(code_dtype.storage), desc, dtype, lead), error

@@ -1,6 +1,6 @@
 """Encode speed of the calibrated MiniLM settings, phase by phase, against Fraunhofer NNCodec in the same run.
 
-    HF_HUB_OFFLINE=1 nice python tests/benchmarks/bench_encode_speed.py --nncodec-venv /tmp/nnc/venv --out DIR
+    HF_HUB_OFFLINE=1 nice python tests/benchmarks/bench_encode_speed.py --nncodec-venv VENV --out DIR
     HF_HUB_OFFLINE=1 nice python tests/benchmarks/bench_encode_speed.py --skip-nncodec     # README's NNCodec figures
 
 The settings are the best-rate rows of ``bench_minilm.py`` (all-MiniLM-L6-v2, 22.7 M parameters): calibrated
@@ -14,7 +14,9 @@ dependent (trellis) search, and the entropy coding and stream writing (:meth:`En
 nncodec's at cosine >= 0.998 (qp -32) and >= 0.994 (qp -32 DQ) in its own venv (see ``bench_minilm.py``),
 also ``--repeats`` times, interleaved with nncodec's runs (each repeat runs NNCodec, then every setting) so
 both see the same load. The machine's load average is printed before and after: the cores may be shared.
-Writes ``bench_encode_speed.json`` into ``--out``.
+Each row also records CPU seconds (all threads of the process, NNCodec's measured the same way inside its
+script) and their ratio, which other jobs on shared cores distort less than wall time. Writes
+``bench_encode_speed.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -99,13 +101,14 @@ class Phases:
                 setattr(owner, name, fn)
 
 
-def time_setting(fid: "minilm.Fidelity", opts: dict) -> tuple[float, dict[str, float], bytes]:
-    """One calibrated encode from scratch: seconds, seconds per phase, the stream."""
+def time_setting(fid: "minilm.Fidelity", opts: dict) -> tuple[float, dict[str, float], bytes, float]:
+    """One calibrated encode from scratch: seconds, seconds per phase, the stream, CPU seconds (all threads)."""
     import nncodec
 
     model = fid.st[0].auto_model
     phases = Phases()
     with phases.active():
+        c0 = time.process_time()
         t0 = time.perf_counter()
         if opts.get("step_scales") == "fisher":  # the factors come from the encode's own Fisher pass
             full = dict(opts)
@@ -120,20 +123,38 @@ def time_setting(fid: "minilm.Fidelity", opts: dict) -> tuple[float, dict[str, f
         else:
             data = nncodec.encode(fid.state, **full)
         total = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     seconds = dict(phases.seconds)
     seconds["other"] = total - sum(seconds.values())
-    return total, seconds, data
+    return total, seconds, data, cpu
 
 
-def time_nncodec(venv: Path, tmp: Path, threads: int) -> dict[str, tuple[float, int]]:
-    """One NNCodec run over NNCODEC_SETTINGS (a subprocess, on ``tmp/weights.npz``): ``{setting: (encode
-    seconds, stream bytes)}``; empty when it failed (its error printed)."""
+def nncodec_script() -> str:
+    """``bench_minilm``'s NNCodec script, also reporting each encode's CPU seconds (``encode_cpu_s``) when its
+    text is as expected (else as it is)."""
+    script = minilm.NNC_SCRIPT
+    edits = [("    t0 = time.perf_counter()\n    bs = nnc.compress",
+              "    c0 = time.process_time()\n    t0 = time.perf_counter()\n    bs = nnc.compress"),
+             ("    enc = time.perf_counter() - t0\n",
+              "    enc = time.perf_counter() - t0\n    enc_cpu = time.process_time() - c0\n"),
+             ('"encode_s": enc,', '"encode_s": enc, "encode_cpu_s": enc_cpu,')]
+    if not all(script.count(old) == 1 for old, _ in edits):
+        return script
+    for old, new in edits:
+        script = script.replace(old, new)
+    return script
+
+
+def time_nncodec(venv: Path, tmp: Path, threads: int, settings: list) -> dict[str, tuple[float, int, float | None]]:
+    """One NNCodec run over ``settings`` (of NNCODEC_SETTINGS; a subprocess, on ``tmp/weights.npz``):
+    ``{setting: (encode seconds, stream bytes, encode CPU seconds or None)}``; empty when it failed (its error
+    printed)."""
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # both packages are called nncodec
     env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run([str(venv / "bin" / "python"), str(tmp / "nnc_run.py"), str(tmp / "weights.npz"),
-                           str(tmp / "nnc"), json.dumps(NNCODEC_SETTINGS)],
+                           str(tmp / "nnc"), json.dumps(settings)],
                           capture_output=True, text=True, cwd=tmp, env=env)
     if proc.returncode:
         print(proc.stderr[-3000:], file=sys.stderr)
@@ -142,7 +163,7 @@ def time_nncodec(venv: Path, tmp: Path, threads: int) -> dict[str, tuple[float, 
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             r = json.loads(line)
-            out[f"qp {r['qp']}{' DQ' if r['dq'] else ''}"] = (r["encode_s"], r["bytes"])
+            out[f"qp {r['qp']}{' DQ' if r['dq'] else ''}"] = (r["encode_s"], r["bytes"], r.get("encode_cpu_s"))
     return out
 
 
@@ -153,6 +174,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="encodes per setting (the median is reported)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     ap.add_argument("--only", type=int, nargs="*", help="indices of SETTINGS to time (default: all)")
+    ap.add_argument("--nncodec-only", type=int, nargs="*",
+                    help="indices of NNCODEC_SETTINGS to run (default: all; 0 is qp -32 alone)")
     ap.add_argument("--out", type=Path, default=Path("bench_encode_speed"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,8 +185,8 @@ def main() -> None:
     fid = minilm.Fidelity()
     n_params = sum(v.numel() for v in fid.state.values())
     chosen = [SETTINGS[i] for i in args.only] if args.only else SETTINGS
-    runs: dict[str, list[tuple[float, dict[str, float], bytes]]] = {label: [] for label, _ in chosen}
-    anchor_runs: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    runs: dict[str, list[tuple[float, dict[str, float], bytes, float]]] = {label: [] for label, _ in chosen}
+    anchor_runs: dict[str, list[tuple[float, int, float | None]]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         if args.nncodec_venv and not args.skip_nncodec:
@@ -171,28 +194,33 @@ def main() -> None:
 
             np.savez(tmp_path / "weights.npz",
                      **{k: v.numpy() for k, v in fid.state.items() if v.is_floating_point()})
-            (tmp_path / "nnc_run.py").write_text(minilm.NNC_SCRIPT)
+            (tmp_path / "nnc_run.py").write_text(nncodec_script())
         for rep in range(args.repeats):  # interleaved, so both codecs see the same load
             if args.nncodec_venv and not args.skip_nncodec:
-                for setting, got in time_nncodec(args.nncodec_venv, tmp_path, args.threads).items():
+                anchors = [NNCODEC_SETTINGS[i] for i in args.nncodec_only] if args.nncodec_only else NNCODEC_SETTINGS
+                for setting, got in time_nncodec(args.nncodec_venv, tmp_path, args.threads, anchors).items():
                     anchor_runs[setting].append(got)
                     print(json.dumps({"repeat": rep, "NNCodec": setting, "encode_s": got[0]}), flush=True)
             for label, opts in chosen:
                 runs[label].append(time_setting(fid, opts))
                 print(json.dumps({"repeat": rep, "setting": label, "encode_s": runs[label][-1][0],
-                                  "phases_s": runs[label][-1][1]}), flush=True)
+                                  "cpu_s": runs[label][-1][3], "phases_s": runs[label][-1][1]}), flush=True)
     rows = []
     for label, _ in chosen:
         got = runs[label]
-        digests = {hashlib.sha256(data).hexdigest()[:16] for _, _, data in got}
-        rows.append({"setting": label, "encode_s": [t for t, _, _ in got],
-                     "median_s": statistics.median(t for t, _, _ in got),
+        digests = {hashlib.sha256(r[2]).hexdigest()[:16] for r in got}
+        rows.append({"setting": label, "encode_s": [r[0] for r in got],
+                     "median_s": statistics.median(r[0] for r in got),
+                     "cpu_s": [r[3] for r in got], "median_cpu_s": statistics.median(r[3] for r in got),
                      "phases_median_s": {k: statistics.median(r[1].get(k, 0.0) for r in got) for k in got[0][1]},
                      "bits_per_param": 8 * len(got[0][2]) / n_params,
                      "streams_identical_across_runs": len(digests) == 1, "sha256_16": sorted(digests)})
     if anchor_runs:
-        anchor = {s: {"encode_s": [t for t, _ in r], "median_s": statistics.median(t for t, _ in r),
+        anchor = {s: {"encode_s": [a[0] for a in r], "median_s": statistics.median(a[0] for a in r),
                       "bits_per_param": 8 * r[0][1] / n_params} for s, r in anchor_runs.items()}
+        for s, r in anchor_runs.items():
+            if all(a[2] is not None for a in r):
+                anchor[s].update(cpu_s=[a[2] for a in r], median_cpu_s=statistics.median(a[2] for a in r))
         anchor_source = "same run, interleaved"
     else:
         anchor = {s: {"median_s": e, "bits_per_param": b} for s, b, _, e, _ in minilm.NNCODEC_FIGURES
@@ -202,6 +230,12 @@ def main() -> None:
     fastest_anchor = min((e["median_s"] for e in anchor.values()), default=None)
     for r in rows:
         r["speedup_vs_nncodec"] = {s: e["median_s"] / r["median_s"] for s, e in anchor.items()}
+        if anchor_runs:  # repeat by repeat (the same load, run right after each other)
+            r["speedup_per_repeat"] = {s: [a[0] / t for a, t in zip(anchor_runs[s], r["encode_s"])]
+                                       for s in anchor_runs}
+        # CPU seconds (all threads) are less at the mercy of other jobs than wall time
+        r["cpu_speedup_vs_nncodec"] = {s: e["median_cpu_s"] / r["median_cpu_s"] for s, e in anchor.items()
+                                       if "median_cpu_s" in e}
     result = {"load_average_before": load_before, "load_average_after": load_after, "threads": args.threads,
               "repeats": args.repeats, "nncodec": anchor, "nncodec_source": anchor_source, "rows": rows}
     (args.out / "bench_encode_speed.json").write_text(json.dumps(result, indent=2))
@@ -209,12 +243,14 @@ def main() -> None:
           f"median of {args.repeats}; NNCodec: {anchor_source}")
     for s, e in anchor.items():
         bits = e.get("bits_per_param", float("nan"))
-        print(f"  NNCodec 2.1.3 {s:10s} {e['median_s']:7.2f} s  ({bits:.3f} bits/param)")
+        cpu = f", CPU {e['median_cpu_s']:.2f} s" if "median_cpu_s" in e else ""
+        print(f"  NNCodec 2.1.3 {s:10s} {e['median_s']:7.2f} s{cpu}  ({bits:.3f} bits/param)")
     print(f"\n{'setting':58s} {'enc s':>7s} {'x vs NNC':>9s}  phases (s)")
     for r in rows:
         ratio = fastest_anchor / r["median_s"] if fastest_anchor else float("nan")
         detail = ", ".join(f"{k} {v:.2f}" for k, v in r["phases_median_s"].items() if v >= 0.005)
-        print(f"{r['setting']:58s} {r['median_s']:7.2f} {ratio:9.2f}  {detail}")
+        print(f"{r['setting']:58s} {r['median_s']:7.2f} {ratio:9.2f}  {detail}; CPU {r['median_cpu_s']:.2f} s "
+              f"({', '.join(f'{v:.2f}x {s}' for s, v in r['cpu_speedup_vs_nncodec'].items()) or 'NNCodec CPU not known'})")
 
 
 if __name__ == "__main__":

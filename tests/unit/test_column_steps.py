@@ -218,3 +218,18 @@ def test_dead_input_channels_get_the_coarsest_steps_with_gptq() -> None:
     assert header.quant.per_channel and header.quant.axis == 1
     steps = header.quant.scale_values()
     assert steps[60:].min() >= steps[:60].max() * (1 - 1e-6), steps
+
+
+@pytest.mark.parametrize("used_rows", [5, 700, 1200, 2048])
+@pytest.mark.parametrize("first_column_zero", [False, True])
+def test_column_square_sums_of_tall_gradients_with_unused_rows(used_rows: int, first_column_zero: bool) -> None:
+    from nncodec.quant.column_steps import _column_square_sums
+
+    gen = torch.Generator().manual_seed(used_rows)
+    g = torch.zeros(2048, 24)
+    rows = torch.randperm(2048, generator=gen)[:used_rows]
+    g[rows] = torch.randn(used_rows, 24, generator=gen)
+    if first_column_zero:  # the quick look at the first elements finds nothing: the rows are scanned in full
+        g[:, 0] = 0
+    want = (g.double() ** 2).sum(dim=0)
+    torch.testing.assert_close(_column_square_sums(g), want, rtol=1e-12, atol=0)

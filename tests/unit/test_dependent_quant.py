@@ -37,6 +37,36 @@ def test_stage_decodes_as_the_spec_and_inverts_on_encode(chain):
     assert np.array_equal(out.view(np.int8), levels)
 
 
+def test_codes_known_from_the_search_are_written_once_and_equal_the_derived_ones(monkeypatch):
+    x = np.random.default_rng(5).laplace(size=(6, 50))
+    found = dependent_levels(x, 0.2)
+    levels = memoryview(found.levels.astype(np.int16).tobytes())
+    derived = Dependent(2, found.chain).encode(levels)
+    stage = Dependent(2, found.chain, codes=found.codes)
+    assert stage == Dependent(2, found.chain)  # the codes are no part of the stage's identity
+    import nncodec.coding.dependent_stage as ds
+
+    calls = []
+    monkeypatch.setattr(ds, "codes_of", lambda *a: calls.append(a) or codes_of(*a))
+    assert stage.encode(levels) == derived and not calls  # written, not derived
+    assert stage.encode(levels) == derived and len(calls) == 1  # used once: a second encode derives
+    wide = Dependent(1, found.chain, codes=np.array([200, 0]))  # beyond 1-byte codes: not used, derived
+    assert wide.encode(memoryview(bytes(2))) == bytes(2)
+
+
+@pytest.mark.parametrize("x, delta, match", [
+    (np.array([[0.5, np.nan]]), 0.1, "finite values"),
+    (np.array([[0.5, -np.inf]], np.float32), 0.1, "finite values"),
+    (np.array([[0.5, 1e12]]), 1e-3, "fewer than 2\\*\\*31"),
+    (np.zeros((3, 4)), np.ones(5), "do not broadcast"),
+    (np.zeros((3, 4)), np.ones((2, 3, 4)), "do not broadcast"),  # would widen the values
+    (np.zeros((3, 4)), np.array([0.1, 0.0, 0.1, 0.1]), "finite steps > 0"),
+])
+def test_values_and_steps_the_search_cannot_take_are_config_errors(x, delta, match):
+    with pytest.raises(ConfigError, match=match):
+        dependent_levels(x, delta)
+
+
 def test_a_level_off_its_state_quantizer_is_a_config_error():
     with pytest.raises(ConfigError, match="not on the quantizer of state 0"):
         codes_of(np.array([1]), 4)  # state 0 is Q0: even levels only

@@ -200,3 +200,39 @@ def test_lossless_patterns_from_a_generator_are_all_kept():
     arrays = {"w": np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8), "v": np.ones(4, np.float32)}
     data = nncodec.encode_arrays(arrays, bits=4, lossless=(p for p in ["w"]))
     assert np.array_equal(nncodec.decode_arrays(data)["w"], arrays["w"])
+
+
+def _pipeline_encodes(monkeypatch):
+    """Record (stage ids, input bytes) of every Pipeline.encode."""
+    from nncodec.coding.pipeline import HandedWords, Pipeline
+
+    calls, encode = [], Pipeline.encode
+
+    def counted(self, words):
+        n = words.array.size if isinstance(words, HandedWords) else memoryview(words).nbytes
+        calls.append((tuple(s.codec_id for s in self.stages), n))
+        return encode(self, words)
+
+    monkeypatch.setattr(Pipeline, "encode", counted)
+    return calls
+
+
+@pytest.mark.parametrize("n", [300_000, 3_000_000])  # tried whole, and on a sample
+def test_screening_on_a_quarter_drops_clearly_larger_candidates_and_keeps_the_choice(monkeypatch, n):
+    import nncodec.encoder as enc
+
+    rng = np.random.default_rng(1)
+    codes = np.clip(np.round(rng.laplace(size=n) * 40), -2000, 2000).astype(np.int16).view(np.uint8)
+    monkeypatch.setattr(enc, "_SCREEN_MARGIN", float("inf"))  # no candidate dropped: every one tried in full
+    calls = _pipeline_encodes(monkeypatch)
+    unscreened = choose_pipeline(codes.copy(), 2, 12, True)
+    full = {c for c, size in calls if size == min(codes.size, enc._SAMPLE_SLICES * enc._SAMPLE_SLICE_BYTES)}
+    assert {("zstd",), ("shuffle", "zstd"), ("rans",)} <= full
+    monkeypatch.setattr(enc, "_SCREEN_MARGIN", 1.05)
+    calls.clear()
+    assert choose_pipeline(codes.copy(), 2, 12, True) == unscreened  # the same pipeline and payload
+    sample = min(codes.size, enc._SAMPLE_SLICES * enc._SAMPLE_SLICE_BYTES)
+    assert {c for c, size in calls if size == sample} == {("rans",)}  # zstd's were 20-40 % larger on the quarter
+    assert any(sample // 5 < size <= sample // 4 for _, size in calls)  # screened on a quarter
+    if codes.size <= enc._SAMPLE_THRESHOLD:  # tried whole: the chosen trial is the payload, not coded again
+        assert [c for c, size in calls if c == ("rans",)] == [("rans",)] * 2

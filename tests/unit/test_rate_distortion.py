@@ -264,3 +264,32 @@ def test_encode_skips_the_reports_fidelity_and_gives_the_same_stream() -> None:
     assert reported == data
     assert report.fidelity is not None and 0 < report.fidelity <= 1
     assert len(calls) - plain_calls == plain_calls + 2 * len(batches)  # the report's: float and decoded outputs
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"rounding": "dependent"}, "rounding='dependent'"),
+    ({"rounding": "nearest", "rate_lambda": 0.1}, "rounding='nearest', rate_lambda=0.1"),
+    ({"rounding": "gptq"}, "rounding='gptq'"),
+    ({"refine_steps": 2}, "refine_steps=2"),
+])
+def test_rounding_options_on_a_model_stored_all_lossless_are_errors(options: dict, named: str) -> None:
+    model, batches = _small_model()
+    with pytest.raises(ConfigError, match=f"{named} applies to no quantized tensor: every tensor is stored lossless"):
+        nncodec.encode(model, rel_step=0.1, lossless=["*"], calibration=batches, **options)
+    assert nncodec.encode(model, rel_step=0.1, lossless=["*"], calibration=batches)  # defaulted: no error
+
+
+def test_gptq_given_for_a_model_without_layers_it_reaches_is_an_error() -> None:
+    class Table(torch.nn.Module):  # an embedding only: no Linear / Conv for GPTQ's Hessians
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 16)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.emb(ids).mean(1)
+
+    model, batches = Table(), [torch.randint(0, 50, (8, 6), generator=torch.Generator().manual_seed(1))]
+    with pytest.raises(ConfigError, match="rounding='gptq' applies to no quantized tensor"):
+        nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="gptq")
+    assert nncodec.encode(model, rel_step=0.1, calibration=batches)  # the default rounding: no error
+    assert nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="dependent")

@@ -48,6 +48,14 @@ def test_pack_unpack_exact(bits, signed):
     np.testing.assert_array_equal(out, v)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.uint32])
+@pytest.mark.parametrize("bits", [9, 12, 15])
+def test_pack_of_narrow_words_equals_pack_of_their_int64_values(dtype, bits):
+    info = np.iinfo(dtype)
+    v = np.random.default_rng(bits).integers(info.min, info.max, 1003, dtype=dtype, endpoint=True)
+    assert pack_bits(v, bits) == pack_bits(v.astype(np.int64), bits)  # the low bits, two's complement
+
+
 def test_pack_bit_order_is_lsb_first():
     # values 1, 0, 3 at 2 bits: stream bits 1,0 | 0,0 | 1,1 -> byte 0b00110001
     assert pack_bits(np.array([1, 0, 3]), 2) == bytes([0b00110001])

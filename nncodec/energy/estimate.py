@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.layers import QActivation, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
+from ..quant.layers import QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
 from ..quant.plan import Plan
 from .costs import OpCosts
 from .operators import Multiplier, QType, make_multiplier, qtype
 from .graph import GraphOp, capture_graph, zero_fractions
 
-__all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "INCLUDED_TERMS"]
+__all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "INCLUDED_TERMS", "REQUANT_SCALE"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ INCLUDED_TERMS = {"conv": _IPO, "dense": _IPO, "flatten": _IPO, "pool": _IPO, "a
                   "embedding": _IPO, "add": _IPO, "mul": _IPO, "elementwise": _IPO,
                   "concat": ("inputs", "outputs")}
 MODES = ("qtools", "corrected")
+#: the per-channel multiplier of an input requantization (``QLinear`` input steps): 16-bit fixed point
+REQUANT_SCALE = QType("fixed", 16, True, "int16")
+_SAME = QType("fixed", 0, True, "same")  # marker: requantized to the input's own type
 _MEMORIES = ("sram", "dram", "fixed")
 
 
@@ -187,6 +190,19 @@ class _Resolver:
             return qtype(module.output_quantizer)
         lp = self.plan.resolve(name)
         return qtype(lp.activation) if lp is not None and lp.activation else None
+
+    def requantized_input(self, name: str, module: nn.Module) -> QType | None:
+        """The type a Linear layer requantizes its input to with per-channel steps (:class:`QLinear`
+        ``input_quantizer``, or the plan's ``input``), None when it reads its input as produced. A layer
+        that keeps only the division by its steps (no input quantizer) requantizes to its input's type."""
+        if self.ref:
+            return None
+        if isinstance(module, QLinear) and "input_scale" in module._buffers:
+            return qtype(module.input_quantizer) if module.input_quantizer is not None else _SAME
+        if isinstance(module, _QuantParams):
+            return None
+        lp = self.plan.resolve(name)
+        return qtype(lp.input) if lp is not None and lp.input else None
 
     def batchnorm(self, module: nn.Module | None = None) -> QType:
         """Type of a norm's parameters (and of constant operands): a folded batch norm's scale quantizer, else int8."""
@@ -333,6 +349,13 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                 params = sum(mem(w.numel() * w_t.bits * density, weights_memory) for w in weights)
                 params += sum(mem(b.numel() * b_t.bits, weights_memory) for b in biases)
             w_label = w_t.label
+            requant = resolver.requantized_input(op.module, module) if kind == "dense" else None
+            if requant is not None:  # per-channel requantization: one multiply per element, stored at its bits
+                requant = in_t if requant is _SAME else requant
+                n_in = math.prod(op.input_shapes[0]) if op.input_shapes else 0
+                cost += n_in * make_multiplier(REQUANT_SCALE, in_t).cost(costs)
+                inputs += 2 * mem(n_in * requant.bits, activations_memory)  # written, then read by the MACs
+                in_t = requant
             if kind == "embedding":
                 this_out = out_override or (resolver.ref[1] if resolver.ref else w_t)
             else:
@@ -357,7 +380,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                                          24 * c_out * _fixed_or_float_add(costs, acc_t))
                 zero = zeros.get(op.args.get("input_node", ""), 0.0)
                 skip = zero if activation_sparsity is not None and zero >= activation_sparsity else 0.0
-                cost = ops_n * density * (1 - skip) * (c1 + c2) + transform
+                cost += ops_n * density * (1 - skip) * (c1 + c2) + transform
                 if op.elementwise:
                     cost += _elementwise_cost(op.elementwise, acc_t, costs)
                 this_out = out_override or acc_t

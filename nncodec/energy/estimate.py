@@ -250,7 +250,7 @@ def _accumulator(mult: "Multiplier", fan_in: int, has_bias: bool, override: QTyp
 def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | str | None" = None, *,
                     reference: tuple[str, str] | None = None, mode: str = "qtools", weights_memory: str = "sram",
                     activations_memory: str = "sram", min_sram_size: float = 0, io_traffic: bool = False,
-                    source_quantizer: str = "int8", sparsity_aware: bool = False,
+                    source_quantizer: str = "int8", sparsity_aware: "bool | str" = False,
                     op_costs: "OpCosts | dict | str | Path | None" = None,
                     measure: Callable[[nn.Module, Any], float] | None = None, memory: bool = False,
                     accumulation_batches: int = 1, conv_algorithm: str = "direct",
@@ -265,7 +265,9 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     for plain layers (the model's own fake-quant modules win); ``reference`` as ``("int8", "int16")``
     costs the reference model instead. Memories: ``"sram"``, ``"dram"`` or ``"fixed"`` (free);
     ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs through DRAM.
-    ``sparsity_aware`` skips the MACs and weight reads of zero weights. ``op_costs`` replaces the
+    ``sparsity_aware`` skips the MACs and weight reads of zero weights: ``True`` the weights that are zero
+    before quantizing (pruned), ``"codes"`` the weights whose quantized value is zero (pruned, or rounded to
+    the zero code: what the decoded model holds; a plan-only estimate of plain layers counts the float zeros). ``op_costs`` replaces the
     Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model, example_inputs)`` is
     called once and its value reported as ``measured_pj`` (a cost from real hardware). ``memory`` adds a
     :class:`~nncodec.energy.memory.MemoryReport` as ``report.memory`` (peak activation memory in the graph's
@@ -282,6 +284,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     ``example_inputs``, reused across estimates (a plan changes quantizer types, never the graph; the export
     is most of an estimate's time). Not with ``activation_sparsity``, which measures on a fresh export.
     """
+    if sparsity_aware not in (False, True, "codes"):
+        raise ConfigError(f"sparsity_aware must be False, True or 'codes', got {sparsity_aware!r}")
     if conv_algorithm not in ("direct", "winograd"):
         raise ConfigError(f"conv_algorithm must be 'direct' or 'winograd', got {conv_algorithm!r}")
     if activation_sparsity is not None and not (isinstance(activation_sparsity, (int, float))
@@ -342,6 +346,9 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             biases = [v for r, v in op.params.items() if "bias" in r]
             if isinstance(module, _QuantWeights) and kind in ("conv", "dense"):
                 weights = [module.masked_weight()]
+                if sparsity_aware == "codes" and module.kernel_quantizer is not None:
+                    with torch.no_grad():
+                        weights = [module.kernel_quantizer(weights[0]) * (weights[0] != 0)]
             density = _density(weights[0]) if (sparsity_aware and weights and kind != "embedding") else 1.0
             if kind == "embedding":
                 params = mem(ops_n * w_t.bits, weights_memory)

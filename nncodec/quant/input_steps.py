@@ -28,7 +28,7 @@ from ..checks import is_int, is_number
 from ..errors import ConfigError
 from .layers import QLinear
 
-__all__ = ["fit_input_steps", "input_requantized", "CLIP_FRACTIONS", "FIT_ALPHAS"]
+__all__ = ["fit_input_steps", "check_foldable", "input_requantized", "CLIP_FRACTIONS", "FIT_ALPHAS"]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def input_requantized(model: nn.Module) -> dict[str, QLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QLinear) and m.input_quantizer is not None}
 
 
-def _check_kernel(name: str, layer: QLinear) -> None:
-    q = layer.kernel_quantizer
+def check_foldable(name: str, q: Any) -> None:
+    """ConfigError unless kernel quantizer ``q`` of layer ``name`` can take folded input steps: None, float, or
+    steps per output channel (``alpha='auto'`` / ``'auto_po2'``)."""
     if q is None or q.kind == "float" or getattr(q, "alpha", None) in ("auto", "auto_po2"):
         return
     raise ConfigError(f"per-channel input steps of {name!r} fold into its weight's columns, which its kernel quantizer "
@@ -115,7 +116,7 @@ def fit_input_steps(model: nn.Module, batches: Iterable[Any], forward: Callable[
     if not layers:
         raise ConfigError("input steps: no Linear layer of the model has an input quantizer (plan key 'input')")
     for name, layer in layers.items():
-        _check_kernel(name, layer)
+        check_foldable(name, layer.kernel_quantizer)
     forward = forward or _default_forward
     for layer in layers.values():  # unfold: the weight as the float model has it, scale 1
         layer.weight.div_(layer.input_scale.to(layer.weight.dtype))

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quant.layers import QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
+from ..quant.base import get_quantizer
 from ..quant.plan import Plan
 from .costs import OpCosts
 from .operators import Multiplier, QType, make_multiplier, qtype
@@ -160,6 +161,8 @@ class _Resolver:
     def __init__(self, plan: Plan, reference: tuple[str, str] | None):
         self.plan = plan
         self.ref = (qtype(reference[0]), qtype(reference[1])) if reference else None
+        #: the reference's weight quantizer (its zero codes, for ``sparsity_aware="codes"``)
+        self.ref_quantizer = get_quantizer(reference[0]) if reference else None
 
     def weights(self, name: str, module: nn.Module) -> tuple[QType, QType, QType | None, QType | None]:
         """(kernel, bias, accumulator override, output override)."""
@@ -267,7 +270,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs through DRAM.
     ``sparsity_aware`` skips the MACs and weight reads of zero weights: ``True`` the weights that are zero
     before quantizing (pruned), ``"codes"`` the weights whose quantized value is zero (pruned, or rounded to
-    the zero code: what the decoded model holds; a plan-only estimate of plain layers counts the float zeros). ``op_costs`` replaces the
+    the zero code: what the decoded model holds; a plan-only estimate of plain layers counts the float zeros;
+    with ``reference``, the zero codes of the weights at the reference's weight type). ``op_costs`` replaces the
     Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model, example_inputs)`` is
     called once and its value reported as ``measured_pj`` (a cost from real hardware). ``memory`` adds a
     :class:`~nncodec.energy.memory.MemoryReport` as ``report.memory`` (peak activation memory in the graph's
@@ -349,6 +353,9 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                 if sparsity_aware == "codes" and module.kernel_quantizer is not None:
                     with torch.no_grad():
                         weights = [module.kernel_quantizer(weights[0]) * (weights[0] != 0)]
+            if sparsity_aware == "codes" and resolver.ref and weights and kind != "embedding":
+                with torch.no_grad():  # the reference's zero codes: its weights at the reference type
+                    weights = [resolver.ref_quantizer(weights[0])]
             density = _density(weights[0]) if (sparsity_aware and weights and kind != "embedding") else 1.0
             if kind == "embedding":
                 params = mem(ops_n * w_t.bits, weights_memory)

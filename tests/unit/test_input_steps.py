@@ -202,3 +202,23 @@ def test_search_space_offers_input_steps_per_group():
     q = quantize_model(ref, plan)
     assert isinstance(q.blocks[1].ffn_in, QLinear) and set(input_requantized(q)) == {"blocks.0.ffn_in",
                                                                                       "blocks.1.ffn_in"}
+
+
+def test_sparsity_aware_codes_skips_zero_codes_of_candidate_and_reference():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    x = torch.randn(1, 64)
+    q = quantize_model(model, {"layers": {"0": {"kernel": "quantized_bits(3,0,1,alpha='auto')"}}}).eval()
+    zero = float((q[0].quantized_weight() == 0).float().mean())
+    assert 0.1 < zero < 0.9
+    rows = {mode: next(r for r in estimate_energy(q, x, sparsity_aware=mode).layers if r.kind == "dense")
+            for mode in (False, True, "codes")}
+    assert rows[True].weight_density == 1.0 and rows["codes"].weight_density == pytest.approx(1 - zero)
+    assert rows["codes"].op_cost == pytest.approx(rows[False].op_cost * (1 - zero), rel=1e-3)
+    with torch.no_grad():
+        model[0].weight.mul_(0.01)  # small weights: many round to zero at int8
+    ref = next(r for r in estimate_energy(model, x, reference=("int8", "int16"), sparsity_aware="codes").layers
+               if r.kind == "dense")
+    assert ref.weight_density == pytest.approx(float((model[0].weight.abs() > 2 ** -8).float().mean()), abs=0.01)
+    with pytest.raises(ConfigError, match="sparsity_aware"):
+        estimate_energy(q, x, sparsity_aware="yes")

@@ -222,3 +222,26 @@ def test_sparsity_aware_codes_skips_zero_codes_of_candidate_and_reference():
     assert ref.weight_density == pytest.approx(float((model[0].weight.abs() > 2 ** -8).float().mean()), abs=0.01)
     with pytest.raises(ConfigError, match="sparsity_aware"):
         estimate_energy(q, x, sparsity_aware="yes")
+
+
+def test_search_returns_a_decoded_candidate_with_input_steps(tmp_path):
+    from nncodec.search import FidelityTask, SearchConfig, run_search
+
+    ref = _model()
+    tokens = torch.randint(0, 50, (160, 8), generator=torch.Generator().manual_seed(2))
+    task = FidelityTask(ref, (tokens[:128],), (tokens[128:],), batch_size=32, proxy_fraction=0.25)
+    space = SearchSpace.from_model(ref, (tokens[:1],), (tokens[:32],), kernels=(KERNEL,), widths=(1.0,),
+                                   share={"*.ffn_in": "ffn_in", "*.attention.*": "qkv"},
+                                   bits={"kernel": {"dense": (8,), "embedding": (8,)},
+                                         "activation": {"dense": (8,), "norm": (16,), "activation": (8,)},
+                                         "input": {"ffn_in": (8,), "qkv": (8,)}})
+    cfg = SearchConfig(n_trials=1, proxy_epochs=1, final_epochs=1, out_dir=str(tmp_path), progress=False,
+                       energy_settings={"sparsity_aware": "codes"})
+    result = run_search(ref, space, task, cfg)
+    assert set(input_requantized(result.model)) == {"blocks.0.ffn_in", "blocks.1.ffn_in",
+                                                    "blocks.1.attention.query", "blocks.1.attention.key",
+                                                    "blocks.1.attention.value", "blocks.0.attention.query",
+                                                    "blocks.0.attention.key", "blocks.0.attention.value"}
+    assert not torch.all(result.model.blocks[1].ffn_in.input_scale == 1)  # fitted on the calibration inputs
+    assert result.decoded_accuracy == pytest.approx(result.accuracy, abs=1e-6)
+    assert result.energy_report.settings["sparsity_aware"] == "codes"

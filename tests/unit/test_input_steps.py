@@ -245,3 +245,12 @@ def test_search_returns_a_decoded_candidate_with_input_steps(tmp_path):
     assert not torch.all(result.model.blocks[1].ffn_in.input_scale == 1)  # fitted on the calibration inputs
     assert result.decoded_accuracy == pytest.approx(result.accuracy, abs=1e-6)
     assert result.energy_report.settings["sparsity_aware"] == "codes"
+
+
+def test_topology_unit_refuses_a_layer_with_input_steps(tmp_path):
+    from nncodec.topology import TopologyError
+
+    q = quantize_model(nn.Sequential(nn.Linear(4, 4)), {"layers": {"0": {"kernel": KERNEL,
+                                                                          "input": "quantized_bits(8,0,1)"}}})
+    with pytest.raises(TopologyError, match="per-channel steps"):
+        encode_with_report(q, tmp_path / "m.nnc", topology=True)

@@ -37,7 +37,7 @@ from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm
 from ..quant.plan import LayerPlan, Plan
 
 __all__ = ["SearchSpace", "LayerSpace", "DEFAULT_KERNELS", "DEFAULT_ACTIVATIONS", "DEFAULT_SIGNED_ACTIVATIONS",
-           "DEFAULT_BIASES", "DEFAULT_NORMS", "WIDTHS", "layer_kind"]
+           "DEFAULT_BIASES", "DEFAULT_NORMS", "WIDTHS", "INPUT_TEMPLATES", "layer_kind"]
 
 WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_KERNELS = ("binary(alpha='auto_po2')", "ternary(alpha='auto_po2')", "quantized_po2_zero(4,1)",
@@ -143,9 +143,13 @@ class SearchSpace:
         at the chosen bits (unquantized, the energy model prices them at int32).
         ``norms``: templates of the folded scale / shift quantizers of batch norms (``()``: batch norms stay
         float32 in the bitstream).
-        ``bits``: ``{role: {key: bit widths}}``, role ``kernel`` / ``activation`` / ``bias``, key a layer kind
-        (``DEFAULT_BITS``) or a ``share`` group name (wins over the kind: e.g. 16-bit outputs for the
-        projections that feed a transformer's residual sums, where fewer bits save little energy).
+        ``bits``: ``{role: {key: bit widths}}``, role ``kernel`` / ``activation`` / ``bias`` / ``input``, key a
+        layer kind (``DEFAULT_BITS``) or a ``share`` group name (wins over the kind: e.g. 16-bit outputs for the
+        projections that feed a transformer's residual sums, where fewer bits save little energy). ``input``
+        (none by default): the bits a group of Linear layers requantizes its input to with per-input-channel
+        steps folded into its weights (:mod:`~nncodec.quant.input_steps`, template :data:`INPUT_TEMPLATES`;
+        the steps are fitted when a candidate is built); their kernel templates must have per-output-channel
+        steps (else ConfigError), and a key naming no Linear group is a ConfigError.
         ``activation_range``: how ``{i}`` of activation templates is fitted on ``sample``: ``"percentile"``
         (the power of two covering the 99.99th percentile of |value|), ``"max"`` (covering the largest
         value: nothing clips) or ``"mse"`` (per template and bit width, the ``{i}`` whose quantizer has the

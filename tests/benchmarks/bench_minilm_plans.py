@@ -1,7 +1,7 @@
 """Where all-MiniLM-L6-v2 loses fidelity: fixed quantization plans, no search and no training (not CI).
 
     HF_HUB_OFFLINE=1 nice python -m tests.benchmarks.bench_minilm_plans [--distil-epochs N] [--initial-kernels gptq]
-        [--lr LR --lr-decay D] [--only 6,14,...] [--out PATH]
+        [--lr LR --lr-decay D] [--only 6,14,...] [--prune F] [--out PATH]
 
 For each plan: the mean embedding cosine on the 160 evaluation sentences of the model zoo (``bench_zoo``;
 disjoint from its calibration sentences) right after quantization, and the energy against the int8 / int16
@@ -14,7 +14,11 @@ then distils the W4 / A8 plan for N epochs on the 1,000 calibration sentences an
 each (``--lr`` / ``--lr-decay``: its rate, 1e-4 decaying by 0.8 per epoch unless given).
 ``--initial-kernels gptq`` starts every plan's kernels from their data-aware (GPTQ) rounding on the
 Hessians of the quantized model's layer inputs with float kernels (256 calibration sentences; the search's
-``SearchConfig(initial_kernels='gptq')``). Writes results/minilm_plans.json (``minilm_plans_gptq.json``
+``SearchConfig(initial_kernels='gptq')``). The last five rows give the Linear layers that read the norm (and GELU) outputs per-input-channel input
+steps (plan key ``input``, fitted on the 256 calibration sentences, folded into the kernels), the norm / GELU
+outputs staying 16 bits. Each row also prints the energy with zero weights skipped (``sparsity_aware="codes"``:
+zero codes of the candidate's kernels, the reference's int8 zero codes likewise). ``--prune F`` prunes F of the
+Linear weights (global magnitude) after quantizing. Writes results/minilm_plans.json (``minilm_plans_gptq.json``
 with GPTQ kernels; ``--out``: elsewhere).
 """
 

@@ -91,6 +91,9 @@ def _describe(m: nn.Module, where: str) -> dict[str, Any]:
     if kind is nn.Sequential:
         return {"type": "Sequential", "children": [[n, _describe(c, f"{where}.{n}" if where else n)]
                                                    for n, c in m.named_children()]}
+    if "input_scale" in getattr(m, "_buffers", {}):
+        raise TopologyError(f"module {where!r} requantizes its input with per-channel steps, which the topology "
+                            "unit cannot describe; decode with nncodec.load_into(your_model, src) instead")
     for name, (cls, base) in _QUANT.items():
         if kind is cls:
             return {"type": name, "args": SUPPORTED[base][1](m), "quant": _quant_args(m)}

@@ -31,13 +31,14 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.layers import QActivation, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
+from ..quant.layers import QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
+from ..quant.base import get_quantizer
 from ..quant.plan import Plan
 from .costs import OpCosts
 from .operators import Multiplier, QType, make_multiplier, qtype
 from .graph import GraphOp, capture_graph, zero_fractions
 
-__all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "INCLUDED_TERMS"]
+__all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "INCLUDED_TERMS", "REQUANT_SCALE"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ INCLUDED_TERMS = {"conv": _IPO, "dense": _IPO, "flatten": _IPO, "pool": _IPO, "a
                   "embedding": _IPO, "add": _IPO, "mul": _IPO, "elementwise": _IPO,
                   "concat": ("inputs", "outputs")}
 MODES = ("qtools", "corrected")
+#: the per-channel multiplier of an input requantization (``QLinear`` input steps): 16-bit fixed point
+REQUANT_SCALE = QType("fixed", 16, True, "int16")
+_SAME = QType("fixed", 0, True, "same")  # marker: requantized to the input's own type
 _MEMORIES = ("sram", "dram", "fixed")
 
 
@@ -157,6 +161,8 @@ class _Resolver:
     def __init__(self, plan: Plan, reference: tuple[str, str] | None):
         self.plan = plan
         self.ref = (qtype(reference[0]), qtype(reference[1])) if reference else None
+        #: the reference's weight quantizer (its zero codes, for ``sparsity_aware="codes"``)
+        self.ref_quantizer = get_quantizer(reference[0]) if reference else None
 
     def weights(self, name: str, module: nn.Module) -> tuple[QType, QType, QType | None, QType | None]:
         """(kernel, bias, accumulator override, output override)."""
@@ -187,6 +193,19 @@ class _Resolver:
             return qtype(module.output_quantizer)
         lp = self.plan.resolve(name)
         return qtype(lp.activation) if lp is not None and lp.activation else None
+
+    def requantized_input(self, name: str, module: nn.Module) -> QType | None:
+        """The type a Linear layer requantizes its input to with per-channel steps (:class:`QLinear`
+        ``input_quantizer``, or the plan's ``input``), None when it reads its input as produced. A layer
+        that keeps only the division by its steps (no input quantizer) requantizes to its input's type."""
+        if self.ref:
+            return None
+        if isinstance(module, QLinear) and "input_scale" in module._buffers:
+            return qtype(module.input_quantizer) if module.input_quantizer is not None else _SAME
+        if isinstance(module, _QuantParams):
+            return None
+        lp = self.plan.resolve(name)
+        return qtype(lp.input) if lp is not None and lp.input else None
 
     def batchnorm(self, module: nn.Module | None = None) -> QType:
         """Type of a norm's parameters (and of constant operands): a folded batch norm's scale quantizer, else int8."""
@@ -234,7 +253,7 @@ def _accumulator(mult: "Multiplier", fan_in: int, has_bias: bool, override: QTyp
 def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | str | None" = None, *,
                     reference: tuple[str, str] | None = None, mode: str = "qtools", weights_memory: str = "sram",
                     activations_memory: str = "sram", min_sram_size: float = 0, io_traffic: bool = False,
-                    source_quantizer: str = "int8", sparsity_aware: bool = False,
+                    source_quantizer: str = "int8", sparsity_aware: "bool | str" = False,
                     op_costs: "OpCosts | dict | str | Path | None" = None,
                     measure: Callable[[nn.Module, Any], float] | None = None, memory: bool = False,
                     accumulation_batches: int = 1, conv_algorithm: str = "direct",
@@ -249,7 +268,10 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     for plain layers (the model's own fake-quant modules win); ``reference`` as ``("int8", "int16")``
     costs the reference model instead. Memories: ``"sram"``, ``"dram"`` or ``"fixed"`` (free);
     ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs through DRAM.
-    ``sparsity_aware`` skips the MACs and weight reads of zero weights. ``op_costs`` replaces the
+    ``sparsity_aware`` skips the MACs and weight reads of zero weights: ``True`` the weights that are zero
+    before quantizing (pruned), ``"codes"`` the weights whose quantized value is zero (pruned, or rounded to
+    the zero code: what the decoded model holds; a plan-only estimate of plain layers counts the float zeros;
+    with ``reference``, the zero codes of the weights at the reference's weight type). ``op_costs`` replaces the
     Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model, example_inputs)`` is
     called once and its value reported as ``measured_pj`` (a cost from real hardware). ``memory`` adds a
     :class:`~nncodec.energy.memory.MemoryReport` as ``report.memory`` (peak activation memory in the graph's
@@ -266,6 +288,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     ``example_inputs``, reused across estimates (a plan changes quantizer types, never the graph; the export
     is most of an estimate's time). Not with ``activation_sparsity``, which measures on a fresh export.
     """
+    if sparsity_aware not in (False, True, "codes"):
+        raise ConfigError(f"sparsity_aware must be False, True or 'codes', got {sparsity_aware!r}")
     if conv_algorithm not in ("direct", "winograd"):
         raise ConfigError(f"conv_algorithm must be 'direct' or 'winograd', got {conv_algorithm!r}")
     if activation_sparsity is not None and not (isinstance(activation_sparsity, (int, float))
@@ -326,6 +350,12 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             biases = [v for r, v in op.params.items() if "bias" in r]
             if isinstance(module, _QuantWeights) and kind in ("conv", "dense"):
                 weights = [module.masked_weight()]
+                if sparsity_aware == "codes" and module.kernel_quantizer is not None:
+                    with torch.no_grad():
+                        weights = [module.kernel_quantizer(weights[0]) * (weights[0] != 0)]
+            if sparsity_aware == "codes" and resolver.ref and weights and kind != "embedding":
+                with torch.no_grad():  # the reference's zero codes: its weights at the reference type
+                    weights = [resolver.ref_quantizer(weights[0])]
             density = _density(weights[0]) if (sparsity_aware and weights and kind != "embedding") else 1.0
             if kind == "embedding":
                 params = mem(ops_n * w_t.bits, weights_memory)
@@ -333,6 +363,13 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                 params = sum(mem(w.numel() * w_t.bits * density, weights_memory) for w in weights)
                 params += sum(mem(b.numel() * b_t.bits, weights_memory) for b in biases)
             w_label = w_t.label
+            requant = resolver.requantized_input(op.module, module) if kind == "dense" else None
+            if requant is not None:  # per-channel requantization: one multiply per element, stored at its bits
+                requant = in_t if requant is _SAME else requant
+                n_in = math.prod(op.input_shapes[0]) if op.input_shapes else 0
+                cost += n_in * make_multiplier(REQUANT_SCALE, in_t).cost(costs)
+                inputs += 2 * mem(n_in * requant.bits, activations_memory)  # written, then read by the MACs
+                in_t = requant
             if kind == "embedding":
                 this_out = out_override or (resolver.ref[1] if resolver.ref else w_t)
             else:
@@ -357,7 +394,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                                          24 * c_out * _fixed_or_float_add(costs, acc_t))
                 zero = zeros.get(op.args.get("input_node", ""), 0.0)
                 skip = zero if activation_sparsity is not None and zero >= activation_sparsity else 0.0
-                cost = ops_n * density * (1 - skip) * (c1 + c2) + transform
+                cost += ops_n * density * (1 - skip) * (c1 + c2) + transform
                 if op.elementwise:
                     cost += _elementwise_cost(op.elementwise, acc_t, costs)
                 this_out = out_override or acc_t

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..checks import is_int
 from ..errors import ConfigError
-from ..quant.layers import QActivation, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
+from ..quant.layers import QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
 
 __all__ = ["GraphOp", "capture_graph", "zero_fractions", "UnsupportedOperatorError", "UnsupportedLayerError", "OP_KINDS", "example_tensors"]
 
@@ -183,8 +183,12 @@ def _export(model: nn.Module, args: tuple[Any, ...], weight_quantizers: bool = T
                                           if isinstance(m, _QuantParams)]
     # output quantizers put on norms and blocks: their ops would be owned by (and costed as) the module itself
     outputs = [(m, m.output_quantizer) for m in model.modules() if isinstance(m, _OutputQuant)]
+    # per-channel input requantization of Linear layers: priced by the estimate from the layer (not traced)
+    requantizing = [m for m in model.modules() if isinstance(m, QLinear) and "input_scale" in m._buffers]
     model.eval()
     try:
+        for m in requantizing:
+            m.skip_input_requantization = True
         for m, _, _ in saved:
             m.kernel_quantizer = m.bias_quantizer = None
         for m, _ in outputs:
@@ -199,6 +203,8 @@ def _export(model: nn.Module, args: tuple[Any, ...], weight_quantizers: bool = T
             m.kernel_quantizer, m.bias_quantizer = kernel, bias
         for m, out in outputs:
             m.output_quantizer = out
+        for m in requantizing:
+            m.skip_input_requantization = False
         model.train(was_training)
 
 

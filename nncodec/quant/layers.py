@@ -113,11 +113,49 @@ class QConv2d(_QuantConv, nn.Conv2d):
     """``nn.Conv2d`` with kernel, bias and output quantizers."""
 
 
+def _requantize_input(module: "QLinear", args: tuple) -> tuple | None:
+    """Forward pre-hook of a :class:`QLinear` with per-channel input steps: its input becomes
+    ``input_quantizer(x / input_scale)`` before the layer (and before any later pre-hook, e.g. the layer-input
+    statistics of data-aware rounding) sees it."""
+    scale = module._buffers.get("input_scale")
+    if scale is None or module.skip_input_requantization or not args or not isinstance(args[0], torch.Tensor):
+        return None
+    x = args[0] / scale
+    q = module.input_quantizer
+    return (q(x, module.training) if q is not None else x, *args[1:])
+
+
 class QLinear(_QuantWeights, nn.Linear):
-    """``nn.Linear`` with kernel, bias and output quantizers."""
+    """``nn.Linear`` with kernel, bias and output quantizers, and optionally an input quantizer with one step per
+    input channel (:meth:`set_input_quantizer`): ``y = q_k(W') q_in(x / s) + b`` with ``W' = W diag(s)`` the
+    stored (folded) weight and ``s`` the ``input_scale`` buffer (float32, one per input feature). In hardware
+    ``s`` is applied where the input is requantized (one multiply per element, the step of each channel), and
+    the MACs multiply ``q_in``'s integer codes by the folded kernel's: the same integer MACs as a per-tensor
+    input step."""
+
+    input_quantizer: Quantizer | None = None
+    #: switched on while the energy model exports the graph (it prices the requantization itself)
+    skip_input_requantization: bool = False
+
+    def set_input_quantizer(self, spec: Any) -> None:
+        """Requantize this layer's input with ``spec`` (a per-tensor quantizer of ``x / input_scale``; None:
+        none). The first call adds the ``input_scale`` buffer (ones: the weight is not folded yet; see
+        :func:`~nncodec.quant.input_steps.fit_input_steps`) and the pre-hook that applies it. Removing the
+        quantizer keeps the division by ``input_scale`` (the weight stays folded)."""
+        self.input_quantizer = get_quantizer(spec)
+        if self.input_quantizer is not None and "input_scale" not in self._buffers:
+            self.register_buffer("input_scale", torch.ones(self.in_features, dtype=self.weight.dtype,
+                                                           device=self.weight.device))
+        if "input_scale" in self._buffers and not any(h is _requantize_input
+                                                      for h in self._forward_pre_hooks.values()):
+            self.register_forward_pre_hook(_requantize_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._out(nn.functional.linear(x, self.quantized_weight(), self.quantized_bias()))
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()
+        return f"{base}, input={self.input_quantizer}" if "input_scale" in self._buffers else base
 
 
 class QEmbedding(_QuantParams, nn.Embedding):
@@ -377,6 +415,8 @@ def _wrap(module: nn.Module, lp: LayerPlan) -> nn.Module:
     new.load_state_dict(module.state_dict(), strict=False)
     for name, buf in module.named_buffers(recurse=False):
         new.register_buffer(name, buf.clone())
+    if lp.input is not None:
+        new.set_input_quantizer(lp.input)  # type: ignore[operator]
     new.train(module.training)
     return new
 
@@ -385,7 +425,8 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
     """Return ``model`` with conv/linear layers and activations replaced by fake-quant modules per ``plan``.
 
     Conv1d/Conv2d/Linear, Embedding and GRU/LSTM/RNN take ``kernel``, ``bias`` and (optional)
-    ``activation`` (their output); BatchNorm1d/2d take ``kernel`` / ``bias`` for their folded per-channel
+    ``activation`` (their output); Linear layers also ``input`` (per-channel input steps, see
+    :class:`QLinear`; any other layer given one: ConfigError); BatchNorm1d/2d take ``kernel`` / ``bias`` for their folded per-channel
     scale / shift (:class:`QBatchNorm2d`) and ``activation``; activation modules take ``activation``; any other module named exactly
     (a norm, a block ending in a residual sum) takes ``activation`` as an output quantizer, and a
     ``kernel`` / ``bias`` for it is an error. Layers the plan does not name stay as they are. Weights are
@@ -401,10 +442,15 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        if type(module) in _WRAPPERS and (lp.kernel or lp.bias or lp.activation):
+        if lp.input is not None and not isinstance(module, nn.Linear) and (name in plan.layers or layer_like(module)):
+            raise ConfigError(f"plan gives an input quantizer to {name!r} ({type(module).__name__}): per-channel "
+                              "input steps fold into the columns of a Linear layer's weight, Linear layers only")
+        if type(module) in _WRAPPERS and (lp.kernel or lp.bias or lp.activation or lp.input):
             setattr(parent, child, _wrap(module, lp))
         elif isinstance(module, _QuantParams):
             module._init_quant(lp.kernel, lp.bias, lp.activation)
+            if isinstance(module, QLinear) and lp.input is not None:
+                module.set_input_quantizer(lp.input)
         elif isinstance(module, ACTIVATION_TYPES) and lp.activation:
             setattr(parent, child, QActivation(lp.activation, base=module))
         elif isinstance(module, QActivation) and lp.activation:
@@ -419,6 +465,13 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
         elif name in plan.layers and lp.activation:
             _add_output_quantizer(module, lp.activation)  # named exactly: a norm, a block, any module
     return model
+
+
+def layer_like(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer with weights that :func:`quantize_model` handles (conv, linear, embedding,
+    recurrent, batch norm)."""
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding, nn.GRU, nn.LSTM, nn.RNN,
+                               nn.modules.batchnorm._BatchNorm))
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -8,6 +8,9 @@
  "widths": {"conv2d_1_m": 0.75}}
 ```
 
+An entry's ``input`` (Linear layers only) requantizes the layer's input with one step per input channel
+folded into its weights (:mod:`nncodec.quant.input_steps`): ``{"input": "quantized_bits(8,0,1)"}``.
+
 Resolution for a module: its exact name, else the first pattern (in file order) that matches, else
 ``default``. ``widths`` (output-width multipliers) is used by the search and pruning, not here.
 """
@@ -26,7 +29,7 @@ from .base import get_quantizer
 
 __all__ = ["Plan", "LayerPlan"]
 
-_KEYS = ("kernel", "bias", "activation")
+_KEYS = ("kernel", "bias", "activation", "input")
 _TOP_KEYS = ("format", "version", "layers", "default", "widths")
 
 
@@ -35,6 +38,8 @@ class LayerPlan:
     kernel: str | None = None
     bias: str | None = None
     activation: str | None = None
+    #: the layer's input requantized with per-input-channel steps folded into its weights (Linear only)
+    input: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> "LayerPlan":

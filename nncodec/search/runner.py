@@ -43,6 +43,7 @@ from ..errors import ConfigError
 from ..prune.graph import Resizer
 from ..prune.unstructured import apply_masks, global_magnitude_masks, sparsity
 from ..quant.gptq import initialize_kernels
+from ..quant.input_steps import fit_input_steps, input_requantized
 from ..quant.plan import Plan
 from .candidate import (build_candidate, deployed_copy, model_size_bits, nonzero_size_bits, recalibrate_batch_norms,
                         tracked_norms)
@@ -398,13 +399,19 @@ class _Searcher:
         """``model`` with its batch-norm statistics re-estimated (``SearchConfig.recalibrate_norms``) and its
         initial kernels as ``SearchConfig.initial_kernels`` asks (in place)."""
         recalibrate = self.cfg.recalibrate_norms and bool(tracked_norms(model))
-        if not recalibrate and self.cfg.initial_kernels != "gptq":
+        input_steps = bool(input_requantized(model))
+        if not recalibrate and self.cfg.initial_kernels != "gptq" and not input_steps:
             return model
         batches = _calibration_batches(self.task, INITIAL_KERNEL_EXAMPLES, 32)
         if batches is None:
+            if input_steps:
+                raise ConfigError(f"per-channel input steps (plan key 'input') are fitted on the task's training "
+                                  f"inputs; {type(self.task).__name__} does not expose them (Task.calibration_inputs)")
             return model  # (initial_kernels='gptq' was refused without them)
         if recalibrate:  # before GPTQ, which measures layer inputs through the norms
             recalibrate_batch_norms(model, batches)
+        if input_steps:  # before GPTQ, which fits the folded weights to the requantized inputs
+            fit_input_steps(model, batches, lambda m, batch: m(*batch))
         if self.cfg.initial_kernels == "gptq":
             initialize_kernels(model, batches, lambda m, batch: m(*batch), none_ok=True)
             if recalibrate:

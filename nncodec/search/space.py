@@ -32,11 +32,12 @@ from ..energy.graph import OP_KINDS
 from ..errors import ConfigError
 from ..prune.graph import example_batch, fnmatch_any, width_groups
 from ..quant.base import get_quantizer
+from ..quant.input_steps import check_foldable
 from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm
 from ..quant.plan import LayerPlan, Plan
 
 __all__ = ["SearchSpace", "LayerSpace", "DEFAULT_KERNELS", "DEFAULT_ACTIVATIONS", "DEFAULT_SIGNED_ACTIVATIONS",
-           "DEFAULT_BIASES", "DEFAULT_NORMS", "WIDTHS", "layer_kind"]
+           "DEFAULT_BIASES", "DEFAULT_NORMS", "WIDTHS", "INPUT_TEMPLATES", "layer_kind"]
 
 WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_KERNELS = ("binary(alpha='auto_po2')", "ternary(alpha='auto_po2')", "quantized_po2_zero(4,1)",
@@ -54,7 +55,11 @@ DEFAULT_BITS = {"kernel": {"conv": (2, 3, 4, 6, 8), "dense": (2, 3, 4, 6, 8), "e
                            "recurrent": (4, 6, 8), "norm": (8,)},
                 "activation": {"conv": (2, 3, 4, 6, 8), "dense": (4, 8), "embedding": (8,), "recurrent": (8,),
                                "activation": (4, 8), "norm": (4, 8), "sum": (4, 8), "attention": (4, 8)},
-                "bias": {"conv": (8, 16), "dense": (8, 16), "embedding": (8,), "recurrent": (8, 16), "norm": (8,)}}
+                "bias": {"conv": (8, 16), "dense": (8, 16), "embedding": (8,), "recurrent": (8, 16), "norm": (8,)},
+                #: per-input-channel input steps of Linear layers (:mod:`nncodec.quant.input_steps`): none by default
+                "input": {"dense": ()}}
+#: template of a Linear layer's requantized input: the per-channel steps put its range at +-1
+INPUT_TEMPLATES = ("quantized_bits({b},0,1)",)
 _RELU_LIKE = (nn.ReLU, nn.ReLU6)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -83,6 +88,8 @@ class LayerSpace:
     activation_module: str | None   #: module the activation choice applies to (the layer itself: its output)
     activation: list[str]
     widths: list[float]       #: multipliers of the width group this layer names ([1.0]: none)
+    #: requantized-input choices of a Linear layer (per-input-channel steps folded into its weight)
+    input: list[str] = field(default_factory=list)
 
 
 def _int_bits(peak: float) -> int:
@@ -136,9 +143,13 @@ class SearchSpace:
         at the chosen bits (unquantized, the energy model prices them at int32).
         ``norms``: templates of the folded scale / shift quantizers of batch norms (``()``: batch norms stay
         float32 in the bitstream).
-        ``bits``: ``{role: {key: bit widths}}``, role ``kernel`` / ``activation`` / ``bias``, key a layer kind
-        (``DEFAULT_BITS``) or a ``share`` group name (wins over the kind: e.g. 16-bit outputs for the
-        projections that feed a transformer's residual sums, where fewer bits save little energy).
+        ``bits``: ``{role: {key: bit widths}}``, role ``kernel`` / ``activation`` / ``bias`` / ``input``, key a
+        layer kind (``DEFAULT_BITS``) or a ``share`` group name (wins over the kind: e.g. 16-bit outputs for the
+        projections that feed a transformer's residual sums, where fewer bits save little energy). ``input``
+        (none by default): the bits a group of Linear layers requantizes its input to with per-input-channel
+        steps folded into its weights (:mod:`~nncodec.quant.input_steps`, template :data:`INPUT_TEMPLATES`;
+        the steps are fitted when a candidate is built); their kernel templates must have per-output-channel
+        steps (else ConfigError), and a key naming no Linear group is a ConfigError.
         ``activation_range``: how ``{i}`` of activation templates is fitted on ``sample``: ``"percentile"``
         (the power of two covering the 99.99th percentile of |value|), ``"max"`` (covering the largest
         value: nothing clips) or ``"mse"`` (per template and bit width, the ``{i}`` whose quantizer has the
@@ -219,10 +230,18 @@ class SearchSpace:
                 act_choices = []
             group = _group_of(name, share)
             g = width_of.get(name)
-            layers.append(LayerSpace(name, kind, group, _expand(kernels, kind_bits("kernel", kind, name), w_int),
+            kernel_choices = _expand(kernels, kind_bits("kernel", kind, name), w_int)
+            input_bits = bits["input"].get(group, bits["input"].get(kind, ()))
+            if input_bits and kind != "dense":
+                raise ConfigError(f"bits['input'] gives {name!r} ({kind}) per-channel input steps: Linear layers only")
+            if input_bits:
+                for spec in kernel_choices:
+                    check_foldable(name, get_quantizer(spec))
+            layers.append(LayerSpace(name, kind, group, kernel_choices,
                                      _expand(biases, kind_bits("bias", kind, name), b_int) if bs else [], act,
                                      act_choices,
-                                     _width_choices(g, widths) if g else [1.0]))
+                                     _width_choices(g, widths) if g else [1.0],
+                                     _expand(INPUT_TEMPLATES, tuple(input_bits), 0) if input_bits else []))
         for a in act_names:
             if a not in attached.values():
                 templates = activations if isinstance(modules[a], _RELU_LIKE) else signed_activations
@@ -244,6 +263,10 @@ class SearchSpace:
                                      _expand(norms, kind_bits("bias", "norm", n), _int_bits(float(shift.abs().max()))),
                                      None, [], [1.0]))
         known_keys = set(DEFAULT_BITS["kernel"]) | set(DEFAULT_BITS["activation"]) | {lay.group for lay in layers}
+        if set(user_bits.get("input", {})) - {"dense"} - {lay.group for lay in layers if lay.input}:
+            odd = sorted(set(user_bits["input"]) - {"dense"} - {lay.group for lay in layers if lay.input})
+            raise ConfigError(f"bits['input'] key(s) {odd} name no group of Linear layers (per-channel input steps "
+                              "apply to Linear layers only)")
         for role, by_key in user_bits.items():
             unknown = sorted(set(by_key) - known_keys)
             if unknown:
@@ -275,6 +298,8 @@ class SearchSpace:
                 params.setdefault(f"{layer.group}.bias", layer.bias)
             if layer.activation:
                 params.setdefault(f"{layer.group}.activation", layer.activation)
+            if layer.input:
+                params.setdefault(f"{layer.group}.input", layer.input)
         for g in self._groups_of(only):
             key = self._width_key(g)
             if key in params and params[key] != self.width_choices[g]:
@@ -293,11 +318,12 @@ class SearchSpace:
                                  for role in ("kernel", "bias", "activation"))
             if kernel is None and act is None:
                 continue
+            inp = _own_spec(choices.get(f"{g}.input"), params.get(f"{g}.input"), layer.input) if layer.input else None
             if layer.kind != "activation":
                 if layer.activation_module == layer.name:
-                    plan.layers[layer.name] = LayerPlan(kernel=kernel, bias=bias, activation=act)
+                    plan.layers[layer.name] = LayerPlan(kernel=kernel, bias=bias, activation=act, input=inp)
                     continue
-                plan.layers[layer.name] = LayerPlan(kernel=kernel, bias=bias)
+                plan.layers[layer.name] = LayerPlan(kernel=kernel, bias=bias, input=inp)
             if layer.activation_module and act is not None:
                 plan.layers[layer.activation_module] = LayerPlan(activation=act)
         for g in self.width_choices:

@@ -1,7 +1,7 @@
 """Where all-MiniLM-L6-v2 loses fidelity: fixed quantization plans, no search and no training (not CI).
 
     HF_HUB_OFFLINE=1 nice python -m tests.benchmarks.bench_minilm_plans [--distil-epochs N] [--initial-kernels gptq]
-        [--lr LR --lr-decay D] [--only 6,14,...] [--out PATH]
+        [--lr LR --lr-decay D] [--only 6,14,...] [--prune F] [--out PATH]
 
 For each plan: the mean embedding cosine on the 160 evaluation sentences of the model zoo (``bench_zoo``;
 disjoint from its calibration sentences) right after quantization, and the energy against the int8 / int16
@@ -14,7 +14,11 @@ then distils the W4 / A8 plan for N epochs on the 1,000 calibration sentences an
 each (``--lr`` / ``--lr-decay``: its rate, 1e-4 decaying by 0.8 per epoch unless given).
 ``--initial-kernels gptq`` starts every plan's kernels from their data-aware (GPTQ) rounding on the
 Hessians of the quantized model's layer inputs with float kernels (256 calibration sentences; the search's
-``SearchConfig(initial_kernels='gptq')``). Writes results/minilm_plans.json (``minilm_plans_gptq.json``
+``SearchConfig(initial_kernels='gptq')``). The last five rows give the Linear layers that read the norm (and GELU) outputs per-input-channel input
+steps (plan key ``input``, fitted on the 256 calibration sentences, folded into the kernels), the norm / GELU
+outputs staying 16 bits. Each row also prints the energy with zero weights skipped (``sparsity_aware="codes"``:
+zero codes of the candidate's kernels, the reference's int8 zero codes likewise). ``--prune F`` prunes F of the
+Linear weights (global magnitude) after quantizing. Writes results/minilm_plans.json (``minilm_plans_gptq.json``
 with GPTQ kernels; ``--out``: elsewhere).
 """
 
@@ -31,7 +35,9 @@ import torch
 
 from nncodec.energy.estimate import estimate_energy
 from nncodec.quant.gptq import initialize_kernels
+from nncodec.quant.input_steps import fit_input_steps, input_requantized
 from nncodec.quant.layers import quantize_model
+from nncodec.prune.unstructured import apply_masks, global_magnitude_masks
 from nncodec.quant.plan import Plan
 from nncodec.search import FidelityTask, SearchConfig, SearchSpace
 from nncodec.search.controllers import candidate_energy
@@ -42,6 +48,7 @@ KERNEL = {False: "quantized_bits({b},{i},1)", True: "quantized_bits({b},{i},1,al
 #: plans: (kernel bits, per channel, {activation group: bits} or None for float activations, range fit)
 A8 = {"qkv": 8, "ffn_in": 8, "norms": 8, "attention_out": 8, "ffn_out": 8}
 A8_RES16 = {**A8, "attention_out": 16, "ffn_out": 16}
+A6_RES16 = {k: 6 if v == 8 else v for k, v in A8_RES16.items()}
 PLANS = {
     "W8 per tensor, float activations": (8, False, None, "mse"),
     "W8 per channel, float activations": (8, True, None, "mse"),
@@ -60,10 +67,23 @@ PLANS = {
     "W4 per channel, A8, GELU 6 (residual 16)": (4, True, {**A8_RES16, "ffn_in": 6}, "mse"),
     "W4 per channel, A6 (residual 16)": (4, True, {k: 6 if v == 8 else v for k, v in A8_RES16.items()}, "mse"),
     "W3 per channel, A8 (residual 16)": (3, True, A8_RES16, "mse"),
+    # per-channel input steps (plan key 'input'): norm outputs (and GELU outputs) stay 16 bits for the residual
+    # path; q / k / v, the FFN input (and the FFN output) layers requantize their inputs with per-channel steps
+    "W4 per channel, A8, norms 16 + input steps 8 (q/k/v, FFN in)":
+        (4, True, {**A8_RES16, "norms": 16}, "mse", {"qkv": 8, "ffn_in": 8}),
+    "W4 per channel, A8, norms + GELU 16, input steps 8 (q/k/v, FFN in, FFN out)":
+        (4, True, {**A8_RES16, "norms": 16, "ffn_in": 16}, "mse", {"qkv": 8, "ffn_in": 8, "ffn_out": 8}),
+    "W4 per channel, A6, norms + GELU 16, input steps 6":
+        (4, True, {**A6_RES16, "norms": 16, "ffn_in": 16}, "mse", {"qkv": 6, "ffn_in": 6, "ffn_out": 6}),
+    "W4 per channel, A8, norms + GELU 16, input steps 6":
+        (4, True, {**A8_RES16, "norms": 16, "ffn_in": 16}, "mse", {"qkv": 6, "ffn_in": 6, "ffn_out": 6}),
+    "W3 per channel, A8, norms + GELU 16, input steps 8":
+        (3, True, {**A8_RES16, "norms": 16, "ffn_in": 16}, "mse", {"qkv": 8, "ffn_in": 8, "ffn_out": 8}),
 }
 
 
-def plan_of(spaces: dict, kernel_bits: int, per_channel: bool, acts: dict | None, fit: str) -> Plan:
+def plan_of(spaces: dict, kernel_bits: int, per_channel: bool, acts: dict | None, fit: str,
+            inputs: dict | None = None) -> Plan:
     """The plan of one row, through the search space (so that it is a plan the search can return)."""
     space = spaces[(per_channel, fit)]
     params = space.parameters()
@@ -77,6 +97,8 @@ def plan_of(spaces: dict, kernel_bits: int, per_channel: bool, acts: dict | None
             choices[key] = values[-1]
         elif role == "activation" and acts and group in acts:
             choices[key] = next(v for v in values if v.startswith(f"quantized_bits({acts[group]},"))
+        elif role == "input" and inputs and group in inputs:
+            choices[key] = next(v for v in values if v.startswith(f"quantized_bits({inputs[group]},"))
     return space.plan_from(choices)
 
 
@@ -87,6 +109,8 @@ def main() -> None:
     ap.add_argument("--initial-kernels", choices=("nearest", "gptq"), default="nearest")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--lr-decay", type=float, default=0.8)
+    ap.add_argument("--prune", type=float, default=0.0,
+                    help="prune this fraction of the Linear weights (global magnitude) after quantizing")
     ap.add_argument("--out", default=None, help="JSON path (default: results/minilm_plans[_gptq].json)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,16 +125,19 @@ def main() -> None:
 
     def quantized(plan: Plan) -> torch.nn.Module:
         model = quantize_model(copy.deepcopy(reference), plan, inplace=True)
+        if input_requantized(model):  # per-channel input steps, on calibration sentences (as the search does)
+            fit_input_steps(model, hessian_batches, lambda m, batch: m(*batch))
         if args.initial_kernels == "gptq":
             initialize_kernels(model, hessian_batches, lambda m, batch: m(*batch))
         return model
 
     bits = {"kernel": {"dense": (3, 4, 6, 8), "embedding": (8,)},
-            "activation": {"dense": (6, 8, 16), "norm": (6, 8), "attention": (6, 8, 16), "activation": (6, 8)},
-            "bias": {"dense": (16,)}}
+            "activation": {"dense": (6, 8, 16), "norm": (6, 8, 16), "attention": (6, 8, 16),
+                           "activation": (6, 8, 16)},
+            "bias": {"dense": (16,)}, "input": {"qkv": (6, 8), "ffn_in": (6, 8), "ffn_out": (6, 8)}}
     sample = (calib[0][:256], calib[1][:256])
     only = {int(i) for i in args.only.split(",")} if args.only else None
-    wanted = {(pc, fit) for n, (_, pc, _, fit) in enumerate(PLANS.values(), 1) if not only or n in only}
+    wanted = {(row[1], row[3]) for n, row in enumerate(PLANS.values(), 1) if not only or n in only}
     if args.distil_epochs:
         wanted.add((True, "mse"))
     spaces = {(pc, fit): SearchSpace.from_model(reference, example, sample, share=MINILM_SHARE, widths=(1.0,),
@@ -118,15 +145,21 @@ def main() -> None:
               for pc, fit in wanted}  # only the spaces the chosen rows use (each takes minutes)
     rows = []
     print(f"{'plan':46s} {'cosine':>7s} {'energy':>7s} {'change':>8s}")
-    for n, (name, (kb, pc, acts, fit)) in enumerate(PLANS.items(), 1):
+    for n, (name, row) in enumerate(PLANS.items(), 1):
         if only and n not in only:
             continue
-        plan = plan_of(spaces, kb, pc, acts, fit)
+        plan = plan_of(spaces, *row)
         model = quantized(plan)
+        if args.prune:
+            apply_masks(model, global_magnitude_masks(model, args.prune))
         cosine = task.evaluate(model)
         ratio = candidate_energy(model, example, plan, settings).total_pj / ref_pj
-        rows.append({"plan": name, "cosine": cosine, "energy_ratio": ratio, "energy_cut": 1 - ratio})
-        print(f"{name:46s} {cosine:7.4f} {ratio:7.3f} {-100 * (1 - ratio):+6.1f} %", flush=True)
+        sparse = {**settings, "sparsity_aware": "codes"}
+        codes_ratio = candidate_energy(model, example, plan, sparse).total_pj / ref_pj
+        rows.append({"plan": name, "cosine": cosine, "energy_ratio": ratio, "energy_cut": 1 - ratio,
+                     "energy_ratio_zero_codes_skipped": codes_ratio, "prune": args.prune})
+        print(f"{name[:46]:46s} {cosine:7.4f} {ratio:7.3f} {-100 * (1 - ratio):+6.1f} % "
+              f"(zero codes skipped: {-100 * (1 - codes_ratio):+6.1f} %)", flush=True)
     distil = []
     if args.distil_epochs:
         plan = plan_of(spaces, 4, True, A8_RES16, "mse")

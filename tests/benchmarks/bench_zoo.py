@@ -244,18 +244,24 @@ SENTENCES = [f"{a} {b} {c}." for a in ("The small robot", "A tired student", "My
 
 #: all-MiniLM-L6-v2 (fidelity task): 240 calibration sentences written here plus 760 prose sentences of Python's
 #: documentation (``pydoc_data.topics``), 160 evaluation sentences written here (disjoint), 16 tokens. The space
-#: follows the hand evaluation (README, Measured): 3- or 4-bit kernels with per-output-channel steps, started
-#: from their data-aware (GPTQ) rounding (``initial_kernels='gptq'``: 4-bit kernels alone keep a cosine of 0.992
-#: instead of 0.926), 8-bit outputs of the norms, query / key / value and attention, 6- or 8-bit GELU outputs,
-#: each layer's range fitted by least squared error; the projections that feed the residual sums keep 16-bit
-#: outputs (8 bits there cost 0.12 of cosine and save no energy); no width choice. Three trials (each builds
-#: its GPTQ kernels and trains one proxy epoch on 120 sentences); final: four distillation epochs on all
-#: 1,000 at lr 5e-4 decaying by 0.7 per epoch (at 1e-4 an epoch gained 0.005 of cosine, at 5e-4 0.05);
-#: floor: mean cosine 0.99.
-MINILM = {"trials": 3, "widths": (1.0,), "kernel_bits": (3, 4), "activation_bits": (8,), "gelu_bits": (6, 8),
+#: follows the fixed plans (``bench_minilm_plans``, README): 4-bit kernels with per-output-channel steps, started
+#: from their data-aware (GPTQ) rounding (``initial_kernels='gptq'``); the norm and GELU outputs stay 16 bits
+#: (they are residual summands / read once) and the Linear layers reading them requantize their inputs to 8 bits
+#: (``input_bits``; 6 or 8 for the FFN output layer) with per-input-channel steps fitted on calibration sentences
+#: and folded into their weights (plan key ``input``): BERT's outlier channels no longer set one step for all;
+#: 8-bit query / key / value and attention outputs, each layer's range fitted by least squared error; the
+#: projections that feed the residual sums keep 16-bit outputs; no width choice. Energy: ``sparsity_aware``
+#: ``"codes"``: MACs and weight reads of zero weights (zero codes of the 4-bit kernels; the reference's int8 zero
+#: codes likewise) are skipped; before the final distillation 30 % of the Linear weights are pruned (magnitude
+#: relative to each layer's RMS; at 4 bits about as many already round to zero, so the masks mostly pin those
+#: zeros through the distillation). Two trials (each builds its GPTQ kernels and trains one proxy epoch on 120
+#: sentences); final: four distillation epochs on all 1,000 at lr 5e-4 decaying by 0.7 per epoch; floor: mean
+#: cosine 0.99.
+MINILM = {"trials": 2, "widths": (1.0,), "kernel_bits": (4,), "activation_bits": (8,), "gelu_bits": (16,),
+          "norm_bits": (16,), "input_bits": {"qkv": (8,), "ffn_in": (8,), "ffn_out": (6, 8)},
           "residual_bits": (16,), "activation_range": "mse", "calibration": 1000, "proxy_fraction": 0.12,
           "proxy_epochs": 1, "final_epochs": 4, "lr": 5e-4, "lr_decay": 0.7, "min_fidelity": 0.99,
-          "initial_kernels": "gptq"}
+          "initial_kernels": "gptq", "sparsity_aware": "codes", "final_prune": 0.3, "final_prune_relative": True}
 #: choice groups of BERT's modules (one choice per group across the six blocks)
 MINILM_SHARE = {"*.attention.self": "qkv", "*.attention.self.*": "qkv", "*.attention.output.dense": "attention_out",
                 "*.intermediate.*": "ffn_in", "*.output.dense": "ffn_out", "*.LayerNorm": "norms",
@@ -316,12 +322,16 @@ def _minilm(trials: int, out: Path) -> dict:
                                    bits={"kernel": {"dense": MINILM["kernel_bits"], "embedding": (8,)},
                                          "activation": {"dense": acts, "norm": acts, "attention": acts,
                                                         "activation": acts, "ffn_in": MINILM["gelu_bits"],
+                                                        "norms": MINILM["norm_bits"],
                                                         "attention_out": MINILM["residual_bits"],
                                                         "ffn_out": MINILM["residual_bits"]},
-                                         "bias": {"dense": (16,)}})
+                                         "bias": {"dense": (16,)}, "input": MINILM["input_bits"]})
+    energy = {**SearchConfig().energy_settings, "sparsity_aware": MINILM["sparsity_aware"]}
     cfg = SearchConfig(controller="tpe", n_trials=trials, proxy_epochs=MINILM["proxy_epochs"],
                        final_epochs=MINILM["final_epochs"], seed=0, out_dir=str(out / "minilm"),
-                       study_name=f"zoo-minilm-{trials}", progress=True, initial_kernels=MINILM["initial_kernels"])
+                       study_name=f"zoo-minilm-{trials}", progress=True, initial_kernels=MINILM["initial_kernels"],
+                       energy_settings=energy, final_prune=MINILM["final_prune"],
+                       final_prune_relative=MINILM["final_prune_relative"])
     result = run_search(reference, space, task, cfg, reference_accuracy=1.0)
     return _row("minilm", result, 1.0, time.perf_counter() - t0, "mean cosine", {**MINILM, "trials": trials})
 

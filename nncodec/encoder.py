@@ -183,10 +183,13 @@ def choose_pipeline(words: "np.ndarray | HandedWords", word_size: int, bits: int
     ``bits`` is the significant width of a word (for packing), ``signed`` whether words are two's
     complement. Large arrays are judged on an evenly spread sample; the stored form always competes.
     From :data:`_ENTROPY_ONLY_WORDS` words on, the candidates are screened first on a quarter of the sample:
-    those coding it over :data:`_SCREEN_MARGIN` times the smallest are not tried on the whole sample. The choice
-    then differs from trying every candidate in full only where such a candidate would still have won on the
-    whole sample (never on the MiniLM benchmark's tensors, where the dropped ones were 14-55 % larger). An array tried whole keeps the
-    chosen trial's output as its payload. :class:`HandedWords` are let go once the chosen pipeline's first
+    those coding it over :data:`_SCREEN_MARGIN` times the smallest are not tried on the whole sample. This can
+    change a tensor's chosen pipeline: a candidate that would have won on the whole sample (or come within 5 %
+    of the winner) but codes the quarter over 5 % above the smallest is never tried, and a larger one is
+    chosen. The stream stays valid and decodes to the same values; only its size can differ. On the MiniLM
+    benchmark's tensors every choice is the same (the dropped candidates were 14-55 % larger; the streams
+    hash equal to those chosen without screening). An array tried whole keeps the chosen trial's output as
+    its payload. :class:`HandedWords` are let go once the chosen pipeline's first
     stage has coded them.
     """
     array = words.array if isinstance(words, HandedWords) else words

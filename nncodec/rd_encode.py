@@ -67,8 +67,10 @@ class RDOptions:
             raise ConfigError("calibration needs at least one batch")
         #: whether ``rounding`` was given (a defaulted one applying to no tensor is no error)
         self.rounding_given = rounding is not None
+        #: the rounding used when none is given: GPTQ with calibration, else plain rounding
+        self.rounding_default = "gptq" if self.calibration is not None else "nearest"
         if rounding is None:
-            rounding = "gptq" if self.calibration is not None else "nearest"
+            rounding = self.rounding_default
         if rounding not in ROUNDINGS:
             raise ConfigError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         if rounding == "gptq" and self.calibration is None:
@@ -265,7 +267,9 @@ def _check_applies(rd: RDOptions, rounded: int, gptq_rounded: int) -> None:
     """:class:`ConfigError` naming the rounding options given that applied to no tensor: ``rounded`` tensors
     were quantized on a step grid (not lossless, not binary), ``gptq_rounded`` of them with GPTQ factors."""
     if not rounded:
-        given = ([f"rounding={rd.rounding!r}"] if rd.rounding_given else []) \
+        # the default's value given explicitly is no choice (except "gptq": a request, as below)
+        chosen = rd.rounding_given and (rd.rounding != rd.rounding_default or rd.rounding == "gptq")
+        given = ([f"rounding={rd.rounding!r}"] if chosen else []) \
             + ([f"rate_lambda={rd.rate_lambda!r}"] if rd.rate_lambda > 0 else []) \
             + ([f"refine_steps={rd.refine_steps!r}"] if rd.refine_steps else []) \
             + ([f"column_steps={rd.column_steps!r}"] if rd.column_steps is not None else [])

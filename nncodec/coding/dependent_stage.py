@@ -146,22 +146,32 @@ class Dependent(Stage):
     codec_id = "dependent"
     since_minor = FORMAT_MINOR_DEPENDENT
 
-    def __init__(self, word_size: int, chain: int, states: int = 4, codes: "np.ndarray | None" = None):
-        """``codes``: the transmitted codes (flat ints) of the levels the first :meth:`encode` will be given,
-        when the search that chose those levels computed them: that encode writes them instead of deriving
-        them again, then drops them (later encodes derive). Not stored in the stream, not part of equality."""
+    def __init__(self, word_size: int, chain: int, states: int = 4, codes: "np.ndarray | None" = None,
+                 levels: "np.ndarray | None" = None):
+        """``codes``, ``levels``: the transmitted codes (flat ints) the search computed for ``levels``, the
+        levels array it produced (``word_size``-byte signed words, C-contiguous, owning its memory), given
+        together. The stage makes ``levels`` read-only; the first :meth:`encode` writes ``codes`` instead of
+        deriving them only when its input is that very memory (same address and size) and ``levels`` is still
+        read-only, so the codes provably belong to the data; any other input is derived as without ``codes``.
+        Used at most once (later encodes derive). Not stored in the stream, not part of equality."""
         if word_size not in (1, 2, 4):
             raise ConfigError(f"dependent: word_size must be 1, 2 or 4, got {word_size!r}")
         if states != 4:
             raise ConfigError(f"dependent: only the 4-state machine is defined, got states={states!r}")
         if not isinstance(chain, (int, np.integer)) or not 1 <= chain <= MAX_CHAIN:
             raise ConfigError(f"dependent: chain must be 1..{MAX_CHAIN}, got {chain!r}")
+        if (codes is None) != (levels is None):
+            raise ConfigError("dependent: codes and the levels they belong to are given together")
         self.word_size, self.chain, self.states = word_size, int(chain), states
-        self._known: np.ndarray | None = None
-        if codes is not None:
+        self._known: "tuple[np.ndarray, np.ndarray] | None" = None  # (codes as words, the levels they code)
+        if codes is not None and levels is not None:
             flat = np.asarray(codes).reshape(-1)
-            if not flat.size or (-self._code_bound <= int(flat.min()) and int(flat.max()) < self._code_bound):
-                self._known = flat.astype(SIGNED_WORD_DTYPES[word_size])  # else encode derives them and refuses
+            fits = (isinstance(levels, np.ndarray) and levels.dtype == SIGNED_WORD_DTYPES[word_size]
+                    and levels.flags.c_contiguous and levels.flags.owndata and levels.size == flat.size)
+            if fits and (not flat.size or (-self._code_bound <= int(flat.min())
+                                           and int(flat.max()) < self._code_bound)):
+                levels.flags.writeable = False  # else encode derives them (and refuses codes out of range)
+                self._known = flat.astype(SIGNED_WORD_DTYPES[word_size]), levels
 
     def params(self) -> bytes:
         return _PARAMS.pack(self.word_size, self.states, self.chain)
@@ -186,9 +196,10 @@ class Dependent(Stage):
         if len(data) % self.word_size:
             raise ConfigError(f"dependent: {len(data)} bytes is not a multiple of {self.word_size}")
         known, self._known = self._known, None
-        if known is not None and known.nbytes == len(data):
-            return known.tobytes()
         levels = np.frombuffer(data, dtype=SIGNED_WORD_DTYPES[self.word_size])
+        if known is not None and _same_memory(levels, known[1]):
+            log.debug("dependent: writing the search's codes of %d words", levels.size)
+            return known[0].tobytes()
         codes = codes_of(levels, self.chain)
         if codes.size and (codes.min() < -self._code_bound or codes.max() >= self._code_bound):
             raise ConfigError(f"dependent: levels need codes beyond ±{self._code_bound} of "
@@ -212,3 +223,10 @@ class Dependent(Stage):
         block = max(1, _BLOCK_WORDS // self.chain) * self.chain  # whole chains: temporaries stay near 20 MiB
         for start in range(0, codes.size, block):
             dest[start:start + block] = levels_of(codes[start:start + block], self.chain)
+
+
+def _same_memory(data: np.ndarray, levels: np.ndarray) -> bool:
+    """Whether ``data`` is exactly the memory of ``levels`` (same first byte and size) and ``levels`` is
+    still read-only: then its words are the levels the stored codes were computed for."""
+    return (not levels.flags.writeable and data.nbytes == levels.nbytes
+            and data.__array_interface__["data"][0] == levels.__array_interface__["data"][0])

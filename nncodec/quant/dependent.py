@@ -206,7 +206,8 @@ def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype
     desc = QuantDescriptor(scheme=SCHEME_UNIFORM, code_dtype=code_dtype, sign_bits=1, exponent_bits=0,
                            mantissa_bits=bits - 1, bits=bits, per_channel=grid.per_channel,
                            axis=axis if grid.per_channel else 0, scales=delta32.reshape(-1))
-    lead = Dependent(code_dtype.itemsize, found.chain, codes=found.codes)
+    levels = found.levels.astype(code_dtype.storage)  # the stage makes it read-only and writes the codes for it
+    lead = Dependent(code_dtype.itemsize, found.chain, codes=found.codes, levels=levels)
     diff = found.levels * delta32.astype(np.float64)
     diff -= x
     np.abs(diff, out=diff)
@@ -215,4 +216,4 @@ def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype
         top = float(diff.max())
         error = (top, float(np.sqrt(np.mean(np.square(diff, out=diff)))))
     del diff
-    return CodedTensor(found.levels.astype(code_dtype.storage), desc, dtype, lead), error
+    return CodedTensor(levels, desc, dtype, lead), error

@@ -37,21 +37,96 @@ def test_stage_decodes_as_the_spec_and_inverts_on_encode(chain):
     assert np.array_equal(out.view(np.int8), levels)
 
 
-def test_codes_known_from_the_search_are_written_once_and_equal_the_derived_ones(monkeypatch):
-    x = np.random.default_rng(5).laplace(size=(6, 50))
-    found = dependent_levels(x, 0.2)
-    levels = memoryview(found.levels.astype(np.int16).tobytes())
-    derived = Dependent(2, found.chain).encode(levels)
-    stage = Dependent(2, found.chain, codes=found.codes)
-    assert stage == Dependent(2, found.chain)  # the codes are no part of the stage's identity
+def _counted_codes_of(monkeypatch) -> list:
+    """Replace the stage module's :func:`codes_of` by one that records its calls."""
     import nncodec.coding.dependent_stage as ds
 
-    calls = []
+    calls: list = []
     monkeypatch.setattr(ds, "codes_of", lambda *a: calls.append(a) or codes_of(*a))
-    assert stage.encode(levels) == derived and not calls  # written, not derived
-    assert stage.encode(levels) == derived and len(calls) == 1  # used once: a second encode derives
-    wide = Dependent(1, found.chain, codes=np.array([200, 0]))  # beyond 1-byte codes: not used, derived
+    return calls
+
+
+def _known_stage(x: np.ndarray, delta: float = 0.2) -> tuple[Dependent, np.ndarray, bytes]:
+    """A stage holding the search's codes of ``x``, the levels array they belong to, and the derived bytes."""
+    found = dependent_levels(x, delta)
+    levels = found.levels.astype(np.int16)
+    derived = Dependent(2, found.chain).encode(memoryview(levels.tobytes()))
+    return Dependent(2, found.chain, codes=found.codes, levels=levels), levels, derived
+
+
+def test_codes_known_from_the_search_are_written_once_for_their_levels_memory(monkeypatch):
+    x = np.random.default_rng(5).laplace(size=(6, 50))
+    stage, levels, derived = _known_stage(x)
+    assert stage == Dependent(2, stage.chain)  # the codes are no part of the stage's identity
+    assert not levels.flags.writeable  # pinned: the codes stay those of its words
+    calls = _counted_codes_of(monkeypatch)
+    assert stage.encode(memoryview(levels.reshape(-1).view(np.uint8))) == derived and not calls  # written
+    assert stage.encode(memoryview(levels.reshape(-1).view(np.uint8))) == derived and len(calls) == 1  # once
+    with pytest.raises(ConfigError, match="given together"):
+        Dependent(2, 4, codes=np.zeros(3))
+    wide = Dependent(1, 2, codes=np.array([200, 0]), levels=np.zeros(2, np.int8))  # beyond 1-byte codes: derived
     assert wide.encode(memoryview(bytes(2))) == bytes(2)
+
+
+def _other_levels(shape: tuple[int, ...], chain: int, seed: int) -> np.ndarray:
+    """Valid levels (on the state machine) of ``shape`` other than the search's, as int16."""
+    codes = np.random.default_rng(seed).integers(-30, 30, int(np.prod(shape)))
+    return levels_of(codes, chain).astype(np.int16).reshape(shape)
+
+
+@pytest.mark.parametrize("case", ["other", "reversed", "copy", "edited", "part"])
+def test_stored_codes_are_used_only_for_the_data_they_belong_to(monkeypatch, case):
+    x = np.random.default_rng(6).laplace(size=(6, 50))
+    stage, levels, _ = _known_stage(x)
+    if case == "other":  # another tensor of the same size
+        data = _other_levels(levels.shape, stage.chain, 1)
+    elif case == "reversed":  # the same words in another order: off the state machine somewhere
+        data = levels.reshape(-1)[::-1].copy()
+    elif case == "copy":  # equal words in other memory
+        data = levels.copy()
+    elif case == "edited":  # the pinned array made writable again and changed in place
+        with pytest.raises(ValueError):
+            levels[0, 0] = 7
+        levels.flags.writeable = True
+        levels[:] = _other_levels(levels.shape, stage.chain, 2)
+        data = levels
+    else:  # the leading half of the levels' own memory
+        data = levels.reshape(-1)[:levels.size // 2]
+    plain = Dependent(2, stage.chain)
+    try:
+        want: "bytes | str" = plain.encode(memoryview(data.reshape(-1).view(np.uint8)))
+    except ConfigError as err:
+        want = str(err)
+    calls = _counted_codes_of(monkeypatch)
+    try:
+        got: "bytes | str" = stage.encode(memoryview(data.reshape(-1).view(np.uint8)))
+    except ConfigError as err:
+        got = str(err)
+    assert got == want and len(calls) == 1  # derived, as a stage without codes does
+    if case == "reversed":
+        assert "not on the quantizer" in want
+
+
+def test_public_encode_writes_the_searchs_codes_and_derives_for_replaced_codes(monkeypatch):
+    import dataclasses
+
+    from nncodec.encoder import Encoder
+    from nncodec.rd_encode import RDOptions, rd_tensors
+    from nncodec.torch_io import tensors_from
+
+    state = {k: v.detach().clone() for k, v in _model().state_dict().items()}
+    calls = _counted_codes_of(monkeypatch)
+    data = nncodec.encode(state, rel_step=0.3, rounding="dependent")
+    assert not calls  # every dependent tensor's codes came from the search
+    assert nncodec.decode(data).keys() == state.keys()
+    coded, _ = rd_tensors(state, tensors_from(state, True), Encoder(rel_step=0.3), RDOptions(rounding="dependent"))
+    w = coded["0.weight"]
+    other = _other_levels(w.codes.shape, w.lead.chain, 3).astype(w.codes.dtype)
+    swapped = dataclasses.replace(w, codes=other)
+    got = nncodec.decode(nncodec.Encoder().encode({"w": swapped})[0])["w"]
+    assert len(calls) == 1  # derived for the replaced codes
+    scale = w.quant.scales.astype(np.float32).reshape(())
+    assert np.array_equal(np.asarray(got), other.astype(np.float32) * scale)
 
 
 @pytest.mark.parametrize("x, delta, match", [

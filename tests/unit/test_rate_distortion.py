@@ -279,6 +279,15 @@ def test_rounding_options_on_a_model_stored_all_lossless_are_errors(options: dic
     assert nncodec.encode(model, rel_step=0.1, lossless=["*"], calibration=batches)  # defaulted: no error
 
 
+@pytest.mark.parametrize("options", [{"rel_step": 0.1, "lossless": ["*"]}, {"bits": 1, "lossless": ["*.bias"]}])
+def test_the_default_rounding_given_explicitly_is_no_error(options: dict) -> None:
+    model, batches = _small_model()
+    assert nncodec.encode(model, rounding="nearest", **options) == nncodec.encode(model, **options)
+    if "rel_step" in options:  # with calibration the default is GPTQ: an explicit "nearest" is a choice
+        with pytest.raises(ConfigError, match="rounding='nearest' applies to no quantized tensor"):
+            nncodec.encode(model, rounding="nearest", calibration=batches, **options)
+
+
 def test_gptq_given_for_a_model_without_layers_it_reaches_is_an_error() -> None:
     class Table(torch.nn.Module):  # an embedding only: no Linear / Conv for GPTQ's Hessians
         def __init__(self) -> None:

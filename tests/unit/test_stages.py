@@ -48,12 +48,35 @@ def test_pack_unpack_exact(bits, signed):
     np.testing.assert_array_equal(out, v)
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.uint32])
-@pytest.mark.parametrize("bits", [9, 12, 15])
-def test_pack_of_narrow_words_equals_pack_of_their_int64_values(dtype, bits):
+def _reference_pack(values: np.ndarray, bits: int) -> bytes:
+    """The documented layout, built as one Python integer: word i's low ``bits`` bits (two's complement) at
+    stream bits ``[i*bits, (i+1)*bits)``, stream bit k = bit ``k % 8`` of byte ``k // 8``."""
+    stream, mask = 0, (1 << bits) - 1
+    for i, v in enumerate(values.tolist()):
+        stream |= (v & mask) << (i * bits)
+    return stream.to_bytes((len(values) * bits + 7) // 8, "little")
+
+
+def _reference_unpack(values: np.ndarray, bits: int, signed: bool) -> list[int]:
+    """What unpacking gives for ``values`` packed at ``bits``: their low bits, sign-extended when ``signed``."""
+    mask, top = (1 << bits) - 1, 1 << (bits - 1)
+    low = [v & mask for v in values.tolist()]
+    return [v - (1 << bits) if signed and v & top else v for v in low]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
+@pytest.mark.parametrize("bits", [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64])
+def test_pack_matches_the_documented_layout_and_unpacks(dtype, bits):
     info = np.iinfo(dtype)
-    v = np.random.default_rng(bits).integers(info.min, info.max, 1003, dtype=dtype, endpoint=True)
-    assert pack_bits(v, bits) == pack_bits(v.astype(np.int64), bits)  # the low bits, two's complement
+    rng = np.random.default_rng(bits)
+    for n in (0, 1, 7, 13, 1000):
+        v = rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
+        packed = pack_bits(v, bits)
+        assert packed == _reference_pack(v, bits), (n, bits)
+        for signed in (False, True):
+            out = np.empty(n, np.int64 if signed else np.uint64)
+            unpack_bits(packed, n, bits, signed, out)
+            assert out.tolist() == _reference_unpack(v, bits, signed), (n, bits, signed)
 
 
 def test_pack_bit_order_is_lsb_first():

@@ -128,15 +128,17 @@ class SearchConfig:
     finetune: FineTuneConfig | None = None
     #: how a candidate's quantized kernels start: "nearest" (its quantizers round the reference's weights) or
     #: "gptq" (data-aware rounding on the grid of each quantized_bits kernel, from the Hessians of the
-    #: candidate's layer inputs, kernels float, on the first ``INITIAL_KERNEL_EXAMPLES`` training inputs;
-    #: kernels of other quantizers keep the nearest codes)
+    #: candidate's layer inputs, kernels float, on ``INITIAL_KERNEL_EXAMPLES`` training inputs chosen by
+    #: ``calibration_index``; kernels of other quantizers keep the nearest codes)
     initial_kernels: str = "nearest"
     #: re-estimate every candidate's batch-norm statistics after building it (narrowed widths and quantizers
-    #: shift the inputs the reference's statistics were measured on) on the first ``INITIAL_KERNEL_EXAMPLES``
-    #: training inputs (``Task.calibration_inputs``; tasks without them, and models without batch norms: no-op)
+    #: shift the inputs the reference's statistics were measured on) on ``INITIAL_KERNEL_EXAMPLES`` training
+    #: inputs (``Task.calibration_inputs``, chosen by ``calibration_index``; tasks without them, and models without
+    #: batch norms: no-op)
     recalibrate_norms: bool = True
     #: re-estimate the final candidate's batch-norm statistics after every fine-tuning epoch and pruning step
-    #: (so after the last one too) on up to ``FINAL_RECALIBRATION_EXAMPLES`` of the inputs it trains on; the
+    #: (so after the last one too) on up to ``FINAL_RECALIBRATION_EXAMPLES`` of the inputs it trains on
+    #: (``calibration_index``: a seeded random subset in random batches, also when all of them fit); the
     #: running averages that training leaves (momentum 0.1: the last ~10 batches) swing the eval-mode score
     #: by points from one epoch to the next. Tasks without calibration inputs, nets without batch norms: no-op
     final_recalibrate_norms: bool = True
@@ -148,8 +150,8 @@ class SearchConfig:
     final_selection: float = 0.0
     #: which channels a narrowed width group keeps: the largest "l1" or "l2" norms of their weights, or the
     #: largest first-order Taylor scores ``|w * dCE/dw|`` summed over a channel's weights, with the gradients of
-    #: the reference's cross-entropy on the first ``TAYLOR_EXAMPLES`` training examples (a ClassifierTask's),
-    #: computed once per search. Optuna controllers and greedy (the others build their own candidates)
+    #: the reference's cross-entropy on ``TAYLOR_EXAMPLES`` training examples (a ClassifierTask's, chosen by
+    #: ``calibration_index``), computed once per search. Optuna controllers and greedy (the others build their own candidates)
     width_importance: str = "l1"
 
     def __post_init__(self) -> None:
@@ -379,17 +381,18 @@ class _Searcher:
         return self.initialize(build_candidate(self.reference, self.space.example_inputs, plan, resizer=self._resizer))
 
     def _taylor_gradients(self, model: nn.Module) -> None:
-        """Accumulate in ``model``'s ``.grad`` the gradients of its cross-entropy (sum over examples) on the
-        first ``TAYLOR_EXAMPLES`` labelled training examples, in eval mode (its statistics untouched)."""
+        """Accumulate in ``model``'s ``.grad`` the gradients of its cross-entropy (sum over examples) on
+        ``TAYLOR_EXAMPLES`` labelled training examples (:func:`calibration_index`, seeded by the search's
+        seed), in eval mode (its statistics untouched)."""
         task = self.task
-        n = min(len(task.x_train), TAYLOR_EXAMPLES)  # type: ignore[attr-defined]
+        index = calibration_index(len(task.x_train), TAYLOR_EXAMPLES, self.cfg.seed)  # type: ignore[attr-defined]
         was = model.training
         model.eval()
         try:
             with torch.enable_grad():  # also when the search runs under torch.no_grad
-                for i in range(0, n, 128):
-                    stop = min(i + 128, n)
-                    x, y = task.x_train[i:stop], task.y_train[i:stop]  # type: ignore[attr-defined]
+                for i in range(0, len(index), 128):
+                    rows = index[i:i + 128]
+                    x, y = task.x_train[rows], task.y_train[rows]  # type: ignore[attr-defined]
                     nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
         finally:
             model.train(was)
@@ -400,7 +403,7 @@ class _Searcher:
         recalibrate = self.cfg.recalibrate_norms and bool(tracked_norms(model))
         if not recalibrate and self.cfg.initial_kernels != "gptq":
             return model
-        batches = _calibration_batches(self.task, INITIAL_KERNEL_EXAMPLES, 32)
+        batches = _calibration_batches(self.task, INITIAL_KERNEL_EXAMPLES, 32, self.cfg.seed)
         if batches is None:
             return model  # (initial_kernels='gptq' was refused without them)
         if recalibrate:  # before GPTQ, which measures layer inputs through the norms
@@ -742,15 +745,23 @@ class _FinalSteps:
         return self._eval_score if self._eval_score is not None else float(self.task.evaluate(self.model))
 
 
-def _calibration_batches(task: Task, limit: int, size: int) -> list[tuple[torch.Tensor, ...]] | None:
-    """The first ``limit`` of ``task``'s calibration inputs (``Task.calibration_inputs``) in batches of ``size``;
-    None when the task exposes none."""
+def calibration_index(count: int, limit: int, seed: int) -> torch.Tensor:
+    """Which of ``count`` training examples a calibration pass uses, in the order it uses them: ``min(count,
+    limit)`` positions of a permutation seeded by ``seed`` (the search's), so a training set sorted by class
+    gives every batch and the subset a fair share of each class, and the same seed the same examples."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[:min(count, limit)]
+
+
+def _calibration_batches(task: Task, limit: int, size: int, seed: int) -> list[tuple[torch.Tensor, ...]] | None:
+    """Up to ``limit`` of ``task``'s calibration inputs (``Task.calibration_inputs``), chosen and ordered by
+    :func:`calibration_index`, in batches of ``size``; None when the task exposes none."""
     calibration = getattr(task, "calibration_inputs", None)  # tasks may be duck-typed
     inputs = calibration() if calibration is not None else None
     if inputs is None:
         return None
-    n = min(len(inputs[0]), limit)
-    return [tuple(t[i:i + size] for t in inputs) for i in range(0, n, size)]
+    index = calibration_index(len(inputs[0]), limit, seed)
+    return [tuple(t[index[i:i + size]] for t in inputs) for i in range(0, len(index), size)]
 
 
 class _FineTuning:
@@ -765,7 +776,7 @@ class _FineTuning:
         self.ramp = config.final_prune_epochs if config.final_prune > 0 else 0
         self.batches: list[tuple[torch.Tensor, ...]] = []
         if config.final_recalibrate_norms and tracked_norms(model):
-            self.batches = _calibration_batches(fit_task, FINAL_RECALIBRATION_EXAMPLES, 256) or []
+            self.batches = _calibration_batches(fit_task, FINAL_RECALIBRATION_EXAMPLES, 256, config.seed) or []
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         if self.ramp:  # layers wrapped (all-ones masks) now, so the optimizer sees the parameters it will train
             apply_masks(model, global_magnitude_masks(model, 0.0))

@@ -826,8 +826,10 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
         fit_task, select_task, index = task.hold_out(  # type: ignore[attr-defined]  # checked by run_search
             config.final_selection, config.seed)
         steps.values["selection_examples"] = len(index)
-        if distiller is not None:
-            distiller = Distiller(searcher.reference, fit_task, distiller.cfg)
+        if distiller is not None:  # the fit examples' teacher logits: the whole set's, indexed
+            kept = torch.ones(len(fit_task.x_train) + len(index), dtype=torch.bool)  # type: ignore[attr-defined]
+            kept[index] = False
+            distiller = distiller.restricted(fit_task, kept.nonzero().flatten())  # type: ignore[arg-type]
     tuning = _FineTuning(model, config, steps, fit_task, select_task)
     if config.final_prune > 0 and not config.final_prune_epochs:
         apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))

@@ -203,13 +203,12 @@ class SearchConfig:
                               "final_epochs >= 1")
         if self.width_importance not in WIDTH_IMPORTANCES:
             raise ConfigError(f"width_importance must be one of {WIDTH_IMPORTANCES}, got {self.width_importance!r}")
-        if self.width_importance != "l1" and (self.schedule != "single" or self.controller == "differentiable"
-                                              or self.options.get("codesign")):
+        # the co-design with an Optuna controller builds its trials' candidates like the search: these apply
+        if self.width_importance != "l1" and (self.schedule != "single" or self.controller == "differentiable"):
             raise ConfigError(f"width_importance={self.width_importance!r} ranks the channels of the candidates the "
                               f"Optuna controllers and greedy build; controller={self.controller!r}, schedule="
                               f"{self.schedule!r} narrows its own way")
-        if self.initial_kernels != "nearest" and (self.schedule != "single" or self.controller == "differentiable"
-                                                  or self.options.get("codesign")):
+        if self.initial_kernels != "nearest" and (self.schedule != "single" or self.controller == "differentiable"):
             raise ConfigError(f"initial_kernels={self.initial_kernels!r} sets the kernels of the candidates the "
                               f"Optuna controllers and greedy build; controller={self.controller!r}, schedule="
                               f"{self.schedule!r} trains its own weights and returns them")
@@ -218,8 +217,7 @@ class SearchConfig:
             if self.final_epochs == 0 and not self.finetune.proxy:
                 raise ConfigError("finetune trains the final epochs (and, with proxy=True, the trials'); with "
                                   "final_epochs=0 and proxy=False it would train nothing: set final_epochs >= 1")
-            if self.finetune.proxy and (self.schedule != "single" or self.controller == "differentiable"
-                                        or self.options.get("codesign")):
+            if self.finetune.proxy and (self.schedule != "single" or self.controller == "differentiable"):
                 raise ConfigError(f"finetune proxy=True trains the trials of the Optuna controllers and greedy; "
                                   f"controller={self.controller!r}, schedule={self.schedule!r} trains its own "
                                   "steps (leave proxy=False: the final fine-tuning still distils)")

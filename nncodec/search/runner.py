@@ -24,6 +24,7 @@ outside the budget (``SearchResult.search_seconds`` is the search phase alone).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import sys
@@ -535,13 +536,46 @@ class _Searcher:
         directions = ["maximize", "minimize"] + (["minimize"] if self.cfg.size_score is not None else [])
         kwargs = {"directions": directions} if multi else {"direction": "maximize"}
         sampler = make_sampler(self.cfg.controller, self.cfg.seed + 1_000_003 * self.cfg.worker)
+        study = None
         for attempt in range(5):  # two workers may create the same study at once
             try:
-                return optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
-                                           sampler=sampler, pruner=pruner, **kwargs)
+                study = optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
+                                            sampler=sampler, pruner=pruner, **kwargs)
+                break
             except DuplicatedStudyError:
                 time.sleep(0.2 * (attempt + 1))
-        return optuna.load_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner)
+        if study is None:
+            study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner)
+        self._check_trial_settings(study)
+        return study
+
+    def trial_settings(self) -> dict[str, Any]:
+        """The settings that change what a trial builds, trains or stores (its score, energy, accuracy): kept
+        with the study, so a resumed or joined study is run with the same ones (see :meth:`_check_trial_settings`)."""
+        cfg = self.cfg
+        settings = {"width_importance": cfg.width_importance, "initial_kernels": cfg.initial_kernels,
+                    "recalibrate_norms": cfg.recalibrate_norms, "proxy_epochs": cfg.proxy_epochs, "cost": cfg.cost,
+                    "score": cfg.score.to_dict(), "size_score": cfg.size_score and cfg.size_score.to_dict(),
+                    "max_accuracy_drop": cfg.max_accuracy_drop, "reference_types": list(cfg.reference_types),
+                    "energy_settings": cfg.energy_settings,
+                    "finetune": cfg.finetune.to_dict() if cfg.finetune is not None and cfg.finetune.proxy else None}
+        return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+    def _check_trial_settings(self, study: Any) -> None:
+        """Store :meth:`trial_settings` with a study that has none (a new one, or one stored before they were
+        kept); refuse (ConfigError naming the differing settings) a study stored with other ones: its trials'
+        scores would be compared with trials measured another way."""
+        mine = self.trial_settings()
+        stored = study.user_attrs.get("trial_settings")
+        if stored is None:
+            study.set_user_attr("trial_settings", mine)
+            return
+        differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        if differ:
+            raise ConfigError(f"study {study.study_name!r} in {self.url.split('@')[-1]!r} was run with other trial "
+                              f"settings: " + "; ".join(f"{k} {stored.get(k)!r} there, {mine.get(k)!r} now"
+                                                        for k in differ) +
+                              " (use another study_name or out_dir, or the same settings)")
 
     def _optimize(self, study: Any, params: dict[str, list[Any]], n_trials: int | None, multi: bool, desc: str,
                   deadline: float | None = None) -> None:

@@ -810,6 +810,7 @@ class _FineTuning:
         if config.final_recalibrate_norms and tracked_norms(model):
             self.batches = _calibration_batches(fit_task, FINAL_RECALIBRATION_EXAMPLES, 256, config.seed) or []
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.bar: Any = None  #: a tqdm bar advanced after each epoch (SearchConfig.progress)
         if self.ramp:  # layers wrapped (all-ones masks) now, so the optimizer sees the parameters it will train
             apply_masks(model, global_magnitude_masks(model, 0.0))
         if select_task is not None:
@@ -828,6 +829,9 @@ class _FineTuning:
         if self.ramp and epoch == self.ramp - 1:
             self.steps.measure("after_prune")
         self.steps.epoch(epoch)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(score=f"{self.steps.values['fine_tune_epochs'][-1]:.4f}")
         if self.select_task is not None and epoch >= self.ramp - 1:  # at the full final sparsity
             score = float(self.select_task.evaluate(model))
             self.steps.values["selection_epochs"].append(score)
@@ -863,6 +867,14 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
             kept[index] = False
             distiller = distiller.restricted(fit_task, kept.nonzero().flatten())  # type: ignore[arg-type]
     tuning = _FineTuning(model, config, steps, fit_task, select_task)
+    started = time.perf_counter()
+    show = config.progress if config.progress is not None else sys.stderr.isatty()
+    bar = None
+    if show and config.final_epochs:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.final_epochs, desc="fine-tuning", unit="epoch", leave=False)
+        tuning.bar = bar
     if config.final_prune > 0 and not config.final_prune_epochs:
         apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))
         tuning.recalibrate()
@@ -874,6 +886,9 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
             fit_task.train_epoch(model, epoch, proxy=False)
             tuning(epoch)
     tuning.keep_best()
+    if bar is not None:
+        bar.close()
+    steps.values["fine_tune_seconds"] = round(time.perf_counter() - started, 1)
 
 
 def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,

@@ -104,6 +104,17 @@ class Distiller:
         ``proxy=True``) pays nothing."""
         return eval_outputs(self.reference, (self.task.x_train,), 512) if self.cfg.distill > 0 else None
 
+    def restricted(self, task: ClassifierTask, rows: torch.Tensor) -> "Distiller":
+        """A distiller for ``task``, whose training examples are this task's at positions ``rows`` (e.g. the fit
+        part of ``ClassifierTask.hold_out``): its teacher logits are this one's at ``rows``, not computed again
+        (computed here first when not yet)."""
+        if len(rows) != len(task.x_train):
+            raise ConfigError(f"finetune: {len(rows)} rows for a task of {len(task.x_train)} training examples")
+        out = Distiller(self.reference, task, self.cfg)
+        if self.cfg.distill > 0:
+            out.__dict__["teacher_logits"] = self.teacher_logits[rows]  # type: ignore[index]
+        return out
+
     def train(self, model: nn.Module, epochs: int, proxy: bool,
               after_epoch: "Any | None" = None) -> None:
         """Train ``model`` for ``epochs`` on the training set (``proxy``: the task's proxy subset), one fresh

@@ -24,6 +24,7 @@ outside the budget (``SearchResult.search_seconds`` is the search phase alone).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import sys
@@ -129,15 +130,17 @@ class SearchConfig:
     finetune: FineTuneConfig | None = None
     #: how a candidate's quantized kernels start: "nearest" (its quantizers round the reference's weights) or
     #: "gptq" (data-aware rounding on the grid of each quantized_bits kernel, from the Hessians of the
-    #: candidate's layer inputs, kernels float, on the first ``INITIAL_KERNEL_EXAMPLES`` training inputs;
-    #: kernels of other quantizers keep the nearest codes)
+    #: candidate's layer inputs, kernels float, on ``INITIAL_KERNEL_EXAMPLES`` training inputs chosen by
+    #: ``calibration_index``; kernels of other quantizers keep the nearest codes)
     initial_kernels: str = "nearest"
     #: re-estimate every candidate's batch-norm statistics after building it (narrowed widths and quantizers
-    #: shift the inputs the reference's statistics were measured on) on the first ``INITIAL_KERNEL_EXAMPLES``
-    #: training inputs (``Task.calibration_inputs``; tasks without them, and models without batch norms: no-op)
+    #: shift the inputs the reference's statistics were measured on) on ``INITIAL_KERNEL_EXAMPLES`` training
+    #: inputs (``Task.calibration_inputs``, chosen by ``calibration_index``; tasks without them, and models without
+    #: batch norms: no-op)
     recalibrate_norms: bool = True
     #: re-estimate the final candidate's batch-norm statistics after every fine-tuning epoch and pruning step
-    #: (so after the last one too) on up to ``FINAL_RECALIBRATION_EXAMPLES`` of the inputs it trains on; the
+    #: (so after the last one too) on up to ``FINAL_RECALIBRATION_EXAMPLES`` of the inputs it trains on
+    #: (``calibration_index``: a seeded random subset in random batches, also when all of them fit); the
     #: running averages that training leaves (momentum 0.1: the last ~10 batches) swing the eval-mode score
     #: by points from one epoch to the next. Tasks without calibration inputs, nets without batch norms: no-op
     final_recalibrate_norms: bool = True
@@ -149,8 +152,8 @@ class SearchConfig:
     final_selection: float = 0.0
     #: which channels a narrowed width group keeps: the largest "l1" or "l2" norms of their weights, or the
     #: largest first-order Taylor scores ``|w * dCE/dw|`` summed over a channel's weights, with the gradients of
-    #: the reference's cross-entropy on the first ``TAYLOR_EXAMPLES`` training examples (a ClassifierTask's),
-    #: computed once per search. Optuna controllers and greedy (the others build their own candidates)
+    #: the reference's cross-entropy on ``TAYLOR_EXAMPLES`` training examples (a ClassifierTask's, chosen by
+    #: ``calibration_index``), computed once per search. Optuna controllers and greedy (the others build their own candidates)
     width_importance: str = "l1"
 
     def __post_init__(self) -> None:
@@ -202,13 +205,12 @@ class SearchConfig:
                               "final_epochs >= 1")
         if self.width_importance not in WIDTH_IMPORTANCES:
             raise ConfigError(f"width_importance must be one of {WIDTH_IMPORTANCES}, got {self.width_importance!r}")
-        if self.width_importance != "l1" and (self.schedule != "single" or self.controller == "differentiable"
-                                              or self.options.get("codesign")):
+        # the co-design with an Optuna controller builds its trials' candidates like the search: these apply
+        if self.width_importance != "l1" and (self.schedule != "single" or self.controller == "differentiable"):
             raise ConfigError(f"width_importance={self.width_importance!r} ranks the channels of the candidates the "
                               f"Optuna controllers and greedy build; controller={self.controller!r}, schedule="
                               f"{self.schedule!r} narrows its own way")
-        if self.initial_kernels != "nearest" and (self.schedule != "single" or self.controller == "differentiable"
-                                                  or self.options.get("codesign")):
+        if self.initial_kernels != "nearest" and (self.schedule != "single" or self.controller == "differentiable"):
             raise ConfigError(f"initial_kernels={self.initial_kernels!r} sets the kernels of the candidates the "
                               f"Optuna controllers and greedy build; controller={self.controller!r}, schedule="
                               f"{self.schedule!r} trains its own weights and returns them")
@@ -217,8 +219,7 @@ class SearchConfig:
             if self.final_epochs == 0 and not self.finetune.proxy:
                 raise ConfigError("finetune trains the final epochs (and, with proxy=True, the trials'); with "
                                   "final_epochs=0 and proxy=False it would train nothing: set final_epochs >= 1")
-            if self.finetune.proxy and (self.schedule != "single" or self.controller == "differentiable"
-                                        or self.options.get("codesign")):
+            if self.finetune.proxy and (self.schedule != "single" or self.controller == "differentiable"):
                 raise ConfigError(f"finetune proxy=True trains the trials of the Optuna controllers and greedy; "
                                   f"controller={self.controller!r}, schedule={self.schedule!r} trains its own "
                                   "steps (leave proxy=False: the final fine-tuning still distils)")
@@ -380,17 +381,18 @@ class _Searcher:
         return self.initialize(build_candidate(self.reference, self.space.example_inputs, plan, resizer=self._resizer))
 
     def _taylor_gradients(self, model: nn.Module) -> None:
-        """Accumulate in ``model``'s ``.grad`` the gradients of its cross-entropy (sum over examples) on the
-        first ``TAYLOR_EXAMPLES`` labelled training examples, in eval mode (its statistics untouched)."""
+        """Accumulate in ``model``'s ``.grad`` the gradients of its cross-entropy (sum over examples) on
+        ``TAYLOR_EXAMPLES`` labelled training examples (:func:`calibration_index`, seeded by the search's
+        seed), in eval mode (its statistics untouched)."""
         task = self.task
-        n = min(len(task.x_train), TAYLOR_EXAMPLES)  # type: ignore[attr-defined]
+        index = calibration_index(len(task.x_train), TAYLOR_EXAMPLES, self.cfg.seed)  # type: ignore[attr-defined]
         was = model.training
         model.eval()
         try:
             with torch.enable_grad():  # also when the search runs under torch.no_grad
-                for i in range(0, n, 128):
-                    stop = min(i + 128, n)
-                    x, y = task.x_train[i:stop], task.y_train[i:stop]  # type: ignore[attr-defined]
+                for i in range(0, len(index), 128):
+                    rows = index[i:i + 128]
+                    x, y = task.x_train[rows], task.y_train[rows]  # type: ignore[attr-defined]
                     nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
         finally:
             model.train(was)
@@ -402,7 +404,7 @@ class _Searcher:
         input_steps = bool(input_requantized(model))
         if not recalibrate and self.cfg.initial_kernels != "gptq" and not input_steps:
             return model
-        batches = _calibration_batches(self.task, INITIAL_KERNEL_EXAMPLES, 32)
+        batches = _calibration_batches(self.task, INITIAL_KERNEL_EXAMPLES, 32, self.cfg.seed)
         if batches is None:
             if input_steps:
                 raise ConfigError(f"per-channel input steps (plan key 'input') are fitted on the task's training "
@@ -541,13 +543,46 @@ class _Searcher:
         directions = ["maximize", "minimize"] + (["minimize"] if self.cfg.size_score is not None else [])
         kwargs = {"directions": directions} if multi else {"direction": "maximize"}
         sampler = make_sampler(self.cfg.controller, self.cfg.seed + 1_000_003 * self.cfg.worker)
+        study = None
         for attempt in range(5):  # two workers may create the same study at once
             try:
-                return optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
-                                           sampler=sampler, pruner=pruner, **kwargs)
+                study = optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
+                                            sampler=sampler, pruner=pruner, **kwargs)
+                break
             except DuplicatedStudyError:
                 time.sleep(0.2 * (attempt + 1))
-        return optuna.load_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner)
+        if study is None:
+            study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner)
+        self._check_trial_settings(study)
+        return study
+
+    def trial_settings(self) -> dict[str, Any]:
+        """The settings that change what a trial builds, trains or stores (its score, energy, accuracy): kept
+        with the study, so a resumed or joined study is run with the same ones (see :meth:`_check_trial_settings`)."""
+        cfg = self.cfg
+        settings = {"width_importance": cfg.width_importance, "initial_kernels": cfg.initial_kernels,
+                    "recalibrate_norms": cfg.recalibrate_norms, "proxy_epochs": cfg.proxy_epochs, "cost": cfg.cost,
+                    "score": cfg.score.to_dict(), "size_score": cfg.size_score and cfg.size_score.to_dict(),
+                    "max_accuracy_drop": cfg.max_accuracy_drop, "reference_types": list(cfg.reference_types),
+                    "energy_settings": cfg.energy_settings,
+                    "finetune": cfg.finetune.to_dict() if cfg.finetune is not None and cfg.finetune.proxy else None}
+        return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+    def _check_trial_settings(self, study: Any) -> None:
+        """Store :meth:`trial_settings` with a study that has none (a new one, or one stored before they were
+        kept); refuse (ConfigError naming the differing settings) a study stored with other ones: its trials'
+        scores would be compared with trials measured another way."""
+        mine = self.trial_settings()
+        stored = study.user_attrs.get("trial_settings")
+        if stored is None:
+            study.set_user_attr("trial_settings", mine)
+            return
+        differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        if differ:
+            raise ConfigError(f"study {study.study_name!r} in {self.url.split('@')[-1]!r} was run with other trial "
+                              f"settings: " + "; ".join(f"{k} {stored.get(k)!r} there, {mine.get(k)!r} now"
+                                                        for k in differ) +
+                              " (use another study_name or out_dir, or the same settings)")
 
     def _optimize(self, study: Any, params: dict[str, list[Any]], n_trials: int | None, multi: bool, desc: str,
                   deadline: float | None = None) -> None:
@@ -749,15 +784,23 @@ class _FinalSteps:
         return self._eval_score if self._eval_score is not None else float(self.task.evaluate(self.model))
 
 
-def _calibration_batches(task: Task, limit: int, size: int) -> list[tuple[torch.Tensor, ...]] | None:
-    """The first ``limit`` of ``task``'s calibration inputs (``Task.calibration_inputs``) in batches of ``size``;
-    None when the task exposes none."""
+def calibration_index(count: int, limit: int, seed: int) -> torch.Tensor:
+    """Which of ``count`` training examples a calibration pass uses, in the order it uses them: ``min(count,
+    limit)`` positions of a permutation seeded by ``seed`` (the search's), so a training set sorted by class
+    gives every batch and the subset a fair share of each class, and the same seed the same examples."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[:min(count, limit)]
+
+
+def _calibration_batches(task: Task, limit: int, size: int, seed: int) -> list[tuple[torch.Tensor, ...]] | None:
+    """Up to ``limit`` of ``task``'s calibration inputs (``Task.calibration_inputs``), chosen and ordered by
+    :func:`calibration_index`, in batches of ``size``; None when the task exposes none."""
     calibration = getattr(task, "calibration_inputs", None)  # tasks may be duck-typed
     inputs = calibration() if calibration is not None else None
     if inputs is None:
         return None
-    n = min(len(inputs[0]), limit)
-    return [tuple(t[i:i + size] for t in inputs) for i in range(0, n, size)]
+    index = calibration_index(len(inputs[0]), limit, seed)
+    return [tuple(t[index[i:i + size]] for t in inputs) for i in range(0, len(index), size)]
 
 
 class _FineTuning:
@@ -772,8 +815,9 @@ class _FineTuning:
         self.ramp = config.final_prune_epochs if config.final_prune > 0 else 0
         self.batches: list[tuple[torch.Tensor, ...]] = []
         if config.final_recalibrate_norms and tracked_norms(model):
-            self.batches = _calibration_batches(fit_task, FINAL_RECALIBRATION_EXAMPLES, 256) or []
+            self.batches = _calibration_batches(fit_task, FINAL_RECALIBRATION_EXAMPLES, 256, config.seed) or []
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.bar: Any = None  #: a tqdm bar advanced after each epoch (SearchConfig.progress)
         if self.ramp:  # layers wrapped (all-ones masks) now, so the optimizer sees the parameters it will train
             apply_masks(model, global_magnitude_masks(model, 0.0))
         if select_task is not None:
@@ -792,6 +836,9 @@ class _FineTuning:
         if self.ramp and epoch == self.ramp - 1:
             self.steps.measure("after_prune")
         self.steps.epoch(epoch)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(score=f"{self.steps.values['fine_tune_epochs'][-1]:.4f}")
         if self.select_task is not None and epoch >= self.ramp - 1:  # at the full final sparsity
             score = float(self.select_task.evaluate(model))
             self.steps.values["selection_epochs"].append(score)
@@ -822,9 +869,19 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
         fit_task, select_task, index = task.hold_out(  # type: ignore[attr-defined]  # checked by run_search
             config.final_selection, config.seed)
         steps.values["selection_examples"] = len(index)
-        if distiller is not None:
-            distiller = Distiller(searcher.reference, fit_task, distiller.cfg)
+        if distiller is not None:  # the fit examples' teacher logits: the whole set's, indexed
+            kept = torch.ones(len(fit_task.x_train) + len(index), dtype=torch.bool)  # type: ignore[attr-defined]
+            kept[index] = False
+            distiller = distiller.restricted(fit_task, kept.nonzero().flatten())  # type: ignore[arg-type]
     tuning = _FineTuning(model, config, steps, fit_task, select_task)
+    started = time.perf_counter()
+    show = config.progress if config.progress is not None else sys.stderr.isatty()
+    bar = None
+    if show and config.final_epochs:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.final_epochs, desc="fine-tuning", unit="epoch", leave=False)
+        tuning.bar = bar
     if config.final_prune > 0 and not config.final_prune_epochs:
         apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))
         tuning.recalibrate()
@@ -836,6 +893,9 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
             fit_task.train_epoch(model, epoch, proxy=False)
             tuning(epoch)
     tuning.keep_best()
+    if bar is not None:
+        bar.close()
+    steps.values["fine_tune_seconds"] = round(time.perf_counter() - started, 1)
 
 
 def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,

@@ -152,6 +152,7 @@ def _image_model(name: str, builder, trials: int | None, out: Path, overrides: d
     for i, (epochs, lr) in enumerate(zip(settings["reference_epochs"], (2e-3, 5e-4))):
         train_classifier(reference, x_train, y_train, epochs=epochs, lr=lr, seed=i)
     ref_acc = accuracy(reference, x_test, y_test)
+    reference_seconds = time.perf_counter() - t0
     space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256], widths=settings["widths"],
                                    kernels=settings["kernels"],
                                    bits={"activation": {"conv": settings["activation_bits"]},
@@ -168,7 +169,13 @@ def _image_model(name: str, builder, trials: int | None, out: Path, overrides: d
                        max_accuracy_drop=settings["max_accuracy_drop"], finetune=settings["finetune"],
                        study_name=f"zoo-{name}-{trials}", progress=True)
     result = run_search(reference, space, task, cfg, reference_accuracy=ref_acc, chance_accuracy=0.1)
-    return _row(name, result, ref_acc, time.perf_counter() - t0, "accuracy", {**settings, "trials": trials})
+    row = _row(name, result, ref_acc, time.perf_counter() - t0, "accuracy", {**settings, "trials": trials})
+    tuning = result.final_steps.get("fine_tune_seconds", 0.0)
+    row["seconds_parts"] = {"reference": round(reference_seconds, 1), "trials": round(result.search_seconds, 1),
+                            "fine_tuning": tuning,
+                            "rest": round(row["seconds"] - reference_seconds - result.search_seconds - tuning, 1)}
+    print(f"  seconds {row['seconds_parts']}", flush=True)
+    return row
 
 
 #: GunPoint: 50 training series; the search fine-tunes by distillation from the reference on the training

@@ -194,3 +194,32 @@ def test_summary_lines_start_the_fine_tuning_at_its_starting_score_and_name_the_
     assert "fine-tuned 0.4000 -> 0.8000 over 2 epochs" in line  # from the pruned score, not the first epoch's
     line = selection_line({"max_accuracy_drop": None, "floor": 0.95, "task_floor": 0.95, "result_meets_floor": True})
     assert "None" not in line and "task floor 0.9500" in line
+
+
+def test_teacher_logits_are_computed_once_and_indexed_for_the_fit_split(reference, tmp_path, monkeypatch):
+    """With distilled trials (``proxy=True``) and a selection split, the final fine-tuning's teacher logits are
+    the whole training set's (computed for the trials) at the fit examples' positions, not a second pass."""
+    import nncodec.search.finetune as finetune
+
+    passes = []
+    real = finetune.eval_outputs
+
+    def counted(model, inputs, *a, **k):
+        passes.append(len(inputs[0]))
+        return real(model, inputs, *a, **k)
+
+    monkeypatch.setattr(finetune, "eval_outputs", counted)
+    t = task()
+    sp = space(reference, widths=(1.0,))
+    cfg = SearchConfig(controller="random", n_trials=1, proxy_epochs=1, final_epochs=1, final_selection=0.2,
+                       finetune={"proxy": True}, out_dir=str(tmp_path), progress=False)
+    run_search(reference, sp, t, cfg)
+    assert passes == [len(t.x_train)]
+    full = Distiller(reference, t, FineTuneConfig())
+    fit, _, index = t.hold_out(0.2, seed=0)
+    rest = torch.tensor(sorted(set(range(len(t.x_train))) - set(index.tolist())))
+    sub = full.restricted(fit, rest)
+    assert torch.equal(sub.teacher_logits, full.teacher_logits[rest])
+    assert torch.allclose(sub.teacher_logits, Distiller(reference, fit, FineTuneConfig()).teacher_logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="rows"):
+        full.restricted(fit, rest[:-1])

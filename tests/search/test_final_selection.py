@@ -11,7 +11,7 @@ from torch import nn
 from nncodec.errors import ConfigError
 from nncodec.search import ClassifierTask, FunctionTask, SearchConfig, SearchSpace, run_search
 from nncodec.search.candidate import recalibrate_batch_norms
-from nncodec.search.runner import FINAL_RECALIBRATION_EXAMPLES
+from nncodec.search.runner import FINAL_RECALIBRATION_EXAMPLES, calibration_index
 from nncodec.train import accuracy, train_classifier
 from tests.search.digits import INPUT, bn_cnn, data
 
@@ -118,8 +118,9 @@ def test_final_statistics_are_re_estimated_after_the_last_epoch(reference, tmp_p
     result = run_search(reference, _space(reference), _task(), _config(tmp_path))
     model = result.model
     fresh = copy.deepcopy(model)
-    n = min(len(x_train), FINAL_RECALIBRATION_EXAMPLES)
-    recalibrate_batch_norms(fresh, [(x_train[i:i + 256],) for i in range(0, n, 256)])
+    index = calibration_index(len(x_train), FINAL_RECALIBRATION_EXAMPLES, 0)
+    batches = [(x_train[index[i:i + 256]],) for i in range(0, len(index), 256)]
+    recalibrate_batch_norms(fresh, batches)
     norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms
     for name in norms:
@@ -129,7 +130,7 @@ def test_final_statistics_are_re_estimated_after_the_last_epoch(reference, tmp_p
     stale = run_search(reference, _space(reference), _task(),
                        _config(tmp_path / "off", final_recalibrate_norms=False)).model
     fresh = copy.deepcopy(stale)
-    recalibrate_batch_norms(fresh, [(x_train[i:i + 256],) for i in range(0, n, 256)])
+    recalibrate_batch_norms(fresh, batches)
     assert not all(torch.allclose(stale.get_submodule(k).running_var, fresh.get_submodule(k).running_var, rtol=1e-3)
                    for k in norms)  # the momentum averages of training are left without it
 
@@ -159,8 +160,8 @@ def test_taylor_width_importance_keeps_the_channels_the_data_says(reference, tmp
     from nncodec.search.runner import TAYLOR_EXAMPLES, _Searcher
 
     x_train, y_train, _, _ = data()
-    n = min(len(x_train), TAYLOR_EXAMPLES)
-    x, y = torch.as_tensor(x_train[:n]), torch.as_tensor(y_train[:n])
+    rows = calibration_index(len(x_train), TAYLOR_EXAMPLES, 0)  # the search's seed
+    x, y = torch.as_tensor(x_train)[rows], torch.as_tensor(y_train)[rows]
 
     def backward(model):
         model.eval()
@@ -200,3 +201,37 @@ def test_taylor_width_importance_keeps_the_channels_the_data_says(reference, tmp
                                                                      width_importance="taylor",
                                                                      recalibrate_norms=False), None)
         assert all(torch.allclose(a, b) for a, b in zip(searcher.build(plan).parameters(), expected.parameters()))
+
+
+def test_calibration_passes_use_a_seeded_random_subset_of_a_class_sorted_set(reference, tmp_path):
+    """The Taylor channel scores and the batch-norm re-estimation draw their examples by the search's seed,
+    not the first ones: on a training set sorted by class, the first 512 hold four of the ten classes."""
+    from nncodec.search.runner import TAYLOR_EXAMPLES, _Searcher
+
+    x_train, y_train, x_test, y_test = data()
+    order = np.argsort(y_train, kind="stable")
+    xs, ys = x_train[order], y_train[order]
+    assert len(set(ys[:TAYLOR_EXAMPLES].tolist())) <= 4
+    rows = calibration_index(len(xs), TAYLOR_EXAMPLES, 5)
+    assert torch.equal(rows, calibration_index(len(xs), TAYLOR_EXAMPLES, 5))
+    assert not torch.equal(rows, calibration_index(len(xs), TAYLOR_EXAMPLES, 6))
+    assert len(set(rows.tolist())) == TAYLOR_EXAMPLES and set(ys[rows[:128].numpy()].tolist()) == set(range(10))
+    assert sorted(calibration_index(40, 512, 0).tolist()) == list(range(40))  # a small set: all of it
+    sorted_task = ClassifierTask(xs, ys, x_test, y_test, lr=3e-3)
+    space = SearchSpace.from_model(reference, INPUT, xs[:64], widths=(0.5, 1.0))
+    searcher = _Searcher(reference, space, sorted_task, SearchConfig(n_trials=1, out_dir=str(tmp_path), seed=5,
+                                                                     width_importance="taylor"), None)
+    got, expected = copy.deepcopy(reference), copy.deepcopy(reference)
+    searcher._taylor_gradients(got)
+    nn.functional.cross_entropy(expected.eval()(torch.as_tensor(xs)[rows]), torch.as_tensor(ys)[rows],
+                                reduction="sum").backward()
+    assert all(torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+               for a, b in zip(got.parameters(), expected.parameters()))
+    # the final re-estimation: batches of 256 in the seeded order (each batch holds every class)
+    model = run_search(reference, _space(reference), sorted_task, _config(tmp_path / "final", seed=5)).model
+    index = calibration_index(len(xs), FINAL_RECALIBRATION_EXAMPLES, 5)
+    fresh = copy.deepcopy(model)
+    recalibrate_batch_norms(fresh, [(torch.as_tensor(xs)[index[i:i + 256]],) for i in range(0, len(index), 256)])
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.allclose(m.running_var, fresh.get_submodule(name).running_var, rtol=1e-5)

@@ -8,7 +8,7 @@ from nncodec.errors import ConfigError
 from nncodec.quant.plan import LayerPlan, Plan
 from nncodec.search import SearchConfig, SearchSpace
 from nncodec.search.candidate import recalibrate_batch_norms
-from nncodec.search.runner import INITIAL_KERNEL_EXAMPLES, _Searcher
+from nncodec.search.runner import INITIAL_KERNEL_EXAMPLES, _Searcher, calibration_index
 from nncodec.train import accuracy, train_classifier
 from tests.search.digits import INPUT, bn_cnn, data, task
 
@@ -41,7 +41,7 @@ def test_narrowed_candidate_gets_its_own_statistics(reference, tmp_path):
     plan = Plan({"2": LayerPlan(activation="quantized_relu(4,2)")}, None, {"0": 0.5})
     built = _searcher(reference, tmp_path).build(plan)
     stale = _searcher(reference, tmp_path, recalibrate_norms=False).build(plan)
-    x = torch.as_tensor(x_train[:INITIAL_KERNEL_EXAMPLES])
+    x = torch.as_tensor(x_train)[calibration_index(len(x_train), INITIAL_KERNEL_EXAMPLES, 0)]
     # the mean over the calibration batches (8 x 32, so the overall mean; measured while the first norm used
     # each batch's own statistics, hence not to the last digit)
     seen = _inputs_of(built, "4", x)

@@ -173,7 +173,8 @@ def test_full_search_writes_a_plan_that_round_trips(reference, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"reference", "result", "seconds", "search_seconds", "notes", "warnings", "final_steps"}
     steps = summary["final_steps"]  # where the final steps move the score: pruning, then each fine-tuning epoch
-    assert set(steps) == {"proxy_trial", "built", "after_prune", "fine_tune_epochs", "decoded"}
+    assert set(steps) == {"proxy_trial", "built", "after_prune", "fine_tune_epochs", "fine_tune_seconds", "decoded"}
+    assert 0 < steps["fine_tune_seconds"] < summary["seconds"] - summary["search_seconds"]  # where the time goes
     assert len(steps["fine_tune_epochs"]) == 1 and steps["fine_tune_epochs"][-1] == summary["result"]["accuracy"]
     assert summary["warnings"] == [] and summary["notes"] == []
     assert set(summary["result"]) == {"accuracy", "decoded_accuracy", "energy_pj", "bitstream_bytes", "plan"}
@@ -433,3 +434,26 @@ def test_resizer_builds_the_same_candidates_and_energies(reference):
     assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())  # the reference is untouched
     with pytest.raises(ConfigError, match="another model"):
         build_candidate(trained_reference(1), INPUT, plan, resizer=resizer)
+
+
+def test_a_resumed_study_must_have_the_trial_settings_it_was_run_with(reference, tmp_path):
+    """The settings that change what a trial measures are kept with the study: resuming it with another
+    width_importance (or proxy epochs, ...) is refused naming them; the same ones resume, final-step ones may
+    change."""
+    sp = space(reference)
+    base = {"controller": "random", "n_trials": 2, "out_dir": str(tmp_path), "study_name": "kept", "progress": False}
+    run_trials(reference, sp, task(0.3), SearchConfig(**base))
+    st = optuna.load_study(study_name="kept", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert st.user_attrs["trial_settings"]["width_importance"] == "l1"
+    for changed, name in (({"width_importance": "l2"}, "width_importance 'l1' there, 'l2' now"),
+                          ({"proxy_epochs": 2}, "proxy_epochs 1 there, 2 now"),
+                          ({"initial_kernels": "gptq"}, "initial_kernels")):
+        with pytest.raises(ConfigError, match=name):
+            run_trials(reference, sp, task(0.3), SearchConfig(**{**base, **changed, "n_trials": 3}))
+    assert len(optuna.load_study(study_name="kept", storage=f"sqlite:///{tmp_path / 'search.db'}").trials) == 2
+    run_trials(reference, sp, task(0.3), SearchConfig(**base, final_epochs=3, final_prune=0.5))  # resumes, no trial
+    # a study stored without them (an earlier version) gets them on first use
+    legacy = optuna.create_study(study_name="legacy", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    searcher = _Searcher(reference, sp, task(0.3), SearchConfig(**{**base, "study_name": "legacy"}), None)
+    searcher._check_trial_settings(legacy)
+    assert legacy.user_attrs["trial_settings"] == searcher.trial_settings()

@@ -454,3 +454,39 @@ def test_trials_do_not_apply_to_the_differentiable_controller(reference, space, 
     cfg = SearchConfig(controller="differentiable", n_trials=5, out_dir=str(tmp_path), options={"epochs": 1})
     with pytest.raises(ConfigError, match="n_trials"):
         run_search(reference, space, digits.task(proxy_fraction=0.2), cfg)
+
+
+def test_codesign_with_an_optuna_controller_builds_candidates_like_the_search(reference, tmp_path, monkeypatch):
+    """``width_importance``, ``initial_kernels`` and distilled trials apply to the co-design's Optuna trials
+    (they build their candidates through the searcher): each is used, none refused."""
+    import nncodec.search.runner as runner
+    from nncodec.search.finetune import Distiller
+
+    used = {"importance": [], "gptq": 0, "distilled": 0}
+    real_resizer, real_gptq, real_train = runner.Resizer, runner.initialize_kernels, Distiller.train
+
+    def resizer(*a, **k):
+        used["importance"].append(k.get("importance"))
+        return real_resizer(*a, **k)
+
+    def gptq(*a, **k):
+        used["gptq"] += 1
+        return real_gptq(*a, **k)
+
+    def train(self, model, epochs, proxy, after_epoch=None):
+        used["distilled"] += bool(proxy)
+        return real_train(self, model, epochs, proxy, after_epoch)
+
+    monkeypatch.setattr(runner, "Resizer", resizer)
+    monkeypatch.setattr(runner, "initialize_kernels", gptq)
+    monkeypatch.setattr(Distiller, "train", train)
+    cfg = SearchConfig(controller="random", n_trials=2, proxy_epochs=1, out_dir=str(tmp_path), energy_settings=SETTINGS,
+                       width_importance="l2", initial_kernels="gptq", finetune={"proxy": True}, progress=False,
+                       options={"codesign": True, "hardware": dict(HW, rounds=1)})
+    searcher = runner._Searcher(reference, digits.space(reference, widths=(0.5, 1.0)), digits.task(0.2), cfg, None)
+    plan, _ = searcher.search_plan()
+    assert "hardware" in searcher.outcome.extra and plan is not None
+    assert used["importance"] == ["l2"] and used["gptq"] >= 2 and used["distilled"] == 2
+    for kw in ({"width_importance": "taylor"}, {"initial_kernels": "gptq"}, {"finetune": {"proxy": True}}):
+        with pytest.raises(ConfigError, match="differentiable"):
+            SearchConfig(controller="differentiable", options={"codesign": True}, **kw)

@@ -254,3 +254,43 @@ def test_topology_unit_refuses_a_layer_with_input_steps(tmp_path):
                                                                           "input": "quantized_bits(8,0,1)"}}})
     with pytest.raises(TopologyError, match="per-channel steps"):
         encode_with_report(q, tmp_path / "m.nnc", topology=True)
+
+
+def _input_space(ref: nn.Module) -> SearchSpace:
+    return SearchSpace.from_model(ref, (TOKENS[:1],), (TOKENS[:16],), kernels=(KERNEL,), widths=(1.0,),
+                                  share={"*.ffn_in": "ffn_in"}, bits={"kernel": {"dense": (4, 8)},
+                                                                      "input": {"ffn_in": (6, 8)}})
+
+
+def test_plans_of_the_plan_controllers_and_their_cost_surrogate_carry_input_steps():
+    from nncodec.search.greedy import _Greedy
+    from nncodec.search.surrogate import CostSurrogate, base_plan
+
+    ref = _model()
+    space = _input_space(ref)
+    plan = base_plan(space)  # the plans of the greedy, iterative and differentiable controllers start here
+    assert plan.layers["blocks.0.ffn_in"].input == plan.layers["blocks.1.ffn_in"].input == "quantized_bits(8,0,1)"
+    assert plan.layers["blocks.0.ffn_out"].input is None
+    greedy = _Greedy(type("S", (), {"space": space, "cfg": type("C", (), {"options": {}})()})())
+    assert space.plan_from(greedy.choices()).layers["blocks.1.ffn_in"].input == "quantized_bits(8,0,1)"
+    plain = Plan(layers={n: LayerPlan(kernel=lp.kernel, bias=lp.bias, activation=lp.activation)
+                         for n, lp in plan.layers.items()})
+    priced = estimate_energy(ref, (TOKENS[:1],), plan).total_pj
+    assert priced != pytest.approx(estimate_energy(ref, (TOKENS[:1],), plain).total_pj)
+    assert CostSurrogate(ref, space, {}).base_pj == pytest.approx(priced)
+
+
+@pytest.mark.parametrize("controller, schedule, options", [
+    ("differentiable", "single", {}),
+    ("tpe", "iterative", {}),
+])
+def test_controllers_that_rebuild_from_trained_parameters_refuse_input_steps(tmp_path, controller, schedule, options):
+    from nncodec.search import FidelityTask, SearchConfig, run_search
+
+    ref = _model()
+    task = FidelityTask(ref, (TOKENS[:64],), (TOKENS[64:],), batch_size=32, proxy_fraction=0.25)
+    cfg = SearchConfig(controller=controller, schedule=schedule, options=options, out_dir=str(tmp_path),
+                       progress=False, max_energy_pj=1.0,
+                       n_trials=SearchConfig.__dataclass_fields__["n_trials"].default)
+    with pytest.raises(ConfigError, match=r"bits\['input'\]"):
+        run_search(ref, _input_space(ref), task, cfg)

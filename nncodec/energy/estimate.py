@@ -216,10 +216,12 @@ class _Resolver:
         return self.INT8
 
 
-def _density(tensor: torch.Tensor | None) -> float:
-    if tensor is None or tensor.numel() == 0:
+def _density(tensors: list[torch.Tensor]) -> float:
+    """Fraction of nonzero elements over all of ``tensors`` (1.0 when they hold none)."""
+    total = sum(t.numel() for t in tensors)
+    if total == 0:
         return 1.0
-    return float(torch.count_nonzero(tensor)) / tensor.numel()
+    return sum(float(torch.count_nonzero(t)) for t in tensors) / total
 
 
 def _module(model: nn.Module, op: GraphOp) -> nn.Module:
@@ -270,8 +272,12 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs through DRAM.
     ``sparsity_aware`` skips the MACs and weight reads of zero weights: ``True`` the weights that are zero
     before quantizing (pruned), ``"codes"`` the weights whose quantized value is zero (pruned, or rounded to
-    the zero code: what the decoded model holds; a plan-only estimate of plain layers counts the float zeros;
-    with ``reference``, the zero codes of the weights at the reference's weight type). ``op_costs`` replaces the
+    the zero code: what the decoded model holds; a plan-only estimate of plain layers counts the float zeros,
+    so the search's cost surrogate and plan-only estimates count the float model's zeros while the final
+    report, priced on the built candidate, counts its codes; with ``reference``, the zero codes of the
+    weights at the reference's weight type with one step per output channel scaled to the channel's largest
+    magnitude, as an int8 deployment stores them: :func:`reference_codes`). The density of a layer is taken
+    over all its weights (an LSTM's input and hidden weights). ``op_costs`` replaces the
     Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model, example_inputs)`` is
     called once and its value reported as ``measured_pj`` (a cost from real hardware). ``memory`` adds a
     :class:`~nncodec.energy.memory.MemoryReport` as ``report.memory`` (peak activation memory in the graph's
@@ -354,9 +360,9 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                     with torch.no_grad():
                         weights = [module.kernel_quantizer(weights[0]) * (weights[0] != 0)]
             if sparsity_aware == "codes" and resolver.ref and weights and kind != "embedding":
-                with torch.no_grad():  # the reference's zero codes: its weights at the reference type
-                    weights = [resolver.ref_quantizer(weights[0])]
-            density = _density(weights[0]) if (sparsity_aware and weights and kind != "embedding") else 1.0
+                with torch.no_grad():  # the reference's zero codes: every weight at the reference type
+                    weights = [resolver.ref_quantizer(w) for w in weights]
+            density = _density(weights) if (sparsity_aware and weights and kind != "embedding") else 1.0
             if kind == "embedding":
                 params = mem(ops_n * w_t.bits, weights_memory)
             else:

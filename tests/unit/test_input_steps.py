@@ -294,3 +294,26 @@ def test_controllers_that_rebuild_from_trained_parameters_refuse_input_steps(tmp
                        n_trials=SearchConfig.__dataclass_fields__["n_trials"].default)
     with pytest.raises(ConfigError, match=r"bits\['input'\]"):
         run_search(ref, _input_space(ref), task, cfg)
+
+
+@pytest.mark.parametrize("mode", [True, "codes"])
+def test_sparsity_aware_counts_every_weight_of_a_recurrent_layer(mode):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(16, 16, batch_first=True)
+    with torch.no_grad():  # no weight rounds to zero at int8
+        for w in (lstm.weight_ih_l0, lstm.weight_hh_l0):
+            w.copy_(torch.sign(torch.randn_like(w)) * (0.5 + 0.5 * torch.rand_like(w)))
+    x = torch.randn(1, 4, 16)
+
+    def row(m: "bool | str"):
+        return next(r for r in estimate_energy(lstm, x, reference=("int8", "int16"), sparsity_aware=m).layers
+                    if r.kind == "recurrent")
+
+    dense = row(False)
+    assert row(mode).parameters == pytest.approx(dense.parameters)  # both weights read, none skipped
+    with torch.no_grad():
+        lstm.weight_hh_l0[:, :8] = 0  # half of the hidden weights
+    n_ih, n_hh = lstm.weight_ih_l0.numel(), lstm.weight_hh_l0.numel()
+    sparse = row(mode)
+    assert sparse.weight_density == pytest.approx((n_ih + n_hh / 2) / (n_ih + n_hh))
+    assert sparse.op_cost < dense.op_cost and sparse.parameters < dense.parameters

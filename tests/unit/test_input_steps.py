@@ -323,3 +323,23 @@ def test_sparsity_aware_counts_every_weight_of_a_recurrent_layer(mode):
     sparse = row(mode)
     assert sparse.weight_density == pytest.approx((n_ih + n_hh / 2) / (n_ih + n_hh))
     assert sparse.op_cost < dense.op_cost and sparse.parameters < dense.parameters
+
+
+def test_loading_folded_weights_into_a_plain_linear_is_an_error(tmp_path):
+    from nncodec.rd_encode import RDOptions
+    from nncodec.tuning import _Fidelity
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(8, 4))
+    q = quantize_model(plain, {"layers": {"0": {"kernel": KERNEL, "input": "quantized_bits(8,0,1)"}}})
+    fit_input_steps(q, [(torch.randn(32, 8) * torch.logspace(0, 2, 8),)])
+    path, _ = encode_with_report(q, tmp_path / "m.nnc")
+    target = nn.Sequential(nn.Linear(8, 4))
+    with pytest.raises(ConfigError, match=r"'0'.*input steps.*folded.*load_model"):
+        load_into(target, path, strict=False)
+    before = target[0].weight.detach().clone()
+    with pytest.raises(ConfigError, match="folded"):
+        _Fidelity(target, RDOptions(), lambda m: 0.0)(path.read_bytes())
+    assert torch.equal(target[0].weight, before)  # the fidelity probe left the module as it was
+    bare = nn.Linear(8, 4)  # a stream without that layer's weight: its steps are merely extra
+    assert sorted(load_into(bare, path, strict=False)) == ["0.bias", "0.input_scale", "0.weight"]

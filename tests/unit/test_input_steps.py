@@ -343,3 +343,26 @@ def test_loading_folded_weights_into_a_plain_linear_is_an_error(tmp_path):
     assert torch.equal(target[0].weight, before)  # the fidelity probe left the module as it was
     bare = nn.Linear(8, 4)  # a stream without that layer's weight: its steps are merely extra
     assert sorted(load_into(bare, path, strict=False)) == ["0.bias", "0.input_scale", "0.weight"]
+
+
+def test_resizing_a_model_with_input_steps_is_an_error():
+    from nncodec.prune.graph import Resizer, resize_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    q = quantize_model(model, {"layers": {"2": {"kernel": KERNEL, "input": "quantized_bits(8,0,1)"}}})
+    fit_input_steps(q, [(torch.randn(32, 8),)])
+    with pytest.raises(ConfigError, match="input steps"):
+        resize_groups(q, (8,), {"0": 0.5})
+    with pytest.raises(ConfigError, match="input steps"):
+        Resizer(q, (8,)).resize({"0": 0.5})
+    assert resize_groups(model, (8,), {"0": 0.5})[2].in_features == 8  # the float model resizes
+
+
+def test_requantizing_a_quantized_model_follows_the_new_plan():
+    lin = nn.Sequential(nn.Linear(8, 4))
+    q = quantize_model(lin, {"layers": {"0": {"kernel": KERNEL, "input": "quantized_bits(8,0,1)"}}})
+    q2 = quantize_model(q, {"layers": {"0": {"kernel": KERNEL}}})
+    assert q2[0].input_quantizer is None and "input_scale" in q2[0]._buffers  # the steps stay, folded
+    q3 = quantize_model(q, {"layers": {"0": {"kernel": KERNEL, "input": "quantized_bits(6,0,1)"}}})
+    assert q3[0].input_quantizer.bits == 6

@@ -26,7 +26,8 @@ from ..errors import ConfigError
 from ..quant.plan import Plan
 
 __all__ = ["Outcome", "Costing", "register_controller", "register_schedule", "PLAN_CONTROLLERS", "SCHEDULES",
-           "run_method", "method_options", "candidate_energy", "refuse_widths", "refuse_input_steps", "refuse_trials", "searches_widths"]
+           "run_method", "method_options", "candidate_energy", "refuse_widths", "refuse_input_steps", "refuse_trials",
+           "searches_widths"]
 
 
 @dataclass

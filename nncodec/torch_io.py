@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +235,19 @@ def decode(src: Source, *, limits: Limits = DEFAULT_LIMITS, base: Any = None,
     return out
 
 
+def refuse_folded_weights(unexpected: Iterable[str], loaded: Container[str], where: str) -> None:
+    """Raise :class:`ConfigError` when a stream's ``<layer>.input_scale`` (per-channel input steps,
+    :mod:`nncodec.quant.input_steps`) has no place in the module while its ``<layer>.weight`` was loaded:
+    that weight is stored folded (``W[:, j] * s_j``) and a plain layer would compute a wrong output."""
+    for name in unexpected:
+        if name.endswith(".input_scale") and f"{name[: -len('input_scale')]}weight" in loaded:
+            layer = name[: -len(".input_scale")]
+            raise ConfigError(f"{where}: {layer!r} has per-channel input steps ({name!r}) and its weight is "
+                              f"stored folded by them; the module has no such buffer, so it would compute a "
+                              f"wrong output: decode into the searched model (a QLinear with the plan's 'input'), "
+                              f"or rebuild it class-free with nncodec.load_model")
+
+
 def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
               limits: Limits = DEFAULT_LIMITS, workers: int = 1, base: Any = None,
               operating_point: int | None = None) -> list[str]:
@@ -252,6 +265,8 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
         raise ConfigError("a delta stream (base=) has no operating points: give base= or operating_point=")
     if base is not None:  # a delta stream: rebuilt whole, then loaded
         decoded = decode(src, limits=limits, base=base)
+        names = set(module.state_dict(keep_vars=False))
+        refuse_folded_weights([n for n in decoded if n not in names], names & set(decoded), "load_into")
         result = module.load_state_dict(decoded, strict=strict)
         return list(result.unexpected_keys)
     targets = module.state_dict(keep_vars=False)
@@ -283,6 +298,7 @@ def load_into(module: torch.nn.Module, src: Source, *, strict: bool = True,
         if src_t.data_ptr() != t.data_ptr():
             with torch.no_grad():
                 t.copy_(src_t)
+    refuse_folded_weights(unexpected, loaded, "load_into")
     missing = [n for n in targets if n not in loaded]
     if strict and (missing or unexpected):
         raise ConfigError(f"load_into(strict=True): missing from the stream: {missing[:10]}; "

@@ -111,9 +111,12 @@ class _Fidelity:
             self.model.train(was)
 
     def __call__(self, data: bytes) -> float:
-        from .torch_io import decode
+        from .torch_io import decode, refuse_folded_weights
 
         decoded = decode(data)
+        names = set(self.original)
+        refuse_folded_weights([n for n in decoded if n not in names], names & set(decoded),
+                              "the fidelity of a coded stream")
         try:
             self.model.load_state_dict(decoded, strict=False)
             if self.fn is not None:

@@ -32,13 +32,12 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..quant.layers import QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
-from ..quant.base import get_quantizer
 from ..quant.plan import Plan
 from .costs import OpCosts
 from .operators import Multiplier, QType, make_multiplier, qtype
 from .graph import GraphOp, capture_graph, zero_fractions
 
-__all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "INCLUDED_TERMS", "REQUANT_SCALE"]
+__all__ = ["estimate_energy", "EnergyReport", "LayerEnergy", "INCLUDED_TERMS", "REQUANT_SCALE", "reference_codes"]
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +160,6 @@ class _Resolver:
     def __init__(self, plan: Plan, reference: tuple[str, str] | None):
         self.plan = plan
         self.ref = (qtype(reference[0]), qtype(reference[1])) if reference else None
-        #: the reference's weight quantizer (its zero codes, for ``sparsity_aware="codes"``)
-        self.ref_quantizer = get_quantizer(reference[0]) if reference else None
 
     def weights(self, name: str, module: nn.Module) -> tuple[QType, QType, QType | None, QType | None]:
         """(kernel, bias, accumulator override, output override)."""
@@ -216,10 +213,28 @@ class _Resolver:
         return self.INT8
 
 
-def _density(tensor: torch.Tensor | None) -> float:
-    if tensor is None or tensor.numel() == 0:
+def _density(tensors: list[torch.Tensor]) -> float:
+    """Fraction of nonzero elements over all of ``tensors`` (1.0 when they hold none)."""
+    total = sum(t.numel() for t in tensors)
+    if total == 0:
         return 1.0
-    return float(torch.count_nonzero(tensor)) / tensor.numel()
+    return sum(float(torch.count_nonzero(t)) for t in tensors) / total
+
+
+def reference_codes(weight: torch.Tensor, t: QType) -> torch.Tensor:
+    """The codes of ``weight`` at the reference's weight type ``t`` as an int8 deployment stores them: one
+    symmetric step per slice of dim 0 (the output channel of conv / linear / recurrent weights), the slice's
+    largest magnitude at the top code ``2^(b-1) - 1``, ``b`` the bits of a fixed-point ``t`` (8 for a
+    power-of-two, ternary or binary ``t``); a float ``t`` keeps the weight (only exact zeros are zero codes)."""
+    if t.is_float or weight.dim() == 0:
+        return weight
+    bits = int(t.bits) if t.kind == "fixed" else 8
+    top = 2 ** (max(bits, 2) - 1) - 1
+    rows = weight.reshape(weight.shape[0], -1) if weight.dim() > 1 else weight.reshape(1, -1)
+    step = rows.abs().amax(dim=1, keepdim=True) / top
+    codes = torch.where(step > 0, torch.round(rows / step.clamp_min(torch.finfo(rows.dtype).tiny)),
+                        torch.zeros_like(rows))
+    return codes.reshape(weight.shape)
 
 
 def _module(model: nn.Module, op: GraphOp) -> nn.Module:
@@ -270,8 +285,12 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
     ``min_sram_size`` in bits; ``io_traffic`` moves model inputs and outputs through DRAM.
     ``sparsity_aware`` skips the MACs and weight reads of zero weights: ``True`` the weights that are zero
     before quantizing (pruned), ``"codes"`` the weights whose quantized value is zero (pruned, or rounded to
-    the zero code: what the decoded model holds; a plan-only estimate of plain layers counts the float zeros;
-    with ``reference``, the zero codes of the weights at the reference's weight type). ``op_costs`` replaces the
+    the zero code: what the decoded model holds; a plan-only estimate of plain layers counts the float zeros,
+    so the search's cost surrogate and plan-only estimates count the float model's zeros while the final
+    report, priced on the built candidate, counts its codes; with ``reference``, the zero codes of the
+    weights at the reference's weight type with one step per output channel scaled to the channel's largest
+    magnitude, as an int8 deployment stores them: :func:`reference_codes`). The density of a layer is taken
+    over all its weights (an LSTM's input and hidden weights). ``op_costs`` replaces the
     Horowitz table (a dict, an :class:`OpCosts`, or a JSON file). ``measure(model, example_inputs)`` is
     called once and its value reported as ``measured_pj`` (a cost from real hardware). ``memory`` adds a
     :class:`~nncodec.energy.memory.MemoryReport` as ``report.memory`` (peak activation memory in the graph's
@@ -354,9 +373,9 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                     with torch.no_grad():
                         weights = [module.kernel_quantizer(weights[0]) * (weights[0] != 0)]
             if sparsity_aware == "codes" and resolver.ref and weights and kind != "embedding":
-                with torch.no_grad():  # the reference's zero codes: its weights at the reference type
-                    weights = [resolver.ref_quantizer(weights[0])]
-            density = _density(weights[0]) if (sparsity_aware and weights and kind != "embedding") else 1.0
+                with torch.no_grad():  # the reference's zero codes: every weight at the reference type
+                    weights = [reference_codes(w, resolver.ref[0]) for w in weights]
+            density = _density(weights) if (sparsity_aware and weights and kind != "embedding") else 1.0
             if kind == "embedding":
                 params = mem(ops_n * w_t.bits, weights_memory)
             else:

@@ -486,6 +486,7 @@ def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float
     result = copy.deepcopy(model)
     if all(v == 1.0 for v in widths.values()):
         return result
+    _refuse_input_steps(model)
     analysis = GroupAnalysis(result, example_inputs, keep=keep)
     chosen = _chosen_groups(analysis, widths)
     if importance == "taylor":
@@ -501,6 +502,16 @@ def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float
     if importance == "taylor":
         result.zero_grad(set_to_none=True)
     return result
+
+
+def _refuse_input_steps(model: nn.Module) -> None:
+    """Raise :class:`ConfigError` when a layer of ``model`` holds per-channel input steps (``input_scale``,
+    :mod:`nncodec.quant.input_steps`): its weight is folded by them and the resize would not slice them."""
+    held = [name for name, mod in model.named_modules() if "input_scale" in getattr(mod, "_buffers", {})]
+    if held:
+        raise ConfigError(f"cannot resize width groups of a model whose layers {held[:5]} hold per-channel input "
+                          "steps (input_scale, folded into their weights): resize the float model, then quantize "
+                          "and fit the steps (build_candidate does)")
 
 
 def _check_widths(widths: dict[str, float]) -> None:
@@ -583,6 +594,7 @@ class Resizer:
         result = copy.deepcopy(self.model)
         if all(v == 1.0 for v in widths.values()):
             return result
+        _refuse_input_steps(self.model)
         plans = _resize_plans(_chosen_groups(self.analysis, widths), self._importance)
         prunes = [(g, idxs) for g, action, idxs in plans if action == "prune"]
         if prunes:

@@ -128,7 +128,7 @@ def _requantize_input(module: "QLinear", args: tuple) -> tuple | None:
 class QLinear(_QuantWeights, nn.Linear):
     """``nn.Linear`` with kernel, bias and output quantizers, and optionally an input quantizer with one step per
     input channel (:meth:`set_input_quantizer`): ``y = q_k(W') q_in(x / s) + b`` with ``W' = W diag(s)`` the
-    stored (folded) weight and ``s`` the ``input_scale`` buffer (float32, one per input feature). In hardware
+    stored (folded) weight and ``s`` the ``input_scale`` buffer (the weight's dtype, one per input feature). In hardware
     ``s`` is applied where the input is requantized (one multiply per element, the step of each channel), and
     the MACs multiply ``q_in``'s integer codes by the folded kernel's: the same integer MACs as a per-tensor
     input step."""
@@ -449,8 +449,8 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
             setattr(parent, child, _wrap(module, lp))
         elif isinstance(module, _QuantParams):
             module._init_quant(lp.kernel, lp.bias, lp.activation)
-            if isinstance(module, QLinear) and lp.input is not None:
-                module.set_input_quantizer(lp.input)
+            if isinstance(module, QLinear) and (lp.input is not None or "input_scale" in module._buffers):
+                module.set_input_quantizer(lp.input)  # a plan without 'input' removes the quantizer (steps stay)
         elif isinstance(module, ACTIVATION_TYPES) and lp.activation:
             setattr(parent, child, QActivation(lp.activation, base=module))
         elif isinstance(module, QActivation) and lp.activation:

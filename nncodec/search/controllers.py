@@ -26,7 +26,8 @@ from ..errors import ConfigError
 from ..quant.plan import Plan
 
 __all__ = ["Outcome", "Costing", "register_controller", "register_schedule", "PLAN_CONTROLLERS", "SCHEDULES",
-           "run_method", "method_options", "candidate_energy", "refuse_widths", "refuse_trials", "searches_widths"]
+           "run_method", "method_options", "candidate_energy", "refuse_widths", "refuse_input_steps", "refuse_trials",
+           "searches_widths"]
 
 
 @dataclass
@@ -105,6 +106,17 @@ def refuse_widths(space: Any, method: str) -> None:
     if groups:
         raise ConfigError(f"{method} searches quantizers and pruning, not widths, but the search space has width "
                           f"multipliers for {groups}: build it with widths=(1.0,) (or keep those widths), or use "
+                          "the greedy or an Optuna controller")
+
+
+def refuse_input_steps(space: Any, method: str) -> None:
+    """Raise :class:`ConfigError` when the space has per-channel input steps (``bits['input']``) that ``method``
+    would not fit: it trains the reference's own parameters and rebuilds the candidate from them, so the folded
+    weights would be read with unit steps (a wrong model)."""
+    groups = sorted({layer.group for layer in getattr(space, "layers", ()) if getattr(layer, "input", None)})
+    if groups:
+        raise ConfigError(f"{method} trains the reference's parameters and does not fit per-channel input steps, "
+                          f"but the search space has bits['input'] for {groups}: leave bits['input'] out, or use "
                           "the greedy or an Optuna controller")
 
 

@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..quant.base import Quantizer, get_quantizer
 from ..quant.plan import Plan
 from ..train import shuffled_batches
-from .controllers import Outcome, refuse_trials, refuse_widths, register_controller
+from .controllers import Outcome, refuse_input_steps, refuse_trials, refuse_widths, register_controller
 from .space import SearchSpace
 from .surrogate import CostSurrogate, base_plan, soft_layers
 from .task import ClassifierTask
@@ -140,6 +140,7 @@ class DifferentiableSearch:
         if self.lam < 0 or self.arch_lr <= 0 or not 0 < self.temperature_end <= 1:
             raise ConfigError("differentiable: lambda >= 0, arch_lr > 0 and 0 < temperature_end <= 1 required")
         refuse_widths(space, "the differentiable controller")
+        refuse_input_steps(space, "the differentiable controller")
         torch.manual_seed(seed)
         self.model = copy.deepcopy(reference)
         self.names = [layer.name for layer in soft_layers(space)]

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..prune.proximal import ProximalPruner
 from ..prune.unstructured import apply_masks, global_magnitude_masks, prunable_layers, sparsity
 from ..quant.layers import quantize_model
-from .controllers import Outcome, refuse_widths, register_schedule
+from .controllers import Outcome, refuse_input_steps, refuse_widths, register_schedule
 from .greedy import knobs_of
 from .surrogate import base_choices
 from .task import combined_floor
@@ -73,6 +73,7 @@ def iterative_schedule(searcher: Any) -> Outcome:
     if cfg.controller not in ("tpe",):
         raise ConfigError("the iterative schedule chooses its own compression steps; leave the controller at 'tpe'")
     refuse_widths(space, "the iterative schedule")
+    refuse_input_steps(space, "the iterative schedule")
     if "reference_accuracy" in opts:
         ref_acc = float(opts["reference_accuracy"])
     else:  # measured once per search (run_search has measured it already)

@@ -58,7 +58,7 @@ def soft_layers(space: SearchSpace) -> list[Any]:
 def base_choices(space: SearchSpace, kernel: dict[str, str] | None = None,
                  act: dict[str, str] | None = None) -> dict[str, Any]:
     """Parameter values (:meth:`SearchSpace.plan_from` keys) with every group at its last kernel /
-    activation candidate and first bias candidate, unless ``kernel`` (layer name -> spec) or ``act``
+    activation / input-steps candidate and first bias candidate, unless ``kernel`` (layer name -> spec) or ``act``
     (activation module -> spec) say otherwise (the first layer of a shared group decides)."""
     kernel, act = kernel or {}, act or {}
     choices: dict[str, Any] = {}
@@ -70,6 +70,8 @@ def base_choices(space: SearchSpace, kernel: dict[str, str] | None = None,
             choices.setdefault(f"{g}.bias", layer.bias[0])
         if layer.activation:
             choices.setdefault(f"{g}.activation", act.get(layer.activation_module or "", layer.activation[-1]))
+        if layer.input:
+            choices.setdefault(f"{g}.input", layer.input[-1])
     return choices
 
 

@@ -215,11 +215,17 @@ def test_sparsity_aware_codes_skips_zero_codes_of_candidate_and_reference():
             for mode in (False, True, "codes")}
     assert rows[True].weight_density == 1.0 and rows["codes"].weight_density == pytest.approx(1 - zero)
     assert rows["codes"].op_cost == pytest.approx(rows[False].op_cost * (1 - zero), rel=1e-3)
-    with torch.no_grad():
-        model[0].weight.mul_(0.01)  # small weights: many round to zero at int8
+    with torch.no_grad():  # small weights, one output channel 100x smaller again and with one large weight
+        model[0].weight.mul_(0.01)
+        model[0].weight[0].mul_(0.01)
+        model[0].weight[0, 0] = 0.01
     ref = next(r for r in estimate_energy(model, x, reference=("int8", "int16"), sparsity_aware="codes").layers
                if r.kind == "dense")
-    assert ref.weight_density == pytest.approx(float((model[0].weight.abs() > 2 ** -8).float().mean()), abs=0.01)
+    w = model[0].weight.detach()
+    step = w.abs().amax(dim=1, keepdim=True) / 127  # int8 per output channel, max-scaled
+    kept = (torch.round(w / step) != 0).float()
+    assert ref.weight_density == pytest.approx(float(kept.mean()), abs=1e-6)
+    assert float(kept[1:].mean()) > 0.95 and float(kept[0].mean()) < 0.2  # small channels keep their codes
     with pytest.raises(ConfigError, match="sparsity_aware"):
         estimate_energy(q, x, sparsity_aware="yes")
 
@@ -254,3 +260,109 @@ def test_topology_unit_refuses_a_layer_with_input_steps(tmp_path):
                                                                           "input": "quantized_bits(8,0,1)"}}})
     with pytest.raises(TopologyError, match="per-channel steps"):
         encode_with_report(q, tmp_path / "m.nnc", topology=True)
+
+
+def _input_space(ref: nn.Module) -> SearchSpace:
+    return SearchSpace.from_model(ref, (TOKENS[:1],), (TOKENS[:16],), kernels=(KERNEL,), widths=(1.0,),
+                                  share={"*.ffn_in": "ffn_in"}, bits={"kernel": {"dense": (4, 8)},
+                                                                      "input": {"ffn_in": (6, 8)}})
+
+
+def test_plans_of_the_plan_controllers_and_their_cost_surrogate_carry_input_steps():
+    from nncodec.search.greedy import _Greedy
+    from nncodec.search.surrogate import CostSurrogate, base_plan
+
+    ref = _model()
+    space = _input_space(ref)
+    plan = base_plan(space)  # the plans of the greedy, iterative and differentiable controllers start here
+    assert plan.layers["blocks.0.ffn_in"].input == plan.layers["blocks.1.ffn_in"].input == "quantized_bits(8,0,1)"
+    assert plan.layers["blocks.0.ffn_out"].input is None
+    greedy = _Greedy(type("S", (), {"space": space, "cfg": type("C", (), {"options": {}})()})())
+    assert space.plan_from(greedy.choices()).layers["blocks.1.ffn_in"].input == "quantized_bits(8,0,1)"
+    plain = Plan(layers={n: LayerPlan(kernel=lp.kernel, bias=lp.bias, activation=lp.activation)
+                         for n, lp in plan.layers.items()})
+    priced = estimate_energy(ref, (TOKENS[:1],), plan).total_pj
+    assert priced != pytest.approx(estimate_energy(ref, (TOKENS[:1],), plain).total_pj)
+    assert CostSurrogate(ref, space, {}).base_pj == pytest.approx(priced)
+
+
+@pytest.mark.parametrize("controller, schedule, options", [
+    ("differentiable", "single", {}),
+    ("tpe", "iterative", {}),
+])
+def test_controllers_that_rebuild_from_trained_parameters_refuse_input_steps(tmp_path, controller, schedule, options):
+    from nncodec.search import FidelityTask, SearchConfig, run_search
+
+    ref = _model()
+    task = FidelityTask(ref, (TOKENS[:64],), (TOKENS[64:],), batch_size=32, proxy_fraction=0.25)
+    cfg = SearchConfig(controller=controller, schedule=schedule, options=options, out_dir=str(tmp_path),
+                       progress=False, max_energy_pj=1.0,
+                       n_trials=SearchConfig.__dataclass_fields__["n_trials"].default)
+    with pytest.raises(ConfigError, match=r"bits\['input'\]"):
+        run_search(ref, _input_space(ref), task, cfg)
+
+
+@pytest.mark.parametrize("mode", [True, "codes"])
+def test_sparsity_aware_counts_every_weight_of_a_recurrent_layer(mode):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(16, 16, batch_first=True)
+    with torch.no_grad():  # no weight rounds to zero at int8
+        for w in (lstm.weight_ih_l0, lstm.weight_hh_l0):
+            w.copy_(torch.sign(torch.randn_like(w)) * (0.5 + 0.5 * torch.rand_like(w)))
+    x = torch.randn(1, 4, 16)
+
+    def row(m: "bool | str"):
+        return next(r for r in estimate_energy(lstm, x, reference=("int8", "int16"), sparsity_aware=m).layers
+                    if r.kind == "recurrent")
+
+    dense = row(False)
+    assert row(mode).parameters == pytest.approx(dense.parameters)  # both weights read, none skipped
+    with torch.no_grad():
+        lstm.weight_hh_l0[:, :8] = 0  # half of the hidden weights
+    n_ih, n_hh = lstm.weight_ih_l0.numel(), lstm.weight_hh_l0.numel()
+    sparse = row(mode)
+    assert sparse.weight_density == pytest.approx((n_ih + n_hh / 2) / (n_ih + n_hh))
+    assert sparse.op_cost < dense.op_cost and sparse.parameters < dense.parameters
+
+
+def test_loading_folded_weights_into_a_plain_linear_is_an_error(tmp_path):
+    from nncodec.rd_encode import RDOptions
+    from nncodec.tuning import _Fidelity
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(8, 4))
+    q = quantize_model(plain, {"layers": {"0": {"kernel": KERNEL, "input": "quantized_bits(8,0,1)"}}})
+    fit_input_steps(q, [(torch.randn(32, 8) * torch.logspace(0, 2, 8),)])
+    path, _ = encode_with_report(q, tmp_path / "m.nnc")
+    target = nn.Sequential(nn.Linear(8, 4))
+    with pytest.raises(ConfigError, match=r"'0'.*input steps.*folded.*load_model"):
+        load_into(target, path, strict=False)
+    before = target[0].weight.detach().clone()
+    with pytest.raises(ConfigError, match="folded"):
+        _Fidelity(target, RDOptions(), lambda m: 0.0)(path.read_bytes())
+    assert torch.equal(target[0].weight, before)  # the fidelity probe left the module as it was
+    bare = nn.Linear(8, 4)  # a stream without that layer's weight: its steps are merely extra
+    assert sorted(load_into(bare, path, strict=False)) == ["0.bias", "0.input_scale", "0.weight"]
+
+
+def test_resizing_a_model_with_input_steps_is_an_error():
+    from nncodec.prune.graph import Resizer, resize_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    q = quantize_model(model, {"layers": {"2": {"kernel": KERNEL, "input": "quantized_bits(8,0,1)"}}})
+    fit_input_steps(q, [(torch.randn(32, 8),)])
+    with pytest.raises(ConfigError, match="input steps"):
+        resize_groups(q, (8,), {"0": 0.5})
+    with pytest.raises(ConfigError, match="input steps"):
+        Resizer(q, (8,)).resize({"0": 0.5})
+    assert resize_groups(model, (8,), {"0": 0.5})[2].in_features == 8  # the float model resizes
+
+
+def test_requantizing_a_quantized_model_follows_the_new_plan():
+    lin = nn.Sequential(nn.Linear(8, 4))
+    q = quantize_model(lin, {"layers": {"0": {"kernel": KERNEL, "input": "quantized_bits(8,0,1)"}}})
+    q2 = quantize_model(q, {"layers": {"0": {"kernel": KERNEL}}})
+    assert q2[0].input_quantizer is None and "input_scale" in q2[0]._buffers  # the steps stay, folded
+    q3 = quantize_model(q, {"layers": {"0": {"kernel": KERNEL, "input": "quantized_bits(6,0,1)"}}})
+    assert q3[0].input_quantizer.bits == 6

@@ -620,11 +620,20 @@ class _Searcher:
             if bar is not None:
                 bar.close()
 
+    def _within_caps(self, trial: Any) -> bool:
+        """Whether a finished trial may be picked under the *current* caps (they may change on resume): its
+        stored energy / size / parameters are checked again, so a tighter cap excludes trials now over it. A
+        trial stored infeasible was never trained (its score is 0.0): it stays excluded under a looser cap."""
+        attrs = trial.user_attrs
+        if attrs.get("infeasible"):
+            return False
+        return self._violation(float(attrs.get("energy_pj", 0.0)), float(attrs.get("size_bits", 0.0)),
+                               int(attrs.get("params", 0))) <= 0
+
     def _best(self, study: Any, multi: bool) -> Any:
         from optuna.trial import TrialState
 
-        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if not t.user_attrs.get("infeasible")]
+        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if self._within_caps(t)]
         if not trials:
             raise ConfigError("no feasible trial: relax the caps (max_energy_pj / max_bits / max_params)")
         floor = self.accuracy_floor()
@@ -691,14 +700,13 @@ class _Searcher:
         return [(blocks[g], max(self.cfg.min_trials_per_block, round(self.cfg.n_trials * energy[g] / total)))
                 for g in order]
 
-    @staticmethod
-    def _trial_rows(study: Any, multi: bool) -> list[dict[str, Any]]:
+    def _trial_rows(self, study: Any, multi: bool) -> list[dict[str, Any]]:
         rows = []
         for t in study.get_trials(deepcopy=False):
             rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params),
                          "value": (list(t.values) if multi else t.value) if t.values is not None else None,
                          "accuracy": t.user_attrs.get("accuracy"), "energy_pj": t.user_attrs.get("energy_pj"),
-                         "cost": t.user_attrs.get("cost"), "infeasible": bool(t.user_attrs.get("infeasible"))})
+                         "cost": t.user_attrs.get("cost"), "infeasible": not self._within_caps(t)})
         return rows
 
 

@@ -126,6 +126,32 @@ def test_constraint_violating_candidates_are_never_trained(reference, tmp_path):
     assert counting.calls == len(feasible)
 
 
+def test_resumed_study_picks_under_the_current_caps(reference, tmp_path):
+    """The caps may change on resume: the pick is checked against the current ones (a tighter cap excludes
+    trials now over it), and a trial stored infeasible (never trained) is never picked under a looser cap."""
+    sp = space(reference)
+    base = {"controller": "random", "n_trials": 6, "out_dir": str(tmp_path), "study_name": "recap",
+            "progress": False}
+    run_trials(reference, sp, task(0.3), SearchConfig(**base))
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    energies = sorted({t.user_attrs["energy_pj"] for t in optuna.load_study(study_name="recap", storage=url).trials})
+    assert len(energies) >= 2
+    cap = energies[0] * 1.0001  # only the cheapest candidate(s) within it
+    plan = run_trials(reference, sp, task(0.3), SearchConfig(**base, max_energy_pj=cap))  # nothing left to run
+    searcher = _Searcher(reference, sp, task(0.3), SearchConfig(**base, max_energy_pj=cap), None)
+    assert searcher.measure(searcher.build(plan), plan).energy_pj <= cap
+    rows = searcher._trial_rows(optuna.load_study(study_name="recap", storage=url), False)
+    assert [r["energy_pj"] <= cap for r in rows] == [not r["infeasible"] for r in rows]
+    with pytest.raises(ConfigError, match="no feasible trial"):
+        run_trials(reference, sp, task(0.3), SearchConfig(**base, max_energy_pj=energies[0] / 2))
+    # a trial stored infeasible under a tighter cap was not trained: not a pick under a looser one
+    tight = {**base, "study_name": "tight"}
+    with pytest.raises(ConfigError, match="no feasible trial"):
+        run_trials(reference, sp, task(0.3), SearchConfig(**tight, max_energy_pj=energies[0] / 2))
+    with pytest.raises(ConfigError, match="no feasible trial"):
+        run_trials(reference, sp, task(0.3), SearchConfig(**tight))  # 6 trials stored: nothing left to run
+
+
 def test_block_order_follows_energy(reference, tmp_path):
     searcher = _Searcher(reference, space(reference), task(), SearchConfig(n_trials=40, block_search=True,
                                                                          out_dir=str(tmp_path)), None)

@@ -564,18 +564,22 @@ class _Searcher:
     def _check_trial_settings(self, study: Any) -> None:
         """Store :meth:`trial_settings` with a study that has none (a new one, or one stored before they were
         kept); refuse (ConfigError naming the differing settings) a study stored with other ones: its trials'
-        scores would be compared with trials measured another way."""
+        scores would be compared with trials measured another way. Only the settings stored with the study are
+        compared: one kept since (a study stored by an earlier version lacks it) takes the current value, stored
+        from then on."""
         mine = self.trial_settings()
         stored = study.user_attrs.get("trial_settings")
         if stored is None:
             study.set_user_attr("trial_settings", mine)
             return
-        differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        differ = sorted(k for k in set(stored) & set(mine) if stored[k] != mine[k])
         if differ:
             raise ConfigError(f"study {study.study_name!r} in {self.url.split('@')[-1]!r} was run with other trial "
                               f"settings: " + "; ".join(f"{k} {stored.get(k)!r} there, {mine.get(k)!r} now"
                                                         for k in differ) +
                               " (use another study_name or out_dir, or the same settings)")
+        if set(mine) - set(stored):
+            study.set_user_attr("trial_settings", {**mine, **stored})
 
     def _optimize(self, study: Any, params: dict[str, list[Any]], n_trials: int | None, multi: bool, desc: str,
                   deadline: float | None = None) -> None:

@@ -483,3 +483,14 @@ def test_a_resumed_study_must_have_the_trial_settings_it_was_run_with(reference,
     searcher = _Searcher(reference, sp, task(0.3), SearchConfig(**{**base, "study_name": "legacy"}), None)
     searcher._check_trial_settings(legacy)
     assert legacy.user_attrs["trial_settings"] == searcher.trial_settings()
+    # a study stored before a setting was kept: the others are compared, the new one takes the current value
+    older = optuna.create_study(study_name="older", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    settings = searcher.trial_settings()
+    older.set_user_attr("trial_settings", {k: v for k, v in settings.items() if k != "initial_kernels"})
+    searcher._check_trial_settings(older)
+    assert older.user_attrs["trial_settings"] == settings
+    older.set_user_attr("trial_settings", {**{k: v for k, v in settings.items() if k != "initial_kernels"},
+                                           "proxy_epochs": 5})
+    with pytest.raises(ConfigError, match="proxy_epochs 5 there, 1 now") as info:
+        searcher._check_trial_settings(older)
+    assert "initial_kernels" not in str(info.value)

@@ -551,13 +551,16 @@ class _Searcher:
 
     def trial_settings(self) -> dict[str, Any]:
         """The settings that change what a trial builds, trains or stores (its score, energy, accuracy): kept
-        with the study, so a resumed or joined study is run with the same ones (see :meth:`_check_trial_settings`)."""
+        with the study, so a resumed or joined study is run with the same ones (see :meth:`_check_trial_settings`).
+        ``seed`` always: it seeds each trial's training (``seed * 100_003 + trial number``) and picks the calibration
+        examples (Taylor scores, batch-norm re-estimation, GPTQ; :func:`calibration_index`); workers of one study
+        share it (``worker`` seeds their samplers apart)."""
         cfg = self.cfg
         settings = {"width_importance": cfg.width_importance, "initial_kernels": cfg.initial_kernels,
                     "recalibrate_norms": cfg.recalibrate_norms, "proxy_epochs": cfg.proxy_epochs, "cost": cfg.cost,
                     "score": cfg.score.to_dict(), "size_score": cfg.size_score and cfg.size_score.to_dict(),
                     "max_accuracy_drop": cfg.max_accuracy_drop, "reference_types": list(cfg.reference_types),
-                    "energy_settings": cfg.energy_settings,
+                    "energy_settings": cfg.energy_settings, "seed": cfg.seed,
                     "finetune": cfg.finetune.to_dict() if cfg.finetune is not None and cfg.finetune.proxy else None}
         return json.loads(json.dumps(settings, sort_keys=True, default=str))
 

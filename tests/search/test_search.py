@@ -473,6 +473,7 @@ def test_a_resumed_study_must_have_the_trial_settings_it_was_run_with(reference,
     assert st.user_attrs["trial_settings"]["width_importance"] == "l1"
     for changed, name in (({"width_importance": "l2"}, "width_importance 'l1' there, 'l2' now"),
                           ({"proxy_epochs": 2}, "proxy_epochs 1 there, 2 now"),
+                          ({"seed": 1}, "seed 0 there, 1 now"),
                           ({"initial_kernels": "gptq"}, "initial_kernels")):
         with pytest.raises(ConfigError, match=name):
             run_trials(reference, sp, task(0.3), SearchConfig(**{**base, **changed, "n_trials": 3}))

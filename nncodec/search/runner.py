@@ -795,8 +795,10 @@ class _FinalSteps:
 def calibration_index(count: int, limit: int, seed: int) -> torch.Tensor:
     """Which of ``count`` training examples a calibration pass uses, in the order it uses them: ``min(count,
     limit)`` positions of a permutation seeded by ``seed`` (the search's), so a training set sorted by class
-    gives every batch and the subset a fair share of each class, and the same seed the same examples."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    gives every batch and the subset a fair share of each class, and the same seed the same examples. The seed
+    is salted (``seed * 1_000_003 + 7919``): the draw is independent of the selection split's and the proxy
+    subset's permutations, which the same seed also drives."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919))
     return order[:min(count, limit)]
 
 

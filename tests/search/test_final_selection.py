@@ -217,6 +217,9 @@ def test_calibration_passes_use_a_seeded_random_subset_of_a_class_sorted_set(ref
     assert not torch.equal(rows, calibration_index(len(xs), TAYLOR_EXAMPLES, 6))
     assert len(set(rows.tolist())) == TAYLOR_EXAMPLES and set(ys[rows[:128].numpy()].tolist()) == set(range(10))
     assert sorted(calibration_index(40, 512, 0).tolist()) == list(range(40))  # a small set: all of it
+    # independent of the selection split's permutation (``hold_out``), which the same seed drives
+    assert not torch.equal(calibration_index(len(xs), len(xs), 5),
+                           torch.randperm(len(xs), generator=torch.Generator().manual_seed(5)))
     sorted_task = ClassifierTask(xs, ys, x_test, y_test, lr=3e-3)
     space = SearchSpace.from_model(reference, INPUT, xs[:64], widths=(0.5, 1.0))
     searcher = _Searcher(reference, space, sorted_task, SearchConfig(n_trials=1, out_dir=str(tmp_path), seed=5,

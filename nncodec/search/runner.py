@@ -875,6 +875,7 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
     fine-tuning epochs (distilled when ``config.finetune``), with a selection split the best epoch kept."""
     fit_task, select_task = task, None
     distiller = searcher.distiller
+    started = time.perf_counter()  # the split and its teacher pass are part of the fine-tuning's time
     if config.final_selection:
         fit_task, select_task, index = task.hold_out(  # type: ignore[attr-defined]  # checked by run_search
             config.final_selection, config.seed)
@@ -884,7 +885,6 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
             kept[index] = False
             distiller = distiller.restricted(fit_task, kept.nonzero().flatten())  # type: ignore[arg-type]
     tuning = _FineTuning(model, config, steps, fit_task, select_task)
-    started = time.perf_counter()
     show = config.progress if config.progress is not None else sys.stderr.isatty()
     bar = None
     if show and config.final_epochs:

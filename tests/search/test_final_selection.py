@@ -2,6 +2,7 @@
 chosen on a selection split carved from the training examples (never the validation set)."""
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -65,7 +66,10 @@ def test_hold_out_is_carved_from_training_examples_only():
 
 
 class _ScriptedSelection(ClassifierTask):
-    """A classifier task whose selection split scores epochs by a script (and remembers each epoch's state)."""
+    """A classifier task whose selection split scores epochs by a script (and remembers each epoch's state);
+    carving the split takes at least ``HOLD_OUT_SECONDS`` (it is part of the fine-tuning's time)."""
+
+    HOLD_OUT_SECONDS = 0.5
 
     def __init__(self, scores, *args, **kw):
         super().__init__(*args, **kw)
@@ -74,9 +78,12 @@ class _ScriptedSelection(ClassifierTask):
     def hold_out(self, fraction, seed=0):
         fit, select, index = super().hold_out(fraction, seed)
         self.held_out = index
+        self.split_at = time.perf_counter()
+        time.sleep(self.HOLD_OUT_SECONDS)
 
         def evaluate(model):
             self.states.append(copy.deepcopy(model.state_dict()))
+            self.scored_at = time.perf_counter()
             return self.scores[len(self.states) - 1]
 
         select.evaluate = evaluate
@@ -90,6 +97,7 @@ def test_the_best_selection_epoch_is_kept(reference, tmp_path):
     steps = result.final_steps
     assert steps["selection_epochs"] == [0.5, 0.9, 0.6] and steps["kept_epoch"] == 1
     assert steps["kept_selection_score"] == 0.9 and steps["selection_examples"] == len(task.held_out)
+    assert steps["fine_tune_seconds"] >= task.scored_at - task.split_at - 0.05  # the split's time counted
     kept, last = task.states[1], task.states[2]
     state = result.model.state_dict()
     assert all(torch.equal(state[k], kept[k]) for k in kept)  # weights and batch-norm statistics of epoch 1

@@ -905,7 +905,7 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
     tuning.keep_best()
     if bar is not None:
         bar.close()
-    steps.values["fine_tune_seconds"] = round(time.perf_counter() - started, 1)
+    steps.values["fine_tune_seconds"] = round(time.perf_counter() - started, 3)
 
 
 def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,

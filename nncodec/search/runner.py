@@ -892,19 +892,22 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
 
         bar = tqdm(total=config.final_epochs, desc="fine-tuning", unit="epoch", leave=False)
         tuning.bar = bar
-    if config.final_prune > 0 and not config.final_prune_epochs:
-        apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))
-        tuning.recalibrate()
-        steps.measure("after_prune")
-    if distiller is not None:
-        distiller.train(model, config.final_epochs, proxy=False, after_epoch=tuning)
-    else:
-        for epoch in range(config.final_epochs):
-            fit_task.train_epoch(model, epoch, proxy=False)
-            tuning(epoch)
-    tuning.keep_best()
-    if bar is not None:
-        bar.close()
+    try:
+        if config.final_prune > 0 and not config.final_prune_epochs:
+            apply_masks(model, global_magnitude_masks(model, config.final_prune,
+                                                      relative=config.final_prune_relative))
+            tuning.recalibrate()
+            steps.measure("after_prune")
+        if distiller is not None:
+            distiller.train(model, config.final_epochs, proxy=False, after_epoch=tuning)
+        else:
+            for epoch in range(config.final_epochs):
+                fit_task.train_epoch(model, epoch, proxy=False)
+                tuning(epoch)
+        tuning.keep_best()
+    finally:
+        if bar is not None:
+            bar.close()
     steps.values["fine_tune_seconds"] = round(time.perf_counter() - started, 3)
 
 

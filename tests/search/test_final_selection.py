@@ -246,3 +246,33 @@ def test_calibration_passes_use_a_seeded_random_subset_of_a_class_sorted_set(ref
     for name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
             assert torch.allclose(m.running_var, fresh.get_submodule(name).running_var, rtol=1e-5)
+
+
+def test_the_fine_tuning_progress_bar_is_closed_when_an_epoch_fails(reference, tmp_path, monkeypatch):
+    import tqdm
+
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **{**kw, "disable": True})
+            self.label, self.was_closed = kw.get("desc", ""), False
+            bars.append(self)
+
+        def close(self):
+            self.was_closed = True
+            super().close()
+
+    class Failing(ClassifierTask):
+        def train_epoch(self, model, epoch, proxy=False):
+            if not proxy:
+                raise RuntimeError("fine-tuning epoch failed")
+            super().train_epoch(model, epoch, proxy)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    x_train, y_train, x_test, y_test = data()
+    with pytest.raises(RuntimeError, match="fine-tuning epoch failed"):
+        run_search(reference, _space(reference), Failing(x_train, y_train, x_test, y_test, lr=3e-3),
+                   _config(tmp_path, progress=True))
+    tuning = [b for b in bars if b.label == "fine-tuning"]
+    assert len(tuning) == 1 and tuning[0].was_closed

@@ -557,11 +557,13 @@ class _Searcher:
         share it (``worker`` seeds their samplers apart)."""
         cfg = self.cfg
         settings = {"width_importance": cfg.width_importance, "initial_kernels": cfg.initial_kernels,
-                    "recalibrate_norms": cfg.recalibrate_norms, "proxy_epochs": cfg.proxy_epochs, "cost": cfg.cost,
+                    "proxy_epochs": cfg.proxy_epochs, "cost": cfg.cost,
                     "score": cfg.score.to_dict(), "size_score": cfg.size_score and cfg.size_score.to_dict(),
                     "max_accuracy_drop": cfg.max_accuracy_drop, "reference_types": list(cfg.reference_types),
                     "energy_settings": cfg.energy_settings, "seed": cfg.seed,
                     "finetune": cfg.finetune.to_dict() if cfg.finetune is not None and cfg.finetune.proxy else None}
+        if tracked_norms(self.reference):  # without batch norms it changes nothing: not kept (nor compared)
+            settings["recalibrate_norms"] = cfg.recalibrate_norms
         return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
     def _check_trial_settings(self, study: Any) -> None:

@@ -29,7 +29,7 @@ from nncodec.search.candidate import build_candidate
 from nncodec.search.runner import _Searcher, run_trials
 from nncodec.search.samplers import EvolutionSampler, ReinforceSampler
 from nncodec.train import accuracy, train_classifier
-from tests.search.digits import INPUT, data, space, task, trained_reference
+from tests.search.digits import INPUT, bn_cnn, data, space, task, trained_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -472,6 +472,7 @@ def test_a_resumed_study_must_have_the_trial_settings_it_was_run_with(reference,
     run_trials(reference, sp, task(0.3), SearchConfig(**base))
     st = optuna.load_study(study_name="kept", storage=f"sqlite:///{tmp_path / 'search.db'}")
     assert st.user_attrs["trial_settings"]["width_importance"] == "l1"
+    assert "recalibrate_norms" not in st.user_attrs["trial_settings"]  # no batch norms: it changes nothing
     for changed, name in (({"width_importance": "l2"}, "width_importance 'l1' there, 'l2' now"),
                           ({"proxy_epochs": 2}, "proxy_epochs 1 there, 2 now"),
                           ({"seed": 1}, "seed 0 there, 1 now"),
@@ -480,6 +481,11 @@ def test_a_resumed_study_must_have_the_trial_settings_it_was_run_with(reference,
             run_trials(reference, sp, task(0.3), SearchConfig(**{**base, **changed, "n_trials": 3}))
     assert len(optuna.load_study(study_name="kept", storage=f"sqlite:///{tmp_path / 'search.db'}").trials) == 2
     run_trials(reference, sp, task(0.3), SearchConfig(**base, final_epochs=3, final_prune=0.5))  # resumes, no trial
+    run_trials(reference, sp, task(0.3), SearchConfig(**base, recalibrate_norms=False))
+    bn = bn_cnn(4).eval()
+    for recalibrate in (True, False):
+        kept = _Searcher(bn, space(bn), task(0.3), SearchConfig(**base, recalibrate_norms=recalibrate), None)
+        assert kept.trial_settings()["recalibrate_norms"] is recalibrate
     # a study stored without them (an earlier version) gets them on first use
     legacy = optuna.create_study(study_name="legacy", storage=f"sqlite:///{tmp_path / 'search.db'}")
     searcher = _Searcher(reference, sp, task(0.3), SearchConfig(**{**base, "study_name": "legacy"}), None)

@@ -558,31 +558,40 @@ class _Searcher:
 
     def trial_settings(self) -> dict[str, Any]:
         """The settings that change what a trial builds, trains or stores (its score, energy, accuracy): kept
-        with the study, so a resumed or joined study is run with the same ones (see :meth:`_check_trial_settings`)."""
+        with the study, so a resumed or joined study is run with the same ones (see :meth:`_check_trial_settings`).
+        ``seed`` always: it seeds each trial's training (``seed * 100_003 + trial number``) and picks the calibration
+        examples (Taylor scores, batch-norm re-estimation, GPTQ; :func:`calibration_index`); workers of one study
+        share it (``worker`` seeds their samplers apart)."""
         cfg = self.cfg
         settings = {"width_importance": cfg.width_importance, "initial_kernels": cfg.initial_kernels,
-                    "recalibrate_norms": cfg.recalibrate_norms, "proxy_epochs": cfg.proxy_epochs, "cost": cfg.cost,
+                    "proxy_epochs": cfg.proxy_epochs, "cost": cfg.cost,
                     "score": cfg.score.to_dict(), "size_score": cfg.size_score and cfg.size_score.to_dict(),
                     "max_accuracy_drop": cfg.max_accuracy_drop, "reference_types": list(cfg.reference_types),
-                    "energy_settings": cfg.energy_settings,
+                    "energy_settings": cfg.energy_settings, "seed": cfg.seed,
                     "finetune": cfg.finetune.to_dict() if cfg.finetune is not None and cfg.finetune.proxy else None}
+        if tracked_norms(self.reference):  # without batch norms it changes nothing: not kept (nor compared)
+            settings["recalibrate_norms"] = cfg.recalibrate_norms
         return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
     def _check_trial_settings(self, study: Any) -> None:
         """Store :meth:`trial_settings` with a study that has none (a new one, or one stored before they were
         kept); refuse (ConfigError naming the differing settings) a study stored with other ones: its trials'
-        scores would be compared with trials measured another way."""
+        scores would be compared with trials measured another way. Only the settings stored with the study are
+        compared: one kept since (a study stored by an earlier version lacks it) takes the current value, stored
+        from then on."""
         mine = self.trial_settings()
         stored = study.user_attrs.get("trial_settings")
         if stored is None:
             study.set_user_attr("trial_settings", mine)
             return
-        differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        differ = sorted(k for k in set(stored) & set(mine) if stored[k] != mine[k])
         if differ:
             raise ConfigError(f"study {study.study_name!r} in {self.url.split('@')[-1]!r} was run with other trial "
                               f"settings: " + "; ".join(f"{k} {stored.get(k)!r} there, {mine.get(k)!r} now"
                                                         for k in differ) +
                               " (use another study_name or out_dir, or the same settings)")
+        if set(mine) - set(stored):
+            study.set_user_attr("trial_settings", {**mine, **stored})
 
     def _optimize(self, study: Any, params: dict[str, list[Any]], n_trials: int | None, multi: bool, desc: str,
                   deadline: float | None = None) -> None:
@@ -627,11 +636,20 @@ class _Searcher:
             if bar is not None:
                 bar.close()
 
+    def _within_caps(self, trial: Any) -> bool:
+        """Whether a finished trial may be picked under the *current* caps (they may change on resume): its
+        stored energy / size / parameters are checked again, so a tighter cap excludes trials now over it. A
+        trial stored infeasible was never trained (its score is 0.0): it stays excluded under a looser cap."""
+        attrs = trial.user_attrs
+        if attrs.get("infeasible"):
+            return False
+        return self._violation(float(attrs.get("energy_pj", 0.0)), float(attrs.get("size_bits", 0.0)),
+                               int(attrs.get("params", 0))) <= 0
+
     def _best(self, study: Any, multi: bool) -> Any:
         from optuna.trial import TrialState
 
-        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if not t.user_attrs.get("infeasible")]
+        trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if self._within_caps(t)]
         if not trials:
             raise ConfigError("no feasible trial: relax the caps (max_energy_pj / max_bits / max_params)")
         floor = self.accuracy_floor()
@@ -698,14 +716,13 @@ class _Searcher:
         return [(blocks[g], max(self.cfg.min_trials_per_block, round(self.cfg.n_trials * energy[g] / total)))
                 for g in order]
 
-    @staticmethod
-    def _trial_rows(study: Any, multi: bool) -> list[dict[str, Any]]:
+    def _trial_rows(self, study: Any, multi: bool) -> list[dict[str, Any]]:
         rows = []
         for t in study.get_trials(deepcopy=False):
             rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params),
                          "value": (list(t.values) if multi else t.value) if t.values is not None else None,
                          "accuracy": t.user_attrs.get("accuracy"), "energy_pj": t.user_attrs.get("energy_pj"),
-                         "cost": t.user_attrs.get("cost"), "infeasible": bool(t.user_attrs.get("infeasible"))})
+                         "cost": t.user_attrs.get("cost"), "infeasible": not self._within_caps(t)})
         return rows
 
 
@@ -787,8 +804,10 @@ class _FinalSteps:
 def calibration_index(count: int, limit: int, seed: int) -> torch.Tensor:
     """Which of ``count`` training examples a calibration pass uses, in the order it uses them: ``min(count,
     limit)`` positions of a permutation seeded by ``seed`` (the search's), so a training set sorted by class
-    gives every batch and the subset a fair share of each class, and the same seed the same examples."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    gives every batch and the subset a fair share of each class, and the same seed the same examples. The seed
+    is salted (``seed * 1_000_003 + 7919``): the draw is independent of the selection split's and the proxy
+    subset's permutations, which the same seed also drives."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919))
     return order[:min(count, limit)]
 
 
@@ -865,6 +884,7 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
     fine-tuning epochs (distilled when ``config.finetune``), with a selection split the best epoch kept."""
     fit_task, select_task = task, None
     distiller = searcher.distiller
+    started = time.perf_counter()  # the split and its teacher pass are part of the fine-tuning's time
     if config.final_selection:
         fit_task, select_task, index = task.hold_out(  # type: ignore[attr-defined]  # checked by run_search
             config.final_selection, config.seed)
@@ -874,7 +894,6 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
             kept[index] = False
             distiller = distiller.restricted(fit_task, kept.nonzero().flatten())  # type: ignore[arg-type]
     tuning = _FineTuning(model, config, steps, fit_task, select_task)
-    started = time.perf_counter()
     show = config.progress if config.progress is not None else sys.stderr.isatty()
     bar = None
     if show and config.final_epochs:
@@ -882,20 +901,23 @@ def _fine_tune(model: nn.Module, searcher: "_Searcher", config: SearchConfig, ta
 
         bar = tqdm(total=config.final_epochs, desc="fine-tuning", unit="epoch", leave=False)
         tuning.bar = bar
-    if config.final_prune > 0 and not config.final_prune_epochs:
-        apply_masks(model, global_magnitude_masks(model, config.final_prune, relative=config.final_prune_relative))
-        tuning.recalibrate()
-        steps.measure("after_prune")
-    if distiller is not None:
-        distiller.train(model, config.final_epochs, proxy=False, after_epoch=tuning)
-    else:
-        for epoch in range(config.final_epochs):
-            fit_task.train_epoch(model, epoch, proxy=False)
-            tuning(epoch)
-    tuning.keep_best()
-    if bar is not None:
-        bar.close()
-    steps.values["fine_tune_seconds"] = round(time.perf_counter() - started, 1)
+    try:
+        if config.final_prune > 0 and not config.final_prune_epochs:
+            apply_masks(model, global_magnitude_masks(model, config.final_prune,
+                                                      relative=config.final_prune_relative))
+            tuning.recalibrate()
+            steps.measure("after_prune")
+        if distiller is not None:
+            distiller.train(model, config.final_epochs, proxy=False, after_epoch=tuning)
+        else:
+            for epoch in range(config.final_epochs):
+                fit_task.train_epoch(model, epoch, proxy=False)
+                tuning(epoch)
+        tuning.keep_best()
+    finally:
+        if bar is not None:
+            bar.close()
+    steps.values["fine_tune_seconds"] = round(time.perf_counter() - started, 3)
 
 
 def _selection(searcher: "_Searcher", config: SearchConfig, task: Task, ref_acc: float, decoded_acc: float,

@@ -2,6 +2,7 @@
 chosen on a selection split carved from the training examples (never the validation set)."""
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -65,7 +66,10 @@ def test_hold_out_is_carved_from_training_examples_only():
 
 
 class _ScriptedSelection(ClassifierTask):
-    """A classifier task whose selection split scores epochs by a script (and remembers each epoch's state)."""
+    """A classifier task whose selection split scores epochs by a script (and remembers each epoch's state);
+    carving the split takes at least ``HOLD_OUT_SECONDS`` (it is part of the fine-tuning's time)."""
+
+    HOLD_OUT_SECONDS = 0.5
 
     def __init__(self, scores, *args, **kw):
         super().__init__(*args, **kw)
@@ -74,9 +78,12 @@ class _ScriptedSelection(ClassifierTask):
     def hold_out(self, fraction, seed=0):
         fit, select, index = super().hold_out(fraction, seed)
         self.held_out = index
+        self.split_at = time.perf_counter()
+        time.sleep(self.HOLD_OUT_SECONDS)
 
         def evaluate(model):
             self.states.append(copy.deepcopy(model.state_dict()))
+            self.scored_at = time.perf_counter()
             return self.scores[len(self.states) - 1]
 
         select.evaluate = evaluate
@@ -90,6 +97,7 @@ def test_the_best_selection_epoch_is_kept(reference, tmp_path):
     steps = result.final_steps
     assert steps["selection_epochs"] == [0.5, 0.9, 0.6] and steps["kept_epoch"] == 1
     assert steps["kept_selection_score"] == 0.9 and steps["selection_examples"] == len(task.held_out)
+    assert steps["fine_tune_seconds"] >= task.scored_at - task.split_at - 0.05  # the split's time counted
     kept, last = task.states[1], task.states[2]
     state = result.model.state_dict()
     assert all(torch.equal(state[k], kept[k]) for k in kept)  # weights and batch-norm statistics of epoch 1
@@ -217,6 +225,9 @@ def test_calibration_passes_use_a_seeded_random_subset_of_a_class_sorted_set(ref
     assert not torch.equal(rows, calibration_index(len(xs), TAYLOR_EXAMPLES, 6))
     assert len(set(rows.tolist())) == TAYLOR_EXAMPLES and set(ys[rows[:128].numpy()].tolist()) == set(range(10))
     assert sorted(calibration_index(40, 512, 0).tolist()) == list(range(40))  # a small set: all of it
+    # independent of the selection split's permutation (``hold_out``), which the same seed drives
+    assert not torch.equal(calibration_index(len(xs), len(xs), 5),
+                           torch.randperm(len(xs), generator=torch.Generator().manual_seed(5)))
     sorted_task = ClassifierTask(xs, ys, x_test, y_test, lr=3e-3)
     space = SearchSpace.from_model(reference, INPUT, xs[:64], widths=(0.5, 1.0))
     searcher = _Searcher(reference, space, sorted_task, SearchConfig(n_trials=1, out_dir=str(tmp_path), seed=5,
@@ -235,3 +246,33 @@ def test_calibration_passes_use_a_seeded_random_subset_of_a_class_sorted_set(ref
     for name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
             assert torch.allclose(m.running_var, fresh.get_submodule(name).running_var, rtol=1e-5)
+
+
+def test_the_fine_tuning_progress_bar_is_closed_when_an_epoch_fails(reference, tmp_path, monkeypatch):
+    import tqdm
+
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **{**kw, "disable": True})
+            self.label, self.was_closed = kw.get("desc", ""), False
+            bars.append(self)
+
+        def close(self):
+            self.was_closed = True
+            super().close()
+
+    class Failing(ClassifierTask):
+        def train_epoch(self, model, epoch, proxy=False):
+            if not proxy:
+                raise RuntimeError("fine-tuning epoch failed")
+            super().train_epoch(model, epoch, proxy)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    x_train, y_train, x_test, y_test = data()
+    with pytest.raises(RuntimeError, match="fine-tuning epoch failed"):
+        run_search(reference, _space(reference), Failing(x_train, y_train, x_test, y_test, lr=3e-3),
+                   _config(tmp_path, progress=True))
+    tuning = [b for b in bars if b.label == "fine-tuning"]
+    assert len(tuning) == 1 and tuning[0].was_closed

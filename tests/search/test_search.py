@@ -29,7 +29,7 @@ from nncodec.search.candidate import build_candidate
 from nncodec.search.runner import _Searcher, run_trials
 from nncodec.search.samplers import EvolutionSampler, ReinforceSampler
 from nncodec.train import accuracy, train_classifier
-from tests.search.digits import INPUT, data, space, task, trained_reference
+from tests.search.digits import INPUT, bn_cnn, data, space, task, trained_reference
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,6 +126,32 @@ def test_constraint_violating_candidates_are_never_trained(reference, tmp_path):
     assert counting.calls == len(feasible)
 
 
+def test_resumed_study_picks_under_the_current_caps(reference, tmp_path):
+    """The caps may change on resume: the pick is checked against the current ones (a tighter cap excludes
+    trials now over it), and a trial stored infeasible (never trained) is never picked under a looser cap."""
+    sp = space(reference)
+    base = {"controller": "random", "n_trials": 6, "out_dir": str(tmp_path), "study_name": "recap",
+            "progress": False}
+    run_trials(reference, sp, task(0.3), SearchConfig(**base))
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    energies = sorted({t.user_attrs["energy_pj"] for t in optuna.load_study(study_name="recap", storage=url).trials})
+    assert len(energies) >= 2
+    cap = energies[0] * 1.0001  # only the cheapest candidate(s) within it
+    plan = run_trials(reference, sp, task(0.3), SearchConfig(**base, max_energy_pj=cap))  # nothing left to run
+    searcher = _Searcher(reference, sp, task(0.3), SearchConfig(**base, max_energy_pj=cap), None)
+    assert searcher.measure(searcher.build(plan), plan).energy_pj <= cap
+    rows = searcher._trial_rows(optuna.load_study(study_name="recap", storage=url), False)
+    assert [r["energy_pj"] <= cap for r in rows] == [not r["infeasible"] for r in rows]
+    with pytest.raises(ConfigError, match="no feasible trial"):
+        run_trials(reference, sp, task(0.3), SearchConfig(**base, max_energy_pj=energies[0] / 2))
+    # a trial stored infeasible under a tighter cap was not trained: not a pick under a looser one
+    tight = {**base, "study_name": "tight"}
+    with pytest.raises(ConfigError, match="no feasible trial"):
+        run_trials(reference, sp, task(0.3), SearchConfig(**tight, max_energy_pj=energies[0] / 2))
+    with pytest.raises(ConfigError, match="no feasible trial"):
+        run_trials(reference, sp, task(0.3), SearchConfig(**tight))  # 6 trials stored: nothing left to run
+
+
 def test_block_order_follows_energy(reference, tmp_path):
     searcher = _Searcher(reference, space(reference), task(), SearchConfig(n_trials=40, block_search=True,
                                                                          out_dir=str(tmp_path)), None)
@@ -174,7 +200,8 @@ def test_full_search_writes_a_plan_that_round_trips(reference, tmp_path):
     assert set(summary) == {"reference", "result", "seconds", "search_seconds", "notes", "warnings", "final_steps"}
     steps = summary["final_steps"]  # where the final steps move the score: pruning, then each fine-tuning epoch
     assert set(steps) == {"proxy_trial", "built", "after_prune", "fine_tune_epochs", "fine_tune_seconds", "decoded"}
-    assert 0 < steps["fine_tune_seconds"] < summary["seconds"] - summary["search_seconds"]  # where the time goes
+    # where the time goes (to the millisecond: an epoch takes longer than that, but may take under 0.05 s)
+    assert 0 < steps["fine_tune_seconds"] < summary["seconds"] - summary["search_seconds"]
     assert len(steps["fine_tune_epochs"]) == 1 and steps["fine_tune_epochs"][-1] == summary["result"]["accuracy"]
     assert summary["warnings"] == [] and summary["notes"] == []
     assert set(summary["result"]) == {"accuracy", "decoded_accuracy", "energy_pj", "bitstream_bytes", "plan"}
@@ -445,15 +472,33 @@ def test_a_resumed_study_must_have_the_trial_settings_it_was_run_with(reference,
     run_trials(reference, sp, task(0.3), SearchConfig(**base))
     st = optuna.load_study(study_name="kept", storage=f"sqlite:///{tmp_path / 'search.db'}")
     assert st.user_attrs["trial_settings"]["width_importance"] == "l1"
+    assert "recalibrate_norms" not in st.user_attrs["trial_settings"]  # no batch norms: it changes nothing
     for changed, name in (({"width_importance": "l2"}, "width_importance 'l1' there, 'l2' now"),
                           ({"proxy_epochs": 2}, "proxy_epochs 1 there, 2 now"),
+                          ({"seed": 1}, "seed 0 there, 1 now"),
                           ({"initial_kernels": "gptq"}, "initial_kernels")):
         with pytest.raises(ConfigError, match=name):
             run_trials(reference, sp, task(0.3), SearchConfig(**{**base, **changed, "n_trials": 3}))
     assert len(optuna.load_study(study_name="kept", storage=f"sqlite:///{tmp_path / 'search.db'}").trials) == 2
     run_trials(reference, sp, task(0.3), SearchConfig(**base, final_epochs=3, final_prune=0.5))  # resumes, no trial
+    run_trials(reference, sp, task(0.3), SearchConfig(**base, recalibrate_norms=False))
+    bn = bn_cnn(4).eval()
+    for recalibrate in (True, False):
+        kept = _Searcher(bn, space(bn), task(0.3), SearchConfig(**base, recalibrate_norms=recalibrate), None)
+        assert kept.trial_settings()["recalibrate_norms"] is recalibrate
     # a study stored without them (an earlier version) gets them on first use
     legacy = optuna.create_study(study_name="legacy", storage=f"sqlite:///{tmp_path / 'search.db'}")
     searcher = _Searcher(reference, sp, task(0.3), SearchConfig(**{**base, "study_name": "legacy"}), None)
     searcher._check_trial_settings(legacy)
     assert legacy.user_attrs["trial_settings"] == searcher.trial_settings()
+    # a study stored before a setting was kept: the others are compared, the new one takes the current value
+    older = optuna.create_study(study_name="older", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    settings = searcher.trial_settings()
+    older.set_user_attr("trial_settings", {k: v for k, v in settings.items() if k != "initial_kernels"})
+    searcher._check_trial_settings(older)
+    assert older.user_attrs["trial_settings"] == settings
+    older.set_user_attr("trial_settings", {**{k: v for k, v in settings.items() if k != "initial_kernels"},
+                                           "proxy_epochs": 5})
+    with pytest.raises(ConfigError, match="proxy_epochs 5 there, 1 now") as info:
+        searcher._check_trial_settings(older)
+    assert "initial_kernels" not in str(info.value)

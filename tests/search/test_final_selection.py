@@ -236,7 +236,8 @@ def test_calibration_passes_use_a_seeded_random_subset_of_a_class_sorted_set(ref
     searcher._taylor_gradients(got)
     nn.functional.cross_entropy(expected.eval()(torch.as_tensor(xs)[rows]), torch.as_tensor(ys)[rows],
                                 reduction="sum").backward()
-    assert all(torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    # sums over batches of 128 against one of 512: equal up to float summation order (relative to each tensor's peak)
+    assert all(float((a.grad - b.grad).abs().max()) <= 1e-5 * float(b.grad.abs().max())
                for a, b in zip(got.parameters(), expected.parameters()))
     # the final re-estimation: batches of 256 in the seeded order (each batch holds every class)
     model = run_search(reference, _space(reference), sorted_task, _config(tmp_path / "final", seed=5)).model

@@ -43,9 +43,10 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
         raise ConfigError(f"bit width must be 1..64, got {bits}")
     flat = np.ascontiguousarray(values).reshape(-1)
     n = flat.size
-    if bits in (8, 16, 32, 64) or bits < 8:
-        v = flat.astype(np.int64, copy=False).view(np.uint64)
-        return v.astype(WORD_DTYPES[bits // 8]).tobytes() if bits >= 8 else _pack_small(v, bits)
+    if bits in (8, 16, 32, 64):
+        return flat.astype(np.int64, copy=False).view(np.uint64).astype(WORD_DTYPES[bits // 8]).tobytes()
+    if bits < 8:
+        return _pack_small(flat.astype(np.int64, copy=False).view(np.uint64), bits)
     width = 2 if bits <= 16 else 4 if bits <= 32 else 8  # bytes per word holding the low ``bits`` bits
     out = bytearray()
     for start in range(0, n, _CHUNK):

@@ -20,14 +20,13 @@ time, the same codes) when it was built.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, chain_rows, levels_of, load_trellis, reconstruct
+from ..coding.dependent_stage import MAX_CHAIN, NEXT_STATE, _native, chain_rows, levels_of, reconstruct
 from ..errors import ConfigError
 from .rate_aware import CodeRate
 
@@ -104,13 +103,6 @@ def _viterbi(y: np.ndarray, lam: float, rate: CodeRate | None) -> np.ndarray:
         codes[j] = back_k[j, idx, state]
         state = back_s[j, idx, state]
     return codes
-
-
-@functools.cache
-def _native() -> Any:
-    """The compiled search (``_trellis_native``), or None when it was not built, ``NNCODEC_KERNELS=portable``,
-    or built from another source version (:func:`~nncodec.coding.dependent_stage.load_trellis`)."""
-    return load_trellis()
 
 
 def search_threads() -> int:

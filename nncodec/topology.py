@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from .errors import ConfigError, CorruptError
-from .quant.layers import QActivation, QConv1d, QConv2d, QLinear
+from .quant.layers import QActivation, QConv1d, QConv2d, QLinear, has_input_steps
 
 __all__ = ["describe", "build", "TopologyError", "SUPPORTED"]
 
@@ -91,7 +91,7 @@ def _describe(m: nn.Module, where: str) -> dict[str, Any]:
     if kind is nn.Sequential:
         return {"type": "Sequential", "children": [[n, _describe(c, f"{where}.{n}" if where else n)]
                                                    for n, c in m.named_children()]}
-    if "input_scale" in getattr(m, "_buffers", {}):
+    if has_input_steps(m):
         raise TopologyError(f"module {where!r} requantizes its input with per-channel steps, which the topology "
                             "unit cannot describe; decode with nncodec.load_into(your_model, src) instead")
     for name, (cls, base) in _QUANT.items():

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.layers import QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
+from ..quant.layers import (QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights,
+                             has_input_steps)
 from ..quant.plan import Plan
 from .costs import OpCosts
 from .operators import Multiplier, QType, make_multiplier, qtype
@@ -197,7 +198,7 @@ class _Resolver:
         that keeps only the division by its steps (no input quantizer) requantizes to its input's type."""
         if self.ref:
             return None
-        if isinstance(module, QLinear) and "input_scale" in module._buffers:
+        if isinstance(module, QLinear) and has_input_steps(module):
             return qtype(module.input_quantizer) if module.input_quantizer is not None else _SAME
         if isinstance(module, _QuantParams):
             return None

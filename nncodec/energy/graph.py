@@ -25,7 +25,8 @@ from torch import nn
 
 from ..checks import is_int
 from ..errors import ConfigError
-from ..quant.layers import QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights
+from ..quant.layers import (QActivation, QLinear, _OutputQuant, _QuantBatchNorm, _QuantParams, _QuantWeights,
+                             has_input_steps)
 
 __all__ = ["GraphOp", "capture_graph", "zero_fractions", "UnsupportedOperatorError", "UnsupportedLayerError", "OP_KINDS", "example_tensors"]
 
@@ -184,7 +185,7 @@ def _export(model: nn.Module, args: tuple[Any, ...], weight_quantizers: bool = T
     # output quantizers put on norms and blocks: their ops would be owned by (and costed as) the module itself
     outputs = [(m, m.output_quantizer) for m in model.modules() if isinstance(m, _OutputQuant)]
     # per-channel input requantization of Linear layers: priced by the estimate from the layer (not traced)
-    requantizing = [m for m in model.modules() if isinstance(m, QLinear) and "input_scale" in m._buffers]
+    requantizing = [m for m in model.modules() if isinstance(m, QLinear) and has_input_steps(m)]
     model.eval()
     try:
         for m in requantizing:

@@ -34,6 +34,7 @@ from torch import nn
 from ..checks import is_number
 from ..energy.graph import example_tensors as example_batch
 from ..errors import ConfigError
+from ..quant.layers import has_input_steps
 
 __all__ = ["WidthGroup", "GroupAnalysis", "Resizer", "width_groups", "resize_groups", "group_importance",
            "example_batch", "is_attention", "new_size"]
@@ -507,7 +508,7 @@ def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float
 def _refuse_input_steps(model: nn.Module) -> None:
     """Raise :class:`ConfigError` when a layer of ``model`` holds per-channel input steps (``input_scale``,
     :mod:`nncodec.quant.input_steps`): its weight is folded by them and the resize would not slice them."""
-    held = [name for name, mod in model.named_modules() if "input_scale" in getattr(mod, "_buffers", {})]
+    held = [name for name, mod in model.named_modules() if has_input_steps(mod)]
     if held:
         raise ConfigError(f"cannot resize width groups of a model whose layers {held[:5]} hold per-channel input "
                           "steps (input_scale, folded into their weights): resize the float model, then quantize "

@@ -125,6 +125,11 @@ def _requantize_input(module: "QLinear", args: tuple) -> tuple | None:
     return (q(x, module.training) if q is not None else x, *args[1:])
 
 
+def has_input_steps(module: nn.Module) -> bool:
+    """Whether ``module`` holds per-channel input steps (a :class:`QLinear` whose weight is stored folded)."""
+    return "input_scale" in getattr(module, "_buffers", {})
+
+
 class QLinear(_QuantWeights, nn.Linear):
     """``nn.Linear`` with kernel, bias and output quantizers, and optionally an input quantizer with one step per
     input channel (:meth:`set_input_quantizer`): ``y = q_k(W') q_in(x / s) + b`` with ``W' = W diag(s)`` the
@@ -146,7 +151,7 @@ class QLinear(_QuantWeights, nn.Linear):
         if self.input_quantizer is not None and "input_scale" not in self._buffers:
             self.register_buffer("input_scale", torch.ones(self.in_features, dtype=self.weight.dtype,
                                                            device=self.weight.device))
-        if "input_scale" in self._buffers and not any(h is _requantize_input
+        if has_input_steps(self) and not any(h is _requantize_input
                                                       for h in self._forward_pre_hooks.values()):
             self.register_forward_pre_hook(_requantize_input)
 
@@ -155,7 +160,7 @@ class QLinear(_QuantWeights, nn.Linear):
 
     def extra_repr(self) -> str:
         base = super().extra_repr()
-        return f"{base}, input={self.input_quantizer}" if "input_scale" in self._buffers else base
+        return f"{base}, input={self.input_quantizer}" if has_input_steps(self) else base
 
 
 class QEmbedding(_QuantParams, nn.Embedding):
@@ -449,7 +454,7 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
             setattr(parent, child, _wrap(module, lp))
         elif isinstance(module, _QuantParams):
             module._init_quant(lp.kernel, lp.bias, lp.activation)
-            if isinstance(module, QLinear) and (lp.input is not None or "input_scale" in module._buffers):
+            if isinstance(module, QLinear) and (lp.input is not None or has_input_steps(module)):
                 module.set_input_quantizer(lp.input)  # a plan without 'input' removes the quantizer (steps stay)
         elif isinstance(module, ACTIVATION_TYPES) and lp.activation:
             setattr(parent, child, QActivation(lp.activation, base=module))

@@ -263,8 +263,8 @@ class SearchSpace:
                                      _expand(norms, kind_bits("bias", "norm", n), _int_bits(float(shift.abs().max()))),
                                      None, [], [1.0]))
         known_keys = set(DEFAULT_BITS["kernel"]) | set(DEFAULT_BITS["activation"]) | {lay.group for lay in layers}
-        if set(user_bits.get("input", {})) - {"dense"} - {lay.group for lay in layers if lay.input}:
-            odd = sorted(set(user_bits["input"]) - {"dense"} - {lay.group for lay in layers if lay.input})
+        odd = sorted(set(user_bits.get("input", {})) - {"dense"} - {lay.group for lay in layers if lay.input})
+        if odd:
             raise ConfigError(f"bits['input'] key(s) {odd} name no group of Linear layers (per-channel input steps "
                               "apply to Linear layers only)")
         for role, by_key in user_bits.items():

@@ -78,17 +78,14 @@ def _fit_clip(q: Any, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return (s * best).clamp(MIN_SCALE, 1 / MIN_SCALE)
 
 
-def _output_error(layer: QLinear, x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> float:
+def _output_error(layer: QLinear, x: torch.Tensor, w: torch.Tensor, s: torch.Tensor,
+                  reference: torch.Tensor) -> float:
     """Mean squared error of the layer's output (no bias) with input ``q_in(x / s)`` and kernel ``q_k(W diag(s))``
-    against the float ``x W^T``."""
-    wf = w * s
-    mask = getattr(layer, "weight_mask", None)
-    if mask is not None:
-        wf = wf * mask
+    (``w`` already masked) against the float ``reference`` (``x W^T``)."""
     q = layer.kernel_quantizer
-    wq = q(wf) if q is not None else wf
+    wq = q(w * s) if q is not None else w * s
     xq = layer.input_quantizer(x / s)
-    return float(((xq @ wq.T - x @ (w if mask is None else w * mask).T) ** 2).mean())
+    return float(((xq @ wq.T - reference) ** 2).mean())
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Any:
@@ -157,11 +154,14 @@ def fit_input_steps(model: nn.Module, batches: Iterable[Any], forward: Callable[
         x = torch.cat(rows[name])
         w = layer.weight.detach().float()
         candidates = [alpha] if alpha != "fit" else list(FIT_ALPHAS)
+        mask = getattr(layer, "weight_mask", None)
+        masked = w if mask is None else w * mask
+        reference = x @ masked.T if len(candidates) > 1 else None
         best = None
         for a in candidates:
             s = _balanced(peaks[name], w, a) if a is not None else torch.ones_like(peaks[name])
             s = _fit_clip(layer.input_quantizer, x, s)
-            err = _output_error(layer, x, w, s) if len(candidates) > 1 else 0.0
+            err = _output_error(layer, x, masked, s, reference) if reference is not None else 0.0
             if best is None or err < best[0]:
                 best = (err, a, s)
         _, a, s = best

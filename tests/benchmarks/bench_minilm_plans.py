@@ -65,7 +65,7 @@ PLANS = {
     "W4 per channel, A8, MSE ranges": (4, True, A8, "mse"),
     "W4 per channel, A8 (residual inputs 16)": (4, True, A8_RES16, "mse"),
     "W4 per channel, A8, GELU 6 (residual 16)": (4, True, {**A8_RES16, "ffn_in": 6}, "mse"),
-    "W4 per channel, A6 (residual 16)": (4, True, {k: 6 if v == 8 else v for k, v in A8_RES16.items()}, "mse"),
+    "W4 per channel, A6 (residual 16)": (4, True, A6_RES16, "mse"),
     "W3 per channel, A8 (residual 16)": (3, True, A8_RES16, "mse"),
     # per-channel input steps (plan key 'input'): norm outputs (and GELU outputs) stay 16 bits for the residual
     # path; q / k / v, the FFN input (and the FFN output) layers requantize their inputs with per-channel steps

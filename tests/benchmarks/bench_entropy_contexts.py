@@ -318,6 +318,8 @@ def contexts(k: np.ndarray, chain: int, col_steps: np.ndarray | None):  # noqa: 
     if col_steps is not None and col_steps.size == cols:
         ls = np.log2(np.abs(col_steps) + 1e-30)
         base["colstep"] = (np.broadcast_to(buckets(ls, 8)[0][None, :], k.shape), 8, 7 * THRESHOLD_BITS)
+    else:  # one step for the whole tensor: one context
+        base["colstep"] = base["none"]
     del a, left, left2, up, nbr, cs, win, rowcum, ccs, colcum, est, oracle  # the float temporaries
 
     def combine(*names: str) -> tuple[np.ndarray, int, float]:

@@ -173,8 +173,10 @@ def test_relative_global_pruning_keeps_every_layer_before_a_batch_norm():
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
     with torch.no_grad():
         model[3].weight.mul_(1e-3)
-    absolute = global_magnitude_masks(model, 0.5)
+    absolute = global_magnitude_masks(model, 0.5, keep_per_channel=0)
     assert absolute["3"].sum() == 0  # the small layer is gone: the network's output is constant
+    kept_one = global_magnitude_masks(model, 0.5)  # the default keeps each output channel's largest weight
+    assert kept_one["3"].reshape(8, -1).sum(1).tolist() == [1.0] * 8
     relative = global_magnitude_masks(model, 0.5, relative=True)
     kept = {n: float(m.mean()) for n, m in relative.items()}
     assert all(0.2 < k < 0.8 for k in kept.values()), kept
@@ -182,6 +184,44 @@ def test_relative_global_pruning_keeps_every_layer_before_a_batch_norm():
     assert sum(float(m.sum()) for m in relative.values()) == pytest.approx(total / 2, abs=1)
     with pytest.raises(ConfigError, match="final_prune_relative"):
         SearchConfig(final_prune_relative=True)  # no final pruning to rank: an option that does not apply
+
+
+def test_global_pruning_keeps_a_weight_of_every_depthwise_channel():
+    """One threshold empties whole channels of a depthwise conv (9 weights each) whose weights are small; an
+    emptied channel has zero variance into its batch norm, whose folded scale ``weight / sqrt(eps)`` then
+    dwarfs the others' (a per-tensor quantization step of the folded scales rounds them to a few codes).
+    The default ``keep_per_channel=1`` keeps each channel's largest weight: no channel dies."""
+    import copy
+
+    from nncodec.quant.layers import fold_batch_norm
+    from nncodec.search.candidate import recalibrate_batch_norms
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8))
+    with torch.no_grad():
+        model[3].weight[::2].mul_(0.1)  # half the depthwise channels have small weights (free before a norm)
+    batches = [(torch.randn(64, 1, 8, 8),)]
+
+    def folded_spread(masks: dict) -> float:
+        pruned = copy.deepcopy(model)
+        apply_masks(pruned, masks)
+        recalibrate_batch_norms(pruned, batches)
+        scale = fold_batch_norm(pruned[4])[0].detach().abs()
+        return float(scale.max() / scale.median())
+
+    old = global_magnitude_masks(model, 0.6, relative=True, keep_per_channel=0)
+    assert (old["3"].reshape(8, -1).sum(1) == 0).any()  # whole channels emptied
+    assert folded_spread(old) > 50
+    new = global_magnitude_masks(model, 0.6, relative=True)
+    per_channel = new["3"].reshape(8, -1).sum(1)
+    assert (per_channel >= 1).all()
+    assert float(sum(m.sum() for m in new.values())) <= 0.4 * sum(m.numel() for m in new.values()) + 16
+    assert folded_spread(new) < 20
+    two = global_magnitude_masks(model, 0.9, relative=True, keep_per_channel=2)
+    assert (two["3"].reshape(8, -1).sum(1) >= 2).all() and (two["0"].reshape(8, -1).sum(1) >= 2).all()
+    with pytest.raises(ConfigError, match="keep_per_channel"):
+        global_magnitude_masks(model, 0.5, keep_per_channel=-1)
 
 
 def test_score_is_the_seed_formula():

@@ -66,7 +66,7 @@ def global_magnitude_masks(model: nn.Module, amount: float, *, relative: bool = 
     a layer whose weights happen to be small (a 1x1 projection of a MobileNet block: the network dies).
 
     ``keep_per_channel``: every output channel (row of the weight's first axis) keeps at least its this many
-    largest-magnitude weights (0: none kept; the total sparsity then falls a little short of ``amount``).
+    largest-magnitude weights, so the total sparsity can fall a little short of ``amount`` (0: no floor).
     One threshold empties whole channels of layers with few weights per channel (a depthwise 3x3 conv has
     9): an emptied channel feeding a batch norm has zero variance, its folded scale ``weight / sqrt(eps)`` is
     hundreds of times the others', and a per-tensor quantization step of the folded scales then rounds every

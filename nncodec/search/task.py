@@ -224,7 +224,9 @@ class FidelityTask(Task):
     ``lr_decay``: the learning rate of epoch ``e`` is ``lr * lr_decay**e`` (1: constant); a long
     distillation converges closer with a decaying rate. ``warmup_steps``: each candidate's first
     ``warmup_steps`` optimizer steps ramp the rate linearly from ``lr / warmup_steps`` up (0: none).
-    ``train_mode``: False trains the candidate in eval mode (no dropout; batch-norm statistics frozen).
+    ``dropout``: False puts the candidate's dropout modules (``nn.Dropout`` and its kin) in eval mode while
+    it trains (the rest stays in training mode: fake-quant layers pass straight-through gradients only
+    there); dropout applied functionally inside other modules is not affected.
     ``min_fidelity``: the search's floor (:attr:`Task.min_score`), e.g. 0.99 mean cosine.
 
     ``hidden_layers``: layer-wise (hidden-state) distillation: fnmatch patterns of module names of the
@@ -240,7 +242,7 @@ class FidelityTask(Task):
                  output_fn: Callable[[Any, tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
                  batch_size: int = 32, lr: float = 1e-4, proxy_fraction: float = 0.5, seed: int = 0,
                  lr_decay: float = 1.0, min_fidelity: float | None = None, warmup_steps: int = 0,
-                 train_mode: bool = True, hidden_layers: Sequence[str] = (), hidden_weight: float | None = None):
+                 dropout: bool = True, hidden_layers: Sequence[str] = (), hidden_weight: float | None = None):
         if metric not in ("cosine", "top1"):
             raise ConfigError(f"fidelity metric must be 'cosine' or 'top1', got {metric!r}")
         if not 0 < proxy_fraction <= 1:
@@ -254,8 +256,8 @@ class FidelityTask(Task):
             raise ConfigError(f"fidelity task: min_fidelity must be a {metric} score (at most 1), got {min_fidelity!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ConfigError(f"fidelity task: warmup_steps must be a non-negative int, got {warmup_steps!r}")
-        if not isinstance(train_mode, bool):
-            raise ConfigError(f"fidelity task: train_mode must be True or False, got {train_mode!r}")
+        if not isinstance(dropout, bool):
+            raise ConfigError(f"fidelity task: dropout must be True or False, got {dropout!r}")
         if isinstance(hidden_layers, str) or not all(isinstance(p, str) and p for p in hidden_layers):
             raise ConfigError(f"fidelity task: hidden_layers must be a sequence of module-name patterns, "
                               f"got {hidden_layers!r}")
@@ -272,7 +274,7 @@ class FidelityTask(Task):
                                   f"reference ({type(reference).__name__})")
             self.hidden_names += [n for n in matched if n not in self.hidden_names]
         self.hidden_weight = 1.0 if hidden_weight is None else float(hidden_weight)
-        self.warmup_steps, self.train_mode = warmup_steps, train_mode
+        self.warmup_steps, self.dropout = warmup_steps, dropout
         self.reference = reference
         self._steps: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
         self.lr, self.lr_decay = float(lr), float(lr_decay)
@@ -350,7 +352,11 @@ class FidelityTask(Task):
         idx = self.proxy_index if proxy else torch.arange(n)
         opt = self._optimizer(model)
         rate = self.lr * self.lr_decay ** epoch
-        model.train(self.train_mode)
+        model.train()
+        if not self.dropout:
+            for m in model.modules():
+                if isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.eval()
         for b in shuffled_batches(idx, self.batch_size, self.seed * 1000 + epoch):
             step = self._steps.get(model, 0)
             for group in opt.param_groups:

@@ -269,7 +269,7 @@ MINILM = {"trials": 2, "widths": (1.0,), "kernel_bits": (4,), "activation_bits":
           "residual_bits": (16,), "activation_range": "mse", "calibration": 1000, "proxy_fraction": 0.12,
           "proxy_epochs": 1, "final_epochs": 4, "lr": 5e-4, "lr_decay": 0.7, "min_fidelity": 0.99,
           "initial_kernels": "gptq", "sparsity_aware": "codes", "final_prune": 0.3, "final_prune_relative": True,
-          "hidden_layers": (), "hidden_weight": None, "warmup_steps": 0, "train_mode": True}
+          "hidden_layers": (), "hidden_weight": None, "warmup_steps": 0, "dropout": True}
 #: choice groups of BERT's modules (one choice per group across the six blocks)
 MINILM_SHARE = {"*.attention.self": "qkv", "*.attention.self.*": "qkv", "*.attention.output.dense": "attention_out",
                 "*.intermediate.*": "ffn_in", "*.output.dense": "ffn_out", "*.LayerNorm": "norms",
@@ -324,7 +324,11 @@ def _minilm(trials: int, out: Path, overrides: dict) -> dict:
                         proxy_fraction=settings["proxy_fraction"], lr_decay=settings["lr_decay"],
                         min_fidelity=settings["min_fidelity"], hidden_layers=settings["hidden_layers"],
                         hidden_weight=settings["hidden_weight"], warmup_steps=settings["warmup_steps"],
-                        train_mode=settings["train_mode"])
+                        dropout=settings["dropout"])
+    if not settings["dropout"]:  # BERT's SDPA attention drops attention weights by its own attribute
+        for module in reference.modules():
+            if isinstance(getattr(module, "dropout_prob", None), float):
+                module.dropout_prob = 0.0
     example = (calib[0][:1], calib[1][:1])
     acts = settings["activation_bits"]
     space = SearchSpace.from_model(reference, example, (calib[0][:256], calib[1][:256]), share=MINILM_SHARE,

@@ -227,7 +227,7 @@ def test_hidden_targets_cached_or_recomputed_train_alike(monkeypatch):
 
 @pytest.mark.parametrize("kw", [{"hidden_layers": ["blocks.*.no_such_layer"]}, {"hidden_layers": "blocks.0"},
                                 {"hidden_weight": 1.0}, {"hidden_layers": ["blocks.0"], "hidden_weight": 0.0},
-                                {"warmup_steps": -1}, {"warmup_steps": 2.5}, {"train_mode": "no"}])
+                                {"warmup_steps": -1}, {"warmup_steps": 2.5}, {"dropout": "no"}])
 def test_hidden_layer_and_schedule_options_are_checked(kw):
     with pytest.raises(ConfigError, match="no_such_layer" if "no_such_layer" in str(kw) else None):
         FidelityTask(_reference(), TOKENS[:120], TOKENS[120:], output_fn=lambda out, inputs: out, **kw)
@@ -246,16 +246,20 @@ def test_hidden_layer_of_another_shape_is_named():
         task.train_epoch(other, 0, proxy=False)
 
 
-def test_warmup_ramps_the_rate_and_train_mode_false_trains_in_eval_mode():
+def test_warmup_ramps_the_rate_and_dropout_false_turns_off_dropout_only():
     ref = _reference()
     task = FidelityTask(ref, TOKENS[:120], TOKENS[120:], output_fn=lambda out, inputs: out, lr=1e-3, lr_decay=0.5,
-                        batch_size=16, warmup_steps=20, train_mode=False)
-    model = _quantized_tiny(ref)
-    modes = []
-    model.blocks[0].register_forward_hook(lambda m, a, out: modes.append(m.training))
+                        batch_size=16, warmup_steps=20, dropout=False)
+    model = nn.Sequential(_quantized_tiny(ref), nn.Dropout(0.5))
+    modes = {"block": [], "dropout": []}
+    model[0].blocks[0].register_forward_hook(lambda m, a, out: modes["block"].append(m.training))
+    model[1].register_forward_hook(lambda m, a, out: modes["dropout"].append(m.training))
+    before = model[0].blocks[0].ffn_in.weight.detach().clone()
     task.train_epoch(model, 0, proxy=False)  # 8 steps of 20 warm-up steps
     assert task._optimizer(model).param_groups[0]["lr"] == pytest.approx(1e-3 * 8 / 20)
-    assert modes and not any(modes)
+    # dropout off; the fake-quant layers in training mode, so their straight-through gradients reach the kernels
+    assert modes["dropout"] and not any(modes["dropout"]) and all(modes["block"])
+    assert not torch.equal(before, model[0].blocks[0].ffn_in.weight)
     for epoch in (1, 2):  # steps 9..24: warm-up done within epoch 2, the epoch's decayed rate
         task.train_epoch(model, epoch, proxy=False)
     assert task._optimizer(model).param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 2)

@@ -224,9 +224,10 @@ class FidelityTask(Task):
     ``lr_decay``: the learning rate of epoch ``e`` is ``lr * lr_decay**e`` (1: constant); a long
     distillation converges closer with a decaying rate. ``warmup_steps``: each candidate's first
     ``warmup_steps`` optimizer steps ramp the rate linearly from ``lr / warmup_steps`` up (0: none).
-    ``dropout``: False puts the candidate's dropout modules (``nn.Dropout`` and its kin) in eval mode while
-    it trains (the rest stays in training mode: fake-quant layers pass straight-through gradients only
-    there); dropout applied functionally inside other modules is not affected.
+    ``dropout``: False sets the rate ``p`` of the candidate's dropout modules (``nn.Dropout`` and its kin) to
+    0 while it trains (restored after; also silences modules that read their dropout module's ``p``, as
+    BERT's attention does). The model still trains in training mode: fake-quant layers pass
+    straight-through gradients only there.
     ``min_fidelity``: the search's floor (:attr:`Task.min_score`), e.g. 0.99 mean cosine.
 
     ``hidden_layers``: layer-wise (hidden-state) distillation: fnmatch patterns of module names of the
@@ -352,11 +353,19 @@ class FidelityTask(Task):
         idx = self.proxy_index if proxy else torch.arange(n)
         opt = self._optimizer(model)
         rate = self.lr * self.lr_decay ** epoch
+        rates = {} if self.dropout else {m: m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
+        for m in rates:
+            m.p = 0.0
         model.train()
-        if not self.dropout:
-            for m in model.modules():
-                if isinstance(m, nn.modules.dropout._DropoutNd):
-                    m.eval()
+        try:
+            self._train_batches(model, opt, idx, epoch, rate)
+        finally:
+            for m, p in rates.items():
+                m.p = p
+            model.eval()
+
+    def _train_batches(self, model: nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor, epoch: int,
+                       rate: float) -> None:
         for b in shuffled_batches(idx, self.batch_size, self.seed * 1000 + epoch):
             step = self._steps.get(model, 0)
             for group in opt.param_groups:
@@ -374,7 +383,6 @@ class FidelityTask(Task):
                 loss = self._loss(self._forward(model, inputs), self.calibration_targets[b])
             loss.backward()
             opt.step()
-        model.eval()
 
     def evaluate(self, model: nn.Module) -> float:
         out = eval_outputs(model, self.evaluation, self.batch_size, self._forward)

@@ -325,10 +325,6 @@ def _minilm(trials: int, out: Path, overrides: dict) -> dict:
                         min_fidelity=settings["min_fidelity"], hidden_layers=settings["hidden_layers"],
                         hidden_weight=settings["hidden_weight"], warmup_steps=settings["warmup_steps"],
                         dropout=settings["dropout"])
-    if not settings["dropout"]:  # BERT's SDPA attention drops attention weights by its own attribute
-        for module in reference.modules():
-            if isinstance(getattr(module, "dropout_prob", None), float):
-                module.dropout_prob = 0.0
     example = (calib[0][:1], calib[1][:1])
     acts = settings["activation_bits"]
     space = SearchSpace.from_model(reference, example, (calib[0][:256], calib[1][:256]), share=MINILM_SHARE,

@@ -253,12 +253,12 @@ def test_warmup_ramps_the_rate_and_dropout_false_turns_off_dropout_only():
     model = nn.Sequential(_quantized_tiny(ref), nn.Dropout(0.5))
     modes = {"block": [], "dropout": []}
     model[0].blocks[0].register_forward_hook(lambda m, a, out: modes["block"].append(m.training))
-    model[1].register_forward_hook(lambda m, a, out: modes["dropout"].append(m.training))
+    model[1].register_forward_hook(lambda m, a, out: modes["dropout"].append(m.p))
     before = model[0].blocks[0].ffn_in.weight.detach().clone()
     task.train_epoch(model, 0, proxy=False)  # 8 steps of 20 warm-up steps
     assert task._optimizer(model).param_groups[0]["lr"] == pytest.approx(1e-3 * 8 / 20)
     # dropout off; the fake-quant layers in training mode, so their straight-through gradients reach the kernels
-    assert modes["dropout"] and not any(modes["dropout"]) and all(modes["block"])
+    assert modes["dropout"] and not any(modes["dropout"]) and all(modes["block"]) and model[1].p == 0.5
     assert not torch.equal(before, model[0].blocks[0].ffn_in.weight)
     for epoch in (1, 2):  # steps 9..24: warm-up done within epoch 2, the epoch's decayed rate
         task.train_epoch(model, epoch, proxy=False)

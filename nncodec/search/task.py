@@ -353,7 +353,8 @@ class FidelityTask(Task):
         idx = self.proxy_index if proxy else torch.arange(n)
         opt = self._optimizer(model)
         rate = self.lr * self.lr_decay ** epoch
-        rates = {} if self.dropout else {m: m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
+        rates = {} if self.dropout else \
+            {m: m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
         for m in rates:
             m.p = 0.0
         model.train()

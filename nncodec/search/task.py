@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +179,39 @@ def _row_hashes(batch: tuple[torch.Tensor, ...]) -> list[bytes]:
             for i in range(n)]
 
 
+class _Hooks:
+    """Forward hooks that record the first tensor of the outputs of named modules (removed on exit)."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], detach: bool):
+        self.model, self.names, self.detach = model, list(names), detach
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> dict[str, torch.Tensor]:
+        modules = dict(self.model.named_modules())
+        for name in self.names:
+            if name not in modules:
+                raise ConfigError(f"fidelity task: hidden layer {name!r} of the reference is not a module of the "
+                                  f"candidate ({type(self.model).__name__})")
+            self._handles.append(modules[name].register_forward_hook(self._record(name)))
+        return self.outputs
+
+    def _record(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            out = first_tensor(output)
+            self.outputs[name] = out.detach().float() if self.detach else out
+        return hook
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+#: teacher hidden states are cached when they take at most this many bytes (else recomputed per batch)
+HIDDEN_CACHE_BYTES = 512 * 2 ** 20
+
+
 class FidelityTask(Task):
     """Distillation onto the reference's outputs; score = output fidelity on held-out inputs.
 
@@ -188,14 +222,28 @@ class FidelityTask(Task):
     error (cosine metric) or the KL divergence to the reference's softmax (top-1 metric).
     ``output_fn(output, inputs) -> tensor`` picks what to compare (default: :func:`first_tensor`).
     ``lr_decay``: the learning rate of epoch ``e`` is ``lr * lr_decay**e`` (1: constant); a long
-    distillation converges closer with a decaying rate. ``min_fidelity``: the search's floor
-    (:attr:`Task.min_score`), e.g. 0.99 mean cosine.
+    distillation converges closer with a decaying rate. ``warmup_steps``: each candidate's first
+    ``warmup_steps`` optimizer steps ramp the rate linearly from ``lr / warmup_steps`` up (0: none).
+    ``dropout``: False sets the rate ``p`` of the candidate's dropout modules (``nn.Dropout`` and its kin) to
+    0 while it trains (restored after; also silences modules that read their dropout module's ``p``, as
+    BERT's attention does). The model still trains in training mode: fake-quant layers pass
+    straight-through gradients only there.
+    ``min_fidelity``: the search's floor (:attr:`Task.min_score`), e.g. 0.99 mean cosine.
+
+    ``hidden_layers``: layer-wise (hidden-state) distillation: fnmatch patterns of module names of the
+    reference; the first tensor of each matched module's output (:func:`first_tensor`) is a target for the
+    candidate's module of the same name (quantized candidates keep the reference's names). Each adds its
+    mean squared error divided by the mean square of the reference's output; their mean, times
+    ``hidden_weight``, is added to the output loss. A pattern matching no module, or a candidate output of
+    another shape (e.g. a narrower layer), is a ConfigError. The reference's hidden outputs on the
+    calibration inputs are cached when they fit :data:`HIDDEN_CACHE_BYTES`, else recomputed per batch.
     """
 
     def __init__(self, reference: nn.Module, calibration: Any, evaluation: Any, *, metric: str = "cosine",
                  output_fn: Callable[[Any, tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
                  batch_size: int = 32, lr: float = 1e-4, proxy_fraction: float = 0.5, seed: int = 0,
-                 lr_decay: float = 1.0, min_fidelity: float | None = None):
+                 lr_decay: float = 1.0, min_fidelity: float | None = None, warmup_steps: int = 0,
+                 dropout: bool = True, hidden_layers: Sequence[str] = (), hidden_weight: float | None = None):
         if metric not in ("cosine", "top1"):
             raise ConfigError(f"fidelity metric must be 'cosine' or 'top1', got {metric!r}")
         if not 0 < proxy_fraction <= 1:
@@ -207,6 +255,29 @@ class FidelityTask(Task):
         if min_fidelity is not None and not (is_number(min_fidelity) and
                                              (-1 if metric == "cosine" else 0) <= min_fidelity <= 1):
             raise ConfigError(f"fidelity task: min_fidelity must be a {metric} score (at most 1), got {min_fidelity!r}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ConfigError(f"fidelity task: warmup_steps must be a non-negative int, got {warmup_steps!r}")
+        if not isinstance(dropout, bool):
+            raise ConfigError(f"fidelity task: dropout must be True or False, got {dropout!r}")
+        if isinstance(hidden_layers, str) or not all(isinstance(p, str) and p for p in hidden_layers):
+            raise ConfigError(f"fidelity task: hidden_layers must be a sequence of module-name patterns, "
+                              f"got {hidden_layers!r}")
+        if hidden_weight is not None and not hidden_layers:
+            raise ConfigError("fidelity task: hidden_weight is given but no hidden_layers to weigh")
+        if hidden_weight is not None and not (is_number(hidden_weight) and 0 < hidden_weight < math.inf):
+            raise ConfigError(f"fidelity task: hidden_weight must be a positive number, got {hidden_weight!r}")
+        names = [n for n, _ in reference.named_modules() if n]
+        self.hidden_names: list[str] = []
+        for pattern in hidden_layers:
+            matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            if not matched:
+                raise ConfigError(f"fidelity task: hidden_layers pattern {pattern!r} matches no module of the "
+                                  f"reference ({type(reference).__name__})")
+            self.hidden_names += [n for n in matched if n not in self.hidden_names]
+        self.hidden_weight = 1.0 if hidden_weight is None else float(hidden_weight)
+        self.warmup_steps, self.dropout = warmup_steps, dropout
+        self.reference = reference
+        self._steps: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
         self.lr, self.lr_decay = float(lr), float(lr_decay)
         self.min_score = None if min_fidelity is None else float(min_fidelity)
         self.calibration = _as_batch(calibration, "calibration")
@@ -220,7 +291,29 @@ class FidelityTask(Task):
         self._optimizer = _Optimizers(lr)
         n = len(self.calibration[0])
         self.proxy_index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max(1, int(n * proxy_fraction))]
-        self.calibration_targets = eval_outputs(reference, self.calibration, self.batch_size, self._forward)
+        self.hidden_targets: dict[str, torch.Tensor] | None = None
+        if self.hidden_names:
+            with _Hooks(reference, self.hidden_names, detach=True) as rec:
+                was = reference.training
+                reference.eval()
+                with torch.no_grad():
+                    reference(*(t[:1] for t in self.calibration))
+                reference.train(was)
+            size = sum(t[0].numel() * 4 for t in rec.values()) * n
+            if size <= HIDDEN_CACHE_BYTES:
+                cached: dict[str, list[torch.Tensor]] = {k: [] for k in self.hidden_names}
+
+                def forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+                    with _Hooks(model, self.hidden_names, detach=True) as outs:
+                        result = self._forward(model, inputs)
+                    for k in self.hidden_names:
+                        cached[k].append(outs[k])
+                    return result
+
+                self.calibration_targets = eval_outputs(reference, self.calibration, self.batch_size, forward)
+                self.hidden_targets = {k: torch.cat(v) for k, v in cached.items()}
+        if self.hidden_targets is None:
+            self.calibration_targets = eval_outputs(reference, self.calibration, self.batch_size, self._forward)
         self.evaluation_targets = eval_outputs(reference, self.evaluation, self.batch_size, self._forward)
 
     def _forward(self, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -233,6 +326,25 @@ class FidelityTask(Task):
         cos = nn.functional.cosine_similarity(flat_o, flat_t, dim=1)
         return (1 - cos).mean() + nn.functional.mse_loss(flat_o, flat_t) / (flat_t.pow(2).mean() + 1e-12)
 
+    def _hidden_teacher(self, b: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        if self.hidden_targets is not None:
+            return {k: v[b] for k, v in self.hidden_targets.items()}
+        with _Hooks(self.reference, self.hidden_names, detach=True) as outs:
+            eval_outputs(self.reference, inputs, len(b))
+        return dict(outs)
+
+    def _hidden_loss(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over the hidden layers of the MSE relative to the mean square of the reference's output."""
+        losses = []
+        for name in self.hidden_names:
+            s, t = student[name], teacher[name]
+            if s.shape != t.shape:
+                raise ConfigError(f"fidelity task: hidden layer {name!r} outputs shape {tuple(s.shape)} in the "
+                                  f"candidate but {tuple(t.shape)} in the reference: a narrower candidate cannot "
+                                  "match the reference's hidden states")
+            losses.append(nn.functional.mse_loss(s.float(), t) / (t.pow(2).mean() + 1e-12))
+        return torch.stack(losses).mean()
+
     def calibration_inputs(self) -> tuple[torch.Tensor, ...]:
         return self.calibration
 
@@ -240,15 +352,38 @@ class FidelityTask(Task):
         n = len(self.calibration[0])
         idx = self.proxy_index if proxy else torch.arange(n)
         opt = self._optimizer(model)
-        for group in opt.param_groups:
-            group["lr"] = self.lr * self.lr_decay ** epoch
+        rate = self.lr * self.lr_decay ** epoch
+        rates = {} if self.dropout else \
+            {m: m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
+        for m in rates:
+            m.p = 0.0
         model.train()
+        try:
+            self._train_batches(model, opt, idx, epoch, rate)
+        finally:
+            for m, p in rates.items():
+                m.p = p
+            model.eval()
+
+    def _train_batches(self, model: nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor, epoch: int,
+                       rate: float) -> None:
         for b in shuffled_batches(idx, self.batch_size, self.seed * 1000 + epoch):
+            step = self._steps.get(model, 0)
+            for group in opt.param_groups:
+                group["lr"] = rate * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else rate
+            self._steps[model] = step + 1
             opt.zero_grad()
-            self._loss(self._forward(model, tuple(t[b] for t in self.calibration)),
-                       self.calibration_targets[b]).backward()
+            inputs = tuple(t[b] for t in self.calibration)
+            if self.hidden_names:
+                teacher = self._hidden_teacher(b, inputs)
+                with _Hooks(model, self.hidden_names, detach=False) as student:
+                    out = self._forward(model, inputs)
+                loss = self._loss(out, self.calibration_targets[b]) + \
+                    self.hidden_weight * self._hidden_loss(student, teacher)
+            else:
+                loss = self._loss(self._forward(model, inputs), self.calibration_targets[b])
+            loss.backward()
             opt.step()
-        model.eval()
 
     def evaluate(self, model: nn.Module) -> float:
         out = eval_outputs(model, self.evaluation, self.batch_size, self._forward)

@@ -173,3 +173,93 @@ def test_activation_ranges_are_fitted_on_finite_values(fit):
     seen = _activation_samples(model, ["1"], torch.randn(64, 32))
     assert torch.isfinite(seen["1"].values).all() and math.isfinite(seen["1"].percentile)
     assert _RANGE_FITS[fit](seen["1"], "quantized_bits({b},{i},1)", 8) <= 2  # |value| <= 3 fits 2 integer bits
+
+
+def _hidden_error(ref: nn.Module, model: nn.Module, name: str) -> float:
+    """Relative MSE of ``model``'s output of module ``name`` against the reference's, on the evaluation tokens."""
+    outs = {}
+    for key, m in (("ref", ref), ("model", model)):
+        handle = m.get_submodule(name).register_forward_hook(lambda mod, a, out, key=key: outs.__setitem__(key, out))
+        with torch.no_grad():
+            m.eval()(TOKENS[120:])
+        handle.remove()
+    return float((outs["model"] - outs["ref"]).pow(2).mean() / outs["ref"].pow(2).mean())
+
+
+def test_hidden_layer_distillation_matches_hidden_states_closer_than_output_only():
+    ref = _reference()
+    errors = {}
+    for key, kw in (("output", {}), ("hidden", {"hidden_layers": ["blocks.?"]})):
+        task = FidelityTask(ref, TOKENS[:120], TOKENS[120:], output_fn=lambda out, inputs: out, lr=3e-3,
+                            batch_size=16, **kw)
+        model = copy.deepcopy(ref)  # the blocks' kernels perturbed by noise of their own spread
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.startswith("blocks") and p.dim() == 2:
+                    p.add_(torch.randn(p.shape, generator=gen) * p.std())
+        before = _hidden_error(ref, model, "blocks.1")
+        torch.manual_seed(0)
+        for epoch in range(10):
+            task.train_epoch(model, epoch, proxy=False)
+        errors[key] = _hidden_error(ref, model, "blocks.1")
+    assert task.hidden_names == ["blocks.0", "blocks.1"]
+    # the 3-class output constrains the 32-wide hidden states little (0.33 -> 0.30); matching them does (0.10)
+    assert errors["hidden"] < 0.5 * errors["output"] and errors["hidden"] < 0.5 * before
+
+
+def test_hidden_targets_cached_or_recomputed_train_alike(monkeypatch):
+    import nncodec.search.task as task_module
+
+    ref = _reference()
+    weights = []
+    for limit in (task_module.HIDDEN_CACHE_BYTES, 0):  # 0: the reference runs again for every batch
+        monkeypatch.setattr(task_module, "HIDDEN_CACHE_BYTES", limit)
+        task = FidelityTask(ref, TOKENS[:120], TOKENS[120:], output_fn=lambda out, inputs: out, lr=1e-3,
+                            batch_size=16, hidden_layers=["blocks.1.ffn_out", "embedding"], hidden_weight=2.0)
+        assert (task.hidden_targets is not None) == (limit > 0)
+        model = _quantized_tiny(ref)
+        torch.manual_seed(0)
+        task.train_epoch(model, 0, proxy=False)
+        weights.append(model.blocks[1].ffn_out.weight.detach().clone())
+    assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{"hidden_layers": ["blocks.*.no_such_layer"]}, {"hidden_layers": "blocks.0"},
+                                {"hidden_weight": 1.0}, {"hidden_layers": ["blocks.0"], "hidden_weight": 0.0},
+                                {"warmup_steps": -1}, {"warmup_steps": 2.5}, {"dropout": "no"}])
+def test_hidden_layer_and_schedule_options_are_checked(kw):
+    with pytest.raises(ConfigError, match="no_such_layer" if "no_such_layer" in str(kw) else None):
+        FidelityTask(_reference(), TOKENS[:120], TOKENS[120:], output_fn=lambda out, inputs: out, **kw)
+
+
+def test_hidden_layer_of_another_shape_is_named():
+    ref = _reference()
+    task = FidelityTask(ref, TOKENS[:120], TOKENS[120:], output_fn=lambda out, inputs: out,
+                        hidden_layers=["blocks.0.ffn_in"])
+    torch.manual_seed(1)
+    narrow = TinyTransformer(ffn=32)  # the FFN half as wide: same names, other hidden shape
+    with pytest.raises(ConfigError, match="blocks.0.ffn_in"):
+        task.train_epoch(narrow, 0, proxy=False)
+    other = nn.Sequential(nn.Embedding(50, 32), nn.Flatten(), nn.Linear(32 * 9, 3))  # no such module
+    with pytest.raises(ConfigError, match="blocks.0.ffn_in"):
+        task.train_epoch(other, 0, proxy=False)
+
+
+def test_warmup_ramps_the_rate_and_dropout_false_turns_off_dropout_only():
+    ref = _reference()
+    task = FidelityTask(ref, TOKENS[:120], TOKENS[120:], output_fn=lambda out, inputs: out, lr=1e-3, lr_decay=0.5,
+                        batch_size=16, warmup_steps=20, dropout=False)
+    model = nn.Sequential(_quantized_tiny(ref), nn.Dropout(0.5))
+    modes = {"block": [], "dropout": []}
+    model[0].blocks[0].register_forward_hook(lambda m, a, out: modes["block"].append(m.training))
+    model[1].register_forward_hook(lambda m, a, out: modes["dropout"].append(m.p))
+    before = model[0].blocks[0].ffn_in.weight.detach().clone()
+    task.train_epoch(model, 0, proxy=False)  # 8 steps of 20 warm-up steps
+    assert task._optimizer(model).param_groups[0]["lr"] == pytest.approx(1e-3 * 8 / 20)
+    # dropout off; the fake-quant layers in training mode, so their straight-through gradients reach the kernels
+    assert modes["dropout"] and not any(modes["dropout"]) and all(modes["block"]) and model[1].p == 0.5
+    assert not torch.equal(before, model[0].blocks[0].ffn_in.weight)
+    for epoch in (1, 2):  # steps 9..24: warm-up done within epoch 2, the epoch's decayed rate
+        task.train_epoch(model, epoch, proxy=False)
+    assert task._optimizer(model).param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 2)

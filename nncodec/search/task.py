@@ -189,17 +189,18 @@ class _Hooks:
 
     def __enter__(self) -> dict[str, torch.Tensor]:
         modules = dict(self.model.named_modules())
-        for name in self.names:
+        for name in self.names:  # all checked before any hook is registered: none is left behind on an error
             if name not in modules:
                 raise ConfigError(f"fidelity task: hidden layer {name!r} of the reference is not a module of the "
                                   f"candidate ({type(self.model).__name__})")
+        for name in self.names:
             self._handles.append(modules[name].register_forward_hook(self._record(name)))
         return self.outputs
 
     def _record(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            out = first_tensor(output)
-            self.outputs[name] = out.detach().float() if self.detach else out
+            out = first_tensor(output)  # a copy for the teacher: a later in-place op must not change the target
+            self.outputs[name] = out.detach().float().clone() if self.detach else out
         return hook
 
     def __exit__(self, *exc: Any) -> None:
@@ -231,7 +232,9 @@ class FidelityTask(Task):
     ``min_fidelity``: the search's floor (:attr:`Task.min_score`), e.g. 0.99 mean cosine.
 
     ``hidden_layers``: layer-wise (hidden-state) distillation: fnmatch patterns of module names of the
-    reference; the first tensor of each matched module's output (:func:`first_tensor`) is a target for the
+    reference (``*`` also matches dots: ``encoder.layer.?`` names BERT's six layers, ``encoder.layer.*`` every
+    module inside them too); the first tensor of each matched module's output (:func:`first_tensor`, its
+    first dimension the examples') is a target for the
     candidate's module of the same name (quantized candidates keep the reference's names). Each adds its
     mean squared error divided by the mean square of the reference's output; their mean, times
     ``hidden_weight``, is added to the output loss. A pattern matching no module, or a candidate output of
@@ -259,7 +262,11 @@ class FidelityTask(Task):
             raise ConfigError(f"fidelity task: warmup_steps must be a non-negative int, got {warmup_steps!r}")
         if not isinstance(dropout, bool):
             raise ConfigError(f"fidelity task: dropout must be True or False, got {dropout!r}")
-        if isinstance(hidden_layers, str) or not all(isinstance(p, str) and p for p in hidden_layers):
+        if hidden_layers is None or isinstance(hidden_layers, str) or not hasattr(hidden_layers, "__iter__"):
+            raise ConfigError(f"fidelity task: hidden_layers must be a sequence of module-name patterns, "
+                              f"got {hidden_layers!r}")
+        hidden_layers = list(hidden_layers)
+        if not all(isinstance(p, str) and p for p in hidden_layers):
             raise ConfigError(f"fidelity task: hidden_layers must be a sequence of module-name patterns, "
                               f"got {hidden_layers!r}")
         if hidden_weight is not None and not hidden_layers:
@@ -294,11 +301,12 @@ class FidelityTask(Task):
         self.hidden_targets: dict[str, torch.Tensor] | None = None
         if self.hidden_names:
             with _Hooks(reference, self.hidden_names, detach=True) as rec:
-                was = reference.training
-                reference.eval()
-                with torch.no_grad():
-                    reference(*(t[:1] for t in self.calibration))
-                reference.train(was)
+                eval_outputs(reference, tuple(t[:2] for t in self.calibration), 2, self._forward)
+            for name, out in rec.items():  # cached targets are indexed by example along the first dimension
+                if out.dim() == 0 or out.shape[0] != min(2, n):
+                    raise ConfigError(f"fidelity task: hidden layer {name!r} outputs shape {tuple(out.shape)} for "
+                                      f"{min(2, n)} examples: its first dimension must be the examples' (a "
+                                      "sequence-first layer cannot be matched)")
             size = sum(t[0].numel() * 4 for t in rec.values()) * n
             if size <= HIDDEN_CACHE_BYTES:
                 cached: dict[str, list[torch.Tensor]] = {k: [] for k in self.hidden_names}
@@ -330,7 +338,7 @@ class FidelityTask(Task):
         if self.hidden_targets is not None:
             return {k: v[b] for k, v in self.hidden_targets.items()}
         with _Hooks(self.reference, self.hidden_names, detach=True) as outs:
-            eval_outputs(self.reference, inputs, len(b))
+            eval_outputs(self.reference, inputs, len(b), self._forward)
         return dict(outs)
 
     def _hidden_loss(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:

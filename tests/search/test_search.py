@@ -222,6 +222,11 @@ def test_global_pruning_keeps_a_weight_of_every_depthwise_channel():
     assert (two["3"].reshape(8, -1).sum(1) >= 2).all() and (two["0"].reshape(8, -1).sum(1) >= 2).all()
     with pytest.raises(ConfigError, match="keep_per_channel"):
         global_magnitude_masks(model, 0.5, keep_per_channel=-1)
+    wide = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3)).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        wide[0].weight.mul_(1e-3)  # one threshold would empty every channel of this channels-last weight
+    kept = global_magnitude_masks(wide, 0.9)
+    assert (kept["0"].reshape(8, -1).sum(1) >= 1).all()
 
 
 def test_score_is_the_seed_formula():

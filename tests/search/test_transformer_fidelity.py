@@ -263,3 +263,47 @@ def test_warmup_ramps_the_rate_and_dropout_false_turns_off_dropout_only():
     for epoch in (1, 2):  # steps 9..24: warm-up done within epoch 2, the epoch's decayed rate
         task.train_epoch(model, epoch, proxy=False)
     assert task._optimizer(model).param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** 2)
+
+
+def test_hidden_layers_of_a_tuple_returning_reference_recomputed_and_hooks_removed(monkeypatch):
+    """The recomputed teacher goes through ``output_fn`` (a reference returning a tuple); a candidate lacking a
+    hidden layer gets no hook left behind; a generator of patterns is read once; a sequence-first layer is named."""
+    import nncodec.search.task as task_module
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x))), x
+
+    torch.manual_seed(0)
+    ref, x = Pair(), torch.randn(40, 6)
+    monkeypatch.setattr(task_module, "HIDDEN_CACHE_BYTES", 0)
+    task = FidelityTask(ref, x[:30], x[30:], output_fn=lambda out, inputs: out[0], batch_size=8,
+                        hidden_layers=(n for n in ["a"]))  # a generator
+    assert task.hidden_names == ["a"] and task.hidden_targets is None
+    model = copy.deepcopy(ref)
+    task.train_epoch(model, 0, proxy=False)  # the reference's tuple output went through output_fn
+    partial = nn.Module()
+    partial.b = nn.Linear(6, 3)
+    task2 = FidelityTask(ref, x[:30], x[30:], output_fn=lambda out, inputs: out[0], hidden_layers=["b", "a"])
+    with pytest.raises(ConfigError, match="'a'"):
+        task2.train_epoch(partial, 0, proxy=False)
+    assert not partial.b._forward_hooks
+    with pytest.raises(ConfigError, match="hidden_layers"):
+        FidelityTask(ref, x[:30], x[30:], output_fn=lambda out, inputs: out[0], hidden_layers=None)
+
+    class SequenceFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.out = nn.GRU(6, 4), nn.Linear(4, 3)
+
+        def forward(self, x):  # x: (batch, time, 6); the GRU runs sequence-first
+            return self.out(self.rnn(x.transpose(0, 1))[0][-1])
+
+    seq = torch.randn(12, 5, 6)
+    monkeypatch.setattr(task_module, "HIDDEN_CACHE_BYTES", 2 ** 20)
+    with pytest.raises(ConfigError, match="'rnn'"):
+        FidelityTask(SequenceFirst(), seq[:8], seq[8:], hidden_layers=["rnn"])

@@ -39,8 +39,28 @@ def tracked_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
+class _Reached(Exception):
+    """Raised by a forward hook to stop a forward pass once the batch norm being measured has run."""
+
+
+def _execution_order(model: nn.Module, norms: list[nn.modules.batchnorm._BatchNorm], batch: Any,
+                     run: Callable[[Any], Any]) -> list[nn.modules.batchnorm._BatchNorm]:
+    """``norms`` in the order a forward pass on ``batch`` first calls them (norms it never calls last, in module
+    order): registration order need not be execution order."""
+    seen: list[nn.modules.batchnorm._BatchNorm] = []
+    handles = [bn.register_forward_hook(lambda m, i, o: seen.append(m) if m not in seen else None) for bn in norms]
+    try:
+        with torch.no_grad():
+            run(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen + [bn for bn in norms if bn not in seen]
+
+
 def recalibrate_batch_norms(model: nn.Module, batches: Iterable[Any],
-                            forward: Callable[[nn.Module, Any], Any] | None = None) -> int:
+                            forward: Callable[[nn.Module, Any], Any] | None = None, *,
+                            sequential: bool = False) -> int:
     """Re-estimate the running mean and variance of every batch norm of ``model`` (in place) as the plain
     average over ``batches`` (``forward(model, batch)``, default ``model(*batch)``), without gradients; the
     other modules run in eval mode (dropout off, quantizers as in eval). Returns the number of batch norms
@@ -50,8 +70,15 @@ def recalibrate_batch_norms(model: nn.Module, batches: Iterable[Any],
     the next layers) and quantizing activations or kernels shift the inputs of every batch norm behind them;
     in eval mode the stale statistics then mis-normalize layer after layer (measured on MNIST-5k: a ResNet-8
     of 0.957 with its residual trunk at 0.75 width scored 0.087 instead of 0.918, with 4- to 8-bit activations
-    0.710 instead of 0.963). One pass: each norm sees inputs normalized by the batch statistics of the norms
-    before it (not their new running ones), which is close, not exact, for deep stacks of quantizers."""
+    0.710 instead of 0.963).
+
+    ``sequential=False``: one pass, each norm sees inputs normalized by the batch statistics of the norms
+    before it (not their new running ones): close, not exact, behind quantizers (a folded, quantized norm's
+    step and a low-bit activation grid round batch-normalized inputs differently from running-normalized ones).
+    ``sequential=True``: one norm at a time in execution order, each on exactly the inputs eval mode feeds it
+    (the norms before it on their new statistics); each pass stops after the measured norm, so it costs about
+    half a forward pass per norm. Measured on a pruned 4-bit ResNet-8 (MNIST-5k, 9 norms): one pass left an
+    epoch at 0.775 eval accuracy (0.943 with batch statistics), the sequential estimate gave 0.938."""
     norms = tracked_norms(model)
     if not norms:
         return 0
@@ -60,18 +87,41 @@ def recalibrate_batch_norms(model: nn.Module, batches: Iterable[Any],
         raise ConfigError("recalibrate_batch_norms: no batch to estimate the statistics on")
     modes = {m: m.training for m in model.modules()}
     momenta = [bn.momentum for bn in norms]
+
+    def run(batch: Any) -> Any:
+        return forward(model, batch) if forward is not None else model(*batch)
+
+    def reset(bn: nn.modules.batchnorm._BatchNorm) -> None:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+        bn.train()
+
     try:
         model.eval()
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the batches
-            bn.train()
-        with torch.no_grad():
-            for batch in batches:
-                if forward is not None:
-                    forward(model, batch)
-                else:
-                    model(*batch)
+        if not sequential:
+            for bn in norms:
+                reset(bn)
+            with torch.no_grad():
+                for batch in batches:
+                    run(batch)
+        else:
+            for bn in _execution_order(model, norms, batches[0], run):
+                reset(bn)
+
+                def stop(m: nn.Module, i: Any, o: Any) -> None:
+                    raise _Reached
+
+                handle = bn.register_forward_hook(stop)
+                try:
+                    with torch.no_grad():
+                        for batch in batches:
+                            try:
+                                run(batch)
+                            except _Reached:
+                                pass
+                finally:
+                    handle.remove()
+                bn.eval()
     finally:
         for bn, momentum in zip(norms, momenta):
             bn.momentum = momentum

@@ -128,17 +128,27 @@ def test_final_statistics_are_re_estimated_after_the_last_epoch(reference, tmp_p
     fresh = copy.deepcopy(model)
     index = calibration_index(len(x_train), FINAL_RECALIBRATION_EXAMPLES, 0)
     batches = [(x_train[index[i:i + 256]],) for i in range(0, len(index), 256)]
-    recalibrate_batch_norms(fresh, batches)
+    recalibrate_batch_norms(fresh, batches, sequential=True)  # the default final_recalibration
     norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms
     for name in norms:
         a, b = model.get_submodule(name), fresh.get_submodule(name)
         assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
         assert torch.allclose(a.running_var, b.running_var, rtol=1e-5)
+    one_pass = copy.deepcopy(model)  # behind this net's quantizers the one-pass estimate is another one
+    recalibrate_batch_norms(one_pass, batches)
+    assert not all(torch.allclose(one_pass.get_submodule(k).running_var, model.get_submodule(k).running_var,
+                                  rtol=1e-3) for k in norms)
+    chosen = run_search(reference, _space(reference), _task(),
+                        _config(tmp_path / "one", final_recalibration="one_pass")).model
+    fresh = copy.deepcopy(chosen)
+    recalibrate_batch_norms(fresh, batches)
+    assert all(torch.allclose(chosen.get_submodule(k).running_var, fresh.get_submodule(k).running_var, rtol=1e-5)
+               for k in norms)
     stale = run_search(reference, _space(reference), _task(),
                        _config(tmp_path / "off", final_recalibrate_norms=False)).model
     fresh = copy.deepcopy(stale)
-    recalibrate_batch_norms(fresh, batches)
+    recalibrate_batch_norms(fresh, batches, sequential=True)
     assert not all(torch.allclose(stale.get_submodule(k).running_var, fresh.get_submodule(k).running_var, rtol=1e-3)
                    for k in norms)  # the momentum averages of training are left without it
 
@@ -243,7 +253,8 @@ def test_calibration_passes_use_a_seeded_random_subset_of_a_class_sorted_set(ref
     model = run_search(reference, _space(reference), sorted_task, _config(tmp_path / "final", seed=5)).model
     index = calibration_index(len(xs), FINAL_RECALIBRATION_EXAMPLES, 5)
     fresh = copy.deepcopy(model)
-    recalibrate_batch_norms(fresh, [(torch.as_tensor(xs)[index[i:i + 256]],) for i in range(0, len(index), 256)])
+    recalibrate_batch_norms(fresh, [(torch.as_tensor(xs)[index[i:i + 256]],) for i in range(0, len(index), 256)],
+                            sequential=True)
     for name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
             assert torch.allclose(m.running_var, fresh.get_submodule(name).running_var, rtol=1e-5)

@@ -82,3 +82,71 @@ def test_recalibrate_norms_must_be_a_bool():
 
     with pytest.raises(ConfigError, match="recalibrate_norms"):
         SearchConfig(recalibrate_norms="no")
+
+
+class _Swapped(nn.Module):
+    """Two norms registered in the reverse of the order the forward pass calls them."""
+
+    def __init__(self):
+        super().__init__()
+        self.late, self.second = nn.BatchNorm1d(4), nn.Linear(4, 4)
+        self.early, self.first = nn.BatchNorm1d(4), nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.late(self.second(torch.relu(self.early(self.first(x)))))
+
+
+def test_sequential_recalibration_fits_the_inputs_eval_mode_feeds_each_norm():
+    """Batches of different means: normalized by each batch's own statistics (one pass) every batch reaches
+    the ReLU centred; in eval mode the earlier norm's running statistics leave each batch offset, so the ReLU
+    passes other values and the later norm's inputs differ; the sequential estimate measures exactly those,
+    also when registration order is not call order."""
+    torch.manual_seed(0)
+    model = _Swapped()
+    with torch.no_grad():
+        model.second.weight.copy_(torch.eye(4) + 0.1)
+    batches = [(torch.randn(64, 3) + shift,) for shift in (-3.0, 0.0, 4.0)]
+    model.train()
+    assert recalibrate_batch_norms(model, batches, sequential=True) == 2
+    assert model.training and model.late.training and model.late.momentum == 0.1  # modes and momenta restored
+
+    def measured(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:  # eval-mode inputs, averaged per batch
+        seen = []
+        handle = bn.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+        with torch.no_grad():
+            for (x,) in batches:
+                model.eval()(x)
+        handle.remove()
+        model.train()
+        return (torch.stack([s.mean(0) for s in seen]).mean(0),
+                torch.stack([s.var(0, unbiased=True) for s in seen]).mean(0))
+
+    for bn in (model.early, model.late):
+        mean, var = measured(bn)
+        assert torch.allclose(bn.running_mean, mean, atol=1e-5)
+        assert torch.allclose(bn.running_var, var, rtol=1e-4)
+    mean, var = measured(model.late)
+    recalibrate_batch_norms(model, batches)  # one pass: the later norm's statistics miss the batches' offsets
+    assert (model.late.running_mean - mean).abs().max() > 0.3
+    assert ((model.late.running_var - var).abs() / var).max() > 0.1
+
+
+def test_sequential_recalibration_leaves_norms_the_forward_never_calls_reset():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    unused = nn.BatchNorm1d(4)
+    model.add_module("unused", unused)
+    model.forward = lambda x: model[1](model[0](x))  # type: ignore[method-assign]
+    with torch.no_grad():
+        unused.running_mean.fill_(5.0)
+    x = torch.randn(32, 3)
+    assert recalibrate_batch_norms(model, [(x,)], sequential=True) == 2
+    assert torch.allclose(model[1].running_mean, model[0](x).detach().mean(0), atol=1e-5)
+    assert torch.equal(unused.running_mean, torch.zeros(4))  # reset, as the one-pass estimate leaves it
+
+
+def test_final_recalibration_is_checked():
+    with pytest.raises(ConfigError, match="final_recalibration must be one of"):
+        SearchConfig(final_recalibration="twice")
+    with pytest.raises(ConfigError, match="needs final_recalibrate_norms=True"):
+        SearchConfig(final_recalibrate_norms=False, final_recalibration="one_pass")
+    assert SearchConfig(final_recalibrate_norms=False).final_recalibration == "sequential"

@@ -273,7 +273,9 @@ class SearchSpace:
                 raise ConfigError(f"bits[{role!r}] key(s) {unknown} name no layer kind and no share group of the model; "
                                   f"kinds: {sorted(DEFAULT_BITS[role])}, groups: {sorted({lay.group for lay in layers})[:8]}")
         width_choices = {g.name: _width_choices(g, widths) for g in groups}
-        width_choices = {k: v for k, v in width_choices.items() if len(v) > 1}
+        # a group keeps its width parameter unless its one choice is the full width (nothing to choose or apply):
+        # a single other width (``widths=(0.75,)``) is applied to every group, not ignored
+        width_choices = {k: v for k, v in width_choices.items() if v != [1.0]}
         return cls(layers, example_inputs, width_mode, Plan(), width_choices,
                    {g.name: list(g.producers) for g in groups if g.name in width_choices})
 

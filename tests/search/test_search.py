@@ -547,3 +547,18 @@ def test_a_resumed_study_must_have_the_trial_settings_it_was_run_with(reference,
     with pytest.raises(ConfigError, match="proxy_epochs 5 there, 1 now") as info:
         searcher._check_trial_settings(older)
     assert "initial_kernels" not in str(info.value)
+
+
+def test_a_single_width_choice_is_applied_not_dropped():
+    """``widths=(0.5,)`` leaves one choice per group: the plan narrows every group (it was silently kept at full
+    width); ``widths=(1.0,)`` has nothing to choose or apply."""
+    from tests.search import digits
+
+    model = digits.digits_cnn()
+    half = digits.space(model, widths=(0.5,))
+    params = half.parameters()
+    widths = {k: v for k, v in params.items() if k.endswith(".width")}
+    assert widths and all(v == [0.5] for v in widths.values())
+    plan = half.plan_from({k: v[0] for k, v in params.items()})
+    assert plan.widths and set(plan.widths.values()) == {0.5}
+    assert not {k for k in digits.space(model, widths=(1.0,)).parameters() if k.endswith(".width")}

@@ -120,7 +120,9 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
 #: candidate's batch-norm statistics re-estimated after every fine-tuning epoch; ``final_selection``: the fraction
 #: of the training images held out to keep the best epoch (0: the last); ``width_importance``: "l1" or "taylor";
 #: ``norm_bits``: bit widths of the folded batch-norm scale and shift;
-#: ``seed``: the search's and the task's (trial sampling, proxy subset, batch order; the reference keeps seed 0)
+#: ``seed``: the search's and the task's (trial sampling, proxy subset, batch order; the reference keeps seed 0);
+#: ``sparsity_aware``: the energy model's zero-weight mode (False: dense pricing; "codes": the MACs and weight
+#: reads of zero codes skipped, in the candidate and the int8 reference alike, as the MiniLM row is priced)
 IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "activation_bits": (4, 6, 8),
          "kernels": ("quantized_po2_zero(4,1)", "quantized_bits({b},{i},1)"), "kernel_bits": (4, 6),
          "proxy_fraction": 0.5, "proxy_epochs": 2, "size_score": True, "final_epochs": 10, "final_prune": 0.3,
@@ -128,7 +130,7 @@ IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "
          "batchnorm": "auto", "max_accuracy_drop": 0.02,
          "finetune": {"distill": 0.5, "temperature": 4.0, "schedule": "cosine", "lr": 1e-3},
          "final_recalibrate_norms": True, "final_recalibration": "sequential", "final_selection": 0.0,
-         "width_importance": "l1", "seed": 0, "norm_bits": (8,)}
+         "width_importance": "l1", "seed": 0, "norm_bits": (8,), "sparsity_aware": False}
 #: per-model changes to IMAGE (before ``--set``). MobileNetV2-style: widths 0.5 / 0.75, 4-bit kernels, 4- / 6-bit
 #: activations, 6-bit folded batch norms; 75 % of the weights pruned (relative to each layer's RMS) over the
 #: first 8 of 40 distillation epochs at lr 2e-3 (at 1e-3 over 16 epochs an 85 % net plateaued near 0.72, at 2e-3
@@ -185,6 +187,7 @@ def _image_model(name: str, builder, trials: int | None, out: Path, overrides: d
                        final_recalibration=settings["final_recalibration"],
                        final_selection=settings["final_selection"], width_importance=settings["width_importance"],
                        size_score=ScoreConfig() if settings["size_score"] else None, seed=settings["seed"],
+                       energy_settings={**SearchConfig().energy_settings, "sparsity_aware": settings["sparsity_aware"]},
                        out_dir=str(out / name),
                        max_accuracy_drop=settings["max_accuracy_drop"], finetune=settings["finetune"],
                        study_name=f"zoo-{name}-{trials}", progress=True)

@@ -428,6 +428,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _overrides(items: list[str], settings: dict, flag: str, what: str) -> dict:
+    """``KEY=JSON`` items as setting overrides (JSON lists as tuples); a key not in ``settings`` stops the run."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in settings:
+            raise SystemExit(f"{flag} {item!r}: no {what} setting {key!r} (settings: {sorted(settings)})")
+        out[key] = tuple(v) if isinstance(v := json.loads(value), list) else v
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="cnn,resnet8,mobilenet,gru,minilm")
@@ -448,20 +459,10 @@ def main() -> None:
     if args.table:
         print(table(json.loads(path.read_text())["rows"]))
         return
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in IMAGE:
-            raise SystemExit(f"--set {item!r}: no image setting {key!r} (settings: {sorted(IMAGE)})")
-        overrides[key] = tuple(v) if isinstance(v := json.loads(value), list) else v
+    overrides = _overrides(args.set, IMAGE, "--set", "image")
     if args.batchnorm:
         overrides["batchnorm"] = args.batchnorm
-    minilm_overrides = {}
-    for item in args.minilm_set:
-        key, _, value = item.partition("=")
-        if key not in MINILM:
-            raise SystemExit(f"--minilm-set {item!r}: no MiniLM setting {key!r} (settings: {sorted(MINILM)})")
-        minilm_overrides[key] = tuple(v) if isinstance(v := json.loads(value), list) else v
+    minilm_overrides = _overrides(args.minilm_set, MINILM, "--minilm-set", "MiniLM")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # two cores shared with other jobs: one thread avoids oversubscription
     out = Path(args.out or tempfile.mkdtemp(prefix="zoo-"))

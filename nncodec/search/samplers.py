@@ -137,7 +137,8 @@ class EvolutionSampler(BaseSampler):
         contenders = [elite[int(i)] for i in rng.integers(len(elite), size=min(self._tournament, len(elite)))]
         parent = max(contenders, key=lambda t: _reward(study, t))
         names = sorted(search_space)
-        forced = names[int(rng.integers(len(names)))]
+        movable = [n for n in names if len(getattr(search_space[n], "choices", ())) > 1] or names  # one choice: no move
+        forced = movable[int(rng.integers(len(movable)))]
         child = {}
         for name in names:
             dist: CategoricalDistribution = search_space[name]  # type: ignore[assignment]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..energy.graph import OP_KINDS
+from ..checks import is_number
 from ..errors import ConfigError
 from ..prune.graph import example_batch, fnmatch_any, width_groups
 from ..quant.base import get_quantizer
@@ -158,6 +159,10 @@ class SearchSpace:
         """
         if width_mode not in ("layer", "block"):
             raise ConfigError(f"width_mode must be 'layer' or 'block', got {width_mode!r}")
+        widths = tuple(widths) if isinstance(widths, (tuple, list)) else widths
+        if not isinstance(widths, tuple) or not widths or not all(is_number(w) and 0 < w < math.inf for w in widths):
+            raise ConfigError(f"widths must be a non-empty sequence of positive multipliers (1.0: the reference's "
+                              f"width), got {widths!r}")
         if activation_range not in _RANGE_FITS:
             raise ConfigError(f"activation_range must be one of {sorted(_RANGE_FITS)}, got {activation_range!r}")
         if not isinstance(bits or {}, dict) or set(bits or {}) - set(DEFAULT_BITS):
@@ -275,7 +280,7 @@ class SearchSpace:
         width_choices = {g.name: _width_choices(g, widths) for g in groups}
         # a group keeps its width parameter unless its one choice is the full width (nothing to choose or apply):
         # a single other width (``widths=(0.75,)``) is applied to every group, not ignored
-        width_choices = {k: v for k, v in width_choices.items() if v != [1.0]}
+        width_choices = {k: v for k, v in width_choices.items() if any(w != 1.0 for w in v)}
         return cls(layers, example_inputs, width_mode, Plan(), width_choices,
                    {g.name: list(g.producers) for g in groups if g.name in width_choices})
 

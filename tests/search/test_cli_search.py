@@ -89,6 +89,8 @@ def test_cli_final_selection(tmp_path, capsys):
     assert "--final-selection" in capsys.readouterr().err
     assert main(["search", "--width-importance", "taylor"]) == 2  # the demo's widths are its own
     assert "--width-importance" in capsys.readouterr().err
+    assert main(["search", "--final-recalibration", "one_pass"]) == 2
+    assert "--final-recalibration" in capsys.readouterr().err
 
 
 def test_cli_trials_only_refuses_final_step_options(tmp_path, capsys):
@@ -102,6 +104,7 @@ def test_cli_trials_only_refuses_final_step_options(tmp_path, capsys):
             "--trials-only", "--out", str(tmp_path / "w")]
     for extra, flag in ((["--prune", "0.5"], "--prune"), (["--final-selection", "0.1"], "--final-selection"),
                         (["--keep-final-norms"], "--keep-final-norms"),
+                        (["--final-recalibration", "one_pass"], "--final-recalibration"),
                         (["--prune", "0.5", "--prune-epochs", "2"], "--prune-epochs")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err

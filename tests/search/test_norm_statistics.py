@@ -150,3 +150,40 @@ def test_final_recalibration_is_checked():
     with pytest.raises(ConfigError, match="needs final_recalibrate_norms=True"):
         SearchConfig(final_recalibrate_norms=False, final_recalibration="one_pass")
     assert SearchConfig(final_recalibrate_norms=False).final_recalibration == "sequential"
+
+
+def test_sequential_recalibration_measures_a_shared_norm_over_all_its_calls_and_ignores_user_excepts():
+    """A norm called twice per forward is measured over both calls (as the one-pass estimate does), and a
+    model's own ``except Exception`` does not catch the early stop (it would run the norm twice)."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.bn(self.lin(self.bn(x)) * 3 + 5)
+
+    class Guarded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn1, self.bn2 = nn.BatchNorm1d(4), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            try:
+                y = self.bn1(x)
+            except Exception:  # a model's own fallback
+                y = self.bn1(x)
+            return self.bn2(y * 2)
+
+    torch.manual_seed(0)
+    batches = [(torch.randn(64, 4),) for _ in range(3)]
+    one, seq = Shared(), Shared()
+    seq.load_state_dict(one.state_dict())
+    recalibrate_batch_norms(one, batches)
+    recalibrate_batch_norms(seq, batches, sequential=True)
+    assert int(seq.bn.num_batches_tracked) == int(one.bn.num_batches_tracked) == 6  # both calls, every batch
+    assert torch.allclose(seq.bn.running_mean, one.bn.running_mean, atol=0.2)  # ~2.9; the first call only: ~0.1
+    guarded = Guarded()
+    recalibrate_batch_norms(guarded, batches, sequential=True)
+    assert int(guarded.bn1.num_batches_tracked) == 3

@@ -562,3 +562,31 @@ def test_a_single_width_choice_is_applied_not_dropped():
     plan = half.plan_from({k: v[0] for k, v in params.items()})
     assert plan.widths and set(plan.widths.values()) == {0.5}
     assert not {k for k in digits.space(model, widths=(1.0,)).parameters() if k.endswith(".width")}
+
+
+def test_width_grids_that_choose_nothing_are_refused_or_dropped():
+    """``widths=()`` is a ConfigError; a group whose grid leaves no width (a group that cannot widen, with
+    ``widths=(1.25,)``) gets no parameter rather than an empty one; greedy's base choices apply a one-choice
+    width."""
+    from nncodec.search.space import SearchSpace
+    from nncodec.search.surrogate import base_choices
+    from tests.search import digits
+
+    model = digits.digits_cnn()
+    with pytest.raises(ConfigError, match="widths"):
+        digits.space(model, widths=())
+
+    class Concat(nn.Module):  # a and b feed a concatenation: they cannot widen
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(8, 4, 3)
+            self.fc = nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1)).flatten(1))
+
+    wide = SearchSpace.from_model(Concat(), (1, 8, 8), torch.randn(16, 1, 8, 8), widths=(1.25,))
+    widths = {k: v for k, v in wide.parameters().items() if k.endswith(".width")}
+    assert widths == {"c.width": [1.25]} and wide.size() > 0
+    half = digits.space(model, widths=(0.5,))
+    assert set(half.plan_from(base_choices(half)).widths.values()) == {0.5}

@@ -404,7 +404,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if args.schedule != "single" or args.option or args.codesign or args.size_score is not None or \
                 args.max_drop is not None or args.finetune is not None or args.initial_kernels != "nearest" or \
                 args.final_selection or not args.final_norms or args.width_importance != "l1" or \
-                args.final_recalibration is not None:
+                args.final_recalibration != "sequential":
             raise ConfigError("--schedule, --option, --codesign, --size-score, --max-drop, --finetune, "
                               "--initial-kernels, --final-selection, --keep-final-norms, --final-recalibration and "
                               "--width-importance apply to a search of your --model, not the demo")
@@ -430,9 +430,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
                           options=_method_options(args), size_score=size_score, max_accuracy_drop=args.max_drop,
                           finetune=finetune, initial_kernels=args.initial_kernels,
                           final_selection=args.final_selection, final_recalibrate_norms=args.final_norms,
-                          width_importance=args.width_importance,
-                          **({} if args.final_recalibration is None else
-                             {"final_recalibration": args.final_recalibration}))
+                          width_importance=args.width_importance, final_recalibration=args.final_recalibration)
     if not args.data:
         raise ConfigError("--model needs --data: an .npz with x_train, y_train, x_val, y_val")
     with np.load(args.data, allow_pickle=False) as z:
@@ -445,7 +443,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         final = {"--prune": args.prune > 0, "--prune-relative": args.prune_relative,
                  "--prune-epochs": args.prune_epochs > 0, "--final-selection": args.final_selection > 0,
                  "--keep-final-norms": not args.final_norms,
-                 "--final-recalibration": args.final_recalibration is not None}
+                 "--final-recalibration": args.final_recalibration != "sequential"}
         given = [flag for flag, on in final.items() if on]
         if given:
             raise ConfigError(f"{', '.join(given)} set the final steps, which --trials-only does not run")
@@ -648,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--keep-final-norms", dest="final_norms", action="store_false",
                     help="leave the batch-norm statistics of the final fine-tuning as training left them (default: "
                          "re-estimated on x_train after every epoch)")
-    se.add_argument("--final-recalibration", choices=["sequential", "one_pass"], default=None,
+    se.add_argument("--final-recalibration", choices=["sequential", "one_pass"], default="sequential",
                     help="how the final fine-tuning re-estimates the batch-norm statistics: one norm at a time in "
                          "execution order (sequential, the default) or all in one pass (one_pass, faster)")
     se.add_argument("--width-importance", choices=["l1", "l2", "taylor"], default="l1",

@@ -92,7 +92,7 @@ def global_magnitude_masks(model: nn.Module, amount: float, *, relative: bool = 
     masks = {}
     for n, w in scores.items():
         mask = (w > threshold).float().contiguous()  # a view below, whatever the weight's memory format
-        if keep_per_channel and w.dim() > 0:
+        if keep_per_channel:
             rows, flat = mask.reshape(w.shape[0], -1), w.reshape(w.shape[0], -1)
             top = torch.topk(flat, min(keep_per_channel, flat.shape[1]), dim=1).indices
             rows.scatter_(1, top, 1.0)

@@ -278,8 +278,8 @@ class SearchSpace:
                 raise ConfigError(f"bits[{role!r}] key(s) {unknown} name no layer kind and no share group of the model; "
                                   f"kinds: {sorted(DEFAULT_BITS[role])}, groups: {sorted({lay.group for lay in layers})[:8]}")
         width_choices = {g.name: _width_choices(g, widths) for g in groups}
-        # a group keeps its width parameter unless its one choice is the full width (nothing to choose or apply):
-        # a single other width (``widths=(0.75,)``) is applied to every group, not ignored
+        # a group keeps its width parameter unless it has no width but the full one (nothing to choose or
+        # apply): a single other width (``widths=(0.75,)``) is applied to every group, not ignored
         width_choices = {k: v for k, v in width_choices.items() if any(w != 1.0 for w in v)}
         return cls(layers, example_inputs, width_mode, Plan(), width_choices,
                    {g.name: list(g.producers) for g in groups if g.name in width_choices})
@@ -335,7 +335,9 @@ class SearchSpace:
                 plan.layers[layer.activation_module] = LayerPlan(activation=act)
         for g in self.width_choices:
             key = self._width_key(g)
-            if key not in choices:
+            if key not in choices:  # a one-choice width (``widths=(0.75,)``) applies without being chosen
+                if len(self.width_choices[g]) == 1:
+                    plan.widths[g] = float(self.width_choices[g][0])
                 continue
             if choices[key] != 1.0 and choices[key] in self.width_choices[g]:
                 plan.widths[g] = float(choices[key])

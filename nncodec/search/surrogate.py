@@ -72,9 +72,6 @@ def base_choices(space: SearchSpace, kernel: dict[str, str] | None = None,
             choices.setdefault(f"{g}.activation", act.get(layer.activation_module or "", layer.activation[-1]))
         if layer.input:
             choices.setdefault(f"{g}.input", layer.input[-1])
-    for name, values in space.parameters().items():  # a width with one choice (widths=(0.75,)) is applied
-        if name.endswith(".width") and len(values) == 1:
-            choices[name] = values[0]
     return choices
 
 

@@ -262,20 +262,18 @@ class FidelityTask(Task):
             raise ConfigError(f"fidelity task: warmup_steps must be a non-negative int, got {warmup_steps!r}")
         if not isinstance(dropout, bool):
             raise ConfigError(f"fidelity task: dropout must be True or False, got {dropout!r}")
-        if hidden_layers is None or isinstance(hidden_layers, str) or not hasattr(hidden_layers, "__iter__"):
+        patterns = None if isinstance(hidden_layers, str) or not hasattr(hidden_layers, "__iter__") else \
+            list(hidden_layers)  # read once: a generator would be used up by the check
+        if patterns is None or not all(isinstance(p, str) and p for p in patterns):
             raise ConfigError(f"fidelity task: hidden_layers must be a sequence of module-name patterns, "
                               f"got {hidden_layers!r}")
-        hidden_layers = list(hidden_layers)
-        if not all(isinstance(p, str) and p for p in hidden_layers):
-            raise ConfigError(f"fidelity task: hidden_layers must be a sequence of module-name patterns, "
-                              f"got {hidden_layers!r}")
-        if hidden_weight is not None and not hidden_layers:
+        if hidden_weight is not None and not patterns:
             raise ConfigError("fidelity task: hidden_weight is given but no hidden_layers to weigh")
         if hidden_weight is not None and not (is_number(hidden_weight) and 0 < hidden_weight < math.inf):
             raise ConfigError(f"fidelity task: hidden_weight must be a positive number, got {hidden_weight!r}")
         names = [n for n, _ in reference.named_modules() if n]
         self.hidden_names: list[str] = []
-        for pattern in hidden_layers:
+        for pattern in patterns:
             matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
             if not matched:
                 raise ConfigError(f"fidelity task: hidden_layers pattern {pattern!r} matches no module of the "

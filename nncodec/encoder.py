@@ -7,6 +7,7 @@ unit is never larger than the raw words plus its header.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import inspect
 import json
@@ -28,7 +29,7 @@ import numpy as np
 from .atomic import atomic_file
 from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_MINOR_ALIASES,
                                   FORMAT_MINOR_TENSOR_GROUP, GROUP_LAYOUT_DENSE, GROUP_LAYOUT_FILL, MAGIC,
-                                  SCHEME_BINARY, SCHEME_NONE, STREAM_HEADER, SCHEME_UNIFORM, UNIT_CRC_COVERED,
+                                  SCHEME_BINARY, SCHEME_FLOAT_CAST, SCHEME_NONE, STREAM_HEADER, SCHEME_UNIFORM, UNIT_CRC_COVERED,
                                   UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TENSOR_GROUP,
                                   UNIT_TOPOLOGY)
@@ -57,7 +58,10 @@ _ENTROPY_ONLY_WORDS = 1 << 16  # from this many words on, an order-0 coder makes
 _PROGRESS_BYTES = 64 << 20
 _BLOCK_ELEMENTS = 1 << 18      # elements per block of the float64 statistics (std, errors)
 #: tensors of at most this many elements may go into a tensor-group unit; the encoder tries these bounds
-_GROUP_BOUNDS = (16, 256, 4096)
+_GROUP_BOUNDS = (16, 256, 4096, 65536)
+#: code words of a group's members, in bytes: over this, the group is not split by kind (:func:`_split_groups`)
+#: and bounds above 4096 elements are not tried (a member of a group is decoded with the whole group)
+_GROUP_SPLIT_BYTES = 1 << 20
 #: screening of the candidates of arrays of >= _ENTROPY_ONLY_WORDS words: tried first on a quarter of the
 #: sample (4 evenly spread pieces, together at least _SCREEN_MIN_BYTES), a candidate coding it over
 #: _SCREEN_MARGIN times the smallest is not tried on the whole sample
@@ -89,7 +93,7 @@ class EncodeReport:
     total_bytes: int = 0
     seconds: float = 0.0
     aliases: dict[str, str] = field(default_factory=dict)  #: tied tensors: alias -> the tensor stored once
-    grouped: list[str] = field(default_factory=list)  #: tensors stored in the tensor-group unit (FORMAT.md §14)
+    grouped: list[str] = field(default_factory=list)  #: tensors stored in tensor-group units (FORMAT.md §14)
 
     @property
     def parameters(self) -> int:
@@ -274,8 +278,9 @@ class Encoder:
     - ``limits``: the decoder limits the stream must respect (default: the decoder's defaults). A name,
       rank, size or metadata over them is refused with :class:`LimitExceededError` at encode time, so a
       stream that encodes also decodes with the same limits.
-    - ``group_tensors``: store small tensors (at most 4096 elements: biases, norms, batch-norm statistics)
-      together in one tensor-group unit (format 1.4, FORMAT.md §14) when that makes the stream smaller
+    - ``group_tensors``: store small tensors (at most 4096 elements: biases, norms, batch-norm statistics;
+      up to 65536 while their code words total at most 1 MiB) together in tensor-group units (format 1.4,
+      FORMAT.md §14), one or several split by kind (§14.5), when that makes the stream smaller
       (None, the default: unless a fixed ``pipeline`` is given; True with one is a :class:`ConfigError`).
       False: one unit per tensor, as before 1.4 (a stream any 1.0–1.3 decoder reads, and each
       tensor read alone by ``nncodec.open``; grouped tensors are decoded with their group).
@@ -401,14 +406,14 @@ class Encoder:
 
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor,
                 words: "np.ndarray | HandedWords", word_size: int, bits: int, signed: bool, max_err: float,
-                rms_err: float, lead: Stage | None = None) -> _Prepared:
+                rms_err: float, lead: Stage | None = None, group_bound: int = _GROUP_BOUNDS[-1]) -> _Prepared:
         numel = math.prod(shape)
         kept = None
         if lead is not None:  # a stage the codes need first; the pipeline is chosen for its output, no group
             taken = words.take() if isinstance(words, HandedWords) else words
             words = HandedWords(np.frombuffer(lead.encode(memoryview(taken)), dtype=np.uint8))
             del taken
-        elif self.group_tensors and numel <= _GROUP_BOUNDS[-1]:
+        elif self.group_tensors and numel <= group_bound:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         if self.pipeline is not None:
             pipeline, payload = self.pipeline, self.pipeline.encode(words)
@@ -475,6 +480,7 @@ class Encoder:
             from tqdm import tqdm
 
             bar = tqdm(total=plan.input_bytes, unit="B", unit_scale=True, desc="encode", leave=False)
+        kept_larger = 0
         for name in plan.names:
             value = _as_encodable(name, tensors[name])
             nbytes = _array_of(value).nbytes
@@ -485,7 +491,14 @@ class Encoder:
             del value
             handed = HandedWords(words)
             del words
-            yield self._finish(name, dtype, shape, desc, handed, *rest, lead=lead)
+            # the words of tensors up to 4096 elements are kept for a tensor group, those of larger ones (up to
+            # _GROUP_BOUNDS[-1]) until they add up to over _GROUP_SPLIT_BYTES: memory stays bounded
+            bound = _GROUP_BOUNDS[-1] if kept_larger <= _GROUP_SPLIT_BYTES else _GROUP_BOUNDS[-2]
+            p = self._finish(name, dtype, shape, desc, handed, *rest, lead=lead, group_bound=bound)
+            if p.words is not None and math.prod(shape) > _GROUP_BOUNDS[-2]:
+                kept_larger += len(p.words)
+            yield p
+            del p
             if bar is not None:
                 bar.update(nbytes)
         if bar is not None:
@@ -495,7 +508,7 @@ class Encoder:
         """The file header, the units before the tensors and the tensor-group unit, if any."""
         default = layout.default
         # the oldest version that holds the stream
-        minor = FORMAT_MINOR_TENSOR_GROUP if layout.group else FORMAT_MINOR_ALIASES if plan.aliases else FORMAT_MINOR
+        minor = FORMAT_MINOR_TENSOR_GROUP if layout.groups else FORMAT_MINOR_ALIASES if plan.aliases else FORMAT_MINOR
         minor = max(minor, layout.stage_minor)
         chunks = [FILE_HEADER.pack(MAGIC, FORMAT_MAJOR, minor),
                   frame_unit(UNIT_STREAM_HEADER, StreamHeader(len(plan.names), self.metadata,
@@ -506,36 +519,41 @@ class Encoder:
             chunks.append(frame_unit(UNIT_TOPOLOGY, plan.topology, critical=False))
         if plan.aliases:
             chunks.append(frame_unit(UNIT_TENSOR_ALIASES, TensorAliases(plan.aliases).to_bytes()))
-        if layout.group is not None:
-            self.limits.check("unit payload length of the tensor group", len(layout.group), "max_unit_bytes")
-            chunks.append(frame_unit(UNIT_TENSOR_GROUP, layout.group))
+        for group in layout.groups:
+            self.limits.check("unit payload length of a tensor group", len(group), "max_unit_bytes")
+            chunks.append(frame_unit(UNIT_TENSOR_GROUP, group))
         return chunks
 
     def _layout(self, coded: "list[_Prepared]") -> "_Layout":
-        """Which small tensors go into the tensor-group unit: the member set (tensors up to one of
-        ``_GROUP_BOUNDS`` elements) that makes the stream smallest, or none."""
+        """Which small tensors go into tensor-group units, and in how many: the member set (tensors up to one
+        of ``_GROUP_BOUNDS`` elements) and its split into groups (:func:`_split_groups`) that make the
+        stream smallest, or none."""
         default = _default_pipeline([p.pipeline for p in coded])
         stage_minor = max((st.since_minor for p in coded for st in p.pipeline.stages), default=FORMAT_MINOR)
-        best = _Layout(None, frozenset(), default, stage_minor)
+        best = _Layout((), frozenset(), default, stage_minor)
         best_cost = _units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
         for bound in _GROUP_BOUNDS:
             members = [p for p in small if math.prod(p.header.shape) <= bound]
-            if not members or len(members) in tried:
+            if not members or len(members) in tried or (
+                    bound > _GROUP_BOUNDS[-2] and sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES):
                 continue
             tried.add(len(members))
-            payload = _group_payload(members, self.limits)
-            if payload is None:
+            layouts = _split_groups(members, self.limits)
+            if layouts is None:
                 continue
             rest = [p for p in coded if p.words is None or math.prod(p.header.shape) > bound]
             rest_default = _default_pipeline([p.pipeline for p in rest])
-            cost = UNIT_HEADER_SIZE + len(payload) + _units_cost(rest, rest_default)
-            if cost < best_cost:
-                best = _Layout(payload, frozenset(p.header.name for p in members), rest_default, stage_minor)
-                best_cost = cost
-        if best.group is not None:
-            _member_reports([p for p in coded if p.header.name in best.members], UNIT_HEADER_SIZE + len(best.group))
+            rest_cost = _units_cost(rest, rest_default)
+            for payloads, group_cost in layouts:  # the first of equal costs wins: the single, un-narrowed group
+                if group_cost + rest_cost < best_cost:
+                    best = _Layout(tuple(payloads), frozenset(p.header.name for p in members), rest_default,
+                                   stage_minor)
+                    best_cost = group_cost + rest_cost
+        if best.groups:
+            _member_reports([p for p in coded if p.header.name in best.members],
+                            sum(UNIT_HEADER_SIZE + len(g) for g in best.groups))
         return best
 
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
@@ -635,10 +653,10 @@ class _Plan:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where the coded tensors go: the tensor-group unit's payload (None: no group), the names in it, and
+    """Where the coded tensors go: the tensor-group units' payloads (none: no group), the names in them, and
     the model parameter set's pipeline (of the tensors in their own units)."""
 
-    group: bytes | None
+    groups: tuple[bytes, ...]
     members: frozenset[str]
     default: Pipeline | None
     stage_minor: int = 0  #: the newest format minor version a used stage needs
@@ -659,16 +677,44 @@ def _smallest(raw: bytes) -> tuple[Pipeline, bytes]:
     return choose_pipeline(np.frombuffer(raw, dtype=np.uint8), 1, 8, False, _GROUP_LEVEL)
 
 
-def _group_payload(members: "list[_Prepared]", limits: Limits) -> bytes | None:
+def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, bytes]:
+    """A quantized tensor's integer code words in the narrowest integer type that holds them (int8, uint8,
+    int16, ...), with its descriptor's ``code_dtype`` changed to match; anything else unchanged.
+
+    Lossless: integer codes map to values by their value alone (FORMAT.md §5.1), so the decoded tensor is the
+    same. Kept when the descriptor's ``bits`` would exceed the narrower word, or the codes are not integers."""
+    desc = header.quant
+    code = desc.code_dtype
+    if desc.scheme in (SCHEME_NONE, SCHEME_FLOAT_CAST) or not code.is_int or code.itemsize == 1 or not words:
+        return header, words
+    codes = np.frombuffer(words, dtype=code.storage)
+    lo, hi = int(codes.min()), int(codes.max())
+    for name in ("int8", "uint8", "int16", "uint16", "int32", "uint32"):
+        narrow = dtype_by_name(name)
+        if narrow.itemsize >= code.itemsize or desc.bits > 8 * narrow.itemsize:
+            continue
+        info = np.iinfo(narrow.storage)
+        if info.min <= lo and hi <= info.max:
+            quant = dataclasses.replace(desc, code_dtype=narrow)
+            return (TensorHeader(header.name, header.dtype, header.shape, quant, header.pipeline),
+                    codes.astype(narrow.storage).tobytes())
+    return header, words
+
+
+def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = True) -> bytes | None:
     """The tensor-group payload of ``members`` (ascending names, FORMAT.md §14), or None when its directory
-    would be over ``max_metadata_bytes``. A member whose words are all equal (at least 2) is stored as one."""
+    would be over ``max_metadata_bytes``. A member whose words are all equal (at least 2) is stored as one.
+    With ``narrow``, quantized members' codes are stored in the narrowest integer type holding them
+    (:func:`_narrowest_codes`)."""
     entries, data = [], []
     for p in members:
-        words = p.words or b""
-        size = p.header.quant.code_dtype.itemsize
+        header, words = p.header, p.words or b""
+        if narrow:
+            header, words = _narrowest_codes(header, words)
+        size = header.quant.code_dtype.itemsize
         flat = np.frombuffer(words, dtype=np.uint8).reshape(-1, size)
         fill = flat.shape[0] >= 2 and bool((flat == flat[0]).all())
-        entries.append((p.header, GROUP_LAYOUT_FILL if fill else GROUP_LAYOUT_DENSE))
+        entries.append((header, GROUP_LAYOUT_FILL if fill else GROUP_LAYOUT_DENSE))
         data.append(words[:size] if fill else words)
     directory = directory_bytes(entries)
     if len(directory) > limits.max_metadata_bytes:
@@ -677,6 +723,94 @@ def _group_payload(members: "list[_Prepared]", limits: Limits) -> bytes | None:
     data_pipeline, data_coded = _smallest(b"".join(data))
     return GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
                               data_pipeline.to_bytes(), data_coded)
+
+
+def _member_kind(p: "_Prepared", cluster: int) -> tuple[int, int, int]:
+    """What a group member holds, for splitting a group by kind: ``(0, scheme, cluster)`` quantized tensors
+    of rank >= 2 (kernels; ``cluster`` from :func:`_code_clusters`), ``(1, 0, 0)`` other quantized tensors
+    (biases, folded norms), ``(2, 0, 0)`` lossless tensors."""
+    desc = p.header.quant
+    if desc.scheme == SCHEME_NONE:
+        return 2, 0, 0
+    return (0, desc.scheme, cluster) if len(p.header.shape) >= 2 else (1, 0, 0)
+
+
+#: ways of splitting a group's members into several groups, as functions of :func:`_member_kind`: one group;
+#: kernels / the rest; kernels / other quantized / lossless; the same with kernels split by scheme, or into
+#: clusters of similar codes; kernels by scheme, or in clusters / the rest
+_SPLITS: tuple = (lambda k: (0,), lambda k: (min(k[0], 1),), lambda k: k[:1], lambda k: k[:2],
+                  lambda k: k[:2] if k[0] == 0 else (1, 0), lambda k: (k[0], k[2]),
+                  lambda k: (0, k[2]) if k[0] == 0 else (1, 0))
+#: members clustered by their codes at most (more: one cluster); group overhead and rANS table bytes assumed
+_CLUSTER_MAX = 64
+_CLUSTER_GROUP_BYTES = 48
+_CLUSTER_SYMBOL_BYTES = 6
+
+
+def _coded_bytes_estimate(counts: "Counter[int]") -> float:
+    """Bytes of a group of words with these value counts under rANS (order-0 entropy + table + overhead)."""
+    n = sum(counts.values())
+    bits = n * math.log2(n) - sum(c * math.log2(c) for c in counts.values()) if n else 0.0
+    return bits / 8 + _CLUSTER_SYMBOL_BYTES * len(counts) + _CLUSTER_GROUP_BYTES
+
+
+def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
+    """Quantized members of rank >= 2 in clusters whose codes share an order-0 model well: agglomerative,
+    merging the pair whose estimated bytes (:func:`_coded_bytes_estimate`) drop most, while any drops.
+    Name -> cluster number (all 0 for more than :data:`_CLUSTER_MAX` such members)."""
+    kernels = [p for p in members if p.header.quant.scheme != SCHEME_NONE and len(p.header.shape) >= 2]
+    if len(kernels) > _CLUSTER_MAX:
+        return {}
+    clusters: list[tuple[list[str], Counter[int]]] = []
+    for p in kernels:
+        codes = np.frombuffer(p.words or b"", dtype=p.header.quant.code_dtype.storage)
+        values, counts = np.unique(codes, return_counts=True)
+        clusters.append(([p.header.name], Counter(dict(zip(values.tolist(), counts.tolist())))))
+    costs = [_coded_bytes_estimate(c) for _, c in clusters]
+    while len(clusters) > 1:
+        best, pair = 0.0, None
+        for i in range(len(clusters)):
+            for j in range(i + 1, len(clusters)):
+                gain = costs[i] + costs[j] - _coded_bytes_estimate(clusters[i][1] + clusters[j][1])
+                if gain > best:
+                    best, pair = gain, (i, j)
+        if pair is None:
+            break
+        i, j = pair
+        merged = (clusters[i][0] + clusters[j][0], clusters[i][1] + clusters[j][1])
+        clusters[i], costs[i] = merged, _coded_bytes_estimate(merged[1])
+        del clusters[j], costs[j]
+    return {name: k for k, (names, _) in enumerate(clusters) for name in names}
+
+
+def _split_groups(members: "list[_Prepared]", limits: Limits) -> "list[tuple[list[bytes], int]] | None":
+    """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units: each as the
+    units' payloads and their bytes with unit headers. The one group of un-narrowed codes (the layout of
+    format 1.4's first encoder) comes first; the splits of :data:`_SPLITS`, with narrowed codes, follow when
+    the members' code words are at most :data:`_GROUP_SPLIT_BYTES`. None when a directory would be over
+    ``max_metadata_bytes``."""
+    plain = _group_payload(members, limits, narrow=False)
+    if plain is None:
+        return None
+    found = [([plain], UNIT_HEADER_SIZE + len(plain))]
+    if sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES:
+        return found
+    seen: set[tuple] = set()
+    clusters = _code_clusters(members)
+    kinds = [_member_kind(p, clusters.get(p.header.name, 0)) for p in members]
+    for split in _SPLITS:
+        parts: dict[Any, list[_Prepared]] = {}
+        for p, kind in zip(members, kinds):
+            parts.setdefault(split(kind), []).append(p)
+        key = tuple(sorted(tuple(p.header.name for p in part) for part in parts.values()))
+        if key in seen:
+            continue
+        seen.add(key)
+        payloads = [_group_payload(parts[k], limits) for k in sorted(parts)]
+        if any(g is None for g in payloads):
+            continue
+        found.append((payloads, sum(UNIT_HEADER_SIZE + len(g) for g in payloads)))  # type: ignore[arg-type]
+    return found
 
 
 def _member_reports(members: "list[_Prepared]", unit_bytes: int) -> None:

@@ -1,0 +1,183 @@
+"""Bytes of small pruned, quantized CNN streams against the order-0 entropy of their codes (not CI).
+
+For each stream (the ``.nnc`` files given, else two models built here: MobileNetV2Small and ResNet-8 with
+4-bit kernels, some on the po2 grid, magnitude pruning and 6-bit folded batch norms, no search) it prints,
+per kind of tensor (kernels: quantized, rank >= 2; vectors: other quantized tensors, e.g. folded batch norms
+and biases; lossless: tensors stored as they are), the tensors, elements, bytes of their code words as the
+encoder receives them, and two order-0 entropy bounds: the sum over tensors of each tensor's order-0 entropy
+of its codes (lossless tensors: of their words; a tensor with one value costs 0), and that of the kind's codes
+pooled. Then the stream's bytes as encoded before tensor groups were split and narrowed (one group of tensors
+up to 4096 elements, codes in the word type they came in: the encoder of format 1.4 / 1.5 before this
+benchmark) and now, both bit-exact (checked), and the units of each.
+
+usage: python -m tests.benchmarks.bench_small_streams [FILE.nnc ...] [--prune 0.75] [--seed 0]
+Reads nothing from the network; the built models use random weights and random batch-norm statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import nncodec.encoder as encoder_module
+from nncodec.bitstream.constants import SCHEME_NONE
+from nncodec.bitstream.descriptor import CodedTensor
+from nncodec.bitstream.reader import open_source
+from nncodec.decoder import StreamWalker, decode_arrays, decode_unit_codes, read_info
+from nncodec.encoder import Encoder
+from nncodec.limits import DEFAULT_LIMITS
+
+KINDS = ("kernels", "vectors", "lossless")
+
+
+def coded_tensors(data: bytes) -> dict[str, Any]:
+    """A stream's tensors as the encoder takes them back: quantized ones as :class:`CodedTensor` (codes and
+    descriptor), lossless ones as ``(storage array, dtype)``."""
+    f, _ = open_source(data)
+    walker = StreamWalker(f, DEFAULT_LIMITS)
+    out: dict[str, Any] = {}
+    for index, uh, th, coded in walker.tensor_units():
+        codes = decode_unit_codes(walker, index, uh, th, coded)
+        if th.quant.scheme == SCHEME_NONE:
+            out[th.name] = (codes.reshape(th.shape), th.dtype)
+        else:
+            out[th.name] = CodedTensor(codes, th.quant, th.dtype)
+    return out
+
+
+def kind_of(value: Any) -> str:
+    if isinstance(value, CodedTensor):
+        return "kernels" if value.codes.ndim >= 2 else "vectors"
+    return "lossless"
+
+
+def order0_bytes(symbols: np.ndarray) -> float:
+    """Order-0 entropy of ``symbols`` in bytes (0 for fewer than two distinct values)."""
+    if symbols.size == 0:
+        return 0.0
+    counts = np.unique(symbols, return_counts=True)[1]
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()) * symbols.size / 8
+
+
+def symbols_of(value: Any) -> np.ndarray:
+    """The codes of a quantized tensor (as int64), or the words of a lossless one (as unsigned integers)."""
+    if isinstance(value, CodedTensor):
+        return value.codes.reshape(-1).astype(np.int64)
+    flat = np.ascontiguousarray(value[0]).reshape(-1)
+    return flat.view(f"<u{flat.dtype.itemsize}") if flat.dtype.itemsize in (1, 2, 4, 8) else flat.view(np.uint8)
+
+
+def kind_table(tensors: dict[str, Any]) -> tuple[str, float]:
+    rows = [f"  {'kind':9s} {'tensors':>7s} {'elements':>9s} {'code B':>8s} {'H0/tensor B':>12s} {'H0 pooled B':>12s}"]
+    bound = 0.0
+    for kind in KINDS:
+        values = [v for v in tensors.values() if kind_of(v) == kind]
+        if not values:
+            continue
+        per_tensor = sum(order0_bytes(symbols_of(v)) for v in values)
+        pooled = order0_bytes(np.concatenate([symbols_of(v) for v in values]))
+        numel = sum(math.prod(np.shape(v.codes if isinstance(v, CodedTensor) else v[0])) for v in values)
+        words = sum((v.codes if isinstance(v, CodedTensor) else v[0]).nbytes for v in values)
+        rows.append(f"  {kind:9s} {len(values):7d} {numel:9d} {words:8d} {per_tensor:12.0f} {pooled:12.0f}")
+        bound += per_tensor
+    return "\n".join(rows), bound
+
+
+@contextlib.contextmanager
+def encoder_before() -> Iterator[None]:
+    """The encoder's choices before tensor groups were split and their codes narrowed: one group of the
+    tensors up to 4096 elements, or none (patched module constants; the same bytes as that encoder)."""
+    saved = encoder_module._SPLITS, encoder_module._GROUP_BOUNDS
+    encoder_module._SPLITS, encoder_module._GROUP_BOUNDS = (), (16, 256, 4096)
+    try:
+        yield
+    finally:
+        encoder_module._SPLITS, encoder_module._GROUP_BOUNDS = saved
+
+
+def units_of(data: bytes) -> str:
+    parts = []
+    for u in read_info(data).units:
+        if u.type in ("tensor_group", "tensor"):
+            parts.append(f"{u.type}({len(u.members)})={u.size}" if u.members else f"{u.type}={u.size}")
+    return ", ".join(parts)
+
+
+def same_values(a: bytes, b: bytes) -> bool:
+    x, y = decode_arrays(a), decode_arrays(b)
+    return sorted(x) == sorted(y) and all(x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
+                                          and x[k].reshape(-1).view(np.uint8).tobytes()
+                                          == y[k].reshape(-1).view(np.uint8).tobytes() for k in x)
+
+
+def report(name: str, tensors: dict[str, Any], float32_bytes: int | None = None) -> None:
+    with encoder_before():
+        before, _ = Encoder().encode(tensors)
+    after, _ = Encoder().encode(tensors)
+    table, bound = kind_table(tensors)
+    exact = same_values(before, after)
+    print(f"{name}: {len(tensors)} tensors")
+    print(table)
+    ratio = f", {float32_bytes / len(after):.1f}x smaller than float32" if float32_bytes else ""
+    print(f"  before {len(before)} B [{units_of(before)}]")
+    print(f"  after  {len(after)} B [{units_of(after)}]  ({100 * (len(after) / len(before) - 1):+.1f} %, "
+          f"bit-exact: {exact}{ratio})")
+    print(f"  order-0 bound of the codes (sum per tensor) {bound:.0f} B: after = {len(after) / bound:.2f}x bound")
+
+
+def built_models(prune: float, seed: int) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """MobileNetV2Small and ResNet-8 (width 16, 1 channel in, 10 classes), random weights with batch-norm
+    statistics from random batches: 4-bit kernels (depthwise, shortcut and fc kernels on the po2 grid, the rest
+    uniform), 6-bit folded batch norms, 8-bit fc bias, each conv / fc pruned by magnitude (``prune`` for the
+    MobileNet, ``(1 + prune) / 2`` for the ResNet)."""
+    import torch
+
+    from nncodec.models import MobileNetV2Small, ResNet8
+    from nncodec.prune.unstructured import apply_masks, magnitude_masks
+    from nncodec.quant.layers import quantize_model
+    from nncodec.torch_io import tensors_from
+
+    norm = {"kernel": "quantized_bits(6,0,1,alpha='auto')", "bias": "quantized_bits(6,0,1,alpha='auto')"}
+    po2 = {"kernel": "quantized_po2_zero(4,1)"}
+    for name, build, amount, layers in (
+            ("MobileNetV2Small (built)", MobileNetV2Small, prune,
+             {"*.depthwise.0": po2, "fc": {**po2, "bias": "quantized_bits(8,-2,1)"}, "*.1": norm}),
+            ("ResNet-8 (built)", ResNet8, (1 + prune) / 2,
+             {"*shortcut.0": po2, "*conv2": po2, "fc": {"kernel": "quantized_bits(4,0,1)",
+                                                       "bias": "quantized_bits(8,-2,1)"},
+              "*bn*": norm, "stem.1": norm, "*shortcut.1": norm})):
+        torch.manual_seed(seed)
+        model = build(1, 10, 16).train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(8, 1, 28, 28) * 2 + 1)
+        float32_bytes = 4 * sum(p.numel() for p in model.parameters())
+        plan = {"layers": layers, "default": {"kernel": "quantized_bits(4,-1,1)"}}
+        q = quantize_model(model.eval(), plan).eval()
+        apply_masks(q, magnitude_masks(q, amount))
+        yield name, tensors_from(q), float32_bytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="*", type=Path, help=".nnc streams (default: build two models)")
+    ap.add_argument("--prune", type=float, default=0.75, help="pruned fraction of the built MobileNet")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.files:
+        for path in args.files:
+            report(str(path), coded_tensors(path.read_bytes()))
+    else:
+        for name, tensors, float32_bytes in built_models(args.prune, args.seed):
+            report(name, tensors, float32_bytes)
+
+
+if __name__ == "__main__":
+    main()

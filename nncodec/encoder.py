@@ -59,9 +59,11 @@ _PROGRESS_BYTES = 64 << 20
 _BLOCK_ELEMENTS = 1 << 18      # elements per block of the float64 statistics (std, errors)
 #: tensors of at most this many elements may go into a tensor-group unit; the encoder tries these bounds
 _GROUP_BOUNDS = (16, 256, 4096, 65536)
+#: the largest bound of the first 1.4 encoder (its one group always competes); larger tensors are "mid-size"
+_GROUP_SMALL = 4096
 #: code words of a group's members, in bytes: over this, the group is not split by kind (:func:`_split_groups`)
 #: and bounds above 4096 elements are not tried (a member of a group is decoded with the whole group)
-_GROUP_SPLIT_BYTES = 1 << 20
+_GROUP_SPLIT_BYTES = 256 << 10
 #: screening of the candidates of arrays of >= _ENTROPY_ONLY_WORDS words: tried first on a quarter of the
 #: sample (4 evenly spread pieces, together at least _SCREEN_MIN_BYTES), a candidate coding it over
 #: _SCREEN_MARGIN times the smallest is not tried on the whole sample
@@ -69,6 +71,9 @@ _SCREEN_PIECES = 4
 _SCREEN_MIN_BYTES = 64 << 10
 _SCREEN_MARGIN = 1.05
 _GROUP_LEVEL = 19              # zstd level of a group's directory and data (small: the best level costs little)
+#: groups split by kind (not the single group) code data blocks over this many bytes at _SPLIT_LEVEL instead
+_SPLIT_LEVEL_BYTES = 64 << 10
+_SPLIT_LEVEL = 9
 
 
 @dataclass
@@ -279,7 +284,7 @@ class Encoder:
       rank, size or metadata over them is refused with :class:`LimitExceededError` at encode time, so a
       stream that encodes also decodes with the same limits.
     - ``group_tensors``: store small tensors (at most 4096 elements: biases, norms, batch-norm statistics;
-      up to 65536 while their code words total at most 1 MiB) together in tensor-group units (format 1.4,
+      up to 65536 while their code words total at most 256 KiB) together in tensor-group units (format 1.4,
       FORMAT.md §14), one or several split by kind (§14.5), when that makes the stream smaller
       (None, the default: unless a fixed ``pipeline`` is given; True with one is a :class:`ConfigError`).
       False: one unit per tensor, as before 1.4 (a stream any 1.0–1.3 decoder reads, and each
@@ -406,7 +411,7 @@ class Encoder:
 
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor,
                 words: "np.ndarray | HandedWords", word_size: int, bits: int, signed: bool, max_err: float,
-                rms_err: float, lead: Stage | None = None, group_bound: int = _GROUP_BOUNDS[-1]) -> _Prepared:
+                rms_err: float, lead: Stage | None = None, group_bound: int = _GROUP_SMALL) -> _Prepared:
         numel = math.prod(shape)
         kept = None
         if lead is not None:  # a stage the codes need first; the pipeline is chosen for its output, no group
@@ -491,11 +496,11 @@ class Encoder:
             del value
             handed = HandedWords(words)
             del words
-            # the words of tensors up to 4096 elements are kept for a tensor group, those of larger ones (up to
-            # _GROUP_BOUNDS[-1]) until they add up to over _GROUP_SPLIT_BYTES: memory stays bounded
-            bound = _GROUP_BOUNDS[-1] if kept_larger <= _GROUP_SPLIT_BYTES else _GROUP_BOUNDS[-2]
+            # the words of tensors up to _GROUP_SMALL elements are kept for a tensor group, those of larger ones
+            # (up to _GROUP_BOUNDS[-1]) until they add up to over _GROUP_SPLIT_BYTES: memory stays bounded
+            bound = _GROUP_BOUNDS[-1] if kept_larger <= _GROUP_SPLIT_BYTES else _GROUP_SMALL
             p = self._finish(name, dtype, shape, desc, handed, *rest, lead=lead, group_bound=bound)
-            if p.words is not None and math.prod(shape) > _GROUP_BOUNDS[-2]:
+            if p.words is not None and math.prod(shape) > _GROUP_SMALL:
                 kept_larger += len(p.words)
             yield p
             del p
@@ -534,13 +539,15 @@ class Encoder:
         best_cost = _units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
+        cache: dict[tuple, bytes | None] = {}  # group payloads by member names, across bounds
         for bound in _GROUP_BOUNDS:
             members = [p for p in small if math.prod(p.header.shape) <= bound]
             if not members or len(members) in tried or (
-                    bound > _GROUP_BOUNDS[-2] and sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES):
+                    bound > _GROUP_SMALL and sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES):
                 continue
             tried.add(len(members))
-            layouts = _split_groups(members, self.limits)
+            # the single group of bounds up to 4096 elements is what the first 1.4 encoder wrote
+            layouts = _split_groups(members, self.limits, cache, single=bound <= _GROUP_SMALL)
             if layouts is None:
                 continue
             rest = [p for p in coded if p.words is None or math.prod(p.header.shape) > bound]
@@ -670,11 +677,11 @@ def _units_cost(coded: "list[_Prepared]", default: Pipeline | None) -> int:
     return total
 
 
-def _smallest(raw: bytes) -> tuple[Pipeline, bytes]:
-    """The smallest coding of a byte string among the candidate pipelines (stored included)."""
+def _smallest(raw: bytes, level: int = _GROUP_LEVEL) -> tuple[Pipeline, bytes]:
+    """The smallest coding of a byte string among the candidate pipelines (stored included), zstd at ``level``."""
     if not raw:
         return Pipeline(), b""
-    return choose_pipeline(np.frombuffer(raw, dtype=np.uint8), 1, 8, False, _GROUP_LEVEL)
+    return choose_pipeline(np.frombuffer(raw, dtype=np.uint8), 1, 8, False, level)
 
 
 def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, bytes]:
@@ -704,8 +711,9 @@ def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, 
 def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = True) -> bytes | None:
     """The tensor-group payload of ``members`` (ascending names, FORMAT.md §14), or None when its directory
     would be over ``max_metadata_bytes``. A member whose words are all equal (at least 2) is stored as one.
-    With ``narrow``, quantized members' codes are stored in the narrowest integer type holding them
-    (:func:`_narrowest_codes`)."""
+    With ``narrow`` (the split groups), quantized members' codes are stored in the narrowest integer type
+    holding them (:func:`_narrowest_codes`), and data over :data:`_SPLIT_LEVEL_BYTES` is tried with zstd at
+    :data:`_SPLIT_LEVEL` (faster; the single group, which always competes, keeps level 19)."""
     entries, data = [], []
     for p in members:
         header, words = p.header, p.words or b""
@@ -720,7 +728,9 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = Tr
     if len(directory) > limits.max_metadata_bytes:
         return None
     dir_pipeline, dir_coded = _smallest(directory)
-    data_pipeline, data_coded = _smallest(b"".join(data))
+    raw = b"".join(data)
+    data_pipeline, data_coded = _smallest(raw, _SPLIT_LEVEL if narrow and len(raw) > _SPLIT_LEVEL_BYTES
+                                          else _GROUP_LEVEL)
     return GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
                               data_pipeline.to_bytes(), data_coded)
 
@@ -783,16 +793,28 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
     return {name: k for k, (names, _) in enumerate(clusters) for name in names}
 
 
-def _split_groups(members: "list[_Prepared]", limits: Limits) -> "list[tuple[list[bytes], int]] | None":
+def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None] | None" = None,
+                  single: bool = True) -> "list[tuple[list[bytes], int]] | None":
     """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units: each as the
-    units' payloads and their bytes with unit headers. The one group of un-narrowed codes (the layout of
-    format 1.4's first encoder) comes first; the splits of :data:`_SPLITS`, with narrowed codes, follow when
-    the members' code words are at most :data:`_GROUP_SPLIT_BYTES`. None when a directory would be over
-    ``max_metadata_bytes``."""
-    plain = _group_payload(members, limits, narrow=False)
-    if plain is None:
-        return None
-    found = [([plain], UNIT_HEADER_SIZE + len(plain))]
+    units' payloads and their bytes with unit headers. With ``single``, the one group of un-narrowed codes
+    (the layout of format 1.4's first encoder) comes first; the splits of :data:`_SPLITS`, with narrowed codes,
+    follow when the members' code words are at most :data:`_GROUP_SPLIT_BYTES`. None when a directory would be over
+    ``max_metadata_bytes``. ``cache`` keeps the payloads of member sets already coded (by names and narrowing)
+    across calls."""
+    cache = {} if cache is None else cache
+
+    def payload(part: "list[_Prepared]", narrow: bool) -> bytes | None:
+        key = (narrow, *(p.header.name for p in part))
+        if key not in cache:
+            cache[key] = _group_payload(part, limits, narrow)
+        return cache[key]
+
+    found: list[tuple[list[bytes], int]] = []
+    if single:
+        plain = payload(members, False)
+        if plain is None:
+            return None
+        found.append(([plain], UNIT_HEADER_SIZE + len(plain)))
     if sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES:
         return found
     seen: set[tuple] = set()
@@ -806,7 +828,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits) -> "list[tuple[lis
         if key in seen:
             continue
         seen.add(key)
-        payloads = [_group_payload(parts[k], limits) for k in sorted(parts)]
+        payloads = [payload(parts[k], True) for k in sorted(parts)]
         if any(g is None for g in payloads):
             continue
         found.append((payloads, sum(UNIT_HEADER_SIZE + len(g) for g in payloads)))  # type: ignore[arg-type]

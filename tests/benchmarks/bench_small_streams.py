@@ -117,7 +117,7 @@ def same_values(a: bytes, b: bytes) -> bool:
                                           == y[k].reshape(-1).view(np.uint8).tobytes() for k in x)
 
 
-def report(name: str, tensors: dict[str, Any], float32_bytes: int | None = None) -> None:
+def report(name: str, tensors: dict[str, Any], float32_bytes: int | None = None, stored: int | None = None) -> None:
     with encoder_before():
         before, _ = Encoder().encode(tensors)
     after, _ = Encoder().encode(tensors)
@@ -126,7 +126,8 @@ def report(name: str, tensors: dict[str, Any], float32_bytes: int | None = None)
     print(f"{name}: {len(tensors)} tensors")
     print(table)
     ratio = f", {float32_bytes / len(after):.1f}x smaller than float32" if float32_bytes else ""
-    print(f"  before {len(before)} B [{units_of(before)}]")
+    as_file = f" (the file: {stored} B)" if stored is not None else ""
+    print(f"  before {len(before)} B{as_file} [{units_of(before)}]")
     print(f"  after  {len(after)} B [{units_of(after)}]  ({100 * (len(after) / len(before) - 1):+.1f} %, "
           f"bit-exact: {exact}{ratio})")
     print(f"  order-0 bound of the codes (sum per tensor) {bound:.0f} B: after = {len(after) / bound:.2f}x bound")
@@ -173,7 +174,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.files:
         for path in args.files:
-            report(str(path), coded_tensors(path.read_bytes()))
+            data = path.read_bytes()
+            report(str(path), coded_tensors(data), stored=len(data))
     else:
         for name, tensors, float32_bytes in built_models(args.prune, args.seed):
             report(name, tensors, float32_bytes)

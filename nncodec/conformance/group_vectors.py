@@ -141,6 +141,53 @@ def _stored_group() -> tuple[bytes, Expected]:
     return group_stream(payload, len(entries), (_tensor_unit(b"blk.conv.weight", _WEIGHT, 5),)), expected
 
 
+def _split_groups_model() -> tuple[bytes, Expected]:
+    """A small pruned CNN's tensors (4-bit kernels, those on the po2 grid in int16 code words; 6-bit folded
+    norms; zero means, constant variances, batch counts) as the encoder writes them since it splits groups
+    by kind: several tensor-group units, the po2 codes stored as int8 (§14.5)."""
+    rng = np.random.default_rng(1405)
+    int8, int16, f32 = dtype_by_name("int8"), dtype_by_name("int16"), dtype_by_name("float32")
+    tensors: dict = {}
+    expected: Expected = {}
+    for i in range(4):
+        shape = (24, 24, 3, 3)
+        keep = rng.random(shape) < 0.15
+        if i % 2:  # po2 codes -8..8 of quantized_po2_zero(4,1), in int16 words as its quantizer emits them
+            codes = (rng.integers(1, 9, shape) * rng.choice([-1, 1], shape) * keep).astype(np.int16)
+            desc = QuantDescriptor(scheme=5, code_dtype=int16, sign_bits=1, exponent_bits=5, bits=6, exp_min=-8,
+                                   scales=np.ones(1, np.float32))
+            mag = np.abs(codes).astype(np.int32)
+            values = np.where(codes == 0, np.float32(0.0), np.sign(codes).astype(np.float32)
+                              * np.ldexp(np.float32(1.0), mag - 1 - 8).astype(np.float32))
+        else:
+            codes = (rng.integers(-7, 8, shape) * keep).astype(np.int8)
+            desc = QuantDescriptor(scheme=1, code_dtype=int8, sign_bits=1, mantissa_bits=3, bits=4,
+                                   scales=np.array([2.0 ** -5], np.float32))
+            values = codes.astype(np.float32) * np.float32(2.0 ** -5) + np.float32(0.0)
+        tensors[f"l{i}.conv.weight"] = CodedTensor(codes, desc, f32)
+        expected[f"l{i}.conv.weight"] = values.astype(np.float32)
+        for leaf in ("bias", "weight"):
+            c = rng.integers(-31 if leaf == "bias" else 1, 32, 24).astype(np.int8)
+            tensors[f"l{i}.bn.{leaf}"] = CodedTensor(c, QuantDescriptor(
+                scheme=1, code_dtype=int8, sign_bits=1, mantissa_bits=5, bits=6,
+                scales=np.array([0.01 * (i + 1)], np.float32)), f32)
+            expected[f"l{i}.bn.{leaf}"] = c.astype(np.float32) * np.float32(0.01 * (i + 1)) + np.float32(0.0)
+        plain = {f"l{i}.bn.running_mean": np.zeros(24, np.float32),
+                 f"l{i}.bn.running_var": np.full(24, 1.0 - 1e-5, np.float32),
+                 f"l{i}.bn.num_batches_tracked": np.array(300, np.int64)}
+        tensors.update(numpy_tensors(plain))
+        expected.update(plain)
+    data, report = Encoder().encode(tensors)
+    from ..decoder import read_info  # only here: the decoder is not needed to build the other vectors
+
+    units = [u for u in read_info(data).units if u.type == "tensor_group"]
+    narrowed = {m["name"] for u in units for m in u.members  # one byte per stored code word
+                if m["layout"] == "dense" and m["stored_bytes"] == int(np.prod(m["shape"]))}
+    if sorted(report.grouped) != sorted(tensors) or len(units) < 2 or "l1.conv.weight" not in narrowed:
+        raise ValueError(f"the encoder wrote {len(units)} groups of {report.grouped}, narrowed {sorted(narrowed)}")
+    return data, expected
+
+
 VALID: dict[str, tuple[str, Callable[[], tuple[bytes, Expected]]]] = {
     "tensor_group_folded_bn": ("a tensor-group unit (format 1.4) as the encoder writes it: a conv, a folded batch "
                                "norm and a linear layer, zstd-coded directory and data, fill members",
@@ -148,6 +195,9 @@ VALID: dict[str, tuple[str, Callable[[], tuple[bytes, Expected]]]] = {
     "tensor_group_stored": ("a hand-built tensor group with stored pipelines: dense and fill layouts, quantized "
                             "per-tensor and per-channel members, bool, 0-d, empty and non-ASCII members, shared "
                             "name prefixes, a tensor unit after it", _stored_group),
+    "tensor_groups_split": ("several tensor-group units in one stream, as the encoder writes a small pruned CNN: "
+                            "kernels apart from norms and lossless members, po2 codes given as int16 stored as "
+                            "int8, rANS- and zstd-coded data", _split_groups_model),
 }
 
 
@@ -182,6 +232,18 @@ def _duplicate_of_unit() -> bytes:
                         (_tensor_unit(b"blk.mask", np.array([1, 0], np.uint8), 2),))
 
 
+def _member_in_two_groups() -> bytes:
+    """Two tensor-group units, the second holding a member named like one of the first."""
+    entries, raw, _ = _stored_members()
+    second = group_payload(1, entry(b"blk.bn.bias", b"", 1, [2], lossless_desc(1, 1), GROUP_LAYOUT_DENSE),
+                           bytes([0, 1]))
+    units = [(UNIT_STREAM_HEADER, 1, 0, struct.pack("<HHBBHII", 1, 4, 0, 0, 0, len(entries) + 1, 0)),
+             (UNIT_TENSOR_GROUP, 1, 0, group_payload(len(entries), b"".join(entries), raw)),
+             (UNIT_TENSOR_GROUP, 1, 0, second)]
+    units.append((UNIT_END, 1, 0, struct.pack("<II", len(units), len(entries) + 1)))
+    return join_units(FILE_HEADER.pack(MAGIC, 1, 4), units)
+
+
 def _members_not_counted() -> bytes:
     entries, raw, _ = _stored_members()
     return group_stream(group_payload(len(entries), b"".join(entries), raw), len(entries), tensor_count=0)
@@ -213,4 +275,6 @@ INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {
                                        _duplicate_of_unit),
     "group_members_not_counted": ("a stream header whose tensor_count leaves out the group's members",
                                   "CorruptError", _members_not_counted),
+    "group_member_in_two_groups": ("a second tensor-group unit with a member named like one of the first",
+                                   "CorruptError", _member_in_two_groups),
 }

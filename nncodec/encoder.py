@@ -751,46 +751,57 @@ def _member_kind(p: "_Prepared", cluster: int) -> tuple[int, int, int]:
 _SPLITS: tuple = (lambda k: (0,), lambda k: (min(k[0], 1),), lambda k: k[:1], lambda k: k[:2],
                   lambda k: k[:2] if k[0] == 0 else (1, 0), lambda k: (k[0], k[2]),
                   lambda k: (0, k[2]) if k[0] == 0 else (1, 0))
-#: members clustered by their codes at most (more: one cluster); group overhead and rANS table bytes assumed
+#: kernels clustered by their codes at most, and distinct code values among them (more: one cluster); the
+#: bytes of a group's overhead and of an rANS table entry the clustering assumes
 _CLUSTER_MAX = 64
+_CLUSTER_VALUES = 256
 _CLUSTER_GROUP_BYTES = 48
 _CLUSTER_SYMBOL_BYTES = 6
 
 
-def _coded_bytes_estimate(counts: "Counter[int]") -> float:
-    """Bytes of a group of words with these value counts under rANS (order-0 entropy + table + overhead)."""
-    n = sum(counts.values())
-    bits = n * math.log2(n) - sum(c * math.log2(c) for c in counts.values()) if n else 0.0
-    return bits / 8 + _CLUSTER_SYMBOL_BYTES * len(counts) + _CLUSTER_GROUP_BYTES
+def _coded_bytes_estimate(hist: np.ndarray) -> np.ndarray:
+    """Bytes of groups of words with these value counts (last axis) under rANS: order-0 entropy, table and
+    overhead; rounded to 1e-6 bytes so that float sums decide no near tie."""
+    n = hist.sum(-1)
+    logs = np.log2(np.where(hist > 0, hist, 1.0))
+    bits = n * np.log2(np.maximum(n, 1.0)) - (hist * logs).sum(-1)
+    return np.round(bits / 8 + _CLUSTER_SYMBOL_BYTES * (hist > 0).sum(-1) + _CLUSTER_GROUP_BYTES, 6)
 
 
 def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
     """Quantized members of rank >= 2 in clusters whose codes share an order-0 model well: agglomerative,
     merging the pair whose estimated bytes (:func:`_coded_bytes_estimate`) drop most, while any drops.
-    Name -> cluster number (all 0 for more than :data:`_CLUSTER_MAX` such members)."""
+    Name -> cluster number (none for more than :data:`_CLUSTER_MAX` such members or
+    :data:`_CLUSTER_VALUES` distinct codes: one cluster)."""
     kernels = [p for p in members if p.header.quant.scheme != SCHEME_NONE and len(p.header.shape) >= 2]
-    if len(kernels) > _CLUSTER_MAX:
+    if not kernels or len(kernels) > _CLUSTER_MAX:
         return {}
-    clusters: list[tuple[list[str], Counter[int]]] = []
-    for p in kernels:
-        codes = np.frombuffer(p.words or b"", dtype=p.header.quant.code_dtype.storage)
-        values, counts = np.unique(codes, return_counts=True)
-        clusters.append(([p.header.name], Counter(dict(zip(values.tolist(), counts.tolist())))))
-    costs = [_coded_bytes_estimate(c) for _, c in clusters]
-    while len(clusters) > 1:
-        best, pair = 0.0, None
-        for i in range(len(clusters)):
-            for j in range(i + 1, len(clusters)):
-                gain = costs[i] + costs[j] - _coded_bytes_estimate(clusters[i][1] + clusters[j][1])
-                if gain > best:
-                    best, pair = gain, (i, j)
-        if pair is None:
+    arrays = [np.frombuffer(p.words or b"", dtype=p.header.quant.code_dtype.storage) for p in kernels]
+    values, index = np.unique(np.concatenate(arrays), return_inverse=True)
+    if values.size > _CLUSTER_VALUES:
+        return {}
+    hist = np.zeros((len(kernels), values.size))
+    at = 0
+    for i, a in enumerate(arrays):
+        hist[i] = np.bincount(index[at:at + a.size], minlength=values.size)
+        at += a.size
+    cluster = list(range(len(kernels)))  # each kernel's cluster: the index of the kernel it was merged into
+    costs = _coded_bytes_estimate(hist)
+    gain = costs[:, None] + costs[None, :] - _coded_bytes_estimate(hist[:, None, :] + hist[None, :, :])
+    np.fill_diagonal(gain, -np.inf)
+    while True:
+        i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        if not gain[i, j] > 0:
             break
-        i, j = pair
-        merged = (clusters[i][0] + clusters[j][0], clusters[i][1] + clusters[j][1])
-        clusters[i], costs[i] = merged, _coded_bytes_estimate(merged[1])
-        del clusters[j], costs[j]
-    return {name: k for k, (names, _) in enumerate(clusters) for name in names}
+        i, j = min(i, j), max(i, j)
+        hist[i] += hist[j]
+        cluster = [i if c == j else c for c in cluster]
+        costs[i] = _coded_bytes_estimate(hist[i])
+        gain[j, :] = gain[:, j] = -np.inf
+        row = costs[i] + costs - _coded_bytes_estimate(hist[i][None, :] + hist)
+        row[[k for k in range(len(kernels)) if k == i or k not in cluster]] = -np.inf
+        gain[i, :] = gain[:, i] = row
+    return {p.header.name: c for p, c in zip(kernels, cluster)}
 
 
 def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None] | None" = None,

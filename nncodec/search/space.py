@@ -18,6 +18,7 @@ percentile activation).
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from ..quant.base import get_quantizer
 from ..quant.input_steps import check_foldable
 from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm
 from ..quant.plan import LayerPlan, Plan
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SearchSpace", "LayerSpace", "DEFAULT_KERNELS", "DEFAULT_ACTIVATIONS", "DEFAULT_SIGNED_ACTIVATIONS",
            "DEFAULT_BIASES", "DEFAULT_NORMS", "WIDTHS", "INPUT_TEMPLATES", "layer_kind"]
@@ -183,8 +186,9 @@ class SearchSpace:
                                           (owns.get(n) == "activation" and not any(True for _ in
                                                                                      modules[n].parameters())))
                      and not isinstance(modules[n], nn.Identity)]
+        unread = _read_functionally(modules)
         quantized = [n for n, m in modules.items() if n and layer_kind(m) and
-                     not fnmatch_any(n, skip)]
+                     not fnmatch_any(n, skip) and n not in unread]
         if not quantized:
             raise ConfigError("the model has no conv, linear, embedding or recurrent layer to search")
         last = next((n for n in reversed(order) if n in quantized), quantized[-1])
@@ -350,6 +354,16 @@ class SearchSpace:
         return math.prod(len(v) for v in self.parameters().values())
 
 
+def _read_functionally(modules: dict[str, nn.Module]) -> set[str]:
+    """Layers whose weights a parent reads without calling them (``nn.MultiheadAttention``'s ``out_proj``):
+    a fake quantizer installed on them would never run, so they stay at the reference's precision."""
+    unread = {n for p, m in modules.items() if isinstance(m, nn.MultiheadAttention)
+              for n in modules if n.startswith(f"{p}.")}
+    if unread:
+        log.info("layers read by nn.MultiheadAttention without being called stay unquantized: %s", sorted(unread))
+    return unread
+
+
 def _own_spec(value: Any, shared: list[str] | None, own: list[str]) -> Any:
     """A layer's own spec for the value chosen for its group: the same position in its own list (same
     template and bits; ``{i}`` fitted to this layer), else the value itself."""
@@ -370,7 +384,7 @@ def _width_choices(group: Any, widths: tuple[float, ...]) -> list[float]:
     for w in sorted(widths, key=lambda v: (v != 1.0, v)):
         if w > 1.0 and not group.can_widen:
             continue
-        n = max(1, int(round(group.size * w)))
+        n = group.resized(w)  # the size the resize gives (a multiple of the group's blocks)
         if n not in sizes:
             sizes.add(n)
             out.append(float(w))

@@ -29,7 +29,7 @@ from .plan import LayerPlan, Plan
 
 __all__ = ["QConv1d", "QConv2d", "QLinear", "QEmbedding", "QGRU", "QLSTM", "QRNN", "QBatchNorm1d", "QBatchNorm2d",
            "QActivation", "quantize_model", "quantized_layers", "ACTIVATION_TYPES", "output_quantizer_of",
-           "fold_batch_norm"]
+           "fold_batch_norm", "read_without_call"]
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +494,14 @@ def layer_like(module: nn.Module) -> bool:
     recurrent, batch norm)."""
     return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding, nn.GRU, nn.LSTM, nn.RNN,
                                nn.modules.batchnorm._BatchNorm))
+
+
+def read_without_call(model: nn.Module) -> set[str]:
+    """Names of layers whose weights a parent module reads without calling them (``nn.MultiheadAttention``'s
+    ``out_proj``): a fake quantizer or pruning mask installed on them would never act."""
+    modules = dict(model.named_modules())
+    return {n for p, m in modules.items() if isinstance(m, nn.MultiheadAttention)
+            for n in modules if n.startswith(f"{p}.")}
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..prune.graph import example_batch, fnmatch_any, width_groups
 from ..quant.base import get_quantizer
 from ..quant.input_steps import check_foldable
-from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm
+from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm, read_without_call
 from ..quant.plan import LayerPlan, Plan
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,9 @@ class SearchSpace:
                                           (owns.get(n) == "activation" and not any(True for _ in
                                                                                      modules[n].parameters())))
                      and not isinstance(modules[n], nn.Identity)]
-        unread = _read_functionally(modules)
+        unread = read_without_call(model)  # nn.MultiheadAttention's out_proj: a quantizer there would never run
+        if unread:
+            log.info("layers read by their parent without being called stay unquantized: %s", sorted(unread))
         quantized = [n for n, m in modules.items() if n and layer_kind(m) and
                      not fnmatch_any(n, skip) and n not in unread]
         if not quantized:
@@ -352,16 +354,6 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct candidates."""
         return math.prod(len(v) for v in self.parameters().values())
-
-
-def _read_functionally(modules: dict[str, nn.Module]) -> set[str]:
-    """Layers whose weights a parent reads without calling them (``nn.MultiheadAttention``'s ``out_proj``):
-    a fake quantizer installed on them would never run, so they stay at the reference's precision."""
-    unread = {n for p, m in modules.items() if isinstance(m, nn.MultiheadAttention)
-              for n in modules if n.startswith(f"{p}.")}
-    if unread:
-        log.info("layers read by nn.MultiheadAttention without being called stay unquantized: %s", sorted(unread))
-    return unread
 
 
 def _own_spec(value: Any, shared: list[str] | None, own: list[str]) -> Any:

@@ -387,6 +387,8 @@ def _resize_blocker(mod: nn.Module, name: str, out_fn: bool) -> str:
     if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) > 1:
         return (f"LayerNorm {name!r} normalizes over {tuple(mod.normalized_shape)}, several dimensions (channels "
                 "are pruned along its last dimension only)")
+    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d)) and mod.groups > 1:
+        return f"{name!r} is a grouped {type(mod).__name__} (groups={mod.groups}), which torch-pruning slices wrongly"
     if out_fn and isinstance(mod, _RECURRENT) and (mod.bidirectional or getattr(mod, "proj_size", 0)):
         return f"{name!r} is a bidirectional or projected {type(mod).__name__} (its hidden size stays)"
     return ""

@@ -196,3 +196,24 @@ def test_a_bidirectional_lstm_keeps_its_hidden_size_and_its_inputs_resize(proj):
         resize_groups(model, x, {"rnn": 0.5})
     space = SearchSpace.from_model(model, x[:1], x, widths=(0.5, 1.0))
     assert "rnn" in [lay.name for lay in space.layers] and list(space.width_choices) == ["conv"]
+
+
+class GroupedTranspose(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.t = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.c2(F.relu(self.t(F.relu(self.c1(x)))))).mean((2, 3)))
+
+
+def test_a_grouped_transposed_conv_fixes_the_groups_it_joins():
+    model, x = GroupedTranspose().eval(), _image()
+    assert [g.name for g in width_groups(model, x)] == ["c2"]
+    for name in ("c1", "t"):
+        with pytest.raises(ConfigError, match="grouped ConvTranspose2d"):
+            resize_groups(model, x, {name: 0.5})
+    assert resize_groups(model, x, {"c2": 0.5})(x).shape == (3, 4)

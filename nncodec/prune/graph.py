@@ -310,6 +310,8 @@ class GroupAnalysis:
                 group = self.dg.get_pruning_group(m, handler.prune_out_channels, list(range(n)))
             except Exception as exc:  # noqa: BLE001  (torch-pruning fails on some index mappings)
                 log.debug("no width group for %s: %s", self.names.get(m), exc)
+                self.fixed.setdefault(self.names[m], f"the dependency graph cannot follow its channels "
+                                                     f"({type(exc).__name__}: {exc})"[:300])
                 continue
             producers, consumers = [], []
             members: list[tuple[str, bool, int]] = []

@@ -175,6 +175,7 @@ class SearchSpace:
         was = model.training
         model.eval()
         try:
+            _check_runs(model, example_inputs)
             follows, order, owns = _follows(model, example_inputs)
             groups = width_groups(model, example_inputs, keep=tuple(keep_width))
         finally:
@@ -354,6 +355,20 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct candidates."""
         return math.prod(len(v) for v in self.parameters().values())
+
+
+def _check_runs(model: nn.Module, example_inputs: Any) -> None:
+    """Raise :class:`ConfigError` when ``model`` cannot run on ``example_inputs`` (a shape gives float zeros:
+    token ids need a LongTensor), naming what it was given, before the analyses fail deep inside."""
+    batch = example_batch(example_inputs)
+    try:
+        with torch.no_grad():
+            model(*batch)
+    except Exception as exc:  # noqa: BLE001  (any error of the user's forward)
+        given = ", ".join(f"{t.dtype} {list(t.shape)}" for t in batch)
+        raise ConfigError(f"the model cannot run on the example inputs ({given}): {type(exc).__name__}: {exc}; "
+                          "give the input shape without the batch dimension (float inputs) or example tensors "
+                          "(token ids as a LongTensor, several inputs as a tuple)"[:600]) from None
 
 
 def _own_spec(value: Any, shared: list[str] | None, own: list[str]) -> Any:

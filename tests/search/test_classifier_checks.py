@@ -52,3 +52,11 @@ def test_the_cli_refuses_a_model_taking_two_inputs_and_reads_the_input_shape_fro
     err = capsys.readouterr().err
     assert code == 2 and "cannot be called on the training inputs" in err and "[2, 6]" in err  # shape from --data
     assert "Traceback" not in err
+
+
+def test_example_inputs_the_model_cannot_run_on_are_a_config_error():
+    model = nn.Sequential(nn.Embedding(20, 4), nn.Flatten(), nn.Linear(24, 3))
+    ids = torch.randint(0, 20, (8, 6))
+    with pytest.raises(ConfigError, match=r"float32 \[1, 6\].*LongTensor"):  # a shape gives float zeros
+        SearchSpace.from_model(model, (6,), ids)
+    assert SearchSpace.from_model(model, ids[:1], ids).layers  # token ids as a tensor

@@ -448,9 +448,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"{', '.join(given)} set the final steps, which --trials-only does not run")
     model = _load_user_model(args.model, args.weights)
-    shape = _input_shape(args.input_shape)
+    shape = _input_shape(args.input_shape) if args.input_shape else tuple(x_train.shape[1:])
     if tuple(x_train.shape[1:]) != shape:
         raise ConfigError(f"--input-shape {','.join(map(str, shape))} does not match the data ({list(x_train.shape[1:])})")
+    from .search.task import check_classifier
+
+    check_classifier(model, x_train, (y_train, y_val), where=args.model)  # before the reference is trained
     notes = []
     if not args.weights:
         import torch
@@ -625,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--reference-epochs", type=int, default=8,
                     help="epochs of reference training when no --weights is given (default 8)")
     se.add_argument("--data", help=".npz with x_train, y_train, x_val, y_val")
-    se.add_argument("--input-shape", help="with --model: input shape without batch (default 1,28,28)")
+    se.add_argument("--input-shape", help="with --model: input shape without batch (default: x_train's, from "
+                    "--data; given, it must match)")
     se.add_argument("--study-name", default="nncodec-search", help="workers sharing a storage join this study")
     se.add_argument("--proxy-epochs", type=int, default=1)
     se.add_argument("--proxy-fraction", type=float, default=0.5, help="fraction of the training set per trial")

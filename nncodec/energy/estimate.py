@@ -251,6 +251,17 @@ def _fixed_or_float_add(costs: OpCosts, t: QType) -> float:
     return costs.add(t.bits, float_bits=t.bits if t.is_float else None)
 
 
+#: activations whose output lies on their input's fixed-point grid (clipping only): an unquantized one after a
+#: quantizer keeps its type (a functional ``F.relu`` after a layer's output quantizer), not int32; after an
+#: accumulator it stays int32 (QTools' pricing)
+_ON_GRID = frozenset({"relu", "relu_", "relu6", "hardtanh", "hardtanh_"})
+
+
+def _quantized(t: QType) -> bool:
+    """Is ``t`` a quantizer's output (a plan's or the source's type), not an accumulator or int32?"""
+    return bool(t.label) and t is not _Resolver.INT32 and not t.is_float
+
+
 def _widest(types: list[QType]) -> QType:
     floats = [t for t in types if t.is_float]
     if floats:
@@ -438,6 +449,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                 else (acc_t if acc_t.is_float else _Resolver.INT32)
         elif kind == "activation":
             this_out = resolver.activation(op.module, module if op.quant_module is not None else None)
+            if this_out is _Resolver.INT32 and op.target in _ON_GRID and _quantized(in_t) and not resolver.ref:
+                this_out = in_t  # relu / relu6 / hardtanh of a quantizer's values are values of the same grid
         elif kind == "norm":
             bn = op.target in ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm")
             p_t = resolver.batchnorm(module)

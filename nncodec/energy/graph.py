@@ -69,9 +69,14 @@ for _kind, _ops in {
     "pool": _names("max_pool1d", "max_pool2d", "max_pool2d_with_indices", "avg_pool1d", "avg_pool2d",
                    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_max_pool1d",
                    "adaptive_max_pool2d", "mean", "sum", "amax", "max", "amin", "min", "cumsum", "linalg_vector_norm",
-                   "norm", "var", "std", "var_mean", "argmax", "argmin", "prod", "logsumexp"),
+                   "norm", "var", "std", "var_mean", "argmax", "argmin", "prod", "logsumexp",
+                   # interpolating upsampling: a weighted sum of input elements per output element
+                   "upsample_bilinear2d", "upsample_linear1d", "upsample_bicubic2d", "_upsample_bilinear2d_aa"),
     "recurrent": _names("lstm", "gru", "rnn_tanh", "rnn_relu"),
-    "concat": _names("cat", "stack", "concat", "contiguous", "clone", "permute", "repeat"),
+    "concat": _names("cat", "stack", "concat", "contiguous", "clone", "permute", "repeat",
+                     # nearest upsampling copies elements, as repeat does
+                     "upsample_nearest1d", "upsample_nearest2d", "_upsample_nearest_exact1d",
+                     "_upsample_nearest_exact2d"),
     "reshape": _names("view", "reshape", "_unsafe_view", "flatten", "unflatten", "transpose", "t", "unsqueeze",
                       "squeeze", "expand", "expand_as", "select", "slice", "narrow", "split", "split_with_sizes",
                       "chunk", "unbind", "dropout", "alpha_dropout", "feature_dropout", "alias", "detach", "to",

@@ -15,5 +15,8 @@ __all__ = ["ALLOWED_OPERATORS", "GRAPH_FORMAT", "GRAPH_VERSION", "GraphError", "
 
 def stream_tensor_specs(info: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
     """``{name: (dtype, shape)}`` of the tensors a :func:`nncodec.read_info` result lists (tensor units and
-    tensor-group members, through ``StreamInfo.tensor_entries``)."""
-    return {t["name"]: (t["dtype"], tuple(t["shape"])) for t in info.tensor_entries()}
+    tensor-group members, through ``StreamInfo.tensor_entries``), and of its aliases (tied tensors: an output
+    layer sharing the embedding's weight), each with its target's."""
+    specs = {t["name"]: (t["dtype"], tuple(t["shape"])) for t in info.tensor_entries()}
+    specs.update({alias: specs[target] for alias, target in getattr(info, "aliases", {}).items() if target in specs})
+    return specs

@@ -79,6 +79,41 @@ def _rnn_names(layer: nn.Module, k: int) -> list[str]:
     return [n for n in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}", f"bias_hh_l{k}") if hasattr(layer, n)]
 
 
+def _input_weights(layer: nn.Module) -> list[str]:
+    """The weights reading a recurrent layer's input: the first layer's, of both directions."""
+    return ["weight_ih_l0"] + (["weight_ih_l0_reverse"] if layer.bidirectional else [])
+
+
+class _Opaque(torch.autograd.Function):
+    """One autograd node from a module's input to its outputs (copies), for the dependency tracer."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, *outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: ANN401
+        ctx.shape = x.shape
+        return tuple(o.clone() for o in outputs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:  # noqa: ANN401
+        return (torch.zeros(ctx.shape), *(None for _ in grads))
+
+
+def _opaque_forward(layer: nn.Module) -> Callable[..., Any]:
+    """A forward for ``layer`` (a bidirectional or projected recurrent layer) that the dependency tracer sees
+    as one node from its input to its outputs: the internals of these layers (the directions' concatenation)
+    are not something torch-pruning can follow. The outputs are the layer's own."""
+    original = layer.forward
+
+    def forward(x: Any, hx: Any = None) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return original(x, hx)
+        with torch.no_grad():
+            out, h = original(x, hx)
+        hs = list(h) if isinstance(h, tuple) else [h]
+        out, *hs = _Opaque.apply(x, out, *hs)
+        return out, (tuple(hs) if isinstance(h, tuple) else hs[0])
+    return forward
+
+
 def _gate_index(keep: torch.Tensor, hidden: int, gates: int) -> torch.Tensor:
     return torch.cat([keep + g * hidden for g in range(gates)])
 
@@ -109,7 +144,8 @@ def _make_handlers() -> tuple[type, type]:
 
         def prune_in_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
             keep = torch.tensor(sorted(set(range(layer.input_size)) - set(idxs)), dtype=torch.long)
-            _slice_param(layer, "weight_ih_l0", keep, 1)
+            for name in _input_weights(layer):
+                _slice_param(layer, name, keep, 1)
             layer.input_size = len(keep)
             _refresh_rnn(layer)
             return layer
@@ -171,11 +207,21 @@ class WidthGroup:
     can_widen: bool
     unit: int = 1             #: channels per unit (head size for heads)
     reason: str = ""          #: why it cannot widen
+    #: the channels form this many equal contiguous blocks that must stay equal (the groups of a grouped
+    #: conv or a GroupNorm, the heads of an ``nn.MultiheadAttention``): a size stays a multiple of it, and
+    #: shrinking drops the same positions in every block
+    blocks: int = 1
     _root: Any = field(default=None, repr=False)
     _handler: Any = field(default=None, repr=False)
     _group: Any = field(default=None, repr=False)    #: torch-pruning group of all units, as analysed
     #: (module name, is an out-channel dependency, channel indices) of every module of the group, in group order
     _members: list[tuple[str, bool, int]] = field(default_factory=list, repr=False)
+
+    def resized(self, multiplier: float) -> int:
+        """Units after a width multiplier: ``max(1, round(size * multiplier))``, per block when ``blocks > 1``."""
+        if self.blocks == 1:
+            return new_size(self.size, multiplier)
+        return self.blocks * new_size(self.size // self.blocks, multiplier)
 
 
 def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, set[Any], list[nn.Module]]:
@@ -195,17 +241,46 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, s
         out_fns.update(t.grad_fn for t in tensors if t.grad_fn is not None)
         return tensors[0] if len(tensors) == 1 else tensors
 
+    # float inputs enter the graph as leaves (tensors torch-pruning never prunes), so that a group whose
+    # channels meet an input (a parameter-free residual ``x + f(x)``) is seen to be tied to it
+    leaves = [t.detach().clone().requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point()
+              and t.dim() >= 2 else t for t in inputs]
+    traced = [t.clone() if isinstance(t, torch.Tensor) and t.requires_grad else t for t in leaves]
+    input_leaves = [(t, _channel_dim(t)) for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
     was = model.training
     model.eval()
+    opaque = [m for m in model.modules() if isinstance(m, _RECURRENT) and (m.bidirectional or
+                                                                          getattr(m, "proj_size", 0))]
+    for m in opaque:
+        m.forward = _opaque_forward(m)  # type: ignore[method-assign]
     try:
         with torch.enable_grad():  # the tracer follows autograd: also when the caller runs under torch.no_grad
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(inputs),
-                                                       customized_pruners=custom, output_transform=record)
+            try:
+                dg = tp.DependencyGraph().build_dependency(model, example_inputs=traced, customized_pruners=custom,
+                                                           output_transform=record, unwrapped_parameters=list(input_leaves),
+                                                           verbose=False)
+            except Exception as exc:  # noqa: BLE001  (e.g. a model that calls .numpy() on its input)
+                if not input_leaves:
+                    raise
+                log.debug("dependency graph with the inputs as nodes failed (%s); traced without them", exc)
+                out_fns.clear()
+                input_leaves = []
+                dg = tp.DependencyGraph().build_dependency(model, example_inputs=list(inputs), customized_pruners=custom,
+                                                           output_transform=record, verbose=False)
     except Exception as exc:  # the tracer raises many types on code it cannot follow
         raise ConfigError(f"cannot build the dependency graph of the model ({type(exc).__name__}: {exc})") from None
     finally:
         model.train(was)
+        for m in opaque:
+            del m.forward
+    dg.nncodec_inputs = {id(t) for t, _ in input_leaves}
     return dg, out_fns, attention
+
+
+def _channel_dim(t: torch.Tensor) -> int:
+    """The channel dimension torch-pruning assumes for an input: 1 for (batch, features) and images, the last
+    for (batch, sequence, features)."""
+    return t.dim() - 1 if t.dim() == 3 else 1
 
 
 class GroupAnalysis:
@@ -219,6 +294,8 @@ class GroupAnalysis:
         self.names = {m: n for n, m in model.named_modules()}
         self.dg, out_fns, self.attention = _dependency_graph(model, self.inputs)
         self.groups: list[WidthGroup] = []
+        #: producer name -> why its group keeps its width (the model output, a model input, ...)
+        self.fixed: dict[str, str] = {}
         roots = [m for m in model.modules() if isinstance(m, _ROOT_TYPES) or m in self.attention]
         inside_attention = {id(q) for a in self.attention for q in (a.query, a.key, a.value)}
         seen: set[int] = set()
@@ -233,16 +310,20 @@ class GroupAnalysis:
                 group = self.dg.get_pruning_group(m, handler.prune_out_channels, list(range(n)))
             except Exception as exc:  # noqa: BLE001  (torch-pruning fails on some index mappings)
                 log.debug("no width group for %s: %s", self.names.get(m), exc)
+                self.fixed.setdefault(self.names[m], f"the dependency graph cannot follow its channels "
+                                                     f"({type(exc).__name__}: {exc})"[:300])
                 continue
             producers, consumers = [], []
             members: list[tuple[str, bool, int]] = []
             reason = ""
-            at_output = False
+            fixed = ""
+            blocks = 1
             for dep, idxs in group:
                 mod = dep.target.module
                 out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
                 if dep.target.grad_fn in out_fns and out_fn:
-                    at_output = True
+                    fixed = fixed or ("its channels are the model output (the classifier and an output dimension "
+                                      "keep their width)")
                 if isinstance(mod, nn.Module) and mod in self.names:
                     members.append((self.names[mod], out_fn, len(idxs)))
                     (producers if out_fn else consumers).append(self.names[mod])
@@ -250,26 +331,38 @@ class GroupAnalysis:
                         seen.add(id(mod))
                     if not reason:
                         reason = _widen_blocker(mod, out_fn)
+                    fixed = fixed or _resize_blocker(mod, self.names[mod], out_fn)
+                    blocks = math.lcm(blocks, _blocks_of(mod))
+                elif isinstance(mod, torch.Tensor) and id(mod) in self.dg.nncodec_inputs:
+                    fixed = fixed or "its channels meet a model input (a parameter-free residual sum with the input)"
                 elif dep.target.type in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND,
                                          tp.ops.OPTYPE.EXPAND) and not reason:
                     reason = f"a {dep.target.type.name.lower()} joins its channels"
             name = self.names[m]
-            if at_output or any(fnmatch_any(p, keep) for p in producers):
-                log.debug("width group %s is fixed (%s)", name, "model output" if at_output else "kept")
+            if not fixed and any(fnmatch_any(p, keep) for p in producers):
+                fixed = "kept by the caller"
+            if fixed or n % blocks:
+                fixed = fixed or f"its {n} channels do not split into the {blocks} equal blocks its layers need"
+                log.debug("width group %s is fixed (%s)", name, fixed)
+                self.fixed.update(dict.fromkeys([name, *producers], fixed))
                 continue
             if m in self.attention:
                 unit = m.attention_head_size
                 self.groups.append(WidthGroup(name, "heads", n // unit, producers, consumers, not reason, unit,
-                                              reason, m, handler, group, members))
+                                              reason, blocks=1, _root=m, _handler=handler, _group=group,
+                                              _members=members))
             else:
                 kind = "hidden" if isinstance(m, _RECURRENT) else "channels"
-                self.groups.append(WidthGroup(name, kind, n, producers, consumers, not reason, 1, reason, m, handler,
-                                              group, members))
+                self.groups.append(WidthGroup(name, kind, n, producers, consumers, not reason, 1, reason,
+                                              blocks=blocks, _root=m, _handler=handler, _group=group,
+                                              _members=members))
 
     def group(self, name: str) -> WidthGroup:
         for g in self.groups:
             if g.name == name or name in g.producers:
                 return g
+        if name in self.fixed:
+            raise ConfigError(f"the width of {name!r} cannot change: {self.fixed[name]}")
         raise ConfigError(f"{name!r} is not a resizable width group of the model (groups: "
                           f"{[g.name for g in self.groups]}; the classifier and the output dimension keep their width)")
 
@@ -281,11 +374,44 @@ def fnmatch_any(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _widen_blocker(mod: nn.Module, out_fn: bool) -> str:
+    if _grouped(mod):
+        return f"a grouped {type(mod).__name__} (groups={mod.groups}) cannot widen without changing its groups"
     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)) or is_attention(mod):
         return ""
     if isinstance(mod, _RECURRENT):
-        return "" if not mod.bidirectional and getattr(mod, "proj_size", 0) == 0 else "bidirectional / projected RNN"
+        return "" if not out_fn or (not mod.bidirectional and getattr(mod, "proj_size", 0) == 0) else \
+            "bidirectional / projected RNN"
     return f"{type(mod).__name__} cannot widen without changing the function"
+
+
+def _resize_blocker(mod: nn.Module, name: str, out_fn: bool) -> str:
+    """Why a group holding ``mod`` (``out_fn``: as a producer) cannot change its width at all ('' when it can)."""
+    if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) > 1:
+        return (f"LayerNorm {name!r} normalizes over {tuple(mod.normalized_shape)}, several dimensions (channels "
+                "are pruned along its last dimension only)")
+    if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d)) and mod.groups > 1:
+        return f"{name!r} is a grouped {type(mod).__name__} (groups={mod.groups}), which torch-pruning slices wrongly"
+    if out_fn and isinstance(mod, _RECURRENT) and (mod.bidirectional or getattr(mod, "proj_size", 0)):
+        return f"{name!r} is a bidirectional or projected {type(mod).__name__} (its hidden size stays)"
+    return ""
+
+
+def _grouped(mod: nn.Module) -> bool:
+    """A grouped conv that is not depthwise (depthwise convs follow their channels one to one)."""
+    return isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)) and mod.groups > 1 and \
+        not mod.groups == mod.in_channels == mod.out_channels
+
+
+def _blocks_of(mod: nn.Module) -> int:
+    """Equal channel blocks ``mod`` needs kept equal: a grouped conv's groups, a GroupNorm's groups, the heads of
+    an ``nn.MultiheadAttention``."""
+    if _grouped(mod):
+        return mod.groups
+    if isinstance(mod, nn.GroupNorm):
+        return mod.num_groups
+    if isinstance(mod, nn.MultiheadAttention):
+        return mod.num_heads
+    return 1
 
 
 def width_groups(model: nn.Module, example_inputs: Any, *, keep: tuple[str, ...] = ()) -> list[WidthGroup]:
@@ -345,7 +471,7 @@ def _weights_along(mod: nn.Module, out: bool) -> list[tuple[torch.Tensor, int]]:
         # hidden unit i: column i of every weight_hh (the unit's outgoing weights), summed over layers
         return [(getattr(mod, f"weight_hh_l{k}"), 1) for k in range(mod.num_layers)]
     if isinstance(mod, _RECURRENT):
-        return [(mod.weight_ih_l0, 1)]
+        return [(getattr(mod, name), 1) for name in _input_weights(mod)]
     if is_attention(mod):
         if out:
             return [(lin.weight, 0) for lin in (mod.query, mod.key, mod.value)]
@@ -420,7 +546,8 @@ def _grow_module(mod: nn.Module, out: bool, extra: int, factor: int) -> None:
         if out:
             _grow_recurrent_hidden(mod, extra)
         else:
-            _grow_param(mod, "weight_ih_l0", 1, torch.zeros((mod.weight_ih_l0.shape[0], extra * factor)))
+            for name in _input_weights(mod):
+                _grow_param(mod, name, 1, torch.zeros((getattr(mod, name).shape[0], extra * factor)))
             mod.input_size += extra * factor
             _refresh_rnn(mod)
     elif is_attention(mod):
@@ -486,6 +613,8 @@ def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float
     _check_widths(widths)
     result = copy.deepcopy(model)
     if all(v == 1.0 for v in widths.values()):
+        if widths:  # a no-op plan still names groups: a name matching none is an error, not ignored
+            _chosen_groups(GroupAnalysis(result, example_inputs, keep=keep), widths)
         return result
     _refuse_input_steps(model)
     analysis = GroupAnalysis(result, example_inputs, keep=keep)
@@ -538,12 +667,14 @@ def _resize_plans(chosen: dict[str, tuple[WidthGroup, float]],
     """(group, "prune", channel indices to drop) or (group, "grow", units to add), in ``chosen`` order."""
     plans: list[tuple[WidthGroup, str, Any]] = []
     for g, mult in chosen.values():
-        target = new_size(g.size, mult)
+        target = g.resized(mult)
         if target > g.size and not g.can_widen:
             raise ConfigError(f"width group {g.name!r} cannot widen: {g.reason}")
         if target < g.size:
             score = importance_of(g).reshape(g.size, g.unit).sum(1)
-            drop = torch.argsort(score)[: g.size - target]
+            per = g.size // g.blocks  # blocks > 1: the same positions in every block, by their summed scores
+            local = torch.argsort(score.reshape(g.blocks, per).sum(0))[: (g.size - target) // g.blocks]
+            drop = [b * per + int(j) for b in range(g.blocks) for j in local]
             idxs = sorted(int(u) * g.unit + j for u in drop for j in range(g.unit))
             plans.append((g, "prune", idxs))
         elif target > g.size:
@@ -592,11 +723,12 @@ class Resizer:
     def resize(self, widths: dict[str, float]) -> nn.Module:
         """A copy of the model with each named width group scaled by its multiplier (see :func:`resize_groups`)."""
         _check_widths(widths)
+        chosen = _chosen_groups(self.analysis, widths)  # a name matching no group is an error, also at 1.0
         result = copy.deepcopy(self.model)
         if all(v == 1.0 for v in widths.values()):
             return result
         _refuse_input_steps(self.model)
-        plans = _resize_plans(_chosen_groups(self.analysis, widths), self._importance)
+        plans = _resize_plans(chosen, self._importance)
         prunes = [(g, idxs) for g, action, idxs in plans if action == "prune"]
         if prunes:
             dg, _, _ = _dependency_graph(result, self.analysis.inputs)

@@ -24,14 +24,18 @@ from torch import nn
 
 from ..checks import is_int
 from ..errors import ConfigError
-from ..quant.layers import _WRAPPERS, _QuantWeights, _wrap
+from ..quant.layers import _WRAPPERS, _QuantWeights, _wrap, read_without_call
 from ..quant.plan import LayerPlan
 
 __all__ = ["magnitude_masks", "global_magnitude_masks", "std_threshold_masks", "balanced_masks", "apply_masks", "sparsity", "prunable_layers"]
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, tuple(_WRAPPERS)))}
+    """Conv / linear layers whose forward applies a mask (not those a parent reads without calling them,
+    such as ``nn.MultiheadAttention``'s ``out_proj``)."""
+    unread = read_without_call(model)
+    return {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, tuple(_WRAPPERS)))
+            and n not in unread}
 
 
 def _weight(m: nn.Module) -> torch.Tensor:
@@ -151,8 +155,12 @@ def balanced_masks(model: nn.Module, amount: float, group: int = 8) -> dict[str,
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """Install ``masks`` in ``model`` (in place; plain layers become fake-quant layers without quantizers)."""
+    unread = read_without_call(model)
     for name, mask in masks.items():
         mod = model.get_submodule(name)
+        if name in unread:
+            raise ConfigError(f"cannot mask {name!r}: its parent reads its weight without calling it, so the mask "
+                              "would not hold through training")
         if mask.shape != mod.weight.shape:
             raise ConfigError(f"mask for {name!r} has shape {list(mask.shape)}, weight {list(mod.weight.shape)}")
         if not isinstance(mod, _QuantWeights):

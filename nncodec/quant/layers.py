@@ -29,7 +29,7 @@ from .plan import LayerPlan, Plan
 
 __all__ = ["QConv1d", "QConv2d", "QLinear", "QEmbedding", "QGRU", "QLSTM", "QRNN", "QBatchNorm1d", "QBatchNorm2d",
            "QActivation", "quantize_model", "quantized_layers", "ACTIVATION_TYPES", "output_quantizer_of",
-           "fold_batch_norm"]
+           "fold_batch_norm", "read_without_call"]
 
 log = logging.getLogger(__name__)
 
@@ -426,6 +426,22 @@ def _wrap(module: nn.Module, lp: LayerPlan) -> nn.Module:
     return new
 
 
+def _without_fused_paths(model: nn.Module) -> None:
+    """Turn off ``nn.TransformerEncoderLayer``'s fused inference path in layers holding fake quantizers.
+
+    In eval mode under ``torch.no_grad`` that path reads ``linear1`` / ``linear2`` / the norms' weights
+    directly, so their quantizers and output quantizers never run: a candidate would be scored as the float
+    model. The layer takes its regular path when ``activation_relu_or_gelu`` is false (the attribute only
+    selects the fused path; the activation itself is ``layer.activation``)."""
+    for name, layer in model.named_modules():
+        if not isinstance(layer, nn.TransformerEncoderLayer) or not getattr(layer, "activation_relu_or_gelu", 0):
+            continue
+        if any(isinstance(m, (_QuantParams, QActivation)) or output_quantizer_of(m) is not None
+               for m in layer.modules() if m is not layer):
+            log.debug("%s: fused TransformerEncoderLayer path off (it would skip the fake quantizers)", name or "model")
+            layer.activation_relu_or_gelu = 0
+
+
 def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplace: bool = False) -> nn.Module:
     """Return ``model`` with conv/linear layers and activations replaced by fake-quant modules per ``plan``.
 
@@ -469,6 +485,7 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
                               "only")
         elif name in plan.layers and lp.activation:
             _add_output_quantizer(module, lp.activation)  # named exactly: a norm, a block, any module
+    _without_fused_paths(model)
     return model
 
 
@@ -477,6 +494,14 @@ def layer_like(module: nn.Module) -> bool:
     recurrent, batch norm)."""
     return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding, nn.GRU, nn.LSTM, nn.RNN,
                                nn.modules.batchnorm._BatchNorm))
+
+
+def read_without_call(model: nn.Module) -> set[str]:
+    """Names of layers whose weights a parent module reads without calling them (``nn.MultiheadAttention``'s
+    ``out_proj``): a fake quantizer or pruning mask installed on them would never act."""
+    modules = dict(model.named_modules())
+    return {n for p, m in modules.items() if isinstance(m, nn.MultiheadAttention)
+            for n in modules if n.startswith(f"{p}.")}
 
 
 def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -1003,6 +1003,9 @@ def run_search(reference: nn.Module, space: SearchSpace, task: Task, config: Sea
     if config.final_selection and not callable(getattr(task, "hold_out", None)):
         raise ConfigError(f"final_selection holds out part of a ClassifierTask's training examples; "
                           f"{type(task).__name__} has none to hold out (leave final_selection=0)")
+    check_model = getattr(task, "check_model", None)
+    if callable(check_model):  # a model the task cannot train fails here, not inside the first trial
+        check_model(reference)
     t0 = time.perf_counter()
     searcher = _Searcher(reference, space, task, config, cost_fn)
     ref_acc = task.evaluate(reference) if reference_accuracy is None else reference_accuracy

@@ -18,6 +18,7 @@ percentile activation).
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -34,8 +35,10 @@ from ..errors import ConfigError
 from ..prune.graph import example_batch, fnmatch_any, width_groups
 from ..quant.base import get_quantizer
 from ..quant.input_steps import check_foldable
-from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm
+from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm, read_without_call
 from ..quant.plan import LayerPlan, Plan
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SearchSpace", "LayerSpace", "DEFAULT_KERNELS", "DEFAULT_ACTIVATIONS", "DEFAULT_SIGNED_ACTIVATIONS",
            "DEFAULT_BIASES", "DEFAULT_NORMS", "WIDTHS", "INPUT_TEMPLATES", "layer_kind"]
@@ -172,6 +175,7 @@ class SearchSpace:
         was = model.training
         model.eval()
         try:
+            _check_runs(model, example_inputs)
             follows, order, owns = _follows(model, example_inputs)
             groups = width_groups(model, example_inputs, keep=tuple(keep_width))
         finally:
@@ -183,8 +187,11 @@ class SearchSpace:
                                           (owns.get(n) == "activation" and not any(True for _ in
                                                                                      modules[n].parameters())))
                      and not isinstance(modules[n], nn.Identity)]
+        unread = read_without_call(model)  # nn.MultiheadAttention's out_proj: a quantizer there would never run
+        if unread:
+            log.info("layers read by their parent without being called stay unquantized: %s", sorted(unread))
         quantized = [n for n, m in modules.items() if n and layer_kind(m) and
-                     not fnmatch_any(n, skip)]
+                     not fnmatch_any(n, skip) and n not in unread]
         if not quantized:
             raise ConfigError("the model has no conv, linear, embedding or recurrent layer to search")
         last = next((n for n in reversed(order) if n in quantized), quantized[-1])
@@ -350,6 +357,20 @@ class SearchSpace:
         return math.prod(len(v) for v in self.parameters().values())
 
 
+def _check_runs(model: nn.Module, example_inputs: Any) -> None:
+    """Raise :class:`ConfigError` when ``model`` cannot run on ``example_inputs`` (a shape gives float zeros:
+    token ids need a LongTensor), naming what it was given, before the analyses fail deep inside."""
+    batch = example_batch(example_inputs)
+    try:
+        with torch.no_grad():
+            model(*batch)
+    except Exception as exc:  # noqa: BLE001  (any error of the user's forward)
+        given = ", ".join(f"{t.dtype} {list(t.shape)}" for t in batch)
+        raise ConfigError(f"the model cannot run on the example inputs ({given}): {type(exc).__name__}: {exc}; "
+                          "give the input shape without the batch dimension (float inputs) or example tensors "
+                          "(token ids as a LongTensor, several inputs as a tuple)"[:600]) from None
+
+
 def _own_spec(value: Any, shared: list[str] | None, own: list[str]) -> Any:
     """A layer's own spec for the value chosen for its group: the same position in its own list (same
     template and bits; ``{i}`` fitted to this layer), else the value itself."""
@@ -370,7 +391,7 @@ def _width_choices(group: Any, widths: tuple[float, ...]) -> list[float]:
     for w in sorted(widths, key=lambda v: (v != 1.0, v)):
         if w > 1.0 and not group.can_widen:
             continue
-        n = max(1, int(round(group.size * w)))
+        n = group.resized(w)  # the size the resize gives (a multiple of the group's blocks)
         if n not in sizes:
             sizes.add(n)
             out.append(float(w))

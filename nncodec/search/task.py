@@ -25,7 +25,8 @@ from ..checks import is_number
 from ..errors import ConfigError
 from ..train import accuracy, shuffled_batches
 
-__all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor", "combined_floor"]
+__all__ = ["Task", "ClassifierTask", "FunctionTask", "FidelityTask", "first_tensor", "combined_floor",
+           "check_classifier"]
 
 
 class Task:
@@ -97,6 +98,10 @@ class ClassifierTask(Task):
     def calibration_inputs(self) -> tuple[torch.Tensor, ...]:
         return (self.x_train,)
 
+    def check_model(self, model: nn.Module) -> None:
+        """:func:`check_classifier` on this task's data (``run_search`` calls it on the reference first)."""
+        check_classifier(model, self.x_train, (self.y_train.numpy(), self.y_val))
+
     def hold_out(self, fraction: float, seed: int = 0) -> tuple["ClassifierTask", "ClassifierTask", torch.Tensor]:
         """Carve a selection split out of the *training* examples: ``(fit, select, index)``.
 
@@ -133,6 +138,29 @@ class ClassifierTask(Task):
 
     def evaluate(self, model: nn.Module) -> float:
         return accuracy(model, self.x_val, self.y_val)
+
+
+def check_classifier(model: nn.Module, x: Any, labels: Sequence[Any], where: str = "the model") -> None:
+    """Raise :class:`ConfigError` unless ``model`` called on two examples of ``x`` (one tensor, as
+    :class:`ClassifierTask` calls it) returns ``(batch, classes)`` logits with a class for every label
+    (``classes > max(labels)``), before any training would fail deep inside a trial."""
+    xb = torch.as_tensor(np.asarray(x[:2]))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(xb)
+    except Exception as exc:  # noqa: BLE001  (any error of the user's forward)
+        raise ConfigError(f"{where} cannot be called on the training inputs (one tensor, a batch of shape "
+                          f"{list(xb.shape)}): {type(exc).__name__}: {exc}; a ClassifierTask calls model(x) "
+                          "(a model taking several inputs: FunctionTask or FidelityTask)") from None
+    finally:
+        model.train(was)
+    classes = int(max(int(np.max(np.asarray(v))) for v in labels if len(v))) + 1
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(xb) or out.shape[1] < classes:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"{where} returns {got} for a batch of {len(xb)}; a classifier returns (batch, classes) "
+                          f"logits with at least {classes} classes (the largest label + 1)")
 
 
 def first_tensor(output: Any, inputs: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:

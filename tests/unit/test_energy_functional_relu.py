@@ -1,0 +1,34 @@
+"""The energy model prices a functional relu after a quantized layer output on that output's grid."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nncodec.energy import estimate_energy
+from nncodec.quant.plan import LayerPlan, Plan
+from nncodec.search.candidate import build_candidate
+
+
+class FunctionalRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3)
+        self.c2 = nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.c2(F.relu(self.c1(x))))
+        return self.fc(torch.flatten(x.mean((2, 3)), 1))
+
+
+def test_a_functional_relu_keeps_the_type_of_its_quantized_input():
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 10, 10)
+    model = FunctionalRelu().eval()
+    plan = Plan({"c1": LayerPlan(kernel="quantized_bits(4,0,1)", activation="quantized_bits(4,2,1)"),
+                 "c2": LayerPlan(kernel="quantized_bits(4,0,1)")})
+    rows = {r.name: r for r in estimate_energy(build_candidate(model, x, plan), x).layers}
+    relu_rows = [r for r in rows.values() if r.kind == "activation"]
+    assert relu_rows[0].output == rows["c1"].output  # relu of 4-bit values: 4-bit values, not int32
+    assert rows["c2"].input == rows["c1"].output
+    assert relu_rows[1].output == "int32"  # after an accumulator (c2 has no output quantizer): int32, as before

@@ -202,6 +202,24 @@ def test_a_bidirectional_lstm_keeps_its_hidden_size_and_its_inputs_resize(proj):
     assert "rnn" in [lay.name for lay in space.layers] and list(space.width_choices) == ["conv"]
 
 
+def test_the_analysis_keeps_a_forward_patched_onto_a_bidirectional_lstm():
+    torch.manual_seed(0)
+    model, x = ConvBiLSTM().eval(), _sequence()
+    calls = []
+    plain = model.rnn.forward
+
+    def patched(inp, hx=None):  # a user's instance patch (e.g. logging), kept through the analysis
+        calls.append(inp.shape)
+        return plain(inp, hx)
+
+    model.rnn.forward = patched
+    assert [g.name for g in width_groups(model, x)] == ["conv"]
+    assert model.rnn.__dict__.get("forward") is patched
+    calls.clear()
+    model(x)
+    assert calls == [(3, 5, 8)]
+
+
 class GroupedTranspose(nn.Module):
     def __init__(self):
         super().__init__()

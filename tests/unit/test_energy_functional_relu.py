@@ -1,4 +1,5 @@
-"""The energy model prices a relu (functional or an nn.ReLU module) after a quantized layer output on that output's grid."""
+"""The energy model prices a relu (functional or an nn.ReLU module) after a quantized layer output on that
+output's grid."""
 
 import torch
 import torch.nn.functional as F

@@ -444,7 +444,8 @@ def _count(gop: GraphOp, node: torch.fx.Node) -> None:
 
 
 def _interpolation_taps(target: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
-    """Input elements weighted into one output element of an interpolating upsample (multiply-adds each).
+    """Input elements weighted into one output element of an interpolating upsample (the corrected mode
+    prices each as one add, as a pooling tap; the weight multiply is not priced).
 
     Antialiased (``_aa``) kernels widen their window by the input / output ratio of a shrunk dimension
     (rounded up); enlarged dimensions and the plain kernels use the fixed 2 (linear) or 4 (cubic) taps."""

@@ -70,13 +70,14 @@ for _kind, _ops in {
                    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_max_pool1d",
                    "adaptive_max_pool2d", "mean", "sum", "amax", "max", "amin", "min", "cumsum", "linalg_vector_norm",
                    "norm", "var", "std", "var_mean", "argmax", "argmin", "prod", "logsumexp",
-                   # interpolating upsampling: a weighted sum of input elements per output element
-                   "upsample_bilinear2d", "upsample_linear1d", "upsample_bicubic2d", "_upsample_bilinear2d_aa"),
+                   # interpolating upsampling: a weighted sum of input elements per output element (_INTERPOLATION)
+                   "upsample_linear1d", "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d",
+                   "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa"),
     "recurrent": _names("lstm", "gru", "rnn_tanh", "rnn_relu"),
     "concat": _names("cat", "stack", "concat", "contiguous", "clone", "permute", "repeat",
                      # nearest upsampling copies elements, as repeat does
-                     "upsample_nearest1d", "upsample_nearest2d", "_upsample_nearest_exact1d",
-                     "_upsample_nearest_exact2d"),
+                     "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "_upsample_nearest_exact1d",
+                     "_upsample_nearest_exact2d", "_upsample_nearest_exact3d"),
     "reshape": _names("view", "reshape", "_unsafe_view", "flatten", "unflatten", "transpose", "t", "unsqueeze",
                       "squeeze", "expand", "expand_as", "select", "slice", "narrow", "split", "split_with_sizes",
                       "chunk", "unbind", "dropout", "alpha_dropout", "feature_dropout", "alias", "detach", "to",
@@ -86,6 +87,13 @@ for _kind, _ops in {
 }.items():
     for _op in _ops:
         OP_KINDS[_op] = _kind
+
+#: interpolating upsampling operator -> (input elements per output element along one resized dimension,
+#: resized dimensions): linear 2, cubic 4, so bilinear 4 taps, bicubic 16, trilinear 8 per output element
+_INTERPOLATION: dict[str, tuple[int, int]] = {
+    "upsample_linear1d": (2, 1), "upsample_bilinear2d": (2, 2), "upsample_bicubic2d": (4, 2),
+    "upsample_trilinear3d": (2, 3), "_upsample_bilinear2d_aa": (2, 2), "_upsample_bicubic2d_aa": (4, 2),
+}
 
 #: kinds that carry parameters through a weight operand
 WEIGHTED = ("conv", "dense", "embedding")
@@ -107,7 +115,8 @@ class GraphOp:
     args: dict[str, Any] = field(default_factory=dict)              #: operator arguments the cost needs
     quant_module: nn.Module | None = None   #: the fake-quant module this op collapses, if any
     is_output: bool = False
-    operations: int = 0             #: MACs for conv/dense/matmul/attention/recurrent, elements otherwise
+    operations: int = 0             #: MACs for conv/dense/matmul/attention/recurrent, output elements x taps
+                                    #: for interpolating upsampling, elements otherwise
     fan_in: int = 0                 #: products summed per output (accumulator width), MAC kinds only
     depthwise_channels: int = 0     #: C_in of a depthwise conv (QTools counts its fan-in as k*k*C_in)
     elementwise: dict[str, int] = field(default_factory=dict)  #: extra per-op element counts (softmax, gates)
@@ -426,10 +435,27 @@ def _count(gop: GraphOp, node: torch.fx.Node) -> None:
         gop.elementwise = {"softmax": batch * length * s_len, "scale": batch * length * s_len}
     elif k == "recurrent":
         _count_recurrent(gop, node)
+    elif t in _INTERPOLATION:
+        gop.operations = out * _interpolation_taps(t, ins[0] if ins else (), gop.output_shape)
     elif k in ("activation", "norm", "pool", "flatten"):
         gop.operations = first_in
     else:  # add, mul, elementwise, concat, embedding
         gop.operations = out
+
+
+def _interpolation_taps(target: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """Input elements weighted into one output element of an interpolating upsample (the corrected mode
+    prices each as one add, as a pooling tap; the weight multiply is not priced).
+
+    Antialiased (``_aa``) kernels widen their window by the input / output ratio of a shrunk dimension
+    (rounded up); enlarged dimensions and the plain kernels use the fixed 2 (linear) or 4 (cubic) taps."""
+    per_dim, dims = _INTERPOLATION[target]
+    if not target.endswith("_aa") or len(in_shape) < dims or len(out_shape) < dims:
+        return per_dim ** dims
+    taps = 1
+    for i, o in zip(in_shape[-dims:], out_shape[-dims:]):
+        taps *= math.ceil(per_dim * max(1.0, i / max(o, 1)))
+    return taps
 
 
 #: per recurrent cell type: (gates, element-wise ops per hidden unit and step: activations, muls, adds)

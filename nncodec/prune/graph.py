@@ -251,6 +251,7 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, s
     model.eval()
     opaque = [m for m in model.modules() if isinstance(m, _RECURRENT) and (m.bidirectional or
                                                                           getattr(m, "proj_size", 0))]
+    patched = [m.__dict__.get("forward") for m in opaque]  # a forward the instance already had (a user's patch)
     for m in opaque:
         m.forward = _opaque_forward(m)  # type: ignore[method-assign]
     try:
@@ -271,8 +272,11 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, s
         raise ConfigError(f"cannot build the dependency graph of the model ({type(exc).__name__}: {exc})") from None
     finally:
         model.train(was)
-        for m in opaque:
-            del m.forward
+        for m, own in zip(opaque, patched):
+            if own is None:
+                del m.forward
+            else:
+                m.forward = own  # type: ignore[method-assign]
     dg.nncodec_inputs = {id(t) for t, _ in input_leaves}
     return dg, out_fns, attention
 

@@ -432,14 +432,29 @@ def _without_fused_paths(model: nn.Module) -> None:
     In eval mode under ``torch.no_grad`` that path reads ``linear1`` / ``linear2`` / the norms' weights
     directly, so their quantizers and output quantizers never run: a candidate would be scored as the float
     model. The layer takes its regular path when ``activation_relu_or_gelu`` is false (the attribute only
-    selects the fused path; the activation itself is ``layer.activation``)."""
+    selects the fused path; the activation itself is ``layer.activation``).
+
+    An enclosing ``nn.TransformerEncoder`` with such a layer also stops converting padded input into a
+    NestedTensor (``use_nested_tensor``, taken in eval mode with a ``src_key_padding_mask``): the fake
+    quantizers' elementwise ops have no NestedTensor kernels, and that input skips the padding positions the
+    regular path computes."""
+    quantized: set[int] = set()
     for name, layer in model.named_modules():
-        if not isinstance(layer, nn.TransformerEncoderLayer) or not getattr(layer, "activation_relu_or_gelu", 0):
+        if not isinstance(layer, nn.TransformerEncoderLayer):
             continue
         if any(isinstance(m, (_QuantParams, QActivation)) or output_quantizer_of(m) is not None
                for m in layer.modules() if m is not layer):
-            log.debug("%s: fused TransformerEncoderLayer path off (it would skip the fake quantizers)", name or "model")
-            layer.activation_relu_or_gelu = 0
+            quantized.add(id(layer))
+            if getattr(layer, "activation_relu_or_gelu", 0):
+                log.debug("%s: fused TransformerEncoderLayer path off (it would skip the fake quantizers)",
+                          name or "model")
+                layer.activation_relu_or_gelu = 0
+    for name, encoder in model.named_modules():
+        if (isinstance(encoder, nn.TransformerEncoder) and getattr(encoder, "use_nested_tensor", False)
+                and any(id(layer) in quantized for layer in encoder.layers)):
+            log.debug("%s: TransformerEncoder nested-tensor path off (fake quantizers run on dense tensors)",
+                      name or "model")
+            encoder.use_nested_tensor = False
 
 
 def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplace: bool = False) -> nn.Module:

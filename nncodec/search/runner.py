@@ -387,8 +387,9 @@ class _Searcher:
 
     def build(self, plan: Plan) -> nn.Module:
         """The candidate of ``plan`` from the reference; the reference's width analysis is made once and reused
-        (the candidates are the same as :func:`build_candidate` without it)."""
-        if self._resizer is None and any(v != 1.0 for v in plan.widths.values()):
+        (the candidates are the same as :func:`build_candidate` without it). A plan naming width groups makes it
+        also when every multiplier is 1.0: the names are checked against its groups, not by a trace per trial."""
+        if self._resizer is None and plan.widths:
             importance = self.cfg.width_importance
             self._resizer = Resizer(self.reference, self.space.example_inputs, importance=importance,
                                     gradient_fn=self._taylor_gradients if importance == "taylor" else None)

@@ -143,8 +143,16 @@ class ClassifierTask(Task):
 def check_classifier(model: nn.Module, x: Any, labels: Sequence[Any], where: str = "the model") -> None:
     """Raise :class:`ConfigError` unless ``model`` called on two examples of ``x`` (one tensor, as
     :class:`ClassifierTask` calls it) returns ``(batch, classes)`` logits with a class for every label
-    (``classes > max(labels)``), before any training would fail deep inside a trial."""
+    (``classes > max(labels)``), before any training would fail deep inside a trial. The model's training
+    mode is restored and its state (batch-norm statistics) left unchanged. No inputs or no labels at all:
+    ConfigError."""
+    present = [np.asarray(v) for v in labels if len(v)]
+    if not present:
+        raise ConfigError(f"no labels to check {where} against: the label arrays are empty (a classifier task needs "
+                          "labelled training and validation examples)")
     xb = torch.as_tensor(np.asarray(x[:2]))
+    if not len(xb):
+        raise ConfigError(f"no training inputs to call {where} on: the input array is empty")
     was = model.training
     model.eval()
     try:
@@ -156,7 +164,7 @@ def check_classifier(model: nn.Module, x: Any, labels: Sequence[Any], where: str
                           "(a model taking several inputs: FunctionTask or FidelityTask)") from None
     finally:
         model.train(was)
-    classes = int(max(int(np.max(np.asarray(v))) for v in labels if len(v))) + 1
+    classes = max(int(np.max(v)) for v in present) + 1
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(xb) or out.shape[1] < classes:
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"{where} returns {got} for a batch of {len(xb)}; a classifier returns (batch, classes) "

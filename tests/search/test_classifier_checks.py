@@ -9,6 +9,7 @@ from torch import nn
 from nncodec.cli import main
 from nncodec.errors import ConfigError
 from nncodec.search import ClassifierTask, SearchConfig, SearchSpace, run_search
+from nncodec.search.task import check_classifier
 
 
 class TwoInputs(nn.Module):
@@ -60,3 +61,32 @@ def test_example_inputs_the_model_cannot_run_on_are_a_config_error():
     with pytest.raises(ConfigError, match=r"float32 \[1, 6\].*LongTensor"):  # a shape gives float zeros
         SearchSpace.from_model(model, (6,), ids)
     assert SearchSpace.from_model(model, ids[:1], ids).layers  # token ids as a tensor
+
+
+def test_empty_label_arrays_are_a_config_error():
+    x, _ = _data()
+    model = nn.Sequential(nn.Linear(6, 4))
+    empty = np.zeros(0, dtype=np.int64)
+    with pytest.raises(ConfigError, match="label arrays are empty"):
+        check_classifier(model, x, (empty, empty), where="net.py:build")
+    with pytest.raises(ConfigError, match="input array is empty"):
+        check_classifier(model, x[:0], (np.arange(4),))
+    check_classifier(model, x, (empty, np.arange(4)))  # one split with labels is enough: 4 classes
+
+
+def test_the_check_leaves_a_training_model_and_its_batch_norm_statistics_unchanged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4)).train()
+    bn = model[1]
+    with torch.no_grad():
+        model(torch.randn(16, 6) * 3 + 1)  # statistics away from their initial values
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    x, y = _data()
+    check_classifier(model, x * 5 + 2, (y,))
+    assert model.training and all(m.training for m in model.modules())
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, before[k]), k  # running_mean / running_var / num_batches_tracked
+    assert int(bn.num_batches_tracked) == 1
+    with pytest.raises(ConfigError, match="at least 5 classes"):  # also when the check fails
+        check_classifier(model, x, (np.array([4]),))
+    assert model.training and int(bn.num_batches_tracked) == 1

@@ -7,9 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncodec.errors import ConfigError
+from nncodec.prune import graph
 from nncodec.prune.graph import Resizer, resize_groups, width_groups
-from nncodec.search import SearchSpace
+from nncodec.quant.plan import Plan
+from nncodec.search import SearchConfig, SearchSpace
 from nncodec.search.candidate import build_candidate
+from nncodec.search.runner import _Searcher
+from tests.search.digits import digits_cnn, space, task
 
 
 def _image(n=3):
@@ -198,6 +202,24 @@ def test_a_bidirectional_lstm_keeps_its_hidden_size_and_its_inputs_resize(proj):
     assert "rnn" in [lay.name for lay in space.layers] and list(space.width_choices) == ["conv"]
 
 
+def test_the_analysis_keeps_a_forward_patched_onto_a_bidirectional_lstm():
+    torch.manual_seed(0)
+    model, x = ConvBiLSTM().eval(), _sequence()
+    calls = []
+    plain = model.rnn.forward
+
+    def patched(inp, hx=None):  # a user's instance patch (e.g. logging), kept through the analysis
+        calls.append(inp.shape)
+        return plain(inp, hx)
+
+    model.rnn.forward = patched
+    assert [g.name for g in width_groups(model, x)] == ["conv"]
+    assert model.rnn.__dict__.get("forward") is patched
+    calls.clear()
+    model(x)
+    assert calls == [(3, 5, 8)]
+
+
 class GroupedTranspose(nn.Module):
     def __init__(self):
         super().__init__()
@@ -218,3 +240,25 @@ def test_a_grouped_transposed_conv_fixes_the_groups_it_joins():
     with pytest.raises(ConfigError, match="'t'"):
         resize_groups(model, x, {"t": 0.5})
     assert resize_groups(model, x, {"c2": 0.5})(x).shape == (3, 4)
+
+
+def test_a_search_traces_the_width_groups_once_also_when_its_plans_keep_every_width(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    reference = digits_cnn().eval()
+    searcher = _Searcher(reference, space(reference), task(), SearchConfig(out_dir=str(tmp_path)), None)
+    traces = []
+
+    class Counted(graph.GroupAnalysis):
+        def __init__(self, *args, **kwargs):
+            traces.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(graph, "GroupAnalysis", Counted)
+    x = torch.randn(2, 1, 8, 8)
+    for _ in range(4):  # plans naming groups at their full width (a fixed plan's widths): one trace in all
+        candidate = searcher.build(Plan({}, widths={"0": 1.0, "2": 1.0}))
+        torch.testing.assert_close(candidate(x), reference(x))
+    assert len(traces) == 1
+    with pytest.raises(ConfigError, match="no_such_layer"):  # the names are still checked
+        searcher.build(Plan({}, widths={"no_such_layer": 1.0}))
+    assert len(traces) == 1

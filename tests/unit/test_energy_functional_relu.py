@@ -1,4 +1,5 @@
-"""The energy model prices a functional relu after a quantized layer output on that output's grid."""
+"""The energy model prices a relu (functional or an nn.ReLU module) after a quantized layer output on that
+output's grid."""
 
 import torch
 import torch.nn.functional as F
@@ -32,3 +33,33 @@ def test_a_functional_relu_keeps_the_type_of_its_quantized_input():
     assert relu_rows[0].output == rows["c1"].output  # relu of 4-bit values: 4-bit values, not int32
     assert rows["c2"].input == rows["c1"].output
     assert relu_rows[1].output == "int32"  # after an accumulator (c2 has no output quantizer): int32, as before
+
+
+class ModuleRelu(nn.Module):
+    """The same network with nn.ReLU modules (the plan names none of them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3)
+        self.r1 = nn.ReLU()
+        self.c2 = nn.Conv2d(8, 8, 3)
+        self.r2 = nn.ReLU()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.r2(self.c2(self.r1(self.c1(x))))
+        return self.fc(torch.flatten(x.mean((2, 3)), 1))
+
+
+def test_a_relu_module_keeps_the_type_of_its_quantized_input():
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 10, 10)
+    model = ModuleRelu().eval()
+    plan = Plan({"c1": LayerPlan(kernel="quantized_bits(4,0,1)", activation="quantized_bits(4,2,1)"),
+                 "c2": LayerPlan(kernel="quantized_bits(4,0,1)")})
+    candidate = build_candidate(model, x, plan)
+    assert type(candidate.r1) is nn.ReLU  # not a quantized activation: the plan does not name it
+    rows = {r.name: r for r in estimate_energy(candidate, x).layers}
+    assert rows["r1"].kind == "activation" and rows["r1"].output == rows["c1"].output != "int32"
+    assert rows["c2"].input == rows["c1"].output
+    assert rows["r2"].output == "int32"  # after an accumulator: int32, as before

@@ -242,6 +242,9 @@ class SearchSpace:
             group = _group_of(name, share)
             g = width_of.get(name)
             kernel_choices = _expand(kernels, kind_bits("kernel", kind, name), w_int)
+            if not kernel_choices:  # the layer would silently stay unquantized (``skip`` says that)
+                raise ConfigError(f"bits['kernel'] {kind_bits('kernel', kind, name)} leave {name!r} ({kind}) no kernel "
+                                  f"choice: every template of {list(kernels)} needs {{b}}")
             input_bits = bits["input"].get(group, bits["input"].get(kind, ()))
             if input_bits and kind != "dense":
                 raise ConfigError(f"bits['input'] gives {name!r} ({kind}) per-channel input steps: Linear layers only")

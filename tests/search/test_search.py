@@ -623,3 +623,19 @@ def test_group_widths_set_the_choices_of_the_groups_a_pattern_matches():
         SearchSpace.from_model(model, (1, 16, 16), x, group_widths={"fc": ()})
     with pytest.raises(ConfigError, match="group_widths must be a dict"):
         SearchSpace.from_model(model, (1, 16, 16), x, group_widths=[("stage3.*", (0.5,))])
+
+
+def test_kernel_bits_that_leave_a_layer_no_kernel_choice_are_refused():
+    """Empty kernel bits for one layer keep only its templates without ``{b}`` (here the power-of-two one);
+    with no such template the layer would silently stay unquantized: a ConfigError naming it."""
+    from nncodec.search.space import SearchSpace
+    from tests.search.graph_models import TinyResNet
+
+    model = TinyResNet(width=8).eval()
+    x = torch.randn(16, 1, 16, 16)
+    both = ("quantized_po2_zero(4,1)", "quantized_bits({b},{i},1)")
+    sp = SearchSpace.from_model(model, (1, 16, 16), x, kernels=both, bits={"kernel": {"conv": (4,), "stage1.conv1": ()}})
+    kernels = {lay.name: lay.kernel for lay in sp.layers}
+    assert kernels["stage1.conv1"] == ["quantized_po2_zero(4,1)"] and len(kernels["stage1.conv2"]) == 2
+    with pytest.raises(ConfigError, match=r"'stage1\.conv1' \(conv\) no kernel choice"):
+        SearchSpace.from_model(model, (1, 16, 16), x, kernels=both[1:], bits={"kernel": {"stage1.conv1": ()}})

@@ -135,11 +135,16 @@ class SearchSpace:
                    signed_activations: tuple[str, ...] = DEFAULT_SIGNED_ACTIVATIONS,
                    biases: tuple[str, ...] = DEFAULT_BIASES, bits: dict[str, dict[str, tuple[int, ...]]] | None = None,
                    widths: tuple[float, ...] = WIDTHS, width_mode: str = "layer", share: dict[str, str] | None = None,
-                   keep_width: tuple[str, ...] = (), skip: tuple[str, ...] = (),
+                   keep_width: tuple[str, ...] = (), group_widths: dict[str, tuple[float, ...]] | None = None,
+                   skip: tuple[str, ...] = (),
                    layer_outputs: bool = True, module_outputs: bool = True,
                    norms: tuple[str, ...] = DEFAULT_NORMS, activation_range: str = "percentile") -> "SearchSpace":
         """Build the space for ``model``; ``sample`` (a few inputs) fits the activations' integer bits.
 
+        ``group_widths``: ``{pattern: multipliers}``, the width choices of the groups a glob pattern matches
+        (by the group's name or one of its producing layers; the first matching pattern wins) instead of
+        ``widths``, e.g. ``{"stage3.*": (0.5,)}``; one multiplier fixes the group's width. A pattern that
+        matches no width group (or only groups ``keep_width`` fixes) is a ConfigError.
         ``skip``: patterns of layers (and norms) left unquantized (kept at the reference's precision).
         ``layer_outputs``: give layers without an activation after them an output quantizer.
         ``module_outputs``: give an output quantizer to norms other than batch norms (layer / group norms)
@@ -162,10 +167,10 @@ class SearchSpace:
         """
         if width_mode not in ("layer", "block"):
             raise ConfigError(f"width_mode must be 'layer' or 'block', got {width_mode!r}")
-        widths = tuple(widths) if isinstance(widths, (tuple, list)) else widths
-        if not isinstance(widths, tuple) or not widths or not all(is_number(w) and 0 < w < math.inf for w in widths):
-            raise ConfigError(f"widths must be a non-empty sequence of positive multipliers (1.0: the reference's "
-                              f"width), got {widths!r}")
+        widths = _multipliers(widths, "widths")
+        if not isinstance(group_widths or {}, dict):
+            raise ConfigError(f"group_widths must be a dict {{pattern: multipliers}}, got {group_widths!r}")
+        group_widths = {pat: _multipliers(ws, f"group_widths[{pat!r}]") for pat, ws in (group_widths or {}).items()}
         if activation_range not in _RANGE_FITS:
             raise ConfigError(f"activation_range must be one of {sorted(_RANGE_FITS)}, got {activation_range!r}")
         if not isinstance(bits or {}, dict) or set(bits or {}) - set(DEFAULT_BITS):
@@ -180,6 +185,7 @@ class SearchSpace:
             groups = width_groups(model, example_inputs, keep=tuple(keep_width))
         finally:
             model.train(was)
+        widths_of = _group_widths(groups, widths, group_widths)
         modules = dict(model.named_modules())
         # activation modules: the known classes, and parameter-free leaves that compute an activation (GELU
         # classes of model libraries)
@@ -243,6 +249,9 @@ class SearchSpace:
             group = _group_of(name, share)
             g = width_of.get(name)
             kernel_choices = _expand(kernels, kind_bits("kernel", kind, name), w_int)
+            if not kernel_choices:  # the layer would silently stay unquantized (``skip`` says that)
+                raise ConfigError(f"bits['kernel'] {kind_bits('kernel', kind, name)} leave {name!r} ({kind}) no kernel "
+                                  f"choice: every template of {list(kernels)} needs {{b}}")
             input_bits = bits["input"].get(group, bits["input"].get(kind, ()))
             if input_bits and kind != "dense":
                 raise ConfigError(f"bits['input'] gives {name!r} ({kind}) per-channel input steps: Linear layers only")
@@ -252,7 +261,7 @@ class SearchSpace:
             layers.append(LayerSpace(name, kind, group, kernel_choices,
                                      _expand(biases, kind_bits("bias", kind, name), b_int) if bs else [], act,
                                      act_choices,
-                                     _width_choices(g, widths) if g else [1.0],
+                                     _width_choices(g, widths_of[g.name]) if g else [1.0],
                                      _expand(INPUT_TEMPLATES, tuple(input_bits), 0) if input_bits else []))
         for a in act_names:
             if a not in attached.values():
@@ -284,7 +293,7 @@ class SearchSpace:
             if unknown:
                 raise ConfigError(f"bits[{role!r}] key(s) {unknown} name no layer kind and no share group of the model; "
                                   f"kinds: {sorted(DEFAULT_BITS[role])}, groups: {sorted({lay.group for lay in layers})[:8]}")
-        width_choices = {g.name: _width_choices(g, widths) for g in groups}
+        width_choices = {g.name: _width_choices(g, widths_of[g.name]) for g in groups}
         # a group keeps its width parameter unless it has no width but the full one (nothing to choose or
         # apply): a single other width (``widths=(0.75,)``) is applied to every group, not ignored
         width_choices = {k: v for k, v in width_choices.items() if any(w != 1.0 for w in v)}
@@ -382,6 +391,34 @@ def _own_spec(value: Any, shared: list[str] | None, own: list[str]) -> Any:
 def _group_of(name: str, share: dict[str, str] | None) -> str:
     """The choice group of ``name``: the group of the first ``share`` pattern it matches, else its own name."""
     return next((g for pat, g in (share or {}).items() if fnmatch.fnmatchcase(name, pat)), name)
+
+
+def _multipliers(widths: Any, what: str) -> tuple[float, ...]:
+    """``widths`` (a sequence of positive multipliers) as a tuple; else a ConfigError naming ``what``."""
+    widths = tuple(widths) if isinstance(widths, (tuple, list)) else widths
+    if not isinstance(widths, tuple) or not widths or not all(is_number(w) and 0 < w < math.inf for w in widths):
+        raise ConfigError(f"{what} must be a non-empty sequence of positive multipliers (1.0: the reference's "
+                          f"width), got {widths!r}")
+    return widths
+
+
+def _group_widths(groups: list[Any], widths: tuple[float, ...],
+                  patterns: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+    """Each group's multipliers: those of the first pattern matching its name or a producer, else ``widths``;
+    a ConfigError for a pattern that matches no group."""
+    out: dict[str, tuple[float, ...]] = {}
+    used: set[str] = set()
+    for g in groups:
+        names = (g.name, *g.producers)
+        pat = next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
+        out[g.name] = widths if pat is None else patterns[pat]
+        if pat is not None:
+            used.add(pat)
+    unused = [p for p in patterns if p not in used]
+    if unused:
+        raise ConfigError(f"group_widths pattern(s) {unused} apply to no width group (none matches by name or "
+                          f"producing layer, or an earlier pattern took it); groups: {[g.name for g in groups][:12]}")
+    return out
 
 
 def _width_choices(group: Any, widths: tuple[float, ...]) -> list[float]:

@@ -122,7 +122,10 @@ def _row(name: str, result, ref_score: float, seconds: float, metric: str, setti
 #: ``norm_bits``: bit widths of the folded batch-norm scale and shift;
 #: ``seed``: the search's and the task's (trial sampling, proxy subset, batch order; the reference keeps seed 0);
 #: ``sparsity_aware``: the energy model's zero-weight mode (False: dense pricing; "codes": the MACs and weight
-#: reads of zero codes skipped, in the candidate and the int8 reference alike, as the MiniLM row is priced)
+#: reads of zero codes skipped, in the candidate and the int8 reference alike, as the MiniLM row is priced);
+#: ``group_widths``: None, or ``{pattern: multipliers}`` for the width groups a pattern matches (instead of ``widths``);
+#: ``layer_bits``: None, or ``{role: {layer: bits}}`` over the kind's bits (``SearchSpace.from_model``'s ``bits`` keyed
+#: by layer name): kernel bits ``[]`` leave a layer only the templates without ``{b}`` (the 4-bit power-of-two)
 IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "activation_bits": (4, 6, 8),
          "kernels": ("quantized_po2_zero(4,1)", "quantized_bits({b},{i},1)"), "kernel_bits": (4, 6),
          "proxy_fraction": 0.5, "proxy_epochs": 2, "size_score": True, "final_epochs": 10, "final_prune": 0.3,
@@ -130,7 +133,8 @@ IMAGE = {"trials": 16, "reference_epochs": (6, 2), "widths": (0.5, 0.75, 1.0), "
          "batchnorm": "auto", "max_accuracy_drop": 0.02,
          "finetune": {"distill": 0.5, "temperature": 4.0, "schedule": "cosine", "lr": 1e-3},
          "final_recalibrate_norms": True, "final_recalibration": "sequential", "final_selection": 0.0,
-         "width_importance": "l1", "seed": 0, "norm_bits": (8,), "sparsity_aware": False}
+         "width_importance": "l1", "seed": 0, "norm_bits": (8,), "sparsity_aware": False, "group_widths": None,
+         "layer_bits": None}
 #: per-model changes to IMAGE (before ``--set``). MobileNetV2-style: every width group at 0.5, 4-bit kernels, 6-bit
 #: activations, 6-bit folded batch norms; 60 % of the weights pruned (relative to each layer's RMS) over the
 #: first 8 of 40 distillation epochs at lr 2e-3, the cosine rate down to 2 % (at 1e-3 over 16 epochs an 85 % net
@@ -152,7 +156,8 @@ IMAGE_MODELS = {"mobilenet": {"trials": 6, "widths": (0.5,), "activation_bits": 
                 #: ResNet-8: every width group at 0.75, 4-bit kernels, 4- / 6-bit activations, 87.5 % of the weights
                 #: pruned (relative to each layer's RMS) over the first 4 of 30 distillation epochs, the cosine rate
                 #: down to 2 %; energy with the MACs and weight reads of zero codes skipped (as MiniLM; the same
-                #: model priced dense: -84.6 %); width 0.7 scored 0.898, 4-bit activations only 0.952
+                #: model priced dense: -84.6 %); width 0.7 scored 0.898, 4-bit activations only 0.952; the settings
+                #: priced dense that reach -85 % (narrower groups, power-of-two kernels: below) lost 1.6-3.8 points
                 "resnet8": {"trials": 8, "widths": (0.75,), "activation_bits": (4, 6), "kernel_bits": (4,),
                             "final_epochs": 30, "final_prune": 0.875, "final_prune_relative": True,
                             "final_prune_epochs": 4, "sparsity_aware": "codes",
@@ -169,7 +174,11 @@ BATCHNORMS = {"fixed": ("quantized_bits({b},{i},1)",), "auto": ("quantized_bits(
 #: 60-85 % final pruning (relative to each layer's RMS, at once or over the first 6 of 12 distillation epochs)
 #: reached the energy and size but lost 2 to 12 points. ResNet-8 with freshly run trials (4-bit kernels, 4- / 6-bit
 #: activations, the statistics re-estimated sequentially): widths 0.5 / 0.75 at 80 % pruning 0.939-0.948 (5.7-6.1 kB);
-#: 0.7 / 0.75 at 87.5 % 0.931 (-87.2 %, 46.5x); the full width at 87.5 % 0.971 but -76.4 % and 26.4x
+#: 0.7 / 0.75 at 87.5 % 0.931 (-87.2 %, 46.5x); the full width at 87.5 % 0.971 but -76.4 % and 26.4x. Priced dense
+#: (``sparsity_aware`` off), from the 0.75-width setting: stage 3 at width 0.5 and 82.5 % pruning 0.956 (-87.5 %,
+#: 47.8x); stem and stage 1 at 0.5 0.943 (-87.4 %, 43.8x); every kernel 4-bit power-of-two 0.963 (-88.3 %, 43.1x);
+#: power-of-two kernels in the four costliest convs only (``layer_bits`` kernel ``[]`` for stage1.conv1 / conv2,
+#: stage2.conv2, stage3.conv2: at least -85.7 % whatever activation bits the search picks) 0.965 (-86.9 %, 42.3x)
 
 
 def _image_model(name: str, builder, trials: int | None, out: Path, overrides: dict) -> dict:
@@ -187,11 +196,18 @@ def _image_model(name: str, builder, trials: int | None, out: Path, overrides: d
         train_classifier(reference, x_train, y_train, epochs=epochs, lr=lr, seed=i)
     ref_acc = accuracy(reference, x_test, y_test)
     reference_seconds = time.perf_counter() - t0
+    layer_bits = {role: {k: tuple(v) for k, v in by_layer.items()}
+                  for role, by_layer in (settings["layer_bits"] or {}).items()}
+    if set(layer_bits) - {"kernel", "activation"}:
+        raise SystemExit(f"layer_bits: roles 'kernel' / 'activation' only, got {sorted(layer_bits)}")
     space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256], widths=settings["widths"],
+                                   group_widths={p: tuple(w) if isinstance(w, list) else w
+                                                 for p, w in (settings["group_widths"] or {}).items()},
                                    kernels=settings["kernels"],
-                                   bits={"activation": {"conv": settings["activation_bits"]},
+                                   bits={"activation": {"conv": settings["activation_bits"],
+                                                        **layer_bits.get("activation", {})},
                                          "kernel": {"conv": settings["kernel_bits"], "dense": settings["kernel_bits"],
-                                                    "norm": settings["norm_bits"]},
+                                                    "norm": settings["norm_bits"], **layer_bits.get("kernel", {})},
                                          "bias": {"norm": settings["norm_bits"]}},
                                    norms=BATCHNORMS[settings["batchnorm"]])
     task = ClassifierTask(x_train, y_train, x_test, y_test, proxy_fraction=settings["proxy_fraction"],

@@ -590,3 +590,52 @@ def test_width_grids_that_choose_nothing_are_refused_or_dropped():
     assert widths == {"c.width": [1.25]} and wide.size() > 0
     half = digits.space(model, widths=(0.5,))
     assert set(half.plan_from(base_choices(half)).widths.values()) == {0.5}
+
+
+def test_group_widths_set_the_choices_of_the_groups_a_pattern_matches():
+    """``group_widths`` gives the groups a pattern matches (by name or producing layer, the first pattern
+    winning) their own multipliers, the others keep ``widths``; the built candidate has those channel counts.
+    A pattern that applies to no group, or a bad multiplier list, is a ConfigError naming it."""
+    from nncodec.search.space import SearchSpace
+    from tests.search.graph_models import TinyResNet
+
+    model = TinyResNet(width=8).eval()
+    x = torch.randn(16, 1, 16, 16)
+    sp = SearchSpace.from_model(model, (1, 16, 16), x, widths=(0.75,),
+                                group_widths={"stage3.*": (0.5,), "stage1.conv2": (0.5, 1.0), "stage1.*": (0.25,)})
+    # stage1.conv2 produces the stem's group (the residual chain): matched by producer, before "stage1.*"
+    assert sp.width_choices == {"stem.0": [0.5, 1.0], "stage1.conv1": [0.25], "stage2.conv1": [0.75],
+                                "stage2.conv2": [0.75], "stage3.conv1": [0.5], "stage3.conv2": [0.5]}
+    assert {lay.name: lay.widths for lay in sp.layers if lay.name in ("stage3.conv1", "stage1.conv1")} == \
+        {"stage3.conv1": [0.5], "stage1.conv1": [0.25]}
+    assert sp.parameters()["stem.0.width"] == [0.5, 1.0]
+    plan = sp.plan_from({"stem.0.width": 1.0})
+    assert plan.widths == {"stage1.conv1": 0.25, "stage2.conv1": 0.75, "stage2.conv2": 0.75, "stage3.conv1": 0.5,
+                           "stage3.conv2": 0.5}
+    built = build_candidate(model, (1, 16, 16), plan)
+    assert (built.stem[0].out_channels, built.stage1.conv1.out_channels, built.stage2.conv1.out_channels,
+            built.stage3.conv1.out_channels, built.stage3.conv2.out_channels) == (8, 2, 12, 16, 16)
+    with pytest.raises(ConfigError, match=r"group_widths pattern\(s\) \['stage9\.\*'\]"):
+        SearchSpace.from_model(model, (1, 16, 16), x, widths=(0.75,), group_widths={"stage9.*": (0.5,)})
+    with pytest.raises(ConfigError, match=r"\['stage3\.conv\*'\]"):  # the groups went to the earlier pattern
+        SearchSpace.from_model(model, (1, 16, 16), x, group_widths={"stage3.*": (0.5,), "stage3.conv*": (0.25,)})
+    with pytest.raises(ConfigError, match=r"group_widths\['fc'\]"):
+        SearchSpace.from_model(model, (1, 16, 16), x, group_widths={"fc": ()})
+    with pytest.raises(ConfigError, match="group_widths must be a dict"):
+        SearchSpace.from_model(model, (1, 16, 16), x, group_widths=[("stage3.*", (0.5,))])
+
+
+def test_kernel_bits_that_leave_a_layer_no_kernel_choice_are_refused():
+    """Empty kernel bits for one layer keep only its templates without ``{b}`` (here the power-of-two one);
+    with no such template the layer would silently stay unquantized: a ConfigError naming it."""
+    from nncodec.search.space import SearchSpace
+    from tests.search.graph_models import TinyResNet
+
+    model = TinyResNet(width=8).eval()
+    x = torch.randn(16, 1, 16, 16)
+    both = ("quantized_po2_zero(4,1)", "quantized_bits({b},{i},1)")
+    sp = SearchSpace.from_model(model, (1, 16, 16), x, kernels=both, bits={"kernel": {"conv": (4,), "stage1.conv1": ()}})
+    kernels = {lay.name: lay.kernel for lay in sp.layers}
+    assert kernels["stage1.conv1"] == ["quantized_po2_zero(4,1)"] and len(kernels["stage1.conv2"]) == 2
+    with pytest.raises(ConfigError, match=r"'stage1\.conv1' \(conv\) no kernel choice"):
+        SearchSpace.from_model(model, (1, 16, 16), x, kernels=both[1:], bits={"kernel": {"stage1.conv1": ()}})

@@ -6,11 +6,11 @@ payloads (only the short prefix of each tensor unit that holds its name, dtype, 
 read). ``get_array`` / ``get_tensor`` then read, checksum and decode just that unit. A tensor-group unit
 (FORMAT.md §14) is read whole (and checksummed) during the scan for its directory; the first one's payload
 is kept (any other is read and checked again when one of its members is first asked for, so at most one
-unit's payload stays in memory): its data block is decoded when one of its members is first asked for, and
-kept for the others: decoded groups are cached by unit offset, least recently used dropped first while their
-decoded bytes together exceed :data:`GROUP_CACHE_BYTES` (4 MiB; the group just decoded is always kept, so one
-group larger than that is held alone). The file must be
-seekable (bytes and non-seekable files are read into memory first). Not thread-safe: one reader per thread.
+unit's payload stays in memory). Its data block is decoded when one of its members is first asked for and
+cached for the others, by unit offset: decoded groups are dropped, least recently used first, while their
+decoded bytes together exceed :data:`GROUP_CACHE_BYTES` (4 MiB; the group just decoded is always kept, so a
+larger one is held alone). The file must be seekable (bytes and non-seekable files are read into memory
+first). Not thread-safe: one reader per thread.
 """
 
 from __future__ import annotations

@@ -61,8 +61,9 @@ _BLOCK_ELEMENTS = 1 << 18      # elements per block of the float64 statistics (s
 _GROUP_BOUNDS = (16, 256, 4096, 65536)
 #: the largest bound of the first 1.4 encoder (its one group always competes); larger tensors are "mid-size"
 _GROUP_SMALL = 4096
-#: code words of a group's members, in bytes: over this, the group is not split by kind (:func:`_split_groups`)
-#: and bounds above 4096 elements are not tried (a member of a group is decoded with the whole group)
+#: code words of a group's members, in bytes: over this, the group is not split by kind (:func:`_split_groups`);
+#: tensors over 4096 elements join a group only while its words stay within this (:func:`_bound_members`; a
+#: member of a group is decoded with the whole group)
 _GROUP_SPLIT_BYTES = 256 << 10
 #: screening of the candidates of arrays of >= _ENTROPY_ONLY_WORDS words: tried first on a quarter of the
 #: sample (4 evenly spread pieces, together at least _SCREEN_MIN_BYTES), a candidate coding it over
@@ -497,10 +498,13 @@ class Encoder:
             handed = HandedWords(words)
             del words
             # the words of tensors up to _GROUP_SMALL elements are kept for a tensor group, those of larger ones
-            # (up to _GROUP_BOUNDS[-1]) until they add up to over _GROUP_SPLIT_BYTES: memory stays bounded
-            bound = _GROUP_BOUNDS[-1] if kept_larger <= _GROUP_SPLIT_BYTES else _GROUP_SMALL
+            # (up to _GROUP_BOUNDS[-1]) only while they add up to at most _GROUP_SPLIT_BYTES, in name order (a
+            # tensor that would go over is skipped, later smaller ones may still fit): memory stays bounded
+            mid = math.prod(shape) > _GROUP_SMALL
+            fits = handed.array is not None and kept_larger + handed.array.nbytes <= _GROUP_SPLIT_BYTES
+            bound = _GROUP_BOUNDS[-1] if not mid or fits else _GROUP_SMALL
             p = self._finish(name, dtype, shape, desc, handed, *rest, lead=lead, group_bound=bound)
-            if p.words is not None and math.prod(shape) > _GROUP_SMALL:
+            if p.words is not None and mid:
                 kept_larger += len(p.words)
             yield p
             del p
@@ -541,26 +545,23 @@ class Encoder:
         tried: set[int] = set()
         cache: dict[tuple, bytes | None] = {}  # group payloads by member names, across bounds
         for bound in _GROUP_BOUNDS:
-            members = [p for p in small if math.prod(p.header.shape) <= bound]
-            if not members or len(members) in tried or (
-                    bound > _GROUP_SMALL and sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES):
+            members = _bound_members(small, bound)
+            if not members or len(members) in tried:
                 continue
             tried.add(len(members))
             # the single group of bounds up to 4096 elements is what the first 1.4 encoder wrote
             layouts = _split_groups(members, self.limits, cache, single=bound <= _GROUP_SMALL)
-            if layouts is None:
-                continue
-            rest = [p for p in coded if p.words is None or math.prod(p.header.shape) > bound]
+            names = frozenset(p.header.name for p in members)
+            rest = [p for p in coded if p.header.name not in names]
             rest_default = _default_pipeline([p.pipeline for p in rest])
             rest_cost = _units_cost(rest, rest_default)
-            for payloads, group_cost in layouts:  # the first of equal costs wins: the single, un-narrowed group
-                if group_cost + rest_cost < best_cost:
-                    best = _Layout(tuple(payloads), frozenset(p.header.name for p in members), rest_default,
-                                   stage_minor)
-                    best_cost = group_cost + rest_cost
+            for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
+                if candidate.cost + rest_cost < best_cost:
+                    best = _Layout(tuple(candidate.payloads), names, rest_default, stage_minor, candidate.parts,
+                                   candidate.narrow)
+                    best_cost = candidate.cost + rest_cost
         if best.groups:
-            _member_reports([p for p in coded if p.header.name in best.members],
-                            sum(UNIT_HEADER_SIZE + len(g) for g in best.groups))
+            _member_reports({p.header.name: p for p in coded}, best)
         return best
 
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
@@ -667,6 +668,27 @@ class _Layout:
     members: frozenset[str]
     default: Pipeline | None
     stage_minor: int = 0  #: the newest format minor version a used stage needs
+    parts: tuple[tuple[str, ...], ...] = ()  #: each group's member names, in the order of ``groups``
+    narrow: bool = False  #: the groups store narrowed codes (:func:`_narrowest_codes`)
+
+
+def _bound_members(small: "list[_Prepared]", bound: int) -> "list[_Prepared]":
+    """The group members for a bound (ascending names): every tensor of ``small`` (those whose words were
+    kept) up to ``_GROUP_SMALL`` elements; for larger bounds, tensors of more elements up to ``bound`` are
+    added in name order while all members' words add up to at most :data:`_GROUP_SPLIT_BYTES` (one that would
+    go over is skipped). No members for a larger bound when the small ones alone are over it."""
+    if bound <= _GROUP_SMALL:
+        return [p for p in small if math.prod(p.header.shape) <= bound]
+    members = [p for p in small if math.prod(p.header.shape) <= _GROUP_SMALL]
+    total = sum(len(p.words or b"") for p in members)
+    if total > _GROUP_SPLIT_BYTES:
+        return []
+    for p in small:
+        numel = math.prod(p.header.shape)
+        if _GROUP_SMALL < numel <= bound and total + len(p.words or b"") <= _GROUP_SPLIT_BYTES:
+            members.append(p)
+            total += len(p.words or b"")
+    return sorted(members, key=lambda p: p.header.name)
 
 
 def _units_cost(coded: "list[_Prepared]", default: Pipeline | None) -> int:
@@ -710,10 +732,28 @@ def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, 
 
 def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = True) -> bytes | None:
     """The tensor-group payload of ``members`` (ascending names, FORMAT.md §14), or None when its directory
-    would be over ``max_metadata_bytes``. A member whose words are all equal (at least 2) is stored as one.
+    would be over ``max_metadata_bytes`` or the payload over ``max_unit_bytes``. A member whose words are all
+    equal (at least 2) is stored as one.
     With ``narrow`` (the split groups), quantized members' codes are stored in the narrowest integer type
     holding them (:func:`_narrowest_codes`), and data over :data:`_SPLIT_LEVEL_BYTES` is tried with zstd at
     :data:`_SPLIT_LEVEL` (faster; the single group, which always competes, keeps level 19)."""
+    entries, data = _group_entries(members, narrow)
+    directory = directory_bytes(entries)
+    if len(directory) > limits.max_metadata_bytes:
+        return None
+    dir_pipeline, dir_coded = _smallest(directory)
+    raw = b"".join(data)
+    data_pipeline, data_coded = _smallest(raw, _SPLIT_LEVEL if narrow and len(raw) > _SPLIT_LEVEL_BYTES
+                                          else _GROUP_LEVEL)
+    payload = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
+                                 data_pipeline.to_bytes(), data_coded)
+    return payload if len(payload) <= limits.max_unit_bytes else None
+
+
+def _group_entries(members: "list[_Prepared]",
+                   narrow: bool) -> "tuple[list[tuple[TensorHeader, int]], list[bytes]]":
+    """The directory entries (header, layout) of a group's members and the data each stores: its code words
+    (narrowed with ``narrow``), or one word when all are equal (at least 2)."""
     entries, data = [], []
     for p in members:
         header, words = p.header, p.words or b""
@@ -724,15 +764,7 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = Tr
         fill = flat.shape[0] >= 2 and bool((flat == flat[0]).all())
         entries.append((header, GROUP_LAYOUT_FILL if fill else GROUP_LAYOUT_DENSE))
         data.append(words[:size] if fill else words)
-    directory = directory_bytes(entries)
-    if len(directory) > limits.max_metadata_bytes:
-        return None
-    dir_pipeline, dir_coded = _smallest(directory)
-    raw = b"".join(data)
-    data_pipeline, data_coded = _smallest(raw, _SPLIT_LEVEL if narrow and len(raw) > _SPLIT_LEVEL_BYTES
-                                          else _GROUP_LEVEL)
-    return GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
-                              data_pipeline.to_bytes(), data_coded)
+    return entries, data
 
 
 def _member_kind(p: "_Prepared", cluster: int) -> tuple[int, int, int]:
@@ -804,14 +836,25 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
     return {p.header.name: c for p, c in zip(kernels, cluster)}
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """A way of storing a member set in tensor-group units: the payloads, their bytes with unit headers, each
+    group's member names and whether codes are narrowed."""
+
+    payloads: list[bytes]
+    cost: int
+    parts: tuple[tuple[str, ...], ...]
+    narrow: bool
+
+
 def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None] | None" = None,
-                  single: bool = True) -> "list[tuple[list[bytes], int]] | None":
-    """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units: each as the
-    units' payloads and their bytes with unit headers. With ``single``, the one group of un-narrowed codes
-    (the layout of format 1.4's first encoder) comes first; the splits of :data:`_SPLITS`, with narrowed codes,
-    follow when the members' code words are at most :data:`_GROUP_SPLIT_BYTES`. None when a directory would be over
-    ``max_metadata_bytes``. ``cache`` keeps the payloads of member sets already coded (by names and narrowing)
-    across calls."""
+                  single: bool = True) -> "list[_Candidate]":
+    """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units. With
+    ``single``, the one group of un-narrowed codes (the layout of format 1.4's first encoder) comes first; the
+    splits of :data:`_SPLITS`, with narrowed codes, follow when the members' code words are at most
+    :data:`_GROUP_SPLIT_BYTES`. A candidate with a group whose directory would be over ``max_metadata_bytes``
+    or whose payload over ``max_unit_bytes`` is left out (possibly all: an empty list). ``cache`` keeps the
+    payloads of member sets already coded (by names and narrowing) across calls."""
     cache = {} if cache is None else cache
 
     def payload(part: "list[_Prepared]", narrow: bool) -> bytes | None:
@@ -820,12 +863,12 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
             cache[key] = _group_payload(part, limits, narrow)
         return cache[key]
 
-    found: list[tuple[list[bytes], int]] = []
+    found: list[_Candidate] = []
     if single:
         plain = payload(members, False)
-        if plain is None:
-            return None
-        found.append(([plain], UNIT_HEADER_SIZE + len(plain)))
+        if plain is not None:
+            found.append(_Candidate([plain], UNIT_HEADER_SIZE + len(plain),
+                                    (tuple(p.header.name for p in members),), False))
     if sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES:
         return found
     seen: set[tuple] = set()
@@ -842,19 +885,26 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
         payloads = [payload(parts[k], True) for k in sorted(parts)]
         if any(g is None for g in payloads):
             continue
-        found.append((payloads, sum(UNIT_HEADER_SIZE + len(g) for g in payloads)))  # type: ignore[arg-type]
+        found.append(_Candidate(payloads, sum(UNIT_HEADER_SIZE + len(g) for g in payloads),  # type: ignore[misc]
+                                tuple(tuple(p.header.name for p in parts[k]) for k in sorted(parts)), True))
     return found
 
 
-def _member_reports(members: "list[_Prepared]", unit_bytes: int) -> None:
-    """Each member's report: its share of the group unit's bytes, in proportion to its code words."""
-    words = sum(len(p.words or b"") for p in members) or 1
-    for p in members:
-        r = p.report
-        r.pipeline = ["tensor_group"]
-        r.unit_bytes = unit_bytes * len(p.words or b"") // words
-        numel = math.prod(r.shape)
-        r.bits_per_param = 8.0 * r.unit_bytes / numel if numel else None
+def _member_reports(coded: "dict[str, _Prepared]", layout: _Layout) -> None:
+    """Each group member's report: its share of its own group unit's bytes (with the unit header), in
+    proportion to the data the group stores for it (its code words, narrowed when the layout narrows them;
+    one word for a member of all-equal words)."""
+    for payload, names in zip(layout.groups, layout.parts):
+        members = [coded[n] for n in names]
+        _, data = _group_entries(members, layout.narrow)
+        unit_bytes = UNIT_HEADER_SIZE + len(payload)
+        stored = sum(len(d) for d in data) or 1
+        for p, d in zip(members, data):
+            r = p.report
+            r.pipeline = ["tensor_group"]
+            r.unit_bytes = unit_bytes * len(d) // stored
+            numel = math.prod(r.shape)
+            r.bits_per_param = 8.0 * r.unit_bytes / numel if numel else None
 
 
 _COPY_BYTES = 4 << 20

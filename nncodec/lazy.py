@@ -6,9 +6,11 @@ payloads (only the short prefix of each tensor unit that holds its name, dtype, 
 read). ``get_array`` / ``get_tensor`` then read, checksum and decode just that unit. A tensor-group unit
 (FORMAT.md §14) is read whole (and checksummed) during the scan for its directory; the first one's payload
 is kept (any other is read and checked again when one of its members is first asked for, so at most one
-unit's payload stays in memory): its data block is decoded when one of its members is first asked for, and
-kept for the others (the last group decoded). The file must be
-seekable (bytes and non-seekable files are read into memory first). Not thread-safe: one reader per thread.
+unit's payload stays in memory). Its data block is decoded when one of its members is first asked for and
+cached for the others, by unit offset: decoded groups are dropped, least recently used first, while their
+decoded bytes together exceed :data:`GROUP_CACHE_BYTES` (4 MiB; the group just decoded is always kept, so a
+larger one is held alone). The file must be seekable (bytes and non-seekable files are read into memory
+first). Not thread-safe: one reader per thread.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
@@ -34,7 +37,10 @@ from .refine import apply_refinement
 from .errors import ChecksumError, CorruptError, FormatError, LimitExceededError, TruncatedError
 from .limits import DEFAULT_LIMITS, Limits
 
-__all__ = ["StreamFile", "open_stream"]
+__all__ = ["GROUP_CACHE_BYTES", "StreamFile", "open_stream"]
+
+#: decoded tensor-group data kept by a reader, in bytes (least recently used groups dropped beyond it)
+GROUP_CACHE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,8 @@ class StreamFile:
         self._shapes: dict[str, tuple[int, ...]] = {}  # tensors a refinement grows: their shape at the point
         self._refinements: dict[str, list[tuple[int, int, int, int, Any]]] = {}  # name -> (index, offset, length, coded start, header)
         self._group_payloads: dict[int, memoryview] = {}  # the first tensor-group unit's payload, read by the scan
-        # the last tensor group decoded: its offset, its members by name, its data
-        self._group: tuple[int, dict[str, GroupMember], memoryview] | None = None
+        # decoded tensor groups by unit offset: their members by name and data, least recently used first
+        self._groups: OrderedDict[int, tuple[dict[str, GroupMember], memoryview]] = OrderedDict()
         try:
             self._scan()
         except BaseException:
@@ -163,14 +169,10 @@ class StreamFile:
         return out
 
     def _member_array(self, e: _Entry) -> np.ndarray:
-        """A tensor-group member: the group's data decoded from the payload the scan read (kept for the
-        group's other members), the member's words decoded like a tensor unit's."""
+        """A tensor-group member: the group's data decoded from its payload (cached for the group's other
+        members, see the module docstring), the member's words decoded like a tensor unit's."""
         try:
-            if self._group is None or self._group[0] != e.offset:
-                group = open_group(self._group_payload(e), e.offset + UNIT_HEADER_SIZE, self.limits)
-                self._group = (e.offset, {m.header.name: m for m in group.members},
-                               memoryview(decode_group_data(group, self.limits)))
-            _, members, data = self._group
+            members, data = self._decoded_group(e)
             member = members.get(e.header.name)
             if member is None or (member.header.dtype, member.header.shape) != (e.header.dtype, e.header.shape):
                 raise CorruptError(f"the tensor group unit of {e.header.name!r} changed since the stream was opened")
@@ -178,6 +180,22 @@ class StreamFile:
                                  member_pipeline(member), self.limits)
         except (FormatError, LimitExceededError) as exc:
             raise exc.located(unit_index=e.index, offset=e.offset) from None
+
+    def _decoded_group(self, e: _Entry) -> tuple[dict[str, GroupMember], memoryview]:
+        """``e``'s group: its members by name and its decoded data, from the cache or decoded and cached (older
+        groups dropped while the cache holds over :data:`GROUP_CACHE_BYTES` of data)."""
+        cached = self._groups.get(e.offset)
+        if cached is not None:
+            self._groups.move_to_end(e.offset)
+            return cached
+        group = open_group(self._group_payload(e), e.offset + UNIT_HEADER_SIZE, self.limits)
+        cached = ({m.header.name: m for m in group.members}, memoryview(decode_group_data(group, self.limits)))
+        self._groups[e.offset] = cached
+        total = sum(d.nbytes for _, d in self._groups.values())
+        while total > GROUP_CACHE_BYTES and len(self._groups) > 1:
+            _, (_, dropped) = self._groups.popitem(last=False)
+            total -= dropped.nbytes
+        return cached
 
     def _group_payload(self, e: _Entry) -> memoryview:
         """The payload of ``e``'s tensor-group unit: kept by the scan (the first group), else read and its

@@ -10,6 +10,7 @@ from nncodec.bitstream.descriptor import CodedTensor, QuantDescriptor, dequantiz
 from nncodec.bitstream.units import TensorHeader
 from nncodec.dtypes import dtype_by_name
 from nncodec.encoder import Encoder
+from nncodec.limits import Limits
 from nncodec.models import MobileNetV2Small
 from nncodec.prune.unstructured import apply_masks, magnitude_masks
 from nncodec.quant.layers import quantize_model
@@ -95,9 +96,9 @@ def test_mid_size_tensors_are_grouped_only_up_to_the_byte_cap(monkeypatch):
              for i in range(3)}  # 12,288 elements each: over 4096
     data, report = Encoder(bits=4).encode(nncodec.encoder.numpy_tensors(codes))
     assert report.grouped == sorted(codes)
-    monkeypatch.setattr(encoder_module, "_GROUP_SPLIT_BYTES", 20000)  # two tensors' words, then no more kept
+    monkeypatch.setattr(encoder_module, "_GROUP_SPLIT_BYTES", 20000)  # one tensor's words fit, two do not
     capped, report = Encoder(bits=4).encode(nncodec.encoder.numpy_tensors(codes))
-    assert not report.grouped and len(data) < len(capped)
+    assert set(report.grouped) <= {"conv0"} and len(data) < len(capped)  # the first in name order, at most
     assert same_values(data, capped)
 
 
@@ -112,3 +113,94 @@ def test_code_clusters_join_alike_kernels_and_keep_different_ones_apart():
         members.append(encoder_module._Prepared(header, b"", encoder_module.Pipeline(), None, codes.tobytes()))
     clusters = encoder_module._code_clusters(members)
     assert clusters["a"] == clusters["c"] and clusters["b"] == clusters["d"] and clusters["a"] != clusters["b"]
+
+
+def test_group_candidates_over_the_unit_limit_are_dropped_not_encoded():
+    rng = np.random.default_rng(7)
+    arrays = {f"w{i}": rng.standard_normal((96, 128)).astype(np.float32) for i in range(9)}  # 12,288 each
+    limit = 100_000  # the one group of all nine is about 107 KB
+    data, report = Encoder(bits=8, limits=Limits(max_unit_bytes=limit)).encode(nncodec.encoder.numpy_tensors(arrays))
+    assert all(u.size <= limit for u in nncodec.read_info(data).units)
+    ungrouped, _ = Encoder(bits=8, group_tensors=False).encode(nncodec.encoder.numpy_tensors(arrays))
+    assert same_values(data, ungrouped)
+    _, free = Encoder(bits=8).encode(nncodec.encoder.numpy_tensors(arrays))
+    assert free.grouped == sorted(arrays)  # without the limit they are grouped: the limit is what dropped them
+
+
+def test_split_groups_are_tried_when_the_single_group_directory_is_over_the_limit():
+    rng = np.random.default_rng(6)
+    arrays = {f"block{i}.conv.weight": rng.integers(-7, 8, (8, 8)).astype(np.float32) for i in range(6)}
+    arrays |= {f"block{i}.norm.num_batches_tracked": np.array([i], np.int64) for i in range(6)}
+    limits = Limits(max_metadata_bytes=600)  # the one group's directory is over this, each half's is not
+    data, report = Encoder(bits=4, limits=limits).encode(nncodec.encoder.numpy_tensors(arrays))
+    groups = [u for u in nncodec.read_info(data).units if u.type == "tensor_group"]
+    assert report.grouped == sorted(arrays) and len(groups) == 2
+    _, single = Encoder(bits=4).encode(nncodec.encoder.numpy_tensors(arrays))
+    assert single.grouped == sorted(arrays)
+    assert same_values(data, Encoder(bits=4, group_tensors=False).encode(nncodec.encoder.numpy_tensors(arrays))[0])
+
+
+@pytest.mark.parametrize("table", ["a.table", "z.table"])
+def test_a_mid_size_tensor_over_the_byte_cap_leaves_the_fitting_ones_grouped(table):
+    rng = np.random.default_rng(4)
+    arrays = {f"conv{i}": (rng.integers(-7, 8, (64, 64, 3)) * (rng.random((64, 64, 3)) < 0.1)).astype(np.float32)
+              for i in range(3)}  # 12,288 elements each
+    tensors = nncodec.encoder.numpy_tensors(arrays)
+    tensors[table] = (rng.standard_normal(65536), dtype_by_name("float64"))  # 512 KiB of words: over the cap
+    seen = []
+    real = encoder_module._group_payload
+    spy = lambda members, *a, **k: seen.append(sum(len(p.words) for p in members)) or real(members, *a, **k)  # noqa
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoder_module, "_group_payload", spy)
+        data, report = Encoder(bits=4, lossless=[table]).encode(tensors)
+    assert report.grouped == sorted(arrays)
+    assert seen and max(seen) <= encoder_module._GROUP_SPLIT_BYTES
+    arrays[table] = tensors[table][0]
+    got = nncodec.decode_arrays(data)
+    assert np.array_equal(got[table], arrays[table])
+
+
+def test_member_report_sizes_share_their_own_group_unit():
+    rng = np.random.default_rng(8)
+    arrays = {f"l{i}.weight": (rng.integers(-7, 8, (16, 32)) * (rng.random((16, 32)) < 0.15)).astype(np.float32)
+              for i in range(4)}  # sparse 4-bit codes: a small group
+    tables = [f"l{i}.table" for i in range(4)]
+    arrays |= {name: rng.standard_normal(64) for name in tables}  # lossless float64 noise: a large one
+    data, report = Encoder(bits=4, lossless=tables).encode(nncodec.encoder.numpy_tensors(arrays))
+    groups = [u for u in nncodec.read_info(data).units if u.type == "tensor_group"]
+    assert len(groups) == 2 and report.grouped == sorted(arrays)
+    sizes = {t.name: t.unit_bytes for t in report.tensors}
+    for u in groups:
+        shares = [sizes[m["name"]] for m in u.members]
+        unit = u.size  # with the unit header
+        assert unit - len(shares) <= sum(shares) <= unit
+        stored = {m["name"]: m["stored_bytes"] for m in u.members}
+        big, small = max(stored, key=stored.get), min(stored, key=stored.get)
+        assert sizes[big] >= sizes[small]
+
+
+def test_lazy_reader_decodes_each_group_once_when_members_alternate(monkeypatch):
+    import nncodec.lazy as lazy
+
+    rng = np.random.default_rng(9)
+    arrays = {f"l{i}.weight": (rng.integers(-7, 8, (16, 32)) * (rng.random((16, 32)) < 0.15)).astype(np.float32)
+              for i in range(4)}
+    tables = [f"l{i}.table" for i in range(4)]
+    arrays |= {name: rng.standard_normal(64) for name in tables}
+    data, report = Encoder(bits=4, lossless=tables).encode(nncodec.encoder.numpy_tensors(arrays))
+    assert len([u for u in nncodec.read_info(data).units if u.type == "tensor_group"]) == 2
+    want = nncodec.decode_arrays(data)
+    decoded = []
+    real = lazy.decode_group_data
+    monkeypatch.setattr(lazy, "decode_group_data", lambda group, limits: decoded.append(1) or real(group, limits))
+    order = [n for i in range(4) for n in (f"l{i}.weight", f"l{i}.table")]  # state-dict order: groups alternate
+    with nncodec.open(data) as f:
+        for name in order * 2:
+            assert np.array_equal(f.get_array(name), want[name])
+    assert len(decoded) == 2
+    monkeypatch.setattr(lazy, "GROUP_CACHE_BYTES", 1)  # a bound under one group: only the last one is kept
+    decoded.clear()
+    with nncodec.open(data) as f:
+        for name in order:
+            assert np.array_equal(f.get_array(name), want[name])
+    assert len(decoded) == len(order)

@@ -195,9 +195,12 @@ def _three_group_stream(second: bytes = b"g1") -> bytes:
     return join_units(FILE_HEADER.pack(MAGIC, 1, 4), units)
 
 
-def test_lazy_reading_keeps_one_group_payload_and_reads_others_again(tmp_path):
+def test_lazy_reading_keeps_one_group_payload_and_reads_others_again(tmp_path, monkeypatch):
     import tracemalloc
 
+    import nncodec.lazy
+
+    monkeypatch.setattr(nncodec.lazy, "GROUP_CACHE_BYTES", 1 << 20)  # decoded data of one group: g1 is dropped
     path = tmp_path / "groups.nnc"
     path.write_bytes(_three_group_stream())
     tracemalloc.start()
@@ -209,7 +212,7 @@ def test_lazy_reading_keeps_one_group_payload_and_reads_others_again(tmp_path):
         for i, name in enumerate(["g0", "g1", "g2", "g0"]):
             got = f.get_array(name)
             assert got.shape == (1 << 18,) and (got == i % 3).all(), name
-        # a group read again that no longer holds the member scanned is corrupt, not a KeyError
+        # a group read again (no longer cached) that no longer holds the member scanned is corrupt, not a KeyError
         path.write_bytes(_three_group_stream(second=b"h1"))
         with pytest.raises(CorruptError, match="changed since the stream was opened"):
             f.get_array("g1")

@@ -32,7 +32,7 @@ from torch import nn
 from ..energy.graph import OP_KINDS
 from ..checks import is_number
 from ..errors import ConfigError
-from ..prune.graph import example_batch, fnmatch_any, width_groups
+from ..prune.graph import GroupAnalysis, example_batch, fnmatch_any
 from ..quant.base import get_quantizer
 from ..quant.input_steps import check_foldable
 from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm, read_without_call
@@ -182,10 +182,14 @@ class SearchSpace:
         try:
             _check_runs(model, example_inputs)
             follows, order, owns = _follows(model, example_inputs)
-            groups = width_groups(model, example_inputs, keep=tuple(keep_width))
+            analysis = GroupAnalysis(model, example_inputs, keep=tuple(keep_width))
+            groups = analysis.groups
         finally:
             model.train(was)
-        widths_of = _group_widths(groups, widths, group_widths)
+        if group_widths and width_mode == "block":
+            raise ConfigError("group_widths gives groups their own width choices; width_mode='block' shares one "
+                              "choice among all groups: use one of them")
+        widths_of, named = _group_widths(groups, widths, group_widths, analysis.fixed)
         modules = dict(model.named_modules())
         # activation modules: the known classes, and parameter-free leaves that compute an activation (GELU
         # classes of model libraries)
@@ -249,7 +253,7 @@ class SearchSpace:
             group = _group_of(name, share)
             g = width_of.get(name)
             kernel_choices = _expand(kernels, kind_bits("kernel", kind, name), w_int)
-            if not kernel_choices:  # the layer would silently stay unquantized (``skip`` says that)
+            if kernels and not kernel_choices:  # the layer would silently stay unquantized (``skip`` says that)
                 raise ConfigError(f"bits['kernel'] {kind_bits('kernel', kind, name)} leave {name!r} ({kind}) no kernel "
                                   f"choice: every template of {list(kernels)} needs {{b}}")
             input_bits = bits["input"].get(group, bits["input"].get(kind, ()))
@@ -279,6 +283,10 @@ class SearchSpace:
         for n in batch_norms:  # folded scale (kernel) and shift (bias) of batch norms, for the bitstream
             with torch.no_grad():
                 scale, shift = fold_batch_norm(modules[n])
+            for role in ("kernel", "bias"):
+                if norms and not _expand(norms, kind_bits(role, "norm", n), 0):
+                    raise ConfigError(f"bits[{role!r}] {kind_bits(role, 'norm', n)} leave the batch norm {n!r} no "
+                                      f"choice: every template of {list(norms)} needs {{b}} (norms=() keeps norms float)")
             layers.append(LayerSpace(n, "norm", _group_of(n, share),
                                      _expand(norms, kind_bits("kernel", "norm", n), _int_bits(float(scale.abs().max()))),
                                      _expand(norms, kind_bits("bias", "norm", n), _int_bits(float(shift.abs().max()))),
@@ -294,6 +302,12 @@ class SearchSpace:
                 raise ConfigError(f"bits[{role!r}] key(s) {unknown} name no layer kind and no share group of the model; "
                                   f"kinds: {sorted(DEFAULT_BITS[role])}, groups: {sorted({lay.group for lay in layers})[:8]}")
         width_choices = {g.name: _width_choices(g, widths_of[g.name]) for g in groups}
+        for g in groups:  # a group a pattern named must get what was asked for it, not silently the full width
+            if g.name in named and any(w != 1.0 for w in widths_of[g.name]) \
+                    and not any(w != 1.0 for w in width_choices[g.name]):
+                raise ConfigError(f"group_widths {named[g.name]!r} gives group {g.name!r} {list(widths_of[g.name])}, "
+                                  f"none of which it can take (it cannot widen"
+                                  f"{': ' + g.reason if getattr(g, 'reason', None) else ''})")
         # a group keeps its width parameter unless it has no width but the full one (nothing to choose or
         # apply): a single other width (``widths=(0.75,)``) is applied to every group, not ignored
         width_choices = {k: v for k, v in width_choices.items() if any(w != 1.0 for w in v)}
@@ -402,23 +416,27 @@ def _multipliers(widths: Any, what: str) -> tuple[float, ...]:
     return widths
 
 
-def _group_widths(groups: list[Any], widths: tuple[float, ...],
-                  patterns: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+def _group_widths(groups: list[Any], widths: tuple[float, ...], patterns: dict[str, tuple[float, ...]],
+                  fixed: dict[str, str]) -> tuple[dict[str, tuple[float, ...]], dict[str, str]]:
     """Each group's multipliers: those of the first pattern matching its name or a producer, else ``widths``;
-    a ConfigError for a pattern that matches no group."""
+    and ``{group: pattern}`` of the groups a pattern gave them. A ConfigError for a pattern that matches no
+    group (``fixed``: ``{layer: why its width is fixed}``, named in the error)."""
     out: dict[str, tuple[float, ...]] = {}
-    used: set[str] = set()
+    named: dict[str, str] = {}
     for g in groups:
         names = (g.name, *g.producers)
         pat = next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
         out[g.name] = widths if pat is None else patterns[pat]
         if pat is not None:
-            used.add(pat)
-    unused = [p for p in patterns if p not in used]
+            named[g.name] = pat
+    unused = [p for p in patterns if p not in named.values()]
     if unused:
+        hit = {p: r for p in unused for n, r in fixed.items() if fnmatch.fnmatchcase(n, p)}
+        why = "; ".join(f"{p!r} names a layer whose width is fixed: {r}" for p, r in hit.items())
         raise ConfigError(f"group_widths pattern(s) {unused} apply to no width group (none matches by name or "
-                          f"producing layer, or an earlier pattern took it); groups: {[g.name for g in groups][:12]}")
-    return out
+                          f"producing layer, or an earlier pattern took it){'; ' + why if why else ''}; "
+                          f"groups: {[g.name for g in groups][:12]}")
+    return out, named
 
 
 def _width_choices(group: Any, widths: tuple[float, ...]) -> list[float]:

@@ -639,3 +639,39 @@ def test_kernel_bits_that_leave_a_layer_no_kernel_choice_are_refused():
     assert kernels["stage1.conv1"] == ["quantized_po2_zero(4,1)"] and len(kernels["stage1.conv2"]) == 2
     with pytest.raises(ConfigError, match=r"'stage1\.conv1' \(conv\) no kernel choice"):
         SearchSpace.from_model(model, (1, 16, 16), x, kernels=both[1:], bits={"kernel": {"stage1.conv1": ()}})
+
+
+def test_group_widths_that_cannot_apply_are_errors_not_ignored():
+    """A group named by a pattern must take a width it was given: widening a group that cannot widen is a
+    ConfigError with the reason, not a silently full-width group; a pattern naming only a fixed layer (the
+    classifier) says its width is fixed; ``group_widths`` with ``width_mode="block"`` (one width shared by
+    all groups) is refused; norms=() still keeps batch norms float, but norm bits that leave the folded
+    norm templates no choice are an error."""
+    from nncodec.search.space import SearchSpace
+    from tests.search.graph_models import TinyResNet
+
+    class Concat(nn.Module):  # a and b feed a concatenation: they cannot widen
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(8, 4, 3)
+            self.fc = nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1)).flatten(1))
+
+    x8 = torch.randn(16, 1, 8, 8)
+    with pytest.raises(ConfigError, match=r"group_widths 'a' gives group 'a' \[1\.5\].*cannot widen"):
+        SearchSpace.from_model(Concat(), (1, 8, 8), x8, group_widths={"a": (1.5,)})
+    ok = SearchSpace.from_model(Concat(), (1, 8, 8), x8, group_widths={"a": (0.5, 1.5)})
+    assert ok.width_choices["a"] == [0.5]
+    model = TinyResNet(width=8).eval()
+    x = torch.randn(16, 1, 16, 16)
+    with pytest.raises(ConfigError, match=r"'fc' names a layer whose width is fixed"):
+        SearchSpace.from_model(model, (1, 16, 16), x, group_widths={"fc": (0.5,)})
+    with pytest.raises(ConfigError, match="width_mode='block'"):
+        SearchSpace.from_model(model, (1, 16, 16), x, widths=(0.75,), width_mode="block",
+                               group_widths={"stage3.*": (0.5,)})
+    float_norms = SearchSpace.from_model(model, (1, 16, 16), x, norms=())
+    assert not [lay for lay in float_norms.layers if lay.kind == "norm" and lay.kernel]
+    with pytest.raises(ConfigError, match=r"leave the batch norm 'stem\.1' no choice"):
+        SearchSpace.from_model(model, (1, 16, 16), x, bits={"kernel": {"norm": ()}})

@@ -564,6 +564,18 @@ def test_a_single_width_choice_is_applied_not_dropped():
     assert not {k for k in digits.space(model, widths=(1.0,)).parameters() if k.endswith(".width")}
 
 
+class Concat(nn.Module):
+    """Convs a and b feed a concatenation: their groups cannot widen."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(8, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1)).flatten(1))
+
+
 def test_width_grids_that_choose_nothing_are_refused_or_dropped():
     """``widths=()`` is a ConfigError; a group whose grid leaves no width (a group that cannot widen, with
     ``widths=(1.25,)``) gets no parameter rather than an empty one; greedy's base choices apply a one-choice
@@ -575,15 +587,6 @@ def test_width_grids_that_choose_nothing_are_refused_or_dropped():
     model = digits.digits_cnn()
     with pytest.raises(ConfigError, match="widths"):
         digits.space(model, widths=())
-
-    class Concat(nn.Module):  # a and b feed a concatenation: they cannot widen
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(8, 4, 3)
-            self.fc = nn.Linear(4 * 6 * 6, 3)
-
-        def forward(self, x):
-            return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1)).flatten(1))
 
     wide = SearchSpace.from_model(Concat(), (1, 8, 8), torch.randn(16, 1, 8, 8), widths=(1.25,))
     widths = {k: v for k, v in wide.parameters().items() if k.endswith(".width")}
@@ -649,15 +652,6 @@ def test_group_widths_that_cannot_apply_are_errors_not_ignored():
     norm templates no choice are an error."""
     from nncodec.search.space import SearchSpace
     from tests.search.graph_models import TinyResNet
-
-    class Concat(nn.Module):  # a and b feed a concatenation: they cannot widen
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(8, 4, 3)
-            self.fc = nn.Linear(4 * 6 * 6, 3)
-
-        def forward(self, x):
-            return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1)).flatten(1))
 
     x8 = torch.randn(16, 1, 8, 8)
     with pytest.raises(ConfigError, match=r"group_widths 'a' gives group 'a' \[1\.5\].*cannot widen"):

@@ -22,13 +22,18 @@ class FunctionalRelu(nn.Module):
         return self.fc(torch.flatten(x.mean((2, 3)), 1))
 
 
-def test_a_functional_relu_keeps_the_type_of_its_quantized_input():
+def _candidate_and_rows(model: nn.Module) -> tuple[nn.Module, dict]:
+    """``model`` with 4-bit kernels on c1 and c2 and a 4-bit output quantizer on c1 only, and its energy rows."""
     torch.manual_seed(0)
     x = torch.randn(1, 1, 10, 10)
-    model = FunctionalRelu().eval()
     plan = Plan({"c1": LayerPlan(kernel="quantized_bits(4,0,1)", activation="quantized_bits(4,2,1)"),
                  "c2": LayerPlan(kernel="quantized_bits(4,0,1)")})
-    rows = {r.name: r for r in estimate_energy(build_candidate(model, x, plan), x).layers}
+    candidate = build_candidate(model.eval(), x, plan)
+    return candidate, {r.name: r for r in estimate_energy(candidate, x).layers}
+
+
+def test_a_functional_relu_keeps_the_type_of_its_quantized_input():
+    _, rows = _candidate_and_rows(FunctionalRelu())
     relu_rows = [r for r in rows.values() if r.kind == "activation"]
     assert relu_rows[0].output == rows["c1"].output  # relu of 4-bit values: 4-bit values, not int32
     assert rows["c2"].input == rows["c1"].output
@@ -52,14 +57,8 @@ class ModuleRelu(nn.Module):
 
 
 def test_a_relu_module_keeps_the_type_of_its_quantized_input():
-    torch.manual_seed(0)
-    x = torch.randn(1, 1, 10, 10)
-    model = ModuleRelu().eval()
-    plan = Plan({"c1": LayerPlan(kernel="quantized_bits(4,0,1)", activation="quantized_bits(4,2,1)"),
-                 "c2": LayerPlan(kernel="quantized_bits(4,0,1)")})
-    candidate = build_candidate(model, x, plan)
+    candidate, rows = _candidate_and_rows(ModuleRelu())
     assert type(candidate.r1) is nn.ReLU  # not a quantized activation: the plan does not name it
-    rows = {r.name: r for r in estimate_energy(candidate, x).layers}
     assert rows["r1"].kind == "activation" and rows["r1"].output == rows["c1"].output != "int32"
     assert rows["c2"].input == rows["c1"].output
     assert rows["r2"].output == "int32"  # after an accumulator: int32, as before

@@ -219,14 +219,15 @@ class WidthGroup:
 
     def resized(self, multiplier: float) -> int:
         """Units after a width multiplier: ``max(1, round(size * multiplier))``, per block when ``blocks > 1``."""
-        if self.blocks == 1:
-            return new_size(self.size, multiplier)
         return self.blocks * new_size(self.size // self.blocks, multiplier)
 
 
-def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, set[Any], list[nn.Module]]:
+def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...], inputs_as_nodes: bool = True
+                      ) -> tuple[Any, set[Any], list[nn.Module]]:
     """torch-pruning's DepGraph of ``model`` with nncodec's recurrent and attention handlers; also the
-    autograd nodes of the model's outputs and the attention modules."""
+    autograd nodes of the model's outputs and the attention modules. ``inputs_as_nodes``: float inputs enter
+    as leaves, so groups tied to an input can be found (the analysis needs it; pruning groups already
+    analysed does not)."""
     import torch_pruning as tp
 
     recurrent_pruner, attention_pruner = _make_handlers()
@@ -243,8 +244,8 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, s
 
     # float inputs enter the graph as leaves (tensors torch-pruning never prunes), so that a group whose
     # channels meet an input (a parameter-free residual ``x + f(x)``) is seen to be tied to it
-    leaves = [t.detach().clone().requires_grad_(True) if isinstance(t, torch.Tensor) and t.is_floating_point()
-              and t.dim() >= 2 else t for t in inputs]
+    leaves = [t.detach().clone().requires_grad_(True) if inputs_as_nodes and isinstance(t, torch.Tensor)
+              and t.is_floating_point() and t.dim() >= 2 else t for t in inputs]
     traced = [t.clone() if isinstance(t, torch.Tensor) and t.requires_grad else t for t in leaves]
     input_leaves = [(t, _channel_dim(t)) for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
     was = model.training
@@ -334,7 +335,7 @@ class GroupAnalysis:
                     if out_fn:
                         seen.add(id(mod))
                     if not reason:
-                        reason = _widen_blocker(mod, out_fn)
+                        reason = _widen_blocker(mod)
                     fixed = fixed or _resize_blocker(mod, self.names[mod], out_fn)
                     blocks = math.lcm(blocks, _blocks_of(mod))
                 elif isinstance(mod, torch.Tensor) and id(mod) in self.dg.nncodec_inputs:
@@ -377,14 +378,14 @@ def fnmatch_any(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _widen_blocker(mod: nn.Module, out_fn: bool) -> str:
+def _widen_blocker(mod: nn.Module) -> str:
+    """Why a group holding ``mod`` cannot widen ('' when it can; a bidirectional or projected RNN producing the
+    group fixes it altogether, :func:`_resize_blocker`)."""
     if _grouped(mod):
         return f"a grouped {type(mod).__name__} (groups={mod.groups}) cannot widen without changing its groups"
-    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)) or is_attention(mod):
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, *_RECURRENT)) \
+            or is_attention(mod):
         return ""
-    if isinstance(mod, _RECURRENT):
-        return "" if not out_fn or (not mod.bidirectional and getattr(mod, "proj_size", 0) == 0) else \
-            "bidirectional / projected RNN"
     return f"{type(mod).__name__} cannot widen without changing the function"
 
 
@@ -401,8 +402,9 @@ def _resize_blocker(mod: nn.Module, name: str, out_fn: bool) -> str:
 
 
 def _grouped(mod: nn.Module) -> bool:
-    """A grouped conv that is not depthwise (depthwise convs follow their channels one to one)."""
-    return isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)) and mod.groups > 1 and \
+    """A grouped conv that is not depthwise (depthwise convs follow their channels one to one; a grouped
+    transposed conv fixes its group, :func:`_resize_blocker`)."""
+    return isinstance(mod, (nn.Conv1d, nn.Conv2d)) and mod.groups > 1 and \
         not mod.groups == mod.in_channels == mod.out_channels
 
 
@@ -735,7 +737,7 @@ class Resizer:
         plans = _resize_plans(chosen, self._importance)
         prunes = [(g, idxs) for g, action, idxs in plans if action == "prune"]
         if prunes:
-            dg, _, _ = _dependency_graph(result, self.analysis.inputs)
+            dg, _, _ = _dependency_graph(result, self.analysis.inputs, inputs_as_nodes=False)
             for g, idxs in prunes:
                 root = result.get_submodule(g.name)
                 dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs).prune()

@@ -47,6 +47,13 @@ def _names(*ops: str) -> frozenset[str]:
 
 #: ATen operator name (without overload) -> operation kind
 OP_KINDS: dict[str, str] = {}
+#: interpolating upsampling operator -> (input elements per output element along one resized dimension,
+#: resized dimensions): linear 2, cubic 4, so bilinear 4 taps, bicubic 16, trilinear 8 per output element
+_INTERPOLATION: dict[str, tuple[int, int]] = {
+    "upsample_linear1d": (2, 1), "upsample_bilinear2d": (2, 2), "upsample_bicubic2d": (4, 2),
+    "upsample_trilinear3d": (2, 3), "_upsample_bilinear2d_aa": (2, 2), "_upsample_bicubic2d_aa": (4, 2),
+}
+
 for _kind, _ops in {
     "conv": _names("conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
                    "conv_transpose2d", "conv_transpose3d"),
@@ -70,9 +77,8 @@ for _kind, _ops in {
                    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_max_pool1d",
                    "adaptive_max_pool2d", "mean", "sum", "amax", "max", "amin", "min", "cumsum", "linalg_vector_norm",
                    "norm", "var", "std", "var_mean", "argmax", "argmin", "prod", "logsumexp",
-                   # interpolating upsampling: a weighted sum of input elements per output element (_INTERPOLATION)
-                   "upsample_linear1d", "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d",
-                   "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa"),
+                   # interpolating upsampling: a weighted sum of input elements per output element
+                   *_INTERPOLATION),
     "recurrent": _names("lstm", "gru", "rnn_tanh", "rnn_relu"),
     "concat": _names("cat", "stack", "concat", "contiguous", "clone", "permute", "repeat",
                      # nearest upsampling copies elements, as repeat does
@@ -87,13 +93,6 @@ for _kind, _ops in {
 }.items():
     for _op in _ops:
         OP_KINDS[_op] = _kind
-
-#: interpolating upsampling operator -> (input elements per output element along one resized dimension,
-#: resized dimensions): linear 2, cubic 4, so bilinear 4 taps, bicubic 16, trilinear 8 per output element
-_INTERPOLATION: dict[str, tuple[int, int]] = {
-    "upsample_linear1d": (2, 1), "upsample_bilinear2d": (2, 2), "upsample_bicubic2d": (4, 2),
-    "upsample_trilinear3d": (2, 3), "_upsample_bilinear2d_aa": (2, 2), "_upsample_bicubic2d_aa": (4, 2),
-}
 
 #: kinds that carry parameters through a weight operand
 WEIGHTED = ("conv", "dense", "embedding")

@@ -18,5 +18,5 @@ def stream_tensor_specs(info: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
     tensor-group members, through ``StreamInfo.tensor_entries``), and of its aliases (tied tensors: an output
     layer sharing the embedding's weight), each with its target's."""
     specs = {t["name"]: (t["dtype"], tuple(t["shape"])) for t in info.tensor_entries()}
-    specs.update({alias: specs[target] for alias, target in getattr(info, "aliases", {}).items() if target in specs})
+    specs.update({alias: specs[target] for alias, target in info.aliases.items() if target in specs})
     return specs

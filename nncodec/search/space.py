@@ -171,6 +171,9 @@ class SearchSpace:
         if not isinstance(group_widths or {}, dict):
             raise ConfigError(f"group_widths must be a dict {{pattern: multipliers}}, got {group_widths!r}")
         group_widths = {pat: _multipliers(ws, f"group_widths[{pat!r}]") for pat, ws in (group_widths or {}).items()}
+        if group_widths and width_mode == "block":
+            raise ConfigError("group_widths gives groups their own width choices; width_mode='block' shares one "
+                              "choice among all groups: use one of them")
         if activation_range not in _RANGE_FITS:
             raise ConfigError(f"activation_range must be one of {sorted(_RANGE_FITS)}, got {activation_range!r}")
         if not isinstance(bits or {}, dict) or set(bits or {}) - set(DEFAULT_BITS):
@@ -186,10 +189,13 @@ class SearchSpace:
             groups = analysis.groups
         finally:
             model.train(was)
-        if group_widths and width_mode == "block":
-            raise ConfigError("group_widths gives groups their own width choices; width_mode='block' shares one "
-                              "choice among all groups: use one of them")
         widths_of, named = _group_widths(groups, widths, group_widths, analysis.fixed)
+        width_choices = {g.name: _width_choices(g, widths_of[g.name]) for g in groups}
+        for g in groups:  # a group a pattern named must get what was asked for it, not silently the full width
+            if g.name in named and any(w != 1.0 for w in widths_of[g.name]) \
+                    and not any(w != 1.0 for w in width_choices[g.name]):
+                raise ConfigError(f"group_widths {named[g.name]!r} gives group {g.name!r} {list(widths_of[g.name])}, "
+                                  f"none of which it can take (it cannot widen{': ' + g.reason if g.reason else ''})")
         modules = dict(model.named_modules())
         # activation modules: the known classes, and parameter-free leaves that compute an activation (GELU
         # classes of model libraries)
@@ -265,7 +271,7 @@ class SearchSpace:
             layers.append(LayerSpace(name, kind, group, kernel_choices,
                                      _expand(biases, kind_bits("bias", kind, name), b_int) if bs else [], act,
                                      act_choices,
-                                     _width_choices(g, widths_of[g.name]) if g else [1.0],
+                                     list(width_choices[g.name]) if g else [1.0],
                                      _expand(INPUT_TEMPLATES, tuple(input_bits), 0) if input_bits else []))
         for a in act_names:
             if a not in attached.values():
@@ -301,13 +307,6 @@ class SearchSpace:
             if unknown:
                 raise ConfigError(f"bits[{role!r}] key(s) {unknown} name no layer kind and no share group of the model; "
                                   f"kinds: {sorted(DEFAULT_BITS[role])}, groups: {sorted({lay.group for lay in layers})[:8]}")
-        width_choices = {g.name: _width_choices(g, widths_of[g.name]) for g in groups}
-        for g in groups:  # a group a pattern named must get what was asked for it, not silently the full width
-            if g.name in named and any(w != 1.0 for w in widths_of[g.name]) \
-                    and not any(w != 1.0 for w in width_choices[g.name]):
-                raise ConfigError(f"group_widths {named[g.name]!r} gives group {g.name!r} {list(widths_of[g.name])}, "
-                                  f"none of which it can take (it cannot widen"
-                                  f"{': ' + g.reason if getattr(g, 'reason', None) else ''})")
         # a group keeps its width parameter unless it has no width but the full one (nothing to choose or
         # apply): a single other width (``widths=(0.75,)``) is applied to every group, not ignored
         width_choices = {k: v for k, v in width_choices.items() if any(w != 1.0 for w in v)}

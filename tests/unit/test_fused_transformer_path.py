@@ -32,8 +32,11 @@ def test_a_quantized_encoder_layer_computes_its_quantizers_without_gradients(pla
         scored, reference = candidate(x), model(x)
     torch.testing.assert_close(scored, candidate(x), atol=1e-5, rtol=1e-5)  # as with gradients on
     assert (scored - reference).abs().max() > 1e-3  # the quantizers act
-    with torch.no_grad():  # a model without quantizers keeps the fused path (same function, fused kernel)
-        torch.testing.assert_close(quantize_model(model, Plan({})).eval()(x), reference)
+    assert not candidate.enc.activation_relu_or_gelu  # the fused path is off where quantizers sit
+    plain = quantize_model(model, Plan({})).eval()
+    assert plain.enc.activation_relu_or_gelu  # a model without quantizers keeps the fused path
+    with torch.no_grad():  # (same function, fused kernel)
+        torch.testing.assert_close(plain(x), reference)
 
 
 class PaddedEncoder(nn.Module):

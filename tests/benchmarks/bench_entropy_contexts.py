@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import gammaln
 
+from nncodec.quant.rate_aware import order0_bits
+
 NNCODEC_BITS = {"0.998": 5.932, "0.994": 4.936}  #: Fraunhofer NNCodec 2.1.3's bits/param at those cosines (README)
 POINTS = [(0.20, "0.998"), (0.36, "0.994")]
 EXACT = 16           #: |k| up to this is its own class
@@ -342,11 +344,6 @@ def sign_contexts(k: np.ndarray) -> dict[str, tuple[np.ndarray | None, int]]:
     s = np.sign(k).astype(np.int64) + 1
     return {"none": (None, 1), "sign L": (shifted(s, 0, 1), 3), "sign U": (shifted(s, 1, 0), 3),
             "sign L,U": (shifted(s, 0, 1) * 3 + shifted(s, 1, 0), 9)}
-
-
-def order0_bits(k: np.ndarray) -> float:
-    _, c = np.unique(k, return_counts=True)
-    return entropy_bits(c[None, :])
 
 
 def measure_tensor(t: dict) -> dict:

@@ -363,8 +363,7 @@ def measure_tensor(t: dict) -> dict:
             rest = common + sign + side + FRAMING_BITS
             row["models"][label] = {"adaptive": adaptive + rest, "static": static + rest + 32.0 * n_cls}
             if window is not None:
-                row["window"] = row.get("window", {})
-                row["window"][label] = window + rest
+                row.setdefault("window", {})[label] = window + rest
     row["sign_context"] = best_sign
     return row
 

@@ -201,8 +201,7 @@ def _image_model(name: str, builder, trials: int | None, out: Path, overrides: d
     if set(layer_bits) - {"kernel", "activation"}:
         raise SystemExit(f"layer_bits: roles 'kernel' / 'activation' only, got {sorted(layer_bits)}")
     space = SearchSpace.from_model(reference, (1, 28, 28), x_train[:256], widths=settings["widths"],
-                                   group_widths={p: tuple(w) if isinstance(w, list) else w
-                                                 for p, w in (settings["group_widths"] or {}).items()},
+                                   group_widths=settings["group_widths"],
                                    kernels=settings["kernels"],
                                    bits={"activation": {"conv": settings["activation_bits"],
                                                         **layer_bits.get("activation", {})},

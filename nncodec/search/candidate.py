@@ -114,18 +114,19 @@ def recalibrate_batch_norms(model: nn.Module, batches: Iterable[Any],
         else:
             for bn, calls in _execution_order(model, norms, batches[0], run):
                 reset(bn)
-                seen = [0]
+                seen = 0
 
-                def stop(m: nn.Module, i: Any, o: Any, calls: int = calls, seen: list[int] = seen) -> None:
-                    seen[0] += 1
-                    if seen[0] >= calls:
+                def stop(m: nn.Module, i: Any, o: Any) -> None:
+                    nonlocal seen
+                    seen += 1
+                    if seen >= calls:
                         raise _Reached
 
                 handle = bn.register_forward_hook(stop)
                 try:
                     with torch.no_grad():
                         for batch in batches:
-                            seen[0] = 0
+                            seen = 0
                             try:
                                 run(batch)
                             except _Reached:

@@ -54,6 +54,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import gammaln
 
+from nncodec.quant.rate_aware import order0_bits
+
 NNCODEC_BITS = {"0.998": 5.932, "0.994": 4.936}  #: Fraunhofer NNCodec 2.1.3's bits/param at those cosines (README)
 POINTS = [(0.20, "0.998"), (0.36, "0.994")]
 EXACT = 16           #: |k| up to this is its own class
@@ -101,9 +103,8 @@ def encode_points(out: Path) -> list[dict]:
     return rows
 
 
-def transmitted_codes(data: bytes) -> tuple[list[dict], int]:
-    """The modelled tensors of a stream (name, codes as (rows, cols) int64, chain, column steps, coded bytes)
-    and the stream's total number of tensor elements."""
+def transmitted_codes(data: bytes) -> list[dict]:
+    """The modelled tensors of a stream (name, codes as (rows, cols) int64, chain, column steps, coded bytes)."""
     from nncodec.coding.dependent_stage import Dependent, codes_of
     from nncodec.coding.rans_stage import Rans
     from nncodec.decoder import StreamWalker, decode_unit_codes, read_info
@@ -111,9 +112,8 @@ def transmitted_codes(data: bytes) -> tuple[list[dict], int]:
 
     coded = {u.tensor["name"]: u.tensor["coded_bytes"] for u in read_info(data).units if u.tensor}
     walker = StreamWalker(io.BytesIO(data), DEFAULT_LIMITS)
-    out, numel = [], 0
+    out = []
     for index, uh, th, payload in walker.tensor_units():
-        numel += th.numel
         stages = walker.pipeline_of(th).stages
         levels = decode_unit_codes(walker, index, uh, th, payload)
         if not (len(th.shape) == 2 and len(stages) == 2 and isinstance(stages[0], Dependent)
@@ -127,7 +127,7 @@ def transmitted_codes(data: bytes) -> tuple[list[dict], int]:
         col_steps = (np.asarray(desc.scales, dtype=np.float64) if desc.per_channel and desc.axis == 1 else None)
         out.append({"name": th.name, "codes": k, "chain": chain, "col_steps": col_steps,
                     "coded_bits": 8 * coded[th.name]})
-    return out, numel
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- costs
@@ -344,11 +344,6 @@ def sign_contexts(k: np.ndarray) -> dict[str, tuple[np.ndarray | None, int]]:
             "sign L,U": (shifted(s, 0, 1) * 3 + shifted(s, 1, 0), 9)}
 
 
-def order0_bits(k: np.ndarray) -> float:
-    _, c = np.unique(k, return_counts=True)
-    return entropy_bits(c[None, :])
-
-
 def measure_tensor(t: dict) -> dict:
     k = t["codes"]
     a = np.abs(k)
@@ -368,8 +363,7 @@ def measure_tensor(t: dict) -> dict:
             rest = common + sign + side + FRAMING_BITS
             row["models"][label] = {"adaptive": adaptive + rest, "static": static + rest + 32.0 * n_cls}
             if window is not None:
-                row["window"] = row.get("window", {})
-                row["window"][label] = window + rest
+                row.setdefault("window", {})[label] = window + rest
     row["sign_context"] = best_sign
     return row
 
@@ -461,7 +455,7 @@ def main() -> None:
         point["stream_bytes"] = len(data)
         point["bits_per_param"] = 8 * len(data) / point["n_params"]
         t0 = time.perf_counter()
-        tensors, _ = transmitted_codes(data)
+        tensors = transmitted_codes(data)
         rows = [measure_tensor(t) for t in tensors]
         point["measure_s"] = time.perf_counter() - t0
         summary = summarize(point, rows)

@@ -750,6 +750,13 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = Tr
     return payload if len(payload) <= limits.max_unit_bytes else None
 
 
+def _narrowing_moot(members: "list[_Prepared]") -> bool:
+    """Whether :func:`_group_payload` of ``members`` with ``narrow`` gives the same bytes as without: no
+    member's codes narrow and their words are at most :data:`_SPLIT_LEVEL_BYTES` (the level stays)."""
+    return (sum(len(p.words) for p in members) <= _SPLIT_LEVEL_BYTES
+            and all(_narrowest_codes(p.header, p.words)[0] is p.header for p in members))
+
+
 def _group_entries(members: "list[_Prepared]",
                    narrow: bool) -> "tuple[list[tuple[TensorHeader, int]], list[bytes]]":
     """The directory entries (header, layout) of a group's members and the data each stores: its code words
@@ -854,10 +861,13 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
     splits of :data:`_SPLITS`, with narrowed codes, follow when the members' code words are at most
     :data:`_GROUP_SPLIT_BYTES`. A candidate with a group whose directory would be over ``max_metadata_bytes``
     or whose payload over ``max_unit_bytes`` is left out (possibly all: an empty list). ``cache`` keeps the
-    payloads of member sets already coded (by names and narrowing) across calls."""
+    payloads of member sets already coded (by names and narrowing) across calls; a set whose narrowing
+    changes nothing (:func:`_narrowing_moot`) is coded once, un-narrowed."""
     cache = {} if cache is None else cache
 
     def payload(part: "list[_Prepared]", narrow: bool) -> bytes | None:
+        if narrow and _narrowing_moot(part):  # the same bytes as un-narrowed: coded once
+            narrow = False
         key = (narrow, *(p.header.name for p in part))
         if key not in cache:
             cache[key] = _group_payload(part, limits, narrow)

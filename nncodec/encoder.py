@@ -412,7 +412,7 @@ class Encoder:
 
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor,
                 words: "np.ndarray | HandedWords", word_size: int, bits: int, signed: bool, max_err: float,
-                rms_err: float, lead: Stage | None = None, group_bound: int = _GROUP_SMALL) -> _Prepared:
+                rms_err: float, *, lead: Stage | None, group_bound: int) -> _Prepared:
         numel = math.prod(shape)
         kept = None
         if lead is not None:  # a stage the codes need first; the pipeline is chosen for its output, no group
@@ -680,14 +680,14 @@ def _bound_members(small: "list[_Prepared]", bound: int) -> "list[_Prepared]":
     if bound <= _GROUP_SMALL:
         return [p for p in small if math.prod(p.header.shape) <= bound]
     members = [p for p in small if math.prod(p.header.shape) <= _GROUP_SMALL]
-    total = sum(len(p.words or b"") for p in members)
+    total = sum(len(p.words) for p in members)
     if total > _GROUP_SPLIT_BYTES:
         return []
     for p in small:
         numel = math.prod(p.header.shape)
-        if _GROUP_SMALL < numel <= bound and total + len(p.words or b"") <= _GROUP_SPLIT_BYTES:
+        if _GROUP_SMALL < numel <= bound and total + len(p.words) <= _GROUP_SPLIT_BYTES:
             members.append(p)
-            total += len(p.words or b"")
+            total += len(p.words)
     return sorted(members, key=lambda p: p.header.name)
 
 
@@ -730,7 +730,7 @@ def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, 
     return header, words
 
 
-def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = True) -> bytes | None:
+def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool) -> bytes | None:
     """The tensor-group payload of ``members`` (ascending names, FORMAT.md §14), or None when its directory
     would be over ``max_metadata_bytes`` or the payload over ``max_unit_bytes``. A member whose words are all
     equal (at least 2) is stored as one.
@@ -763,7 +763,7 @@ def _group_entries(members: "list[_Prepared]",
     (narrowed with ``narrow``), or one word when all are equal (at least 2)."""
     entries, data = [], []
     for p in members:
-        header, words = p.header, p.words or b""
+        header, words = p.header, p.words
         if narrow:
             header, words = _narrowest_codes(header, words)
         size = header.quant.code_dtype.itemsize
@@ -815,7 +815,7 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
     kernels = [p for p in members if p.header.quant.scheme != SCHEME_NONE and len(p.header.shape) >= 2]
     if not kernels or len(kernels) > _CLUSTER_MAX:
         return {}
-    arrays = [np.frombuffer(p.words or b"", dtype=p.header.quant.code_dtype.storage) for p in kernels]
+    arrays = [np.frombuffer(p.words, dtype=p.header.quant.code_dtype.storage) for p in kernels]
     values, index = np.unique(np.concatenate(arrays), return_inverse=True)
     if values.size > _CLUSTER_VALUES:
         return {}
@@ -825,6 +825,7 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
         hist[i] = np.bincount(index[at:at + a.size], minlength=values.size)
         at += a.size
     cluster = list(range(len(kernels)))  # each kernel's cluster: the index of the kernel it was merged into
+    alive = np.ones(len(kernels), dtype=bool)  # the kernels that are a cluster's index (not merged into another)
     costs = _coded_bytes_estimate(hist)
     gain = costs[:, None] + costs[None, :] - _coded_bytes_estimate(hist[:, None, :] + hist[None, :, :])
     np.fill_diagonal(gain, -np.inf)
@@ -835,10 +836,11 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
         i, j = min(i, j), max(i, j)
         hist[i] += hist[j]
         cluster = [i if c == j else c for c in cluster]
+        alive[j] = False
         costs[i] = _coded_bytes_estimate(hist[i])
         gain[j, :] = gain[:, j] = -np.inf
         row = costs[i] + costs - _coded_bytes_estimate(hist[i][None, :] + hist)
-        row[[k for k in range(len(kernels)) if k == i or k not in cluster]] = -np.inf
+        row[~alive] = row[i] = -np.inf
         gain[i, :] = gain[:, i] = row
     return {p.header.name: c for p, c in zip(kernels, cluster)}
 
@@ -854,8 +856,8 @@ class _Candidate:
     narrow: bool
 
 
-def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None] | None" = None,
-                  single: bool = True) -> "list[_Candidate]":
+def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None]",
+                  single: bool) -> "list[_Candidate]":
     """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units. With
     ``single``, the one group of un-narrowed codes (the layout of format 1.4's first encoder) comes first; the
     splits of :data:`_SPLITS`, with narrowed codes, follow when the members' code words are at most
@@ -863,7 +865,6 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
     or whose payload over ``max_unit_bytes`` is left out (possibly all: an empty list). ``cache`` keeps the
     payloads of member sets already coded (by names and narrowing) across calls; a set whose narrowing
     changes nothing (:func:`_narrowing_moot`) is coded once, un-narrowed."""
-    cache = {} if cache is None else cache
 
     def payload(part: "list[_Prepared]", narrow: bool) -> bytes | None:
         if narrow and _narrowing_moot(part):  # the same bytes as un-narrowed: coded once
@@ -879,7 +880,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
         if plain is not None:
             found.append(_Candidate([plain], UNIT_HEADER_SIZE + len(plain),
                                     (tuple(p.header.name for p in members),), False))
-    if sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES:
+    if sum(len(p.words) for p in members) > _GROUP_SPLIT_BYTES:
         return found
     seen: set[tuple] = set()
     clusters = _code_clusters(members)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import inspect
 import json
 import logging
@@ -539,7 +540,7 @@ class Encoder:
         stream smallest, or none."""
         default = _default_pipeline([p.pipeline for p in coded])
         stage_minor = max((st.since_minor for p in coded for st in p.pipeline.stages), default=FORMAT_MINOR)
-        best = _Layout((), frozenset(), default, stage_minor)
+        best = _Layout((), default, stage_minor)
         best_cost = _units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
@@ -557,7 +558,7 @@ class Encoder:
             rest_cost = _units_cost(rest, rest_default)
             for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
                 if candidate.cost + rest_cost < best_cost:
-                    best = _Layout(tuple(candidate.payloads), names, rest_default, stage_minor, candidate.parts,
+                    best = _Layout(tuple(candidate.payloads), rest_default, stage_minor, candidate.parts,
                                    candidate.narrow)
                     best_cost = candidate.cost + rest_cost
         if best.groups:
@@ -661,15 +662,19 @@ class _Plan:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where the coded tensors go: the tensor-group units' payloads (none: no group), the names in them, and
+    """Where the coded tensors go: the tensor-group units' payloads (none: no group), the names in each, and
     the model parameter set's pipeline (of the tensors in their own units)."""
 
     groups: tuple[bytes, ...]
-    members: frozenset[str]
     default: Pipeline | None
     stage_minor: int = 0  #: the newest format minor version a used stage needs
     parts: tuple[tuple[str, ...], ...] = ()  #: each group's member names, in the order of ``groups``
     narrow: bool = False  #: the groups store narrowed codes (:func:`_narrowest_codes`)
+
+    @functools.cached_property
+    def members(self) -> frozenset[str]:
+        """The names in all groups."""
+        return frozenset(name for part in self.parts for name in part)
 
 
 def _bound_members(small: "list[_Prepared]", bound: int) -> "list[_Prepared]":
@@ -847,13 +852,17 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
 
 @dataclass(frozen=True)
 class _Candidate:
-    """A way of storing a member set in tensor-group units: the payloads, their bytes with unit headers, each
-    group's member names and whether codes are narrowed."""
+    """A way of storing a member set in tensor-group units: the payloads, each group's member names and
+    whether codes are narrowed."""
 
     payloads: list[bytes]
-    cost: int
     parts: tuple[tuple[str, ...], ...]
     narrow: bool
+
+    @property
+    def cost(self) -> int:
+        """Bytes of the group units, with their unit headers."""
+        return sum(UNIT_HEADER_SIZE + len(g) for g in self.payloads)
 
 
 def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None]",
@@ -878,8 +887,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
     if single:
         plain = payload(members, False)
         if plain is not None:
-            found.append(_Candidate([plain], UNIT_HEADER_SIZE + len(plain),
-                                    (tuple(p.header.name for p in members),), False))
+            found.append(_Candidate([plain], (tuple(p.header.name for p in members),), False))
     if sum(len(p.words) for p in members) > _GROUP_SPLIT_BYTES:
         return found
     seen: set[tuple] = set()
@@ -896,7 +904,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
         payloads = [payload(parts[k], True) for k in sorted(parts)]
         if any(g is None for g in payloads):
             continue
-        found.append(_Candidate(payloads, sum(UNIT_HEADER_SIZE + len(g) for g in payloads),  # type: ignore[misc]
+        found.append(_Candidate(payloads,  # type: ignore[arg-type]
                                 tuple(tuple(p.header.name for p in parts[k]) for k in sorted(parts)), True))
     return found
 

@@ -15,7 +15,7 @@ from nncodec.models import MobileNetV2Small
 from nncodec.prune.unstructured import apply_masks, magnitude_masks
 from nncodec.quant.layers import quantize_model
 from nncodec.torch_io import tensors_from
-from tests.benchmarks.bench_small_streams import coded_tensors, encoder_before, same_values
+from tests.benchmarks.bench_small_streams import encoder_before, same_values, stored_codes
 
 NORM = {"kernel": "quantized_bits(6,0,1,alpha='auto')", "bias": "quantized_bits(6,0,1,alpha='auto')"}
 PLAN = {"layers": {"*.depthwise.0": {"kernel": "quantized_po2_zero(4,1)"}, "*.1": NORM,
@@ -64,13 +64,13 @@ def test_small_pruned_model_codes_smaller_than_one_group_and_decodes_bit_exactly
 
 def test_codes_are_stored_in_the_narrowest_word_that_holds_them(pruned_4bit):
     data, _ = Encoder().encode(pruned_4bit)
-    back = coded_tensors(data)
+    back = stored_codes(data)[0]
     po2 = [n for n, v in pruned_4bit.items() if isinstance(v, CodedTensor) and v.codes.dtype == np.int16]
     assert po2 and all(back[n].quant.code_dtype.name == "int8" for n in po2)
     wide = {"w": CodedTensor(np.array([[-300, 0], [5, 200]], np.int16), QuantDescriptor(
         scheme=1, code_dtype=dtype_by_name("int16"), bits=10, scales=np.ones(1, np.float32)),
         dtype_by_name("float32")), "b": np.zeros(3, np.float32)}
-    kept = coded_tensors(Encoder().encode(wide)[0])["w"]
+    kept = stored_codes(Encoder().encode(wide)[0])[0]["w"]
     assert kept.quant.code_dtype.name == "int16"  # -300 needs 16 bits: not narrowed
     assert np.array_equal(kept.codes, wide["w"].codes)
 

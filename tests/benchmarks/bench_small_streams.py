@@ -10,7 +10,7 @@ pooled. Then the stream's bytes as encoded before tensor groups were split and n
 up to 4096 elements, codes in the word type they came in: the encoder of format 1.4 / 1.5 before this
 benchmark) and now, both bit-exact (checked), and the units of each.
 
-usage: python -m tests.benchmarks.bench_small_streams [FILE.nnc ...] [--prune 0.75] [--seed 0]
+usage: python -m tests.benchmarks.bench_small_streams [FILE.nnc ...] [--name NAME ...] [--prune 0.75] [--seed 0]
 Reads nothing from the network; the built models use random weights and random batch-norm statistics.
 """
 
@@ -163,13 +163,17 @@ def built_models(prune: float, seed: int) -> Iterator[tuple[str, dict[str, Any],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*", type=Path, help=".nnc streams (default: build two models)")
+    ap.add_argument("--name", action="append", default=[],
+                    help="what to call each FILE in the output, in their order (default: its path)")
     ap.add_argument("--prune", type=float, default=0.75, help="pruned fraction of the built MobileNet")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.name and len(args.name) != len(args.files):
+        ap.error(f"--name given {len(args.name)} times for {len(args.files)} files: give one per file")
     if args.files:
-        for path in args.files:
+        for path, name in zip(args.files, args.name or [str(p) for p in args.files]):
             data = path.read_bytes()
-            report(str(path), stored_codes(data)[0], stored=len(data))
+            report(name, stored_codes(data)[0], stored=len(data))
     else:
         for name, tensors, float32_bytes in built_models(args.prune, args.seed):
             report(name, tensors, float32_bytes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import inspect
 import json
 import logging
@@ -412,7 +413,7 @@ class Encoder:
 
     def _finish(self, name: str, dtype: DType, shape: tuple[int, ...], desc: QuantDescriptor,
                 words: "np.ndarray | HandedWords", word_size: int, bits: int, signed: bool, max_err: float,
-                rms_err: float, lead: Stage | None = None, group_bound: int = _GROUP_SMALL) -> _Prepared:
+                rms_err: float, *, lead: Stage | None, group_bound: int) -> _Prepared:
         numel = math.prod(shape)
         kept = None
         if lead is not None:  # a stage the codes need first; the pipeline is chosen for its output, no group
@@ -539,7 +540,7 @@ class Encoder:
         stream smallest, or none."""
         default = _default_pipeline([p.pipeline for p in coded])
         stage_minor = max((st.since_minor for p in coded for st in p.pipeline.stages), default=FORMAT_MINOR)
-        best = _Layout((), frozenset(), default, stage_minor)
+        best = _Layout((), default, stage_minor)
         best_cost = _units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
@@ -557,7 +558,7 @@ class Encoder:
             rest_cost = _units_cost(rest, rest_default)
             for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
                 if candidate.cost + rest_cost < best_cost:
-                    best = _Layout(tuple(candidate.payloads), names, rest_default, stage_minor, candidate.parts,
+                    best = _Layout(tuple(candidate.payloads), rest_default, stage_minor, candidate.parts,
                                    candidate.narrow)
                     best_cost = candidate.cost + rest_cost
         if best.groups:
@@ -661,15 +662,19 @@ class _Plan:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where the coded tensors go: the tensor-group units' payloads (none: no group), the names in them, and
+    """Where the coded tensors go: the tensor-group units' payloads (none: no group), the names in each, and
     the model parameter set's pipeline (of the tensors in their own units)."""
 
     groups: tuple[bytes, ...]
-    members: frozenset[str]
     default: Pipeline | None
     stage_minor: int = 0  #: the newest format minor version a used stage needs
     parts: tuple[tuple[str, ...], ...] = ()  #: each group's member names, in the order of ``groups``
     narrow: bool = False  #: the groups store narrowed codes (:func:`_narrowest_codes`)
+
+    @functools.cached_property
+    def members(self) -> frozenset[str]:
+        """The names in all groups."""
+        return frozenset(name for part in self.parts for name in part)
 
 
 def _bound_members(small: "list[_Prepared]", bound: int) -> "list[_Prepared]":
@@ -680,14 +685,14 @@ def _bound_members(small: "list[_Prepared]", bound: int) -> "list[_Prepared]":
     if bound <= _GROUP_SMALL:
         return [p for p in small if math.prod(p.header.shape) <= bound]
     members = [p for p in small if math.prod(p.header.shape) <= _GROUP_SMALL]
-    total = sum(len(p.words or b"") for p in members)
+    total = sum(len(p.words) for p in members)
     if total > _GROUP_SPLIT_BYTES:
         return []
     for p in small:
         numel = math.prod(p.header.shape)
-        if _GROUP_SMALL < numel <= bound and total + len(p.words or b"") <= _GROUP_SPLIT_BYTES:
+        if _GROUP_SMALL < numel <= bound and total + len(p.words) <= _GROUP_SPLIT_BYTES:
             members.append(p)
-            total += len(p.words or b"")
+            total += len(p.words)
     return sorted(members, key=lambda p: p.header.name)
 
 
@@ -730,7 +735,7 @@ def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, 
     return header, words
 
 
-def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = True) -> bytes | None:
+def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool) -> bytes | None:
     """The tensor-group payload of ``members`` (ascending names, FORMAT.md §14), or None when its directory
     would be over ``max_metadata_bytes`` or the payload over ``max_unit_bytes``. A member whose words are all
     equal (at least 2) is stored as one.
@@ -750,13 +755,20 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool = Tr
     return payload if len(payload) <= limits.max_unit_bytes else None
 
 
+def _narrowing_moot(members: "list[_Prepared]") -> bool:
+    """Whether :func:`_group_payload` of ``members`` with ``narrow`` gives the same bytes as without: no
+    member's codes narrow and their words are at most :data:`_SPLIT_LEVEL_BYTES` (the level stays)."""
+    return (sum(len(p.words) for p in members) <= _SPLIT_LEVEL_BYTES
+            and all(_narrowest_codes(p.header, p.words)[0] is p.header for p in members))
+
+
 def _group_entries(members: "list[_Prepared]",
                    narrow: bool) -> "tuple[list[tuple[TensorHeader, int]], list[bytes]]":
     """The directory entries (header, layout) of a group's members and the data each stores: its code words
     (narrowed with ``narrow``), or one word when all are equal (at least 2)."""
     entries, data = [], []
     for p in members:
-        header, words = p.header, p.words or b""
+        header, words = p.header, p.words
         if narrow:
             header, words = _narrowest_codes(header, words)
         size = header.quant.code_dtype.itemsize
@@ -808,7 +820,7 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
     kernels = [p for p in members if p.header.quant.scheme != SCHEME_NONE and len(p.header.shape) >= 2]
     if not kernels or len(kernels) > _CLUSTER_MAX:
         return {}
-    arrays = [np.frombuffer(p.words or b"", dtype=p.header.quant.code_dtype.storage) for p in kernels]
+    arrays = [np.frombuffer(p.words, dtype=p.header.quant.code_dtype.storage) for p in kernels]
     values, index = np.unique(np.concatenate(arrays), return_inverse=True)
     if values.size > _CLUSTER_VALUES:
         return {}
@@ -818,6 +830,7 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
         hist[i] = np.bincount(index[at:at + a.size], minlength=values.size)
         at += a.size
     cluster = list(range(len(kernels)))  # each kernel's cluster: the index of the kernel it was merged into
+    alive = np.ones(len(kernels), dtype=bool)  # the kernels that are a cluster's index (not merged into another)
     costs = _coded_bytes_estimate(hist)
     gain = costs[:, None] + costs[None, :] - _coded_bytes_estimate(hist[:, None, :] + hist[None, :, :])
     np.fill_diagonal(gain, -np.inf)
@@ -828,36 +841,43 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
         i, j = min(i, j), max(i, j)
         hist[i] += hist[j]
         cluster = [i if c == j else c for c in cluster]
+        alive[j] = False
         costs[i] = _coded_bytes_estimate(hist[i])
         gain[j, :] = gain[:, j] = -np.inf
         row = costs[i] + costs - _coded_bytes_estimate(hist[i][None, :] + hist)
-        row[[k for k in range(len(kernels)) if k == i or k not in cluster]] = -np.inf
+        row[~alive] = row[i] = -np.inf
         gain[i, :] = gain[:, i] = row
     return {p.header.name: c for p, c in zip(kernels, cluster)}
 
 
 @dataclass(frozen=True)
 class _Candidate:
-    """A way of storing a member set in tensor-group units: the payloads, their bytes with unit headers, each
-    group's member names and whether codes are narrowed."""
+    """A way of storing a member set in tensor-group units: the payloads, each group's member names and
+    whether codes are narrowed."""
 
     payloads: list[bytes]
-    cost: int
     parts: tuple[tuple[str, ...], ...]
     narrow: bool
 
+    @property
+    def cost(self) -> int:
+        """Bytes of the group units, with their unit headers."""
+        return sum(UNIT_HEADER_SIZE + len(g) for g in self.payloads)
 
-def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None] | None" = None,
-                  single: bool = True) -> "list[_Candidate]":
+
+def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None]",
+                  single: bool) -> "list[_Candidate]":
     """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units. With
     ``single``, the one group of un-narrowed codes (the layout of format 1.4's first encoder) comes first; the
     splits of :data:`_SPLITS`, with narrowed codes, follow when the members' code words are at most
     :data:`_GROUP_SPLIT_BYTES`. A candidate with a group whose directory would be over ``max_metadata_bytes``
     or whose payload over ``max_unit_bytes`` is left out (possibly all: an empty list). ``cache`` keeps the
-    payloads of member sets already coded (by names and narrowing) across calls."""
-    cache = {} if cache is None else cache
+    payloads of member sets already coded (by names and narrowing) across calls; a set whose narrowing
+    changes nothing (:func:`_narrowing_moot`) is coded once, un-narrowed."""
 
     def payload(part: "list[_Prepared]", narrow: bool) -> bytes | None:
+        if narrow and _narrowing_moot(part):  # the same bytes as un-narrowed: coded once
+            narrow = False
         key = (narrow, *(p.header.name for p in part))
         if key not in cache:
             cache[key] = _group_payload(part, limits, narrow)
@@ -867,9 +887,8 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
     if single:
         plain = payload(members, False)
         if plain is not None:
-            found.append(_Candidate([plain], UNIT_HEADER_SIZE + len(plain),
-                                    (tuple(p.header.name for p in members),), False))
-    if sum(len(p.words or b"") for p in members) > _GROUP_SPLIT_BYTES:
+            found.append(_Candidate([plain], (tuple(p.header.name for p in members),), False))
+    if sum(len(p.words) for p in members) > _GROUP_SPLIT_BYTES:
         return found
     seen: set[tuple] = set()
     clusters = _code_clusters(members)
@@ -885,7 +904,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
         payloads = [payload(parts[k], True) for k in sorted(parts)]
         if any(g is None for g in payloads):
             continue
-        found.append(_Candidate(payloads, sum(UNIT_HEADER_SIZE + len(g) for g in payloads),  # type: ignore[misc]
+        found.append(_Candidate(payloads,  # type: ignore[arg-type]
                                 tuple(tuple(p.header.name for p in parts[k]) for k in sorted(parts)), True))
     return found
 

@@ -10,7 +10,7 @@ pooled. Then the stream's bytes as encoded before tensor groups were split and n
 up to 4096 elements, codes in the word type they came in: the encoder of format 1.4 / 1.5 before this
 benchmark) and now, both bit-exact (checked), and the units of each.
 
-usage: python -m tests.benchmarks.bench_small_streams [FILE.nnc ...] [--prune 0.75] [--seed 0]
+usage: python -m tests.benchmarks.bench_small_streams [FILE.nnc ...] [--name NAME ...] [--prune 0.75] [--seed 0]
 Reads nothing from the network; the built models use random weights and random batch-norm statistics.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,42 +29,33 @@ import numpy as np
 import nncodec.encoder as encoder_module
 from nncodec.bitstream.constants import SCHEME_NONE
 from nncodec.bitstream.descriptor import CodedTensor
-from nncodec.bitstream.reader import open_source
 from nncodec.decoder import StreamWalker, decode_arrays, decode_unit_codes, read_info
 from nncodec.encoder import Encoder
 from nncodec.limits import DEFAULT_LIMITS
+from nncodec.quant.rate_aware import order0_bits
 
 KINDS = ("kernels", "vectors", "lossless")
 
 
-def coded_tensors(data: bytes) -> dict[str, Any]:
-    """A stream's tensors as the encoder takes them back: quantized ones as :class:`CodedTensor` (codes and
-    descriptor), lossless ones as ``(storage array, dtype)``."""
-    f, _ = open_source(data)
-    walker = StreamWalker(f, DEFAULT_LIMITS)
+def stored_codes(data: bytes) -> tuple[dict[str, Any], dict | None]:
+    """A stream's tensors as the encoder takes them back (quantized ones as :class:`CodedTensor`: codes and
+    descriptor; lossless ones as ``(storage array, dtype)``), so that re-encoding keeps the plan and the
+    codes, and its topology (None: none)."""
+    walker = StreamWalker(io.BytesIO(data), DEFAULT_LIMITS)
     out: dict[str, Any] = {}
     for index, uh, th, coded in walker.tensor_units():
-        codes = decode_unit_codes(walker, index, uh, th, coded)
+        codes = decode_unit_codes(walker, index, uh, th, coded)  # shaped like the tensor
         if th.quant.scheme == SCHEME_NONE:
-            out[th.name] = (codes.reshape(th.shape), th.dtype)
+            out[th.name] = (codes.view(th.dtype.storage), th.dtype)
         else:
             out[th.name] = CodedTensor(codes, th.quant, th.dtype)
-    return out
+    return out, walker.topology
 
 
 def kind_of(value: Any) -> str:
     if isinstance(value, CodedTensor):
         return "kernels" if value.codes.ndim >= 2 else "vectors"
     return "lossless"
-
-
-def order0_bytes(symbols: np.ndarray) -> float:
-    """Order-0 entropy of ``symbols`` in bytes (0 for fewer than two distinct values)."""
-    if symbols.size == 0:
-        return 0.0
-    counts = np.unique(symbols, return_counts=True)[1]
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum()) * symbols.size / 8
 
 
 def symbols_of(value: Any) -> np.ndarray:
@@ -81,8 +73,8 @@ def kind_table(tensors: dict[str, Any]) -> tuple[str, float]:
         values = [v for v in tensors.values() if kind_of(v) == kind]
         if not values:
             continue
-        per_tensor = sum(order0_bytes(symbols_of(v)) for v in values)
-        pooled = order0_bytes(np.concatenate([symbols_of(v) for v in values]))
+        per_tensor = sum(order0_bits(symbols_of(v)) / 8 for v in values)
+        pooled = order0_bits(np.concatenate([symbols_of(v) for v in values])) / 8
         numel = sum(math.prod(np.shape(v.codes if isinstance(v, CodedTensor) else v[0])) for v in values)
         words = sum((v.codes if isinstance(v, CodedTensor) else v[0]).nbytes for v in values)
         rows.append(f"  {kind:9s} {len(values):7d} {numel:9d} {words:8d} {per_tensor:12.0f} {pooled:12.0f}")
@@ -93,7 +85,9 @@ def kind_table(tensors: dict[str, Any]) -> tuple[str, float]:
 @contextlib.contextmanager
 def encoder_before() -> Iterator[None]:
     """The encoder's choices before tensor groups were split and their codes narrowed: one group of the
-    tensors up to 4096 elements, or none (patched module constants; the same bytes as that encoder)."""
+    tensors up to 4096 elements, or none (patched module constants; the same bytes as that encoder). Without
+    splits the larger bounds have no candidate (only the single group of bounds up to 4096 competes): leaving
+    them out saves their work, not bytes."""
     saved = encoder_module._SPLITS, encoder_module._GROUP_BOUNDS
     encoder_module._SPLITS, encoder_module._GROUP_BOUNDS = (), (16, 256, 4096)
     try:
@@ -169,13 +163,17 @@ def built_models(prune: float, seed: int) -> Iterator[tuple[str, dict[str, Any],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="*", type=Path, help=".nnc streams (default: build two models)")
+    ap.add_argument("--name", action="append", default=[],
+                    help="what to call each FILE in the output, in their order (default: its path)")
     ap.add_argument("--prune", type=float, default=0.75, help="pruned fraction of the built MobileNet")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.name and len(args.name) != len(args.files):
+        ap.error(f"--name given {len(args.name)} times for {len(args.files)} files: give one per file")
     if args.files:
-        for path in args.files:
+        for path, name in zip(args.files, args.name or [str(p) for p in args.files]):
             data = path.read_bytes()
-            report(str(path), coded_tensors(data), stored=len(data))
+            report(name, stored_codes(data)[0], stored=len(data))
     else:
         for name, tensors, float32_bytes in built_models(args.prune, args.seed):
             report(name, tensors, float32_bytes)

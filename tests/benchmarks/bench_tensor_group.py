@@ -35,12 +35,13 @@ from nncodec.bitstream.descriptor import CodedTensor  # noqa: E402
 from nncodec.bitstream.group import GroupUnit  # noqa: E402
 from nncodec.bitstream.reader import UnitReader  # noqa: E402
 from nncodec.bitstream.units import TensorHeader  # noqa: E402
-from nncodec.decoder import StreamWalker, decode_arrays, decode_unit_codes  # noqa: E402
+from nncodec.decoder import decode_arrays  # noqa: E402
 from nncodec.encoder import Encoder  # noqa: E402
 from nncodec.limits import DEFAULT_LIMITS  # noqa: E402
 from nncodec.models import MobileNetV2Small, ResNet8  # noqa: E402
 from nncodec.quant.layers import quantize_model  # noqa: E402
 from nncodec.torch_io import tensors_from  # noqa: E402
+from tests.benchmarks.bench_small_streams import stored_codes  # noqa: E402
 
 _BN = {"kernel": "quantized_bits(8,2,1)", "bias": "quantized_bits(8,2,1)"}
 PLAN = {"layers": {"*bn*": _BN, "*.1": _BN, "fc": {"kernel": "quantized_bits(4,0,1)", "bias": "quantized_bits(8,2,1)"}},
@@ -71,20 +72,6 @@ def breakdown(data: bytes) -> dict[str, int]:
             parts[UNIT_NAMES.get(uh.unit_type, "other") + " payload"] += len(payload)
     assert sum(parts.values()) == len(data)
     return dict(parts)
-
-
-def stored_codes(data: bytes) -> tuple[dict, dict | None]:
-    """The tensors of a stream as the encoder takes them (codes + descriptor for quantized tensors, the
-    values for lossless ones, so that re-encoding keeps the plan and the codes) and its topology."""
-    walker = StreamWalker(io.BytesIO(data), DEFAULT_LIMITS)
-    out = {}
-    for index, uh, th, coded in walker.tensor_units():
-        codes = decode_unit_codes(walker, index, uh, th, coded)
-        if th.quant.scheme == 0:
-            out[th.name] = (codes.view(th.dtype.storage), th.dtype)
-        else:
-            out[th.name] = CodedTensor(codes, th.quant, th.dtype)
-    return out, walker.topology
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:

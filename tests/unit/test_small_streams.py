@@ -1,5 +1,8 @@
 """Small pruned, quantized models: tensor groups split by kind, codes narrowed, mid-size kernels grouped."""
 
+import hashlib
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,8 @@ import nncodec
 import nncodec.encoder as encoder_module
 from nncodec.bitstream.descriptor import CodedTensor, QuantDescriptor, dequantize_into
 from nncodec.bitstream.units import TensorHeader
+from nncodec.conformance import group_vectors
+from nncodec.conformance.vectors import default_vectors_dir, load_manifest
 from nncodec.dtypes import dtype_by_name
 from nncodec.encoder import Encoder
 from nncodec.limits import Limits
@@ -15,7 +20,7 @@ from nncodec.models import MobileNetV2Small
 from nncodec.prune.unstructured import apply_masks, magnitude_masks
 from nncodec.quant.layers import quantize_model
 from nncodec.torch_io import tensors_from
-from tests.benchmarks.bench_small_streams import coded_tensors, encoder_before, same_values
+from tests.benchmarks.bench_small_streams import encoder_before, same_values, stored_codes
 
 NORM = {"kernel": "quantized_bits(6,0,1,alpha='auto')", "bias": "quantized_bits(6,0,1,alpha='auto')"}
 PLAN = {"layers": {"*.depthwise.0": {"kernel": "quantized_po2_zero(4,1)"}, "*.1": NORM,
@@ -64,13 +69,13 @@ def test_small_pruned_model_codes_smaller_than_one_group_and_decodes_bit_exactly
 
 def test_codes_are_stored_in_the_narrowest_word_that_holds_them(pruned_4bit):
     data, _ = Encoder().encode(pruned_4bit)
-    back = coded_tensors(data)
+    back = stored_codes(data)[0]
     po2 = [n for n, v in pruned_4bit.items() if isinstance(v, CodedTensor) and v.codes.dtype == np.int16]
     assert po2 and all(back[n].quant.code_dtype.name == "int8" for n in po2)
     wide = {"w": CodedTensor(np.array([[-300, 0], [5, 200]], np.int16), QuantDescriptor(
         scheme=1, code_dtype=dtype_by_name("int16"), bits=10, scales=np.ones(1, np.float32)),
         dtype_by_name("float32")), "b": np.zeros(3, np.float32)}
-    kept = coded_tensors(Encoder().encode(wide)[0])["w"]
+    kept = stored_codes(Encoder().encode(wide)[0])[0]["w"]
     assert kept.quant.code_dtype.name == "int16"  # -300 needs 16 bits: not narrowed
     assert np.array_equal(kept.codes, wide["w"].codes)
 
@@ -88,6 +93,27 @@ def test_a_stream_is_never_larger_than_with_the_one_group_encoder():
                 before, _ = Encoder(**options).encode(nncodec.encoder.numpy_tensors(arrays))
             after, _ = Encoder(**options).encode(nncodec.encoder.numpy_tensors(arrays))
             assert len(after) <= len(before) and same_values(before, after)
+
+
+def test_the_one_group_encoder_rebuilds_its_frozen_vector_and_writes_one_unnarrowed_group(pruned_4bit):
+    """What backs ``encoder_before()`` as the encoder of format 1.4 before groups were split."""
+    vector = "tensor_group_folded_bn"  # a vector that encoder wrote and the manifest froze
+    want = {v.name: v.sha256 for v in load_manifest(default_vectors_dir())}[vector]
+    seed = group_vectors._RNG.bit_generator.seed_seq
+    with pytest.MonkeyPatch.context() as mp, encoder_before():
+        mp.setattr(group_vectors, "_RNG", np.random.default_rng(seed))  # the generator's draws, from the first
+        data, _ = group_vectors.VALID[vector][1]()
+    assert hashlib.sha256(data).hexdigest() == want
+    # that model is too small for split groups to win, so also: on one where they do, the one-group layout
+    with encoder_before():
+        data, _ = Encoder().encode(pruned_4bit)
+    groups = [u for u in nncodec.read_info(data).units if u.type == "tensor_group"]
+    shape = lambda v: v.codes.shape if isinstance(v, CodedTensor) else v[0].shape  # noqa: E731
+    small = sorted(n for n, v in pruned_4bit.items() if math.prod(shape(v)) <= encoder_module._GROUP_SMALL)
+    assert len(groups) == 1 and [m["name"] for m in groups[0].members] == small
+    back = stored_codes(data)[0]
+    assert all(back[n].quant.code_dtype == v.quant.code_dtype for n, v in pruned_4bit.items()
+               if isinstance(v, CodedTensor))  # codes in the word type they came in (int16 po2 codes too)
 
 
 def test_mid_size_tensors_are_grouped_only_up_to_the_byte_cap(monkeypatch):

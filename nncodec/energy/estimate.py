@@ -251,10 +251,18 @@ def _fixed_or_float_add(costs: OpCosts, t: QType) -> float:
     return costs.add(t.bits, float_bits=t.bits if t.is_float else None)
 
 
-#: activations whose output lies on their input's fixed-point grid (clipping only): an unquantized one after a
-#: quantizer keeps its type (a functional ``F.relu`` after a layer's output quantizer), not int32; after an
-#: accumulator it stays int32 (QTools' pricing)
-_ON_GRID = frozenset({"relu", "relu_", "relu6", "hardtanh", "hardtanh_"})
+def _follows_operands(in_types: list[QType]) -> QType | None:
+    """The stored type of an element-wise operation that has no quantizer of its own (no plan entry, no
+    fake-quant module), functional or a module alike: the widest operand type when every operand is a
+    quantizer's output (an activation is a lookup on its input's codes, a product or sum is requantized to
+    the wider operand's grid, as an int8 deployment does); a float operand makes it float; None (int32,
+    QTools' pricing) when an accumulator or another int32 value feeds it."""
+    if not in_types:
+        return None
+    widest = _widest(in_types)
+    if widest.is_float:
+        return widest
+    return widest if all(_quantized(t) for t in in_types) else None
 
 
 def _quantized(t: QType) -> bool:
@@ -449,8 +457,8 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
                 else (acc_t if acc_t.is_float else _Resolver.INT32)
         elif kind == "activation":
             this_out = resolver.activation(op.module, module if op.quant_module is not None else None)
-            if this_out is _Resolver.INT32 and op.target in _ON_GRID and _quantized(in_t) and not resolver.ref:
-                this_out = in_t  # relu / relu6 / hardtanh of a quantizer's values are values of the same grid
+            if this_out is _Resolver.INT32 and not resolver.ref:
+                this_out = _follows_operands(in_types[:1]) or this_out  # sigmoid / tanh / softmax ... of codes
         elif kind == "norm":
             bn = op.target in ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm")
             p_t = resolver.batchnorm(module)
@@ -473,7 +481,7 @@ def estimate_energy(model: nn.Module, example_inputs: Any, plan: "Plan | dict | 
             else:
                 cost = ops_n * _fixed_or_float_add(costs, widest)
             this_out = resolver.ref[1] if resolver.ref else (resolver.plan_activation(op.module, module)
-                                                            or (widest if widest.is_float else _Resolver.INT32))
+                                                            or _follows_operands(in_types) or _Resolver.INT32)
         elif kind == "concat":
             this_out = _widest(in_types)
             if not exact:

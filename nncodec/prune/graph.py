@@ -598,6 +598,32 @@ def _grow_recurrent_hidden(mod: nn.Module, extra: int) -> None:
     _refresh_rnn(mod)
 
 
+# -- attention scale ----------------------------------------------------------------------------------------
+def _head_dims(model: nn.Module) -> dict[str, int]:
+    """Per-head dimension of every ``nn.MultiheadAttention`` of ``model``, by module name."""
+    return {n: m.embed_dim // m.num_heads for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+
+
+def _keep_attention_scale(model: nn.Module, before: dict[str, int]) -> None:
+    """Rescale the query projection (rows and bias) of every ``nn.MultiheadAttention`` whose per-head dimension
+    changed from ``before`` by ``sqrt(new / old)``: PyTorch divides the logits by ``sqrt(head_dim)``, so without
+    this a resize would change every attention score, not only drop (or add) the resized channels' share."""
+    for name, old in before.items():
+        mod = model.get_submodule(name)
+        new = mod.embed_dim // mod.num_heads
+        if new == old:
+            continue
+        factor = math.sqrt(new / old)
+        with torch.no_grad():
+            if mod.in_proj_weight is not None:
+                mod.in_proj_weight[:mod.embed_dim].mul_(factor)
+            else:
+                mod.q_proj_weight.mul_(factor)
+            if mod.in_proj_bias is not None:
+                mod.in_proj_bias[:mod.embed_dim].mul_(factor)
+        log.debug("%s: head dimension %d -> %d, query projection scaled by %.4f", name, old, new, factor)
+
+
 # -- resize --------------------------------------------------------------------------------------------------
 def new_size(size: int, multiplier: float) -> int:
     """Units after a width multiplier: ``max(1, round(size * multiplier))``."""
@@ -629,12 +655,14 @@ def resize_groups(model: nn.Module, example_inputs: Any, widths: dict[str, float
         result.zero_grad(set_to_none=True)
         gradient_fn(result)  # type: ignore[misc]
     plans = _resize_plans(chosen, lambda g: _group_importance(analysis, g, importance))
+    head_dims = _head_dims(result)
     for g, action, arg in plans:  # prune first (indices refer to the unchanged groups), then grow
         if action == "prune":
             analysis.dg.get_pruning_group(g._root, g._handler.prune_out_channels, arg).prune()
     for g, action, arg in plans:
         if action == "grow":
             _grow(result, g, arg)
+    _keep_attention_scale(result, head_dims)
     if importance == "taylor":
         result.zero_grad(set_to_none=True)
     return result
@@ -735,6 +763,7 @@ class Resizer:
             return result
         _refuse_input_steps(self.model)
         plans = _resize_plans(chosen, self._importance)
+        head_dims = _head_dims(result)
         prunes = [(g, idxs) for g, action, idxs in plans if action == "prune"]
         if prunes:
             dg, _, _ = _dependency_graph(result, self.analysis.inputs, inputs_as_nodes=False)
@@ -744,4 +773,5 @@ class Resizer:
         for g, action, extra in plans:
             if action == "grow":
                 _grow(result, g, extra)
+        _keep_attention_scale(result, head_dims)
         return result

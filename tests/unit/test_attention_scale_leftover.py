@@ -1,0 +1,100 @@
+"""Shrinking an ``nn.MultiheadAttention``'s per-head dimension keeps its softmax scale: PyTorch divides the
+logits by sqrt(head_dim), so the kept query rows are scaled by sqrt(new / old); removing channels whose
+weights are all zero then leaves the outputs unchanged."""
+
+import pytest
+import torch
+from torch import nn
+
+from nncodec.prune.graph import Resizer, resize_groups, width_groups
+from nncodec.prune.structured import resize_layers
+
+E, HEADS = 16, 4
+HEAD = E // HEADS
+
+
+class Attn(nn.Module):
+    def __init__(self, bias: bool = True):
+        super().__init__()
+        self.inp = nn.Linear(8, E)
+        self.mha = nn.MultiheadAttention(E, HEADS, batch_first=True, bias=bias)
+        self.out = nn.Linear(E, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        a, _ = self.mha(h, h, h, need_weights=False)
+        return self.out(a)
+
+
+def _silenced(bias: bool = True) -> tuple[nn.Module, list[int]]:
+    """The model with positions 2 and 3 of every head (the channels a 0.5 width drops) zero in every weight
+    that reads or writes them, and large logits elsewhere (so a wrong scale shows)."""
+    torch.manual_seed(0)
+    m = Attn(bias).eval()
+    drop = [h * HEAD + j for h in range(HEADS) for j in (2, 3)]
+    with torch.no_grad():
+        m.mha.in_proj_weight.mul_(4.0)
+        m.inp.weight[drop] = 0
+        m.inp.bias[drop] = 0
+        for part in range(3):
+            rows = [part * E + d for d in drop]
+            m.mha.in_proj_weight[rows] = 0
+            if bias:
+                m.mha.in_proj_bias[rows] = 0
+        m.mha.in_proj_weight[:, drop] = 0
+        m.mha.out_proj.weight[drop] = 0
+        m.mha.out_proj.weight[:, drop] = 0
+        if bias:
+            m.mha.out_proj.bias[drop] = 0
+        m.out.weight[:, drop] = 0
+    return m, drop
+
+
+def _resized(model, x, how):
+    if how == "resize_groups":
+        return resize_groups(model, x, {"inp": 0.5})
+    if how == "resizer":
+        return Resizer(model, x).resize({"inp": 0.5})
+    return resize_layers(model, {"inp": 0.5}, x)
+
+
+@pytest.mark.parametrize("how", ["resize_groups", "resizer", "resize_layers"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dropping_silent_channels_keeps_the_attention_outputs(how, bias):
+    model, _ = _silenced(bias)
+    x = torch.randn(2, 5, 8)
+    g = next(g for g in width_groups(model, x) if "mha" in g.producers + g.consumers)
+    assert g.blocks == HEADS
+    small = _resized(model, x, how)
+    assert small.mha.embed_dim == E // 2 and small.mha.num_heads == HEADS and small.mha.head_dim == HEAD // 2
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5), (small(x) - model(x)).abs().max()
+
+
+def test_the_kept_query_rows_are_rescaled_only():
+    model, drop = _silenced()
+    x = torch.randn(2, 5, 8)
+    small = resize_groups(model, x, {"inp": 0.5})
+    keep = [c for c in range(E) if c not in drop]
+    w, b = model.mha.in_proj_weight, model.mha.in_proj_bias
+    ratio = (HEAD // 2 / HEAD) ** 0.5
+    sw, sb = small.mha.in_proj_weight, small.mha.in_proj_bias
+    half = E // 2
+    assert torch.allclose(sw[:half], w[keep][:, keep] * ratio)
+    assert torch.allclose(sb[:half], b[keep] * ratio)
+    keys = [E + c for c in keep]
+    assert torch.equal(sw[half:2 * half], w[keys][:, keep])   # keys and values as they were
+    assert torch.equal(sb[half:], b[[E + c for c in keep] + [2 * E + c for c in keep]])
+
+
+def test_an_mha_group_does_not_widen():
+    """Widening would change the head dimension (and append channels the softmax reads): refused, so no resize
+    changes an nn.MultiheadAttention's scale without the compensation above."""
+    from nncodec.errors import ConfigError
+
+    model, _ = _silenced()
+    x = torch.randn(2, 5, 8)
+    g = next(g for g in width_groups(model, x) if "mha" in g.producers + g.consumers)
+    assert not g.can_widen and "MultiheadAttention" in g.reason
+    with pytest.raises(ConfigError, match="cannot widen"):
+        resize_groups(model, x, {"inp": 1.5})

@@ -34,7 +34,7 @@ from torch import nn
 from ..checks import is_number
 from ..energy.graph import example_tensors as example_batch
 from ..errors import ConfigError
-from ..quant.layers import has_input_steps
+from ..quant.layers import has_input_steps, tied_parameters
 
 __all__ = ["WidthGroup", "GroupAnalysis", "Resizer", "width_groups", "resize_groups", "group_importance",
            "example_batch", "is_attention", "new_size"]
@@ -302,6 +302,11 @@ class GroupAnalysis:
         #: producer name -> why its group keeps its width (the model output, a model input, ...)
         self.fixed: dict[str, str] = {}
         roots = [m for m in model.modules() if isinstance(m, _ROOT_TYPES) or m in self.attention]
+        #: module -> the modules it shares a parameter with (tied weights: one tensor, one shape)
+        tied: dict[str, list[str]] = {}
+        for uses in tied_parameters(model):
+            for n, _ in uses:
+                tied.setdefault(n, []).extend(o for o, _ in uses if o != n and o not in tied[n])
         inside_attention = {id(q) for a in self.attention for q in (a.query, a.key, a.value)}
         seen: set[int] = set()
         for m in roots:
@@ -337,6 +342,9 @@ class GroupAnalysis:
                     if not reason:
                         reason = _widen_blocker(mod)
                     fixed = fixed or _resize_blocker(mod, self.names[mod], out_fn)
+                    if not fixed and tied.get(self.names[mod]):
+                        fixed = (f"{self.names[mod]!r} shares a parameter with {tied[self.names[mod]]} (tied "
+                                 "tensors are one tensor: a resize would untie them)")
                     blocks = math.lcm(blocks, _blocks_of(mod))
                 elif isinstance(mod, torch.Tensor) and id(mod) in self.dg.nncodec_inputs:
                     fixed = fixed or "its channels meet a model input (a parameter-free residual sum with the input)"

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checks import is_int
 from ..errors import ConfigError
-from ..quant.layers import _WRAPPERS, _QuantWeights, _wrap, read_without_call
+from ..quant.layers import _WRAPPERS, _QuantWeights, _wrap, read_without_call, tied_parameters
 from ..quant.plan import LayerPlan
 
 __all__ = ["magnitude_masks", "global_magnitude_masks", "std_threshold_masks", "balanced_masks", "apply_masks", "sparsity", "prunable_layers"]
@@ -34,8 +34,25 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Conv / linear layers whose forward applies a mask (not those a parent reads without calling them,
     such as ``nn.MultiheadAttention``'s ``out_proj``)."""
     unread = read_without_call(model)
-    return {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, tuple(_WRAPPERS)))
-            and n not in unread}
+    layers = {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, tuple(_WRAPPERS)))
+              and n not in unread}
+    return {n: m for n, m in layers.items() if not _untied_by_mask(n, layers, _weight_ties(model))}
+
+
+def _weight_ties(model: nn.Module) -> dict[str, list[str]]:
+    """Layer -> the other modules its ``weight`` is tied to (one tensor in several modules)."""
+    out: dict[str, list[str]] = {}
+    for uses in tied_parameters(model):
+        names = [n for n, p in uses if p == "weight"]
+        for n in names:
+            out[n] = [o for o in names if o != n]
+    return out
+
+
+def _untied_by_mask(name: str, layers: dict[str, nn.Module], ties: dict[str, list[str]]) -> list[str]:
+    """The modules sharing ``name``'s weight that cannot hold its mask (an embedding table tied to an output
+    projection): a mask there would let the two uses of one tensor diverge in training."""
+    return [o for o in ties.get(name, []) if o not in layers]
 
 
 def _weight(m: nn.Module) -> torch.Tensor:
@@ -156,11 +173,17 @@ def balanced_masks(model: nn.Module, amount: float, group: int = 8) -> dict[str,
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     """Install ``masks`` in ``model`` (in place; plain layers become fake-quant layers without quantizers)."""
     unread = read_without_call(model)
+    ties = _weight_ties(model)
+    layers = {n: m for n, m in model.named_modules() if n and isinstance(m, tuple(_WRAPPERS))}
     for name, mask in masks.items():
         mod = model.get_submodule(name)
         if name in unread:
             raise ConfigError(f"cannot mask {name!r}: its parent reads its weight without calling it, so the mask "
                               "would not hold through training")
+        untied = _untied_by_mask(name, layers, ties)
+        if untied:
+            raise ConfigError(f"cannot mask {name!r}: its weight is tied to {untied}, which cannot hold the mask (the "
+                              "two uses of one tensor would diverge in training)")
         if mask.shape != mod.weight.shape:
             raise ConfigError(f"mask for {name!r} has shape {list(mask.shape)}, weight {list(mod.weight.shape)}")
         if not isinstance(mod, _QuantWeights):

@@ -87,6 +87,9 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
     or encode with ``quantized=False`` to keep the masks for more training).
     """
     state: dict[str, Any] = dict(model.state_dict())
+    #: a tied parameter (one tensor in several layers) with one quantizer and mask: one CodedTensor for all its
+    #: names, whose codes are one array (what the stream can store once, the other names aliases of it)
+    coded: dict[int, list[tuple[str, torch.Tensor | None, CodedTensor]]] = {}
     for name, module in model.named_modules():
         if not isinstance(module, _QuantParams):
             continue
@@ -94,7 +97,13 @@ def quantized_state(model: nn.Module) -> dict[str, Any]:
         for pname, quantizer, value, mask in module.quantized_tensors():
             if value.dtype not in _FLOAT_TENSOR_DTYPES:
                 continue
-            state[prefix + pname] = _coded(quantizer, value, mask)
+            seen = coded.setdefault(id(getattr(module, pname)), [])
+            same = next((c for spec, m, c in seen if spec == quantizer.spec() and
+                         (m is None and mask is None or (m is not None and mask is not None and torch.equal(m, mask)))),
+                        None)
+            state[prefix + pname] = same if same is not None else _coded(quantizer, value, mask)
+            if same is None:
+                seen.append((quantizer.spec(), mask, state[prefix + pname]))
             if mask is not None or pname == "weight":
                 state.pop(prefix + pname + "_mask", None)
         stored = getattr(module, "stored_buffers", None)  # a folded batch norm: its statistics as stored

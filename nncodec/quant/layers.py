@@ -418,6 +418,8 @@ def _wrap(module: nn.Module, lp: LayerPlan) -> nn.Module:
                    bias=module.bias is not None, padding_mode=module.padding_mode,
                    kernel_quantizer=lp.kernel, bias_quantizer=lp.bias, output_quantizer=activation)
     new.load_state_dict(module.state_dict(), strict=False)
+    for pname, param in module.named_parameters(recurse=False):  # the very tensors: a tied weight stays tied
+        setattr(new, pname, param)
     for name, buf in module.named_buffers(recurse=False):
         new.register_buffer(name, buf.clone())
     if lp.input is not None:
@@ -500,8 +502,37 @@ def quantize_model(model: nn.Module, plan: "Plan | dict | str | None", *, inplac
                               "only")
         elif name in plan.layers and lp.activation:
             _add_output_quantizer(module, lp.activation)  # named exactly: a norm, a block, any module
+    check_tied_quantizers(model)
     _without_fused_paths(model)
     return model
+
+
+def tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """Parameters shared by several modules (tied weights, e.g. an embedding and an output projection): one
+    list of ``(module name, parameter name)`` per shared tensor, in module order (at least two modules)."""
+    users: dict[int, list[tuple[str, str]]] = {}
+    for name, module in model.named_modules():  # a module registered twice is one module, not a tie
+        for pname, param in module.named_parameters(recurse=False):
+            if (name, pname) not in users.setdefault(id(param), []):
+                users[id(param)].append((name, pname))
+    return [uses for uses in users.values() if len({m for m, _ in uses}) > 1]
+
+
+def check_tied_quantizers(model: nn.Module) -> None:
+    """Raise :class:`ConfigError` when modules sharing one parameter quantize it differently (or one of them
+    not at all): a tied tensor is one tensor, stored once; its layers need one quantizer, naming both layers."""
+    modules = dict(model.named_modules())
+    for uses in tied_parameters(model):
+        specs = []
+        for name, pname in uses:
+            module = modules[name]
+            q = {p: quant for p, quant, _, _ in module.quantized_tensors()}.get(pname) \
+                if isinstance(module, _QuantParams) else None
+            specs.append(q.spec() if q is not None else None)
+        if len(set(specs)) > 1:
+            what = ", ".join(f"{n}.{p} ({s or 'unquantized'})" for (n, p), s in zip(uses, specs))
+            raise ConfigError(f"tied parameters get different quantizers: {what}; the layers share one tensor, "
+                              "stored once: give them the same kernel (or bias) quantizer")
 
 
 def layer_like(module: nn.Module) -> bool:

@@ -157,21 +157,26 @@ def deployed_copy(model: nn.Module) -> nn.Module:
 
 
 def model_size_bits(model: nn.Module) -> int:
-    """Parameter storage in bits: each weight / bias at its quantizer's bits (32 when unquantized)."""
+    """Parameter storage in bits: each weight / bias at its quantizer's bits (32 when unquantized); a tied
+    tensor (one parameter in several layers, one quantizer) once."""
     total = 0
+    seen: set[int] = set()
     for m in model.modules():
         bits = {pname: q.bits for pname, q, _, _ in m.quantized_tensors()} if isinstance(m, _QuantParams) else {}
-        total += sum(p.numel() * bits.get(pname, 32) for pname, p in m.named_parameters(recurse=False))
+        for pname, p in m.named_parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel() * bits.get(pname, 32)
     return total
-
-
 
 
 def nonzero_size_bits(model: nn.Module) -> int:
     """Weight storage the bitstream pays for, in bits: each *nonzero* quantized weight / bias at its quantizer's
     bits (32 when unquantized). Zeros (pruned, or rounded to zero by ternary, power-of-two-with-zero or fixed
-    point quantizers) are counted as free, as the entropy stage codes them in well under a bit each."""
+    point quantizers) are counted as free, as the entropy stage codes them in well under a bit each. A tied
+    tensor counts once."""
     total = 0
+    seen: set[int] = set()
     with torch.no_grad():
         for m in model.modules():
             coded = {}
@@ -180,6 +185,9 @@ def nonzero_size_bits(model: nn.Module) -> int:
                     v = q(value, False)
                     coded[pname] = (v * mask if mask is not None else v, q.bits)
             for pname, p in m.named_parameters(recurse=False):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
                 v, bits = coded.get(pname, (p, 32))
                 total += int(torch.count_nonzero(v)) * bits
     return total

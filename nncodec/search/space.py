@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..prune.graph import GroupAnalysis, example_batch, fnmatch_any
 from ..quant.base import get_quantizer
 from ..quant.input_steps import check_foldable
-from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm, read_without_call
+from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm, read_without_call, tied_parameters
 from ..quant.plan import LayerPlan, Plan
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,7 @@ class SearchSpace:
                                      _expand(norms, kind_bits("kernel", "norm", n), _int_bits(float(scale.abs().max()))),
                                      _expand(norms, kind_bits("bias", "norm", n), _int_bits(float(shift.abs().max()))),
                                      None, [], [1.0]))
+        _tie_choices(layers, tied_parameters(model), skip)
         known_keys = set(DEFAULT_BITS["kernel"]) | set(DEFAULT_BITS["activation"]) | {lay.group for lay in layers}
         odd = sorted(set(user_bits.get("input", {})) - {"dense"} - {lay.group for lay in layers if lay.input})
         if odd:
@@ -391,6 +392,39 @@ def _check_runs(model: nn.Module, example_inputs: Any) -> None:
         raise ConfigError(f"the model cannot run on the example inputs ({given}): {type(exc).__name__}: {exc}; "
                           "give the input shape without the batch dimension (float inputs) or example tensors "
                           "(token ids as a LongTensor, several inputs as a tuple)"[:600]) from None
+
+
+def _tie_choices(layers: list[LayerSpace], ties: list[list[tuple[str, str]]], skip: tuple[str, ...]) -> None:
+    """Layers sharing a weight tensor (tied weights) make one choice: their groups merge into the first one's
+    (as ``share`` does) and each offers the kernels valid for all of them (the same specs: one tensor, one
+    fitted range). A ConfigError when some of them are quantized and others not (``skip``, or a layer its
+    parent reads without calling it), or when they have no kernel in common."""
+    by_name = {lay.name: lay for lay in layers if lay.kind != "activation"}
+    for uses in ties:
+        weights = [(n, p) for n, p in uses if p.startswith("weight")]
+        names = list(dict.fromkeys(n for n, _ in weights))
+        members = [by_name[n] for n in names if n in by_name]
+        if not members:
+            continue
+        if len(members) < len(names):
+            left = [n for n in names if n not in by_name]
+            why = " (skip)" if any(fnmatch_any(n, skip) for n in left) else ""
+            raise ConfigError(f"{', '.join(repr(m.name) for m in members)} share a weight with {left}, which the "
+                              f"search leaves unquantized{why}: tied layers are quantized together or not at all")
+        if len(members) < 2:
+            continue
+        common = [k for k in members[0].kernel if all(k in m.kernel for m in members[1:])]
+        if not common:
+            raise ConfigError(f"tied layers {names} share one weight but have no kernel choice in common "
+                              f"({[m.kernel for m in members]}); give them common bits")
+        target = members[0].group
+        merged = {m.group for m in members}
+        for lay in layers:
+            if lay.group in merged:
+                lay.group = target
+        for m in members:
+            m.kernel = list(common)
+        log.info("tied layers %s: one kernel choice (group %r)", names, target)
 
 
 def _own_spec(value: Any, shared: list[str] | None, own: list[str]) -> Any:

@@ -328,6 +328,7 @@ class GroupAnalysis:
             reason = ""
             fixed = ""
             blocks = 1
+            sdpa = False  # the channels enter a scaled_dot_product_attention (an nn.MultiheadAttention's own, or not)
             for dep, idxs in group:
                 mod = dep.target.module
                 out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
@@ -348,10 +349,17 @@ class GroupAnalysis:
                     blocks = math.lcm(blocks, _blocks_of(mod))
                 elif isinstance(mod, torch.Tensor) and id(mod) in self.dg.nncodec_inputs:
                     fixed = fixed or "its channels meet a model input (a parameter-free residual sum with the input)"
+                elif "ScaledDotProduct" in type(dep.target.grad_fn).__name__:
+                    sdpa = True
                 elif dep.target.type in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.UNBIND,
                                          tp.ops.OPTYPE.EXPAND) and not reason:
                     reason = f"a {dep.target.type.name.lower()} joins its channels"
             name = self.names[m]
+            if sdpa and not fixed and not any(isinstance(model.get_submodule(n), nn.MultiheadAttention) or
+                                              is_attention(model.get_submodule(n)) for n in producers + consumers):
+                fixed = ("its channels enter a hand-written attention (scaled_dot_product_attention): its head split "
+                         "is not known, so a resize would move channels between heads and change the 1/sqrt(head "
+                         "size) scale (nn.MultiheadAttention and Hugging Face-style attention modules resize)")
             if not fixed and any(fnmatch_any(p, keep) for p in producers):
                 fixed = "kept by the caller"
             if fixed or n % blocks:

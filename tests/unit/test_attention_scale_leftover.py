@@ -98,3 +98,35 @@ def test_an_mha_group_does_not_widen():
     assert not g.can_widen and "MultiheadAttention" in g.reason
     with pytest.raises(ConfigError, match="cannot widen"):
         resize_groups(model, x, {"inp": 1.5})
+
+
+class HandWritten(nn.Module):
+    """Multi-head attention written with linears, a view into heads and scaled_dot_product_attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, E)
+        self.q, self.k, self.v, self.o = (nn.Linear(E, E) for _ in range(4))
+        self.out = nn.Linear(E, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        b, t, _ = h.shape
+        q, k, v = (m(h).view(b, t, HEADS, -1).transpose(1, 2) for m in (self.q, self.k, self.v))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(self.o(a.transpose(1, 2).reshape(b, t, -1)))
+
+
+def test_a_hand_written_attention_keeps_its_head_size():
+    """Its head split is a view in forward, unknown to the dependency graph: the projections feeding the
+    attention keep their width (a ConfigError names why) instead of losing channels across heads and their
+    softmax scale; the layers around it still resize."""
+    from nncodec.errors import ConfigError
+
+    torch.manual_seed(0)
+    model, x = HandWritten().eval(), torch.randn(2, 5, 8)
+    names = {g.name for g in width_groups(model, x)}
+    assert "inp" in names and not names & {"q", "k", "v"}
+    with pytest.raises(ConfigError, match="hand-written attention"):
+        resize_groups(model, x, {"q": 0.5})
+    assert resize_groups(model, x, {"inp": 0.5}).inp.out_features == E // 2

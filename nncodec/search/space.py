@@ -149,7 +149,8 @@ class SearchSpace:
         ``layer_outputs``: give layers without an activation after them an output quantizer.
         ``module_outputs``: give an output quantizer to norms other than batch norms (layer / group norms)
         and to blocks whose output is a residual sum or an attention / matmul result they compute, so that the layers reading them multiply
-        at the chosen bits (unquantized, the energy model prices them at int32).
+        at the chosen bits (unquantized, the energy model prices a sum at its operands' widest type, int32 when an
+        accumulator feeds it, and an attention / matmul result at int32).
         ``norms``: templates of the folded scale / shift quantizers of batch norms (``()``: batch norms stay
         float32 in the bitstream).
         ``bits``: ``{role: {key: bit widths}}``, role ``kernel`` / ``activation`` / ``bias`` / ``input``, key a

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["encode", "decode", "OK", "ERR_END", "ERR_FIRST_BYTE", "ERR_RANGE", "ERR_PREFIX", "ERR_TAIL",
+__all__ = ["encode", "decode", "range_code", "OK", "ERR_END", "ERR_FIRST_BYTE", "ERR_RANGE", "ERR_PREFIX", "ERR_TAIL",
            "TYPE_I8", "TYPE_U8", "TYPE_I16", "TYPE_U16", "TYPE_TREE", "TYPE_BYPASS", "TYPE_WIDTH", "TYPE_RANGE",
            "SET_PROBS", "MAX_SETS", "MAX_K", "PREFIX_CAP"]
 
@@ -38,9 +38,6 @@ def encode(data: np.ndarray, segs: np.ndarray, shift: int, k: int) -> bytes:
     raw = data.tobytes()
     if not raw:
         return b""
-    probs = [1024] * (SET_PROBS * MAX_SETS)
-    out = bytearray()
-    low, rng, cache, cache_size = 0, _MASK, 0, 1
     bits: list[tuple[int, int]] = []  # (context, bit), context -1: bypass
 
     pos = 0
@@ -85,6 +82,15 @@ def encode(data: np.ndarray, segs: np.ndarray, shift: int, k: int) -> bytes:
                     bits.extend((-1, (s >> i) & 1) for i in range(n - 1, -1, -1))
             prev2, prev1 = prev1, v
 
+    return range_code(bits, shift)
+
+
+def range_code(bits: "list[tuple[int, int]]", shift: int) -> bytes:
+    """The range coder's bytes for ``(context, bit)`` pairs (context: index into the probabilities of all
+    sets, set ``s``'s first at ``s * SET_PROBS``; -1: a bypass bit), all probabilities starting at 1024."""
+    probs = [1024] * (SET_PROBS * MAX_SETS)
+    out = bytearray()
+    low, rng, cache, cache_size = 0, _MASK, 0, 1
     for ctx, bit in bits:
         if ctx < 0:
             rng >>= 1

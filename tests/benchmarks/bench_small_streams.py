@@ -83,15 +83,28 @@ def kind_table(tensors: dict[str, Any]) -> tuple[str, float]:
 
 
 @contextlib.contextmanager
+def encoder_without_acode() -> Iterator[None]:
+    """The encoder's choices before the adaptive arithmetic coding stage (id 8, format 1.6): group data blocks
+    coded by the other stages only (the same bytes as that encoder, format 1.5 at most)."""
+    saved = encoder_module._acode_smallest
+    encoder_module._acode_smallest = lambda entries, data: None
+    try:
+        yield
+    finally:
+        encoder_module._acode_smallest = saved
+
+
+@contextlib.contextmanager
 def encoder_before() -> Iterator[None]:
     """The encoder's choices before tensor groups were split and their codes narrowed: one group of the
-    tensors up to 4096 elements, or none (patched module constants; the same bytes as that encoder). Without
-    splits the larger bounds have no candidate (only the single group of bounds up to 4096 competes): leaving
-    them out saves their work, not bytes."""
+    tensors up to 4096 elements, or none, and no stage 8 (patched module constants; the same bytes as that
+    encoder). Without splits the larger bounds have no candidate (only the single group of bounds up to 4096
+    competes): leaving them out saves their work, not bytes."""
     saved = encoder_module._SPLITS, encoder_module._GROUP_BOUNDS
     encoder_module._SPLITS, encoder_module._GROUP_BOUNDS = (), (16, 256, 4096)
     try:
-        yield
+        with encoder_without_acode():
+            yield
     finally:
         encoder_module._SPLITS, encoder_module._GROUP_BOUNDS = saved
 

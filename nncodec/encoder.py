@@ -83,6 +83,7 @@ _SPLIT_LEVEL = 9
 _ACODE_MAX_BYTES = 1 << 20
 _ACODE_PORTABLE_MAX_BYTES = 16 << 10
 _ACODE_SHIFTS = (4, 5)
+_ACODE_KS = (4, 8)  #: numbers of "abs > k" flags tried (FORMAT.md §16.1's K)
 
 
 @dataclass
@@ -796,8 +797,9 @@ def _acode_offset(words: np.ndarray) -> int:
 
 def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[int]]":
     """Context sets to try for a group's members: one per member (when at most 16); each kernel (quantized,
-    rank >= 2) its own and the other members by the last part of their name; all kernels in one set and the rest
-    by name; everything in one set. Keys beyond 16 distinct share set 15."""
+    rank >= 2) its own, the members coded as raw bytes one, and the others by the last part of their name; all
+    kernels in one set, raw bytes in one, the rest by name; everything in one set. Keys beyond 16 distinct share
+    set 15."""
     def sets_of(keys: list) -> list[int]:
         index: dict = {}
         for k in keys:
@@ -811,8 +813,11 @@ def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[
         return h.quant.scheme != SCHEME_NONE and len(h.shape) >= 2
 
     heads = [h for h, _ in entries]
-    found = [sets_of([("k", h.name) if kernel(h) else ("v", leaf(h)) for h in heads]),
-             sets_of([("k",) if kernel(h) else ("v", leaf(h)) for h in heads]),
+    def raw(h: TensorHeader) -> bool:
+        return h.quant.code_dtype.name not in _ACODE_KINDS
+
+    found = [sets_of([("r",) if raw(h) else ("k", h.name) if kernel(h) else ("v", leaf(h)) for h in heads]),
+             sets_of([("r",) if raw(h) else ("k",) if kernel(h) else ("v", leaf(h)) for h in heads]),
              [0] * len(heads)]
     if len(heads) <= 16:
         found.insert(0, list(range(len(heads))))
@@ -825,7 +830,7 @@ def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[
 
 def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]") -> "tuple[Pipeline, bytes] | None":
     """The smallest coding of a group's data block by the adaptive arithmetic coding stage (id 8), one segment per
-    member (its code words' type and offset), over :func:`_acode_assignments` and :data:`_ACODE_SHIFTS`; None when
+    member (its code words' type and offset), over :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when
     the block is empty or over :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled
     coder)."""
     total = sum(len(d) for d in data)
@@ -841,12 +846,17 @@ def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes
     raw = b"".join(data)
     best: "tuple[Pipeline, bytes] | None" = None
     for sets in _acode_assignments(entries):
-        segments = [Segment(k, s, o, len(d) // w) for k, s, o, d, w in zip(kinds, sets, offsets, data, widths)]
+        segments: list[Segment] = []
+        for k, s, o, d, w in zip(kinds, sets, offsets, data, widths):
+            if segments and k == segments[-1].kind == SEGMENT_TYPES["tree"] and s == segments[-1].cset:
+                segments[-1] = segments[-1]._replace(count=segments[-1].count + len(d))  # raw bytes: the same bits
+            else:
+                segments.append(Segment(k, s, o, len(d) // w))
         for shift in _ACODE_SHIFTS:
-            stage = Acode(shift, segments=segments)
-            coded = stage.encode(memoryview(raw))
-            if best is None or len(coded) < len(best[1]):
-                best = Pipeline((Acode(shift),)), coded
+            for k in _ACODE_KS:
+                coded = Acode(shift, k, segments).encode(memoryview(raw))
+                if best is None or len(coded) < len(best[1]):
+                    best = Pipeline((Acode(shift, k),)), coded
     return best
 
 

@@ -261,7 +261,8 @@ done:
 #define AC_SIG 0
 #define AC_SIGN 3
 #define AC_GT 6
-#define AC_TREE (6 + AC_MAX_K)
+#define AC_PRE (6 + AC_MAX_K)
+#define AC_TREE (AC_PRE + AC_PREFIX_CAP + 1)
 #define AC_SET_PROBS (AC_TREE + 255)
 #define AC_TOP (1u << 24)
 
@@ -379,8 +380,8 @@ static PyObject *acode_encode(PyObject *self, PyObject *args) {
                     if (jj > (uint32_t)k) {
                         uint32_t r1 = a - (uint32_t)k, nb = 0;  /* r + 1 */
                         while ((r1 >> (nb + 1)) != 0) nb++;
-                        for (uint32_t i = 0; i < nb; i++) ac_enc_direct(&e, 1);
-                        ac_enc_direct(&e, 0);
+                        for (uint32_t i = 0; i < nb; i++) ac_enc_bit(&e, pr + AC_PRE + i, 1, shift);
+                        ac_enc_bit(&e, pr + AC_PRE + nb, 0, shift);
                         for (int i = (int)nb - 1; i >= 0; i--) ac_enc_direct(&e, (r1 >> i) & 1);
                     }
                 }
@@ -479,7 +480,7 @@ static PyObject *acode_decode(PyObject *self, PyObject *args) {
                     if (a > k) {
                         int m = 0;
                         for (;;) {
-                            AC_DIRECT(d, b, fail_end);
+                            AC_BIT(d, pr + AC_PRE + m, b, fail_end);
                             if (!b) break;
                             if (++m > AC_PREFIX_CAP) { status = 4; goto stop; }
                         }

@@ -23,8 +23,9 @@ TYPE_RANGE = {TYPE_I8: (-128, 127), TYPE_U8: (0, 255), TYPE_I16: (-32768, 32767)
 MAX_SETS = 16
 MAX_K = 15
 PREFIX_CAP = 18  #: longest Exp-Golomb prefix (one bits) a decoder accepts
-# a set's probabilities: sig 3 | sign 3 | gt MAX_K | bit tree 255
-_SIG, _SIGN, _GT, _TREE = 0, 3, 6, 6 + MAX_K
+# a set's probabilities: sig 3 | sign 3 | gt MAX_K | Exp-Golomb prefix PREFIX_CAP + 1 | bit tree 255
+_SIG, _SIGN, _GT, _PRE = 0, 3, 6, 6 + MAX_K
+_TREE = _PRE + PREFIX_CAP + 1
 SET_PROBS = _TREE + 255
 _TOP = 1 << 24
 _MASK = 0xFFFFFFFF
@@ -76,8 +77,8 @@ def encode(data: np.ndarray, segs: np.ndarray, shift: int, k: int) -> bytes:
                 if j > k:
                     r = a - k - 1
                     n = (r + 1).bit_length() - 1
-                    bits.extend([(-1, 1)] * n)
-                    bits.append((-1, 0))
+                    bits.extend((base + _PRE + i, 1) for i in range(n))
+                    bits.append((base + _PRE + n, 0))
                     s = r + 1 - (1 << n)
                     bits.extend((-1, (s >> i) & 1) for i in range(n - 1, -1, -1))
             prev2, prev1 = prev1, v
@@ -227,7 +228,7 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
                         a += 1
                     if a > k:
                         m = 0
-                        while direct():
+                        while bit(base + _PRE + m):
                             m += 1
                             if m > PREFIX_CAP:
                                 raise _Stop(ERR_PREFIX)

@@ -6,7 +6,8 @@ table costs more than it saves. The words are split into **segments** (a group's
 set (segments of one set share their adaptive probabilities), and an offset subtracted before coding. An
 integer word is binarized as in DeepCABAC: a significance flag (context: how many of the previous two words
 of the segment were non-zero), a sign flag (context: the previous word's sign), "abs > k" flags for
-``k = 1..K`` (one context each) and an Exp-Golomb-0 remainder in bypass bits. The bits go through LZMA's
+``k = 1..K`` (one context each) and an Exp-Golomb-0 remainder (prefix bits adaptive, one context per
+position; suffix bits in bypass). The bits go through LZMA's
 binary range coder (32-bit range, 11-bit probabilities, adaptation shift from the params).
 
 Params: ``u8 shift (3..7) | u8 K (0..15)``. Framing: the segment table (varints), then the coder's bytes.
@@ -40,6 +41,7 @@ SEGMENT_TYPES = {"int8": portable.TYPE_I8, "uint8": portable.TYPE_U8, "int16": p
                  "uint16": portable.TYPE_U16, "tree": portable.TYPE_TREE, "bypass": portable.TYPE_BYPASS}
 _INTEGER_TYPES = (portable.TYPE_I8, portable.TYPE_U8, portable.TYPE_I16, portable.TYPE_U16)
 MAX_OFFSET = 65535
+_HAS_OFFSET = 0x08  #: segment head bit 3: an offset follows
 _PARAMS = struct.Struct("<BB")
 SHIFTS = range(3, 8)
 _VARINT_BYTES = 8
@@ -83,8 +85,8 @@ def segment_table(segments: Sequence[Segment]) -> bytes:
                 raise ConfigError(f"acode: segment offset {s.offset} beyond ±{MAX_OFFSET}")
         elif s.offset:
             raise ConfigError("acode: raw-byte segments take no offset")
-        out.append(s.cset << 4 | s.kind)
-        if s.kind in _INTEGER_TYPES:
+        out.append(s.cset << 4 | (_HAS_OFFSET if s.offset else 0) | s.kind)
+        if s.offset:
             out += _varint(2 * s.offset if s.offset >= 0 else -2 * s.offset - 1)
         out += _varint(s.count)
     return bytes(out)
@@ -126,11 +128,13 @@ def parse_segments(data: memoryview, size: int) -> tuple[np.ndarray, int]:
             raise CorruptError(f"acode framing ends inside segment {i} (framing byte {at})")
         head = data[r.pos]
         r.pos += 1
-        kind, cset = head & 0x0F, head >> 4
+        kind, cset = head & 0x07, head >> 4
         if kind > portable.TYPE_BYPASS:
             raise CorruptError(f"acode segment {i} has unknown type {kind} (framing byte {at})")
         offset = 0
-        if kind in _INTEGER_TYPES:
+        if head & _HAS_OFFSET:
+            if kind not in _INTEGER_TYPES:
+                raise CorruptError(f"acode segment {i} of raw bytes declares an offset (framing byte {at})")
             z = r.varint(f"segment {i}'s offset")
             offset = z >> 1 if not z & 1 else -((z + 1) >> 1)
             if abs(offset) > MAX_OFFSET:
@@ -182,7 +186,7 @@ class _Portable:
 @register_stage
 class Acode(Stage):
     """Params: ``u8 shift (3..7) | u8 K (0..15)``. Framing: ``varint n_segments``, per segment ``u8 (set << 4 |
-    type)``, for integer types a zig-zag ``varint offset``, ``varint count``; then the range coder's bytes
+    has_offset << 3 | type)``, when has_offset (integer types only) a zig-zag ``varint offset``, ``varint count``; then the range coder's bytes
     (none when the segments hold no words). See FORMAT.md §16.
 
     ``segments`` (encoding only, not stored in the params and not part of equality): how the encoder's input
@@ -254,11 +258,12 @@ class Acode(Stage):
         for i in range(n):
             if r.pos >= len(data):
                 raise CorruptError(f"acode framing ends inside segment {i}")
-            kind = data[r.pos] & 0x0F
+            head = data[r.pos]
+            kind = head & 0x07
             r.pos += 1
             if kind > portable.TYPE_BYPASS:
                 raise CorruptError(f"acode segment {i} has unknown type {kind}")
-            if kind in _INTEGER_TYPES:
+            if head & _HAS_OFFSET:
                 r.varint(f"segment {i}'s offset")
             total += r.varint(f"segment {i}'s word count") * portable.TYPE_WIDTH[kind]
         return total

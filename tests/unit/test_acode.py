@@ -151,11 +151,11 @@ def _table(*rows: bytes) -> bytes:
     ("run_out", "run out"), ("first_byte", "first coded byte"), ("tail", "do not end"),
     ("range", "outside its word type"), ("prefix", "Exp-Golomb prefix"), ("sum_short", "declare 9 bytes"),
     ("sum_long", "over the 10 bytes"), ("type", "unknown type"), ("offset", "beyond"), ("varint", "minimally"),
-    ("segments_claim", "segments in"), ("table_cut", "ends inside"), ("code_not_zero", "do not end")])
+    ("segments_claim", "segments in"), ("raw_offset", "declares an offset"), ("table_cut", "ends inside"), ("code_not_zero", "do not end")])
 def test_every_error_rule_is_a_corrupt_error_naming_the_stage(case, match):
     coded = _coded()
-    table, body = coded[:4], coded[4:]
-    assert table == _table(bytes([I8, 0, 10]))  # one int8 segment, set 0, offset 0, 10 words
+    table, body = coded[:3], coded[3:]
+    assert table == _table(bytes([I8, 10]))  # one int8 segment, set 0, no offset, 10 words
     size, params = 10, b"\x04\x0f"
     if case == "run_out":
         data = coded[:-1]
@@ -166,25 +166,29 @@ def test_every_error_rule_is_a_corrupt_error_naming_the_stage(case, match):
     elif case == "code_not_zero":
         data = coded[:-1] + bytes([coded[-1] ^ 1])
     elif case == "range":  # word 7 is 20: offset 120 makes it 140, over int8
-        data = _table(bytes([I8, 240, 1, 10])) + body
+        data = _table(bytes([I8 | 8, 240, 1, 10])) + body
     elif case == "prefix":  # K = 0 and a run of one bits in bypass
         # significance 1 (set 0's context 0), sign 0 (context 3), then K = 0: a prefix of 19 one bits
-        data = _table(bytes([I8, 0, 1])) + portable.range_code([(0, 1), (3, 0)] + [(-1, 1)] * 19 + [(-1, 0)] * 8, 4)
+        # (prefix bit i: context 21 + i)
+        data = _table(bytes([I8, 1])) + portable.range_code(
+            [(0, 1), (3, 0)] + [(21 + i, 1) for i in range(19)] + [(-1, 0)] * 8, 4)
         size, params = 1, b"\x04\x00"
     elif case == "sum_short":
-        data = _table(bytes([I8, 0, 9])) + body
+        data = _table(bytes([I8, 9])) + body
     elif case == "sum_long":
-        data = _table(bytes([I8, 0, 11])) + body
+        data = _table(bytes([I8, 11])) + body
     elif case == "type":
         data = _table(bytes([6, 10])) + body
     elif case == "offset":
-        data = _table(bytes([I8, 0x80, 0x80, 0x10, 10])) + body  # zig-zag 262144: offset 131072
+        data = _table(bytes([I8 | 8, 0x80, 0x80, 0x10, 10])) + body  # zig-zag 262144: offset 131072
     elif case == "varint":
-        data = _table(bytes([I8, 0x80, 0x00, 10])) + body
+        data = _table(bytes([I8, 0x8A, 0x00])) + body
+    elif case == "raw_offset":
+        data = _table(bytes([TREE | 8, 2, 10])) + body
     elif case == "segments_claim":
         data = bytes([0xFF, 0x7F]) + coded[1:]
     else:
-        data = bytes([2, I8, 0, 5, TREE])
+        data = bytes([2, I8, 5, TREE, 0x85])  # the last count continues past the end
     with pytest.raises(CorruptError, match=match) as info:
         _decode(params, data, size)
     assert "acode" in str(info.value)

@@ -84,6 +84,11 @@ _ACODE_MAX_BYTES = 1 << 20
 _ACODE_PORTABLE_MAX_BYTES = 16 << 10
 _ACODE_SHIFTS = (4, 5)
 _ACODE_KS = (4, 8)  #: numbers of "abs > k" flags tried (FORMAT.md §16.1's K)
+#: a tensor unit's quantized codes (int8, uint8, int16, uint16 words) of at most this many words also try stage 8
+#: (compiled coder only), one segment, K 8, shifts 4 and 5; it is kept only when at most _ACODE_UNIT_MARGIN times
+#: the size of the pipeline chosen otherwise: its decoding is sequential (tens of MB/s, rANS hundreds)
+_ACODE_UNIT_MAX_WORDS = 1 << 18
+_ACODE_UNIT_MARGIN = 0.9
 
 
 @dataclass
@@ -430,10 +435,16 @@ class Encoder:
             del taken
         elif self.group_tensors and numel <= group_bound:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
+        adaptive = None
+        if self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE:
+            adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc)
         if self.pipeline is not None:
             pipeline, payload = self.pipeline, self.pipeline.encode(words)
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
+        if adaptive is not None and len(adaptive[1]) <= _ACODE_UNIT_MARGIN * len(payload):
+            pipeline, payload = adaptive
+        del adaptive
         if lead is not None:
             pipeline = Pipeline((lead, *pipeline.stages))
         header = TensorHeader(name, dtype, shape, desc, pipeline.entries())
@@ -793,6 +804,24 @@ def _acode_offset(words: np.ndarray) -> int:
         return float(np.count_nonzero(d) + 2 * np.log2(1 + d).sum())
 
     return median if median and cost(median) < cost(0) else 0
+
+
+def _acode_unit(words: np.ndarray, desc: QuantDescriptor) -> "tuple[Pipeline, bytes] | None":
+    """Stage 8's smallest coding of a tensor unit's code ``words`` (uint8 view) as one segment of their type
+    (shifts :data:`_ACODE_SHIFTS`, K 8); None when the codes are not int8 / uint8 / int16 / uint16, are over
+    :data:`_ACODE_UNIT_MAX_WORDS` words or empty, or the coder is not compiled."""
+    name = desc.code_dtype.name
+    if name not in _ACODE_KINDS or not acode_compiled():
+        return None
+    n_words = words.size // desc.code_dtype.itemsize
+    if not 0 < n_words <= _ACODE_UNIT_MAX_WORDS:
+        return None
+    best: "tuple[Pipeline, bytes] | None" = None
+    for shift in _ACODE_SHIFTS:
+        coded = Acode(shift, 8, default=name).encode(memoryview(words))
+        if best is None or len(coded) < len(best[1]):
+            best = Pipeline((Acode(shift, 8),)), coded
+    return best
 
 
 def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[int]]":

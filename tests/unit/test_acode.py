@@ -273,6 +273,7 @@ def test_a_stream_without_groups_keeps_its_bytes_and_version():
         import nncodec.encoder as enc
 
         mp.setattr(enc, "_acode_smallest", lambda entries, data: None)
+        mp.setattr(enc, "_acode_unit", lambda words, desc: None)
         plain, _ = Encoder(bits=4).encode(numpy_tensors(arrays))
     again, _ = Encoder(bits=4).encode(numpy_tensors(arrays))
     assert again == plain and int.from_bytes(again[10:12], "little") < 6
@@ -292,3 +293,31 @@ def _group_data_stages(data: bytes) -> list:
             group = open_group(payload, off + 16, Limits())
             found.append(tuple(e.stage_id for e in group.unit.data_pipeline))
     return found
+
+
+def test_a_small_quantized_tensor_unit_takes_stage_8_and_a_scalable_base_decodes_at_every_point():
+    """A kernel over the group bounds whose non-zero codes come in bursts (what the significance context sees,
+    and neither rANS nor zstd): stage 8 codes it at least 10 % smaller, the encoder writes it (format 1.6), and
+    every operating point of a scalable stream decodes as a separate encode of it."""
+    from nncodec.encoder import Encoder, encode_arrays, numpy_tensors
+    from nncodec.scalable import encode_scalable
+
+    rng = np.random.default_rng(5)
+    burst = np.cumsum(rng.random(120000) > 0.9) % 2 == 1  # runs of about 10 words, alternately zero
+    w = (rng.choice([-3, -2, -1, 1, 2, 3], 120000) * burst).astype(np.float32).reshape(300, 400)
+    with pytest.MonkeyPatch.context() as mp:
+        import nncodec.encoder as enc
+
+        mp.setattr(enc, "_acode_unit", lambda words, desc: None)
+        plain, _ = Encoder(bits=3).encode(numpy_tensors({"w": w}))
+    data, report = Encoder(bits=3).encode(numpy_tensors({"w": w}))
+    assert len(data) < 0.9 * len(plain)
+    assert report.tensors[0].pipeline == ["acode"] and data[10:12] == b"\x06\x00"
+    assert np.array_equal(nncodec.decode_arrays(data)["w"], w)
+    tensors = {"w": w, "b": rng.standard_normal(300).astype(np.float32)}
+    points = [{"bits": 3}, {"bits": 5}]
+    scalable, _ = encode_scalable(tensors, points)
+    for k, point in enumerate(points):
+        got = nncodec.decode_arrays(scalable, operating_point=k)
+        want = nncodec.decode_arrays(encode_arrays(tensors, bits=point["bits"]))
+        assert all(np.array_equal(got[n], want[n]) for n in want)

@@ -79,7 +79,8 @@ _GROUP_LEVEL = 19              # zstd level of a group's directory and data (sma
 _SPLIT_LEVEL_BYTES = 64 << 10
 _SPLIT_LEVEL = 9
 #: largest group data block the adaptive arithmetic coding stage (id 8) is tried on, with the compiled coder and
-#: without it (the portable coder codes about 0.1 M words/s); its context-set assignments and shifts tried
+#: without it (the portable coder codes about 1 M words/s, and a block is coded 16 times); its context-set
+#: assignments, shifts and K tried
 _ACODE_MAX_BYTES = 1 << 20
 _ACODE_PORTABLE_MAX_BYTES = 16 << 10
 _ACODE_SHIFTS = (4, 5)

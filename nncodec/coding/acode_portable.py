@@ -1,7 +1,7 @@
 """Portable kernels of the adaptive binary arithmetic coding stage 8 (FORMAT.md §16), in pure Python.
 
 The same contract and output as ``acode_encode`` / ``acode_decode`` in ``_rans_native.c``, for installs
-without a C compiler: correct, about 0.1-0.3 M words/s. Nothing here raises on bad data: decoding returns a
+without a C compiler: correct, about 1 M words/s on pruned-like int8 codes (mostly zero). Nothing here raises on bad data: decoding returns a
 status code and where it stopped, and the stage turns that into a :class:`~nncodec.errors.CorruptError`.
 
 Segments are rows ``(type, set, offset, count)`` of an int64 array (checked by the stage beforehand).

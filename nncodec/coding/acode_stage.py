@@ -11,8 +11,9 @@ position; suffix bits in bypass). The bits go through LZMA's
 binary range coder (32-bit range, 11-bit probabilities, adaptation shift from the params).
 
 Params: ``u8 shift (3..7) | u8 K (0..15)``. Framing: the segment table (varints), then the coder's bytes.
-Decoding is sequential (one bit at a time): the C kernel in ``_rans_native.c`` runs at tens of MB/s, the
-portable one (:mod:`.acode_portable`) at a fraction of a MB/s; ``Limits.max_adaptive_words`` bounds the work.
+Decoding is sequential (one bit at a time): the C kernel in ``_rans_native.c`` decodes about 60 MB/s of
+pruned-like int8 codes, the portable one (:mod:`.acode_portable`) about 1 MB/s; ``Limits.max_adaptive_words``
+bounds the work.
 """
 
 from __future__ import annotations

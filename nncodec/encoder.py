@@ -576,10 +576,12 @@ class Encoder:
             rest = [p for p in coded if p.header.name not in names]
             rest_default = _default_pipeline([p.pipeline for p in rest])
             rest_cost = _units_cost(rest, rest_default)
+            # the stages of the tensor units written (a grouped tensor's own pipeline is not)
+            rest_minor = max((st.since_minor for p in rest for st in p.pipeline.stages), default=FORMAT_MINOR)
             for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
                 if candidate.cost + rest_cost < best_cost:
                     best = _Layout(tuple(candidate.payloads), rest_default,
-                                   max([stage_minor, *map(self._group_minor, candidate.payloads)]), candidate.parts,
+                                   max([rest_minor, *map(self._group_minor, candidate.payloads)]), candidate.parts,
                                    candidate.narrow)
                     best_cost = candidate.cost + rest_cost
         if best.groups:

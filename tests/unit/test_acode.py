@@ -321,3 +321,17 @@ def test_a_small_quantized_tensor_unit_takes_stage_8_and_a_scalable_base_decodes
         got = nncodec.decode_arrays(scalable, operating_point=k)
         want = nncodec.decode_arrays(encode_arrays(tensors, bits=point["bits"]))
         assert all(np.array_equal(got[n], want[n]) for n in want)
+
+
+def test_the_version_counts_only_the_stages_written(small_cnn):
+    """Grouped tensors' own unit pipelines are not written: stage 8 in them (forced here) does not make the
+    stream 1.6 when the groups do not use it."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import Encoder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_ACODE_UNIT_MARGIN", 100.0)  # every small unit would take stage 8
+        mp.setattr(enc, "_acode_smallest", lambda entries, data: None)  # the groups do not
+        data, report = Encoder().encode(small_cnn)
+    assert sorted(report.grouped) == sorted(small_cnn)
+    assert int.from_bytes(data[10:12], "little") == 4

@@ -335,3 +335,22 @@ def test_the_version_counts_only_the_stages_written(small_cnn):
         data, report = Encoder().encode(small_cnn)
     assert sorted(report.grouped) == sorted(small_cnn)
     assert int.from_bytes(data[10:12], "little") == 4
+
+
+def test_a_grid_aligned_delta_with_stage_8_decodes_to_the_full_encode():
+    """Small quantized differences code smaller with stage 8; the delta (now format 1.6) still rebuilds
+    exactly the full encode's values."""
+    from tests.unit.test_delta import split_base_reference
+    from tests.benchmarks.bench_small_streams import encoder_without_acode
+
+    rng = np.random.default_rng(21)
+    base = {"conv.weight": (rng.standard_normal((16, 8, 3, 3)) * 0.05).astype(np.float32),
+            "fc.bias": (rng.standard_normal(10) * 0.1).astype(np.float32)}
+    tuned = {k: v + rng.standard_normal(v.shape).astype(np.float32) * 5e-4 for k, v in base.items()}
+    delta = nncodec.encode(tuned, base=base, rel_step=0.05)
+    with encoder_without_acode():
+        plain = nncodec.encode(tuned, base=base, rel_step=0.05)
+    assert len(delta) < len(plain) and delta[8:12] == b"\x01\x00\x06\x00"
+    assert split_base_reference(delta)[0].grid_aligned
+    got, want = nncodec.decode_arrays(delta, base=base), nncodec.decode_arrays(nncodec.encode(tuned, rel_step=0.05))
+    assert all(np.array_equal(got[k], want[k]) for k in tuned)

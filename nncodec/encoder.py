@@ -34,11 +34,13 @@ from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORM
                                   UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TENSOR_GROUP,
                                   UNIT_TOPOLOGY)
+from .bitstream.byte_reader import ByteReader
 from .bitstream.group import GroupUnit, directory_bytes
 from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .coding.pipeline import HandedWords, Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
-from .coding import BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
+from .coding import Acode, BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
+from .coding.acode_stage import SEGMENT_TYPES, Segment, acode_compiled
 from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
 from .dtypes import contiguous as _contiguous
@@ -76,6 +78,18 @@ _GROUP_LEVEL = 19              # zstd level of a group's directory and data (sma
 #: groups split by kind (not the single group) code data blocks over this many bytes at _SPLIT_LEVEL instead
 _SPLIT_LEVEL_BYTES = 64 << 10
 _SPLIT_LEVEL = 9
+#: largest group data block the adaptive arithmetic coding stage (id 8) is tried on, with the compiled coder and
+#: without it (the portable coder codes about 1 M words/s, and a block is coded 16 times); its context-set
+#: assignments, shifts and K tried
+_ACODE_MAX_BYTES = 1 << 20
+_ACODE_PORTABLE_MAX_BYTES = 16 << 10
+_ACODE_SHIFTS = (4, 5)
+_ACODE_KS = (4, 8)  #: numbers of "abs > k" flags tried (FORMAT.md §16.1's K)
+#: a tensor unit's quantized codes (int8, uint8, int16, uint16 words) of at most this many words also try stage 8
+#: (compiled coder only), one segment, K 8, shifts 4 and 5; it is kept only when at most _ACODE_UNIT_MARGIN times
+#: the size of the pipeline chosen otherwise: its decoding is sequential (tens of MB/s, rANS hundreds)
+_ACODE_UNIT_MAX_WORDS = 1 << 18
+_ACODE_UNIT_MARGIN = 0.9
 
 
 @dataclass
@@ -422,10 +436,16 @@ class Encoder:
             del taken
         elif self.group_tensors and numel <= group_bound:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
+        adaptive = None
+        if self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE:
+            adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc)
         if self.pipeline is not None:
             pipeline, payload = self.pipeline, self.pipeline.encode(words)
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
+        if adaptive is not None and len(adaptive[1]) <= _ACODE_UNIT_MARGIN * len(payload):
+            pipeline, payload = adaptive
+        del adaptive
         if lead is not None:
             pipeline = Pipeline((lead, *pipeline.stages))
         header = TensorHeader(name, dtype, shape, desc, pipeline.entries())
@@ -556,14 +576,24 @@ class Encoder:
             rest = [p for p in coded if p.header.name not in names]
             rest_default = _default_pipeline([p.pipeline for p in rest])
             rest_cost = _units_cost(rest, rest_default)
+            # the stages of the tensor units written (a grouped tensor's own pipeline is not)
+            rest_minor = max((st.since_minor for p in rest for st in p.pipeline.stages), default=FORMAT_MINOR)
             for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
                 if candidate.cost + rest_cost < best_cost:
-                    best = _Layout(tuple(candidate.payloads), rest_default, stage_minor, candidate.parts,
+                    best = _Layout(tuple(candidate.payloads), rest_default,
+                                   max([rest_minor, *map(self._group_minor, candidate.payloads)]), candidate.parts,
                                    candidate.narrow)
                     best_cost = candidate.cost + rest_cost
         if best.groups:
             _member_reports({p.header.name: p for p in coded}, best)
         return best
+
+    def _group_minor(self, payload: bytes) -> int:
+        """The newest format minor version a stage of a tensor-group payload's pipelines needs."""
+        unit = GroupUnit.parse(ByteReader(payload, what="tensor group payload"), self.limits)
+        stages = [*Pipeline.from_entries(unit.directory_pipeline).stages,
+                  *Pipeline.from_entries(unit.data_pipeline).stages]
+        return max((st.since_minor for st in stages), default=FORMAT_MINOR)
 
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
                      topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
@@ -750,9 +780,116 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool) -> 
     raw = b"".join(data)
     data_pipeline, data_coded = _smallest(raw, _SPLIT_LEVEL if narrow and len(raw) > _SPLIT_LEVEL_BYTES
                                           else _GROUP_LEVEL)
+    adaptive = _acode_smallest(entries, data)
+    if adaptive is not None and len(adaptive[0].to_bytes()) + len(adaptive[1]) < (
+            len(data_pipeline.to_bytes()) + len(data_coded)):
+        data_pipeline, data_coded = adaptive
     payload = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
                                  data_pipeline.to_bytes(), data_coded)
     return payload if len(payload) <= limits.max_unit_bytes else None
+
+
+#: segment type of a group member's code words (FORMAT.md §16.2) by code dtype; others are coded as raw bytes
+_ACODE_KINDS = {"int8": SEGMENT_TYPES["int8"], "uint8": SEGMENT_TYPES["uint8"], "int16": SEGMENT_TYPES["int16"],
+                "uint16": SEGMENT_TYPES["uint16"]}
+_ACODE_DTYPES = {"int8": "<i1", "uint8": "<u1", "int16": "<i2", "uint16": "<u2"}
+
+
+def _acode_offset(words: np.ndarray) -> int:
+    """The offset a segment's integer ``words`` are coded around: their median when that costs fewer estimated
+    bits (a flag per non-zero word, two per bit of magnitude) than 0, else 0."""
+    if words.size < 4:
+        return 0
+    median = int(np.median(words))
+
+    def cost(offset: int) -> float:
+        d = np.abs(words.astype(np.int64) - offset)
+        return float(np.count_nonzero(d) + 2 * np.log2(1 + d).sum())
+
+    return median if median and cost(median) < cost(0) else 0
+
+
+def _acode_unit(words: np.ndarray, desc: QuantDescriptor) -> "tuple[Pipeline, bytes] | None":
+    """Stage 8's smallest coding of a tensor unit's code ``words`` (uint8 view) as one segment of their type
+    (shifts :data:`_ACODE_SHIFTS`, K 8); None when the codes are not int8 / uint8 / int16 / uint16, are over
+    :data:`_ACODE_UNIT_MAX_WORDS` words or empty, or the coder is not compiled."""
+    name = desc.code_dtype.name
+    if name not in _ACODE_KINDS or not acode_compiled():
+        return None
+    n_words = words.size // desc.code_dtype.itemsize
+    if not 0 < n_words <= _ACODE_UNIT_MAX_WORDS:
+        return None
+    best: "tuple[Pipeline, bytes] | None" = None
+    for shift in _ACODE_SHIFTS:
+        coded = Acode(shift, 8, default=name).encode(memoryview(words))
+        if best is None or len(coded) < len(best[1]):
+            best = Pipeline((Acode(shift, 8),)), coded
+    return best
+
+
+def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[int]]":
+    """Context sets to try for a group's members: one per member (when at most 16); each kernel (quantized,
+    rank >= 2) its own, the members coded as raw bytes one, and the others by the last part of their name; all
+    kernels in one set, raw bytes in one, the rest by name; everything in one set. Keys beyond 16 distinct share
+    set 15."""
+    def sets_of(keys: list) -> list[int]:
+        index: dict = {}
+        for k in keys:
+            index.setdefault(k, min(len(index), 15))
+        return [index[k] for k in keys]
+
+    def leaf(h: TensorHeader) -> str:
+        return h.name.rsplit(".", 1)[-1]
+
+    def kernel(h: TensorHeader) -> bool:
+        return h.quant.scheme != SCHEME_NONE and len(h.shape) >= 2
+
+    heads = [h for h, _ in entries]
+    def raw(h: TensorHeader) -> bool:
+        return h.quant.code_dtype.name not in _ACODE_KINDS
+
+    found = [sets_of([("r",) if raw(h) else ("k", h.name) if kernel(h) else ("v", leaf(h)) for h in heads]),
+             sets_of([("r",) if raw(h) else ("k",) if kernel(h) else ("v", leaf(h)) for h in heads]),
+             [0] * len(heads)]
+    if len(heads) <= 16:
+        found.insert(0, list(range(len(heads))))
+    unique = []
+    for f in found:
+        if f not in unique:
+            unique.append(f)
+    return unique
+
+
+def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]") -> "tuple[Pipeline, bytes] | None":
+    """The smallest coding of a group's data block by the adaptive arithmetic coding stage (id 8), one segment per
+    member (its code words' type and offset), over :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when
+    the block is empty or over :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled
+    coder)."""
+    total = sum(len(d) for d in data)
+    if not total or total > (_ACODE_MAX_BYTES if acode_compiled() else _ACODE_PORTABLE_MAX_BYTES):
+        return None
+    kinds, offsets = [], []
+    for (header, _), words in zip(entries, data):
+        name = header.quant.code_dtype.name
+        kind = _ACODE_KINDS.get(name, SEGMENT_TYPES["tree"])
+        kinds.append(kind)
+        offsets.append(_acode_offset(np.frombuffer(words, dtype=_ACODE_DTYPES[name])) if name in _ACODE_KINDS else 0)
+    widths = [2 if k in (SEGMENT_TYPES["int16"], SEGMENT_TYPES["uint16"]) else 1 for k in kinds]
+    raw = b"".join(data)
+    best: "tuple[Pipeline, bytes] | None" = None
+    for sets in _acode_assignments(entries):
+        segments: list[Segment] = []
+        for k, s, o, d, w in zip(kinds, sets, offsets, data, widths):
+            if segments and k == segments[-1].kind == SEGMENT_TYPES["tree"] and s == segments[-1].cset:
+                segments[-1] = segments[-1]._replace(count=segments[-1].count + len(d))  # raw bytes: the same bits
+            else:
+                segments.append(Segment(k, s, o, len(d) // w))
+        for shift in _ACODE_SHIFTS:
+            for k in _ACODE_KS:
+                coded = Acode(shift, k, segments).encode(memoryview(raw))
+                if best is None or len(coded) < len(best[1]):
+                    best = Pipeline((Acode(shift, k),)), coded
+    return best
 
 
 def _narrowing_moot(members: "list[_Prepared]") -> bool:

@@ -24,6 +24,9 @@ class Limits:
     max_name_bytes: int = 4096             #: UTF-8 bytes of one tensor name
     max_ndim: int = 32                     #: tensor rank
     max_metadata_bytes: int = 1 << 20      #: stream-header metadata and topology JSON
+    #: words one adaptive arithmetic coding stage (id 8) may decode: its coder is sequential, bit by bit
+    #: (pruned-like int8 codes: compiled about 60 MB/s, portable Python about 1 M words/s, so seconds at this bound)
+    max_adaptive_words: int = 1 << 22
 
     def check(self, what: str, value: int, limit_name: str, *, unit_index: int | None = None,
               offset: int | None = None) -> None:

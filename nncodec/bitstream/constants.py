@@ -1,5 +1,5 @@
-"""Constants of the nncodec bitstream, format version 1.4 (1.0 plus the tensor-aliases unit, operating points,
-grid-aligned deltas and the tensor-group unit). Mirrors the tables in ``FORMAT.md``."""
+"""Constants of the nncodec bitstream, format version 1.6 (1.0 plus the tensor-aliases unit, operating points,
+grid-aligned deltas, the tensor-group unit, dependent quantization and the adaptive arithmetic coding stage). Mirrors the tables in ``FORMAT.md``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ FORMAT_MINOR_GRID_DELTA = 3
 FORMAT_MINOR_TENSOR_GROUP = 4
 #: the minor version that added the dependent-quantization stage (stage id 7); written only for streams that use it
 FORMAT_MINOR_DEPENDENT = 5
+#: the minor version that added the adaptive arithmetic coding stage (stage id 8); written only for streams that use it
+FORMAT_MINOR_ACODE = 6
 
 #: file header: magic (8) | major u16 | minor u16
 FILE_HEADER = struct.Struct("<8sHH")
@@ -105,6 +107,7 @@ STAGE_ZSTD = 4
 STAGE_ANS = 5  # experimental
 STAGE_RANS = 6
 STAGE_DEPENDENT = 7  #: format 1.5: dependent (trellis-coded) quantization, FORMAT.md §15
+STAGE_ACODE = 8  #: format 1.6: context-adaptive binary arithmetic coding of segments, FORMAT.md §16
 
 #: tensor-group unit (FORMAT.md §14) fixed head: member_count u32 | directory_length u32
 GROUP_HEAD = struct.Struct("<II")

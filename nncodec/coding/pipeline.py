@@ -136,6 +136,7 @@ class Pipeline:
                     raise LimitExceededError(f"stage {st.codec_id} declares {size} bytes for a "
                                              f"{out.size}-byte tensor")
                 target = np.empty(size, dtype=np.uint8)
+            st.check_limits(data, target.size, limits)
             st.decode_into(data, target)
             data = memoryview(target)
 

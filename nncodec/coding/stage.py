@@ -78,6 +78,11 @@ class Stage(abc.ABC):
         """Whether this installation can encode and decode with the stage (optional dependencies present)."""
         return True
 
+    def check_limits(self, data: memoryview, size: int, limits: Any) -> None:
+        """Raise :class:`LimitExceededError` when decoding ``data`` into ``size`` bytes would break a limit of
+        ``limits`` (a :class:`~nncodec.limits.Limits`) beyond the sizes the pipeline checks; called before
+        :meth:`decode_into`. Nothing by default."""
+
     def iter_decode(self, data: memoryview, size: int, piece_bytes: int) -> Iterator[np.ndarray]:
         """Decode ``data`` (declaring ``size`` bytes) front to back as uint8 pieces of ``piece_bytes``
         (the last may be shorter). A piece is valid until the next one is asked for (buffers are reused).

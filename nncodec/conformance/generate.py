@@ -29,7 +29,7 @@ from ..dtypes import dtype_by_name
 from ..bitstream.descriptor import CodedTensor
 from ..encoder import Encoder, numpy_tensors
 from ..errors import ConfigError, NNCodecError
-from . import delta_vectors, dependent_vectors, group_vectors
+from . import acode_vectors, delta_vectors, dependent_vectors, group_vectors
 from .forge import join_units, split_units, unit_bytes
 from .graph_vectors import GRAPH_VECTORS, require_graph
 from .vectors import MANIFEST, Vector, load_manifest, tensor_digest
@@ -760,6 +760,11 @@ _VERSION_OF.update({name: "1.4" for name in (*group_vectors.VALID, *group_vector
 VALID.update(dependent_vectors.VALID)
 INVALID.update(dependent_vectors.INVALID)
 _VERSION_OF.update({name: "1.5" for name in (*dependent_vectors.VALID, *dependent_vectors.INVALID)})
+
+# -- format 1.6: the adaptive arithmetic coding stage (FORMAT.md §16); these vectors go to v1.6/
+VALID.update(acode_vectors.VALID)
+INVALID.update(acode_vectors.INVALID)
+_VERSION_OF.update({name: "1.6" for name in (*acode_vectors.VALID, *acode_vectors.INVALID)})
 
 
 def _check_valid(name: str, data: bytes, expected: Expected) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ def roundtrip(stage, words: np.ndarray) -> np.ndarray:
 
 def test_registry_ids_are_the_format_ids():
     assert {i: c.codec_id for i, c in REGISTRY.items()} == {1: "zero_words", 2: "bitpack", 3: "shuffle", 4: "zstd", 5: "ans",
-                                                                 6: "rans", 7: "dependent"}
+                                                                 6: "rans", 7: "dependent", 8: "acode"}
     with pytest.raises(UnsupportedFeatureError):
         stage_class(99)
 

@@ -1166,15 +1166,22 @@ def _as_encodable(name: str, value: Any) -> "tuple[np.ndarray, DType] | CodedTen
 def find_aliases(tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]") -> dict[str, str]:
     """Tied tensors: names whose storage is the very storage of another entry (same memory, shape, strides
     and dtype), mapped to the first such name in byte order, which is stored once. Partial overlaps (views of
-    another shape) are not aliases; they are stored on their own."""
+    another shape) are not aliases; they are stored on their own. Quantized tensors (:class:`CodedTensor`)
+    are aliases when their codes share memory the same way and they decode alike: equal descriptors (scales
+    included), dtype, and the same leading stage object (or none)."""
     first: dict[tuple, str] = {}
     aliases: dict[str, str] = {}
     for name in sorted(tensors, key=lambda n: n.encode("utf-8")):
         value = tensors[name]
-        if isinstance(value, CodedTensor) or value[0].size == 0:
+        a = value.codes if isinstance(value, CodedTensor) else value[0]
+        if a.size == 0:
             continue
-        a = value[0]
-        key = (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str, value[1].name)
+        key: tuple = (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
+        if isinstance(value, CodedTensor):
+            lead = None if value.lead is None else id(value.lead)
+            key += ("coded", value.quant.to_bytes(), value.dtype.name, lead)
+        else:
+            key += (value[1].name,)
         if key in first:
             aliases[name] = first[key]
         else:

@@ -97,9 +97,6 @@ def test_a_searched_tied_model_keeps_one_table(tmp_path):
     assert state["emb.weight"] is state["out.weight"]
 
 
-@pytest.mark.xfail(strict=True, reason="the encoder's find_aliases skips CodedTensor values: a tied quantized "
-                                       "table is coded under both names until it aliases coded tensors that share "
-                                       "their codes array")
 def test_the_searched_stream_stores_the_tied_table_once(tmp_path):
     _, result = _search(tmp_path)
     info = nncodec.read_info(result.bitstream.read_bytes())

@@ -302,8 +302,10 @@ class SearchSpace:
         known_keys = set(DEFAULT_BITS["kernel"]) | set(DEFAULT_BITS["activation"]) | {lay.group for lay in layers}
         odd = sorted(set(user_bits.get("input", {})) - {"dense"} - {lay.group for lay in layers if lay.input})
         if odd:
+            tied = sorted({n for uses in tied_parameters(model) for n, p in uses if p == "weight"})
             raise ConfigError(f"bits['input'] key(s) {odd} name no group of Linear layers (per-channel input steps "
-                              "apply to Linear layers only)")
+                              "apply to Linear layers only, and not to layers with a tied weight"
+                              f"{': ' + str(tied[:8]) if tied else ''})")
         for role, by_key in user_bits.items():
             unknown = sorted(set(by_key) - known_keys)
             if unknown:
@@ -425,6 +427,10 @@ def _tie_choices(layers: list[LayerSpace], ties: list[list[tuple[str, str]]], sk
                 lay.group = target
         for m in members:
             m.kernel = list(common)
+            if m.input:  # per-channel input steps fold into the weight: they would rescale the shared tensor
+                log.info("tied layer %r: no input-steps choice (its weight is shared with %s)", m.name,
+                         [n for n in names if n != m.name])
+                m.input = []
         log.info("tied layers %s: one kernel choice (group %r)", names, target)
 
 

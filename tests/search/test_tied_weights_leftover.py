@@ -116,3 +116,29 @@ def test_the_size_of_a_tied_candidate_counts_the_table_once():
     assert model_size_bits(candidate) == VOCAB * DIM * 6 + mid
     nonzero_table = int(torch.count_nonzero(candidate.emb.kernel_quantizer(candidate.emb.weight, False))) * 6
     assert nonzero_size_bits(candidate) == nonzero_table + sum(int(torch.count_nonzero(p)) for p in model.mid.parameters()) * 32
+
+
+def test_input_steps_on_a_tied_layer_are_an_error_and_not_in_the_space():
+    """Per-channel input steps fold into the weight's columns in place: on a tied output projection they
+    would rescale the embedding table. quantize_model and fit_input_steps refuse them naming the layers, and
+    the space offers no input choice for a tied layer (an untied Linear keeps its own)."""
+    from nncodec.quant.input_steps import fit_input_steps
+    from nncodec.quant.layers import quantize_model
+
+    model, ids = _model_and_ids()
+    k = "quantized_bits(8,2,1,alpha='auto')"
+    plan = Plan({"emb": LayerPlan(kernel=k), "out": LayerPlan(kernel=k, input="quantized_bits(8,2,1)")})
+    with pytest.raises(ConfigError, match=r"input quantizer to \['out'\].*tied to \['emb'\]"):
+        quantize_model(model, plan)
+    q = quantize_model(model, Plan({"emb": LayerPlan(kernel=k), "out": LayerPlan(kernel=k)}))
+    q.out.set_input_quantizer("quantized_bits(8,2,1)")  # by hand, past the plan check
+    table = q.emb.weight.detach().clone()
+    with pytest.raises(ConfigError, match=r"\['out'\].*tied"):
+        fit_input_steps(q, [(ids[:8],)])
+    assert torch.equal(q.emb.weight, table)
+    space = SearchSpace.from_model(model, (ids[:1],), (ids[:16],), kernels=("quantized_bits({b},{i},1,alpha='auto')",),
+                                   bits={"input": {"dense": (8,)}})
+    layers = {lay.name: lay for lay in space.layers}
+    assert layers["out"].input == [] and layers["mid"].input
+    assert "mid.input" in space.parameters() and not any(k.startswith(("emb.", "out.")) and k.endswith(".input")
+                                                         for k in space.parameters())

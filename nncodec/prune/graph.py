@@ -470,6 +470,11 @@ def _resize_blocker(mod: nn.Module, name: str, out_fn: bool) -> str:
         return f"{name!r} is a grouped {type(mod).__name__} (groups={mod.groups}), which torch-pruning slices wrongly"
     if out_fn and isinstance(mod, _RECURRENT) and (mod.bidirectional or getattr(mod, "proj_size", 0)):
         return f"{name!r} is a bidirectional or projected {type(mod).__name__} (its hidden size stays)"
+    if isinstance(mod, nn.MultiheadAttention) and (not mod._qkv_same_embed_dim or mod.bias_k is not None):
+        what = (f"kdim={mod.kdim}, vdim={mod.vdim} (separate projections)" if not mod._qkv_same_embed_dim
+                else "add_bias_kv=True")
+        return (f"{name!r} is an nn.MultiheadAttention with {what}, whose weights torch-pruning does not slice "
+                "(its embedding dimension stays)")
     return ""
 
 

@@ -205,3 +205,39 @@ def test_a_single_head_matmul_attention_without_a_split_still_resizes():
     resized = resize_groups(model, x, {"q": 0.5})
     assert resized.q.out_features == resized.k.out_features == resized.v.out_features == E // 2
     assert torch.allclose(resized(x), model(x), atol=1e-6)
+
+
+class OddMHA(nn.Module):
+    """An nn.MultiheadAttention with separate key / value sizes (kdim, vdim) or learned key / value biases
+    (add_bias_kv), behind a small MLP."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 12), nn.Linear(12, 6)
+        self.inp, self.kv = nn.Linear(6, E), nn.Linear(6, kw.get("kdim", E))
+        self.att = nn.MultiheadAttention(E, HEADS, batch_first=True, **kw)
+        self.out = nn.Linear(E, 3)
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.a(x)))
+        kv = self.kv(h)
+        return self.out(self.att(self.inp(h), kv, kv, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("kw, what", [(dict(kdim=10, vdim=10), "kdim=10, vdim=10"), (dict(add_bias_kv=True), "add_bias_kv")])
+def test_an_mha_torch_pruning_cannot_slice_keeps_its_width(kw, what):
+    """Its separate q / k / v weights or its bias_k / bias_v were left unsliced (an AssertionError or a
+    TypeError in the forward): the groups it is in keep their width with the reason; others resize."""
+    from nncodec.errors import ConfigError
+
+    torch.manual_seed(0)
+    model, x = OddMHA(**kw).eval(), torch.randn(2, 5, 6)
+    names = {g.name for g in width_groups(model, x)}
+    assert "a" in names and "inp" not in names
+    with pytest.raises(ConfigError, match=f"'att' is an nn.MultiheadAttention with {what}"):
+        resize_groups(model, x, {"inp": 0.5})
+    with torch.no_grad():
+        model.b.weight[:, ::2] = 0.0  # a's even channels are silent: removing them changes nothing
+    resized = resize_groups(model, x, {"a": 0.5})
+    assert resized.a.out_features == 6
+    assert torch.allclose(resized(x), model(x), atol=1e-5)

@@ -357,7 +357,7 @@ class GroupAnalysis:
             for n, _ in uses:
                 tied.setdefault(n, []).extend(o for o, _ in uses if o != n and o not in tied[n])
         inside_attention = {id(q) for a in self.attention for q in (a.query, a.key, a.value)}
-        head_splits = self.dg.nncodec_head_splits
+        head_splits = {id(h) for h in self.dg.nncodec_head_splits}  # the nodes are kept alive by the graph
         seen: set[int] = set()
         for m in roots:
             if id(m) in seen or id(m) in inside_attention:
@@ -382,7 +382,7 @@ class GroupAnalysis:
             split = mixed = False  # a head split of its channels; a softmax / product of two activations
             for dep, idxs in group:
                 fn = dep.target.grad_fn
-                split = split or any(fn is h for h in head_splits)
+                split = split or id(fn) in head_splits
                 mixed = mixed or (fn is not None and _mixes_activations(fn))
                 mod = dep.target.module
                 out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
@@ -412,7 +412,8 @@ class GroupAnalysis:
             if (sdpa or split and mixed) and not fixed and not any(
                     isinstance(model.get_submodule(n), nn.MultiheadAttention) or is_attention(model.get_submodule(n))
                     for n in producers + consumers):
-                how = "scaled_dot_product_attention" if sdpa else "heads split by a view / reshape, then a matmul or softmax"
+                how = ("scaled_dot_product_attention" if sdpa else
+                       "heads split by a view / reshape, then a matmul or softmax")
                 fixed = (f"its channels enter a hand-written attention ({how}): its head split is not known, so a "
                          "resize would move channels between heads and change the 1/sqrt(head size) scale "
                          "(nn.MultiheadAttention and Hugging Face-style attention modules resize)")

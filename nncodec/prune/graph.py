@@ -255,8 +255,9 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...], inputs_as_nodes
     patched = [m.__dict__.get("forward") for m in opaque]  # a forward the instance already had (a user's patch)
     for m in opaque:
         m.forward = _opaque_forward(m)  # type: ignore[method-assign]
+    splits = _HeadSplits()
     try:
-        with torch.enable_grad():  # the tracer follows autograd: also when the caller runs under torch.no_grad
+        with torch.enable_grad(), splits:  # the tracer follows autograd: also when the caller runs under no_grad
             try:
                 dg = tp.DependencyGraph().build_dependency(model, example_inputs=traced, customized_pruners=custom,
                                                            output_transform=record, unwrapped_parameters=list(input_leaves),
@@ -279,7 +280,55 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...], inputs_as_nodes
             else:
                 m.forward = own  # type: ignore[method-assign]
     dg.nncodec_inputs = {id(t) for t, _ in input_leaves}
+    dg.nncodec_head_splits = splits.nodes
     return dg, out_fns, attention
+
+
+class _HeadSplits(torch.overrides.TorchFunctionMode):
+    """Records the autograd nodes of views / reshapes that split a tensor's channel dimension (the last one,
+    or dimension 1 of a channels-first tensor) into heads, e.g. ``x.view(b, t, heads, -1)`` or
+    ``qkv.reshape(b, n, 3, heads, d)``: a split the dependency graph follows as if channels were free to move."""
+
+    _FUNCS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten, torch.unflatten}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: list[Any] = []  # the nodes themselves (kept alive: compared by identity)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func in self._FUNCS and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor) \
+                and out.grad_fn is not None and _splits_channels(tuple(args[0].shape), tuple(out.shape)):
+            self.nodes.append(out.grad_fn)
+        return out
+
+
+def _splits_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """Whether a reshape ``before -> after`` splits the last dimension into several (heads x head size), or
+    dimension 1 of a tensor with 3 or more dimensions (channels first)."""
+    if len(after) <= len(before) or not before:
+        return False
+    k = len(before) - 1
+    if after[:k] == before[:k] and math.prod(after[k:]) == before[k] and 1 < before[k] and after[-1] < before[k]:
+        return True
+    extra = len(after) - len(before)
+    return (len(before) >= 3 and after[0] == before[0] and after[2 + extra:] == before[2:] and
+            math.prod(after[1:2 + extra]) == before[1] and after[1 + extra] < before[1])
+
+
+def _mixes_activations(fn: Any) -> bool:
+    """Whether autograd node ``fn`` is an attention step: a softmax, or a (batched) matrix product of two
+    activations (a layer's own product reads a weight: a parameter two nodes up at most)."""
+    name = type(fn).__name__
+    if name.startswith(("SoftmaxBackward", "BmmBackward")):
+        return True
+    if not name.startswith("MmBackward"):
+        return False
+    for f, _ in fn.next_functions:
+        for g in (f, *(h for h, _ in getattr(f, "next_functions", ()) if f is not None)):
+            if g is not None and type(g).__name__ == "AccumulateGrad":
+                return False
+    return True
 
 
 def _channel_dim(t: torch.Tensor) -> int:
@@ -308,6 +357,7 @@ class GroupAnalysis:
             for n, _ in uses:
                 tied.setdefault(n, []).extend(o for o, _ in uses if o != n and o not in tied[n])
         inside_attention = {id(q) for a in self.attention for q in (a.query, a.key, a.value)}
+        head_splits = {id(h) for h in self.dg.nncodec_head_splits}  # the nodes are kept alive by the graph
         seen: set[int] = set()
         for m in roots:
             if id(m) in seen or id(m) in inside_attention:
@@ -329,7 +379,11 @@ class GroupAnalysis:
             fixed = ""
             blocks = 1
             sdpa = False  # the channels enter a scaled_dot_product_attention (an nn.MultiheadAttention's own, or not)
+            split = mixed = False  # a head split of its channels; a softmax / product of two activations
             for dep, idxs in group:
+                fn = dep.target.grad_fn
+                split = split or id(fn) in head_splits
+                mixed = mixed or (fn is not None and _mixes_activations(fn))
                 mod = dep.target.module
                 out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
                 if dep.target.grad_fn in out_fns and out_fn:
@@ -355,11 +409,14 @@ class GroupAnalysis:
                                          tp.ops.OPTYPE.EXPAND) and not reason:
                     reason = f"a {dep.target.type.name.lower()} joins its channels"
             name = self.names[m]
-            if sdpa and not fixed and not any(isinstance(model.get_submodule(n), nn.MultiheadAttention) or
-                                              is_attention(model.get_submodule(n)) for n in producers + consumers):
-                fixed = ("its channels enter a hand-written attention (scaled_dot_product_attention): its head split "
-                         "is not known, so a resize would move channels between heads and change the 1/sqrt(head "
-                         "size) scale (nn.MultiheadAttention and Hugging Face-style attention modules resize)")
+            if (sdpa or split and mixed) and not fixed and not any(
+                    isinstance(model.get_submodule(n), nn.MultiheadAttention) or is_attention(model.get_submodule(n))
+                    for n in producers + consumers):
+                how = ("scaled_dot_product_attention" if sdpa else
+                       "heads split by a view / reshape, then a matmul or softmax")
+                fixed = (f"its channels enter a hand-written attention ({how}): its head split is not known, so a "
+                         "resize would move channels between heads and change the 1/sqrt(head size) scale "
+                         "(nn.MultiheadAttention and Hugging Face-style attention modules resize)")
             if not fixed and any(fnmatch_any(p, keep) for p in producers):
                 fixed = "kept by the caller"
             if fixed or n % blocks:
@@ -414,6 +471,11 @@ def _resize_blocker(mod: nn.Module, name: str, out_fn: bool) -> str:
         return f"{name!r} is a grouped {type(mod).__name__} (groups={mod.groups}), which torch-pruning slices wrongly"
     if out_fn and isinstance(mod, _RECURRENT) and (mod.bidirectional or getattr(mod, "proj_size", 0)):
         return f"{name!r} is a bidirectional or projected {type(mod).__name__} (its hidden size stays)"
+    if isinstance(mod, nn.MultiheadAttention) and (not mod._qkv_same_embed_dim or mod.bias_k is not None):
+        what = (f"kdim={mod.kdim}, vdim={mod.vdim} (separate projections)" if not mod._qkv_same_embed_dim
+                else "add_bias_kv=True")
+        return (f"{name!r} is an nn.MultiheadAttention with {what}, whose weights torch-pruning does not slice "
+                "(its embedding dimension stays)")
     return ""
 
 

@@ -102,7 +102,11 @@ def global_magnitude_masks(model: nn.Module, amount: float, *, relative: bool = 
     if not layers or amount == 0.0:
         return {n: torch.ones_like(m.weight) for n, m in layers.items()}
     scores = {}
+    first: dict[int, str] = {}  # a weight tied across layers: ranked once, one mask for all its layers
     for n, m in layers.items():
+        if id(m.weight) in first:
+            continue
+        first[id(m.weight)] = n
         w = _weight(m).abs()
         if relative:
             w = w / w.pow(2).mean().sqrt().clamp_min(torch.finfo(w.dtype).tiny)
@@ -118,7 +122,7 @@ def global_magnitude_masks(model: nn.Module, amount: float, *, relative: bool = 
             top = torch.topk(flat, min(keep_per_channel, flat.shape[1]), dim=1).indices
             rows.scatter_(1, top, 1.0)
         masks[n] = mask
-    return masks
+    return {n: masks[first[id(m.weight)]] for n, m in layers.items()}
 
 
 def std_threshold_masks(model: nn.Module, macs: dict[str, int], *, error_per_weight: float = 0.05,
@@ -132,12 +136,20 @@ def std_threshold_masks(model: nn.Module, macs: dict[str, int], *, error_per_wei
     if total <= 0:
         raise ConfigError("std_threshold_masks needs positive MAC counts per layer")
     masks = {}
-    for name, mod in prunable_layers(model).items():
+    layers = prunable_layers(model)
+    tied_macs: dict[int, int] = {}  # a weight tied across layers: one mask, for the MACs of all its layers
+    for name, mod in layers.items():
+        tied_macs[id(mod.weight)] = tied_macs.get(id(mod.weight), 0) + macs.get(name, 0)
+    done: dict[int, torch.Tensor] = {}
+    for name, mod in layers.items():
         if name not in macs:
+            continue
+        if id(mod.weight) in done:
+            masks[name] = done[id(mod.weight)]
             continue
         w = _weight(mod)
         std = float(w.std()) or 1.0
-        allowance = error_per_weight * macs[name] / total
+        allowance = error_per_weight * min(total, tied_macs[id(mod.weight)]) / total
         k = k_start
         for _ in range(max_rounds):
             pruned = w.abs() < k * std
@@ -147,7 +159,7 @@ def std_threshold_masks(model: nn.Module, macs: dict[str, int], *, error_per_wei
             k *= decay
         else:
             pruned = torch.zeros_like(w, dtype=torch.bool)
-        masks[name] = (~pruned).float()
+        masks[name] = done[id(mod.weight)] = (~pruned).float()
     return masks
 
 
@@ -170,11 +182,32 @@ def balanced_masks(model: nn.Module, amount: float, group: int = 8) -> dict[str,
     return masks
 
 
+def _with_tied_users(masks: dict[str, torch.Tensor], ties: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """``masks`` with each mask also given to the layers tied to its layer (one tensor, one mask); a
+    ConfigError when two tied layers are given different masks."""
+    out = dict(masks)
+    for name, mask in masks.items():
+        for other in ties.get(name, []):
+            if other in masks and (masks[other].shape != mask.shape or not torch.equal(masks[other], mask)):
+                raise ConfigError(f"masks for {name!r} and {other!r} differ, but their weight is one tied tensor: "
+                                  "give tied layers one mask (or mask one of them: the mask applies to all)")
+            out.setdefault(other, mask)
+    return out
+
+
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """Install ``masks`` in ``model`` (in place; plain layers become fake-quant layers without quantizers)."""
+    """Install ``masks`` in ``model`` (in place; plain layers become fake-quant layers without quantizers).
+    A mask for a layer whose weight is tied to other conv / linear layers is installed in all of them (their
+    masks are one: a mask with the ones they already had); different masks for tied layers: ConfigError."""
     unread = read_without_call(model)
     ties = _weight_ties(model)
     layers = {n: m for n, m in model.named_modules() if n and isinstance(m, tuple(_WRAPPERS))}
+    masks = _with_tied_users(masks, {n: [o for o in ts if o in layers] for n, ts in ties.items() if n in layers})
+    for name in masks:  # tied layers keep one mask: what any of them already had, too
+        for other in ties.get(name, []):
+            old = getattr(layers.get(other), "weight_mask", None)
+            if old is not None and old.shape == masks[name].shape:
+                masks[name] = masks[name].to(old.dtype) * old
     for name, mask in masks.items():
         mod = model.get_submodule(name)
         if name in unread:

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..checks import is_int, is_number
 from ..errors import ConfigError
-from .layers import QLinear
+from .layers import QLinear, check_tied_quantizers
 
 __all__ = ["fit_input_steps", "check_foldable", "input_requantized", "CLIP_FRACTIONS", "FIT_ALPHAS"]
 
@@ -103,8 +103,8 @@ def fit_input_steps(model: nn.Module, batches: Iterable[Any], forward: Callable[
     and activation quantizers as they are). ``alpha`` in [0, 1]: 1 moves the input's whole channel range into
     the weight, 0 only the weight's column ranges into the input. ``max_rows``: input rows kept per layer to
     fit the clip. Returns ``{layer name: s}``. ConfigError when no layer has an input quantizer, when a
-    layer's kernel quantizer has one fixed per-tensor range (folding would clip it), or when a layer saw no
-    input."""
+    layer's kernel quantizer has one fixed per-tensor range (folding would clip it), when a layer's weight is
+    tied to another layer's (folding would rescale their shared tensor), or when a layer saw no input."""
     if alpha != "fit" and (not is_number(alpha) or not 0.0 <= alpha <= 1.0):
         raise ConfigError(f"input steps: alpha must be a number in [0, 1] or 'fit', got {alpha!r}")
     if not is_int(max_rows) or max_rows < 1:
@@ -114,6 +114,7 @@ def fit_input_steps(model: nn.Module, batches: Iterable[Any], forward: Callable[
         raise ConfigError("input steps: no Linear layer of the model has an input quantizer (plan key 'input')")
     for name, layer in layers.items():
         check_foldable(name, layer.kernel_quantizer)
+    check_tied_quantizers(model)  # steps folded into a tied weight would rescale the other layers' tensor
     forward = forward or _default_forward
     for layer in layers.values():  # unfold: the weight as the float model has it, scale 1
         layer.weight.div_(layer.input_scale.to(layer.weight.dtype))

@@ -520,7 +520,9 @@ def tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
 
 def check_tied_quantizers(model: nn.Module) -> None:
     """Raise :class:`ConfigError` when modules sharing one parameter quantize it differently (or one of them
-    not at all): a tied tensor is one tensor, stored once; its layers need one quantizer, naming both layers."""
+    not at all): a tied tensor is one tensor, stored once; its layers need one quantizer, naming both layers.
+    Also when a layer whose weight is tied has an input quantizer (its steps would fold into the shared
+    tensor)."""
     modules = dict(model.named_modules())
     for uses in tied_parameters(model):
         specs = []
@@ -533,6 +535,13 @@ def check_tied_quantizers(model: nn.Module) -> None:
             what = ", ".join(f"{n}.{p} ({s or 'unquantized'})" for (n, p), s in zip(uses, specs))
             raise ConfigError(f"tied parameters get different quantizers: {what}; the layers share one tensor, "
                               "stored once: give them the same kernel (or bias) quantizer")
+        stepped = [n for n, p in uses if p == "weight" and
+                   (getattr(modules[n], "input_quantizer", None) is not None or has_input_steps(modules[n]))]
+        if stepped:
+            raise ConfigError(f"plan gives an input quantizer to {stepped}, whose weight is tied to "
+                              f"{[n for n, _ in uses if n not in stepped]}: per-channel input steps fold into the "
+                              "weight's columns, which would rescale the tensor the other layers read; tied layers "
+                              "take no 'input'")
 
 
 def layer_like(module: nn.Module) -> bool:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..checks import is_int, is_number
 from ..errors import ConfigError
+from .layers import tied_parameters
 
 __all__ = ["ScaleMigration", "migrate_scales", "norm_consumers"]
 
@@ -81,6 +82,7 @@ def norm_consumers(model: nn.Module, example_inputs: Any) -> tuple[dict[str, lis
         for src in op.inputs:
             readers.setdefault(src, []).append(op)
     eligible, skipped = {}, {}
+    tied = {n for uses in tied_parameters(model) for n, p in uses if p == "weight"}
     for op in ops:
         if op.kind != "norm" or op.module not in modules:
             continue
@@ -100,6 +102,9 @@ def norm_consumers(model: nn.Module, example_inputs: Any) -> tuple[dict[str, lis
             skipped[name] = "its output is a model output"
         elif bad:
             skipped[name] = f"its output also feeds {bad[0].kind} {bad[0].name!r} (not only Linear layers)"
+        elif any(u.module in tied for u in users):  # the steps would rescale the weight other layers share
+            shared = next(u.module for u in users if u.module in tied)
+            skipped[name] = f"its consumer {shared!r} has a weight tied to another layer's"
         elif any(calls[u.module] > 1 for u in users):
             shared = next(u.module for u in users if calls[u.module] > 1)
             skipped[name] = f"its consumer {shared!r} is called more than once in the forward (it reads other inputs)"

@@ -70,10 +70,10 @@ def knobs_of(space: Any, roles: tuple[str, ...] = ("kernel", "activation")) -> l
             if role == "width":
                 continue
             specs = layer.kernel if role == "kernel" else layer.activation
-            key = f"{layer.group}.{role}"
+            key = layer.key(role)
             if len(specs) > 1 and key not in knobs:
                 order = sorted(range(len(specs)), key=lambda i: (-_bits(specs[i]), -i))
-                knobs[key] = Knob(layer.group, role, [specs[i] for i in order])
+                knobs[key] = Knob(key[: -len(role) - 1], role, [specs[i] for i in order])
     if "width" in roles:
         for key, values in space.parameters().items():
             if key.endswith(".width") and len(values) > 1:

@@ -713,17 +713,19 @@ class _Searcher:
         return self.space.fixed, rows
 
     def block_schedule(self) -> list[tuple[list[str], int]]:
-        """Blocks (layers sharing a group form one block) in search order, with their trial budgets."""
+        """Blocks (layers sharing a group, or a kernel choice, form one block) in search order, with their trial
+        budgets."""
         energy_of: dict[str, float] = {}
         for r in self.ref_report.layers:
             key = r.module or r.name
             energy_of[key] = energy_of.get(key, 0.0) + r.total
         blocks: dict[str, list[str]] = {}
         energy: dict[str, float] = {}
-        for layer in self.space.layers:
-            blocks.setdefault(layer.group, []).append(layer.name)
+        for layer in self.space.layers:  # tied layers (one kernel choice) search in one block
+            block = layer.kernel_group or layer.group
+            blocks.setdefault(block, []).append(layer.name)
             owned = {layer.name, layer.activation_module or layer.name}
-            energy[layer.group] = energy.get(layer.group, 0.0) + sum(energy_of.get(n, 0.0) for n in owned)
+            energy[block] = energy.get(block, 0.0) + sum(energy_of.get(n, 0.0) for n in owned)
         order = list(blocks)
         if self.cfg.block_order == "energy":
             order.sort(key=lambda g: -energy[g])

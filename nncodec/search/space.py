@@ -94,6 +94,13 @@ class LayerSpace:
     widths: list[float]       #: multipliers of the width group this layer names ([1.0]: none)
     #: requantized-input choices of a Linear layer (per-input-channel steps folded into its weight)
     input: list[str] = field(default_factory=list)
+    #: the group whose kernel choice this layer takes ("": its own ``group``); layers with a tied weight share
+    #: the kernel only, their bias, activation and input choices stay their groups'
+    kernel_group: str = ""
+
+    def key(self, role: str) -> str:
+        """The parameter name of this layer's ``role`` choice (kernel, bias, activation, input)."""
+        return f"{self.kernel_group or self.group if role == 'kernel' else self.group}.{role}"
 
 
 def _int_bits(peak: float) -> int:
@@ -302,8 +309,10 @@ class SearchSpace:
         known_keys = set(DEFAULT_BITS["kernel"]) | set(DEFAULT_BITS["activation"]) | {lay.group for lay in layers}
         odd = sorted(set(user_bits.get("input", {})) - {"dense"} - {lay.group for lay in layers if lay.input})
         if odd:
+            tied = sorted({n for uses in tied_parameters(model) for n, p in uses if p == "weight"})
             raise ConfigError(f"bits['input'] key(s) {odd} name no group of Linear layers (per-channel input steps "
-                              "apply to Linear layers only)")
+                              "apply to Linear layers only, and not to layers with a tied weight"
+                              f"{': ' + str(tied[:8]) if tied else ''})")
         for role, by_key in user_bits.items():
             unknown = sorted(set(by_key) - known_keys)
             if unknown:
@@ -330,14 +339,9 @@ class SearchSpace:
         for layer in self.layers:
             if only is not None and layer.name not in only:
                 continue
-            if layer.kernel:
-                params.setdefault(f"{layer.group}.kernel", layer.kernel)
-            if layer.bias:
-                params.setdefault(f"{layer.group}.bias", layer.bias)
-            if layer.activation:
-                params.setdefault(f"{layer.group}.activation", layer.activation)
-            if layer.input:
-                params.setdefault(f"{layer.group}.input", layer.input)
+            for role in ("kernel", "bias", "activation", "input"):
+                if getattr(layer, role):
+                    params.setdefault(layer.key(role), getattr(layer, role))
         for g in self._groups_of(only):
             key = self._width_key(g)
             if key in params and params[key] != self.width_choices[g]:
@@ -351,12 +355,12 @@ class SearchSpace:
         plan = Plan(dict(self.fixed.layers), self.fixed.default, dict(self.fixed.widths))
         params = self.parameters()
         for layer in self.layers:
-            g = layer.group
-            kernel, bias, act = (_own_spec(choices.get(f"{g}.{role}"), params.get(f"{g}.{role}"), getattr(layer, role))
-                                 for role in ("kernel", "bias", "activation"))
+            kernel, bias, act = (_own_spec(choices.get(layer.key(role)), params.get(layer.key(role)),
+                                           getattr(layer, role)) for role in ("kernel", "bias", "activation"))
             if kernel is None and act is None:
                 continue
-            inp = _own_spec(choices.get(f"{g}.input"), params.get(f"{g}.input"), layer.input) if layer.input else None
+            inp = (_own_spec(choices.get(layer.key("input")), params.get(layer.key("input")), layer.input)
+                   if layer.input else None)
             if layer.kind != "activation":
                 if layer.activation_module == layer.name:
                     plan.layers[layer.name] = LayerPlan(kernel=kernel, bias=bias, activation=act, input=inp)
@@ -396,10 +400,11 @@ def _check_runs(model: nn.Module, example_inputs: Any) -> None:
 
 
 def _tie_choices(layers: list[LayerSpace], ties: list[list[tuple[str, str]]], skip: tuple[str, ...]) -> None:
-    """Layers sharing a weight tensor (tied weights) make one choice: their groups merge into the first one's
-    (as ``share`` does) and each offers the kernels valid for all of them (the same specs: one tensor, one
-    fitted range). A ConfigError when some of them are quantized and others not (``skip``, or a layer its
-    parent reads without calling it), or when they have no kernel in common."""
+    """Layers sharing a weight tensor (tied weights) make one kernel choice: their kernel groups merge into
+    the first one's (``kernel_group``; their bias, activation and input choices stay their own, as only the
+    weight is shared) and each offers the kernels valid for all of them (the same specs: one tensor, one
+    fitted range); tied layers get no input choice. A ConfigError when some of them are quantized and others
+    not (``skip``, or a layer its parent reads without calling it), or when they have no kernel in common."""
     by_name = {lay.name: lay for lay in layers if lay.kind != "activation"}
     for uses in ties:
         weights = [(n, p) for n, p in uses if p.startswith("weight")]
@@ -418,14 +423,18 @@ def _tie_choices(layers: list[LayerSpace], ties: list[list[tuple[str, str]]], sk
         if not common:
             raise ConfigError(f"tied layers {names} share one weight but have no kernel choice in common "
                               f"({[m.kernel for m in members]}); give them common bits")
-        target = members[0].group
-        merged = {m.group for m in members}
-        for lay in layers:
-            if lay.group in merged:
-                lay.group = target
+        target = members[0].kernel_group or members[0].group
+        merged = {m.kernel_group or m.group for m in members}
+        for lay in layers:  # a share group's other layers follow (their kernel key was one with a member's)
+            if lay.kernel and (lay.kernel_group or lay.group) in merged:
+                lay.kernel_group = target
         for m in members:
             m.kernel = list(common)
-        log.info("tied layers %s: one kernel choice (group %r)", names, target)
+            if m.input:  # per-channel input steps fold into the weight: they would rescale the shared tensor
+                log.info("tied layer %r: no input-steps choice (its weight is shared with %s)", m.name,
+                         [n for n in names if n != m.name])
+                m.input = []
+        log.info("tied layers %s: one kernel choice (%r)", names, f"{target}.kernel")
 
 
 def _own_spec(value: Any, shared: list[str] | None, own: list[str]) -> Any:

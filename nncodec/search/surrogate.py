@@ -63,15 +63,14 @@ def base_choices(space: SearchSpace, kernel: dict[str, str] | None = None,
     kernel, act = kernel or {}, act or {}
     choices: dict[str, Any] = {}
     for layer in space.layers:
-        g = layer.group
         if layer.kernel:
-            choices.setdefault(f"{g}.kernel", kernel.get(layer.name, layer.kernel[-1]))
+            choices.setdefault(layer.key("kernel"), kernel.get(layer.name, layer.kernel[-1]))
         if layer.bias:
-            choices.setdefault(f"{g}.bias", layer.bias[0])
+            choices.setdefault(layer.key("bias"), layer.bias[0])
         if layer.activation:
-            choices.setdefault(f"{g}.activation", act.get(layer.activation_module or "", layer.activation[-1]))
+            choices.setdefault(layer.key("activation"), act.get(layer.activation_module or "", layer.activation[-1]))
         if layer.input:
-            choices.setdefault(f"{g}.input", layer.input[-1])
+            choices.setdefault(layer.key("input"), layer.input[-1])
     return choices
 
 

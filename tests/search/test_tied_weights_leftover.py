@@ -39,7 +39,7 @@ def test_the_space_offers_one_kernel_choice_for_the_tie_and_no_width_that_unties
     model, ids = _model_and_ids()
     space = SearchSpace.from_model(model, (ids[:1],), (ids[:16],))
     layers = {lay.name: lay for lay in space.layers}
-    assert layers["emb"].group == layers["out"].group
+    assert layers["emb"].key("kernel") == layers["out"].key("kernel") == "emb.kernel"
     assert layers["emb"].kernel == layers["out"].kernel  # the kernels valid for both (embedding bits)
     params = space.parameters()
     assert [k for k in params if k.endswith(".kernel") and k.split(".")[0] in ("emb", "out")] == ["emb.kernel"]
@@ -113,3 +113,86 @@ def test_the_size_of_a_tied_candidate_counts_the_table_once():
     assert model_size_bits(candidate) == VOCAB * DIM * 6 + mid
     nonzero_table = int(torch.count_nonzero(candidate.emb.kernel_quantizer(candidate.emb.weight, False))) * 6
     assert nonzero_size_bits(candidate) == nonzero_table + sum(int(torch.count_nonzero(p)) for p in model.mid.parameters()) * 32
+
+
+def test_input_steps_on_a_tied_layer_are_an_error_and_not_in_the_space():
+    """Per-channel input steps fold into the weight's columns in place: on a tied output projection they
+    would rescale the embedding table. quantize_model and fit_input_steps refuse them naming the layers, and
+    the space offers no input choice for a tied layer (an untied Linear keeps its own)."""
+    from nncodec.quant.input_steps import fit_input_steps
+    from nncodec.quant.layers import quantize_model
+
+    model, ids = _model_and_ids()
+    k = "quantized_bits(8,2,1,alpha='auto')"
+    plan = Plan({"emb": LayerPlan(kernel=k), "out": LayerPlan(kernel=k, input="quantized_bits(8,2,1)")})
+    with pytest.raises(ConfigError, match=r"input quantizer to \['out'\].*tied to \['emb'\]"):
+        quantize_model(model, plan)
+    q = quantize_model(model, Plan({"emb": LayerPlan(kernel=k), "out": LayerPlan(kernel=k)}))
+    q.out.set_input_quantizer("quantized_bits(8,2,1)")  # by hand, past the plan check
+    table = q.emb.weight.detach().clone()
+    with pytest.raises(ConfigError, match=r"\['out'\].*tied"):
+        fit_input_steps(q, [(ids[:8],)])
+    assert torch.equal(q.emb.weight, table)
+    space = SearchSpace.from_model(model, (ids[:1],), (ids[:16],), kernels=("quantized_bits({b},{i},1,alpha='auto')",),
+                                   bits={"input": {"dense": (8,)}})
+    layers = {lay.name: lay for lay in space.layers}
+    assert layers["out"].input == [] and layers["mid"].input
+    assert "mid.input" in space.parameters() and not any(k.startswith(("emb.", "out.")) and k.endswith(".input")
+                                                         for k in space.parameters())
+
+
+class ThreeTied(nn.Module):
+    """Three Linear layers sharing one weight, each with its own bias and activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(DIM, DIM), nn.Linear(DIM, DIM), nn.Linear(DIM, DIM)
+        self.b.weight = self.a.weight
+        self.c.weight = self.a.weight
+        self.h = nn.Linear(DIM, 2)
+
+    def forward(self, x):
+        return self.h(torch.relu(self.c(torch.relu(self.b(torch.relu(self.a(x)))))))
+
+
+class BiasedTiedLM(TiedLM):
+    def __init__(self):
+        super().__init__()
+        self.out = nn.Linear(DIM, VOCAB)
+        self.out.weight = self.emb.weight
+
+
+def test_tied_layers_share_only_the_kernel_choice():
+    """Only the weight is shared: each tied layer keeps its own bias and activation choice (three tied
+    Linears: three of each), an embedding tied to a Linear with a bias gets no bias quantizer, and a plan
+    with different biases / activations builds, keeps the tie and round-trips through JSON."""
+    torch.manual_seed(0)
+    model, x = ThreeTied().eval(), torch.randn(16, DIM)
+    space = SearchSpace.from_model(model, (x[:1],), (x,))
+    params = space.parameters()
+    assert [k for k in params if k.endswith(".kernel")] == ["a.kernel", "h.kernel"]
+    for role in ("bias", "activation"):
+        assert {f"{n}.{role}" for n in "abc"} <= set(params)
+    choices = {k: v[0] for k, v in params.items()}
+    choices.update({"b.bias": params["b.bias"][-1], "c.activation": params["c.activation"][-1]})
+    plan = space.plan_from(choices)
+    assert plan.layers["a"].kernel == plan.layers["b"].kernel == plan.layers["c"].kernel
+    assert plan.layers["a"].bias != plan.layers["b"].bias
+    assert plan.layers["b"].activation != plan.layers["c"].activation
+    assert Plan.from_json(plan.to_json()).to_dict() == plan.to_dict()
+    from nncodec.search.greedy import knobs_of
+    from nncodec.search.surrogate import base_choices
+    assert set(base_choices(space)) == {k for k in params if not k.endswith(".width")}
+    assert {k.key for k in knobs_of(space)} <= set(params) and "b.kernel" not in {k.key for k in knobs_of(space)}
+    candidate = build_candidate(model, (x[:1],), Plan.from_json(plan.to_json()))
+    assert candidate.a.weight is candidate.b.weight is candidate.c.weight
+    assert candidate.b.bias_quantizer.spec() != candidate.a.bias_quantizer.spec()
+
+    torch.manual_seed(0)
+    lm, ids = BiasedTiedLM().eval(), torch.randint(0, VOCAB, (16, 6))
+    space = SearchSpace.from_model(lm, (ids[:1],), (ids,))
+    params = space.parameters()
+    assert "out.bias" in params and "emb.bias" not in params
+    plan = space.plan_from({k: v[0] for k, v in params.items()})
+    assert plan.layers["emb"].bias is None and plan.layers["out"].bias == params["out.bias"][0]
+    build_candidate(lm, (ids[:1],), plan)

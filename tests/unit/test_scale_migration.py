@@ -149,3 +149,27 @@ def test_a_consumer_called_twice_is_not_eligible(second_norm: bool):
         migrate_scales(model, x)
     with torch.no_grad():
         assert torch.equal(model(x), ref(x))
+
+
+class TiedAfterNorm(nn.Module):
+    """A norm read by a Linear whose weight is also an embedding table (a tied output projection)."""
+
+    def __init__(self, vocab: int = 20, dim: int = 8):
+        super().__init__()
+        self.emb, self.norm, self.out = nn.Embedding(vocab, dim), nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(self.emb(ids)))
+
+
+def test_a_norm_read_by_a_tied_linear_is_not_migrated():
+    """Migrating would scale the tied Linear's columns in place: the embedding table too."""
+    torch.manual_seed(0)
+    model, ids = TiedAfterNorm().eval(), torch.randint(0, 20, (16, 5))
+    eligible, skipped = norm_consumers(model, (ids[:1],))
+    assert "norm" not in eligible and "tied" in skipped["norm"]
+    table = model.emb.weight.detach().clone()
+    with pytest.raises(ConfigError, match="tied"):
+        migrate_scales(model, (ids,))
+    assert torch.equal(model.emb.weight, table)

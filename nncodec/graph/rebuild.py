@@ -9,6 +9,7 @@ operator's schema and every parameter/buffer name against the module tree it wil
 from __future__ import annotations
 
 import logging
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -221,6 +222,7 @@ class GraphModel(nn.Module):
         meta = torch.device("meta")
         env: list[Any] = [None] * self._slots
         for name, dtype, shape in spec.inputs:
+            limits.check(f"graph topology: input {name!r} elements", math.prod(shape), "max_tensor_elements")
             env[spec.names[name]] = torch.empty(shape, dtype=_DTYPES[dtype], device=meta)
         for t in spec.tensors:
             env[spec.names[t.name]] = torch.empty(t.shape, dtype=_DTYPES[t.dtype], device=meta)

@@ -330,6 +330,15 @@ def test_huge_intermediate_is_refused_on_meta_before_allocation(streams):
         nncodec.load_model(data, limits=Limits(max_tensor_elements=1 << 24))
 
 
+def test_an_input_shape_too_large_to_index_is_a_limit_error_not_a_torch_error(streams):
+    def huge(topo):  # 2.3e18 elements: torch's storage size overflows on meta
+        topo["inputs"][0]["shape"] = [9226, 9248, 45769, 590469]
+
+    data = edit_topology(streams["resnet"], huge)
+    with pytest.raises(LimitExceededError, match="input .* elements"):
+        nncodec.load_model(data)
+
+
 def test_operator_failing_on_shapes_is_a_graph_error(streams):
     def mismatch(topo):
         node = next(n for n in topo["nodes"] if n["op"] == "aten.linear.default")

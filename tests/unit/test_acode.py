@@ -100,13 +100,44 @@ def test_compiled_and_portable_coders_agree_on_bytes_and_errors(seed):
             bad = bytearray(coded)
             bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
             variants.append(bytes(bad))
-        for v in variants:
+        for i, v in enumerate(variants):
             a, b = np.empty(len(data), np.uint8), np.empty(len(data), np.uint8)
             info = np.zeros(2, np.int64)
             status = native.acode_decode(v, rows, shift, k, a, info)
             assert (status, int(info[0]), int(info[1])) == portable.decode(v, rows, shift, k, b)
+            if i == 0:  # the unmodified encoding must decode, not merely fail the same way in both
+                assert status == portable.OK
             if status == portable.OK:
                 assert a.tobytes() == b.tobytes() == data
+
+
+@pytest.mark.parametrize("kernel", ["compiled", "portable"])
+def test_shift_3_renormalises_twice_after_an_unlikely_bit(kernel, request):
+    """At shift 3 a probability reaches 2041/2048, so the unlikely bit leaves range below 2^16: the decoder
+    must normalise in a loop as the encoder does (FORMAT.md §16.3)."""
+    if kernel == "portable":
+        request.getfixturevalue("portable_kernels")
+    elif not acode_compiled():
+        pytest.skip("the C extension is not built")
+    data = np.array([1] * 60 + [0] + [1] * 5, np.int8).tobytes()
+    _roundtrip(Acode(3, 0, [Segment(I8, 0, 0, len(data))]), data)
+
+
+@pytest.mark.parametrize("kernel", ["compiled", "portable"])
+@pytest.mark.parametrize("shift", range(3, 8))
+def test_skewed_data_round_trips_at_every_shift(kernel, shift, request):
+    if kernel == "portable":
+        request.getfixturevalue("portable_kernels")
+    elif not acode_compiled():
+        pytest.skip("the C extension is not built")
+    rng = np.random.default_rng(shift)
+    for trial in range(6):
+        n = 400 if kernel == "portable" else 3000
+        # long runs of one value with rare exceptions drive probabilities to their extremes
+        w = np.where(rng.random(n) < 0.01 * trial, rng.integers(-3, 4, n), trial % 3)
+        segs = [Segment(I8, 0, 0, n), Segment(TREE, 1, 0, n), Segment(I16, 2, 1, n)]
+        data = w.astype(np.int8).tobytes() + w.astype(np.uint8).tobytes() + w.astype(np.int16).tobytes()
+        _roundtrip(Acode(shift, int(rng.integers(0, 16)), segs), data)
 
 
 def test_portable_stage_writes_the_compiled_bytes(portable_kernels):

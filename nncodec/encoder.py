@@ -438,8 +438,11 @@ class Encoder:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         adaptive = None
         if self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE:
-            adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc)
+            adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc,
+                                   self.limits.max_adaptive_words)
         if self.pipeline is not None:
+            _check_adaptive_words(name, self.pipeline, words.array if isinstance(words, HandedWords) else words,
+                                  self.limits)
             pipeline, payload = self.pipeline, self.pipeline.encode(words)
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
@@ -780,7 +783,7 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool) -> 
     raw = b"".join(data)
     data_pipeline, data_coded = _smallest(raw, _SPLIT_LEVEL if narrow and len(raw) > _SPLIT_LEVEL_BYTES
                                           else _GROUP_LEVEL)
-    adaptive = _acode_smallest(entries, data)
+    adaptive = _acode_smallest(entries, data, limits.max_adaptive_words)
     if adaptive is not None and len(adaptive[0].to_bytes()) + len(adaptive[1]) < (
             len(data_pipeline.to_bytes()) + len(data_coded)):
         data_pipeline, data_coded = adaptive
@@ -809,15 +812,31 @@ def _acode_offset(words: np.ndarray) -> int:
     return median if median and cost(median) < cost(0) else 0
 
 
-def _acode_unit(words: np.ndarray, desc: QuantDescriptor) -> "tuple[Pipeline, bytes] | None":
+def _check_adaptive_words(name: str, pipeline: Pipeline, words: "np.ndarray | bytes", limits: Limits) -> None:
+    """:class:`LimitExceededError` when a stage 8 of the fixed ``pipeline`` would code more words of tensor
+    ``name`` than ``limits.max_adaptive_words`` (a stream its decoder would refuse). Only the stages before the
+    last stage 8 are run."""
+    last = max((i for i, st in enumerate(pipeline.stages) if isinstance(st, Acode)), default=-1)
+    data: Any = words
+    for st in pipeline.stages[:last + 1]:
+        if isinstance(st, Acode):
+            n_words = sum(seg.count for seg in st._segments_for(memoryview(data).nbytes))
+            limits.check(f"tensor {name!r}: the words its pipeline's acode stage codes", n_words,
+                         "max_adaptive_words")
+        if st is not pipeline.stages[last]:
+            data = st.encode(memoryview(data))
+
+
+def _acode_unit(words: np.ndarray, desc: QuantDescriptor, max_words: int) -> "tuple[Pipeline, bytes] | None":
     """Stage 8's smallest coding of a tensor unit's code ``words`` (uint8 view) as one segment of their type
     (shifts :data:`_ACODE_SHIFTS`, K 8); None when the codes are not int8 / uint8 / int16 / uint16, are over
-    :data:`_ACODE_UNIT_MAX_WORDS` words or empty, or the coder is not compiled."""
+    :data:`_ACODE_UNIT_MAX_WORDS` or ``max_words`` (the decoder's ``max_adaptive_words``) words or empty, or the
+    coder is not compiled."""
     name = desc.code_dtype.name
     if name not in _ACODE_KINDS or not acode_compiled():
         return None
     n_words = words.size // desc.code_dtype.itemsize
-    if not 0 < n_words <= _ACODE_UNIT_MAX_WORDS:
+    if not 0 < n_words <= min(_ACODE_UNIT_MAX_WORDS, max_words):
         return None
     best: "tuple[Pipeline, bytes] | None" = None
     for shift in _ACODE_SHIFTS:
@@ -860,11 +879,12 @@ def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[
     return unique
 
 
-def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]") -> "tuple[Pipeline, bytes] | None":
+def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]",
+                    max_words: int) -> "tuple[Pipeline, bytes] | None":
     """The smallest coding of a group's data block by the adaptive arithmetic coding stage (id 8), one segment per
     member (its code words' type and offset), over :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when
-    the block is empty or over :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled
-    coder)."""
+    the block is empty, over :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled
+    coder) or holds more than ``max_words`` words (the decoder's ``max_adaptive_words``)."""
     total = sum(len(d) for d in data)
     if not total or total > (_ACODE_MAX_BYTES if acode_compiled() else _ACODE_PORTABLE_MAX_BYTES):
         return None
@@ -875,6 +895,8 @@ def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes
         kinds.append(kind)
         offsets.append(_acode_offset(np.frombuffer(words, dtype=_ACODE_DTYPES[name])) if name in _ACODE_KINDS else 0)
     widths = [2 if k in (SEGMENT_TYPES["int16"], SEGMENT_TYPES["uint16"]) else 1 for k in kinds]
+    if sum(len(d) // w for d, w in zip(data, widths)) > max_words:
+        return None
     raw = b"".join(data)
     best: "tuple[Pipeline, bytes] | None" = None
     for sets in _acode_assignments(entries):

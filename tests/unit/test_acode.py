@@ -303,8 +303,8 @@ def test_a_stream_without_groups_keeps_its_bytes_and_version():
     with pytest.MonkeyPatch.context() as mp:
         import nncodec.encoder as enc
 
-        mp.setattr(enc, "_acode_smallest", lambda entries, data: None)
-        mp.setattr(enc, "_acode_unit", lambda words, desc: None)
+        mp.setattr(enc, "_acode_smallest", lambda *args: None)
+        mp.setattr(enc, "_acode_unit", lambda *args: None)
         plain, _ = Encoder(bits=4).encode(numpy_tensors(arrays))
     again, _ = Encoder(bits=4).encode(numpy_tensors(arrays))
     assert again == plain and int.from_bytes(again[10:12], "little") < 6
@@ -339,7 +339,7 @@ def test_a_small_quantized_tensor_unit_takes_stage_8_and_a_scalable_base_decodes
     with pytest.MonkeyPatch.context() as mp:
         import nncodec.encoder as enc
 
-        mp.setattr(enc, "_acode_unit", lambda words, desc: None)
+        mp.setattr(enc, "_acode_unit", lambda *args: None)
         plain, _ = Encoder(bits=3).encode(numpy_tensors({"w": w}))
     data, report = Encoder(bits=3).encode(numpy_tensors({"w": w}))
     assert len(data) < 0.9 * len(plain)
@@ -362,7 +362,7 @@ def test_the_version_counts_only_the_stages_written(small_cnn):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(enc, "_ACODE_UNIT_MARGIN", 100.0)  # every small unit would take stage 8
-        mp.setattr(enc, "_acode_smallest", lambda entries, data: None)  # the groups do not
+        mp.setattr(enc, "_acode_smallest", lambda *args: None)  # the groups do not
         data, report = Encoder().encode(small_cnn)
     assert sorted(report.grouped) == sorted(small_cnn)
     assert int.from_bytes(data[10:12], "little") == 4
@@ -385,3 +385,32 @@ def test_a_grid_aligned_delta_with_stage_8_decodes_to_the_full_encode():
     assert split_base_reference(delta)[0].grid_aligned
     got, want = nncodec.decode_arrays(delta, base=base), nncodec.decode_arrays(nncodec.encode(tuned, rel_step=0.05))
     assert all(np.array_equal(got[k], want[k]) for k in tuned)
+
+
+def test_a_fixed_acode_pipeline_over_the_adaptive_words_limit_is_refused_at_encode_time():
+    from nncodec.encoder import encode_arrays
+
+    w = np.random.default_rng(3).standard_normal((40, 50)).astype(np.float32)  # 2000 int8 codes
+    with pytest.raises(LimitExceededError, match="'w'.*max_adaptive_words=1000"):
+        encode_arrays({"w": w}, bits=8, pipeline=[{"id": "acode"}], limits=Limits(max_adaptive_words=1000))
+    data = encode_arrays({"w": w}, bits=8, pipeline=[{"id": "acode"}], limits=Limits(max_adaptive_words=2000))
+    assert nncodec.decode_arrays(data, limits=Limits(max_adaptive_words=2000))["w"].shape == (40, 50)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_automatic_choice_respects_the_adaptive_words_limit(grouped):
+    """Codes stage 8 wins on (bursts of non-zero words) are coded otherwise when they hold more words than
+    ``max_adaptive_words``: the stream decodes with the limits it was encoded for."""
+    from nncodec.encoder import encode_arrays
+
+    rng = np.random.default_rng(5)
+    n = 3000 if grouped else 120000
+    burst = np.cumsum(rng.random(n) > 0.9) % 2 == 1
+    w = (rng.choice([-3, -2, -1, 1, 2, 3], n) * burst).astype(np.float32).reshape(-1, 100)
+    opts = dict(bits=3, group_tensors=grouped)
+    free = encode_arrays({"w": w, "b": np.ones(10, np.float32)}, **opts)
+    assert int.from_bytes(free[10:12], "little") == 6  # stage 8 is chosen without the limit
+    tight = Limits(max_adaptive_words=n - 1)
+    data = encode_arrays({"w": w, "b": np.ones(10, np.float32)}, limits=tight, **opts)
+    assert int.from_bytes(data[10:12], "little") < 6
+    assert np.array_equal(nncodec.decode_arrays(data, limits=tight)["w"], nncodec.decode_arrays(free)["w"])

@@ -414,3 +414,50 @@ def test_the_automatic_choice_respects_the_adaptive_words_limit(grouped):
     data = encode_arrays({"w": w, "b": np.ones(10, np.float32)}, limits=tight, **opts)
     assert int.from_bytes(data[10:12], "little") < 6
     assert np.array_equal(nncodec.decode_arrays(data, limits=tight)["w"], nncodec.decode_arrays(free)["w"])
+
+
+def test_adaptive_coding_false_writes_what_the_encoder_without_stage_8_writes(small_cnn):
+    from nncodec.encoder import Encoder, encode_arrays
+    from tests.benchmarks.bench_small_streams import encoder_without_acode
+
+    with encoder_without_acode():
+        before, _ = Encoder().encode(small_cnn)
+    off, _ = Encoder(adaptive_coding=False).encode(small_cnn)
+    assert off == before and int.from_bytes(off[10:12], "little") < 6
+    rng = np.random.default_rng(5)  # a unit stage 8 codes > 10 % smaller
+    burst = np.cumsum(rng.random(120000) > 0.9) % 2 == 1
+    w = (rng.choice([-3, -2, -1, 1, 2, 3], 120000) * burst).astype(np.float32).reshape(300, 400)
+    assert int.from_bytes(encode_arrays({"w": w}, bits=3)[10:12], "little") == 6
+    assert int.from_bytes(encode_arrays({"w": w}, bits=3, adaptive_coding=False)[10:12], "little") < 6
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"adaptive_coding": False, "pipeline": [{"id": "acode"}]}, "acode while adaptive_coding=False"),
+    ({"adaptive_coding": False, "pipeline": [{"id": "zero_words", "word_size": 1}, {"id": "acode"}]}, "acode"),
+    ({"adaptive_coding": 1}, "adaptive_coding must be True or False"),
+    ({"adaptive_coding": None}, "adaptive_coding must be True or False"),
+])
+def test_adaptive_coding_option_errors(options, match):
+    from nncodec.encoder import encode_arrays
+
+    with pytest.raises(ConfigError, match=match):
+        encode_arrays({"w": np.ones((4, 4), np.float32)}, bits=8, **options)
+
+
+def test_stage_8_is_not_kept_in_groups_for_a_gain_under_the_margin():
+    """Dense Gaussian 4-bit codes: stage 8 codes a group a few bytes smaller (0.2 % of the stream), too
+    little to make the stream need a 1.6 decoder; the stream is the one written without stage 8."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import encode_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {f"l{i}.w": rng.standard_normal((64, 32)).astype(np.float32) for i in range(4)}
+    arrays.update({f"l{i}.b": rng.standard_normal(64).astype(np.float32) for i in range(4)})
+    chosen = encode_arrays(arrays, bits=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_ACODE_GROUP_MARGIN", 1.0)
+        any_gain = encode_arrays(arrays, bits=4)
+    assert len(any_gain) < len(chosen) and int.from_bytes(any_gain[10:12], "little") == 6  # stage 8 was smaller
+    assert len(any_gain) > enc._ACODE_GROUP_MARGIN * len(chosen)
+    assert chosen == encode_arrays(arrays, bits=4, adaptive_coding=False)
+    assert int.from_bytes(chosen[10:12], "little") < 6

@@ -247,6 +247,30 @@ def test_encoder_side_errors_are_config_errors():
         Acode(4, 15, [Segment(I8, 0, 70000, 3)])
 
 
+@pytest.mark.parametrize("config, match", [
+    ({"shift": True}, "shift must be an integer"),
+    ({"shift": 4.0}, "shift must be an integer"),
+    ({"shift": "4"}, "shift must be an integer"),
+    ({"k": True}, "k must be"),
+    ({"k": 8.0}, "k must be"),
+    ({"segments": [[0, 0, 0, 16]]}, r"unknown key\(s\) \['segments'\]"),
+    ({"default": "int16"}, r"unknown key\(s\) \['default'\]"),
+])
+def test_a_bad_stage_config_is_refused(config, match):
+    from nncodec.coding import stage_from_config
+
+    with pytest.raises(ConfigError, match=match):
+        stage_from_config({"id": "acode", **config})
+
+
+def test_a_stage_config_builds_the_stage():
+    from nncodec.coding import stage_from_config
+
+    st = stage_from_config({"id": "acode", "shift": np.int64(5), "k": 3})
+    assert (st.shift, st.k) == (5, 3) and st.get_config() == {"id": "acode", "shift": 5, "k": 3}
+    assert stage_from_config(st.get_config()) == st
+
+
 def test_shared_sets_learn_together():
     """Two segments of the same distribution code smaller in one context set than in two."""
     rng = np.random.default_rng(3)

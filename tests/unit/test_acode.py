@@ -320,18 +320,36 @@ def test_the_encoder_picks_stage_8_for_a_small_pruned_cnn_and_decodes_the_same_t
     assert same_values(before, after)
 
 
-def test_a_stream_without_groups_keeps_its_bytes_and_version():
+@pytest.mark.parametrize("case", ["dense_unit", "sparse_unit", "dense_groups"])
+def test_stage_8_changes_bytes_and_version_only_where_it_is_chosen(case):
+    """Where stage 8 is not chosen (dense 4-bit codes in a unit over the group bounds, dense 8-bit codes in
+    groups, where it is larger than rANS) the stream keeps the bytes and version of the encoder without it;
+    where it is (a unit of pruned codes whose non-zero words come in bursts) the unit is stage 8 alone,
+    smaller, version 1.6, and decodes to the same values."""
     from nncodec.encoder import Encoder, numpy_tensors
+    from tests.benchmarks.bench_small_streams import encoder_without_acode
 
-    arrays = {"w": np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)}  # over group bounds
-    with pytest.MonkeyPatch.context() as mp:
-        import nncodec.encoder as enc
-
-        mp.setattr(enc, "_acode_smallest", lambda *args: None)
-        mp.setattr(enc, "_acode_unit", lambda *args: None)
-        plain, _ = Encoder(bits=4).encode(numpy_tensors(arrays))
-    again, _ = Encoder(bits=4).encode(numpy_tensors(arrays))
-    assert again == plain and int.from_bytes(again[10:12], "little") < 6
+    rng = np.random.default_rng(0)
+    bits = {"dense_unit": 4, "sparse_unit": 3, "dense_groups": 8}[case]
+    if case == "dense_unit":
+        arrays = {"w": rng.standard_normal((300, 300)).astype(np.float32)}  # over group bounds
+    elif case == "sparse_unit":
+        burst = np.cumsum(rng.random(90000) > 0.9) % 2 == 1  # runs of about 10 words, alternately zero
+        w = rng.choice([-3, -2, -1, 1, 2, 3], 90000) * burst
+        arrays = {"w": w.astype(np.float32).reshape(300, 300)}
+    else:
+        arrays = {f"l{i}.w": rng.standard_normal((64, 32)).astype(np.float32) for i in range(4)}
+        arrays.update({f"l{i}.b": rng.standard_normal(64).astype(np.float32) for i in range(4)})
+    with encoder_without_acode():
+        plain, _ = Encoder(bits=bits).encode(numpy_tensors(arrays))
+    again, report = Encoder(bits=bits).encode(numpy_tensors(arrays))
+    if case == "sparse_unit":
+        assert report.tensors[0].pipeline == ["acode"] and len(again) < 0.9 * len(plain)
+        assert int.from_bytes(again[10:12], "little") == 6
+        assert np.array_equal(nncodec.decode_arrays(again)["w"], nncodec.decode_arrays(plain)["w"])
+    else:
+        assert again == plain and int.from_bytes(again[10:12], "little") < 6
+        assert bool(_group_data_stages(again)) == (case == "dense_groups")
 
 
 def _group_data_stages(data: bytes) -> list:

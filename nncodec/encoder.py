@@ -270,6 +270,8 @@ class _Prepared:
     report: TensorReport
     words: bytes | None = None  #: the code words of a tensor small enough for a tensor group
     size: int = -1              #: bytes of the payload (when it was spooled to a file)
+    acode_later: bool = False   #: stage 8 is tried on the unit once it is known not to be in a group
+    spooled: int = -1           #: bytes of the payload in the spool file, when ``payload`` replaced them
 
     def __post_init__(self) -> None:
         if self.size < 0:
@@ -453,7 +455,11 @@ class Encoder:
         elif self.group_tensors and numel <= group_bound:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         adaptive = None
+        acode_later = False
         if self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE:
+            acode_later = kept is not None  # most such tensors end up in a group: tried in _layout if not
+        if self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE \
+                and not acode_later:
             adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc,
                                    self.limits.max_adaptive_words)
         if self.pipeline is not None:
@@ -473,7 +479,7 @@ class Encoder:
                               desc.bits if desc.scheme != SCHEME_NONE else 8 * dtype.itemsize,
                               [st.codec_id for st in pipeline.stages], unit_bytes,
                               8.0 * unit_bytes / numel if numel else None, max_err, rms_err)
-        return _Prepared(header, payload, pipeline, report, kept)
+        return _Prepared(header, payload, pipeline, report, kept, acode_later=acode_later)
 
     def _check_tensor_limits(self, name: str, array: np.ndarray) -> None:
         """Refuse what the decoder (with ``self.limits``) would refuse, and what the format cannot hold."""
@@ -584,9 +590,36 @@ class Encoder:
             plain, plain_cost = self._smallest_layout(coded, cache, False)  # the payloads are in the cache
             if best_cost > _ACODE_GROUP_MARGIN * plain_cost:
                 best = plain
+        rest = [p for p in coded if p.header.name not in best.members]
+        if self._acode_rest(rest):
+            best = dataclasses.replace(best, default=_default_pipeline([p.pipeline for p in rest]),
+                                       stage_minor=max(best.stage_minor, FORMAT_MINOR_ACODE))
         if best.groups:
             _member_reports({p.header.name: p for p in coded}, best)
         return best
+
+    def _acode_rest(self, rest: "list[_Prepared]") -> bool:
+        """Try stage 8 on the tensors kept for a group that stay in units of their own (``acode_later``): a unit
+        takes it when at most :data:`_ACODE_UNIT_MARGIN` times its payload. Whether any did."""
+        changed = False
+        for p in rest:
+            if not p.acode_later or p.words is None:
+                continue
+            p.acode_later = False
+            adaptive = _acode_unit(np.frombuffer(p.words, dtype=np.uint8), p.header.quant,
+                                   self.limits.max_adaptive_words)
+            if adaptive is None or len(adaptive[1]) > _ACODE_UNIT_MARGIN * p.size:
+                continue
+            p.pipeline, p.payload = adaptive
+            p.spooled, p.size = p.size, len(p.payload)
+            h = p.header
+            p.header = TensorHeader(h.name, h.dtype, h.shape, h.quant, p.pipeline.entries())
+            p.report.pipeline = [st.codec_id for st in p.pipeline.stages]
+            p.report.unit_bytes = UNIT_HEADER_SIZE + len(p.header.to_bytes()) + p.size
+            numel = math.prod(h.shape)
+            p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
+            changed = True
+        return changed
 
     def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, bytes | None]",
                          adaptive: bool) -> "tuple[_Layout, int]":
@@ -673,7 +706,8 @@ class Encoder:
                 tempfile.TemporaryFile(dir=dst.parent or ".", prefix=f".{dst.name}.", suffix=".spool") as spool:
             for p in self._coded(tensors, plan):
                 spool.write(p.payload)
-                spooled.append(_Prepared(p.header, b"", p.pipeline, p.report, p.words, len(p.payload)))
+                spooled.append(_Prepared(p.header, b"", p.pipeline, p.report, p.words, len(p.payload),
+                                         acode_later=p.acode_later))
                 del p
             layout = self._layout(spooled)
             default = layout.default
@@ -686,6 +720,14 @@ class Encoder:
                 header, pipeline, tensor_report, size = p.header, p.pipeline, p.report, p.size
                 if header.name in layout.members:
                     spool.seek(size, os.SEEK_CUR)
+                    report.tensors.append(tensor_report)
+                    continue
+                if p.spooled >= 0:  # coded again after the layout (stage 8): written from memory
+                    spool.seek(p.spooled, os.SEEK_CUR)
+                    header = _tensor_header(header, pipeline, default, tensor_report, size)
+                    body = header.to_bytes() + p.payload
+                    self.limits.check(f"unit payload length of tensor {header.name!r}", len(body), "max_unit_bytes")
+                    out.write(frame_unit(UNIT_TENSOR, body))
                     report.tensors.append(tensor_report)
                     continue
                 header = _tensor_header(header, pipeline, default, tensor_report, size)

@@ -503,3 +503,29 @@ def test_stage_8_is_not_kept_in_groups_for_a_gain_under_the_margin():
     assert len(any_gain) > enc._ACODE_GROUP_MARGIN * len(chosen)
     assert chosen == encode_arrays(arrays, bits=4, adaptive_coding=False)
     assert int.from_bytes(chosen[10:12], "little") < 6
+
+
+def test_stage_8_is_tried_on_a_unit_only_once_it_is_known_not_to_be_in_a_group(tmp_path):
+    """Tensors small enough for a group are tried with stage 8 as units only when the layout leaves them in
+    units of their own (then in memory and to a file alike)."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import Encoder, numpy_tensors
+
+    rng = np.random.default_rng(5)
+    burst = np.cumsum(rng.random(20000) > 0.9) % 2 == 1
+    w = (rng.choice([-3, -2, -1, 1, 2, 3], 20000) * burst).astype(np.float32).reshape(200, 100)
+    tensors = numpy_tensors({"w": w, "b": np.linspace(-1, 1, 100, dtype=np.float32)})
+    calls = []
+    real = enc._acode_unit
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_acode_unit", lambda *args: calls.append(1) or real(*args))
+        grouped, report = Encoder(bits=3).encode(tensors)
+        assert report.grouped == ["b", "w"] and not calls
+        mp.setattr(enc, "_split_groups", lambda *args, **kwargs: [])  # no group candidate: units only
+        alone, report = Encoder(bits=3).encode(tensors)
+        assert len(calls) == 2 and report.grouped == []
+        assert next(t for t in report.tensors if t.name == "w").pipeline == ["acode"]
+        path = Encoder(bits=3).encode(tensors, tmp_path / "s.nnc")[0]
+    assert int.from_bytes(alone[10:12], "little") == 6 and path.read_bytes() == alone
+    got = nncodec.decode_arrays(alone)
+    assert all(np.array_equal(got[n], nncodec.decode_arrays(grouped)[n]) for n in ("w", "b"))

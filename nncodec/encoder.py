@@ -28,7 +28,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .atomic import atomic_file
-from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_MINOR_ALIASES,
+from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORMAT_MINOR, FORMAT_MINOR_ACODE,
+                                  FORMAT_MINOR_ALIASES,
                                   FORMAT_MINOR_TENSOR_GROUP, GROUP_LAYOUT_DENSE, GROUP_LAYOUT_FILL, MAGIC,
                                   SCHEME_BINARY, SCHEME_FLOAT_CAST, SCHEME_NONE, STREAM_HEADER, SCHEME_UNIFORM, UNIT_CRC_COVERED,
                                   UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
@@ -90,6 +91,10 @@ _ACODE_KS = (4, 8)  #: numbers of "abs > k" flags tried (FORMAT.md §16.1's K)
 #: the size of the pipeline chosen otherwise: its decoding is sequential (tens of MB/s, rANS hundreds)
 _ACODE_UNIT_MAX_WORDS = 1 << 18
 _ACODE_UNIT_MARGIN = 0.9
+#: tensor groups whose data stage 8 codes are kept only when the stream's tensor bytes (group and tensor units)
+#: are at most this many times those of the best layout without them: a gain of a few bytes does not make a
+#: stream need a format 1.6 decoder
+_ACODE_GROUP_MARGIN = 0.98
 
 
 @dataclass
@@ -265,6 +270,8 @@ class _Prepared:
     report: TensorReport
     words: bytes | None = None  #: the code words of a tensor small enough for a tensor group
     size: int = -1              #: bytes of the payload (when it was spooled to a file)
+    acode_later: bool = False   #: stage 8 is tried on the unit once it is known not to be in a group
+    spooled: int = -1           #: bytes of the payload in the spool file, when ``payload`` replaced them
 
     def __post_init__(self) -> None:
         if self.size < 0:
@@ -305,6 +312,11 @@ class Encoder:
       (None, the default: unless a fixed ``pipeline`` is given; True with one is a :class:`ConfigError`).
       False: one unit per tensor, as before 1.4 (a stream any 1.0–1.3 decoder reads, and each
       tensor read alone by ``nncodec.open``; grouped tensors are decoded with their group).
+    - ``adaptive_coding``: let the encoder choose the adaptive arithmetic coding stage (id 8, format 1.6,
+      FORMAT.md §16) for a tensor unit when it codes it in at most 0.9 times the bytes of the best other
+      pipeline, and for tensor groups' data when the stream's tensor bytes are then at most 0.98 times those
+      without it (default True). False: no stage 8, so the stream needs no format 1.6 decoder; with a fixed
+      ``pipeline`` naming ``acode`` a :class:`ConfigError`.
 
     Encoding to a file (:meth:`encode` with ``dst``, :meth:`encode_file`) streams tensor by tensor and
     writes the same bytes as encoding to memory.
@@ -316,7 +328,7 @@ class Encoder:
                  lossless: Iterable[str] = (), level: int = 3, metadata: Mapping[str, str] | None = None,
                  progress: bool | None = None, pipeline: "Sequence[dict[str, Any]] | None" = None,
                  rel_step: float | None = None, step_scales: Mapping[str, float] | None = None,
-                 limits: Limits = DEFAULT_LIMITS, group_tensors: bool | None = None):
+                 limits: Limits = DEFAULT_LIMITS, group_tensors: bool | None = None, adaptive_coding: bool = True):
         if not isinstance(limits, Limits):
             raise ConfigError(f"limits must be an nncodec.Limits, got {type(limits).__name__}")
         if sum(v is not None for v in (bits, step, rel_step)) > 1:
@@ -347,6 +359,8 @@ class Encoder:
         lossless = tuple(lossless)
         if not all(isinstance(p, str) for p in lossless):
             raise ConfigError(f"lossless must be a glob pattern or a list of them (str), got {lossless!r}")
+        if not isinstance(adaptive_coding, bool):
+            raise ConfigError(f"adaptive_coding must be True or False, got {adaptive_coding!r}")
         if pipeline is not None:
             pipeline = _stage_configs(pipeline)
         Zstd(level)  # validates the level
@@ -362,6 +376,10 @@ class Encoder:
         self.group_tensors = group_tensors is not False and pipeline is None
         self.progress = progress
         self.pipeline = None if pipeline is None else Pipeline(tuple(stage_from_config(c) for c in pipeline))
+        self.adaptive_coding = adaptive_coding
+        if not adaptive_coding and self.pipeline is not None and any(
+                isinstance(st, Acode) for st in self.pipeline.stages):
+            raise ConfigError("the pipeline names stage acode while adaptive_coding=False")
 
     # -- per tensor -------------------------------------------------------------------------
     def _quantizes(self, name: str, dtype: DType, shape: tuple[int, ...]) -> bool:
@@ -437,9 +455,16 @@ class Encoder:
         elif self.group_tensors and numel <= group_bound:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         adaptive = None
-        if self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE:
-            adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc)
+        acode_later = False
+        if self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE:
+            acode_later = kept is not None  # most such tensors end up in a group: tried in _layout if not
+        if self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE \
+                and not acode_later:
+            adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc,
+                                   self.limits.max_adaptive_words)
         if self.pipeline is not None:
+            _check_adaptive_words(name, self.pipeline, words.array if isinstance(words, HandedWords) else words,
+                                  self.limits)
             pipeline, payload = self.pipeline, self.pipeline.encode(words)
         else:
             pipeline, payload = choose_pipeline(words, word_size, bits, signed, self.level)
@@ -454,7 +479,7 @@ class Encoder:
                               desc.bits if desc.scheme != SCHEME_NONE else 8 * dtype.itemsize,
                               [st.codec_id for st in pipeline.stages], unit_bytes,
                               8.0 * unit_bytes / numel if numel else None, max_err, rms_err)
-        return _Prepared(header, payload, pipeline, report, kept)
+        return _Prepared(header, payload, pipeline, report, kept, acode_later=acode_later)
 
     def _check_tensor_limits(self, name: str, array: np.ndarray) -> None:
         """Refuse what the decoder (with ``self.limits``) would refuse, and what the format cannot hold."""
@@ -557,21 +582,62 @@ class Encoder:
     def _layout(self, coded: "list[_Prepared]") -> "_Layout":
         """Which small tensors go into tensor-group units, and in how many: the member set (tensors up to one
         of ``_GROUP_BOUNDS`` elements) and its split into groups (:func:`_split_groups`) that make the
-        stream smallest, or none."""
+        stream smallest, or none. Groups whose data stage 8 codes are kept only when the stream's tensor bytes
+        are then at most :data:`_ACODE_GROUP_MARGIN` times those of the best layout without them."""
+        cache: dict[tuple, bytes | None] = {}  # group payloads by stage 8 tried and member names, across bounds
+        best, best_cost = self._smallest_layout(coded, cache, self.adaptive_coding)
+        if any(self._group_minor(g) >= FORMAT_MINOR_ACODE for g in best.groups):
+            plain, plain_cost = self._smallest_layout(coded, cache, False)  # the payloads are in the cache
+            if best_cost > _ACODE_GROUP_MARGIN * plain_cost:
+                best = plain
+        rest = [p for p in coded if p.header.name not in best.members]
+        if self._acode_rest(rest):
+            best = dataclasses.replace(best, default=_default_pipeline([p.pipeline for p in rest]),
+                                       stage_minor=max(best.stage_minor, FORMAT_MINOR_ACODE))
+        if best.groups:
+            _member_reports({p.header.name: p for p in coded}, best)
+        return best
+
+    def _acode_rest(self, rest: "list[_Prepared]") -> bool:
+        """Try stage 8 on the tensors kept for a group that stay in units of their own (``acode_later``): a unit
+        takes it when at most :data:`_ACODE_UNIT_MARGIN` times its payload. Whether any did."""
+        changed = False
+        for p in rest:
+            if not p.acode_later or p.words is None:
+                continue
+            p.acode_later = False
+            adaptive = _acode_unit(np.frombuffer(p.words, dtype=np.uint8), p.header.quant,
+                                   self.limits.max_adaptive_words)
+            if adaptive is None or len(adaptive[1]) > _ACODE_UNIT_MARGIN * p.size:
+                continue
+            p.pipeline, p.payload = adaptive
+            p.spooled, p.size = p.size, len(p.payload)
+            h = p.header
+            p.header = TensorHeader(h.name, h.dtype, h.shape, h.quant, p.pipeline.entries())
+            p.report.pipeline = [st.codec_id for st in p.pipeline.stages]
+            p.report.unit_bytes = UNIT_HEADER_SIZE + len(p.header.to_bytes()) + p.size
+            numel = math.prod(h.shape)
+            p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
+            changed = True
+        return changed
+
+    def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, bytes | None]",
+                         adaptive: bool) -> "tuple[_Layout, int]":
+        """The layout of :meth:`_layout` making the tensor bytes smallest, with stage 8 tried on the groups'
+        data or not (``adaptive``), and those bytes."""
         default = _default_pipeline([p.pipeline for p in coded])
         stage_minor = max((st.since_minor for p in coded for st in p.pipeline.stages), default=FORMAT_MINOR)
         best = _Layout((), default, stage_minor)
         best_cost = _units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
-        cache: dict[tuple, bytes | None] = {}  # group payloads by member names, across bounds
         for bound in _GROUP_BOUNDS:
             members = _bound_members(small, bound)
             if not members or len(members) in tried:
                 continue
             tried.add(len(members))
             # the single group of bounds up to 4096 elements is what the first 1.4 encoder wrote
-            layouts = _split_groups(members, self.limits, cache, single=bound <= _GROUP_SMALL)
+            layouts = _split_groups(members, self.limits, cache, single=bound <= _GROUP_SMALL, adaptive=adaptive)
             names = frozenset(p.header.name for p in members)
             rest = [p for p in coded if p.header.name not in names]
             rest_default = _default_pipeline([p.pipeline for p in rest])
@@ -584,9 +650,7 @@ class Encoder:
                                    max([rest_minor, *map(self._group_minor, candidate.payloads)]), candidate.parts,
                                    candidate.narrow)
                     best_cost = candidate.cost + rest_cost
-        if best.groups:
-            _member_reports({p.header.name: p for p in coded}, best)
-        return best
+        return best, best_cost
 
     def _group_minor(self, payload: bytes) -> int:
         """The newest format minor version a stage of a tensor-group payload's pipelines needs."""
@@ -642,7 +706,8 @@ class Encoder:
                 tempfile.TemporaryFile(dir=dst.parent or ".", prefix=f".{dst.name}.", suffix=".spool") as spool:
             for p in self._coded(tensors, plan):
                 spool.write(p.payload)
-                spooled.append(_Prepared(p.header, b"", p.pipeline, p.report, p.words, len(p.payload)))
+                spooled.append(_Prepared(p.header, b"", p.pipeline, p.report, p.words, len(p.payload),
+                                         acode_later=p.acode_later))
                 del p
             layout = self._layout(spooled)
             default = layout.default
@@ -655,6 +720,14 @@ class Encoder:
                 header, pipeline, tensor_report, size = p.header, p.pipeline, p.report, p.size
                 if header.name in layout.members:
                     spool.seek(size, os.SEEK_CUR)
+                    report.tensors.append(tensor_report)
+                    continue
+                if p.spooled >= 0:  # coded again after the layout (stage 8): written from memory
+                    spool.seek(p.spooled, os.SEEK_CUR)
+                    header = _tensor_header(header, pipeline, default, tensor_report, size)
+                    body = header.to_bytes() + p.payload
+                    self.limits.check(f"unit payload length of tensor {header.name!r}", len(body), "max_unit_bytes")
+                    out.write(frame_unit(UNIT_TENSOR, body))
                     report.tensors.append(tensor_report)
                     continue
                 header = _tensor_header(header, pipeline, default, tensor_report, size)
@@ -765,28 +838,33 @@ def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, 
     return header, words
 
 
-def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool) -> bytes | None:
-    """The tensor-group payload of ``members`` (ascending names, FORMAT.md §14), or None when its directory
-    would be over ``max_metadata_bytes`` or the payload over ``max_unit_bytes``. A member whose words are all
-    equal (at least 2) is stored as one.
+def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool,
+                   adaptive: bool = True) -> "tuple[bytes | None, bytes | None]":
+    """The tensor-group payloads of ``members`` (ascending names, FORMAT.md §14): the smallest, and the
+    smallest without stage 8 (the same when stage 8 is not smaller or not tried); None when its directory would
+    be over ``max_metadata_bytes`` or the payload over ``max_unit_bytes``. A member whose words are all equal
+    (at least 2) is stored as one.
     With ``narrow`` (the split groups), quantized members' codes are stored in the narrowest integer type
     holding them (:func:`_narrowest_codes`), and data over :data:`_SPLIT_LEVEL_BYTES` is tried with zstd at
-    :data:`_SPLIT_LEVEL` (faster; the single group, which always competes, keeps level 19)."""
+    :data:`_SPLIT_LEVEL` (faster; the single group, which always competes, keeps level 19). With ``adaptive``,
+    stage 8 is tried on the data (:func:`_acode_smallest`)."""
     entries, data = _group_entries(members, narrow)
     directory = directory_bytes(entries)
     if len(directory) > limits.max_metadata_bytes:
-        return None
+        return None, None
     dir_pipeline, dir_coded = _smallest(directory)
     raw = b"".join(data)
     data_pipeline, data_coded = _smallest(raw, _SPLIT_LEVEL if narrow and len(raw) > _SPLIT_LEVEL_BYTES
                                           else _GROUP_LEVEL)
-    adaptive = _acode_smallest(entries, data)
-    if adaptive is not None and len(adaptive[0].to_bytes()) + len(adaptive[1]) < (
-            len(data_pipeline.to_bytes()) + len(data_coded)):
-        data_pipeline, data_coded = adaptive
+    plain = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
+                               data_pipeline.to_bytes(), data_coded)
+    plain_fits = plain if len(plain) <= limits.max_unit_bytes else None
+    best = _acode_smallest(entries, data, limits.max_adaptive_words) if adaptive else None
+    if best is None or len(best[0].to_bytes()) + len(best[1]) >= len(data_pipeline.to_bytes()) + len(data_coded):
+        return plain_fits, plain_fits
     payload = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
-                                 data_pipeline.to_bytes(), data_coded)
-    return payload if len(payload) <= limits.max_unit_bytes else None
+                                 best[0].to_bytes(), best[1])
+    return payload if len(payload) <= limits.max_unit_bytes else plain_fits, plain_fits
 
 
 #: segment type of a group member's code words (FORMAT.md §16.2) by code dtype; others are coded as raw bytes
@@ -809,15 +887,31 @@ def _acode_offset(words: np.ndarray) -> int:
     return median if median and cost(median) < cost(0) else 0
 
 
-def _acode_unit(words: np.ndarray, desc: QuantDescriptor) -> "tuple[Pipeline, bytes] | None":
+def _check_adaptive_words(name: str, pipeline: Pipeline, words: "np.ndarray | bytes", limits: Limits) -> None:
+    """:class:`LimitExceededError` when a stage 8 of the fixed ``pipeline`` would code more words of tensor
+    ``name`` than ``limits.max_adaptive_words`` (a stream its decoder would refuse). Only the stages before the
+    last stage 8 are run."""
+    last = max((i for i, st in enumerate(pipeline.stages) if isinstance(st, Acode)), default=-1)
+    data: Any = words
+    for st in pipeline.stages[:last + 1]:
+        if isinstance(st, Acode):
+            n_words = sum(seg.count for seg in st._segments_for(memoryview(data).nbytes))
+            limits.check(f"tensor {name!r}: the words its pipeline's acode stage codes", n_words,
+                         "max_adaptive_words")
+        if st is not pipeline.stages[last]:
+            data = st.encode(memoryview(data))
+
+
+def _acode_unit(words: np.ndarray, desc: QuantDescriptor, max_words: int) -> "tuple[Pipeline, bytes] | None":
     """Stage 8's smallest coding of a tensor unit's code ``words`` (uint8 view) as one segment of their type
     (shifts :data:`_ACODE_SHIFTS`, K 8); None when the codes are not int8 / uint8 / int16 / uint16, are over
-    :data:`_ACODE_UNIT_MAX_WORDS` words or empty, or the coder is not compiled."""
+    :data:`_ACODE_UNIT_MAX_WORDS` or ``max_words`` (the decoder's ``max_adaptive_words``) words or empty, or the
+    coder is not compiled."""
     name = desc.code_dtype.name
     if name not in _ACODE_KINDS or not acode_compiled():
         return None
     n_words = words.size // desc.code_dtype.itemsize
-    if not 0 < n_words <= _ACODE_UNIT_MAX_WORDS:
+    if not 0 < n_words <= min(_ACODE_UNIT_MAX_WORDS, max_words):
         return None
     best: "tuple[Pipeline, bytes] | None" = None
     for shift in _ACODE_SHIFTS:
@@ -860,11 +954,12 @@ def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[
     return unique
 
 
-def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]") -> "tuple[Pipeline, bytes] | None":
+def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]",
+                    max_words: int) -> "tuple[Pipeline, bytes] | None":
     """The smallest coding of a group's data block by the adaptive arithmetic coding stage (id 8), one segment per
     member (its code words' type and offset), over :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when
-    the block is empty or over :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled
-    coder)."""
+    the block is empty, over :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled
+    coder) or holds more than ``max_words`` words (the decoder's ``max_adaptive_words``)."""
     total = sum(len(d) for d in data)
     if not total or total > (_ACODE_MAX_BYTES if acode_compiled() else _ACODE_PORTABLE_MAX_BYTES):
         return None
@@ -875,6 +970,8 @@ def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes
         kinds.append(kind)
         offsets.append(_acode_offset(np.frombuffer(words, dtype=_ACODE_DTYPES[name])) if name in _ACODE_KINDS else 0)
     widths = [2 if k in (SEGMENT_TYPES["int16"], SEGMENT_TYPES["uint16"]) else 1 for k in kinds]
+    if sum(len(d) // w for d, w in zip(data, widths)) > max_words:
+        return None
     raw = b"".join(data)
     best: "tuple[Pipeline, bytes] | None" = None
     for sets in _acode_assignments(entries):
@@ -1003,21 +1100,24 @@ class _Candidate:
 
 
 def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None]",
-                  single: bool) -> "list[_Candidate]":
+                  single: bool, adaptive: bool = True) -> "list[_Candidate]":
     """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units. With
     ``single``, the one group of un-narrowed codes (the layout of format 1.4's first encoder) comes first; the
     splits of :data:`_SPLITS`, with narrowed codes, follow when the members' code words are at most
     :data:`_GROUP_SPLIT_BYTES`. A candidate with a group whose directory would be over ``max_metadata_bytes``
     or whose payload over ``max_unit_bytes`` is left out (possibly all: an empty list). ``cache`` keeps the
-    payloads of member sets already coded (by names and narrowing) across calls; a set whose narrowing
-    changes nothing (:func:`_narrowing_moot`) is coded once, un-narrowed."""
+    payloads of member sets already coded (by ``adaptive``, names and narrowing) across calls; a set whose
+    narrowing changes nothing (:func:`_narrowing_moot`) is coded once, un-narrowed. With ``adaptive``, stage 8
+    is tried on the groups' data."""
 
     def payload(part: "list[_Prepared]", narrow: bool) -> bytes | None:
         if narrow and _narrowing_moot(part):  # the same bytes as un-narrowed: coded once
             narrow = False
-        key = (narrow, *(p.header.name for p in part))
+        names = tuple(p.header.name for p in part)
+        key = (adaptive, narrow, *names)
         if key not in cache:
-            cache[key] = _group_payload(part, limits, narrow)
+            # the coding without stage 8 comes with it: kept for the layout without stage 8
+            cache[key], cache[(False, narrow, *names)] = _group_payload(part, limits, narrow, adaptive)
         return cache[key]
 
     found: list[_Candidate] = []

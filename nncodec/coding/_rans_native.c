@@ -405,7 +405,7 @@ typedef struct {
 } ac_dec;
 
 #define AC_NORM(D, FAIL)                                                                  \
-    if ((D).range < AC_TOP) {                                                             \
+    while ((D).range < AC_TOP) {                                                          \
         if ((D).pos >= (D).n) goto FAIL;                                                  \
         (D).range <<= 8;                                                                  \
         (D).code = ((D).code << 8) | (D).buf[(D).pos++];                                  \

@@ -172,7 +172,7 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
             rng -= bound
             probs[ctx] = p - (p >> shift)
             b = 1
-        if rng < _TOP:
+        while rng < _TOP:  # repeated at shift 3, where a bit may leave range below 2^16
             if pos >= n:
                 raise _Stop(ERR_END)
             rng <<= 8
@@ -188,7 +188,7 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
         if code >= rng:
             code -= rng
             b = 1
-        if rng < _TOP:
+        while rng < _TOP:  # repeated at shift 3, where a bit may leave range below 2^16
             if pos >= n:
                 raise _Stop(ERR_END)
             rng <<= 8

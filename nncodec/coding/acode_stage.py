@@ -199,9 +199,9 @@ class Acode(Stage):
 
     def __init__(self, shift: int = 4, k: int = portable.MAX_K, segments: "Sequence[Segment] | None" = None,
                  default: str = "int8"):
-        if shift not in SHIFTS:
-            raise ConfigError(f"acode: shift must be {SHIFTS.start}..{SHIFTS.stop - 1}, got {shift!r}")
-        if not isinstance(k, (int, np.integer)) or not 0 <= k <= portable.MAX_K:
+        if isinstance(shift, bool) or not isinstance(shift, (int, np.integer)) or shift not in SHIFTS:
+            raise ConfigError(f"acode: shift must be an integer {SHIFTS.start}..{SHIFTS.stop - 1}, got {shift!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= portable.MAX_K:
             raise ConfigError(f"acode: k must be 0..{portable.MAX_K}, got {k!r}")
         if default not in SEGMENT_TYPES:
             raise ConfigError(f"acode: default segment type must be one of {sorted(SEGMENT_TYPES)}, got {default!r}")
@@ -221,6 +221,15 @@ class Acode(Stage):
         if shift not in SHIFTS or k > portable.MAX_K:
             raise CorruptError(f"acode params invalid: shift {shift} (3..7), K {k} (0..{portable.MAX_K})")
         return cls(shift, k)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Acode":
+        """The stage of ``{"id": "acode", "shift": 3..7, "k": 0..15}`` (both optional); ``segments`` and
+        ``default`` are the encoder's (they depend on the data) and not accepted here."""
+        unknown = sorted(set(config) - {"id", "shift", "k"})
+        if unknown:
+            raise ConfigError(f"bad configuration for stage 'acode': unknown key(s) {unknown}; it takes shift and k")
+        return cls(config.get("shift", 4), config.get("k", portable.MAX_K))
 
     def get_config(self) -> dict:
         return {"id": self.codec_id, "shift": self.shift, "k": self.k}

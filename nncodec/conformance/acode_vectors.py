@@ -142,6 +142,15 @@ def _segments_stream() -> tuple[bytes, Expected]:
     return _stream(((group, len(entries)),), (unit,)), expected
 
 
+def _shift3_renormalise() -> tuple[bytes, Expected]:
+    """Long runs of one int8 value at shift 3 drive a probability to 2041/2048; each rare other value then
+    leaves the range below 2^16, which takes two normalisation steps (FORMAT.md §16.3)."""
+    w = np.array(([1] * 60 + [0] + [1] * 5) * 3 + [-1] * 70 + [2] + [-1] * 9, np.int8)
+    unit = _tensor(b"r.w", "int8", [len(w)], _pipeline(3, 0) + Acode(3, 0, [Segment(I8, 0, 0, len(w))]).encode(
+        memoryview(w.tobytes())))
+    return _stream((), (unit,)), {"r.w": w}
+
+
 VALID: dict[str, tuple[str, Callable[[], tuple[bytes, Expected]]]] = {
     "acode_group_cnn": ("stage 8 (format 1.6) as the encoder writes it: a small pruned CNN's tensor groups "
                         "(4-bit kernels, 6-bit folded norms, fills, batch counts), the data coded by stage 8",
@@ -149,6 +158,9 @@ VALID: dict[str, tuple[str, Callable[[], tuple[bytes, Expected]]]] = {
     "acode_segments": ("stage 8 with explicit segments: every segment type, context sets shared across members "
                        "and types, offsets, an empty segment, words beyond K and int16 extremes; shift 3, K 2 in a "
                        "tensor group and shift 7, K 15 in a tensor unit", _segments_stream),
+    "acode_shift3_renormalise": ("stage 8 at shift 3, K 0: runs of one int8 value broken by a rare other value, "
+                                 "whose bit leaves the range below 2^16 so that normalisation takes two steps",
+                                 _shift3_renormalise),
 }
 
 

@@ -95,8 +95,8 @@ def encoder_without_acode() -> Iterator[None]:
     """The encoder's choices before the adaptive arithmetic coding stage (id 8, format 1.6): group data blocks
     and tensor units coded by the other stages only (the same bytes as that encoder, format 1.5 at most)."""
     saved = encoder_module._acode_smallest, encoder_module._acode_unit
-    encoder_module._acode_smallest = lambda entries, data: None
-    encoder_module._acode_unit = lambda words, desc: None
+    encoder_module._acode_smallest = lambda *args: None
+    encoder_module._acode_unit = lambda *args: None
     try:
         yield
     finally:

@@ -100,13 +100,44 @@ def test_compiled_and_portable_coders_agree_on_bytes_and_errors(seed):
             bad = bytearray(coded)
             bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
             variants.append(bytes(bad))
-        for v in variants:
+        for i, v in enumerate(variants):
             a, b = np.empty(len(data), np.uint8), np.empty(len(data), np.uint8)
             info = np.zeros(2, np.int64)
             status = native.acode_decode(v, rows, shift, k, a, info)
             assert (status, int(info[0]), int(info[1])) == portable.decode(v, rows, shift, k, b)
+            if i == 0:  # the unmodified encoding must decode, not merely fail the same way in both
+                assert status == portable.OK
             if status == portable.OK:
                 assert a.tobytes() == b.tobytes() == data
+
+
+@pytest.mark.parametrize("kernel", ["compiled", "portable"])
+def test_shift_3_renormalises_twice_after_an_unlikely_bit(kernel, request):
+    """At shift 3 a probability reaches 2041/2048, so the unlikely bit leaves range below 2^16: the decoder
+    must normalise in a loop as the encoder does (FORMAT.md §16.3)."""
+    if kernel == "portable":
+        request.getfixturevalue("portable_kernels")
+    elif not acode_compiled():
+        pytest.skip("the C extension is not built")
+    data = np.array([1] * 60 + [0] + [1] * 5, np.int8).tobytes()
+    _roundtrip(Acode(3, 0, [Segment(I8, 0, 0, len(data))]), data)
+
+
+@pytest.mark.parametrize("kernel", ["compiled", "portable"])
+@pytest.mark.parametrize("shift", range(3, 8))
+def test_skewed_data_round_trips_at_every_shift(kernel, shift, request):
+    if kernel == "portable":
+        request.getfixturevalue("portable_kernels")
+    elif not acode_compiled():
+        pytest.skip("the C extension is not built")
+    rng = np.random.default_rng(shift)
+    for trial in range(6):
+        n = 400 if kernel == "portable" else 3000
+        # long runs of one value with rare exceptions drive probabilities to their extremes
+        w = np.where(rng.random(n) < 0.01 * trial, rng.integers(-3, 4, n), trial % 3)
+        segs = [Segment(I8, 0, 0, n), Segment(TREE, 1, 0, n), Segment(I16, 2, 1, n)]
+        data = w.astype(np.int8).tobytes() + w.astype(np.uint8).tobytes() + w.astype(np.int16).tobytes()
+        _roundtrip(Acode(shift, int(rng.integers(0, 16)), segs), data)
 
 
 def test_portable_stage_writes_the_compiled_bytes(portable_kernels):
@@ -216,6 +247,30 @@ def test_encoder_side_errors_are_config_errors():
         Acode(4, 15, [Segment(I8, 0, 70000, 3)])
 
 
+@pytest.mark.parametrize("config, match", [
+    ({"shift": True}, "shift must be an integer"),
+    ({"shift": 4.0}, "shift must be an integer"),
+    ({"shift": "4"}, "shift must be an integer"),
+    ({"k": True}, "k must be"),
+    ({"k": 8.0}, "k must be"),
+    ({"segments": [[0, 0, 0, 16]]}, r"unknown key\(s\) \['segments'\]"),
+    ({"default": "int16"}, r"unknown key\(s\) \['default'\]"),
+])
+def test_a_bad_stage_config_is_refused(config, match):
+    from nncodec.coding import stage_from_config
+
+    with pytest.raises(ConfigError, match=match):
+        stage_from_config({"id": "acode", **config})
+
+
+def test_a_stage_config_builds_the_stage():
+    from nncodec.coding import stage_from_config
+
+    st = stage_from_config({"id": "acode", "shift": np.int64(5), "k": 3})
+    assert (st.shift, st.k) == (5, 3) and st.get_config() == {"id": "acode", "shift": 5, "k": 3}
+    assert stage_from_config(st.get_config()) == st
+
+
 def test_shared_sets_learn_together():
     """Two segments of the same distribution code smaller in one context set than in two."""
     rng = np.random.default_rng(3)
@@ -265,18 +320,36 @@ def test_the_encoder_picks_stage_8_for_a_small_pruned_cnn_and_decodes_the_same_t
     assert same_values(before, after)
 
 
-def test_a_stream_without_groups_keeps_its_bytes_and_version():
+@pytest.mark.parametrize("case", ["dense_unit", "sparse_unit", "dense_groups"])
+def test_stage_8_changes_bytes_and_version_only_where_it_is_chosen(case):
+    """Where stage 8 is not chosen (dense 4-bit codes in a unit over the group bounds, dense 8-bit codes in
+    groups, where it is larger than rANS) the stream keeps the bytes and version of the encoder without it;
+    where it is (a unit of pruned codes whose non-zero words come in bursts) the unit is stage 8 alone,
+    smaller, version 1.6, and decodes to the same values."""
     from nncodec.encoder import Encoder, numpy_tensors
+    from tests.benchmarks.bench_small_streams import encoder_without_acode
 
-    arrays = {"w": np.random.default_rng(0).standard_normal((300, 300)).astype(np.float32)}  # over group bounds
-    with pytest.MonkeyPatch.context() as mp:
-        import nncodec.encoder as enc
-
-        mp.setattr(enc, "_acode_smallest", lambda entries, data: None)
-        mp.setattr(enc, "_acode_unit", lambda words, desc: None)
-        plain, _ = Encoder(bits=4).encode(numpy_tensors(arrays))
-    again, _ = Encoder(bits=4).encode(numpy_tensors(arrays))
-    assert again == plain and int.from_bytes(again[10:12], "little") < 6
+    rng = np.random.default_rng(0)
+    bits = {"dense_unit": 4, "sparse_unit": 3, "dense_groups": 8}[case]
+    if case == "dense_unit":
+        arrays = {"w": rng.standard_normal((300, 300)).astype(np.float32)}  # over group bounds
+    elif case == "sparse_unit":
+        burst = np.cumsum(rng.random(90000) > 0.9) % 2 == 1  # runs of about 10 words, alternately zero
+        w = rng.choice([-3, -2, -1, 1, 2, 3], 90000) * burst
+        arrays = {"w": w.astype(np.float32).reshape(300, 300)}
+    else:
+        arrays = {f"l{i}.w": rng.standard_normal((64, 32)).astype(np.float32) for i in range(4)}
+        arrays.update({f"l{i}.b": rng.standard_normal(64).astype(np.float32) for i in range(4)})
+    with encoder_without_acode():
+        plain, _ = Encoder(bits=bits).encode(numpy_tensors(arrays))
+    again, report = Encoder(bits=bits).encode(numpy_tensors(arrays))
+    if case == "sparse_unit":
+        assert report.tensors[0].pipeline == ["acode"] and len(again) < 0.9 * len(plain)
+        assert int.from_bytes(again[10:12], "little") == 6
+        assert np.array_equal(nncodec.decode_arrays(again)["w"], nncodec.decode_arrays(plain)["w"])
+    else:
+        assert again == plain and int.from_bytes(again[10:12], "little") < 6
+        assert bool(_group_data_stages(again)) == (case == "dense_groups")
 
 
 def _group_data_stages(data: bytes) -> list:
@@ -308,7 +381,7 @@ def test_a_small_quantized_tensor_unit_takes_stage_8_and_a_scalable_base_decodes
     with pytest.MonkeyPatch.context() as mp:
         import nncodec.encoder as enc
 
-        mp.setattr(enc, "_acode_unit", lambda words, desc: None)
+        mp.setattr(enc, "_acode_unit", lambda *args: None)
         plain, _ = Encoder(bits=3).encode(numpy_tensors({"w": w}))
     data, report = Encoder(bits=3).encode(numpy_tensors({"w": w}))
     assert len(data) < 0.9 * len(plain)
@@ -331,7 +404,7 @@ def test_the_version_counts_only_the_stages_written(small_cnn):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(enc, "_ACODE_UNIT_MARGIN", 100.0)  # every small unit would take stage 8
-        mp.setattr(enc, "_acode_smallest", lambda entries, data: None)  # the groups do not
+        mp.setattr(enc, "_acode_smallest", lambda *args: None)  # the groups do not
         data, report = Encoder().encode(small_cnn)
     assert sorted(report.grouped) == sorted(small_cnn)
     assert int.from_bytes(data[10:12], "little") == 4
@@ -354,3 +427,105 @@ def test_a_grid_aligned_delta_with_stage_8_decodes_to_the_full_encode():
     assert split_base_reference(delta)[0].grid_aligned
     got, want = nncodec.decode_arrays(delta, base=base), nncodec.decode_arrays(nncodec.encode(tuned, rel_step=0.05))
     assert all(np.array_equal(got[k], want[k]) for k in tuned)
+
+
+def test_a_fixed_acode_pipeline_over_the_adaptive_words_limit_is_refused_at_encode_time():
+    from nncodec.encoder import encode_arrays
+
+    w = np.random.default_rng(3).standard_normal((40, 50)).astype(np.float32)  # 2000 int8 codes
+    with pytest.raises(LimitExceededError, match="'w'.*max_adaptive_words=1000"):
+        encode_arrays({"w": w}, bits=8, pipeline=[{"id": "acode"}], limits=Limits(max_adaptive_words=1000))
+    data = encode_arrays({"w": w}, bits=8, pipeline=[{"id": "acode"}], limits=Limits(max_adaptive_words=2000))
+    assert nncodec.decode_arrays(data, limits=Limits(max_adaptive_words=2000))["w"].shape == (40, 50)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_automatic_choice_respects_the_adaptive_words_limit(grouped):
+    """Codes stage 8 wins on (bursts of non-zero words) are coded otherwise when they hold more words than
+    ``max_adaptive_words``: the stream decodes with the limits it was encoded for."""
+    from nncodec.encoder import encode_arrays
+
+    rng = np.random.default_rng(5)
+    n = 3000 if grouped else 120000
+    burst = np.cumsum(rng.random(n) > 0.9) % 2 == 1
+    w = (rng.choice([-3, -2, -1, 1, 2, 3], n) * burst).astype(np.float32).reshape(-1, 100)
+    opts = dict(bits=3, group_tensors=grouped)
+    free = encode_arrays({"w": w, "b": np.ones(10, np.float32)}, **opts)
+    assert int.from_bytes(free[10:12], "little") == 6  # stage 8 is chosen without the limit
+    tight = Limits(max_adaptive_words=n - 1)
+    data = encode_arrays({"w": w, "b": np.ones(10, np.float32)}, limits=tight, **opts)
+    assert int.from_bytes(data[10:12], "little") < 6
+    assert np.array_equal(nncodec.decode_arrays(data, limits=tight)["w"], nncodec.decode_arrays(free)["w"])
+
+
+def test_adaptive_coding_false_writes_what_the_encoder_without_stage_8_writes(small_cnn):
+    from nncodec.encoder import Encoder, encode_arrays
+    from tests.benchmarks.bench_small_streams import encoder_without_acode
+
+    with encoder_without_acode():
+        before, _ = Encoder().encode(small_cnn)
+    off, _ = Encoder(adaptive_coding=False).encode(small_cnn)
+    assert off == before and int.from_bytes(off[10:12], "little") < 6
+    rng = np.random.default_rng(5)  # a unit stage 8 codes > 10 % smaller
+    burst = np.cumsum(rng.random(120000) > 0.9) % 2 == 1
+    w = (rng.choice([-3, -2, -1, 1, 2, 3], 120000) * burst).astype(np.float32).reshape(300, 400)
+    assert int.from_bytes(encode_arrays({"w": w}, bits=3)[10:12], "little") == 6
+    assert int.from_bytes(encode_arrays({"w": w}, bits=3, adaptive_coding=False)[10:12], "little") < 6
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"adaptive_coding": False, "pipeline": [{"id": "acode"}]}, "acode while adaptive_coding=False"),
+    ({"adaptive_coding": False, "pipeline": [{"id": "zero_words", "word_size": 1}, {"id": "acode"}]}, "acode"),
+    ({"adaptive_coding": 1}, "adaptive_coding must be True or False"),
+    ({"adaptive_coding": None}, "adaptive_coding must be True or False"),
+])
+def test_adaptive_coding_option_errors(options, match):
+    from nncodec.encoder import encode_arrays
+
+    with pytest.raises(ConfigError, match=match):
+        encode_arrays({"w": np.ones((4, 4), np.float32)}, bits=8, **options)
+
+
+def test_stage_8_is_not_kept_in_groups_for_a_gain_under_the_margin():
+    """Dense Gaussian 4-bit codes: stage 8 codes a group a few bytes smaller (0.2 % of the stream), too
+    little to make the stream need a 1.6 decoder; the stream is the one written without stage 8."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import encode_arrays
+
+    rng = np.random.default_rng(0)
+    arrays = {f"l{i}.w": rng.standard_normal((64, 32)).astype(np.float32) for i in range(4)}
+    arrays.update({f"l{i}.b": rng.standard_normal(64).astype(np.float32) for i in range(4)})
+    chosen = encode_arrays(arrays, bits=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_ACODE_GROUP_MARGIN", 1.0)
+        any_gain = encode_arrays(arrays, bits=4)
+    assert len(any_gain) < len(chosen) and int.from_bytes(any_gain[10:12], "little") == 6  # stage 8 was smaller
+    assert len(any_gain) > enc._ACODE_GROUP_MARGIN * len(chosen)
+    assert chosen == encode_arrays(arrays, bits=4, adaptive_coding=False)
+    assert int.from_bytes(chosen[10:12], "little") < 6
+
+
+def test_stage_8_is_tried_on_a_unit_only_once_it_is_known_not_to_be_in_a_group(tmp_path):
+    """Tensors small enough for a group are tried with stage 8 as units only when the layout leaves them in
+    units of their own (then in memory and to a file alike)."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import Encoder, numpy_tensors
+
+    rng = np.random.default_rng(5)
+    burst = np.cumsum(rng.random(20000) > 0.9) % 2 == 1
+    w = (rng.choice([-3, -2, -1, 1, 2, 3], 20000) * burst).astype(np.float32).reshape(200, 100)
+    tensors = numpy_tensors({"w": w, "b": np.linspace(-1, 1, 100, dtype=np.float32)})
+    calls = []
+    real = enc._acode_unit
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_acode_unit", lambda *args: calls.append(1) or real(*args))
+        grouped, report = Encoder(bits=3).encode(tensors)
+        assert report.grouped == ["b", "w"] and not calls
+        mp.setattr(enc, "_split_groups", lambda *args, **kwargs: [])  # no group candidate: units only
+        alone, report = Encoder(bits=3).encode(tensors)
+        assert len(calls) == 2 and report.grouped == []
+        assert next(t for t in report.tensors if t.name == "w").pipeline == ["acode"]
+        path = Encoder(bits=3).encode(tensors, tmp_path / "s.nnc")[0]
+    assert int.from_bytes(alone[10:12], "little") == 6 and path.read_bytes() == alone
+    got = nncodec.decode_arrays(alone)
+    assert all(np.array_equal(got[n], nncodec.decode_arrays(grouped)[n]) for n in ("w", "b"))

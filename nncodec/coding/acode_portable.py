@@ -109,33 +109,25 @@ def range_code(bits: "list[tuple[int, int]]", shift: int) -> bytes:
                 probs[ctx] = p + ((2048 - p) >> shift)
         while rng < _TOP:
             rng <<= 8
-            # shift_low
-            if (low & _MASK) < 0xFF000000 or low > _MASK:
-                carry = low >> 32
-                temp = cache
-                while True:
-                    out.append((temp + carry) & 0xFF)
-                    temp = 0xFF
-                    cache_size -= 1
-                    if not cache_size:
-                        break
-                cache = (low >> 24) & 0xFF
-            cache_size += 1
-            low = (low & 0x00FFFFFF) << 8
+            low, cache, cache_size = _shift_low(low, cache, cache_size, out)
     for _ in range(5):
-        if (low & _MASK) < 0xFF000000 or low > _MASK:
-            carry = low >> 32
-            temp = cache
-            while True:
-                out.append((temp + carry) & 0xFF)
-                temp = 0xFF
-                cache_size -= 1
-                if not cache_size:
-                    break
-            cache = (low >> 24) & 0xFF
-        cache_size += 1
-        low = (low & 0x00FFFFFF) << 8
+        low, cache, cache_size = _shift_low(low, cache, cache_size, out)
     return bytes(out)
+
+
+def _shift_low(low: int, cache: int, cache_size: int, out: bytearray) -> tuple[int, int, int]:
+    """LZMA's ShiftLow: emit the settled top byte of ``low`` (with carry into the pending 0xFF run)."""
+    if (low & _MASK) < 0xFF000000 or low > _MASK:
+        carry = low >> 32
+        temp = cache
+        while True:
+            out.append((temp + carry) & 0xFF)
+            temp = 0xFF
+            cache_size -= 1
+            if not cache_size:
+                break
+        cache = (low >> 24) & 0xFF
+    return (low & 0x00FFFFFF) << 8, cache, cache_size + 1
 
 
 class _Stop(Exception):

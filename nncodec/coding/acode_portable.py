@@ -151,6 +151,15 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
     probs = [1024] * (SET_PROBS * MAX_SETS)
     state = [int.from_bytes(buf[1:5], "big"), _MASK, 5]  # code, range, position
 
+    def normalize(code: int, rng: int, pos: int) -> None:
+        while rng < _TOP:  # repeated at shift 3, where a bit may leave range below 2^16
+            if pos >= n:
+                raise _Stop(ERR_END)
+            rng <<= 8
+            code = ((code << 8) | buf[pos]) & _MASK
+            pos += 1
+        state[0], state[1], state[2] = code, rng, pos
+
     def bit(ctx: int) -> int:
         code, rng, pos = state
         p = probs[ctx]
@@ -164,13 +173,7 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
             rng -= bound
             probs[ctx] = p - (p >> shift)
             b = 1
-        while rng < _TOP:  # repeated at shift 3, where a bit may leave range below 2^16
-            if pos >= n:
-                raise _Stop(ERR_END)
-            rng <<= 8
-            code = ((code << 8) | buf[pos]) & _MASK
-            pos += 1
-        state[0], state[1], state[2] = code, rng, pos
+        normalize(code, rng, pos)
         return b
 
     def direct() -> int:
@@ -180,13 +183,7 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
         if code >= rng:
             code -= rng
             b = 1
-        while rng < _TOP:  # repeated at shift 3, where a bit may leave range below 2^16
-            if pos >= n:
-                raise _Stop(ERR_END)
-            rng <<= 8
-            code = ((code << 8) | buf[pos]) & _MASK
-            pos += 1
-        state[0], state[1], state[2] = code, rng, pos
+        normalize(code, rng, pos)
         return b
 
     word = 0

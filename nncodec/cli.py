@@ -152,7 +152,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
                                        rel_step=args.rel_step, step_scales=scales or None,
                                        lossless=args.lossless or (), level=args.level, metadata=meta,
                                        progress=None if not args.quiet else False,
-                                       group_tensors=False if args.no_group_tensors else None, **rd)
+                                       group_tensors=False if args.no_group_tensors else None,
+                                       adaptive_coding=not args.no_adaptive_coding, **rd)
     if args.json:
         print(report.to_json())
     elif not args.quiet:
@@ -540,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="store a metadata pair (repeatable)")
     e.add_argument("--no-group-tensors", action="store_true",
                    help="one unit per tensor, no tensor-group unit (a stream 1.0-1.3 decoders read)")
+    e.add_argument("--no-adaptive-coding", action="store_true",
+                   help="no adaptive arithmetic coding stage (acode, format 1.6): a stream 1.5 decoders read")
     e.add_argument("--json", action="store_true", help="print the per-tensor report as JSON")
     e.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     e.set_defaults(func=_cmd_encode)

@@ -91,10 +91,15 @@ _ACODE_KS = (4, 8)  #: numbers of "abs > k" flags tried (FORMAT.md §16.1's K)
 #: the size of the pipeline chosen otherwise: its decoding is sequential (tens of MB/s, rANS hundreds)
 _ACODE_UNIT_MAX_WORDS = 1 << 18
 _ACODE_UNIT_MARGIN = 0.9
-#: tensor groups whose data stage 8 codes are kept only when the stream's tensor bytes (group and tensor units)
-#: are at most this many times those of the best layout without them: a gain of a few bytes does not make a
-#: stream need a format 1.6 decoder
+#: tensor groups whose data stage 8 codes, and units of tensors kept for a group that it codes once they are known
+#: to stay units, are kept, when no other tensor unit uses stage 8, only when the stream's tensor bytes (group
+#: and tensor units) are at most this many times, and at least _ACODE_MIN_GAIN bytes under, those of the best
+#: layout without them: a gain of a few bytes does not make a stream need a format 1.6 decoder
 _ACODE_GROUP_MARGIN = 0.98
+_ACODE_MIN_GAIN = 16
+#: with at most this many tensors kept for a group whose units stage 8 could code, their stage-8 units are
+#: weighed in every layout compared (with more, only in the layouts chosen: each costs two codings)
+_ACODE_EAGER_UNITS = 8
 
 
 @dataclass
@@ -582,53 +587,92 @@ class Encoder:
     def _layout(self, coded: "list[_Prepared]") -> "_Layout":
         """Which small tensors go into tensor-group units, and in how many: the member set (tensors up to one
         of ``_GROUP_BOUNDS`` elements) and its split into groups (:func:`_split_groups`) that make the
-        stream smallest, or none. Groups whose data stage 8 codes are kept only when the stream's tensor bytes
-        are then at most :data:`_ACODE_GROUP_MARGIN` times those of the best layout without them."""
+        stream smallest, or none; with or without stage 8 on the groups' data and on the units of tensors kept
+        for a group (``acode_later``, :meth:`_acode_units`). When the stream would need format 1.6 for these
+        alone (no tensor unit coded before uses stage 8), they are kept only when the stream's tensor bytes are
+        then at most :data:`_ACODE_GROUP_MARGIN` times and at least :data:`_ACODE_MIN_GAIN` bytes under those
+        of the best layout without them."""
         cache: dict[tuple, bytes | None] = {}  # group payloads by stage 8 tried and member names, across bounds
-        best, best_cost = self._smallest_layout(coded, cache, self.adaptive_coding)
+        acoded: dict[str, "tuple[Pipeline, bytes] | None"] = {}  # stage 8 codings of units, by name
+        # with few tensors kept for a group, stage 8 on their units is weighed in every layout compared
+        eager = sum(p.acode_later and p.words is not None for p in coded) <= _ACODE_EAGER_UNITS
+        best, _ = self._smallest_layout(coded, cache, self.adaptive_coding, acoded if eager else None)
+        layouts = [best]
         if any(self._group_minor(g) >= FORMAT_MINOR_ACODE for g in best.groups):
-            plain, plain_cost = self._smallest_layout(coded, cache, False)  # the payloads are in the cache
-            if best_cost > _ACODE_GROUP_MARGIN * plain_cost:
-                best = plain
-        rest = [p for p in coded if p.header.name not in best.members]
-        if self._acode_rest(rest):
-            best = dataclasses.replace(best, default=_default_pipeline([p.pipeline for p in rest]),
-                                       stage_minor=max(best.stage_minor, FORMAT_MINOR_ACODE))
-        if best.groups:
-            _member_reports({p.header.name: p for p in coded}, best)
-        return best
+            layouts.append(self._smallest_layout(coded, cache, False, None)[0])  # the payloads are in the cache
+        options: list[tuple[int, int, _Layout, list[_Prepared]]] = []  # tensor bytes, minor, layout, units
+        plain = None  # the option without stage-8 groups and re-coded units
+        for layout in reversed(layouts):
+            rest = [p for p in coded if p.header.name not in layout.members]
+            variants = [rest]
+            if any(p.acode_later for p in rest):
+                variants.append(self._acode_units(rest, acoded)[0])
+            for units in variants:
+                default = _default_pipeline([p.pipeline for p in units])
+                cost = sum(UNIT_HEADER_SIZE + len(g) for g in layout.groups) + _units_cost(units, default)
+                minor = max([FORMAT_MINOR, *map(self._group_minor, layout.groups),
+                             *(st.since_minor for p in units for st in p.pipeline.stages)])
+                options.append((cost, minor, dataclasses.replace(layout, default=default, stage_minor=minor), units))
+                if plain is None:
+                    plain = options[-1]
+        assert plain is not None
+        cost, minor, chosen, units = min(options, key=lambda o: o[:2])  # the first of equal costs and minors
+        if minor >= FORMAT_MINOR_ACODE > plain[1] and (cost > _ACODE_GROUP_MARGIN * plain[0]
+                                                         or plain[0] - cost < _ACODE_MIN_GAIN):
+            cost, minor, chosen, units = plain
+        by_name = {p.header.name: p for p in coded}
+        for p in units:  # the units re-coded by stage 8 (copies) replace theirs
+            if p is not by_name[p.header.name]:
+                _adopt(by_name[p.header.name], p)
+        for p in coded:
+            p.acode_later = False
+        if chosen.groups:
+            _member_reports({p.header.name: p for p in coded}, chosen)
+        return chosen
 
-    def _acode_rest(self, rest: "list[_Prepared]") -> bool:
-        """Try stage 8 on the tensors kept for a group that stay in units of their own (``acode_later``): a unit
-        takes it when at most :data:`_ACODE_UNIT_MARGIN` times its payload. Whether any did."""
-        changed = False
-        for p in rest:
+    def _acode_units(self, rest: "list[_Prepared]", acoded: "dict[str, tuple[Pipeline, bytes] | None]"
+                     ) -> "tuple[list[_Prepared], int]":
+        """``rest`` (the tensors in units of their own) with stage 8 tried on the units of those kept for a
+        group (``acode_later``), in name order: one takes it (a copy, ``spooled`` set) when its payload is then
+        at most :data:`_ACODE_UNIT_MARGIN` times and the tensor units' bytes (headers and model parameter set
+        included) get smaller; and those bytes. ``acoded`` keeps the stage-8 codings by name across calls."""
+        units = list(rest)
+        cost = _units_cost(units, _default_pipeline([p.pipeline for p in units]))
+        for i, p in enumerate(rest):
             if not p.acode_later or p.words is None:
                 continue
-            p.acode_later = False
-            adaptive = _acode_unit(np.frombuffer(p.words, dtype=np.uint8), p.header.quant,
-                                   self.limits.max_adaptive_words)
+            name = p.header.name
+            if name not in acoded:
+                acoded[name] = _acode_unit(np.frombuffer(p.words, dtype=np.uint8), p.header.quant,
+                                           self.limits.max_adaptive_words)
+            adaptive = acoded[name]
             if adaptive is None or len(adaptive[1]) > _ACODE_UNIT_MARGIN * p.size:
                 continue
-            p.pipeline, p.payload = adaptive
-            p.spooled, p.size = p.size, len(p.payload)
+            pipeline, payload = adaptive
             h = p.header
-            p.header = TensorHeader(h.name, h.dtype, h.shape, h.quant, p.pipeline.entries())
-            p.report.pipeline = [st.codec_id for st in p.pipeline.stages]
-            p.report.unit_bytes = UNIT_HEADER_SIZE + len(p.header.to_bytes()) + p.size
-            numel = math.prod(h.shape)
-            p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
-            changed = True
-        return changed
+            trial = units.copy()
+            trial[i] = dataclasses.replace(p, pipeline=pipeline, payload=payload, size=len(payload),
+                                           spooled=p.size if p.spooled < 0 else p.spooled,
+                                           header=TensorHeader(h.name, h.dtype, h.shape, h.quant, pipeline.entries()))
+            trial_cost = _units_cost(trial, _default_pipeline([q.pipeline for q in trial]))
+            if trial_cost < cost:
+                units, cost = trial, trial_cost
+        return units, cost
 
-    def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, bytes | None]",
-                         adaptive: bool) -> "tuple[_Layout, int]":
+    def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, bytes | None]", adaptive: bool,
+                         acoded: "dict[str, tuple[Pipeline, bytes] | None] | None") -> "tuple[_Layout, int]":
         """The layout of :meth:`_layout` making the tensor bytes smallest, with stage 8 tried on the groups'
-        data or not (``adaptive``), and those bytes."""
+        data or not (``adaptive``), and those bytes; with ``acoded`` (and ``adaptive``), the units of tensors
+        kept for a group count as :meth:`_acode_units` codes them."""
+        def units_cost(units: "list[_Prepared]", default: Pipeline | None) -> int:
+            if adaptive and acoded is not None and any(p.acode_later for p in units):
+                return self._acode_units(units, acoded)[1]  # with the same default
+            return _units_cost(units, default)
+
         default = _default_pipeline([p.pipeline for p in coded])
         stage_minor = max((st.since_minor for p in coded for st in p.pipeline.stages), default=FORMAT_MINOR)
         best = _Layout((), default, stage_minor)
-        best_cost = _units_cost(coded, default)
+        best_cost = units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
         for bound in _GROUP_BOUNDS:
@@ -641,7 +685,7 @@ class Encoder:
             names = frozenset(p.header.name for p in members)
             rest = [p for p in coded if p.header.name not in names]
             rest_default = _default_pipeline([p.pipeline for p in rest])
-            rest_cost = _units_cost(rest, rest_default)
+            rest_cost = units_cost(rest, rest_default)
             # the stages of the tensor units written (a grouped tensor's own pipeline is not)
             rest_minor = max((st.since_minor for p in rest for st in p.pipeline.stages), default=FORMAT_MINOR)
             for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
@@ -805,6 +849,17 @@ def _units_cost(coded: "list[_Prepared]", default: Pipeline | None) -> int:
     for p in coded:
         total += UNIT_HEADER_SIZE + len(_unit_header(p.header, p.pipeline, default).to_bytes()) + p.size
     return total
+
+
+def _adopt(p: _Prepared, coded: _Prepared) -> None:
+    """Give ``p`` the stage-8 coding of its copy ``coded`` (:meth:`Encoder._acode_units`): pipeline, payload
+    (kept in memory; ``spooled`` the bytes of the one spooled) and header, and update its report."""
+    p.pipeline, p.payload, p.size, p.spooled, p.header = coded.pipeline, coded.payload, coded.size, coded.spooled, \
+        coded.header
+    p.report.pipeline = [st.codec_id for st in p.pipeline.stages]
+    p.report.unit_bytes = UNIT_HEADER_SIZE + len(p.header.to_bytes()) + p.size
+    numel = math.prod(p.header.shape)
+    p.report.bits_per_param = 8.0 * p.report.unit_bytes / numel if numel else None
 
 
 def _smallest(raw: bytes, level: int = _GROUP_LEVEL) -> tuple[Pipeline, bytes]:

@@ -498,6 +498,7 @@ def test_stage_8_is_not_kept_in_groups_for_a_gain_under_the_margin():
     chosen = encode_arrays(arrays, bits=4)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(enc, "_ACODE_GROUP_MARGIN", 1.0)
+        mp.setattr(enc, "_ACODE_MIN_GAIN", 0)
         any_gain = encode_arrays(arrays, bits=4)
     assert len(any_gain) < len(chosen) and int.from_bytes(any_gain[10:12], "little") == 6  # stage 8 was smaller
     assert len(any_gain) > enc._ACODE_GROUP_MARGIN * len(chosen)
@@ -519,6 +520,7 @@ def test_stage_8_is_tried_on_a_unit_only_once_it_is_known_not_to_be_in_a_group(t
     real = enc._acode_unit
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(enc, "_acode_unit", lambda *args: calls.append(1) or real(*args))
+        mp.setattr(enc, "_ACODE_EAGER_UNITS", 1)  # two kept tensors are "many" here
         grouped, report = Encoder(bits=3).encode(tensors)
         assert report.grouped == ["b", "w"] and not calls
         mp.setattr(enc, "_split_groups", lambda *args, **kwargs: [])  # no group candidate: units only
@@ -529,3 +531,90 @@ def test_stage_8_is_tried_on_a_unit_only_once_it_is_known_not_to_be_in_a_group(t
     assert int.from_bytes(alone[10:12], "little") == 6 and path.read_bytes() == alone
     got = nncodec.decode_arrays(alone)
     assert all(np.array_equal(got[n], nncodec.decode_arrays(grouped)[n]) for n in ("w", "b"))
+
+
+def _pruned(rng, size, density):
+    w = rng.standard_normal(size).astype(np.float32)
+    w[rng.random(size) > density] = 0
+    return w
+
+
+def _minor(stream: bytes) -> int:
+    return int.from_bytes(stream[10:12], "little")
+
+
+def test_stage_8_groups_need_no_margin_in_a_stream_that_needs_1_6_anyway():
+    """A large tensor unit coded by stage 8 makes the stream 1.6 anyway: groups that stage 8 codes smaller are
+    then kept even for a gain under the stream-level margin."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import Encoder
+
+    rng = np.random.default_rng(0)
+    arrays = {"big.w": _pruned(rng, 70000, 0.05)}
+    for i in range(4):
+        arrays[f"n{i}.b"] = rng.standard_normal(64).astype(np.float32)
+        arrays[f"n{i}.w"] = _pruned(rng, 300, 0.3)
+    chosen, report = Encoder(bits=4).encode(arrays)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_acode_smallest", lambda *args, **kwargs: None)  # no stage 8 on the groups' data
+        plain_groups = Encoder(bits=4).encode(arrays)[0]
+    assert next(t for t in report.tensors if t.name == "big.w").pipeline == ["acode"] and report.grouped
+    assert _minor(chosen) == _minor(plain_groups) == 6
+    assert enc._ACODE_GROUP_MARGIN * len(plain_groups) < len(chosen) < len(plain_groups)  # a gain under the margin
+
+
+@pytest.mark.parametrize("seed, size, density", [(0, 1000, 0.05), (1, 3000, 0.1)])
+def test_a_single_small_tensor_weighs_its_stage_8_unit_against_the_group(seed, size, density, tmp_path):
+    """With few tensors kept for a group, the layout compares the group with their units coded by stage 8: a
+    single pruned tensor is written as the smaller of the two."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import Encoder
+
+    arrays = {"l0.weight": _pruned(np.random.default_rng(seed), size, density)}
+    chosen, report = Encoder(bits=4).encode(arrays)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_split_groups", lambda *args, **kwargs: [])  # no group candidate: units only
+        alone = Encoder(bits=4).encode(arrays)[0]
+    grouped = Encoder(bits=4, adaptive_coding=False).encode(arrays)[0]
+    assert len(chosen) == min(len(alone), len(grouped)) and len(alone) < len(grouped)
+    assert report.tensors[0].pipeline == ["acode"] and report.grouped == []
+    assert Encoder(bits=4).encode(arrays, tmp_path / "s.nnc")[0].read_bytes() == chosen
+    assert np.array_equal(nncodec.decode_arrays(chosen)["l0.weight"], nncodec.decode_arrays(grouped)["l0.weight"])
+
+
+def test_stage_8_on_a_unit_after_the_layout_is_undone_when_the_stream_grows():
+    """Units re-coded by stage 8 after the layout: the unit headers (the pipeline written, the shared default
+    recomputed) count, not only the payloads; a stream is never larger with stage 8 allowed."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import Encoder
+
+    rng = np.random.default_rng(6)
+    n, size = int(rng.integers(2, 8)), int(rng.choice([16, 40, 64, 128, 300]))
+    density = float(rng.choice([0.05, 0.1, 0.3]))
+    assert (n, size, density) == (4, 64, 0.1)  # four pruned tensors of 64 elements
+    arrays = {f"t{i}": _pruned(rng, size, density) for i in range(n)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_split_groups", lambda *args, **kwargs: [])  # no group candidate: units only
+        with_8 = Encoder(bits=4).encode(arrays)[0]
+        without = Encoder(bits=4, adaptive_coding=False).encode(arrays)[0]
+        assert len(with_8) <= len(without)
+        mp.setattr(enc, "_ACODE_MIN_GAIN", 0, raising=False)  # no stream-level margins: the cost check alone
+        mp.setattr(enc, "_ACODE_GROUP_MARGIN", 1.0)
+        any_gain = Encoder(bits=4).encode(arrays)[0]
+    assert len(any_gain) <= len(without)
+
+
+def test_a_gain_of_a_few_bytes_does_not_make_a_stream_1_6():
+    """Stage 8 codes the group of two tiny tensors 3 bytes smaller: under _ACODE_MIN_GAIN, the stream is the one
+    written without stage 8 (format 1.4)."""
+    import nncodec.encoder as enc
+    from nncodec.encoder import Encoder
+
+    rng = np.random.default_rng(2)
+    arrays = {f"l{i}.weight": _pruned(rng, 20, 0.3) for i in range(2)}
+    chosen = Encoder(bits=4).encode(arrays)[0]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "_ACODE_MIN_GAIN", 0, raising=False)
+        any_gain = Encoder(bits=4).encode(arrays)[0]
+    assert chosen == Encoder(bits=4, adaptive_coding=False).encode(arrays)[0] and _minor(chosen) < 6
+    assert _minor(any_gain) == 6 and len(chosen) - enc._ACODE_MIN_GAIN < len(any_gain) < len(chosen)

@@ -176,3 +176,22 @@ def test_decode_of_tied_tensors_to_every_output_type(tmp_path, capsys):
     assert info["aliases"] == {"head": "emb"} and info["version"] == [1, 1]
     assert main(["info", str(tmp_path / "t.nnc")]) == 0
     assert "alias head -> emb" in capsys.readouterr().out
+
+
+def test_no_adaptive_coding_writes_no_stage_8(tmp_path, capsys):
+    """A pruned 4-bit kernel is coded by stage 8 (format 1.6) unless --no-adaptive-coding; both decode alike."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 64)).astype(np.float32)
+    w[rng.random(w.shape) > 0.1] = 0
+    np.savez(tmp_path / "w.npz", w=w)
+    streams = {}
+    for flags in ([], ["--no-adaptive-coding"]):
+        out = tmp_path / f"w{len(flags)}.nnc"
+        assert main(["encode", str(tmp_path / "w.npz"), str(out), "--bits", "4", "--json", *flags]) == 0
+        streams[bool(flags)] = (json.loads(capsys.readouterr().out)["tensors"][0]["pipeline"], out.read_bytes())
+    assert streams[False][0] == ["acode"] and int.from_bytes(streams[False][1][10:12], "little") == 6
+    assert "acode" not in streams[True][0] and int.from_bytes(streams[True][1][10:12], "little") < 6
+    for i in (0, 1):
+        assert main(["decode", str(tmp_path / f"w{i}.nnc"), str(tmp_path / f"o{i}.npz"), "-q"]) == 0
+    with np.load(tmp_path / "o0.npz") as a, np.load(tmp_path / "o1.npz") as b:
+        assert np.array_equal(a["w"], b["w"])

@@ -90,7 +90,7 @@ _ACODE_KS = (4, 8)  #: numbers of "abs > k" flags tried (FORMAT.md §16.1's K)
 #: (compiled coder only), one segment, K 8, shifts 4 and 5; it is kept only when at most _ACODE_UNIT_MARGIN times
 #: the size of the pipeline chosen otherwise: its decoding is sequential (tens of MB/s, rANS hundreds)
 _ACODE_UNIT_MAX_WORDS = 1 << 18
-_ACODE_UNIT_MARGIN = 0.9
+_ACODE_UNIT_MARGIN = 0.95
 #: tensor groups whose data stage 8 codes, and units of tensors kept for a group that it codes once they are known
 #: to stay units, are kept, when no other tensor unit uses stage 8, only when the stream's tensor bytes (group
 #: and tensor units) are at most this many times, and at least _ACODE_MIN_GAIN bytes under, those of the best
@@ -318,7 +318,7 @@ class Encoder:
       False: one unit per tensor, as before 1.4 (a stream any 1.0–1.3 decoder reads, and each
       tensor read alone by ``nncodec.open``; grouped tensors are decoded with their group).
     - ``adaptive_coding``: let the encoder choose the adaptive arithmetic coding stage (id 8, format 1.6,
-      FORMAT.md §16) for a tensor unit when it codes it in at most 0.9 times the bytes of the best other
+      FORMAT.md §16) for a tensor unit when it codes it in at most 0.95 times the bytes of the best other
       pipeline, and for tensor groups' data when the stream's tensor bytes are then at most 0.98 times those
       without it (default True). False: no stage 8, so the stream needs no format 1.6 decoder; with a fixed
       ``pipeline`` naming ``acode`` a :class:`ConfigError`.

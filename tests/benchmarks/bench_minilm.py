@@ -141,12 +141,6 @@ class Fidelity:
         return float((e * self.ref).sum(1).mean())
 
 
-def order0_bits(codes: np.ndarray) -> float:
-    _, c = np.unique(codes, return_counts=True)
-    p = c / c.sum()
-    return float(-(p * np.log2(p)).sum() * codes.size)
-
-
 #: end-to-end refinement rows: (rel_step, rounding, refine_steps, refine_lr)
 REFINE = [(0.27, "nearest", 24, 0.003), (0.27, "gptq", 24, 0.003)]
 #: calibration sentences of the refinement: CALIBRATION and prose from Python's own documentation
@@ -263,6 +257,7 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
     import nncodec
     from nncodec.coding.dependent_stage import codes_of
     from nncodec.decoder import iter_tensors
+    from nncodec.quant.rate_aware import order0_bits
 
     model = fid.st[0].auto_model
     rows = []

@@ -20,6 +20,8 @@ TYPE_I8, TYPE_U8, TYPE_I16, TYPE_U16, TYPE_TREE, TYPE_BYPASS = range(6)
 TYPE_WIDTH = {TYPE_I8: 1, TYPE_U8: 1, TYPE_I16: 2, TYPE_U16: 2, TYPE_TREE: 1, TYPE_BYPASS: 1}
 #: the values an integer segment's words may take
 TYPE_RANGE = {TYPE_I8: (-128, 127), TYPE_U8: (0, 255), TYPE_I16: (-32768, 32767), TYPE_U16: (0, 65535)}
+#: numpy dtype of each integer segment type's little-endian words
+_WORD_DTYPES = {TYPE_I8: "<i1", TYPE_U8: "<u1", TYPE_I16: "<i2", TYPE_U16: "<u2"}
 MAX_SETS = 16
 MAX_K = 15
 PREFIX_CAP = 18  #: longest Exp-Golomb prefix (one bits) a decoder accepts
@@ -60,7 +62,7 @@ def encode(data: np.ndarray, segs: np.ndarray, shift: int, k: int) -> bytes:
                 for i in range(7, -1, -1):
                     bits.append((-1, (b >> i) & 1))
             continue
-        dt = {TYPE_I8: "<i1", TYPE_U8: "<u1", TYPE_I16: "<i2", TYPE_U16: "<u2"}[typ]
+        dt = _WORD_DTYPES[typ]
         prev1 = prev2 = 0
         for w in np.frombuffer(seg, dtype=dt).tolist():
             v = w - offset
@@ -173,7 +175,10 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
             rng -= bound
             probs[ctx] = p - (p >> shift)
             b = 1
-        normalize(code, rng, pos)
+        if rng < _TOP:
+            normalize(code, rng, pos)
+        else:
+            state[0], state[1] = code, rng
         return b
 
     def direct() -> int:
@@ -183,7 +188,10 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
         if code >= rng:
             code -= rng
             b = 1
-        normalize(code, rng, pos)
+        if rng < _TOP:
+            normalize(code, rng, pos)
+        else:
+            state[0], state[1] = code, rng
         return b
 
     word = 0
@@ -224,7 +232,7 @@ def decode(coded: "bytes | memoryview", segs: np.ndarray, shift: int, k: int,
                         s = 0
                         for _ in range(m):
                             s = 2 * s + direct()
-                        a = k + 1 + (1 << m) - 1 + s
+                        a = k + (1 << m) + s
                     v = -a if neg else a
                 w = v + offset
                 if not lo <= w <= hi:

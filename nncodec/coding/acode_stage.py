@@ -40,7 +40,7 @@ __all__ = ["Acode", "Segment", "SEGMENT_TYPES", "segment_table", "parse_segments
 #: segment type codes by name (FORMAT.md §16.2)
 SEGMENT_TYPES = {"int8": portable.TYPE_I8, "uint8": portable.TYPE_U8, "int16": portable.TYPE_I16,
                  "uint16": portable.TYPE_U16, "tree": portable.TYPE_TREE, "bypass": portable.TYPE_BYPASS}
-_INTEGER_TYPES = (portable.TYPE_I8, portable.TYPE_U8, portable.TYPE_I16, portable.TYPE_U16)
+_INTEGER_TYPES = tuple(portable.TYPE_RANGE)
 MAX_OFFSET = 65535
 _HAS_OFFSET = 0x08  #: segment head bit 3: an offset follows
 _PARAMS = struct.Struct("<BB")

@@ -18,7 +18,7 @@ from ..bitstream.constants import (FILE_HEADER, GROUP_LAYOUT_DENSE, GROUP_LAYOUT
                                    UNIT_END, UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_GROUP)
 from ..bitstream.descriptor import CodedTensor, QuantDescriptor
 from ..coding import acode_portable
-from ..coding.acode_stage import SEGMENT_TYPES, Acode, Segment
+from ..coding.acode_stage import SEGMENT_TYPES, Acode, Segment, segment_table
 from ..dtypes import dtype_by_name
 from ..encoder import Encoder, numpy_tensors
 from ..limits import DEFAULT_LIMITS
@@ -196,16 +196,7 @@ def _prefix_over_cap() -> bytes:
 
 def _over_words_limit() -> bytes:
     n = DEFAULT_LIMITS.max_adaptive_words + 1
-    return bytes([1, I8]) + _varint(n) + _coded()
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value >> 7 else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
+    return segment_table([Segment(I8, 0, 0, n)]) + _coded()
 
 
 INVALID: dict[str, tuple[str, str, Callable[[], bytes]]] = {

@@ -460,11 +460,9 @@ class Encoder:
         elif self.group_tensors and numel <= group_bound:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         adaptive = None
-        acode_later = False
-        if self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE:
-            acode_later = kept is not None  # most such tensors end up in a group: tried in _layout if not
-        if self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE \
-                and not acode_later:
+        eligible = self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE
+        acode_later = eligible and kept is not None  # most such tensors end up in a group: tried in _layout if not
+        if eligible and not acode_later:
             adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc,
                                    self.limits.max_adaptive_words)
         if self.pipeline is not None:

@@ -748,8 +748,7 @@ class Encoder:
                 tempfile.TemporaryFile(dir=dst.parent or ".", prefix=f".{dst.name}.", suffix=".spool") as spool:
             for p in self._coded(tensors, plan):
                 spool.write(p.payload)
-                spooled.append(_Prepared(p.header, b"", p.pipeline, p.report, p.words, len(p.payload),
-                                         acode_later=p.acode_later))
+                spooled.append(dataclasses.replace(p, payload=b"", size=len(p.payload)))
                 del p
             layout = self._layout(spooled)
             default = layout.default

@@ -763,19 +763,15 @@ class Encoder:
                     spool.seek(size, os.SEEK_CUR)
                     report.tensors.append(tensor_report)
                     continue
-                if p.spooled >= 0:  # coded again after the layout (stage 8): written from memory
-                    spool.seek(p.spooled, os.SEEK_CUR)
-                    header = _tensor_header(header, pipeline, default, tensor_report, size)
-                    body = header.to_bytes() + p.payload
-                    self.limits.check(f"unit payload length of tensor {header.name!r}", len(body), "max_unit_bytes")
-                    out.write(frame_unit(UNIT_TENSOR, body))
-                    report.tensors.append(tensor_report)
-                    continue
                 header = _tensor_header(header, pipeline, default, tensor_report, size)
                 head = header.to_bytes()
                 self.limits.check(f"unit payload length of tensor {header.name!r}", len(head) + size,
                                   "max_unit_bytes")
-                _copy_unit(out, UNIT_TENSOR, head, spool, size)
+                if p.spooled >= 0:  # coded again after the layout (stage 8): written from memory
+                    spool.seek(p.spooled, os.SEEK_CUR)
+                    out.write(frame_unit(UNIT_TENSOR, head + p.payload))
+                else:
+                    _copy_unit(out, UNIT_TENSOR, head, spool, size)
                 report.tensors.append(tensor_report)
             units = len(chunks) - 1 + len(spooled) - len(layout.members)
             out.write(frame_unit(UNIT_END, EndOfStream(units, len(spooled)).to_bytes()))

@@ -969,6 +969,11 @@ def _acode_unit(words: np.ndarray, desc: QuantDescriptor, max_words: int) -> "tu
     return best
 
 
+def _is_kernel(header: TensorHeader) -> bool:
+    """Whether a tensor is a kernel: quantized and of rank >= 2."""
+    return header.quant.scheme != SCHEME_NONE and len(header.shape) >= 2
+
+
 def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[int]]":
     """Context sets to try for a group's members: one per member (when at most 16); each kernel (quantized,
     rank >= 2) its own, the members coded as raw bytes one, and the others by the last part of their name; all
@@ -983,15 +988,12 @@ def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[
     def leaf(h: TensorHeader) -> str:
         return h.name.rsplit(".", 1)[-1]
 
-    def kernel(h: TensorHeader) -> bool:
-        return h.quant.scheme != SCHEME_NONE and len(h.shape) >= 2
-
     heads = [h for h, _ in entries]
     def raw(h: TensorHeader) -> bool:
         return h.quant.code_dtype.name not in _ACODE_KINDS
 
-    found = [sets_of([("r",) if raw(h) else ("k", h.name) if kernel(h) else ("v", leaf(h)) for h in heads]),
-             sets_of([("r",) if raw(h) else ("k",) if kernel(h) else ("v", leaf(h)) for h in heads]),
+    found = [sets_of([("r",) if raw(h) else ("k", h.name) if _is_kernel(h) else ("v", leaf(h)) for h in heads]),
+             sets_of([("r",) if raw(h) else ("k",) if _is_kernel(h) else ("v", leaf(h)) for h in heads]),
              [0] * len(heads)]
     if len(heads) <= 16:
         found.insert(0, list(range(len(heads))))
@@ -1068,7 +1070,7 @@ def _member_kind(p: "_Prepared", cluster: int) -> tuple[int, int, int]:
     desc = p.header.quant
     if desc.scheme == SCHEME_NONE:
         return 2, 0, 0
-    return (0, desc.scheme, cluster) if len(p.header.shape) >= 2 else (1, 0, 0)
+    return (0, desc.scheme, cluster) if _is_kernel(p.header) else (1, 0, 0)
 
 
 #: ways of splitting a group's members into several groups, as functions of :func:`_member_kind`: one group;
@@ -1099,7 +1101,7 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
     merging the pair whose estimated bytes (:func:`_coded_bytes_estimate`) drop most, while any drops.
     Name -> cluster number (none for more than :data:`_CLUSTER_MAX` such members or
     :data:`_CLUSTER_VALUES` distinct codes: one cluster)."""
-    kernels = [p for p in members if p.header.quant.scheme != SCHEME_NONE and len(p.header.shape) >= 2]
+    kernels = [p for p in members if _is_kernel(p.header)]
     if not kernels or len(kernels) > _CLUSTER_MAX:
         return {}
     arrays = [np.frombuffer(p.words, dtype=p.header.quant.code_dtype.storage) for p in kernels]

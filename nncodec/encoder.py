@@ -41,6 +41,7 @@ from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to
 from .coding.pipeline import HandedWords, Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
 from .coding import Acode, BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
+from .coding.acode_portable import TYPE_WIDTH
 from .coding.acode_stage import SEGMENT_TYPES, Segment, acode_compiled
 from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
@@ -916,9 +917,7 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool,
 
 
 #: segment type of a group member's code words (FORMAT.md §16.2) by code dtype; others are coded as raw bytes
-_ACODE_KINDS = {"int8": SEGMENT_TYPES["int8"], "uint8": SEGMENT_TYPES["uint8"], "int16": SEGMENT_TYPES["int16"],
-                "uint16": SEGMENT_TYPES["uint16"]}
-_ACODE_DTYPES = {"int8": "<i1", "uint8": "<u1", "int16": "<i2", "uint16": "<u2"}
+_ACODE_KINDS = {name: SEGMENT_TYPES[name] for name in ("int8", "uint8", "int16", "uint16")}
 
 
 def _acode_offset(words: np.ndarray) -> int:
@@ -1015,11 +1014,11 @@ def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes
         return None
     kinds, offsets = [], []
     for (header, _), words in zip(entries, data):
-        name = header.quant.code_dtype.name
-        kind = _ACODE_KINDS.get(name, SEGMENT_TYPES["tree"])
-        kinds.append(kind)
-        offsets.append(_acode_offset(np.frombuffer(words, dtype=_ACODE_DTYPES[name])) if name in _ACODE_KINDS else 0)
-    widths = [2 if k in (SEGMENT_TYPES["int16"], SEGMENT_TYPES["uint16"]) else 1 for k in kinds]
+        code_dtype = header.quant.code_dtype
+        kinds.append(_ACODE_KINDS.get(code_dtype.name, SEGMENT_TYPES["tree"]))
+        offsets.append(_acode_offset(np.frombuffer(words, dtype=code_dtype.storage))
+                       if code_dtype.name in _ACODE_KINDS else 0)
+    widths = [TYPE_WIDTH[k] for k in kinds]
     if sum(len(d) // w for d, w in zip(data, widths)) > max_words:
         return None
     raw = b"".join(data)

@@ -908,7 +908,7 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool,
     plain = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
                                data_pipeline.to_bytes(), data_coded)
     plain_fits = plain if len(plain) <= limits.max_unit_bytes else None
-    best = _acode_smallest(entries, data, limits.max_adaptive_words) if adaptive else None
+    best = _acode_smallest(entries, data, raw, limits.max_adaptive_words) if adaptive else None
     if best is None or len(best[0].to_bytes()) + len(best[1]) >= len(data_pipeline.to_bytes()) + len(data_coded):
         return plain_fits, plain_fits
     payload = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
@@ -1003,13 +1003,13 @@ def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[
     return unique
 
 
-def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]",
+def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]", raw: bytes,
                     max_words: int) -> "tuple[Pipeline, bytes] | None":
-    """The smallest coding of a group's data block by the adaptive arithmetic coding stage (id 8), one segment per
-    member (its code words' type and offset), over :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when
-    the block is empty, over :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled
-    coder) or holds more than ``max_words`` words (the decoder's ``max_adaptive_words``)."""
-    total = sum(len(d) for d in data)
+    """The smallest coding of a group's data block ``raw`` (the members' ``data`` joined) by the adaptive arithmetic
+    coding stage (id 8), one segment per member (its code words' type and offset), over
+    :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when the block is empty, over
+    :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled coder) or holds more than ``max_words`` words (the decoder's ``max_adaptive_words``)."""
+    total = len(raw)
     if not total or total > (_ACODE_MAX_BYTES if acode_compiled() else _ACODE_PORTABLE_MAX_BYTES):
         return None
     kinds, offsets = [], []
@@ -1021,7 +1021,6 @@ def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes
     widths = [TYPE_WIDTH[k] for k in kinds]
     if sum(len(d) // w for d, w in zip(data, widths)) > max_words:
         return None
-    raw = b"".join(data)
     best: "tuple[Pipeline, bytes] | None" = None
     for sets in _acode_assignments(entries):
         segments: list[Segment] = []

@@ -595,10 +595,10 @@ class Encoder:
         acoded: dict[str, "tuple[Pipeline, bytes] | None"] = {}  # stage 8 codings of units, by name
         # with few tensors kept for a group, stage 8 on their units is weighed in every layout compared
         eager = sum(p.acode_later and p.words is not None for p in coded) <= _ACODE_EAGER_UNITS
-        best, _ = self._smallest_layout(coded, cache, self.adaptive_coding, acoded if eager else None)
+        best = self._smallest_layout(coded, cache, self.adaptive_coding, acoded if eager else None)
         layouts = [best]
         if any(self._group_minor(g) >= FORMAT_MINOR_ACODE for g in best.groups):
-            layouts.append(self._smallest_layout(coded, cache, False, None)[0])  # the payloads are in the cache
+            layouts.append(self._smallest_layout(coded, cache, False, None))  # the payloads are in the cache
         options: list[tuple[int, int, _Layout, list[_Prepared]]] = []  # tensor bytes, minor, layout, units
         plain = None  # the option without stage-8 groups and re-coded units
         for layout in reversed(layouts):
@@ -659,9 +659,9 @@ class Encoder:
         return units, cost
 
     def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, bytes | None]", adaptive: bool,
-                         acoded: "dict[str, tuple[Pipeline, bytes] | None] | None") -> "tuple[_Layout, int]":
+                         acoded: "dict[str, tuple[Pipeline, bytes] | None] | None") -> "_Layout":
         """The layout of :meth:`_layout` making the tensor bytes smallest, with stage 8 tried on the groups'
-        data or not (``adaptive``), and those bytes; with ``acoded`` (and ``adaptive``), the units of tensors
+        data or not (``adaptive``; its ``stage_minor`` is left for :meth:`_layout` to set); with ``acoded`` (and ``adaptive``), the units of tensors
         kept for a group count as :meth:`_acode_units` codes them."""
         def units_cost(units: "list[_Prepared]", default: Pipeline | None) -> int:
             if adaptive and acoded is not None and any(p.acode_later for p in units):
@@ -669,8 +669,7 @@ class Encoder:
             return _units_cost(units, default)
 
         default = _default_pipeline([p.pipeline for p in coded])
-        stage_minor = max((st.since_minor for p in coded for st in p.pipeline.stages), default=FORMAT_MINOR)
-        best = _Layout((), default, stage_minor)
+        best = _Layout((), default)
         best_cost = units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
@@ -685,15 +684,12 @@ class Encoder:
             rest = [p for p in coded if p.header.name not in names]
             rest_default = _default_pipeline([p.pipeline for p in rest])
             rest_cost = units_cost(rest, rest_default)
-            # the stages of the tensor units written (a grouped tensor's own pipeline is not)
-            rest_minor = max((st.since_minor for p in rest for st in p.pipeline.stages), default=FORMAT_MINOR)
             for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
                 if candidate.cost + rest_cost < best_cost:
-                    best = _Layout(tuple(candidate.payloads), rest_default,
-                                   max([rest_minor, *map(self._group_minor, candidate.payloads)]), candidate.parts,
-                                   candidate.narrow)
+                    best = _Layout(tuple(candidate.payloads), rest_default, parts=candidate.parts,
+                                   narrow=candidate.narrow)
                     best_cost = candidate.cost + rest_cost
-        return best, best_cost
+        return best
 
     def _group_minor(self, payload: bytes) -> int:
         """The newest format minor version a stage of a tensor-group payload's pipelines needs."""

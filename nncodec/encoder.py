@@ -594,7 +594,7 @@ class Encoder:
         cache: dict[tuple, bytes | None] = {}  # group payloads by stage 8 tried and member names, across bounds
         acoded: dict[str, "tuple[Pipeline, bytes] | None"] = {}  # stage 8 codings of units, by name
         # with few tensors kept for a group, stage 8 on their units is weighed in every layout compared
-        eager = sum(p.acode_later and p.words is not None for p in coded) <= _ACODE_EAGER_UNITS
+        eager = sum(p.acode_later for p in coded) <= _ACODE_EAGER_UNITS
         best = self._smallest_layout(coded, cache, self.adaptive_coding, acoded if eager else None)
         layouts = [best]
         if any(self._group_minor(g) >= FORMAT_MINOR_ACODE for g in best.groups):
@@ -623,10 +623,8 @@ class Encoder:
         for p in units:  # the units re-coded by stage 8 (copies) replace theirs
             if p is not by_name[p.header.name]:
                 _adopt(by_name[p.header.name], p)
-        for p in coded:
-            p.acode_later = False
         if chosen.groups:
-            _member_reports({p.header.name: p for p in coded}, chosen)
+            _member_reports(by_name, chosen)
         return chosen
 
     def _acode_units(self, rest: "list[_Prepared]", acoded: "dict[str, tuple[Pipeline, bytes] | None]"
@@ -638,12 +636,12 @@ class Encoder:
         units = list(rest)
         cost = _units_cost(units, _default_pipeline([p.pipeline for p in units]))
         for i, p in enumerate(rest):
-            if not p.acode_later or p.words is None:
+            if not p.acode_later:  # (its words are kept: acode_later is only set with them)
                 continue
             name = p.header.name
             if name not in acoded:
-                acoded[name] = _acode_unit(np.frombuffer(p.words, dtype=np.uint8), p.header.quant,
-                                           self.limits.max_adaptive_words)
+                acoded[name] = _acode_unit(np.frombuffer(p.words, dtype=np.uint8),  # type: ignore[arg-type]
+                                           p.header.quant, self.limits.max_adaptive_words)
             adaptive = acoded[name]
             if adaptive is None or len(adaptive[1]) > _ACODE_UNIT_MARGIN * p.size:
                 continue
@@ -651,7 +649,7 @@ class Encoder:
             h = p.header
             trial = units.copy()
             trial[i] = dataclasses.replace(p, pipeline=pipeline, payload=payload, size=len(payload),
-                                           spooled=p.size if p.spooled < 0 else p.spooled,
+                                           spooled=p.size,  # p is as coded (the spool holds its payload)
                                            header=TensorHeader(h.name, h.dtype, h.shape, h.quant, pipeline.entries()))
             trial_cost = _units_cost(trial, _default_pipeline([q.pipeline for q in trial]))
             if trial_cost < cost:

@@ -35,7 +35,6 @@ from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORM
                                   UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TENSOR_GROUP,
                                   UNIT_TOPOLOGY)
-from .bitstream.byte_reader import ByteReader
 from .bitstream.group import GroupUnit, directory_bytes
 from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .coding.pipeline import HandedWords, Pipeline
@@ -591,13 +590,13 @@ class Encoder:
         alone (no tensor unit coded before uses stage 8), they are kept only when the stream's tensor bytes are
         then at most :data:`_ACODE_GROUP_MARGIN` times and at least :data:`_ACODE_MIN_GAIN` bytes under those
         of the best layout without them."""
-        cache: dict[tuple, bytes | None] = {}  # group payloads by stage 8 tried and member names, across bounds
+        cache: dict[tuple, tuple[bytes, int] | None] = {}  # group payloads by stage 8 tried and member names, across bounds
         acoded: dict[str, "tuple[Pipeline, bytes] | None"] = {}  # stage 8 codings of units, by name
         # with few tensors kept for a group, stage 8 on their units is weighed in every layout compared
         eager = sum(p.acode_later for p in coded) <= _ACODE_EAGER_UNITS
         best = self._smallest_layout(coded, cache, self.adaptive_coding, acoded if eager else None)
         layouts = [best]
-        if any(self._group_minor(g) >= FORMAT_MINOR_ACODE for g in best.groups):
+        if best.group_minor >= FORMAT_MINOR_ACODE:
             layouts.append(self._smallest_layout(coded, cache, False, None))  # the payloads are in the cache
         options: list[tuple[int, int, _Layout, list[_Prepared]]] = []  # tensor bytes, minor, layout, units
         plain = None  # the option without stage-8 groups and re-coded units
@@ -609,8 +608,7 @@ class Encoder:
             for units in variants:
                 default = _default_pipeline([p.pipeline for p in units])
                 cost = sum(UNIT_HEADER_SIZE + len(g) for g in layout.groups) + _units_cost(units, default)
-                minor = max([FORMAT_MINOR, *map(self._group_minor, layout.groups),
-                             *(st.since_minor for p in units for st in p.pipeline.stages)])
+                minor = max(layout.group_minor, _stage_minor(*(p.pipeline for p in units)))
                 options.append((cost, minor, dataclasses.replace(layout, default=default, stage_minor=minor), units))
                 if plain is None:
                     plain = options[-1]
@@ -656,7 +654,7 @@ class Encoder:
                 units, cost = trial, trial_cost
         return units, cost
 
-    def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, bytes | None]", adaptive: bool,
+    def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, tuple[bytes, int] | None]", adaptive: bool,
                          acoded: "dict[str, tuple[Pipeline, bytes] | None] | None") -> "_Layout":
         """The layout of :meth:`_layout` making the tensor bytes smallest, with stage 8 tried on the groups'
         data or not (``adaptive``; its ``stage_minor`` is left for :meth:`_layout` to set); with ``acoded`` (and ``adaptive``), the units of tensors
@@ -685,16 +683,9 @@ class Encoder:
             for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
                 if candidate.cost + rest_cost < best_cost:
                     best = _Layout(tuple(candidate.payloads), rest_default, parts=candidate.parts,
-                                   narrow=candidate.narrow)
+                                   narrow=candidate.narrow, group_minor=candidate.minor)
                     best_cost = candidate.cost + rest_cost
         return best
-
-    def _group_minor(self, payload: bytes) -> int:
-        """The newest format minor version a stage of a tensor-group payload's pipelines needs."""
-        unit = GroupUnit.parse(ByteReader(payload, what="tensor group payload"), self.limits)
-        stages = [*Pipeline.from_entries(unit.directory_pipeline).stages,
-                  *Pipeline.from_entries(unit.data_pipeline).stages]
-        return max((st.since_minor for st in stages), default=FORMAT_MINOR)
 
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
                      topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
@@ -805,6 +796,7 @@ class _Layout:
     stage_minor: int = 0  #: the newest format minor version a used stage needs
     parts: tuple[tuple[str, ...], ...] = ()  #: each group's member names, in the order of ``groups``
     narrow: bool = False  #: the groups store narrowed codes (:func:`_narrowest_codes`)
+    group_minor: int = FORMAT_MINOR  #: the newest format minor version a stage of the groups' pipelines needs
 
     @functools.cached_property
     def members(self) -> frozenset[str]:
@@ -882,9 +874,10 @@ def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, 
 
 
 def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool,
-                   adaptive: bool = True) -> "tuple[bytes | None, bytes | None]":
-    """The tensor-group payloads of ``members`` (ascending names, FORMAT.md §14): the smallest, and the
-    smallest without stage 8 (the same when stage 8 is not smaller or not tried); None when its directory would
+                   adaptive: bool = True) -> "tuple[tuple[bytes, int] | None, tuple[bytes, int] | None]":
+    """The tensor-group payloads of ``members`` (ascending names, FORMAT.md §14), each with the newest format
+    minor version its pipelines' stages need: the smallest, and the smallest without stage 8 (the same when
+    stage 8 is not smaller or not tried); None when its directory would
     be over ``max_metadata_bytes`` or the payload over ``max_unit_bytes``. A member whose words are all equal
     (at least 2) is stored as one.
     With ``narrow`` (the split groups), quantized members' codes are stored in the narrowest integer type
@@ -901,13 +894,19 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool,
                                           else _GROUP_LEVEL)
     plain = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
                                data_pipeline.to_bytes(), data_coded)
-    plain_fits = plain if len(plain) <= limits.max_unit_bytes else None
+    plain_fits = (plain, _stage_minor(dir_pipeline, data_pipeline)) if len(plain) <= limits.max_unit_bytes else None
     best = _acode_smallest(entries, data, raw, limits.max_adaptive_words) if adaptive else None
     if best is None or len(best[0].to_bytes()) + len(best[1]) >= len(data_pipeline.to_bytes()) + len(data_coded):
         return plain_fits, plain_fits
     payload = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
                                  best[0].to_bytes(), best[1])
-    return payload if len(payload) <= limits.max_unit_bytes else plain_fits, plain_fits
+    return ((payload, _stage_minor(dir_pipeline, best[0])) if len(payload) <= limits.max_unit_bytes
+            else plain_fits), plain_fits
+
+
+def _stage_minor(*pipelines: Pipeline) -> int:
+    """The newest format minor version a stage of ``pipelines`` needs (at least ``FORMAT_MINOR``)."""
+    return max([FORMAT_MINOR, *(st.since_minor for pipeline in pipelines for st in pipeline.stages)])
 
 
 #: segment type of a group member's code words (FORMAT.md §16.2) by code dtype; others are coded as raw bytes
@@ -1134,6 +1133,7 @@ class _Candidate:
     payloads: list[bytes]
     parts: tuple[tuple[str, ...], ...]
     narrow: bool
+    minor: int  #: the newest format minor version a stage of the groups' pipelines needs
 
     @property
     def cost(self) -> int:
@@ -1141,7 +1141,7 @@ class _Candidate:
         return sum(UNIT_HEADER_SIZE + len(g) for g in self.payloads)
 
 
-def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None]",
+def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, tuple[bytes, int] | None]",
                   single: bool, adaptive: bool = True) -> "list[_Candidate]":
     """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units. With
     ``single``, the one group of un-narrowed codes (the layout of format 1.4's first encoder) comes first; the
@@ -1152,7 +1152,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
     narrowing changes nothing (:func:`_narrowing_moot`) is coded once, un-narrowed. With ``adaptive``, stage 8
     is tried on the groups' data."""
 
-    def payload(part: "list[_Prepared]", narrow: bool) -> bytes | None:
+    def payload(part: "list[_Prepared]", narrow: bool) -> "tuple[bytes, int] | None":
         if narrow and _narrowing_moot(part):  # the same bytes as un-narrowed: coded once
             narrow = False
         names = tuple(p.header.name for p in part)
@@ -1166,7 +1166,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
     if single:
         plain = payload(members, False)
         if plain is not None:
-            found.append(_Candidate([plain], (tuple(p.header.name for p in members),), False))
+            found.append(_Candidate([plain[0]], (tuple(p.header.name for p in members),), False, plain[1]))
     if sum(len(p.words) for p in members) > _GROUP_SPLIT_BYTES:
         return found
     seen: set[tuple] = set()
@@ -1183,8 +1183,9 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
         payloads = [payload(parts[k], True) for k in sorted(parts)]
         if any(g is None for g in payloads):
             continue
-        found.append(_Candidate(payloads,  # type: ignore[arg-type]
-                                tuple(tuple(p.header.name for p in parts[k]) for k in sorted(parts)), True))
+        found.append(_Candidate([g[0] for g in payloads],  # type: ignore[index]
+                                tuple(tuple(p.header.name for p in parts[k]) for k in sorted(parts)), True,
+                                max(g[1] for g in payloads)))  # type: ignore[index]
     return found
 
 

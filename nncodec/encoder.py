@@ -590,7 +590,8 @@ class Encoder:
         alone (no tensor unit coded before uses stage 8), they are kept only when the stream's tensor bytes are
         then at most :data:`_ACODE_GROUP_MARGIN` times and at least :data:`_ACODE_MIN_GAIN` bytes under those
         of the best layout without them."""
-        cache: dict[tuple, tuple[bytes, int] | None] = {}  # group payloads by stage 8 tried and member names, across bounds
+        # group payloads (and their format minor) by stage 8 tried and member names, across bounds
+        cache: dict[tuple, tuple[bytes, int] | None] = {}
         acoded: dict[str, "tuple[Pipeline, bytes] | None"] = {}  # stage 8 codings of units, by name
         # with few tensors kept for a group, stage 8 on their units is weighed in every layout compared
         eager = sum(p.acode_later for p in coded) <= _ACODE_EAGER_UNITS
@@ -657,8 +658,8 @@ class Encoder:
     def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, tuple[bytes, int] | None]", adaptive: bool,
                          acoded: "dict[str, tuple[Pipeline, bytes] | None] | None") -> "_Layout":
         """The layout of :meth:`_layout` making the tensor bytes smallest, with stage 8 tried on the groups'
-        data or not (``adaptive``; its ``stage_minor`` is left for :meth:`_layout` to set); with ``acoded`` (and ``adaptive``), the units of tensors
-        kept for a group count as :meth:`_acode_units` codes them."""
+        data or not (``adaptive``; its ``stage_minor`` is left for :meth:`_layout` to set); with ``acoded`` (and
+        ``adaptive``), the units of tensors kept for a group count as :meth:`_acode_units` codes them."""
         def units_cost(units: "list[_Prepared]", default: Pipeline | None) -> int:
             if adaptive and acoded is not None and any(p.acode_later for p in units):
                 return self._acode_units(units, acoded)[1]  # with the same default
@@ -1001,7 +1002,8 @@ def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes
     """The smallest coding of a group's data block ``raw`` (the members' ``data`` joined) by the adaptive arithmetic
     coding stage (id 8), one segment per member (its code words' type and offset), over
     :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when the block is empty, over
-    :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled coder) or holds more than ``max_words`` words (the decoder's ``max_adaptive_words``)."""
+    :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled coder) or holds more than
+    ``max_words`` words (the decoder's ``max_adaptive_words``)."""
     total = len(raw)
     if not total or total > (_ACODE_MAX_BYTES if acode_compiled() else _ACODE_PORTABLE_MAX_BYTES):
         return None

@@ -35,12 +35,12 @@ from .bitstream.constants import (FILE_HEADER, FLAG_CRITICAL, FORMAT_MAJOR, FORM
                                   UNIT_END, UNIT_HEADER, UNIT_HEADER_SIZE, UNIT_MODEL_PARAMETER_SET,
                                   UNIT_STREAM_HEADER, UNIT_TENSOR, UNIT_TENSOR_ALIASES, UNIT_TENSOR_GROUP,
                                   UNIT_TOPOLOGY)
-from .bitstream.byte_reader import ByteReader
 from .bitstream.group import GroupUnit, directory_bytes
 from .bitstream.descriptor import CodedTensor, QuantDescriptor, bfloat16_bits_to_float32, dequantize_into
 from .coding.pipeline import HandedWords, Pipeline
 from .bitstream.units import EndOfStream, StreamHeader, TensorAliases, TensorHeader, frame_unit
 from .coding import Acode, BitPack, Shuffle, ZeroWords, Zstd, entropy_stages, stage_from_config
+from .coding.acode_portable import TYPE_WIDTH
 from .coding.acode_stage import SEGMENT_TYPES, Segment, acode_compiled
 from .coding.stage import WORD_DTYPES, Stage
 from .dtypes import DType, dtype_by_name, dtype_of_array
@@ -460,11 +460,9 @@ class Encoder:
         elif self.group_tensors and numel <= group_bound:
             kept = bytes(words.array if isinstance(words, HandedWords) else words)  # type: ignore[arg-type]
         adaptive = None
-        acode_later = False
-        if self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE:
-            acode_later = kept is not None  # most such tensors end up in a group: tried in _layout if not
-        if self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE \
-                and not acode_later:
+        eligible = self.adaptive_coding and self.pipeline is None and lead is None and desc.scheme != SCHEME_NONE
+        acode_later = eligible and kept is not None  # most such tensors end up in a group: tried in _layout if not
+        if eligible and not acode_later:
             adaptive = _acode_unit(words.array if isinstance(words, HandedWords) else words, desc,
                                    self.limits.max_adaptive_words)
         if self.pipeline is not None:
@@ -592,14 +590,15 @@ class Encoder:
         alone (no tensor unit coded before uses stage 8), they are kept only when the stream's tensor bytes are
         then at most :data:`_ACODE_GROUP_MARGIN` times and at least :data:`_ACODE_MIN_GAIN` bytes under those
         of the best layout without them."""
-        cache: dict[tuple, bytes | None] = {}  # group payloads by stage 8 tried and member names, across bounds
+        # group payloads (and their format minor) by stage 8 tried and member names, across bounds
+        cache: dict[tuple, tuple[bytes, int] | None] = {}
         acoded: dict[str, "tuple[Pipeline, bytes] | None"] = {}  # stage 8 codings of units, by name
         # with few tensors kept for a group, stage 8 on their units is weighed in every layout compared
-        eager = sum(p.acode_later and p.words is not None for p in coded) <= _ACODE_EAGER_UNITS
-        best, _ = self._smallest_layout(coded, cache, self.adaptive_coding, acoded if eager else None)
+        eager = sum(p.acode_later for p in coded) <= _ACODE_EAGER_UNITS
+        best = self._smallest_layout(coded, cache, self.adaptive_coding, acoded if eager else None)
         layouts = [best]
-        if any(self._group_minor(g) >= FORMAT_MINOR_ACODE for g in best.groups):
-            layouts.append(self._smallest_layout(coded, cache, False, None)[0])  # the payloads are in the cache
+        if best.group_minor >= FORMAT_MINOR_ACODE:
+            layouts.append(self._smallest_layout(coded, cache, False, None))  # the payloads are in the cache
         options: list[tuple[int, int, _Layout, list[_Prepared]]] = []  # tensor bytes, minor, layout, units
         plain = None  # the option without stage-8 groups and re-coded units
         for layout in reversed(layouts):
@@ -610,8 +609,7 @@ class Encoder:
             for units in variants:
                 default = _default_pipeline([p.pipeline for p in units])
                 cost = sum(UNIT_HEADER_SIZE + len(g) for g in layout.groups) + _units_cost(units, default)
-                minor = max([FORMAT_MINOR, *map(self._group_minor, layout.groups),
-                             *(st.since_minor for p in units for st in p.pipeline.stages)])
+                minor = max(layout.group_minor, _stage_minor(*(p.pipeline for p in units)))
                 options.append((cost, minor, dataclasses.replace(layout, default=default, stage_minor=minor), units))
                 if plain is None:
                     plain = options[-1]
@@ -624,10 +622,8 @@ class Encoder:
         for p in units:  # the units re-coded by stage 8 (copies) replace theirs
             if p is not by_name[p.header.name]:
                 _adopt(by_name[p.header.name], p)
-        for p in coded:
-            p.acode_later = False
         if chosen.groups:
-            _member_reports({p.header.name: p for p in coded}, chosen)
+            _member_reports(by_name, chosen)
         return chosen
 
     def _acode_units(self, rest: "list[_Prepared]", acoded: "dict[str, tuple[Pipeline, bytes] | None]"
@@ -639,12 +635,12 @@ class Encoder:
         units = list(rest)
         cost = _units_cost(units, _default_pipeline([p.pipeline for p in units]))
         for i, p in enumerate(rest):
-            if not p.acode_later or p.words is None:
+            if not p.acode_later:  # (its words are kept: acode_later is only set with them)
                 continue
             name = p.header.name
             if name not in acoded:
-                acoded[name] = _acode_unit(np.frombuffer(p.words, dtype=np.uint8), p.header.quant,
-                                           self.limits.max_adaptive_words)
+                acoded[name] = _acode_unit(np.frombuffer(p.words, dtype=np.uint8),  # type: ignore[arg-type]
+                                           p.header.quant, self.limits.max_adaptive_words)
             adaptive = acoded[name]
             if adaptive is None or len(adaptive[1]) > _ACODE_UNIT_MARGIN * p.size:
                 continue
@@ -652,26 +648,25 @@ class Encoder:
             h = p.header
             trial = units.copy()
             trial[i] = dataclasses.replace(p, pipeline=pipeline, payload=payload, size=len(payload),
-                                           spooled=p.size if p.spooled < 0 else p.spooled,
+                                           spooled=p.size,  # p is as coded (the spool holds its payload)
                                            header=TensorHeader(h.name, h.dtype, h.shape, h.quant, pipeline.entries()))
             trial_cost = _units_cost(trial, _default_pipeline([q.pipeline for q in trial]))
             if trial_cost < cost:
                 units, cost = trial, trial_cost
         return units, cost
 
-    def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, bytes | None]", adaptive: bool,
-                         acoded: "dict[str, tuple[Pipeline, bytes] | None] | None") -> "tuple[_Layout, int]":
+    def _smallest_layout(self, coded: "list[_Prepared]", cache: "dict[tuple, tuple[bytes, int] | None]", adaptive: bool,
+                         acoded: "dict[str, tuple[Pipeline, bytes] | None] | None") -> "_Layout":
         """The layout of :meth:`_layout` making the tensor bytes smallest, with stage 8 tried on the groups'
-        data or not (``adaptive``), and those bytes; with ``acoded`` (and ``adaptive``), the units of tensors
-        kept for a group count as :meth:`_acode_units` codes them."""
+        data or not (``adaptive``; its ``stage_minor`` is left for :meth:`_layout` to set); with ``acoded`` (and
+        ``adaptive``), the units of tensors kept for a group count as :meth:`_acode_units` codes them."""
         def units_cost(units: "list[_Prepared]", default: Pipeline | None) -> int:
             if adaptive and acoded is not None and any(p.acode_later for p in units):
                 return self._acode_units(units, acoded)[1]  # with the same default
             return _units_cost(units, default)
 
         default = _default_pipeline([p.pipeline for p in coded])
-        stage_minor = max((st.since_minor for p in coded for st in p.pipeline.stages), default=FORMAT_MINOR)
-        best = _Layout((), default, stage_minor)
+        best = _Layout((), default)
         best_cost = units_cost(coded, default)
         small = [p for p in coded if p.words is not None]
         tried: set[int] = set()
@@ -686,22 +681,12 @@ class Encoder:
             rest = [p for p in coded if p.header.name not in names]
             rest_default = _default_pipeline([p.pipeline for p in rest])
             rest_cost = units_cost(rest, rest_default)
-            # the stages of the tensor units written (a grouped tensor's own pipeline is not)
-            rest_minor = max((st.since_minor for p in rest for st in p.pipeline.stages), default=FORMAT_MINOR)
             for candidate in layouts:  # the first of equal costs wins: the single, un-narrowed group
                 if candidate.cost + rest_cost < best_cost:
-                    best = _Layout(tuple(candidate.payloads), rest_default,
-                                   max([rest_minor, *map(self._group_minor, candidate.payloads)]), candidate.parts,
-                                   candidate.narrow)
+                    best = _Layout(tuple(candidate.payloads), rest_default, parts=candidate.parts,
+                                   narrow=candidate.narrow, group_minor=candidate.minor)
                     best_cost = candidate.cost + rest_cost
-        return best, best_cost
-
-    def _group_minor(self, payload: bytes) -> int:
-        """The newest format minor version a stage of a tensor-group payload's pipelines needs."""
-        unit = GroupUnit.parse(ByteReader(payload, what="tensor group payload"), self.limits)
-        stages = [*Pipeline.from_entries(unit.directory_pipeline).stages,
-                  *Pipeline.from_entries(unit.data_pipeline).stages]
-        return max((st.since_minor for st in stages), default=FORMAT_MINOR)
+        return best
 
     def encode_units(self, tensors: "Mapping[str, tuple[np.ndarray, DType] | CodedTensor]",
                      topology: Mapping[str, Any] | None = None) -> tuple[list[bytes], EncodeReport]:
@@ -750,8 +735,7 @@ class Encoder:
                 tempfile.TemporaryFile(dir=dst.parent or ".", prefix=f".{dst.name}.", suffix=".spool") as spool:
             for p in self._coded(tensors, plan):
                 spool.write(p.payload)
-                spooled.append(_Prepared(p.header, b"", p.pipeline, p.report, p.words, len(p.payload),
-                                         acode_later=p.acode_later))
+                spooled.append(dataclasses.replace(p, payload=b"", size=len(p.payload)))
                 del p
             layout = self._layout(spooled)
             default = layout.default
@@ -766,19 +750,15 @@ class Encoder:
                     spool.seek(size, os.SEEK_CUR)
                     report.tensors.append(tensor_report)
                     continue
-                if p.spooled >= 0:  # coded again after the layout (stage 8): written from memory
-                    spool.seek(p.spooled, os.SEEK_CUR)
-                    header = _tensor_header(header, pipeline, default, tensor_report, size)
-                    body = header.to_bytes() + p.payload
-                    self.limits.check(f"unit payload length of tensor {header.name!r}", len(body), "max_unit_bytes")
-                    out.write(frame_unit(UNIT_TENSOR, body))
-                    report.tensors.append(tensor_report)
-                    continue
                 header = _tensor_header(header, pipeline, default, tensor_report, size)
                 head = header.to_bytes()
                 self.limits.check(f"unit payload length of tensor {header.name!r}", len(head) + size,
                                   "max_unit_bytes")
-                _copy_unit(out, UNIT_TENSOR, head, spool, size)
+                if p.spooled >= 0:  # coded again after the layout (stage 8): written from memory
+                    spool.seek(p.spooled, os.SEEK_CUR)
+                    out.write(frame_unit(UNIT_TENSOR, head + p.payload))
+                else:
+                    _copy_unit(out, UNIT_TENSOR, head, spool, size)
                 report.tensors.append(tensor_report)
             units = len(chunks) - 1 + len(spooled) - len(layout.members)
             out.write(frame_unit(UNIT_END, EndOfStream(units, len(spooled)).to_bytes()))
@@ -817,6 +797,7 @@ class _Layout:
     stage_minor: int = 0  #: the newest format minor version a used stage needs
     parts: tuple[tuple[str, ...], ...] = ()  #: each group's member names, in the order of ``groups``
     narrow: bool = False  #: the groups store narrowed codes (:func:`_narrowest_codes`)
+    group_minor: int = FORMAT_MINOR  #: the newest format minor version a stage of the groups' pipelines needs
 
     @functools.cached_property
     def members(self) -> frozenset[str]:
@@ -894,9 +875,10 @@ def _narrowest_codes(header: TensorHeader, words: bytes) -> tuple[TensorHeader, 
 
 
 def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool,
-                   adaptive: bool = True) -> "tuple[bytes | None, bytes | None]":
-    """The tensor-group payloads of ``members`` (ascending names, FORMAT.md §14): the smallest, and the
-    smallest without stage 8 (the same when stage 8 is not smaller or not tried); None when its directory would
+                   adaptive: bool = True) -> "tuple[tuple[bytes, int] | None, tuple[bytes, int] | None]":
+    """The tensor-group payloads of ``members`` (ascending names, FORMAT.md §14), each with the newest format
+    minor version its pipelines' stages need: the smallest, and the smallest without stage 8 (the same when
+    stage 8 is not smaller or not tried); None when its directory would
     be over ``max_metadata_bytes`` or the payload over ``max_unit_bytes``. A member whose words are all equal
     (at least 2) is stored as one.
     With ``narrow`` (the split groups), quantized members' codes are stored in the narrowest integer type
@@ -913,19 +895,23 @@ def _group_payload(members: "list[_Prepared]", limits: Limits, narrow: bool,
                                           else _GROUP_LEVEL)
     plain = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
                                data_pipeline.to_bytes(), data_coded)
-    plain_fits = plain if len(plain) <= limits.max_unit_bytes else None
-    best = _acode_smallest(entries, data, limits.max_adaptive_words) if adaptive else None
+    plain_fits = (plain, _stage_minor(dir_pipeline, data_pipeline)) if len(plain) <= limits.max_unit_bytes else None
+    best = _acode_smallest(entries, data, raw, limits.max_adaptive_words) if adaptive else None
     if best is None or len(best[0].to_bytes()) + len(best[1]) >= len(data_pipeline.to_bytes()) + len(data_coded):
         return plain_fits, plain_fits
     payload = GroupUnit.to_bytes(len(entries), len(directory), dir_pipeline.to_bytes(), dir_coded,
                                  best[0].to_bytes(), best[1])
-    return payload if len(payload) <= limits.max_unit_bytes else plain_fits, plain_fits
+    return ((payload, _stage_minor(dir_pipeline, best[0])) if len(payload) <= limits.max_unit_bytes
+            else plain_fits), plain_fits
+
+
+def _stage_minor(*pipelines: Pipeline) -> int:
+    """The newest format minor version a stage of ``pipelines`` needs (at least ``FORMAT_MINOR``)."""
+    return max([FORMAT_MINOR, *(st.since_minor for pipeline in pipelines for st in pipeline.stages)])
 
 
 #: segment type of a group member's code words (FORMAT.md §16.2) by code dtype; others are coded as raw bytes
-_ACODE_KINDS = {"int8": SEGMENT_TYPES["int8"], "uint8": SEGMENT_TYPES["uint8"], "int16": SEGMENT_TYPES["int16"],
-                "uint16": SEGMENT_TYPES["uint16"]}
-_ACODE_DTYPES = {"int8": "<i1", "uint8": "<u1", "int16": "<i2", "uint16": "<u2"}
+_ACODE_KINDS = {name: SEGMENT_TYPES[name] for name in ("int8", "uint8", "int16", "uint16")}
 
 
 def _acode_offset(words: np.ndarray) -> int:
@@ -976,6 +962,11 @@ def _acode_unit(words: np.ndarray, desc: QuantDescriptor, max_words: int) -> "tu
     return best
 
 
+def _is_kernel(header: TensorHeader) -> bool:
+    """Whether a tensor is a kernel: quantized and of rank >= 2."""
+    return header.quant.scheme != SCHEME_NONE and len(header.shape) >= 2
+
+
 def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[int]]":
     """Context sets to try for a group's members: one per member (when at most 16); each kernel (quantized,
     rank >= 2) its own, the members coded as raw bytes one, and the others by the last part of their name; all
@@ -990,15 +981,12 @@ def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[
     def leaf(h: TensorHeader) -> str:
         return h.name.rsplit(".", 1)[-1]
 
-    def kernel(h: TensorHeader) -> bool:
-        return h.quant.scheme != SCHEME_NONE and len(h.shape) >= 2
-
     heads = [h for h, _ in entries]
     def raw(h: TensorHeader) -> bool:
         return h.quant.code_dtype.name not in _ACODE_KINDS
 
-    found = [sets_of([("r",) if raw(h) else ("k", h.name) if kernel(h) else ("v", leaf(h)) for h in heads]),
-             sets_of([("r",) if raw(h) else ("k",) if kernel(h) else ("v", leaf(h)) for h in heads]),
+    found = [sets_of([("r",) if raw(h) else ("k", h.name) if _is_kernel(h) else ("v", leaf(h)) for h in heads]),
+             sets_of([("r",) if raw(h) else ("k",) if _is_kernel(h) else ("v", leaf(h)) for h in heads]),
              [0] * len(heads)]
     if len(heads) <= 16:
         found.insert(0, list(range(len(heads))))
@@ -1009,25 +997,25 @@ def _acode_assignments(entries: "list[tuple[TensorHeader, int]]") -> "list[list[
     return unique
 
 
-def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]",
+def _acode_smallest(entries: "list[tuple[TensorHeader, int]]", data: "list[bytes]", raw: bytes,
                     max_words: int) -> "tuple[Pipeline, bytes] | None":
-    """The smallest coding of a group's data block by the adaptive arithmetic coding stage (id 8), one segment per
-    member (its code words' type and offset), over :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when
-    the block is empty, over :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled
-    coder) or holds more than ``max_words`` words (the decoder's ``max_adaptive_words``)."""
-    total = sum(len(d) for d in data)
+    """The smallest coding of a group's data block ``raw`` (the members' ``data`` joined) by the adaptive arithmetic
+    coding stage (id 8), one segment per member (its code words' type and offset), over
+    :func:`_acode_assignments`, :data:`_ACODE_SHIFTS` and :data:`_ACODE_KS`; None when the block is empty, over
+    :data:`_ACODE_MAX_BYTES` (:data:`_ACODE_PORTABLE_MAX_BYTES` without the compiled coder) or holds more than
+    ``max_words`` words (the decoder's ``max_adaptive_words``)."""
+    total = len(raw)
     if not total or total > (_ACODE_MAX_BYTES if acode_compiled() else _ACODE_PORTABLE_MAX_BYTES):
         return None
     kinds, offsets = [], []
     for (header, _), words in zip(entries, data):
-        name = header.quant.code_dtype.name
-        kind = _ACODE_KINDS.get(name, SEGMENT_TYPES["tree"])
-        kinds.append(kind)
-        offsets.append(_acode_offset(np.frombuffer(words, dtype=_ACODE_DTYPES[name])) if name in _ACODE_KINDS else 0)
-    widths = [2 if k in (SEGMENT_TYPES["int16"], SEGMENT_TYPES["uint16"]) else 1 for k in kinds]
+        code_dtype = header.quant.code_dtype
+        kinds.append(_ACODE_KINDS.get(code_dtype.name, SEGMENT_TYPES["tree"]))
+        offsets.append(_acode_offset(np.frombuffer(words, dtype=code_dtype.storage))
+                       if code_dtype.name in _ACODE_KINDS else 0)
+    widths = [TYPE_WIDTH[k] for k in kinds]
     if sum(len(d) // w for d, w in zip(data, widths)) > max_words:
         return None
-    raw = b"".join(data)
     best: "tuple[Pipeline, bytes] | None" = None
     for sets in _acode_assignments(entries):
         segments: list[Segment] = []
@@ -1075,7 +1063,7 @@ def _member_kind(p: "_Prepared", cluster: int) -> tuple[int, int, int]:
     desc = p.header.quant
     if desc.scheme == SCHEME_NONE:
         return 2, 0, 0
-    return (0, desc.scheme, cluster) if len(p.header.shape) >= 2 else (1, 0, 0)
+    return (0, desc.scheme, cluster) if _is_kernel(p.header) else (1, 0, 0)
 
 
 #: ways of splitting a group's members into several groups, as functions of :func:`_member_kind`: one group;
@@ -1106,7 +1094,7 @@ def _code_clusters(members: "list[_Prepared]") -> dict[str, int]:
     merging the pair whose estimated bytes (:func:`_coded_bytes_estimate`) drop most, while any drops.
     Name -> cluster number (none for more than :data:`_CLUSTER_MAX` such members or
     :data:`_CLUSTER_VALUES` distinct codes: one cluster)."""
-    kernels = [p for p in members if p.header.quant.scheme != SCHEME_NONE and len(p.header.shape) >= 2]
+    kernels = [p for p in members if _is_kernel(p.header)]
     if not kernels or len(kernels) > _CLUSTER_MAX:
         return {}
     arrays = [np.frombuffer(p.words, dtype=p.header.quant.code_dtype.storage) for p in kernels]
@@ -1147,6 +1135,7 @@ class _Candidate:
     payloads: list[bytes]
     parts: tuple[tuple[str, ...], ...]
     narrow: bool
+    minor: int  #: the newest format minor version a stage of the groups' pipelines needs
 
     @property
     def cost(self) -> int:
@@ -1154,7 +1143,7 @@ class _Candidate:
         return sum(UNIT_HEADER_SIZE + len(g) for g in self.payloads)
 
 
-def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, bytes | None]",
+def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple, tuple[bytes, int] | None]",
                   single: bool, adaptive: bool = True) -> "list[_Candidate]":
     """Candidate layouts of ``members`` (ascending names) in one or several tensor-group units. With
     ``single``, the one group of un-narrowed codes (the layout of format 1.4's first encoder) comes first; the
@@ -1165,7 +1154,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
     narrowing changes nothing (:func:`_narrowing_moot`) is coded once, un-narrowed. With ``adaptive``, stage 8
     is tried on the groups' data."""
 
-    def payload(part: "list[_Prepared]", narrow: bool) -> bytes | None:
+    def payload(part: "list[_Prepared]", narrow: bool) -> "tuple[bytes, int] | None":
         if narrow and _narrowing_moot(part):  # the same bytes as un-narrowed: coded once
             narrow = False
         names = tuple(p.header.name for p in part)
@@ -1179,7 +1168,7 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
     if single:
         plain = payload(members, False)
         if plain is not None:
-            found.append(_Candidate([plain], (tuple(p.header.name for p in members),), False))
+            found.append(_Candidate([plain[0]], (tuple(p.header.name for p in members),), False, plain[1]))
     if sum(len(p.words) for p in members) > _GROUP_SPLIT_BYTES:
         return found
     seen: set[tuple] = set()
@@ -1196,8 +1185,9 @@ def _split_groups(members: "list[_Prepared]", limits: Limits, cache: "dict[tuple
         payloads = [payload(parts[k], True) for k in sorted(parts)]
         if any(g is None for g in payloads):
             continue
-        found.append(_Candidate(payloads,  # type: ignore[arg-type]
-                                tuple(tuple(p.header.name for p in parts[k]) for k in sorted(parts)), True))
+        found.append(_Candidate([g[0] for g in payloads],  # type: ignore[index]
+                                tuple(tuple(p.header.name for p in parts[k]) for k in sorted(parts)), True,
+                                max(g[1] for g in payloads)))  # type: ignore[index]
     return found
 
 

@@ -36,7 +36,8 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     unread = read_without_call(model)
     layers = {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, tuple(_WRAPPERS)))
               and n not in unread}
-    return {n: m for n, m in layers.items() if not _untied_by_mask(n, layers, _weight_ties(model))}
+    ties = _weight_ties(model)
+    return {n: m for n, m in layers.items() if not _untied_by_mask(n, layers, ties)}
 
 
 def _weight_ties(model: nn.Module) -> dict[str, list[str]]:

@@ -534,6 +534,18 @@ def tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
     return [uses for uses in users.values() if len({m for m, _ in uses}) > 1]
 
 
+def tied_weights(model: nn.Module, ties: list[list[tuple[str, str]]] | None = None) -> dict[str, list[str]]:
+    """Module -> the other modules whose ``weight`` is the same tensor, for every module whose ``weight`` is
+    shared (the list is empty when the other users hold it under another name). ``ties``: the model's
+    :func:`tied_parameters`, when already computed."""
+    out: dict[str, list[str]] = {}
+    for uses in tied_parameters(model) if ties is None else ties:
+        names = [n for n, p in uses if p == "weight"]
+        for n in names:
+            out[n] = [o for o in names if o != n]
+    return out
+
+
 def check_tied_quantizers(model: nn.Module) -> None:
     """Raise :class:`ConfigError` when modules sharing one parameter quantize it differently (or one of them
     not at all): a tied tensor is one tensor, stored once; its layers need one quantizer, naming both layers.

@@ -21,6 +21,7 @@ channels reach the model output (the classifier, an embedding model's output dim
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -226,8 +227,9 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...], inputs_as_nodes
                       ) -> tuple[Any, set[Any], list[nn.Module]]:
     """torch-pruning's DepGraph of ``model`` with nncodec's recurrent and attention handlers; also the
     autograd nodes of the model's outputs and the attention modules. ``inputs_as_nodes``: float inputs enter
-    as leaves, so groups tied to an input can be found (the analysis needs it; pruning groups already
-    analysed does not)."""
+    as leaves, so groups tied to an input can be found, and the views splitting channels into heads are
+    recorded (``nncodec_head_splits``; empty otherwise): the analysis needs both, pruning groups already
+    analysed neither."""
     import torch_pruning as tp
 
     recurrent_pruner, attention_pruner = _make_handlers()
@@ -257,7 +259,7 @@ def _dependency_graph(model: nn.Module, inputs: tuple[Any, ...], inputs_as_nodes
         m.forward = _opaque_forward(m)  # type: ignore[method-assign]
     splits = _HeadSplits()
     try:
-        with torch.enable_grad(), splits:  # the tracer follows autograd: also when the caller runs under no_grad
+        with torch.enable_grad(), (splits if inputs_as_nodes else contextlib.nullcontext()):  # the tracer follows autograd: also when the caller runs under no_grad
             try:
                 dg = tp.DependencyGraph().build_dependency(model, example_inputs=traced, customized_pruners=custom,
                                                            output_transform=record, unwrapped_parameters=list(input_leaves),

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checks import is_int
 from ..errors import ConfigError
-from ..quant.layers import _WRAPPERS, _QuantWeights, _wrap, read_without_call, tied_parameters
+from ..quant.layers import _WRAPPERS, _QuantWeights, _wrap, read_without_call, tied_weights
 from ..quant.plan import LayerPlan
 
 __all__ = ["magnitude_masks", "global_magnitude_masks", "std_threshold_masks", "balanced_masks", "apply_masks", "sparsity", "prunable_layers"]
@@ -36,17 +36,8 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     unread = read_without_call(model)
     layers = {n: m for n, m in model.named_modules() if n and (type(m) in _WRAPPERS or isinstance(m, tuple(_WRAPPERS)))
               and n not in unread}
-    return {n: m for n, m in layers.items() if not _untied_by_mask(n, layers, _weight_ties(model))}
-
-
-def _weight_ties(model: nn.Module) -> dict[str, list[str]]:
-    """Layer -> the other modules its ``weight`` is tied to (one tensor in several modules)."""
-    out: dict[str, list[str]] = {}
-    for uses in tied_parameters(model):
-        names = [n for n, p in uses if p == "weight"]
-        for n in names:
-            out[n] = [o for o in names if o != n]
-    return out
+    ties = tied_weights(model)
+    return {n: m for n, m in layers.items() if not _untied_by_mask(n, layers, ties)}
 
 
 def _untied_by_mask(name: str, layers: dict[str, nn.Module], ties: dict[str, list[str]]) -> list[str]:
@@ -200,7 +191,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     A mask for a layer whose weight is tied to other conv / linear layers is installed in all of them (their
     masks are one: a mask with the ones they already had); different masks for tied layers: ConfigError."""
     unread = read_without_call(model)
-    ties = _weight_ties(model)
+    ties = tied_weights(model)
     layers = {n: m for n, m in model.named_modules() if n and isinstance(m, tuple(_WRAPPERS))}
     masks = _with_tied_users(masks, {n: [o for o in ts if o in layers] for n, ts in ties.items() if n in layers})
     for name in masks:  # tied layers keep one mask: what any of them already had, too

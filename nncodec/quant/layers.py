@@ -58,6 +58,11 @@ class _QuantParams:
         """``(parameter name, quantizer, value before quantizing, mask)`` of every quantized parameter."""
         raise NotImplementedError
 
+    def tensor_quantizers(self) -> dict[str, Quantizer]:
+        """Parameter name -> quantizer of every quantized parameter (those of :meth:`quantized_tensors`,
+        without computing their values)."""
+        return {p: q for p, q, _, _ in self.quantized_tensors() if q is not None}
+
     def _out(self, y: Any) -> Any:
         return _quantize_output(self.output_quantizer, y, self.training)  # type: ignore[attr-defined]
 
@@ -97,6 +102,12 @@ class _QuantWeights(_QuantParams):
         b = getattr(self, "bias", None)
         if self.bias_quantizer is not None and b is not None:
             out.append(("bias", self.bias_quantizer, b, None))
+        return out
+
+    def tensor_quantizers(self) -> dict[str, Quantizer]:
+        out = {"weight": self.kernel_quantizer} if self.kernel_quantizer is not None else {}
+        if self.bias_quantizer is not None and getattr(self, "bias", None) is not None:
+            out["bias"] = self.bias_quantizer
         return out
 
 
@@ -271,6 +282,11 @@ class _QuantBatchNorm(_QuantParams):
             return []
         scale, shift = self.folded()
         return [("weight", self.kernel_quantizer, scale, None), ("bias", self.bias_quantizer, shift, None)]
+
+    def tensor_quantizers(self) -> dict[str, Quantizer]:
+        if self.kernel_quantizer is None:
+            return {}
+        return {p: q for p, q in (("weight", self.kernel_quantizer), ("bias", self.bias_quantizer)) if q is not None}
 
     def stored_buffers(self) -> dict[str, torch.Tensor]:
         """The running statistics the bitstream stores with the folded scale and shift (empty: not folded)."""
@@ -518,6 +534,18 @@ def tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
     return [uses for uses in users.values() if len({m for m, _ in uses}) > 1]
 
 
+def tied_weights(model: nn.Module, ties: list[list[tuple[str, str]]] | None = None) -> dict[str, list[str]]:
+    """Module -> the other modules whose ``weight`` is the same tensor, for every module whose ``weight`` is
+    shared (the list is empty when the other users hold it under another name). ``ties``: the model's
+    :func:`tied_parameters`, when already computed."""
+    out: dict[str, list[str]] = {}
+    for uses in tied_parameters(model) if ties is None else ties:
+        names = [n for n, p in uses if p == "weight"]
+        for n in names:
+            out[n] = [o for o in names if o != n]
+    return out
+
+
 def check_tied_quantizers(model: nn.Module) -> None:
     """Raise :class:`ConfigError` when modules sharing one parameter quantize it differently (or one of them
     not at all): a tied tensor is one tensor, stored once; its layers need one quantizer, naming both layers.
@@ -528,8 +556,7 @@ def check_tied_quantizers(model: nn.Module) -> None:
         specs = []
         for name, pname in uses:
             module = modules[name]
-            q = {p: quant for p, quant, _, _ in module.quantized_tensors()}.get(pname) \
-                if isinstance(module, _QuantParams) else None
+            q = module.tensor_quantizers().get(pname) if isinstance(module, _QuantParams) else None
             specs.append(q.spec() if q is not None else None)
         if len(set(specs)) > 1:
             what = ", ".join(f"{n}.{p} ({s or 'unquantized'})" for (n, p), s in zip(uses, specs))

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..checks import is_int, is_number
 from ..errors import ConfigError
-from .layers import tied_parameters
+from .layers import tied_weights
 
 __all__ = ["ScaleMigration", "migrate_scales", "norm_consumers"]
 
@@ -82,7 +82,7 @@ def norm_consumers(model: nn.Module, example_inputs: Any) -> tuple[dict[str, lis
         for src in op.inputs:
             readers.setdefault(src, []).append(op)
     eligible, skipped = {}, {}
-    tied = {n for uses in tied_parameters(model) for n, p in uses if p == "weight"}
+    tied = set(tied_weights(model))
     for op in ops:
         if op.kind != "norm" or op.module not in modules:
             continue

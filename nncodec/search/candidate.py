@@ -4,7 +4,7 @@ then, with data, re-estimate its batch-norm statistics (:func:`recalibrate_batch
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -156,17 +156,24 @@ def deployed_copy(model: nn.Module) -> nn.Module:
     return out
 
 
+def _distinct_params(model: nn.Module) -> Iterator[tuple[nn.Module, list[tuple[str, nn.Parameter]]]]:
+    """Every module of ``model`` (in module order) with its own parameters not met in an earlier module: a
+    tied tensor (one parameter in several layers) comes once, with its first module."""
+    seen: set[int] = set()
+    for m in model.modules():
+        fresh = [(pname, p) for pname, p in m.named_parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for _, p in fresh)
+        yield m, fresh
+
+
 def model_size_bits(model: nn.Module) -> int:
     """Parameter storage in bits: each weight / bias at its quantizer's bits (32 when unquantized); a tied
     tensor (one parameter in several layers, one quantizer) once."""
     total = 0
-    seen: set[int] = set()
-    for m in model.modules():
+    for m, params in _distinct_params(model):
         bits = {pname: q.bits for pname, q, _, _ in m.quantized_tensors()} if isinstance(m, _QuantParams) else {}
-        for pname, p in m.named_parameters(recurse=False):
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel() * bits.get(pname, 32)
+        for pname, p in params:
+            total += p.numel() * bits.get(pname, 32)
     return total
 
 
@@ -176,18 +183,14 @@ def nonzero_size_bits(model: nn.Module) -> int:
     point quantizers) are counted as free, as the entropy stage codes them in well under a bit each. A tied
     tensor counts once."""
     total = 0
-    seen: set[int] = set()
     with torch.no_grad():
-        for m in model.modules():
+        for m, params in _distinct_params(model):
             coded = {}
             if isinstance(m, _QuantParams):
                 for pname, q, value, mask in m.quantized_tensors():
                     v = q(value, False)
                     coded[pname] = (v * mask if mask is not None else v, q.bits)
-            for pname, p in m.named_parameters(recurse=False):
-                if id(p) in seen:
-                    continue
-                seen.add(id(p))
+            for pname, p in params:
                 v, bits = coded.get(pname, (p, 32))
                 total += int(torch.count_nonzero(v)) * bits
     return total

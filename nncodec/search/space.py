@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..prune.graph import GroupAnalysis, example_batch, fnmatch_any
 from ..quant.base import get_quantizer
 from ..quant.input_steps import check_foldable
-from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm, read_without_call, tied_parameters
+from ..quant.layers import ACTIVATION_TYPES, fold_batch_norm, read_without_call, tied_parameters, tied_weights
 from ..quant.plan import LayerPlan, Plan
 
 log = logging.getLogger(__name__)
@@ -305,11 +305,12 @@ class SearchSpace:
                                      _expand(norms, kind_bits("kernel", "norm", n), _int_bits(float(scale.abs().max()))),
                                      _expand(norms, kind_bits("bias", "norm", n), _int_bits(float(shift.abs().max()))),
                                      None, [], [1.0]))
-        _tie_choices(layers, tied_parameters(model), skip)
+        ties = tied_parameters(model)
+        _tie_choices(layers, ties, skip)
         known_keys = set(DEFAULT_BITS["kernel"]) | set(DEFAULT_BITS["activation"]) | {lay.group for lay in layers}
         odd = sorted(set(user_bits.get("input", {})) - {"dense"} - {lay.group for lay in layers if lay.input})
         if odd:
-            tied = sorted({n for uses in tied_parameters(model) for n, p in uses if p == "weight"})
+            tied = sorted(tied_weights(model, ties))
             raise ConfigError(f"bits['input'] key(s) {odd} name no group of Linear layers (per-channel input steps "
                               "apply to Linear layers only, and not to layers with a tied weight"
                               f"{': ' + str(tied[:8]) if tied else ''})")

@@ -77,7 +77,10 @@ def test_pruning_masks_leave_a_table_tied_to_an_embedding_alone():
         apply_masks(model, {"out": torch.ones(VOCAB, DIM)})
 
 
-def _search(tmp_path):
+@pytest.fixture(scope="module")
+def tied_search(tmp_path_factory):
+    """One short search of the tied model (shared by the tests reading its result)."""
+    tmp_path = tmp_path_factory.mktemp("tied_search")
     model, ids = _model_and_ids()
     space = SearchSpace.from_model(model, (ids[:1],), (ids[:16],), kernels=("quantized_bits({b},{i},1)",))
     task = FidelityTask(model, (ids[:24],), (ids[24:],))
@@ -86,8 +89,8 @@ def _search(tmp_path):
     return model, run_search(model, space, task, cfg)
 
 
-def test_a_searched_tied_model_keeps_one_table(tmp_path):
-    model, result = _search(tmp_path)
+def test_a_searched_tied_model_keeps_one_table(tied_search):
+    model, result = tied_search
     searched = result.model
     assert searched.emb.weight is searched.out.weight
     assert sum(p.numel() for p in searched.parameters()) == sum(p.numel() for p in model.parameters())
@@ -97,8 +100,8 @@ def test_a_searched_tied_model_keeps_one_table(tmp_path):
     assert state["emb.weight"] is state["out.weight"]
 
 
-def test_the_searched_stream_stores_the_tied_table_once(tmp_path):
-    _, result = _search(tmp_path)
+def test_the_searched_stream_stores_the_tied_table_once(tied_search):
+    _, result = tied_search
     info = nncodec.read_info(result.bitstream.read_bytes())
     assert info.aliases in ({"out.weight": "emb.weight"}, {"emb.weight": "out.weight"})
 

@@ -64,4 +64,7 @@ def test_global_masks_rank_a_tied_weight_once():
     assert int((masks["a"] == 0).sum()) == 40 and int((masks["h"] == 0).sum()) == 0
     masks = std_threshold_masks(model, {"a": 100, "b": 10, "h": 10})
     assert torch.equal(masks["a"], masks["b"])
-    apply_masks(model, masks)
+    apply_masks(model, masks)  # the tied layers hold the one mask: their masked tables are equal
+    assert torch.equal(model.a.weight_mask, masks["a"]) and torch.equal(model.b.weight_mask, masks["a"])
+    assert torch.equal(model.h.weight_mask, masks["h"])
+    assert torch.equal(model.a.masked_weight(), model.b.masked_weight())

@@ -4,7 +4,9 @@ For each tensor the :class:`~nncodec.encoder.Encoder` would quantize, the plain 
 (step or per-channel scales, code range); this module chooses other codes on that grid:
 
 - ``rounding="gptq"`` (with calibration batches): Linear / Conv1d / Conv2d weights are rounded by
-  second-order error feedback on the Hessian of their inputs (:mod:`nncodec.quant.gptq`);
+  second-order error feedback on the Hessian of their inputs, embedding tables (not tied, with a
+  differentiable forward) on the row Hessian of the output error from random output probes
+  (:mod:`nncodec.quant.gptq`);
 - ``rounding="dependent"``: dependent (trellis-coded) quantization, format 1.5: two quantizers of half the
   grid's step chosen by a state machine, codes found by a Viterbi search (:mod:`nncodec.quant.dependent`);
   these codes reach the encoder with the state machine's stage at the head of their pipeline;
@@ -56,7 +58,8 @@ class RDOptions:
     ``refine_steps`` (end-to-end refinement passes, 0 = none; needs calibration), ``refine_lr`` (its
     step size, in grid steps), ``column_steps`` (None, ``"hessian"`` or ``"fisher"``: per-input-channel steps,
     needs calibration), ``column_power`` (their tempering exponent, 0..2, default 0.5, 1 = theory) and
-    ``fisher_probes`` (random output directions per batch for ``"fisher"``, 1..64)."""
+    ``fisher_probes`` (random output directions per batch for ``"fisher"`` and for embedding tables' row
+    Hessians under ``"gptq"`` / ``"hessian"``, 1..64; default 4)."""
 
     def __init__(self, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,
                  rounding: str | None = None, rate_lambda: float = 0.0, damp: float = 0.01,
@@ -89,7 +92,7 @@ class RDOptions:
         if self.refine_steps and self.calibration is None:
             raise ConfigError("refine_steps needs calibration= batches")
         self.column_steps, self.column_power, self.fisher_probes = check_column_options(
-            column_steps, column_power, fisher_probes)
+            column_steps, column_power, fisher_probes, table_probes=rounding == "gptq")
         if self.column_steps is not None and self.calibration is None:
             raise ConfigError(f"column_steps={self.column_steps!r} needs calibration= batches")
 
@@ -110,21 +113,54 @@ class RDOptions:
 class Importances:
     """What ``rd``'s calibration batches say about ``model``'s parameters, each computed on first use and kept
     for further encodes of the same model with the same options (the probes of a target search): GPTQ's
-    input Hessians and their inverse factors, and per-input-channel Fisher importances."""
+    Hessians (layer inputs; embedding tables' row Hessians of the output error) and their inverse factors,
+    and per-input-channel Fisher importances. The tables' Hessians and the Fisher importances come from the
+    same probe passes when both are needed."""
 
     def __init__(self, model: torch.nn.Module, rd: RDOptions):
         self.model, self.rd = model, rd
         self._hessians: dict[str, torch.Tensor] | None = None
+        self._tables: dict[str, torch.Tensor] | None = None
         self._fisher: dict[str, np.ndarray] | None = None
         self._factors: dict[str, Any] = {}
 
+    @property
+    def _wants_tables(self) -> bool:
+        """Whether the tables' row Hessians are used: by GPTQ rounding or Hessian column steps."""
+        return self.rd.rounding == "gptq" or self.rd.column_steps == "hessian"
+
     def hessians(self) -> dict[str, torch.Tensor]:
-        """``{weight name: H}`` (:func:`~nncodec.quant.gptq.collect_hessians`)."""
+        """``{weight name: H}``: layer-input Hessians (:func:`~nncodec.quant.gptq.collect_hessians`) and, with a
+        differentiable forward, embedding tables' row Hessians (:func:`~nncodec.quant.gptq.collect_table_hessians`)."""
         if self._hessians is None:
             from .quant.gptq import collect_hessians
 
-            self._hessians = collect_hessians(self.model, self.rd.calibration or [], self.rd.run_forward)
+            hessians = collect_hessians(self.model, self.rd.calibration or [], self.rd.run_forward)
+            if self._wants_tables:
+                self._probe()
+                hessians.update(self._tables or {})
+            self._hessians = hessians
         return self._hessians
+
+    def _probe(self) -> None:
+        """The probe passes: the tables' row Hessians (when used) and the Fisher importances (with
+        ``column_steps="fisher"``), in one pass when both are needed."""
+        from .quant.gptq import collect_table_hessians, hessian_tables
+        from .quant.output_probes import gauss_newton_probes
+
+        batches, forward, probes = self.rd.calibration or [], self.rd.run_forward, self.rd.fisher_probes
+        fisher = self.rd.column_steps == "fisher" and self._fisher is None
+        tables = self._wants_tables and self._tables is None
+        if fisher and tables:
+            names = [n for n, p in self.model.named_parameters() if p.dim() >= 2]
+            stats = gauss_newton_probes(self.model, batches, forward, names, hessian_tables(self.model),
+                                        probes=probes)
+            self._fisher, self._tables = stats.diagonal, stats.tables
+        elif tables:
+            self._tables = collect_table_hessians(self.model, batches, forward, probes=probes)
+        elif fisher:
+            names = [n for n, p in self.model.named_parameters() if p.dim() >= 2]
+            self._fisher = fisher_importance(self.model, batches, forward, names, probes=probes)
 
     def factor(self, name: str, hessian: torch.Tensor) -> Any:
         """The inverse factor of ``name``'s Hessian, damped by ``rd.damp``."""
@@ -137,10 +173,8 @@ class Importances:
     def fisher(self) -> dict[str, np.ndarray]:
         """Per-input-channel Fisher importances of the parameters of rank >= 2."""
         if self._fisher is None:
-            names = [n for n, p in self.model.named_parameters() if p.dim() >= 2]
-            self._fisher = fisher_importance(self.model, self.rd.calibration or [], self.rd.run_forward, names,
-                                             probes=self.rd.fisher_probes)
-        return self._fisher
+            self._probe()
+        return self._fisher or {}
 
 
 def _float_values(storage: np.ndarray, dtype: DType) -> np.ndarray:
@@ -242,7 +276,8 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         chosen[name] = _Chosen(codes, step, x, grid, dtype, qmin, qmax, axis)
     _check_applies(rd, rounded, gptq_rounded)
     if rd.column_steps is not None and not weighed:
-        where = ("Linear / Conv1d / Conv2d weights (groups=1) that the calibration reaches"
+        where = ("Linear / Conv1d / Conv2d weights (groups=1), or embedding tables with a differentiable forward, "
+                 "that the calibration reaches"
                  if rd.column_steps == "hessian" else "parameters of rank >= 2 the forward's output depends on")
         raise ConfigError(f"column_steps={rd.column_steps!r} applies to no quantized tensor: it needs {where}, "
                           "quantized with one step (step / rel_step)")
@@ -278,7 +313,8 @@ def _check_applies(rd: RDOptions, rounded: int, gptq_rounded: int) -> None:
                               "lossless= patterns, integer, empty or rank-0 tensors) or binary (bits=1)")
     elif rd.rounding == "gptq" and rd.rounding_given and not gptq_rounded:
         raise ConfigError("rounding='gptq' applies to no quantized tensor: it needs Linear / Conv1d / Conv2d "
-                          "weights (groups=1) that the calibration reaches; give rounding='nearest' or 'dependent'")
+                          "weights (groups=1), or embedding tables (not tied) with a differentiable forward, that "
+                          "the calibration reaches; give rounding='nearest' or 'dependent'")
 
 
 def fill_errors(report: Any, errors: Mapping[str, tuple[float, float]]) -> None:

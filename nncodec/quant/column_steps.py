@@ -10,10 +10,12 @@ code spreads differ much).
 
 Importance sources (``column_steps=`` of :func:`nncodec.encode` with ``calibration=``):
 
-- ``"hessian"``: the diagonal of the layer-input Hessian ``H = X^T X / n`` (``Linear``, ``Conv1d``, ``Conv2d``:
-  the layers data-aware rounding handles). With GPTQ rounding the weight is the conditional one GPTQ's
-  error feedback leaves, ``1 / U_jj**2`` (``U`` the upper Cholesky factor of ``H^-1``), the error a
-  rounding of column ``j`` still makes after the later columns compensated for it.
+- ``"hessian"``: the diagonal of the Hessian data-aware rounding uses: the layer-input Hessian
+  ``H = X^T X / n`` of ``Linear``, ``Conv1d``, ``Conv2d``, and an embedding table's row Hessian ``M`` of the
+  output error (:mod:`nncodec.quant.output_probes`; only with a differentiable forward). With GPTQ rounding
+  the weight is the conditional one GPTQ's error feedback leaves, ``1 / U_jj**2`` (``U`` the upper Cholesky
+  factor of ``H^-1``), the error a rounding of column ``j`` still makes after the later columns compensated
+  for it.
 - ``"fisher"``: the diagonal Gauss–Newton matrix of the squared output error, ``E[(J^T v)**2]`` for random
   ``v ~ N(0, I)`` in the output (``probes`` backward passes per batch), summed over all axes but 1. It
   covers every float tensor of rank >= 2 with a gradient, embedding tables included; the forward must be
@@ -21,8 +23,8 @@ Importance sources (``column_steps=`` of :func:`nncodec.encode` with ``calibrati
   ``Embedding`` table, the output channel of a ``ConvTranspose`` weight (``[in, out / groups, ...]``), the
   channel within its group of a grouped convolution.
 
-With neither source covering any quantized tensor (grouped convolutions or embeddings only for ``"hessian"``,
-every weight lossless), ``column_steps`` is a :class:`ConfigError`.
+With neither source covering any quantized tensor (grouped convolutions only, or embeddings with a forward
+without gradient, for ``"hessian"``; every weight lossless), ``column_steps`` is a :class:`ConfigError`.
 
 ``column_power`` tempers the rule (``s_j ∝ w_j**(-power/2)``; default 0.5, which did best on MiniLM,
 where importances from a few calibration batches are noisy; 1 is the theory, 0 switches it off); the
@@ -44,6 +46,7 @@ import torch
 
 from ..checks import is_int, is_number
 from ..errors import ConfigError
+from .output_probes import _column_square_sums, gauss_newton_probes  # noqa: F401 (_column_square_sums: tests)
 
 __all__ = ["COLUMN_SOURCES", "CLIP", "FLOOR", "DEFAULT_POWER", "check_column_options", "column_factors",
            "hessian_importance", "fisher_importance", "channel_steps", "predicted_gain"]
@@ -59,16 +62,20 @@ FLOOR = 0.01
 DEFAULT_POWER = 0.5
 
 
-def check_column_options(source: str | None, power: float | None = None,
-                         probes: int | None = None) -> tuple[str | None, float, int]:
+def check_column_options(source: str | None, power: float | None = None, probes: int | None = None, *,
+                         table_probes: bool = False) -> tuple[str | None, float, int]:
     """Validated ``(column_steps, column_power, fisher_probes)`` (defaults ``DEFAULT_POWER`` and 4);
-    :class:`ConfigError` names a wrong one, or one given where it does not apply."""
+    :class:`ConfigError` names a wrong one, or one given where it does not apply. ``table_probes``: the
+    probes also estimate embedding tables' row Hessians (``rounding="gptq"``), so ``fisher_probes`` applies
+    whatever ``source`` is."""
     if source is not None and source not in COLUMN_SOURCES:
         raise ConfigError(f"column_steps must be None or one of {COLUMN_SOURCES}, got {source!r}")
-    if source is None and (power is not None or probes is not None):
-        raise ConfigError("column_power and fisher_probes apply only with column_steps='hessian' or 'fisher'")
-    if source == "hessian" and probes is not None:
-        raise ConfigError("fisher_probes applies only with column_steps='fisher'")
+    if source is None and power is not None:
+        raise ConfigError("column_power (and fisher_probes, except with rounding='gptq') apply only with "
+                          "column_steps='hessian' or 'fisher'")
+    if source is None and probes is not None and not table_probes:
+        raise ConfigError("fisher_probes applies only with column_steps='hessian' or 'fisher', or rounding='gptq' "
+                          "(embedding tables' Hessians)")
     power = DEFAULT_POWER if power is None else power
     probes = 4 if probes is None else probes
     if not is_number(power) or not 0 <= power <= 2:
@@ -123,60 +130,10 @@ def fisher_importance(model: torch.nn.Module, batches: Iterable[Any], forward: C
                       names: Iterable[str], *, probes: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """``{name: importance per index of axis 1}`` of the named parameters (rank >= 2): the diagonal
     Gauss–Newton matrix of the squared output error, estimated with ``probes`` random output directions per
-    batch, summed over every axis but 1. Costs one forward and ``probes`` backward passes per batch; the
-    parameters' ``.grad`` are left untouched and the model's mode is restored."""
-    params = dict(model.named_parameters())
-    wanted = [n for n in names if n in params and params[n].dim() >= 2 and params[n].is_floating_point()]
-    if not wanted:
-        return {}
-    sums = {n: torch.zeros(params[n].shape[1], dtype=torch.float64) for n in wanted}
-    flags = {n: p.requires_grad for n, p in params.items()}
-    gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        chosen = set(wanted)
-        for n, p in params.items():
-            p.requires_grad_(n in chosen)
-        for batch in batches:
-            with torch.enable_grad():
-                out = forward(model, batch)
-                if isinstance(out, (tuple, list)) and out:
-                    out = out[0]
-                if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-                    raise ConfigError(f"forward must return a float tensor, got {type(out).__name__}")
-                if not out.requires_grad:
-                    raise ConfigError("column_steps='fisher' needs a differentiable forward(model, batch): "
-                                      "its output has no gradient (run without torch.no_grad)")
-                for k in range(probes):
-                    v = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-                    grads = torch.autograd.grad((out * v).sum(), [params[n] for n in wanted],
-                                                retain_graph=k < probes - 1, allow_unused=True)
-                    for n, g in zip(wanted, grads):
-                        if g is None:
-                            continue
-                        if g.is_sparse:  # Embedding(sparse=True): rows the batch did not look up are zero
-                            g = g.coalesce().to_dense()
-                        sums[n] += _column_square_sums(g)
-    finally:
-        for n, p in params.items():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
-    return {n: s.numpy() for n, s in sums.items() if float(s.sum()) > 0}
-
-
-def _column_square_sums(g: torch.Tensor) -> torch.Tensor:
-    """``sum(g**2)`` over every axis but 1 (float64). Rows of axis 0 that are all zero (an embedding table's
-    tokens the batch did not look up) are left out of the squares: they add nothing."""
-    if g.shape[0] >= 1024:
-        flat = g.reshape(g.shape[0], -1)
-        # more than half the rows non-zero in their first element: the rows are kept (no full scan needed)
-        if int(flat[:, 0].ne(0).sum()) * 2 <= g.shape[0]:
-            rows = flat.ne(0).any(dim=1)
-            if int(rows.sum()) * 2 <= g.shape[0]:
-                g = g[rows]
-    g2 = g.to(torch.float64) ** 2
-    return g2.transpose(0, 1).reshape(g2.shape[1], -1).sum(dim=1)
+    batch, summed over every axis but 1 (:func:`~nncodec.quant.output_probes.gauss_newton_probes`). Costs one
+    forward and ``probes`` backward passes per batch; the parameters' ``.grad`` are left untouched and the
+    model's mode is restored. A forward without gradient is a :class:`ConfigError`."""
+    return gauss_newton_probes(model, batches, forward, names, probes=probes, seed=seed).diagonal
 
 
 def predicted_gain(importance: np.ndarray, factors: np.ndarray) -> float:

@@ -6,6 +6,13 @@ rounded one after another; the error each rounding makes is fed back into the co
 weighted by the inverse Hessian (its upper Cholesky factor), so later columns compensate for it. A
 convolution is the same map on its unfolded input patches.
 
+An embedding table ``W[V, d]`` has no input Hessian, but its output error has the same quadratic form: a row
+error ``δ_t`` costs about ``δ_t M δ_tᵀ`` with ``M`` the Gauss–Newton matrix of the output with respect to a
+row, pooled over the rows the calibration looks up (:mod:`nncodec.quant.output_probes`, random output
+probes, backward passes: the forward must be differentiable). With ``H := M`` (rows = tokens, columns =
+embedding dimensions) the same column-by-column rounding applies, to every row of the table: rows no batch
+looked up are rounded with the pooled ``M`` too, the best estimate of their own.
+
 The grid is the one the plain quantizer would use (same step or per-channel scales, same code range), so
 the stream format and decoding do not change. Each rounding may be rate-aware
 (:mod:`nncodec.quant.rate_aware`): with λ > 0 a column takes the cheaper of the nearest code and its
@@ -26,9 +33,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from .layers import _QuantWeights
+from .output_probes import gauss_newton_probes
 from .rate_aware import CodeRate, check_lambda, choose
 
-__all__ = ["collect_hessians", "gptq_codes", "inverse_factor", "hessian_layers", "initialize_kernels", "MAX_COLUMNS"]
+__all__ = ["collect_hessians", "collect_table_hessians", "gptq_codes", "inverse_factor", "hessian_layers",
+           "hessian_tables", "initialize_kernels", "MAX_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,52 @@ def hessian_layers(model: nn.Module, *, fake_quant: bool = False) -> dict[str, n
         for p in mod.parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
     return {n: m for n, m in found.items() if owners.get(id(m.weight), 0) <= 1}
+
+
+def hessian_tables(model: nn.Module) -> dict[str, nn.Embedding]:
+    """``{weight name: module}`` of the embedding tables data-aware rounding handles: ``nn.Embedding`` (and
+    subclasses) with a float weight of at most ``MAX_COLUMNS`` columns that no other module shares (a table
+    tied to an output layer keeps plain rounding, like every shared weight) and without ``max_norm`` (its
+    forward renormalizes rows in place). Tables left out are logged with the reason."""
+    owners: dict[int, int] = {}
+    for mod in model.modules():
+        for p in mod.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    found: dict[str, nn.Embedding] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Embedding):
+            continue
+        wname = f"{name}.weight" if name else "weight"
+        w = mod.weight
+        reason = None
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point() or w.dim() != 2:
+            reason = "its weight is not a float matrix"
+        elif owners.get(id(w), 0) > 1:
+            reason = "its weight is shared with another module (tied)"
+        elif mod.max_norm is not None:
+            reason = "max_norm renormalizes its rows during the forward"
+        elif w.shape[1] > MAX_COLUMNS:
+            reason = f"more than {MAX_COLUMNS} columns"
+        if reason is not None:
+            log.info("embedding table %s keeps plain rounding: %s", wname, reason)
+            continue
+        found[wname] = mod
+    return found
+
+
+def collect_table_hessians(model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any], *,
+                           probes: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``{weight name: M}`` (float64, ``[d, d]``, per probe pass) of the tables :func:`hessian_tables` lists
+    that the batches look up: the row Hessians of the output error from ``probes`` random output directions
+    per batch (one forward and ``probes`` backward passes per batch). A forward without gradient (or not
+    returning a float tensor) gives ``{}``, with a logged reason: the tables then keep plain rounding."""
+    tables = hessian_tables(model)
+    if not tables:
+        return {}
+    stats = gauss_newton_probes(model, batches, forward, tables=tables, probes=probes, seed=seed, strict=False)
+    for name, seen in stats.rows_seen.items():
+        log.info("embedding table %s: row Hessian from %d of %d rows looked up", name, int(seen.sum()), seen.size)
+    return stats.tables
 
 
 def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -118,7 +118,7 @@ def test_target_knob_lands_with_column_steps() -> None:
 @pytest.mark.parametrize("options, message", [
     ({"column_steps": "rows"}, "column_steps must be"),
     ({"column_power": 0.5, "rel_step": 0.2}, "apply only with column_steps"),
-    ({"column_steps": "hessian", "fisher_probes": 2}, "fisher_probes applies only"),
+    ({"rounding": "nearest", "fisher_probes": 2}, "fisher_probes applies only"),
     ({"column_steps": "fisher", "column_power": 3.0}, "column_power must be"),
     ({"column_steps": "fisher", "fisher_probes": 0}, "fisher_probes must be"),
 ])
@@ -177,12 +177,17 @@ def test_conv_weight_round_trip_with_column_steps_matches_the_report(rounding: s
                 <= 0.5 * steps * (1 + 1e-5)).all()
 
 
-@pytest.mark.parametrize("source, model", [
-    ("hessian", lambda: torch.nn.Conv1d(64, 64, 3, groups=4)),   # no Hessian for grouped convolutions
-    ("hessian", lambda: torch.nn.Embedding(512, 64)),            # nor for lookup tables
-    ("fisher", lambda: torch.nn.Linear(64, 256)),                # every weight kept lossless
+def _no_grad_forward(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(batch)
+
+
+@pytest.mark.parametrize("source, model, forward", [
+    ("hessian", lambda: torch.nn.Conv1d(64, 64, 3, groups=4), None),  # no Hessian for grouped convolutions
+    ("hessian", lambda: torch.nn.Embedding(512, 64), _no_grad_forward),  # nor for tables without gradients
+    ("fisher", lambda: torch.nn.Linear(64, 256), None),                # every weight kept lossless
 ])
-def test_column_steps_that_apply_to_no_tensor_are_an_error(source: str, model: object) -> None:
+def test_column_steps_that_apply_to_no_tensor_are_an_error(source: str, model: object, forward: object) -> None:
     torch.manual_seed(0)
     layer = model()
     batch = torch.randint(0, 512, (8, 16)) if isinstance(layer, torch.nn.Embedding) else \
@@ -190,7 +195,7 @@ def test_column_steps_that_apply_to_no_tensor_are_an_error(source: str, model: o
     lossless = ["weight", "bias"] if isinstance(layer, torch.nn.Linear) else ["bias"]
     with pytest.raises(ConfigError, match="column_steps.*applies to no quantized tensor"):
         nncodec.encode(layer, rel_step=0.3, calibration=[batch], rounding="nearest", column_steps=source,
-                       lossless=lossless, topology=False)
+                       lossless=lossless, topology=False, forward=forward)
 
 
 def test_fisher_importance_of_a_sparse_embedding_matches_the_dense_one() -> None:

@@ -289,7 +289,7 @@ def test_the_default_rounding_given_explicitly_is_no_error(options: dict) -> Non
 
 
 def test_gptq_given_for_a_model_without_layers_it_reaches_is_an_error() -> None:
-    class Table(torch.nn.Module):  # an embedding only: no Linear / Conv for GPTQ's Hessians
+    class Table(torch.nn.Module):  # an embedding only, read without gradients: no Hessian for GPTQ
         def __init__(self) -> None:
             super().__init__()
             self.emb = torch.nn.Embedding(50, 16)
@@ -297,8 +297,13 @@ def test_gptq_given_for_a_model_without_layers_it_reaches_is_an_error() -> None:
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return self.emb(ids).mean(1)
 
+    def no_grad(m: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return m(ids)
+
     model, batches = Table(), [torch.randint(0, 50, (8, 6), generator=torch.Generator().manual_seed(1))]
     with pytest.raises(ConfigError, match="rounding='gptq' applies to no quantized tensor"):
-        nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="gptq")
-    assert nncodec.encode(model, rel_step=0.1, calibration=batches)  # the default rounding: no error
-    assert nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="dependent")
+        nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="gptq", forward=no_grad)
+    assert nncodec.encode(model, rel_step=0.1, calibration=batches, forward=no_grad)  # the default rounding: no error
+    assert nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="dependent", forward=no_grad)
+    assert nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="gptq")  # differentiable: the table

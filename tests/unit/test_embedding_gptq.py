@@ -1,0 +1,138 @@
+"""GPTQ rounding of embedding tables on the row Hessian of the output error (random output probes)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import nncodec
+from nncodec.quant.column_steps import fisher_importance
+from nncodec.quant.gptq import collect_table_hessians, hessian_tables
+from nncodec.quant.output_probes import gauss_newton_probes
+
+VOCAB, DIM, SEEN = 200, 32, 100  # calibration looks up rows 0..SEEN-1 only
+
+
+class Net(torch.nn.Module):
+    """Embedding + MLP; the first Linear is nearly rank 4, so the table's output error depends strongly on
+    the direction of a row's error (an anisotropic row Hessian)."""
+
+    def __init__(self, tied: bool = False) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.emb = torch.nn.Embedding(VOCAB, DIM)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(DIM, 64), torch.nn.Tanh(), torch.nn.Linear(64, 16))
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.randn(VOCAB, DIM, generator=g))
+            low = torch.randn(64, 4, generator=g) @ torch.randn(4, DIM, generator=g) / DIM
+            self.mlp[0].weight.copy_(low + 0.01 * torch.randn(64, DIM, generator=g))
+        self.head = torch.nn.Linear(DIM, VOCAB, bias=False) if tied else None
+        if self.head is not None:
+            self.head.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(self.emb(ids))
+        return out if self.head is None else torch.cat([out, self.head(self.emb(ids))], dim=-1)
+
+
+def _ids(lo: int, hi: int, n: int, seed: int) -> torch.Tensor:
+    return torch.randint(lo, hi, (n, 12), generator=torch.Generator().manual_seed(seed))
+
+
+CALIBRATION = [_ids(0, SEEN, 16, s) for s in range(4)]
+
+
+def _decoded(model: torch.nn.Module, data: bytes) -> torch.nn.Module:
+    out = copy.deepcopy(model)
+    out.load_state_dict({k: torch.as_tensor(v) for k, v in nncodec.decode(data).items()}, strict=False)
+    return out
+
+
+def _output_error(model: torch.nn.Module, decoded: torch.nn.Module, ids: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(((decoded(ids) - model(ids)) ** 2).mean())
+
+
+def _no_grad(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids)
+
+
+def _encode(model: torch.nn.Module, rounding: str, **options: object) -> bytes:
+    return nncodec.encode(model, rel_step=0.5, calibration=CALIBRATION, rounding=rounding, topology=False, **options)
+
+
+@pytest.fixture(scope="module")
+def table_only() -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """The model, and its decodings with only the table quantized: plain and GPTQ rounding."""
+    model = Net()
+    plain = _decoded(model, _encode(model, "nearest", lossless=["mlp.*"]))
+    gptq = _decoded(model, _encode(model, "gptq", lossless=["mlp.*"]))
+    return model, plain, gptq
+
+
+def test_gptq_table_lowers_the_output_error_on_held_out_inputs(table_only: tuple) -> None:
+    model, plain, gptq = table_only
+    assert not torch.equal(gptq.emb.weight, plain.emb.weight)
+    held_out = _ids(0, SEEN, 64, 100)  # rows the calibration saw, other sequences
+    e_plain, e_gptq = _output_error(model, plain, held_out), _output_error(model, gptq, held_out)
+    assert e_gptq < 0.5 * e_plain, (e_gptq, e_plain)
+
+
+def test_rows_never_looked_up_are_rounded_with_the_pooled_hessian(table_only: tuple) -> None:
+    """Rows no calibration batch looks up get no Hessian of their own; the pooled one stands in (the output
+    error of a row is the same quadratic form wherever the row is used), so they gain as well."""
+    model, plain, gptq = table_only
+    unseen = _ids(SEEN, VOCAB, 64, 101)
+    e_plain, e_gptq = _output_error(model, plain, unseen), _output_error(model, gptq, unseen)
+    assert e_gptq < 0.5 * e_plain, (e_gptq, e_plain)
+    stats = gauss_newton_probes(model, CALIBRATION, lambda m, b: m(b), tables=["emb.weight"])
+    assert stats.rows_seen["emb.weight"][:SEEN].all() and not stats.rows_seen["emb.weight"][SEEN:].any()
+
+
+def test_tied_table_keeps_plain_rounding_while_linears_get_gptq() -> None:
+    model = Net(tied=True)
+    assert "emb.weight" not in hessian_tables(model)
+    plain = _decoded(model, _encode(model, "nearest"))
+    gptq = _decoded(model, _encode(model, "gptq"))
+    assert torch.equal(gptq.emb.weight, plain.emb.weight)
+    assert torch.equal(gptq.head.weight, gptq.emb.weight)
+    assert not torch.equal(gptq.mlp[0].weight, plain.mlp[0].weight)
+
+
+def test_forward_without_gradient_leaves_tables_plain_while_linears_get_gptq() -> None:
+    model = Net()
+    assert collect_table_hessians(model, CALIBRATION, _no_grad) == {}
+    plain = _decoded(model, _encode(model, "nearest", forward=_no_grad))
+    gptq = _decoded(model, _encode(model, "gptq", forward=_no_grad))
+    assert torch.equal(gptq.emb.weight, plain.emb.weight)
+    assert not torch.equal(gptq.mlp[0].weight, plain.mlp[0].weight)
+    differentiable = _decoded(model, _encode(model, "gptq"))  # the default forward has gradients
+    assert not torch.equal(differentiable.emb.weight, plain.emb.weight)
+
+
+def test_the_probe_pass_shared_with_fisher_gives_both_unchanged() -> None:
+    model = Net()
+    names = ["emb.weight", "mlp.0.weight", "mlp.2.weight"]
+    shared = gauss_newton_probes(model, CALIBRATION, lambda m, b: m(b), names, ["emb.weight"], probes=3)
+    alone = fisher_importance(model, CALIBRATION, lambda m, b: m(b), names, probes=3)
+    tables = collect_table_hessians(model, CALIBRATION, lambda m, b: m(b), probes=3)
+    assert shared.diagonal.keys() == alone.keys()
+    for n in names:
+        np.testing.assert_allclose(shared.diagonal[n], alone[n], rtol=1e-10)
+    torch.testing.assert_close(shared.tables["emb.weight"], tables["emb.weight"], rtol=1e-10, atol=0)
+    # the table's Fisher importance is the diagonal of its row Hessian (summed over the probe passes)
+    np.testing.assert_allclose(torch.diagonal(tables["emb.weight"]).numpy() * 3 * len(CALIBRATION),
+                               alone["emb.weight"], rtol=1e-6)
+
+
+def test_sparse_table_gives_the_dense_row_hessian() -> None:
+    dense = Net()
+    sparse = copy.deepcopy(dense)
+    sparse.emb.sparse = True
+    m_dense = collect_table_hessians(dense, CALIBRATION, lambda m, b: m(b))["emb.weight"]
+    m_sparse = collect_table_hessians(sparse, CALIBRATION, lambda m, b: m(b))["emb.weight"]
+    torch.testing.assert_close(m_sparse, m_dense, rtol=1e-5, atol=1e-9)  # float32 sums in another order

@@ -163,11 +163,13 @@ class Importances:
             self._fisher = fisher_importance(self.model, batches, forward, names, probes=probes)
 
     def factor(self, name: str, hessian: torch.Tensor) -> Any:
-        """The inverse factor of ``name``'s Hessian, damped by ``rd.damp``."""
+        """The inverse factor of ``name``'s Hessian, damped by ``rd.damp`` (an embedding table's by at least
+        :data:`~nncodec.quant.gptq.TABLE_DAMP`)."""
         if name not in self._factors:
-            from .quant.gptq import inverse_factor
+            from .quant.gptq import TABLE_DAMP, inverse_factor
 
-            self._factors[name] = inverse_factor(hessian, self.rd.damp)
+            damp = max(self.rd.damp, TABLE_DAMP) if name in (self._tables or {}) else self.rd.damp
+            self._factors[name] = inverse_factor(hessian, damp)
         return self._factors[name]
 
     def fisher(self) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ from .output_probes import gauss_newton_probes
 from .rate_aware import CodeRate, check_lambda, choose
 
 __all__ = ["collect_hessians", "collect_table_hessians", "gptq_codes", "inverse_factor", "hessian_layers",
-           "hessian_tables", "initialize_kernels", "MAX_COLUMNS"]
+           "hessian_tables", "initialize_kernels", "MAX_COLUMNS", "TABLE_DAMP"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 #: layers with more input columns (in_features, or in_channels x kernel elements) keep plain / rate-aware
 #: rounding: their Hessian would take over 128 MiB (float64)
 MAX_COLUMNS = 4096
+#: least damping (fraction of the mean diagonal) of an embedding table's row Hessian: estimated from random
+#: output probes on the rows a few batches look up, it is noisier than a layer-input Hessian. On
+#: all-MiniLM-L6-v2 (word table alone at 0.5 std steps, 4 probes) 1 - cos against plain rounding was, for
+#: damping 0.01 / 0.03 / 0.1 / 0.3 / 1: +7 / +9 / -13 / -17 / -12 % from one batch of 32 sentences,
+#: -16 / -19 / -17 / -18 / -19 % from 23 batches
+TABLE_DAMP = 0.3
 
 
 def hessian_layers(model: nn.Module, *, fake_quant: bool = False) -> dict[str, nn.Module]:

@@ -214,9 +214,32 @@ def fisher_scale_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple
     return out
 
 
+#: rel_steps of the embedding-table GPTQ rows
+EMBEDDING_GPTQ = (0.15, 0.178, 0.19, 0.20, 0.27, 0.30, 0.32)
+
+
+def embedding_gptq_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
+    """GPTQ rows at each EMBEDDING_GPTQ step, calibrated steps, calibration CALIBRATION: with a forward
+    without gradients (embedding tables keep plain rounding), with a differentiable one (the word table is
+    rounded on its row Hessian too), and the latter with Fisher column steps (power 0.5)."""
+    out = []
+    for r in EMBEDDING_GPTQ:
+        base = {"rel_step": r, "step_scales": scales, "calibration": [CALIBRATION], "rounding": "gptq",
+                "topology": False}
+        out.append((f"nncodec rel_step {r}, calibrated, GPTQ, forward without gradient",
+                    {**base, "forward": lambda m, batch: fid.embed(batch)}))
+        out.append((f"nncodec rel_step {r}, calibrated, GPTQ, differentiable forward",
+                    {**base, "forward": fid.embed_grad}))
+        out.append((f"nncodec rel_step {r}, calibrated, GPTQ, differentiable forward, column steps fisher power 0.5",
+                    {**base, "forward": fid.embed_grad, "column_steps": "fisher", "column_power": 0.5}))
+    return out
+
+
 def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str = "all") -> list[dict]:
     scales, calibration_s = fid.step_scales()
     print(json.dumps({"calibration_s": calibration_s}), flush=True)
+    if rows == "embedding-gptq":
+        return _run_settings(fid, n_params, embedding_gptq_settings(fid, scales), scales, out, calibration_s)
     if rows == "fisher-scales":
         return _run_settings(fid, n_params, fisher_scale_settings(fid, scales), scales, out, calibration_s)
     if rows == "dependent":
@@ -516,11 +539,13 @@ def main() -> None:
     ap.add_argument("--skip-nncodec", action="store_true",
                     help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
-    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "fisher-scales"), default="all",
+    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "fisher-scales", "embedding-gptq"),
+                    default="all",
                     help="refine: only the calibrated sweep and the end-to-end refinement rows; columns: the "
                          "calibrated sweep, GPTQ at two steps and the per-input-channel step rows; dependent: the "
                          "dependent-quantization rows (format 1.5) only; fisher-scales: dependent and GPTQ rows "
-                         "with measured and with Fisher per-tensor step factors")
+                         "with measured and with Fisher per-tensor step factors; embedding-gptq: GPTQ rows with "
+                         "and without gradients in the forward (embedding tables plain or GPTQ-rounded)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     if args.skip_nncodec:

@@ -29,7 +29,10 @@ class Net(torch.nn.Module):
             self.emb.weight.copy_(torch.randn(VOCAB, DIM, generator=g))
             low = torch.randn(64, 4, generator=g) @ torch.randn(4, DIM, generator=g) / DIM
             self.mlp[0].weight.copy_(low + 0.01 * torch.randn(64, DIM, generator=g))
-        self.head = torch.nn.Linear(DIM, VOCAB, bias=False) if tied else None
+            self.mlp[2].weight.copy_(torch.randn(16, 64, generator=g) / 8)
+            for bias in (self.mlp[0].bias, self.mlp[2].bias):
+                bias.copy_(0.1 * torch.randn(bias.shape, generator=g))
+        self.head = torch.nn.Linear(DIM, VOCAB, bias=False) if tied else None  # its weight: the table
         if self.head is not None:
             self.head.weight = self.emb.weight
 

@@ -137,19 +137,19 @@ class Importances:
 
             hessians = collect_hessians(self.model, self.rd.calibration or [], self.rd.run_forward)
             if self._wants_tables:
-                self._probe()
+                self._probe(fisher=False)
                 hessians.update(self._tables or {})
             self._hessians = hessians
         return self._hessians
 
-    def _probe(self) -> None:
-        """The probe passes: the tables' row Hessians (when used) and the Fisher importances (with
-        ``column_steps="fisher"``), in one pass when both are needed."""
+    def _probe(self, fisher: bool) -> None:
+        """The probe passes not made yet: the tables' row Hessians (when used) and the Fisher importances
+        (``fisher``, or with ``column_steps="fisher"``), in one pass when both are needed."""
         from .quant.gptq import collect_table_hessians, hessian_tables
         from .quant.output_probes import gauss_newton_probes
 
         batches, forward, probes = self.rd.calibration or [], self.rd.run_forward, self.rd.fisher_probes
-        fisher = self.rd.column_steps == "fisher" and self._fisher is None
+        fisher = (fisher or self.rd.column_steps == "fisher") and self._fisher is None
         tables = self._wants_tables and self._tables is None
         if fisher and tables:
             names = [n for n, p in self.model.named_parameters() if p.dim() >= 2]
@@ -175,7 +175,7 @@ class Importances:
     def fisher(self) -> dict[str, np.ndarray]:
         """Per-input-channel Fisher importances of the parameters of rank >= 2."""
         if self._fisher is None:
-            self._probe()
+            self._probe(fisher=True)
         return self._fisher or {}
 
 

@@ -139,3 +139,18 @@ def test_sparse_table_gives_the_dense_row_hessian() -> None:
     m_dense = collect_table_hessians(dense, CALIBRATION, lambda m, b: m(b))["emb.weight"]
     m_sparse = collect_table_hessians(sparse, CALIBRATION, lambda m, b: m(b))["emb.weight"]
     torch.testing.assert_close(m_sparse, m_dense, rtol=1e-5, atol=1e-9)  # float32 sums in another order
+
+
+def test_fisher_step_scales_with_gptq_tables() -> None:
+    """``step_scales="fisher"`` asks for the Fisher importances without ``column_steps``: they are computed
+    (with the tables' row Hessians in the same pass, same directions), and the table is still GPTQ-rounded."""
+    from nncodec.sensitivity import fisher_step_scales
+
+    model = Net()
+    names = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    scales = fisher_step_scales(model, fisher_importance(model, CALIBRATION, lambda m, b: m(b), names))
+    for rounding in ("nearest", "gptq"):
+        assert _encode(model, rounding, step_scales="fisher") == _encode(model, rounding, step_scales=scales)
+    gptq = _decoded(model, _encode(model, "gptq", step_scales="fisher"))
+    plain = _decoded(model, _encode(model, "nearest", step_scales="fisher"))
+    assert not torch.equal(gptq.emb.weight, plain.emb.weight)

@@ -215,7 +215,7 @@ def fisher_scale_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple
 
 
 #: rel_steps of the embedding-table GPTQ rows
-EMBEDDING_GPTQ = (0.15, 0.178, 0.19, 0.20, 0.27, 0.30, 0.32)
+EMBEDDING_GPTQ = (0.15, 0.178, 0.19, 0.20, 0.27, 0.30, 0.32, 0.34)
 
 
 def embedding_gptq_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:

@@ -78,17 +78,18 @@ def gauss_newton_probes(model: torch.nn.Module, batches: Iterable[Any], forward:
                 out = forward(model, batch)
                 if isinstance(out, (tuple, list)) and out:
                     out = out[0]
-                problem = None
                 if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-                    problem = f"forward must return a float tensor, got {type(out).__name__}"
-                elif not out.requires_grad:
-                    problem = "its output has no gradient (run without torch.no_grad)"
-                if problem is not None:
                     if strict:
-                        raise ConfigError(f"column_steps='fisher' needs a differentiable forward(model, batch): {problem}"
-                                          if "no gradient" in problem else problem)
-                    log.info("embedding tables keep plain rounding: forward(model, batch) is not differentiable: %s",
-                             problem)
+                        raise ConfigError(f"forward must return a float tensor, got {type(out).__name__}")
+                    log.info("embedding tables keep plain rounding: forward(model, batch) returned a %s, not a float "
+                             "tensor", type(out).__name__)
+                    return ProbeStats(differentiable=False)
+                if not out.requires_grad:
+                    if strict:
+                        raise ConfigError("column_steps='fisher' needs a differentiable forward(model, batch): its "
+                                          "output has no gradient (run without torch.no_grad)")
+                    log.info("embedding tables keep plain rounding: the output of forward(model, batch) has no "
+                             "gradient (their row Hessians need one)")
                     return ProbeStats(differentiable=False)
                 for k in range(probes):
                     v = torch.randn(out.shape, generator=gen, dtype=out.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -96,9 +97,11 @@ def test_rows_never_looked_up_are_rounded_with_the_pooled_hessian(table_only: tu
     assert stats.rows_seen["emb.weight"][:SEEN].all() and not stats.rows_seen["emb.weight"][SEEN:].any()
 
 
-def test_tied_table_keeps_plain_rounding_while_linears_get_gptq() -> None:
+def test_tied_table_keeps_plain_rounding_while_linears_get_gptq(caplog: pytest.LogCaptureFixture) -> None:
     model = Net(tied=True)
-    assert "emb.weight" not in hessian_tables(model)
+    with caplog.at_level(logging.INFO, logger="nncodec.quant.gptq"):
+        assert "emb.weight" not in hessian_tables(model)
+    assert "emb.weight keeps plain rounding" in caplog.text and "tied" in caplog.text
     plain = _decoded(model, _encode(model, "nearest"))
     gptq = _decoded(model, _encode(model, "gptq"))
     assert torch.equal(gptq.emb.weight, plain.emb.weight)
@@ -106,9 +109,11 @@ def test_tied_table_keeps_plain_rounding_while_linears_get_gptq() -> None:
     assert not torch.equal(gptq.mlp[0].weight, plain.mlp[0].weight)
 
 
-def test_forward_without_gradient_leaves_tables_plain_while_linears_get_gptq() -> None:
+def test_forward_without_gradient_leaves_tables_plain_while_linears_get_gptq(caplog: pytest.LogCaptureFixture) -> None:
     model = Net()
-    assert collect_table_hessians(model, CALIBRATION, _no_grad) == {}
+    with caplog.at_level(logging.INFO, logger="nncodec.quant.output_probes"):
+        assert collect_table_hessians(model, CALIBRATION, _no_grad) == {}
+    assert "keep plain rounding" in caplog.text and "no gradient" in caplog.text
     plain = _decoded(model, _encode(model, "nearest", forward=_no_grad))
     gptq = _decoded(model, _encode(model, "gptq", forward=_no_grad))
     assert torch.equal(gptq.emb.weight, plain.emb.weight)

@@ -38,7 +38,7 @@ from .bitstream.descriptor import CodedTensor, bfloat16_bits_to_float32
 from .encoder import Encoder
 from .errors import ConfigError
 from .quant.dependent import dependent_coded
-from .quant.column_steps import channel_steps, check_column_options, fisher_importance, hessian_importance
+from .quant.column_steps import channel_steps, check_column_options, hessian_importance
 from .quant.rate_aware import CodeRate, check_lambda, ecsq_codes
 from .quant.refine_codes import check_refine, refine_codes
 from .quant.uniform import UniformCodes, coded_from
@@ -59,7 +59,8 @@ class RDOptions:
     step size, in grid steps), ``column_steps`` (None, ``"hessian"`` or ``"fisher"``: per-input-channel steps,
     needs calibration), ``column_power`` (their tempering exponent, 0..2, default 0.5, 1 = theory) and
     ``fisher_probes`` (random output directions per batch for ``"fisher"`` and for embedding tables' row
-    Hessians under ``"gptq"`` / ``"hessian"``, 1..64; default 4)."""
+    Hessians under ``"gptq"`` / ``"hessian"``, 1..64; default 4; given where no probe pass uses it, a
+    :class:`ConfigError`)."""
 
     def __init__(self, *, calibration: Iterable[Any] | None = None, forward: Forward | None = None,
                  rounding: str | None = None, rate_lambda: float = 0.0, damp: float = 0.01,
@@ -93,6 +94,8 @@ class RDOptions:
             raise ConfigError("refine_steps needs calibration= batches")
         self.column_steps, self.column_power, self.fisher_probes = check_column_options(
             column_steps, column_power, fisher_probes, table_probes=rounding == "gptq")
+        #: whether ``fisher_probes`` was given (then a probe pass must use it: :func:`rd_tensors` checks)
+        self.fisher_probes_given = fisher_probes is not None
         if self.column_steps is not None and self.calibration is None:
             raise ConfigError(f"column_steps={self.column_steps!r} needs calibration= batches")
 
@@ -144,23 +147,28 @@ class Importances:
 
     def _probe(self, fisher: bool) -> None:
         """The probe passes not made yet: the tables' row Hessians (when used) and the Fisher importances
-        (``fisher``, or with ``column_steps="fisher"``), in one pass when both are needed."""
-        from .quant.gptq import collect_table_hessians, hessian_tables
-        from .quant.output_probes import gauss_newton_probes
+        (``fisher``, or with ``column_steps="fisher"``), in one pass when both are needed. The Fisher
+        importances need a differentiable forward (else :class:`ConfigError`); the tables alone do not (they
+        keep plain rounding)."""
+        from .quant.gptq import probe_tables
 
-        batches, forward, probes = self.rd.calibration or [], self.rd.run_forward, self.rd.fisher_probes
         fisher = (fisher or self.rd.column_steps == "fisher") and self._fisher is None
         tables = self._wants_tables and self._tables is None
-        if fisher and tables:
-            names = [n for n, p in self.model.named_parameters() if p.dim() >= 2]
-            stats = gauss_newton_probes(self.model, batches, forward, names, hessian_tables(self.model),
-                                        probes=probes)
-            self._fisher, self._tables = stats.diagonal, stats.tables
-        elif tables:
-            self._tables = collect_table_hessians(self.model, batches, forward, probes=probes)
-        elif fisher:
-            names = [n for n, p in self.model.named_parameters() if p.dim() >= 2]
-            self._fisher = fisher_importance(self.model, batches, forward, names, probes=probes)
+        if not (fisher or tables):
+            return
+        names = [n for n, p in self.model.named_parameters() if p.dim() >= 2] if fisher else []
+        stats = probe_tables(self.model, self.rd.calibration or [], self.rd.run_forward, names, tables=tables,
+                             probes=self.rd.fisher_probes, strict=fisher)
+        if fisher:
+            self._fisher = stats.diagonal
+        if tables:
+            self._tables = stats.tables
+
+    @property
+    def probes_used(self) -> bool:
+        """Whether a probe pass (``fisher_probes`` output directions) gave something used: Fisher importances
+        (``column_steps`` or ``step_scales`` ``"fisher"``), or a table's row Hessian."""
+        return self._fisher is not None or bool(self._tables)
 
     def factor(self, name: str, hessian: torch.Tensor) -> Any:
         """The inverse factor of ``name``'s Hessian, damped by ``rd.damp`` (an embedding table's by at least
@@ -283,6 +291,10 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
                  if rd.column_steps == "hessian" else "parameters of rank >= 2 the forward's output depends on")
         raise ConfigError(f"column_steps={rd.column_steps!r} applies to no quantized tensor: it needs {where}, "
                           "quantized with one step (step / rel_step)")
+    if rd.fisher_probes_given and not importances.probes_used:
+        raise ConfigError("fisher_probes applies to no tensor: no embedding table has a row Hessian (none that is "
+                          "untied, without max_norm / scale_grad_by_freq, looked up by the calibration through a "
+                          "differentiable forward), and neither column_steps nor step_scales is 'fisher'")
     if rd.refine_steps:
         start = {n: (c.codes, c.step, c.x) for n, c in chosen.items() if n in params}
         refined = refine_codes(model, start, rd.calibration or [], rd.run_forward, steps=rd.refine_steps,

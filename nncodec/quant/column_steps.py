@@ -46,7 +46,7 @@ import torch
 
 from ..checks import is_int, is_number
 from ..errors import ConfigError
-from .output_probes import _column_square_sums, gauss_newton_probes  # noqa: F401 (_column_square_sums: tests)
+from .output_probes import gauss_newton_probes
 
 __all__ = ["COLUMN_SOURCES", "CLIP", "FLOOR", "DEFAULT_POWER", "check_column_options", "column_factors",
            "hessian_importance", "fisher_importance", "channel_steps", "predicted_gain"]
@@ -66,8 +66,9 @@ def check_column_options(source: str | None, power: float | None = None, probes:
                          table_probes: bool = False) -> tuple[str | None, float, int]:
     """Validated ``(column_steps, column_power, fisher_probes)`` (defaults ``DEFAULT_POWER`` and 4);
     :class:`ConfigError` names a wrong one, or one given where it does not apply. ``table_probes``: the
-    probes also estimate embedding tables' row Hessians (``rounding="gptq"``), so ``fisher_probes`` applies
-    whatever ``source`` is."""
+    probes may also estimate embedding tables' row Hessians (``rounding="gptq"``), so ``fisher_probes`` is
+    accepted whatever ``source`` is (whether a table got one is known only after the probe pass:
+    :func:`nncodec.rd_encode.rd_tensors` checks it)."""
     if source is not None and source not in COLUMN_SOURCES:
         raise ConfigError(f"column_steps must be None or one of {COLUMN_SOURCES}, got {source!r}")
     if source is None and power is not None:

@@ -33,11 +33,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from .layers import _QuantWeights
-from .output_probes import gauss_newton_probes
+from .output_probes import ProbeStats, gauss_newton_probes
 from .rate_aware import CodeRate, check_lambda, choose
 
 __all__ = ["collect_hessians", "collect_table_hessians", "gptq_codes", "inverse_factor", "hessian_layers",
-           "hessian_tables", "initialize_kernels", "MAX_COLUMNS", "TABLE_DAMP"]
+           "hessian_tables", "initialize_kernels", "probe_tables", "MAX_COLUMNS", "TABLE_DAMP"]
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +58,35 @@ def hessian_layers(model: nn.Module, *, fake_quant: bool = False) -> dict[str, n
     ``Conv2d`` with ``groups == 1``, of at most ``MAX_COLUMNS`` input columns (a weight shared by several
     modules is left out). ``fake_quant``: their fake-quant subclasses too (``QLinear``, ...)."""
     found: dict[str, nn.Module] = {}
-    owners: dict[int, int] = {}
     for name, mod in model.named_modules():
         supported = isinstance(mod, _SUPPORTED) if fake_quant else type(mod) in _SUPPORTED
         if supported and getattr(mod, "groups", 1) == 1 and isinstance(mod.weight, torch.Tensor) \
                 and mod.weight[0].numel() <= MAX_COLUMNS:
             found[f"{name}.weight" if name else "weight"] = mod
-        for p in mod.parameters(recurse=False):
-            owners[id(p)] = owners.get(id(p), 0) + 1
+    owners = _owner_counts(model)
     return {n: m for n, m in found.items() if owners.get(id(m.weight), 0) <= 1}
 
 
-def hessian_tables(model: nn.Module) -> dict[str, nn.Embedding]:
-    """``{weight name: module}`` of the embedding tables data-aware rounding handles: ``nn.Embedding`` (and
-    subclasses) with a float weight of at most ``MAX_COLUMNS`` columns that no other module shares (a table
-    tied to an output layer keeps plain rounding, like every shared weight) and without ``max_norm`` (its
-    forward renormalizes rows in place). Tables left out are logged with the reason."""
+def _owner_counts(model: nn.Module) -> dict[int, int]:
+    """``{id(parameter): number of modules holding it}`` (more than 1: a shared, tied weight)."""
     owners: dict[int, int] = {}
     for mod in model.modules():
         for p in mod.parameters(recurse=False):
             owners[id(p)] = owners.get(id(p), 0) + 1
+    return owners
+
+
+def hessian_tables(model: nn.Module, *, fake_quant: bool = False) -> dict[str, nn.Embedding]:
+    """``{weight name: module}`` of the embedding tables data-aware rounding handles: ``nn.Embedding`` with a
+    float weight of at most ``MAX_COLUMNS`` columns that no other module shares (a table tied to an output
+    layer keeps plain rounding, like every shared weight), without ``max_norm`` (its forward renormalizes
+    rows in place) and without ``scale_grad_by_freq`` (its gradient is divided by each token's count in the
+    batch, so the probes would not give the Gauss–Newton matrix). Tables left out are logged with the reason.
+    ``fake_quant``: subclasses too (``QEmbedding``); otherwise the exact type, as :func:`hessian_layers`."""
+    owners = _owner_counts(model)
     found: dict[str, nn.Embedding] = {}
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Embedding):
+        if not (isinstance(mod, nn.Embedding) if fake_quant else type(mod) is nn.Embedding):
             continue
         wname = f"{name}.weight" if name else "weight"
         w = mod.weight
@@ -91,6 +97,8 @@ def hessian_tables(model: nn.Module) -> dict[str, nn.Embedding]:
             reason = "its weight is shared with another module (tied)"
         elif mod.max_norm is not None:
             reason = "max_norm renormalizes its rows during the forward"
+        elif mod.scale_grad_by_freq:
+            reason = "scale_grad_by_freq divides its gradient by the tokens' counts (no Gauss–Newton matrix)"
         elif w.shape[1] > MAX_COLUMNS:
             reason = f"more than {MAX_COLUMNS} columns"
         if reason is not None:
@@ -106,13 +114,22 @@ def collect_table_hessians(model: nn.Module, batches: Iterable[Any], forward: Ca
     that the batches look up: the row Hessians of the output error from ``probes`` random output directions
     per batch (one forward and ``probes`` backward passes per batch). A forward without gradient (or not
     returning a float tensor) gives ``{}``, with a logged reason: the tables then keep plain rounding."""
-    tables = hessian_tables(model)
-    if not tables:
-        return {}
-    stats = gauss_newton_probes(model, batches, forward, tables=tables, probes=probes, seed=seed, strict=False)
+    return probe_tables(model, batches, forward, probes=probes, seed=seed).tables
+
+
+def probe_tables(model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any],
+                 diagonal: Iterable[str] = (), *, tables: bool = True, probes: int = 4, seed: int = 0,
+                 strict: bool = False) -> ProbeStats:
+    """One probe pass (:func:`~nncodec.quant.output_probes.gauss_newton_probes`, one forward and ``probes``
+    backward passes per batch) for the row Hessians of the tables :func:`hessian_tables` lists (``tables``)
+    and the diagonal statistics of the parameters ``diagonal`` (the Fisher importances), each table's rows
+    looked up logged. ``strict``: a forward without gradient is a :class:`ConfigError` (what the Fisher
+    importances need); otherwise nothing is gathered, with a logged reason."""
+    names = hessian_tables(model) if tables else {}
+    stats = gauss_newton_probes(model, batches, forward, diagonal, names, probes=probes, seed=seed, strict=strict)
     for name, seen in stats.rows_seen.items():
         log.info("embedding table %s: row Hessian from %d of %d rows looked up", name, int(seen.sum()), seen.size)
-    return stats.tables
+    return stats
 
 
 def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -86,8 +86,8 @@ def gauss_newton_probes(model: torch.nn.Module, batches: Iterable[Any], forward:
                     return ProbeStats(differentiable=False)
                 if not out.requires_grad:
                     if strict:
-                        raise ConfigError("column_steps='fisher' needs a differentiable forward(model, batch): its "
-                                          "output has no gradient (run without torch.no_grad)")
+                        raise ConfigError("a Fisher / output-probe pass needs a differentiable forward(model, batch): "
+                                          "its output has no gradient (run it without torch.no_grad)")
                     log.info("embedding tables keep plain rounding: the output of forward(model, batch) has no "
                              "gradient (their row Hessians need one)")
                     return ProbeStats(differentiable=False)

@@ -13,6 +13,7 @@ from nncodec.decoder import iter_tensors
 from nncodec.errors import ConfigError
 from nncodec.quant.column_steps import CLIP, FLOOR, column_factors, fisher_importance, predicted_gain
 from nncodec.sensitivity import default_forward
+from tests.unit.helpers import no_grad_forward
 from tests.unit.test_rate_distortion import _output_error
 
 
@@ -121,12 +122,28 @@ def test_target_knob_lands_with_column_steps() -> None:
     ({"rounding": "nearest", "fisher_probes": 2}, "fisher_probes applies only"),
     ({"column_steps": "fisher", "column_power": 3.0}, "column_power must be"),
     ({"column_steps": "fisher", "fisher_probes": 0}, "fisher_probes must be"),
+    # no embedding table for the probes' row Hessians, no Fisher pass: the count would be ignored
+    ({"fisher_probes": 7}, "fisher_probes applies to no tensor"),  # rounding="gptq" by default
+    ({"rounding": "gptq", "fisher_probes": 7}, "fisher_probes applies to no tensor"),
+    ({"column_steps": "hessian", "fisher_probes": 7}, "fisher_probes applies to no tensor"),
+    ({"column_steps": "hessian", "rounding": "nearest", "fisher_probes": 7}, "fisher_probes applies to no tensor"),
 ])
 def test_wrong_column_options_are_config_errors(options: dict, message: str) -> None:
     layer = torch.nn.Linear(8, 4)
     opts = {"rel_step": 0.2, "calibration": [torch.randn(4, 8)], **options}
     with pytest.raises(ConfigError, match=message):
         nncodec.encode(layer, **opts)
+
+
+def test_fisher_probes_apply_to_fisher_step_scales() -> None:
+    """``step_scales="fisher"`` runs the probe pass: ``fisher_probes`` sets it (no error without a table), and
+    a forward without gradient is named as the probe pass's problem, not column_steps'."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
+    opts = {"rel_step": 0.3, "calibration": [torch.randn(64, 16)], "step_scales": "fisher", "topology": False}
+    assert nncodec.encode(model, fisher_probes=1, **opts) != nncodec.encode(model, fisher_probes=4, **opts)
+    with pytest.raises(ConfigError, match="a Fisher / output-probe pass needs a differentiable forward"):
+        nncodec.encode(model, forward=no_grad_forward, **opts)
 
 
 def test_column_steps_need_calibration_steps_and_gradients() -> None:
@@ -136,12 +153,8 @@ def test_column_steps_need_calibration_steps_and_gradients() -> None:
     with pytest.raises(ConfigError, match="not bits="):
         nncodec.encode(layer, bits=6, calibration=[torch.randn(4, 8)], column_steps="hessian")
 
-    def frozen(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(batch)
-
     with pytest.raises(ConfigError, match="differentiable"):
-        nncodec.encode(layer, rel_step=0.2, calibration=[torch.randn(4, 8)], forward=frozen,
+        nncodec.encode(layer, rel_step=0.2, calibration=[torch.randn(4, 8)], forward=no_grad_forward,
                        rounding="nearest", column_steps="fisher")
 
 
@@ -177,14 +190,9 @@ def test_conv_weight_round_trip_with_column_steps_matches_the_report(rounding: s
                 <= 0.5 * steps * (1 + 1e-5)).all()
 
 
-def _no_grad_forward(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(batch)
-
-
 @pytest.mark.parametrize("source, model, forward", [
     ("hessian", lambda: torch.nn.Conv1d(64, 64, 3, groups=4), None),  # no Hessian for grouped convolutions
-    ("hessian", lambda: torch.nn.Embedding(512, 64), _no_grad_forward),  # nor for tables without gradients
+    ("hessian", lambda: torch.nn.Embedding(512, 64), no_grad_forward),  # nor for tables without gradients
     ("fisher", lambda: torch.nn.Linear(64, 256), None),                # every weight kept lossless
 ])
 def test_column_steps_that_apply_to_no_tensor_are_an_error(source: str, model: object, forward: object) -> None:
@@ -228,7 +236,7 @@ def test_dead_input_channels_get_the_coarsest_steps_with_gptq() -> None:
 @pytest.mark.parametrize("used_rows", [5, 700, 1200, 2048])
 @pytest.mark.parametrize("first_column_zero", [False, True])
 def test_column_square_sums_of_tall_gradients_with_unused_rows(used_rows: int, first_column_zero: bool) -> None:
-    from nncodec.quant.column_steps import _column_square_sums
+    from nncodec.quant.output_probes import _column_square_sums
 
     gen = torch.Generator().manual_seed(used_rows)
     g = torch.zeros(2048, 24)

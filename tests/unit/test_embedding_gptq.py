@@ -10,9 +10,14 @@ import pytest
 import torch
 
 import nncodec
-from nncodec.quant.column_steps import fisher_importance
-from nncodec.quant.gptq import collect_table_hessians, hessian_tables
+from nncodec.decoder import iter_tensors
+from nncodec.errors import ConfigError
+from nncodec.quant.column_steps import column_factors, fisher_importance
+from nncodec.quant.gptq import TABLE_DAMP, collect_table_hessians, hessian_tables
+from nncodec.quant.layers import QEmbedding
 from nncodec.quant.output_probes import gauss_newton_probes
+from nncodec.rd_encode import Importances, RDOptions
+from tests.unit.helpers import no_grad_forward
 
 VOCAB, DIM, SEEN = 200, 32, 100  # calibration looks up rows 0..SEEN-1 only
 
@@ -60,11 +65,6 @@ def _output_error(model: torch.nn.Module, decoded: torch.nn.Module, ids: torch.T
         return float(((decoded(ids) - model(ids)) ** 2).mean())
 
 
-def _no_grad(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids)
-
-
 def _encode(model: torch.nn.Module, rounding: str, **options: object) -> bytes:
     return nncodec.encode(model, rel_step=0.5, calibration=CALIBRATION, rounding=rounding, topology=False, **options)
 
@@ -83,7 +83,7 @@ def test_gptq_table_lowers_the_output_error_on_held_out_inputs(table_only: tuple
     assert not torch.equal(gptq.emb.weight, plain.emb.weight)
     held_out = _ids(0, SEEN, 64, 100)  # rows the calibration saw, other sequences
     e_plain, e_gptq = _output_error(model, plain, held_out), _output_error(model, gptq, held_out)
-    assert e_gptq < 0.5 * e_plain, (e_gptq, e_plain)
+    assert e_gptq * 4 < e_plain, (e_gptq, e_plain)  # README: 4.4x
 
 
 def test_rows_never_looked_up_are_rounded_with_the_pooled_hessian(table_only: tuple) -> None:
@@ -92,7 +92,7 @@ def test_rows_never_looked_up_are_rounded_with_the_pooled_hessian(table_only: tu
     model, plain, gptq = table_only
     unseen = _ids(SEEN, VOCAB, 64, 101)
     e_plain, e_gptq = _output_error(model, plain, unseen), _output_error(model, gptq, unseen)
-    assert e_gptq < 0.5 * e_plain, (e_gptq, e_plain)
+    assert e_gptq * 4 < e_plain, (e_gptq, e_plain)  # README: 4.5x
     stats = gauss_newton_probes(model, CALIBRATION, lambda m, b: m(b), tables=["emb.weight"])
     assert stats.rows_seen["emb.weight"][:SEEN].all() and not stats.rows_seen["emb.weight"][SEEN:].any()
 
@@ -112,10 +112,10 @@ def test_tied_table_keeps_plain_rounding_while_linears_get_gptq(caplog: pytest.L
 def test_forward_without_gradient_leaves_tables_plain_while_linears_get_gptq(caplog: pytest.LogCaptureFixture) -> None:
     model = Net()
     with caplog.at_level(logging.INFO, logger="nncodec.quant.output_probes"):
-        assert collect_table_hessians(model, CALIBRATION, _no_grad) == {}
+        assert collect_table_hessians(model, CALIBRATION, no_grad_forward) == {}
     assert "keep plain rounding" in caplog.text and "no gradient" in caplog.text
-    plain = _decoded(model, _encode(model, "nearest", forward=_no_grad))
-    gptq = _decoded(model, _encode(model, "gptq", forward=_no_grad))
+    plain = _decoded(model, _encode(model, "nearest", forward=no_grad_forward))
+    gptq = _decoded(model, _encode(model, "gptq", forward=no_grad_forward))
     assert torch.equal(gptq.emb.weight, plain.emb.weight)
     assert not torch.equal(gptq.mlp[0].weight, plain.mlp[0].weight)
     differentiable = _decoded(model, _encode(model, "gptq"))  # the default forward has gradients
@@ -159,3 +159,84 @@ def test_fisher_step_scales_with_gptq_tables() -> None:
     gptq = _decoded(model, _encode(model, "gptq", step_scales="fisher"))
     plain = _decoded(model, _encode(model, "nearest", step_scales="fisher"))
     assert not torch.equal(gptq.emb.weight, plain.emb.weight)
+
+
+def _table(model: torch.nn.Module, rounding: str = "gptq", only_table: bool = True, **options: object) -> torch.Tensor:
+    """The decoded table of an encode (``only_table``: with only the table quantized)."""
+    lossless = {"lossless": ["mlp.*"]} if only_table else {}
+    return nncodec.decode(_encode(model, rounding, **lossless, **options))["emb.weight"]
+
+
+def test_table_damping_is_floored_at_table_damp() -> None:
+    model = Net()
+    at_floor = _table(model, damp=TABLE_DAMP)
+    assert torch.equal(_table(model, damp=0.01), at_floor)  # below the floor: the floor
+    assert not torch.equal(_table(model, damp=0.5), at_floor)  # above it: the damping given
+
+
+def test_fisher_probes_sets_the_probes_of_the_table_hessian() -> None:
+    model = Net()
+    assert not torch.equal(_table(model, fisher_probes=1), _table(model))  # default 4
+
+
+def test_fisher_probes_with_no_table_hessian_is_an_error() -> None:
+    model = Net()
+    with pytest.raises(ConfigError, match="fisher_probes applies to no tensor: no embedding table has a row Hessian"):
+        _encode(model, "gptq", forward=no_grad_forward, fisher_probes=7)
+    with pytest.raises(ConfigError, match="fisher_probes applies to no tensor"):
+        _encode(Net(tied=True), "gptq", fisher_probes=7)  # the only table is tied
+    assert _encode(model, "gptq", forward=no_grad_forward)  # without the option: the table keeps plain rounding
+
+
+def test_hessian_column_steps_on_a_table_follow_its_row_hessian_diagonal() -> None:
+    model = Net()
+    data = _encode(model, "nearest", lossless=["mlp.*"], column_steps="hessian")
+    (header,) = [h for h, _ in iter_tensors(data) if h.name == "emb.weight"]
+    assert header.quant.per_channel and header.quant.axis == 1
+    steps = header.quant.scale_values().astype(np.float64)
+    m = collect_table_hessians(model, CALIBRATION, lambda m, b: m(b))["emb.weight"]
+    want = column_factors(torch.diagonal(m).numpy(), 0.5)  # the default column_power
+    np.testing.assert_allclose(steps / np.exp(np.log(steps).mean()), want, rtol=1e-5)
+    assert want.max() / want.min() > 2  # the anisotropic Hessian spreads the steps
+
+
+@pytest.mark.parametrize("first", ["hessians", "fisher"])
+def test_gptq_with_fisher_importances_makes_one_probe_pass(first: str) -> None:
+    """GPTQ's tables and ``column_steps="fisher"`` (or ``step_scales="fisher"``, which asks for the Fisher
+    importances first) share one probe pass: one forward per batch for it, one for the layer-input Hessians."""
+    model, calls = Net(), []
+
+    def counting(m: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        calls.append(len(ids))
+        return m(ids)
+
+    importances = Importances(model, RDOptions(calibration=CALIBRATION, forward=counting, column_steps="fisher"))
+    for step in (first, "fisher" if first == "hessians" else "hessians"):
+        getattr(importances, step)()
+    assert "emb.weight" in importances.hessians() and "emb.weight" in importances.fisher()
+    assert len(calls) == 2 * len(CALIBRATION)
+    calls.clear()
+    _encode(model, "gptq", column_steps="fisher", forward=counting)
+    assert len(calls) == 2 * len(CALIBRATION)
+
+
+def test_tables_with_scale_grad_by_freq_keep_plain_rounding(caplog: pytest.LogCaptureFixture) -> None:
+    """Their gradient is divided by each token's count in the batch: the probes' ``Σ g gᵀ`` is not the output
+    error's Gauss–Newton matrix."""
+    model = Net()
+    model.emb.scale_grad_by_freq = True
+    with caplog.at_level(logging.INFO, logger="nncodec.quant.gptq"):
+        assert "emb.weight" not in hessian_tables(model)
+    assert "emb.weight keeps plain rounding" in caplog.text and "scale_grad_by_freq" in caplog.text
+    assert torch.equal(_table(model, only_table=False), _table(model, "nearest", only_table=False))
+
+
+def test_fake_quant_tables_are_listed_only_with_fake_quant() -> None:
+    """As ``hessian_layers``: the exact ``nn.Embedding`` type, subclasses (``QEmbedding``) with ``fake_quant``."""
+    model = Net()
+    table = QEmbedding(VOCAB, DIM)
+    table.weight = model.emb.weight
+    model.emb = table
+    assert "emb.weight" not in hessian_tables(model)
+    assert "emb.weight" in hessian_tables(model, fake_quant=True)
+    assert torch.equal(_table(model, only_table=False), _table(model, "nearest", only_table=False))

@@ -12,6 +12,7 @@ from nncodec.quant.gptq import collect_hessians, gptq_codes
 from nncodec.quant.rate_aware import ecsq_codes, order0_bits
 from nncodec.sensitivity import default_forward
 from nncodec.tuning import BITS_TOLERANCE, FIDELITY_BRACKET
+from tests.unit.helpers import no_grad_forward
 
 
 def _correlated_inputs(n: int, d: int, seed: int) -> torch.Tensor:
@@ -297,13 +298,9 @@ def test_gptq_given_for_a_model_without_layers_it_reaches_is_an_error() -> None:
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return self.emb(ids).mean(1)
 
-    def no_grad(m: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return m(ids)
-
     model, batches = Table(), [torch.randint(0, 50, (8, 6), generator=torch.Generator().manual_seed(1))]
     with pytest.raises(ConfigError, match="rounding='gptq' applies to no quantized tensor"):
-        nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="gptq", forward=no_grad)
-    assert nncodec.encode(model, rel_step=0.1, calibration=batches, forward=no_grad)  # the default rounding: no error
-    assert nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="dependent", forward=no_grad)
+        nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="gptq", forward=no_grad_forward)
+    assert nncodec.encode(model, rel_step=0.1, calibration=batches, forward=no_grad_forward)  # the default rounding: no error
+    assert nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="dependent", forward=no_grad_forward)
     assert nncodec.encode(model, rel_step=0.1, calibration=batches, rounding="gptq")  # differentiable: the table

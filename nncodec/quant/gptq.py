@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import _QuantWeights
+from .layers import _QuantParams, _QuantWeights
 from .output_probes import ProbeStats, gauss_newton_probes
 from .rate_aware import CodeRate, check_lambda, choose
 
@@ -82,11 +82,12 @@ def hessian_tables(model: nn.Module, *, fake_quant: bool = False) -> dict[str, n
     layer keeps plain rounding, like every shared weight), without ``max_norm`` (its forward renormalizes
     rows in place) and without ``scale_grad_by_freq`` (its gradient is divided by each token's count in the
     batch, so the probes would not give the Gauss–Newton matrix). Tables left out are logged with the reason.
-    ``fake_quant``: subclasses too (``QEmbedding``); otherwise the exact type, as :func:`hessian_layers`."""
+    Subclasses count (a scaled word embedding reads its rows the same way; the probes see its weight's own
+    gradient), except the fake-quant ``QEmbedding`` unless ``fake_quant``."""
     owners = _owner_counts(model)
     found: dict[str, nn.Embedding] = {}
     for name, mod in model.named_modules():
-        if not (isinstance(mod, nn.Embedding) if fake_quant else type(mod) is nn.Embedding):
+        if not isinstance(mod, nn.Embedding) or (isinstance(mod, _QuantParams) and not fake_quant):
             continue
         wname = f"{name}.weight" if name else "weight"
         w = mod.weight

@@ -232,7 +232,7 @@ def test_tables_with_scale_grad_by_freq_keep_plain_rounding(caplog: pytest.LogCa
 
 
 def test_fake_quant_tables_are_listed_only_with_fake_quant() -> None:
-    """As ``hessian_layers``: the exact ``nn.Embedding`` type, subclasses (``QEmbedding``) with ``fake_quant``."""
+    """The fake-quant ``QEmbedding`` only with ``fake_quant``, as ``hessian_layers``."""
     model = Net()
     table = QEmbedding(VOCAB, DIM)
     table.weight = model.emb.weight
@@ -240,3 +240,20 @@ def test_fake_quant_tables_are_listed_only_with_fake_quant() -> None:
     assert "emb.weight" not in hessian_tables(model)
     assert "emb.weight" in hessian_tables(model, fake_quant=True)
     assert torch.equal(_table(model, only_table=False), _table(model, "nearest", only_table=False))
+
+
+class _ScaledEmbedding(torch.nn.Embedding):
+    """A word embedding that scales its rows (as some language models' embeddings do)."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * 2.0
+
+
+def test_a_plain_subclass_of_embedding_gets_gptq() -> None:
+    """Subclasses other than the fake-quant one read their rows like ``nn.Embedding``: they get a row Hessian."""
+    model = Net()
+    table = _ScaledEmbedding(VOCAB, DIM)
+    table.weight = model.emb.weight
+    model.emb = table
+    assert "emb.weight" in hessian_tables(model)
+    assert not torch.equal(_table(model, only_table=False), _table(model, "nearest", only_table=False))

@@ -37,6 +37,7 @@ __all__ = ["dependent_gptq_levels"]
 
 _ROW_CELLS = 1 << 20  # rows x columns searched at once (survivor weights and back-pointers: ~60 bytes each)
 _BLOCK = 64  # columns between the lazy feedback updates of the later columns
+_OFFSETS = np.arange(-1, 3).reshape(4, 1, 1)
 
 
 def _search(w: np.ndarray, d: np.ndarray, u: np.ndarray, lam: float, rate: CodeRate | None,
@@ -69,19 +70,22 @@ def _search(w: np.ndarray, d: np.ndarray, u: np.ndarray, lam: float, rate: CodeR
                                   f"column {j} is {peak:.3g} steps, the code words hold fewer than 2**31: use a "
                                   "larger step")
             base = np.where(q1, np.floor((t + 1) / 2), np.floor(t / 2)).astype(np.int64)
-            cands = [base - 1, base, base + 1, base + 2] + ([np.zeros_like(base)] if use_rate else [])
-            bc = [np.full(t.shape, np.inf), np.full(t.shape, np.inf)]  # per parity: cost, code
-            bk = [np.zeros(t.shape, np.int64), np.zeros(t.shape, np.int64)]
-            gj = g[:, j:j + 1]
-            for k in cands:
-                c = gj * (t - (2 * k - q1 * np.sign(k))) ** 2
-                if use_rate:
-                    c = c + lam * rate.bits(k)  # type: ignore[union-attr]
-                parity = k & 1
-                for p in (0, 1):
-                    take = (parity == p) & (c < bc[p])
-                    bc[p] = np.where(take, c, bc[p])
-                    bk[p] = np.where(take, k, bk[p])
+            k = base[None] + _OFFSETS  # candidates base - 1 .. base + 2: [4, rows, 4]
+            c = g[:, j:j + 1] * (t - (2 * k - q1 * np.sign(k))) ** 2
+            if use_rate:
+                c += lam * rate.bits(k)  # type: ignore[union-attr]
+            # base - 1 and base + 1 share a parity, base and base + 2 the other; in each pair the first wins
+            # unless the second costs strictly less (the plain search's first minimum)
+            second_a, second_b = c[2] < c[0], c[3] < c[1]
+            ca, ka = np.where(second_a, c[2], c[0]), np.where(second_a, k[2], k[0])
+            cb_, kb_ = np.where(second_b, c[3], c[1]), np.where(second_b, k[3], k[1])
+            odd_base = (base & 1).astype(bool)  # parity of base and base + 2
+            bc = [np.where(odd_base, ca, cb_), np.where(odd_base, cb_, ca)]  # per parity: cost, code
+            bk = [np.where(odd_base, ka, kb_), np.where(odd_base, kb_, ka)]
+            if use_rate:  # code 0 (level 0 on either quantizer) competes for parity 0
+                c0 = g[:, j:j + 1] * t ** 2 + lam * float(rate.bits(np.zeros(1, np.int64))[0])  # type: ignore[union-attr]
+                take = c0 < bc[0]
+                bc[0], bk[0] = np.where(take, c0, bc[0]), np.where(take, 0, bk[0])
             new = np.empty_like(cost)
             src = np.empty((rows_n, 4), dtype=np.int64)
             ksel = np.empty((rows_n, 4), dtype=np.int64)

@@ -196,6 +196,28 @@ def dependent_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[st
     return out
 
 
+#: dependent quantization with GPTQ's error feedback (rounding="dependent-gptq"): (rel_step, column_steps or None);
+#: Hessians and Fisher importances from CALIBRATION; plain dependent rows (DEPENDENT_REFERENCE) are measured in
+#: the same run for reference
+DEPENDENT_GPTQ = [(0.20, "fisher"), (0.22, "fisher"), (0.34, "fisher"), (0.36, "fisher"), (0.37, "fisher"),
+                  (0.20, None), (0.21, None), (0.22, None), (0.34, None), (0.36, None), (0.37, None)]
+DEPENDENT_REFERENCE = [(0.20, "fisher"), (0.36, "fisher"), (0.20, None), (0.34, None)]
+
+
+def dependent_gptq_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
+    """The DEPENDENT_GPTQ rows, then the plain dependent rows they compare with (same run, same load)."""
+    out = []
+    for rounding, grid in (("dependent-gptq", DEPENDENT_GPTQ), ("dependent", DEPENDENT_REFERENCE)):
+        for r, source in grid:
+            opts: dict = {"rel_step": r, "step_scales": scales, "rounding": rounding, "calibration": [CALIBRATION],
+                          "forward": fid.embed_grad, "topology": False}
+            if source is not None:
+                opts.update(column_steps=source, column_power=0.5)
+            out.append((f"nncodec rel_step {r}, calibrated, {rounding}"
+                        + (f", column steps {source} power 0.5" if source else ""), opts))
+    return out
+
+
 #: rows with per-tensor factors from the Fisher pass (step_scales="fisher") beside the measured ones:
 #: (rel_step, rounding), all with Fisher column steps, power 0.5
 FISHER_SCALES = [(0.20, "dependent"), (0.22, "dependent"), (0.34, "dependent"), (0.37, "dependent"),
@@ -221,6 +243,8 @@ def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str
         return _run_settings(fid, n_params, fisher_scale_settings(fid, scales), scales, out, calibration_s)
     if rows == "dependent":
         return _run_settings(fid, n_params, dependent_settings(fid, scales), scales, out, calibration_s)
+    if rows == "dependent-gptq":
+        return _run_settings(fid, n_params, dependent_gptq_settings(fid, scales), scales, out, calibration_s)
     if rows == "columns":  # the calibrated sweep, its GPTQ rows and the per-input-channel step rows
         settings = [(f"nncodec rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales})
                     for r in (0.10, 0.13, 0.15, 0.17, 0.20, 0.24, 0.27, 0.30)]
@@ -289,7 +313,8 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
                      "entropy_ratio": coded / entropy if entropy else None,
                      "calibrated": opts.get("step_scales") is scales,
                      "gptq": "calibration" in opts and opts.get("rounding") not in ("nearest", "dependent"),
-                     "dependent": opts.get("rounding") == "dependent",
+                     "dependent": opts.get("rounding") in ("dependent", "dependent-gptq"),
+                     "rounding": opts.get("rounding"),
                      "refine_steps": opts.get("refine_steps", 0), "column_steps": opts.get("column_steps"),
                      "column_power": opts.get("column_power") if opts.get("column_steps") else None})
         if out is not None:
@@ -516,11 +541,13 @@ def main() -> None:
     ap.add_argument("--skip-nncodec", action="store_true",
                     help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
-    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "fisher-scales"), default="all",
+    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "dependent-gptq", "fisher-scales"),
+                    default="all",
                     help="refine: only the calibrated sweep and the end-to-end refinement rows; columns: the "
                          "calibrated sweep, GPTQ at two steps and the per-input-channel step rows; dependent: the "
-                         "dependent-quantization rows (format 1.5) only; fisher-scales: dependent and GPTQ rows "
-                         "with measured and with Fisher per-tensor step factors")
+                         "dependent-quantization rows (format 1.5) only; dependent-gptq: dependent quantization "
+                         "with GPTQ's error feedback, and plain dependent rows beside; fisher-scales: dependent "
+                         "and GPTQ rows with measured and with Fisher per-tensor step factors")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     if args.skip_nncodec:

@@ -178,3 +178,14 @@ def test_wrong_uses_are_config_errors():
         dependent_gptq_levels(np.array([[0.4, 0.0, 0.0]]), 1.0, u)
     with pytest.raises(ConfigError, match="rate weight"):
         dependent_gptq_levels(rng.normal(size=(3, 4)), 0.1, np.eye(4), lam=-1.0)
+
+
+def test_the_target_search_takes_the_feedback_rounding():
+    model, batches = _Net(), _batches()
+    data, report = nncodec.encode_with_report(model, rounding="dependent-gptq", calibration=batches, topology=False,
+                                              target_bits_per_param=3.0)
+    assert report.rounding == "dependent-gptq"
+    n_params = sum(p.numel() for p in model.parameters())
+    assert abs(8 * len(data) / n_params - 3.0) <= 0.02 * 3.0 + 1e-9  # the search's tolerance
+    info = {u.tensor["name"]: u.tensor for u in nncodec.read_info(data).units if u.tensor}
+    assert info["fc.weight"]["pipeline"][0]["id"] == "dependent"

@@ -200,21 +200,29 @@ def dependent_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[st
 #: Hessians and Fisher importances from CALIBRATION; plain dependent rows (DEPENDENT_REFERENCE) are measured in
 #: the same run for reference
 DEPENDENT_GPTQ = [(0.20, "fisher"), (0.22, "fisher"), (0.34, "fisher"), (0.36, "fisher"), (0.37, "fisher"),
-                  (0.20, None), (0.21, None), (0.22, None), (0.34, None), (0.36, None), (0.37, None)]
+                  (0.20, None), (0.34, None), (0.36, None)]
+#: the same with more Hessian damping (``damp``: a fraction of the mean diagonal; default 0.01): (rel_step,
+#: column_steps or None, damp)
+DEPENDENT_GPTQ_DAMPED = [(r, "fisher", d) for d in (0.1, 0.3) for r in (0.20, 0.22, 0.24, 0.34, 0.36, 0.38, 0.40)] \
+    + [(r, None, d) for d in (0.1, 0.3) for r in (0.20, 0.22, 0.24, 0.34, 0.38, 0.40)] \
+    + [(0.20, "fisher", 1.0), (0.36, "fisher", 1.0)]
 DEPENDENT_REFERENCE = [(0.20, "fisher"), (0.36, "fisher"), (0.20, None), (0.34, None)]
 
 
 def dependent_gptq_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
     """The DEPENDENT_GPTQ rows, then the plain dependent rows they compare with (same run, same load)."""
     out = []
-    for rounding, grid in (("dependent-gptq", DEPENDENT_GPTQ), ("dependent", DEPENDENT_REFERENCE)):
-        for r, source in grid:
+    grids = (("dependent-gptq", [(r, c, 0.01) for r, c in DEPENDENT_GPTQ] + DEPENDENT_GPTQ_DAMPED),
+             ("dependent", [(r, c, 0.01) for r, c in DEPENDENT_REFERENCE]))
+    for rounding, grid in grids:
+        for r, source, damp in grid:
             opts: dict = {"rel_step": r, "step_scales": scales, "rounding": rounding, "calibration": [CALIBRATION],
-                          "forward": fid.embed_grad, "topology": False}
+                          "forward": fid.embed_grad, "topology": False, "damp": damp}
             if source is not None:
                 opts.update(column_steps=source, column_power=0.5)
             out.append((f"nncodec rel_step {r}, calibrated, {rounding}"
-                        + (f", column steps {source} power 0.5" if source else ""), opts))
+                        + (f", column steps {source} power 0.5" if source else "")
+                        + (f", damp {damp}" if damp != 0.01 else ""), opts))
     return out
 
 
@@ -314,7 +322,7 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
                      "calibrated": opts.get("step_scales") is scales,
                      "gptq": "calibration" in opts and opts.get("rounding") not in ("nearest", "dependent"),
                      "dependent": opts.get("rounding") in ("dependent", "dependent-gptq"),
-                     "rounding": opts.get("rounding"),
+                     "rounding": opts.get("rounding"), "damp": opts.get("damp"),
                      "refine_steps": opts.get("refine_steps", 0), "column_steps": opts.get("column_steps"),
                      "column_power": opts.get("column_power") if opts.get("column_steps") else None})
         if out is not None:

@@ -10,6 +10,9 @@ For each tensor the :class:`~nncodec.encoder.Encoder` would quantize, the plain 
 - ``rounding="dependent"``: dependent (trellis-coded) quantization, format 1.5: two quantizers of half the
   grid's step chosen by a state machine, codes found by a Viterbi search (:mod:`nncodec.quant.dependent`);
   these codes reach the encoder with the state machine's stage at the head of their pipeline;
+- ``rounding="dependent-gptq"`` (with calibration batches): the same trellis search with GPTQ's error
+  feedback, minimizing each layer's output error (:mod:`nncodec.quant.dependent_gptq`); weights without a
+  Hessian (or of more than 4096 columns) take plain dependent quantization; same format as ``"dependent"``;
 - ``rate_lambda > 0``: every quantized tensor takes codes minimizing distortion + λ·rate under the
   order-0 model of the rANS stage (:mod:`nncodec.quant.rate_aware`), inside GPTQ's rounding too;
 - ``column_steps`` (``"hessian"`` / ``"fisher"``, with calibration batches): a tensor quantized with one step
@@ -47,13 +50,16 @@ __all__ = ["ROUNDINGS", "RDOptions", "Importances", "rd_tensors", "Forward"]
 
 log = logging.getLogger(__name__)
 
-ROUNDINGS = ("nearest", "gptq", "dependent")
+ROUNDINGS = ("nearest", "gptq", "dependent", "dependent-gptq")
+#: the roundings whose codes are dependent quantization's (format 1.5)
+DEPENDENT_ROUNDINGS = ("dependent", "dependent-gptq")
 Forward = Callable[[torch.nn.Module, Any], Any]
 
 
 class RDOptions:
     """The rate–distortion options of a torch encode: ``calibration`` batches, ``forward(model, batch)``,
-    ``rounding`` (``"nearest"``, ``"gptq"`` or ``"dependent"``; default ``"gptq"`` when calibration is given), ``rate_lambda``
+    ``rounding`` (``"nearest"``, ``"gptq"``, ``"dependent"`` or ``"dependent-gptq"``; default ``"gptq"`` when
+    calibration is given), ``rate_lambda``
     (λ >= 0, in squared steps per bit), ``damp`` (GPTQ's Hessian damping, a fraction of its mean diagonal),
     ``refine_steps`` (end-to-end refinement passes, 0 = none; needs calibration), ``refine_lr`` (its
     step size, in grid steps), ``column_steps`` (None, ``"hessian"`` or ``"fisher"``: per-input-channel steps,
@@ -77,8 +83,8 @@ class RDOptions:
             rounding = self.rounding_default
         if rounding not in ROUNDINGS:
             raise ConfigError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        if rounding == "gptq" and self.calibration is None:
-            raise ConfigError("rounding='gptq' needs calibration= batches")
+        if rounding in ("gptq", "dependent-gptq") and self.calibration is None:
+            raise ConfigError(f"rounding={rounding!r} needs calibration= batches")
         if forward is not None and not callable(forward):
             raise ConfigError("forward must be a callable forward(model, batch)")
         self.forward = forward
@@ -88,8 +94,8 @@ class RDOptions:
             raise ConfigError(f"damp must be in [0, 10), got {damp!r}")
         self.damp = float(damp)
         self.refine_steps, self.refine_lr = check_refine(refine_steps, refine_lr)
-        if self.refine_steps and rounding == "dependent":
-            raise ConfigError("refine_steps does not apply to rounding='dependent' (refined codes leave the trellis)")
+        if self.refine_steps and rounding in DEPENDENT_ROUNDINGS:
+            raise ConfigError(f"refine_steps does not apply to rounding={rounding!r} (refined codes leave the trellis)")
         if self.refine_steps and self.calibration is None:
             raise ConfigError("refine_steps needs calibration= batches")
         self.column_steps, self.column_power, self.fisher_probes = check_column_options(
@@ -228,12 +234,13 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     """
     from .quant.gptq import gptq_codes
 
-    if rd.rounding == "dependent" and encoder.bits is not None:
-        raise ConfigError("rounding='dependent' applies to step / rel_step quantization, not bits=")
+    if rd.rounding in DEPENDENT_ROUNDINGS and encoder.bits is not None:
+        raise ConfigError(f"rounding={rd.rounding!r} applies to step / rel_step quantization, not bits=")
     if rd.column_steps is not None and encoder.bits is not None:
         raise ConfigError("column_steps applies to step / rel_step quantization, not bits= (its steps are per row)")
     importances = importances if importances is not None else Importances(model, rd)
-    hessians = importances.hessians() if rd.rounding == "gptq" or rd.column_steps == "hessian" else None
+    feedback = rd.rounding in ("gptq", "dependent-gptq")  # roundings using the Hessians' inverse factors
+    hessians = importances.hessians() if feedback or rd.column_steps == "hessian" else None
     fisher = importances.fisher() if rd.column_steps == "fisher" else {}
     chosen: dict[str, _Chosen] = {}
     params = {n for n, _ in model.named_parameters()} if rd.refine_steps else set()
@@ -254,7 +261,9 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         h = hessians.get(name) if hessians is not None else None
         if h is not None and not (x.ndim >= 2 and h.shape[0] == math.prod(x.shape[1:])):
             h = None
-        factor = importances.factor(name, h) if h is not None and rd.rounding == "gptq" else None
+        # dependent quantization's feedback searches one chain per row, of at most 4096 columns
+        fits = h is not None and feedback and (rd.rounding == "gptq" or h.shape[0] <= 4096)
+        factor = importances.factor(name, h) if fits else None
         axis, importance = 0, None
         if rd.column_steps is not None and x.ndim >= 2 and not grid.per_channel:
             if rd.column_steps == "fisher":
@@ -267,9 +276,10 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
         if steps is not None:
             grid = UniformCodes(grid.codes, steps.reshape(-1), grid.bits, per_channel=True)
             step, axis = steps.astype(np.float64), 1
-        if rd.rounding == "dependent":
+        if rd.rounding in DEPENDENT_ROUNDINGS:
+            gptq_rounded += factor is not None
             dependent[name] = dependent_coded(x, step, grid, dtype, axis, rd.rate_lambda,
-                                              what=f"tensor {name!r}")
+                                              what=f"tensor {name!r}", factor=factor)
             continue
         x = np.asarray(x, dtype=np.float64)
         if factor is not None:
@@ -314,7 +324,8 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
 
 def _check_applies(rd: RDOptions, rounded: int, gptq_rounded: int) -> None:
     """:class:`ConfigError` naming the rounding options given that applied to no tensor: ``rounded`` tensors
-    were quantized on a step grid (not lossless, not binary), ``gptq_rounded`` of them with GPTQ factors."""
+    were quantized on a step grid (not lossless, not binary), ``gptq_rounded`` of them with GPTQ factors (GPTQ's
+    rounding or dependent quantization's feedback)."""
     if not rounded:
         # the default's value given explicitly is no choice (except "gptq": a request, as below)
         chosen = rd.rounding_given and (rd.rounding != rd.rounding_default or rd.rounding == "gptq")
@@ -329,6 +340,10 @@ def _check_applies(rd: RDOptions, rounded: int, gptq_rounded: int) -> None:
         raise ConfigError("rounding='gptq' applies to no quantized tensor: it needs Linear / Conv1d / Conv2d "
                           "weights (groups=1), or embedding tables (not tied) with a differentiable forward, that "
                           "the calibration reaches; give rounding='nearest' or 'dependent'")
+    elif rd.rounding == "dependent-gptq" and not gptq_rounded:
+        raise ConfigError("rounding='dependent-gptq' applies to no quantized tensor: it needs Linear / Conv1d / "
+                          "Conv2d weights (groups=1, at most 4096 input columns), or embedding tables (not tied) "
+                          "with a differentiable forward, that the calibration reaches; give rounding='dependent'")
 
 
 def fill_errors(report: Any, errors: Mapping[str, tuple[float, float]]) -> None:

@@ -179,10 +179,13 @@ def dependent_levels(x: np.ndarray, delta: "float | np.ndarray", lam: float = 0.
 
 
 def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype: "DType", axis: int,
-                    lam: float, what: str = "values") -> "tuple[CodedTensor, tuple[float, float]]":
+                    lam: float, what: str = "values", factor: "np.ndarray | None" = None
+                    ) -> "tuple[CodedTensor, tuple[float, float]]":
     """The :class:`CodedTensor` of ``x`` under dependent quantization on half of ``step`` (the plain grid's
     step(s), broadcasting against ``x``; per channel along ``axis`` when ``grid.per_channel``), with the
-    state machine's stage as ``lead``; and its (max abs, rms) error."""
+    state machine's stage as ``lead``; and its (max abs, rms) error. ``factor``: the inverse factor of
+    ``x``'s input Hessian (:func:`~nncodec.quant.gptq.inverse_factor`): the search then minimizes the layer
+    output error with GPTQ's feedback (:func:`~nncodec.quant.dependent_gptq.dependent_gptq_levels`)."""
     from ..bitstream.constants import SCHEME_UNIFORM
     from ..bitstream.descriptor import CodedTensor, QuantDescriptor
     from ..coding.dependent_stage import Dependent
@@ -191,7 +194,12 @@ def dependent_coded(x: np.ndarray, step: np.ndarray, grid: "UniformCodes", dtype
 
     delta = np.asarray(step, dtype=np.float64) / 2
     delta32 = delta.astype(np.float32)  # the stored scales: search on them so the decoder's values are the searched ones
-    found = dependent_levels(x, delta32.astype(np.float64), lam, what=what)
+    if factor is not None:
+        from .dependent_gptq import dependent_gptq_levels
+
+        found = dependent_gptq_levels(x, delta32.astype(np.float64), factor, lam, what=what)
+    else:
+        found = dependent_levels(x, delta32.astype(np.float64), lam, what=what)
     peak = max(int(found.levels.max()), -int(found.levels.min())) if found.levels.size else 0
     bits = max(2, (peak + 1).bit_length() + 1)  # room for the codes (about half the levels) in the same words
     code_dtype = dtype_by_name(code_dtype_for_bits(bits).name)

@@ -196,6 +196,36 @@ def dependent_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[st
     return out
 
 
+#: dependent quantization with GPTQ's error feedback (rounding="dependent-gptq"): (rel_step, column_steps or None);
+#: Hessians and Fisher importances from CALIBRATION; plain dependent rows (DEPENDENT_REFERENCE) are measured in
+#: the same run for reference
+DEPENDENT_GPTQ = [(0.20, "fisher"), (0.22, "fisher"), (0.34, "fisher"), (0.36, "fisher"), (0.37, "fisher"),
+                  (0.20, None), (0.34, None), (0.36, None)]
+#: the same with more Hessian damping (``damp``: a fraction of the mean diagonal; default 0.01): (rel_step,
+#: column_steps or None, damp)
+DEPENDENT_GPTQ_DAMPED = [(r, "fisher", d) for d in (0.1, 0.3) for r in (0.20, 0.22, 0.24, 0.34, 0.36, 0.38, 0.40)] \
+    + [(r, None, d) for d in (0.1, 0.3) for r in (0.20, 0.22, 0.24, 0.34, 0.38, 0.40)] \
+    + [(0.20, "fisher", 1.0), (0.36, "fisher", 1.0)]
+DEPENDENT_REFERENCE = [(0.20, "fisher"), (0.36, "fisher"), (0.20, None), (0.34, None)]
+
+
+def dependent_gptq_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
+    """The DEPENDENT_GPTQ rows, then the plain dependent rows they compare with (same run, same load)."""
+    out = []
+    grids = (("dependent-gptq", [(r, c, 0.01) for r, c in DEPENDENT_GPTQ] + DEPENDENT_GPTQ_DAMPED),
+             ("dependent", [(r, c, 0.01) for r, c in DEPENDENT_REFERENCE]))
+    for rounding, grid in grids:
+        for r, source, damp in grid:
+            opts: dict = {"rel_step": r, "step_scales": scales, "rounding": rounding, "calibration": [CALIBRATION],
+                          "forward": fid.embed_grad, "topology": False, "damp": damp}
+            if source is not None:
+                opts.update(column_steps=source, column_power=0.5)
+            out.append((f"nncodec rel_step {r}, calibrated, {rounding}"
+                        + (f", column steps {source} power 0.5" if source else "")
+                        + (f", damp {damp}" if damp != 0.01 else ""), opts))
+    return out
+
+
 #: rows with per-tensor factors from the Fisher pass (step_scales="fisher") beside the measured ones:
 #: (rel_step, rounding), all with Fisher column steps, power 0.5
 FISHER_SCALES = [(0.20, "dependent"), (0.22, "dependent"), (0.34, "dependent"), (0.37, "dependent"),
@@ -244,6 +274,8 @@ def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str
         return _run_settings(fid, n_params, fisher_scale_settings(fid, scales), scales, out, calibration_s)
     if rows == "dependent":
         return _run_settings(fid, n_params, dependent_settings(fid, scales), scales, out, calibration_s)
+    if rows == "dependent-gptq":
+        return _run_settings(fid, n_params, dependent_gptq_settings(fid, scales), scales, out, calibration_s)
     if rows == "columns":  # the calibrated sweep, its GPTQ rows and the per-input-channel step rows
         settings = [(f"nncodec rel_step {r}, calibrated", {"rel_step": r, "step_scales": scales})
                     for r in (0.10, 0.13, 0.15, 0.17, 0.20, 0.24, 0.27, 0.30)]
@@ -312,7 +344,8 @@ def _run_settings(fid: Fidelity, n_params: int, settings: list[tuple[str, dict]]
                      "entropy_ratio": coded / entropy if entropy else None,
                      "calibrated": opts.get("step_scales") is scales,
                      "gptq": "calibration" in opts and opts.get("rounding") not in ("nearest", "dependent"),
-                     "dependent": opts.get("rounding") == "dependent",
+                     "dependent": opts.get("rounding") in ("dependent", "dependent-gptq"),
+                     "rounding": opts.get("rounding"), "damp": opts.get("damp"),
                      "refine_steps": opts.get("refine_steps", 0), "column_steps": opts.get("column_steps"),
                      "column_power": opts.get("column_power") if opts.get("column_steps") else None})
         if out is not None:
@@ -539,13 +572,15 @@ def main() -> None:
     ap.add_argument("--skip-nncodec", action="store_true",
                     help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
-    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "fisher-scales", "embedding-gptq"),
+    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "dependent-gptq", "fisher-scales",
+                                       "embedding-gptq"),
                     default="all",
                     help="refine: only the calibrated sweep and the end-to-end refinement rows; columns: the "
                          "calibrated sweep, GPTQ at two steps and the per-input-channel step rows; dependent: the "
-                         "dependent-quantization rows (format 1.5) only; fisher-scales: dependent and GPTQ rows "
-                         "with measured and with Fisher per-tensor step factors; embedding-gptq: GPTQ rows with "
-                         "and without gradients in the forward (embedding tables plain or GPTQ-rounded)")
+                         "dependent-quantization rows (format 1.5) only; dependent-gptq: dependent quantization "
+                         "with GPTQ's error feedback, and plain dependent rows beside; fisher-scales: dependent "
+                         "and GPTQ rows with measured and with Fisher per-tensor step factors; embedding-gptq: GPTQ "
+                         "rows with and without gradients in the forward (embedding tables plain or GPTQ-rounded)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")
     args = ap.parse_args()
     if args.skip_nncodec:

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 ROUNDINGS = ("nearest", "gptq", "dependent", "dependent-gptq")
 #: the roundings whose codes are dependent quantization's (format 1.5)
 DEPENDENT_ROUNDINGS = ("dependent", "dependent-gptq")
+#: the roundings with GPTQ's error feedback (they use the Hessians' inverse factors, embedding tables' included)
+FEEDBACK_ROUNDINGS = ("gptq", "dependent-gptq")
 Forward = Callable[[torch.nn.Module, Any], Any]
 
 
@@ -83,7 +85,7 @@ class RDOptions:
             rounding = self.rounding_default
         if rounding not in ROUNDINGS:
             raise ConfigError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        if rounding in ("gptq", "dependent-gptq") and self.calibration is None:
+        if rounding in FEEDBACK_ROUNDINGS and self.calibration is None:
             raise ConfigError(f"rounding={rounding!r} needs calibration= batches")
         if forward is not None and not callable(forward):
             raise ConfigError("forward must be a callable forward(model, batch)")
@@ -99,7 +101,7 @@ class RDOptions:
         if self.refine_steps and self.calibration is None:
             raise ConfigError("refine_steps needs calibration= batches")
         self.column_steps, self.column_power, self.fisher_probes = check_column_options(
-            column_steps, column_power, fisher_probes, table_probes=rounding == "gptq")
+            column_steps, column_power, fisher_probes, table_probes=rounding in FEEDBACK_ROUNDINGS)
         #: whether ``fisher_probes`` was given (then a probe pass must use it: :func:`rd_tensors` checks)
         self.fisher_probes_given = fisher_probes is not None
         if self.column_steps is not None and self.calibration is None:
@@ -135,8 +137,9 @@ class Importances:
 
     @property
     def _wants_tables(self) -> bool:
-        """Whether the tables' row Hessians are used: by GPTQ rounding or Hessian column steps."""
-        return self.rd.rounding == "gptq" or self.rd.column_steps == "hessian"
+        """Whether the tables' row Hessians are used: by the roundings with GPTQ's error feedback or by Hessian
+        column steps."""
+        return self.rd.rounding in FEEDBACK_ROUNDINGS or self.rd.column_steps == "hessian"
 
     def hessians(self) -> dict[str, torch.Tensor]:
         """``{weight name: H}``: layer-input Hessians (:func:`~nncodec.quant.gptq.collect_hessians`) and, with a
@@ -239,7 +242,7 @@ def rd_tensors(model: torch.nn.Module, tensors: Mapping[str, Any], encoder: Enco
     if rd.column_steps is not None and encoder.bits is not None:
         raise ConfigError("column_steps applies to step / rel_step quantization, not bits= (its steps are per row)")
     importances = importances if importances is not None else Importances(model, rd)
-    feedback = rd.rounding in ("gptq", "dependent-gptq")  # roundings using the Hessians' inverse factors
+    feedback = rd.rounding in FEEDBACK_ROUNDINGS
     hessians = importances.hessians() if feedback or rd.column_steps == "hessian" else None
     fisher = importances.fisher() if rd.column_steps == "fisher" else {}
     chosen: dict[str, _Chosen] = {}

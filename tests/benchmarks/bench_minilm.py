@@ -226,6 +226,26 @@ def dependent_gptq_settings(fid: Fidelity, scales: dict[str, float]) -> list[tup
     return out
 
 
+#: dependent-gptq with the embedding tables' row Hessians (tables get error feedback too), Hessian damping 0.3:
+#: (rel_step, column_steps or None); bracketing cosine 0.998 and 0.994
+DEPENDENT_GPTQ_TABLES = [(r, "fisher") for r in (0.22, 0.23, 0.24, 0.38, 0.40, 0.42, 0.44)] + \
+                        [(r, None) for r in (0.21, 0.22, 0.23, 0.24, 0.37, 0.38, 0.39, 0.40)]
+
+
+def dependent_gptq_table_settings(fid: Fidelity, scales: dict[str, float]) -> list[tuple[str, dict]]:
+    """The DEPENDENT_GPTQ_TABLES rows: calibrated steps, rounding="dependent-gptq" (Linear layers on their input
+    Hessians, the word table on its row Hessian), damp 0.3, Hessians and Fisher importances from CALIBRATION."""
+    out = []
+    for r, source in DEPENDENT_GPTQ_TABLES:
+        opts: dict = {"rel_step": r, "step_scales": scales, "rounding": "dependent-gptq", "damp": 0.3,
+                      "calibration": [CALIBRATION], "forward": fid.embed_grad, "topology": False}
+        if source is not None:
+            opts.update(column_steps=source, column_power=0.5)
+        out.append((f"nncodec rel_step {r}, calibrated, dependent-gptq with table Hessians, damp 0.3"
+                    + (f", column steps {source} power 0.5" if source else ""), opts))
+    return out
+
+
 #: rows with per-tensor factors from the Fisher pass (step_scales="fisher") beside the measured ones:
 #: (rel_step, rounding), all with Fisher column steps, power 0.5
 FISHER_SCALES = [(0.20, "dependent"), (0.22, "dependent"), (0.34, "dependent"), (0.37, "dependent"),
@@ -274,6 +294,8 @@ def run_nncodec(fid: Fidelity, n_params: int, out: Path | None = None, rows: str
         return _run_settings(fid, n_params, fisher_scale_settings(fid, scales), scales, out, calibration_s)
     if rows == "dependent":
         return _run_settings(fid, n_params, dependent_settings(fid, scales), scales, out, calibration_s)
+    if rows == "dependent-gptq-tables":
+        return _run_settings(fid, n_params, dependent_gptq_table_settings(fid, scales), scales, out, calibration_s)
     if rows == "dependent-gptq":
         return _run_settings(fid, n_params, dependent_gptq_settings(fid, scales), scales, out, calibration_s)
     if rows == "columns":  # the calibrated sweep, its GPTQ rows and the per-input-channel step rows
@@ -572,13 +594,14 @@ def main() -> None:
     ap.add_argument("--skip-nncodec", action="store_true",
                     help="do not run Fraunhofer NNCodec (compare against the README's figures instead)")
     ap.add_argument("--skip-loaders", action="store_true", help="skip the loader timings and peak-memory runs")
-    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "dependent-gptq", "fisher-scales",
-                                       "embedding-gptq"),
+    ap.add_argument("--rows", choices=("all", "refine", "columns", "dependent", "dependent-gptq",
+                                       "dependent-gptq-tables", "fisher-scales", "embedding-gptq"),
                     default="all",
                     help="refine: only the calibrated sweep and the end-to-end refinement rows; columns: the "
                          "calibrated sweep, GPTQ at two steps and the per-input-channel step rows; dependent: the "
                          "dependent-quantization rows (format 1.5) only; dependent-gptq: dependent quantization "
-                         "with GPTQ's error feedback, and plain dependent rows beside; fisher-scales: dependent "
+                         "with GPTQ's error feedback, and plain dependent rows beside; dependent-gptq-tables: the same with the "
+                         "embedding tables' row Hessians, damp 0.3; fisher-scales: dependent "
                          "and GPTQ rows with measured and with Fisher per-tensor step factors; embedding-gptq: GPTQ "
                          "rows with and without gradients in the forward (embedding tables plain or GPTQ-rounded)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 on a shared machine)")

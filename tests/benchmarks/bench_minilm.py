@@ -542,28 +542,37 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    curves = (("nncodec, calibrated steps", "o-", lambda r: r["codec"] == "nncodec" and r.get("calibrated")
+    def ours(r: dict) -> bool:  # nncodec rows other than dependent-gptq ones (those have curves of their own)
+        return r["codec"] == "nncodec" and r.get("rounding") != "dependent-gptq"
+
+    curves = (("nncodec, calibrated steps", "o-", lambda r: ours(r) and r.get("calibrated")
                and not r.get("gptq") and "lambda" not in r["setting"] and not r.get("refine_steps")
                and not r.get("column_steps") and not r.get("dependent")),
               ("nncodec, per-input-channel steps (Fisher, power 0.5)", "^-",
-               lambda r: r["codec"] == "nncodec" and r.get("column_steps") == "fisher"
+               lambda r: ours(r) and r.get("column_steps") == "fisher"
                and r.get("column_power") == 0.5 and not r.get("gptq") and not r.get("dependent")),
               ("nncodec, dependent quantization, calibrated steps", "h-",
-               lambda r: r["codec"] == "nncodec" and r.get("dependent") and not r.get("column_steps")),
+               lambda r: ours(r) and r.get("dependent") and not r.get("column_steps")),
               ("nncodec, dependent quantization + per-input-channel steps (Fisher)", "H-",
-               lambda r: r["codec"] == "nncodec" and r.get("dependent") and r.get("column_steps")),
+               lambda r: ours(r) and r.get("dependent") and r.get("column_steps")),
+              ("nncodec, dependent-gptq (damp 0.3), calibrated steps", "8-",
+               lambda r: r["codec"] == "nncodec" and r.get("rounding") == "dependent-gptq"
+               and r.get("damp") == 0.3 and not r.get("column_steps")),
+              ("nncodec, dependent-gptq (damp 0.3) + per-input-channel steps (Fisher)", "X-",
+               lambda r: r["codec"] == "nncodec" and r.get("rounding") == "dependent-gptq"
+               and r.get("damp") == 0.3 and r.get("column_steps")),
               ("nncodec, per-input-channel steps (Fisher, power 0.5) + GPTQ", "v-",
-               lambda r: r["codec"] == "nncodec" and r.get("column_steps") == "fisher"
+               lambda r: ours(r) and r.get("column_steps") == "fisher"
                and r.get("column_power") == 0.5 and r.get("gptq")),
               ("nncodec, per-input-channel steps, power 1", "<",
-               lambda r: r["codec"] == "nncodec" and r.get("column_steps") and r.get("column_power") == 1.0),
+               lambda r: ours(r) and r.get("column_steps") and r.get("column_power") == 1.0),
               ("nncodec, calibrated steps, refined end to end", "P-",
-               lambda r: r["codec"] == "nncodec" and r.get("refine_steps")),
-              ("nncodec, calibrated steps + GPTQ", "D-", lambda r: r["codec"] == "nncodec" and r.get("gptq")
+               lambda r: ours(r) and r.get("refine_steps")),
+              ("nncodec, calibrated steps + GPTQ", "D-", lambda r: ours(r) and r.get("gptq")
                and not r.get("column_steps") and "lambda" not in r["setting"] and "target" not in r["setting"] and not r.get("refine_steps")),
-              ("nncodec, rate-aware (lambda)", "v", lambda r: r["codec"] == "nncodec" and "lambda" in r["setting"]),
-              ("nncodec, target_fidelity", "*", lambda r: r["codec"] == "nncodec" and "target" in r["setting"]),
-              ("nncodec, rel_step only", "o--", lambda r: r["codec"] == "nncodec" and not r.get("calibrated")),
+              ("nncodec, rate-aware (lambda)", "v", lambda r: ours(r) and "lambda" in r["setting"]),
+              ("nncodec, target_fidelity", "*", lambda r: ours(r) and "target" in r["setting"]),
+              ("nncodec, rel_step only", "o--", lambda r: ours(r) and not r.get("calibrated")),
               ("NNCodec 2.1.3", "s-", lambda r: r["codec"] == "NNCodec 2.1.3"),
               ("baselines", "x", lambda r: r["codec"] == "baseline"))
     for label, marker, pick in curves:
